@@ -1,0 +1,39 @@
+# The README's two commands: `make demo` and `make test`. Each sets up .venv on its own.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+PIP    := $(BIN)/pip install --quiet --disable-pip-version-check
+export TF_CPP_MIN_LOG_LEVEL := 3
+
+.PHONY: demo test chromium benchmark clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# Keras 3 on TensorFlow (CPU): everything the demo needs.
+$(VENV)/.demo-deps: pyproject.toml | $(BIN)/python
+	$(PIP) -e '.[keras]'
+	touch $@
+
+# Adds torch (the second Keras backend), the test runner and the browser driver.
+$(VENV)/.test-deps: pyproject.toml $(VENV)/.demo-deps
+	$(PIP) -e '.[keras,keras-torch,test]'
+	touch $@
+
+demo: $(VENV)/.demo-deps
+	KERAS_BACKEND=tensorflow $(BIN)/convlens demo --out demo-output
+
+# Debian's Chromium drives the HTML report tests (Playwright never downloads a browser here).
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }
+
+# The whole suite on Keras's TensorFlow backend, then every Keras test again on its torch backend.
+test: $(VENV)/.test-deps chromium
+	KERAS_BACKEND=tensorflow $(BIN)/python -m pytest
+	KERAS_BACKEND=torch $(BIN)/python -m pytest -m keras
+
+benchmark: $(VENV)/.test-deps
+	KERAS_BACKEND=tensorflow $(BIN)/python benchmarks/bench_maps.py
+
+clean:
+	rm -rf $(VENV) demo-output

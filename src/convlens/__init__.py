@@ -1,0 +1,60 @@
+"""convlens: see what a convolutional network sees.
+
+>>> from convlens import Lens
+>>> lens = Lens("vgg16", weights="none")
+>>> print(lens.layers())
+>>> maps = lens.feature_maps("cat.jpg", layers="blocks")
+>>> lens.save_maps("cat.jpg", "out/", layers="conv,pool")
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from ._errors import (
+    BadArgument,
+    BadImage,
+    BadModel,
+    ConvlensError,
+    LayerNotFound,
+    MissingDependency,
+    OutputError,
+    UnsafeModel,
+    UnsupportedModel,
+    WeightsUnavailable,
+)
+from .adapters import DATA_DIR, open_model
+from .core.layers import LayerInfo
+from .images import load_image
+from .lens import FeatureMaps, LayerTable, Lens
+from .selection import select
+
+#: The built-in default: a small CNN trained on MNIST, and a digit it classifies.
+DEMO_MODEL = DATA_DIR / "demo_cnn.keras"
+DEMO_IMAGE = DATA_DIR / "digit.png"
+#: A redistributable photo (scikit-image's "chelsea", CC0) for ImageNet models.
+SAMPLE_PHOTO = DATA_DIR / "photo.jpg"
+
+__all__ = [
+    "DEMO_IMAGE",
+    "DEMO_MODEL",
+    "SAMPLE_PHOTO",
+    "BadArgument",
+    "BadImage",
+    "BadModel",
+    "ConvlensError",
+    "FeatureMaps",
+    "LayerInfo",
+    "LayerNotFound",
+    "LayerTable",
+    "Lens",
+    "MissingDependency",
+    "OutputError",
+    "UnsafeModel",
+    "UnsupportedModel",
+    "WeightsUnavailable",
+    "__version__",
+    "load_image",
+    "open_model",
+    "select",
+]

@@ -1,0 +1,5 @@
+"""``python -m convlens``."""
+
+from .cli import run
+
+run()

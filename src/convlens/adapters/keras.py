@@ -1,0 +1,555 @@
+"""Keras 3 models on any backend: Sequential, functional, nested and subclassed.
+
+Intermediate outputs are captured by wrapping each leaf layer's ``call`` for the
+duration of one forward pass, so one pass serves any set of layers and works
+for models without a symbolic graph (subclassed models) and for models used as
+layers inside others (transfer learning). The wrappers are always removed in
+``finally``.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+import zipfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+from .._errors import BadModel, MissingDependency, UnsafeModel, UnsupportedModel, WeightsUnavailable
+from ..core.kinds import kind_of
+from ..core.layers import LayerInfo
+from ..core.receptive import with_receptive_fields
+from .base import OnOutput
+
+__all__ = ["KerasAdapter", "ZOO", "import_keras", "load_keras_file", "load_zoo_model"]
+
+#: keras.applications names: (constructor, preprocessing preset, default input size).
+ZOO: dict[str, tuple[str, str, int]] = {
+    "vgg16": ("VGG16", "caffe", 224),
+    "vgg19": ("VGG19", "caffe", 224),
+    "resnet50": ("ResNet50", "caffe", 224),
+    "resnet101": ("ResNet101", "caffe", 224),
+    "resnet50_v2": ("ResNet50V2", "tf", 224),
+    "mobilenet": ("MobileNet", "tf", 224),
+    "mobilenet_v2": ("MobileNetV2", "tf", 224),
+    "mobilenet_v3_small": ("MobileNetV3Small", "raw", 224),
+    "mobilenet_v3_large": ("MobileNetV3Large", "raw", 224),
+    "efficientnet_b0": ("EfficientNetB0", "raw", 224),
+    "efficientnet_b1": ("EfficientNetB1", "raw", 240),
+    "efficientnet_v2_b0": ("EfficientNetV2B0", "raw", 224),
+    "densenet121": ("DenseNet121", "torch", 224),
+    "inception_v3": ("InceptionV3", "tf", 299),
+    "xception": ("Xception", "tf", 299),
+    "convnext_tiny": ("ConvNeXtTiny", "raw", 224),
+}
+
+
+def import_keras() -> Any:
+    """Import Keras 3, quietly, or say which extra to install."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's C++ start-up chatter
+    try:
+        import keras
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise MissingDependency(
+            f"Keras is not installed ({exc}); run: pip install 'convlens[keras]'"
+        ) from None
+    if not hasattr(keras, "ops"):  # pragma: no cover
+        raise MissingDependency("convlens needs Keras 3; run: pip install -U 'convlens[keras]'")
+    return keras
+
+
+def _h5_magic(path: Path) -> bool:
+    with open(path, "rb") as fh:
+        return fh.read(8) == b"\x89HDF\r\n\x1a\n"
+
+
+def _h5_has_lambda(path: Path) -> bool:
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        config = f.attrs.get("model_config")
+    if config is None:
+        return False
+    if isinstance(config, bytes):
+        config = config.decode("utf-8", "replace")
+    return '"class_name": "Lambda"' in str(config)
+
+
+def load_keras_file(path: str | os.PathLike[str], *, trust: bool = False) -> Any:
+    """Load a ``.keras`` or legacy ``.h5`` file.
+
+    Args:
+        path: the model file.
+        trust: allow code stored in the file (Lambda layers) to run. Off by
+            default: Keras ``safe_mode=True``.
+
+    Raises:
+        BadModel: the file is missing, corrupt or not a Keras model.
+        UnsafeModel: the file holds code (a Lambda layer) and ``trust`` is off.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise BadModel(f"model file not found: {p}; check the path, or name a zoo model "
+                       f"such as vgg16 ({', '.join(sorted(ZOO))})")
+    keras = import_keras()
+    suffix = p.suffix.lower()
+    if suffix == ".keras" and not zipfile.is_zipfile(p):
+        raise BadModel(f"{p} is not a .keras file (a .keras file is a zip archive); "
+                       "re-save the model with model.save('model.keras')")
+    if suffix in (".h5", ".hdf5") and not _h5_magic(p):
+        raise BadModel(f"{p} is not an HDF5 file; legacy Keras models are saved with "
+                       "model.save('model.h5')")
+    if suffix not in (".keras", ".h5", ".hdf5"):
+        raise BadModel(f"{p}: unknown model file type {suffix or '(none)'}; convlens reads "
+                       ".keras and .h5 files and zoo names such as vgg16")
+    if suffix in (".h5", ".hdf5") and not trust and _h5_has_lambda(p):
+        # Keras 3 does not apply safe_mode to legacy h5 files: check ourselves.
+        raise UnsafeModel(f"{p} holds a Lambda layer, whose code would run on loading; "
+                          "pass --trust (trust=True) only if you trust the file's author")
+    try:
+        model = keras.saving.load_model(p, compile=False, safe_mode=not trust)
+    except ValueError as exc:
+        text = str(exc)
+        if "safe_mode" in text or "Lambda" in text or "lambda" in text:
+            raise UnsafeModel(f"{p} holds code (a Lambda layer) that would run on loading; "
+                              "pass --trust (trust=True) only if you trust the file's author") from None
+        raise BadModel(f"cannot read Keras model {p}: {_first_line(text)}") from None
+    except Exception as exc:  # corrupt archives, h5 without a model config, unknown layers
+        raise BadModel(f"cannot read Keras model {p}: {type(exc).__name__}: "
+                       f"{_first_line(str(exc))}; is it a complete file saved by model.save()?") from None
+    if not isinstance(model, keras.Model):
+        raise BadModel(f"{p} does not hold a Keras model")
+    return model
+
+
+def _first_line(text: str) -> str:
+    return (text.strip().splitlines() or [""])[0][:300]
+
+
+def load_zoo_model(name: str, *, weights: str | None = "imagenet", input_shape: Sequence[int] | None = None,
+                   trust: bool = False) -> tuple[Any, str]:
+    """Build a ``keras.applications`` model by its convlens name.
+
+    Args:
+        name: a key of :data:`ZOO`, e.g. ``vgg16``.
+        weights: ``imagenet`` (downloaded once into ``~/.keras``), ``none`` for
+            random weights, or the path of a weights file.
+        input_shape: ``(H, W, C)``; defaults to the model's usual size.
+
+    Returns:
+        The model and its preprocessing preset.
+    """
+    keras = import_keras()
+    ctor_name, preset, size = ZOO[name]
+    ctor = getattr(keras.applications, ctor_name)
+    shape = tuple(input_shape) if input_shape else (size, size, 3)
+    w = (weights or "none").strip()
+    local: Path | None = None
+    if w.lower() == "none":
+        kw_weights: str | None = None
+    elif w.lower() == "imagenet":
+        kw_weights = "imagenet"
+    else:
+        local = Path(w)
+        if not local.is_file():
+            raise WeightsUnavailable(f"weights file not found: {local}; use --weights imagenet, "
+                                     "--weights none, or the path of a weights file")
+        kw_weights = None
+    try:
+        model = ctor(weights=kw_weights, input_shape=shape)
+    except Exception as exc:
+        if kw_weights == "imagenet":
+            raise WeightsUnavailable(
+                f"could not download the ImageNet weights of {name} ({type(exc).__name__}: "
+                f"{_first_line(str(exc))}); use --weights none for random weights or "
+                "--weights PATH for a local weights file"
+            ) from None
+        raise UnsupportedModel(f"cannot build {name} for input {shape}: {_first_line(str(exc))}") from None
+    if local is not None:
+        try:
+            if local.suffix == ".keras":
+                model = load_keras_file(local, trust=trust)
+            else:
+                model.load_weights(str(local))
+        except (BadModel, UnsafeModel):
+            raise
+        except Exception as exc:
+            raise WeightsUnavailable(f"cannot load weights {local} into {name}: "
+                                     f"{_first_line(str(exc))}") from None
+    return model, preset
+
+
+# --------------------------------------------------------------------------- adapter
+
+
+def _pair(value: Any) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    if isinstance(value, int):
+        return (value, value)
+    vals = tuple(int(v) for v in value)
+    if len(vals) == 1:
+        return (1, vals[0])
+    return (vals[-2], vals[-1]) if len(vals) >= 2 else None
+
+
+def _to_canonical_kernel(layer: Any, kernel: np.ndarray) -> np.ndarray:
+    """Keras kernel layouts to canonical ``(O, I, kh, kw)``."""
+    name = type(layer).__name__
+    if "Transpose" in name:  # (kh, kw, out, in)
+        return np.ascontiguousarray(kernel.transpose(2, 3, 0, 1))
+    if kernel.ndim == 3:  # Conv1D: (k, in, out)
+        return np.ascontiguousarray(kernel.transpose(2, 1, 0)[:, :, None, :])
+    if "Depthwise" in name or "Separable" in name:  # (kh, kw, in, multiplier)
+        kh, kw, cin, mult = kernel.shape
+        return np.ascontiguousarray(kernel.transpose(2, 3, 0, 1).reshape(cin * mult, 1, kh, kw))
+    if kernel.ndim == 4:  # (kh, kw, in, out)
+        return np.ascontiguousarray(kernel.transpose(3, 2, 0, 1))
+    raise UnsupportedModel(f"layer {layer.name} ({name}) has a {kernel.ndim}-D kernel; convlens draws "
+                           "1-D and 2-D convolution kernels")
+
+
+def _raw_kernel(layer: Any) -> Any:
+    for attr in ("depthwise_kernel", "kernel"):
+        k = getattr(layer, attr, None)
+        if k is not None and len(getattr(k, "shape", ())) >= 3:
+            return k
+    return None
+
+
+class KerasAdapter:
+    """A Keras 3 model behind convlens's adapter contract.
+
+    Args:
+        model: a ``keras.Model`` (Sequential, functional, nested or subclassed).
+        input_shape: ``(H, W, C)`` for models that do not know theirs (unbuilt
+            Sequential or subclassed models never called).
+        preprocess: the preprocessing preset the model expects, if known.
+    """
+
+    framework = "keras"
+    supports_gradients = True
+
+    def __init__(self, model: Any, *, input_shape: Sequence[int | None] | None = None,
+                 preprocess: str | None = None) -> None:
+        self.keras = import_keras()
+        if not isinstance(model, self.keras.Model):
+            raise UnsupportedModel(f"expected a keras.Model, got {type(model).__name__}")
+        self.model = model
+        self.name = model.name
+        self.preprocess = preprocess
+        self._ensure_built(input_shape)
+        self.channels_first = self._channels_first()
+        self._layers: list[LayerInfo] | None = None
+        self._objects: list[Any] = []  # keras layer of each table row (None for the input)
+
+    # ----------------------------------------------------------------- set-up
+
+    def _ensure_built(self, input_shape: Sequence[int | None] | None) -> None:
+        model = self.model
+        given = tuple(input_shape) if input_shape else None
+        try:
+            inputs = model.inputs if model.built else None
+        except (AttributeError, ValueError):
+            inputs = None
+        if inputs:
+            if len(inputs) != 1:
+                names = ", ".join(f"{t.name} {tuple(t.shape[1:])}" for t in inputs)
+                raise UnsupportedModel(f"{model.name} takes {len(inputs)} inputs ({names}); "
+                                       "convlens feeds one image tensor: wrap the model so that it "
+                                       "takes a single image input")
+            shape = tuple(inputs[0].shape[1:])
+            self.graph = True
+        else:
+            self.graph = False
+            recorded = getattr(model, "_build_shapes_dict", None) or {}
+            shapes = list(recorded.values())
+            if given is not None:
+                shape = given
+            elif shapes and shapes[0] is not None and len(shapes[0]) >= 3:
+                shape = tuple(shapes[0][1:])
+            else:
+                raise UnsupportedModel(
+                    f"{model.name} does not know its input shape (an unbuilt Sequential or a "
+                    "subclassed model never called); pass --input-shape H,W,C "
+                    "(input_shape=(H, W, C) in Python)"
+                )
+            if isinstance(model, self.keras.Sequential):
+                try:
+                    model.build((None, *shape))
+                except Exception as exc:
+                    raise UnsupportedModel(f"cannot build {model.name} for input shape {shape}: "
+                                           f"{_first_line(str(exc))}") from None
+                try:
+                    self.graph = bool(model.inputs)
+                except (AttributeError, ValueError):
+                    self.graph = False
+        self._raw_input_shape = shape
+
+    def _channels_first(self) -> bool:
+        for layer in self._leaf_layers(self.model):
+            fmt = getattr(layer, "data_format", None)
+            if fmt is not None:
+                return fmt == "channels_first"
+        return False
+
+    @property
+    def input_shape(self) -> tuple[int | None, ...]:
+        s = self._raw_input_shape
+        if self.channels_first and len(s) == 3:
+            return (s[1], s[2], s[0])
+        return tuple(s)
+
+    def _leaf_layers(self, layer: Any) -> Iterator[Any]:
+        for sub in self._children(layer):
+            if self._children(sub):
+                yield from self._leaf_layers(sub)
+            else:
+                yield sub
+
+    @staticmethod
+    def _children(layer: Any) -> list[Any]:
+        try:
+            return list(layer._flatten_layers(include_self=False, recursive=False))
+        except Exception:
+            return []
+
+    # ----------------------------------------------------------------- table
+
+    def layers(self) -> list[LayerInfo]:
+        if self._layers is None:
+            rows = self._graph_rows() if self.graph else None
+            if rows is None:
+                rows = self._probe_rows()
+            self._objects = [obj for obj, _ in rows]
+            self._layers = with_receptive_fields([info for _, info in rows])
+        return self._layers
+
+    def _info(self, index: int, name: str, layer: Any, output_shape: tuple | None,
+              parents: Sequence[int]) -> LayerInfo:
+        type_name = type(layer).__name__
+        kind = kind_of(type_name)
+        if kind == "model":
+            kind = "other"
+        kernel = _raw_kernel(layer) if kind == "conv" else None
+        kernel_shape = None
+        if kernel is not None:
+            kernel_shape = tuple(_to_canonical_kernel(layer, np.zeros(tuple(kernel.shape), "float32")).shape)
+        size = _pair(getattr(layer, "kernel_size", None) or getattr(layer, "pool_size", None))
+        stride = _pair(getattr(layer, "strides", None)) if size else None
+        dilation = _pair(getattr(layer, "dilation_rate", None)) if kind == "conv" else None
+        if "Transpose" in type_name:  # upsampling: the field does not grow by stride
+            stride = (1, 1)
+        shape = self._canonical_shape(output_shape)
+        try:
+            params = int(layer.count_params()) if layer.built else 0
+        except Exception:
+            params = 0
+        return LayerInfo(
+            index=index, name=name, type=type_name, kind=kind, output_shape=shape, params=params,
+            kernel_shape=kernel_shape, kernel_size=size, stride=stride, dilation=dilation,
+            parents=tuple(parents), extra={"global": type_name.startswith("Global")},
+        )
+
+    def _canonical_shape(self, shape: tuple | None) -> tuple | None:
+        if shape is None:
+            return None
+        shape = tuple(None if d is None else int(d) for d in shape)
+        if self.channels_first and len(shape) in (2, 3):
+            return (*shape[1:], shape[0])
+        return shape
+
+    def _graph_rows(self) -> list[tuple[Any, LayerInfo]] | None:
+        """Rows from the symbolic graph, recursing into nested models; no forward pass."""
+        keras = self.keras
+        from keras.src.ops.function import make_node_key  # stable since Keras 3.0
+
+        rows: list[tuple[Any, LayerInfo]] = []
+        model = self.model
+        functional = getattr(model, "_functional", None) or model  # a built Sequential
+        if not hasattr(functional, "_nodes"):
+            return None
+
+        def walk(fn: Any, prefix: str, entry: list[int]) -> dict[int, int]:
+            produced: dict[int, int] = {}  # id(operation) -> row index
+            for op in fn.operations:
+                node = next((n for i, n in enumerate(op._inbound_nodes)
+                             if make_node_key(op, i) in fn._nodes), None)
+                if node is None:
+                    return produced
+                parents = sorted({produced[id(t._keras_history.operation)]
+                                  for t in node.input_tensors
+                                  if id(t._keras_history.operation) in produced})
+                if type(op).__name__ == "InputLayer":
+                    if prefix:  # an inner model's input is its caller's tensor
+                        produced[id(op)] = entry[0] if entry else 0
+                        continue
+                    shape = tuple(op.output.shape[1:])
+                    rows.append((None, self._info(len(rows), op.name, op, shape, [])))
+                    produced[id(op)] = len(rows) - 1
+                    continue
+                inner = getattr(op, "_functional", None) or op
+                if isinstance(op, keras.Model) and hasattr(inner, "_nodes"):
+                    inner_map = walk(inner, f"{prefix}{op.name}/", parents)
+                    out_op = inner.outputs[0]._keras_history.operation
+                    produced[id(op)] = inner_map.get(id(out_op), len(rows) - 1)
+                    continue
+                if isinstance(op, keras.Model) or self._children(op) and not hasattr(op, "kernel"):
+                    raise _NeedsProbe
+                out = node.output_tensors[0] if node.output_tensors else None
+                shape = tuple(out.shape[1:]) if out is not None else None
+                rows.append((op, self._info(len(rows), prefix + op.name, op, shape, parents)))
+                produced[id(op)] = len(rows) - 1
+            return produced
+
+        try:
+            walk(functional, "", [])
+        except _NeedsProbe:
+            return None
+        return rows
+
+    def _probe_rows(self) -> list[tuple[Any, LayerInfo]]:
+        """Rows from one forward pass on zeros, for models without a graph."""
+        shape = self._raw_input_shape
+        if any(d is None for d in shape):
+            raise UnsupportedModel(f"{self.name} has free input dimensions {shape} and no graph; pass "
+                                   "--input-shape H,W,C to list its layers")
+        ops = self.keras.ops
+        records: list[tuple[Any, str, tuple, list[int]]] = []
+        tensor_owner: dict[int, int] = {}
+        keep: list[Any] = []  # keep outputs alive so their ids stay unique during the probe
+
+        def record(layer: Any, name: str, args: tuple, out: Any) -> None:
+            flat = [a for a in self.keras.tree.flatten(args) if hasattr(a, "shape")]
+            parents = sorted({tensor_owner[id(a)] for a in flat if id(a) in tensor_owner})
+            first = _first_tensor(out)
+            oshape = tuple(first.shape[1:]) if first is not None else None
+            records.append((layer, name, oshape, parents or [0]))
+            if first is not None:
+                tensor_owner[id(first)] = len(records)  # row 0 is the input
+                keep.append(first)
+
+        x = np.zeros((1, *shape), dtype="float32")
+        with self._wrapped(record):
+            with self._no_grad():
+                self.model(ops.convert_to_tensor(x), training=False)
+        counts: dict[str, int] = {}
+        rows: list[tuple[Any, LayerInfo]] = [(None, LayerInfo(index=0, name="input", type="InputLayer",
+                                                             kind="input", output_shape=self.input_shape))]
+        for layer, name, oshape, parents in records:
+            counts[name] = counts.get(name, 0) + 1
+            label = name if counts[name] == 1 else f"{name}#{counts[name]}"
+            rows.append((layer, self._info(len(rows), label, layer, oshape, parents)))
+        return rows
+
+    # ----------------------------------------------------------------- running
+
+    @contextmanager
+    def _no_grad(self) -> Iterator[None]:
+        if self.keras.backend.backend() == "torch":
+            import torch
+
+            with torch.no_grad():
+                yield
+        else:
+            yield
+
+    @contextmanager
+    def _wrapped(self, record: Any) -> Iterator[None]:
+        """Wrap every leaf layer's ``call`` to report its output; always unwrapped."""
+        wrapped: list[tuple[Any, bool]] = []
+        try:
+            for layer, name in self._named_leaves(self.model, ""):
+                had_own = "call" in vars(layer)
+                original = layer.call
+
+                def call(*args: Any, __orig: Any = original, __layer: Any = layer, __name: str = name,
+                         **kwargs: Any) -> Any:
+                    out = __orig(*args, **kwargs)
+                    record(__layer, __name, args, out)
+                    return out
+
+                object.__setattr__(layer, "call", call)
+                wrapped.append((layer, had_own))
+            yield
+        finally:
+            for layer, had_own in wrapped:
+                if not had_own:
+                    object.__delattr__(layer, "call")
+
+    def _named_leaves(self, layer: Any, prefix: str) -> Iterator[tuple[Any, str]]:
+        for sub in self._children(layer):
+            if self._children(sub) and not hasattr(sub, "kernel"):
+                yield from self._named_leaves(sub, f"{prefix}{sub.name}/")
+            else:
+                yield sub, prefix + sub.name
+
+    def run(self, batch: np.ndarray, wanted: Sequence[int], on_output: OnOutput) -> np.ndarray:
+        """One forward pass; ``on_output`` gets each wanted layer's output as it is computed."""
+        table = self.layers()
+        wanted_set = set(wanted)
+        by_object: dict[int, list[int]] = {}
+        for row, obj in enumerate(self._objects):
+            if obj is not None:
+                by_object.setdefault(id(obj), []).append(row)
+        seen: dict[int, int] = {}
+        convert = self.keras.ops.convert_to_numpy
+
+        def record(layer: Any, name: str, args: tuple, out: Any) -> None:
+            rows = by_object.get(id(layer))
+            if not rows:
+                return
+            k = seen.get(id(layer), 0)
+            seen[id(layer)] = k + 1
+            if k >= len(rows) or rows[k] not in wanted_set:
+                return
+            first = _first_tensor(out)
+            if first is not None:
+                on_output(rows[k], self._canonical_array(convert(first)))
+
+        x = np.asarray(batch, dtype="float32")
+        if self.channels_first and x.ndim == 4:
+            x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+        if 0 in wanted_set:
+            on_output(0, np.asarray(batch, dtype="float32"))
+        with self._wrapped(record), self._no_grad(), warnings.catch_warnings():
+            # legacy models name their input; a bare tensor is what they get and is fine
+            warnings.filterwarnings("ignore", message=r".*structure of `inputs`.*")
+            y = self.model(self.keras.ops.convert_to_tensor(x), training=False)
+        first = _first_tensor(y)
+        return self._canonical_array(convert(first)) if first is not None else np.zeros((len(x), 0))
+
+    def _canonical_array(self, a: np.ndarray) -> np.ndarray:
+        a = np.asarray(a, dtype=np.float32)
+        if self.channels_first and a.ndim in (3, 4):
+            a = np.moveaxis(a, 1, -1)
+        return a
+
+    def kernels(self, index: int) -> np.ndarray:
+        table = self.layers()
+        layer = self._objects[index]
+        raw = _raw_kernel(layer) if layer is not None else None
+        if raw is None:
+            raise UnsupportedModel(f"layer {table[index].name} ({table[index].type}) has no convolution "
+                                   "kernel; select conv layers (--layers conv)")
+        return _to_canonical_kernel(layer, np.asarray(self.keras.ops.convert_to_numpy(raw), dtype=np.float32))
+
+
+class _NeedsProbe(Exception):
+    """The graph holds a layer with sublayers but no graph of its own."""
+
+
+def _first_tensor(out: Any) -> Any:
+    if hasattr(out, "shape") and hasattr(out, "dtype"):
+        return out
+    if isinstance(out, dict):
+        out = list(out.values())
+    if isinstance(out, (list, tuple)):
+        for o in out:
+            t = _first_tensor(o)
+            if t is not None:
+                return t
+    return None

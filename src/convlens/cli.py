@@ -1,0 +1,263 @@
+"""The ``convlens`` command: a thin layer over :class:`convlens.Lens`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence, TextIO
+
+from . import __version__
+from ._errors import BadArgument, ConvlensError
+
+EXAMPLES = """\
+examples:
+  convlens demo --out demo-output
+  convlens layers vgg16 --weights none
+  convlens maps vgg16 --weights none cat.jpg --layers blocks --out out/
+  convlens maps model.keras a.png b.png --layers 'conv,re:dense.*' --norm layer --cmap magma --out out/
+  convlens filters model.h5 --layers block1_conv1 --out filters/
+
+Models: a .keras or legacy .h5 file, 'demo' (the built-in MNIST CNN), or a
+keras.applications name: vgg16 vgg19 resnet50 mobilenet_v2 efficientnet_b0 ...
+Layers (--layers, comma-separated, union): kinds conv pool act dense norm merge all;
+blocks (last conv of each resolution stage); names; globs 'block*_conv1';
+regular expressions 're:conv[12]$'; indexes 7, -1 and ranges 3-9.
+"""
+
+
+class BarProgress:
+    """A one-line progress bar on stderr, shown only on a terminal and after a moment."""
+
+    def __init__(self, stream: TextIO = sys.stderr, delay: float = 0.5) -> None:
+        self.stream, self.delay = stream, delay
+        self.total, self.done, self.label, self.t0, self.drawn = 0, 0, "", 0.0, False
+
+    def start(self, total: int, label: str) -> None:
+        self.total, self.done, self.label, self.t0, self.drawn = total, 0, label, time.monotonic(), False
+
+    def advance(self, n: int = 1) -> None:
+        self.done += n
+        if not self.stream.isatty() or time.monotonic() - self.t0 < self.delay:
+            return
+        width = 30
+        filled = int(width * self.done / max(self.total, 1))
+        self.stream.write(f"\r{self.label} [{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total}")
+        self.stream.flush()
+        self.drawn = True
+
+    def finish(self) -> None:
+        if self.drawn:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def _shape_arg(text: str) -> tuple[int, ...]:
+    try:
+        parts = tuple(int(p) for p in text.replace("x", ",").split(",") if p.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a shape; write H,W,C such as 224,224,3") from None
+    if len(parts) not in (2, 3) or min(parts) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a shape; write H,W,C such as 224,224,3")
+    return parts
+
+
+def _size_arg(text: str) -> tuple[int, int]:
+    try:
+        parts = [int(p) for p in text.lower().replace(",", "x").split("x")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size; write 320 or 240x320 (HxW)") from None
+    if len(parts) == 1:
+        parts = parts * 2
+    if len(parts) != 2 or min(parts) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size; write 320 or 240x320 (HxW)")
+    return parts[0], parts[1]
+
+
+def _channels_arg(text: str) -> int | None:
+    if text.lower() == "all":
+        return None
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a number of channels or 'all'") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError("--max-channels must be at least 1 (or 'all')")
+    return n
+
+
+def _positive(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
+    return n
+
+
+def _model_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--weights", help="zoo models: imagenet (default), none (random) or a weights file")
+    p.add_argument("--input-shape", type=_shape_arg, metavar="H,W,C",
+                   help="input shape for models that do not know theirs (unbuilt or subclassed)")
+    p.add_argument("--trust", action="store_true",
+                   help="allow model files that run code when loaded (Lambda layers); only for files you trust")
+
+
+def _render_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--norm", default="standardize", choices=("standardize", "minmax", "layer", "global"),
+                   help="per-channel standardize (default, as the tutorials), per-channel minmax, "
+                        "one scale per layer, or one scale for all layers")
+    p.add_argument("--cmap", default="viridis", help="any matplotlib colormap, or gray (default viridis)")
+    p.add_argument("--max-channels", type=_channels_arg, default=64, metavar="N|all",
+                   help="channels drawn per layer (default 64)")
+    p.add_argument("--columns", type=_positive, help="grid columns (default: near-square)")
+    p.add_argument("--numbers", action="store_true", help="stamp channel numbers on the tiles")
+    p.add_argument("--tile-size", type=_positive, default=256,
+                   help="larger maps are averaged down to this many pixels per tile (default 256)")
+
+
+def _image_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--size", type=_size_arg, metavar="HxW",
+                   help="input size for models that accept any size (default: the image's own)")
+    p.add_argument("--preprocess", choices=("unit", "caffe", "torch", "tf", "raw"),
+                   help="preprocessing preset (default: the model's own; unit = x/255)")
+    p.add_argument("--max-pixels", type=_positive, help="refuse images larger than this (default 100M)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``convlens``."""
+    parser = argparse.ArgumentParser(
+        prog="convlens", description="See what a convolutional network sees: layers, filters, feature maps.",
+        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"convlens {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("layers", help="print the layer table (shapes, params, kernels, receptive fields)",
+                       epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model")
+    p.add_argument("--json", action="store_true", help="print JSON records instead of a table")
+    _model_options(p)
+
+    p = sub.add_parser("maps", help="write a feature-map grid per layer and per image",
+                       epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model")
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("--layers", default=None, help="layer selection (default conv,pool)")
+    p.add_argument("--out", required=True, help="output folder")
+    _model_options(p)
+    _image_options(p)
+    _render_options(p)
+
+    p = sub.add_parser("filters", help="write filter atlases of conv layers",
+                       epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model")
+    p.add_argument("--layers", default="conv", help="layer selection (default conv)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--cmap", default="gray", help="colormap of the filter grids (default gray)")
+    p.add_argument("--max-filters", type=_channels_arg, default=64, metavar="N|all",
+                   help="filters drawn per layer (default 64)")
+    p.add_argument("--max-inputs", type=_positive, default=16,
+                   help="input channels drawn per filter (default 16)")
+    _model_options(p)
+
+    p = sub.add_parser("demo", help="run everything on the built-in MNIST CNN and a digit")
+    p.add_argument("--out", default="demo-output", help="output folder (default demo-output)")
+    return parser
+
+
+def _lens(args: argparse.Namespace) -> Any:
+    from .lens import Lens
+
+    return Lens(args.model, weights=args.weights, input_shape=args.input_shape, trust=args.trust,
+                preprocess=getattr(args, "preprocess", None))
+
+
+def _render_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    return {"norm": args.norm, "cmap": args.cmap, "max_channels": args.max_channels,
+            "columns": args.columns, "numbers": args.numbers, "tile_size": args.tile_size}
+
+
+def _summary(index: dict[str, Any], key: str, out: str, stdout: TextIO) -> None:
+    for note in index.get("notes", []) if key == "maps" else []:
+        stdout.write(f"note: {note}\n")
+    files = [e for e in index.get(key, [])]
+    flagged = sum(len(e.get("flags", {}).get("dead", [])) for e in files)
+    stdout.write(f"wrote {len(files)} {key} pictures to {out} (index: {Path(out) / 'index.json'})\n")
+    if flagged:
+        stdout.write(f"note: {flagged} drawn channels are zero everywhere (marked with an X); "
+                     "see 'flags' in index.json\n")
+
+
+def _cmd_demo(args: argparse.Namespace, stdout: TextIO) -> int:
+    from . import DEMO_IMAGE
+    from .lens import Lens
+    from .render.png import OutputDir
+
+    lens = Lens("demo")
+    table = lens.layers()
+    lens.save_maps(DEMO_IMAGE, args.out, layers="all", progress=BarProgress(), numbers=True)
+    lens.save_filters(args.out, progress=BarProgress())
+    with OutputDir(Path(args.out)) as out:
+        out.write_text("layers.txt", str(table) + "\n")
+    meta = json.loads((Path(__file__).parent / "data" / "demo_cnn.json").read_text())
+    stdout.write(str(table) + "\n\n")
+    stdout.write(f"demo model: {meta.get('dataset')}, held-out accuracy {meta.get('test_accuracy')}\n")
+    index = json.loads((Path(args.out) / "index.json").read_text())
+    stdout.write(f"wrote {len(index.get('maps', []))} feature-map grids, {len(index.get('filters', []))} "
+                 f"filter atlases and layers.txt to {args.out}\n")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None,
+         stderr: TextIO | None = None) -> int:
+    """Run ``convlens`` with ``argv``; returns the exit status (0 ok, 2 user error)."""
+    stdout = stdout or sys.stdout
+    stderr = stderr or sys.stderr
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help(stdout)
+        return 2
+    try:
+        if getattr(args, "max_pixels", None):
+            from . import images
+
+            images.MAX_PIXELS = args.max_pixels
+        if args.command == "demo":
+            return _cmd_demo(args, stdout)
+        lens = _lens(args)
+        if args.command == "layers":
+            table = lens.layers()
+            stdout.write((json.dumps(table.to_json(), indent=2) if args.json else str(table)) + "\n")
+        elif args.command == "maps":
+            index = lens.save_maps(args.images, args.out, args.layers, size=args.size,
+                                   preprocess=args.preprocess, progress=BarProgress(),
+                                   **_render_kwargs(args))
+            _summary(index, "maps", args.out, stdout)
+        elif args.command == "filters":
+            index = lens.save_filters(args.out, args.layers, cmap=args.cmap, max_filters=args.max_filters,
+                                      max_inputs=args.max_inputs, progress=BarProgress())
+            _summary(index, "filters", args.out, stdout)
+        else:  # pragma: no cover - argparse rejects unknown commands
+            raise BadArgument(f"unknown command {args.command}")
+    except ConvlensError as exc:
+        stderr.write(f"convlens: error: {' '.join(str(exc).split())}\n")
+        return 2
+    except KeyboardInterrupt:
+        stderr.write("convlens: interrupted; nothing was written\n")
+        return 130
+    return 0
+
+
+def run() -> None:
+    """Console-script entry point."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    sys.exit(main())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    run()

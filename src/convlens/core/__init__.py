@@ -1,0 +1,1 @@
+"""Framework-free core: numpy only, never imports a deep-learning framework."""

@@ -1,0 +1,1 @@
+"""Renderers: numpy in, numpy or PNG bytes out; only :mod:`.png` writes files."""

@@ -1,0 +1,393 @@
+"""Lay channels out as pictures: tile grids, vector strips, 1-D signal bands.
+
+Numpy in, RGB ``uint8`` ``(H, W, 3)`` out. A grid is built with one gather
+through the colormap straight into the final canvas (a strided view of it with
+one cell per tile), so drawing 64 maps of 224x224 costs about as much as
+copying them once. PIL is only used, lazily, to draw title text.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any, Sequence
+
+import numpy as np
+
+from .._errors import BadArgument
+from ..core.normalize import normalize_channels
+from .font import text_masks
+
+__all__ = ["add_title", "downsample", "grid_shape", "signals", "strip", "tile"]
+
+Color = tuple[int, int, int]
+
+_NUMBER_INK: Color = (250, 250, 250)
+_NUMBER_BOX: Color = (20, 20, 20)
+_TITLE_BAR: Color = (38, 38, 42)
+_TITLE_INK: Color = (238, 238, 238)
+
+
+def grid_shape(n: int, columns: int | None = None) -> tuple[int, int]:
+    """Rows and columns of a grid for ``n`` tiles.
+
+    Args:
+        n: number of tiles, at least 1.
+        columns: fixed column count (capped at ``n``); ``None`` for a near-square
+            grid with ``ceil(sqrt(n))`` columns.
+
+    Returns:
+        ``(rows, cols)`` with ``rows * cols >= n`` and no empty row.
+    """
+    n = int(n)
+    if n < 1:
+        raise BadArgument(f"a grid needs at least one tile, got {n}")
+    if columns is None:
+        cols = math.isqrt(n)
+        cols += cols * cols < n
+    else:
+        if int(columns) < 1:
+            raise BadArgument(f"columns must be at least 1, got {columns}")
+        cols = min(int(columns), n)
+    return -(-n // cols), cols
+
+
+def downsample(x: np.ndarray, max_side: int) -> np.ndarray:
+    """Shrink big maps by an integer block mean so their longer side fits.
+
+    Args:
+        x: ``(C, H, W)`` maps.
+        max_side: largest wanted side, at least 1.
+
+    Returns:
+        ``x`` unchanged when ``max(H, W) <= max_side``; otherwise
+        ``(C, H // f, W // f)`` float32 means of ``f x f`` blocks with
+        ``f = ceil(max(H, W) / max_side)`` (the remainder rows and columns are
+        cropped; a side shorter than ``f`` is averaged whole). NaN and inf
+        spread to their block, so flags still see them.
+    """
+    x = np.asarray(x)
+    if x.ndim != 3:
+        raise BadArgument(f"downsample needs (C, H, W) maps, got shape {x.shape}")
+    if max_side < 1:
+        raise BadArgument(f"max_side must be at least 1, got {max_side}")
+    c, h, w = x.shape
+    if max(h, w) <= max_side:
+        return x
+    f = -(-max(h, w) // max_side)
+    fh, fw = max(min(f, h), 1), max(min(f, w), 1)
+    hh, ww = h // fh, w // fw
+    blocks = x[:, : hh * fh, : ww * fw].reshape(c, hh, fh, ww, fw)
+    with np.errstate(all="ignore"):  # inf - inf inside a block is a NaN the flags report
+        return blocks.mean(axis=(2, 4), dtype=np.float32)
+
+
+def tile(
+    indices: np.ndarray,
+    lut: np.ndarray,
+    *,
+    columns: int | None = None,
+    separator: int = 1,
+    separator_color: Color = (255, 255, 255),
+    empty_color: Color = (235, 235, 235),
+    flags: np.ndarray | None = None,
+    numbers: bool = False,
+    first_number: int = 0,
+    min_tile: int = 32,
+    flag_color: Color = (230, 30, 30),
+) -> np.ndarray:
+    """Draw every channel of a layer as one grid picture.
+
+    Tile ``i`` sits at grid row ``i // cols``, column ``i % cols``; its top-left
+    pixel is ``(s + row * (th + s), s + col * (tw + s))`` with ``s`` the
+    separator width and ``(th, tw)`` the (upscaled) tile size. The grid has a
+    separator-wide border all round.
+
+    Args:
+        indices: ``(C, h, w)`` uint8 colormap indices (see
+            :func:`convlens.core.normalize.normalize_channels`), any ``C >= 1``.
+        lut: ``(256, 3)`` uint8 colormap table.
+        columns: fixed number of columns; ``None`` for a near-square grid.
+        separator: width in pixels of the lines between tiles (0 for none).
+        separator_color: RGB of those lines and of the border.
+        empty_color: RGB of the unused cells after the last channel.
+        flags: ``(C,)`` bool; flagged tiles (dead, constant...) get a thin
+            diagonal cross in ``flag_color``.
+        numbers: stamp ``first_number + i`` in each tile's top-left corner
+            (skipped when tiles are under 12 pixels).
+        first_number: number of the first channel.
+        min_tile: tiles whose longer side is under this many pixels are
+            enlarged by the integer factor ``ceil(min_tile / max(h, w))``
+            (nearest neighbour) so 7x7 maps stay visible.
+        flag_color: RGB of the cross.
+
+    Returns:
+        ``(rows * (th + s) + s, cols * (tw + s) + s, 3)`` uint8 RGB.
+    """
+    idx = np.asarray(indices)
+    if idx.ndim != 3 or idx.dtype != np.uint8:
+        raise BadArgument(f"tile needs (C, h, w) uint8 indices, got shape {idx.shape} dtype {idx.dtype}")
+    n, h, w = idx.shape
+    if n == 0 or h == 0 or w == 0:
+        raise BadArgument(f"nothing to draw: maps of shape {idx.shape}")
+    _check_lut(lut)
+    separator = _check_separator(separator)
+    rows, cols = grid_shape(n, columns)
+    factor = _upscale(max(h, w), min_tile)
+    if factor > 1:
+        idx = idx.repeat(factor, axis=1).repeat(factor, axis=2)
+    th, tw = h * factor, w * factor
+    canvas, view = _mosaic(idx, rows, cols, separator, _color(separator_color), _color(empty_color), lut)
+    if flags is not None:
+        marked = np.asarray(flags, dtype=bool)
+        if marked.shape != (n,):
+            raise BadArgument(f"flags must be one bool per channel ({n},), got shape {marked.shape}")
+        _draw_crosses(view, np.flatnonzero(marked), cols, th, tw, _color(flag_color))
+    if numbers:
+        _draw_numbers(view, n, cols, th, tw, int(first_number))
+    return canvas
+
+
+def strip(values: np.ndarray, lut: np.ndarray, *, cell: int = 8, per_row: int = 64) -> np.ndarray:
+    """Draw a vector (a dense layer's output) as rows of coloured squares.
+
+    Args:
+        values: ``(C,)`` numbers; min-max normalised (non-finite values get
+            index 0, a constant vector is all 0).
+        lut: ``(256, 3)`` uint8 colormap table.
+        cell: side in pixels of each value's square.
+        per_row: squares per row before wrapping.
+
+    Returns:
+        RGB uint8 grid of ``ceil(C / per_row)`` rows, 1-pixel separators.
+    """
+    v = np.asarray(values)
+    if v.ndim != 1 or v.size == 0:
+        raise BadArgument(f"strip needs a non-empty (C,) vector, got shape {v.shape}")
+    if cell < 1 or per_row < 1:
+        raise BadArgument(f"cell and per_row must be at least 1, got {cell} and {per_row}")
+    idx, _ = normalize_channels(v.reshape(1, 1, -1), "minmax")
+    return tile(idx.reshape(-1, 1, 1), lut, columns=per_row, separator=1, min_tile=cell)
+
+
+def signals(
+    x: np.ndarray,
+    lut: np.ndarray,
+    *,
+    band: int = 6,
+    min_width: int = 128,
+    method: str = "standardize",
+    value_range: tuple[float, float] | None = None,
+) -> np.ndarray:
+    """Draw 1-D maps (a Conv1D layer's output) as one horizontal band per channel.
+
+    Args:
+        x: ``(L, C)`` output of one input, channels last.
+        lut: ``(256, 3)`` uint8 colormap table.
+        band: height in pixels of each channel's band.
+        min_width: signals shorter than this are stretched by an integer
+            factor (nearest neighbour).
+        method, value_range: normalisation, as in ``normalize_channels``
+            (each channel on its own by default).
+
+    Returns:
+        RGB uint8, channel ``i`` in band ``i`` from the top, 1-pixel separators.
+    """
+    a = np.asarray(x)
+    if a.ndim != 2 or a.size == 0:
+        raise BadArgument(f"signals needs a non-empty (L, C) array, got shape {a.shape}")
+    if band < 1:
+        raise BadArgument(f"band must be at least 1 pixel, got {band}")
+    idx, _ = normalize_channels(a.T[:, None, :], method, value_range=value_range)
+    stretch = _upscale(a.shape[0], min_width)
+    idx = idx.repeat(band, axis=1)
+    if stretch > 1:
+        idx = idx.repeat(stretch, axis=2)
+    return tile(idx, lut, columns=1, separator=1, min_tile=0)
+
+
+def add_title(rgb: np.ndarray, text: str, *, height: int | None = None) -> np.ndarray:
+    """Put a dark header bar with light text above a picture.
+
+    Args:
+        rgb: ``(H, W, 3)`` uint8.
+        text: one line (newlines become spaces).
+        height: bar height in pixels; default fits a ~13 px font.
+
+    Returns:
+        ``(H + bar, max(W, text width + margins), 3)`` uint8; a picture
+        narrower than its title is padded on the right with white.
+    """
+    from PIL import Image, ImageDraw
+
+    img = np.asarray(rgb)
+    if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
+        raise BadArgument(f"add_title needs an (H, W, 3) uint8 picture, got {img.shape} {img.dtype}")
+    text = " ".join(str(text).split())
+    font = _font(13)
+    margin = 8
+    _, top, right, bottom = font.getbbox(text or " ")
+    _, ref_top, _, ref_bottom = font.getbbox("Ag")  # same baseline for every title
+    bar = max(int(height), 1) if height is not None else max(22, ref_bottom + 2 * 5)
+    width = max(img.shape[1], right + 2 * margin)
+    header = Image.new("RGB", (width, bar), _TITLE_BAR)
+    y = (bar - (ref_bottom - ref_top)) // 2 - ref_top
+    ImageDraw.Draw(header).text((margin, y), text, fill=_TITLE_INK, font=font)
+    out = np.empty((bar + img.shape[0], width, 3), dtype=np.uint8)
+    out[:bar] = np.asarray(header)
+    out[bar:, : img.shape[1]] = img
+    out[bar:, img.shape[1]:] = 255
+    return out
+
+
+# ---------------------------------------------------------------- internals
+
+
+def _mosaic(
+    tiles: np.ndarray,
+    rows: int,
+    cols: int,
+    separator: int,
+    separator_color: Color,
+    empty_color: Color,
+    lut: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Place ``(n, th, tw)`` indices (with ``lut``) or ``(n, th, tw, 3)`` RGB tiles.
+
+    Returns the ``(H, W, 3)`` canvas and a ``(rows, th+s, cols, tw+s, 3)``
+    view of it whose ``[r, :th, c, :tw]`` is the tile in row r, column c.
+    """
+    n, th, tw = tiles.shape[:3]
+    s = separator
+    canvas = np.empty((rows * (th + s) + s, cols * (tw + s) + s, 3), dtype=np.uint8)
+    # Splitting axes of a sliced array is always a view, so writes land in canvas.
+    view = canvas[s:, s:].reshape(rows, th + s, cols, tw + s, 3)
+    if s:
+        # Only the lines: filling the whole canvas first would cost more than the tiles.
+        canvas[:s] = separator_color
+        canvas[:, :s] = separator_color
+        view[:, th:] = separator_color
+        view[:, :th, :, tw:] = separator_color
+    full, rest = divmod(n, cols)
+    if lut is not None:
+        # One 3-byte gather per pixel, written straight into the canvas.
+        table = np.ascontiguousarray(lut).view("V3").reshape(256)
+        dest = canvas.view("V3").reshape(canvas.shape[:2])[s:, s:].reshape(rows, th + s, cols, tw + s)
+        if full:
+            src = tiles[: full * cols].reshape(full, cols, th, tw).transpose(0, 2, 1, 3)
+            np.take(table, src, out=dest[:full, :th, :, :tw])
+        if rest:
+            np.take(table, tiles[full * cols:].transpose(1, 0, 2), out=dest[full, :th, :rest, :tw])
+    else:
+        if full:
+            view[:full, :th, :, :tw] = tiles[: full * cols].reshape(full, cols, th, tw, 3).transpose(0, 2, 1, 3, 4)
+        if rest:
+            view[full, :th, :rest, :tw] = tiles[full * cols:].transpose(1, 0, 2, 3)
+    if rest:
+        view[full, :th, rest:, :tw] = empty_color
+    return canvas, view
+
+
+def _cross_mask(th: int, tw: int, half_width: int) -> np.ndarray:
+    """``(th, tw)`` bool: both diagonals, continuous along the longer side."""
+    y = np.arange(th, dtype=np.float64)[:, None]
+    x = np.arange(tw, dtype=np.float64)[None, :]
+    if tw >= th:  # one or two pixels per row
+        along = y * (tw - 1) / max(th - 1, 1)
+        d1, d2 = np.abs(x - along), np.abs((tw - 1 - x) - along)
+    else:  # one or two pixels per column
+        d1 = np.abs(y - x * (th - 1) / max(tw - 1, 1))
+        d2 = np.abs(y - (tw - 1 - x) * (th - 1) / max(tw - 1, 1))
+    limit = half_width + 0.5
+    return (d1 <= limit) | (d2 <= limit)
+
+
+def _draw_crosses(view: np.ndarray, which: np.ndarray, cols: int, th: int, tw: int, color: Color) -> None:
+    if which.size == 0:
+        return
+    ys, xs = np.nonzero(_cross_mask(th, tw, 1 if min(th, tw) >= 96 else 0))
+    rr, cc = (which // cols)[:, None], (which % cols)[:, None]
+    view[rr, ys[None, :], cc, xs[None, :]] = color
+
+
+def _draw_numbers(view: np.ndarray, n: int, cols: int, th: int, tw: int, first: int) -> None:
+    if min(th, tw) < 12:
+        return
+    texts = [str(first + i) for i in range(n)]
+    longest = max(len(t) for t in texts)
+    scale = int(np.clip(min(th, tw) // 56, 1, 3))
+    # Shrink the font until the widest label's box fits a tile; give up at 1.
+    while scale > 1 and ((4 * longest - 1) * scale + 2 * scale > tw or 7 * scale > th):
+        scale -= 1
+    box_h, box_w = 7 * scale, (4 * longest + 1) * scale
+    if box_h > th or box_w > tw:
+        return
+    ink = np.zeros((n, box_h, box_w), dtype=bool)
+    glyphs = text_masks(texts, scale)
+    ink[:, scale : scale + glyphs.shape[1], scale : scale + glyphs.shape[2]] = glyphs
+    widths = np.array([(4 * len(t) + 1) * scale for t in texts])
+    box = np.arange(box_w)[None, None, :] < widths[:, None, None]  # each box hugs its label
+    rr = np.arange(n) // cols
+    cc = np.arange(n) % cols
+    region = view[rr, :box_h, cc, :box_w]  # (n, box_h, box_w, 3), a copy
+    region = np.where(ink[..., None], np.uint8(_NUMBER_INK), np.where(box[..., None], np.uint8(_NUMBER_BOX), region))
+    view[rr, :box_h, cc, :box_w] = region
+
+
+def _upscale(side: int, minimum: int) -> int:
+    return max(1, -(-int(minimum) // side)) if side < minimum else 1
+
+
+def _check_lut(lut: np.ndarray) -> None:
+    if not isinstance(lut, np.ndarray) or lut.shape != (256, 3) or lut.dtype != np.uint8:
+        shape = getattr(lut, "shape", None)
+        raise BadArgument(f"lut must be a (256, 3) uint8 table from colormap.lut(), got {shape}")
+
+
+def _check_separator(separator: int) -> int:
+    if int(separator) < 0:
+        raise BadArgument(f"separator must be 0 or more pixels, got {separator}")
+    return int(separator)
+
+
+def _color(c: Sequence[int]) -> Color:
+    try:
+        r, g, b = (int(v) for v in c)
+    except (TypeError, ValueError):
+        raise BadArgument(f"a colour is three integers 0-255, got {c!r}") from None
+    if not all(0 <= v <= 255 for v in (r, g, b)):
+        raise BadArgument(f"a colour is three integers 0-255, got {c!r}")
+    return r, g, b
+
+
+@functools.lru_cache(maxsize=8)
+def _font(size: int) -> Any:
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)  # FreeType: a real, scalable font
+    except (TypeError, ImportError, OSError):  # old Pillow or no FreeType: the bitmap font
+        return ImageFont.load_default()
+
+
+def _draw_texts(canvas: np.ndarray, items: Sequence[tuple[int, int, str]], *, size: int = 11,
+                color: Color = (40, 40, 40)) -> np.ndarray:
+    """Draw many short texts on an RGB array with PIL; returns a new array.
+
+    ``items`` are ``(x, y, text)``: left edge, and the row the text is
+    vertically centred on. Used for labels that need letters.
+    """
+    from PIL import Image, ImageDraw
+
+    img = Image.fromarray(np.ascontiguousarray(canvas))
+    draw = ImageDraw.Draw(img)
+    font = _font(size)
+    _, top, _, bottom = font.getbbox("0|w")  # one baseline for all labels
+    for x, y, text in items:  # PIL draws one string per call; labels number tens, not pixels
+        draw.text((x, y - (top + bottom) // 2), text, fill=color, font=font)
+    return np.asarray(img).copy()
+
+
+def _text_width(text: str, size: int = 11) -> int:
+    left, _, right, _ = _font(size).getbbox(text)
+    return int(right - left)

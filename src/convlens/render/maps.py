@@ -1,0 +1,141 @@
+"""One layer's output for one image, drawn as a picture.
+
+Inputs are canonical arrays for ONE image: ``(H, W, C)`` maps, ``(L, C)``
+signals or ``(C,)`` vectors (see :mod:`convlens.adapters.base`). Pure numpy in,
+RGB ``uint8`` out; only :mod:`convlens.render.png` touches disk.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .._errors import BadArgument
+from ..core.normalize import NORMS, ChannelFlags, finite_range, normalize_channels
+from .colormap import lut as colormap_lut
+from .grid import add_title, downsample, signals, strip, tile
+
+__all__ = ["RenderOptions", "Rendered", "reduce_map", "render_map"]
+
+
+@dataclass(frozen=True)
+class RenderOptions:
+    """How feature maps are drawn.
+
+    Attributes:
+        norm: ``standardize`` (the tutorials' per-channel (x-mean)/std*64+128),
+            ``minmax`` (per channel), ``layer`` (one scale per layer, so channels
+            compare) or ``global`` (one scale over every selected layer).
+        cmap: any matplotlib colormap name, or ``gray``.
+        max_channels: channels drawn per layer (the first ones); ``None`` for all.
+        columns: grid columns; ``None`` for a near-square grid.
+        numbers: stamp channel numbers on tiles.
+        tile_size: tiles larger than this many pixels are block-averaged down,
+            which bounds the memory and size of grids for big images.
+        title: draw a header with the layer's name, type and shape.
+    """
+
+    norm: str = "standardize"
+    cmap: str = "viridis"
+    max_channels: int | None = 64
+    columns: int | None = None
+    numbers: bool = False
+    tile_size: int = 256
+    title: bool = True
+
+    def __post_init__(self) -> None:
+        if self.norm not in NORMS:
+            raise BadArgument(f"unknown normalisation {self.norm!r}; choose one of {', '.join(NORMS)}")
+        if self.max_channels is not None and self.max_channels < 1:
+            raise BadArgument("max_channels must be at least 1 (or 'all')")
+        if self.columns is not None and self.columns < 1:
+            raise BadArgument("columns must be at least 1")
+        if self.tile_size < 4:
+            raise BadArgument("tile_size must be at least 4 pixels")
+        colormap_lut(self.cmap)  # fail early on an unknown colormap
+
+
+@dataclass
+class Rendered:
+    """A drawn layer.
+
+    Attributes:
+        rgb: ``(H, W, 3)`` uint8 picture.
+        channels_total: channels the layer has.
+        channels_shown: channels drawn (the first ones).
+        flags: flags of the drawn channels.
+        layout: ``"grid"``, ``"signals"`` or ``"strip"``.
+    """
+
+    rgb: np.ndarray
+    channels_total: int
+    channels_shown: int
+    flags: ChannelFlags
+    layout: str
+    value_range: tuple[float, float] = field(default=(0.0, 0.0))
+
+
+def reduce_map(x: np.ndarray, opts: RenderOptions) -> np.ndarray:
+    """Cap channels and shrink big maps, before anything is normalised.
+
+    Args:
+        x: one image's output, ``(H, W, C)``, ``(L, C)`` or ``(C,)``.
+
+    Returns:
+        ``(c, h, w)`` float32 for maps, ``(c, L)`` for signals, ``(C,)`` for vectors.
+    """
+    x = np.asarray(x)
+    if x.ndim == 1:
+        return x.astype(np.float32, copy=False)
+    if x.ndim == 2:
+        cap = x.shape[-1] if opts.max_channels is None else opts.max_channels
+        return np.ascontiguousarray(x[:, :cap].T, dtype=np.float32)
+    if x.ndim == 3:
+        cap = x.shape[-1] if opts.max_channels is None else opts.max_channels
+        chw = np.moveaxis(x[..., :cap], -1, 0)
+        return downsample(np.ascontiguousarray(chw, dtype=np.float32), opts.tile_size)
+    raise BadArgument(f"cannot draw an output of shape {x.shape}; convlens draws (H, W, C) maps, "
+                      "(L, C) signals and (C,) vectors")
+
+
+def render_map(x: np.ndarray, opts: RenderOptions, *, title: str | None = None,
+               channels_total: int | None = None, value_range: tuple[float, float] | None = None,
+               reduced: bool = False) -> Rendered:
+    """Draw one layer's output for one image.
+
+    Args:
+        x: the output, canonical layout, or already :func:`reduce_map`-ed when
+            ``reduced`` is true.
+        opts: drawing options.
+        title: header text; ``None`` for no header.
+        channels_total: the layer's channel count when ``x`` is reduced.
+        value_range: the ``(lo, hi)`` scale for ``norm="global"``.
+    """
+    total = channels_total if channels_total is not None else (int(np.asarray(x).shape[-1]) if np.ndim(x) else 1)
+    r = np.asarray(x) if reduced else reduce_map(x, opts)
+    lut = colormap_lut(opts.cmap)
+    if r.ndim == 1:
+        rgb = strip(r, lut)
+        flags = _vector_flags(r)
+        layout, shown = "strip", r.shape[0]
+    elif r.ndim == 2:
+        rgb = signals(r.T, lut)
+        flags = normalize_channels(r[:, None, :], "minmax")[1]
+        layout, shown = "signals", r.shape[0]
+    else:
+        vr = value_range if opts.norm == "global" else None
+        indices, flags = normalize_channels(r, opts.norm, value_range=vr)
+        rgb = tile(indices, lut, columns=opts.columns, flags=flags.any(), numbers=opts.numbers)
+        layout, shown = "grid", r.shape[0]
+    if title is not None and opts.title:
+        suffix = f"  ·  channels 0-{shown - 1} of {total}" if shown < total else ""
+        rgb = add_title(rgb, title + suffix)
+    return Rendered(rgb=rgb, channels_total=total, channels_shown=shown, flags=flags, layout=layout,
+                    value_range=finite_range(r))
+
+
+def _vector_flags(v: np.ndarray) -> ChannelFlags:
+    # One value per unit: "dead" means exactly zero; a single value is never "constant".
+    finite = np.isfinite(v)
+    return ChannelFlags(dead=finite & (v == 0), constant=np.zeros(v.shape, bool), nonfinite=~finite)

@@ -1,0 +1,366 @@
+"""PNG bytes, and the only code in convlens that writes output files.
+
+:func:`encode_png` writes PNGs itself (numpy + zlib) rather than through PIL:
+PIL tries five row filters on every row, which triples the cost of a
+1800x1800 feature-map grid, and it compresses on one core. Grids are mostly
+runs of identical colormap colours, which compress best unfiltered; large
+images are deflated in parallel pieces, like pigz, into one standard stream.
+
+:class:`OutputDir` makes a run's output appear all at once or not at all.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import secrets
+import shutil
+import struct
+import threading
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path, PurePosixPath, PureWindowsPath
+from types import TracebackType
+from typing import Any, NoReturn
+
+import numpy as np
+
+from .._errors import BadArgument, OutputError
+
+__all__ = ["OutputDir", "atomic_write_bytes", "encode_png"]
+
+_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_COLOR_TYPES = {1: 0, 3: 2, 4: 6}  # channels -> PNG colour type (gray, RGB, RGBA)
+_PARALLEL_BYTES = 2 << 20  # below this, thread hand-offs cost more than they save
+_ADLER_BASE = 65521
+
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def encode_png(rgb: np.ndarray, *, compress_level: int = 1) -> bytes:
+    """Encode a picture as PNG bytes.
+
+    Args:
+        rgb: ``(H, W, 3)`` uint8 RGB; ``(H, W)`` or ``(H, W, 1)`` gray and
+            ``(H, W, 4)`` RGBA also work.
+        compress_level: zlib level 0-9; 1 (the default) is several times
+            faster than 6 for a few percent more bytes.
+
+    Returns:
+        A complete PNG file.
+    """
+    a = np.asarray(rgb)
+    if a.ndim == 2:
+        a = a[:, :, None]
+    if a.ndim != 3 or a.shape[2] not in _COLOR_TYPES or a.dtype != np.uint8:
+        raise BadArgument(f"encode_png needs an (H, W, 3) uint8 picture, got shape {np.shape(rgb)} "
+                          f"dtype {a.dtype}")
+    h, w, channels = a.shape
+    if h == 0 or w == 0:
+        raise BadArgument(f"cannot encode an empty picture of shape {a.shape}")
+    if not 0 <= int(compress_level) <= 9:
+        raise BadArgument(f"compress_level must be 0-9, got {compress_level}")
+    # Every row starts with its filter type; 0 ("none") keeps colour runs intact.
+    raw = np.empty((h, w * channels + 1), dtype=np.uint8)
+    raw[:, 0] = 0
+    raw[:, 1:] = a.reshape(h, w * channels)
+    header = struct.pack(">IIBBBBB", w, h, 8, _COLOR_TYPES[channels], 0, 0, 0)
+    return b"".join((
+        _SIGNATURE,
+        _chunk(b"IHDR", header),
+        _chunk(b"IDAT", _deflate(memoryview(raw).cast("B"), int(compress_level))),
+        _chunk(b"IEND", b""),
+    ))
+
+
+def _chunk(tag: bytes, data: bytes) -> bytes:
+    return b"".join((struct.pack(">I", len(data)), tag, data,
+                     struct.pack(">I", zlib.crc32(data, zlib.crc32(tag)))))
+
+
+def _deflate(data: memoryview, level: int) -> bytes:
+    """A zlib stream of ``data``, deflated in parallel pieces when it is large."""
+    workers = _cpu_count()
+    if len(data) < _PARALLEL_BYTES or workers < 2 or level == 0:
+        return zlib.compress(data, level)
+    # Each piece but the last ends on a sync flush (byte-aligned, not final), so
+    # the raw deflate pieces concatenate into one valid stream; zlib releases
+    # the GIL while it works, so threads really run side by side.
+    step = math.ceil(len(data) / workers)
+    pieces = [data[i : i + step] for i in range(0, len(data), step)]
+    last = len(pieces) - 1
+    futures = [_executor().submit(_deflate_piece, p, level, i == last) for i, p in enumerate(pieces[:-1])]
+    tail = _deflate_piece(pieces[-1], level, True)
+    parts = [f.result() for f in futures] + [tail]
+    adler = parts[0][1]
+    for (_, piece_adler), piece in zip(parts[1:], pieces[1:]):
+        adler = _adler32_combine(adler, piece_adler, len(piece))
+    return b"".join([b"\x78\x01", *(p for p, _ in parts), struct.pack(">I", adler)])
+
+
+def _deflate_piece(piece: memoryview, level: int, final: bool) -> tuple[bytes, int]:
+    c = zlib.compressobj(level, zlib.DEFLATED, -15)  # raw deflate: the header is written once
+    body = c.compress(piece) + c.flush(zlib.Z_FINISH if final else zlib.Z_SYNC_FLUSH)
+    return body, zlib.adler32(piece)
+
+
+def _adler32_combine(adler1: int, adler2: int, len2: int) -> int:
+    """Adler-32 of ``a + b`` from those of ``a`` and ``b`` (zlib's adler32_combine)."""
+    rem = len2 % _ADLER_BASE
+    sum1 = adler1 & 0xFFFF
+    sum2 = (rem * sum1) % _ADLER_BASE
+    sum1 += (adler2 & 0xFFFF) + _ADLER_BASE - 1
+    sum2 += ((adler1 >> 16) & 0xFFFF) + ((adler2 >> 16) & 0xFFFF) + _ADLER_BASE - rem
+    sum1 %= _ADLER_BASE
+    sum2 %= _ADLER_BASE
+    return sum1 | (sum2 << 16)
+
+
+def _cpu_count() -> int:
+    try:
+        n = len(os.sched_getaffinity(0))  # honours container CPU limits
+    except AttributeError:  # pragma: no cover - macOS, Windows
+        n = os.cpu_count() or 1
+    return max(1, min(n, 4))
+
+
+def _executor() -> ThreadPoolExecutor:
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(max_workers=_cpu_count(), thread_name_prefix="convlens-png")
+        return _pool
+
+
+# ---------------------------------------------------------------- writing
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write one file so that readers see the old content or the new, never half.
+
+    The bytes go to a temporary file in the same folder, then replace ``path``
+    in one rename. Missing parent folders are created.
+
+    Raises:
+        OutputError: the file or its folder cannot be written.
+    """
+    target = Path(path)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if target.is_dir():
+            raise IsADirectoryError(f"{target} is a folder")
+        tmp = target.with_name(f".{target.name}.convlens-tmp-{secrets.token_hex(4)}")
+        try:
+            _write_new(tmp, data)
+            os.replace(tmp, target)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+    except OSError as e:
+        raise OutputError(f"cannot write {target}: {_reason(e, target)}") from e
+
+
+def _write_new(path: Path, data: bytes) -> None:
+    # os.open with 0o666 lets the umask decide permissions (mkstemp would force 0600).
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+
+
+class OutputDir:
+    """An output folder written as one transaction.
+
+    Files are written into a hidden staging folder next to ``path`` (same
+    filesystem, so moving them is a rename) and only appear in ``path`` when
+    the ``with`` block ends normally. If it raises, the staging folder is
+    removed and ``path`` is left exactly as it was: a failed run leaves no
+    partial output. Writing into an existing folder keeps its other files;
+    files with the same names are replaced.
+
+    ``write_*`` methods may be called from several threads at once.
+
+    Example::
+
+        with OutputDir("out") as out:
+            out.write_png("maps/cat/001_conv.png", rgb)
+            out.write_json("index.json", index)
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(os.path.abspath(os.fspath(path)))
+        self._shown = os.fspath(path)
+        self._staging: Path | None = None
+        self._written: list[str] = []
+        self._seen: set[str] = set()
+        self._lock = threading.Lock()
+
+    @property
+    def written(self) -> list[str]:
+        """Relative paths written so far, in the order of their first write."""
+        with self._lock:
+            return list(self._written)
+
+    def __enter__(self) -> OutputDir:
+        target = self.path
+        if target.exists() and not target.is_dir():
+            self._fail("it is a file, not a folder")
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            self._fail(_reason(e, target.parent), e)
+        if target.is_dir() and not os.access(target, os.W_OK | os.X_OK):
+            self._fail("permission denied")
+        try:
+            self._staging = _make_dir(target.parent, f".{target.name}.convlens-tmp-")
+        except OSError as e:
+            if not target.is_dir():
+                self._fail(_reason(e, target.parent), e)
+            try:  # the parent is read-only but the folder itself is writable: stage inside it
+                self._staging = _make_dir(target, ".convlens-tmp-")
+            except OSError as e2:
+                self._fail(_reason(e2, target), e2)
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        staging, self._staging = self._staging, None
+        if staging is None:
+            return
+        if exc_type is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+            return
+        try:
+            self._commit(staging)
+        except OSError as e:
+            raise OutputError(f"cannot write to {self._shown}: {_reason(e, self.path)}; "
+                              "choose another --out folder") from e
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+    def write_bytes(self, rel: str | os.PathLike[str], data: bytes) -> None:
+        """Stage one file.
+
+        Args:
+            rel: path relative to the output folder, ``/``-separated, e.g.
+                ``maps/cat/001_conv.png``; no absolute paths, no ``..``.
+            data: the file's content.
+        """
+        key = _relative(rel)
+        staging = self._staging
+        if staging is None:
+            raise OutputError("OutputDir is not open; write inside its 'with' block")
+        dest = staging.joinpath(*key.split("/"))
+        try:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            with open(dest, "wb") as f:
+                f.write(data)
+        except OSError as e:
+            raise OutputError(f"cannot write {key} to {self._shown}: {_reason(e, dest)}; "
+                              "choose another --out folder") from e
+        with self._lock:
+            if key not in self._seen:
+                self._seen.add(key)
+                self._written.append(key)
+
+    def write_png(self, rel: str | os.PathLike[str], rgb: np.ndarray, *, compress_level: int = 1) -> None:
+        """Encode ``(H, W, 3)`` uint8 RGB with :func:`encode_png` and stage it."""
+        self.write_bytes(rel, encode_png(rgb, compress_level=compress_level))
+
+    def write_text(self, rel: str | os.PathLike[str], text: str) -> None:
+        """Stage a UTF-8 text file."""
+        self.write_bytes(rel, text.encode("utf-8"))
+
+    def write_json(self, rel: str | os.PathLike[str], obj: Any) -> None:
+        """Stage ``obj`` as indented JSON (keys in insertion order).
+
+        numpy scalars and arrays become numbers and lists, paths become
+        strings, and NaN or infinite floats become ``null`` so browsers can
+        parse the file.
+        """
+        text = json.dumps(_jsonable(obj), indent=2, ensure_ascii=False, allow_nan=False)
+        self.write_text(rel, text + "\n")
+
+    def _commit(self, staging: Path) -> None:
+        target = self.path
+        if not target.exists():
+            try:
+                os.replace(staging, target)  # the whole output appears in one rename
+                return
+            except OSError:
+                if not target.is_dir():  # something else appeared there meanwhile
+                    raise
+        keys = self.written
+        for key in keys:  # check everything first, so a conflict moves nothing
+            _check_free(target, key)
+        for key in keys:
+            dest = target.joinpath(*key.split("/"))
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(staging.joinpath(*key.split("/")), dest)
+
+    def _fail(self, reason: str, cause: BaseException | None = None) -> NoReturn:
+        raise OutputError(f"cannot write to {self._shown}: {reason}; choose another --out folder") from cause
+
+
+def _make_dir(parent: Path, prefix: str) -> Path:
+    # Not tempfile.mkdtemp: its 0700 mode would become the output folder's mode.
+    for _ in range(100):
+        candidate = parent / f"{prefix}{secrets.token_hex(4)}"
+        try:
+            candidate.mkdir(0o777)
+            return candidate
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free staging folder name in {parent}")  # pragma: no cover
+
+
+def _relative(rel: str | os.PathLike[str]) -> str:
+    """Validate a relative output path; returns it ``/``-separated."""
+    text = os.fspath(rel)
+    if not isinstance(text, str) or not text.strip():
+        raise BadArgument(f"an output path must be a non-empty relative path, got {rel!r}")
+    unified = text.replace("\\", "/")
+    if PurePosixPath(unified).is_absolute() or PureWindowsPath(text).drive:
+        raise BadArgument(f"output paths must be relative to the output folder, got {text!r}")
+    parts = [p for p in unified.split("/") if p not in ("", ".")]
+    if not parts or ".." in parts:
+        raise BadArgument(f"output paths must stay inside the output folder, got {text!r}")
+    return "/".join(parts)
+
+
+def _check_free(target: Path, key: str) -> None:
+    here = target
+    parts = key.split("/")
+    for part in parts[:-1]:
+        here = here / part
+        if here.exists() and not here.is_dir():
+            raise NotADirectoryError(f"{here} is a file, so {key} cannot be written")
+    if (here / parts[-1]).is_dir():
+        raise IsADirectoryError(f"{here / parts[-1]} is a folder, so {key} cannot be written")
+
+
+def _reason(e: OSError, path: Path) -> str:
+    """A short human reason for an OSError, naming a file that blocks a folder."""
+    probe = Path(path)
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        return f"{probe} is a file, not a folder"
+    return e.strerror or str(e)
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _jsonable(obj.tolist())
+    if isinstance(obj, np.generic):
+        return _jsonable(obj.item())
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    return obj

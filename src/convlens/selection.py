@@ -1,0 +1,142 @@
+"""Layer selection: names, globs, regular expressions, kinds, index ranges and ``blocks``.
+
+A selection is a comma-separated string (or a list of such terms). Each term is
+one of:
+
+* a kind: ``conv``, ``pool``, ``act``, ``dense``, ``norm``, ``merge``, ``all``;
+* ``blocks``: the last conv layer of each resolution stage, i.e. the last conv
+  before each downsampling (VGG16: indexes 2, 5, 9, 13, 17);
+* an index ``7``, a negative index ``-1``, or an inclusive range ``3-9`` / ``3..9``;
+* a glob ``block*_conv1`` (``*?[``), matched against full and short names;
+* a regular expression ``re:block[45]_conv\\d``;
+* a layer name, full (``vgg16/block1_conv1``) or short (``block1_conv1``) when
+  the short name is unique.
+
+The result is the union of the terms, in execution order.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import re
+from typing import Iterable, Sequence
+
+from ._errors import BadArgument, LayerNotFound
+from .core.layers import LayerInfo
+
+__all__ = ["DEFAULT_SELECTION", "KIND_TERMS", "blocks", "select"]
+
+DEFAULT_SELECTION = "conv,pool"
+KIND_TERMS = ("conv", "pool", "act", "dense", "norm", "merge", "all")
+_INDEX = re.compile(r"^-?\d+$")
+_RANGE = re.compile(r"^(\d+)\s*(?:-|\.\.)\s*(\d+)$")
+
+
+def _short(name: str) -> str:
+    return name.rsplit("/", 1)[-1]
+
+
+def blocks(layers: Sequence[LayerInfo]) -> list[int]:
+    """Indexes of the last conv layer of each resolution stage.
+
+    Stages are told apart by the conv output's jump (its total stride in input
+    pixels, see :mod:`convlens.core.receptive`), or by its spatial output size
+    when the jump is unknown.
+    """
+    last: dict[object, int] = {}
+    for layer in layers:
+        if layer.kind != "conv":
+            continue
+        key: object = layer.rf_jump if layer.rf_jump is not None else (
+            tuple(layer.output_shape[:-1]) if layer.output_shape else None
+        )
+        last.pop(key, None)  # keep stages in the order in which they end
+        last[key] = layer.index
+    return sorted(last.values())
+
+
+def _terms(spec: str | Iterable[str]) -> list[str]:
+    items = [spec] if isinstance(spec, str) else list(spec)
+    terms = [t.strip() for item in items for t in str(item).split(",")]
+    terms = [t for t in terms if t]
+    if not terms:
+        raise BadArgument("empty layer selection; try --layers conv,pool or --layers all")
+    return terms
+
+
+def _not_found(term: str, layers: Sequence[LayerInfo]) -> LayerNotFound:
+    names = [layer.name for layer in layers] + sorted({_short(layer.name) for layer in layers})
+    close = difflib.get_close_matches(term, names, n=3, cutoff=0.5)
+    hint = f"; closest: {', '.join(close)}" if close else ""
+    return LayerNotFound(
+        f"no layer matches {term!r}{hint}; run `convlens layers MODEL` to list every layer "
+        f"(or use kinds {', '.join(KIND_TERMS)}, blocks, globs like 'block*' or 're:PATTERN')"
+    )
+
+
+def _match(term: str, layers: Sequence[LayerInfo]) -> list[int]:
+    low = term.lower()
+    if low == "all":
+        return [layer.index for layer in layers if layer.kind != "input"]
+    if low in KIND_TERMS:
+        return [layer.index for layer in layers if layer.kind == low]
+    if low == "blocks":
+        return blocks(layers)
+    if _INDEX.match(term):
+        i = int(term)
+        n = len(layers)
+        if not -n <= i < n:
+            raise LayerNotFound(f"layer index {i} is out of range: the model has layers 0..{n - 1}; "
+                                "run `convlens layers MODEL` to list them")
+        return [layers[i].index]
+    m = _RANGE.match(term)
+    if m:
+        lo, hi = int(m.group(1)), int(m.group(2))
+        if lo > hi:
+            raise BadArgument(f"layer range {term!r} runs backwards; write it as {hi}-{lo}")
+        hits = [layer.index for layer in layers if lo <= layer.index <= hi]
+        if not hits:
+            raise LayerNotFound(f"layer range {term!r} holds no layer: the model has layers "
+                                f"0..{len(layers) - 1}")
+        return hits
+    if term.startswith("re:"):
+        try:
+            pattern = re.compile(term[3:])
+        except re.error as exc:
+            raise BadArgument(f"bad regular expression {term[3:]!r}: {exc}") from None
+        hits = [layer.index for layer in layers
+                if pattern.search(layer.name) or pattern.search(_short(layer.name))]
+    elif any(c in term for c in "*?["):
+        hits = [layer.index for layer in layers
+                if fnmatch.fnmatchcase(layer.name, term) or fnmatch.fnmatchcase(_short(layer.name), term)]
+    else:
+        hits = [layer.index for layer in layers if layer.name == term]
+        if not hits:
+            hits = [layer.index for layer in layers if _short(layer.name) == term]
+            if len(hits) > 1:
+                full = ", ".join(layers[i].name for i in hits)
+                raise LayerNotFound(f"{term!r} names several layers ({full}); use the full name")
+    if not hits:
+        raise _not_found(term, layers)
+    return hits
+
+
+def select(layers: Sequence[LayerInfo], spec: str | Iterable[str] | None = None) -> list[int]:
+    """Resolve a selection against a layer table.
+
+    Args:
+        layers: the model's layers in execution order (``layers[i].index == i``).
+        spec: the selection; ``None`` means ``"conv,pool"``.
+
+    Returns:
+        Sorted, unique layer indexes.
+
+    Raises:
+        LayerNotFound: a term matches nothing; the message lists the closest names.
+        BadArgument: the selection is empty or malformed.
+    """
+    chosen: set[int] = set()
+    for term in _terms(DEFAULT_SELECTION if spec is None else spec):
+        chosen.update(_match(term, layers))
+    return sorted(chosen)

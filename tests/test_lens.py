@@ -1,0 +1,96 @@
+"""The Python API on the built-in demo model and small hand-built models."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import convlens
+from convlens import BadArgument, Lens, OutputError
+
+pytestmark = pytest.mark.keras
+
+
+@pytest.fixture(scope="module")
+def demo(keras):
+    return Lens("demo")
+
+
+def test_demo_model_classifies_its_digit(demo):
+    meta = json.loads((convlens.DEMO_MODEL.with_suffix(".json")).read_text())
+    maps = demo.feature_maps(convlens.DEMO_IMAGE, layers="conv")
+    assert int(np.argmax(maps.output[0])) == meta["sample_image"]["label"]
+    assert meta["test_accuracy"] >= 0.95
+    assert set(maps) == {t.name for t in demo.layers() if t.kind == "conv"}
+    assert maps.inputs.shape == (1, 28, 28, 1) and 0 <= maps.inputs.min() and maps.inputs.max() <= 1
+
+
+def test_several_images_one_pass_each(demo):
+    digit = np.asarray(Image.open(convlens.DEMO_IMAGE))
+    maps = demo.feature_maps([convlens.DEMO_IMAGE, digit, 255 - digit], layers="0,1")
+    first = maps[demo.layers()[1].name]
+    assert first.shape[0] == 3
+    np.testing.assert_allclose(first[0], first[1], rtol=1e-6)  # the file and its pixels agree
+    assert not np.allclose(first[0], first[2])
+    assert [im.name for im in maps.images] == ["digit", "array1", "array2"]
+
+
+def test_rendering_in_python_and_inline(demo):
+    maps = demo.feature_maps(convlens.DEMO_IMAGE)
+    name = demo.layers()[1].name
+    rgb = maps.render(name, norm="layer", cmap="gray", columns=4)
+    assert rgb.dtype == np.uint8 and rgb.ndim == 3 and rgb.shape[2] == 3
+    html = maps._repr_html_()
+    assert html.count("<img src='data:image/png;base64,") == len(maps)
+    assert "<td>" not in demo.layers()._repr_html_() and "conv" in demo.layers()._repr_html_()
+    with pytest.raises(BadArgument, match="viridis|colormap"):
+        maps.render(name, cmap="viridiss")
+
+
+def test_save_maps_every_norm_and_index(demo, tmp_path):
+    for norm in ("standardize", "minmax", "layer", "global"):
+        out = tmp_path / norm
+        index = demo.save_maps(convlens.DEMO_IMAGE, out, layers="all", norm=norm, max_channels=7)
+        assert index["options"]["norm"] == norm
+        for entry in index["maps"]:
+            assert (out / entry["file"]).is_file()
+            assert entry["channels_shown"] <= 7
+        assert json.loads((out / "index.json").read_text()) == index
+
+
+def test_maps_and_filters_share_an_output_folder(demo, tmp_path):
+    demo.save_maps(convlens.DEMO_IMAGE, tmp_path, layers="conv")
+    demo.save_filters(tmp_path)
+    index = json.loads((tmp_path / "index.json").read_text())
+    assert index["maps"] and index["filters"]
+    assert all((tmp_path / e["file"]).is_file() for e in index["maps"] + index["filters"])
+
+
+def test_a_failure_midway_writes_nothing(demo, tmp_path, monkeypatch):
+    from convlens import lens as lens_module
+
+    calls = {"n": 0}
+    real = lens_module.render_map
+
+    def flaky(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise OutputError("disk full")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(lens_module, "render_map", flaky)
+    out = tmp_path / "out"
+    with pytest.raises(OutputError):
+        demo.save_maps(convlens.DEMO_IMAGE, out, layers="all")
+    assert calls["n"] == 3
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_filters_of_the_demo(demo):
+    kernels = demo.filters()
+    first = next(iter(kernels.values()))
+    assert first.shape[1:] == (1, 3, 3)
+    assert all(k.dtype == np.float32 for k in kernels.values())
