@@ -41,7 +41,8 @@ def _safe(name: str) -> str:
 def _shape(shape: Sequence[int | None] | None) -> str:
     if shape is None:
         return "?"
-    return "(" + ", ".join("None" if d is None else str(d) for d in shape) + ")"
+    dims = ["None" if d is None else str(d) for d in shape]
+    return "(" + ", ".join(dims) + ("," if len(dims) == 1 else "") + ")"
 
 
 def _pair_text(p: Sequence[int] | None) -> str:
@@ -68,8 +69,8 @@ def format_table(layers: Sequence[LayerInfo]) -> str:
              for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     total = sum(layer.params for layer in layers)
-    lines.append(f"{len(layers)} layers, {total:,} parameters. RF: receptive field in input pixels; "
-                 "jump: input pixels between neighbouring outputs.")
+    lines.append(f"{len(layers)} layers, {total:,} parameters. kernel: (filters, inputs, kh, kw); "
+                 "RF: receptive field in input pixels; jump: input pixels between neighbouring outputs.")
     return "\n".join(lines)
 
 

@@ -124,9 +124,9 @@ def test_subclassed_model_needs_then_uses_input_shape(keras):
     assert [(t.name, t.output_shape) for t in table] == [
         ("input", (16, 16, 3)), ("c1", (14, 14, 4)), ("block/c2", (6, 6, 6)), ("block/r2", (6, 6, 6)),
         ("gap", (6,)), ("out", (2,))]
-    assert table[2].parents == (1,) and table[2].rf_jump == (2, 2) and table[2].rf_size == (7, 7)
+    assert table[2].parents == (1,) and table[2].rf_jump == (2, 2) and table[2].rf_size == (5, 5)
     image = np.random.default_rng(2).random((16, 16, 3)).astype("float32")
-    maps = lens.feature_maps(image, layers="c1,r2", preprocess="raw")
+    maps = lens.feature_maps(image, layers="c1,r2")  # floats in 0..1 are scaled to 0..255, unit undoes it
     want = keras.ops.convert_to_numpy(net.c1(image[None]))
     np.testing.assert_allclose(maps["c1"], want, rtol=1e-5, atol=1e-6)
     assert maps["block/r2"].min() >= 0
@@ -252,7 +252,8 @@ def test_depthwise_separable_transpose_and_conv1d_kernels(keras):
     assert k["dw"].shape == (6, 1, 3, 3)
     np.testing.assert_array_equal(k["dw"][1, 0], dw[:, :, 0, 1])  # input 0, multiplier 1
     assert k["sep"].shape == (6, 1, 3, 3)
-    assert k["tr"].shape == (4, 6, 3, 3)
+    assert k["tr"].shape == (4, 5, 3, 3)  # (kh, kw, out, in) -> (out, in, kh, kw)
+    np.testing.assert_array_equal(k["tr"][3, 2], keras.ops.convert_to_numpy(model.get_layer("tr").kernel)[:, :, 3, 2])
     seq = keras.Sequential([keras.Input((20, 2)), L.Conv1D(3, 5, name="c1d")])
     k1 = Lens(seq, preprocess="raw").adapter.kernels(1)
     native = keras.ops.convert_to_numpy(seq.layers[0].kernel)  # (5, 2, 3)

@@ -47,15 +47,47 @@ ZOO: dict[str, tuple[str, str, int]] = {
 }
 
 
+@contextmanager
+def _quiet_native_stderr() -> Iterator[None]:
+    """Silence C++ start-up logs (oneDNN, CUDA probing) that bypass TF_CPP_MIN_LOG_LEVEL.
+
+    Only file descriptor 2 is redirected, only while TensorFlow initialises;
+    Python exceptions still propagate and are reported after it is restored.
+    """
+    try:
+        saved = os.dup(2)
+    except OSError:  # no real stderr (some notebook kernels)
+        yield
+        return
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+_KERAS: Any = None
+
+
 def import_keras() -> Any:
     """Import Keras 3, quietly, or say which extra to install."""
+    global _KERAS
+    if _KERAS is not None:
+        return _KERAS
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's C++ start-up chatter
     try:
-        import keras
+        with _quiet_native_stderr():
+            import keras
+
+            if keras.backend.backend() == "tensorflow":  # device discovery logs once, here
+                keras.ops.convert_to_numpy(keras.ops.zeros((1,)))
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise MissingDependency(
             f"Keras is not installed ({exc}); run: pip install 'convlens[keras]'"
         ) from None
+    _KERAS = keras
     if not hasattr(keras, "ops"):  # pragma: no cover
         raise MissingDependency("convlens needs Keras 3; run: pip install -U 'convlens[keras]'")
     return keras
@@ -432,10 +464,12 @@ class KerasAdapter:
                 tensor_owner[id(first)] = len(records)  # row 0 is the input
                 keep.append(first)
 
-        x = np.zeros((1, *shape), dtype="float32")
-        with self._wrapped(record):
-            with self._no_grad():
-                self.model(ops.convert_to_tensor(x), training=False)
+        x = ops.convert_to_tensor(np.zeros((1, *shape), dtype="float32"))
+        with self._no_grad():
+            if not self.model.built:  # the first call builds, which may call layers an extra time
+                self.model(x, training=False)
+            with self._wrapped(record):
+                self.model(x, training=False)
         counts: dict[str, int] = {}
         rows: list[tuple[Any, LayerInfo]] = [(None, LayerInfo(index=0, name="input", type="InputLayer",
                                                              kind="input", output_shape=self.input_shape))]

@@ -54,8 +54,9 @@ def lut(name: str = "viridis") -> np.ndarray:
             if len(folded) != 1:
                 close = difflib.get_close_matches(name, known + list(_GRAY_NAMES), n=3, cutoff=0.6)
                 hint = f"did you mean {', '.join(repr(c) for c in close)}? " if close else ""
-                raise BadArgument(f"unknown colormap {name!r}; {hint}any matplotlib colormap name "
-                                  "works (viridis, magma, inferno, plasma, cividis, gray, RdBu_r, ...)")
+                raise BadArgument(f"unknown colormap {name!r}; {hint}any matplotlib colormap "
+                                  "name works (viridis, magma, inferno, plasma, cividis, gray, "
+                                  "RdBu_r, ...)")
             cmap = matplotlib.colormaps[folded[0]]
         rgba = cmap(np.linspace(0.0, 1.0, 256))
         table = np.rint(np.asarray(rgba)[:, :3] * 255).astype(np.uint8)
@@ -75,7 +76,8 @@ def apply_lut(indices: np.ndarray, table: np.ndarray) -> np.ndarray:
     """
     idx = np.asarray(indices)
     if idx.dtype != np.uint8:
-        raise BadArgument(f"colormap indices must be uint8 (see normalize_channels), got {idx.dtype}")
+        raise BadArgument(f"colormap indices must be uint8 (see normalize_channels), "
+                          f"got {idx.dtype}")
     if table.shape != (256, 3) or table.dtype != np.uint8:
         raise BadArgument(f"a lookup table is (256, 3) uint8, got {table.shape} {table.dtype}")
     return np.take(table, idx, axis=0)

@@ -78,8 +78,8 @@ def rgb_composites(kernels: np.ndarray, *, max_filters: int = 64, columns: int |
     return canvas
 
 
-def filter_grid(kernels: np.ndarray, lut: np.ndarray, *, max_filters: int = 64, max_inputs: int = 16,
-                cell: int | None = None) -> np.ndarray:
+def filter_grid(kernels: np.ndarray, lut: np.ndarray, *, max_filters: int = 64,
+                max_inputs: int = 16, cell: int | None = None) -> np.ndarray:
     """Filters down, input channels across, with each filter's number and L2 norm.
 
     Every cell is one ``(kh, kw)`` kernel slice. Slices are normalised per

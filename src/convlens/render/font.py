@@ -52,7 +52,8 @@ def _codes(text: str) -> list[int]:
         return [_CODE[c] for c in text.replace("E", "e")]
     except KeyError:
         bad = sorted({c for c in text if c not in _CODE and c != "E"})
-        raise BadArgument(f"the built-in font cannot draw {''.join(bad)!r}; it draws {CHARS!r}") from None
+        raise BadArgument(f"the built-in font cannot draw {''.join(bad)!r}; "
+                          f"it draws {CHARS!r}") from None
 
 
 def text_size(text: str, scale: int = 1) -> tuple[int, int]:

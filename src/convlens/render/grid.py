@@ -126,7 +126,8 @@ def tile(
     """
     idx = np.asarray(indices)
     if idx.ndim != 3 or idx.dtype != np.uint8:
-        raise BadArgument(f"tile needs (C, h, w) uint8 indices, got shape {idx.shape} dtype {idx.dtype}")
+        raise BadArgument(f"tile needs (C, h, w) uint8 indices, got shape {idx.shape} "
+                          f"dtype {idx.dtype}")
     n, h, w = idx.shape
     if n == 0 or h == 0 or w == 0:
         raise BadArgument(f"nothing to draw: maps of shape {idx.shape}")
@@ -137,11 +138,13 @@ def tile(
     if factor > 1:
         idx = idx.repeat(factor, axis=1).repeat(factor, axis=2)
     th, tw = h * factor, w * factor
-    canvas, view = _mosaic(idx, rows, cols, separator, _color(separator_color), _color(empty_color), lut)
+    canvas, view = _mosaic(idx, rows, cols, separator, _color(separator_color),
+                           _color(empty_color), lut)
     if flags is not None:
         marked = np.asarray(flags, dtype=bool)
         if marked.shape != (n,):
-            raise BadArgument(f"flags must be one bool per channel ({n},), got shape {marked.shape}")
+            raise BadArgument(f"flags must be one bool per channel ({n},), "
+                              f"got shape {marked.shape}")
         _draw_crosses(view, np.flatnonzero(marked), cols, th, tw, _color(flag_color))
     if numbers:
         _draw_numbers(view, n, cols, th, tw, int(first_number))
@@ -155,7 +158,8 @@ def strip(values: np.ndarray, lut: np.ndarray, *, cell: int = 8, per_row: int = 
         values: ``(C,)`` numbers; min-max normalised (non-finite values get
             index 0, a constant vector is all 0).
         lut: ``(256, 3)`` uint8 colormap table.
-        cell: side in pixels of each value's square.
+        cell: side in pixels of each value's square; vectors shorter than
+            ``per_row`` get squares of up to 32 pixels so the strip is ~256 wide.
         per_row: squares per row before wrapping.
 
     Returns:
@@ -167,6 +171,8 @@ def strip(values: np.ndarray, lut: np.ndarray, *, cell: int = 8, per_row: int = 
     if cell < 1 or per_row < 1:
         raise BadArgument(f"cell and per_row must be at least 1, got {cell} and {per_row}")
     idx, _ = normalize_channels(v.reshape(1, 1, -1), "minmax")
+    if v.size < per_row:  # a handful of values (class scores) would be specks at 8 px
+        cell = max(cell, min(32, 256 // v.size))
     return tile(idx.reshape(-1, 1, 1), lut, columns=per_row, separator=1, min_tile=cell)
 
 
@@ -212,7 +218,8 @@ def add_title(rgb: np.ndarray, text: str, *, height: int | None = None) -> np.nd
     Args:
         rgb: ``(H, W, 3)`` uint8.
         text: one line (newlines become spaces).
-        height: bar height in pixels; default fits a ~13 px font.
+        height: bar height in pixels; default fits the font, which grows
+            from 13 to 20 px with the picture's width.
 
     Returns:
         ``(H + bar, max(W, text width + margins), 3)`` uint8; a picture
@@ -222,13 +229,14 @@ def add_title(rgb: np.ndarray, text: str, *, height: int | None = None) -> np.nd
 
     img = np.asarray(rgb)
     if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
-        raise BadArgument(f"add_title needs an (H, W, 3) uint8 picture, got {img.shape} {img.dtype}")
+        raise BadArgument(f"add_title needs an (H, W, 3) uint8 picture, "
+                          f"got {img.shape} {img.dtype}")
     text = " ".join(str(text).split())
-    font = _font(13)
+    font = _font(int(np.clip(img.shape[1] // 90, 13, 20)))  # readable over 1800-pixel grids
     margin = 8
     _, top, right, bottom = font.getbbox(text or " ")
     _, ref_top, _, ref_bottom = font.getbbox("Ag")  # same baseline for every title
-    bar = max(int(height), 1) if height is not None else max(22, ref_bottom + 2 * 5)
+    bar = max(int(height), 1) if height is not None else max(22, ref_bottom - ref_top + 12)
     width = max(img.shape[1], right + 2 * margin)
     header = Image.new("RGB", (width, bar), _TITLE_BAR)
     y = (bar - (ref_bottom - ref_top)) // 2 - ref_top
@@ -272,7 +280,8 @@ def _mosaic(
     if lut is not None:
         # One 3-byte gather per pixel, written straight into the canvas.
         table = np.ascontiguousarray(lut).view("V3").reshape(256)
-        dest = canvas.view("V3").reshape(canvas.shape[:2])[s:, s:].reshape(rows, th + s, cols, tw + s)
+        pixels = canvas.view("V3").reshape(canvas.shape[:2])  # one 3-byte item per pixel
+        dest = pixels[s:, s:].reshape(rows, th + s, cols, tw + s)
         if full:
             src = tiles[: full * cols].reshape(full, cols, th, tw).transpose(0, 2, 1, 3)
             np.take(table, src, out=dest[:full, :th, :, :tw])
@@ -280,7 +289,8 @@ def _mosaic(
             np.take(table, tiles[full * cols:].transpose(1, 0, 2), out=dest[full, :th, :rest, :tw])
     else:
         if full:
-            view[:full, :th, :, :tw] = tiles[: full * cols].reshape(full, cols, th, tw, 3).transpose(0, 2, 1, 3, 4)
+            src = tiles[: full * cols].reshape(full, cols, th, tw, 3)
+            view[:full, :th, :, :tw] = src.transpose(0, 2, 1, 3, 4)
         if rest:
             view[full, :th, :rest, :tw] = tiles[full * cols:].transpose(1, 0, 2, 3)
     if rest:
@@ -292,17 +302,18 @@ def _cross_mask(th: int, tw: int, half_width: int) -> np.ndarray:
     """``(th, tw)`` bool: both diagonals, continuous along the longer side."""
     y = np.arange(th, dtype=np.float64)[:, None]
     x = np.arange(tw, dtype=np.float64)[None, :]
-    if tw >= th:  # one or two pixels per row
+    if tw >= th:  # wide: walk the columns, one or two pixels each
+        along = x * (th - 1) / max(tw - 1, 1)  # row of the main diagonal in each column
+        d1, d2 = np.abs(y - along), np.abs((th - 1 - y) - along)
+    else:  # tall: walk the rows
         along = y * (tw - 1) / max(th - 1, 1)
         d1, d2 = np.abs(x - along), np.abs((tw - 1 - x) - along)
-    else:  # one or two pixels per column
-        d1 = np.abs(y - x * (th - 1) / max(tw - 1, 1))
-        d2 = np.abs(y - (tw - 1 - x) * (th - 1) / max(tw - 1, 1))
     limit = half_width + 0.5
     return (d1 <= limit) | (d2 <= limit)
 
 
-def _draw_crosses(view: np.ndarray, which: np.ndarray, cols: int, th: int, tw: int, color: Color) -> None:
+def _draw_crosses(view: np.ndarray, which: np.ndarray, cols: int, th: int, tw: int,
+                  color: Color) -> None:
     if which.size == 0:
         return
     ys, xs = np.nonzero(_cross_mask(th, tw, 1 if min(th, tw) >= 96 else 0))
@@ -330,7 +341,8 @@ def _draw_numbers(view: np.ndarray, n: int, cols: int, th: int, tw: int, first: 
     rr = np.arange(n) // cols
     cc = np.arange(n) % cols
     region = view[rr, :box_h, cc, :box_w]  # (n, box_h, box_w, 3), a copy
-    region = np.where(ink[..., None], np.uint8(_NUMBER_INK), np.where(box[..., None], np.uint8(_NUMBER_BOX), region))
+    region = np.where(box[..., None], np.array(_NUMBER_BOX, np.uint8), region)
+    region = np.where(ink[..., None], np.array(_NUMBER_INK, np.uint8), region)
     view[rr, :box_h, cc, :box_w] = region
 
 

@@ -2,9 +2,9 @@
 
 :func:`encode_png` writes PNGs itself (numpy + zlib) rather than through PIL:
 PIL tries five row filters on every row, which triples the cost of a
-1800x1800 feature-map grid, and it compresses on one core. Grids are mostly
-runs of identical colormap colours, which compress best unfiltered; large
-images are deflated in parallel pieces, like pigz, into one standard stream.
+1800x1800 feature-map grid. Grids are mostly runs of identical colormap
+colours, which compress best unfiltered. Deflate itself dominates what is
+left, so the ISA-L library (``pip install isal``) is used when present.
 
 :class:`OutputDir` makes a run's output appear all at once or not at all.
 """
@@ -19,7 +19,6 @@ import shutil
 import struct
 import threading
 import zlib
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from types import TracebackType
 from typing import Any, NoReturn
@@ -32,11 +31,11 @@ __all__ = ["OutputDir", "atomic_write_bytes", "encode_png"]
 
 _SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _COLOR_TYPES = {1: 0, 3: 2, 4: 6}  # channels -> PNG colour type (gray, RGB, RGBA)
-_PARALLEL_BYTES = 2 << 20  # below this, thread hand-offs cost more than they save
-_ADLER_BASE = 65521
 
-_pool: ThreadPoolExecutor | None = None
-_pool_lock = threading.Lock()
+try:  # optional: the `isal` package (ISA-L), several times faster than zlib
+    from isal import isal_zlib as _isal
+except ImportError:  # pragma: no cover - depends on the environment
+    _isal = None
 
 
 def encode_png(rgb: np.ndarray, *, compress_level: int = 1) -> bytes:
@@ -46,7 +45,8 @@ def encode_png(rgb: np.ndarray, *, compress_level: int = 1) -> bytes:
         rgb: ``(H, W, 3)`` uint8 RGB; ``(H, W)`` or ``(H, W, 1)`` gray and
             ``(H, W, 4)`` RGBA also work.
         compress_level: zlib level 0-9; 1 (the default) is several times
-            faster than 6 for a few percent more bytes.
+            faster than 6 for a few percent more bytes. With ISA-L, levels
+            above 3 act as 3.
 
     Returns:
         A complete PNG file.
@@ -81,57 +81,12 @@ def _chunk(tag: bytes, data: bytes) -> bytes:
 
 
 def _deflate(data: memoryview, level: int) -> bytes:
-    """A zlib stream of ``data``, deflated in parallel pieces when it is large."""
-    workers = _cpu_count()
-    if len(data) < _PARALLEL_BYTES or workers < 2 or level == 0:
-        return zlib.compress(data, level)
-    # Each piece but the last ends on a sync flush (byte-aligned, not final), so
-    # the raw deflate pieces concatenate into one valid stream; zlib releases
-    # the GIL while it works, so threads really run side by side.
-    step = math.ceil(len(data) / workers)
-    pieces = [data[i : i + step] for i in range(0, len(data), step)]
-    last = len(pieces) - 1
-    futures = [_executor().submit(_deflate_piece, p, level, i == last) for i, p in enumerate(pieces[:-1])]
-    tail = _deflate_piece(pieces[-1], level, True)
-    parts = [f.result() for f in futures] + [tail]
-    adler = parts[0][1]
-    for (_, piece_adler), piece in zip(parts[1:], pieces[1:]):
-        adler = _adler32_combine(adler, piece_adler, len(piece))
-    return b"".join([b"\x78\x01", *(p for p, _ in parts), struct.pack(">I", adler)])
-
-
-def _deflate_piece(piece: memoryview, level: int, final: bool) -> tuple[bytes, int]:
-    c = zlib.compressobj(level, zlib.DEFLATED, -15)  # raw deflate: the header is written once
-    body = c.compress(piece) + c.flush(zlib.Z_FINISH if final else zlib.Z_SYNC_FLUSH)
-    return body, zlib.adler32(piece)
-
-
-def _adler32_combine(adler1: int, adler2: int, len2: int) -> int:
-    """Adler-32 of ``a + b`` from those of ``a`` and ``b`` (zlib's adler32_combine)."""
-    rem = len2 % _ADLER_BASE
-    sum1 = adler1 & 0xFFFF
-    sum2 = (rem * sum1) % _ADLER_BASE
-    sum1 += (adler2 & 0xFFFF) + _ADLER_BASE - 1
-    sum2 += ((adler1 >> 16) & 0xFFFF) + ((adler2 >> 16) & 0xFFFF) + _ADLER_BASE - rem
-    sum1 %= _ADLER_BASE
-    sum2 %= _ADLER_BASE
-    return sum1 | (sum2 << 16)
-
-
-def _cpu_count() -> int:
-    try:
-        n = len(os.sched_getaffinity(0))  # honours container CPU limits
-    except AttributeError:  # pragma: no cover - macOS, Windows
-        n = os.cpu_count() or 1
-    return max(1, min(n, 4))
-
-
-def _executor() -> ThreadPoolExecutor:
-    global _pool
-    with _pool_lock:
-        if _pool is None:
-            _pool = ThreadPoolExecutor(max_workers=_cpu_count(), thread_name_prefix="convlens-png")
-        return _pool
+    """A zlib stream of ``data``: ISA-L when installed, else the standard zlib."""
+    if _isal is not None and level > 0:
+        # ISA-L level 1 deflates a 10 MB grid about 4x faster than zlib level 1,
+        # for ~15% more bytes; its levels stop at 3.
+        return _isal.compress(data, min(level, 3))
+    return zlib.compress(data, level)
 
 
 # ---------------------------------------------------------------- writing
@@ -264,7 +219,8 @@ class OutputDir:
                 self._seen.add(key)
                 self._written.append(key)
 
-    def write_png(self, rel: str | os.PathLike[str], rgb: np.ndarray, *, compress_level: int = 1) -> None:
+    def write_png(self, rel: str | os.PathLike[str], rgb: np.ndarray, *,
+                  compress_level: int = 1) -> None:
         """Encode ``(H, W, 3)`` uint8 RGB with :func:`encode_png` and stage it."""
         self.write_bytes(rel, encode_png(rgb, compress_level=compress_level))
 
@@ -300,7 +256,8 @@ class OutputDir:
             os.replace(staging.joinpath(*key.split("/")), dest)
 
     def _fail(self, reason: str, cause: BaseException | None = None) -> NoReturn:
-        raise OutputError(f"cannot write to {self._shown}: {reason}; choose another --out folder") from cause
+        raise OutputError(f"cannot write to {self._shown}: {reason}; "
+                          "choose another --out folder") from cause
 
 
 def _make_dir(parent: Path, prefix: str) -> Path:
