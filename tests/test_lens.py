@@ -86,7 +86,7 @@ def test_a_failure_midway_writes_nothing(demo, tmp_path, monkeypatch):
     out = tmp_path / "out"
     with pytest.raises(OutputError):
         demo.save_maps(convlens.DEMO_IMAGE, out, layers="all")
-    assert calls["n"] == 3
+    assert calls["n"] >= 3
     assert list(tmp_path.iterdir()) == []
 
 

@@ -7,6 +7,7 @@ import html
 import json
 import os
 import re
+import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -318,20 +319,31 @@ class Lens:
         with OutputDir(out_path) as staging, ThreadPoolExecutor(max_workers=2) as pool:
             pending: list[Future[None]] = []
 
+            in_flight = threading.BoundedSemaphore(4)  # bounds memory: at most 4 layers queued
+
+            def draw(image: Image, info: LayerInfo, reduced: np.ndarray, total: int,
+                     vr: tuple[float, float] | None) -> None:
+                try:
+                    rel = f"maps/{_safe(image.name)}/{info.index:03d}_{_safe(info.name)}.png"
+                    rendered = render_map(reduced, opts, title=_title(info), channels_total=total,
+                                          value_range=vr, reduced=True)
+                    staging.write_bytes(rel, rendered.png())
+                    entries.append({
+                        "image": image.name, "layer": info.name, "index": info.index, "type": info.type,
+                        "shape": list(info.output_shape) if info.output_shape else None,
+                        "file": rel, "layout": rendered.layout,
+                        "channels_total": rendered.channels_total,
+                        "channels_shown": rendered.channels_shown, "flags": rendered.flags.indices(),
+                    })
+                    progress.advance()
+                finally:
+                    in_flight.release()
+
             def emit(image: Image, info: LayerInfo, reduced: np.ndarray, total: int,
                      vr: tuple[float, float] | None) -> None:
-                rel = f"maps/{_safe(image.name)}/{info.index:03d}_{_safe(info.name)}.png"
-                rendered = render_map(reduced, opts, title=_title(info), channels_total=total,
-                                      value_range=vr, reduced=True)
-                entries.append({
-                    "image": image.name, "layer": info.name, "index": info.index, "type": info.type,
-                    "shape": list(info.output_shape) if info.output_shape else None,
-                    "file": rel, "layout": rendered.layout,
-                    "channels_total": rendered.channels_total, "channels_shown": rendered.channels_shown,
-                    "flags": rendered.flags.indices(),
-                })
-                pending.append(pool.submit(staging.write_png, rel, rendered.rgb))
-                progress.advance()
+                # Drawing and encoding run beside the forward pass (numpy and deflate release the GIL).
+                in_flight.acquire()
+                pending.append(pool.submit(draw, image, info, reduced, total, vr))
 
             for image, arr in zip(loaded, arrays):
                 buffered: list[tuple[LayerInfo, np.ndarray, int]] = []

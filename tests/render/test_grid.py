@@ -319,3 +319,49 @@ def test_stamp_digits_clips_at_the_edges():
     assert (canvas[3, 3:] == (0, 0, 255)).all()  # the box margin
     assert (canvas[4, 4] == (255, 0, 0)).all()  # top-left of the "8"
     stamp_digits(canvas, "123", -50, -50)  # fully outside: nothing happens, nothing raises
+
+
+# ---------------------------------------------------------------- indexed (palette) grids
+
+
+def test_indexed_grid_matches_the_rgb_grid_exactly():
+    from convlens.render.grid import _QUANT, palette, tile_indexed
+
+    rng = np.random.default_rng(3)
+    idx = rng.integers(0, 256, (17, 9, 11), dtype=np.uint8)
+    flags = np.zeros(17, bool)
+    flags[[2, 16]] = True
+    table = lut("magma")
+    pal = palette(table)
+    quantised = np.ascontiguousarray(pal[_QUANT])  # the colormap as the palette holds it
+    want = tile(idx, quantised, columns=5, flags=flags, numbers=True)
+    got = tile_indexed(idx, columns=5, flags=flags, numbers=True)
+    assert got.ndim == 2 and got.dtype == np.uint8
+    np.testing.assert_array_equal(pal[got], want)
+    assert int(np.abs(pal[:240].astype(int) - table[_QUANT_INV()].astype(int)).max()) == 0
+
+
+def _QUANT_INV():
+    from convlens.render.grid import PALETTE_LEVELS
+
+    return np.round(np.arange(PALETTE_LEVELS) * 255 / (PALETTE_LEVELS - 1)).astype(int)
+
+
+def test_indexed_title_close_to_rgb_title_and_png_roundtrip():
+    import io
+
+    from PIL import Image
+
+    from convlens.render.grid import add_title_indexed, palette, tile_indexed
+    from convlens.render.png import encode_png
+
+    idx = np.tile(np.arange(256, dtype=np.uint8).reshape(1, 16, 16), (4, 1, 1))
+    pal = palette(lut("viridis"))
+    grid = tile_indexed(idx)
+    titled = add_title_indexed(grid, "7 conv · Conv2D · (16, 16, 4)")
+    rgb_title = add_title(pal[grid], "7 conv · Conv2D · (16, 16, 4)")
+    assert titled.shape == rgb_title.shape[:2]
+    assert int(np.abs(pal[titled].astype(int) - rgb_title.astype(int)).max()) <= 12  # 11-step ramp
+    png = Image.open(io.BytesIO(encode_png(titled, palette=pal)))
+    assert png.mode == "P"
+    np.testing.assert_array_equal(np.asarray(png.convert("RGB")), pal[titled])

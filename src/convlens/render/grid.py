@@ -18,7 +18,8 @@ from .._errors import BadArgument
 from ..core.normalize import normalize_channels
 from .font import text_masks
 
-__all__ = ["add_title", "downsample", "grid_shape", "signals", "strip", "tile"]
+__all__ = ["PALETTE_LEVELS", "add_title", "add_title_indexed", "downsample", "grid_shape", "palette",
+           "signals", "strip", "tile", "tile_indexed"]
 
 Color = tuple[int, int, int]
 
@@ -26,6 +27,39 @@ _NUMBER_INK: Color = (250, 250, 250)
 _NUMBER_BOX: Color = (20, 20, 20)
 _TITLE_BAR: Color = (38, 38, 42)
 _TITLE_INK: Color = (238, 238, 238)
+_SEPARATOR: Color = (255, 255, 255)
+_EMPTY: Color = (235, 235, 235)
+_FLAG: Color = (230, 30, 30)
+
+# Indexed (palette) grids: 240 colormap levels, then the interface colours, then an
+# 11-step ramp from title bar to title ink for antialiased text.
+PALETTE_LEVELS = 240
+_P_SEPARATOR, _P_EMPTY, _P_FLAG, _P_BOX, _P_INK = 240, 241, 242, 243, 244
+_P_TITLE = 245  # 245 (bar) .. 255 (ink)
+_QUANT = (np.arange(256) * PALETTE_LEVELS >> 8).astype(np.uint8)  # 0..255 -> 0..239
+
+
+@functools.lru_cache(maxsize=32)
+def _palette_cached(table: bytes) -> np.ndarray:
+    lut = np.frombuffer(table, np.uint8).reshape(256, 3)
+    levels = lut[np.round(np.arange(PALETTE_LEVELS) * 255 / (PALETTE_LEVELS - 1)).astype(int)]
+    ramp = np.linspace(0, 1, 11)[:, None]
+    title = np.round(np.array(_TITLE_BAR) * (1 - ramp) + np.array(_TITLE_INK) * ramp)
+    ui = np.array([_SEPARATOR, _EMPTY, _FLAG, _NUMBER_BOX, _NUMBER_INK])
+    out = np.concatenate([levels, ui, title]).astype(np.uint8)
+    out.setflags(write=False)
+    return out
+
+
+def palette(lut: np.ndarray) -> np.ndarray:
+    """The ``(256, 3)`` palette of indexed grids drawn with colormap ``lut``.
+
+    Entries 0-239 sample the colormap evenly (a step is invisible next to 256
+    levels); 240-244 are the separator, empty-cell, flag, number-box and
+    number-ink colours; 245-255 ramp from the title bar to the title ink.
+    """
+    _check_lut(lut)
+    return _palette_cached(np.ascontiguousarray(lut).tobytes())
 
 
 def grid_shape(n: int, columns: int | None = None) -> tuple[int, int]:
@@ -151,6 +185,39 @@ def tile(
     return canvas
 
 
+def tile_indexed(indices: np.ndarray, *, columns: int | None = None, separator: int = 1,
+                 flags: np.ndarray | None = None, numbers: bool = False, first_number: int = 0,
+                 min_tile: int = 32) -> np.ndarray:
+    """:func:`tile` in palette space: one byte a pixel, to encode with :func:`palette`.
+
+    Same layout, arguments and marks as :func:`tile`; colours are the fixed
+    interface colours of :func:`palette`.
+
+    Returns:
+        ``(H, W)`` uint8 palette indices.
+    """
+    idx = np.asarray(indices)
+    if idx.ndim != 3 or idx.dtype != np.uint8 or 0 in idx.shape:
+        raise BadArgument(f"tile needs (C, h, w) uint8 indices, got shape {idx.shape} dtype {idx.dtype}")
+    n, h, w = idx.shape
+    separator = _check_separator(separator)
+    rows, cols = grid_shape(n, columns)
+    q = np.take(_QUANT, idx)  # 0..255 -> the palette's 240 colormap levels
+    factor = _upscale(max(h, w), min_tile)
+    if factor > 1:
+        q = q.repeat(factor, axis=1).repeat(factor, axis=2)
+    th, tw = h * factor, w * factor
+    canvas, view = _mosaic(q, rows, cols, separator, _P_SEPARATOR, _P_EMPTY)  # type: ignore[arg-type]
+    if flags is not None:
+        marked = np.asarray(flags, dtype=bool)
+        if marked.shape != (n,):
+            raise BadArgument(f"flags must be one bool per channel ({n},), got shape {marked.shape}")
+        _draw_crosses(view, np.flatnonzero(marked), cols, th, tw, _P_FLAG)  # type: ignore[arg-type]
+    if numbers:
+        _draw_numbers(view, n, cols, th, tw, int(first_number), _P_BOX, _P_INK)
+    return canvas
+
+
 def strip(values: np.ndarray, lut: np.ndarray, *, cell: int = 8, per_row: int = 64) -> np.ndarray:
     """Draw a vector (a dense layer's output) as rows of coloured squares.
 
@@ -212,6 +279,22 @@ def signals(
     return tile(idx, lut, columns=1, separator=1, min_tile=0)
 
 
+def _title_mask(width: int, text: str, height: int | None) -> np.ndarray:
+    """``(bar, W)`` uint8 coverage of the title text (0 bar, 255 ink); ``W >= width``."""
+    from PIL import Image, ImageDraw
+
+    text = " ".join(str(text).split())
+    font = _font(int(np.clip(width // 90, 13, 20)))  # readable over 1800-pixel grids
+    margin = 8
+    _, _, right, _ = font.getbbox(text or " ")
+    _, ref_top, _, ref_bottom = font.getbbox("Ag")  # same baseline for every title
+    bar = max(int(height), 1) if height is not None else max(22, ref_bottom - ref_top + 12)
+    mask = Image.new("L", (max(width, right + 2 * margin), bar), 0)
+    y = (bar - (ref_bottom - ref_top)) // 2 - ref_top
+    ImageDraw.Draw(mask).text((margin, y), text, fill=255, font=font)
+    return np.asarray(mask)
+
+
 def add_title(rgb: np.ndarray, text: str, *, height: int | None = None) -> np.ndarray:
     """Put a dark header bar with light text above a picture.
 
@@ -225,26 +308,30 @@ def add_title(rgb: np.ndarray, text: str, *, height: int | None = None) -> np.nd
         ``(H + bar, max(W, text width + margins), 3)`` uint8; a picture
         narrower than its title is padded on the right with white.
     """
-    from PIL import Image, ImageDraw
-
     img = np.asarray(rgb)
     if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
         raise BadArgument(f"add_title needs an (H, W, 3) uint8 picture, "
                           f"got {img.shape} {img.dtype}")
-    text = " ".join(str(text).split())
-    font = _font(int(np.clip(img.shape[1] // 90, 13, 20)))  # readable over 1800-pixel grids
-    margin = 8
-    _, top, right, bottom = font.getbbox(text or " ")
-    _, ref_top, _, ref_bottom = font.getbbox("Ag")  # same baseline for every title
-    bar = max(int(height), 1) if height is not None else max(22, ref_bottom - ref_top + 12)
-    width = max(img.shape[1], right + 2 * margin)
-    header = Image.new("RGB", (width, bar), _TITLE_BAR)
-    y = (bar - (ref_bottom - ref_top)) // 2 - ref_top
-    ImageDraw.Draw(header).text((margin, y), text, fill=_TITLE_INK, font=font)
-    out = np.empty((bar + img.shape[0], width, 3), dtype=np.uint8)
-    out[:bar] = np.asarray(header)
+    mask = _title_mask(img.shape[1], text, height)[..., None].astype(np.float32) / 255
+    bar = mask.shape[0]
+    out = np.empty((bar + img.shape[0], mask.shape[1], 3), dtype=np.uint8)
+    out[:bar] = np.round(np.array(_TITLE_BAR) * (1 - mask) + np.array(_TITLE_INK) * mask)
     out[bar:, : img.shape[1]] = img
     out[bar:, img.shape[1]:] = 255
+    return out
+
+
+def add_title_indexed(indices: np.ndarray, text: str, *, height: int | None = None) -> np.ndarray:
+    """:func:`add_title` for palette-index pictures (see :func:`palette`)."""
+    img = np.asarray(indices)
+    if img.ndim != 2 or img.dtype != np.uint8:
+        raise BadArgument(f"add_title_indexed needs (H, W) uint8 indices, got {img.shape} {img.dtype}")
+    mask = _title_mask(img.shape[1], text, height)
+    bar = mask.shape[0]
+    out = np.empty((bar + img.shape[0], mask.shape[1]), dtype=np.uint8)
+    out[:bar] = _P_TITLE + (mask.astype(np.uint16) * 10 + 127) // 255
+    out[bar:, : img.shape[1]] = img
+    out[bar:, img.shape[1]:] = _P_SEPARATOR  # white, as add_title pads
     return out
 
 
@@ -267,9 +354,10 @@ def _mosaic(
     """
     n, th, tw = tiles.shape[:3]
     s = separator
-    canvas = np.empty((rows * (th + s) + s, cols * (tw + s) + s, 3), dtype=np.uint8)
+    tail = (3,) if lut is not None or tiles.ndim == 4 else ()  # () : palette indices, one byte a pixel
+    canvas = np.empty((rows * (th + s) + s, cols * (tw + s) + s, *tail), dtype=np.uint8)
     # Splitting axes of a sliced array is always a view, so writes land in canvas.
-    view = canvas[s:, s:].reshape(rows, th + s, cols, tw + s, 3)
+    view = canvas[s:, s:].reshape(rows, th + s, cols, tw + s, *tail)
     if s:
         # Only the lines: filling the whole canvas first would cost more than the tiles.
         canvas[:s] = separator_color
@@ -289,10 +377,10 @@ def _mosaic(
             np.take(table, tiles[full * cols:].transpose(1, 0, 2), out=dest[full, :th, :rest, :tw])
     else:
         if full:
-            src = tiles[: full * cols].reshape(full, cols, th, tw, 3)
-            view[:full, :th, :, :tw] = src.transpose(0, 2, 1, 3, 4)
+            src = tiles[: full * cols].reshape(full, cols, th, tw, *tail)
+            view[:full, :th, :, :tw] = np.swapaxes(src, 1, 2)
         if rest:
-            view[full, :th, :rest, :tw] = tiles[full * cols:].transpose(1, 0, 2, 3)
+            view[full, :th, :rest, :tw] = np.swapaxes(tiles[full * cols:], 0, 1)
     if rest:
         view[full, :th, rest:, :tw] = empty_color
     return canvas, view
@@ -321,7 +409,8 @@ def _draw_crosses(view: np.ndarray, which: np.ndarray, cols: int, th: int, tw: i
     view[rr, ys[None, :], cc, xs[None, :]] = color
 
 
-def _draw_numbers(view: np.ndarray, n: int, cols: int, th: int, tw: int, first: int) -> None:
+def _draw_numbers(view: np.ndarray, n: int, cols: int, th: int, tw: int, first: int,
+                  box_color: Any = _NUMBER_BOX, ink_color: Any = _NUMBER_INK) -> None:
     if min(th, tw) < 12:
         return
     texts = [str(first + i) for i in range(n)]
@@ -340,9 +429,10 @@ def _draw_numbers(view: np.ndarray, n: int, cols: int, th: int, tw: int, first: 
     box = np.arange(box_w)[None, None, :] < widths[:, None, None]  # each box hugs its label
     rr = np.arange(n) // cols
     cc = np.arange(n) % cols
-    region = view[rr, :box_h, cc, :box_w]  # (n, box_h, box_w, 3), a copy
-    region = np.where(box[..., None], np.array(_NUMBER_BOX, np.uint8), region)
-    region = np.where(ink[..., None], np.array(_NUMBER_INK, np.uint8), region)
+    region = view[rr, :box_h, cc, :box_w]  # (n, box_h, box_w[, 3]), a copy
+    extra = (None,) * (region.ndim - 3)  # a colour axis for RGB, none for palette indices
+    region = np.where(box[(...,) + extra], np.array(box_color, np.uint8), region)
+    region = np.where(ink[(...,) + extra], np.array(ink_color, np.uint8), region)
     view[rr, :box_h, cc, :box_w] = region
 
 

@@ -14,7 +14,8 @@ import numpy as np
 from .._errors import BadArgument
 from ..core.normalize import NORMS, ChannelFlags, finite_range, normalize_channels
 from .colormap import lut as colormap_lut
-from .grid import add_title, downsample, signals, strip, tile
+from .grid import add_title, add_title_indexed, downsample, palette, signals, strip, tile_indexed
+from .png import encode_png
 
 __all__ = ["RenderOptions", "Rendered", "reduce_map", "render_map"]
 
@@ -60,20 +61,34 @@ class RenderOptions:
 class Rendered:
     """A drawn layer.
 
+    Grids are kept as palette indices (one byte a pixel, a third of the bytes
+    to encode); :attr:`rgb` expands them on demand.
+
     Attributes:
-        rgb: ``(H, W, 3)`` uint8 picture.
+        pixels: ``(H, W)`` uint8 indices into ``palette``, or ``(H, W, 3)`` RGB.
+        palette: ``(256, 3)`` uint8 for indexed pixels, else ``None``.
         channels_total: channels the layer has.
         channels_shown: channels drawn (the first ones).
         flags: flags of the drawn channels.
         layout: ``"grid"``, ``"signals"`` or ``"strip"``.
     """
 
-    rgb: np.ndarray
+    pixels: np.ndarray
+    palette: np.ndarray | None
     channels_total: int
     channels_shown: int
     flags: ChannelFlags
     layout: str
     value_range: tuple[float, float] = field(default=(0.0, 0.0))
+
+    @property
+    def rgb(self) -> np.ndarray:
+        """The picture as ``(H, W, 3)`` uint8 RGB."""
+        return self.pixels if self.palette is None else np.take(self.palette, self.pixels, axis=0)
+
+    def png(self) -> bytes:
+        """The picture as PNG bytes (indexed when it has a palette)."""
+        return encode_png(self.pixels, palette=self.palette)
 
 
 def reduce_map(x: np.ndarray, opts: RenderOptions) -> np.ndarray:
@@ -115,24 +130,27 @@ def render_map(x: np.ndarray, opts: RenderOptions, *, title: str | None = None,
     total = channels_total if channels_total is not None else (int(np.asarray(x).shape[-1]) if np.ndim(x) else 1)
     r = np.asarray(x) if reduced else reduce_map(x, opts)
     lut = colormap_lut(opts.cmap)
+    pal: np.ndarray | None = None
     if r.ndim == 1:
-        rgb = strip(r, lut)
+        pixels = strip(r, lut)
         flags = _vector_flags(r)
         layout, shown = "strip", r.shape[0]
     elif r.ndim == 2:
-        rgb = signals(r.T, lut)
+        pixels = signals(r.T, lut)
         flags = normalize_channels(r[:, None, :], "minmax")[1]
         layout, shown = "signals", r.shape[0]
     else:
         vr = value_range if opts.norm == "global" else None
         indices, flags = normalize_channels(r, opts.norm, value_range=vr)
-        rgb = tile(indices, lut, columns=opts.columns, flags=flags.any(), numbers=opts.numbers)
+        pixels = tile_indexed(indices, columns=opts.columns, flags=flags.any(), numbers=opts.numbers)
+        pal = palette(lut)
         layout, shown = "grid", r.shape[0]
     if title is not None and opts.title:
         suffix = f"  ·  channels 0-{shown - 1} of {total}" if shown < total else ""
-        rgb = add_title(rgb, title + suffix)
-    return Rendered(rgb=rgb, channels_total=total, channels_shown=shown, flags=flags, layout=layout,
-                    value_range=finite_range(r))
+        text = title + suffix
+        pixels = add_title(pixels, text) if pal is None else add_title_indexed(pixels, text)
+    return Rendered(pixels=pixels, palette=pal, channels_total=total, channels_shown=shown, flags=flags,
+                    layout=layout, value_range=finite_range(r))
 
 
 def _vector_flags(v: np.ndarray) -> ChannelFlags:
