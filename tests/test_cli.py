@@ -168,3 +168,12 @@ def test_failure_midway_leaves_nothing(small_model, photo, tmp_path):
                    "missing.png")
     assert not out.exists()
     assert not any(p.name.startswith(".o") for p in tmp_path.iterdir())
+
+
+def test_usage_mistakes_are_one_line(tmp_path):
+    line = one_line_error(run("maps", "demo", "x.png", "--out", str(tmp_path / "o"), "--norm", "foo"),
+                          "--norm", "--help")
+    assert "standardize" in line
+    one_line_error(run("maps", "demo"), "required")
+    one_line_error(run("layers", "demo", "--input-shape", "abc"), "H,W,C")
+    assert not (tmp_path / "o").exists()

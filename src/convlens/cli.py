@@ -8,7 +8,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Sequence, TextIO
+from typing import Any, NoReturn, Sequence, TextIO
 
 from . import __version__
 from ._errors import BadArgument, ConvlensError
@@ -128,13 +128,20 @@ def _image_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-pixels", type=_positive, help="refuse images larger than this (default 100M)")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage mistake is one line on stderr, like every other error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"convlens: error: {message} (see: {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``convlens``."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="convlens", description="See what a convolutional network sees: layers, filters, feature maps.",
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"convlens {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     p = sub.add_parser("layers", help="print the layer table (shapes, params, kernels, receptive fields)",
                        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
