@@ -95,3 +95,16 @@ def test_filters_of_the_demo(demo):
     first = next(iter(kernels.values()))
     assert first.shape[1:] == (1, 3, 3)
     assert all(k.dtype == np.float32 for k in kernels.values())
+
+
+def test_filters_render_inline_and_gray_composites(demo, tmp_path):
+    kernels = demo.filters("conv1")
+    html = kernels._repr_html_()
+    assert html.count("data:image/png;base64,") == 2  # one patch per filter, and filters x inputs
+    grid = kernels.render("conv1")
+    assert grid.dtype == np.uint8 and grid.shape[2] == 3
+    index = demo.save_filters(tmp_path, layers="conv1")
+    assert [e["file"] for e in index["filters"]] == ["filters/001_conv1_gray.png", "filters/001_conv1.png"]
+    assert len(index["filters"][0]["l2_norms"]) == 16
+    norms = np.sqrt((kernels["conv1"].astype(np.float64) ** 2).sum(axis=(1, 2, 3)))
+    np.testing.assert_allclose(index["filters"][0]["l2_norms"], norms, atol=1e-5)

@@ -29,7 +29,7 @@ from .render.maps import RenderOptions, reduce_map, render_map
 from .render.png import OutputDir, encode_png
 from .selection import select
 
-__all__ = ["FeatureMaps", "LayerTable", "Lens", "format_table"]
+__all__ = ["FeatureMaps", "Filters", "LayerTable", "Lens", "format_table"]
 
 ImageLike = Any  # a path, a PIL image or an array; see convlens.images.load_image
 
@@ -153,6 +153,28 @@ class FeatureMaps(Mapping[str, np.ndarray]):
 
 def _title(info: LayerInfo) -> str:
     return f"{info.index} {info.name}  ·  {info.type}  ·  {_shape(info.output_shape)}"
+
+
+def _composites(kernels: np.ndarray, cap: int) -> np.ndarray:
+    """First-layer filters as one patch each: RGB for 3 inputs, gray for 1."""
+    return rgb_composites(np.repeat(kernels, 3, axis=1) if kernels.shape[1] == 1 else kernels,
+                          max_filters=cap)
+
+
+class Filters(dict):
+    """Kernels by layer name, ``(O, I, kh, kw)`` float32; shows its atlases inline in Jupyter."""
+
+    def render(self, layer: str, *, cmap: str = "gray", max_filters: int = 64, max_inputs: int = 16) -> np.ndarray:
+        """The filter x input grid of one layer, with each filter's L2 norm, as RGB."""
+        return filter_grid(self[layer], colormap_lut(cmap), max_filters=max_filters, max_inputs=max_inputs)
+
+    def _repr_html_(self) -> str:
+        parts = []
+        for name, k in self.items():
+            if k.shape[1] in (1, 3):
+                parts.append(_png_html(_composites(k, 64), f"{name} {k.shape}: each filter, 0-1"))
+            parts.append(_png_html(self.render(name), f"{name} {k.shape}: filters x inputs"))
+        return "".join(parts)
 
 
 def _union_range(ranges: Iterable[tuple[float, float]]) -> tuple[float, float]:
@@ -381,13 +403,13 @@ class Lens:
 
     # ------------------------------------------------------------------ filters
 
-    def filters(self, layers: str | Iterable[str] | None = "conv") -> dict[str, np.ndarray]:
+    def filters(self, layers: str | Iterable[str] | None = "conv") -> Filters:
         """Kernels of the selected conv layers as ``(O, I, kh, kw)`` float32 arrays."""
         chosen = [layer for layer in self.select(layers) if layer.has_kernels]
         if not chosen:
             raise UnsupportedModel(f"none of the selected layers of {self.name} has convolution "
                                    "kernels; select conv layers (--layers conv)")
-        return {layer.name: self.adapter.kernels(layer.index) for layer in chosen}
+        return Filters((layer.name, self.adapter.kernels(layer.index)) for layer in chosen)
 
     def save_filters(self, out: str | os.PathLike[str], layers: str | Iterable[str] | None = "conv", *,
                      cmap: str = "gray", max_filters: int | None = 64, max_inputs: int = 16,
@@ -414,10 +436,10 @@ class Lens:
                 shown = min(cap, k.shape[0])
                 head = f"{info.index} {name}  ·  {info.type}  ·  kernel {_shape(k.shape)}"
                 files = []
-                if k.shape[1] == 3:
-                    rgb = rgb_composites(k, max_filters=cap)
-                    staging.write_png(base + "_rgb.png", add_title(rgb, head + "  ·  RGB"))
-                    files.append(base + "_rgb.png")
+                if k.shape[1] in (1, 3):  # a first layer: each filter as one picture, per-filter 0-1
+                    suffix, label = ("_rgb", "RGB") if k.shape[1] == 3 else ("_gray", "gray")
+                    staging.write_png(base + suffix + ".png", add_title(_composites(k, cap), f"{head}  ·  {label}"))
+                    files.append(base + suffix + ".png")
                 grid = filter_grid(k, lut, max_filters=cap, max_inputs=max_inputs)
                 staging.write_png(base + ".png", add_title(grid, head))
                 files.append(base + ".png")

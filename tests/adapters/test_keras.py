@@ -259,3 +259,19 @@ def test_depthwise_separable_transpose_and_conv1d_kernels(keras):
     native = keras.ops.convert_to_numpy(seq.layers[0].kernel)  # (5, 2, 3)
     assert k1.shape == (3, 2, 1, 5)
     np.testing.assert_array_equal(k1[2, 1, 0], native[:, 1, 2])
+
+
+def test_channels_first_model_is_turned_channels_last(keras):
+    L = keras.layers
+    model = keras.Sequential([keras.Input((3, 12, 10)),
+                              L.Conv2D(4, 3, data_format="channels_first", name="c"),
+                              L.MaxPooling2D(2, data_format="channels_first", name="p")])
+    lens = Lens(model, preprocess="raw")
+    assert lens.input_shape == (12, 10, 3)
+    assert [(t.name, t.output_shape) for t in lens.layers()] == [
+        (lens.layers()[0].name, (12, 10, 3)), ("c", (10, 8, 4)), ("p", (5, 4, 4))]
+    if keras.backend.backend() == "torch":  # TensorFlow's CPU kernels have no NCHW convolution
+        image = np.random.default_rng(4).integers(0, 256, (12, 10, 3)).astype("uint8")
+        maps = lens.feature_maps(image, layers="c")
+        want = keras.ops.convert_to_numpy(model.layers[0](image.transpose(2, 0, 1)[None].astype("float32")))
+        np.testing.assert_allclose(maps["c"][0], want[0].transpose(1, 2, 0), rtol=1e-5, atol=1e-4)
