@@ -343,12 +343,12 @@ class Lens:
 
             in_flight = threading.BoundedSemaphore(4)  # bounds memory: at most 4 layers queued
 
-            def draw(image: Image, info: LayerInfo, reduced: np.ndarray, total: int,
+            def draw(image: Image, info: LayerInfo, x: np.ndarray, total: int,
                      vr: tuple[float, float] | None) -> None:
                 try:
                     rel = f"maps/{_safe(image.name)}/{info.index:03d}_{_safe(info.name)}.png"
-                    rendered = render_map(reduced, opts, title=_title(info), channels_total=total,
-                                          value_range=vr, reduced=True)
+                    rendered = render_map(x, opts, title=_title(info), channels_total=total,
+                                          value_range=vr, reduced=vr is not None)
                     staging.write_bytes(rel, rendered.png())
                     entries.append({
                         "image": image.name, "layer": info.name, "index": info.index, "type": info.type,
@@ -361,11 +361,13 @@ class Lens:
                 finally:
                     in_flight.release()
 
-            def emit(image: Image, info: LayerInfo, reduced: np.ndarray, total: int,
+            def emit(image: Image, info: LayerInfo, x: np.ndarray, total: int,
                      vr: tuple[float, float] | None) -> None:
-                # Drawing and encoding run beside the forward pass (numpy and deflate release the GIL).
+                # Reducing, drawing and encoding run on two worker threads, beside the forward
+                # pass and each other (numpy and deflate release the GIL). ``x`` is reduced
+                # already when a global scale (vr) was needed.
                 in_flight.acquire()
-                pending.append(pool.submit(draw, image, info, reduced, total, vr))
+                pending.append(pool.submit(draw, image, info, x, total, vr))
 
             for image, arr in zip(loaded, arrays):
                 buffered: list[tuple[LayerInfo, np.ndarray, int]] = []
@@ -373,12 +375,11 @@ class Lens:
                 def on_output(i: int, a: np.ndarray, image: Image = image,
                               buffered: list = buffered) -> None:
                     info = table[i]
-                    reduced = reduce_map(a[0], opts)
                     total = int(a.shape[-1]) if a.ndim > 1 else 1
                     if opts.norm == "global":
-                        buffered.append((info, reduced, total))
+                        buffered.append((info, reduce_map(a[0], opts), total))
                     else:
-                        emit(image, info, reduced, total, None)
+                        emit(image, info, a[0], total, None)
 
                 self.adapter.run(arr[None], wanted, on_output)
                 if buffered:

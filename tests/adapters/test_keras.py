@@ -275,3 +275,28 @@ def test_channels_first_model_is_turned_channels_last(keras):
         maps = lens.feature_maps(image, layers="c")
         want = keras.ops.convert_to_numpy(model.layers[0](image.transpose(2, 0, 1)[None].astype("float32")))
         np.testing.assert_allclose(maps["c"][0], want[0].transpose(1, 2, 0), rtol=1e-5, atol=1e-4)
+
+
+def test_repeated_passes_agree_whichever_way_they_run(keras):
+    """TensorFlow traces a graph from the second pass on; outputs must not change, wrappers must not stay."""
+    model = seed000_model(keras)
+    adapter = KerasAdapter(model)
+    x = np.random.default_rng(5).random((1, 150, 150, 3)).astype("float32")
+    wanted = [1, 4, 6, 10]
+    runs = []
+    for _ in range(3):
+        got: dict[int, np.ndarray] = {}
+        y = adapter.run(x, wanted, lambda i, a: got.__setitem__(i, a))
+        runs.append((got, y))
+        assert all("call" not in vars(layer) for layer in model.layers)
+    assert len(adapter._graphs) == (1 if keras.backend.backend() == "tensorflow" else 0)
+    for got, y in runs[1:]:
+        assert list(got) == wanted
+        for i in wanted:
+            np.testing.assert_allclose(got[i], runs[0][0][i], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(y, runs[0][1], rtol=1e-5, atol=1e-7)
+    small = KerasAdapter(model)
+    small.GRAPH_BUDGET = 0  # over budget: always the eager, streaming pass
+    for _ in range(3):
+        small.run(x, wanted, lambda i, a: None)
+    assert small._graphs == {}

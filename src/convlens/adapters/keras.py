@@ -14,7 +14,7 @@ import warnings
 import zipfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -277,6 +277,8 @@ class KerasAdapter:
         self.channels_first = self._channels_first()
         self._layers: list[LayerInfo] | None = None
         self._objects: list[Any] = []  # keras layer of each table row (None for the input)
+        self._passes: dict[tuple, int] = {}  # (wanted rows, input shape) -> eager passes so far
+        self._graphs: dict[tuple, Any] = {}  # the traced forward functions (TensorFlow)
 
     # ----------------------------------------------------------------- set-up
 
@@ -521,40 +523,94 @@ class KerasAdapter:
             else:
                 yield sub, prefix + sub.name
 
-    def run(self, batch: np.ndarray, wanted: Sequence[int], on_output: OnOutput) -> np.ndarray:
-        """One forward pass; ``on_output`` gets each wanted layer's output as it is computed."""
-        table = self.layers()
-        wanted_set = set(wanted)
+    #: Graph-mode capture keeps every wanted output until the pass ends; above this many bytes
+    #: the eager pass, which hands each output over as soon as it exists, is used instead.
+    GRAPH_BUDGET = 512 * 2**20
+
+    def _recorder(self, wanted: set[int], sink: Callable[[int, Any], None]) -> Callable[..., None]:
+        """A ``record`` callback for :meth:`_wrapped` that passes wanted outputs to ``sink(row, tensor)``."""
         by_object: dict[int, list[int]] = {}
         for row, obj in enumerate(self._objects):
             if obj is not None:
                 by_object.setdefault(id(obj), []).append(row)
         seen: dict[int, int] = {}
-        convert = self.keras.ops.convert_to_numpy
 
         def record(layer: Any, name: str, args: tuple, out: Any) -> None:
             rows = by_object.get(id(layer))
             if not rows:
                 return
             k = seen.get(id(layer), 0)
-            seen[id(layer)] = k + 1
-            if k >= len(rows) or rows[k] not in wanted_set:
-                return
+            seen[id(layer)] = k + 1  # the k-th call of a shared layer is its k-th row
             first = _first_tensor(out)
-            if first is not None:
-                on_output(rows[k], self._canonical_array(convert(first)))
+            if k < len(rows) and rows[k] in wanted and first is not None:
+                sink(rows[k], first)
 
+        return record
+
+    def _graph_forward(self, wanted: tuple[int, ...], shape: tuple[int, ...]) -> Any:
+        """A traced TensorFlow function returning ``(output, {row: wanted output})``, or ``None``.
+
+        Only on the TensorFlow backend, only from the second pass with the same
+        layers and shape (tracing costs more than one eager pass), and only when
+        the wanted outputs fit :attr:`GRAPH_BUDGET`. The ``call`` wrappers run
+        once, while tracing; the traced graph has none.
+        """
+        if self.keras.backend.backend() != "tensorflow":
+            return None
+        key = (wanted, shape)
+        if key in self._graphs:
+            return self._graphs[key]
+        self._passes[key] = self._passes.get(key, 0) + 1
+        table = self.layers()
+        sizes = [table[i].output_shape for i in wanted if i]
+        if self._passes[key] < 2 or any(s is None or None in s for s in sizes):
+            return None
+        if 4 * shape[0] * sum(int(np.prod(s)) for s in sizes) > self.GRAPH_BUDGET:  # type: ignore[arg-type]
+            return None
+        import tensorflow as tf
+
+        wanted_set = set(wanted)
+
+        def forward(x: Any) -> Any:
+            captured: dict[str, Any] = {}
+            record = self._recorder(wanted_set, lambda row, t: captured.__setitem__(str(row), t))
+            with self._wrapped(record), warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=r".*structure of `inputs`.*")
+                y = self.model(x, training=False)
+            return _first_tensor(y), captured
+
+        self._graphs[key] = tf.function(forward)
+        return self._graphs[key]
+
+    def run(self, batch: np.ndarray, wanted: Sequence[int], on_output: OnOutput) -> np.ndarray:
+        """One forward pass; ``on_output`` gets each wanted layer's output in execution order.
+
+        The first pass runs eagerly and hands each output over as soon as the
+        network computes it (so only one is held at a time); repeated passes on
+        TensorFlow run a traced graph (see :meth:`_graph_forward`).
+        """
+        self.layers()
+        wanted_key = tuple(sorted(set(wanted)))
+        convert = self.keras.ops.convert_to_numpy
         x = np.asarray(batch, dtype="float32")
         if self.channels_first and x.ndim == 4:
             x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
-        if 0 in wanted_set:
+        if 0 in wanted_key:
             on_output(0, np.asarray(batch, dtype="float32"))
-        with self._wrapped(record), self._no_grad(), warnings.catch_warnings():
-            # legacy models name their input; a bare tensor is what they get and is fine
-            warnings.filterwarnings("ignore", message=r".*structure of `inputs`.*")
-            y = self.model(self.keras.ops.convert_to_tensor(x), training=False)
-        first = _first_tensor(y)
-        return self._canonical_array(convert(first)) if first is not None else np.zeros((len(x), 0))
+        graph = self._graph_forward(wanted_key, x.shape)
+        if graph is not None:
+            y, captured = graph(self.keras.ops.convert_to_tensor(x))
+            for row in wanted_key:
+                if str(row) in captured:
+                    on_output(row, self._canonical_array(convert(captured[str(row)])))
+        else:
+            record = self._recorder(set(wanted_key),
+                                    lambda row, t: on_output(row, self._canonical_array(convert(t))))
+            with self._wrapped(record), self._no_grad(), warnings.catch_warnings():
+                # legacy models name their input; a bare tensor is what they get and is fine
+                warnings.filterwarnings("ignore", message=r".*structure of `inputs`.*")
+                y = _first_tensor(self.model(self.keras.ops.convert_to_tensor(x), training=False))
+        return self._canonical_array(convert(y)) if y is not None else np.zeros((len(x), 0))
 
     def _canonical_array(self, a: np.ndarray) -> np.ndarray:
         a = np.asarray(a, dtype=np.float32)
