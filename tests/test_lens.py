@@ -108,3 +108,39 @@ def test_filters_render_inline_and_gray_composites(demo, tmp_path):
     assert len(index["filters"][0]["l2_norms"]) == 16
     norms = np.sqrt((kernels["conv1"].astype(np.float64) ** 2).sum(axis=(1, 2, 3)))
     np.testing.assert_allclose(index["filters"][0]["l2_norms"], norms, atol=1e-5)
+
+
+def test_any_size_model_keeps_the_image_size_or_takes_size(keras):
+    L = keras.layers
+    inp = keras.Input((None, None, 3))
+    model = keras.Model(inp, L.MaxPooling2D(name="pool")(L.Conv2D(4, 3, padding="same", name="conv")(inp)))
+    lens = Lens(model)
+    photo = Image.open(convlens.SAMPLE_PHOTO).resize((90, 60))
+    maps = lens.feature_maps(photo)
+    assert maps["conv"].shape == (1, 60, 90, 4) and maps["pool"].shape == (1, 30, 45, 4)
+    assert not any("resized" in n for n in maps.notes)
+    maps = lens.feature_maps(photo, size=(32, 48))
+    assert maps["conv"].shape == (1, 32, 48, 4)
+    assert any("resized" in n and "size asked for" in n for n in maps.notes)
+    with pytest.raises(BadArgument, match="--size"):
+        Lens("demo").feature_maps(convlens.DEMO_IMAGE, size=(32, 32))
+
+
+def test_progress_bar_draws_on_a_terminal_only():
+    import io
+
+    from convlens.cli import BarProgress
+
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    tty, pipe = Tty(), io.StringIO()
+    for stream in (tty, pipe):
+        bar = BarProgress(stream, delay=0.0)
+        bar.start(4, "feature maps")
+        for _ in range(4):
+            bar.advance()
+        bar.finish()
+    assert tty.getvalue().rstrip().endswith("feature maps [" + "#" * 30 + "] 4/4")
+    assert pipe.getvalue() == ""

@@ -200,20 +200,28 @@ def _summary(index: dict[str, Any], key: str, out: str, stdout: TextIO) -> None:
 
 
 def _cmd_demo(args: argparse.Namespace, stdout: TextIO) -> int:
+    import shutil
+    import tempfile
+
     from . import DEMO_IMAGE
     from .lens import Lens
     from .render.png import OutputDir
 
     lens = Lens("demo")
     table = lens.layers()
-    lens.save_maps(DEMO_IMAGE, args.out, layers="all", progress=BarProgress(), numbers=True)
-    lens.save_filters(args.out, progress=BarProgress())
-    with OutputDir(Path(args.out)) as out:
-        out.write_text("layers.txt", str(table) + "\n")
+    scratch = Path(tempfile.mkdtemp(prefix="convlens-demo-"))
+    try:  # build the whole demo aside, then publish it as one transaction: all of it or nothing
+        lens.save_maps(DEMO_IMAGE, scratch, layers="all", progress=BarProgress(), numbers=True)
+        index = lens.save_filters(scratch, progress=BarProgress())
+        (scratch / "layers.txt").write_text(str(table) + "\n")
+        with OutputDir(Path(args.out)) as out:
+            for path in sorted(p for p in scratch.rglob("*") if p.is_file()):
+                out.write_bytes(path.relative_to(scratch).as_posix(), path.read_bytes())
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
     meta = json.loads((Path(__file__).parent / "data" / "demo_cnn.json").read_text())
     stdout.write(str(table) + "\n\n")
     stdout.write(f"demo model: {meta.get('dataset')}, held-out accuracy {meta.get('test_accuracy')}\n")
-    index = json.loads((Path(args.out) / "index.json").read_text())
     stdout.write(f"wrote {len(index.get('maps', []))} feature-map grids, {len(index.get('filters', []))} "
                  f"filter atlases and layers.txt to {args.out}\n")
     return 0
