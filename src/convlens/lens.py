@@ -442,7 +442,10 @@ class Lens:
                     staging.write_png(base + suffix + ".png", add_title(_composites(k, cap), f"{head}  ·  {label}"))
                     files.append(base + suffix + ".png")
                 grid = filter_grid(k, lut, max_filters=cap, max_inputs=max_inputs)
-                staging.write_png(base + ".png", add_title(grid, head))
+                caps = [f"{label} 0-{n - 1} of {total}" for label, n, total in
+                        (("filters", shown, k.shape[0]), ("inputs", min(max_inputs, k.shape[1]), k.shape[1]))
+                        if n < total]
+                staging.write_png(base + ".png", add_title(grid, "  ·  ".join([head, *caps])))
                 files.append(base + ".png")
                 norms = filter_norms(k)
                 for f in files:
