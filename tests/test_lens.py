@@ -48,6 +48,8 @@ def test_rendering_in_python_and_inline(demo):
     assert "<td>" not in demo.layers()._repr_html_() and "conv" in demo.layers()._repr_html_()
     with pytest.raises(BadArgument, match="viridis|colormap"):
         maps.render(name, cmap="viridiss")
+    with pytest.raises(convlens.LayerNotFound, match="layers="):
+        maps.render("nope")
 
 
 def test_save_maps_every_norm_and_index(demo, tmp_path):
@@ -144,3 +146,12 @@ def test_progress_bar_draws_on_a_terminal_only():
         bar.finish()
     assert tty.getvalue().rstrip().endswith("feature maps [" + "#" * 30 + "] 4/4")
     assert pipe.getvalue() == ""
+
+
+def test_images_of_different_sizes_need_a_size_for_one_batch(keras):
+    inp = keras.Input((None, None, 1))
+    lens = Lens(keras.Model(inp, keras.layers.Conv2D(2, 3, name="c")(inp)))
+    with pytest.raises(BadArgument, match="size="):
+        lens.feature_maps([np.zeros((8, 8), "uint8"), np.zeros((9, 8), "uint8")])
+    assert lens.feature_maps([np.zeros((8, 8), "uint8"), np.zeros((9, 8), "uint8")],
+                             size=(10, 12))["c"].shape == (2, 8, 10, 2)

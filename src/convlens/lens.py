@@ -16,7 +16,7 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 import numpy as np
 
 from . import __version__
-from ._errors import BadArgument, UnsupportedModel
+from ._errors import BadArgument, LayerNotFound, UnsupportedModel
 from ._progress import NullProgress, Progress
 from .adapters import open_model
 from .core.layers import LayerInfo
@@ -135,7 +135,10 @@ class FeatureMaps(Mapping[str, np.ndarray]):
     def render(self, layer: str, image: int = 0, **options: Any) -> np.ndarray:
         """One layer's grid as an ``(H, W, 3)`` uint8 picture; options as :class:`RenderOptions`."""
         opts = RenderOptions(**options)
-        info = next(i for i in self.layers if i.name == layer or i.name.rsplit("/", 1)[-1] == layer)
+        info = next((i for i in self.layers if i.name == layer or i.name.rsplit("/", 1)[-1] == layer), None)
+        if info is None:
+            raise LayerNotFound(f"{layer!r} is not among these feature maps ({', '.join(self.arrays)}); "
+                                "select it when calling feature_maps(..., layers=...)")
         vr = None
         if opts.norm == "global":
             vr = _union_range(finite_range(reduce_map(a[image], opts)) for a in self.arrays.values())
@@ -216,7 +219,7 @@ class Lens:
 
     Example:
         >>> lens = Lens("demo")
-        >>> maps = lens.feature_maps(DIGIT, layers="conv")
+        >>> maps = lens.feature_maps(convlens.DEMO_IMAGE, layers="conv")
         >>> maps["conv1"].shape
         (1, 28, 28, 16)
     """
@@ -294,6 +297,9 @@ class Lens:
         """
         chosen = self.select(layers)
         loaded, arrays, notes = self._prepare(images, size, preprocess)
+        if len({a.shape for a in arrays}) > 1:
+            raise BadArgument("images of different sizes cannot be stacked into one batch; pass size= "
+                              "or use save_maps, which handles each image on its own")
         wanted = [layer.index for layer in chosen]
         table = self.adapter.layers()
         collected: dict[str, list[np.ndarray]] = {layer.name: [] for layer in chosen}
@@ -301,11 +307,7 @@ class Lens:
         for arr in arrays:
             outputs.append(self.adapter.run(arr[None], wanted,
                                             lambda i, a: collected[table[i].name].append(a[0])))
-        same = len({a.shape for a in arrays}) == 1
-        stacked = {k: np.stack(v) if same else v[0][None] for k, v in collected.items() if v}
-        if not same and len(arrays) > 1:
-            raise BadArgument("images of different sizes cannot be stacked into one batch; pass --size "
-                              "or use save_maps, which handles each image on its own")
+        stacked = {k: np.stack(v) for k, v in collected.items() if v}
         return FeatureMaps(layers=chosen, arrays=stacked, images=loaded,
                            inputs=np.stack(arrays), output=np.concatenate(outputs), notes=notes)
 
