@@ -177,3 +177,9 @@ def test_usage_mistakes_are_one_line(tmp_path):
     one_line_error(run("maps", "demo"), "required")
     one_line_error(run("layers", "demo", "--input-shape", "abc"), "H,W,C")
     assert not (tmp_path / "o").exists()
+
+
+def test_legacy_h5_loads_quietly(fixtures):
+    proc = run("layers", str(fixtures / "legacy_tfkeras2.h5"))
+    assert proc.returncode == 0 and proc.stderr == ""
+    assert "max_pooling2d_2" in proc.stdout and "(17, 17, 32)" in proc.stdout

@@ -142,7 +142,10 @@ def load_keras_file(path: str | os.PathLike[str], *, trust: bool = False) -> Any
         raise UnsafeModel(f"{p} holds a Lambda layer, whose code would run on loading; "
                           "pass --trust (trust=True) only if you trust the file's author")
     try:
-        model = keras.saving.load_model(p, compile=False, safe_mode=not trust)
+        with warnings.catch_warnings():
+            # advice to the model's author (e.g. "Do not pass an input_shape"), not to our user
+            warnings.filterwarnings("ignore", category=UserWarning, module=r"keras\.")
+            model = keras.saving.load_model(p, compile=False, safe_mode=not trust)
     except ValueError as exc:
         text = str(exc)
         if "safe_mode" in text or "Lambda" in text or "lambda" in text:
