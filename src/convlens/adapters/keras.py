@@ -142,8 +142,10 @@ def load_keras_file(path: str | os.PathLike[str], *, trust: bool = False) -> Any
         raise UnsafeModel(f"{p} holds a Lambda layer, whose code would run on loading; "
                           "pass --trust (trust=True) only if you trust the file's author")
     try:
-        with warnings.catch_warnings():
-            # advice to the model's author (e.g. "Do not pass an input_shape"), not to our user
+        # Quiet: on the torch backend, reading a legacy .h5 imports TensorFlow, whose C++
+        # start-up logs would land here; Keras's UserWarnings advise the model's author
+        # (e.g. "Do not pass an input_shape"), not our user.
+        with _quiet_native_stderr(), warnings.catch_warnings():
             warnings.filterwarnings("ignore", category=UserWarning, module=r"keras\.")
             model = keras.saving.load_model(p, compile=False, safe_mode=not trust)
     except ValueError as exc:
