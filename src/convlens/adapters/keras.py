@@ -87,9 +87,9 @@ def import_keras() -> Any:
         raise MissingDependency(
             f"Keras is not installed ({exc}); run: pip install 'convlens[keras]'"
         ) from None
-    _KERAS = keras
     if not hasattr(keras, "ops"):  # pragma: no cover
         raise MissingDependency("convlens needs Keras 3; run: pip install -U 'convlens[keras]'")
+    _KERAS = keras
     return keras
 
 

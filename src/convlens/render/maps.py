@@ -7,12 +7,12 @@ RGB ``uint8`` out; only :mod:`convlens.render.png` touches disk.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
 from .._errors import BadArgument
-from ..core.normalize import NORMS, ChannelFlags, finite_range, normalize_channels
+from ..core.normalize import NORMS, ChannelFlags, normalize_channels
 from .colormap import lut as colormap_lut
 from .grid import add_title, add_title_indexed, downsample, palette, signals, strip, tile_indexed
 from .png import encode_png
@@ -79,7 +79,6 @@ class Rendered:
     channels_shown: int
     flags: ChannelFlags
     layout: str
-    value_range: tuple[float, float] = field(default=(0.0, 0.0))
 
     @property
     def rgb(self) -> np.ndarray:
@@ -150,7 +149,7 @@ def render_map(x: np.ndarray, opts: RenderOptions, *, title: str | None = None,
         text = title + suffix
         pixels = add_title(pixels, text) if pal is None else add_title_indexed(pixels, text)
     return Rendered(pixels=pixels, palette=pal, channels_total=total, channels_shown=shown, flags=flags,
-                    layout=layout, value_range=finite_range(r))
+                    layout=layout)
 
 
 def _vector_flags(v: np.ndarray) -> ChannelFlags:
