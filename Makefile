@@ -15,9 +15,10 @@ $(VENV)/.demo-deps: pyproject.toml | $(BIN)/python
 	$(PIP) -e '.[keras]'
 	touch $@
 
-# Adds torch (the second Keras backend), the test runner and the browser driver.
+# Adds torch (the second Keras backend, and PyTorch models), ONNX Runtime, LiteRT,
+# the test runner and the browser driver.
 $(VENV)/.test-deps: pyproject.toml $(VENV)/.demo-deps
-	$(PIP) -e '.[keras,keras-torch,test]'
+	$(PIP) -e '.[keras,keras-torch,torch,onnx,tflite,test]'
 	touch $@
 
 demo: $(VENV)/.demo-deps

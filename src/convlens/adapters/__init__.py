@@ -13,12 +13,24 @@ from typing import Any, Sequence
 from .._errors import BadModel, UnsupportedModel
 from .base import Adapter, LayerInfo
 
-__all__ = ["Adapter", "LayerInfo", "open_model", "DATA_DIR", "DEMO_MODEL"]
+__all__ = ["Adapter", "LayerInfo", "open_model", "DATA_DIR", "DEMO_MODEL", "TORCH_SUFFIXES",
+           "ONNX_SUFFIXES", "TFLITE_SUFFIXES", "KERAS_SUFFIXES"]
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 DEMO_MODEL = DATA_DIR / "demo_cnn.keras"
-_NOT_YET = {".onnx": "ONNX", ".tflite": "TFLite", ".pt": "PyTorch", ".pt2": "PyTorch",
-            ".pth": "PyTorch"}
+#: File suffixes of each framework's model files (the dispatch below reads these).
+TORCH_SUFFIXES = (".pt2", ".pt", ".pth", ".bin")
+ONNX_SUFFIXES = (".onnx",)
+TFLITE_SUFFIXES = (".tflite",)
+KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
+_READS = ("Keras 3 models (.keras, .h5, keras.applications names such as vgg16), PyTorch modules "
+          "(.pt2 torch.export programs, torchvision:NAME), ONNX (.onnx) and TFLite (.tflite) files")
+
+
+def _in_module(obj: Any, package: str, class_name: str | None = None) -> bool:
+    """Whether ``obj`` is an instance of a class from ``package`` (no import of the package)."""
+    return any(c.__module__.split(".")[0] == package and (class_name is None or c.__name__ == class_name)
+               for c in type(obj).__mro__)
 
 
 def _is_keras_model(obj: Any) -> bool:
@@ -29,11 +41,17 @@ def open_model(source: Any, *, weights: str | None = None, input_shape: Sequence
                trust: bool = False, preprocess: str | None = None) -> Adapter:
     """An adapter for a model object, a model file, a zoo name or ``"demo"``.
 
+    The one dispatch point: the adapter is chosen from the Python object's
+    type or the file's suffix; nothing after it branches on the framework.
+
     Args:
-        source: a ``keras.Model``, an adapter, a path to a ``.keras``/``.h5``
-            file, a ``keras.applications`` name such as ``vgg16`` (also
-            ``keras:vgg16``), or ``demo`` for the built-in MNIST CNN.
-        weights: for zoo names: ``imagenet`` (default), ``none`` or a file.
+        source: a ``keras.Model``, a ``torch.nn.Module``, an ``onnx.ModelProto``,
+            an adapter, a path to a ``.keras``/``.h5``/``.pt2``/``.pt``/``.onnx``/
+            ``.tflite`` file, a ``keras.applications`` name such as ``vgg16``
+            (also ``keras:vgg16``), a torchvision name such as
+            ``torchvision:resnet18``, or ``demo`` for the built-in MNIST CNN.
+        weights: for zoo names: ``imagenet``/``default`` (the pretrained
+            weights), ``none`` (random) or a file.
         input_shape: ``(H, W, C)`` for models that do not know theirs, or a
             size for zoo models.
         trust: allow loading files that run code (Lambda layers, pickles).
@@ -49,33 +67,63 @@ def open_model(source: Any, *, weights: str | None = None, input_shape: Sequence
         from .keras import KerasAdapter
 
         return KerasAdapter(source, input_shape=input_shape, preprocess=preprocess)
+    if _in_module(source, "torch"):
+        from .torch import TorchAdapter
+
+        return TorchAdapter(source, input_shape=input_shape, preprocess=preprocess)
+    if _in_module(source, "onnx", "ModelProto"):
+        from .onnx import OnnxAdapter
+
+        return OnnxAdapter(source, input_shape=input_shape, preprocess=preprocess)
     if not isinstance(source, (str, os.PathLike)):
         kind = f"{type(source).__module__}.{type(source).__name__}"
-        raise UnsupportedModel(f"convlens cannot read a {kind} yet; it reads Keras 3 models, "
-                               ".keras/.h5 files and keras.applications names such as vgg16")
+        raise UnsupportedModel(f"convlens cannot read a {kind}; it reads {_READS}")
     text = os.fspath(source)
     key = text.lower().removeprefix("keras:")
     if text == "demo":
         from .keras import KerasAdapter, load_keras_file
 
         return KerasAdapter(load_keras_file(DEMO_MODEL), preprocess=preprocess or "unit")
+    if key.startswith("torchvision:"):
+        from .torch import open_torchvision
+
+        return open_torchvision(text.split(":", 1)[1], weights=weights, input_shape=input_shape,
+                                trust=trust, preprocess=preprocess)
     path = Path(text)
     if not path.exists():
         from .keras import ZOO, KerasAdapter, load_zoo_model
 
         if key in ZOO:
-            model, preset = load_zoo_model(key, weights=weights if weights is not None else "imagenet",
-                                           input_shape=input_shape, trust=trust)
+            model, preset = load_zoo_model(key, weights=_keras_weights(weights), input_shape=input_shape,
+                                           trust=trust)
             return KerasAdapter(model, preprocess=preprocess or preset)
-        raise BadModel(f"model not found: {text} is neither a file nor a known name; give a .keras or "
-                       f".h5 file, 'demo', or one of: {', '.join(sorted(ZOO))}")
+        raise BadModel(f"model not found: {text} is neither a file nor a known name; give a model file "
+                       f"(.keras .h5 .pt2 .pt .onnx .tflite), 'demo', torchvision:NAME such as "
+                       f"torchvision:resnet18, or one of: {', '.join(sorted(ZOO))}")
     if path.is_dir():
-        raise BadModel(f"{path} is a folder; give a model file (.keras or .h5), e.g. model.keras")
+        raise BadModel(f"{path} is a folder; give a model file (.keras .h5 .pt2 .pt .onnx .tflite)")
     suffix = path.suffix.lower()
-    if suffix in _NOT_YET:
-        raise UnsupportedModel(f"{path}: {_NOT_YET[suffix]} models are not supported yet; convlens reads "
-                               "Keras .keras and .h5 files")
+    if suffix in TORCH_SUFFIXES:
+        from .torch import open_torch_file
+
+        return open_torch_file(path, input_shape=input_shape, trust=trust, preprocess=preprocess)
+    if suffix in ONNX_SUFFIXES:
+        from .onnx import OnnxAdapter
+
+        return OnnxAdapter(path, input_shape=input_shape, preprocess=preprocess)
+    if suffix in TFLITE_SUFFIXES:
+        from .tflite import TFLiteAdapter
+
+        return TFLiteAdapter(path, input_shape=input_shape, preprocess=preprocess)
+    if suffix not in KERAS_SUFFIXES:
+        raise BadModel(f"{path}: unknown model file type {suffix or '(no suffix)'}; convlens reads {_READS}")
     from .keras import KerasAdapter, load_keras_file
 
     model = load_keras_file(path, trust=trust)
     return KerasAdapter(model, input_shape=input_shape, preprocess=preprocess)
+
+
+def _keras_weights(weights: str | None) -> str:
+    """``default`` (torchvision's word) means ImageNet for keras.applications too."""
+    w = "imagenet" if weights is None else weights
+    return "imagenet" if w.strip().lower() == "default" else w
