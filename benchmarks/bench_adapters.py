@@ -114,9 +114,8 @@ def case_tflite(tmp: Path) -> Case:
     from ai_edge_litert.interpreter import Interpreter
 
     model = _keras_model()
-    spec = [tf.TensorSpec((1, SIZE, SIZE, 3), tf.float32)]
-    fn = tf.function(lambda t: model(t, training=False), input_signature=spec)
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([fn.get_concrete_function()], model)
+    model.export(str(tmp / "vgg16.savedmodel"), format="tf_saved_model", verbose=False)
+    converter = tf.lite.TFLiteConverter.from_saved_model(str(tmp / "vgg16.savedmodel"))
     path = tmp / "vgg16.tflite"
     path.write_bytes(converter.convert())
     x = _image()

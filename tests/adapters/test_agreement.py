@@ -99,9 +99,9 @@ def _images(n: int = 3) -> np.ndarray:
 def _tflite(keras_model, path: Path, quantise: bool) -> Path:
     import tensorflow as tf
 
-    spec = [tf.TensorSpec((1, SIZE, SIZE, 3), tf.float32)]
-    fn = tf.function(lambda x: keras_model(x, training=False), input_signature=spec)
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([fn.get_concrete_function()], keras_model)
+    saved = path.with_suffix(".savedmodel")
+    keras_model.export(str(saved), format="tf_saved_model", verbose=False)
+    converter = tf.lite.TFLiteConverter.from_saved_model(str(saved))
     if quantise:
         calib = _images(16).astype("float32") / 255.0
 
