@@ -28,6 +28,7 @@ from .core.layers import LayerInfo
 from .images import load_image
 from .lens import FeatureMaps, LayerTable, Lens
 from .selection import select
+from .stats import ChannelStats, LayerStats
 
 #: The built-in default: a small CNN trained on MNIST, and a digit it classifies.
 DEMO_MODEL = DATA_DIR / "demo_cnn.keras"
@@ -42,10 +43,12 @@ __all__ = [
     "BadArgument",
     "BadImage",
     "BadModel",
+    "ChannelStats",
     "ConvlensError",
     "FeatureMaps",
     "LayerInfo",
     "LayerNotFound",
+    "LayerStats",
     "LayerTable",
     "Lens",
     "MissingDependency",

@@ -20,6 +20,7 @@ examples:
   convlens maps vgg16 --weights none cat.jpg --layers blocks --out out/
   convlens maps model.keras a.png b.png --layers 'conv,re:dense.*' --norm layer --cmap magma --out out/
   convlens filters model.h5 --layers block1_conv1 --out filters/
+  convlens stats vgg16 --weights none cat.jpg dog.jpg --layers conv,act,pool --json
 
 Models: a .keras or legacy .h5 file, 'demo' (the built-in MNIST CNN), or a
 keras.applications name: vgg16 vgg19 resnet50 mobilenet_v2 efficientnet_b0 ...
@@ -171,6 +172,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="input channels drawn per filter (default 16)")
     _model_options(p)
 
+    p = sub.add_parser("stats", help="channel health: per-channel mean, std, min, max, zeros; dead, "
+                                     "constant and non-finite channels",
+                       epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model")
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("--layers", default=None,
+                   help="layer selection (default conv,pool; add act for separate activation layers)")
+    p.add_argument("--json", action="store_true", help="print every number as JSON")
+    p.add_argument("--channels", action="store_true", help="also print one row per channel")
+    _model_options(p)
+    _image_options(p)
+
     p = sub.add_parser("demo", help="run everything on the built-in MNIST CNN and a digit")
     p.add_argument("--out", default="demo-output", help="output folder (default demo-output)")
     return parser
@@ -197,6 +210,17 @@ def _summary(index: dict[str, Any], key: str, out: str, stdout: TextIO) -> None:
     if flagged:
         stdout.write(f"note: {flagged} drawn channels are zero everywhere (marked with an X); "
                      "see 'flags' in index.json\n")
+
+
+def _cmd_stats(lens: Any, args: argparse.Namespace, stdout: TextIO) -> None:
+    stats = lens.channel_stats(args.images, args.layers, size=args.size, preprocess=args.preprocess,
+                               progress=BarProgress())
+    if args.json:
+        stdout.write(json.dumps(stats.to_json(), allow_nan=False) + "\n")
+        return
+    for note in stats.notes:
+        stdout.write(f"note: {note}\n")
+    stdout.write(stats.text(channels=args.channels) + "\n")
 
 
 def _cmd_demo(args: argparse.Namespace, stdout: TextIO) -> int:
@@ -257,6 +281,8 @@ def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None,
             index = lens.save_filters(args.out, args.layers, cmap=args.cmap, max_filters=args.max_filters,
                                       max_inputs=args.max_inputs, progress=BarProgress())
             _summary(index, "filters", args.out, stdout)
+        elif args.command == "stats":
+            _cmd_stats(lens, args, stdout)
         else:  # pragma: no cover - argparse rejects unknown commands
             raise BadArgument(f"unknown command {args.command}")
     except ConvlensError as exc:

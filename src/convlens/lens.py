@@ -21,6 +21,7 @@ from ._progress import NullProgress, Progress
 from .adapters import open_model
 from .core.layers import LayerInfo
 from .core.normalize import finite_range
+from .core.stats import StatsAccumulator
 from .images import Image, load_images, prepare
 from .render.colormap import lut as colormap_lut
 from .render.filters import filter_grid, filter_norms, rgb_composites
@@ -28,6 +29,7 @@ from .render.grid import add_title
 from .render.maps import RenderOptions, reduce_map, render_map
 from .render.png import OutputDir, encode_png
 from .selection import select
+from .stats import ChannelStats
 
 __all__ = ["FeatureMaps", "Filters", "LayerTable", "Lens", "format_table"]
 
@@ -461,3 +463,44 @@ class Lens:
             staging.write_json("index.json", index)
         progress.finish()
         return index
+
+    # ------------------------------------------------------------------ channel statistics
+
+    def channel_stats(self, images: ImageLike | Sequence[ImageLike], layers: str | Iterable[str] | None = None,
+                      *, size: int | tuple[int, int] | None = None, preprocess: str | None = None,
+                      progress: Progress | None = None) -> ChannelStats:
+        """Channel health of the selected layers over all the images.
+
+        For every channel: mean, standard deviation, minimum, maximum and share
+        of exact zeros over every finite value of every image, and flags for
+        dead (zero everywhere for these inputs), constant and non-finite
+        channels (see :mod:`convlens.core.stats`). One forward pass per image;
+        each layer's output is folded into its running statistics as soon as
+        it exists, so memory holds one layer's output at a time, never all of
+        them. Images of different sizes are fine (each runs on its own).
+
+        Args:
+            images: one image or a list (paths, PIL images or arrays).
+            layers: a selection; default every conv and pool layer, as
+                everywhere in convlens. Models with separate activation layers
+                (ResNet, most PyTorch models) show dead ReLUs in ``act``
+                layers: add them with ``"conv,act,pool"``.
+            size: ``(H, W)`` for models that accept any size; default the image's own.
+            preprocess: preprocessing preset; default the model's.
+            progress: receives one step per image.
+
+        Returns:
+            :class:`ChannelStats`, a list of :class:`LayerStats` in execution order.
+        """
+        chosen = self.select(layers)
+        loaded, arrays, notes = self._prepare(images, size, preprocess)
+        accumulators = {layer.index: StatsAccumulator(layer.index, layer.name, layer.type) for layer in chosen}
+        wanted = list(accumulators)
+        progress = progress or NullProgress()
+        progress.start(len(arrays), "channel statistics")
+        for arr in arrays:
+            self.adapter.run(arr[None], wanted, lambda i, a: accumulators[i].add(a))
+            progress.advance()
+        progress.finish()
+        return ChannelStats((acc.result() for acc in accumulators.values()), model=self.name,
+                            images=[image.name for image in loaded], notes=notes)

@@ -196,6 +196,8 @@ def test_vectors_signals_and_scalars():
     assert s.mean.tolist() == [2.0, 0.0, 2.0] and s.std.tolist() == [1.0, 0.0, 0.0]
     assert s.dead.tolist() == [False, True, False] and s.constant.tolist() == [False, True, True]
     assert s.summary() == ": 1 of 3 channels is zero for these 2 images; 1 more is constant"
+    one = channel_stats(vec[:1])  # one value per unit: constant by definition, not worth a mention
+    assert one.constant.all() and one.summary() == ": 1 of 3 channels is zero for this image"
 
     sig = np.zeros((1, 6, 2), np.float32)  # (N, L, C): 1-D maps
     sig[0, :, 0] = [0, 0, 0, 1, 1, 1]
@@ -221,7 +223,7 @@ def test_summary_grammar():
     x[0, 0, 1, 37:] = np.arange(1, 476, dtype=np.float32)  # channels 37-511 hold a 0 and a positive value
     s = channel_stats(x, name="block5_conv3")
     assert s.summary() == "block5_conv3: 37 of 512 channels are zero for this image"
-    s = channel_stats(np.ones((3, 1), np.float32), name="d")
+    s = channel_stats(np.ones((3, 1), np.float32), name="d")  # one unit, 3 images
     assert s.summary() == "d: 0 of 1 channel is zero for these 3 images; 1 more is constant"
 
 

@@ -154,11 +154,13 @@ class LayerStats:
         """One line for people, e.g. ``block5_conv3: 37 of 512 channels are zero for this image``.
 
         Constant channels that are not zero and channels holding NaN/inf are
-        counted after it when there are any.
+        counted after it when there are any. A channel with a single value (a
+        vector's unit, one image) is constant by definition, so the line does
+        not count it as such (the ``constant`` flag still says so).
         """
         c = self.channels
         dead = int(self.dead.sum())
-        constant = int((self.constant & ~self.dead).sum())
+        constant = int((self.constant & ~self.dead & (self.count > 1)).sum())
         nonfinite = int(self.nonfinite.sum())
         these = "this image" if self.images == 1 else f"these {self.images} images"
         text = (f"{self.name}: {dead} of {c} {_plural(c, 'channel', 'channels')} "

@@ -1,0 +1,159 @@
+"""What ``Lens.channel_stats`` returns: every selected layer's channel health, as text, JSON or HTML.
+
+The numbers come from :mod:`convlens.core.stats`; this module only lays them out.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from typing import Any, Iterable, Sequence
+
+from . import __version__
+from ._errors import LayerNotFound
+from .core.stats import LayerStats
+
+__all__ = ["ChannelStats", "LayerStats", "format_channel_rows", "format_stats_table"]
+
+LEGEND = ("dead: zero everywhere for these inputs; constant: one value everywhere (dead ones "
+          "included); non-finite: NaN or inf seen; zeros: share of values that are exactly 0; "
+          "mean, std, min, max: over every finite value of the layer.")
+
+
+def _num(v: float) -> str:
+    """A statistic in a table cell: 4 significant digits, ``-`` when undefined."""
+    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4g}"
+
+
+def _pct(v: float) -> str:
+    return "-" if math.isnan(v) else f"{100 * v:.1f}%"
+
+
+def _channel_flags(s: LayerStats, c: int) -> str:
+    words = ["dead"] if s.dead[c] else ["constant"] if s.constant[c] else []
+    if s.nonfinite[c]:
+        words.append("nan/inf")
+    return ",".join(words)
+
+
+def _align(rows: list[tuple[str, ...]], right: set[int]) -> list[str]:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip()
+             for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return lines
+
+
+_LAYER_HEAD = ("#", "name", "type", "channels", "dead", "constant", "non-finite", "zeros", "mean", "std",
+               "min", "max")
+_CHANNEL_HEAD = ("channel", "mean", "std", "min", "max", "zeros", "flags")
+
+
+def _layer_row(s: LayerStats) -> tuple[str, ...]:
+    return (str(s.index), s.name, s.type or "-", str(s.channels), str(int(s.dead.sum())),
+            str(int(s.constant.sum())), str(int(s.nonfinite.sum())), _pct(s.mean_zero_fraction()),
+            _num(s.layer_mean()), _num(s.layer_std()), _num(s.layer_min()), _num(s.layer_max()))
+
+
+def _channel_rows(s: LayerStats) -> list[tuple[str, ...]]:
+    return [(str(c), _num(float(s.mean[c])), _num(float(s.std[c])), _num(float(s.min[c])),
+             _num(float(s.max[c])), _pct(float(s.zero_fraction[c])), _channel_flags(s, c))
+            for c in range(s.channels)]
+
+
+def format_stats_table(layers: Sequence[LayerStats]) -> str:
+    """One row per layer: channel counts per flag, share of zeros, the layer's mean/std/min/max."""
+    return "\n".join(_align([_LAYER_HEAD, *(_layer_row(s) for s in layers)], set(range(3, 12)) | {0}))
+
+
+def format_channel_rows(s: LayerStats) -> str:
+    """One row per channel of one layer, under a heading naming the layer."""
+    head = f"{s.index} {s.name} ({s.type or '-'}): {s.channels} channels"
+    return "\n".join([head, *_align([_CHANNEL_HEAD, *_channel_rows(s)], {0, 1, 2, 3, 4, 5})])
+
+
+class ChannelStats(list):
+    """Channel health of the selected layers: a list of :class:`LayerStats` in execution order.
+
+    Prints as a table (``str``), shows as HTML in Jupyter and exports every
+    number with :meth:`to_json`.
+
+    Attributes:
+        model: the model's name.
+        images: the names of the images folded in.
+        notes: what was done to the inputs (resizing, channel changes).
+    """
+
+    def __init__(self, layers: Iterable[LayerStats] = (), *, model: str = "",
+                 images: Sequence[str] = (), notes: Sequence[str] = ()) -> None:
+        super().__init__(layers)
+        self.model = model
+        self.images = list(images)
+        self.notes = list(notes)
+
+    def layer(self, name: str) -> LayerStats:
+        """The statistics of one layer by full or (unique) short name."""
+        for s in self:
+            if s.name == name:
+                return s
+        short = [s for s in self if s.name.rsplit("/", 1)[-1] == name]
+        if len(short) == 1:
+            return short[0]
+        raise LayerNotFound(f"{name!r} is not among these statistics ({', '.join(s.name for s in self)}); "
+                            "select it with layers=... (--layers)")
+
+    def flagged(self) -> list[LayerStats]:
+        """The layers with at least one dead, constant or non-finite channel."""
+        return [s for s in self if s.flagged]
+
+    def summaries(self) -> list[str]:
+        """The summary line of every layer with flagged channels."""
+        return [s.summary() for s in self.flagged()]
+
+    def _head(self) -> str:
+        n = len(self.images)
+        which = f"{n} image{'s' if n != 1 else ''}" + (f" ({', '.join(self.images)})" if self.images else "")
+        return f"channel statistics of {self.model or 'the model'} over {which}"
+
+    def table(self, channels: bool = False) -> str:
+        """The per-layer table; with ``channels=True`` every channel's row follows it."""
+        parts = [self._head(), format_stats_table(self), LEGEND]
+        if channels:
+            parts.extend("\n" + format_channel_rows(s) for s in self)
+        return "\n".join(parts)
+
+    def text(self, channels: bool = False) -> str:
+        """The table (and per-channel rows), then the summary line of each flagged layer."""
+        flagged = self.summaries() or [f"no dead, constant or non-finite channel in these {len(self)} layers"]
+        return "\n".join([self.table(channels), "", *flagged])
+
+    def __str__(self) -> str:
+        return self.text()
+
+    def to_json(self) -> dict[str, Any]:
+        """Every number, JSON-ready (NaN as ``null``): model, images, notes and one record per layer."""
+        return {"convlens": __version__, "model": self.model, "images": self.images, "notes": self.notes,
+                "layers": [s.as_dict() for s in self]}
+
+    def _repr_html_(self) -> str:
+        e = html.escape
+        right = "style='text-align:right'"
+
+        def row(cells: Sequence[str], tag: str = "td") -> str:
+            return "<tr>" + "".join(
+                f"<{tag} {right if tag == 'td' and i not in (1, 2) else ''}>{e(c)}</{tag}>"
+                for i, c in enumerate(cells)) + "</tr>"
+
+        parts = [f"<div style='font:12px monospace'><b>{e(self._head())}</b>",
+                 "<table>", row(_LAYER_HEAD, "th"), *(row(_layer_row(s)) for s in self), "</table>",
+                 f"<p>{e(LEGEND)}</p>"]
+        parts.extend(f"<div>{e(line)}</div>" for line in self.summaries())
+        for s in self:
+            body = "".join("<tr>" + "".join(f"<td {right}>{e(c)}</td>" for c in r) + "</tr>"
+                           for r in _channel_rows(s))
+            parts.append(f"<details><summary>{e(str(s.index))} {e(s.name)}: {e(str(s.channels))} channels"
+                         f"</summary><table><tr>{''.join(f'<th>{e(h)}</th>' for h in _CHANNEL_HEAD)}</tr>"
+                         f"{body}</table></details>")
+        parts.append("</div>")
+        return "".join(parts)
+
