@@ -1,0 +1,687 @@
+"""ONNX models through onnxruntime (CPU), with every intermediate output exposed.
+
+An ONNX graph only returns its declared outputs, so the outputs of the layers
+that :meth:`OnnxAdapter.run` is asked for are added as extra graph outputs and
+a session is built for exactly that set (cached, a few at a time). Shapes come
+from ONNX shape inference, run on a *skeleton* of the model: the graph with its
+large weights reduced to their shape and type, so a VGG-sized model (or one
+over protobuf's 2 GB limit, stored with external data) is never copied whole.
+
+Layouts are settled here, once. ONNX convolutions are channels-first, so every
+4-D intermediate tensor is taken as ``(N, C, H, W)`` and handed over as
+``(N, H, W, C)``, 3-D ``(N, C, L)`` as ``(N, L, C)``, unless the tensor is known
+to be channels-last: the layout is followed from the input through the graph
+(a ``Transpose`` with ``perm=[0, 3, 1, 2]`` turns an NHWC tensor into NCHW and
+``[0, 2, 3, 1]`` the other way; convolutions, pools and normalisations produce
+NCHW; element-wise operators keep their input's layout).
+"""
+
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from .._errors import BadArgument, BadModel, MissingDependency, UnsupportedModel
+from ..core.kinds import kind_of
+from ..core.layers import LayerInfo
+from ..core.receptive import with_receptive_fields
+from .base import OnOutput
+
+__all__ = ["OnnxAdapter", "import_onnx"]
+
+#: ONNX TensorProto element types that hold floating-point numbers, and their numpy types.
+_FLOAT_TYPES = {1: np.float32, 10: np.float16, 11: np.float64, 16: None}  # 16: bfloat16 (no numpy type)
+_TYPE_NAMES = {1: "float32", 2: "uint8", 3: "int8", 4: "uint16", 5: "int16", 6: "int32", 7: "int64",
+               8: "string", 9: "bool", 10: "float16", 11: "float64", 12: "uint32", 13: "uint64",
+               16: "bfloat16"}
+#: Operators that always produce non-float plumbing (shapes, indexes), whatever inference says.
+_PLUMBING = {"Constant", "ConstantOfShape", "Shape", "Size", "NonZero", "ArgMax", "ArgMin", "Range",
+             "EyeLike", "RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike"}
+#: Operators whose output is channels-first whatever their input's layout.
+_CHANNELS_FIRST_OPS = {"Conv", "ConvTranspose", "ConvInteger", "QLinearConv", "MaxPool", "AveragePool",
+                       "LpPool", "GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool", "MaxRoiPool",
+                       "BatchNormalization", "InstanceNormalization", "LRN", "DepthToSpace",
+                       "SpaceToDepth", "MaxUnpool", "DeformConv"}
+_NCHW_TO_NHWC = [0, 2, 3, 1]
+_NHWC_TO_NCHW = [0, 3, 1, 2]
+#: Initializers with more elements than this are left out of the shape-inference skeleton.
+_SMALL = 4096
+#: Sessions kept at once, and the memory their copies of the weights may take together.
+_MAX_SESSIONS = 3
+_SESSION_BUDGET = 1536 * 2**20
+_STUB_LOCATION = "convlens-weights-from-memory"
+
+
+def import_onnx() -> tuple[Any, Any]:
+    """Import onnx and onnxruntime, or say which extra to install."""
+    try:
+        import onnx
+        import onnxruntime
+    except ImportError as exc:
+        raise MissingDependency(f"reading ONNX models needs onnx and onnxruntime ({exc}); run: "
+                                "pip install 'convlens[onnx]'") from None
+    return onnx, onnxruntime
+
+
+def _first_line(text: str) -> str:
+    return (text.strip().splitlines() or [""])[0][:300]
+
+
+def _attrs(node: Any) -> dict[str, Any]:
+    import onnx
+
+    return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+
+
+def _pair(values: Sequence[int] | None, default: int = 1) -> tuple[int, int] | None:
+    """The last two spatial values of an attribute; a 1-D value ``k`` becomes ``(1, k)``."""
+    if values is None:
+        return None
+    vals = [int(v) for v in values]
+    if len(vals) == 1:
+        return (default, vals[0])
+    if len(vals) == 2:
+        return (vals[0], vals[1])
+    return None  # 3-D operators: no 2-D receptive field
+
+
+def _dims(type_proto: Any) -> tuple[int | None, ...] | None:
+    """Static dims of a tensor type (``None`` for symbolic or unknown dims), or ``None`` if unranked."""
+    if not type_proto.HasField("tensor_type") or not type_proto.tensor_type.HasField("shape"):
+        return None
+    return tuple(int(d.dim_value) if d.HasField("dim_value") else None
+                 for d in type_proto.tensor_type.shape.dim)
+
+
+def _shape_text(dims: Sequence[int | None] | None) -> str:
+    if dims is None:
+        return "(unknown shape)"
+    return "(" + ", ".join("?" if d is None else str(d) for d in dims) + ")"
+
+
+class OnnxAdapter:
+    """An ONNX model behind convlens's adapter contract, run by onnxruntime on the CPU.
+
+    Input layout rule: a rank-4 input is NCHW when its dim 1 is 1 or 3 and its
+    last dim is not, NHWC when its last dim is 1 or 3 and dim 1 is not; when
+    that does not decide (both or neither are 1 or 3, or they are symbolic),
+    ``input_shape``'s channel count decides if given, then an input that goes
+    straight into a ``Transpose`` with ``perm=[0, 3, 1, 2]`` is NHWC, and
+    otherwise it is NCHW, ONNX's own convention. The batch that :meth:`run`
+    receives is always ``(N, H, W, C)`` float32 and is transposed for NCHW models.
+
+    Layer rows: the input, then one row per node whose first output is a
+    floating-point tensor computed from the input image. Nodes that only
+    compute constants (``Constant``, weights behind ``Identity``,
+    ``DequantizeLinear`` of weights) or shapes and indexes (``Shape``,
+    ``Gather`` on shapes, ``Cast`` to int64) are plumbing and get no row; a row
+    whose input went through plumbing names the plumbing's own parents.
+
+    Args:
+        source: a path to a ``.onnx`` file (external data files next to it are
+            read), or an ``onnx.ModelProto`` with its weights loaded.
+        input_shape: ``(H, W, C)`` filling in the input's free dimensions.
+        preprocess: the preprocessing preset the model expects, if known.
+
+    Raises:
+        BadModel: the file is missing, corrupt, truncated, or its external
+            data file is missing.
+        UnsupportedModel: the model takes several inputs.
+        MissingDependency: onnx or onnxruntime is not installed.
+    """
+
+    framework = "onnx"
+    supports_gradients = False
+
+    def __init__(self, source: Any, *, input_shape: Sequence[int | None] | None = None,
+                 preprocess: str | None = None) -> None:
+        self.onnx, self.ort = import_onnx()
+        self.preprocess = preprocess
+        self.base_dir: Path | None = None
+        if isinstance(source, self.onnx.ModelProto):
+            model = source
+            label = model.graph.name or "model"
+        else:
+            path = Path(os.fspath(source))
+            model = self._load(path)
+            self.base_dir = path.resolve().parent
+            label = path.name
+        self._check_structure(model, label)
+        # A file is known by its name (exporters call every graph "main_graph" or "torch_jit").
+        self.name = model.graph.name or label if self.base_dir is None else Path(label).stem
+        self._label = label
+        self._check_external(model)
+        self._init_input(model, input_shape)
+        self._skeleton, self._shared = self._make_skeleton(model)
+        self._graph_output = model.graph.output[0].name
+        del model  # the skeleton and the large weights (until read) are all that is kept
+        self._arrays: dict[str, np.ndarray] = {}  # large weights, read on first need
+        self._layers: list[LayerInfo] | None = None
+        self._row_tensor: list[str] = []  # tensor name of each row (row 0: the input)
+        self._row_node: list[Any] = []  # NodeProto of each row (None for the input)
+        self._layout: dict[str, str] = {}  # tensor name -> "NCHW" / "NHWC" for rank-3/4 tensors
+        self._ranks: dict[str, int] = {}
+        self._sessions: OrderedDict[tuple[str, ...], Any] = OrderedDict()
+        self._ort_values: dict[str, Any] | None = None  # large weights as OrtValues, by name
+
+    # ----------------------------------------------------------------- loading
+
+    def _load(self, path: Path) -> Any:
+        if not path.is_file():
+            raise BadModel(f"model file not found: {path}; check the path")
+        try:
+            # External data stays on disk for now: the graph is read first, the weights when needed.
+            return self.onnx.load(str(path), load_external_data=False)
+        except Exception as exc:  # protobuf DecodeError on truncated or foreign files
+            raise BadModel(f"cannot read ONNX model {path}: {type(exc).__name__}: {_first_line(str(exc))}; "
+                           "is it a complete .onnx file (torch.onnx.export, tf2onnx)?") from None
+
+    def _check_structure(self, model: Any, label: str) -> None:
+        # Protobuf parses many non-ONNX byte strings without complaint; a real model has these.
+        graph = model.graph
+        if model.ir_version <= 0 or not model.opset_import or not graph.node or not graph.output:
+            raise BadModel(f"{label} is not an ONNX model (no graph, opset or outputs); give a .onnx file "
+                           "saved by torch.onnx.export, tf2onnx or onnx.save")
+
+    def _external_tensors(self, model: Any) -> list[Any]:
+        external = self.onnx.TensorProto.EXTERNAL
+        tensors = [t for t in model.graph.initializer if t.data_location == external]
+        for node in model.graph.node:
+            if node.op_type == "Constant":
+                tensors.extend(a.t for a in node.attribute
+                               if a.type == self.onnx.AttributeProto.TENSOR and a.t.data_location == external)
+        return tensors
+
+    def _check_external(self, model: Any) -> None:
+        """Every external data file exists, inside the model's folder (else: BadModel naming it)."""
+        tensors = self._external_tensors(model)
+        if not tensors:
+            return
+        if self.base_dir is None:
+            raise BadModel(f"{self._label} keeps weights in external data files that were not loaded; "
+                           "load it with onnx.load(path) (which reads them) or give convlens the path")
+        for location in sorted({self._location(t) for t in tensors}):
+            file = (self.base_dir / location).resolve()
+            if self.base_dir not in (file, *file.parents):
+                raise BadModel(f"{self._label} points its weights at {location}, outside its folder; "
+                               "convlens only reads external data stored next to the .onnx file")
+            if not file.is_file():
+                raise BadModel(f"{self._label} keeps its weights in the external data file {location}, "
+                               f"which is missing: put {location} next to the .onnx file in {self.base_dir}")
+
+    @staticmethod
+    def _location(tensor: Any) -> str:
+        return next((e.value for e in tensor.external_data if e.key == "location"), "")
+
+    # ----------------------------------------------------------------- input
+
+    def _init_input(self, model: Any, given: Sequence[int | None] | None) -> None:
+        graph = model.graph
+        weights = {t.name for t in graph.initializer}
+        inputs = [i for i in graph.input if i.name not in weights]  # IR < 4 lists weights as inputs
+        if len(inputs) != 1:
+            described = "; ".join(f"{i.name} {_shape_text(_dims(i.type))} "
+                                  f"{_TYPE_NAMES.get(i.type.tensor_type.elem_type, 'non-tensor')}"
+                                  for i in inputs) or "none"
+            raise UnsupportedModel(
+                f"{self._label} takes {len(inputs)} inputs ({described}); convlens feeds one image tensor: "
+                "re-export the model with the other inputs fixed (e.g. torch.onnx.export of a wrapper "
+                "module whose forward(image) passes constants for them)")
+        spec = inputs[0]
+        self.input_name = spec.name
+        dims = _dims(spec.type)
+        elem = spec.type.tensor_type.elem_type if spec.type.HasField("tensor_type") else 0
+        self._input_dims = dims
+        self._input_type = elem
+        type_name = _TYPE_NAMES.get(elem, "non-tensor")
+        self._not_image: str | None = None
+        if dims is None or len(dims) != 4 or elem not in _FLOAT_TYPES or _FLOAT_TYPES[elem] is None:
+            self._not_image = (f"{self._label} takes {self.input_name} of shape {_shape_text(dims)} "
+                               f"{type_name}, not a float image batch (N, C, H, W) or (N, H, W, C); "
+                               "its layer table works, feature maps need an image model")
+            self.channels_first = True
+            self.batch_size = dims[0] if dims else None
+            self._raw_shape = tuple(dims[1:]) if dims else ()
+            return
+        self.channels_first = self._decide_layout(model, dims, given)
+        self.batch_size = dims[0]
+        hwc = (dims[2], dims[3], dims[1]) if self.channels_first else tuple(dims[1:])
+        if given:
+            given = tuple(given)
+            if len(given) != 3:
+                raise BadArgument(f"--input-shape takes H,W,C; got {given}")
+            for have, want, axis in zip(hwc, given, "HWC"):
+                if have is not None and want is not None and have != want:
+                    raise BadArgument(f"{self._label} takes a fixed input of {_shape_text(hwc)} (H, W, C); "
+                                      f"--input-shape {given} disagrees at {axis}: leave it out")
+            hwc = tuple(w if h is None else h for h, w in zip(hwc, given))
+        self._raw_shape = hwc
+
+    def _decide_layout(self, model: Any, dims: tuple[int | None, ...], given: Sequence[int | None] | None) -> bool:
+        """Whether a rank-4 input is NCHW (see the class docstring for the rule)."""
+        second, last = dims[1] in (1, 3), dims[3] in (1, 3)
+        if second != last:
+            return second
+        if given and len(given) == 3 and given[2] is not None and dims[1] != dims[3]:
+            if dims[1] == given[2]:
+                return True
+            if dims[3] == given[2]:
+                return False
+        for node in model.graph.node:
+            if self.input_name in node.input:
+                if node.op_type == "Transpose" and list(_attrs(node).get("perm", [])) == _NHWC_TO_NCHW:
+                    return False
+                break
+        return True
+
+    @property
+    def input_shape(self) -> tuple[int | None, ...]:
+        """``(H, W, C)`` for image models; the raw shape without batch for others."""
+        return self._raw_shape
+
+    # ----------------------------------------------------------------- skeleton and shapes
+
+    def _make_skeleton(self, model: Any) -> tuple[Any, dict[str, Any]]:
+        """The model with its large initializers reduced to name, type and shape.
+
+        Returns the skeleton and the full initializers it left out, by name. Shape
+        inference reads only small tensors' values (shapes for ``Reshape``);
+        sessions get the large ones through ``add_external_initializers`` from
+        arrays read once, so the file is never re-serialised with its weights
+        (which protobuf could not do past 2 GB).
+        """
+        onnx = self.onnx
+        skel = onnx.ModelProto()
+        skel.ir_version = model.ir_version
+        skel.producer_name = model.producer_name
+        skel.opset_import.extend(model.opset_import)
+        skel.functions.extend(model.functions)
+        graph, g = model.graph, skel.graph
+        g.name = graph.name
+        g.node.extend(graph.node)
+        for node in g.node:  # Constant nodes with external data: inline them too
+            for a in node.attribute:
+                if a.type == onnx.AttributeProto.TENSOR and a.t.data_location == onnx.TensorProto.EXTERNAL:
+                    a.t.CopyFrom(onnx.numpy_helper.from_array(
+                        onnx.numpy_helper.to_array(a.t, str(self.base_dir or "")), a.t.name))
+        g.input.extend(graph.input)
+        g.output.extend(graph.output)
+        g.value_info.extend(graph.value_info)
+        g.sparse_initializer.extend(graph.sparse_initializer)
+        shared = {}
+        base = str(self.base_dir or "")
+        external = onnx.TensorProto.EXTERNAL
+        for t in graph.initializer:
+            count = int(np.prod(t.dims)) if len(t.dims) else 1
+            if count <= _SMALL:
+                if t.data_location == external:  # inline: a session built from bytes has no folder
+                    g.initializer.append(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(t, base), t.name))
+                else:
+                    g.initializer.add().CopyFrom(t)
+                continue
+            stub = g.initializer.add()
+            stub.name, stub.data_type = t.name, t.data_type
+            stub.dims.extend(t.dims)
+            # A stub marked external: sessions get the data through add_external_initializers.
+            stub.data_location = onnx.TensorProto.EXTERNAL
+            entry = stub.external_data.add()
+            entry.key, entry.value = "location", _STUB_LOCATION
+            shared[t.name] = t
+        return skel, shared
+
+    def _inferred(self) -> Any:
+        """The skeleton after shape inference, with the input's free dims filled from ``input_shape``."""
+        skel = self.onnx.ModelProto()
+        skel.CopyFrom(self._skeleton)
+        if self._not_image is None:
+            h, w, c = self._raw_shape
+            want = (None, c, h, w) if self.channels_first else (None, h, w, c)
+            inp = next(i for i in skel.graph.input if i.name == self.input_name)
+            for dim, value in zip(inp.type.tensor_type.shape.dim, want):
+                if value is not None and not dim.HasField("dim_value"):
+                    dim.dim_value = int(value)
+        try:
+            return self.onnx.shape_inference.infer_shapes(skel, strict_mode=False, data_prop=True)
+        except Exception:  # inference is a help, not a requirement: shapes stay unknown
+            return skel
+
+    # ----------------------------------------------------------------- table
+
+    def layers(self) -> list[LayerInfo]:
+        if self._layers is None:
+            self._layers = with_receptive_fields(self._rows())
+        return self._layers
+
+    def _rows(self) -> list[LayerInfo]:
+        inferred = self._inferred()
+        graph = inferred.graph
+        types: dict[str, Any] = {}
+        for vi in (*graph.input, *graph.value_info, *graph.output):
+            types[vi.name] = vi.type
+        consts = {t.name for t in graph.initializer}
+        init_dims = {t.name: tuple(t.dims) for t in graph.initializer}
+        init_types = {t.name: t.data_type for t in graph.initializer}
+        producer: dict[str, int] = {self.input_name: 0}  # tensor -> row
+        passes: dict[str, tuple[int, ...]] = {}  # tensor made by plumbing on activations -> its rows
+        layout = {self.input_name: "NCHW" if self.channels_first else "NHWC"}
+        self._layout = layout
+        ranks: dict[str, int] = {}
+        names: dict[str, int] = {}
+        rows = [LayerInfo(index=0, name=self.input_name, type="Input", kind="input",
+                          output_shape=self.input_shape)]
+        self._row_tensor, self._row_node = [self.input_name], [None]
+        for node in graph.node:
+            act_inputs = [i for i in node.input if i and (i in producer or i in passes)]
+            if not act_inputs:
+                consts.update(o for o in node.output if o)  # weights computed from weights
+                continue
+            parents = sorted({p for i in act_inputs for p in ((producer[i],) if i in producer else passes[i])})
+            out = node.output[0] if node.output else ""
+            out_type = types.get(out)
+            elem = out_type.tensor_type.elem_type if out_type is not None and out_type.HasField("tensor_type") else 0
+            floaty = elem in _FLOAT_TYPES if elem else node.op_type not in _PLUMBING
+            node_layout = self._node_layout(node, act_inputs, layout)
+            for o in node.output:
+                if o:
+                    layout[o] = node_layout
+            if not out or not floaty or node.op_type in _PLUMBING:
+                for o in node.output:
+                    if o:
+                        passes[o] = tuple(parents)
+                continue
+            row = len(rows)
+            for o in node.output:
+                if o:
+                    producer[o] = row
+            dims = _dims(out_type) if out_type is not None else None
+            if dims is not None:
+                ranks[out] = len(dims)
+            base = node.name or out
+            names[base] = names.get(base, 0) + 1
+            name = base if names[base] == 1 else f"{base}#{names[base]}"
+            rows.append(self._info(row, name, node, dims, node_layout, parents, consts, init_dims,
+                                   init_types, types))
+            self._row_tensor.append(out)
+            self._row_node.append(node)
+        self._layout, self._ranks = layout, ranks
+        out_dims = _dims(types[self._graph_output]) if self._graph_output in types else None
+        if out_dims is not None:
+            self._ranks[self._graph_output] = len(out_dims)
+        return rows
+
+    @staticmethod
+    def _node_layout(node: Any, act_inputs: list[str], layout: dict[str, str]) -> str:
+        if node.op_type in _CHANNELS_FIRST_OPS:
+            return "NCHW"
+        source = layout.get(act_inputs[0], "NCHW")
+        if node.op_type == "Transpose":
+            perm = list(_attrs(node).get("perm", []))
+            if source == "NHWC" and perm == _NHWC_TO_NCHW:
+                return "NCHW"
+            if source == "NCHW" and perm == _NCHW_TO_NHWC:
+                return "NHWC"
+            return "NCHW"
+        return source
+
+    def _info(self, row: int, name: str, node: Any, dims: tuple[int | None, ...] | None, node_layout: str,
+              parents: list[int], consts: set[str], init_dims: dict[str, tuple], init_types: dict[str, int],
+              types: dict[str, Any]) -> LayerInfo:
+        op = node.op_type
+        kind = kind_of(op)
+        if kind == "model":
+            kind = "other"
+        attrs = _attrs(node)
+
+        def const_dims(tensor: str) -> tuple[int | None, ...] | None:
+            if tensor in init_dims:
+                return init_dims[tensor]
+            return _dims(types[tensor]) if tensor in types else None
+
+        params = 0
+        for i in node.input:
+            if i and i in consts:
+                elem = init_types.get(i) or (types[i].tensor_type.elem_type if i in types else 0)
+                shape = const_dims(i)
+                if elem in _FLOAT_TYPES and shape is not None and None not in shape:
+                    params += int(np.prod(shape)) if shape else 1
+        kernel_shape = kernel_size = stride = dilation = None
+        if op in ("Conv", "ConvTranspose") and len(node.input) > 1:
+            w = const_dims(node.input[1])
+            if w is not None and None not in w and len(w) in (3, 4):
+                kernel_shape = _canonical_kernel_shape(op, tuple(int(d) for d in w), int(attrs.get("group", 1)))
+            spatial = attrs.get("kernel_shape") or (w[2:] if w is not None else None)
+            kernel_size = _pair(spatial) if spatial is not None and None not in spatial else None
+        elif kind == "pool" and "kernel_shape" in attrs:
+            kernel_size = _pair(attrs["kernel_shape"])
+        if kernel_size is not None:
+            n = 1 if kernel_size[0] == 1 and len(attrs.get("kernel_shape", [0, 0])) == 1 else 2
+            stride = _pair(attrs.get("strides", [1] * n))
+            dilation = _pair(attrs.get("dilations", [1] * n))
+            if op == "ConvTranspose":  # upsampling: the field does not grow by the stride
+                stride = (1, 1)
+        return LayerInfo(
+            index=row, name=name, type=op, kind=kind, output_shape=_canonical_dims(dims, node_layout),
+            params=params, kernel_shape=kernel_shape, kernel_size=kernel_size, stride=stride,
+            dilation=dilation, parents=tuple(parents), extra={"global": self._is_global(node, attrs, types)},
+        )
+
+    def _is_global(self, node: Any, attrs: dict[str, Any], types: dict[str, Any]) -> bool:
+        """Global pools, and reductions over both spatial axes (how torch exports ``x.mean((2, 3))``)."""
+        if node.op_type.startswith("Global"):
+            return True
+        if not node.op_type.startswith("Reduce"):
+            return False
+        source = node.input[0]
+        dims = _dims(types[source]) if source in types else None
+        if dims is None or len(dims) != 4:
+            return False
+        axes = attrs.get("axes")
+        if axes is None and len(node.input) > 1 and node.input[1]:
+            value = self._constant(node.input[1])
+            axes = None if value is None else value.reshape(-1).tolist()
+        if axes is None:  # no axes: every axis is reduced
+            return not attrs.get("noop_with_empty_axes", 0)
+        spatial = {2, 3} if self._layout.get(source, "NCHW") == "NCHW" else {1, 2}
+        return spatial <= {int(a) % 4 for a in axes}
+
+    # ----------------------------------------------------------------- sessions
+
+    def _weight(self, name: str) -> np.ndarray:
+        """One large initializer as a numpy array (read from the file on first need)."""
+        if name not in self._arrays:
+            from onnx import numpy_helper
+
+            t = self._shared[name]
+            try:
+                self._arrays[name] = np.ascontiguousarray(numpy_helper.to_array(t, str(self.base_dir or "")))
+            except Exception as exc:
+                raise BadModel(f"cannot read weight {name} of {self._label}: {type(exc).__name__}: "
+                               f"{_first_line(str(exc))}; is its external data file complete?") from None
+            t.ClearField("raw_data")  # the array holds the data now
+        return self._arrays[name]
+
+    def _weights_as_ort_values(self) -> tuple[list[str], list[Any]]:
+        """The large initializers as OrtValues over :meth:`_weight`'s arrays (read once)."""
+        if self._ort_values is None:
+            ortvalue = self.ort.OrtValue.ortvalue_from_numpy
+            self._ort_values = {name: ortvalue(self._weight(name)) for name in self._shared}
+            # Drop the protos: they pin the whole parsed file in memory.
+            self._shared = dict.fromkeys(self._shared)
+        return list(self._ort_values), list(self._ort_values.values())
+
+    def _session(self, extra: tuple[str, ...]) -> Any:
+        """A session returning the model's outputs and the tensors ``extra`` (cached, LRU).
+
+        Each session holds its own copy of the weights (onnxruntime copies what
+        ``add_external_initializers`` gives it), so the cache keeps as many
+        sessions as fit :data:`_SESSION_BUDGET`, at least one.
+        """
+        if extra in self._sessions:
+            self._sessions.move_to_end(extra)
+            return self._sessions[extra]
+        model = self.onnx.ModelProto()
+        model.CopyFrom(self._skeleton)
+        declared = {o.name for o in model.graph.output}
+        for name in extra:
+            if name not in declared:
+                # Name only: onnxruntime takes the type and shape from the graph.
+                model.graph.output.append(self.onnx.helper.make_empty_tensor_value_info(name))
+        options = self.ort.SessionOptions()
+        options.log_severity_level = 3  # onnxruntime's warnings are for model authors
+        names, values = self._weights_as_ort_values()
+        if names:
+            options.add_external_initializers(names, values)
+        weight_bytes = sum(a.nbytes for a in self._arrays.values())
+        keep = max(1, min(_MAX_SESSIONS, _SESSION_BUDGET // max(weight_bytes, 1)))
+        while len(self._sessions) >= keep:  # free the old session before building the new one
+            self._sessions.popitem(last=False)
+        try:
+            session = self.ort.InferenceSession(model.SerializeToString(), options,
+                                                providers=["CPUExecutionProvider"])
+        except Exception as exc:
+            raise BadModel(f"onnxruntime cannot load {self._label}: {_first_line(str(exc))}") from None
+        self._sessions[extra] = session
+        return session
+
+    # ----------------------------------------------------------------- running
+
+    def run(self, batch: np.ndarray, wanted: Sequence[int], on_output: OnOutput) -> np.ndarray:
+        """One forward pass; ``on_output`` gets each wanted layer's output in execution order.
+
+        Models whose batch dimension is fixed (often at 1) get the batch in
+        chunks of that size, the last one padded with zeros.
+        """
+        if self._not_image is not None:
+            raise UnsupportedModel(self._not_image)
+        table = self.layers()
+        rows = sorted(set(int(w) for w in wanted))
+        for r in rows:
+            if not 0 <= r < len(table):
+                raise BadArgument(f"layer index {r} is out of range 0..{len(table) - 1}")
+        x = np.asarray(batch, dtype=np.float32)
+        if x.ndim != 4:
+            raise BadArgument(f"expected a batch of images (N, H, W, C), got shape {x.shape}")
+        if 0 in rows:
+            on_output(0, x)
+        feed = np.ascontiguousarray(x.transpose(0, 3, 1, 2)) if self.channels_first else x
+        dtype = _FLOAT_TYPES[self._input_type]
+        feed = feed.astype(dtype, copy=False)
+        tensors = [self._row_tensor[r] for r in rows if r > 0]
+        names = [self._graph_output] + [t for t in dict.fromkeys(tensors) if t != self._graph_output]
+        session = self._session(tuple(sorted(set(names[1:]))))
+        results = self._forward(session, feed, names)
+        by_name = dict(zip(names, results))
+        for r in rows:
+            if r > 0:
+                name = self._row_tensor[r]
+                on_output(r, self._canonical(by_name[name], name))
+        return self._canonical(by_name[self._graph_output], self._graph_output)
+
+    def _forward(self, session: Any, feed: np.ndarray, names: list[str]) -> list[np.ndarray]:
+        n = len(feed)
+        size = self.batch_size
+        try:
+            if size is None or size == n:
+                return session.run(names, {self.input_name: feed})
+            parts: list[list[np.ndarray]] = []
+            for start in range(0, n, size):
+                chunk = feed[start:start + size]
+                if len(chunk) < size:
+                    pad = np.zeros((size - len(chunk), *chunk.shape[1:]), dtype=chunk.dtype)
+                    chunk = np.concatenate([chunk, pad])
+                got = session.run(names, {self.input_name: chunk})
+                parts.append([a[:min(size, n - start)] if a.ndim and a.shape[0] == size else a for a in got])
+            return [np.concatenate([p[k] for p in parts]) for k in range(len(names))]
+        except Exception as exc:
+            if isinstance(exc, (BadModel, UnsupportedModel)):
+                raise
+            raise UnsupportedModel(f"onnxruntime could not run {self._label} on input {feed.shape}: "
+                                   f"{_first_line(str(exc))}") from None
+
+    def _canonical(self, a: np.ndarray, tensor: str) -> np.ndarray:
+        a = np.asarray(a)
+        if a.dtype != np.float32:
+            a = a.astype(np.float32)
+        if a.ndim in (3, 4) and self._layout.get(tensor, "NCHW") == "NCHW":
+            a = np.moveaxis(a, 1, -1)
+        return a
+
+    # ----------------------------------------------------------------- kernels
+
+    def kernels(self, index: int) -> np.ndarray:
+        table = self.layers()
+        info = table[index]
+        node = self._row_node[index]
+        if node is None or node.op_type not in ("Conv", "ConvTranspose") or len(node.input) < 2:
+            raise UnsupportedModel(f"layer {info.name} ({info.type}) has no convolution kernel; select conv "
+                                   "layers (--layers conv)")
+        w = self._constant(node.input[1])
+        if w is None:
+            raise UnsupportedModel(f"the kernel of {info.name} ({node.input[1]}) is computed at run time, "
+                                   "not stored in the file; convlens draws stored kernels")
+        if w.ndim not in (3, 4):
+            raise UnsupportedModel(f"layer {info.name} has a {w.ndim}-D kernel; convlens draws 1-D and 2-D "
+                                   "convolution kernels")
+        group = int(_attrs(node).get("group", 1))
+        return _canonical_kernel(node.op_type, w.astype(np.float32), group)
+
+    def _constant(self, tensor: str, depth: int = 0) -> np.ndarray | None:
+        """The value of a tensor stored in the file: an initializer, a Constant, or either behind Identity."""
+        from onnx import numpy_helper
+
+        if tensor in self._shared:
+            return self._weight(tensor)
+        graph = self._skeleton.graph  # small initializers and Constant nodes are inline there
+        for t in graph.initializer:
+            if t.name == tensor:
+                return numpy_helper.to_array(t)
+        if depth > 8:
+            return None
+        for node in graph.node:
+            if tensor in node.output:
+                if node.op_type == "Identity":
+                    return self._constant(node.input[0], depth + 1)
+                if node.op_type == "Constant" and node.attribute:
+                    a = node.attribute[0]
+                    if a.name == "value":
+                        return numpy_helper.to_array(a.t)
+                    if a.name in ("value_float", "value_floats"):
+                        return np.asarray(self.onnx.helper.get_attribute_value(a), dtype=np.float32)
+                return None
+        return None
+
+
+def _canonical_dims(dims: tuple[int | None, ...] | None, layout: str) -> tuple[int | None, ...] | None:
+    """A tensor's shape without the batch, channels last."""
+    if dims is None or not dims:
+        return None if dims is None else ()
+    rest = tuple(dims[1:])
+    if len(dims) in (3, 4) and layout == "NCHW":
+        return (*rest[1:], rest[0])
+    return rest
+
+
+def _canonical_kernel_shape(op: str, w: tuple[int, ...], group: int) -> tuple[int, ...]:
+    return _canonical_kernel(op, np.zeros(w, dtype=np.float32), group).shape
+
+
+def _canonical_kernel(op: str, w: np.ndarray, group: int) -> np.ndarray:
+    """ONNX weights as canonical ``(O, I, kh, kw)``.
+
+    Conv is ``(O, I/group, kh, kw)`` already; ConvTranspose is
+    ``(I, O/group, kh, kw)``: within each group its two first axes swap, so
+    output channel ``o`` sees the ``I/group`` inputs of its group. 1-D
+    kernels ``(O, I, k)`` become ``(O, I, 1, k)``.
+    """
+    if w.ndim == 3:
+        w = w[:, :, None, :]
+    if op == "ConvTranspose":
+        cin, out_per_group, kh, kw = w.shape
+        g = max(group, 1)
+        w = w.reshape(g, cin // g, out_per_group, kh, kw).transpose(0, 2, 1, 3, 4)
+        w = w.reshape(g * out_per_group, cin // g, kh, kw)
+    return np.ascontiguousarray(w, dtype=np.float32)
