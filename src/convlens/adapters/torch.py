@@ -38,6 +38,7 @@ probes is ``None`` in the table.
 
 from __future__ import annotations
 
+import difflib
 import inspect
 import io
 import json
@@ -806,11 +807,14 @@ def open_torchvision(name: str, *, weights: str | None = None, input_shape: Sequ
     """
     tv = _import_torchvision()
     key = name.strip().lower()
-    if key not in tv.models.list_models():
+    known = tv.models.list_models()
+    if key not in known:
         classification = tv.models.list_models(module=tv.models)
-        raise BadModel(f"unknown torchvision model {name!r}; classification models include "
-                       f"{', '.join(classification[:24])} ... (torchvision.models.list_models() lists all "
-                       f"{len(classification)})")
+        close = difflib.get_close_matches(key, known, n=4, cutoff=0.6)
+        raise BadModel(f"unknown torchvision model {name!r}"
+                       + (f" (closest: {', '.join(close)})" if close else "")
+                       + f"; classification models include {', '.join(classification[:24])} ... "
+                       f"(torchvision.models.list_models(module=torchvision.models) lists all {len(classification)})")
     w = "default" if weights is None else str(weights).strip()
     size = PROBE_SIZE
     try:
