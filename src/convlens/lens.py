@@ -502,5 +502,9 @@ class Lens:
             self.adapter.run(arr[None], wanted, lambda i, a: accumulators[i].add(a))
             progress.advance()
         progress.finish()
-        return ChannelStats((acc.result() for acc in accumulators.values()), model=self.name,
+        # An adapter that never produced a selected layer's output leaves it out, and says so.
+        missing = [acc.name for acc in accumulators.values() if acc.images == 0]
+        if missing:
+            notes = [*notes, f"no output was captured for {', '.join(missing)}; left out"]
+        return ChannelStats((acc.result() for acc in accumulators.values() if acc.images), model=self.name,
                             images=[image.name for image in loaded], notes=notes)
