@@ -101,7 +101,9 @@ def _positive(text: str) -> int:
 
 
 def _model_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--weights", help="zoo models: imagenet (default), none (random) or a weights file")
+    p.add_argument("--weights", metavar="imagenet|default|none|PATH",
+                   help="zoo models (vgg16, torchvision:resnet18): imagenet or default = pretrained (the "
+                        "default), none = random, PATH = a weights file (torchvision: a state dict)")
     p.add_argument("--input-shape", type=_shape_arg, metavar="H,W,C",
                    help="input shape for models that do not know theirs (unbuilt or subclassed)")
     p.add_argument("--trust", action="store_true",
