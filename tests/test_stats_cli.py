@@ -251,3 +251,50 @@ def test_cli_as_a_process(model_file, image_files):
                           timeout=600, check=False)
     assert proc.returncode == 2 and proc.stderr.startswith("convlens: error: ")
     assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
+
+
+class _FakeAdapter:
+    """A framework-free adapter: two conv layers whose outputs are the batch's mean; can drop layer 2."""
+
+    framework, name, input_shape, preprocess, supports_gradients = "fake", "fake", (4, 4, 1), "raw", False
+
+    def __init__(self, drop_second: bool) -> None:
+        self.drop_second = drop_second
+        self.retained: list[bool] = []
+
+    def layers(self):
+        from convlens import LayerInfo
+
+        return [LayerInfo(0, "in", "Input", "input", (4, 4, 1)), LayerInfo(1, "a", "Conv", "conv", (4, 4, 2)),
+                LayerInfo(2, "b", "Conv", "conv", (4, 4, 2))]
+
+    def run(self, batch, wanted, on_output):
+        import weakref
+
+        for i in wanted:
+            if i == 2 and self.drop_second:
+                continue
+            out = np.full((1, 4, 4, 2), float(batch.mean()), np.float32)
+            ref = weakref.ref(out)
+            on_output(i, out)
+            del out
+            self.retained.append(ref() is not None)  # was the map kept after the callback?
+        return np.zeros((1, 1), np.float32)
+
+    def kernels(self, index):
+        raise NotImplementedError
+
+
+def test_maps_are_folded_and_dropped_layer_by_layer():
+    adapter = _FakeAdapter(drop_second=False)
+    stats = Lens(adapter).channel_stats([np.full((4, 4), 3, np.uint8), np.full((4, 4), 5, np.uint8)])
+    assert adapter.retained == [False] * 4  # no layer's map outlives its callback
+    assert [s.name for s in stats] == ["a", "b"] and stats.layer("b").mean.tolist() == [4.0, 4.0]
+    assert stats.layer("a").std.tolist() == [1.0, 1.0] and stats.layer("a").images == 2
+
+
+def test_a_layer_the_adapter_never_produced_is_left_out_and_noted():
+    stats = Lens(_FakeAdapter(drop_second=True)).channel_stats(np.zeros((4, 4), np.uint8))
+    assert [s.name for s in stats] == ["a"]
+    assert stats.notes == ["no output was captured for b; left out"]
+    assert stats.layer("a").dead.tolist() == [True, True]
