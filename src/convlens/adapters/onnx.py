@@ -243,10 +243,12 @@ class OnnxAdapter:
             self._not_image = (f"{self._label} takes {self.input_name} of shape {_shape_text(dims)} "
                                f"{type_name}, not a float image batch (N, C, H, W) or (N, H, W, C); "
                                "its layer table works, feature maps need an image model")
-            self.channels_first = True
-            self.batch_size = dims[0] if dims else None
-            self._raw_shape = tuple(dims[1:]) if dims else ()
-            return
+            if dims is None or len(dims) != 4:
+                # Not (H, W, C): Lens then says feature maps need an image model.
+                self.channels_first = True
+                self.batch_size = dims[0] if dims else None
+                self._raw_shape = tuple(dims[1:]) if dims else ()
+                return
         self.channels_first = self._decide_layout(model, dims, given)
         self.batch_size = dims[0]
         hwc = (dims[2], dims[3], dims[1]) if self.channels_first else tuple(dims[1:])
