@@ -306,6 +306,13 @@ def test_pt2_program_follows_the_original_names(small, tmp_path):
     eager = Lens(small, preprocess="unit")
     assert exported.adapter.framework == "torch" and exported.name == "small"
     assert exported.input_shape == (20, 20, 3)  # the program's example input
+    program = torch.export.export(small, (torch.zeros(1, 3, 20, 20),))
+    assert Lens(program).input_shape == (20, 20, 3)  # an ExportedProgram object works too
+    dynamic = torch.export.export(small, (torch.zeros(1, 3, 20, 20),),
+                                  dynamic_shapes=({2: torch.export.Dim("h", min=8, max=64)},))
+    dyn = TorchAdapter(dynamic)  # probed within the program's range (8..64), not at 224
+    assert dyn.input_shape == (None, 20, 3) and dyn.name == "SmallNet"
+    assert dyn.layers()[1].output_shape == (None, 18, 4) and dyn.layers()[-1].output_shape == (2,)
     names = [t.name for t in exported.layers()]
     assert names == ["input", "features.0", "features.1", "features.2", "features.3", "features.4",
                      "head.0", "head.1", "head.2"]

@@ -326,7 +326,10 @@ class TorchAdapter:
                  preprocess: str | None = None, name: str | None = None) -> None:
         torch = import_torch()
         self.torch = torch
+        self._probe_sizes: tuple[list[int], list[int]] | None = None
         if isinstance(module, torch.export.ExportedProgram):
+            shape, self._probe_sizes = _exported_input_shape(module)
+            input_shape = input_shape if input_shape is not None else shape
             module = _unflatten(module)
         if isinstance(module, torch.jit.ScriptModule):
             raise UnsupportedModel(f"{type(module).__name__} is a TorchScript module, whose layers cannot be "
@@ -334,7 +337,7 @@ class TorchAdapter:
         if not isinstance(module, torch.nn.Module):
             raise UnsupportedModel(f"expected a torch.nn.Module, got {type(module).__name__}")
         self.module = module
-        self.name = name or type(module).__name__
+        self.name = name or _type_name(module)
         self.preprocess = preprocess
         needed = _required_inputs(module)
         if len(needed) > 1:
@@ -384,8 +387,16 @@ class TorchAdapter:
         else:
             dims = list(given)
         shape = [PROBE_SIZE if d is None else int(d) for d in dims]
+        if self._probe_sizes is not None and len(self._probe_sizes[0]) == len(shape):
+            # an exported program's dynamic dimensions have ranges: probe at its example size
+            shape = [p if d is None else s for d, s, p in zip(dims, shape, self._probe_sizes[0])]
         free = [i for i, d in enumerate(dims) if d is None]
         return shape, free
+
+    def _second_probe_shape(self, shape: list[int], free: list[int]) -> list[int]:
+        if self._probe_sizes is not None and len(self._probe_sizes[1]) == len(shape):
+            return [o if i in free else d for i, (d, o) in enumerate(zip(shape, self._probe_sizes[1]))]
+        return [SECOND_PROBE_SIZE if i in free else d for i, d in enumerate(shape)]
 
     @contextmanager
     def _evaluating(self) -> Iterator[None]:
@@ -474,7 +485,7 @@ class TorchAdapter:
             out_free: list[set[int]] = [set() for _ in records]
             input_shape: list[int | None] = list(shape)
             if free:
-                other = [SECOND_PROBE_SIZE if i in free else d for i, d in enumerate(shape)]
+                other = self._second_probe_shape(shape, free)
                 try:
                     second = self._probe(other)
                 except ConvlensError:
@@ -650,21 +661,50 @@ def _open_exported(path: Path, *, input_shape: Sequence[int | None] | None, trus
     except Exception as exc:
         raise BadModel(f"cannot read {path}: {type(exc).__name__}: {_first_line(str(exc))}; is it a complete "
                        "file written by torch.export.save?") from None
+    return TorchAdapter(ep, input_shape=input_shape, preprocess=preprocess, name=path.stem)
+
+
+def _exported_input_shape(ep: Any) -> tuple[tuple[int | None, ...] | None, tuple[list[int], list[int]] | None]:
+    """The canonical input shape of an exported program's one input, dynamic dimensions ``None``.
+
+    Also two probe shapes that respect the program's ranges for its dynamic
+    dimensions: the example input's and another size within range.
+    """
     user_inputs = list(ep.graph_signature.user_inputs)
     if len(user_inputs) != 1:
-        raise UnsupportedModel(f"{path} takes {len(user_inputs)} inputs ({', '.join(map(str, user_inputs))}); "
-                               "convlens feeds one image tensor: export a module whose forward(x) takes one "
-                               "tensor (wrap the model, fixing the other inputs)")
-    shape = input_shape
-    if shape is None:
-        node = next((n for n in ep.graph.nodes if n.op == "placeholder" and n.name == user_inputs[0]), None)
-        val = node.meta.get("val") if node is not None else None
-        if val is not None and hasattr(val, "shape"):
-            dims = [int(d) if isinstance(d, int) else None for d in val.shape]
-            if len(dims) >= 3:
-                dims = [dims[0], *dims[2:], dims[1]]
-            shape = tuple(dims[1:])
-    return TorchAdapter(_unflatten(ep), input_shape=shape, preprocess=preprocess, name=path.stem)
+        raise UnsupportedModel(f"the exported program takes {len(user_inputs)} inputs "
+                               f"({', '.join(map(str, user_inputs))}); convlens feeds one image tensor: export "
+                               "a module whose forward(x) takes one tensor (wrap the model, fixing the others)")
+    node = next((n for n in ep.graph.nodes if n.op == "placeholder" and n.name == user_inputs[0]), None)
+    val = node.meta.get("val") if node is not None else None
+    if val is None or not hasattr(val, "shape"):
+        return None, None
+    dims: list[int | None] = []
+    first: list[int] = []
+    other: list[int] = []
+    for d in val.shape:
+        if isinstance(d, int):
+            dims.append(int(d))
+            first.append(int(d))
+            other.append(int(d))
+            continue
+        dims.append(None)  # a SymInt: a dynamic dimension
+        try:
+            hint = int(d.node.hint)
+            bounds = ep.range_constraints.get(d.node.expr)
+            low = int(bounds.lower) if bounds is not None else 1
+            high = int(bounds.upper) if bounds is not None and bounds.upper.is_finite else hint + 64
+        except Exception:
+            hint, low, high = PROBE_SIZE, 1, PROBE_SIZE + 64
+        first.append(hint)
+        other.append(hint - 8 if hint - 8 >= low else min(high, hint + 8))
+    shapes = []
+    for dd in (dims, first, other):
+        dd = list(dd)
+        if len(dd) >= 3:
+            dd = [dd[0], *dd[2:], dd[1]]
+        shapes.append(dd[1:])
+    return tuple(shapes[0]), (shapes[1], shapes[2])
 
 
 def _torch_load(path: Path, *, trust: bool, what: str = "model") -> Any:
