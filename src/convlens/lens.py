@@ -232,6 +232,8 @@ class Lens:
         self.adapter = open_model(model, weights=weights, input_shape=input_shape, trust=trust,
                                   preprocess=preprocess)
         self.preprocess = preprocess or self.adapter.preprocess or "unit"
+        #: what the model was opened from (a name such as ``vgg16`` tells the report its class names)
+        self.source = model if isinstance(model, (str, os.PathLike)) else None
 
     @property
     def name(self) -> str:
@@ -508,3 +510,36 @@ class Lens:
             notes = [*notes, f"no output was captured for {', '.join(missing)}; left out"]
         return ChannelStats((acc.result() for acc in accumulators.values() if acc.images), model=self.name,
                             images=[image.name for image in loaded], notes=notes)
+
+    # ------------------------------------------------------------------ report
+
+    def report(self, images: ImageLike | Sequence[ImageLike], layers: str | Iterable[str] | None = None, *,
+               labels: str | os.PathLike[str] | Sequence[str] | None = None,
+               out: str | os.PathLike[str] | None = None, size: Any = None, preprocess: str | None = None,
+               sections: Sequence[str] | None = None, progress: Progress | None = None,
+               **options: Any) -> Any:
+        """A self-contained HTML report: layers, inputs, predictions, maps, channel health, filters.
+
+        One forward pass per image feeds both the feature-map grids and the
+        channel statistics. In Jupyter the returned report shows inline.
+
+        Args:
+            images: one image or a list (statistics cover all of them).
+            layers: a selection; default every conv and pool layer.
+            labels: class names for the predictions: a file (one per line) or a list.
+            out: write the page here (atomically) as well.
+            sections: keys of the sections to include (default all).
+            **options: drawing options (norm, cmap, max_channels, tile_size, ...).
+
+        Returns:
+            A :class:`convlens.report.Report`; ``report.save(path)`` writes it.
+        """
+        from .report import _check_out, build_report
+
+        if out is not None:
+            _check_out(out)  # before the forward passes: a folder given as --out fails at once
+        result = build_report(self, images, layers, labels=labels, size=size, preprocess=preprocess,
+                              sections=sections, progress=progress, **options)
+        if out is not None:
+            result.save(out)
+        return result
