@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from convlens import BadModel, Lens, UnsafeModel, UnsupportedModel, WeightsUnavailable
-from convlens.adapters.torch import TorchAdapter, open_torch_file, open_torchvision
+from convlens.adapters.torch import TorchAdapter, open_torchvision
 from convlens.cli import main
 from convlens.selection import select
 
@@ -139,6 +139,29 @@ def test_tuple_and_dict_outputs_give_one_row_per_float_tensor():
     np.testing.assert_allclose(got[4], pooled - 1, rtol=1e-6)
     np.testing.assert_allclose(got[5], pooled + 1, rtol=1e-6)
     np.testing.assert_allclose(y, got[4])  # the model's output: its first float tensor ("low")
+
+
+class Gate(nn.Module):
+    """Uses its child's weight functionally: the child is never called, so the gate is the row."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(2, 2, 1, bias=False)
+        with torch.no_grad():
+            self.proj.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, -1.0]]).view(2, 2, 1, 1))
+
+    def forward(self, x):
+        return x * torch.sigmoid(nn.functional.conv2d(x, self.proj.weight))
+
+
+def test_a_module_whose_children_are_not_called_is_one_row():
+    model = nn.Sequential(nn.Identity(), Gate())
+    adapter = TorchAdapter(model, input_shape=(3, 3, 2))
+    assert [(t.name, t.type) for t in adapter.layers()] == [("input", "Input"), ("0", "Identity"), ("1", "Gate")]
+    x = np.random.default_rng(8).normal(size=(1, 3, 3, 2)).astype(np.float32)
+    got, _ = _run(adapter, x, [2])
+    sig = 1 / (1 + np.exp(-x * np.array([1.0, -1.0], np.float32)))
+    np.testing.assert_allclose(got[2], x * sig, rtol=1e-6, atol=1e-7)
 
 
 class Exploding(nn.Module):
