@@ -401,6 +401,31 @@ def test_external_data_loads_runs_and_a_missing_file_is_named(tmp_path, monkeypa
         OnnxAdapter(path)
 
 
+def test_truncated_external_data_and_too_new_ir_version(tmp_path):
+    model, _, _ = _big_conv_model()
+    onnx.save_model(model, str(tmp_path / "cut.onnx"), save_as_external_data=True, location="cut.data",
+                    size_threshold=0)
+    with open(tmp_path / "cut.data", "r+b") as fh:
+        fh.truncate(100)  # inside the first (small) kernel
+    with pytest.raises(BadModel, match=r"cut\.onnx.*external data file complete"):
+        OnnxAdapter(tmp_path / "cut.onnx")
+    with pytest.raises(BadModel, match="external data files that were not loaded"):
+        Lens(model)  # onnx.save_model(save_as_external_data=True) left the proto pointing at the file
+    model, _, _ = _big_conv_model()
+    model.ir_version = 99
+    lens = Lens(model)
+    assert len(lens.layers()) == 3  # the table needs no session
+    with pytest.raises(BadModel, match=r"IR version: 99.*ir_version=N"):
+        lens.feature_maps(np.zeros((6, 6, 3), np.uint8))
+
+
+def test_duplicate_and_missing_node_names_are_made_unique():
+    nodes = [helper.make_node("Relu", ["x"], ["a"], name="act"), helper.make_node("Sigmoid", ["a"], ["b"], name="act"),
+             helper.make_node("Tanh", ["b"], ["tanh_out"])]
+    table = OnnxAdapter(_model(nodes, [_vi("x", [1, 3, 4, 4])], [_vi("tanh_out", None)])).layers()
+    assert [(t.name, t.kind) for t in table[1:]] == [("act", "act"), ("act#2", "act"), ("tanh_out", "act")]
+
+
 def test_several_inputs_are_named():
     nodes = [helper.make_node("Add", ["image", "mask"], ["y"])]
     model = _model(nodes, [_vi("image", [1, 3, 8, 8]), _vi("mask", ["n", 1], TensorProto.INT64)], [_vi("y", None)])

@@ -156,7 +156,11 @@ class OnnxAdapter:
         self._label = label
         self._check_external(model)
         self._init_input(model, input_shape)
-        self._skeleton, self._shared = self._make_skeleton(model)
+        try:
+            self._skeleton, self._shared = self._make_skeleton(model)
+        except (OSError, ValueError) as exc:  # an external data file shorter than the model says
+            raise BadModel(f"cannot read the weights of {self._label}: {type(exc).__name__}: "
+                           f"{_first_line(str(exc))}; is its external data file complete?") from None
         self._graph_output = model.graph.output[0].name
         del model  # the skeleton and the large weights (until read) are all that is kept
         self._arrays: dict[str, np.ndarray] = {}  # large weights, read on first need
@@ -545,7 +549,14 @@ class OnnxAdapter:
             session = self.ort.InferenceSession(model.SerializeToString(), options,
                                                 providers=["CPUExecutionProvider"])
         except Exception as exc:
-            raise BadModel(f"onnxruntime cannot load {self._label}: {_first_line(str(exc))}") from None
+            full = str(exc)
+            text, hint = _first_line(full), ""
+            if "IR version" in full:  # the useful part sits behind a long C++ prefix
+                start = full.find("Unsupported model IR version")
+                text = _first_line(full[start if start >= 0 else full.index("IR version"):])
+                hint = ("; save the model with an IR version this onnxruntime reads "
+                        "(onnx.helper.make_model(..., ir_version=N)) or upgrade onnxruntime")
+            raise BadModel(f"onnxruntime {self.ort.__version__} cannot load {self._label}: {text}{hint}") from None
         self._sessions[extra] = session
         return session
 
