@@ -148,6 +148,13 @@ def built(tmp_path_factory):
         lambda ids: tf.cast(ids, tf.float32) * 2.0, tf.TensorSpec((1, 6), tf.int32, name="ids")))
     files["vector"] = write("vector", concrete(
         lambda v: tf.nn.relu(v * 3.0 - 1.0), tf.TensorSpec((1, 5), tf.float32, name="features")))
+    files["any_size"] = write("any_size", concrete(
+        lambda x: tf.nn.relu(tf.nn.conv2d(x, np.full((3, 3, 1, 1), 1 / 9, "float32"), 1, "SAME")),
+        tf.TensorSpec((1, None, None, 1), tf.float32, name="gray")))
+    flex = concrete(lambda x: tf.reshape(tf.linalg.det(x[:, :4, :4, 0]), (1, 1)),
+                    tf.TensorSpec((1, 8, 8, 3), tf.float32, name="img"))
+    flex.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS, tf.lite.OpsSet.SELECT_TF_OPS]
+    files["flex"] = write("flex", flex)
     chw_kernel = np.random.default_rng(4).normal(size=(3, 3, 3, 2)).astype("float32")
     files["nchw"] = write("nchw", concrete(
         lambda x: tf.nn.conv2d(tf.transpose(x, [0, 2, 3, 1]), chw_kernel, 1, "VALID"),
@@ -240,6 +247,14 @@ def test_float_layer_table(built):
     assert select(table, "conv1_1,pool") == [1, 3, 5]  # short names, and MEAN as a global pool
 
 
+def test_quantised_inputs_imply_their_preprocessing(built):
+    # calibrated on x / 255: the int8 and uint8 inputs stand for [0, 1], the unit preset
+    for kind in ("int8", "uint8"):
+        assert TFLiteAdapter(built["files"][kind]).preprocess == "unit"
+        assert TFLiteAdapter(built["files"][kind], preprocess="raw").preprocess == "raw"
+    assert TFLiteAdapter(built["files"]["float"]).preprocess is None
+
+
 def test_quantised_tables_keep_the_names(built):
     int8 = TFLiteAdapter(built["files"]["int8"]).layers()
     assert [(t.name, t.type, t.kind, t.output_shape, t.kernel_shape) for t in int8] == \
@@ -250,6 +265,8 @@ def test_quantised_tables_keep_the_names(built):
            [(t.type, t.kind) for t in int8[1:]] + [("QUANTIZE", "other")]
     assert [t.name for t in uint8[2:-1]] == [t.name for t in int8[1:]]
     assert uint8[1].name == "tfl.quantize" and uint8[2].parents == (1,)
+    # the output QUANTIZE's tensor is StatefulPartitionedCall_1:0: named after what it quantises
+    assert (uint8[-1].name, uint8[-1].extra["tensor"]) == ("tiny_1/fc_1/quantize", "StatefulPartitionedCall_1:0")
 
 
 def test_float16_weights_give_no_rows_and_exact_kernels(built):
@@ -436,6 +453,21 @@ def test_channels_first_input_is_fed_transposed(built):
     np.testing.assert_allclose(got[conv.index], want, rtol=1e-5, atol=1e-5)
 
 
+def test_free_input_size_runs_at_each_image_size(built):
+    """A (1, None, None, 1) input is resized for each image: a 3x3 mean filter, then ReLU."""
+    adapter = TFLiteAdapter(built["files"]["any_size"])
+    assert adapter.input_shape == (None, None, 1)
+    assert adapter.layers()[-1].output_shape == (None, None, 1)
+    for h, w in ((5, 7), (9, 4)):
+        image = np.random.default_rng(h).uniform(-1, 1, size=(1, h, w, 1)).astype("float32")
+        got, _, out = _collect(adapter, image * 255.0, [len(adapter.layers()) - 1])
+        padded = np.pad(image[0, :, :, 0], 1)
+        want = sum(padded[i:i + h, j:j + w] for i in range(3) for j in range(3)) / 9
+        np.testing.assert_allclose(out[0, :, :, 0], np.maximum(want, 0), rtol=1e-5, atol=1e-6)
+    with pytest.raises(UnsupportedModel, match="does not fit"):
+        TFLiteAdapter(built["files"]["float"], input_shape=(8, 8, 3))
+
+
 # --------------------------------------------------------------------------- CLI and Lens
 
 
@@ -544,6 +576,12 @@ def test_non_image_inputs(built, tmp_path, picture):
     _one_line(*_cli("maps", built["files"]["vector"], picture, "--layers", "all", "--out", tmp_path / "o"),
               "not images")
     assert not (tmp_path / "o").exists()
+
+
+def test_tensorflow_ops_are_unsupported_not_corrupt(built):
+    with pytest.raises(UnsupportedModel, match="builtin ops only") as err:
+        TFLiteAdapter(built["files"]["flex"])
+    assert "Select TensorFlow op" in str(err.value)
 
 
 def test_missing_file_and_missing_litert(built, monkeypatch, tmp_path):

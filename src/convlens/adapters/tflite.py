@@ -20,8 +20,10 @@ most often among those parts, ties going to the one fused in first (listed
 last): ``sequential_1/conv2d_1``. A ReLU layer fused into a depthwise conv
 (``m/relu_1/Relu;m/dw_1/BiasAdd;m/dw_1/depthwise``) is named after the conv,
 ``m/dw_1``. Output tensors without a scope (``StatefulPartitionedCall:0``) take
-the scope of the operator's weights (``m/fc_1/MatMul`` -> ``m/fc_1``), else
-their own name without the ``:0`` suffix (``tfl.quantize``). A name used twice
+the scope of the operator's weights (``m/fc_1/MatMul`` -> ``m/fc_1``); failing
+that, the signature's generic output names (``StatefulPartitionedCall``,
+``Identity``) become the feeding row's name and the op (``m/fc_1/softmax``), and
+any other name is kept without its ``:0`` suffix (``tfl.quantize``). A name used twice
 gets ``#2``, ``#3``... as in the Keras adapter. The short name (after the last
 ``/``) selects a layer when it is unique, so ``--layers conv2d_1`` works. The
 raw tensor name is kept in ``LayerInfo.extra["tensor"]``.
@@ -74,6 +76,8 @@ _TYPE_ALIASES = {
     "L2_NORMALIZATION": "L2Norm",
     "LOCAL_RESPONSE_NORMALIZATION": "LRNorm",
 }
+#: Signature output names that say nothing about the op (the model's outputs).
+_GENERIC_NAME = re.compile(r"^(StatefulPartitionedCall|PartitionedCall|Identity)(_\d+)?$")
 #: Reductions over the spatial axes that are global pools.
 _GLOBAL_REDUCTIONS = ("MEAN", "REDUCE_MAX", "SUM")
 
@@ -186,7 +190,9 @@ class TFLiteAdapter:
         input_shape: ``(H, W, C)`` for models whose input has free dimensions
             (``-1`` in the shape signature); fixed models ignore it unless it
             contradicts them.
-        preprocess: the preprocessing preset the model expects, if known.
+        preprocess: the preprocessing preset the model expects; by default the
+            one a quantised input's range implies (see
+            :meth:`_preset_from_quantisation`), else ``None``.
 
     Raises:
         BadModel: the file is missing, truncated or not a TFLite model.
@@ -205,7 +211,6 @@ class TFLiteAdapter:
             raise BadModel(f"model file not found: {p}; check the path")
         self.path = p
         self.name = p.stem
-        self.preprocess = preprocess
         data = p.read_bytes()
         if len(data) < 8 or data[4:8] != b"TFL3":
             raise BadModel(f"{p} is not a TFLite model (no TFL3 identifier at byte 4); "
@@ -228,6 +233,7 @@ class TFLiteAdapter:
                 f"{tuple(int(v) for v in self._input['shape_signature'])}, not an image; convlens feeds "
                 "images as float or 8-bit tensors (1, H, W, C)")
         self._set_input_shape(input_shape)
+        self.preprocess = preprocess or self._preset_from_quantisation()
         self._layers: list[LayerInfo] | None = None
         self._row_tensor: list[int] = []  # the output tensor read for each row
         self._row_op: list[dict[str, Any] | None] = []
@@ -245,6 +251,11 @@ class TFLiteAdapter:
                 interp.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
             why = _first_line(str(exc)) or (native[0] if native else "unknown error")
+            if re.search(r"Select TensorFlow op|Flex|custom op|unresolved", why + " ".join(native)):
+                raise UnsupportedModel(
+                    f"{self.path.name} uses operators that LiteRT cannot run on its own "
+                    f"({why.split('. ')[0]}); convert the model with TFLite builtin ops only "
+                    "(no SELECT_TF_OPS, no custom ops)") from None
             raise BadModel(f"cannot read TFLite model {self.path}: {why}; is it a complete .tflite "
                            "file (not truncated, not another format renamed)?") from None
         return interp
@@ -288,6 +299,28 @@ class TFLiteAdapter:
     def input_shape(self) -> tuple[int | None, ...]:
         return self._input_shape
 
+    def _preset_from_quantisation(self) -> str | None:
+        """The preprocessing a quantised input implies: the float range its integers stand for.
+
+        ``[0, 1]`` is ``unit``, ``[-1, 1]`` is ``tf``, ``[0, 255]`` is ``raw``
+        (within 2 % of the range, since the converter takes the range from its
+        calibration images); a float input says nothing (``None``).
+        """
+        d = self._input
+        dtype = np.dtype(d["dtype"])
+        scales = np.asarray(d["quantization_parameters"]["scales"], dtype=np.float64)
+        zps = np.asarray(d["quantization_parameters"]["zero_points"], dtype=np.float64)
+        if dtype.type not in _QUANTISED_DTYPES or scales.size != 1 or scales[0] <= 0:
+            return None
+        info = np.iinfo(dtype)
+        zp = float(zps[0]) if zps.size else 0.0
+        lo, hi = (info.min - zp) * scales[0], (info.max - zp) * scales[0]
+        for name, (want_lo, want_hi) in (("unit", (0.0, 1.0)), ("tf", (-1.0, 1.0)), ("raw", (0.0, 255.0))):
+            span = want_hi - want_lo
+            if abs(lo - want_lo) <= 0.02 * span and abs(hi - want_hi) <= 0.02 * span:
+                return name
+        return None
+
     # ----------------------------------------------------------------- table
 
     def _tensor(self, index: int) -> dict[str, Any]:
@@ -327,6 +360,8 @@ class TFLiteAdapter:
             weights = [t for t in ins if t not in row_of and t != input_index]
             index = len(rows)
             base = readable_name(act["name"], [self._tensor(t)["name"] for t in weights])
+            if _GENERIC_NAME.match(base):
+                base = f"{rows[feeding[-1]].name.split('#')[0]}/{op['op_name'].lower()}"
             base = base or f"{op['op_name'].lower()}_{index}"
             counts[base] += 1
             name = base if counts[base] == 1 else f"{base}#{counts[base]}"
