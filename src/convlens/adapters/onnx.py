@@ -168,7 +168,6 @@ class OnnxAdapter:
         self._row_tensor: list[str] = []  # tensor name of each row (row 0: the input)
         self._row_node: list[Any] = []  # NodeProto of each row (None for the input)
         self._layout: dict[str, str] = {}  # tensor name -> "NCHW" / "NHWC" for rank-3/4 tensors
-        self._ranks: dict[str, int] = {}
         self._sessions: OrderedDict[tuple[str, ...], Any] = OrderedDict()
         self._ort_values: dict[str, Any] | None = None  # large weights as OrtValues, by name
 
@@ -374,8 +373,7 @@ class OnnxAdapter:
         producer: dict[str, int] = {self.input_name: 0}  # tensor -> row
         passes: dict[str, tuple[int, ...]] = {}  # tensor made by plumbing on activations -> its rows
         layout = {self.input_name: "NCHW" if self.channels_first else "NHWC"}
-        self._layout = layout
-        ranks: dict[str, int] = {}
+        self._layout = layout  # filled as the walk goes; _is_global reads it
         names: dict[str, int] = {}
         rows = [LayerInfo(index=0, name=self.input_name, type="Input", kind="input",
                           output_shape=self.input_shape)]
@@ -404,8 +402,6 @@ class OnnxAdapter:
                 if o:
                     producer[o] = row
             dims = _dims(out_type) if out_type is not None else None
-            if dims is not None:
-                ranks[out] = len(dims)
             base = node.name or out
             names[base] = names.get(base, 0) + 1
             name = base if names[base] == 1 else f"{base}#{names[base]}"
@@ -413,10 +409,6 @@ class OnnxAdapter:
                                    init_types, types))
             self._row_tensor.append(out)
             self._row_node.append(node)
-        self._layout, self._ranks = layout, ranks
-        out_dims = _dims(types[self._graph_output]) if self._graph_output in types else None
-        if out_dims is not None:
-            self._ranks[self._graph_output] = len(out_dims)
         return rows
 
     @staticmethod
@@ -463,10 +455,9 @@ class OnnxAdapter:
             kernel_size = _pair(spatial) if spatial is not None and None not in spatial else None
         elif kind == "pool" and "kernel_shape" in attrs:
             kernel_size = _pair(attrs["kernel_shape"])
-        if kernel_size is not None:
-            n = 1 if kernel_size[0] == 1 and len(attrs.get("kernel_shape", [0, 0])) == 1 else 2
-            stride = _pair(attrs.get("strides", [1] * n))
-            dilation = _pair(attrs.get("dilations", [1] * n))
+        if kernel_size is not None:  # ONNX's defaults are 1 along every axis
+            stride = _pair(attrs.get("strides")) or (1, 1)
+            dilation = _pair(attrs.get("dilations")) or (1, 1)
             if op == "ConvTranspose":  # upsampling: the field does not grow by the stride
                 stride = (1, 1)
         return LayerInfo(
@@ -507,7 +498,6 @@ class OnnxAdapter:
             except Exception as exc:
                 raise BadModel(f"cannot read weight {name} of {self._label}: {type(exc).__name__}: "
                                f"{_first_line(str(exc))}; is its external data file complete?") from None
-            t.ClearField("raw_data")  # the array holds the data now
         return self._arrays[name]
 
     def _weights_as_ort_values(self) -> tuple[list[str], list[Any]]:
@@ -565,8 +555,18 @@ class OnnxAdapter:
     def run(self, batch: np.ndarray, wanted: Sequence[int], on_output: OnOutput) -> np.ndarray:
         """One forward pass; ``on_output`` gets each wanted layer's output in execution order.
 
-        Models whose batch dimension is fixed (often at 1) get the batch in
-        chunks of that size, the last one padded with zeros.
+        onnxruntime returns the wanted outputs together at the end of the pass;
+        they are then handed over one by one, in the canonical layout. Models
+        whose batch dimension is fixed (often at 1) get the batch in chunks of
+        that size, the last one padded with zeros.
+
+        Args:
+            batch: ``(N, H, W, C)`` float32, preprocessed.
+            wanted: row indexes of :meth:`layers` (0, the input, is the batch itself).
+            on_output: called as ``on_output(row, array)``.
+
+        Returns:
+            The model's first output, channels last when it is a 3-D or 4-D map.
         """
         if self._not_image is not None:
             raise UnsupportedModel(self._not_image)
@@ -586,13 +586,15 @@ class OnnxAdapter:
         tensors = [self._row_tensor[r] for r in rows if r > 0]
         names = [self._graph_output] + [t for t in dict.fromkeys(tensors) if t != self._graph_output]
         session = self._session(tuple(sorted(set(names[1:]))))
-        results = self._forward(session, feed, names)
-        by_name = dict(zip(names, results))
+        by_name = dict(zip(names, self._forward(session, feed, names)))
+        output = self._canonical(by_name[self._graph_output], self._graph_output)
+        # onnxruntime hands every output over at once; each is released once passed on
         for r in rows:
             if r > 0:
                 name = self._row_tensor[r]
-                on_output(r, self._canonical(by_name[name], name))
-        return self._canonical(by_name[self._graph_output], self._graph_output)
+                on_output(r, self._canonical(by_name.pop(name) if name != self._graph_output
+                                             else by_name[name], name))
+        return output
 
     def _forward(self, session: Any, feed: np.ndarray, names: list[str]) -> list[np.ndarray]:
         n = len(feed)
