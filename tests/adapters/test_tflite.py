@@ -143,7 +143,8 @@ def built(tmp_path_factory):
 
     files["two_inputs"] = write("two_inputs", concrete(
         lambda image, meta: tf.reduce_mean(image, axis=[1, 2]) + meta[:, :3],
-        tf.TensorSpec((1, 8, 8, 3), tf.float32, name="image"), tf.TensorSpec((1, 4), tf.float32, name="meta")))
+        tf.TensorSpec((1, 8, 8, 3), tf.float32, name="image"),
+        tf.TensorSpec((1, 4), tf.float32, name="meta")))
     files["ids"] = write("ids", concrete(
         lambda ids: tf.cast(ids, tf.float32) * 2.0, tf.TensorSpec((1, 6), tf.int32, name="ids")))
     files["vector"] = write("vector", concrete(
@@ -266,7 +267,8 @@ def test_quantised_tables_keep_the_names(built):
     assert [t.name for t in uint8[2:-1]] == [t.name for t in int8[1:]]
     assert uint8[1].name == "tfl.quantize" and uint8[2].parents == (1,)
     # the output QUANTIZE's tensor is StatefulPartitionedCall_1:0: named after what it quantises
-    assert (uint8[-1].name, uint8[-1].extra["tensor"]) == ("tiny_1/fc_1/quantize", "StatefulPartitionedCall_1:0")
+    assert (uint8[-1].name, uint8[-1].extra["tensor"]) == ("tiny_1/fc_1/quantize",
+                                                           "StatefulPartitionedCall_1:0")
 
 
 def test_float16_weights_give_no_rows_and_exact_kernels(built):
@@ -303,7 +305,8 @@ def test_float_kernels_are_the_keras_kernels(built):
     dw = np.asarray(model.get_layer("dw").kernel)  # (kh, kw, in, multiplier)
     want = dw.transpose(2, 3, 0, 1).reshape(8, 1, 3, 3)  # filter c*2 + j: input c, multiplier j
     np.testing.assert_array_equal(adapter.kernels(2), want)
-    np.testing.assert_array_equal(adapter.kernels(4), np.asarray(model.get_layer("pw").kernel).transpose(3, 2, 0, 1))
+    pw = np.asarray(model.get_layer("pw").kernel)
+    np.testing.assert_array_equal(adapter.kernels(4), pw.transpose(3, 2, 0, 1))
     with pytest.raises(UnsupportedModel, match="--layers conv"):
         adapter.kernels(3)
 
@@ -348,10 +351,12 @@ def test_quantised_kernels_within_half_a_step(built, kind):
     interp = _litert(built["files"][kind])
     model = built["model"]
     offset = 1 if kind == "uint8" else 0  # the uint8 model starts with a QUANTIZE row
-    checks = [("conv1", 1, np.asarray(model.get_layer("conv1").kernel).transpose(3, 2, 0, 1), "tiny_1/conv1_1/convolution"),
+    checks = [("conv1", 1, np.asarray(model.get_layer("conv1").kernel).transpose(3, 2, 0, 1),
+               "tiny_1/conv1_1/convolution"),
               ("dw", 2, np.asarray(model.get_layer("dw").kernel).transpose(2, 3, 0, 1).reshape(8, 1, 3, 3),
                "tiny_1/dw_1/depthwise"),
-              ("pw", 4, np.asarray(model.get_layer("pw").kernel).transpose(3, 2, 0, 1), "tiny_1/pw_1/convolution")]
+              ("pw", 4, np.asarray(model.get_layer("pw").kernel).transpose(3, 2, 0, 1),
+               "tiny_1/pw_1/convolution")]
     for name, index, want, tensor in checks:
         got = adapter.kernels(index + offset)
         scales = _scales(interp, tensor)
@@ -504,7 +509,8 @@ def test_cli_layers_maps_filters_on_int8(built, picture, tmp_path):
     assert code == 0, err
     index = json.loads((tmp_path / "filters" / "index.json").read_text())
     shapes = {(e["layer"], tuple(e["kernel_shape"])) for e in index["filters"]}
-    assert shapes == {("tiny_1/conv1_1", (4, 3, 3, 3)), ("tiny_1/dw_1", (8, 1, 3, 3)), ("tiny_1/pw_1", (5, 8, 1, 1))}
+    assert shapes == {("tiny_1/conv1_1", (4, 3, 3, 3)), ("tiny_1/dw_1", (8, 1, 3, 3)),
+                      ("tiny_1/pw_1", (5, 8, 1, 1))}
     files = {e["file"] for e in index["filters"]}
     assert "filters/002_tiny_1__dw_1_gray.png" in files  # depthwise: one single-input filter per channel
     for f in files:
@@ -545,14 +551,33 @@ def test_corrupt_files_are_bad_models(built, tmp_path, picture, damage):
     assert not (tmp_path / "out").exists()
 
 
-def test_corrupt_file_in_a_real_process_prints_one_line(built, tmp_path):
+def _bad_tensor_index(data: bytes) -> bytes:
+    """A valid flatbuffer whose second operator writes to tensor 987654 (LiteRT fails in C++)."""
+    import struct
+
+    from ai_edge_litert import schema_py_generated as schema
+
+    op = schema.Model.GetRootAs(data, 0).Subgraphs(0).Operators(1)
+    pos = op._tab.Vector(op._tab.Offset(8))  # field 2 of Operator: its outputs vector
+    out = bytearray(data)
+    struct.pack_into("<i", out, pos, 987654)
+    return bytes(out)
+
+
+@pytest.mark.parametrize("damage", ["cut", "bad_index"])
+def test_corrupt_file_in_a_real_process_prints_one_line(built, tmp_path, damage):
     """LiteRT's C++ error reporter must not reach the terminal: only our line on stderr."""
-    path = tmp_path / "cut.tflite"
-    path.write_bytes(built["files"]["float"].read_bytes()[:1500])
-    proc = subprocess.run([sys.executable, "-m", "convlens", "filters", str(path), "--out", str(tmp_path / "o")],
+    path = tmp_path / f"{damage}.tflite"
+    data = built["files"]["float"].read_bytes()
+    path.write_bytes(data[:1500] if damage == "cut" else _bad_tensor_index(data))
+    proc = subprocess.run([sys.executable, "-m", "convlens", "filters", str(path),
+                           "--out", str(tmp_path / "o")],
                           capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 2
-    assert proc.stderr.startswith("convlens: error: cannot read TFLite model") and proc.stderr.count("\n") == 1
+    assert proc.stderr.startswith("convlens: error: cannot read TFLite model")
+    assert proc.stderr.count("\n") == 1
+    if damage == "bad_index":
+        assert "Invalid tensor index 987654" in proc.stderr
     assert not (tmp_path / "o").exists()
 
 
