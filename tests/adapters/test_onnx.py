@@ -426,6 +426,16 @@ def test_duplicate_and_missing_node_names_are_made_unique():
     assert [(t.name, t.kind) for t in table[1:]] == [("act", "act"), ("act#2", "act"), ("tanh_out", "act")]
 
 
+def test_a_model_proto_is_read_not_changed():
+    model, w1, w2 = _big_conv_model()
+    before = model.SerializeToString()
+    lens = Lens(model)
+    maps = lens.feature_maps(np.full((6, 6, 3), 128, np.uint8), layers="all")
+    assert maps["big"].shape == (1, 4, 4, 32)
+    np.testing.assert_array_equal(lens.filters("big")["big"], w2)
+    assert model.SerializeToString() == before
+
+
 def test_several_inputs_are_named():
     nodes = [helper.make_node("Add", ["image", "mask"], ["y"])]
     model = _model(nodes, [_vi("image", [1, 3, 8, 8]), _vi("mask", ["n", 1], TensorProto.INT64)], [_vi("y", None)])
