@@ -559,3 +559,10 @@ def test_select_blocks_on_a_torch_model(small):
     lens = Lens(small)
     names = [t.name for t in lens.layers()]
     assert [names[i] for i in select(lens.layers(), "blocks")] == ["features.0", "features.3"]
+
+
+def test_compiled_and_traced_modules_keep_the_original_names(small):
+    names = [t.name for t in Lens(small).layers()]
+    assert [t.name for t in Lens(torch.compile(small)).layers()] == names  # never compiled: the eager module
+    traced = torch.fx.symbolic_trace(small)
+    assert [t.name for t in Lens(traced).layers()] == names

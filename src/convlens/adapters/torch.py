@@ -331,6 +331,9 @@ class TorchAdapter:
             shape, self._probe_sizes = _exported_input_shape(module)
             input_shape = input_shape if input_shape is not None else shape
             module = _unflatten(module)
+        if type(module).__name__ == "OptimizedModule" and isinstance(getattr(module, "_orig_mod", None),
+                                                                     torch.nn.Module):
+            module = module._orig_mod  # torch.compile: hooks belong on the original, eager module
         if isinstance(module, torch.jit.ScriptModule):
             raise UnsupportedModel(f"{type(module).__name__} is a TorchScript module, whose layers cannot be "
                                    f"hooked; {_SAVE_HINT}")
