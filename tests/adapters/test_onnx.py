@@ -108,7 +108,8 @@ def _torch_reference(net, batch_nhwc):
     import torch
 
     outs = {}
-    hooks = [getattr(net, n).register_forward_hook(lambda m, i, o, n=n: outs.__setitem__(n, o.detach().numpy()))
+    hooks = [getattr(net, n).register_forward_hook(
+                 lambda m, i, o, n=n: outs.__setitem__(n, o.detach().numpy()))
              for n in ("conv1", "relu", "pool", "conv2", "gap", "fc")]
     try:
         with torch.no_grad():
@@ -190,7 +191,7 @@ def test_dynamic_axes_and_fixed_batch(torch_files):
 
 
 def test_dynamo_export_with_its_external_data(torch_files):
-    """torch.onnx.export(dynamo=True) names nodes its own way, writes a .data file, and reduces with ReduceMean."""
+    """torch.onnx.export(dynamo=True) names nodes its own way, writes .data, reduces with ReduceMean."""
     net, _, _, dynamo = torch_files
     data = dynamo.with_name(dynamo.name + ".data")
     assert data.is_file()
@@ -218,7 +219,8 @@ def test_sessions_expose_only_what_was_asked_and_are_cached(torch_files):
     assert len(adapter._sessions) == 2
     first, second = adapter._sessions.values()
     assert [o.name for o in first.get_outputs()] == ["logits", "/conv1/Conv_output_0"]
-    assert [o.name for o in second.get_outputs()] == ["logits", "/conv1/Conv_output_0", "/pool/MaxPool_output_0"]
+    assert [o.name for o in second.get_outputs()] == [
+        "logits", "/conv1/Conv_output_0", "/pool/MaxPool_output_0"]
     capture(adapter, x, [1])
     assert list(adapter._sessions.values())[-1] is first  # reused, not rebuilt
     capture(adapter, x, [0])  # the input only: the plain model
@@ -359,7 +361,8 @@ def test_conv_transpose_and_1d_kernels():
     # the canonical kernel means what it says: output channel o of a 1x1 transpose is sum_i K[o, i] x[i]
     x = rng.standard_normal((1, 5, 5, 4)).astype(np.float32)
     got, y = capture(adapter, x, [1, 2, 3])
-    want = np.stack([sum(k[o, i, 0, 0] * x[0, :, :, (o // 3) * 2 + i] for i in range(2)) for o in range(6)], -1)
+    want = np.stack([sum(k[o, i, 0, 0] * x[0, :, :, (o // 3) * 2 + i] for i in range(2))
+                     for o in range(6)], -1)
     np.testing.assert_allclose(got[1][0, ::2, ::2], want, rtol=1e-5, atol=1e-6)
     assert got[2].shape == (1, 100, 6) and got[3].shape == (1, 49, 5)  # (N, C, L) -> (N, L, C)
     line = np.moveaxis(got[2], -1, 1)  # back to (N, C, L) for the reference
@@ -420,7 +423,8 @@ def test_truncated_external_data_and_too_new_ir_version(tmp_path):
 
 
 def test_duplicate_and_missing_node_names_are_made_unique():
-    nodes = [helper.make_node("Relu", ["x"], ["a"], name="act"), helper.make_node("Sigmoid", ["a"], ["b"], name="act"),
+    nodes = [helper.make_node("Relu", ["x"], ["a"], name="act"),
+             helper.make_node("Sigmoid", ["a"], ["b"], name="act"),
              helper.make_node("Tanh", ["b"], ["tanh_out"])]
     table = OnnxAdapter(_model(nodes, [_vi("x", [1, 3, 4, 4])], [_vi("tanh_out", None)])).layers()
     assert [(t.name, t.kind) for t in table[1:]] == [("act", "act"), ("act#2", "act"), ("tanh_out", "act")]
@@ -438,7 +442,8 @@ def test_a_model_proto_is_read_not_changed():
 
 def test_several_inputs_are_named():
     nodes = [helper.make_node("Add", ["image", "mask"], ["y"])]
-    model = _model(nodes, [_vi("image", [1, 3, 8, 8]), _vi("mask", ["n", 1], TensorProto.INT64)], [_vi("y", None)])
+    model = _model(nodes, [_vi("image", [1, 3, 8, 8]), _vi("mask", ["n", 1], TensorProto.INT64)],
+                   [_vi("y", None)])
     with pytest.raises(UnsupportedModel) as err:
         Lens(model)
     text = str(err.value)
@@ -537,7 +542,8 @@ def test_cli_layers_maps_filters(torch_files, tmp_path):
     assert code == 0, err
     index = json.loads((out_dir / "index.json").read_text())
     files = {e["file"] for e in index["filters"]}
-    assert files == {"filters/001_conv1__Conv.png", "filters/001_conv1__Conv_rgb.png", "filters/004_conv2__Conv.png"}
+    assert files == {"filters/001_conv1__Conv.png", "filters/001_conv1__Conv_rgb.png",
+                     "filters/004_conv2__Conv.png"}
     assert all((out_dir / f).is_file() for f in files)
 
 

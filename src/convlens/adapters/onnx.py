@@ -266,7 +266,8 @@ class OnnxAdapter:
             hwc = tuple(w if h is None else h for h, w in zip(hwc, given))
         self._raw_shape = hwc
 
-    def _decide_layout(self, model: Any, dims: tuple[int | None, ...], given: Sequence[int | None] | None) -> bool:
+    def _decide_layout(self, model: Any, dims: tuple[int | None, ...],
+                       given: Sequence[int | None] | None) -> bool:
         """Whether a rank-4 input is NCHW (see the class docstring for the rule)."""
         second, last = dims[1] in (1, 3), dims[3] in (1, 3)
         if second != last:
@@ -324,7 +325,8 @@ class OnnxAdapter:
             count = int(np.prod(t.dims)) if len(t.dims) else 1
             if count <= _SMALL:
                 if t.data_location == external:  # inline: a session built from bytes has no folder
-                    g.initializer.append(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(t, base), t.name))
+                    value = onnx.numpy_helper.to_array(t, base)
+                    g.initializer.append(onnx.numpy_helper.from_array(value, t.name))
                 else:
                     g.initializer.add().CopyFrom(t)
                 continue
@@ -383,10 +385,12 @@ class OnnxAdapter:
             if not act_inputs:
                 consts.update(o for o in node.output if o)  # weights computed from weights
                 continue
-            parents = sorted({p for i in act_inputs for p in ((producer[i],) if i in producer else passes[i])})
+            parents = sorted({p for i in act_inputs
+                              for p in ((producer[i],) if i in producer else passes[i])})
             out = node.output[0] if node.output else ""
             out_type = types.get(out)
-            elem = out_type.tensor_type.elem_type if out_type is not None and out_type.HasField("tensor_type") else 0
+            known = out_type is not None and out_type.HasField("tensor_type")
+            elem = out_type.tensor_type.elem_type if known else 0
             floaty = elem in _FLOAT_TYPES if elem else node.op_type not in _PLUMBING
             node_layout = self._node_layout(node, act_inputs, layout)
             for o in node.output:
@@ -450,7 +454,8 @@ class OnnxAdapter:
         if op in ("Conv", "ConvTranspose") and len(node.input) > 1:
             w = const_dims(node.input[1])
             if w is not None and None not in w and len(w) in (3, 4):
-                kernel_shape = _canonical_kernel_shape(op, tuple(int(d) for d in w), int(attrs.get("group", 1)))
+                kernel_shape = _canonical_kernel_shape(op, tuple(int(d) for d in w),
+                                                       int(attrs.get("group", 1)))
             spatial = attrs.get("kernel_shape") or (w[2:] if w is not None else None)
             kernel_size = _pair(spatial) if spatial is not None and None not in spatial else None
         elif kind == "pool" and "kernel_shape" in attrs:
@@ -546,7 +551,8 @@ class OnnxAdapter:
                 text = _first_line(full[start if start >= 0 else full.index("IR version"):])
                 hint = ("; save the model with an IR version this onnxruntime reads "
                         "(onnx.helper.make_model(..., ir_version=N)) or upgrade onnxruntime")
-            raise BadModel(f"onnxruntime {self.ort.__version__} cannot load {self._label}: {text}{hint}") from None
+            raise BadModel(f"onnxruntime {self.ort.__version__} cannot load {self._label}: "
+                           f"{text}{hint}") from None
         self._sessions[extra] = session
         return session
 
