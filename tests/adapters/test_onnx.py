@@ -190,6 +190,18 @@ def test_dynamic_axes_and_fixed_batch(torch_files):
     np.testing.assert_allclose(y, ref["fc"], rtol=1e-5, atol=1e-5)
 
 
+def test_a_batch_fixed_at_two_runs_in_padded_chunks():
+    nodes = [helper.make_node("Relu", ["x"], ["r"], name="relu"),
+             helper.make_node("ReduceSum", ["r"], ["y"], name="sum", keepdims=0)]  # sums the whole batch
+    adapter = OnnxAdapter(_model(nodes, [_vi("x", [2, 3, 4, 4])], [_vi("y", None)]))
+    assert adapter.batch_size == 2
+    x = np.random.default_rng(11).standard_normal((3, 4, 4, 3)).astype(np.float32)
+    got, y = capture(adapter, x, [1])
+    np.testing.assert_array_equal(got[1], np.maximum(x, 0))  # three images back, the pad dropped
+    # the model's scalar output comes once per chunk: images 0-1, then image 2 with a zero pad
+    np.testing.assert_allclose(y, [np.maximum(x[:2], 0).sum(), np.maximum(x[2], 0).sum()], rtol=1e-5)
+
+
 def test_dynamo_export_with_its_external_data(torch_files):
     """torch.onnx.export(dynamo=True) names nodes its own way, writes .data, reduces with ReduceMean."""
     net, _, _, dynamo = torch_files

@@ -605,21 +605,25 @@ class OnnxAdapter:
     def _forward(self, session: Any, feed: np.ndarray, names: list[str]) -> list[np.ndarray]:
         n = len(feed)
         size = self.batch_size
+        if size is None or size == n:
+            return self._run_session(session, feed, names)
+        parts: list[list[np.ndarray]] = []
+        for start in range(0, n, size):
+            chunk = feed[start:start + size]
+            if len(chunk) < size:
+                pad = np.zeros((size - len(chunk), *chunk.shape[1:]), dtype=chunk.dtype)
+                chunk = np.concatenate([chunk, pad])
+            got = self._run_session(session, chunk, names)
+            keep = min(size, n - start)
+            parts.append([a[:keep] if a.ndim and a.shape[0] == size else a for a in got])
+        # batched outputs are joined along the batch; others (scalars) come once per chunk
+        return [np.concatenate([p[k] for p in parts]) if parts[0][k].ndim else np.stack([p[k] for p in parts])
+                for k in range(len(names))]
+
+    def _run_session(self, session: Any, feed: np.ndarray, names: list[str]) -> list[np.ndarray]:
         try:
-            if size is None or size == n:
-                return session.run(names, {self.input_name: feed})
-            parts: list[list[np.ndarray]] = []
-            for start in range(0, n, size):
-                chunk = feed[start:start + size]
-                if len(chunk) < size:
-                    pad = np.zeros((size - len(chunk), *chunk.shape[1:]), dtype=chunk.dtype)
-                    chunk = np.concatenate([chunk, pad])
-                got = session.run(names, {self.input_name: chunk})
-                parts.append([a[:min(size, n - start)] if a.ndim and a.shape[0] == size else a for a in got])
-            return [np.concatenate([p[k] for p in parts]) for k in range(len(names))]
-        except Exception as exc:
-            if isinstance(exc, (BadModel, UnsupportedModel)):
-                raise
+            return session.run(names, {self.input_name: feed})
+        except Exception as exc:  # onnxruntime's own errors: wrong size for a fixed input, bad ops
             raise UnsupportedModel(f"onnxruntime could not run {self._label} on input {feed.shape}: "
                                    f"{_first_line(str(exc))}") from None
 
