@@ -41,7 +41,7 @@ from PIL import Image
 
 from convlens import BadModel, Lens, MissingDependency, UnsupportedModel
 from convlens.adapters import open_model
-from convlens.adapters.tflite import TFLiteAdapter, dequantize, readable_name
+from convlens.adapters.tflite import TFLiteAdapter, dequantize, op_kind, readable_name
 from convlens.cli import main
 from convlens.selection import select
 
@@ -216,6 +216,19 @@ def test_readable_names_from_fused_tensor_names():
     assert readable_name("serving_default_image:0") == "serving_default_image"
 
 
+def test_operator_kinds():
+    kinds = {op: op_kind(op) for op in (
+        "CONV_2D", "DEPTHWISE_CONV_2D", "TRANSPOSE_CONV", "MAX_POOL_2D", "AVERAGE_POOL_2D", "L2_POOL_2D",
+        "FULLY_CONNECTED", "RELU", "RELU6", "LOGISTIC", "HARD_SWISH", "SOFTMAX", "ADD", "CONCATENATION",
+        "RESHAPE", "PAD", "QUANTIZE", "DEQUANTIZE", "MEAN")}
+    assert kinds == {
+        "CONV_2D": "conv", "DEPTHWISE_CONV_2D": "conv", "TRANSPOSE_CONV": "conv", "MAX_POOL_2D": "pool",
+        "AVERAGE_POOL_2D": "pool", "L2_POOL_2D": "pool", "FULLY_CONNECTED": "dense", "RELU": "act",
+        "RELU6": "act", "LOGISTIC": "act", "HARD_SWISH": "act", "SOFTMAX": "act", "ADD": "merge",
+        "CONCATENATION": "merge", "RESHAPE": "reshape", "PAD": "reshape", "QUANTIZE": "other",
+        "DEQUANTIZE": "other", "MEAN": "other"}  # MEAN: a pool only over H and W (see the table test)
+
+
 def test_dequantize_per_tensor_and_per_channel():
     q = np.array([[-128, 0, 127], [10, -10, 0]], dtype=np.int8)
     np.testing.assert_array_equal(dequantize(q, np.array([0.5]), np.array([-128])),
@@ -231,6 +244,8 @@ def test_float_layer_table(built):
     assert adapter.supports_gradients is False and adapter.preprocess is None
     table = adapter.layers()
     assert [(t.name, t.type, t.kind, t.output_shape) for t in table] == [r[:4] for r in TABLE]
+    # XNNPACK runs each op as a delegate node of its own; those nodes make no rows
+    assert [o["op_name"] for o in adapter._interp._get_ops_details()].count("DELEGATE") == 6
     assert [t.parents for t in table] == [(), (0,), (1,), (2,), (3,), (4,), (5,)]
     model = built["model"]
     for row in table[1:]:

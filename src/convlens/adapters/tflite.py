@@ -59,7 +59,7 @@ from ..core.layers import LayerInfo
 from ..core.receptive import with_receptive_fields
 from .base import OnOutput
 
-__all__ = ["TFLiteAdapter", "dequantize", "readable_name"]
+__all__ = ["TFLiteAdapter", "dequantize", "op_kind", "readable_name"]
 
 #: Tensor types that carry activations (anything else is bookkeeping: shapes, indices, masks).
 _ACTIVATION_DTYPES = (np.float32, np.float16, np.float64, np.int8, np.uint8, np.int16)
@@ -171,6 +171,17 @@ def readable_name(tensor_name: str, weight_names: Sequence[str] = ()) -> str:
             return next(s for s in reversed(found) if counts[s] == best)
     first = tensor_name.split(";", 1)[0].strip()
     return re.sub(r":\d+$", "", first)
+
+
+def op_kind(op_name: str) -> str:
+    """The layer kind of a TFLite operator, through :func:`kind_of` on its CamelCase name.
+
+    ``CONV_2D`` -> ``Conv2d`` (conv), ``MAX_POOL_2D`` -> ``MaxPool2d`` (pool),
+    ``FULLY_CONNECTED`` -> dense, ``QUANTIZE``/``DEQUANTIZE`` -> other. A ``MEAN``
+    over the spatial axes is made a global pool by the adapter, which sees the axes.
+    """
+    camel = _TYPE_ALIASES.get(op_name) or "".join(p.capitalize() for p in op_name.split("_"))
+    return kind_of(camel)
 
 
 def dequantize(q: np.ndarray, scales: np.ndarray, zero_points: np.ndarray, axis: int = 0) -> np.ndarray:
@@ -401,7 +412,7 @@ class TFLiteAdapter:
         op_name = op["op_name"]
         shape = self._shape_of(out)
         in_shape = self._activation_in_shape(op)
-        kind = kind_of(_TYPE_ALIASES.get(op_name) or "".join(p.capitalize() for p in op_name.split("_")))
+        kind = op_kind(op_name)
         is_global = False
         if kind == "merge" and len(parents) < 2:
             kind = "other"  # an ADD or MUL of a constant: a bias or a scale, not a merge of branches
