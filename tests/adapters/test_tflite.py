@@ -213,6 +213,11 @@ def test_readable_names_from_fused_tensor_names():
     assert readable_name("m/relu_1/Relu;m/dw_1/BiasAdd;m/dw_1/depthwise;m/dw_1/Squeeze1") == "m/dw_1"
     assert readable_name("StatefulPartitionedCall_1:01", ["m/fc_1/MatMul", "m/fc_1/BiasAdd"]) == "m/fc_1"
     assert readable_name("tfl.quantize") == "tfl.quantize"
+    # MobileNetV2: the ZeroPadding before a strided depthwise conv is folded into it
+    fused = ("m/b1_depthwise_relu_1/Relu6;m/b1_depthwise_BN_1/batchnorm/mul_1;m/b1_depthwise_1/depthwise;;"
+             "m/b1_pad_1/Pad1")
+    assert readable_name(fused, op_name="DEPTHWISE_CONV_2D") == "m/b1_depthwise_1"
+    assert readable_name(fused) == "m/b1_pad_1"  # without the op, a tie goes to the op fused in first
     assert readable_name("serving_default_image:0") == "serving_default_image"
 
 

@@ -21,9 +21,12 @@ TensorFlow op fused into it, output side first, joined by ``;``, e.g.
 ``sequential_1/conv2d_1/Relu;sequential_1/conv2d_1/BiasAdd;sequential_1/conv2d_1/convolution``.
 A row's name is the *scope* (the path without its last component) that occurs
 most often among those parts, ties going to the one fused in first (listed
-last): ``sequential_1/conv2d_1``. A ReLU layer fused into a depthwise conv
+last): ``sequential_1/conv2d_1``. Parts whose last component is the TensorFlow
+op the TFLite operator stands for (``convolution``/``Conv2D`` for CONV_2D,
+``depthwise`` for DEPTHWISE_CONV_2D, ``MatMul``, ``MaxPool``, ``Mean``...) are
+preferred when there are any, so a ReLU layer fused into a depthwise conv
 (``m/relu_1/Relu;m/dw_1/BiasAdd;m/dw_1/depthwise``) is named after the conv,
-``m/dw_1``. Output tensors without a scope (``StatefulPartitionedCall:0``) take
+``m/dw_1``, and so is MobileNet's ``ZeroPadding2D`` folded into the next conv. Output tensors without a scope (``StatefulPartitionedCall:0``) take
 the scope of the operator's weights (``m/fc_1/MatMul`` -> ``m/fc_1``); failing
 that, the signature's generic output names (``StatefulPartitionedCall``,
 ``Identity``) become the feeding row's name and the op (``m/fc_1/softmax``), and
@@ -80,6 +83,16 @@ _TYPE_ALIASES = {
     "MIRROR_PAD": "Pad",
     "L2_NORMALIZATION": "L2Norm",
     "LOCAL_RESPONSE_NORMALIZATION": "LRNorm",
+}
+#: TensorFlow op names (the last part of a fused tensor name) that each TFLite operator comes from.
+_OWN_LEAF = {
+    "CONV_2D": re.compile(r"^(convolution|Conv2D)\d*$", re.I),
+    "DEPTHWISE_CONV_2D": re.compile(r"^(depthwise|DepthwiseConv2dNative)\d*$", re.I),
+    "TRANSPOSE_CONV": re.compile(r"^(conv2d_transpose|Conv2DBackpropInput|conv_transpose)\d*$", re.I),
+    "FULLY_CONNECTED": re.compile(r"^(MatMul|Tensordot|BiasAdd)\d*$", re.I),
+    "MAX_POOL_2D": re.compile(r"^MaxPool(2d)?\d*$", re.I),
+    "AVERAGE_POOL_2D": re.compile(r"^(AvgPool|AveragePool)(2d)?\d*$", re.I),
+    "MEAN": re.compile(r"^Mean\d*$", re.I),
 }
 #: Signature output names that say nothing about the op (the model's outputs).
 _GENERIC_NAME = re.compile(r"^(StatefulPartitionedCall|PartitionedCall|Identity)(_\d+)?$")
@@ -146,21 +159,27 @@ def _first_line(text: str) -> str:
     return (text.strip().splitlines() or [""])[0][:300]
 
 
-def readable_name(tensor_name: str, weight_names: Sequence[str] = ()) -> str:
+def readable_name(tensor_name: str, weight_names: Sequence[str] = (), op_name: str = "") -> str:
     """A layer name from a TFLite output tensor name (see the module docstring).
 
     Args:
         tensor_name: e.g. ``"m/conv2d/Relu;m/conv2d/BiasAdd;m/conv2d/Conv2D"``.
         weight_names: names of the operator's constant inputs, used when the
             output tensor has no scope (``StatefulPartitionedCall:0``).
+        op_name: the TFLite operator (``DEPTHWISE_CONV_2D``); when some parts
+            end in that op's TensorFlow name (``.../depthwise``), only their
+            scopes compete, so a ``Pad`` or ``Relu6`` fused into it cannot win.
 
     Returns:
         ``"m/conv2d"``; ``""`` when every name is empty.
     """
+    own = _OWN_LEAF.get(op_name)
 
     def scopes(name: str) -> list[str]:
         parts = [re.sub(r":\d+$", "", p.strip()) for p in name.split(";")]
-        return [p.rsplit("/", 1)[0] for p in parts if "/" in p and p.rsplit("/", 1)[0]]
+        pairs = [p.rsplit("/", 1) for p in parts if "/" in p and p.rsplit("/", 1)[0]]
+        mine = [scope for scope, leaf in pairs if own is not None and own.search(leaf)]
+        return mine or [scope for scope, _ in pairs]
 
     for name in (tensor_name, *weight_names):
         found = scopes(name)
@@ -356,6 +375,12 @@ class TFLiteAdapter:
     def _tensor(self, index: int) -> dict[str, Any]:
         return self._interp._get_tensor_details(int(index), 0)
 
+    def _name(self, index: int) -> str:
+        try:
+            return str(self._tensor(index)["name"])
+        except ValueError:  # a tensor without a type (optional, unused): no name to offer
+            return ""
+
     def layers(self) -> list[LayerInfo]:
         if self._layers is None:
             self._layers = with_receptive_fields(self._build_rows())
@@ -366,9 +391,6 @@ class TFLiteAdapter:
         ops = [op for op in interp._get_ops_details() if op["op_name"] != "DELEGATE"]
         input_index = int(self._input["index"])
         row_of: dict[int, tuple[int, ...]] = {input_index: (0,)}  # activation tensor -> rows it stands for
-        made: set[int] = set()  # tensors some op produces (the rest are constants or inputs)
-        for op in ops:
-            made.update(int(t) for t in op["outputs"] if t >= 0)
         rows = [LayerInfo(index=0, name=readable_name(self._input["name"]) or "input", type="INPUT",
                           kind="input", output_shape=self._input_shape,
                           extra={"tensor": self._input["name"]})]
@@ -389,7 +411,7 @@ class TFLiteAdapter:
                 continue
             weights = [t for t in ins if t not in row_of and t != input_index]
             index = len(rows)
-            base = readable_name(act["name"], [self._tensor(t)["name"] for t in weights])
+            base = readable_name(act["name"], [self._name(t) for t in weights], op["op_name"])
             if _GENERIC_NAME.match(base):
                 base = f"{rows[feeding[-1]].name.split('#')[0]}/{op['op_name'].lower()}"
             base = base or f"{op['op_name'].lower()}_{index}"
