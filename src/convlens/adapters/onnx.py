@@ -520,6 +520,11 @@ class OnnxAdapter:
         Each session holds its own copy of the weights (onnxruntime copies what
         ``add_external_initializers`` gives it), so the cache keeps as many
         sessions as fit :data:`_SESSION_BUDGET`, at least one.
+
+        An extra output stops onnxruntime from fusing that Conv with the Relu
+        after it, which is why only the asked-for outputs are added: on VGG16
+        (224x224, 2 CPU cores) a pass capturing all 13 convs took 1.02-1.03x
+        the plain session's time (median of paired runs).
         """
         if extra in self._sessions:
             self._sessions.move_to_end(extra)
