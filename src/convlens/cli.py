@@ -21,6 +21,7 @@ examples:
   convlens maps model.keras a.png b.png --layers 'conv,re:dense.*' --norm layer --cmap magma --out out/
   convlens filters model.h5 --layers block1_conv1 --out filters/
   convlens stats vgg16 --weights none cat.jpg dog.jpg --layers conv,act,pool --json
+  convlens report vgg16 --weights none cat.jpg dog.jpg --out report.html
 
 Models: a .keras or legacy .h5 file, 'demo' (the built-in MNIST CNN), or a
 keras.applications name: vgg16 vgg19 resnet50 mobilenet_v2 efficientnet_b0 ...
@@ -186,6 +187,27 @@ def build_parser() -> argparse.ArgumentParser:
     _model_options(p)
     _image_options(p)
 
+    p = sub.add_parser("report", help="write one self-contained HTML page: layers, predictions, feature "
+                                      "maps, channel health, filters",
+                       epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model")
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("--out", required=True, help="the HTML file to write, e.g. report.html")
+    p.add_argument("--layers", default=None, help="layer selection (default conv,pool)")
+    p.add_argument("--labels", metavar="FILE", help="class names for the top-5 predictions, one per line")
+    p.add_argument("--sections", help="comma-separated sections to include (default all: inputs, "
+                                      "predictions, layers, maps, stats, filters)")
+    _model_options(p)
+    _image_options(p)
+    _render_options(p)
+    from .report import REPORT_TILE_SIZE
+
+    for action in p._actions:  # the report's own default: small tiles keep the page small enough to mail
+        if action.dest == "tile_size":
+            action.default = REPORT_TILE_SIZE
+            action.help = (f"larger maps are averaged down to this many pixels per tile (default "
+                           f"{REPORT_TILE_SIZE} in reports)")
+
     p = sub.add_parser("demo", help="run everything on the built-in MNIST CNN and a digit")
     p.add_argument("--out", default="demo-output", help="output folder (default demo-output)")
     return parser
@@ -223,6 +245,24 @@ def _cmd_stats(lens: Any, args: argparse.Namespace, stdout: TextIO) -> None:
     for note in stats.notes:
         stdout.write(f"note: {note}\n")
     stdout.write(stats.text(channels=args.channels) + "\n")
+
+
+def _cmd_report(lens: Any, args: argparse.Namespace, stdout: TextIO) -> None:
+    sections = [s.strip() for s in args.sections.split(",") if s.strip()] if args.sections else None
+    report = lens.report(args.images, args.layers, labels=args.labels, out=args.out, size=args.size,
+                         preprocess=args.preprocess, sections=sections, progress=BarProgress(),
+                         **_render_kwargs(args))
+    for note in report.notes:
+        stdout.write(f"note: {note}\n")
+    stats = list(report.stats.values())
+    flagged = sum(s.flagged for s in stats)
+    if flagged:
+        layers = sum(1 for s in stats if s.flagged)
+        channels = sum(s.channels for s in stats)
+        stdout.write(f"channel health: {flagged:,} of {channels:,} channels are dead, constant or non-finite "
+                     f"in {layers} of {len(stats)} layers (see the report)\n")
+    stdout.write(f"wrote {args.out} ({report.nbytes / 1e6:.1f} MB; {len(stats)} layers, "
+                 f"{len(report.predictions)} image{'s' if len(report.predictions) != 1 else ''})\n")
 
 
 def _cmd_demo(args: argparse.Namespace, stdout: TextIO) -> int:
@@ -285,6 +325,8 @@ def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None,
             _summary(index, "filters", args.out, stdout)
         elif args.command == "stats":
             _cmd_stats(lens, args, stdout)
+        elif args.command == "report":
+            _cmd_report(lens, args, stdout)
         else:  # pragma: no cover - argparse rejects unknown commands
             raise BadArgument(f"unknown command {args.command}")
     except ConvlensError as exc:

@@ -57,7 +57,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .lens import Lens
 
 __all__ = ["REPORT_TILE_SIZE", "Report", "ReportContext", "build_report", "read_labels",
-           "register_section", "section_keys"]
+           "register_section", "section_keys", "unregister_section"]
 
 #: Maps wider than this are averaged down in the report (``tile_size``), so VGG16's 224x224
 #: maps take a quarter of the bytes and the page stays small enough to mail.
@@ -145,6 +145,11 @@ def register_section(key: str, title: str, *, order: float) -> Callable[[Section
         return build
 
     return decorate
+
+
+def unregister_section(key: str) -> None:
+    """Remove a section added with :func:`register_section` (unknown keys are ignored)."""
+    _SECTIONS.pop(key, None)
 
 
 def section_keys() -> list[str]:
@@ -634,14 +639,16 @@ def _inputs_section(ctx: ReportContext) -> str:
     cards = []
     bgr = ctx.preprocess == "caffe"
     for k, (im, x) in enumerate(zip(ctx.images, ctx.inputs)):
-        given, mime = _jpeg_or_png(_preview(im.pixels))
+        preview = _preview(im.pixels)
+        given, mime = _jpeg_or_png(preview)
+        small = "cl-pixelated" if max(preview.shape[:2]) < 224 else ""  # enlarged by CSS: keep pixels sharp
         seen, lo, hi = _as_seen(x)
         seen_png = encode_png(seen)
         w, h = im.original_size
         order = " Channels in the network's order (BGR), so colours look swapped." if bgr and x.shape[2] == 3 else ""
         cards.append(
             f'<div class="cl-card"{attr("data-image", k)}><h3>{escape(im.name)}</h3><div class="cl-pair">'
-            f'<figure>{_img(given, mime, f"{im.name} as given")}'
+            f'<figure>{_img(given, mime, f"{im.name} as given", small)}'
             f"<figcaption>as given: {escape(f'{w}×{h}')} ({escape(im.mode)})</figcaption></figure>"
             f'<figure>{_img(seen_png, "image/png", f"{im.name} as the network sees it", "cl-pixelated")}'
             f"<figcaption>as the network sees it: {escape(_shape_text(x.shape))}, "

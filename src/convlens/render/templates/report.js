@@ -183,6 +183,7 @@
       canvas.style.height = Math.round(L.h * scale) + "px";
       canvas.setAttribute("data-channel", String(c));
       canvas.setAttribute("data-layer", L.name);
+      canvas.setAttribute("data-image", String(k));
     });
   }
 
@@ -215,6 +216,23 @@
 
   if (viewer) {
     drawBar();
+    if (data.images.length > 1) {  // the image can be changed without closing the viewer
+      var picker = $("cl-viewer-images");
+      var label = document.createElement("span");
+      label.textContent = "image";
+      picker.appendChild(label);
+      data.images.forEach(function (name, k) {
+        var b = document.createElement("button");
+        b.type = "button";
+        b.className = "cl-image-btn";
+        b.setAttribute("data-image", String(k));
+        b.setAttribute("aria-pressed", String(k === 0));
+        b.textContent = name;
+        b.addEventListener("click", function () { setImage(k); });
+        picker.appendChild(b);
+      });
+      picker.hidden = false;
+    }
     $("cl-viewer-close").addEventListener("click", closeViewer);
     $("cl-prev").addEventListener("click", function () { stepChannel(-1); });
     $("cl-next").addEventListener("click", function () { stepChannel(1); });
