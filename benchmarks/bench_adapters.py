@@ -22,8 +22,10 @@ framework (target: within 1.2x). Run:
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -138,32 +140,47 @@ def case_tflite(tmp: Path) -> Case:
 CASES = {"keras": case_keras, "torch": case_torch, "onnx": case_onnx, "tflite": case_tflite}
 
 
+def measure(name: str, repeats: int) -> dict:
+    """Time one framework's two cases, interleaved, in this process."""
+    with tempfile.TemporaryDirectory(prefix="bench-adapters-") as tmp:
+        plain, capture, n = CASES[name](Path(tmp))
+        for _ in range(2):  # warm-up: graph tracing, session and interpreter allocations
+            plain()
+            capture()
+        times: dict[str, list[float]] = {"plain": [], "capture": []}
+        for _ in range(repeats):  # interleaved, so machine noise hits both alike
+            for key, run in (("plain", plain), ("capture", capture)):
+                t = time.perf_counter()
+                run()
+                times[key].append(time.perf_counter() - t)
+    return {"convs": n, "plain": statistics.median(times["plain"]),
+            "capture": statistics.median(times["capture"])}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", default=",".join(CASES), help="comma-separated frameworks")
     parser.add_argument("--repeats", type=int, default=9, help="timed runs of each case")
+    parser.add_argument("--one", choices=CASES, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.one:
+        print(json.dumps(measure(args.one, args.repeats)))
+        return
     rows = []
-    with tempfile.TemporaryDirectory(prefix="bench-adapters-") as tmp:
-        for name in args.only.split(","):
-            plain, capture, n = CASES[name](Path(tmp))
-            for _ in range(2):  # warm-up: graph tracing, session and interpreter allocations
-                plain()
-                capture()
-            times: dict[str, list[float]] = {"plain": [], "capture": []}
-            for _ in range(args.repeats):  # interleaved, so machine noise hits both alike
-                for key, run in (("plain", plain), ("capture", capture)):
-                    t = time.perf_counter()
-                    run()
-                    times[key].append(time.perf_counter() - t)
-            p, c = statistics.median(times["plain"]), statistics.median(times["capture"])
-            rows.append((name, n, p, c))
-            print(f"{name:<8} done", file=sys.stderr)
+    for name in args.only.split(","):
+        # one process per framework: TensorFlow and torch each bring their own thread pools,
+        # and each framework's numbers should not depend on which ran before it
+        proc = subprocess.run([sys.executable, __file__, "--one", name, "--repeats", str(args.repeats)],
+                              capture_output=True, text=True, check=False)
+        if proc.returncode:
+            sys.exit(f"{name} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+        rows.append((name, json.loads(proc.stdout.strip().splitlines()[-1])))
     print(f"VGG16 conv part (random weights), one {SIZE}x{SIZE} image, medians of {args.repeats} "
-          "interleaved runs after 2 warm-ups")
+          "interleaved runs after 2 warm-ups, one process per framework")
     print(f"{'framework':<10}{'convs':>6}{'plain s':>10}{'capture s':>11}{'capture/plain':>15}")
-    for name, n, p, c in rows:
-        print(f"{name:<10}{n:>6}{p:>10.3f}{c:>11.3f}{c / p:>15.2f}")
+    for name, r in rows:
+        print(f"{name:<10}{r['convs']:>6}{r['plain']:>10.3f}{r['capture']:>11.3f}"
+              f"{r['capture'] / r['plain']:>15.2f}")
     print("target: capture/plain <= 1.2")
 
 
