@@ -12,7 +12,7 @@ _RULES: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("pool", re.compile(r"pool", re.I)),
     ("conv", re.compile(r"conv", re.I)),
     ("act", re.compile(r"^(Activation|ReLU\d*|LeakyReLU|PReLU|ELU|SELU|GELU|SiLU|Swish|Mish|"
-                       r"Hardswish|Hardsigmoid|Sigmoid|Tanh|Softmax|LogSoftmax|ThresholdedReLU)$", re.I)),
+                       r"Hardswish|Hardsigmoid|Sigmoid|Tanh|Softmax|LogSoftmax|ThresholdedReLU|Clip)$", re.I)),
     ("dense", re.compile(r"^(Dense|EinsumDense|Linear|Gemm|MatMul|FullyConnected)$", re.I)),
     ("norm", re.compile(r"norm", re.I)),
     ("merge", re.compile(r"^(Add|Concatenate|Concat|Multiply|Mul|Average|Maximum|Minimum|Subtract|Sub)$", re.I)),
