@@ -315,7 +315,13 @@ def build_report(lens: Lens, images: Any, layers: str | Iterable[str] | None = N
     loaded, arrays, notes = lens._prepare(images, size, preprocess)
     progress = progress or NullProgress()
     progress.start(len(loaded) * len(chosen), "report")
-    drawn, stats, per_image, outputs, ranges = _forward(lens, chosen, loaded, arrays, opts, progress)
+    with ThreadPoolExecutor(max_workers=1) as side:
+        # Filter atlases need no forward pass: kernels are read here (adapters need not be
+        # thread-safe), then drawn on a side thread while the images go through the network.
+        atlases = side.submit(_atlases, chosen, _kernels(lens, chosen)) if "filters" in keys else None
+        drawn, stats, per_image, outputs, ranges = _forward(lens, chosen, loaded, arrays, opts, progress)
+        if atlases is not None:
+            atlases.result()
     progress.finish()
 
     notes = list(dict.fromkeys(notes))  # the same note for several images once
@@ -335,7 +341,7 @@ def build_report(lens: Lens, images: Any, layers: str | Iterable[str] | None = N
         lens=lens, images=loaded, inputs=arrays, outputs=outputs, layers=chosen, stats=stats,
         options=opts, preprocess=preprocess or lens.preprocess, labels=label_list, notes=notes,
         data={}, extra={"drawn": drawn, "per_image": per_image, "label_source": label_source,
-                        "global_ranges": ranges})
+                        "global_ranges": ranges, "atlases": atlases})
     ctx.data.update(_page_data(ctx))
     bodies: list[tuple[_Entry, str]] = []
     for key in keys:
@@ -742,7 +748,7 @@ def _maps_section(ctx: ReportContext) -> str:
     drawn: dict[int, list[_Drawn]] = ctx.extra["drawn"]
     buttons = []
     for pos, (info, s) in enumerate(zip(ctx.layers, ctx.stats)):
-        flagged = f'<span class="cl-flag">{s.flagged} flagged</span>' if s.flagged else ""
+        flagged = f'<span class="cl-flag">{s.flagged} of {s.channels} flagged</span>' if s.flagged else ""
         buttons.append(
             f'<button type="button" class="cl-layer"{attr("data-layer", pos)}'
             f'{attr("aria-pressed", "true" if pos == 0 else "false")}>'
@@ -801,20 +807,30 @@ def _key(v: float) -> Any:
     return f"{v:.6g}" if np.isfinite(v) else ""
 
 
-@register_section("filters", "Filters", order=60)
-def _filters_section(ctx: ReportContext) -> str | None:
+def _kernels(lens: Lens, layers: list[LayerInfo]) -> dict[int, np.ndarray | ConvlensError]:
+    """The kernels of the selected conv layers (or why one cannot be read), on the caller's thread."""
+    out: dict[int, np.ndarray | ConvlensError] = {}
+    for info in layers:
+        if info.has_kernels:
+            try:
+                out[info.index] = lens.adapter.kernels(info.index)
+            except ConvlensError as e:
+                out[info.index] = e
+    return out
+
+
+def _atlases(layers: list[LayerInfo], kernels: dict[int, np.ndarray | ConvlensError]) -> list[str]:
+    """One ``<figure>`` per conv layer: its filter atlases, lazily loaded. Pure numpy and PNG work."""
     from .lens import _composites
 
-    conv = [info for info in ctx.layers if info.has_kernels]
-    if not conv:
-        return None
     lut = colormap_lut("gray")
     figures = []
-    for info in conv:
-        try:
-            k = ctx.lens.adapter.kernels(info.index)
-        except ConvlensError as e:
-            figures.append(f'<p class="cl-muted">{escape(info.name)}: {escape(e)}</p>')
+    for info in layers:
+        k = kernels.get(info.index)
+        if k is None:
+            continue
+        if isinstance(k, ConvlensError):
+            figures.append(f'<p class="cl-muted">{escape(info.name)}: {escape(k)}</p>')
             continue
         shown_f, shown_i = min(_REPORT_FILTERS, k.shape[0]), min(_REPORT_INPUTS, k.shape[1])
         cap = f"{info.index} {info.name} · kernel {_shape_text(k.shape)} (filters, inputs, kh, kw)"
@@ -827,6 +843,15 @@ def _filters_section(ctx: ReportContext) -> str | None:
         grid = filter_grid(k, lut, max_filters=_REPORT_FILTERS, max_inputs=_REPORT_INPUTS)
         pics.append(lazy_img(encode_png(grid), f"{info.name} filters x inputs"))
         figures.append(f'<figure class="cl-filter">{"".join(pics)}<figcaption>{escape(cap)}</figcaption></figure>')
+    return figures
+
+
+@register_section("filters", "Filters", order=60)
+def _filters_section(ctx: ReportContext) -> str | None:
+    pending = ctx.extra.get("atlases")  # drawn beside the forward passes by build_report
+    figures = pending.result() if pending is not None else _atlases(ctx.layers, _kernels(ctx.lens, ctx.layers))
+    if not figures:
+        return None
     return ('<p class="cl-muted">Each filter normalised on its own (gray: its smallest weight black, '
             "its largest white); |w| is its L2 norm. First layers that see RGB also show each filter as "
             f"a colour patch. convlens filters MODEL draws every filter.</p>"

@@ -80,9 +80,9 @@
       // Small grids (deep layers) are enlarged without blurring; big ones fit the panel.
       var room = mapImg.parentNode.clientWidth - 2;
       var n = mapImg.naturalWidth;
-      if (n > 0 && n < 520 && room > n) {
-        var k = Math.max(1, Math.floor(Math.min(room, 760) / n));
-        mapImg.style.width = (n * k) + "px";
+      var want = Math.min(room, 800);
+      if (n > 0 && n < want) {
+        mapImg.style.width = want + "px";
         mapImg.classList.add("cl-pixelated");
       }
     });
@@ -359,6 +359,14 @@
       ev.preventDefault();
     }
   });
+
+  // Sticky table headings and the layer list sit just below the sticky bar, whatever its height.
+  function barHeight() {
+    var bar = document.querySelector(".cl-bar");
+    if (bar) { document.documentElement.style.setProperty("--bar-h", bar.offsetHeight + "px"); }
+  }
+  barHeight();
+  window.addEventListener("resize", barHeight);
 
   if (layers.length) { showLayer(0); }
   setImage(0);
