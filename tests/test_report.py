@@ -227,6 +227,37 @@ def test_not_a_classifier_has_no_predictions(files, keras, tmp_path):
         Lens(model).report(files["image"], labels=["a", "b"])
 
 
+@pytest.fixture(scope="module")
+def any_size(files, keras):
+    """A model that takes any image size, a report of two images of different sizes, one global scale."""
+    inp = keras.Input((None, None, 3))
+    conv = keras.layers.Conv2D(2, 1, name="copy")
+    model = keras.Model(inp, keras.layers.MaxPooling2D(2, name="half")(conv(inp)), name="anysize")
+    conv.set_weights([np.eye(3, 2, dtype=np.float32)[None, None], np.array([0.0, 1.0], np.float32)])
+    tall = np.zeros((12, 6, 3), np.uint8)
+    tall[..., 0] = np.arange(12 * 6).reshape(12, 6) * 3
+    tall[..., 1] = 255
+    report = Lens(model).report([_pixels(), tall], norm="global", out=files["root"] / "any.html")
+    return report, files["root"] / "any.html", tall
+
+
+@pytest.mark.keras
+def test_images_of_different_sizes_get_their_own_geometry_and_one_global_scale(any_size):
+    report, _, tall = any_size
+    data = _data(report.html)
+    copy = data["layers"][0]
+    assert [(g["H"], g["W"]) for g in copy["geo"]] == [(8, 8), (12, 6)]
+    assert [(g["H"], g["W"]) for g in data["layers"][1]["geo"]] == [(4, 4), (6, 3)]
+    # global: one scale per image over both drawn layers, here the copy layer's range
+    for k, img in enumerate([_pixels(), tall]):
+        x = img.astype(np.float64) / 255
+        lo, hi = min(x[..., 0].min(), x[..., 1].min() + 1), max(x[..., 0].max(), x[..., 1].max() + 1)
+        for layer in data["layers"]:
+            np.testing.assert_allclose(layer["scales"][k]["lo"], [lo, lo], rtol=1e-3)
+            np.testing.assert_allclose(layer["scales"][k]["hi"], [hi, hi], rtol=1e-3)
+    assert report.stats["copy"].images == 2 and report.stats["copy"].values_per_channel in (64, 72)
+
+
 def test_cli_end_to_end_and_an_error_leaves_no_file(files, tmp_path, capsys):
     out = tmp_path / "cli" / "report.html"
     rc = main(["report", str(files["model"]), str(files["image"]), "--out", str(out), "--layers", "conv",
@@ -302,11 +333,12 @@ def _wait(page, predicate: str, timeout: float = 10.0) -> None:
         time.sleep(0.02)
 
 
-def _tile_point(page, layer: int, channel: int) -> tuple[float, float]:
+def _tile_point(page, layer: int, channel: int, image: int = 0) -> tuple[float, float]:
     """Viewport coordinates of the centre of one tile of the shown grid."""
     return page.evaluate(
-        """([pos, ch]) => {
-            const L = JSON.parse(document.getElementById('cl-data').textContent).layers[pos];
+        """([pos, ch, k]) => {
+            const D = JSON.parse(document.getElementById('cl-data').textContent).layers[pos];
+            const L = Object.assign({}, D, D.geo[k]);
             const img = document.getElementById('cl-map-img');
             img.scrollIntoView({block: 'center'});
             const r = img.getBoundingClientRect();
@@ -314,7 +346,7 @@ def _tile_point(page, layer: int, channel: int) -> tuple[float, float]:
             const nx = L.sep + col * (L.tw + L.sep) + L.tw / 2, ny = L.sep + row * (L.th + L.sep) + L.th / 2;
             return [r.left + img.clientLeft + nx * img.clientWidth / img.naturalWidth,
                     r.top + img.clientTop + ny * img.clientHeight / img.naturalHeight];
-        }""", [layer, channel])
+        }""", [layer, channel, image])
 
 
 def _canvas_rgb(page) -> np.ndarray:
@@ -329,11 +361,14 @@ def _canvas_rgb(page) -> np.ndarray:
 def _tile_rgb(report, layer: int, channel: int, image: int = 0) -> np.ndarray:
     """The same tile cut from the grid PNG in Python, at the map's own size."""
     L = _data(report.html)["layers"][layer]
+    L = {**L, **L["geo"][image]}
     grid = np.asarray(Image.open(io.BytesIO(base64.b64decode(L["grids"][image]))).convert("RGB"))
     col, row = channel % L["cols"], channel // L["cols"]
     y, x = L["sep"] + row * (L["th"] + L["sep"]), L["sep"] + col * (L["tw"] + L["sep"])
     f = L["th"] // L["h"]
-    return grid[y:y + L["th"]:f, x:x + L["tw"]:f]
+    # The tile is the map enlarged f times; nearest-neighbour sampling takes each block's centre
+    # (which matters only where a red cross marks a flagged channel).
+    return grid[y + f // 2:y + L["th"]:f, x + f // 2:x + L["tw"]:f]
 
 
 def test_page_opens_offline_without_errors(opened):
@@ -461,7 +496,7 @@ def test_a_report_of_several_images(browser, several, files):
         assert page.get_attribute("#cl-map-img", "src") != first
         assert "image array1" in page.text_content("#cl-map-sub")
         _wait(page, "() => document.getElementById('cl-map-img').naturalWidth > 0")
-        page.mouse.click(*_tile_point(page, 0, 2))
+        page.mouse.click(*_tile_point(page, 0, 2, image=1))
         _wait(page, "() => document.getElementById('cl-viewer-canvas').getAttribute('data-channel') === '2'")
         np.testing.assert_array_equal(_canvas_rgb(page), _tile_rgb(report, 0, 2, image=1))
         info = page.text_content("#cl-viewer-info")
@@ -472,6 +507,27 @@ def test_a_report_of_several_images(browser, several, files):
         _wait(page, "() => document.getElementById('cl-viewer-canvas').getAttribute('data-image') === '0'")
         np.testing.assert_array_equal(_canvas_rgb(page), _tile_rgb(report, 0, 2, image=0))
         assert w.errors == [] and w.dialogs == []
+    finally:
+        w.close()
+
+
+def test_the_viewer_shows_each_image_at_its_own_size(browser, any_size):
+    report, out, _ = any_size
+    w = Watched(browser, out.as_uri())
+    try:
+        page = w.page
+        page.click(".cl-bar .cl-image-btn[data-image='1']")
+        _wait(page, "() => document.getElementById('cl-map-img').naturalWidth > 0")
+        page.mouse.click(*_tile_point(page, 0, 1, image=1))
+        _wait(page, "() => document.getElementById('cl-viewer-canvas').getAttribute('data-image') === '1'")
+        shown = _canvas_rgb(page)
+        assert shown.shape == (12, 6, 3)
+        np.testing.assert_array_equal(shown, _tile_rgb(report, 0, 1, image=1))
+        assert "12×6" in page.text_content("#cl-viewer-info")
+        page.keyboard.press("ArrowDown")
+        _wait(page, "() => document.getElementById('cl-viewer-canvas').getAttribute('data-layer') === 'half'")
+        assert _canvas_rgb(page).shape == (6, 3, 3)
+        assert w.errors == []
     finally:
         w.close()
 

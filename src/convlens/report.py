@@ -539,20 +539,20 @@ def _page_data(ctx: ReportContext) -> dict[str, Any]:
             "flags": [d.flags for d in drawn[info.index]],
         }
         if first.layout == "grid":
-            c, h, w = first.reduced
-            gh, gw = first.grid
+            c = first.reduced[0]
             rows, cols = grid_shape(c, opts.columns)
-            th, tw = (gh - 1) // rows - 1, (gw - 1) // cols - 1  # the mosaic: 1-pixel separators
+            geo = []  # per image: images of models that take any size give maps of their own size
+            for d in drawn[info.index]:
+                gh, gw = d.grid
+                geo.append({"th": (gh - 1) // rows - 1, "tw": (gw - 1) // cols - 1,  # 1-pixel separators
+                            "h": d.reduced[1], "w": d.reduced[2], "H": d.shape[0], "W": d.shape[1]})
             scales = []
             for k, ps in enumerate(per_image[info.index]):
                 ps_c = _slice_stats(ps, c)
                 lo, hi = _color_scale(ps_c, opts.norm, ctx.extra["global_ranges"].get(k))
                 scales.append({"lo": lo, "hi": hi, "min": _sig(ps_c.min), "max": _sig(ps_c.max),
                                "mean": _sig(ps_c.mean), "std": _sig(ps_c.std)})
-            entry.update({
-                "shown": c, "rows": rows, "cols": cols, "th": th, "tw": tw, "sep": 1,
-                "h": h, "w": w, "H": first.shape[0], "W": first.shape[1], "scales": scales,
-            })
+            entry.update({"shown": c, "rows": rows, "cols": cols, "sep": 1, "geo": geo, "scales": scales})
         layers.append(entry)
     stats = []
     for s in ctx.stats:

@@ -58,9 +58,10 @@
     var sub = [];
     if (data.images.length > 1) { sub.push("image " + data.images[state.image]); }
     if (L.layout === "grid") {
+      var G = L.geo[state.image];
       sub.push(L.shown < L.total ? "channels 0–" + (L.shown - 1) + " of " + L.total : L.total + " channels");
-      if (L.h !== L.H || L.w !== L.W) {
-        sub.push("maps averaged down from " + L.H + "×" + L.W + " to " + L.h + "×" + L.w);
+      if (G.h !== G.H || G.w !== G.W) {
+        sub.push("maps averaged down from " + G.H + "×" + G.W + " to " + G.h + "×" + G.w);
       }
       sub.push("click a tile to open it");
     } else {
@@ -92,8 +93,9 @@
       var r = mapImg.getBoundingClientRect();
       var x = (ev.clientX - r.left - mapImg.clientLeft) * mapImg.naturalWidth / mapImg.clientWidth;
       var y = (ev.clientY - r.top - mapImg.clientTop) * mapImg.naturalHeight / mapImg.clientHeight;
-      var col = Math.floor((x - L.sep) / (L.tw + L.sep));
-      var row = Math.floor((y - L.sep) / (L.th + L.sep));
+      var G = L.geo[state.image];
+      var col = Math.floor((x - L.sep) / (G.tw + L.sep));
+      var row = Math.floor((y - L.sep) / (G.th + L.sep));
       if (col < 0 || row < 0 || col >= L.cols || row >= L.rows) { return; }
       var channel = row * L.cols + col;
       if (channel < L.shown) { openViewer(state.layer, channel); }
@@ -142,7 +144,7 @@
 
   function renderViewer() {
     var L = layers[state.layer], k = state.image, c = state.channel;
-    var s = L.scales[k];
+    var s = L.scales[k], G = L.geo[k];
     $("cl-viewer-layer").textContent = L.name;
     $("cl-viewer-channel").textContent = String(c);
     var dl = $("cl-viewer-info");
@@ -150,8 +152,8 @@
     row(dl, "layer", L.index + " " + L.name + " (" + L.type + ")");
     row(dl, "channel", c + " of " + L.total + (L.shown < L.total ? " (0–" + (L.shown - 1) + " drawn)" : ""));
     if (data.images.length > 1) { row(dl, "image", data.images[k]); }
-    row(dl, "map size", L.H + "×" + L.W + (L.h !== L.H || L.w !== L.W
-      ? " (shown " + L.h + "×" + L.w + ", averaged down)" : ""));
+    row(dl, "map size", G.H + "×" + G.W + (G.h !== G.H || G.w !== G.W
+      ? " (shown " + G.h + "×" + G.w + ", averaged down)" : ""));
     row(dl, "values", fmt(s.min[c]) + " … " + fmt(s.max[c]));
     row(dl, "mean ± std", fmt(s.mean[c]) + " ± " + fmt(s.std[c]));
     row(dl, "colormap", data.cmap + "; " + (NORMS[data.norm] || data.norm));
@@ -171,16 +173,16 @@
       if (token !== drawToken) { return; }
       var col = c % L.cols, r = Math.floor(c / L.cols);
       var canvas = $("cl-viewer-canvas");
-      canvas.width = L.w;
-      canvas.height = L.h;
+      canvas.width = G.w;
+      canvas.height = G.h;
       var ctx = canvas.getContext("2d");
       ctx.imageSmoothingEnabled = false;
       // The tile is the map enlarged by a whole factor: sampling it back down is exact.
-      ctx.drawImage(img, L.sep + col * (L.tw + L.sep), L.sep + r * (L.th + L.sep), L.tw, L.th, 0, 0, L.w, L.h);
-      var side = Math.max(L.w, L.h);
+      ctx.drawImage(img, L.sep + col * (G.tw + L.sep), L.sep + r * (G.th + L.sep), G.tw, G.th, 0, 0, G.w, G.h);
+      var side = Math.max(G.w, G.h);
       var scale = side <= 512 ? Math.max(1, Math.floor(512 / side)) : 512 / side;
-      canvas.style.width = Math.round(L.w * scale) + "px";
-      canvas.style.height = Math.round(L.h * scale) + "px";
+      canvas.style.width = Math.round(G.w * scale) + "px";
+      canvas.style.height = Math.round(G.h * scale) + "px";
       canvas.setAttribute("data-channel", String(c));
       canvas.setAttribute("data-layer", L.name);
       canvas.setAttribute("data-image", String(k));
