@@ -27,6 +27,7 @@ from .adapters import DATA_DIR, open_model
 from .core.layers import LayerInfo
 from .images import load_image
 from .lens import FeatureMaps, LayerTable, Lens
+from .report import Report, register_section
 from .selection import select
 from .stats import ChannelStats, LayerStats
 
@@ -53,11 +54,13 @@ __all__ = [
     "Lens",
     "MissingDependency",
     "OutputError",
+    "Report",
     "UnsafeModel",
     "UnsupportedModel",
     "WeightsUnavailable",
     "__version__",
     "load_image",
     "open_model",
+    "register_section",
     "select",
 ]
