@@ -42,7 +42,7 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
 
 def _breakdown(page: str) -> list[tuple[str, int]]:
     """Bytes of the page by what they hold."""
-    data = re.search(r'<script type="application/json" id="cl-data">(.*?)</script>', page, re.S)
+    data = re.search(r'<script type="application/json" id="cl-data">(.*?)</script>', page, re.DOTALL)
     blob = json.loads(data.group(1)) if data else {}
     grids = sum(len(g) for layer in blob.get("layers", []) for g in layer["grids"])
     stats = len(json.dumps(blob.get("stats", []), separators=(",", ":")))

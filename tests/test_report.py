@@ -117,7 +117,7 @@ def several(files, lens):
 
 
 def _data(page_html: str) -> dict:
-    m = re.search(r'<script type="application/json" id="cl-data">(.*?)</script>', page_html, re.S)
+    m = re.search(r'<script type="application/json" id="cl-data">(.*?)</script>', page_html, re.DOTALL)
     assert m is not None
     return json.loads(m.group(1))
 
@@ -152,7 +152,7 @@ def test_page_is_self_contained_and_escaped(single):
     assert re.search(r"(src|href)=[\"']?(https?:)?//", page) is None  # nothing from the network
     assert EVIL not in page and escape(EVIL) in page
     assert EVIL_LABEL.split(" &")[0] not in page  # the label's <script> only ever appears escaped
-    data_block = re.search(r'id="cl-data">(.*?)</script>', page, re.S).group(1)
+    data_block = re.search(r'id="cl-data">(.*?)</script>', page, re.DOTALL).group(1)
     assert "<" not in data_block and ">" not in data_block and "&" not in data_block
     assert json_for_script({"k": "</script><!--&"}) == '{"k":"\\u003c/script\\u003e\\u003c!--\\u0026"}'
     assert _data(page)["layers"][0]["name"] == EVIL
@@ -266,7 +266,7 @@ def test_cli_end_to_end_and_an_error_leaves_no_file(files, tmp_path, capsys):
     assert rc == 0, captured.err
     assert f"wrote {out}" in captured.out and "2 layers, 1 image" in captured.out
     assert "channel health: 3 of 7 channels are dead, constant or non-finite in 2 of 2 layers" in captured.out
-    assert "first 3 channels of each layer (1 layers have more" in captured.out
+    assert "first 3 channels of each layer (1 layer has more" in captured.out
     data = _data(out.read_text(encoding="utf-8"))
     assert data["cmap"] == "magma" and [layer["shown"] for layer in data["layers"]] == [3, 3]
     bad = tmp_path / "bad.html"

@@ -26,15 +26,16 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
-from base64 import b64encode
 import io
 import json
 import os
 import threading
+from base64 import b64encode
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -329,13 +330,13 @@ def build_report(lens: Lens, images: Any, layers: str | Iterable[str] | None = N
               and drawn[s.index][0].layout == "grid"]
     if capped:
         notes.append(f"feature maps show the first {opts.max_channels} channels of each layer "
-                     f"({len(capped)} layers have more; the statistics cover every channel); "
-                     "--max-channels all draws them all")
+                     f"({_count(len(capped), 'layer has', 'layers have')} more; the statistics cover "
+                     "every channel); --max-channels all draws them all")
     shrunk = [s for s in stats if drawn[s.index][0].layout == "grid"
               and drawn[s.index][0].reduced[1:] != drawn[s.index][0].shape[:2]]
     if shrunk:
         notes.append(f"maps larger than {opts.tile_size} pixels are averaged down to fit the report "
-                     f"({len(shrunk)} layers); --tile-size sets the limit")
+                     f"({_count(len(shrunk), 'layer', 'layers')}); --tile-size sets the limit")
     label_list, label_source = _labels_for(lens, outputs, names)
     ctx = ReportContext(
         lens=lens, images=loaded, inputs=arrays, outputs=outputs, layers=chosen, stats=stats,
@@ -357,6 +358,10 @@ def build_report(lens: Lens, images: Any, layers: str | Iterable[str] | None = N
     return Report(page, title=title, stats={s.name: s for s in stats},
                   predictions=ctx.extra.get("predictions", [[] for _ in loaded]), notes=ctx.notes,
                   sections=[e.key for e, _ in bodies])
+
+
+def _count(n: int, one: str, many: str) -> str:
+    return f"{n} {one if n == 1 else many}"
 
 
 def _check_sections(sections: Sequence[str] | None) -> list[str]:
@@ -501,10 +506,9 @@ def _sig(a: np.ndarray | float) -> Any:
     down = np.power(10.0, np.maximum(-k, 0))
     with np.errstate(all="ignore"):
         r = np.where(k >= 0, np.round(x / up) * up, np.round(x * down) / down)
-    out = np.where(finite, r, np.nan).tolist()
     if x.ndim == 0:
-        return out if finite else None
-    return [v if v == v else None for v in out]
+        return float(r) if finite else None
+    return [v if ok else None for v, ok in zip(r.tolist(), finite.tolist())]
 
 
 def _shape_text(shape: Sequence[Any] | None) -> str:
@@ -784,7 +788,7 @@ def _stats_section(ctx: ReportContext) -> str:
         extra.append(f' class="cl-stats-row"{attr("data-stats", pos)} tabindex="0"')
     head = ["#", "layer", "type", "channels", "dead", "constant", "NaN/inf", "mean", "std", "max", "zeros"]
     numeric = [True, False, False, True, True, True, True, True, True, True, True]
-    over = "this image" if n == 1 else f"all {n} images together"
+    over = "this image" if n == 1 else f"the {n} images together"
     return (f'<p class="cl-muted">Per channel, over {escape(over)}: dead = zero everywhere, constant = one '
             "value everywhere, NaN/inf = holds non-finite values. Click a heading to sort, a row to see its "
             f'channels.</p><ul class="cl-summary">{lines}</ul>'

@@ -23,9 +23,10 @@ import json
 import math
 import os
 import re
-from functools import lru_cache
+from collections.abc import Iterable, Sequence
+from functools import cache
 from importlib import resources
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from .._errors import BadArgument
 from .png import atomic_write_bytes
@@ -121,7 +122,7 @@ def table(head: Sequence[str], rows: Iterable[Sequence[Any]], *, cls: str = "cl-
             f'<tbody>{"".join(body)}</tbody></table>')
 
 
-@lru_cache(maxsize=None)
+@cache
 def template(name: str) -> str:
     """The text of ``render/templates/<name>`` (package data)."""
     try:
