@@ -416,6 +416,10 @@ def test_clicking_a_layer_then_a_tile_opens_the_channel_and_arrows_step(opened, 
     assert page.text_content("#cl-viewer-layer") == EVIL
     page.keyboard.press("Escape")
     assert page.locator("#cl-viewer").is_hidden()
+    page.focus("#cl-map-img")  # the keyboard alone: Enter on the grid opens its first channel
+    page.keyboard.press("Enter")
+    assert page.text_content("#cl-viewer-layer") == EVIL and page.text_content("#cl-viewer-channel") == "0"
+    page.keyboard.press("Escape")
     assert opened.errors == [] and opened.dialogs == []
 
 

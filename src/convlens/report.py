@@ -770,7 +770,7 @@ def _maps_section(ctx: ReportContext) -> str:
             f"out in red are dead, constant or hold NaN/inf. {escape(hint)}</p>"
             f'<div class="cl-maps"><nav class="cl-layer-list" aria-label="layers">{"".join(buttons)}</nav>'
             f'<div class="cl-map-panel"><h3 id="cl-map-title"></h3><p id="cl-map-sub" class="cl-muted"></p>'
-            f'<div class="cl-map-frame"><img id="cl-map-img" alt=""></div></div></div>')
+            f'<div class="cl-map-frame"><img id="cl-map-img" alt="" tabindex="0"></div></div></div>')
 
 
 @register_section("stats", "Channel health", order=50)

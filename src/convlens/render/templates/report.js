@@ -104,6 +104,15 @@
   each(".cl-layer", function (b) {
     b.addEventListener("click", function () { showLayer(+b.getAttribute("data-layer")); });
   });
+  if (mapImg) {  // from the keyboard: Enter on the grid opens its first channel
+    mapImg.addEventListener("keydown", function (ev) {
+      var L = layers[state.layer];
+      if (ev.key === "Enter" && !state.open && L && L.layout === "grid") {
+        ev.preventDefault();
+        openViewer(state.layer, 0);
+      }
+    });
+  }
 
   // ---------------------------------------------------------------- the channel viewer
   var viewer = $("cl-viewer");
