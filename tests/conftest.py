@@ -12,6 +12,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
+# Tests import TensorFlow directly (TFLite conversion); triton, which torch.export pulls in, crashes
+# the process when loaded after TensorFlow, so it is loaded first, as convlens itself does.
+from convlens.adapters.keras import load_triton_before_tensorflow  # noqa: E402
+
+load_triton_before_tensorflow()
+
 
 @pytest.fixture(scope="session")
 def keras():

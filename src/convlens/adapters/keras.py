@@ -10,6 +10,7 @@ layers inside others (transfer learning). The wrappers are always removed in
 from __future__ import annotations
 
 import os
+import sys
 import warnings
 import zipfile
 from contextlib import contextmanager
@@ -71,12 +72,33 @@ def _quiet_native_stderr() -> Iterator[None]:
 _KERAS: Any = None
 
 
+def load_triton_before_tensorflow() -> None:
+    """Import triton, if installed, before TensorFlow is.
+
+    triton (which torch imports as soon as ``torch.export`` or ``torch.compile``
+    runs) crashes the process with SIGSEGV when it is loaded after TensorFlow:
+    both carry their own LLVM. Loaded first, both work, so a session that reads
+    a Keras model and then a ``.pt2`` program survives. Costs ~0.3 s, and only
+    where torch's CUDA build (which brings triton) is installed.
+    """
+    import importlib.util
+
+    if "tensorflow" in sys.modules or "triton" in sys.modules:
+        return
+    try:
+        if importlib.util.find_spec("triton") is not None:
+            import triton  # noqa: F401
+    except Exception:  # a broken triton is torch's problem, not a reason to fail here
+        pass
+
+
 def import_keras() -> Any:
     """Import Keras 3, quietly, or say which extra to install."""
     global _KERAS
     if _KERAS is not None:
         return _KERAS
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's C++ start-up chatter
+    load_triton_before_tensorflow()
     try:
         with _quiet_native_stderr():
             import keras
