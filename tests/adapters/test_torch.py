@@ -566,3 +566,18 @@ def test_compiled_and_traced_modules_keep_the_original_names(small):
     assert [t.name for t in Lens(torch.compile(small)).layers()] == names  # never compiled: the eager module
     traced = torch.fx.symbolic_trace(small)
     assert [t.name for t in Lens(traced).layers()] == names
+
+
+def test_failed_download_prints_nothing(tmp_path, monkeypatch, capfd):
+    # torch.hub writes "Downloading: URL" to stdout before fetching; only convlens's error may speak
+    import torch.hub
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError(socket.gaierror(-2, "Name or service not known"))
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "hub"))
+    monkeypatch.setattr(torch.hub, "urlopen", offline)
+    with pytest.raises(WeightsUnavailable, match="--weights none"):
+        open_torchvision("squeezenet1_1", weights="default")
+    out, err = capfd.readouterr()
+    assert out == "" and err == ""

@@ -38,6 +38,7 @@ probes is ``None`` in the table.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import inspect
 import io
@@ -898,7 +899,10 @@ def _download_model(tv: Any, key: str, weights: Any) -> Any:
     old = socket.getdefaulttimeout()
     socket.setdefaulttimeout(DOWNLOAD_TIMEOUT)
     try:
-        return tv.models.get_model(key, weights=weights, progress=False)
+        # torch.hub announces "Downloading: URL" on stdout even with progress=False; library code
+        # does not print, and a failed download must stay one line of convlens's own.
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            return tv.models.get_model(key, weights=weights, progress=False)
     except Exception as exc:
         raise WeightsUnavailable(
             f"could not get the pretrained weights of torchvision:{key} from {getattr(weights, 'url', '?')} "
