@@ -27,7 +27,7 @@ from PIL import Image
 from convlens import BadArgument, Lens, OutputError
 from convlens.cli import main
 from convlens.render.html import escape, json_for_script
-from convlens.report import register_section, unregister_section
+from convlens.report import flagged_channels, register_section, unregister_section
 
 EVIL = "<img src=x onerror=alert(1)>"
 CONV = "conv"
@@ -136,6 +136,10 @@ def test_statistics_and_predictions_are_exact(single, files):
     np.testing.assert_allclose(s.max, [0, 0.5, rgb[..., 0].max(), rgb[..., 1].max()], rtol=1e-6)
     assert report.stats["pool"].dead.tolist() == [True, False, False, False]
     assert report.stats["mix"].constant.tolist() == [True, False, False]
+    # the global average pool gives one value per unit: constant by definition, so not flagged
+    gap = report.stats["gap"]
+    assert gap.constant.all() and flagged_channels(gap) == 0 and flagged_channels(s) == 2
+    assert _data(report.html)["stats"][3]["flags"] == {"dead": [], "constant": [], "nonfinite": []}
     logits = _expected_logits(_pixels())
     p = np.exp(logits) / np.exp(logits).sum()
     top = report.predictions[0]
@@ -436,6 +440,9 @@ def test_statistics_tables_sort(opened):
     dead = "#cl-stats-layers thead th:nth-child(5)"
     assert page.text_content(dead).strip() == "dead"
     assert _column(page, "#cl-stats-layers", 1) == [EVIL, "pool", "mix", "gap"]
+    assert _column(page, "#cl-stats-layers", 5) == ["1", "1", "1", "0"]  # constant (not dead)
+    assert page.locator(".cl-layer .cl-flag").all_text_contents() == ["2 of 4 flagged", "2 of 4 flagged",
+                                                                       "1 of 3 flagged"]
     page.click(dead)
     assert [float(v) for v in _column(page, "#cl-stats-layers", 4)] == [0, 0, 1, 1]
     assert _column(page, "#cl-stats-layers", 1) == ["mix", "gap", EVIL, "pool"]  # ties keep their order

@@ -254,10 +254,12 @@ def _cmd_report(lens: Any, args: argparse.Namespace, stdout: TextIO) -> None:
                          **_render_kwargs(args))
     for note in report.notes:
         stdout.write(f"note: {note}\n")
+    from .report import flagged_channels
+
     stats = list(report.stats.values())
-    flagged = sum(s.flagged for s in stats)
+    flagged = sum(flagged_channels(s) for s in stats)
     if flagged:
-        layers = sum(1 for s in stats if s.flagged)
+        layers = sum(1 for s in stats if flagged_channels(s))
         channels = sum(s.channels for s in stats)
         stdout.write(f"channel health: {flagged:,} of {channels:,} channels are dead, constant or non-finite "
                      f"in {layers} of {len(stats)} layers (see the report)\n")
