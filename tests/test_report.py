@@ -560,10 +560,18 @@ def test_the_jupyter_iframe_runs_the_page(browser, single):
 
 def test_the_cli_report_works_in_the_browser(browser, files, tmp_path):
     out = tmp_path / "r.html"
-    assert main(["report", str(files["model"]), str(files["image"]), "--out", str(out), "--norm", "layer"]) == 0
+    assert main(["report", str(files["model"]), str(files["image"]), "--out", str(out), "--norm", "layer",
+                 "--columns", "3"]) == 0
     w = Watched(browser, out.as_uri())
     try:
-        assert w.page.text_content("#cl-predictions").count("class ") >= 3  # no labels: numbered
+        page = w.page
+        assert page.text_content("#cl-predictions").count("class ") >= 3  # no labels: numbered
+        page.mouse.click(*_tile_point(page, 0, 3))  # 3 columns: the second row's first tile
+        assert page.text_content("#cl-viewer-channel") == "3"
+        _wait(page, "() => document.getElementById('cl-viewer-canvas').getAttribute('data-channel') === '3'")
+        report = type("R", (), {"html": out.read_text(encoding="utf-8")})
+        assert _data(report.html)["layers"][0]["cols"] == 3
+        np.testing.assert_array_equal(_canvas_rgb(page), _tile_rgb(report, 0, 3))
         assert w.errors == []
     finally:
         w.close()

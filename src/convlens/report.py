@@ -804,8 +804,7 @@ def _stats_section(ctx: ReportContext) -> str:
     return (f'<p class="cl-muted">Per channel, over {escape(over)}: dead = zero everywhere, constant = one '
             "value everywhere, NaN/inf = holds non-finite values. Click a heading to sort, a row to see its "
             f'channels.</p><ul class="cl-summary">{lines}</ul>'
-            + table(head, rows, numeric=numeric, row_attrs=extra).replace(
-                '<table class="cl-sortable">', '<table class="cl-sortable" id="cl-stats-layers">', 1)
+            + table(head, rows, numeric=numeric, row_attrs=extra, id="cl-stats-layers")
             + '<div id="cl-channels" hidden><h3 id="cl-channels-title"></h3>'
               '<table class="cl-sortable" id="cl-channel-table"></table></div>')
 

@@ -94,7 +94,8 @@ def lazy_img(data: bytes, alt: str, *, mime: str = "image/png", cls: str = "") -
 
 
 def table(head: Sequence[str], rows: Iterable[Sequence[Any]], *, cls: str = "cl-sortable",
-          numeric: Sequence[bool] | None = None, row_attrs: Iterable[str] | None = None) -> str:
+          numeric: Sequence[bool] | None = None, row_attrs: Iterable[str] | None = None,
+          id: str | None = None) -> str:
     """A sortable ``<table>``: every cell escaped; numeric columns sort by number.
 
     Args:
@@ -103,6 +104,7 @@ def table(head: Sequence[str], rows: Iterable[Sequence[Any]], *, cls: str = "cl-
             tuple shows ``text`` and sorts by ``key``.
         numeric: per column, whether it sorts as numbers.
         row_attrs: per row, extra attribute text (already escaped, e.g. from :func:`attr`).
+        id: the table's id, if any.
     """
     numeric = list(numeric) if numeric is not None else [False] * len(head)
     ths = "".join(f'<th{attr("data-type", "num" if numeric[i] else "text")} tabindex="0">{escape(h)}</th>'
@@ -118,7 +120,8 @@ def table(head: Sequence[str], rows: Iterable[Sequence[Any]], *, cls: str = "cl-
             else:
                 cells.append(f'<td{" class=num" if numeric[i] else ""}>{escape(cell)}</td>')
         body.append(f"<tr{next(extra) if extra is not None else ''}>{''.join(cells)}</tr>")
-    return (f'<table{attr("class", cls)}><thead><tr>{ths}</tr></thead>'
+    ident = attr("id", id) if id else ""
+    return (f'<table{attr("class", cls)}{ident}><thead><tr>{ths}</tr></thead>'
             f'<tbody>{"".join(body)}</tbody></table>')
 
 
