@@ -395,7 +395,7 @@ def _forward(lens: Lens, chosen: list[LayerInfo], loaded: list[Image], arrays: l
     """One pass per image; each captured output feeds its grid and its statistics.
 
     Returns:
-        ``(drawn, stats, per_image, outputs)``: drawn grids by layer index, one
+        ``(drawn, stats, per_image, outputs, ranges)``: drawn grids by layer index, one
         per image; statistics over all images per layer; per-image statistics of
         the DRAWN channels by layer index (the viewer's value ranges); the
         model's output per image; with ``norm="global"``, the value range of
@@ -438,7 +438,9 @@ def _forward(lens: Lens, chosen: list[LayerInfo], loaded: list[Image], arrays: l
 
     with ThreadPoolExecutor(max_workers=2) as pool:
         for k, arr in enumerate(arrays):
-            pending: list[tuple[int, np.ndarray, Future[np.ndarray | None]]] = []
+            # (layer, its output's shape, the job): outputs themselves are not kept, so memory
+            # holds at most the few layers in flight (the reduced maps with norm="global").
+            pending: list[tuple[int, tuple[int, ...], Future[np.ndarray | None]]] = []
 
             def on_output(i: int, a: np.ndarray, k: int = k, pending: list = pending) -> None:
                 # Statistics, reducing, drawing and encoding run on two worker threads beside
@@ -451,15 +453,14 @@ def _forward(lens: Lens, chosen: list[LayerInfo], loaded: list[Image], arrays: l
                     finally:
                         in_flight.release()
 
-                pending.append((i, a, pool.submit(job)))
+                pending.append((i, tuple(a.shape), pool.submit(job)))
 
             outputs.append(np.asarray(lens.adapter.run(arr[None], wanted, on_output)))
-            reduced = [(i, a, f.result()) for i, a, f in pending]
+            reduced = [(i, shape, f.result()) for i, shape, f in pending]
             if opts.norm == "global":  # one scale over every layer of this image
                 vr = ranges[k] = _union_range(finite_range(r) for _, _, r in reduced if r is not None)
-                jobs = [pool.submit(draw, k, i, r, int(a.shape[-1]) if a.ndim > 1 else 1,
-                                    tuple(a.shape[1:]), vr)
-                        for i, a, r in reduced if r is not None]
+                jobs = [pool.submit(draw, k, i, r, shape[-1] if len(shape) > 1 else 1, shape[1:], vr)
+                        for i, shape, r in reduced if r is not None]
                 for f in jobs:
                     f.result()
             missing = [table[i].name for i in wanted if drawn[i][k] is None]
