@@ -300,3 +300,23 @@ def test_repeated_passes_agree_whichever_way_they_run(keras):
     for _ in range(3):
         small.run(x, wanted, lambda i, a: None)
     assert small._graphs == {}
+
+
+def test_a_model_tensorflow_cannot_trace_stays_eager(keras):
+    """A layer name TensorFlow rejects as a name scope: repeated passes fall back to the eager pass."""
+    L = keras.layers
+    model = keras.Sequential([keras.Input((8, 8, 1)), L.Conv2D(2, 3, name="<img src=x onerror=alert(1)>"),
+                              L.Flatten(name="flat")])
+    adapter = KerasAdapter(model)
+    x = np.random.default_rng(1).random((1, 8, 8, 1)).astype("float32")
+    outs = []
+    for _ in range(3):
+        got: dict[int, np.ndarray] = {}
+        adapter.run(x, [1, 2], lambda i, a: got.__setitem__(i, a))
+        outs.append(got)
+        assert all("call" not in vars(layer) for layer in model.layers)
+    for got in outs[1:]:
+        assert sorted(got) == [1, 2]
+        np.testing.assert_allclose(got[1], outs[0][1], rtol=1e-6)
+    # TensorFlow tried to trace once, failed, and remembers to stay eager; other backends never trace
+    assert list(adapter._graphs.values()) == ([None] if keras.backend.backend() == "tensorflow" else [])

@@ -626,7 +626,14 @@ class KerasAdapter:
             on_output(0, np.asarray(batch, dtype="float32"))
         graph = self._graph_forward(wanted_key, x.shape)
         if graph is not None:
-            y, captured = graph(self.keras.ops.convert_to_tensor(x))
+            try:
+                y, captured = graph(self.keras.ops.convert_to_tensor(x))
+            except Exception:
+                # Some models cannot be traced (TensorFlow rejects a layer named
+                # "<img src=x>" as a name scope, say): they stay on the eager pass,
+                # which reports the model's own errors if there are any.
+                self._graphs[(wanted_key, x.shape)] = graph = None
+        if graph is not None:
             for row in wanted_key:
                 if str(row) in captured:
                     on_output(row, self._canonical_array(convert(captured[str(row)])))
