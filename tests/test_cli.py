@@ -93,6 +93,9 @@ def test_filters_and_demo(small_model, tmp_path):
     index = json.loads((demo / "index.json").read_text())
     assert len(index["maps"]) >= 5 and len(index["filters"]) >= 2
     assert (demo / "layers.txt").read_text().split()[:2] == ["#", "name"]
+    assert "conv1" in (demo / "stats.txt").read_text()
+    page = (demo / "report.html").read_text()
+    assert page.lower().startswith("<!doctype html>") and "conv1" in page and "http://" not in page
 
 
 def test_vgg16_blocks_writes_five_grids(photo, tmp_path):

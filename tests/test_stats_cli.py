@@ -148,7 +148,7 @@ def test_text_json_and_html(lens):
     text = str(stats)
     lines = text.splitlines()
     assert lines[1].split()[:4] == ["#", "name", "type", "channels"]
-    assert lines[3].split()[:7] == ["1", "c1", "Conv2D", "4", "1", "2", "0"]
+    assert lines[3].split()[:7] == ["1", "c1", "Conv2D", "4", "1", "1", "0"]
     assert lines[-1] == "p1: 1 of 4 channels is zero for these 2 images; 1 more is constant"
     data = json.loads(json.dumps(stats.to_json(), allow_nan=False))
     assert [layer["name"] for layer in data["layers"]] == ["c1", "p1"]
@@ -183,7 +183,7 @@ def test_cli_table(model_file, image_files):
     assert lines[0].startswith("channel statistics of ") and lines[0].endswith(" over 2 images (dark, bright)")
     rows = {line.split()[1]: line.split() for line in lines[3:5]}
     assert set(rows) == {"c1", "p1"}
-    assert rows["c1"][3:7] == ["4", "1", "2", "0"]  # channels, dead, constant, non-finite
+    assert rows["c1"][3:7] == ["4", "1", "1", "0"]  # channels, dead, constant (not dead), non-finite
     assert lines[-2:] == ["c1: 1 of 4 channels is zero for these 2 images; 1 more is constant",
                           "p1: 1 of 4 channels is zero for these 2 images; 1 more is constant"]
     assert "channel  " not in out  # no per-channel rows without --channels

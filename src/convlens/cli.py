@@ -282,6 +282,8 @@ def _cmd_demo(args: argparse.Namespace, stdout: TextIO) -> int:
         lens.save_maps(DEMO_IMAGE, scratch, layers="all", progress=BarProgress(), numbers=True)
         index = lens.save_filters(scratch, progress=BarProgress())
         (scratch / "layers.txt").write_text(str(table) + "\n")
+        (scratch / "stats.txt").write_text(lens.channel_stats(DEMO_IMAGE, layers="all").text() + "\n")
+        lens.report(DEMO_IMAGE, layers="all", out=scratch / "report.html")
         with OutputDir(Path(args.out)) as out:
             for path in sorted(p for p in scratch.rglob("*") if p.is_file()):
                 out.write_bytes(path.relative_to(scratch).as_posix(), path.read_bytes())
@@ -291,7 +293,7 @@ def _cmd_demo(args: argparse.Namespace, stdout: TextIO) -> int:
     stdout.write(str(table) + "\n\n")
     stdout.write(f"demo model: {meta.get('dataset')}, held-out accuracy {meta.get('test_accuracy')}\n")
     stdout.write(f"wrote {len(index.get('maps', []))} feature-map grids, {len(index.get('filters', []))} "
-                 f"filter atlases and layers.txt to {args.out}\n")
+                 f"filter atlases, layers.txt, stats.txt and report.html to {args.out}\n")
     return 0
 
 

@@ -365,9 +365,8 @@ def _count(n: int, one: str, many: str) -> str:
 
 
 def health_flags(s: LayerStats) -> ChannelFlags:
-    """The flags worth showing: a channel with a single value (a vector's unit, one image) is
-    constant by definition, so it is not flagged constant (as in :meth:`LayerStats.summary`)."""
-    return ChannelFlags(s.dead, s.constant & ~s.dead & (s.count > 1), s.nonfinite)
+    """The flags worth showing: :attr:`LayerStats.notable`."""
+    return s.notable
 
 
 def flagged_channels(s: LayerStats) -> int:

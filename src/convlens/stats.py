@@ -15,8 +15,8 @@ from .core.stats import LayerStats
 
 __all__ = ["ChannelStats", "LayerStats", "format_channel_rows", "format_stats_table"]
 
-LEGEND = ("dead: zero everywhere for these inputs; constant: one value everywhere (dead ones "
-          "included); non-finite: NaN or inf seen; zeros: share of values that are exactly 0; "
+LEGEND = ("dead: zero everywhere for these inputs; constant: one value other than 0 everywhere "
+          "(a unit with a single value is not counted); non-finite: NaN or inf seen; zeros: share of values that are exactly 0; "
           "mean, std, min, max: over every finite value of the layer.")
 
 
@@ -51,7 +51,7 @@ _CHANNEL_HEAD = ("channel", "mean", "std", "min", "max", "zeros", "flags")
 
 def _layer_row(s: LayerStats) -> tuple[str, ...]:
     return (str(s.index), s.name, s.type or "-", str(s.channels), str(int(s.dead.sum())),
-            str(int(s.constant.sum())), str(int(s.nonfinite.sum())), _pct(s.mean_zero_fraction()),
+            str(int(s.notable.constant.sum())), str(int(s.nonfinite.sum())), _pct(s.mean_zero_fraction()),
             _num(s.layer_mean()), _num(s.layer_std()), _num(s.layer_min()), _num(s.layer_max()))
 
 

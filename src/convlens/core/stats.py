@@ -110,9 +110,16 @@ class LayerStats:
         return ChannelFlags(self.dead, self.constant, self.nonfinite)
 
     @property
+    def notable(self) -> ChannelFlags:
+        """The flags worth telling people: dead; constant at a value other than 0, among
+        channels with more than one value (a vector's unit seen in one image is constant by
+        definition); non-finite. Tables, summaries and the report count these."""
+        return ChannelFlags(self.dead, self.constant & ~self.dead & (self.count > 1), self.nonfinite)
+
+    @property
     def flagged(self) -> int:
-        """How many channels carry at least one flag."""
-        return int(self.flags.any().sum())
+        """How many channels carry at least one :attr:`notable` flag."""
+        return int(self.notable.any().sum())
 
     def layer_mean(self) -> float:
         """Mean of every finite value of the layer (NaN if there is none)."""
@@ -154,13 +161,11 @@ class LayerStats:
         """One line for people, e.g. ``block5_conv3: 37 of 512 channels are zero for this image``.
 
         Constant channels that are not zero and channels holding NaN/inf are
-        counted after it when there are any. A channel with a single value (a
-        vector's unit, one image) is constant by definition, so the line does
-        not count it as such (the ``constant`` flag still says so).
+        counted after it when there are any (the :attr:`notable` flags).
         """
         c = self.channels
         dead = int(self.dead.sum())
-        constant = int((self.constant & ~self.dead & (self.count > 1)).sum())
+        constant = int(self.notable.constant.sum())
         nonfinite = int(self.nonfinite.sum())
         these = "this image" if self.images == 1 else f"these {self.images} images"
         text = (f"{self.name}: {dead} of {c} {_plural(c, 'channel', 'channels')} "
