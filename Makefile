@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 PIP    := $(BIN)/pip install --quiet --disable-pip-version-check
 export TF_CPP_MIN_LOG_LEVEL := 3
 
-.PHONY: demo test chromium benchmark benchmark-adapters clean
+.PHONY: demo test chromium benchmark benchmark-maps benchmark-adapters benchmark-report clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,11 +33,16 @@ test: $(VENV)/.test-deps chromium
 	KERAS_BACKEND=tensorflow $(BIN)/python -m pytest
 	KERAS_BACKEND=torch $(BIN)/python -m pytest -m keras
 
-benchmark: $(VENV)/.test-deps
+benchmark: benchmark-maps benchmark-adapters benchmark-report
+
+benchmark-maps: $(VENV)/.test-deps
 	KERAS_BACKEND=tensorflow $(BIN)/python benchmarks/bench_maps.py
 
 benchmark-adapters: $(VENV)/.test-deps
 	KERAS_BACKEND=tensorflow $(BIN)/python benchmarks/bench_adapters.py
+
+benchmark-report: $(VENV)/.test-deps
+	KERAS_BACKEND=tensorflow $(BIN)/python benchmarks/bench_report.py
 
 clean:
 	rm -rf $(VENV) demo-output

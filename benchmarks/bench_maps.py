@@ -13,7 +13,7 @@ from the machine hits each alike; peak memory (max RSS above the built model)
 is measured with each case in a fresh process of its own. Prints the times,
 the ratios b/a and c/b, and peak memory. Run:
 
-    make benchmark      # or: KERAS_BACKEND=tensorflow .venv/bin/python benchmarks/bench_maps.py
+    make benchmark-maps   # or: KERAS_BACKEND=tensorflow .venv/bin/python benchmarks/bench_maps.py
 """
 
 from __future__ import annotations

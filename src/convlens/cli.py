@@ -20,11 +20,16 @@ examples:
   convlens maps vgg16 --weights none cat.jpg --layers blocks --out out/
   convlens maps model.keras a.png b.png --layers 'conv,re:dense.*' --norm layer --cmap magma --out out/
   convlens filters model.h5 --layers block1_conv1 --out filters/
+  convlens maps torchvision:resnet18 --weights none cat.jpg --layers blocks --out out/
+  convlens layers model.onnx
+  convlens maps model_int8.tflite cat.jpg --out out/
   convlens stats vgg16 --weights none cat.jpg dog.jpg --layers conv,act,pool --json
   convlens report vgg16 --weights none cat.jpg dog.jpg --out report.html
 
-Models: a .keras or legacy .h5 file, 'demo' (the built-in MNIST CNN), or a
-keras.applications name: vgg16 vgg19 resnet50 mobilenet_v2 efficientnet_b0 ...
+Models: a .keras or legacy .h5 file, a .pt2 torch.export program, a .onnx or .tflite
+file, 'demo' (the built-in MNIST CNN), a keras.applications name (vgg16 vgg19 resnet50
+mobilenet_v2 efficientnet_b0 ...) or torchvision:NAME (torchvision:resnet18).
+Pickled PyTorch modules (.pt/.pth) load only with --trust.
 Layers (--layers, comma-separated, union): kinds conv pool act dense norm merge all;
 blocks (last conv of each resolution stage); names; globs 'block*_conv1';
 regular expressions 're:conv[12]$'; indexes 7, -1 and ranges 3-9.
