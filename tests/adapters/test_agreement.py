@@ -251,3 +251,25 @@ def test_kernels_agree(twins):
         # per-output-channel symmetric int8: step = max|w| / 127; rounding is off by at most half
         half_step = np.abs(want).reshape(len(want), -1).max(axis=1) / 127 / 2
         assert (np.abs(have - want).reshape(len(want), -1).max(axis=1) <= half_step * 1.01 + 1e-8).all()
+
+
+def test_stats_and_report_agree_across_frameworks(twins, tmp_path):
+    """The later views (channel health, the HTML report) see the same network everywhere."""
+    _, _, lenses = twins
+    images = list(_images(2))
+    ref_lens = lenses["keras"]
+    ref = [s for s in ref_lens.channel_stats(images, layers="conv")]
+    for name, lens in lenses.items():
+        stats = lens.channel_stats(images, layers="conv")
+        assert [s.channels for s in stats] == [8, 16, 12], name
+        assert all(s.images == 2 for s in stats), name
+        if name in ("torch", "onnx"):  # raw conv outputs, as in Keras
+            for want, have in zip(ref, stats):
+                np.testing.assert_allclose(have.mean, want.mean, rtol=1e-4, atol=1e-6, err_msg=name)
+                np.testing.assert_allclose(have.max, want.max, rtol=1e-4, atol=1e-6, err_msg=name)
+        out = tmp_path / f"{name}.html"
+        lens.report(images, layers="conv", out=out)
+        page = out.read_text()
+        convs = [layer.name for layer in lens.layers() if layer.kind == "conv"]
+        for layer in convs:  # each framework's own names reach the page
+            assert layer.replace("&", "&amp;") in page, (name, layer)
