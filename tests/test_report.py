@@ -262,6 +262,20 @@ def test_images_of_different_sizes_get_their_own_geometry_and_one_global_scale(a
     assert report.stats["copy"].images == 2 and report.stats["copy"].values_per_channel in (64, 72)
 
 
+@pytest.mark.keras
+def test_the_colour_bar_of_an_averaged_down_map_names_the_values_drawn(files, lens):
+    # tile_size 4: the 8x8 maps are drawn as 4x4 means of 2x2 blocks; minmax stretches those.
+    report = lens.report(files["image"], CONV, sections=["maps"], norm="minmax", tile_size=4)
+    layer = _data(report.html)["layers"][0]
+    assert (layer["geo"][0]["h"], layer["geo"][0]["H"]) == (4, 8)
+    red = _pixels()[..., 0].astype(np.float64) / 255
+    blocks = red.reshape(4, 2, 4, 2).mean(axis=(1, 3))
+    scale = layer["scales"][0]
+    np.testing.assert_allclose([scale["lo"][2], scale["hi"][2]], [blocks.min(), blocks.max()], rtol=1e-3)
+    # the value rows still tell the layer's own values, at full resolution
+    np.testing.assert_allclose([scale["min"][2], scale["max"][2]], [red.min(), red.max()], rtol=1e-3)
+
+
 def test_cli_end_to_end_and_an_error_leaves_no_file(files, tmp_path, capsys):
     out = tmp_path / "cli" / "report.html"
     rc = main(["report", str(files["model"]), str(files["image"]), "--out", str(out), "--layers", "conv",

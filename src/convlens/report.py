@@ -45,7 +45,7 @@ from ._progress import NullProgress, Progress
 from .adapters import DATA_DIR
 from .core.layers import LayerInfo
 from .core.normalize import ChannelFlags, finite_range
-from .core.stats import LayerStats, StatsAccumulator
+from .core.stats import LayerStats, StatsAccumulator, channel_stats
 from .images import Image
 from .render.colormap import lut as colormap_lut
 from .render.filters import filter_grid
@@ -284,6 +284,7 @@ class _Drawn:
     reduced: tuple[int, ...]  # what was drawn before enlarging: (c, h, w), (c, L) or (C,)
     grid: tuple[int, int]  # the picture's (height, width)
     flags: dict[str, list[int]]
+    scale: tuple[Any, Any] | None = None  # grids: per drawn channel, the values the colormap's ends stand for
 
 
 def build_report(lens: Lens, images: Any, layers: str | Iterable[str] | None = None, *,
@@ -415,9 +416,12 @@ def _forward(lens: Lens, chosen: list[LayerInfo], loaded: list[Image], arrays: l
              vr: tuple[float, float] | None) -> None:
         r = x if vr is not None else reduce_map(x, opts)
         rendered = render_map(r, opts, channels_total=total, value_range=vr, reduced=True)
+        # The colour bar describes the maps as drawn: averaged down, their spread and extremes
+        # are not the layer's own (those stay in the viewer's value rows).
+        scale = _color_scale(channel_stats(np.moveaxis(r, 0, -1)[None]), opts.norm, vr) if r.ndim == 3 else None
         drawn[i][k] = _Drawn(b64=b64encode(rendered.png()).decode("ascii"), layout=rendered.layout,
                              shape=shape, reduced=tuple(r.shape), grid=rendered.pixels.shape[:2],
-                             flags=rendered.flags.indices())
+                             flags=rendered.flags.indices(), scale=scale)
         progress.advance()
 
     def measure(k: int, i: int, a: np.ndarray) -> np.ndarray | None:
@@ -562,9 +566,9 @@ def _page_data(ctx: ReportContext) -> dict[str, Any]:
                 geo.append({"th": (gh - 1) // rows - 1, "tw": (gw - 1) // cols - 1,  # 1-pixel separators
                             "h": d.reduced[1], "w": d.reduced[2], "H": d.shape[0], "W": d.shape[1]})
             scales = []
-            for k, ps in enumerate(per_image[info.index]):
+            for d, ps in zip(drawn[info.index], per_image[info.index]):
                 ps_c = _slice_stats(ps, c)
-                lo, hi = _color_scale(ps_c, opts.norm, ctx.extra["global_ranges"].get(k))
+                lo, hi = d.scale
                 scales.append({"lo": lo, "hi": hi, "min": _sig(ps_c.min), "max": _sig(ps_c.max),
                                "mean": _sig(ps_c.mean), "std": _sig(ps_c.std)})
             entry.update({"shown": c, "rows": rows, "cols": cols, "sep": 1, "geo": geo, "scales": scales})
