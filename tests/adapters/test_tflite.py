@@ -152,6 +152,10 @@ def built(tmp_path_factory):
     files["any_size"] = write("any_size", concrete(
         lambda x: tf.nn.relu(tf.nn.conv2d(x, np.full((3, 3, 1, 1), 1 / 9, "float32"), 1, "SAME")),
         tf.TensorSpec((1, None, None, 1), tf.float32, name="gray")))
+    files["any_size_valid"] = write("any_size_valid", concrete(  # cannot be prepared at LiteRT's 1x1
+        lambda x: tf.nn.max_pool2d(tf.nn.conv2d(x, np.ones((3, 3, 1, 1), "float32"), 1, "VALID"),
+                                   2, 2, "VALID"),
+        tf.TensorSpec((1, None, None, 1), tf.float32, name="gray")))
     flex = concrete(lambda x: tf.reshape(tf.linalg.det(x[:, :4, :4, 0]), (1, 1)),
                     tf.TensorSpec((1, 8, 8, 3), tf.float32, name="img"))
     flex.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS, tf.lite.OpsSet.SELECT_TF_OPS]
@@ -491,6 +495,20 @@ def test_free_input_size_runs_at_each_image_size(built):
         np.testing.assert_allclose(out[0, :, :, 0], np.maximum(want, 0), rtol=1e-5, atol=1e-6)
     with pytest.raises(UnsupportedModel, match="does not fit"):
         TFLiteAdapter(built["files"]["float"], input_shape=(8, 8, 3))
+
+
+def test_free_input_size_with_unpadded_layers_opens_and_runs(built):
+    """A 3x3 VALID conv and a 2x2 pool cannot run at the 1x1 LiteRT first allocates for free sizes."""
+    adapter = TFLiteAdapter(built["files"]["any_size_valid"])
+    assert adapter.input_shape == (None, None, 1)
+    assert [t.type for t in adapter.layers()] == ["INPUT", "CONV_2D", "MAX_POOL_2D"]
+    np.testing.assert_array_equal(adapter.kernels(1), np.ones((1, 1, 3, 3), np.float32))
+    image = np.arange(7 * 9, dtype=np.float32).reshape(1, 7, 9, 1)
+    got, _, out = _collect(adapter, image * 255.0, [1])
+    sums = sum(image[0, i:i + 5, j:j + 7, 0] for i in range(3) for j in range(3))  # (5, 7)
+    np.testing.assert_allclose(got[1][0, :, :, 0], sums, rtol=1e-5)
+    # values grow along both axes: each 2x2 window's maximum is its bottom-right corner
+    np.testing.assert_allclose(out[0, :, :, 0], sums[1:4:2, 1:6:2], rtol=1e-5)
 
 
 # --------------------------------------------------------------------------- CLI and Lens

@@ -98,6 +98,8 @@ _OWN_LEAF = {
 _GENERIC_NAME = re.compile(r"^(StatefulPartitionedCall|PartitionedCall|Identity)(_\d+)?$")
 #: Reductions over the spatial axes that are global pools.
 _GLOBAL_REDUCTIONS = ("MEAN", "REDUCE_MAX", "SUM")
+#: Size given to free input dimensions until an image sets them (LiteRT's own choice, 1, is too small).
+PROBE_SIZE = 224
 
 
 def _import_interpreter() -> Any:
@@ -157,6 +159,20 @@ def _threads() -> int:
 
 def _first_line(text: str) -> str:
     return (text.strip().splitlines() or [""])[0][:300]
+
+
+def _size_free_inputs(interp: Any) -> None:
+    """Give free (``-1``) input dimensions :data:`PROBE_SIZE` before the first allocation.
+
+    LiteRT allocates a free dimension at 1, and a model with an unpadded
+    convolution or a pool (VGG16 at any size) cannot be prepared at 1x1. The
+    batch stays 1; each image later resizes the input to its own size.
+    """
+    for d in interp.get_input_details():
+        sig = [int(v) for v in d["shape_signature"]]
+        if any(v < 0 for v in sig[1:]):
+            shape = [1 if i == 0 and v < 0 else (PROBE_SIZE if v < 0 else v) for i, v in enumerate(sig)]
+            interp.resize_tensor_input(int(d["index"]), shape, strict=True)
 
 
 def readable_name(tensor_name: str, weight_names: Sequence[str] = (), op_name: str = "") -> str:
@@ -297,6 +313,7 @@ class TFLiteAdapter:
                     experimental_preserve_all_tensors=True,
                     experimental_op_resolver_type=litert.OpResolverType.BUILTIN,
                     experimental_disable_delegate_node_fusion=True)
+                _size_free_inputs(interp)
                 interp.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
             why = _first_line(str(exc)) or (native[0] if native else "unknown error")
@@ -649,7 +666,7 @@ class TFLiteAdapter:
             raise UnsupportedModel(f"layer {layer} stores blockwise-quantised weights, which convlens "
                                    "cannot dequantise yet; use a float or per-channel int8 model")
         if producer is not None and not self._invoked:
-            self._feed(np.zeros(tuple(d or 1 for d in self._input_shape), np.float32))
+            self._feed(np.zeros(tuple(d or PROBE_SIZE for d in self._input_shape), np.float32))
             self._invoke()
         return self._read(index)
 
