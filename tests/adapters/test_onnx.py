@@ -333,6 +333,39 @@ def test_nhwc_input_and_constant_node_kernels():
     np.testing.assert_array_equal(adapter.kernels(4), w2)  # bare Constant
 
 
+def test_qdq_quantised_kernels_are_dequantised():
+    """QDQ models (onnxruntime.quantization) store int8 weights behind DequantizeLinear.
+
+    The first kernel is per output channel (axis 0) and large enough to be read
+    lazily; the second is per tensor, uint8 with a zero point of 128.
+    """
+    rng = np.random.default_rng(9)
+    q1 = rng.integers(-127, 128, size=(200, 3, 3, 3)).astype(np.int8)
+    s1 = rng.uniform(0.001, 0.01, size=200).astype(np.float32)
+    z1 = np.zeros(200, np.int8)
+    q2 = rng.integers(0, 256, size=(2, 200, 1, 1)).astype(np.uint8)
+    s2, z2 = np.float32(0.02), np.uint8(128)
+    inits = [numpy_helper.from_array(a, n) for a, n in
+             ((q1, "q1"), (s1, "s1"), (z1, "z1"), (q2, "q2"), (np.array(s2), "s2"), (np.array(z2), "z2"))]
+    nodes = [
+        helper.make_node("DequantizeLinear", ["q1", "s1", "z1"], ["w1"], name="dq1", axis=0),
+        helper.make_node("DequantizeLinear", ["q2", "s2", "z2"], ["w2"], name="dq2"),
+        helper.make_node("Conv", ["x", "w1"], ["c1"], name="conv1"),
+        helper.make_node("Conv", ["c1", "w2"], ["y"], name="conv2"),
+    ]
+    adapter = open_model(_model(nodes, [_vi("x", [1, 3, 6, 6])], [_vi("y", None)], inits))
+    assert [(t.name, t.kernel_shape) for t in adapter.layers()] == [
+        ("x", None), ("conv1", (200, 3, 3, 3)), ("conv2", (2, 200, 1, 1))]
+    w1 = q1.astype(np.float32) * s1[:, None, None, None]
+    w2 = (q2.astype(np.float32) - 128) * s2
+    np.testing.assert_allclose(adapter.kernels(1), w1, rtol=1e-6)
+    np.testing.assert_allclose(adapter.kernels(2), w2, rtol=1e-6)
+    x = rng.standard_normal((1, 6, 6, 3)).astype(np.float32)
+    got, _ = capture(adapter, x, [2])
+    want = conv2d_nchw(conv2d_nchw(x.transpose(0, 3, 1, 2), w1), w2)
+    np.testing.assert_allclose(got[2], want.transpose(0, 2, 3, 1), rtol=1e-4, atol=1e-4)
+
+
 def test_layout_rule_for_ambiguous_inputs():
     """Dim 1 and the last dim both 3: NCHW unless input_shape or a Transpose says otherwise."""
     relu = [helper.make_node("Relu", ["x"], ["y"])]

@@ -660,7 +660,7 @@ class OnnxAdapter:
         return _canonical_kernel(node.op_type, w.astype(np.float32), group)
 
     def _constant(self, tensor: str, depth: int = 0) -> np.ndarray | None:
-        """The value of a tensor stored in the file: an initializer, a Constant, or either behind Identity."""
+        """A stored tensor: an initializer or Constant, also behind Identity or DequantizeLinear."""
         from onnx import numpy_helper
 
         if tensor in self._shared:
@@ -675,6 +675,8 @@ class OnnxAdapter:
             if tensor in node.output:
                 if node.op_type == "Identity":
                     return self._constant(node.input[0], depth + 1)
+                if node.op_type == "DequantizeLinear":  # int8 weights of a QDQ-quantised model
+                    return self._dequantized(node, depth)
                 if node.op_type == "Constant" and node.attribute:
                     a = node.attribute[0]
                     if a.name == "value":
@@ -683,6 +685,28 @@ class OnnxAdapter:
                         return np.asarray(self.onnx.helper.get_attribute_value(a), dtype=np.float32)
                 return None
         return None
+
+    def _dequantized(self, node: Any, depth: int) -> np.ndarray | None:
+        """``(x - zero_point) * scale`` of a DequantizeLinear whose inputs are all stored.
+
+        Per tensor, or per channel along the ``axis`` attribute (default 1);
+        blocked quantisation (``block_size``) is left out (``None``).
+        """
+        attrs = _attrs(node)
+        if attrs.get("block_size", 0):
+            return None
+        values = [self._constant(t, depth + 1) if t else None for t in node.input[:3]]
+        q, scale, zero = (values + [None] * 3)[:3]
+        if q is None or scale is None or (len(node.input) > 2 and node.input[2] and zero is None):
+            return None
+        x = q.astype(np.float64)
+        scale = scale.astype(np.float64)
+        zero = np.zeros_like(scale) if zero is None else zero.astype(np.float64)
+        if scale.ndim == 1 and scale.size > 1:  # one scale per channel along ``axis``
+            shape = [1] * x.ndim
+            shape[int(attrs.get("axis", 1)) % x.ndim] = scale.size
+            scale, zero = scale.reshape(shape), zero.reshape(shape)
+        return ((x - zero) * scale).astype(np.float32)
 
 
 def _canonical_dims(dims: tuple[int | None, ...] | None, layout: str) -> tuple[int | None, ...] | None:
