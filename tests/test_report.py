@@ -276,6 +276,15 @@ def test_the_colour_bar_of_an_averaged_down_map_names_the_values_drawn(files, le
     np.testing.assert_allclose([scale["min"][2], scale["max"][2]], [red.min(), red.max()], rtol=1e-3)
 
 
+@pytest.mark.keras
+def test_a_report_without_the_maps_section_carries_no_grids(files, lens):
+    report = lens.report(files["image"], sections=["stats"], max_channels=2)
+    data = _data(report.html)
+    assert data["layers"] == []
+    assert [s["name"] for s in data["stats"]] == [CONV, "pool", "mix", "gap"]
+    assert not any("feature maps" in note or "averaged down" in note for note in report.notes)
+
+
 def test_cli_end_to_end_and_an_error_leaves_no_file(files, tmp_path, capsys):
     out = tmp_path / "cli" / "report.html"
     rc = main(["report", str(files["model"]), str(files["image"]), "--out", str(out), "--layers", "conv",

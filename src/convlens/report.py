@@ -327,13 +327,14 @@ def build_report(lens: Lens, images: Any, layers: str | Iterable[str] | None = N
     progress.finish()
 
     notes = list(dict.fromkeys(notes))  # the same note for several images once
-    capped = [s for s in stats if opts.max_channels is not None and s.channels > opts.max_channels
+    maps = "maps" in keys  # the grids, their notes and the viewer's data serve the maps section only
+    capped = [s for s in stats if maps and opts.max_channels is not None and s.channels > opts.max_channels
               and drawn[s.index][0].layout == "grid"]
     if capped:
         notes.append(f"feature maps show the first {opts.max_channels} channels of each layer "
                      f"({_count(len(capped), 'layer has', 'layers have')} more; the statistics cover "
                      "every channel); --max-channels all draws them all")
-    shrunk = [s for s in stats if drawn[s.index][0].layout == "grid"
+    shrunk = [s for s in stats if maps and drawn[s.index][0].layout == "grid"
               and drawn[s.index][0].reduced[1:] != drawn[s.index][0].shape[:2]]
     if shrunk:
         notes.append(f"maps larger than {opts.tile_size} pixels are averaged down to fit the report "
@@ -345,6 +346,8 @@ def build_report(lens: Lens, images: Any, layers: str | Iterable[str] | None = N
         data={}, extra={"drawn": drawn, "per_image": per_image, "label_source": label_source,
                         "global_ranges": ranges, "atlases": atlases})
     ctx.data.update(_page_data(ctx))
+    if not maps:  # megabytes of base64 grids that nothing on the page would show
+        ctx.data["layers"] = []
     bodies: list[tuple[_Entry, str]] = []
     for key in keys:
         entry = _SECTIONS[key]
