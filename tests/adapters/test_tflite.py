@@ -152,6 +152,9 @@ def built(tmp_path_factory):
     files["any_size"] = write("any_size", concrete(
         lambda x: tf.nn.relu(tf.nn.conv2d(x, np.full((3, 3, 1, 1), 1 / 9, "float32"), 1, "SAME")),
         tf.TensorSpec((1, None, None, 1), tf.float32, name="gray")))
+    files["uint8_cast"] = write("uint8_cast", concrete(  # uint8 pixels without a scale, cast in the graph
+        lambda x: tf.nn.conv2d(tf.cast(x, tf.float32), np.ones((1, 1, 3, 1), "float32"), 1, "VALID"),
+        tf.TensorSpec((1, 4, 5, 3), tf.uint8, name="pixels")))
     files["any_size_valid"] = write("any_size_valid", concrete(  # cannot be prepared at LiteRT's 1x1
         lambda x: tf.nn.max_pool2d(tf.nn.conv2d(x, np.ones((3, 3, 1, 1), "float32"), 1, "VALID"),
                                    2, 2, "VALID"),
@@ -465,6 +468,20 @@ def test_uint8_input_is_fed_as_the_pixels(built):
     image = built["images"][2]
     adapter.run(image[None].astype("float32") / 255.0, [], lambda i, a: None)
     np.testing.assert_array_equal(adapter._interp.get_tensor(detail["index"])[0], image)
+
+
+def test_uint8_input_without_a_scale_takes_the_pixel_values(built):
+    """No quantisation parameters: the integers are the pixels, so the preset is raw (0..255)."""
+    lens = Lens(built["files"]["uint8_cast"])
+    assert lens.adapter.preprocess == "raw" and lens.preprocess == "raw"
+    image = np.random.default_rng(5).integers(0, 256, size=(4, 5, 3), dtype=np.uint8)
+    maps = lens.feature_maps(image, layers="all")
+    conv = [t.name for t in lens.layers() if t.type == "CONV_2D"][0]
+    np.testing.assert_array_equal(maps[conv][0, :, :, 0], image.astype(np.float32).sum(axis=2))
+    # a float batch between two integers is rounded, not truncated
+    adapter = lens.adapter
+    adapter.run(np.full((1, 4, 5, 3), 9.7, np.float32), [], lambda i, a: None)
+    assert (adapter._interp.get_tensor(adapter._input["index"]) == 10).all()
 
 
 def test_channels_first_input_is_fed_transposed(built):

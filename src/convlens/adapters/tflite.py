@@ -370,12 +370,15 @@ class TFLiteAdapter:
 
         ``[0, 1]`` is ``unit``, ``[-1, 1]`` is ``tf``, ``[0, 255]`` is ``raw``
         (within 2 % of the range, since the converter takes the range from its
-        calibration images); a float input says nothing (``None``).
+        calibration images); an integer input without a scale is ``raw``; a
+        float input says nothing (``None``).
         """
         d = self._input
         dtype = np.dtype(d["dtype"])
         scales = np.asarray(d["quantization_parameters"]["scales"], dtype=np.float64)
         zps = np.asarray(d["quantization_parameters"]["zero_points"], dtype=np.float64)
+        if dtype.type in _QUANTISED_DTYPES and not np.any(scales):
+            return "raw"  # integers without a scale are the pixel values themselves (a model that casts)
         if dtype.type not in _QUANTISED_DTYPES or scales.size != 1 or scales[0] <= 0:
             return None
         info = np.iinfo(dtype)
@@ -575,9 +578,9 @@ class TFLiteAdapter:
         if dtype.type in _QUANTISED_DTYPES:
             if scales.size and scales[0] != 0:
                 zp = int(np.asarray(q["zero_points"])[0]) if np.asarray(q["zero_points"]).size else 0
-                x = np.round(x.astype(np.float64) / float(scales[0])) + zp
+                x = x.astype(np.float64) / float(scales[0]) + zp
             info = np.iinfo(dtype)
-            x = np.clip(x, info.min, info.max)
+            x = np.clip(np.round(x), info.min, info.max)  # round here: the cast would truncate
         self._interp.set_tensor(int(d["index"]), np.ascontiguousarray(x, dtype=dtype))
 
     def _invoke(self) -> None:
