@@ -285,6 +285,18 @@ def test_a_report_without_the_maps_section_carries_no_grids(files, lens):
     assert not any("feature maps" in note or "averaged down" in note for note in report.notes)
 
 
+@pytest.mark.keras
+def test_a_big_input_is_shown_small_in_the_page(keras):
+    inp = keras.Input((None, None, 3))
+    model = keras.Model(inp, keras.layers.Conv2D(1, 1, name="one")(inp), name="anysize1")
+    photo = np.random.default_rng(0).integers(0, 256, (900, 1200, 3), dtype=np.uint8)
+    report = Lens(model).report(photo, sections=["inputs"])
+    m = re.search(r'alt="array0 as the network sees it" src="data:image/png;base64,([^"]+)"', report.html)
+    assert m is not None
+    assert Image.open(io.BytesIO(base64.b64decode(m.group(1)))).size == (384, 288)
+    assert "as the network sees it: 900×1200×3" in report.html and report.nbytes < 1_500_000
+
+
 def test_cli_end_to_end_and_an_error_leaves_no_file(files, tmp_path, capsys):
     out = tmp_path / "cli" / "report.html"
     rc = main(["report", str(files["model"]), str(files["image"]), "--out", str(out), "--layers", "conv",

@@ -63,7 +63,7 @@ __all__ = ["REPORT_TILE_SIZE", "Report", "ReportContext", "build_report", "flagg
 #: Maps wider than this are averaged down in the report (``tile_size``), so VGG16's 224x224
 #: maps take a quarter of the bytes and the page stays small enough to mail.
 REPORT_TILE_SIZE = 80
-#: Longest side of the "as given" picture of each input (display only).
+#: Longest side of both pictures of each input, as given and as seen (display only).
 _PREVIEW_SIDE = 384
 _TOP_K = 5
 #: Filter atlases in the report: first filters x first inputs (``save_filters`` draws 64 x 16).
@@ -671,7 +671,8 @@ def _inputs_section(ctx: ReportContext) -> str:
         given, mime = _jpeg_or_png(preview)
         small = "cl-pixelated" if max(preview.shape[:2]) < 224 else ""  # enlarged by CSS: keep pixels sharp
         seen, lo, hi = _as_seen(x)
-        seen_png = encode_png(seen)
+        # A model that takes any size sees the photo whole: a 12-megapixel PNG would be most of the page.
+        seen_png = encode_png(_preview(seen if seen.ndim == 3 else seen[..., None]))
         w, h = im.original_size
         order = " Channels in the network's order (BGR), so colours look swapped." if bgr and x.shape[2] == 3 else ""
         cards.append(
