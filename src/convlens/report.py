@@ -47,6 +47,7 @@ from .core.layers import LayerInfo
 from .core.normalize import ChannelFlags, finite_range
 from .core.stats import LayerStats, StatsAccumulator, channel_stats
 from .images import Image
+from .lens import _union_range
 from .render.colormap import lut as colormap_lut
 from .render.filters import filter_grid
 from .render.grid import grid_shape, palette
@@ -478,11 +479,6 @@ def _forward(lens: Lens, chosen: list[LayerInfo], loaded: list[Image], arrays: l
         for s in stats:
             per_image[s.index][0] = s
     return drawn, stats, per_image, outputs, ranges  # type: ignore[return-value]
-
-
-def _union_range(ranges: Iterable[tuple[float, float]]) -> tuple[float, float]:
-    rs = list(ranges)
-    return (min(r[0] for r in rs), max(r[1] for r in rs)) if rs else (0.0, 0.0)
 
 
 def _labels_for(lens: Lens, outputs: list[np.ndarray], names: list[str] | None
