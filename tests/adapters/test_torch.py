@@ -461,6 +461,30 @@ def test_pt2_that_would_unpickle_objects_is_refused(small, tmp_path):
     assert not marker.exists()
 
 
+def test_pt2_with_a_compiled_library_is_refused_and_failures_stay_one_line(small, tmp_path, capfd):
+    """torch.export.load dlopens the shared library of an AOTInductor package: native code."""
+    program = tmp_path / "prog.pt2"
+    torch.export.save(torch.export.export(small, (torch.zeros(1, 3, 20, 20),)), program)
+    aoti = tmp_path / "aoti.pt2"
+    with zipfile.ZipFile(program) as src, zipfile.ZipFile(aoti, "w") as dst:
+        root = src.namelist()[0].split("/", 1)[0]
+        for item in src.infolist():
+            dst.writestr(item, src.read(item))
+        meta = json.dumps({"AOTI_DEVICE_KEY": "cpu"})
+        dst.writestr(f"{root}/data/aotinductor/model/model.wrapper.so", b"\x7fELF not really a library")
+        dst.writestr(f"{root}/data/aotinductor/model/model.wrapper_metadata.json", meta)
+        dst.writestr(f"{root}/data/aotinductor/model/wrapper_metadata.json", meta)
+    with pytest.raises(UnsafeModel, match=r"AOTInductor.*--trust"):
+        Lens(aoti)
+    capfd.readouterr()
+    # trusted, torch tries the library, fails, and logs a traceback: convlens says one line instead
+    stdout, stderr = io.StringIO(), io.StringIO()
+    assert main(["layers", str(aoti), "--trust"], stdout=stdout, stderr=stderr) == 2
+    assert stderr.getvalue().startswith("convlens: error: cannot read") and stderr.getvalue().count("\n") == 1
+    assert "warnings above" not in stderr.getvalue()  # torch's own reason, not a pointer to hidden logs
+    assert capfd.readouterr().err == ""
+
+
 # --------------------------------------------------------------------------- torchvision
 
 

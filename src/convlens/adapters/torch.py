@@ -43,6 +43,7 @@ import difflib
 import inspect
 import io
 import json
+import logging
 import os
 import pickle
 import socket
@@ -623,6 +624,11 @@ def _check_pt2_safe(path: Path, names: list[str], zf: zipfile.ZipFile) -> None:
     why = None
     for name in names:
         base = name.split("/", 1)[-1] if "/" in name else name
+        if base.startswith("data/aotinductor/"):
+            # an AOTInductor package: torch.export.load extracts and dlopens its shared library
+            raise UnsafeModel(f"{path} holds an AOTInductor-compiled model ({base}), whose native code "
+                              "torch.export.load would run; pass --trust (trust=True) only if you trust "
+                              "its author, or save the program alone with torch.export.save")
         try:
             if base.endswith("_config.json") and base.startswith(("data/weights/", "data/constants/")):
                 config = json.loads(zf.read(name)).get("config", {})
@@ -643,6 +649,31 @@ def _check_pt2_safe(path: Path, names: list[str], zf: zipfile.ZipFile) -> None:
                               "file; pass --trust (trust=True) only if you trust its author")
 
 
+class _Swallow(logging.Handler):
+    """Keeps the exceptions that log records carry, prints nothing."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.errors: list[BaseException] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.exc_info and record.exc_info[1] is not None:
+            self.errors.append(record.exc_info[1])
+
+
+@contextmanager
+def _quiet_logger(name: str) -> Iterator[_Swallow]:
+    """Keep a logger's warnings (and its children's) off stderr for the block; collect their exceptions."""
+    logger = logging.getLogger(name)
+    handler = _Swallow()
+    saved = logger.handlers[:], logger.propagate  # torch puts its stderr handler on this logger itself
+    logger.handlers, logger.propagate = [handler], False
+    try:
+        yield handler
+    finally:
+        logger.handlers, logger.propagate = saved
+
+
 def _open_exported(path: Path, *, input_shape: Sequence[int | None] | None, trust: bool,
                    preprocess: str | None) -> TorchAdapter:
     torch = import_torch()
@@ -659,12 +690,15 @@ def _open_exported(path: Path, *, input_shape: Sequence[int | None] | None, trus
     except zipfile.BadZipFile as exc:
         raise BadModel(f"cannot read {path}: {exc}") from None
     try:
-        ep = torch.export.load(path)
+        # torch logs a failed load's traceback as a warning on stderr; ours below is the one line
+        with _quiet_logger("torch.export") as logged:
+            ep = torch.export.load(path)
     except ConvlensError:
         raise
     except Exception as exc:
-        raise BadModel(f"cannot read {path}: {type(exc).__name__}: {_first_line(str(exc))}; is it a complete "
-                       "file written by torch.export.save?") from None
+        cause = logged.errors[-1] if logged.errors else exc  # torch's own error is the one it logged
+        raise BadModel(f"cannot read {path}: {type(cause).__name__}: {_first_line(str(cause))}; is it a "
+                       "complete file written by torch.export.save?") from None
     return TorchAdapter(ep, input_shape=input_shape, preprocess=preprocess, name=path.stem)
 
 
