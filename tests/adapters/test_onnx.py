@@ -506,11 +506,26 @@ def test_non_image_inputs_keep_their_layer_table():
     with pytest.raises(UnsupportedModel, match=r"not images"):
         lens.feature_maps(np.zeros((8, 8, 3), np.uint8), layers="all")
     ints = _model([helper.make_node("Cast", ["x"], ["y"], name="cast", to=TensorProto.FLOAT)],
-                  [_vi("x", [1, 3, 8, 8], TensorProto.UINT8)], [_vi("y", None)])
+                  [_vi("x", [1, 3, 8, 8], TensorProto.INT64)], [_vi("y", None)])
     lens = Lens(ints)
     assert [t.name for t in lens.layers()] == ["x", "cast"]
-    with pytest.raises(UnsupportedModel, match=r"x of shape \(1, 3, 8, 8\) uint8, not a float image batch"):
+    with pytest.raises(UnsupportedModel, match=r"x of shape \(1, 3, 8, 8\) int64, not an image batch"):
         lens.feature_maps(np.zeros((8, 8, 3), np.uint8), layers="all")
+
+
+def test_uint8_pixel_input_is_fed_the_pixel_values():
+    """A graph that takes uint8 pixels and casts them itself: preset raw, values rounded."""
+    nodes = [helper.make_node("Cast", ["x"], ["xf"], name="cast", to=TensorProto.FLOAT),
+             helper.make_node("Conv", ["xf", "w"], ["y"], name="conv")]
+    w = numpy_helper.from_array(np.ones((1, 3, 1, 1), np.float32), "w")
+    lens = Lens(_model(nodes, [_vi("x", [1, 3, 4, 5], TensorProto.UINT8)], [_vi("y", None)], [w]))
+    assert lens.adapter.preprocess == "raw" and lens.input_shape == (4, 5, 3)
+    image = np.random.default_rng(4).integers(0, 256, size=(4, 5, 3), dtype=np.uint8)
+    maps = lens.feature_maps(image, layers="all")
+    np.testing.assert_array_equal(maps["cast"][0], image.astype(np.float32))
+    np.testing.assert_array_equal(maps["conv"][0, :, :, 0], image.astype(np.float32).sum(axis=2))
+    got, _ = capture(lens.adapter, np.full((1, 4, 5, 3), 9.7, np.float32), [1])
+    assert (got[1] == 10).all()  # rounded, not truncated
 
 
 def test_plumbing_gets_no_row_and_parents_skip_it():

@@ -35,6 +35,8 @@ __all__ = ["OnnxAdapter", "import_onnx"]
 
 #: ONNX TensorProto element types that hold floating-point numbers, and their numpy types.
 _FLOAT_TYPES = {1: np.float32, 10: np.float16, 11: np.float64, 16: None}  # 16: bfloat16 (no numpy type)
+#: Input element types an image can be fed as: the float types, and uint8 pixels (a graph that casts).
+_IMAGE_TYPES = {**_FLOAT_TYPES, 2: np.uint8}
 _TYPE_NAMES = {1: "float32", 2: "uint8", 3: "int8", 4: "uint16", 5: "int16", 6: "int32", 7: "int64",
                8: "string", 9: "bool", 10: "float16", 11: "float64", 12: "uint32", 13: "uint64",
                16: "bfloat16"}
@@ -242,9 +244,11 @@ class OnnxAdapter:
         self._input_type = elem
         type_name = _TYPE_NAMES.get(elem, "non-tensor")
         self._not_image: str | None = None
-        if dims is None or len(dims) != 4 or elem not in _FLOAT_TYPES or _FLOAT_TYPES[elem] is None:
+        if elem == 2 and self.preprocess is None:
+            self.preprocess = "raw"  # uint8 pixels: the network takes 0..255 itself
+        if dims is None or len(dims) != 4 or _IMAGE_TYPES.get(elem) is None:
             self._not_image = (f"{self._label} takes {self.input_name} of shape {_shape_text(dims)} "
-                               f"{type_name}, not a float image batch (N, C, H, W) or (N, H, W, C); "
+                               f"{type_name}, not an image batch (N, C, H, W) or (N, H, W, C) of floats or uint8; "
                                "its layer table works, feature maps need an image model")
             if dims is None or len(dims) != 4:
                 # Not (H, W, C): Lens then says feature maps need an image model.
@@ -592,7 +596,9 @@ class OnnxAdapter:
         if 0 in rows:
             on_output(0, x)
         feed = np.ascontiguousarray(x.transpose(0, 3, 1, 2)) if self.channels_first else x
-        dtype = _FLOAT_TYPES[self._input_type]
+        dtype = _IMAGE_TYPES[self._input_type]
+        if dtype == np.uint8:  # round and clip: the cast alone would truncate and wrap around
+            feed = np.clip(np.round(feed), 0, 255)
         feed = feed.astype(dtype, copy=False)
         tensors = [self._row_tensor[r] for r in rows if r > 0]
         names = [self._graph_output] + [t for t in dict.fromkeys(tensors) if t != self._graph_output]
