@@ -415,6 +415,12 @@ def test_state_dicts_torchscript_and_corrupt_files(small, tmp_path):
         (tmp_path / name).write_bytes(content)
         with pytest.raises(BadModel):
             Lens(tmp_path / name, trust=True)
+    # untrusted, random bytes are not called "pickled objects" (that would only invite --trust)
+    noise = np.random.default_rng(0).integers(0, 256, 3000, dtype=np.uint8)
+    (tmp_path / "noise.pt").write_bytes(noise.tobytes())
+    with pytest.raises(UnsafeModel, match=r"not plain weights.*Unsupported operand.*damaged") as caught:
+        Lens(tmp_path / "noise.pt")
+    assert "holds pickled Python objects" not in str(caught.value)
     program = tmp_path / "prog.pt2"
     torch.export.save(torch.export.export(small, (torch.zeros(1, 3, 20, 20),)), program)
     whole = program.read_bytes()

@@ -763,6 +763,16 @@ def _torch_load(path: Path, *, trust: bool, what: str = "model") -> Any:
         if "weights only load failed" not in str(exc).lower():
             raise BadModel(f"cannot read {path}: {_first_line(str(exc))}; is it a complete file written by "
                            "torch.save?") from None
+        if not trust and "unsupported global" not in str(exc).lower():
+            # not a class the file names (that is an object) but an opcode torch's safe loader lacks:
+            # random bytes, or a pickle protocol above 2, which only full unpickling reads
+            lines = [ln.strip() for ln in str(exc).splitlines()]
+            reason = next((ln for ln in lines if ln.startswith("Unsupported")), "an unsupported instruction")
+            raise UnsafeModel(
+                f"{path} is not plain weights that torch's safe loader reads ({reason}): it is damaged, not "
+                "written by torch.save, or pickled with features only full unpickling reads, which runs "
+                "code from the file; check the file, and pass --trust (trust=True) only if you trust its "
+                "author") from None
         if not trust:
             raise UnsafeModel(
                 f"{path} holds pickled Python objects (such as a whole nn.Module), and unpickling runs code "
