@@ -278,9 +278,10 @@ def test_the_colour_bar_of_an_averaged_down_map_names_the_values_drawn(files, le
 
 @pytest.mark.keras
 def test_a_report_without_the_maps_section_carries_no_grids(files, lens):
-    report = lens.report(files["image"], sections=["stats"], max_channels=2)
+    report = lens.report(files["image"], sections=["layers", "stats"], max_channels=2)
     data = _data(report.html)
     assert data["layers"] == []
+    assert not re.search(r"<tr[^>]*data-goto", report.html) and "see its maps" not in report.html  # no dead links
     assert [s["name"] for s in data["stats"]] == [CONV, "pool", "mix", "gap"]
     assert not any("feature maps" in note or "averaged down" in note for note in report.notes)
 

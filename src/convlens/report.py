@@ -345,7 +345,7 @@ def build_report(lens: Lens, images: Any, layers: str | Iterable[str] | None = N
         lens=lens, images=loaded, inputs=arrays, outputs=outputs, layers=chosen, stats=stats,
         options=opts, preprocess=preprocess or lens.preprocess, labels=label_list, notes=notes,
         data={}, extra={"drawn": drawn, "per_image": per_image, "label_source": label_source,
-                        "global_ranges": ranges, "atlases": atlases})
+                        "global_ranges": ranges, "atlases": atlases, "sections": keys})
     ctx.data.update(_page_data(ctx))
     if not maps:  # megabytes of base64 grids that nothing on the page would show
         ctx.data["layers"] = []
@@ -737,7 +737,8 @@ def _pair_text(p: Sequence[int] | None) -> str:
 @register_section("layers", "Layers", order=30)
 def _layers_section(ctx: ReportContext) -> str:
     rows, extra = [], []
-    position = {info.index: pos for pos, info in enumerate(ctx.layers)}
+    maps = "maps" in ctx.extra.get("sections", ["maps"])  # rows link to the maps only when they are there
+    position = {info.index: pos for pos, info in enumerate(ctx.layers)} if maps else {}
     all_layers = ctx.lens.layers()
     for info in all_layers:
         rf = "all" if info.global_rf else _pair_text(info.rf_size)
@@ -758,7 +759,8 @@ def _layers_section(ctx: ReportContext) -> str:
     numeric = [True, False, False, False, False, True, False, False, True, False]
     return (f'<p class="cl-muted">{len(all_layers)} layers, {total:,} parameters. Receptive field: the '
             "input pixels one output sees; jump: input pixels between neighbouring outputs. "
-            "Highlighted rows are drawn below: click one to see its maps; click a heading to sort.</p>"
+            + ("Highlighted rows are drawn below: click one to see its maps; " if maps else "")
+            + "click a heading to sort.</p>"
             + table(head, rows, numeric=numeric, row_attrs=extra))
 
 
