@@ -319,6 +319,60 @@ def test_input_shape_any_size_fixed_size_and_needed():
     assert maps["0"].shape == (1, 24, 24, 2)
 
 
+class Permute(nn.Module):
+    """As torchvision.ops.misc.Permute (ConvNeXt, Swin)."""
+
+    def __init__(self, dims: list[int]) -> None:
+        super().__init__()
+        self.dims = dims
+
+    def forward(self, x):
+        return x.permute(*self.dims)
+
+
+class ChannelsLastBlock(nn.Module):
+    """ConvNeXt's block (Linear layers on (N, H, W, C)), then ViT's tokens (N, L, C) made by plain code."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dw = nn.Conv2d(3, 3, 3, padding=1, groups=3)
+        self.to_last = Permute([0, 2, 3, 1])
+        self.norm = nn.LayerNorm(3)
+        self.fc = nn.Linear(3, 5)
+        self.act = nn.GELU()
+        self.to_first = Permute([0, 3, 1, 2])
+        self.patch = nn.Conv2d(5, 4, 2, stride=2)
+        self.drop = nn.Dropout(0.1)
+        self.token_fc = nn.Linear(4, 6)
+
+    def forward(self, x):
+        x = self.to_first(self.act(self.fc(self.norm(self.to_last(self.dw(x))))))
+        tokens = self.patch(x).flatten(2).transpose(1, 2)  # (N, L, C), as ViT makes them
+        return self.token_fc(self.drop(tokens))
+
+
+def test_channels_last_outputs_are_not_moved_again(tmp_path):
+    torch.manual_seed(6)
+    model = ChannelsLastBlock().eval()
+    x = np.random.default_rng(6).uniform(0, 255, size=(2, 6, 8, 3)).astype(np.float32)
+    with torch.no_grad():
+        xt = torch.from_numpy(x).permute(0, 3, 1, 2)
+        fc = model.fc(model.norm(model.dw(xt).permute(0, 2, 3, 1)))  # (N, H, W, C)
+        tokens = model.patch(model.act(fc).permute(0, 3, 1, 2)).flatten(2).transpose(1, 2)
+        want = {"fc": fc.numpy(), "act": model.act(fc).numpy(), "drop": tokens.numpy(),
+                "token_fc": model.token_fc(tokens).numpy()}
+    exported = tmp_path / "block.pt2"
+    torch.export.save(torch.export.export(model, (torch.zeros(1, 3, 6, 8),)), exported)
+    for lens in (Lens(model, input_shape=(6, 8, 3)), Lens(exported)):
+        shapes = {t.name: t.output_shape for t in lens.layers()}
+        assert shapes == {"input": (6, 8, 3), "dw": (6, 8, 3), "to_last": (6, 8, 3), "norm": (6, 8, 3),
+                          "fc": (6, 8, 5), "act": (6, 8, 5), "to_first": (6, 8, 5), "patch": (3, 4, 4),
+                          "drop": (12, 4), "token_fc": (12, 6)}
+        maps = lens.feature_maps(list(x), layers="all", preprocess="raw")
+        for name, array in want.items():
+            np.testing.assert_allclose(maps[name], array, rtol=1e-5, atol=1e-5, err_msg=name)
+
+
 # --------------------------------------------------------------------------- files
 
 

@@ -26,8 +26,11 @@ What a row is:
 
 Layouts (the contract of :mod:`convlens.adapters.base`): batches arrive
 ``(N, H, W, C)`` and go into torch as ``(N, C, H, W)``; captured outputs with
-3 or more axes have their channel axis (axis 1 in torch) moved last; kernels
-are ``(O, I, kh, kw)``, which is torch's own ``Conv2d`` layout.
+3 or more axes have their channel axis (axis 1 in torch) moved last, except
+outputs that are channels-last already (``Linear``/``LayerNorm`` on ConvNeXt's
+``(N, H, W, C)`` or on transformer tokens ``(N, L, C)``; see
+:func:`_is_channels_last`); kernels are ``(O, I, kh, kw)``, which is torch's
+own ``Conv2d`` layout.
 
 Input shape of a module that does not say: ``(224, 224, C)`` with ``C`` the
 first convolution's ``in_channels`` is probed; a second probe at 160x160 tells
@@ -144,15 +147,59 @@ def _all_tensors(args: Any, kwargs: Mapping[str, Any] | None = None) -> list[Any
     return found
 
 
-def _canonical_shape(shape: Sequence[int]) -> tuple[int, ...]:
+def _canonical_shape(shape: Sequence[int], channels_last: bool = False) -> tuple[int, ...]:
     """A torch shape without its batch axis, channels last when there are 3 or more axes."""
     dims = tuple(int(d) for d in shape)
-    if len(dims) >= 3:
+    if len(dims) >= 3 and not channels_last:
         dims = (dims[0], *dims[2:], dims[1])
     return dims[1:]
 
 
-def _to_numpy(t: Any) -> np.ndarray:
+#: Modules that work on the last axis: their 3-D and 4-D outputs are channels-last already
+#: (transformer tokens ``(N, L, C)``, ConvNeXt's ``Linear`` layers on ``(N, H, W, C)``).
+_LAST_AXIS_TYPES = {"Linear", "LazyLinear", "NonDynamicallyQuantizableLinear", "Bilinear", "LayerNorm",
+                    "RMSNorm", "MultiheadAttention", "Embedding", "EmbeddingBag"}
+
+
+def _permute_dims(module: Any) -> list[int] | None:
+    """The ``dims`` of a permuting module (torchvision's ``Permute``), also from an unflattened graph."""
+    dims = getattr(module, "dims", None)
+    if isinstance(dims, (list, tuple)) and all(isinstance(d, int) for d in dims):
+        return list(dims)
+    graph = getattr(module, "graph", None)
+    for node in getattr(graph, "nodes", ()):
+        if node.op == "call_function" and "permute" in str(node.target) and len(node.args) > 1:
+            return [int(d) for d in node.args[1]]
+    return None
+
+
+def _is_channels_last(module: Any, type_name: str, shape: Sequence[int], parent_last: bool,
+                      parent_channels: int | None) -> bool:
+    """Whether a module's output tensor (torch ``shape``, batch first) holds its channels last.
+
+    Convolutions and pools give channels first, modules in :data:`_LAST_AXIS_TYPES`
+    channels last, a ``Permute`` moves the channel axis where its dims say.
+    Anything else (activations, dropout, additions) keeps its input's channel
+    count: the axis that has it, when only one does (the input may have been
+    permuted by plain code between two modules), else the input's layout.
+    """
+    ndim = len(shape)
+    if ndim < 3:
+        return False
+    if type_name in _LAST_AXIS_TYPES:
+        return True
+    if kind_of(type_name) in ("conv", "pool"):
+        return False
+    dims = _permute_dims(module) if "ermute" in type_name else None
+    if dims is not None and len(dims) == ndim:
+        channel = ndim - 1 if parent_last else 1
+        return [d % ndim for d in dims].index(channel) == ndim - 1
+    if parent_channels is not None and (shape[1] == parent_channels) != (shape[-1] == parent_channels):
+        return shape[-1] == parent_channels
+    return parent_last
+
+
+def _to_numpy(t: Any, channels_last: bool = False) -> np.ndarray:
     """One captured tensor as a float32 numpy array in the canonical layout.
 
     Always a copy, made inside the hook: the tensor may be overwritten by an
@@ -166,7 +213,7 @@ def _to_numpy(t: Any) -> np.ndarray:
         t = t.cpu()
     if t.dtype != torch.float32:
         t = t.float()
-    if t.ndim >= 3:
+    if t.ndim >= 3 and not channels_last:
         t = t.movedim(1, -1)
     return t.clone(memory_format=torch.contiguous_format).numpy()
 
@@ -302,6 +349,7 @@ class _Record:
     shape: tuple[int, ...]  # canonical, without batch
     parents: list[int]
     in_shape: tuple[int, ...] | None  # torch shape of the first input tensor
+    channels_last: bool = False  # the torch tensor already holds its channels last (see _is_channels_last)
 
 
 class TorchAdapter:
@@ -473,9 +521,15 @@ class TorchAdapter:
             parents = sorted({owner[id(t)] for t in inputs if id(t) in owner}) or [len(records)]
             in_shape = tuple(inputs[0].shape) if inputs else None
             outs = list(_float_tensors(output))
+            parent = records[parents[0] - 1] if parents[0] > 0 else None  # row 0: the NCHW input
+            parent_last = parent is not None and parent.channels_last
+            parent_shape = parent.shape if parent is not None else _canonical_shape(x.shape)
+            parent_channels = parent_shape[-1] if parent_shape else None
             for key, t in outs:
-                records.append(_Record(module, k, key, len(outs) > 1, _canonical_shape(t.shape),
-                                       parents, in_shape))
+                last = _is_channels_last(module, _type_name(module), tuple(t.shape), parent_last,
+                                         parent_channels)
+                records.append(_Record(module, k, key, len(outs) > 1, _canonical_shape(t.shape, last),
+                                       parents, in_shape, last))
                 owner[id(t)] = len(records)  # row 0 is the input
                 keep.append(t)
 
@@ -575,15 +629,16 @@ class TorchAdapter:
         modules: dict[int, Any] = {}
         for row, rec in enumerate(self._records, start=1):
             if row in wanted_set:
-                targets.setdefault(id(rec.module), {}).setdefault(rec.call, []).append((row, rec.key))
+                targets.setdefault(id(rec.module), {}).setdefault(rec.call, []).append(
+                    (row, rec.key, rec.channels_last))
                 modules[id(rec.module)] = rec.module
         calls: dict[int, int] = {}
 
         def hook(module: Any, args: Any, kwargs: Any, output: Any) -> None:
             k = calls.get(id(module), 0)
             calls[id(module)] = k + 1
-            for row, key in targets[id(module)].get(k, ()):
-                on_output(row, _to_numpy(_pick(output, key)))
+            for row, key, last in targets[id(module)].get(k, ()):
+                on_output(row, _to_numpy(_pick(output, key), last))
 
         x = self._to_torch(batch)
         with self._evaluating(), self._hooked(list(modules.values()), hook):
