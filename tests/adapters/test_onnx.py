@@ -366,6 +366,25 @@ def test_qdq_quantised_kernels_are_dequantised():
     np.testing.assert_allclose(got[2], want.transpose(0, 2, 3, 1), rtol=1e-4, atol=1e-4)
 
 
+def test_tokens_made_by_a_transpose_stay_channels_last():
+    """ViT-style tokens: (N, C, H, W) -> Reshape (N, C, L) -> Transpose [0, 2, 1] -> (N, L, C) -> MatMul."""
+    rng = np.random.default_rng(12)
+    w = rng.standard_normal((4, 6)).astype(np.float32)
+    nodes = [helper.make_node("Reshape", ["x", "shape"], ["flat"], name="flat"),
+             helper.make_node("Transpose", ["flat"], ["tokens"], name="tokens", perm=[0, 2, 1]),
+             helper.make_node("MatMul", ["tokens", "w"], ["y"], name="proj")]
+    inits = [numpy_helper.from_array(np.array([1, 4, 15], np.int64), "shape"), numpy_helper.from_array(w, "w")]
+    adapter = open_model(_model(nodes, [_vi("x", [1, 4, 3, 5])], [_vi("y", None)], inits))
+    assert [(t.name, t.output_shape) for t in adapter.layers()] == [
+        ("x", (3, 5, 4)), ("flat", (15, 4)), ("tokens", (15, 4)), ("proj", (15, 6))]
+    x = rng.standard_normal((1, 3, 5, 4)).astype(np.float32)
+    got, y = capture(adapter, x, [1, 2, 3])
+    tokens = x.transpose(0, 3, 1, 2).reshape(1, 4, 15).transpose(0, 2, 1)
+    np.testing.assert_allclose(got[1], tokens, rtol=1e-6)
+    np.testing.assert_allclose(got[2], tokens, rtol=1e-6)
+    np.testing.assert_allclose(got[3], tokens @ w, rtol=1e-5, atol=1e-5)
+
+
 def test_layout_rule_for_ambiguous_inputs():
     """Dim 1 and the last dim both 3: NCHW unless input_shape or a Transpose says otherwise."""
     relu = [helper.make_node("Relu", ["x"], ["y"])]

@@ -48,7 +48,6 @@ _CHANNELS_FIRST_OPS = {"Conv", "ConvTranspose", "ConvInteger", "QLinearConv", "M
                        "LpPool", "GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool", "MaxRoiPool",
                        "BatchNormalization", "InstanceNormalization", "LRN", "DepthToSpace",
                        "SpaceToDepth", "MaxUnpool", "DeformConv"}
-_NCHW_TO_NHWC = [0, 2, 3, 1]
 _NHWC_TO_NCHW = [0, 3, 1, 2]
 #: Initializers with more elements than this are left out of the shape-inference skeleton.
 _SMALL = 4096
@@ -425,11 +424,11 @@ class OnnxAdapter:
             return "NCHW"
         source = layout.get(act_inputs[0], "NCHW")
         if node.op_type == "Transpose":
-            perm = list(_attrs(node).get("perm", []))
-            if source == "NHWC" and perm == _NHWC_TO_NCHW:
-                return "NCHW"
-            if source == "NCHW" and perm == _NCHW_TO_NHWC:
-                return "NHWC"
+            # where the channel axis (1, or the last) lands: last is NHWC, (N, L, C) tokens too
+            perm = [int(p) for p in _attrs(node).get("perm", [])]
+            channel = 1 if source == "NCHW" else len(perm) - 1
+            if len(perm) >= 3 and channel in perm:
+                return "NHWC" if perm.index(channel) == len(perm) - 1 else "NCHW"
             return "NCHW"
         return source
 
