@@ -167,6 +167,17 @@ def test_html_escapes_every_name(lens):
     assert "&lt;img src=x onerror=alert(1)&gt;" in page and "&lt;script&gt;m&lt;/script&gt;" in page
 
 
+def test_notebook_html_lists_a_wide_layer_s_flagged_channels_and_not_every_one():
+    # ResNet-50 has 94,000 channels: a row for each made 26 MB of HTML in the notebook.
+    x = np.random.default_rng(0).random((1, 3, 3, 200)).astype(np.float32) + 1
+    x[..., [100, 150]] = 0
+    page = ChannelStats([channel_stats(x, name="wide")])._repr_html_()
+    assert page.count("<tr>") == 1 + 1 + 1 + 64  # layer table, then a header and 64 channels
+    channels = re.findall(r"<tr><td style='text-align:right'>(\d+)</td>", page.split("<details>")[1])
+    assert channels == [str(c) for c in [*range(62), 100, 150]]
+    assert "64 of 200 channels" in page and "to_json()" in page
+
+
 def test_unknown_layer_in_the_result_names_the_ones_there(lens):
     stats = lens.channel_stats(dark_image(), layers="c1")
     with pytest.raises(LayerNotFound, match="c1"):

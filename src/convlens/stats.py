@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import html
 import math
+
+import numpy as np
 from typing import Any, Iterable, Sequence
 
 from . import __version__
@@ -47,6 +49,9 @@ def _align(rows: list[tuple[str, ...]], right: set[int]) -> list[str]:
 _LAYER_HEAD = ("#", "name", "type", "channels", "dead", "constant", "non-finite", "zeros", "mean", "std",
                "min", "max")
 _CHANNEL_HEAD = ("channel", "mean", "std", "min", "max", "zeros", "flags")
+#: Channel rows per layer in the notebook view: a row for each of ResNet-50's 94,000 channels
+#: made 26 MB of HTML in the notebook file.
+_HTML_CHANNELS = 64
 
 
 def _layer_row(s: LayerStats) -> tuple[str, ...]:
@@ -55,10 +60,19 @@ def _layer_row(s: LayerStats) -> tuple[str, ...]:
             _num(s.layer_mean()), _num(s.layer_std()), _num(s.layer_min()), _num(s.layer_max()))
 
 
-def _channel_rows(s: LayerStats) -> list[tuple[str, ...]]:
+def _channel_rows(s: LayerStats, channels: Iterable[int] | None = None) -> list[tuple[str, ...]]:
     return [(str(c), _num(float(s.mean[c])), _num(float(s.std[c])), _num(float(s.min[c])),
              _num(float(s.max[c])), _pct(float(s.zero_fraction[c])), _channel_flags(s, c))
-            for c in range(s.channels)]
+            for c in (range(s.channels) if channels is None else channels)]
+
+
+def _html_channels(s: LayerStats) -> list[int]:
+    """At most :data:`_HTML_CHANNELS` channels of a layer: its flagged ones first, then the first ones."""
+    if s.channels <= _HTML_CHANNELS:
+        return list(range(s.channels))
+    flagged = np.flatnonzero(s.notable.any())[:_HTML_CHANNELS]
+    rest = np.setdiff1d(np.arange(s.channels), flagged)[:_HTML_CHANNELS - len(flagged)]
+    return sorted(int(c) for c in np.concatenate([flagged, rest]))
 
 
 def format_stats_table(layers: Sequence[LayerStats]) -> str:
@@ -149,11 +163,15 @@ class ChannelStats(list):
                  f"<p>{e(LEGEND)}</p>"]
         parts.extend(f"<div>{e(line)}</div>" for line in self.summaries())
         for s in self:
+            shown = _html_channels(s)
             body = "".join("<tr>" + "".join(f"<td {right}>{e(c)}</td>" for c in r) + "</tr>"
-                           for r in _channel_rows(s))
+                           for r in _channel_rows(s, shown))
+            more = "" if len(shown) == s.channels else (
+                f"<p>{len(shown)} of {s.channels} channels (the flagged ones first); "
+                ".table(channels=True) and .to_json() have every one</p>")
             parts.append(f"<details><summary>{e(str(s.index))} {e(s.name)}: {e(str(s.channels))} channels"
                          f"</summary><table><tr>{''.join(f'<th>{e(h)}</th>' for h in _CHANNEL_HEAD)}</tr>"
-                         f"{body}</table></details>")
+                         f"{body}</table>{more}</details>")
         parts.append("</div>")
         return "".join(parts)
 
