@@ -371,6 +371,10 @@ def test_channels_last_outputs_are_not_moved_again(tmp_path):
         maps = lens.feature_maps(list(x), layers="all", preprocess="raw")
         for name, array in want.items():
             np.testing.assert_allclose(maps[name], array, rtol=1e-5, atol=1e-5, err_msg=name)
+    # a LayerNorm over a whole (C, H, W) map leaves it channels-first
+    whole = nn.Sequential(nn.Conv2d(3, 2, 1), nn.LayerNorm([2, 6, 8]))
+    shapes = [t.output_shape for t in Lens(whole, input_shape=(6, 8, 3)).layers()]
+    assert shapes == [(6, 8, 3), (6, 8, 2), (6, 8, 2)]
 
 
 # --------------------------------------------------------------------------- files

@@ -186,7 +186,8 @@ def _is_channels_last(module: Any, type_name: str, shape: Sequence[int], parent_
     ndim = len(shape)
     if ndim < 3:
         return False
-    if type_name in _LAST_AXIS_TYPES:
+    # a LayerNorm over (C, H, W) of a channels-first map normalises more than the last axis
+    if type_name in _LAST_AXIS_TYPES and len(getattr(module, "normalized_shape", ())) <= 1:
         return True
     if kind_of(type_name) in ("conv", "pool"):
         return False
