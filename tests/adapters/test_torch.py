@@ -377,6 +377,18 @@ def test_channels_last_outputs_are_not_moved_again(tmp_path):
     assert shapes == [(6, 8, 3), (6, 8, 2), (6, 8, 2)]
 
 
+def test_an_image_too_big_for_a_free_size_model_suggests_size(tmp_path):
+    model = nn.Sequential(nn.Conv2d(3, 2, 3), nn.ReLU()).eval()
+    side = torch.export.Dim("side", min=8, max=64)
+    program = torch.export.export(model, (torch.zeros(1, 3, 32, 32),), dynamic_shapes=({2: side, 3: side},))
+    path = tmp_path / "bounded.pt2"
+    torch.export.save(program, path)
+    lens = Lens(path)
+    assert lens.input_shape == (None, None, 3)
+    with pytest.raises(UnsupportedModel, match=r"<= 64.*pass --size HxW"):
+        lens.feature_maps(np.zeros((100, 100, 3), np.uint8), layers="all")
+
+
 # --------------------------------------------------------------------------- files
 
 

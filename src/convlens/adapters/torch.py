@@ -485,16 +485,20 @@ class TorchAdapter:
             x = x.movedim(-1, 1).contiguous()
         return x.to(device=self._device, dtype=self._dtype)
 
-    def _forward(self, x: Any) -> Any:
+    def _forward(self, x: Any, *, probe: bool = False) -> Any:
         try:
             return self.module(x)
         except ConvlensError:
             raise
         except Exception as exc:
+            # the probe's size is ours (--input-shape changes it); an image's size is the user's (--size)
+            free = not probe and self._input_shape is not None and None in self._input_shape
+            hint = ("--size HxW (size=(H, W) in Python)" if free
+                    else "--input-shape H,W,C (input_shape=(H, W, C) in Python)")
             raise UnsupportedModel(
                 f"{self.name} failed on an input of shape {tuple(x.shape)} (N, C, H, W): "
                 f"{type(exc).__name__}: {_first_line(str(exc))}; if it needs another input size, pass "
-                "--input-shape H,W,C (input_shape=(H, W, C) in Python)") from exc
+                f"{hint}") from exc
 
     # ----------------------------------------------------------------- table
 
@@ -535,7 +539,7 @@ class TorchAdapter:
                 keep.append(t)
 
         with self._evaluating(), self._hooked(list(self.module.modules()), hook, pre_hook):
-            self._forward(x)
+            self._forward(x, probe=True)
         return records
 
     def layers(self) -> list[LayerInfo]:
