@@ -8,6 +8,7 @@ import os
 import socket
 import time
 import urllib.error
+import warnings
 import zipfile
 
 import numpy as np
@@ -485,6 +486,13 @@ def test_state_dicts_torchscript_and_corrupt_files(small, tmp_path):
         (tmp_path / name).write_bytes(content)
         with pytest.raises(BadModel):
             Lens(tmp_path / name, trust=True)
+    # pickle protocol 4: torch's safe loader warns on stderr; convlens says it once, in its error
+    protocol4 = tmp_path / "protocol4.pt"
+    torch.save(small, protocol4, pickle_protocol=4)
+    with warnings.catch_warnings(record=True) as caught_warnings:
+        warnings.simplefilter("always")
+        assert Lens(protocol4, trust=True).name == "protocol4"
+    assert not [w for w in caught_warnings if "pickle protocol" in str(w.message)]
     # untrusted, random bytes are not called "pickled objects" (that would only invite --trust)
     noise = np.random.default_rng(0).integers(0, 256, 3000, dtype=np.uint8)
     (tmp_path / "noise.pt").write_bytes(noise.tobytes())

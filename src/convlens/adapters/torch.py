@@ -50,6 +50,7 @@ import logging
 import os
 import pickle
 import socket
+import warnings
 import zipfile
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -818,7 +819,9 @@ def _torch_load(path: Path, *, trust: bool, what: str = "model") -> Any:
             raise UnsupportedModel(f"{path} is a TorchScript archive; convlens cannot hook the layers of "
                                    f"TorchScript modules: {_SAVE_HINT}")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # a protocol above 2 is answered below, in our own words
+            warnings.filterwarnings("ignore", message=r".*Detected pickle protocol")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         if "weights only load failed" not in str(exc).lower():
             raise BadModel(f"cannot read {path}: {_first_line(str(exc))}; is it a complete file written by "
