@@ -285,7 +285,8 @@ class _Drawn:
     reduced: tuple[int, ...]  # what was drawn before enlarging: (c, h, w), (c, L) or (C,)
     grid: tuple[int, int]  # the picture's (height, width)
     flags: dict[str, list[int]]
-    scale: tuple[Any, Any] | None = None  # grids: per drawn channel, the values the colormap's ends stand for
+    # grids: per drawn channel, the values the colormap's two ends stand for
+    scale: tuple[Any, Any] | None = None
 
 
 def build_report(lens: Lens, images: Any, layers: str | Iterable[str] | None = None, *,
@@ -329,8 +330,8 @@ def build_report(lens: Lens, images: Any, layers: str | Iterable[str] | None = N
 
     notes = list(dict.fromkeys(notes))  # the same note for several images once
     maps = "maps" in keys  # the grids, their notes and the viewer's data serve the maps section only
-    capped = [s for s in stats if maps and opts.max_channels is not None and s.channels > opts.max_channels
-              and drawn[s.index][0].layout == "grid"]
+    capped = [s for s in stats if maps and opts.max_channels is not None
+              and s.channels > opts.max_channels and drawn[s.index][0].layout == "grid"]
     if capped:
         notes.append(f"feature maps show the first {opts.max_channels} channels of each layer "
                      f"({_count(len(capped), 'layer has', 'layers have')} more; the statistics cover "
@@ -422,7 +423,9 @@ def _forward(lens: Lens, chosen: list[LayerInfo], loaded: list[Image], arrays: l
         rendered = render_map(r, opts, channels_total=total, value_range=vr, reduced=True)
         # The colour bar describes the maps as drawn: averaged down, their spread and extremes
         # are not the layer's own (those stay in the viewer's value rows).
-        scale = _color_scale(channel_stats(np.moveaxis(r, 0, -1)[None]), opts.norm, vr) if r.ndim == 3 else None
+        scale = None
+        if r.ndim == 3:
+            scale = _color_scale(channel_stats(np.moveaxis(r, 0, -1)[None]), opts.norm, vr)
         drawn[i][k] = _Drawn(b64=b64encode(rendered.png()).decode("ascii"), layout=rendered.layout,
                              shape=shape, reduced=tuple(r.shape), grid=rendered.pixels.shape[:2],
                              flags=rendered.flags.indices(), scale=scale)

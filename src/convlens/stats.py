@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import html
 import math
+from typing import Any, Iterable, Sequence
 
 import numpy as np
-from typing import Any, Iterable, Sequence
 
 from . import __version__
 from ._errors import LayerNotFound
