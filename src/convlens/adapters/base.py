@@ -18,7 +18,7 @@ import numpy as np
 
 from ..core.layers import KINDS, LayerInfo
 
-__all__ = ["Adapter", "LayerInfo", "OnOutput", "KINDS"]
+__all__ = ["Adapter", "LayerInfo", "OnOutput", "KINDS", "first_line"]
 
 #: Called once per captured layer output during a forward pass: (layer index, array).
 OnOutput = Callable[[int, np.ndarray], None]
@@ -57,3 +57,8 @@ class Adapter(Protocol):
     def kernels(self, index: int) -> np.ndarray:
         """The kernel of a layer as ``(O, I, kh, kw)`` float32."""
         ...
+
+
+def first_line(text: str) -> str:
+    """The first line of a framework's error message, at most 300 characters, for one-line errors."""
+    return (text.strip().splitlines() or [""])[0][:300]

@@ -24,6 +24,7 @@ from ..core.kinds import kind_of
 from ..core.layers import LayerInfo
 from ..core.receptive import with_receptive_fields
 from .base import OnOutput
+from .base import first_line as _first_line  # one-line error messages
 
 __all__ = ["KerasAdapter", "ZOO", "import_keras", "load_keras_file", "load_zoo_model"]
 
@@ -182,10 +183,6 @@ def load_keras_file(path: str | os.PathLike[str], *, trust: bool = False) -> Any
     if not isinstance(model, keras.Model):
         raise BadModel(f"{p} does not hold a Keras model")
     return model
-
-
-def _first_line(text: str) -> str:
-    return (text.strip().splitlines() or [""])[0][:300]
 
 
 def load_zoo_model(name: str, *, weights: str | None = "imagenet", input_shape: Sequence[int] | None = None,

@@ -30,6 +30,7 @@ from ..core.kinds import kind_of
 from ..core.layers import LayerInfo
 from ..core.receptive import with_receptive_fields
 from .base import OnOutput
+from .base import first_line as _first_line  # one-line error messages
 
 __all__ = ["OnnxAdapter", "import_onnx"]
 
@@ -66,10 +67,6 @@ def import_onnx() -> tuple[Any, Any]:
         raise MissingDependency(f"reading ONNX models needs onnx and onnxruntime ({exc}); run: "
                                 "pip install 'convlens[onnx]'") from None
     return onnx, onnxruntime
-
-
-def _first_line(text: str) -> str:
-    return (text.strip().splitlines() or [""])[0][:300]
 
 
 def _attrs(node: Any) -> dict[str, Any]:

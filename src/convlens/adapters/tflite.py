@@ -61,6 +61,7 @@ from ..core.kinds import kind_of
 from ..core.layers import LayerInfo
 from ..core.receptive import with_receptive_fields
 from .base import OnOutput
+from .base import first_line as _first_line  # one-line error messages
 
 __all__ = ["TFLiteAdapter", "dequantize", "op_kind", "readable_name"]
 
@@ -155,10 +156,6 @@ def _threads() -> int:
     except (AttributeError, OSError):  # macOS, Windows
         n = os.cpu_count() or 1
     return max(1, min(n, 8))
-
-
-def _first_line(text: str) -> str:
-    return (text.strip().splitlines() or [""])[0][:300]
 
 
 def _size_free_inputs(interp: Any) -> None:

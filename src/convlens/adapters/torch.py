@@ -65,6 +65,7 @@ from ..core.kinds import kind_of
 from ..core.layers import LayerInfo
 from ..core.receptive import with_receptive_fields
 from .base import OnOutput
+from .base import first_line as _first_line  # one-line error messages
 
 __all__ = ["TorchAdapter", "import_torch", "load_state_dict_file", "open_torch_file", "open_torchvision"]
 
@@ -94,10 +95,6 @@ def _import_torchvision() -> Any:
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise MissingDependency(f"torchvision is not installed ({exc}); run: pip install 'convlens[torch]'") from None
     return torchvision
-
-
-def _first_line(text: str) -> str:
-    return (text.strip().splitlines() or [""])[0][:300]
 
 
 # --------------------------------------------------------------------------- outputs
