@@ -121,13 +121,17 @@ class LayerStats:
         """How many channels carry at least one :attr:`notable` flag."""
         return int(self.notable.any().sum())
 
-    def layer_mean(self) -> float:
-        """Mean of every finite value of the layer (NaN if there is none)."""
+    def _over_layer(self, per_channel: np.ndarray) -> float:
+        """A per-channel average pooled over the layer, each channel weighted by its finite values."""
         n = self.count.sum()
         if n == 0:
             return float("nan")
         has = self.count > 0
-        return float(np.sum(self.mean[has] * self.count[has]) / n)
+        return float(np.sum(per_channel[has] * self.count[has]) / n)
+
+    def layer_mean(self) -> float:
+        """Mean of every finite value of the layer (NaN if there is none)."""
+        return self._over_layer(self.mean)
 
     def layer_std(self) -> float:
         """Standard deviation of every finite value of the layer, pooled exactly from the channels."""
@@ -151,11 +155,7 @@ class LayerStats:
 
     def mean_zero_fraction(self) -> float:
         """Fraction of the layer's finite values that are exactly 0 (NaN if there is none)."""
-        n = self.count.sum()
-        if n == 0:
-            return float("nan")
-        has = self.count > 0
-        return float(np.sum(self.zero_fraction[has] * self.count[has]) / n)
+        return self._over_layer(self.zero_fraction)
 
     def summary(self) -> str:
         """One line for people, e.g. ``block5_conv3: 37 of 512 channels are zero for this image``.
