@@ -116,7 +116,7 @@ def _model_options(p: argparse.ArgumentParser) -> None:
                    help="allow model files that run code when loaded (Lambda layers); only for files you trust")
 
 
-def _render_options(p: argparse.ArgumentParser) -> None:
+def _render_options(p: argparse.ArgumentParser, *, tile_size: int = 256, where: str = "") -> None:
     p.add_argument("--norm", default="standardize", choices=("standardize", "minmax", "layer", "global"),
                    help="per-channel standardize (default, as the tutorials), per-channel minmax, "
                         "one scale per layer, or one scale for all layers")
@@ -125,8 +125,8 @@ def _render_options(p: argparse.ArgumentParser) -> None:
                    help="channels drawn per layer (default 64)")
     p.add_argument("--columns", type=_positive, help="grid columns (default: near-square)")
     p.add_argument("--numbers", action="store_true", help="stamp channel numbers on the tiles")
-    p.add_argument("--tile-size", type=_positive, default=256,
-                   help="larger maps are averaged down to this many pixels per tile (default 256)")
+    p.add_argument("--tile-size", type=_positive, default=tile_size,
+                   help=f"larger maps are averaged down to this many pixels per tile (default {tile_size}{where})")
 
 
 def _image_options(p: argparse.ArgumentParser) -> None:
@@ -204,14 +204,10 @@ def build_parser() -> argparse.ArgumentParser:
                                       "predictions, layers, maps, stats, filters)")
     _model_options(p)
     _image_options(p)
-    _render_options(p)
     from .report import REPORT_TILE_SIZE
 
-    for action in p._actions:  # the report's own default: small tiles keep the page small enough to mail
-        if action.dest == "tile_size":
-            action.default = REPORT_TILE_SIZE
-            action.help = (f"larger maps are averaged down to this many pixels per tile (default "
-                           f"{REPORT_TILE_SIZE} in reports)")
+    # the report's own default: small tiles keep the page small enough to mail
+    _render_options(p, tile_size=REPORT_TILE_SIZE, where=" in reports")
 
     p = sub.add_parser("demo", help="run everything on the built-in MNIST CNN and a digit")
     p.add_argument("--out", default="demo-output", help="output folder (default demo-output)")
@@ -259,12 +255,10 @@ def _cmd_report(lens: Any, args: argparse.Namespace, stdout: TextIO) -> None:
                          **_render_kwargs(args))
     for note in report.notes:
         stdout.write(f"note: {note}\n")
-    from .report import flagged_channels
-
     stats = list(report.stats.values())
-    flagged = sum(flagged_channels(s) for s in stats)
+    flagged = sum(s.flagged for s in stats)
     if flagged:
-        layers = sum(1 for s in stats if flagged_channels(s))
+        layers = sum(1 for s in stats if s.flagged)
         channels = sum(s.channels for s in stats)
         stdout.write(f"channel health: {flagged:,} of {channels:,} channels are dead, constant or non-finite "
                      f"in {layers} of {len(stats)} layers (see the report)\n")

@@ -44,7 +44,7 @@ from ._errors import BadArgument, ConvlensError, OutputError
 from ._progress import NullProgress, Progress
 from .adapters import DATA_DIR
 from .core.layers import LayerInfo
-from .core.normalize import ChannelFlags, finite_range
+from .core.normalize import finite_range
 from .core.stats import LayerStats, StatsAccumulator, channel_stats
 from .images import Image
 from .lens import _union_range
@@ -58,8 +58,8 @@ from .render.png import encode_png
 if TYPE_CHECKING:  # pragma: no cover
     from .lens import Lens
 
-__all__ = ["REPORT_TILE_SIZE", "Report", "ReportContext", "build_report", "flagged_channels",
-           "health_flags", "read_labels", "register_section", "section_keys", "unregister_section"]
+__all__ = ["REPORT_TILE_SIZE", "Report", "ReportContext", "build_report", "read_labels",
+           "register_section", "section_keys", "unregister_section"]
 
 #: Maps wider than this are averaged down in the report (``tile_size``), so VGG16's 224x224
 #: maps take a quarter of the bytes and the page stays small enough to mail.
@@ -370,16 +370,6 @@ def _count(n: int, one: str, many: str) -> str:
     return f"{n} {one if n == 1 else many}"
 
 
-def health_flags(s: LayerStats) -> ChannelFlags:
-    """The flags worth showing: :attr:`LayerStats.notable`."""
-    return s.notable
-
-
-def flagged_channels(s: LayerStats) -> int:
-    """How many channels of a layer :func:`health_flags` flags."""
-    return int(health_flags(s).any().sum())
-
-
 def _check_sections(sections: Sequence[str] | None) -> list[str]:
     every = section_keys()
     if sections is None:
@@ -581,7 +571,7 @@ def _page_data(ctx: ReportContext) -> dict[str, Any]:
             "name": s.name, "index": s.index, "type": s.type, "channels": s.channels,
             "images": s.images, "summary": s.summary(),
             "mean": _sig(s.mean), "std": _sig(s.std), "min": _sig(s.min), "max": _sig(s.max),
-            "zero": _sig(s.zero_fraction), "flags": health_flags(s).indices(),
+            "zero": _sig(s.zero_fraction), "flags": s.notable.indices(),
         })
     return {
         "version": __version__, "model": ctx.lens.name, "norm": opts.norm, "cmap": opts.cmap,
@@ -772,7 +762,7 @@ def _maps_section(ctx: ReportContext) -> str:
     drawn: dict[int, list[_Drawn]] = ctx.extra["drawn"]
     buttons = []
     for pos, (info, s) in enumerate(zip(ctx.layers, ctx.stats)):
-        n = flagged_channels(s)
+        n = s.flagged
         flagged = f'<span class="cl-flag">{n} of {s.channels} flagged</span>' if n else ""
         buttons.append(
             f'<button type="button" class="cl-layer"{attr("data-layer", pos)}'
@@ -797,12 +787,12 @@ def _maps_section(ctx: ReportContext) -> str:
 @register_section("stats", "Channel health", order=50)
 def _stats_section(ctx: ReportContext) -> str:
     n = len(ctx.images)
-    lines = "".join(f'<li{attr("class", "cl-bad" if flagged_channels(s) else "")}>{escape(s.summary())}</li>'
+    lines = "".join(f'<li{attr("class", "cl-bad" if s.flagged else "")}>{escape(s.summary())}</li>'
                     for s in ctx.stats)
     rows, extra = [], []
     for pos, s in enumerate(ctx.stats):
         rows.append([
-            s.index, s.name, s.type, s.channels, int(s.dead.sum()), int(health_flags(s).constant.sum()),
+            s.index, s.name, s.type, s.channels, int(s.dead.sum()), int(s.notable.constant.sum()),
             int(s.nonfinite.sum()), _num(s.layer_mean()), _num(s.layer_std()), _num(s.layer_max()),
             (_percent(s.mean_zero_fraction()), _key(s.mean_zero_fraction())),
         ])
