@@ -18,7 +18,7 @@ $(VENV)/.demo-deps: pyproject.toml | $(BIN)/python
 # Adds torch (the second Keras backend, and PyTorch models), ONNX Runtime, LiteRT,
 # the test runner and the browser driver.
 $(VENV)/.test-deps: pyproject.toml $(VENV)/.demo-deps
-	$(PIP) -e '.[keras,keras-torch,torch,onnx,tflite,test]'
+	$(PIP) -e '.[keras,keras-torch,torch,onnx,onnx-gradients,tflite,training,test]'
 	touch $@
 
 demo: $(VENV)/.demo-deps

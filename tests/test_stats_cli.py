@@ -267,7 +267,14 @@ def test_cli_as_a_process(model_file, image_files):
 class _FakeAdapter:
     """A framework-free adapter: two conv layers whose outputs are the batch's mean; can drop layer 2."""
 
-    framework, name, input_shape, preprocess, supports_gradients = "fake", "fake", (4, 4, 1), "raw", False
+    framework, name, input_shape, preprocess = "fake", "fake", (4, 4, 1), "raw"
+    class_names, class_names_source = None, ""
+
+    def gradients_unavailable(self):
+        return "a fake adapter has no gradients"
+
+    def gradients(self, batch, target, layers=(), *, wrt_input=False, need_output=True):
+        raise NotImplementedError
 
     def __init__(self, drop_second: bool) -> None:
         self.drop_second = drop_second

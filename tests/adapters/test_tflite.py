@@ -253,7 +253,7 @@ def test_dequantize_per_tensor_and_per_channel():
 def test_float_layer_table(built):
     adapter = TFLiteAdapter(built["files"]["float"])
     assert (adapter.framework, adapter.name, adapter.input_shape) == ("tflite", "float", (H, W, 3))
-    assert adapter.supports_gradients is False and adapter.preprocess is None
+    assert adapter.gradients_unavailable() and adapter.preprocess is None
     table = adapter.layers()
     assert [(t.name, t.type, t.kind, t.output_shape) for t in table] == [r[:4] for r in TABLE]
     # XNNPACK runs each op as a delegate node of its own; those nodes make no rows

@@ -12,16 +12,136 @@ branches on the framework):
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Callable, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
 from ..core.layers import KINDS, LayerInfo
 
-__all__ = ["Adapter", "LayerInfo", "OnOutput", "KINDS", "first_line"]
+__all__ = ["Adapter", "Gradients", "LayerInfo", "OnOutput", "KINDS", "Target", "first_line"]
 
 #: Called once per captured layer output during a forward pass: (layer index, array).
 OnOutput = Callable[[int, np.ndarray], None]
+
+
+@dataclass(frozen=True, eq=False)
+class Target:
+    """What a gradient pass differentiates: one scalar score per batch item.
+
+    Declarative, so that no framework callable crosses the adapter boundary.
+    The score of item ``n`` is ``sum(out[n] * cotangent[n])`` where ``out`` is
+    the output of ``layer`` (the model's output for ``None``) in the canonical
+    layout, and the cotangent is built in numpy by :meth:`cotangent_for`, so
+    that every adapter only multiplies and sums. The batch's items are
+    independent (adapters run the model in inference mode), so one backward
+    pass of the summed score gives every item's own gradient.
+
+    Attributes:
+        layer: the table row whose output holds the score; ``None``: the
+            model's output, read BEFORE a final softmax when the adapter can
+            see one (a class score is a logit, as Grad-CAM defines it);
+            :attr:`Gradients.logits` says whether it could.
+        channels: per batch item, the class (model output) or channel index;
+            one value is used for every item.
+        reduce: over the spatial positions of a map-shaped output: ``"sum"``
+            (a segmentation class's score summed over pixels), ``"mean"`` (a
+            channel's mean, feature visualisation) or ``"center"`` (the unit at
+            the centre position: a neuron).
+        weights: per item multiplier (``-1`` for a negative objective); one
+            value is used for every item.
+        mask: ``(*spatial)`` or ``(N, *spatial)`` weights over positions (a box
+            of ones), applied before ``reduce``; ``None``: every position.
+        cotangent: ``(N, *shape)`` canonical array; when given it IS the
+            cotangent and the fields above are ignored (e.g. the gradient of a
+            diversity penalty computed in numpy).
+    """
+
+    layer: int | None = None
+    channels: tuple[int, ...] = (0,)
+    reduce: str = "sum"
+    weights: tuple[float, ...] = (1.0,)
+    mask: np.ndarray | None = field(default=None, repr=False)
+    cotangent: np.ndarray | None = field(default=None, repr=False)
+
+    def cotangent_for(self, shape: Sequence[int]) -> np.ndarray:
+        """The ``(N, *shape[1:])`` float32 array whose dot product with the output is the score.
+
+        Args:
+            shape: the canonical shape of the output the score is read from,
+                batch first: ``(N, K)``, ``(N, L, C)`` or ``(N, H, W, C)``.
+
+        Raises:
+            ValueError: a channel index out of range, or a mask that does not
+                fit (adapters turn it into their own error).
+        """
+        shape = tuple(int(d) for d in shape)
+        n, c = shape[0], shape[-1]
+        if self.cotangent is not None:
+            cot = np.asarray(self.cotangent, np.float32)
+            if cot.shape != shape:
+                raise ValueError(f"cotangent of shape {cot.shape} for an output of shape {shape}")
+            return cot
+        channels = _per_item(self.channels, n, "channels")
+        weights = _per_item(self.weights, n, "weights")
+        bad = [int(ch) for ch in channels if not 0 <= int(ch) < c]
+        if bad:
+            raise ValueError(f"index {bad[0]} is out of range for an output of {c} channels (0-{c - 1})")
+        spatial = shape[1:-1]
+        cot = np.zeros(shape, np.float32)
+        if not spatial:
+            cot[np.arange(n), np.asarray(channels, int)] = np.asarray(weights, np.float32)
+            return cot
+        if self.reduce == "center":
+            plane = np.zeros(spatial, np.float32)
+            plane[tuple(d // 2 for d in spatial)] = 1.0
+        elif self.reduce in ("sum", "mean"):
+            plane = np.ones(spatial, np.float32)
+        else:
+            raise ValueError(f"reduce={self.reduce!r}: use sum, mean or center")
+        planes = np.broadcast_to(plane, (n, *spatial)).copy()
+        if self.mask is not None:
+            m = np.asarray(self.mask, np.float32)
+            if m.shape not in (tuple(spatial), (n, *spatial)):
+                raise ValueError(f"mask of shape {m.shape} for positions {spatial}")
+            planes = planes * m
+        if self.reduce == "mean":
+            planes /= np.maximum(planes.reshape(n, -1).sum(axis=1), 1e-12).reshape((n,) + (1,) * len(spatial))
+        for i in range(n):
+            cot[i, ..., int(channels[i])] = planes[i] * float(weights[i])
+        return cot
+
+
+def _per_item(values: Sequence[float] | Sequence[int], n: int, what: str) -> list:
+    vals = list(values)
+    if len(vals) == 1:
+        return vals * n
+    if len(vals) != n:
+        raise ValueError(f"{what}: {len(vals)} values for a batch of {n}")
+    return vals
+
+
+@dataclass
+class Gradients:
+    """What one gradient pass gives, every array canonical (channels last) float32 numpy.
+
+    Attributes:
+        output: the model's output for the batch, as :meth:`Adapter.run`
+            returns it (``None`` when the pass stopped at the target layer).
+        score: ``(N,)`` float64, each item's score (see :class:`Target`).
+        activations: by table row, the outputs of the requested layers.
+        grads: by table row, d score / d output, the same shapes.
+        input_grad: d score / d input batch ``(N, H, W, C)`` (the preprocessed
+            input), when asked for; else ``None``.
+        logits: the model-output target was read before a final softmax.
+    """
+
+    output: np.ndarray | None
+    score: np.ndarray
+    activations: dict[int, np.ndarray]
+    grads: dict[int, np.ndarray]
+    input_grad: np.ndarray | None = None
+    logits: bool = False
 
 
 @runtime_checkable
@@ -33,14 +153,17 @@ class Adapter(Protocol):
         name: the model's name.
         input_shape: ``(H, W, C)`` with ``None`` for free dimensions.
         preprocess: the preprocessing preset the model expects, if known.
-        supports_gradients: whether gradient methods can run on this model.
+        class_names: the model's class names when the adapter knows them
+            (zoo and torchvision classifiers, the demo's digits), else ``None``.
+        class_names_source: where they come from, in words ("ImageNet class names").
     """
 
     framework: str
     name: str
     input_shape: tuple[int | None, ...]
     preprocess: str | None
-    supports_gradients: bool
+    class_names: list[str] | None
+    class_names_source: str
 
     def layers(self) -> list[LayerInfo]:
         """Every layer in execution order, the input first."""
@@ -56,6 +179,38 @@ class Adapter(Protocol):
 
     def kernels(self, index: int) -> np.ndarray:
         """The kernel of a layer as ``(O, I, kh, kw)`` float32."""
+        ...
+
+    def gradients_unavailable(self) -> str | None:
+        """``None`` when :meth:`gradients` works for this model, else why not, in one sentence.
+
+        Cheap to call before any work, so that a gradient method on a
+        forward-only model fails at once (captum's split: methods declare what
+        they need, adapters what they can give).
+        """
+        ...
+
+    def gradients(self, batch: np.ndarray, target: Target, layers: Sequence[int] = (), *,
+                  wrt_input: bool = False, need_output: bool = True) -> Gradients:
+        """One forward and one backward pass of ``batch`` (``(N, H, W, C)`` float32, preprocessed).
+
+        Computes d score / d (each requested layer's output) and, with
+        ``wrt_input``, d score / d input; never the parameters' gradients. The
+        model's train/eval state and every flag the pass changes are restored,
+        and no hook survives an exception.
+
+        Args:
+            batch: the preprocessed images.
+            target: what to differentiate (:class:`Target`).
+            layers: table rows whose outputs and gradients to return.
+            wrt_input: also return the gradient with respect to the input.
+            need_output: ``False`` allows the adapter to stop the forward pass
+                after the last layer it needs (``Gradients.output`` is then ``None``).
+
+        Raises:
+            UnsupportedModel: the model cannot give gradients (see :meth:`gradients_unavailable`).
+            BadArgument: the target does not fit the model's output (a class out of range).
+        """
         ...
 
 

@@ -23,7 +23,7 @@ from .._errors import BadModel, MissingDependency, UnsafeModel, UnsupportedModel
 from ..core.kinds import kind_of
 from ..core.layers import LayerInfo
 from ..core.receptive import with_receptive_fields
-from .base import OnOutput
+from .base import Gradients, OnOutput, Target
 from .base import first_line as _first_line  # one-line error messages
 
 __all__ = ["KerasAdapter", "ZOO", "import_keras", "load_keras_file", "load_zoo_model"]
@@ -287,7 +287,8 @@ class KerasAdapter:
     """
 
     framework = "keras"
-    supports_gradients = True
+    class_names: list[str] | None = None
+    class_names_source = ""
 
     def __init__(self, model: Any, *, input_shape: Sequence[int | None] | None = None,
                  preprocess: str | None = None) -> None:
@@ -648,6 +649,15 @@ class KerasAdapter:
         if self.channels_first and a.ndim in (3, 4):
             a = np.moveaxis(a, 1, -1)
         return a
+
+    # ----------------------------------------------------------------- gradients (filled in by issue 8)
+
+    def gradients_unavailable(self) -> str | None:
+        return "gradients are not implemented yet"
+
+    def gradients(self, batch: np.ndarray, target: Target, layers: Sequence[int] = (), *,
+                  wrt_input: bool = False, need_output: bool = True) -> Gradients:
+        raise UnsupportedModel(f"{self.name}: {self.gradients_unavailable()}")
 
     def kernels(self, index: int) -> np.ndarray:
         table = self.layers()

@@ -29,7 +29,7 @@ from .._errors import BadArgument, BadModel, MissingDependency, UnsupportedModel
 from ..core.kinds import kind_of
 from ..core.layers import LayerInfo
 from ..core.receptive import with_receptive_fields
-from .base import OnOutput
+from .base import Gradients, OnOutput, Target
 from .base import first_line as _first_line  # one-line error messages
 
 __all__ = ["OnnxAdapter", "import_onnx"]
@@ -133,7 +133,8 @@ class OnnxAdapter:
     """
 
     framework = "onnx"
-    supports_gradients = False
+    class_names: list[str] | None = None
+    class_names_source = ""
 
     def __init__(self, source: Any, *, input_shape: Sequence[int | None] | None = None,
                  preprocess: str | None = None) -> None:
@@ -643,6 +644,15 @@ class OnnxAdapter:
         return a
 
     # ----------------------------------------------------------------- kernels
+
+    # ----------------------------------------------------------------- gradients (filled in by issue 8)
+
+    def gradients_unavailable(self) -> str | None:
+        return "gradients are not implemented yet"
+
+    def gradients(self, batch: np.ndarray, target: Target, layers: Sequence[int] = (), *,
+                  wrt_input: bool = False, need_output: bool = True) -> Gradients:
+        raise UnsupportedModel(f"{self.name}: {self.gradients_unavailable()}")
 
     def kernels(self, index: int) -> np.ndarray:
         table = self.layers()

@@ -60,7 +60,7 @@ from .._errors import BadModel, MissingDependency, UnsupportedModel
 from ..core.kinds import kind_of
 from ..core.layers import LayerInfo
 from ..core.receptive import with_receptive_fields
-from .base import OnOutput
+from .base import Gradients, OnOutput, Target
 from .base import first_line as _first_line  # one-line error messages
 
 __all__ = ["TFLiteAdapter", "dequantize", "op_kind", "readable_name"]
@@ -259,7 +259,8 @@ class TFLiteAdapter:
     """
 
     framework = "tflite"
-    supports_gradients = False
+    class_names: list[str] | None = None
+    class_names_source = ""
 
     def __init__(self, path: str | os.PathLike[str], *, input_shape: Sequence[int | None] | None = None,
                  preprocess: str | None = None) -> None:
@@ -628,6 +629,15 @@ class TFLiteAdapter:
             if shape is not None and a.ndim == len(shape):
                 return a[None]
         return a if a.ndim and a.shape[0] == 1 else a[None]
+
+    # ----------------------------------------------------------------- gradients (filled in by issue 8)
+
+    def gradients_unavailable(self) -> str | None:
+        return "a TFLite interpreter computes no gradients"
+
+    def gradients(self, batch: np.ndarray, target: Target, layers: Sequence[int] = (), *,
+                  wrt_input: bool = False, need_output: bool = True) -> Gradients:
+        raise UnsupportedModel(f"{self.name}: {self.gradients_unavailable()}")
 
     def kernels(self, index: int) -> np.ndarray:
         """The weights of a CONV_2D, DEPTHWISE_CONV_2D or TRANSPOSE_CONV row as ``(O, I, kh, kw)``.

@@ -64,7 +64,7 @@ from .._errors import (BadModel, ConvlensError, MissingDependency, UnsafeModel, 
 from ..core.kinds import kind_of
 from ..core.layers import LayerInfo
 from ..core.receptive import with_receptive_fields
-from .base import OnOutput
+from .base import Gradients, OnOutput, Target
 from .base import first_line as _first_line  # one-line error messages
 
 __all__ = ["TorchAdapter", "import_torch", "load_state_dict_file", "open_torch_file", "open_torchvision"]
@@ -369,7 +369,8 @@ class TorchAdapter:
     """
 
     framework = "torch"
-    supports_gradients = True
+    class_names: list[str] | None = None
+    class_names_source = ""
 
     def __init__(self, module: Any, *, input_shape: Sequence[int | None] | None = None,
                  preprocess: str | None = None, name: str | None = None) -> None:
@@ -648,6 +649,15 @@ class TorchAdapter:
             y = self._forward(x)
         first = next(iter(_float_tensors(y)), None)
         return _to_numpy(first[1]) if first is not None else np.zeros((len(batch), 0), np.float32)
+
+    # ----------------------------------------------------------------- gradients (filled in by issue 8)
+
+    def gradients_unavailable(self) -> str | None:
+        return "gradients are not implemented yet"
+
+    def gradients(self, batch: np.ndarray, target: Target, layers: Sequence[int] = (), *,
+                  wrt_input: bool = False, need_output: bool = True) -> Gradients:
+        raise UnsupportedModel(f"{self.name}: {self.gradients_unavailable()}")
 
     def kernels(self, index: int) -> np.ndarray:
         table = self.layers()
