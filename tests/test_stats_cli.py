@@ -268,7 +268,7 @@ class _FakeAdapter:
     """A framework-free adapter: two conv layers whose outputs are the batch's mean; can drop layer 2."""
 
     framework, name, input_shape, preprocess = "fake", "fake", (4, 4, 1), "raw"
-    class_names, class_names_source = None, ""
+    class_names, class_names_source, final_activation = None, "", None
 
     def gradients_unavailable(self):
         return "a fake adapter has no gradients"

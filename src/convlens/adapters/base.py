@@ -156,6 +156,9 @@ class Adapter(Protocol):
         class_names: the model's class names when the adapter knows them
             (zoo and torchvision classifiers, the demo's digits), else ``None``.
         class_names_source: where they come from, in words ("ImageNet class names").
+        final_activation: what the model's last operation is, read from its
+            graph: ``"softmax"`` (its outputs are probabilities), ``"sigmoid"``,
+            ``"linear"``, or ``None`` when the graph does not say.
     """
 
     framework: str
@@ -164,6 +167,7 @@ class Adapter(Protocol):
     preprocess: str | None
     class_names: list[str] | None
     class_names_source: str
+    final_activation: str | None
 
     def layers(self) -> list[LayerInfo]:
         """Every layer in execution order, the input first."""

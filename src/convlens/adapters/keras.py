@@ -289,6 +289,7 @@ class KerasAdapter:
     framework = "keras"
     class_names: list[str] | None = None
     class_names_source = ""
+    final_activation: str | None = None
 
     def __init__(self, model: Any, *, input_shape: Sequence[int | None] | None = None,
                  preprocess: str | None = None) -> None:

@@ -135,6 +135,7 @@ class OnnxAdapter:
     framework = "onnx"
     class_names: list[str] | None = None
     class_names_source = ""
+    final_activation: str | None = None
 
     def __init__(self, source: Any, *, input_shape: Sequence[int | None] | None = None,
                  preprocess: str | None = None) -> None:

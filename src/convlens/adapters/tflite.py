@@ -261,6 +261,7 @@ class TFLiteAdapter:
     framework = "tflite"
     class_names: list[str] | None = None
     class_names_source = ""
+    final_activation: str | None = None
 
     def __init__(self, path: str | os.PathLike[str], *, input_shape: Sequence[int | None] | None = None,
                  preprocess: str | None = None) -> None:

@@ -371,6 +371,7 @@ class TorchAdapter:
     framework = "torch"
     class_names: list[str] | None = None
     class_names_source = ""
+    final_activation: str | None = None
 
     def __init__(self, module: Any, *, input_shape: Sequence[int | None] | None = None,
                  preprocess: str | None = None, name: str | None = None) -> None:
