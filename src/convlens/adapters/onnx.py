@@ -29,6 +29,7 @@ from .._errors import BadArgument, BadModel, MissingDependency, UnsupportedModel
 from ..core.kinds import kind_of
 from ..core.layers import LayerInfo
 from ..core.receptive import with_receptive_fields
+from ..core.text import shape_text
 from .base import Gradients, OnOutput, Target
 from .base import first_line as _first_line  # one-line error messages
 
@@ -96,9 +97,7 @@ def _dims(type_proto: Any) -> tuple[int | None, ...] | None:
 
 
 def _shape_text(dims: Sequence[int | None] | None) -> str:
-    if dims is None:
-        return "(unknown shape)"
-    return "(" + ", ".join("?" if d is None else str(d) for d in dims) + ")"
+    return shape_text(dims, unknown="(unknown shape)")
 
 
 class OnnxAdapter:
