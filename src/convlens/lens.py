@@ -223,7 +223,7 @@ class Lens:
         self.adapter = open_model(model, weights=weights, input_shape=input_shape, trust=trust,
                                   preprocess=preprocess)
         self.preprocess = preprocess or self.adapter.preprocess or "unit"
-        #: what the model was opened from (a name such as ``vgg16`` tells the report its class names)
+        #: what the model was opened from (a path or a name such as ``vgg16``), else ``None``
         self.source = model if isinstance(model, (str, os.PathLike)) else None
 
     @property
