@@ -44,10 +44,9 @@ def test_commit_creates_the_folder_with_all_files(tmp_path):
 
 def test_an_exception_leaves_nothing_behind(tmp_path):
     target = tmp_path / "out"
-    with pytest.raises(RuntimeError, match="boom"):
-        with OutputDir(target) as out:
-            out.write_text("maps/a.txt", "x")
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError, match="boom"), OutputDir(target) as out:
+        out.write_text("maps/a.txt", "x")
+        raise RuntimeError("boom")
     assert not target.exists()
     assert list(tmp_path.iterdir()) == []
 
@@ -56,11 +55,10 @@ def test_an_exception_leaves_an_existing_folder_untouched(tmp_path):
     target = tmp_path / "out"
     target.mkdir()
     (target / "index.json").write_text("old")
-    with pytest.raises(KeyboardInterrupt):
-        with OutputDir(target) as out:
-            out.write_text("index.json", "new")
-            out.write_text("maps/x.txt", "new")
-            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt), OutputDir(target) as out:
+        out.write_text("index.json", "new")
+        out.write_text("maps/x.txt", "new")
+        raise KeyboardInterrupt
     assert sorted(os.listdir(target)) == ["index.json"]
     assert (target / "index.json").read_text() == "old"
     assert _leftovers(tmp_path) == []
@@ -85,9 +83,8 @@ def test_existing_folder_keeps_unrelated_files_and_gets_the_new(tmp_path):
 def test_folder_under_a_regular_file_is_an_output_error(tmp_path):
     blocker = tmp_path / "file.txt"
     blocker.write_text("x")
-    with pytest.raises(OutputError) as err:
-        with OutputDir(blocker / "out"):
-            pass
+    with pytest.raises(OutputError) as err, OutputDir(blocker / "out"):
+        pass
     message = str(err.value)
     assert "cannot write to" in message and "file.txt is a file" in message and "--out" in message
     assert blocker.read_text() == "x"
@@ -96,9 +93,8 @@ def test_folder_under_a_regular_file_is_an_output_error(tmp_path):
 def test_path_that_is_a_file_is_an_output_error(tmp_path):
     target = tmp_path / "out.png"
     target.write_bytes(b"png")
-    with pytest.raises(OutputError, match="it is a file, not a folder"):
-        with OutputDir(target):
-            pass
+    with pytest.raises(OutputError, match="it is a file, not a folder"), OutputDir(target):
+        pass
     assert target.read_bytes() == b"png"
 
 
@@ -106,10 +102,9 @@ def test_conflicting_existing_entries_fail_the_commit_without_moving_anything(tm
     target = tmp_path / "out"
     target.mkdir()
     (target / "maps").write_text("a file where a folder is needed")
-    with pytest.raises(OutputError, match="maps"):
-        with OutputDir(target) as out:
-            out.write_text("index.json", "new")
-            out.write_text("maps/a.png", "new")
+    with pytest.raises(OutputError, match="maps"), OutputDir(target) as out:
+        out.write_text("index.json", "new")
+        out.write_text("maps/a.png", "new")
     assert sorted(os.listdir(target)) == ["maps"]
     assert _leftovers(tmp_path) == []
 
@@ -117,9 +112,8 @@ def test_conflicting_existing_entries_fail_the_commit_without_moving_anything(tm
 @pytest.mark.parametrize("rel", ["/etc/passwd", "../escape.txt", "a/../../b", "", "C:\\x",
                                  "a/..\\..\\b"])
 def test_paths_must_stay_inside(tmp_path, rel):
-    with OutputDir(tmp_path / "out") as out:
-        with pytest.raises(BadArgument):
-            out.write_text(rel, "x")
+    with OutputDir(tmp_path / "out") as out, pytest.raises(BadArgument):
+        out.write_text(rel, "x")
     assert not (tmp_path / "escape.txt").exists()
 
 

@@ -40,10 +40,10 @@ __all__ = [
     "PRESETS",
     "Image",
     "ImageSource",
+    "PreparedBatch",
     "apply_preset",
     "load_image",
     "load_images",
-    "PreparedBatch",
     "prepare",
     "prepare_batch",
 ]
@@ -895,7 +895,8 @@ def prepare_batch(
     else:
         target = None
     why = "the size asked for" if size is not None else "the model's fixed input size"
-    arrays, notes = [], []
+    arrays: list[np.ndarray] = []
+    notes: list[str] = []
     for image in loaded:
         arr, n = prepare(image, size=target, channels=c, preprocess=preprocess)
         arrays.append(arr)

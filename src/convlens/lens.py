@@ -7,9 +7,10 @@ import html
 import os
 import re
 import threading
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -141,8 +142,8 @@ class FeatureMaps(Mapping[str, np.ndarray]):
         return render_map(self[layer][image], opts, title=_title(info), value_range=vr).rgb
 
     def _repr_html_(self) -> str:
-        parts = [f"<div><b>{html.escape(str(len(self)))} layers</b> for image "
-                 f"{html.escape(self.images[0].name)}</div>"]
+        parts = [(f"<div><b>{html.escape(str(len(self)))} layers</b> for image "
+                  f"{html.escape(self.images[0].name)}</div>")]
         opts = RenderOptions()
         for info in self.layers:
             rgb = render_map(self.arrays[info.name][0], opts, title=_title(info)).rgb

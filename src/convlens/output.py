@@ -19,7 +19,7 @@ import shutil
 import threading
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from types import TracebackType
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import numpy as np
 
@@ -28,6 +28,9 @@ from ._errors import BadArgument, OutputError
 from .render.png import encode_png
 
 __all__ = ["OutputDir", "atomic_write_bytes", "check_file_target", "merge_index"]
+
+if TYPE_CHECKING:  # pragma: no cover - annotations only (typing.Self needs Python 3.11)
+    from typing_extensions import Self
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
@@ -95,7 +98,7 @@ class OutputDir:
         with self._lock:
             return list(self._written)
 
-    def __enter__(self) -> OutputDir:
+    def __enter__(self) -> Self:
         target = self.path
         if target.exists() and not target.is_dir():
             self._fail("it is a file, not a folder")

@@ -38,6 +38,7 @@ over all drawn layers of an image) once, for ``save_maps`` and the report.
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -311,7 +312,8 @@ class MapConsumer(PassConsumer):
         if not buffered:
             return None
         vr = self.global_ranges[image] = union_range(finite_range(r) for _, r, _, _ in buffered)
-        return [lambda b=b: self.draw(image, b[0], b[1], b[2], b[3], vr) for b in buffered]
+        return [functools.partial(self.draw, image, layer, reduced, total, shape, vr)
+                for layer, reduced, total, shape in buffered]
 
     def draw(self, image: int, layer: LayerInfo, x: np.ndarray, total: int, shape: tuple[int, ...],
              value_range: tuple[float, float] | None) -> None:

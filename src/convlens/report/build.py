@@ -80,7 +80,7 @@ def build_report(lens: Lens, images: Any, layers: str | Iterable[str] | None = N
         if atlases is not None:
             atlases.result()
     layer_stats = stats.results()
-    drawn = {i: list(d) for i, d in grids.drawn.items()}  # every image drew every layer (else an error)
+    drawn = grids.drawn_layers()
 
     notes = list(dict.fromkeys(batch.notes))  # the same note for several images once
     maps = "maps" in keys  # the grids, their notes and the viewer's data serve the maps section only
@@ -101,7 +101,7 @@ def build_report(lens: Lens, images: Any, layers: str | Iterable[str] | None = N
     ctx = ReportContext(
         lens=lens, images=batch.images, inputs=batch.arrays, outputs=outputs, layers=chosen,
         stats=layer_stats, options=opts, preprocess=preprocess or lens.preprocess, labels=label_list,
-        label_source=label_source, notes=notes, sections=keys, drawn=drawn,  # type: ignore[arg-type]
+        label_source=label_source, notes=notes, sections=keys, drawn=drawn,
         per_image=grids.per_image_stats(layer_stats), global_ranges=grids.global_ranges,
         atlases=atlases, predictions=[[] for _ in batch.images], section_options=per_section)
     ctx.data.update(page_data(ctx))

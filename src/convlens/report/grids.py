@@ -79,6 +79,10 @@ class ReportGrids(MapConsumer):
             reduced=tuple(r.shape), grid=rendered.pixels.shape[:2], flags=rendered.flags.indices(),
             scale=scale)
 
+    def drawn_layers(self) -> dict[int, list[DrawnLayer]]:
+        """``drawn`` after the pass: every image drew every layer (:meth:`on_image` refuses a gap)."""
+        return {i: [d for d in per_image if d is not None] for i, per_image in self.drawn.items()}
+
     def per_image_stats(self, stats: Sequence[LayerStats]) -> dict[int, list[LayerStats]]:
         """``per_image`` filled in: with one image, each layer's statistics over all images."""
         if len(self._images) == 1:
