@@ -46,6 +46,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from ._errors import BadArgument
 from ._progress import NullProgress, Progress
 from .adapters.base import Adapter
 from .core.layers import LayerInfo
@@ -130,7 +131,7 @@ def run_pass(adapter: Adapter, layers: Sequence[LayerInfo], batches: Sequence[np
         The model's output per image, each batch first (``(1, K)`` for a classifier).
     """
     if unit not in ("layer", "image"):
-        raise ValueError(f"unit must be 'layer' or 'image', not {unit!r}")
+        raise BadArgument(f"unit must be 'layer' or 'image', not {unit!r}")
     progress = progress or NullProgress()
     wanted = [layer.index for layer in layers]
     table = adapter.layers()

@@ -88,8 +88,7 @@ class ReportGrids(MapConsumer):
         if len(self._images) == 1:
             for s in stats:
                 self.per_image[s.index][0] = s
-        return self.per_image  # type: ignore[return-value]
-
+        return {i: [s for s in per_image if s is not None] for i, per_image in self.per_image.items()}
 
 def sig(a: np.ndarray | float) -> Any:
     """Numbers rounded to 4 significant digits for the page (NaN -> None), keeping JSON small.
