@@ -320,3 +320,176 @@ def test_torch_bad_targets_and_rows_say_what_to_do():
     with pytest.raises(UnsupportedModel, match=r"layer extra \(row 2\) gave no output"):
         adapter.gradients(np.ones((1, 2, 2, 2), np.float32), Target(), layers=[2])
     assert _hooks(model) == 0
+
+
+# --------------------------------------------------------------------------- Keras (each backend)
+
+
+def _keras_tiny(keras, final: str = "linear", kind: str = "sequential"):
+    """The closed-form network in Keras: Sequential, functional with a nested model, or subclassed."""
+    L = keras.layers
+    conv = L.Conv2D(C_MID, 1, use_bias=False, name="conv")
+    gap = L.GlobalAveragePooling2D(name="gap")
+    dense = L.Dense(K, activation=final if final != "layer" else "linear", name="dense")
+    tail = [L.Softmax(name="probs")] if final == "layer" else []
+    if kind == "sequential":
+        model = keras.Sequential([keras.Input((H, W, C_IN)), conv, gap, dense, *tail], name="tiny")
+    elif kind == "nested":
+        inner = keras.Sequential([conv, gap], name="inner")
+        inp = keras.Input((H, W, C_IN))
+        out = dense(inner(inp))
+        for layer in tail:
+            out = layer(out)
+        model = keras.Model(inp, out, name="tiny")
+    else:
+        class Tiny(keras.Model):
+            def __init__(self) -> None:
+                super().__init__(name="tiny")
+                self.conv, self.gap, self.dense = conv, gap, dense
+
+            def call(self, x):
+                return self.dense(self.gap(self.conv(x)))
+
+        model = Tiny()
+        model(np.zeros((1, H, W, C_IN), np.float32))
+    conv.set_weights([W_CONV.reshape(1, 1, C_IN, C_MID)])
+    dense.set_weights([W_DENSE, B_DENSE])
+    return model
+
+
+@pytest.mark.keras
+@pytest.mark.parametrize("kind", ["sequential", "nested", "subclassed"])
+def test_keras_exact_gradients_of_a_class_score(keras, kind):
+    from convlens.adapters.keras import KerasAdapter
+
+    adapter = KerasAdapter(_keras_tiny(keras, kind=kind), input_shape=(H, W, C_IN))
+    names = [t.name for t in adapter.layers()]
+    conv_row = next(i for i, n in enumerate(names) if n.endswith("conv"))
+    x = _batch()
+    for k in (0, 3):
+        g = adapter.gradients(x, Target(channels=(k,)), layers=[conv_row], wrt_input=True)
+        conv, d_conv, d_in, score = _expected(x, k)
+        np.testing.assert_allclose(g.activations[conv_row], conv, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(g.grads[conv_row], d_conv, rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(g.input_grad, d_in, rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(g.score, score, rtol=1e-5)
+        np.testing.assert_allclose(g.output[:, k], score, rtol=1e-5)
+        assert g.score.dtype == np.float64 and not g.logits
+    g = adapter.gradients(x, Target(layer=conv_row, channels=(2,), reduce="mean"), layers=[conv_row])
+    np.testing.assert_allclose(g.score, (x @ W_CONV)[..., 2].mean(axis=(1, 2)), rtol=1e-5)
+    assert adapter.final_activation == "linear"
+
+
+@pytest.mark.keras
+@pytest.mark.parametrize("final", ["softmax", "layer", "sigmoid"])
+def test_keras_a_final_softmax_is_differentiated_before_it(keras, final):
+    from convlens.adapters.keras import KerasAdapter
+
+    model = _keras_tiny(keras, final=final, kind="nested" if final == "layer" else "sequential")
+    adapter = KerasAdapter(model)
+    assert adapter.final_activation == ("sigmoid" if final == "sigmoid" else "softmax")
+    x = _batch()
+    g = adapter.gradients(x, Target(channels=(2,)), layers=[1], wrt_input=True)
+    _, d_conv, d_in, score = _expected(x, 2)
+    if final == "sigmoid":  # not a softmax: the score is the model's own output
+        assert not g.logits
+        np.testing.assert_allclose(g.score, 1 / (1 + np.exp(-score)), rtol=1e-5)
+        return
+    assert g.logits
+    np.testing.assert_allclose(g.score, score, rtol=1e-5)  # the logit
+    np.testing.assert_allclose(g.grads[1], d_conv, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(g.input_grad, d_in, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(g.output.sum(axis=1), 1.0, rtol=1e-5)  # the output stays the model's
+    dense = model.get_layer("dense")
+    assert dense.activation is keras.activations.get(final if final != "layer" else "linear")
+
+
+def _wrapped_calls(model) -> list[str]:
+    return [layer.name for layer in model._flatten_layers(include_self=False) if "call" in vars(layer)]
+
+
+@pytest.mark.keras
+def test_keras_everything_restored_when_the_pass_raises(keras):
+    from convlens.adapters.keras import KerasAdapter
+
+    class Exploder(keras.layers.Layer):
+        armed = False
+
+        def call(self, x):
+            if self.armed:
+                raise RuntimeError("boom")
+            return x
+
+    L = keras.layers
+    boom = Exploder(name="boom")
+    model = keras.Sequential([keras.Input((H, W, C_IN)), L.Conv2D(C_MID, 1, name="conv"), boom,
+                              L.GlobalAveragePooling2D(), L.Dense(K, activation="softmax", name="dense")])
+    model.get_layer("conv").kernel.trainable = False  # a mixed state comes back exactly
+    adapter = KerasAdapter(model)
+    softmax = model.get_layer("dense").activation
+    trainable = [v.trainable for v in model.variables]
+    x = _batch()
+    g = adapter.gradients(x, Target(channels=(1,)), layers=[1], wrt_input=True)
+    assert g.logits and g.grads[1].any()
+    boom.armed = True
+    with pytest.raises(RuntimeError, match="boom"):
+        adapter.gradients(x, Target(channels=(1,)), layers=[1], wrt_input=True)
+    assert _wrapped_calls(model) == []
+    assert model.get_layer("dense").activation is softmax
+    assert [v.trainable for v in model.variables] == trainable
+    if keras.backend.backend() == "torch":
+        import torch
+
+        flags = [v.value.requires_grad for v in model.variables]
+        assert flags == trainable  # what Keras set, restored after the pass turned them off
+        assert all(v.value.grad is None for v in model.variables)
+        assert torch.is_grad_enabled()
+
+
+@pytest.mark.keras
+def test_keras_need_output_false_stops_after_the_last_needed_layer(keras):
+    from convlens.adapters.keras import KerasAdapter
+
+    class Tripwire(keras.layers.Layer):
+        armed = False
+
+        def call(self, x):
+            if self.armed:
+                raise AssertionError("the pass went past the last needed layer")
+            return x
+
+    L = keras.layers
+    trip = Tripwire(name="trip")
+    model = keras.Sequential([keras.Input((H, W, C_IN)), L.Conv2D(C_MID, 1, name="conv"), L.ReLU(name="relu"),
+                              trip, L.GlobalAveragePooling2D(), L.Dense(K)])
+    adapter = KerasAdapter(model)
+    trip.armed = True
+    x = _batch()
+    g = adapter.gradients(x, Target(layer=2, channels=(1,), reduce="mean"), layers=[1], need_output=False)
+    assert g.output is None
+    conv = g.activations[1]
+    np.testing.assert_allclose(g.score, np.maximum(conv[..., 1], 0).mean(axis=(1, 2)), rtol=1e-5)
+    want = np.zeros_like(conv)
+    want[..., 1] = (conv[..., 1] > 0) / (H * W)
+    np.testing.assert_allclose(g.grads[1], want, rtol=1e-5)
+    with pytest.raises(AssertionError, match="past the last needed layer"):
+        adapter.gradients(x, Target(layer=2, channels=(1,)), layers=[1])
+    assert _wrapped_calls(model) == []
+
+
+@pytest.mark.keras
+def test_keras_bad_targets_and_the_jax_backend(keras, monkeypatch):
+    from convlens.adapters.keras import KerasAdapter
+
+    adapter = KerasAdapter(_keras_tiny(keras))
+    x = _batch()
+    with pytest.raises(BadArgument, match=r"^class 1200 is out of range: the model has 4 classes \(0-3\)$"):
+        adapter.gradients(x, Target(channels=(1200,)))
+    with pytest.raises(LayerNotFound, match="row 9 does not exist"):
+        adapter.gradients(x, Target(), layers=[9])
+    assert adapter.gradients_unavailable() is None
+    monkeypatch.setattr(adapter.keras.backend, "backend", lambda: "jax")
+    why = adapter.gradients_unavailable()
+    assert "jax backend are not supported yet" in why and "Score-CAM, Eigen-CAM, occlusion" in why
+    with pytest.raises(UnsupportedModel, match="not supported yet"):
+        adapter.gradients(x, Target())
