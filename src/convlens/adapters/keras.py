@@ -22,7 +22,6 @@ import numpy as np
 
 from .._errors import (
     BadModel,
-    LayerNotFound,
     MissingDependency,
     UnsafeModel,
     UnsupportedModel,
@@ -31,7 +30,7 @@ from .._errors import (
 from ..core.kinds import kind_of
 from ..core.layers import LayerInfo
 from ..core.receptive import with_receptive_fields
-from .base import Gradients, OnOutput, Target, target_cotangent
+from .base import Gradients, OnOutput, Target, check_rows, target_cotangent
 from .base import first_line as _first_line  # one-line error messages
 
 __all__ = ["KerasAdapter", "ZOO", "import_keras", "load_keras_file", "load_zoo_model"]
@@ -703,11 +702,7 @@ class KerasAdapter:
         if why:
             raise UnsupportedModel(f"{self.name}: {why}")
         table = self.layers()
-        rows = tuple(sorted({int(r) for r in layers}))
-        for r in [*rows, *([] if target.layer is None else [int(target.layer)])]:
-            if not 0 <= r < len(table):
-                raise LayerNotFound(f"row {r} does not exist: {self.name} has rows 0-{len(table) - 1} "
-                                    "(Lens.layers() lists them)")
+        rows = check_rows(table, layers, target, self.name)
         needed = set(rows) | ({int(target.layer)} if target.layer is not None else set())
         plan = _GradPlan(
             rows=rows, needed=needed, target_layer=None if target.layer is None else int(target.layer),
