@@ -764,7 +764,9 @@ def hooked_gradients(module: Any, forward: Callable[[Any], Any], x: Any, batch: 
     hooks are removed in ``finally``). Without ``wrt_input``, the output of the
     earliest needed row is detached and made the one leaf in its hook, so
     autograd records only the network after it: a Grad-CAM pass at the last
-    conv layer costs about one forward pass. Each captured output is handed on
+    conv layer costs about one forward pass. A later needed row that does not
+    depend on an earlier one (a parallel branch, a ResNet shortcut) becomes a
+    leaf of its own in the same way. Each captured output is handed on
     as a clone, so an in-place op after it (``ReLU(inplace=True)``) changes
     neither the captured values nor their gradient. With ``need_output=False``
     and a layer target, the pass stops once the last needed row has run.
@@ -815,7 +817,7 @@ def hooked_gradients(module: Any, forward: Callable[[Any], Any], x: Any, batch: 
         replace: dict[tuple, Any] = {}
         for row, key in plan.get(id(mod), {}).get(k, ()):
             t = _pick(output, key)
-            if row == start:  # the leaf: autograd records only what comes after it
+            if not t.requires_grad:  # a leaf: autograd records only what comes after it
                 t = t.detach().requires_grad_()
             captured[row] = t
             replace[key] = t.clone()  # an in-place op after this module changes the clone only
