@@ -741,3 +741,32 @@ def test_keras_a_parallel_branch_gets_its_own_gradient(keras):
         np.testing.assert_allclose(g.grads[rows["a"]], d_a, rtol=1e-5, atol=1e-7)
         g = adapter.gradients(x, Target(channels=(1,)), layers=[rows["b"], rows["c"]])
         np.testing.assert_allclose(g.grads[rows["c"]], d_branch, rtol=1e-5, atol=1e-7)
+
+
+def test_onnx_parallel_branches_and_the_part_left_to_onnxruntime(tmp_path):
+    from convlens.adapters.onnx import OnnxAdapter
+
+    adapter = OnnxAdapter(_onnx_file(Branches(), tmp_path / "branches.onnx"))
+    assert [t.type for t in adapter.layers()][1:4] == ["Conv", "Conv", "Conv"]
+    x = _batch(2)
+    for layers in ([2, 3], [1, 2, 3], [3]):
+        g = adapter.gradients(x, Target(channels=(1,)), layers=layers)
+        d_branch, d_a = _branch_expected(x, 1)
+        for r in layers:
+            np.testing.assert_allclose(g.grads[r], d_a if r == 1 else d_branch, rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(g.score, g.output[:, 1], rtol=1e-6)  # no softmax: the output itself
+    # the first conv's module never runs in PyTorch when only later rows are needed
+    module = adapter._twin()[0]
+    first = next(m for m in module.modules() if isinstance(m, nn.Conv2d))
+
+    def tripwire(*_):
+        raise AssertionError("the first conv ran in PyTorch")
+
+    handle = first.register_forward_hook(tripwire)
+    try:
+        g = adapter.gradients(x, Target(channels=(1,)), layers=[2, 3])
+        np.testing.assert_allclose(g.grads[3], _branch_expected(x, 1)[0], rtol=1e-5, atol=1e-7)
+        with pytest.raises(UnsupportedModel, match="the first conv ran in PyTorch"):
+            adapter.gradients(x, Target(channels=(1,)), layers=[2], wrt_input=True)
+    finally:
+        handle.remove()

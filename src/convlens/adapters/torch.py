@@ -755,7 +755,7 @@ def hooked_gradients(module: Any, forward: Callable[[Any], Any], x: Any, batch: 
                      hooked: Mapping[int, HookedRow], rows: Sequence[int], target_layer: int | None,
                      cotangent: Callable[[tuple[int, ...]], np.ndarray], *, wrt_input: bool,
                      need_output: bool, softmax: Any = None, input_channels_last: bool = False,
-                     output_channels_last: bool = False,
+                     output_channels_last: bool = False, given: Mapping[int, Any] | None = None,
                      no_output: Callable[[int], Exception]) -> Gradients:
     """One forward and one backward pass through a torch module, tensors captured by forward hooks.
 
@@ -787,6 +787,9 @@ def hooked_gradients(module: Any, forward: Callable[[Any], Any], x: Any, batch: 
         softmax: the module that may turn logits into the model's output.
         input_channels_last: ``x`` is NHWC already (an ONNX graph taking NHWC).
         output_channels_last: the model's output is channels-last already.
+        given: tensors of needed rows computed elsewhere (by onnxruntime), which
+            ``forward`` uses as they are: they become leaves (``requires_grad``
+            set in place) and their modules are not hooked.
         no_output: the error for a needed row that gave no output.
     """
     import torch
@@ -796,7 +799,8 @@ def hooked_gradients(module: Any, forward: Callable[[Any], Any], x: Any, batch: 
     stop_after = max(needed) if not need_output and target_layer is not None else None
     plan: dict[int, dict[int, list[tuple[int, tuple]]]] = {}
     modules: dict[int, Any] = {}
-    for row in needed - {0}:
+    given = dict(given or {})
+    for row in needed - {0} - set(given):
         h = hooked[row]
         plan.setdefault(id(h.module), {}).setdefault(h.call, []).append((row, h.key))
         modules[id(h.module)] = h.module
@@ -821,13 +825,15 @@ def hooked_gradients(module: Any, forward: Callable[[Any], Any], x: Any, batch: 
                 t = t.detach().requires_grad_()
             captured[row] = t
             replace[key] = t.clone()  # an in-place op after this module changes the clone only
-        if stop_after is not None and stop_after in captured:
+        if stop_after is not None and needed <= captured.keys():
             raise _StopForward
         return _replaced(output, replace) if replace else None
 
     if start == 0:
         x = x.detach().requires_grad_()
         captured[0] = x
+    for row, t in given.items():
+        captured[row] = t.requires_grad_() if not t.requires_grad else t
     params = [(p, p.requires_grad) for p in module.parameters()]
     flags = [(m, m.training) for m in module.modules()]
     handles: list[Any] = []
@@ -839,6 +845,8 @@ def hooked_gradients(module: Any, forward: Callable[[Any], Any], x: Any, batch: 
             handles.append(m.register_forward_hook(hook, with_kwargs=True))
         with torch.enable_grad():
             try:
+                if stop_after is not None and needed <= captured.keys():
+                    raise _StopForward  # everything needed is given
                 y = forward(x)
             except _StopForward:
                 y = None
