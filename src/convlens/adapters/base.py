@@ -17,9 +17,11 @@ from typing import Callable, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
+from .._errors import BadArgument, LayerNotFound
 from ..core.layers import KINDS, LayerInfo
 
-__all__ = ["Adapter", "Gradients", "LayerInfo", "OnOutput", "KINDS", "Target", "first_line"]
+__all__ = ["Adapter", "Gradients", "LayerInfo", "OnOutput", "KINDS", "Target", "first_line",
+           "check_rows", "target_cotangent"]
 
 #: Called once per captured layer output during a forward pass: (layer index, array).
 OnOutput = Callable[[int, np.ndarray], None]
@@ -110,6 +112,45 @@ class Target:
         for i in range(n):
             cot[i, ..., int(channels[i])] = planes[i] * float(weights[i])
         return cot
+
+
+def target_cotangent(target: Target, shape: Sequence[int], layer: str | None = None) -> np.ndarray:
+    """:meth:`Target.cotangent_for`, with convlens's own one-line error for a target that does not fit.
+
+    Args:
+        target: the target.
+        shape: the canonical shape of the output the score is read from, batch first.
+        layer: the name of the layer the score is read from; ``None``: the model's output.
+
+    Raises:
+        BadArgument: a class (channel) index out of range, or a mask or cotangent that does not fit.
+    """
+    c = int(shape[-1])
+    if target.cotangent is None:
+        bad = [int(ch) for ch in target.channels if not 0 <= int(ch) < c]
+        if bad and layer is None:
+            raise BadArgument(f"class {bad[0]} is out of range: the model has {c} classes (0-{c - 1})")
+        if bad:
+            raise BadArgument(f"channel {bad[0]} is out of range: layer {layer} has {c} channels (0-{c - 1})")
+    try:
+        return target.cotangent_for(shape)
+    except ValueError as exc:
+        where = f"layer {layer}" if layer is not None else "the model's output"
+        raise BadArgument(f"the target does not fit {where}: {exc}") from None
+
+
+def check_rows(table: Sequence[LayerInfo], layers: Sequence[int], target: Target, model: str) -> tuple[int, ...]:
+    """The rows a gradient pass is asked for, sorted and unique; each, and the target's, must exist.
+
+    Raises:
+        LayerNotFound: a row outside the table.
+    """
+    rows = tuple(sorted({int(r) for r in layers}))
+    for r in [*rows, *([] if target.layer is None else [int(target.layer)])]:
+        if not 0 <= r < len(table):
+            raise LayerNotFound(f"row {r} does not exist: {model} has rows 0-{len(table) - 1} "
+                                "(Lens.layers() lists them)")
+    return rows
 
 
 def _per_item(values: Sequence[float] | Sequence[int], n: int, what: str) -> list:
