@@ -238,6 +238,11 @@ def ig_alphas(steps: int, method: str = "gausslegendre") -> tuple[np.ndarray, np
 
     Returns:
         ``(alphas, weights)``, float64 ``(steps,)`` each; ``sum(weights) == 1``.
+        Every method gives captum's points and weights except
+        ``riemann_trapezoid``, where captum weighs every point ``1/n`` and
+        halves both ends, so its weights sum to ``(n-1)/n`` and its attributions
+        are ``(n-1)/n`` of the integral's; convlens uses the trapezoid rule's
+        weights (``1/(n-1)``, ends halved), which integrate a constant exactly.
     """
     if method == "gausslegendre":
         x, w = np.polynomial.legendre.leggauss(steps)
