@@ -89,7 +89,7 @@ def get(name: str) -> type[Method]:
     if key in by_key:
         return METHODS[by_key[key]]
     close = difflib.get_close_matches(key, list(by_key), n=2, cutoff=0.6)
-    hint = f"; did you mean {' or '.join(sorted({by_key[c] for c in close}))}?" if close else ""
+    hint = f"; did you mean {' or '.join(dict.fromkeys(by_key[c] for c in close))}?" if close else ""
     raise BadArgument(f"unknown heatmap method {name!r}{hint}; methods: {', '.join(METHODS)}")
 
 

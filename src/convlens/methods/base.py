@@ -174,7 +174,7 @@ def resolve_layer(table: Sequence[LayerInfo], layer: str | int | LayerInfo | Non
         chosen = table[hits[0]]
     if not _is_spatial(chosen):
         good = spatial_layers(table)
-        names = ", ".join(f"{g.name} {g.output_shape[0]}x{g.output_shape[1]}"  # type: ignore[index]
+        names = ", ".join(f"{g.name} " + "x".join("?" if d is None else str(d) for d in (_hw(g) or ()))
                           for g in good[-4:])
         where = f"layers with maps: {names}" if good else "this model has no layer with maps"
         raise BadArgument(f"layer {chosen.name!r} outputs {chosen.output_shape}, not 2-D maps with more "

@@ -77,7 +77,7 @@ def class_scores(output: np.ndarray, classes: Sequence[int] | np.ndarray, mask: 
         weights = np.ones(out.shape[1:-1]) if mask is None else np.asarray(mask, np.float64)
         return (picked * weights).reshape(len(out), -1).sum(axis=1)
     weights = np.ones(out.shape[1:-1]) if mask is None else np.asarray(mask, np.float64)
-    return np.einsum("b...k,...->bk", picked, weights)
+    return (picked * weights[..., None]).reshape(len(out), -1, len(idx)).sum(axis=1)
 
 
 def _norm(name: str) -> str:
@@ -124,6 +124,8 @@ def parse_classes(spec: TargetSpec, n_classes: int | None, names: Sequence[str] 
     """
     if spec is None:
         return None
+    if isinstance(spec, (bool, np.bool_)):
+        raise BadArgument(f"class {spec!r} is not a class index or name")
     if isinstance(spec, str):
         whole = names is not None and _norm(spec) in {_norm(n) for n in names}
         items: list[int | str] = [spec] if whole else [s for s in spec.split(",") if s.strip()]
