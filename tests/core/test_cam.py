@@ -1,4 +1,4 @@
-"""The numpy CAM and attribution arithmetic of convlens.core.cam, against hand numbers and references."""
+"""convlens.core.cam's CAM and attribution arithmetic, against hand numbers and references."""
 
 from __future__ import annotations
 
@@ -30,15 +30,17 @@ from convlens.core.cam import (
 
 def test_resize_by_hand():
     x = np.array([[0.0, 4.0]]).reshape(1, 1, 2)
-    # Half-pixel centres: output 0..3 sit at input positions -0.25 (clamped), 0.25, 0.75, 1.25 (clamped).
+    # Half-pixel centres: outputs 0..3 sit at input positions -0.25, 0.25, 0.75, 1.25 (clamped).
     np.testing.assert_allclose(resize_bilinear(x, (1, 4))[0, 0], [0, 1, 3, 4])
     # Corners aligned: positions 0, 1/3, 2/3, 1.
-    np.testing.assert_allclose(resize_bilinear(x, (1, 4), align_corners=True)[0, 0], [0, 4 / 3, 8 / 3, 4],
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        resize_bilinear(x, (1, 4), align_corners=True)[0, 0], [0, 4 / 3, 8 / 3, 4], rtol=1e-6
+    )
 
 
-@pytest.mark.parametrize("src, dst", [((7, 7), (224, 224)), ((3, 5), (28, 17)), ((2, 2), (64, 64)),
-                                      ((7, 7), (7, 7))])
+@pytest.mark.parametrize(
+    "src, dst", [((7, 7), (224, 224)), ((3, 5), (28, 17)), ((2, 2), (64, 64)), ((7, 7), (7, 7))]
+)
 def test_resize_matches_opencv_and_torch(src, dst):
     rng = np.random.default_rng(0)
     maps = rng.normal(size=(2, *src)).astype(np.float32)
@@ -48,13 +50,17 @@ def test_resize_matches_opencv_and_torch(src, dst):
     corner = torch.nn.UpsamplingBilinear2d(size=dst)(torch.from_numpy(maps)[:, None])[:, 0].numpy()
     np.testing.assert_allclose(resize_bilinear(maps, dst, align_corners=True), corner, atol=1e-5)
     channels = rng.normal(size=(1, *src, 3)).astype(np.float32)
-    np.testing.assert_allclose(resize_bilinear(channels, dst)[0, ..., 1], cv2.resize(channels[0, ..., 1], dst[::-1]),
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        resize_bilinear(channels, dst)[0, ..., 1],
+        cv2.resize(channels[0, ..., 1], dst[::-1]),
+        atol=1e-5,
+    )
 
 
 def test_minmax_and_softmax():
-    np.testing.assert_allclose(minmax(np.array([[[2.0, 4.0], [6.0, 10.0]]])), [[[0, 0.25], [0.5, 1.0]]],
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        minmax(np.array([[[2.0, 4.0], [6.0, 10.0]]])), [[[0, 0.25], [0.5, 1.0]]], atol=1e-6
+    )
     assert not minmax(np.full((1, 2, 2), 3.0)).any()  # a constant map becomes zeros, not NaN
     np.testing.assert_allclose(softmax(np.array([0.0, math.log(3.0)])), [0.25, 0.75])
     assert np.isfinite(softmax(np.array([1000.0, 0.0]))).all()
@@ -77,10 +83,13 @@ def test_cam_formulas_by_hand():
     np.testing.assert_allclose(layer_cam(acts, grads)[0, 0], [2.0, 1.0])
     # XGrad-CAM weights: sum(g A) / sum(A) = (1 - 3) / 4 = -0.5 and (1 + 1) / 4 = 0.5.
     np.testing.assert_allclose(xgrad_cam(acts, grads)[0, 0], [-0.5 + 1.0, -1.5 + 1.0], rtol=1e-6)
-    # Grad-CAM++: channel 0 (sum A = 4): g = 1 -> alpha = 1 / (2 + 4) = 1/6; g = -1 -> relu drops it.
+    # Grad-CAM++: channel 0 (sum A = 4): g = 1 -> alpha = 1 / (2 + 4) = 1/6; g = -1: relu drops it.
     # Channel 1 (sum A = 4): g = 0.5 -> alpha = 0.25 / (0.5 + 0.5) = 1/4, twice: weight 2 * 0.5 / 4.
-    np.testing.assert_allclose(grad_cam_pp(acts, grads)[0, 0],
-                               np.array([1.0, 3.0]) / 6 + np.array([2.0, 2.0]) * 0.25, rtol=1e-5)
+    np.testing.assert_allclose(
+        grad_cam_pp(acts, grads)[0, 0],
+        np.array([1.0, 3.0]) / 6 + np.array([2.0, 2.0]) * 0.25,
+        rtol=1e-5,
+    )
     np.testing.assert_allclose(weighted_sum(acts, np.array([[2.0, -1.0]]))[0, 0], [0.0, 4.0])
 
 
@@ -89,7 +98,9 @@ def test_eigen_cam_sign_and_degenerate_maps():
     acts = (u[:, None] * np.array([1.0, 3.0])[None]).reshape(1, 2, 2, 2)
     out = eigen_cam(acts)[0].ravel()
     np.testing.assert_allclose(out, (u - u.mean()) * math.sqrt(10), rtol=1e-6)
-    np.testing.assert_allclose(eigen_cam(-acts)[0].ravel(), -out, rtol=1e-6)  # follows the activation
+    np.testing.assert_allclose(
+        eigen_cam(-acts)[0].ravel(), -out, rtol=1e-6
+    )  # follows the activation
     assert not eigen_cam(np.ones((1, 2, 2, 3))).any()  # nothing varies: a zero map, no NaN
     nan = acts.copy()
     nan[0, 0, 0, 0] = np.nan
@@ -106,8 +117,10 @@ def test_score_cam_masks():
     assert masks.min() == 0 and masks.max() == pytest.approx(1.0, abs=1e-6)
 
 
-@pytest.mark.parametrize("method", ["gausslegendre", "riemann_left", "riemann_right", "riemann_middle",
-                                    "riemann_trapezoid"])
+@pytest.mark.parametrize(
+    "method",
+    ["gausslegendre", "riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid"],
+)
 def test_ig_points_are_captums(method):
     alphas, weights = ig_alphas(7, method)
     step_sizes, captum_alphas = approximation_parameters(method)
@@ -134,11 +147,23 @@ def test_gauss_blur_keeps_constants_and_the_mean():
     assert blurred.sum() == pytest.approx(1.0, rel=1e-5) and blurred[0, 10, 10, 0] < 0.1
     assert blurred[0, 10, 11, 0] == pytest.approx(blurred[0, 11, 10, 0])  # isotropic
     np.testing.assert_array_equal(gauss_blur(spike, 0), spike)
-    assert gauss_blur(np.ones((1, 2, 2, 1)), 5.0).shape == (1, 2, 2, 1)  # radius larger than the image
+    assert gauss_blur(np.ones((1, 2, 2, 1)), 5.0).shape == (
+        1,
+        2,
+        2,
+        1,
+    )  # radius larger than the image
 
 
 def test_occlusion_windows_as_captum_places_them():
     assert occlusion_windows(5, 2, 2) == [(0, 2), (2, 4), (4, 5)]
     assert occlusion_windows(4, 2, 2) == [(0, 2), (2, 4)]
     assert occlusion_windows(3, 3, 1) == [(0, 3)]
-    assert occlusion_windows(64, 16, 10) == [(0, 16), (10, 26), (20, 36), (30, 46), (40, 56), (50, 64)]
+    assert occlusion_windows(64, 16, 10) == [
+        (0, 16),
+        (10, 26),
+        (20, 36),
+        (30, 46),
+        (40, 56),
+        (50, 64),
+    ]

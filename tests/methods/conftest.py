@@ -7,7 +7,7 @@ they count every item they run, so that tests can check the work done.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pytest
@@ -43,8 +43,15 @@ class _Fake:
             on_output(i, outs[i].astype(np.float32))
         return outs[-1].astype(np.float32)
 
-    def gradients(self, batch: np.ndarray, target: Target, layers: Sequence[int] = (), *,
-                  wrt_input: bool = False, need_output: bool = True) -> Gradients:
+    def gradients(
+        self,
+        batch: np.ndarray,
+        target: Target,
+        layers: Sequence[int] = (),
+        *,
+        wrt_input: bool = False,
+        need_output: bool = True,
+    ) -> Gradients:
         if not self.can_grad:
             raise UnsupportedModel("no gradients")
         self.items_grad += len(batch)
@@ -52,20 +59,24 @@ class _Fake:
         outs = self.forward(np.asarray(batch, np.float64))
         cot = target_cotangent(target, outs[-1].shape).astype(np.float64)
         back = self.backward(outs, cot)
-        return Gradients(output=outs[-1].astype(np.float32) if need_output else None,
-                         score=(outs[-1] * cot).reshape(len(batch), -1).sum(axis=1),
-                         activations={i: outs[i].astype(np.float32) for i in layers},
-                         grads={i: back[i].astype(np.float32) for i in layers},
-                         input_grad=back[0].astype(np.float32) if wrt_input else None)
+        return Gradients(
+            output=outs[-1].astype(np.float32) if need_output else None,
+            score=(outs[-1] * cot).reshape(len(batch), -1).sum(axis=1),
+            activations={i: outs[i].astype(np.float32) for i in layers},
+            grads={i: back[i].astype(np.float32) for i in layers},
+            input_grad=back[0].astype(np.float32) if wrt_input else None,
+        )
 
 
 class CamNet(_Fake):
-    """input (N, H, W, C) -> 1x1 conv (w1 (C, K), b1) -> ReLU -> global mean -> dense (w2 (K, J), b2).
+    """input (N, H, W, C) -> 1x1 conv (w1 (C, K), b1) -> ReLU -> mean -> dense (w2 (K, J), b2).
 
     With ``seg=True`` the head is a 1x1 conv instead: the output is a map ``(N, H, W, J)``.
     """
 
-    def __init__(self, w1, b1, w2, b2, *, size=(None, None), seg: bool = False, grads: bool = True) -> None:
+    def __init__(
+        self, w1, b1, w2, b2, *, size=(None, None), seg: bool = False, grads: bool = True
+    ) -> None:
         super().__init__(grads=grads)
         self.w1, self.b1 = np.asarray(w1, float), np.asarray(b1, float)
         self.w2, self.b2 = np.asarray(w2, float), np.asarray(b2, float)
@@ -74,14 +85,18 @@ class CamNet(_Fake):
         c, k = self.w1.shape
         j = self.w2.shape[1]
         self.input_shape = (h, w, c)
-        rows = [LayerInfo(0, "input", "Input", "input", (h, w, c)),
-                LayerInfo(1, "conv", "Conv", "conv", (h, w, k), parents=(0,)),
-                LayerInfo(2, "relu", "ReLU", "act", (h, w, k), parents=(1,))]
+        rows = [
+            LayerInfo(0, "input", "Input", "input", (h, w, c)),
+            LayerInfo(1, "conv", "Conv", "conv", (h, w, k), parents=(0,)),
+            LayerInfo(2, "relu", "ReLU", "act", (h, w, k), parents=(1,)),
+        ]
         if seg:
             rows.append(LayerInfo(3, "head", "Conv", "conv", (h, w, j), parents=(2,)))
         else:
-            rows += [LayerInfo(3, "gap", "GlobalAveragePooling", "pool", (k,), parents=(2,)),
-                     LayerInfo(4, "dense", "Dense", "dense", (j,), parents=(3,))]
+            rows += [
+                LayerInfo(3, "gap", "GlobalAveragePooling", "pool", (k,), parents=(2,)),
+                LayerInfo(4, "dense", "Dense", "dense", (j,), parents=(3,)),
+            ]
         self._rows = rows
 
     def layers(self) -> list[LayerInfo]:
@@ -118,8 +133,10 @@ class LinearNet(_Fake):
         h, wd, c, j = self.w.shape
         self.b = np.zeros(j) if b is None else np.asarray(b, float)
         self.input_shape = (h, wd, c)
-        self._rows = [LayerInfo(0, "input", "Input", "input", (h, wd, c)),
-                      LayerInfo(1, "dense", "Dense", "dense", (j,), parents=(0,))]
+        self._rows = [
+            LayerInfo(0, "input", "Input", "input", (h, wd, c)),
+            LayerInfo(1, "dense", "Dense", "dense", (j,), parents=(0,)),
+        ]
 
     def layers(self) -> list[LayerInfo]:
         return list(self._rows)
@@ -133,7 +150,7 @@ class LinearNet(_Fake):
 
 @pytest.fixture
 def tiny():
-    """The hand-worked CAM network of test_exact.py: for x >= 0, channel 0 = x and channel 1 = 5 - x,
+    """The hand-worked CAM network of test_exact.py: for x >= 0, channel 0 = x, channel 1 = 5 - x,
     logits (mean0 + 2 mean1, mean1 - mean0)."""
     return CamNet([[1.0, -1.0]], [0.0, 5.0], [[1.0, -1.0], [2.0, 1.0]], [0.0, 0.0])
 

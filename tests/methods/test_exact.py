@@ -45,7 +45,9 @@ def test_gap_network_class_0(tiny, name):
 def test_gap_network_class_1_relu_and_layercam(tiny):
     x = np.array([[1, 2], [3, 4]], np.float32).reshape(1, 2, 2, 1)
     r = _run("gradcam", tiny, x, target=1)
-    np.testing.assert_allclose(r.raw[0], 0.25 * (CH1 - CH0), rtol=1e-6)  # [[.75, .25], [-.25, -.75]]
+    np.testing.assert_allclose(
+        r.raw[0], 0.25 * (CH1 - CH0), rtol=1e-6
+    )  # [[.75, .25], [-.25, -.75]]
     np.testing.assert_allclose(r.maps[0], [[1, 1 / 3], [0, 0]], atol=1e-6)
     lc = _run("layercam", tiny, x, target=1)
     # Only channel 1 has a positive gradient (1/4): LayerCAM = ch1 / 4.
@@ -63,7 +65,9 @@ def test_grad_cam_plus_plus_alphas(tiny):
 
 def test_eigen_cam_of_rank_one_activations(cam_net):
     u = np.array([[1.0, 2.0], [3.0, 4.0]])
-    net = cam_net([[1.0, 2.0]], [0.0, 0.0], [[1.0], [1.0]], [0.0])  # A[p, c] = u[p] * v[c], v = (1, 2)
+    net = cam_net(
+        [[1.0, 2.0]], [0.0, 0.0], [[1.0], [1.0]], [0.0]
+    )  # A[p, c] = u[p] * v[c], v = (1, 2)
     r = _run("eigencam", net, u.reshape(1, 2, 2, 1).astype(np.float32))
     # Centred A = (u - 2.5) v^T: rank one, first component v/|v|, projection (u - 2.5) |v|,
     # oriented to agree with the mean activation 1.5 u.
@@ -87,8 +91,12 @@ def test_score_cam_by_hand(tiny):
 
 def test_score_cam_skips_constant_channels_without_changing_the_map(cam_net):
     # A third channel that the ReLU zeroes everywhere, and a fourth that is constant (3).
-    net = cam_net([[1.0, -1.0, 1.0, 0.0]], [0.0, 5.0, -100.0, 3.0],
-                  [[1.0, -1.0], [2.0, 1.0], [4.0, 0.0], [0.5, 0.0]], [0.0, 0.0])
+    net = cam_net(
+        [[1.0, -1.0, 1.0, 0.0]],
+        [0.0, 5.0, -100.0, 3.0],
+        [[1.0, -1.0], [2.0, 1.0], [4.0, 0.0], [0.5, 0.0]],
+        [0.0, 0.0],
+    )
     x = np.array([[1, 2], [3, 4]], np.float32).reshape(1, 2, 2, 1)
     r = _run("scorecam", net, x)
     # Every channel scored on its own, as pytorch-grad-cam does: a constant channel's mask is 0.
@@ -132,12 +140,19 @@ def test_several_classes_at_once_are_image_major(tiny):
 
 def test_cam_maps_are_the_raw_maps_relu_upsampled_and_scaled(cam_net):
     rng = np.random.default_rng(0)
-    net = cam_net(rng.normal(size=(3, 5)), rng.normal(size=5), rng.normal(size=(5, 4)), np.zeros(4),
-                  size=(6, 6))
+    net = cam_net(
+        rng.normal(size=(3, 5)),
+        rng.normal(size=5),
+        rng.normal(size=(5, 4)),
+        np.zeros(4),
+        size=(6, 6),
+    )
     x = rng.normal(size=(2, 6, 6, 3)).astype(np.float32)
     for name in ("gradcam", "eigencam", "scorecam"):
         r = _run(name, net, x)
-        np.testing.assert_allclose(r.maps, minmax(resize_bilinear(np.maximum(r.raw, 0), (6, 6))), atol=1e-7)
+        np.testing.assert_allclose(
+            r.maps, minmax(resize_bilinear(np.maximum(r.raw, 0), (6, 6))), atol=1e-7
+        )
 
 
 # --------------------------------------------------------------------------- input attributions
@@ -150,10 +165,13 @@ def _z():
 def test_occlusion_of_a_linear_model(linear_net):
     net = linear_net(np.ones((3, 3, 1, 1)))
     r = _run("occlusion", net, _z(), options={"window": 2, "stride": 1})
-    # Windows start at rows/cols 0 and 1: sums 12, 16, 24, 28; each pixel averages the windows over it.
-    np.testing.assert_allclose(r.raw[0, ..., 0], [[12, 14, 16], [18, 20, 22], [24, 26, 28]], rtol=1e-6)
-    np.testing.assert_allclose(r.maps[0], np.array([[12, 14, 16], [18, 20, 22], [24, 26, 28]]) / 28,
-                               rtol=1e-6)
+    # Windows start at rows/cols 0 and 1: sums 12, 16, 24, 28; a pixel averages those over it.
+    np.testing.assert_allclose(
+        r.raw[0, ..., 0], [[12, 14, 16], [18, 20, 22], [24, 26, 28]], rtol=1e-6
+    )
+    np.testing.assert_allclose(
+        r.maps[0], np.array([[12, 14, 16], [18, 20, 22], [24, 26, 28]]) / 28, rtol=1e-6
+    )
     assert r.signed and r.extra == {"window": 2, "stride": 1}
     one = _run("occlusion", net, _z(), options={"window": 1, "stride": 1})
     np.testing.assert_allclose(one.raw[0, ..., 0], _z()[0, ..., 0], rtol=1e-6)  # w * x
@@ -177,7 +195,9 @@ def test_saliency_smoothgrad_and_ig_of_a_linear_model(linear_net):
     np.testing.assert_allclose(sal.raw[0], np.abs(w[..., 0]), rtol=1e-6)
     np.testing.assert_allclose(sal.maps[0], [[2 / 3, 1], [1 / 3, 2 / 3]], rtol=1e-6)
     sg = _run("smoothgrad", net, x, target=0, options={"samples": 7})
-    np.testing.assert_allclose(sg.raw, sal.raw, rtol=1e-6)  # the gradient does not depend on the noise
+    np.testing.assert_allclose(
+        sg.raw, sal.raw, rtol=1e-6
+    )  # the gradient does not depend on the noise
     ig = _run("ig", net, x, target=0, options={"steps": 5, "baseline": "blur"})
     base = ig.extra
     from convlens.core.cam import gauss_blur
@@ -185,17 +205,26 @@ def test_saliency_smoothgrad_and_ig_of_a_linear_model(linear_net):
     b = gauss_blur(x, 1.0)
     np.testing.assert_allclose(ig.raw[0], (x - b)[0] * w[..., 0], rtol=1e-5, atol=1e-7)
     assert abs(base["completeness_gap"][0]) < 1e-6
-    assert base["score_difference"][0] == pytest.approx(float(((x - b)[0] * w[..., 0]).sum()), rel=1e-6)
+    assert base["score_difference"][0] == pytest.approx(
+        float(((x - b)[0] * w[..., 0]).sum()), rel=1e-6
+    )
     assert ig.maps.min() >= -1 and ig.maps.max() <= 1 and ig.signed
 
 
 def test_smoothgrad_noise_level_and_batches(cam_net):
     rng = np.random.default_rng(1)
-    net = cam_net(rng.normal(size=(1, 3)), rng.normal(size=3), rng.normal(size=(3, 2)), np.zeros(2),
-                  size=(8, 8))
+    net = cam_net(
+        rng.normal(size=(1, 3)),
+        rng.normal(size=3),
+        rng.normal(size=(3, 2)),
+        np.zeros(2),
+        size=(8, 8),
+    )
     x = rng.uniform(0, 2, size=(1, 8, 8, 1)).astype(np.float32)
     spread = float(x.max() - x.min())
-    r = _run("smoothgrad", net, x, target=1, options={"samples": 40, "noise": 0.2, "batch_size": 16})
+    r = _run(
+        "smoothgrad", net, x, target=1, options={"samples": 40, "noise": 0.2, "batch_size": 16}
+    )
     assert [len(b) for b in net.batches] == [16, 16, 8]
     noise = np.concatenate(net.batches) - x
     assert np.std(noise) == pytest.approx(0.2 * spread, rel=0.05)
@@ -205,11 +234,18 @@ def test_smoothgrad_noise_level_and_batches(cam_net):
 
 def test_integrated_gradients_steps_go_in_batches(cam_net):
     rng = np.random.default_rng(2)
-    net = cam_net(rng.normal(size=(2, 4)), rng.normal(size=4), rng.normal(size=(4, 3)), np.zeros(3),
-                  size=(5, 5))
+    net = cam_net(
+        rng.normal(size=(2, 4)),
+        rng.normal(size=4),
+        rng.normal(size=(4, 3)),
+        np.zeros(3),
+        size=(5, 5),
+    )
     x = rng.normal(size=(2, 5, 5, 2)).astype(np.float32)
     r = _run("ig", net, x, options={"steps": 64, "batch_size": 10})
     # 2 images x 64 points, plus each image and its baseline for the completeness gap.
     assert net.items_grad == 2 * 64 + 4 and max(len(b) for b in net.batches) == 10
     # ReLU networks are piecewise linear: 64 Gauss-Legendre points leave a small gap.
-    assert np.all(np.abs(r.extra["completeness_gap"]) < 0.05 * np.abs(r.extra["score_difference"]) + 1e-3)
+    assert np.all(
+        np.abs(r.extra["completeness_gap"]) < 0.05 * np.abs(r.extra["score_difference"]) + 1e-3
+    )

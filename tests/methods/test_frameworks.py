@@ -25,7 +25,9 @@ X = CH0.reshape(1, 2, 2, 1).astype(np.float32)
 
 def _torch_tiny() -> nn.Module:
     """1x1 conv (weights 1, -1; biases 0, 5) -> ReLU -> global mean -> linear [[1, 2], [-1, 1]]."""
-    net = nn.Sequential(nn.Conv2d(1, 2, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2, 2))
+    net = nn.Sequential(
+        nn.Conv2d(1, 2, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2, 2)
+    )
     with torch.no_grad():
         net[0].weight.copy_(torch.tensor([1.0, -1.0]).reshape(2, 1, 1, 1))
         net[0].bias.copy_(torch.tensor([0.0, 5.0]))
@@ -34,15 +36,18 @@ def _torch_tiny() -> nn.Module:
     return net.eval()
 
 
-@pytest.mark.parametrize("name, target, expected", [
-    ("gradcam", 0, 0.25 * CH0 + 0.5 * CH1),
-    ("hirescam", 0, 0.25 * CH0 + 0.5 * CH1),
-    ("xgradcam", 0, 0.25 * CH0 + 0.5 * CH1),
-    ("gradcam", 1, 0.25 * (CH1 - CH0)),
-    ("layercam", 1, CH1 / 4),
-    ("gradcam++", 0, 2 / 9 * CH0 + 2 / 7 * CH1),
-    ("scorecam", 0, (1 - 1 / (1 + math.exp(-5 / 6))) * CH0 + 1 / (1 + math.exp(-5 / 6)) * CH1),
-])
+@pytest.mark.parametrize(
+    "name, target, expected",
+    [
+        ("gradcam", 0, 0.25 * CH0 + 0.5 * CH1),
+        ("hirescam", 0, 0.25 * CH0 + 0.5 * CH1),
+        ("xgradcam", 0, 0.25 * CH0 + 0.5 * CH1),
+        ("gradcam", 1, 0.25 * (CH1 - CH0)),
+        ("layercam", 1, CH1 / 4),
+        ("gradcam++", 0, 2 / 9 * CH0 + 2 / 7 * CH1),
+        ("scorecam", 0, (1 - 1 / (1 + math.exp(-5 / 6))) * CH0 + 1 / (1 + math.exp(-5 / 6)) * CH1),
+    ],
+)
 def test_torch_hand_set_network(name, target, expected):
     adapter = open_model(_torch_tiny())
     r = methods.create(name).compute(adapter, X, target=target)
@@ -77,9 +82,12 @@ def test_torch_linear_model_attributions():
     ones = nn.Sequential(nn.Flatten(), nn.Linear(9, 1, bias=False)).eval()
     with torch.no_grad():
         ones[1].weight.fill_(1.0)
-    window = methods.create("occlusion", window=2, stride=1).compute(open_model(ones, input_shape=(3, 3, 1)), z,
-                                                                      target=0)
-    np.testing.assert_allclose(window.raw[0, ..., 0], [[12, 14, 16], [18, 20, 22], [24, 26, 28]], rtol=1e-5)
+    window = methods.create("occlusion", window=2, stride=1).compute(
+        open_model(ones, input_shape=(3, 3, 1)), z, target=0
+    )
+    np.testing.assert_allclose(
+        window.raw[0, ..., 0], [[12, 14, 16], [18, 20, 22], [24, 26, 28]], rtol=1e-5
+    )
 
 
 # --------------------------------------------------------------------------- the trained demo CNN
@@ -119,12 +127,21 @@ def tflite_pair(tmp_path_factory):
     import tensorflow as tf
 
     L = keras.layers
-    model = keras.Sequential([keras.Input((12, 12, 3)), L.Conv2D(6, 3, activation="relu", name="conv"),
-                              L.Conv2D(8, 3, activation="relu", name="conv2"),
-                              L.GlobalAveragePooling2D(name="gap"), L.Dense(4, name="fc")], name="tiny")
+    model = keras.Sequential(
+        [
+            keras.Input((12, 12, 3)),
+            L.Conv2D(6, 3, activation="relu", name="conv"),
+            L.Conv2D(8, 3, activation="relu", name="conv2"),
+            L.GlobalAveragePooling2D(name="gap"),
+            L.Dense(4, name="fc"),
+        ],
+        name="tiny",
+    )
     rng = np.random.default_rng(5)
     for layer in model.layers:
-        layer.set_weights([(rng.normal(size=w.shape) * 0.5).astype("float32") for w in layer.get_weights()])
+        layer.set_weights(
+            [(rng.normal(size=w.shape) * 0.5).astype("float32") for w in layer.get_weights()]
+        )
     path = tmp_path_factory.mktemp("methods") / "tiny.tflite"
     path.write_bytes(tf.lite.TFLiteConverter.from_keras_model(model).convert())
     x = rng.uniform(0, 1, size=(2, 12, 12, 3)).astype(np.float32)

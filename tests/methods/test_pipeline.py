@@ -23,8 +23,19 @@ def _one_line(exc: pytest.ExceptionInfo) -> str:
 
 
 def test_registry_names_and_capabilities():
-    assert methods.names() == ["gradcam", "gradcam++", "xgradcam", "layercam", "hirescam", "scorecam",
-                               "eigencam", "saliency", "smoothgrad", "ig", "occlusion"]
+    assert methods.names() == [
+        "gradcam",
+        "gradcam++",
+        "xgradcam",
+        "layercam",
+        "hirescam",
+        "scorecam",
+        "eigencam",
+        "saliency",
+        "smoothgrad",
+        "ig",
+        "occlusion",
+    ]
     assert methods.forward_only() == ["scorecam", "eigencam", "occlusion"]
     assert set(methods.gradient_methods()) | set(methods.forward_only()) == set(methods.names())
     for name in methods.names():
@@ -43,8 +54,13 @@ def test_unknown_method_and_option():
     with pytest.raises(BadArgument) as e:
         methods.create("ig", step=3)
     assert "Integrated Gradients" in _one_line(e) and "step" in str(e.value)
-    for name, bad in [("ig", {"steps": 0}), ("ig", {"method": "simpson"}), ("smoothgrad", {"samples": 1.5}),
-                      ("smoothgrad", {"noise": -1}), ("occlusion", {"window": 0})]:
+    for name, bad in [
+        ("ig", {"steps": 0}),
+        ("ig", {"method": "simpson"}),
+        ("smoothgrad", {"samples": 1.5}),
+        ("smoothgrad", {"noise": -1}),
+        ("occlusion", {"window": 0}),
+    ]:
         with pytest.raises(BadArgument):
             methods.create(name, **bad)
 
@@ -116,7 +132,9 @@ def test_box_mask_and_class_scores():
     out = np.arange(2 * 2 * 2 * 3, dtype=float).reshape(2, 2, 2, 3)
     # Item 0 holds (position * 3 + class): class 2 sums to 18 + 4 * 2, class 0 to 18.
     np.testing.assert_allclose(class_scores(out, [2, 0])[0], [26, 18])
-    np.testing.assert_allclose(class_scores(out, [1, 1], per_row=True), [1 + 4 + 7 + 10, 13 + 16 + 19 + 22])
+    np.testing.assert_allclose(
+        class_scores(out, [1, 1], per_row=True), [1 + 4 + 7 + 10, 13 + 16 + 19 + 22]
+    )
 
 
 def test_segmentation_needs_a_class_and_a_classifier_no_box(cam_net, tiny):
@@ -129,7 +147,7 @@ def test_segmentation_needs_a_class_and_a_classifier_no_box(cam_net, tiny):
     assert "segmentation" in _one_line(e)
 
 
-# --------------------------------------------------------------------------- capability, layers, images
+# ------------------------------------------------------------------ capability, layers, images
 
 
 def test_gradient_method_on_a_forward_only_model_fails_before_any_work(cam_net):
@@ -165,19 +183,37 @@ def _row(i, name, kind, shape):
 
 
 def test_default_layer_rule_on_tables():
-    vgg = [_row(0, "in", "input", (224, 224, 3)), _row(1, "conv5_3", "conv", (14, 14, 512)),
-           _row(2, "relu5_3", "act", (14, 14, 512)), _row(3, "pool5", "pool", (7, 7, 512)),
-           _row(4, "flatten", "reshape", (25088,)), _row(5, "fc", "dense", (1000,))]
+    vgg = [
+        _row(0, "in", "input", (224, 224, 3)),
+        _row(1, "conv5_3", "conv", (14, 14, 512)),
+        _row(2, "relu5_3", "act", (14, 14, 512)),
+        _row(3, "pool5", "pool", (7, 7, 512)),
+        _row(4, "flatten", "reshape", (25088,)),
+        _row(5, "fc", "dense", (1000,)),
+    ]
     assert methods.default_layer(vgg).name == "relu5_3"
-    resnet = [_row(0, "in", "input", (224, 224, 3)), _row(1, "conv2", "conv", (7, 7, 512)),
-              _row(2, "bn2", "norm", (7, 7, 512)), _row(3, "down", "conv", (7, 7, 512)),
-              _row(4, "relu#2", "act", (7, 7, 512)), _row(5, "avgpool", "pool", (1, 1, 512)),
-              _row(6, "fc", "dense", (1000,))]
+    resnet = [
+        _row(0, "in", "input", (224, 224, 3)),
+        _row(1, "conv2", "conv", (7, 7, 512)),
+        _row(2, "bn2", "norm", (7, 7, 512)),
+        _row(3, "down", "conv", (7, 7, 512)),
+        _row(4, "relu#2", "act", (7, 7, 512)),
+        _row(5, "avgpool", "pool", (1, 1, 512)),
+        _row(6, "fc", "dense", (1000,)),
+    ]
     assert methods.default_layer(resnet).name == "relu#2"
-    fcn = [_row(0, "in", "input", (None, None, 3)), _row(1, "c1", "conv", (None, None, 8)),
-           _row(2, "r1", "act", (None, None, 8)), _row(3, "head", "conv", (None, None, 5))]
+    fcn = [
+        _row(0, "in", "input", (None, None, 3)),
+        _row(1, "c1", "conv", (None, None, 8)),
+        _row(2, "r1", "act", (None, None, 8)),
+        _row(3, "head", "conv", (None, None, 5)),
+    ]
     assert methods.default_layer(fcn).name == "r1"  # not the model's output
-    pools = [_row(0, "in", "input", (8, 8, 3)), _row(1, "p", "pool", (4, 4, 3)), _row(2, "d", "dense", (2,))]
+    pools = [
+        _row(0, "in", "input", (8, 8, 3)),
+        _row(1, "p", "pool", (4, 4, 3)),
+        _row(2, "d", "dense", (2,)),
+    ]
     assert methods.default_layer(pools).name == "p"
 
 
@@ -205,13 +241,16 @@ def test_flat_maps_are_reported_not_hidden(cam_net):
 def test_baselines(tiny):
     ig = methods.create("ig", baseline="black", steps=4)
     r = ig.compute(tiny, X * 50, target=0, preprocess="tf")  # black through the "tf" preset is -1
-    np.testing.assert_allclose(r.raw.sum() - r.extra["completeness_gap"][0], r.extra["score_difference"][0],
-                               rtol=1e-5)
+    np.testing.assert_allclose(
+        r.raw.sum() - r.extra["completeness_gap"][0], r.extra["score_difference"][0], rtol=1e-5
+    )
     with pytest.raises(BadArgument):
         methods.create("ig", baseline="white").compute(tiny, X)
     with pytest.raises(BadArgument):
         methods.create("ig", baseline=np.zeros((3, 3, 1))).compute(tiny, X)
-    custom = methods.create("ig", baseline=np.full((2, 2, 1), 1.0, np.float32), steps=4).compute(tiny, X)
+    custom = methods.create("ig", baseline=np.full((2, 2, 1), 1.0, np.float32), steps=4).compute(
+        tiny, X
+    )
     assert custom.raw[0, 0, 0, 0] == pytest.approx(0.0)  # the pixel equals the baseline there
 
 
@@ -229,8 +268,15 @@ class _Recorder:
         self.events.append(("finish",))
 
 
-@pytest.mark.parametrize("name, options", [("scorecam", {}), ("ig", {"steps": 5}),
-                                           ("smoothgrad", {"samples": 3}), ("occlusion", {"window": 1})])
+@pytest.mark.parametrize(
+    "name, options",
+    [
+        ("scorecam", {}),
+        ("ig", {"steps": 5}),
+        ("smoothgrad", {"samples": 3}),
+        ("occlusion", {"window": 1}),
+    ],
+)
 def test_slow_methods_report_progress(tiny, name, options):
     rec = _Recorder()
     methods.create(name, batch_size=2, **options).compute(tiny, X, progress=rec)

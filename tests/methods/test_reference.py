@@ -1,4 +1,6 @@
-"""Agreement with the reference implementations on torchvision ResNet-18 (random weights, seed 0, eval).
+"""Agreement with the reference implementations on torchvision ResNet-18.
+
+Random weights, seed 0, eval mode.
 
 pytorch-grad-cam 1.5.7 for every CAM method it has, captum 0.9.0 for saliency,
 Integrated Gradients and occlusion. Both are test-only dependencies.
@@ -30,7 +32,15 @@ import pytest
 import torch
 import torchvision
 from captum.attr import IntegratedGradients, Occlusion, Saliency
-from pytorch_grad_cam import EigenCAM, GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, ScoreCAM, XGradCAM
+from pytorch_grad_cam import (
+    EigenCAM,
+    GradCAM,
+    GradCAMPlusPlus,
+    HiResCAM,
+    LayerCAM,
+    ScoreCAM,
+    XGradCAM,
+)
 from pytorch_grad_cam.utils.image import scale_cam_image
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from pytorch_grad_cam.utils.svd_on_activations import get_2d_projection
@@ -65,9 +75,16 @@ def test_the_default_layer_is_pytorch_grad_cams_layer4(resnet):
     assert methods.default_layer(resnet[1].layers()).name == LAYER
 
 
-@pytest.mark.parametrize("name, reference", [
-    ("gradcam", GradCAM), ("gradcam++", GradCAMPlusPlus), ("xgradcam", XGradCAM),
-    ("layercam", LayerCAM), ("hirescam", HiResCAM)])
+@pytest.mark.parametrize(
+    "name, reference",
+    [
+        ("gradcam", GradCAM),
+        ("gradcam++", GradCAMPlusPlus),
+        ("xgradcam", XGradCAM),
+        ("layercam", LayerCAM),
+        ("hirescam", HiResCAM),
+    ],
+)
 def test_gradient_cams_match_pytorch_grad_cam(resnet, image224, name, reference):
     model, adapter = resnet
     x, t, top = image224
@@ -149,10 +166,13 @@ def test_integrated_gradients_matches_captum(resnet, method):
     x, t = _image(64, seed=2)
     with torch.no_grad():
         top = int(model(t).argmax())
-    attr, delta = IntegratedGradients(model).attribute(t, baselines=0.0, target=top, n_steps=16,
-                                                       method=method, return_convergence_delta=True)
+    attr, delta = IntegratedGradients(model).attribute(
+        t, baselines=0.0, target=top, n_steps=16, method=method, return_convergence_delta=True
+    )
     expected = attr.detach().permute(0, 2, 3, 1).numpy()
-    got = methods.create("ig", steps=16, method=method, baseline="zero").compute(adapter, x, target=top)
+    got = methods.create("ig", steps=16, method=method, baseline="zero").compute(
+        adapter, x, target=top
+    )
     scale = np.abs(expected).max()
     np.testing.assert_allclose(got.raw / scale, expected / scale, atol=1e-4)
     gap, difference = got.extra["completeness_gap"][0], got.extra["score_difference"][0]
@@ -167,8 +187,14 @@ def test_occlusion_matches_captum(resnet):
     with torch.no_grad():
         top = int(model(t).argmax())
     # 16x16 windows every 10 pixels: 6 x 6 patches, the last ones cut by the border at 64.
-    expected = Occlusion(model).attribute(t, sliding_window_shapes=(3, 16, 16), strides=(3, 10, 10),
-                                          baselines=0.0, target=top, perturbations_per_eval=36)
+    expected = Occlusion(model).attribute(
+        t,
+        sliding_window_shapes=(3, 16, 16),
+        strides=(3, 10, 10),
+        baselines=0.0,
+        target=top,
+        perturbations_per_eval=36,
+    )
     expected = expected.permute(0, 2, 3, 1).numpy()
     got = methods.create("occlusion", window=16, stride=10).compute(adapter, x, target=top)
     scale = np.abs(expected).max()
