@@ -284,3 +284,14 @@ def test_slow_methods_report_progress(tiny, name, options):
     total = rec.events[0][1]
     assert sum(e[1] for e in rec.events if e[0] == "advance") == total and total > 1
     assert methods.get(name).slow
+
+
+def test_a_known_output_saves_the_top1_forward_pass(tiny):
+    out = tiny.run(X, [], lambda *a: None)
+    tiny.items_run = 0
+    r = methods.create("gradcam").compute(tiny, X, output=out)
+    assert r.classes.tolist() == [0] and tiny.items_run == 0 and tiny.items_grad == 1
+    r = methods.create("occlusion", window=1).compute(tiny, X, output=out)
+    assert tiny.items_run == 4  # the four occluded pixels only
+    with pytest.raises(BadArgument):
+        methods.create("gradcam").compute(tiny, X, output=np.zeros((2, 2)))

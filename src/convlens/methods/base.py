@@ -50,7 +50,7 @@ __all__ = [
 ]
 
 #: Bytes of layer outputs one batched pass may hold (per-sample size estimated from the table).
-MEMORY_BUDGET = 512 * 2**20
+MEMORY_BUDGET = 2**30
 
 
 @dataclass
@@ -265,11 +265,16 @@ class Context:
             )
         return self._rows
 
-    def forward(self) -> np.ndarray:
-        """One forward pass of the batch; captures the CAM layer's activations on the way."""
-        if self.output is None or (self.layer is not None and self._activations is None):
+    def forward(self, *, capture: bool = False) -> np.ndarray:
+        """The model's output for the batch: one forward pass unless known already.
+
+        Args:
+            capture: also capture the CAM layer's activations (:meth:`activations`).
+        """
+        capture = capture and self.layer is not None
+        if self.output is None or (capture and self._activations is None):
             captured: list[np.ndarray] = []
-            wanted = [self.layer.index] if self.layer is not None else []
+            wanted = [self.layer.index] if capture else []  # type: ignore[union-attr]
             self.output = np.asarray(
                 self.adapter.run(self.batch, wanted, lambda i, a: captured.append(a))
             )
@@ -279,7 +284,7 @@ class Context:
 
     def activations(self) -> np.ndarray:
         """``(N, h, w, C)``: the CAM layer's output for the batch (one forward pass, shared)."""
-        self.forward()
+        self.forward(capture=True)
         if self._activations is None:
             raise UnsupportedModel(
                 f"the adapter gave no output for layer {self.layer.name!r}"  # type: ignore[union-attr]
@@ -514,6 +519,7 @@ class Method:
         box: Sequence[float] | None = None,
         preprocess: str | None = None,
         progress: Progress | None = None,
+        output: np.ndarray | None = None,
     ) -> MethodResult:
         """Heatmaps of ``batch`` for ``target``.
 
@@ -532,6 +538,9 @@ class Method:
             preprocess: the preset ``batch`` was made with; default the adapter's
                 (used by baselines given in pixels, e.g. black).
             progress: receives progress of slow methods.
+            output: the model's output for ``batch`` (what :meth:`Adapter.run`
+                returned), when the caller has it already: saves the forward
+                pass that a top-1 target or a box needs.
 
         Raises:
             UnsupportedModel: a gradient method on a model without gradients
@@ -542,12 +551,14 @@ class Method:
         if self.needs_gradients:
             why = adapter.gradients_unavailable()
             if why is not None:
-                from . import forward_only
+                from . import METHODS, forward_only
 
-                raise UnsupportedModel(
-                    f"{self.title} needs gradients, which {adapter.name} cannot give "
-                    f"({why}); forward-only methods work: {', '.join(forward_only())}"
-                )
+                names = ", ".join(forward_only())
+                if all(METHODS[n].title in why for n in forward_only()):
+                    tail = f" (forward-only methods by name: {names})"  # the reason names them already
+                else:
+                    tail = f"; forward-only methods work: {names}"
+                raise UnsupportedModel(f"{self.title} needs gradients: {why}{tail}")
         x = _check_batch(batch)
         table = adapter.layers()
         chosen = resolve_layer(table, layer) if self.kind == "cam" else None
@@ -564,6 +575,11 @@ class Method:
             progress=progress or NullProgress(),
             memory=self.memory,
         )
+        if output is not None:
+            out = np.asarray(output)
+            if out.ndim < 2 or len(out) != len(x):
+                raise BadArgument(f"output of shape {out.shape} for a batch of {len(x)} images")
+            ctx.output = out
         raw = np.asarray(self.raw_maps(ctx), np.float32)
         rows = ctx.rows
         if self.kind == "cam":
