@@ -227,6 +227,7 @@ class Context:
         preprocess: str,
         progress: Progress,
         memory: int,
+        forward_first: bool = False,
     ) -> None:
         self.adapter = adapter
         self.batch = batch
@@ -237,6 +238,9 @@ class Context:
         self.output: np.ndarray | None = None
         self.memory = memory
         self._spec, self._names, self._box = spec, names, box
+        # Forward-only methods run the batch anyway: resolving classes against the real output
+        # checks them even when the layer table does not say how many classes there are.
+        self._forward_first = forward_first
         #: method-specific figures the method records for :attr:`MethodResult.extra`
         self.extra: dict[str, Any] = {}
         self._rows: Rows | None = None
@@ -250,9 +254,11 @@ class Context:
 
     @property
     def rows(self) -> Rows:
-        """The resolved targets; a top-1 target or a box runs the forward pass first."""
+        """The resolved targets (top-1, a box or a forward-only method run the batch first)."""
         if self._rows is None:
-            if self.output is None and (self._spec is None or self._box is not None):
+            if self.output is None and (
+                self._spec is None or self._box is not None or self._forward_first
+            ):
                 self.forward()
             self._rows = resolve_rows(
                 self._spec,
@@ -486,6 +492,12 @@ class Method:
             ``"absmax"`` (largest magnitude, Simonyan et al.), ``"sum"`` (captum's
             convention for additive attributions) or ``"mean"``.
         slow: the method reports progress.
+
+    Args:
+        batch_size: items per pass of the slow methods (masked inputs, path
+            points, noisy copies, occluded images); default as many as
+            ``memory`` allows, estimated from the layer table (at most 64).
+        memory: bytes of layer outputs one pass may hold (:data:`MEMORY_BUDGET`).
     """
 
     name: ClassVar[str] = ""
@@ -498,6 +510,12 @@ class Method:
     slow: ClassVar[bool] = False
 
     def __init__(self, *, batch_size: int | None = None, memory: int = MEMORY_BUDGET) -> None:
+        if batch_size is not None and (
+            isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
+        ):
+            raise BadArgument(f"batch_size must be a positive whole number, not {batch_size!r}")
+        if isinstance(memory, bool) or not isinstance(memory, int) or memory < 1:
+            raise BadArgument(f"memory is a number of bytes (e.g. 2**30), not {memory!r}")
         self.batch_size = batch_size
         self.memory = memory
 
@@ -553,27 +571,28 @@ class Method:
             if why is not None:
                 from . import METHODS, forward_only
 
-                names = ", ".join(forward_only())
-                if all(METHODS[n].title in why for n in forward_only()):
-                    tail = f" (forward-only methods by name: {names})"  # the reason names them already
+                listed = ", ".join(forward_only())
+                if all(METHODS[n].title in why for n in forward_only()):  # the reason names them
+                    tail = f" (forward-only methods by name: {listed})"
                 else:
-                    tail = f"; forward-only methods work: {names}"
+                    tail = f"; forward-only methods work: {listed}"
                 raise UnsupportedModel(f"{self.title} needs gradients: {why}{tail}")
         x = _check_batch(batch)
         table = adapter.layers()
         chosen = resolve_layer(table, layer) if self.kind == "cam" else None
-        names = list(class_names) if class_names is not None else adapter.class_names
+        labels = list(class_names) if class_names is not None else adapter.class_names
         ctx = Context(
             adapter,
             x,
             table,
             chosen,
             spec=target,
-            names=names,
+            names=labels,
             box=box,
             preprocess=preprocess or adapter.preprocess or "unit",
             progress=progress or NullProgress(),
             memory=self.memory,
+            forward_first=not self.needs_gradients,
         )
         if output is not None:
             out = np.asarray(output)
