@@ -112,6 +112,9 @@ def test_every_method_on_the_demo_model(demo, name):
     assert r.maps.min() >= low and r.maps.max() <= 1.0 and r.maps.max() > 0.99
     assert r.maps.std() > 0.05 and not r.flat.any()
     assert r.classes.tolist() == [7] and r.scores[0] > 0.9  # the demo digit is a 7, softmax output
+    if name == "ig":  # the logit before the softmax is integrated: completeness within 5%
+        assert r.extra["logits"]
+        assert abs(r.extra["completeness_gap"][0]) < 0.05 * abs(r.extra["score_difference"][0])
     if r.kind == "cam":
         assert r.layer.name == "conv3" and r.raw.shape == (1, 7, 7)
     else:

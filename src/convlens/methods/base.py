@@ -247,6 +247,8 @@ class Context:
         self._activations: np.ndarray | None = None
         #: the model output of each row, when a gradient pass gave it
         self.row_output: np.ndarray | None = None
+        #: the gradient passes differentiated logits read before a final softmax
+        self.logits = False
 
     @property
     def hw(self) -> tuple[int, int]:
@@ -339,13 +341,15 @@ class Context:
         target = Target(
             layer=None, channels=tuple(int(c) for c in classes), reduce="sum", mask=self.rows.mask
         )
-        return self.adapter.gradients(
+        g = self.adapter.gradients(
             np.ascontiguousarray(x, np.float32),
             target,
             list(layers),
             wrt_input=wrt_input,
             need_output=True,
         )
+        self.logits = bool(g.logits)
+        return g
 
     def layer_gradients(self, batch_size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """``(acts, grads)``, each ``(M, h, w, C)``: the CAM layer's output and d score / d output.

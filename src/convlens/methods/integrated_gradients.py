@@ -20,7 +20,9 @@ class IntegratedGradients(Method):
     """Integrated Gradients (Sundararajan et al. 2017), computed as captum computes it.
 
     ``attr = (x - b) * sum_j w_j * grad(b + alpha_j (x - b))`` with captum's
-    points and weights (:func:`convlens.core.cam.ig_alphas`). ``raw`` keeps the
+    points and weights (:func:`convlens.core.cam.ig_alphas`; for
+    ``riemann_trapezoid`` the rule's own weights, whose sum is 1, where captum's
+    sum to ``(n-1)/n``). ``raw`` keeps the
     attribution per channel; the map is its sum over channels (captum's
     convention for an additive attribution), scaled by its largest magnitude
     to -1..1. ``extra["completeness_gap"]`` is ``sum(attr) - (f(x) - f(b))``
@@ -100,5 +102,6 @@ class IntegratedGradients(Method):
             score_difference=difference,
             steps=self.steps,
             method=self.method,
+            logits=ctx.logits,
         )
         return attr.astype(np.float32)
