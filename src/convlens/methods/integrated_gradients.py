@@ -83,19 +83,36 @@ class IntegratedGradients(Method):
         x = ctx.batch[rows.images]
         b = ctx.baseline(self.baseline, blur_sigma=self.blur_sigma)[rows.images]
         m, s = len(rows), self.steps
+        # Items: every path point of every row, then each row's image and its baseline; the
+        # points are made one batch at a time, so memory holds one batch of them.
         item_row = np.concatenate([np.repeat(np.arange(m), s), np.arange(m), np.arange(m)])
-        alpha = np.concatenate([np.tile(self.alphas, m), np.ones(m), np.zeros(m)]).astype(
-            np.float32
-        )
-        points = b[item_row] + alpha[:, None, None, None] * (x - b)[item_row]
-        grads, score, output = ctx.input_gradients(
-            points, rows.classes[item_row], self.batch_size, label=f"{self.title} path points"
-        )
-        path = grads[: m * s].reshape(m, s, *x.shape[1:]).astype(np.float64)
-        total = np.einsum("ms...,s->m...", path, self.weights)
+        alpha = np.concatenate([np.tile(self.alphas, m), np.ones(m), np.zeros(m)])
+        weight = np.concatenate([np.tile(self.weights, m), np.zeros(2 * m)])
+        step = ctx.batch_size(self.batch_size, backward=True)
+        total = np.zeros(x.shape, np.float64)
+        score = np.zeros(len(item_row))
+        outputs: dict[int, np.ndarray] = {}
+        ctx.progress.start(len(item_row), f"{self.title} path points")
+        try:
+            for start in range(0, len(item_row), step):
+                idx = np.arange(start, min(start + step, len(item_row)))
+                r, a = item_row[idx], alpha[idx].astype(np.float32)[:, None, None, None]
+                grads, score[idx], output = ctx.input_gradients(
+                    b[r] + a * (x - b)[r], rows.classes[r], len(idx)
+                )
+                for row in np.unique(r):
+                    sel = r == row
+                    total[row] += np.tensordot(weight[idx][sel], grads[sel], axes=1)
+                if output is not None:
+                    outputs.update(
+                        {int(k): o for k, o in zip(idx, output, strict=True) if k >= m * s}
+                    )
+                ctx.progress.advance(len(idx))
+        finally:
+            ctx.progress.finish()
         attr = (x - b).astype(np.float64) * total
-        if output is not None:
-            ctx.row_output = output[m * s : m * s + m]
+        if len(outputs) == 2 * m:
+            ctx.row_output = np.stack([outputs[m * s + k] for k in range(m)])
         difference = score[m * s : m * s + m] - score[m * s + m :]
         ctx.extra.update(
             completeness_gap=attr.reshape(m, -1).sum(axis=1) - difference,

@@ -73,7 +73,8 @@ class SmoothGrad(Method):
                 grads, _, _ = ctx.input_gradients(
                     noisy.astype(np.float32), rows.classes[idx], len(idx)
                 )
-                np.add.at(total, idx, np.abs(grads))
+                for row in np.unique(idx):
+                    total[row] += np.abs(grads[idx == row]).sum(axis=0, dtype=np.float64)
                 ctx.progress.advance(len(idx))
         finally:
             ctx.progress.finish()
