@@ -23,7 +23,7 @@ Every method has the same :meth:`Method.compute` signature; what differs
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -45,6 +45,7 @@ __all__ = [
     "Method",
     "MethodResult",
     "default_layer",
+    "positive_int",
     "resolve_layer",
     "spatial_layers",
 ]
@@ -324,9 +325,7 @@ class Context:
     def batch_size(self, wanted: int | None, *, backward: bool) -> int:
         """Items per pass: ``wanted`` if given, else as many as the memory budget allows (1-64)."""
         if wanted is not None:
-            if isinstance(wanted, bool) or not isinstance(wanted, (int, np.integer)) or wanted < 1:
-                raise BadArgument(f"batch_size must be a positive whole number, not {wanted!r}")
-            return int(wanted)
+            return positive_int("batch_size", wanted)
         return int(min(64, max(1, self.memory // self.per_sample_bytes(backward))))
 
     def gradients(
@@ -372,7 +371,7 @@ class Context:
         return np.concatenate(acts), np.concatenate(grads)
 
     def input_gradients(
-        self, x: np.ndarray, classes: np.ndarray, batch_size: int | None = None, *, label: str = ""
+        self, x: np.ndarray, classes: np.ndarray, batch_size: int | None = None
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """d score / d input for many items, in passes under the memory budget.
 
@@ -380,7 +379,6 @@ class Context:
             x: ``(B, H, W, C)`` inputs.
             classes: ``(B,)`` the class each item differentiates.
             batch_size: items per pass; default from :data:`MEMORY_BUDGET`.
-            label: with a label, progress is reported per item under it.
 
         Returns:
             ``(grads, score, output)``: ``(B, H, W, C)`` float32 gradients,
@@ -390,28 +388,67 @@ class Context:
         """
         step = self.batch_size(batch_size, backward=True)
         grads, scores, outs = [], [], []
-        if label:
-            self.progress.start(len(x), label)
-        try:
-            for start in range(0, len(x), step):
-                g = self.gradients(
-                    x[start : start + step], classes[start : start + step], wrt_input=True
-                )
-                if g.input_grad is None:
-                    raise UnsupportedModel(
-                        f"{self.adapter.name}: the adapter gave no input gradient"
-                    )
-                grads.append(np.asarray(g.input_grad, np.float32))
-                scores.append(np.asarray(g.score, np.float64))
-                if g.output is not None:
-                    outs.append(np.asarray(g.output))
-                if label:
-                    self.progress.advance(len(grads[-1]))
-        finally:
-            if label:
-                self.progress.finish()
+        for start in range(0, len(x), step):
+            part = slice(start, start + step)
+            g = self.gradients(x[part], classes[part], wrt_input=True)
+            if g.input_grad is None:
+                raise UnsupportedModel(f"{self.adapter.name}: the adapter gave no input gradient")
+            grads.append(np.asarray(g.input_grad, np.float32))
+            scores.append(np.asarray(g.score, np.float64))
+            if g.output is not None:
+                outs.append(np.asarray(g.output))
         output = np.concatenate(outs) if len(outs) == len(grads) and outs else None
         return np.concatenate(grads), np.concatenate(scores), output
+
+    def summed_input_gradients(
+        self,
+        item_row: np.ndarray,
+        make: Callable[[np.ndarray], np.ndarray],
+        weights: np.ndarray,
+        *,
+        batch_size: int | None,
+        label: str,
+        absolute: bool = False,
+        keep: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, np.ndarray, dict[int, np.ndarray]]:
+        """Weighted sums of input gradients over many items per row (IG's path, SmoothGrad's noise).
+
+        Items are made and differentiated one batch at a time, so memory holds
+        one batch of them; progress is reported per item.
+
+        Args:
+            item_row: ``(I,)`` the row each item belongs to.
+            make: the inputs ``(B, H, W, C)`` of the items with the given indexes.
+            weights: ``(I,)`` each item's weight in its row's sum.
+            batch_size: items per pass; default from the memory budget.
+            label: what the progress bar says.
+            absolute: sum ``|gradient|`` instead of the gradient.
+            keep: ``(I,)`` bool, items whose model output to return.
+
+        Returns:
+            ``(total, score, outputs)``: ``(M, H, W, C)`` float64 sums, ``(I,)``
+            each item's differentiated score, and the kept items' outputs by index.
+        """
+        rows = self.rows
+        step = self.batch_size(batch_size, backward=True)
+        total = np.zeros((len(rows), *self.batch.shape[1:]), np.float64)
+        score = np.zeros(len(item_row))
+        outputs: dict[int, np.ndarray] = {}
+        self.progress.start(len(item_row), label)
+        try:
+            for start in range(0, len(item_row), step):
+                idx = np.arange(start, min(start + step, len(item_row)))
+                r = item_row[idx]
+                grads, score[idx], out = self.input_gradients(make(idx), rows.classes[r], len(idx))
+                grads = np.abs(grads) if absolute else grads
+                for row in np.unique(r):
+                    total[row] += np.tensordot(weights[idx][r == row], grads[r == row], axes=1)
+                if out is not None and keep is not None:
+                    outputs.update({int(k): out[n] for n, k in enumerate(idx) if keep[k]})
+                self.progress.advance(len(idx))
+        finally:
+            self.progress.finish()
+        return total, score, outputs
 
     def baseline(
         self, spec: str | float | np.ndarray, *, blur_sigma: float | None = None
@@ -450,6 +487,13 @@ class Context:
                 f"a baseline of shape {arr.shape} does not fit images of shape "
                 f"{shape[1:]} (preprocessed, channels last)"
             ) from None
+
+
+def positive_int(name: str, value: Any) -> int:
+    """``value`` when it is a whole number >= 1, else :class:`BadArgument` naming the option."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise BadArgument(f"{name} must be a positive whole number, not {value!r}")
+    return int(value)
 
 
 def _known_classes(table: Sequence[LayerInfo], names: Sequence[str] | None) -> int | None:
@@ -514,14 +558,8 @@ class Method:
     slow: ClassVar[bool] = False
 
     def __init__(self, *, batch_size: int | None = None, memory: int = MEMORY_BUDGET) -> None:
-        if batch_size is not None and (
-            isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
-        ):
-            raise BadArgument(f"batch_size must be a positive whole number, not {batch_size!r}")
-        if isinstance(memory, bool) or not isinstance(memory, int) or memory < 1:
-            raise BadArgument(f"memory is a number of bytes (e.g. 2**30), not {memory!r}")
-        self.batch_size = batch_size
-        self.memory = memory
+        self.batch_size = None if batch_size is None else positive_int("batch_size", batch_size)
+        self.memory = positive_int("memory (bytes)", memory)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"

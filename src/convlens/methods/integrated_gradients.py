@@ -11,7 +11,7 @@ import numpy as np
 
 from .._errors import BadArgument
 from ..core.cam import ig_alphas
-from .base import MEMORY_BUDGET, Context, Method
+from .base import MEMORY_BUDGET, Context, Method, positive_int
 
 __all__ = ["IntegratedGradients"]
 
@@ -62,63 +62,38 @@ class IntegratedGradients(Method):
         memory: int = MEMORY_BUDGET,
     ) -> None:
         super().__init__(batch_size=batch_size, memory=memory)
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-            raise BadArgument(f"steps must be a positive whole number, not {steps!r}")
+        self.steps = positive_int("steps", steps)
         try:
-            self.alphas, self.weights = ig_alphas(steps, method)
+            self.alphas, self.weights = ig_alphas(self.steps, method)
         except ValueError as exc:
             raise BadArgument(
-                f"{exc}; use gausslegendre, riemann_trapezoid, riemann_left, "
-                "riemann_right or riemann_middle"
+                f"{exc}; use gausslegendre or riemann_trapezoid/left/right/middle"
             ) from None
-        self.steps, self.method, self.baseline, self.blur_sigma = (
-            steps,
-            method,
-            baseline,
-            blur_sigma,
-        )
+        self.method, self.baseline, self.blur_sigma = method, baseline, blur_sigma
 
     def raw_maps(self, ctx: Context) -> np.ndarray:
-        rows = ctx.rows
+        rows, m, s = ctx.rows, len(ctx.rows), self.steps
         x = ctx.batch[rows.images]
         b = ctx.baseline(self.baseline, blur_sigma=self.blur_sigma)[rows.images]
-        m, s = len(rows), self.steps
-        # Items: every path point of every row, then each row's image and its baseline; the
-        # points are made one batch at a time, so memory holds one batch of them.
+        # Items: every row's path points, then each row's image and its baseline (for the gap).
         item_row = np.concatenate([np.repeat(np.arange(m), s), np.arange(m), np.arange(m)])
-        alpha = np.concatenate([np.tile(self.alphas, m), np.ones(m), np.zeros(m)])
-        weight = np.concatenate([np.tile(self.weights, m), np.zeros(2 * m)])
-        step = ctx.batch_size(self.batch_size, backward=True)
-        total = np.zeros(x.shape, np.float64)
-        score = np.zeros(len(item_row))
-        outputs: dict[int, np.ndarray] = {}
-        ctx.progress.start(len(item_row), f"{self.title} path points")
-        try:
-            for start in range(0, len(item_row), step):
-                idx = np.arange(start, min(start + step, len(item_row)))
-                r, a = item_row[idx], alpha[idx].astype(np.float32)[:, None, None, None]
-                grads, score[idx], output = ctx.input_gradients(
-                    b[r] + a * (x - b)[r], rows.classes[r], len(idx)
-                )
-                for row in np.unique(r):
-                    sel = r == row
-                    total[row] += np.tensordot(weight[idx][sel], grads[sel], axes=1)
-                if output is not None:
-                    outputs.update(
-                        {int(k): o for k, o in zip(idx, output, strict=True) if k >= m * s}
-                    )
-                ctx.progress.advance(len(idx))
-        finally:
-            ctx.progress.finish()
+        alpha = np.concatenate([np.tile(self.alphas, m), np.ones(m), np.zeros(m)]).astype(
+            np.float32
+        )
+        weights = np.concatenate([np.tile(self.weights, m), np.zeros(2 * m)])
+        total, score, outputs = ctx.summed_input_gradients(
+            item_row,
+            lambda idx: b[item_row[idx]] + alpha[idx, None, None, None] * (x - b)[item_row[idx]],
+            weights,
+            batch_size=self.batch_size,
+            label=f"{self.title} path points",
+            keep=np.arange(len(item_row)) // m == s,  # the images themselves: their outputs
+        )
         attr = (x - b).astype(np.float64) * total
-        if len(outputs) == 2 * m:
+        if len(outputs) == m:
             ctx.row_output = np.stack([outputs[m * s + k] for k in range(m)])
         difference = score[m * s : m * s + m] - score[m * s + m :]
-        ctx.extra.update(
-            completeness_gap=attr.reshape(m, -1).sum(axis=1) - difference,
-            score_difference=difference,
-            steps=self.steps,
-            method=self.method,
-            logits=ctx.logits,
-        )
+        gap = attr.reshape(m, -1).sum(axis=1) - difference
+        ctx.extra.update(completeness_gap=gap, score_difference=difference, steps=s)
+        ctx.extra.update(method=self.method, logits=ctx.logits)
         return attr.astype(np.float32)
