@@ -26,7 +26,8 @@ from ..core.receptive import with_receptive_fields
 from .base import Gradients, OnOutput, Target
 from .base import first_line as _first_line  # one-line error messages
 
-__all__ = ["KerasAdapter", "ZOO", "import_keras", "load_keras_file", "load_zoo_model"]
+__all__ = ["KerasAdapter", "ZOO", "import_keras", "keras_final_activation", "load_keras_file",
+           "load_zoo_model"]
 
 #: keras.applications names: (constructor, preprocessing preset, default input size).
 ZOO: dict[str, tuple[str, str, int]] = {
@@ -299,8 +300,10 @@ class KerasAdapter:
         self.model = model
         self.name = model.name
         self.preprocess = preprocess
+        self._probe_shapes: tuple[tuple[int, ...], tuple[int, ...]] | None = None  # see _free_dims
         self._ensure_built(input_shape)
         self.channels_first = self._channels_first()
+        self.final_activation = keras_final_activation(model)
         self._layers: list[LayerInfo] | None = None
         self._objects: list[Any] = []  # keras layer of each table row (None for the input)
         self._passes: dict[tuple, int] = {}  # (wanted rows, input shape) -> eager passes so far
@@ -330,7 +333,7 @@ class KerasAdapter:
             if given is not None:
                 shape = given
             elif shapes and shapes[0] is not None and len(shapes[0]) >= 3:
-                shape = tuple(shapes[0][1:])
+                shape = self._free_dims(tuple(shapes[0][1:]))
             else:
                 raise UnsupportedModel(
                     f"{model.name} does not know its input shape (an unbuilt Sequential or a "
@@ -348,6 +351,31 @@ class KerasAdapter:
                 except (AttributeError, ValueError):
                     self.graph = False
         self._raw_input_shape = shape
+
+    def _free_dims(self, built: tuple[int | None, ...]) -> tuple[int | None, ...]:
+        """The input shape of a model without a graph, from its behaviour rather than its build size.
+
+        A subclassed model built by one call at 64x64 records (64, 64, 3), yet
+        a fully convolutional one runs at any size. It is called once more, at
+        a second size (each spatial dim ``d`` grows by the largest power of two
+        dividing it, 64 -> 128, 224 -> 256, so a model that needs multiples of
+        32 is not refused for that reason); if that works, the spatial dims are
+        free (``None``) and both sizes are kept as probe shapes for the table.
+        """
+        if len(built) < 2 or any(d is None for d in built):
+            return built
+        channel = 0 if self._channels_first() else len(built) - 1
+        first = tuple(int(d) for d in built)  # type: ignore[arg-type]
+        other = tuple(d if i == channel else d + (d & -d) for i, d in enumerate(first))
+        try:
+            with self._no_grad(), _quiet_native_stderr(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                self.model(self.keras.ops.convert_to_tensor(np.zeros((1, *other), "float32")),
+                           training=False)
+        except Exception:  # the model is tied to its build size (a Flatten into a Dense)
+            return built
+        self._probe_shapes = (first, other)
+        return tuple(d if i == channel else None for i, d in enumerate(first))
 
     def _channels_first(self) -> bool:
         for layer in self._leaf_layers(self.model):
@@ -472,13 +500,35 @@ class KerasAdapter:
         return rows
 
     def _probe_rows(self) -> list[tuple[Any, LayerInfo]]:
-        """Rows from one forward pass on zeros, for models without a graph."""
-        shape = self._raw_input_shape
+        """Rows from one forward pass on zeros, for models without a graph.
+
+        A model found to take any size (see :meth:`_free_dims`) is probed at
+        its build size and at the second size; output dims that differ are
+        ``None`` in the table.
+        """
+        shape = self._probe_shapes[0] if self._probe_shapes else self._raw_input_shape
         if any(d is None for d in shape):
             raise UnsupportedModel(f"{self.name} has free input dimensions {shape} and no graph; pass "
                                    "--input-shape H,W,C to list its layers")
+        records = self._probe_records(tuple(shape))
+        if self._probe_shapes:
+            second = self._probe_records(self._probe_shapes[1])
+            if len(second) == len(records):
+                records = [(layer, name, _differing_as_none(oshape, other[2]), parents)
+                           for (layer, name, oshape, parents), other in zip(records, second)]
+        counts: dict[str, int] = {}
+        rows: list[tuple[Any, LayerInfo]] = [(None, LayerInfo(index=0, name="input", type="InputLayer",
+                                                             kind="input", output_shape=self.input_shape))]
+        for layer, name, oshape, parents in records:
+            counts[name] = counts.get(name, 0) + 1
+            label = name if counts[name] == 1 else f"{name}#{counts[name]}"
+            rows.append((layer, self._info(len(rows), label, layer, oshape, parents)))
+        return rows
+
+    def _probe_records(self, shape: tuple[int, ...]) -> list[tuple[Any, str, tuple | None, list[int]]]:
+        """``(layer, name, output shape, parent rows)`` of every leaf call in one pass on zeros."""
         ops = self.keras.ops
-        records: list[tuple[Any, str, tuple, list[int]]] = []
+        records: list[tuple[Any, str, tuple | None, list[int]]] = []
         tensor_owner: dict[int, int] = {}
         keep: list[Any] = []  # keep outputs alive so their ids stay unique during the probe
 
@@ -498,14 +548,7 @@ class KerasAdapter:
                 self.model(x, training=False)
             with self._wrapped(record):
                 self.model(x, training=False)
-        counts: dict[str, int] = {}
-        rows: list[tuple[Any, LayerInfo]] = [(None, LayerInfo(index=0, name="input", type="InputLayer",
-                                                             kind="input", output_shape=self.input_shape))]
-        for layer, name, oshape, parents in records:
-            counts[name] = counts.get(name, 0) + 1
-            label = name if counts[name] == 1 else f"{name}#{counts[name]}"
-            rows.append((layer, self._info(len(rows), label, layer, oshape, parents)))
-        return rows
+        return records
 
     # ----------------------------------------------------------------- running
 
@@ -670,6 +713,13 @@ class KerasAdapter:
         return _to_canonical_kernel(layer, np.asarray(self.keras.ops.convert_to_numpy(raw), dtype=np.float32))
 
 
+def _differing_as_none(a: tuple | None, b: tuple | None) -> tuple | None:
+    """``a`` with ``None`` where ``b`` differs (the dims that follow the input size)."""
+    if a is None or b is None or len(a) != len(b):
+        return a
+    return tuple(None if x != y else x for x, y in zip(a, b))
+
+
 class _NeedsProbe(Exception):
     """The graph holds a layer with sublayers but no graph of its own."""
 
@@ -685,3 +735,80 @@ def _first_tensor(out: Any) -> Any:
             if t is not None:
                 return t
     return None
+
+
+# --------------------------------------------------------------------------- final activation
+
+#: Layers that hand their input's values on unchanged: a softmax behind them still makes the output.
+_KERAS_PASS_THROUGH = {"Reshape", "Flatten", "Dropout", "SpatialDropout1D", "SpatialDropout2D",
+                       "GaussianDropout", "GaussianNoise", "AlphaDropout", "ActivityRegularization",
+                       "Identity"}
+#: Layers whose output, without an activation, is a linear function of their input: scores, not probabilities.
+_KERAS_LINEAR = {"Dense", "EinsumDense", "Conv1D", "Conv2D", "Conv3D", "Conv2DTranspose", "Conv1DTranspose",
+                 "DepthwiseConv2D", "SeparableConv2D"}
+
+
+def keras_final_activation(model: Any) -> str | None:
+    """What a Keras model's output is made by, read from its graph (the adapter's ``final_activation``).
+
+    Follows the output tensor back through layers that pass values on
+    unchanged (``Reshape``, ``Flatten``, ``Dropout``...) and into nested
+    models, to the layer that computes it: a ``Softmax`` layer or any layer
+    with ``activation=softmax`` gives ``"softmax"``; ``sigmoid`` gives
+    ``"sigmoid"``; a ``Dense``/conv layer with a linear activation gives
+    ``"linear"``. Anything else (a ReLU, a ``Lambda``, a subclassed model
+    without a graph) gives ``None``.
+    """
+    try:
+        step = _keras_output_of(model)
+        for _ in range(64):  # a bound, in case a graph loops through something unexpected
+            if step is None:
+                return None
+            op, node = step
+            name = type(op).__name__
+            if _is_nested_model(op):
+                step = _keras_output_of(op)  # a nested model: its own output layer
+                continue
+            if name == "Softmax":
+                return "softmax"
+            activation = getattr(getattr(op, "activation", None), "__name__", None)
+            if activation in ("softmax", "sigmoid"):
+                return activation
+            if activation == "linear" and name in _KERAS_LINEAR:
+                return "linear"
+            if name in _KERAS_PASS_THROUGH or (name == "Activation" and activation == "linear"):
+                step = _keras_input_of(op, node)
+                continue
+            return None
+    except Exception:  # a graph convlens does not know how to walk: the graph does not say
+        return None
+    return None
+
+
+def _is_nested_model(obj: Any) -> bool:
+    return any(c.__name__ in ("Model", "Functional", "Sequential") and c.__module__.startswith("keras")
+               for c in type(obj).__mro__)
+
+
+def _keras_output_of(model: Any) -> tuple[Any, int] | None:
+    """The layer (and its call) that produces a model's first output, or ``None`` without a graph."""
+    try:
+        outputs = model.outputs
+    except (AttributeError, ValueError):
+        outputs = None
+    if outputs:
+        history = outputs[0]._keras_history
+        return history.operation, history.node_index
+    layers = getattr(model, "layers", None)
+    if type(model).__name__ == "Sequential" and layers:
+        return layers[-1], 0
+    return None
+
+
+def _keras_input_of(layer: Any, node_index: int) -> tuple[Any, int] | None:
+    """The layer (and its call) whose output feeds call ``node_index`` of ``layer``, or ``None``."""
+    nodes = getattr(layer, "_inbound_nodes", None) or []
+    if node_index >= len(nodes) or not nodes[node_index].input_tensors:
+        return None
+    history = nodes[node_index].input_tensors[0]._keras_history
+    return history.operation, history.node_index

@@ -88,11 +88,19 @@ def _pair(values: Sequence[int] | None, default: int = 1) -> tuple[int, int] | N
 
 
 def _dims(type_proto: Any) -> tuple[int | None, ...] | None:
-    """Static dims of a tensor type (``None`` for symbolic or unknown dims), or ``None`` if unranked."""
+    """Static dims of a tensor type, or ``None`` if unranked.
+
+    A dim is ``None`` when it is symbolic, unknown, or a literal ``-1`` or ``0``
+    (some exporters write free dims as ``-1``, as in ``[-1, 3, ?, ?]``).
+    """
     if not type_proto.HasField("tensor_type") or not type_proto.tensor_type.HasField("shape"):
         return None
-    return tuple(int(d.dim_value) if d.HasField("dim_value") else None
-                 for d in type_proto.tensor_type.shape.dim)
+    return tuple(_static_dim(d) for d in type_proto.tensor_type.shape.dim)
+
+
+def _static_dim(dim: Any) -> int | None:
+    """A positive fixed dim, else ``None`` (symbolic, unset, ``-1`` or ``0``: free)."""
+    return int(dim.dim_value) if dim.HasField("dim_value") and dim.dim_value > 0 else None
 
 
 def _shape_text(dims: Sequence[int | None] | None) -> str:
@@ -136,6 +144,8 @@ class OnnxAdapter:
     class_names: list[str] | None = None
     class_names_source = ""
     final_activation: str | None = None
+    #: The step of the model's output when a DequantizeLinear makes it (its scale), else ``None``.
+    output_quant_step: float | None = None
 
     def __init__(self, source: Any, *, input_shape: Sequence[int | None] | None = None,
                  preprocess: str | None = None) -> None:
@@ -162,6 +172,7 @@ class OnnxAdapter:
             raise BadModel(f"cannot read the weights of {self._label}: {type(exc).__name__}: "
                            f"{_first_line(str(exc))}; is its external data file complete?") from None
         self._graph_output = model.graph.output[0].name
+        self.final_activation, self.output_quant_step = onnx_final_activation(model.graph)
         del model  # the skeleton and the large weights (until read) are all that is kept
         self._arrays: dict[str, np.ndarray] = {}  # large weights, read on first need
         self._layers: list[LayerInfo] | None = None
@@ -351,7 +362,7 @@ class OnnxAdapter:
             want = (None, c, h, w) if self.channels_first else (None, h, w, c)
             inp = next(i for i in skel.graph.input if i.name == self.input_name)
             for dim, value in zip(inp.type.tensor_type.shape.dim, want):
-                if value is not None and not dim.HasField("dim_value"):
+                if value is not None and _static_dim(dim) is None:
                     dim.dim_value = int(value)
         try:
             return self.onnx.shape_inference.infer_shapes(skel, strict_mode=False, data_prop=True)
@@ -614,7 +625,7 @@ class OnnxAdapter:
     def _forward(self, session: Any, feed: np.ndarray, names: list[str]) -> list[np.ndarray]:
         n = len(feed)
         size = self.batch_size
-        if size is None or size == n:
+        if size is None or size < 1 or size == n:
             return self._run_session(session, feed, names)
         parts: list[list[np.ndarray]] = []
         for start in range(0, n, size):
@@ -720,6 +731,66 @@ class OnnxAdapter:
             shape[int(attrs.get("axis", 1)) % x.ndim] = scale.size
             scale, zero = scale.reshape(shape), zero.reshape(shape)
         return ((x - zero) * scale).astype(np.float32)
+
+
+#: Operators that hand their input's values on (reshaped, quantised or not): the output's maker is behind.
+_ONNX_PASS_THROUGH = {"Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "DequantizeLinear",
+                      "QuantizeLinear", "Dropout", "Cast"}
+#: Operators whose output is a linear function of their input: scores, not probabilities.
+_ONNX_LINEAR = {"Gemm", "MatMul", "Conv", "ConvTranspose", "QLinearMatMul", "QLinearConv", "MatMulInteger",
+                "ConvInteger"}
+
+
+def onnx_final_activation(graph: Any) -> tuple[str | None, float | None]:
+    """What makes an ONNX graph's first output, and the output's quantisation step.
+
+    Follows the output back through operators that pass values on
+    (``Reshape``, ``Flatten``, ``Identity``, ``DequantizeLinear``...) to
+    ``Softmax`` (``"softmax"``), ``Sigmoid`` (``"sigmoid"``, also their
+    ``QLinear`` forms), or ``Gemm``/``MatMul``/``Conv`` (``"linear"``, also
+    behind the ``Add`` of a stored bias); anything else is ``None``.
+
+    Returns:
+        ``(final_activation, step)``: ``step`` is the scale of the
+        ``DequantizeLinear`` nearest the output (one scale for the tensor), else ``None``.
+    """
+    from onnx import numpy_helper
+
+    producer = {o: node for node in graph.node for o in node.output if o}
+    stored = {t.name for t in graph.initializer}
+    stored.update(o for node in graph.node if node.op_type == "Constant" for o in node.output)
+    tensor, step = graph.output[0].name, None
+    for _ in range(len(graph.node) + 1):
+        node = producer.get(tensor)
+        if node is None or not node.input:
+            return None, step
+        op = node.op_type
+        if op in ("Softmax", "QLinearSoftmax"):
+            return "softmax", step
+        if op in ("Sigmoid", "QLinearSigmoid"):
+            return "sigmoid", step
+        if op in _ONNX_LINEAR:
+            return "linear", step
+        if op == "Add" and len(node.input) == 2:
+            computed = [i for i in node.input if i not in stored]
+            maker = producer.get(computed[0]) if len(computed) == 1 else None
+            return ("linear" if maker is not None and maker.op_type in _ONNX_LINEAR else None), step
+        if op not in _ONNX_PASS_THROUGH:
+            return None, step
+        if op == "DequantizeLinear" and step is None and len(node.input) > 1:
+            scale = next((t for t in graph.initializer if t.name == node.input[1]), None)
+            if scale is None:  # a Constant node
+                const = producer.get(node.input[1])
+                if const is not None and const.op_type == "Constant" and const.attribute:
+                    scale = const.attribute[0].t if const.attribute[0].HasField("t") else None
+            try:
+                values = numpy_helper.to_array(scale).reshape(-1) if scale is not None else np.zeros(0)
+            except Exception:  # a scale kept in external data: the step stays unknown
+                values = np.zeros(0)
+            if values.size == 1 and float(values[0]) > 0:
+                step = float(values[0])
+        tensor = node.input[0]
+    return None, step
 
 
 def _canonical_dims(dims: tuple[int | None, ...] | None, layout: str) -> tuple[int | None, ...] | None:

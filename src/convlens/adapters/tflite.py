@@ -63,7 +63,7 @@ from ..core.receptive import with_receptive_fields
 from .base import Gradients, OnOutput, Target
 from .base import first_line as _first_line  # one-line error messages
 
-__all__ = ["TFLiteAdapter", "dequantize", "op_kind", "readable_name"]
+__all__ = ["TFLiteAdapter", "dequantize", "op_kind", "readable_name", "tflite_final_activation"]
 
 #: Tensor types that carry activations (anything else is bookkeeping: shapes, indices, masks).
 _ACTIVATION_DTYPES = (np.float32, np.float16, np.float64, np.int8, np.uint8, np.int16)
@@ -262,6 +262,8 @@ class TFLiteAdapter:
     class_names: list[str] | None = None
     class_names_source = ""
     final_activation: str | None = None
+    #: The step of a quantised output after dequantisation (its scale, 1/256 for a uint8 softmax).
+    output_quant_step: float | None = None
 
     def __init__(self, path: str | os.PathLike[str], *, input_shape: Sequence[int | None] | None = None,
                  preprocess: str | None = None) -> None:
@@ -293,6 +295,7 @@ class TFLiteAdapter:
                 "images as float or 8-bit tensors (1, H, W, C)")
         self._set_input_shape(input_shape)
         self.preprocess = preprocess or self._preset_from_quantisation()
+        self.final_activation, self.output_quant_step = tflite_final_activation(self._interp)
         self._layers: list[LayerInfo] | None = None
         self._row_tensor: list[int] = []  # the output tensor read for each row
         self._row_op: list[dict[str, Any] | None] = []
@@ -680,6 +683,54 @@ class TFLiteAdapter:
             self._feed(np.zeros(tuple(d or PROBE_SIZE for d in self._input_shape), np.float32))
             self._invoke()
         return self._read(index)
+
+
+#: Operators that hand their input's values on (reshaped, quantised or not): the output's maker is behind.
+_TFLITE_PASS_THROUGH = {"QUANTIZE", "DEQUANTIZE", "RESHAPE", "SQUEEZE", "EXPAND_DIMS", "IDENTITY"}
+#: Operators whose output is a linear function of their input: scores, not probabilities.
+_TFLITE_LINEAR = {"FULLY_CONNECTED", "CONV_2D", "DEPTHWISE_CONV_2D", "TRANSPOSE_CONV", "BATCH_MATMUL"}
+
+
+def tflite_final_activation(interp: Any) -> tuple[str | None, float | None]:
+    """What makes a TFLite model's first output, and the output's quantisation step.
+
+    Follows the output tensor back through ``QUANTIZE``, ``DEQUANTIZE``,
+    ``RESHAPE`` and ``SQUEEZE`` to ``SOFTMAX`` (``"softmax"``), ``LOGISTIC``
+    (``"sigmoid"``) or ``FULLY_CONNECTED``/``CONV_2D`` (``"linear"``, assumed
+    to carry no fused activation); anything else is ``None``.
+
+    Returns:
+        ``(final_activation, step)``: ``step`` is the scale of the nearest
+        quantised tensor on the way, counting the output itself (1/256 for a
+        uint8 softmax), or ``None`` when the output is float all the way.
+    """
+    try:
+        ops = [op for op in interp._get_ops_details() if op["op_name"] != "DELEGATE"]
+        producer = {int(t): op for op in ops for t in op["outputs"] if int(t) >= 0}
+        tensor, step = int(interp.get_output_details()[0]["index"]), None
+        for _ in range(len(ops) + 1):
+            if step is None:
+                d = interp._get_tensor_details(tensor, 0)
+                scales = np.asarray(d["quantization_parameters"]["scales"], dtype=np.float64)
+                if np.dtype(d["dtype"]).type in _QUANTISED_DTYPES and scales.size == 1 and scales[0] > 0:
+                    step = float(scales[0])
+            op = producer.get(tensor)
+            if op is None:
+                return None, step
+            name = op["op_name"]
+            if name == "SOFTMAX":
+                return "softmax", step
+            if name == "LOGISTIC":
+                return "sigmoid", step
+            if name in _TFLITE_LINEAR:
+                return "linear", step
+            inputs = [int(t) for t in op["inputs"] if int(t) >= 0]
+            if name not in _TFLITE_PASS_THROUGH or not inputs:
+                return None, step
+            tensor = inputs[0]
+    except (ValueError, KeyError, IndexError, TypeError):  # a tensor without details: the graph does not say
+        return None, None
+    return None, None
 
 
 def _infer_stride(in_shape: tuple[int | None, ...] | None, out_shape: tuple[int | None, ...] | None,

@@ -371,7 +371,6 @@ class TorchAdapter:
     framework = "torch"
     class_names: list[str] | None = None
     class_names_source = ""
-    final_activation: str | None = None
 
     def __init__(self, module: Any, *, input_shape: Sequence[int | None] | None = None,
                  preprocess: str | None = None, name: str | None = None) -> None:
@@ -403,6 +402,7 @@ class TorchAdapter:
         self._input_shape: tuple[int | None, ...] | None = None
         self._layers: list[LayerInfo] | None = None
         self._records: list[_Record] = []
+        self._output_row: int | None = None  # the probe row whose tensor the model returned
         first = next((p for p in module.parameters() if p.is_floating_point() and not _is_lazy(p)), None)
         self._dtype = first.dtype if first is not None else torch.float32
         self._device = first.device if first is not None else torch.device("cpu")
@@ -539,7 +539,9 @@ class TorchAdapter:
                 keep.append(t)
 
         with self._evaluating(), self._hooked(list(self.module.modules()), hook, pre_hook):
-            self._forward(x, probe=True)
+            out = self._forward(x, probe=True)
+        returned = next(iter(_float_tensors(out)), None)
+        self._output_row = owner.get(id(returned[1])) if returned is not None else None
         return records
 
     def layers(self) -> list[LayerInfo]:
@@ -571,6 +573,12 @@ class TorchAdapter:
         if self._input_shape is None:
             self.layers()
         return self._input_shape  # type: ignore[return-value]
+
+    @property
+    def final_activation(self) -> str | None:
+        """What makes the model's output, from the probe pass (see :func:`torch_final_activation`)."""
+        self.layers()
+        return torch_final_activation(self._records, self._output_row)
 
     def _info(self, index: int, rec: _Record, free: set[int]) -> LayerInfo:
         module = rec.module
@@ -670,6 +678,44 @@ class TorchAdapter:
         w = _weight(module)
         groups = int(_attr(module, "groups") or 1)
         return _canonical_kernel(w.detach().cpu().float().numpy(), table[index].type, groups)
+
+
+# --------------------------------------------------------------------------- final activation
+
+#: Modules that hand their input's values on unchanged: a softmax behind them still makes the output.
+_TORCH_PASS_THROUGH = {"Flatten", "Unflatten", "Identity", "Dropout", "Dropout1d", "Dropout2d", "Dropout3d",
+                       "AlphaDropout"}
+#: Modules whose output is a linear function of their input: scores, not probabilities.
+_TORCH_LINEAR = {"Linear", "LazyLinear", "Bilinear", "Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d",
+                 "ConvTranspose2d", "ConvTranspose3d", "LazyConv2d"}
+
+
+def torch_final_activation(records: Sequence[_Record], output_row: int | None) -> str | None:
+    """What makes a module's output: ``"softmax"``, ``"sigmoid"``, ``"linear"`` or ``None``.
+
+    ``output_row`` is the probe row whose tensor ``forward`` returned (``None``
+    when the output was computed outside any module, e.g. by
+    ``torch.softmax`` in ``forward``: then the graph does not say). The walk
+    goes back through modules that pass values on unchanged (``Flatten``,
+    ``Dropout``, ``Identity``) to an ``nn.Softmax`` (``"softmax"``), an
+    ``nn.Sigmoid`` (``"sigmoid"``) or a ``Linear``/conv module (``"linear"``).
+    """
+    row = output_row
+    for _ in range(len(records) + 1):
+        if row is None or not 0 < row <= len(records):
+            return None
+        rec = records[row - 1]
+        name = _type_name(rec.module)
+        if name in ("Softmax", "Softmax2d"):
+            return "softmax"
+        if name == "Sigmoid":
+            return "sigmoid"
+        if name in _TORCH_LINEAR:
+            return "linear"
+        if name not in _TORCH_PASS_THROUGH or not rec.parents:
+            return None
+        row = rec.parents[0]
+    return None
 
 
 # --------------------------------------------------------------------------- files
