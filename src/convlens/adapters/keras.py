@@ -10,6 +10,7 @@ layers inside others (transfer learning). The wrappers are always removed in
 from __future__ import annotations
 
 import os
+import re
 import sys
 import warnings
 import zipfile
@@ -19,10 +20,12 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from .._errors import BadModel, MissingDependency, UnsafeModel, UnsupportedModel, WeightsUnavailable
+from .._errors import (BadModel, ConvlensError, MissingDependency, UnsafeModel, UnsupportedModel,
+                       WeightsUnavailable)
 from ..core.kinds import kind_of
 from ..core.layers import LayerInfo
 from ..core.receptive import with_receptive_fields
+from ..core.sizes import size_hint
 from .base import Gradients, OnOutput, Target
 from .base import first_line as _first_line  # one-line error messages
 
@@ -685,8 +688,21 @@ class KerasAdapter:
             with self._wrapped(record), self._no_grad(), warnings.catch_warnings():
                 # legacy models name their input; a bare tensor is what they get and is fine
                 warnings.filterwarnings("ignore", message=r".*structure of `inputs`.*")
-                y = _first_tensor(self.model(self.keras.ops.convert_to_tensor(x), training=False))
+                try:
+                    y = _first_tensor(self.model(self.keras.ops.convert_to_tensor(x), training=False))
+                except ConvlensError:
+                    raise
+                except Exception as exc:  # the model's own error, e.g. an input size it cannot take
+                    raise self._run_failed(exc, np.shape(batch)) from None
         return self._canonical_array(convert(y)) if y is not None else np.zeros((len(x), 0))
+
+    def _run_failed(self, exc: Exception, shape: tuple[int, ...]) -> UnsupportedModel:
+        """The one-line error for a model that raised on a batch of canonical ``shape``."""
+        hint = ""
+        if len(shape) == 4 and None in self.input_shape[:2]:  # the size is the user's choice
+            hint = "; " + size_hint(self.layers(), int(shape[1]), int(shape[2]))
+        return UnsupportedModel(f"{self.name} failed on an input of shape {tuple(shape[1:])} (H, W, C): "
+                                f"{type(exc).__name__}: {_keras_reason(str(exc))}{hint}")
 
     def _canonical_array(self, a: np.ndarray) -> np.ndarray:
         a = np.asarray(a, dtype=np.float32)
@@ -711,6 +727,24 @@ class KerasAdapter:
             raise UnsupportedModel(f"layer {table[index].name} ({table[index].type}) has no convolution "
                                    "kernel; select conv layers (--layers conv)")
         return _to_canonical_kernel(layer, np.asarray(self.keras.ops.convert_to_numpy(raw), dtype=np.float32))
+
+
+def _keras_reason(text: str) -> str:
+    """The informative line of a Keras error, without terminal colours or TensorFlow's op prefix.
+
+    Keras wraps a layer's error as "Exception encountered when calling
+    Add.call()." followed by the error itself; the two become
+    ``Add: Incompatible shapes: [1,96,128,2] vs. [1,100,150,2] [Op:AddV2]``.
+    """
+    clean = re.sub(r"\x1b\[[0-9;]*m", "", text)
+    clean = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", clean)
+    lines = [line.strip() for line in clean.splitlines() if line.strip()]
+    if not lines:
+        return type(text).__name__
+    m = re.match(r"Exception encountered when calling (?:layer '([^']+)' \()?(\w+)", lines[0])
+    if m and len(lines) > 1:
+        return f"{m.group(1) or m.group(2)}: {lines[1]}"[:300]
+    return lines[0][:300]
 
 
 def _differing_as_none(a: tuple | None, b: tuple | None) -> tuple | None:

@@ -19,6 +19,7 @@ NCHW; element-wise operators keep their input's layout).
 from __future__ import annotations
 
 import os
+import re
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Sequence
@@ -29,6 +30,7 @@ from .._errors import BadArgument, BadModel, MissingDependency, UnsupportedModel
 from ..core.kinds import kind_of
 from ..core.layers import LayerInfo
 from ..core.receptive import with_receptive_fields
+from ..core.sizes import size_hint
 from .base import Gradients, OnOutput, Target
 from .base import first_line as _first_line  # one-line error messages
 
@@ -101,6 +103,28 @@ def _dims(type_proto: Any) -> tuple[int | None, ...] | None:
 def _static_dim(dim: Any) -> int | None:
     """A positive fixed dim, else ``None`` (symbolic, unset, ``-1`` or ``0``: free)."""
     return int(dim.dim_value) if dim.HasField("dim_value") and dim.dim_value > 0 else None
+
+
+def _ort_reason(text: str) -> str:
+    """onnxruntime's error without its prefix and C++ source locations.
+
+    ``[ONNXRuntimeError] : 1 : FAIL : Non-zero status code returned while
+    running Add node. Name:'merge' Status Message: /onnxruntime_src/...h:563
+    void onnxruntime::BroadcastIterator::Init(...) axis == 1 || ... was false.
+    Attempting to broadcast an axis by a dimension other than 1. 128 by 150``
+    becomes ``Add node 'merge': Attempting to broadcast an axis by a dimension
+    other than 1. 128 by 150``; at most 300 characters.
+    """
+    line = (text.strip().splitlines() or [""])[0]
+    line = re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", line)
+    m = re.match(r"Non-zero status code returned while running (\w+) node\. Name:'([^']*)' "
+                 r"Status Message: (.*)$", line)
+    if m:
+        op, name, message = m.groups()
+        message = re.sub(r"^\S+\.(?:h|cc|cpp):\d+ .*? was false\. ", "", message)
+        message = re.sub(r"^\S+\.(?:h|cc|cpp):\d+ ", "", message)
+        line = f"{op} node '{name}': {message}"
+    return line[:300]
 
 
 def _shape_text(dims: Sequence[int | None] | None) -> str:
@@ -550,7 +574,9 @@ class OnnxAdapter:
                 # Name only: onnxruntime takes the type and shape from the graph.
                 model.graph.output.append(self.onnx.helper.make_empty_tensor_value_info(name))
         options = self.ort.SessionOptions()
-        options.log_severity_level = 3  # onnxruntime's warnings are for model authors
+        # 4 (fatal only): onnxruntime's warnings are for model authors, and its error lines (in
+        # colour, on the native stderr) repeat what the exception says, which convlens reports
+        options.log_severity_level = 4
         names, values = self._weights_as_ort_values()
         if names:
             options.add_external_initializers(names, values)
@@ -641,11 +667,17 @@ class OnnxAdapter:
                 for k in range(len(names))]
 
     def _run_session(self, session: Any, feed: np.ndarray, names: list[str]) -> list[np.ndarray]:
+        quiet = self.ort.RunOptions()
+        quiet.log_severity_level = 4  # see _session: the exception carries the message
         try:
-            return session.run(names, {self.input_name: feed})
+            return session.run(names, {self.input_name: feed}, quiet)
         except Exception as exc:  # onnxruntime's own errors: wrong size for a fixed input, bad ops
+            hint = ""
+            if self._not_image is None and None in self._raw_shape[:2]:  # the size is the user's choice
+                h, w = feed.shape[2:4] if self.channels_first else feed.shape[1:3]
+                hint = "; " + size_hint(self.layers(), int(h), int(w))
             raise UnsupportedModel(f"onnxruntime could not run {self._label} on input {feed.shape}: "
-                                   f"{_first_line(str(exc))}") from None
+                                   f"{_ort_reason(str(exc))}{hint}") from None
 
     def _canonical(self, a: np.ndarray, tensor: str) -> np.ndarray:
         a = np.asarray(a)

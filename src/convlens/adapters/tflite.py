@@ -60,6 +60,7 @@ from .._errors import BadModel, MissingDependency, UnsupportedModel
 from ..core.kinds import kind_of
 from ..core.layers import LayerInfo
 from ..core.receptive import with_receptive_fields
+from ..core.sizes import size_hint
 from .base import Gradients, OnOutput, Target
 from .base import first_line as _first_line  # one-line error messages
 
@@ -572,8 +573,12 @@ class TFLiteAdapter:
                     self._interp.allocate_tensors()
             except (ValueError, RuntimeError) as exc:
                 why = _first_line(str(exc)) or (native[0] if native else "")
+                hint = ""
+                if None in self._input_shape[:2]:  # free: the size is the user's choice
+                    hint = "; " + size_hint(self.layers(), int(image.shape[0]), int(image.shape[1]))
+                    why = why.rstrip(".")
                 raise UnsupportedModel(f"{self.name} cannot run on input of shape {x.shape[1:]}: "
-                                       f"{why}") from None
+                                       f"{why}{hint}") from None
         dtype = np.dtype(d["dtype"])
         q = d["quantization_parameters"]
         scales = np.asarray(q["scales"])

@@ -64,6 +64,7 @@ from .._errors import (BadModel, ConvlensError, MissingDependency, UnsafeModel, 
 from ..core.kinds import kind_of
 from ..core.layers import LayerInfo
 from ..core.receptive import with_receptive_fields
+from ..core.sizes import size_hint
 from .base import Gradients, OnOutput, Target
 from .base import first_line as _first_line  # one-line error messages
 
@@ -493,12 +494,15 @@ class TorchAdapter:
         except Exception as exc:
             # the probe's size is ours (--input-shape changes it); an image's size is the user's (--size)
             free = not probe and self._input_shape is not None and None in self._input_shape
-            hint = ("--size HxW (size=(H, W) in Python)" if free
-                    else "--input-shape H,W,C (input_shape=(H, W, C) in Python)")
+            hint = ("if it needs another input size, pass --input-shape H,W,C "
+                    "(input_shape=(H, W, C) in Python)")
+            if free and x.ndim == 4 and self._layers is not None:
+                hint = size_hint(self._layers, int(x.shape[2]), int(x.shape[3]))
+            elif free:
+                hint = "if it needs another input size, pass --size HxW (size=(H, W) in Python)"
             raise UnsupportedModel(
                 f"{self.name} failed on an input of shape {tuple(x.shape)} (N, C, H, W): "
-                f"{type(exc).__name__}: {_first_line(str(exc))}; if it needs another input size, pass "
-                f"{hint}") from exc
+                f"{type(exc).__name__}: {_first_line(str(exc))}; {hint}") from exc
 
     # ----------------------------------------------------------------- table
 
@@ -850,7 +854,10 @@ def _exported_input_shape(ep: Any) -> tuple[tuple[int | None, ...] | None, tuple
         except Exception:
             hint, low, high = PROBE_SIZE, 1, PROBE_SIZE + 64
         first.append(hint)
-        other.append(hint - 8 if hint - 8 >= low else min(high, hint + 8))
+        # grow by the largest power of two dividing the example size (64 -> 128, 224 -> 256): a
+        # dimension exported as a multiple (32 * h) stays one
+        grown = hint + (hint & -hint)
+        other.append(grown if grown <= high else hint - 8 if hint - 8 >= low else min(high, hint + 8))
     shapes = []
     for dd in (dims, first, other):
         dd = list(dd)
