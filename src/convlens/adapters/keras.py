@@ -137,6 +137,15 @@ def _h5_has_lambda(path: Path) -> bool:
     return '"class_name": "Lambda"' in str(config)
 
 
+def _h5_has_lambda_or_damaged(path: Path) -> bool:
+    """:func:`_h5_has_lambda`, with a file h5py cannot read (truncated, damaged) as a BadModel."""
+    try:
+        return _h5_has_lambda(path)
+    except Exception as exc:  # h5py raises OSError, KeyError, ValueError... on damaged files
+        raise BadModel(f"cannot read Keras model {path}: {type(exc).__name__}: {_first_line(str(exc))}; "
+                       "is it a complete file saved by model.save()?") from None
+
+
 def load_keras_file(path: str | os.PathLike[str], *, trust: bool = False) -> Any:
     """Load a ``.keras`` or legacy ``.h5`` file.
 
@@ -164,7 +173,7 @@ def load_keras_file(path: str | os.PathLike[str], *, trust: bool = False) -> Any
     if suffix not in (".keras", ".h5", ".hdf5"):
         raise BadModel(f"{p}: unknown model file type {suffix or '(none)'}; convlens reads "
                        ".keras and .h5 files and zoo names such as vgg16")
-    if suffix in (".h5", ".hdf5") and not trust and _h5_has_lambda(p):
+    if suffix in (".h5", ".hdf5") and not trust and _h5_has_lambda_or_damaged(p):
         # Keras 3 does not apply safe_mode to legacy h5 files: check ourselves.
         raise UnsafeModel(f"{p} holds a Lambda layer, whose code would run on loading; "
                           "pass --trust (trust=True) only if you trust the file's author")

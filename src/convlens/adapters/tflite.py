@@ -318,6 +318,13 @@ class TFLiteAdapter:
                     experimental_disable_delegate_node_fusion=True)
                 _size_free_inputs(interp)
                 interp.allocate_tensors()
+                # every name is decoded now, not in the middle of building the table: a damaged
+                # file can hold names that are not UTF-8, which LiteRT's verifier lets through
+                interp.get_tensor_details()
+                interp._get_ops_details()
+        except UnicodeDecodeError as exc:
+            raise BadModel(f"cannot read TFLite model {self.path}: a tensor name is not text ({exc.reason} "
+                           f"at byte {exc.start}); the file is damaged") from None
         except (ValueError, RuntimeError) as exc:
             why = _first_line(str(exc)) or (native[0] if native else "unknown error")
             if re.search(r"Select TensorFlow op|Flex|custom op|unresolved", why + " ".join(native)):
