@@ -33,7 +33,7 @@ from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
 #: Seconds one case (open, layers, maps) may take.
-CASE_LIMIT = 20.0
+CASE_LIMIT = 30.0
 #: Cut points, as fractions of the file's length, besides the first and last bytes.
 CUTS = tuple(k / 16 for k in range(1, 16))
 #: Seeded single-bit flips spread over the whole file, and in its first and last 64 bytes.

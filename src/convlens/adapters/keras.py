@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
 import sys
 import warnings
 import zipfile
@@ -137,13 +138,71 @@ def _h5_has_lambda(path: Path) -> bool:
     return '"class_name": "Lambda"' in str(config)
 
 
+#: Reads every attribute and dataset of an HDF5 file, then says whether its model config has a Lambda.
+_H5_PROBE = """
+import sys
+import h5py
+lam = False
+def visit(name, obj):
+    global lam
+    for key in obj.attrs:
+        value = obj.attrs[key]
+        if key == "model_config":
+            text = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+            lam = lam or '"class_name": "Lambda"' in text
+    if isinstance(obj, h5py.Dataset):
+        obj[()]
+try:
+    with h5py.File(sys.argv[1], "r") as f:
+        visit("/", f)
+        f.visititems(visit)
+except Exception as exc:
+    print(f"{type(exc).__name__}: {exc}")
+    sys.exit(3)
+print("lambda" if lam else "ok")
+"""
+
+
 def _h5_has_lambda_or_damaged(path: Path) -> bool:
-    """:func:`_h5_has_lambda`, with a file h5py cannot read (truncated, damaged) as a BadModel."""
+    """Whether a legacy .h5 file holds a Lambda layer, read in a separate process first.
+
+    A damaged HDF5 file can make the HDF5 library loop for ever (a bit flip
+    in a global heap) or crash, inside h5py while it holds the GIL, where no
+    timeout in this process can reach. So a child process reads every
+    attribute and dataset first, under a time limit that grows with the
+    file's size; Keras then reads a file known to be readable.
+
+    Raises:
+        BadModel: the child failed, crashed or did not finish in time.
+    """
+    limit = 10 + path.stat().st_size / 50e6  # seconds: 1 s per 50 MB read on top of start-up
     try:
-        return _h5_has_lambda(path)
-    except Exception as exc:  # h5py raises OSError, KeyError, ValueError... on damaged files
-        raise BadModel(f"cannot read Keras model {path}: {type(exc).__name__}: {_first_line(str(exc))}; "
-                       "is it a complete file saved by model.save()?") from None
+        proc = subprocess.run([sys.executable, "-c", _H5_PROBE, str(path)], capture_output=True, text=True,
+                              timeout=limit, stdin=subprocess.DEVNULL, check=False)
+    except subprocess.TimeoutExpired:
+        raise BadModel(f"cannot read Keras model {path}: reading it does not finish within {limit:.0f} s; "
+                       "the file is damaged (is it a complete file saved by model.save()?)") from None
+    except OSError:  # no interpreter to start (an embedded Python): read it here, unguarded
+        try:
+            return _h5_has_lambda(path)
+        except Exception as exc:
+            raise BadModel(f"cannot read Keras model {path}: {type(exc).__name__}: {_first_line(str(exc))}; "
+                           "is it a complete file saved by model.save()?") from None
+    answer = proc.stdout.strip()
+    if proc.returncode == 0 and answer in ("ok", "lambda"):
+        return answer == "lambda"
+    why = (_first_line(answer) if proc.returncode == 3 else
+           f"the HDF5 library crashed reading it (signal {-proc.returncode})" if proc.returncode < 0 else
+           _first_line(proc.stderr) or f"exit status {proc.returncode}")
+    raise BadModel(f"cannot read Keras model {path}: {why}; is it a complete file saved by model.save()?")
+
+
+def _is_zip(path: Path) -> bool:
+    """``zipfile.is_zipfile``, which raises BadZipFile itself on some damaged end records."""
+    try:
+        return zipfile.is_zipfile(path)
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return False
 
 
 def load_keras_file(path: str | os.PathLike[str], *, trust: bool = False) -> Any:
@@ -164,7 +223,7 @@ def load_keras_file(path: str | os.PathLike[str], *, trust: bool = False) -> Any
                        f"such as vgg16 ({', '.join(sorted(ZOO))})")
     keras = import_keras()
     suffix = p.suffix.lower()
-    if suffix == ".keras" and not zipfile.is_zipfile(p):
+    if suffix == ".keras" and not _is_zip(p):
         raise BadModel(f"{p} is not a .keras file (a .keras file is a zip archive); "
                        "re-save the model with model.save('model.keras')")
     if suffix in (".h5", ".hdf5") and not _h5_magic(p):
@@ -173,7 +232,7 @@ def load_keras_file(path: str | os.PathLike[str], *, trust: bool = False) -> Any
     if suffix not in (".keras", ".h5", ".hdf5"):
         raise BadModel(f"{p}: unknown model file type {suffix or '(none)'}; convlens reads "
                        ".keras and .h5 files and zoo names such as vgg16")
-    if suffix in (".h5", ".hdf5") and not trust and _h5_has_lambda_or_damaged(p):
+    if suffix in (".h5", ".hdf5") and _h5_has_lambda_or_damaged(p) and not trust:
         # Keras 3 does not apply safe_mode to legacy h5 files: check ourselves.
         raise UnsafeModel(f"{p} holds a Lambda layer, whose code would run on loading; "
                           "pass --trust (trust=True) only if you trust the file's author")

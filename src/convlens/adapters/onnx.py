@@ -224,6 +224,13 @@ class OnnxAdapter:
         if model.ir_version <= 0 or not model.opset_import or not graph.node or not graph.output:
             raise BadModel(f"{label} is not an ONNX model (no graph, opset or outputs); give a .onnx file "
                            "saved by torch.onnx.export, tf2onnx or onnx.save")
+        # protobuf hands over a damaged (non-UTF-8) string field as bytes, which nothing downstream expects
+        names = [graph.name, *(v.name for v in (*graph.input, *graph.output, *graph.initializer))]
+        for node in graph.node:
+            names.extend((node.op_type, node.name, node.domain, *node.input, *node.output))
+        if not all(isinstance(n, str) for n in names):
+            raise BadModel(f"cannot read ONNX model {label}: a name in its graph is not text; the file is "
+                           "damaged (is it a complete .onnx file?)")
 
     def _external_tensors(self, model: Any) -> list[Any]:
         external = self.onnx.TensorProto.EXTERNAL

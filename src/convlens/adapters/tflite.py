@@ -555,7 +555,11 @@ class TFLiteAdapter:
     def _read(self, index: int) -> np.ndarray:
         """A tensor after ``invoke()``, dequantised to float32."""
         d = self._tensor(index)
-        a = self._interp.get_tensor(index)
+        try:
+            a = self._interp.get_tensor(index)
+        except ValueError as exc:  # "Tensor data is null": a damaged file left it without memory
+            raise BadModel(f"LiteRT gave no data for tensor {d['name']} of {self.name}: "
+                           f"{_first_line(str(exc))}; is the file complete and undamaged?") from None
         q = d["quantization_parameters"]
         scales = np.asarray(q["scales"])
         if np.dtype(d["dtype"]).type in _QUANTISED_DTYPES and scales.size and np.any(scales):

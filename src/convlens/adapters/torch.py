@@ -796,7 +796,7 @@ def _quiet_logger(name: str) -> Iterator[_Swallow]:
 def _open_exported(path: Path, *, input_shape: Sequence[int | None] | None, trust: bool,
                    preprocess: str | None) -> TorchAdapter:
     torch = import_torch()
-    if not zipfile.is_zipfile(path):
+    if not _is_zip(path):
         raise BadModel(f"{path} is not a .pt2 file (a .pt2 file is a zip archive written by torch.export.save)")
     try:
         with zipfile.ZipFile(path) as zf:
@@ -867,10 +867,18 @@ def _exported_input_shape(ep: Any) -> tuple[tuple[int | None, ...] | None, tuple
     return tuple(shapes[0]), (shapes[1], shapes[2])
 
 
+def _is_zip(path: Path) -> bool:
+    """``zipfile.is_zipfile``, which raises BadZipFile itself on some damaged end records."""
+    try:
+        return zipfile.is_zipfile(path)
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return False
+
+
 def _torch_load(path: Path, *, trust: bool, what: str = "model") -> Any:
     """``torch.load`` with ``weights_only=True`` unless ``trust``; our errors for every failure."""
     torch = import_torch()
-    if zipfile.is_zipfile(path):
+    if _is_zip(path):
         try:
             with zipfile.ZipFile(path) as zf:
                 torchscript = any(n.endswith("constants.pkl") for n in zf.namelist())
