@@ -73,7 +73,7 @@ class _Budget:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     def open(self, path, mode="r", *args, **kwargs):
-        f = open(path, mode, *args, **kwargs)
+        f = open(path, mode, *args, **kwargs)  # noqa: SIM115 - closed by Limited.__exit__, or by the caller
         if "w" not in mode:
             return f
         budget = self
@@ -144,11 +144,10 @@ def test_a_commit_that_fails_half_way_puts_everything_back(monkeypatch, tmp_path
         real_replace(src, dst)
 
     monkeypatch.setattr(png.os, "replace", replace)
-    with pytest.raises(OutputError, match="the disk is full .*nothing was written"):
-        with OutputDir(out) as d:
-            for i in range(4):
-                d.write_text(f"old/{i}.txt", f"new {i}")
-            d.write_text("new/deep/file.txt", "new")
+    with pytest.raises(OutputError, match="the disk is full .*nothing was written"), OutputDir(out) as d:
+        for i in range(4):
+            d.write_text(f"old/{i}.txt", f"new {i}")
+        d.write_text("new/deep/file.txt", "new")
     assert len(calls) > 5  # the files it had moved were moved back
     assert _snapshot(tmp_path) == before  # old files back, new folders gone, no staging left
 
@@ -205,7 +204,7 @@ def test_two_commits_at_once_take_turns(monkeypatch, tmp_path):
 
                 d.write_json_on_commit("index.json", index)
                 start.wait()
-        except BaseException as exc:  # pragma: no cover - reported below
+        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
             errors.append(exc)
 
     threads = [threading.Thread(target=run, args=(tag,)) for tag in ("a", "b")]

@@ -7,8 +7,9 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, NoReturn, Sequence, TextIO
+from typing import Any, NoReturn, Sequence, TextIO
 
 from . import __version__
 from ._errors import BadArgument, ConvlensError

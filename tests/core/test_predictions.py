@@ -84,7 +84,7 @@ def test_the_tolerance_grows_with_the_step_and_the_class_count():
 
 def test_non_finite_scores_give_finite_probabilities():
     z = np.array([[np.nan, 1.0, np.inf], [np.nan, np.nan, np.nan], [-np.inf, -np.inf, 0.0]])
-    p, how = to_probabilities(z)
+    p, _ = to_probabilities(z)
     assert np.isfinite(p).all()
     np.testing.assert_allclose(p.sum(axis=1), 1)
     np.testing.assert_allclose(p[0], [0, 0, 1])

@@ -21,8 +21,14 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from .._errors import (BadModel, ConvlensError, MissingDependency, UnsafeModel, UnsupportedModel,
-                       WeightsUnavailable)
+from .._errors import (
+    BadModel,
+    ConvlensError,
+    MissingDependency,
+    UnsafeModel,
+    UnsupportedModel,
+    WeightsUnavailable,
+)
 from ..core.kinds import kind_of
 from ..core.layers import LayerInfo
 from ..core.receptive import with_receptive_fields
@@ -163,6 +169,10 @@ print("lambda" if lam else "ok")
 """
 
 
+#: Files the child process read completely, by (path, size, mtime): whether they hold a Lambda layer.
+_H5_READABLE: dict[tuple[str, int, int], bool] = {}
+
+
 def _h5_has_lambda_or_damaged(path: Path) -> bool:
     """Whether a legacy .h5 file holds a Lambda layer, read in a separate process first.
 
@@ -175,7 +185,11 @@ def _h5_has_lambda_or_damaged(path: Path) -> bool:
     Raises:
         BadModel: the child failed, crashed or did not finish in time.
     """
-    limit = 10 + path.stat().st_size / 50e6  # seconds: 1 s per 50 MB read on top of start-up
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key in _H5_READABLE:  # read before, unchanged since: the child's answer stands
+        return _H5_READABLE[key]
+    limit = 10 + stat.st_size / 50e6  # seconds: 1 s per 50 MB read on top of start-up
     try:
         proc = subprocess.run([sys.executable, "-c", _H5_PROBE, str(path)], capture_output=True, text=True,
                               timeout=limit, stdin=subprocess.DEVNULL, check=False)
@@ -185,11 +199,12 @@ def _h5_has_lambda_or_damaged(path: Path) -> bool:
     except OSError:  # no interpreter to start (an embedded Python): read it here, unguarded
         try:
             return _h5_has_lambda(path)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any failure to read it is a damaged file
             raise BadModel(f"cannot read Keras model {path}: {type(exc).__name__}: {_first_line(str(exc))}; "
                            "is it a complete file saved by model.save()?") from None
     answer = proc.stdout.strip()
     if proc.returncode == 0 and answer in ("ok", "lambda"):
+        _H5_READABLE[key] = answer == "lambda"
         return answer == "lambda"
     why = (_first_line(answer) if proc.returncode == 3 else
            f"the HDF5 library crashed reading it (signal {-proc.returncode})" if proc.returncode < 0 else
@@ -443,7 +458,7 @@ class KerasAdapter:
                 warnings.simplefilter("ignore")
                 self.model(self.keras.ops.convert_to_tensor(np.zeros((1, *other), "float32")),
                            training=False)
-        except Exception:  # the model is tied to its build size (a Flatten into a Dense)
+        except Exception:  # noqa: BLE001 - the model is tied to its build size (a Flatten into a Dense)
             return built
         self._probe_shapes = (first, other)
         return tuple(d if i == channel else None for i, d in enumerate(first))
@@ -760,7 +775,7 @@ class KerasAdapter:
                     y = _first_tensor(self.model(self.keras.ops.convert_to_tensor(x), training=False))
                 except ConvlensError:
                     raise
-                except Exception as exc:  # the model's own error, e.g. an input size it cannot take
+                except Exception as exc:  # noqa: BLE001 - the model's own error, e.g. an input size it cannot take
                     raise self._run_failed(exc, np.shape(batch)) from None
         return self._canonical_array(convert(y)) if y is not None else np.zeros((len(x), 0))
 
@@ -882,7 +897,7 @@ def keras_final_activation(model: Any) -> str | None:
                 step = _keras_input_of(op, node)
                 continue
             return None
-    except Exception:  # a graph convlens does not know how to walk: the graph does not say
+    except Exception:  # noqa: BLE001 - a graph convlens does not know how to walk: the graph does not say
         return None
     return None
 

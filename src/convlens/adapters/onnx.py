@@ -824,7 +824,7 @@ def onnx_final_activation(graph: Any) -> tuple[str | None, float | None]:
                     scale = const.attribute[0].t if const.attribute[0].HasField("t") else None
             try:
                 values = numpy_helper.to_array(scale).reshape(-1) if scale is not None else np.zeros(0)
-            except Exception:  # a scale kept in external data: the step stays unknown
+            except Exception:  # noqa: BLE001 - a scale kept in external data: the step stays unknown
                 values = np.zeros(0)
             if values.size == 1 and float(values[0]) > 0:
                 step = float(values[0])

@@ -311,6 +311,15 @@ class TFLiteAdapter:
             # the warning says preserving tensors costs memory, which is the point here
             with _captured_native_stderr() as native, warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=r".*experimental_preserve_all_tensors.*")
+                # First without delegates: the builtin kernels' Prepare checks each operator's inputs,
+                # while XNNPACK reads them unchecked and crashes on a damaged file (a STRIDED_SLICE
+                # with one input instead of four, say), before the builtin checks run.
+                checked = litert.Interpreter(
+                    model_content=data, num_threads=1,
+                    experimental_op_resolver_type=litert.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+                _size_free_inputs(checked)
+                checked.allocate_tensors()
+                del checked
                 interp = litert.Interpreter(
                     model_content=data, num_threads=_threads(),
                     experimental_preserve_all_tensors=True,

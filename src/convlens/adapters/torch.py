@@ -404,6 +404,7 @@ class TorchAdapter:
         self._layers: list[LayerInfo] | None = None
         self._records: list[_Record] = []
         self._output_row: int | None = None  # the probe row whose tensor the model returned
+        self._final_activation: str | None = None  # set by hand: overrides what the probe found
         first = next((p for p in module.parameters() if p.is_floating_point() and not _is_lazy(p)), None)
         self._dtype = first.dtype if first is not None else torch.float32
         self._device = first.device if first is not None else torch.device("cpu")
@@ -581,8 +582,14 @@ class TorchAdapter:
     @property
     def final_activation(self) -> str | None:
         """What makes the model's output, from the probe pass (see :func:`torch_final_activation`)."""
+        if self._final_activation is not None:
+            return self._final_activation
         self.layers()
         return torch_final_activation(self._records, self._output_row)
+
+    @final_activation.setter
+    def final_activation(self, value: str | None) -> None:  # the contract's attribute is settable
+        self._final_activation = value
 
     def _info(self, index: int, rec: _Record, free: set[int]) -> LayerInfo:
         module = rec.module

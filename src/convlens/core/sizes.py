@@ -9,7 +9,7 @@ total stride is the largest receptive-field jump in the layer table (see
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from .layers import LayerInfo
 
@@ -31,7 +31,7 @@ def total_stride(layers: Sequence[LayerInfo]) -> tuple[int, int] | None:
 def nearest_multiple(value: int, multiple: int) -> int:
     """The multiple of ``multiple`` nearest to ``value``, at least ``multiple`` itself."""
     multiple = max(int(multiple), 1)
-    return max(multiple, int(round(value / multiple)) * multiple)
+    return max(multiple, round(value / multiple) * multiple)
 
 
 def size_hint(layers: Sequence[LayerInfo], height: int, width: int) -> str:

@@ -21,10 +21,11 @@ import shutil
 import struct
 import threading
 import zlib
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from types import TracebackType
-from typing import Any, Callable, Iterator, NoReturn
+from typing import Any, NoReturn
 
 try:  # commits into one folder are serialised between processes with flock (POSIX)
     import fcntl
