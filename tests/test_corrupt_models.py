@@ -171,9 +171,9 @@ def corpus(tmp_path_factory) -> dict[str, list[dict[str, str]]]:
         batch = "keras" if suffix in (".keras", ".h5") else suffix[1:]
         folder = root / suffix[1:]
         folder.mkdir()
-        data = path.read_bytes()
-        extra = fewer_inputs(data) if suffix == ".tflite" else []
-        for name, data in damaged(data, SEEDS[suffix], KNOWN_FLIPS.get(suffix, [])) + extra:
+        valid_bytes = path.read_bytes()
+        extra = fewer_inputs(valid_bytes) if suffix == ".tflite" else []
+        for name, data in damaged(valid_bytes, SEEDS[suffix], KNOWN_FLIPS.get(suffix, [])) + extra:
             case = folder / f"{name.replace('@', '_at_').replace('#', '_')}{suffix}"
             case.write_bytes(data)
             batches.setdefault(batch, []).append({"name": f"{suffix} {name}", "path": str(case)})
