@@ -7,6 +7,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn, Sequence, TextIO
 
@@ -84,16 +85,30 @@ def _size_arg(text: str) -> tuple[int, int]:
     return parts[0], parts[1]
 
 
-def _channels_arg(text: str) -> int | None:
-    if text.lower() == "all":
-        return None
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: give a number of channels or 'all'") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError("--max-channels must be at least 1 (or 'all')")
-    return n
+def _count_or_all(what: str) -> Callable[[str], int | None]:
+    """An argparse type for ``--max-channels``/``--max-filters``: a count of ``what``, at least 1, or 'all'.
+
+    argparse names the option in front of the message ("argument --max-filters: ..."), so the
+    message itself names only what is counted.
+    """
+
+    def parse(text: str) -> int | None:
+        if text.lower() == "all":
+            return None
+        try:
+            n = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r}: give a number of {what} or 'all'") from None
+        if n < 1:
+            raise argparse.ArgumentTypeError(f"{text!r}: give at least 1 {what[:-1]} (or 'all')")
+        return n
+
+    parse.__name__ = f"{what}_count"  # argparse shows it if anything else goes wrong
+    return parse
+
+
+_channels_arg = _count_or_all("channels")
+_filters_arg = _count_or_all("filters")
 
 
 def _positive(text: str) -> int:
@@ -174,7 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layers", default="conv", help="layer selection (default conv)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--cmap", default="gray", help="colormap of the filter grids (default gray)")
-    p.add_argument("--max-filters", type=_channels_arg, default=64, metavar="N|all",
+    p.add_argument("--max-filters", type=_filters_arg, default=64, metavar="N|all",
                    help="filters drawn per layer (default 64)")
     p.add_argument("--max-inputs", type=_positive, default=16,
                    help="input channels drawn per filter (default 16)")

@@ -347,7 +347,8 @@ class Lens:
             files = _MapFiles(opts, staging, batch.images)
             run_pass(self.adapter, chosen, batch.arrays, [files], progress=progress, label="feature maps")
             entries = sorted(files.entries, key=lambda e: (e["image"], e["index"]))
-            index = merge_index(out_path, "maps", entries, {
+            # merged at commit time, under OutputDir's lock: another run may have written meanwhile
+            staging.write_json_on_commit("index.json", lambda: merge_index(out_path, "maps", entries, {
                 "model": self.name,
                 "framework": self.adapter.framework,
                 "images": [{"name": im.name, "source": im.source,
@@ -355,9 +356,8 @@ class Lens:
                 "notes": batch.notes,
                 "options": {"norm": opts.norm, "cmap": opts.cmap, "max_channels": opts.max_channels,
                             "columns": opts.columns, "preprocess": preprocess or self.preprocess},
-            })
-            staging.write_json("index.json", index)
-        return index
+            }))
+        return staging.results["index.json"]
 
     # ------------------------------------------------------------------ filters
 
@@ -411,11 +411,10 @@ class Lens:
                                     "filters_shown": shown, "inputs_shown": min(max_inputs, k.shape[1]),
                                     "l2_norms": [round(float(v), 6) for v in norms[:shown]]})
                 progress.advance()
-            index = merge_index(out_path, "filters", entries,
-                                 {"model": self.name, "framework": self.adapter.framework})
-            staging.write_json("index.json", index)
+            staging.write_json_on_commit("index.json", lambda: merge_index(
+                out_path, "filters", entries, {"model": self.name, "framework": self.adapter.framework}))
         progress.finish()
-        return index
+        return staging.results["index.json"]
 
     # ------------------------------------------------------------------ channel statistics
 

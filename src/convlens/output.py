@@ -1,7 +1,8 @@
 """The only code in convlens that writes output files: every write is atomic.
 
 * :class:`OutputDir` makes a run's folder of outputs appear all at once or
-  not at all (``maps``, ``filters``, the demo).
+  not at all (``maps``, ``filters``, the demo), and runs that write the same
+  folder at once commit one after the other.
 * :func:`atomic_write_bytes` writes one file so that readers see the old
   content or the new, never half (the report page).
 * :func:`merge_index` folds a run's entries into an ``index.json`` that other
@@ -11,15 +12,23 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
 import secrets
 import shutil
 import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, NoReturn
+
+try:  # commits into one folder are serialised between processes with flock (POSIX)
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: commits are not serialised between processes
+    fcntl = None  # type: ignore[assignment]
 
 import numpy as np
 
@@ -55,7 +64,7 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
             tmp.unlink(missing_ok=True)
             raise
     except OSError as e:
-        raise OutputError(f"cannot write {target}: {_reason(e, target)}") from e
+        raise OutputError(f"cannot write {target}: {_reason(e, target)}{_NOTHING_WRITTEN}") from e
 
 
 def _write_new(path: Path, data: bytes) -> None:
@@ -77,6 +86,14 @@ class OutputDir:
 
     ``write_*`` methods may be called from several threads at once.
 
+    Two runs (threads or processes) that commit into the same folder at once
+    take turns: the commit holds an exclusive ``flock`` on the parent folder,
+    so the result is one run's files over the other's, never a mix of both
+    runs' versions of the same files. A file staged with
+    :meth:`write_json_on_commit` is made under that lock, so an index that
+    merges the folder's previous index sees the other run's files. A commit
+    that fails half way (a full disk) puts back what it had replaced.
+
     Example::
 
         with OutputDir("out") as out:
@@ -91,6 +108,9 @@ class OutputDir:
         self._written: list[str] = []
         self._seen: set[str] = set()
         self._lock = threading.Lock()
+        self._on_commit: dict[str, Callable[[], Any]] = {}
+        #: What :meth:`write_json_on_commit`'s functions returned, by relative path, once committed.
+        self.results: dict[str, Any] = {}
 
     @property
     def written(self) -> list[str]:
@@ -128,10 +148,14 @@ class OutputDir:
             shutil.rmtree(staging, ignore_errors=True)
             return
         try:
-            self._commit(staging)
+            with _commit_lock(self.path.parent):
+                for key, make in self._on_commit.items():
+                    self.results[key] = obj = make()
+                    self._stage(staging, key, _json_bytes(obj))
+                self._commit(staging)
         except OSError as e:
-            raise OutputError(f"cannot write to {self._shown}: {_reason(e, self.path)}; "
-                              "choose another --out folder") from e
+            raise OutputError(f"cannot write to {self._shown}: {_reason(e, self.path)}"
+                              f"{_NOTHING_WRITTEN}") from e
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 
@@ -147,14 +171,17 @@ class OutputDir:
         staging = self._staging
         if staging is None:
             raise OutputError("OutputDir is not open; write inside its 'with' block")
+        self._stage(staging, key, data)
+
+    def _stage(self, staging: Path, key: str, data: bytes) -> None:
         dest = staging.joinpath(*key.split("/"))
         try:
             dest.parent.mkdir(parents=True, exist_ok=True)
             with open(dest, "wb") as f:
                 f.write(data)
         except OSError as e:
-            raise OutputError(f"cannot write {key} to {self._shown}: {_reason(e, dest)}; "
-                              "choose another --out folder") from e
+            raise OutputError(f"cannot write {key} to {self._shown}: {_reason(e, dest)}"
+                              f"{_NOTHING_WRITTEN}") from e
         with self._lock:
             if key not in self._seen:
                 self._seen.add(key)
@@ -176,8 +203,18 @@ class OutputDir:
         strings, and NaN or infinite floats become ``null`` so browsers can
         parse the file.
         """
-        text = json.dumps(_jsonable(obj), indent=2, ensure_ascii=False, allow_nan=False)
-        self.write_text(rel, text + "\n")
+        self.write_bytes(rel, _json_bytes(obj))
+
+    def write_json_on_commit(self, rel: str | os.PathLike[str], make: Callable[[], Any]) -> None:
+        """Stage a JSON file whose content ``make()`` returns at commit time, under the commit lock.
+
+        For an index that merges the one already in the folder: made at
+        commit time, it sees what another run committed meanwhile. The
+        object is kept in :attr:`results` under ``rel``.
+        """
+        key = _relative(rel)
+        with self._lock:
+            self._on_commit[key] = make
 
     def _commit(self, staging: Path) -> None:
         target = self.path
@@ -191,14 +228,77 @@ class OutputDir:
         keys = self.written
         for key in keys:  # check everything first, so a conflict moves nothing
             _check_free(target, key)
-        for key in keys:
-            dest = target.joinpath(*key.split("/"))
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(staging.joinpath(*key.split("/")), dest)
+        # Files the folder already has are set aside (in the staging folder) rather than
+        # overwritten, so that a failure half way can put everything back.
+        old = staging / ".convlens-replaced"
+        done: list[tuple[str, bool]] = []  # (key, an old file was set aside)
+        made: list[Path] = []  # folders created in the target, deepest last
+        try:
+            for key in keys:
+                parts = key.split("/")
+                dest = target.joinpath(*parts)
+                for depth in range(1, len(parts)):
+                    folder = target.joinpath(*parts[:depth])
+                    if not folder.is_dir():
+                        folder.mkdir()
+                        made.append(folder)
+                replaced = dest.exists()
+                if replaced:
+                    aside = old.joinpath(*parts)
+                    aside.parent.mkdir(parents=True, exist_ok=True)
+                    os.replace(dest, aside)
+                done.append((key, replaced))
+                os.replace(staging.joinpath(*parts), dest)
+        except OSError:
+            for key, replaced in reversed(done):
+                parts = key.split("/")
+                dest = target.joinpath(*parts)
+                try:
+                    if dest.exists():
+                        os.replace(dest, staging.joinpath(*parts))
+                    if replaced:
+                        os.replace(old.joinpath(*parts), dest)
+                except OSError:  # pragma: no cover - a rename back into place failed too
+                    pass
+            for folder in reversed(made):
+                try:
+                    folder.rmdir()
+                except OSError:  # pragma: no cover - not empty: something else wrote there
+                    pass
+            raise
 
     def _fail(self, reason: str, cause: BaseException | None = None) -> NoReturn:
         raise OutputError(f"cannot write to {self._shown}: {reason}; "
                           "choose another --out folder") from cause
+
+
+#: How an error while writing ends: the transaction guarantees it.
+_NOTHING_WRITTEN = "; nothing was written (choose another --out folder, or free some space)"
+
+
+@contextmanager
+def _commit_lock(folder: Path) -> Iterator[None]:
+    """An exclusive ``flock`` on ``folder`` (the output's parent) while a commit runs.
+
+    Held by one commit at a time across processes and threads (each takes
+    its own open file description); commits are renames, so the wait is short.
+    Where locks are unavailable (Windows, some network filesystems) commits
+    simply run unlocked, as before.
+    """
+    fd = None
+    if fcntl is not None:
+        try:
+            fd = os.open(folder, os.O_RDONLY)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:
+            if fd is not None:
+                os.close(fd)
+            fd = None
+    try:
+        yield
+    finally:
+        if fd is not None:
+            os.close(fd)  # closing the descriptor releases the lock
 
 
 def _make_dir(parent: Path, prefix: str) -> Path:
@@ -240,12 +340,19 @@ def _check_free(target: Path, key: str) -> None:
 
 def _reason(e: OSError, path: Path) -> str:
     """A short human reason for an OSError, naming a file that blocks a folder."""
+    if e.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+        return f"the disk is full ({e.strerror or 'no space left on device'})"
     probe = Path(path)
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent
     if probe.exists() and not probe.is_dir():
         return f"{probe} is a file, not a folder"
     return e.strerror or str(e)
+
+
+def _json_bytes(obj: Any) -> bytes:
+    """``obj`` as indented UTF-8 JSON (see :meth:`OutputDir.write_json`)."""
+    return (json.dumps(_jsonable(obj), indent=2, ensure_ascii=False, allow_nan=False) + "\n").encode("utf-8")
 
 
 def _jsonable(obj: Any) -> Any:

@@ -8,7 +8,8 @@ one of:
   before each downsampling (VGG16: indexes 2, 5, 9, 13, 17);
 * an index ``7``, a negative index ``-1``, or an inclusive range ``3-9`` / ``3..9``;
 * a glob ``block*_conv1`` (``*?[``), matched against full and short names;
-* a regular expression ``re:block[45]_conv\\d``;
+* a regular expression ``re:block[45]_conv\\d`` (commas inside its brackets
+  belong to it: ``re:conv{1,2}``);
 * a layer name, full (``vgg16/block1_conv1``) or short (``block1_conv1``) when
   the short name is unique.
 
@@ -56,9 +57,53 @@ def blocks(layers: Sequence[LayerInfo]) -> list[int]:
     return sorted(last.values())
 
 
+def _split(text: str) -> list[str]:
+    """Split a selection on commas, except commas inside a ``re:`` term's ``()``, ``[]`` or ``{}``.
+
+    ``re:conv{1,2}$,pool`` is two terms, ``re:conv{1,2}$`` and ``pool``; an
+    unclosed bracket (``re:[``) keeps the rest of the text in the term, whose
+    compilation then says what is wrong.
+    """
+    terms: list[str] = []
+    start, i, n = 0, 0, len(text)
+    while i <= n:
+        if text[start:].lstrip().startswith("re:"):
+            i = _regex_end(text, text.index("re:", start) + 3)
+        else:
+            i = text.find(",", start)
+            i = n if i < 0 else i
+        terms.append(text[start:i])
+        start = i = i + 1
+    return terms
+
+
+def _regex_end(text: str, i: int) -> int:
+    """Where the regular expression starting at ``i`` ends: the first comma outside brackets, or the end."""
+    depth, in_class, class_start = 0, False, -1
+    while i < len(text):
+        c = text[i]
+        if c == "\\":
+            i += 2
+            continue
+        if in_class:
+            # a ] right after [ or [^ is a literal ], not the end of the class
+            if c == "]" and i > class_start + 1 and text[class_start + 1:i] != "^":
+                in_class = False
+        elif c == "[":
+            in_class, class_start = True, i
+        elif c in "({":
+            depth += 1
+        elif c in ")}":
+            depth = max(depth - 1, 0)
+        elif c == "," and depth == 0:
+            return i
+        i += 1
+    return len(text)
+
+
 def _terms(spec: str | Iterable[str]) -> list[str]:
     items = [spec] if isinstance(spec, str) else list(spec)
-    terms = [t.strip() for item in items for t in str(item).split(",")]
+    terms = [t.strip() for item in items for t in _split(str(item))]
     terms = [t for t in terms if t]
     if not terms:
         raise BadArgument("empty layer selection; try --layers conv,pool or --layers all")
@@ -104,7 +149,8 @@ def _match(term: str, layers: Sequence[LayerInfo]) -> list[int]:
         try:
             pattern = re.compile(term[3:])
         except re.error as exc:
-            raise BadArgument(f"bad regular expression {term[3:]!r}: {exc}") from None
+            raise BadArgument(f"invalid regular expression {term[3:]!r}: {exc}; "
+                              "write it in Python's re syntax, e.g. 're:conv[12]$'") from None
         hits = [layer.index for layer in layers
                 if pattern.search(layer.name) or pattern.search(_short(layer.name))]
     elif any(c in term for c in "*?["):

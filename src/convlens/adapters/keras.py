@@ -10,6 +10,8 @@ layers inside others (transfer learning). The wrappers are always removed in
 from __future__ import annotations
 
 import os
+import re
+import subprocess
 import sys
 import warnings
 import zipfile
@@ -22,6 +24,7 @@ import numpy as np
 
 from .._errors import (
     BadModel,
+    ConvlensError,
     MissingDependency,
     UnsafeModel,
     UnsupportedModel,
@@ -30,10 +33,12 @@ from .._errors import (
 from ..core.kinds import kind_of
 from ..core.layers import LayerInfo
 from ..core.receptive import with_receptive_fields
+from ..core.sizes import size_hint
 from .base import Gradients, OnOutput, Target, check_rows, target_cotangent
 from .base import first_line as _first_line  # one-line error messages
 
-__all__ = ["KerasAdapter", "ZOO", "import_keras", "load_keras_file", "load_zoo_model"]
+__all__ = ["KerasAdapter", "ZOO", "import_keras", "keras_final_activation", "load_keras_file",
+           "load_zoo_model"]
 
 #: keras.applications names: (constructor, preprocessing preset, default input size).
 ZOO: dict[str, tuple[str, str, int]] = {
@@ -140,6 +145,82 @@ def _h5_has_lambda(path: Path) -> bool:
     return '"class_name": "Lambda"' in str(config)
 
 
+#: Reads every attribute and dataset of an HDF5 file, then says whether its model config has a Lambda.
+_H5_PROBE = """
+import sys
+import h5py
+lam = False
+def visit(name, obj):
+    global lam
+    for key in obj.attrs:
+        value = obj.attrs[key]
+        if key == "model_config":
+            text = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+            lam = lam or '"class_name": "Lambda"' in text
+    if isinstance(obj, h5py.Dataset):
+        obj[()]
+try:
+    with h5py.File(sys.argv[1], "r") as f:
+        visit("/", f)
+        f.visititems(visit)
+except Exception as exc:
+    print(f"{type(exc).__name__}: {exc}")
+    sys.exit(3)
+print("lambda" if lam else "ok")
+"""
+
+
+#: Files the child process read completely, by (path, size, mtime): whether they hold a Lambda layer.
+_H5_READABLE: dict[tuple[str, int, int], bool] = {}
+
+
+def _h5_has_lambda_or_damaged(path: Path) -> bool:
+    """Whether a legacy .h5 file holds a Lambda layer, read in a separate process first.
+
+    A damaged HDF5 file can make the HDF5 library loop for ever (a bit flip
+    in a global heap) or crash, inside h5py while it holds the GIL, where no
+    timeout in this process can reach. So a child process reads every
+    attribute and dataset first, under a time limit that grows with the
+    file's size; Keras then reads a file known to be readable.
+
+    Raises:
+        BadModel: the child failed, crashed or did not finish in time.
+    """
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key in _H5_READABLE:  # read before, unchanged since: the child's answer stands
+        return _H5_READABLE[key]
+    limit = 10 + stat.st_size / 50e6  # seconds: 1 s per 50 MB read on top of start-up
+    try:
+        proc = subprocess.run([sys.executable, "-c", _H5_PROBE, str(path)], capture_output=True, text=True,
+                              timeout=limit, stdin=subprocess.DEVNULL, check=False)
+    except subprocess.TimeoutExpired:
+        raise BadModel(f"cannot read Keras model {path}: reading it does not finish within {limit:.0f} s; "
+                       "the file is damaged (is it a complete file saved by model.save()?)") from None
+    except OSError:  # no interpreter to start (an embedded Python): read it here, unguarded
+        try:
+            return _h5_has_lambda(path)
+        except Exception as exc:  # noqa: BLE001 - any failure to read it is a damaged file
+            raise BadModel(f"cannot read Keras model {path}: {type(exc).__name__}: {_first_line(str(exc))}; "
+                           "is it a complete file saved by model.save()?") from None
+    answer = proc.stdout.strip()
+    if proc.returncode == 0 and answer in ("ok", "lambda"):
+        _H5_READABLE[key] = answer == "lambda"
+        return answer == "lambda"
+    why = (_first_line(answer) if proc.returncode == 3 else
+           f"the HDF5 library crashed reading it (signal {-proc.returncode})" if proc.returncode < 0 else
+           _first_line(proc.stderr) or f"exit status {proc.returncode}")
+    raise BadModel(f"cannot read Keras model {path}: {why}; is it a complete file saved by model.save()?")
+
+
+def _is_zip(path: Path) -> bool:
+    """``zipfile.is_zipfile``, which raises BadZipFile itself on some damaged end records."""
+    try:
+        return zipfile.is_zipfile(path)
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return False
+
+
 def load_keras_file(path: str | os.PathLike[str], *, trust: bool = False) -> Any:
     """Load a ``.keras`` or legacy ``.h5`` file.
 
@@ -158,7 +239,7 @@ def load_keras_file(path: str | os.PathLike[str], *, trust: bool = False) -> Any
                        f"such as vgg16 ({', '.join(sorted(ZOO))})")
     keras = import_keras()
     suffix = p.suffix.lower()
-    if suffix == ".keras" and not zipfile.is_zipfile(p):
+    if suffix == ".keras" and not _is_zip(p):
         raise BadModel(f"{p} is not a .keras file (a .keras file is a zip archive); "
                        "re-save the model with model.save('model.keras')")
     if suffix in (".h5", ".hdf5") and not _h5_magic(p):
@@ -167,7 +248,7 @@ def load_keras_file(path: str | os.PathLike[str], *, trust: bool = False) -> Any
     if suffix not in (".keras", ".h5", ".hdf5"):
         raise BadModel(f"{p}: unknown model file type {suffix or '(none)'}; convlens reads "
                        ".keras and .h5 files and zoo names such as vgg16")
-    if suffix in (".h5", ".hdf5") and not trust and _h5_has_lambda(p):
+    if suffix in (".h5", ".hdf5") and _h5_has_lambda_or_damaged(p) and not trust:
         # Keras 3 does not apply safe_mode to legacy h5 files: check ourselves.
         raise UnsafeModel(f"{p} holds a Lambda layer, whose code would run on loading; "
                           "pass --trust (trust=True) only if you trust the file's author")
@@ -304,8 +385,10 @@ class KerasAdapter:
         self.model = model
         self.name = model.name
         self.preprocess = preprocess
+        self._probe_shapes: tuple[tuple[int, ...], tuple[int, ...]] | None = None  # see _free_dims
         self._ensure_built(input_shape)
         self.channels_first = self._channels_first()
+        self.final_activation = keras_final_activation(model)
         self._layers: list[LayerInfo] | None = None
         self._objects: list[Any] = []  # keras layer of each table row (None for the input)
         self._passes: dict[tuple, int] = {}  # (wanted rows, input shape) -> eager passes so far
@@ -336,7 +419,7 @@ class KerasAdapter:
             if given is not None:
                 shape = given
             elif shapes and shapes[0] is not None and len(shapes[0]) >= 3:
-                shape = tuple(shapes[0][1:])
+                shape = self._free_dims(tuple(shapes[0][1:]))
             else:
                 raise UnsupportedModel(
                     f"{model.name} does not know its input shape (an unbuilt Sequential or a "
@@ -354,6 +437,31 @@ class KerasAdapter:
                 except (AttributeError, ValueError):
                     self.graph = False
         self._raw_input_shape = shape
+
+    def _free_dims(self, built: tuple[int | None, ...]) -> tuple[int | None, ...]:
+        """The input shape of a model without a graph, from its behaviour rather than its build size.
+
+        A subclassed model built by one call at 64x64 records (64, 64, 3), yet
+        a fully convolutional one runs at any size. It is called once more, at
+        a second size (each spatial dim ``d`` grows by the largest power of two
+        dividing it, 64 -> 128, 224 -> 256, so a model that needs multiples of
+        32 is not refused for that reason); if that works, the spatial dims are
+        free (``None``) and both sizes are kept as probe shapes for the table.
+        """
+        if len(built) < 2 or any(d is None for d in built):
+            return built
+        channel = 0 if self._channels_first() else len(built) - 1
+        first = tuple(int(d) for d in built)  # type: ignore[arg-type]
+        other = tuple(d if i == channel else d + (d & -d) for i, d in enumerate(first))
+        try:
+            with self._no_grad(), _quiet_native_stderr(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                self.model(self.keras.ops.convert_to_tensor(np.zeros((1, *other), "float32")),
+                           training=False)
+        except Exception:  # noqa: BLE001 - the model is tied to its build size (a Flatten into a Dense)
+            return built
+        self._probe_shapes = (first, other)
+        return tuple(d if i == channel else None for i, d in enumerate(first))
 
     def _channels_first(self) -> bool:
         for layer in self._leaf_layers(self.model):
@@ -478,13 +586,35 @@ class KerasAdapter:
         return rows
 
     def _probe_rows(self) -> list[tuple[Any, LayerInfo]]:
-        """Rows from one forward pass on zeros, for models without a graph."""
-        shape = self._raw_input_shape
+        """Rows from one forward pass on zeros, for models without a graph.
+
+        A model found to take any size (see :meth:`_free_dims`) is probed at
+        its build size and at the second size; output dims that differ are
+        ``None`` in the table.
+        """
+        shape = self._probe_shapes[0] if self._probe_shapes else self._raw_input_shape
         if any(d is None for d in shape):
             raise UnsupportedModel(f"{self.name} has free input dimensions {shape} and no graph; pass "
                                    "--input-shape H,W,C to list its layers")
+        records = self._probe_records(tuple(shape))
+        if self._probe_shapes:
+            second = self._probe_records(self._probe_shapes[1])
+            if len(second) == len(records):
+                records = [(layer, name, _differing_as_none(oshape, other[2]), parents)
+                           for (layer, name, oshape, parents), other in zip(records, second)]
+        counts: dict[str, int] = {}
+        rows: list[tuple[Any, LayerInfo]] = [(None, LayerInfo(index=0, name="input", type="InputLayer",
+                                                             kind="input", output_shape=self.input_shape))]
+        for layer, name, oshape, parents in records:
+            counts[name] = counts.get(name, 0) + 1
+            label = name if counts[name] == 1 else f"{name}#{counts[name]}"
+            rows.append((layer, self._info(len(rows), label, layer, oshape, parents)))
+        return rows
+
+    def _probe_records(self, shape: tuple[int, ...]) -> list[tuple[Any, str, tuple | None, list[int]]]:
+        """``(layer, name, output shape, parent rows)`` of every leaf call in one pass on zeros."""
         ops = self.keras.ops
-        records: list[tuple[Any, str, tuple, list[int]]] = []
+        records: list[tuple[Any, str, tuple | None, list[int]]] = []
         tensor_owner: dict[int, int] = {}
         keep: list[Any] = []  # keep outputs alive so their ids stay unique during the probe
 
@@ -504,14 +634,7 @@ class KerasAdapter:
                 self.model(x, training=False)
             with self._wrapped(record):
                 self.model(x, training=False)
-        counts: dict[str, int] = {}
-        rows: list[tuple[Any, LayerInfo]] = [(None, LayerInfo(index=0, name="input", type="InputLayer",
-                                                             kind="input", output_shape=self.input_shape))]
-        for layer, name, oshape, parents in records:
-            counts[name] = counts.get(name, 0) + 1
-            label = name if counts[name] == 1 else f"{name}#{counts[name]}"
-            rows.append((layer, self._info(len(rows), label, layer, oshape, parents)))
-        return rows
+        return records
 
     # ----------------------------------------------------------------- running
 
@@ -652,8 +775,21 @@ class KerasAdapter:
             with self._wrapped(record), self._no_grad(), warnings.catch_warnings():
                 # legacy models name their input; a bare tensor is what they get and is fine
                 warnings.filterwarnings("ignore", message=r".*structure of `inputs`.*")
-                y = _first_tensor(self.model(self.keras.ops.convert_to_tensor(x), training=False))
+                try:
+                    y = _first_tensor(self.model(self.keras.ops.convert_to_tensor(x), training=False))
+                except ConvlensError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - the model's own error, e.g. an input size it cannot take
+                    raise self._run_failed(exc, np.shape(batch)) from None
         return self._canonical_array(convert(y)) if y is not None else np.zeros((len(x), 0))
+
+    def _run_failed(self, exc: Exception, shape: tuple[int, ...]) -> UnsupportedModel:
+        """The one-line error for a model that raised on a batch of canonical ``shape``."""
+        hint = ""
+        if len(shape) == 4 and None in self.input_shape[:2]:  # the size is the user's choice
+            hint = "; " + size_hint(self.layers(), int(shape[1]), int(shape[2]))
+        return UnsupportedModel(f"{self.name} failed on an input of shape {tuple(shape[1:])} (H, W, C): "
+                                f"{type(exc).__name__}: {_keras_reason(str(exc))}{hint}")
 
     def _canonical_array(self, a: np.ndarray) -> np.ndarray:
         a = np.asarray(a, dtype=np.float32)
@@ -662,13 +798,6 @@ class KerasAdapter:
         return a
 
     # ----------------------------------------------------------------- gradients
-
-    @property
-    def final_activation(self) -> str | None:
-        """The model's last operation as its last layer says (see :func:`_final_activation`)."""
-        self.layers()
-        last = self._objects[-1] if self._objects else None
-        return _final_activation(last) if last is not None else None
 
     def gradients_unavailable(self) -> str | None:
         backend = self.keras.backend.backend()
@@ -991,6 +1120,29 @@ def _replace_first(out: Any, new: Any) -> Any:
                 break
         return items_d
     return out
+def _keras_reason(text: str) -> str:
+    """The informative line of a Keras error, without terminal colours or TensorFlow's op prefix.
+
+    Keras wraps a layer's error as "Exception encountered when calling
+    Add.call()." followed by the error itself; the two become
+    ``Add: Incompatible shapes: [1,96,128,2] vs. [1,100,150,2] [Op:AddV2]``.
+    """
+    clean = re.sub(r"\x1b\[[0-9;]*m", "", text)
+    clean = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", clean)
+    lines = [line.strip() for line in clean.splitlines() if line.strip()]
+    if not lines:
+        return type(text).__name__
+    m = re.match(r"Exception encountered when calling (?:layer '([^']+)' \()?(\w+)", lines[0])
+    if m and len(lines) > 1:
+        return f"{m.group(1) or m.group(2)}: {lines[1]}"[:300]
+    return lines[0][:300]
+
+
+def _differing_as_none(a: tuple | None, b: tuple | None) -> tuple | None:
+    """``a`` with ``None`` where ``b`` differs (the dims that follow the input size)."""
+    if a is None or b is None or len(a) != len(b):
+        return a
+    return tuple(None if x != y else x for x, y in zip(a, b))
 
 
 class _NeedsProbe(Exception):
@@ -1008,3 +1160,80 @@ def _first_tensor(out: Any) -> Any:
             if t is not None:
                 return t
     return None
+
+
+# --------------------------------------------------------------------------- final activation
+
+#: Layers that hand their input's values on unchanged: a softmax behind them still makes the output.
+_KERAS_PASS_THROUGH = {"Reshape", "Flatten", "Dropout", "SpatialDropout1D", "SpatialDropout2D",
+                       "GaussianDropout", "GaussianNoise", "AlphaDropout", "ActivityRegularization",
+                       "Identity"}
+#: Layers whose output, without an activation, is a linear function of their input: scores, not probabilities.
+_KERAS_LINEAR = {"Dense", "EinsumDense", "Conv1D", "Conv2D", "Conv3D", "Conv2DTranspose", "Conv1DTranspose",
+                 "DepthwiseConv2D", "SeparableConv2D"}
+
+
+def keras_final_activation(model: Any) -> str | None:
+    """What a Keras model's output is made by, read from its graph (the adapter's ``final_activation``).
+
+    Follows the output tensor back through layers that pass values on
+    unchanged (``Reshape``, ``Flatten``, ``Dropout``...) and into nested
+    models, to the layer that computes it: a ``Softmax`` layer or any layer
+    with ``activation=softmax`` gives ``"softmax"``; ``sigmoid`` gives
+    ``"sigmoid"``; a ``Dense``/conv layer with a linear activation gives
+    ``"linear"``. Anything else (a ReLU, a ``Lambda``, a subclassed model
+    without a graph) gives ``None``.
+    """
+    try:
+        step = _keras_output_of(model)
+        for _ in range(64):  # a bound, in case a graph loops through something unexpected
+            if step is None:
+                return None
+            op, node = step
+            name = type(op).__name__
+            if _is_nested_model(op):
+                step = _keras_output_of(op)  # a nested model: its own output layer
+                continue
+            if name == "Softmax":
+                return "softmax"
+            activation = getattr(getattr(op, "activation", None), "__name__", None)
+            if activation in ("softmax", "sigmoid"):
+                return activation
+            if activation == "linear" and name in _KERAS_LINEAR:
+                return "linear"
+            if name in _KERAS_PASS_THROUGH or (name == "Activation" and activation == "linear"):
+                step = _keras_input_of(op, node)
+                continue
+            return None
+    except Exception:  # noqa: BLE001 - a graph convlens does not know how to walk: the graph does not say
+        return None
+    return None
+
+
+def _is_nested_model(obj: Any) -> bool:
+    return any(c.__name__ in ("Model", "Functional", "Sequential") and c.__module__.startswith("keras")
+               for c in type(obj).__mro__)
+
+
+def _keras_output_of(model: Any) -> tuple[Any, int] | None:
+    """The layer (and its call) that produces a model's first output, or ``None`` without a graph."""
+    try:
+        outputs = model.outputs
+    except (AttributeError, ValueError):
+        outputs = None
+    if outputs:
+        history = outputs[0]._keras_history
+        return history.operation, history.node_index
+    layers = getattr(model, "layers", None)
+    if type(model).__name__ == "Sequential" and layers:
+        return layers[-1], 0
+    return None
+
+
+def _keras_input_of(layer: Any, node_index: int) -> tuple[Any, int] | None:
+    """The layer (and its call) whose output feeds call ``node_index`` of ``layer``, or ``None``."""
+    nodes = getattr(layer, "_inbound_nodes", None) or []
+    if node_index >= len(nodes) or not nodes[node_index].input_tensors:
+        return None
+    history = nodes[node_index].input_tensors[0]._keras_history
+    return history.operation, history.node_index

@@ -33,6 +33,7 @@ from ..core.kinds import kind_of
 from ..core.layers import LayerInfo
 from ..core.receptive import with_receptive_fields
 from ..core.text import shape_text
+from ..core.sizes import size_hint
 from .base import Gradients, OnOutput, Target, check_rows, target_cotangent
 from .base import first_line as _first_line  # one-line error messages
 
@@ -96,11 +97,41 @@ def _pair(values: Sequence[int] | None, default: int = 1) -> tuple[int, int] | N
 
 
 def _dims(type_proto: Any) -> tuple[int | None, ...] | None:
-    """Static dims of a tensor type (``None`` for symbolic or unknown dims), or ``None`` if unranked."""
+    """Static dims of a tensor type, or ``None`` if unranked.
+
+    A dim is ``None`` when it is symbolic, unknown, or a literal ``-1`` or ``0``
+    (some exporters write free dims as ``-1``, as in ``[-1, 3, ?, ?]``).
+    """
     if not type_proto.HasField("tensor_type") or not type_proto.tensor_type.HasField("shape"):
         return None
-    return tuple(int(d.dim_value) if d.HasField("dim_value") else None
-                 for d in type_proto.tensor_type.shape.dim)
+    return tuple(_static_dim(d) for d in type_proto.tensor_type.shape.dim)
+
+
+def _static_dim(dim: Any) -> int | None:
+    """A positive fixed dim, else ``None`` (symbolic, unset, ``-1`` or ``0``: free)."""
+    return int(dim.dim_value) if dim.HasField("dim_value") and dim.dim_value > 0 else None
+
+
+def _ort_reason(text: str) -> str:
+    """onnxruntime's error without its prefix and C++ source locations.
+
+    ``[ONNXRuntimeError] : 1 : FAIL : Non-zero status code returned while
+    running Add node. Name:'merge' Status Message: /onnxruntime_src/...h:563
+    void onnxruntime::BroadcastIterator::Init(...) axis == 1 || ... was false.
+    Attempting to broadcast an axis by a dimension other than 1. 128 by 150``
+    becomes ``Add node 'merge': Attempting to broadcast an axis by a dimension
+    other than 1. 128 by 150``; at most 300 characters.
+    """
+    line = (text.strip().splitlines() or [""])[0]
+    line = re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", line)
+    m = re.match(r"Non-zero status code returned while running (\w+) node\. Name:'([^']*)' "
+                 r"Status Message: (.*)$", line)
+    if m:
+        op, name, message = m.groups()
+        message = re.sub(r"^\S+\.(?:h|cc|cpp):\d+ .*? was false\. ", "", message)
+        message = re.sub(r"^\S+\.(?:h|cc|cpp):\d+ ", "", message)
+        line = f"{op} node '{name}': {message}"
+    return line[:300]
 
 
 def _shape_text(dims: Sequence[int | None] | None) -> str:
@@ -141,6 +172,10 @@ class OnnxAdapter:
     framework = "onnx"
     class_names: list[str] | None = None
     class_names_source = ""
+    final_activation: str | None = None
+    #: The step of the model's output when a DequantizeLinear makes it (its scale), else ``None``.
+    output_quant_step: float | None = None
+
     def __init__(self, source: Any, *, input_shape: Sequence[int | None] | None = None,
                  preprocess: str | None = None) -> None:
         self.onnx, self.ort = import_onnx()
@@ -166,6 +201,7 @@ class OnnxAdapter:
             raise BadModel(f"cannot read the weights of {self._label}: {type(exc).__name__}: "
                            f"{_first_line(str(exc))}; is its external data file complete?") from None
         self._graph_output = model.graph.output[0].name
+        self.final_activation, self.output_quant_step = onnx_final_activation(model.graph)
         del model  # the skeleton and the large weights (until read) are all that is kept
         self._arrays: dict[str, np.ndarray] = {}  # large weights, read on first need
         self._layers: list[LayerInfo] | None = None
@@ -197,6 +233,13 @@ class OnnxAdapter:
         if model.ir_version <= 0 or not model.opset_import or not graph.node or not graph.output:
             raise BadModel(f"{label} is not an ONNX model (no graph, opset or outputs); give a .onnx file "
                            "saved by torch.onnx.export, tf2onnx or onnx.save")
+        # protobuf hands over a damaged (non-UTF-8) string field as bytes, which nothing downstream expects
+        names = [graph.name, *(v.name for v in (*graph.input, *graph.output, *graph.initializer))]
+        for node in graph.node:
+            names.extend((node.op_type, node.name, node.domain, *node.input, *node.output))
+        if not all(isinstance(n, str) for n in names):
+            raise BadModel(f"cannot read ONNX model {label}: a name in its graph is not text; the file is "
+                           "damaged (is it a complete .onnx file?)")
 
     def _external_tensors(self, model: Any) -> list[Any]:
         external = self.onnx.TensorProto.EXTERNAL
@@ -359,7 +402,7 @@ class OnnxAdapter:
             want = (None, c, h, w) if self.channels_first else (None, h, w, c)
             inp = next(i for i in skel.graph.input if i.name == self.input_name)
             for dim, value in zip(inp.type.tensor_type.shape.dim, want):
-                if value is not None and not dim.HasField("dim_value"):
+                if value is not None and _static_dim(dim) is None:
                     dim.dim_value = int(value)
         try:
             return self.onnx.shape_inference.infer_shapes(skel, strict_mode=False, data_prop=True)
@@ -547,7 +590,9 @@ class OnnxAdapter:
                 # Name only: onnxruntime takes the type and shape from the graph.
                 model.graph.output.append(self.onnx.helper.make_empty_tensor_value_info(name))
         options = self.ort.SessionOptions()
-        options.log_severity_level = 3  # onnxruntime's warnings are for model authors
+        # 4 (fatal only): onnxruntime's warnings are for model authors, and its error lines (in
+        # colour, on the native stderr) repeat what the exception says, which convlens reports
+        options.log_severity_level = 4
         names, values = self._weights_as_ort_values()
         if names:
             options.add_external_initializers(names, values)
@@ -622,7 +667,7 @@ class OnnxAdapter:
     def _forward(self, session: Any, feed: np.ndarray, names: list[str]) -> list[np.ndarray]:
         n = len(feed)
         size = self.batch_size
-        if size is None or size == n:
+        if size is None or size < 1 or size == n:
             return self._run_session(session, feed, names)
         parts: list[list[np.ndarray]] = []
         for start in range(0, n, size):
@@ -638,11 +683,17 @@ class OnnxAdapter:
                 for k in range(len(names))]
 
     def _run_session(self, session: Any, feed: np.ndarray, names: list[str]) -> list[np.ndarray]:
+        quiet = self.ort.RunOptions()
+        quiet.log_severity_level = 4  # see _session: the exception carries the message
         try:
-            return session.run(names, {self.input_name: feed})
+            return session.run(names, {self.input_name: feed}, quiet)
         except Exception as exc:  # onnxruntime's own errors: wrong size for a fixed input, bad ops
+            hint = ""
+            if self._not_image is None and None in self._raw_shape[:2]:  # the size is the user's choice
+                h, w = feed.shape[2:4] if self.channels_first else feed.shape[1:3]
+                hint = "; " + size_hint(self.layers(), int(h), int(w))
             raise UnsupportedModel(f"onnxruntime could not run {self._label} on input {feed.shape}: "
-                                   f"{_first_line(str(exc))}") from None
+                                   f"{_ort_reason(str(exc))}{hint}") from None
 
     def _canonical(self, a: np.ndarray, tensor: str) -> np.ndarray:
         a = np.asarray(a)
@@ -658,12 +709,6 @@ class OnnxAdapter:
     #: largest magnitude (float32 kernels accumulate in different orders; a wrong conversion is
     #: off by far more).
     TWIN_TOLERANCE = 1e-3
-
-    @property
-    def final_activation(self) -> str | None:
-        """``"softmax"``/``"sigmoid"`` when the node giving the model's output is one (see
-        :func:`_final_activation`), else ``None``."""
-        return _final_activation(self._output_node())
 
     def _output_node(self) -> Any:
         return next((n for n in self._skeleton.graph.node if self._graph_output in n.output), None)
@@ -1109,13 +1154,6 @@ def _fold_weight_identities(model: Any) -> dict[str, str]:
     return aliases
 
 
-def _final_activation(node: Any) -> str | None:
-    """``"softmax"``/``"sigmoid"`` when the node giving the model's output is that operator, else ``None``."""
-    if node is None:
-        return None
-    return {"Softmax": "softmax", "Sigmoid": "sigmoid"}.get(node.op_type)
-
-
 def _tensors(out: Any) -> list[Any]:
     """The tensors in a (nested) module output, in order."""
     if hasattr(out, "is_floating_point"):
@@ -1145,6 +1183,64 @@ def _joined(parts: list[tuple[int, Gradients]]) -> Gradients:
         grads={r: cat([g.grads[r] for _, g in parts]) for r in first.grads},  # type: ignore[misc]
         input_grad=cat([g.input_grad for _, g in parts]),
         logits=first.logits)
+#: Operators that hand their input's values on (reshaped, quantised or not): the output's maker is behind.
+_ONNX_PASS_THROUGH = {"Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "DequantizeLinear",
+                      "QuantizeLinear", "Dropout", "Cast"}
+#: Operators whose output is a linear function of their input: scores, not probabilities.
+_ONNX_LINEAR = {"Gemm", "MatMul", "Conv", "ConvTranspose", "QLinearMatMul", "QLinearConv", "MatMulInteger",
+                "ConvInteger"}
+
+
+def onnx_final_activation(graph: Any) -> tuple[str | None, float | None]:
+    """What makes an ONNX graph's first output, and the output's quantisation step.
+
+    Follows the output back through operators that pass values on
+    (``Reshape``, ``Flatten``, ``Identity``, ``DequantizeLinear``...) to
+    ``Softmax`` (``"softmax"``), ``Sigmoid`` (``"sigmoid"``, also their
+    ``QLinear`` forms), or ``Gemm``/``MatMul``/``Conv`` (``"linear"``, also
+    behind the ``Add`` of a stored bias); anything else is ``None``.
+
+    Returns:
+        ``(final_activation, step)``: ``step`` is the scale of the
+        ``DequantizeLinear`` nearest the output (one scale for the tensor), else ``None``.
+    """
+    from onnx import numpy_helper
+
+    producer = {o: node for node in graph.node for o in node.output if o}
+    stored = {t.name for t in graph.initializer}
+    stored.update(o for node in graph.node if node.op_type == "Constant" for o in node.output)
+    tensor, step = graph.output[0].name, None
+    for _ in range(len(graph.node) + 1):
+        node = producer.get(tensor)
+        if node is None or not node.input:
+            return None, step
+        op = node.op_type
+        if op in ("Softmax", "QLinearSoftmax"):
+            return "softmax", step
+        if op in ("Sigmoid", "QLinearSigmoid"):
+            return "sigmoid", step
+        if op in _ONNX_LINEAR:
+            return "linear", step
+        if op == "Add" and len(node.input) == 2:
+            computed = [i for i in node.input if i not in stored]
+            maker = producer.get(computed[0]) if len(computed) == 1 else None
+            return ("linear" if maker is not None and maker.op_type in _ONNX_LINEAR else None), step
+        if op not in _ONNX_PASS_THROUGH:
+            return None, step
+        if op == "DequantizeLinear" and step is None and len(node.input) > 1:
+            scale = next((t for t in graph.initializer if t.name == node.input[1]), None)
+            if scale is None:  # a Constant node
+                const = producer.get(node.input[1])
+                if const is not None and const.op_type == "Constant" and const.attribute:
+                    scale = const.attribute[0].t if const.attribute[0].HasField("t") else None
+            try:
+                values = numpy_helper.to_array(scale).reshape(-1) if scale is not None else np.zeros(0)
+            except Exception:  # noqa: BLE001 - a scale kept in external data: the step stays unknown
+                values = np.zeros(0)
+            if values.size == 1 and float(values[0]) > 0:
+                step = float(values[0])
+        tensor = node.input[0]
+    return None, step
 
 
 def _canonical_dims(dims: tuple[int | None, ...] | None, layout: str) -> tuple[int | None, ...] | None:

@@ -60,10 +60,11 @@ from .._errors import BadModel, MissingDependency, UnsupportedModel
 from ..core.kinds import kind_of
 from ..core.layers import LayerInfo
 from ..core.receptive import with_receptive_fields
+from ..core.sizes import size_hint
 from .base import Gradients, OnOutput, Target
 from .base import first_line as _first_line  # one-line error messages
 
-__all__ = ["TFLiteAdapter", "dequantize", "op_kind", "readable_name"]
+__all__ = ["TFLiteAdapter", "dequantize", "op_kind", "readable_name", "tflite_final_activation"]
 
 #: Tensor types that carry activations (anything else is bookkeeping: shapes, indices, masks).
 _ACTIVATION_DTYPES = (np.float32, np.float16, np.float64, np.int8, np.uint8, np.int16)
@@ -262,6 +263,8 @@ class TFLiteAdapter:
     class_names: list[str] | None = None
     class_names_source = ""
     final_activation: str | None = None
+    #: The step of a quantised output after dequantisation (its scale, 1/256 for a uint8 softmax).
+    output_quant_step: float | None = None
 
     def __init__(self, path: str | os.PathLike[str], *, input_shape: Sequence[int | None] | None = None,
                  preprocess: str | None = None) -> None:
@@ -293,6 +296,7 @@ class TFLiteAdapter:
                 "images as float or 8-bit tensors (1, H, W, C)")
         self._set_input_shape(input_shape)
         self.preprocess = preprocess or self._preset_from_quantisation()
+        self.final_activation, self.output_quant_step = tflite_final_activation(self._interp)
         self._layers: list[LayerInfo] | None = None
         self._row_tensor: list[int] = []  # the output tensor read for each row
         self._row_op: list[dict[str, Any] | None] = []
@@ -307,6 +311,15 @@ class TFLiteAdapter:
             # the warning says preserving tensors costs memory, which is the point here
             with _captured_native_stderr() as native, warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=r".*experimental_preserve_all_tensors.*")
+                # First without delegates: the builtin kernels' Prepare checks each operator's inputs,
+                # while XNNPACK reads them unchecked and crashes on a damaged file (a STRIDED_SLICE
+                # with one input instead of four, say), before the builtin checks run.
+                checked = litert.Interpreter(
+                    model_content=data, num_threads=1,
+                    experimental_op_resolver_type=litert.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+                _size_free_inputs(checked)
+                checked.allocate_tensors()
+                del checked
                 interp = litert.Interpreter(
                     model_content=data, num_threads=_threads(),
                     experimental_preserve_all_tensors=True,
@@ -314,6 +327,13 @@ class TFLiteAdapter:
                     experimental_disable_delegate_node_fusion=True)
                 _size_free_inputs(interp)
                 interp.allocate_tensors()
+                # every name is decoded now, not in the middle of building the table: a damaged
+                # file can hold names that are not UTF-8, which LiteRT's verifier lets through
+                interp.get_tensor_details()
+                interp._get_ops_details()
+        except UnicodeDecodeError as exc:
+            raise BadModel(f"cannot read TFLite model {self.path}: a tensor name is not text ({exc.reason} "
+                           f"at byte {exc.start}); the file is damaged") from None
         except (ValueError, RuntimeError) as exc:
             why = _first_line(str(exc)) or (native[0] if native else "unknown error")
             if re.search(r"Select TensorFlow op|Flex|custom op|unresolved", why + " ".join(native)):
@@ -544,7 +564,11 @@ class TFLiteAdapter:
     def _read(self, index: int) -> np.ndarray:
         """A tensor after ``invoke()``, dequantised to float32."""
         d = self._tensor(index)
-        a = self._interp.get_tensor(index)
+        try:
+            a = self._interp.get_tensor(index)
+        except ValueError as exc:  # "Tensor data is null": a damaged file left it without memory
+            raise BadModel(f"LiteRT gave no data for tensor {d['name']} of {self.name}: "
+                           f"{_first_line(str(exc))}; is the file complete and undamaged?") from None
         q = d["quantization_parameters"]
         scales = np.asarray(q["scales"])
         if np.dtype(d["dtype"]).type in _QUANTISED_DTYPES and scales.size and np.any(scales):
@@ -569,8 +593,12 @@ class TFLiteAdapter:
                     self._interp.allocate_tensors()
             except (ValueError, RuntimeError) as exc:
                 why = _first_line(str(exc)) or (native[0] if native else "")
+                hint = ""
+                if None in self._input_shape[:2]:  # free: the size is the user's choice
+                    hint = "; " + size_hint(self.layers(), int(image.shape[0]), int(image.shape[1]))
+                    why = why.rstrip(".")
                 raise UnsupportedModel(f"{self.name} cannot run on input of shape {x.shape[1:]}: "
-                                       f"{why}") from None
+                                       f"{why}{hint}") from None
         dtype = np.dtype(d["dtype"])
         q = d["quantization_parameters"]
         scales = np.asarray(q["scales"])
@@ -684,6 +712,54 @@ class TFLiteAdapter:
             self._feed(np.zeros(tuple(d or PROBE_SIZE for d in self._input_shape), np.float32))
             self._invoke()
         return self._read(index)
+
+
+#: Operators that hand their input's values on (reshaped, quantised or not): the output's maker is behind.
+_TFLITE_PASS_THROUGH = {"QUANTIZE", "DEQUANTIZE", "RESHAPE", "SQUEEZE", "EXPAND_DIMS", "IDENTITY"}
+#: Operators whose output is a linear function of their input: scores, not probabilities.
+_TFLITE_LINEAR = {"FULLY_CONNECTED", "CONV_2D", "DEPTHWISE_CONV_2D", "TRANSPOSE_CONV", "BATCH_MATMUL"}
+
+
+def tflite_final_activation(interp: Any) -> tuple[str | None, float | None]:
+    """What makes a TFLite model's first output, and the output's quantisation step.
+
+    Follows the output tensor back through ``QUANTIZE``, ``DEQUANTIZE``,
+    ``RESHAPE`` and ``SQUEEZE`` to ``SOFTMAX`` (``"softmax"``), ``LOGISTIC``
+    (``"sigmoid"``) or ``FULLY_CONNECTED``/``CONV_2D`` (``"linear"``, assumed
+    to carry no fused activation); anything else is ``None``.
+
+    Returns:
+        ``(final_activation, step)``: ``step`` is the scale of the nearest
+        quantised tensor on the way, counting the output itself (1/256 for a
+        uint8 softmax), or ``None`` when the output is float all the way.
+    """
+    try:
+        ops = [op for op in interp._get_ops_details() if op["op_name"] != "DELEGATE"]
+        producer = {int(t): op for op in ops for t in op["outputs"] if int(t) >= 0}
+        tensor, step = int(interp.get_output_details()[0]["index"]), None
+        for _ in range(len(ops) + 1):
+            if step is None:
+                d = interp._get_tensor_details(tensor, 0)
+                scales = np.asarray(d["quantization_parameters"]["scales"], dtype=np.float64)
+                if np.dtype(d["dtype"]).type in _QUANTISED_DTYPES and scales.size == 1 and scales[0] > 0:
+                    step = float(scales[0])
+            op = producer.get(tensor)
+            if op is None:
+                return None, step
+            name = op["op_name"]
+            if name == "SOFTMAX":
+                return "softmax", step
+            if name == "LOGISTIC":
+                return "sigmoid", step
+            if name in _TFLITE_LINEAR:
+                return "linear", step
+            inputs = [int(t) for t in op["inputs"] if int(t) >= 0]
+            if name not in _TFLITE_PASS_THROUGH or not inputs:
+                return None, step
+            tensor = inputs[0]
+    except (ValueError, KeyError, IndexError, TypeError):  # a tensor without details: the graph does not say
+        return None, None
+    return None, None
 
 
 def _infer_stride(in_shape: tuple[int | None, ...] | None, out_shape: tuple[int | None, ...] | None,

@@ -64,6 +64,7 @@ from .._errors import (BadModel, ConvlensError, MissingDependency, UnsafeModel, 
 from ..core.kinds import kind_of
 from ..core.layers import LayerInfo
 from ..core.receptive import with_receptive_fields
+from ..core.sizes import size_hint
 from .base import Gradients, OnOutput, Target, check_rows, target_cotangent
 from .base import first_line as _first_line  # one-line error messages
 
@@ -250,18 +251,6 @@ class _StopForward(BaseException):
 _SOFTMAX_TYPES = ("Softmax", "LogSoftmax", "Softmax2d")
 
 
-def _final_activation(records: Sequence[_Record]) -> str | None:
-    """What the model's last row is, when it is a probability layer: ``"softmax"``/``"sigmoid"``, else ``None``.
-
-    Read from the module types only: a softmax applied functionally in
-    ``forward`` is not seen.
-    """
-    if not records:
-        return None
-    return {"Softmax": "softmax", "Softmax2d": "softmax", "Sigmoid": "sigmoid"}.get(
-        _type_name(records[-1].module))
-
-
 # --------------------------------------------------------------------------- module facts
 
 
@@ -416,6 +405,7 @@ class TorchAdapter:
     framework = "torch"
     class_names: list[str] | None = None
     class_names_source = ""
+
     def __init__(self, module: Any, *, input_shape: Sequence[int | None] | None = None,
                  preprocess: str | None = None, name: str | None = None) -> None:
         torch = import_torch()
@@ -446,6 +436,8 @@ class TorchAdapter:
         self._input_shape: tuple[int | None, ...] | None = None
         self._layers: list[LayerInfo] | None = None
         self._records: list[_Record] = []
+        self._output_row: int | None = None  # the probe row whose tensor the model returned
+        self._final_activation: str | None = None  # set by hand: overrides what the probe found
         first = next((p for p in module.parameters() if p.is_floating_point() and not _is_lazy(p)), None)
         self._dtype = first.dtype if first is not None else torch.float32
         self._device = first.device if first is not None else torch.device("cpu")
@@ -536,12 +528,15 @@ class TorchAdapter:
         except Exception as exc:
             # the probe's size is ours (--input-shape changes it); an image's size is the user's (--size)
             free = not probe and self._input_shape is not None and None in self._input_shape
-            hint = ("--size HxW (size=(H, W) in Python)" if free
-                    else "--input-shape H,W,C (input_shape=(H, W, C) in Python)")
+            hint = ("if it needs another input size, pass --input-shape H,W,C "
+                    "(input_shape=(H, W, C) in Python)")
+            if free and x.ndim == 4 and self._layers is not None:
+                hint = size_hint(self._layers, int(x.shape[2]), int(x.shape[3]))
+            elif free:
+                hint = "if it needs another input size, pass --size HxW (size=(H, W) in Python)"
             raise UnsupportedModel(
                 f"{self.name} failed on an input of shape {tuple(x.shape)} (N, C, H, W): "
-                f"{type(exc).__name__}: {_first_line(str(exc))}; if it needs another input size, pass "
-                f"{hint}") from exc
+                f"{type(exc).__name__}: {_first_line(str(exc))}; {hint}") from exc
 
     # ----------------------------------------------------------------- table
 
@@ -582,7 +577,9 @@ class TorchAdapter:
                 keep.append(t)
 
         with self._evaluating(), self._hooked(list(self.module.modules()), hook, pre_hook):
-            self._forward(x, probe=True)
+            out = self._forward(x, probe=True)
+        returned = next(iter(_float_tensors(out)), None)
+        self._output_row = owner.get(id(returned[1])) if returned is not None else None
         return records
 
     def layers(self) -> list[LayerInfo]:
@@ -614,6 +611,18 @@ class TorchAdapter:
         if self._input_shape is None:
             self.layers()
         return self._input_shape  # type: ignore[return-value]
+
+    @property
+    def final_activation(self) -> str | None:
+        """What makes the model's output, from the probe pass (see :func:`torch_final_activation`)."""
+        if self._final_activation is not None:
+            return self._final_activation
+        self.layers()
+        return torch_final_activation(self._records, self._output_row)
+
+    @final_activation.setter
+    def final_activation(self, value: str | None) -> None:  # the contract's attribute is settable
+        self._final_activation = value
 
     def _info(self, index: int, rec: _Record, free: set[int]) -> LayerInfo:
         module = rec.module
@@ -695,12 +704,6 @@ class TorchAdapter:
         return _to_numpy(first[1]) if first is not None else np.zeros((len(batch), 0), np.float32)
 
     # ----------------------------------------------------------------- gradients
-
-    @property
-    def final_activation(self) -> str | None:
-        """``"softmax"``/``"sigmoid"`` when the model's last row is that module, else ``None``."""
-        self.layers()
-        return _final_activation(self._records)
 
     def gradients_unavailable(self) -> str | None:
         return None
@@ -910,6 +913,42 @@ def hooked_gradients(module: Any, forward: Callable[[Any], Any], x: Any, batch: 
     output = _to_numpy(out_t, output_channels_last) if out_t is not None else None
     return Gradients(output=output, score=score, activations=activations, grads=grads,
                      input_grad=input_grad, logits=logits)
+# --------------------------------------------------------------------------- final activation
+
+#: Modules that hand their input's values on unchanged: a softmax behind them still makes the output.
+_TORCH_PASS_THROUGH = {"Flatten", "Unflatten", "Identity", "Dropout", "Dropout1d", "Dropout2d", "Dropout3d",
+                       "AlphaDropout"}
+#: Modules whose output is a linear function of their input: scores, not probabilities.
+_TORCH_LINEAR = {"Linear", "LazyLinear", "Bilinear", "Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d",
+                 "ConvTranspose2d", "ConvTranspose3d", "LazyConv2d"}
+
+
+def torch_final_activation(records: Sequence[_Record], output_row: int | None) -> str | None:
+    """What makes a module's output: ``"softmax"``, ``"sigmoid"``, ``"linear"`` or ``None``.
+
+    ``output_row`` is the probe row whose tensor ``forward`` returned (``None``
+    when the output was computed outside any module, e.g. by
+    ``torch.softmax`` in ``forward``: then the graph does not say). The walk
+    goes back through modules that pass values on unchanged (``Flatten``,
+    ``Dropout``, ``Identity``) to an ``nn.Softmax`` (``"softmax"``), an
+    ``nn.Sigmoid`` (``"sigmoid"``) or a ``Linear``/conv module (``"linear"``).
+    """
+    row = output_row
+    for _ in range(len(records) + 1):
+        if row is None or not 0 < row <= len(records):
+            return None
+        rec = records[row - 1]
+        name = _type_name(rec.module)
+        if name in ("Softmax", "Softmax2d"):
+            return "softmax"
+        if name == "Sigmoid":
+            return "sigmoid"
+        if name in _TORCH_LINEAR:
+            return "linear"
+        if name not in _TORCH_PASS_THROUGH or not rec.parents:
+            return None
+        row = rec.parents[0]
+    return None
 
 
 # --------------------------------------------------------------------------- files
@@ -986,7 +1025,7 @@ def _quiet_logger(name: str) -> Iterator[_Swallow]:
 def _open_exported(path: Path, *, input_shape: Sequence[int | None] | None, trust: bool,
                    preprocess: str | None) -> TorchAdapter:
     torch = import_torch()
-    if not zipfile.is_zipfile(path):
+    if not _is_zip(path):
         raise BadModel(f"{path} is not a .pt2 file (a .pt2 file is a zip archive written by torch.export.save)")
     try:
         with zipfile.ZipFile(path) as zf:
@@ -1044,7 +1083,10 @@ def _exported_input_shape(ep: Any) -> tuple[tuple[int | None, ...] | None, tuple
         except Exception:
             hint, low, high = PROBE_SIZE, 1, PROBE_SIZE + 64
         first.append(hint)
-        other.append(hint - 8 if hint - 8 >= low else min(high, hint + 8))
+        # grow by the largest power of two dividing the example size (64 -> 128, 224 -> 256): a
+        # dimension exported as a multiple (32 * h) stays one
+        grown = hint + (hint & -hint)
+        other.append(grown if grown <= high else hint - 8 if hint - 8 >= low else min(high, hint + 8))
     shapes = []
     for dd in (dims, first, other):
         dd = list(dd)
@@ -1054,10 +1096,18 @@ def _exported_input_shape(ep: Any) -> tuple[tuple[int | None, ...] | None, tuple
     return tuple(shapes[0]), (shapes[1], shapes[2])
 
 
+def _is_zip(path: Path) -> bool:
+    """``zipfile.is_zipfile``, which raises BadZipFile itself on some damaged end records."""
+    try:
+        return zipfile.is_zipfile(path)
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return False
+
+
 def _torch_load(path: Path, *, trust: bool, what: str = "model") -> Any:
     """``torch.load`` with ``weights_only=True`` unless ``trust``; our errors for every failure."""
     torch = import_torch()
-    if zipfile.is_zipfile(path):
+    if _is_zip(path):
         try:
             with zipfile.ZipFile(path) as zf:
                 torchscript = any(n.endswith("constants.pkl") for n in zf.namelist())
