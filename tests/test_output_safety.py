@@ -32,7 +32,7 @@ import pytest
 import convlens
 from convlens import OutputError
 from convlens.cli import main
-from convlens.render import png
+from convlens import output as png  # OutputDir and atomic_write_bytes live in convlens.output
 from convlens.output import OutputDir
 
 DIGIT = str(convlens.DEMO_IMAGE)
@@ -90,7 +90,7 @@ class _Budget:
 
         return Limited()
 
-    def write_new(self, path: Path, data: bytes) -> None:  # stands in for png._write_new
+    def write_new(self, path: Path, data: bytes) -> None:  # stands in for output._write_new
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         with os.fdopen(fd, "wb") as f:
             self.write(f, data)
