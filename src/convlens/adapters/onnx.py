@@ -19,7 +19,6 @@ NCHW; element-wise operators keep their input's layout).
 from __future__ import annotations
 
 import os
-import re
 import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -817,8 +816,7 @@ class OnnxAdapter:
         """
         from torch import fx
 
-        module, by_tensor = self._twin()
-        frontier_rows: list[int] = []
+        module = self._twin()[0]
         nodes: dict[str, Any] = {}  # ONNX tensor name -> fx node giving it
         owner: dict[int, Any] = {}  # id(submodule) -> its call_module node
         for node in module.graph.nodes:
@@ -828,12 +826,12 @@ class OnnxAdapter:
             if node.op == "placeholder":
                 nodes[self.input_name] = node
             elif node.op == "call_module":
-                outputs = tuple(getattr(module.get_submodule(node.target), "onnx_mapping").outputs)
+                outputs = tuple(module.get_submodule(node.target).onnx_mapping.outputs)
                 if len(outputs) == 1:
                     nodes[outputs[0]] = node
             elif node.op == "call_function" and node.args and getattr(node.args[0], "op", "") == "call_module":
                 source = module.get_submodule(node.args[0].target)
-                outputs = tuple(getattr(source, "onnx_mapping").outputs)
+                outputs = tuple(source.onnx_mapping.outputs)
                 if len(outputs) > 1 and isinstance(node.args[1], int):  # getitem(node, i)
                     nodes[outputs[node.args[1]]] = node
         name_of = {id(node): name for name, node in nodes.items()}
