@@ -127,11 +127,10 @@ def overlay(image: np.ndarray, heat: np.ndarray, *, caption: str = "", signed: b
         rows = slice(top, top + _BAND_ROWS)
         t = np.clip((resized[rows] - lo) * scale, 0.0, 255.0)
         colour = table[np.rint(t).astype(np.uint8)].astype(np.float32)
+        weight: np.ndarray | float = float(alpha)
         if signed:
             zero = -lo * scale
             weight = (float(alpha) * np.abs(t - zero) / max(zero, 255.0 - zero, 1e-6))[..., None]
-        else:
-            weight = np.float32(alpha)
         base = img[rows].astype(np.float32)
         picture[rows] = np.rint(base + (colour - base) * weight).astype(np.uint8)
 
