@@ -1,0 +1,502 @@
+"""Heatmaps: where the network looks when it decides, as arrays, pictures and files.
+
+:func:`heatmaps` runs one or several methods of :mod:`convlens.methods` on some
+images and returns a :class:`Heatmaps`: every map at the network input's
+resolution and, on request, at the resolution of the image as given; the class
+names and scores; ``render()`` for an overlay picture, ``save()`` for files and
+an inline view in Jupyter. Nothing here knows a framework: the adapter runs the
+model, the methods compute, :mod:`convlens.render.overlay` draws.
+
+>>> lens = Lens("demo")
+>>> hm = lens.heatmaps(convlens.DEMO_IMAGE, method="gradcam,ig")
+>>> hm.map(0, "gradcam").shape            # the network input's resolution
+(28, 28)
+>>> hm.save("out/")                        # overlays, .npy maps, index.json
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import inspect
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from . import __version__
+from ._errors import BadArgument
+from ._progress import NullProgress, Progress
+from .images import Image, load_images, prepare
+from .methods import Method, MethodResult, create, forward_only, get, resolve_layer
+from .methods.targets import TargetSpec, parse_classes
+from .render.overlay import overlay, resize_map
+from .render.png import OutputDir, encode_png
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .lens import Lens
+
+__all__ = ["DEFAULT_METHOD", "Heatmap", "Heatmaps", "heatmaps", "parse_methods"]
+
+#: What ``heatmaps()`` computes when no method is named.
+DEFAULT_METHOD = "gradcam"
+
+
+@dataclass
+class Heatmap:
+    """One map: one image, one method, one class.
+
+    Attributes:
+        image: index of the image in :attr:`Heatmaps.images`.
+        method: the method's registry name (``"gradcam"``).
+        title: its display name (``"Grad-CAM"``).
+        class_index: the class explained (an index into the model's output).
+        label: the class's name, or its index as text.
+        score: the class's value in the model's output (a probability when the
+            model ends in a softmax or a sigmoid; summed over the box for a
+            segmentation model).
+        probability: the class's probability: the output itself after a
+            softmax or sigmoid, else the softmax of the output; ``None`` for a
+            model whose output is not one score per class.
+        map: ``(H, W)`` float32 at the network input's resolution: 0..1, or
+            -1..1 when :attr:`signed`.
+        signed: the map is a signed attribution (Integrated Gradients, occlusion).
+        layer: the CAM's layer name; ``None`` for input attributions.
+        flat: the map carried no signal (every value equal; drawn as zeros).
+        extra: the method's own figures for this map (e.g. Integrated
+            Gradients' ``completeness_gap``).
+    """
+
+    image: int
+    method: str
+    title: str
+    class_index: int
+    label: str
+    score: float
+    probability: float | None
+    map: np.ndarray = field(repr=False)
+    signed: bool
+    layer: str | None
+    flat: bool
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def caption(self) -> str:
+        """One line: method, class, score (``Grad-CAM · tabby cat (281) · p 0.412``)."""
+        cls = self.label if self.label == str(self.class_index) else f"{self.label} ({self.class_index})"
+        parts = [self.title, cls]
+        if self.probability is not None and self.probability == self.score:
+            parts.append(f"p {self.probability:.3f}")
+        elif self.probability is not None:
+            parts.append(f"score {_num(self.score)}, softmax p {self.probability:.3f}")
+        else:
+            parts.append(f"score {_num(self.score)}")
+        if self.layer:
+            parts.append(f"layer {self.layer}")
+        if self.flat:
+            parts.append("no signal")
+        return " · ".join(parts)
+
+
+def _num(v: float) -> str:
+    return f"{v:.4g}"
+
+
+class Heatmaps:
+    """Heatmaps of some images under one or several methods.
+
+    Attributes:
+        images: the images as loaded (``Image.pixels`` is the picture as given).
+        inputs: per image, the ``(H, W, C)`` float32 input the network saw.
+        methods: the method names, in the order asked.
+        titles: their display names, by name.
+        entries: every map, image-major, then method, then class (:class:`Heatmap`).
+        outputs: per image, the model's output (``(K,)`` for a classifier).
+        class_names: the model's class names, when known.
+        model: the model's name.
+        framework: the adapter's framework.
+        notes: what was done to the inputs (resizing, channel changes).
+        results: the methods' own :class:`~convlens.methods.MethodResult`, by
+            method name, one per group of images of the same size.
+    """
+
+    def __init__(self, *, images: list[Image], inputs: list[np.ndarray], methods: list[str],
+                 titles: dict[str, str], entries: list[Heatmap], outputs: list[np.ndarray],
+                 class_names: list[str] | None, model: str, framework: str, notes: list[str],
+                 results: dict[str, list[MethodResult]]) -> None:
+        self.images, self.inputs, self.methods, self.titles = images, inputs, methods, titles
+        self.entries, self.outputs, self.class_names = entries, outputs, class_names
+        self.model, self.framework, self.notes, self.results = model, framework, notes, results
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __repr__(self) -> str:
+        return (f"Heatmaps({self.model!r}: {len(self.images)} image(s) x {', '.join(self.methods)}, "
+                f"{len(self.entries)} maps)")
+
+    # ------------------------------------------------------------------ finding maps
+
+    def find(self, image: int | str = 0, method: str | None = None,
+             target: int | str | None = None) -> Heatmap:
+        """One map: by image (index or name), method (default the first) and class.
+
+        Args:
+            image: the image's index or name.
+            method: a method name; default the first one computed.
+            target: the class index or name; default the image's first (its
+                top class when none was asked for).
+
+        Raises:
+            BadArgument: no such image, method or class among those computed
+                (the message lists what there is).
+        """
+        i = self._image_index(image)
+        name = self.methods[0] if method is None else get(method).name
+        if name not in self.methods:
+            raise BadArgument(f"{method!r} was not computed; these were: {', '.join(self.methods)}")
+        mine = [e for e in self.entries if e.image == i and e.method == name]
+        if target is None:
+            return mine[0]
+        for e in mine:
+            if (isinstance(target, (int, np.integer)) and not isinstance(target, bool)
+                    and e.class_index == int(target)):
+                return e
+            if isinstance(target, str) and (target.strip().lower() == e.label.lower()
+                                            or target.strip() == str(e.class_index)):
+                return e
+        have = ", ".join(f"{e.label} ({e.class_index})" for e in mine)
+        raise BadArgument(f"class {target!r} was not computed for {self.images[i].name}; these were: {have}")
+
+    def map(self, image: int | str = 0, method: str | None = None, target: int | str | None = None, *,
+            original: bool = False) -> np.ndarray:
+        """One map as an array.
+
+        Args:
+            image, method, target: as :meth:`find`.
+            original: ``False``: ``(H, W)`` at the network input's resolution;
+                ``True``: at the resolution of the image as given (resized
+                bilinearly, see :func:`convlens.render.overlay.resize_map`).
+
+        Returns:
+            float32: 0..1, or -1..1 for a signed attribution.
+        """
+        entry = self.find(image, method, target)
+        if not original:
+            return entry.map
+        im = self.images[entry.image]
+        return resize_map(entry.map, (im.height, im.width))
+
+    def _image_index(self, image: int | str) -> int:
+        if isinstance(image, (int, np.integer)) and not isinstance(image, bool):
+            if 0 <= int(image) < len(self.images):
+                return int(image)
+            raise BadArgument(f"image {image} is out of range: there are {len(self.images)} (0-{len(self.images) - 1})")
+        names = [im.name for im in self.images]
+        if isinstance(image, str) and image in names:
+            return names.index(image)
+        raise BadArgument(f"no image {image!r}; the images are: {', '.join(names)}")
+
+    # ------------------------------------------------------------------ pictures
+
+    def render(self, image: int | str = 0, method: str | None = None, target: int | str | None = None,
+               **options: Any) -> np.ndarray:
+        """The overlay picture of one map: ``(H', W', 3)`` uint8.
+
+        The heatmap is blended on the image as given (its own resolution), with
+        a colour bar and a caption naming the method, the class and its score.
+        ``options`` go to :func:`convlens.render.overlay.overlay` (``alpha``,
+        ``cmap``, ``colorbar``, ``min_side``, ``max_side``).
+        """
+        entry = self.find(image, method, target)
+        return overlay(self.images[entry.image].pixels, entry.map, caption=entry.caption(),
+                       signed=entry.signed, value_range=(-1.0, 1.0) if entry.signed else (0.0, 1.0),
+                       **options)
+
+    def _repr_html_(self) -> str:
+        parts = [f"<div><b>{html.escape(self.model)}</b>: {len(self.entries)} heatmaps "
+                 f"({html.escape(', '.join(self.titles[m] for m in self.methods))})</div>"]
+        for e in self.entries:
+            rgb = self.render(e.image, e.method, e.class_index, max_side=512)
+            data = base64.b64encode(encode_png(rgb)).decode("ascii")
+            alt = html.escape(f"{self.images[e.image].name}: {e.caption()}", quote=True)
+            parts.append(f"<figure style='display:inline-block;margin:0 8px 12px 0'>"
+                         f"<img src='data:image/png;base64,{data}' alt='{alt}' style='max-width:512px'/>"
+                         f"<figcaption style='font:12px monospace'>{html.escape(self.images[e.image].name)}"
+                         f"</figcaption></figure>")
+        return "".join(parts)
+
+    # ------------------------------------------------------------------ files
+
+    def save(self, out: str | os.PathLike[str], **options: Any) -> dict[str, Any]:
+        """Write every map: an overlay PNG, the raw map as ``.npy``, and ``index.json``.
+
+        Files go to ``out/heatmaps/<image>/<method>_<class>.png`` and ``.npy``;
+        the ``.npy`` holds the map at the resolution of the image as given,
+        float32 (0..1, or -1..1 for signed attributions). ``index.json`` lists
+        every map with its class, score and files (entries of other convlens
+        commands in the same folder stay). Written atomically: nothing changes
+        in ``out`` unless everything was written. ``options`` go to
+        :meth:`render`.
+
+        Returns:
+            The index that was written.
+        """
+        out_path = Path(out)
+        records: list[dict[str, Any]] = []
+        with OutputDir(out_path) as staging:
+            for e in self.entries:
+                im = self.images[e.image]
+                base = f"heatmaps/{_safe(im.name)}/{_safe(e.method)}_{e.class_index}"
+                staging.write_png(base + ".png", self.render(e.image, e.method, e.class_index, **options))
+                full = resize_map(e.map, (im.height, im.width))
+                staging.write_bytes(base + ".npy", _npy(full))
+                records.append({
+                    "image": im.name, "method": e.method, "title": e.title, "class": e.class_index,
+                    "label": e.label, "score": e.score, "probability": e.probability,
+                    "layer": e.layer, "signed": e.signed, "flat": e.flat,
+                    "range": [-1.0, 1.0] if e.signed else [0.0, 1.0],
+                    "file": base + ".png", "array": base + ".npy", "array_shape": list(full.shape),
+                    **{k: v for k, v in e.extra.items() if isinstance(v, (int, float, str, bool))},
+                })
+            index = _fold_index(out_path, records, {
+                "model": self.model, "framework": self.framework,
+                "images": [{"name": im.name, "source": im.source, "size": list(im.original_size)}
+                           for im in self.images],
+                "notes": self.notes,
+            })
+            staging.write_json("index.json", index)
+        return index
+
+
+def _npy(a: np.ndarray) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(a, np.float32), allow_pickle=False)
+    return buf.getvalue()
+
+
+def _safe(name: str) -> str:
+    """An image or method name as a file name (``gradcam++`` -> ``gradcampp``)."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name.replace("+", "p").replace("/", "__")).strip("._") or "x"
+
+
+def _fold_index(out: Path, records: list[dict[str, Any]], meta: dict[str, Any]) -> dict[str, Any]:
+    """This run's ``heatmaps`` entries folded into an ``index.json`` already in ``out``."""
+    import json
+
+    index: dict[str, Any] = {}
+    old = out / "index.json"
+    if old.is_file():
+        try:
+            index = json.loads(old.read_text())
+        except (OSError, ValueError):
+            index = {}
+        if not isinstance(index, dict):
+            index = {}
+    new = {r["file"] for r in records}
+    kept = [r for r in index.get("heatmaps", []) if isinstance(r, dict) and r.get("file") not in new
+            and (out / str(r.get("file"))).exists()]
+    index.update(meta)
+    index["convlens"] = __version__
+    index["heatmaps"] = kept + records
+    return index
+
+
+# ---------------------------------------------------------------------- computing
+
+
+def parse_methods(method: str | Sequence[str] | None) -> list[str]:
+    """Method registry names from ``"gradcam,scorecam"`` or a list; unknown names raise BadArgument."""
+    if method is None:
+        items = [DEFAULT_METHOD]
+    elif isinstance(method, str):
+        items = [m for m in method.split(",") if m.strip()]
+    else:
+        items = [str(m) for m in method]
+    if not items:
+        raise BadArgument("no heatmap method named; give one or more, e.g. gradcam,scorecam")
+    out: list[str] = []
+    for m in items:
+        name = get(m.strip()).name
+        if name not in out:
+            out.append(name)
+    return out
+
+
+def _instances(names: list[str], options: dict[str, Any]) -> list[Method]:
+    """One instance per method, each given the options its constructor takes."""
+    used: set[str] = set()
+    made = []
+    for name in names:
+        cls = get(name)
+        accepted = set(inspect.signature(cls.__init__).parameters)
+        mine = {k: v for k, v in options.items() if k in accepted}
+        used.update(mine)
+        made.append(create(name, **mine))
+    unused = sorted(set(options) - used)
+    if unused:
+        raise BadArgument(f"option {', '.join(unused)} is taken by none of {', '.join(names)}; "
+                          "see help(convlens.methods) for each method's options")
+    return made
+
+
+def _check_before_work(lens: Lens, made: list[Method], layer: Any, target: TargetSpec,
+                       names: list[str] | None) -> None:
+    """Every check that needs no pass: gradients, the layer, the classes (nothing runs on failure)."""
+    from ._errors import UnsupportedModel
+
+    adapter = lens.adapter
+    needing = [m for m in made if m.needs_gradients]
+    if needing:
+        why = adapter.gradients_unavailable()
+        if why is not None:
+            raise UnsupportedModel(
+                f"{', '.join(m.title for m in needing)} need{'s' if len(needing) == 1 else ''} gradients, "
+                f"which {adapter.name} cannot give ({why.rstrip('.')}); forward-only methods work: "
+                f"{', '.join(forward_only())}")
+    table = adapter.layers()
+    if any(m.kind == "cam" for m in made):
+        resolve_layer(table, layer)
+    last = table[-1].output_shape if table else None
+    classes = int(last[0]) if last and len(last) == 1 and last[0] is not None else None
+    parse_classes(target, classes, names)
+
+
+def _prepared(lens: Lens, images: Any, size: Any, preprocess: str | None
+              ) -> tuple[list[Image], list[np.ndarray], list[str]]:
+    from ._errors import UnsupportedModel
+
+    shape = lens.input_shape
+    if len(shape) != 3:
+        raise UnsupportedModel(f"{lens.name} takes input of shape {shape}, not images (H, W, C); "
+                               "heatmaps need an image model")
+    loaded = load_images(images)
+    h, w, c = shape
+    target: tuple[int, int] | None = None
+    if size is not None:
+        sh, sw = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+        if (h is not None and h != sh) or (w is not None and w != sw):
+            raise BadArgument(f"{lens.name} takes a fixed input of {h}x{w}; --size {sh}x{sw} "
+                              "cannot be used with it (leave --size out)")
+        target = (sh, sw)
+    elif h is not None and w is not None:
+        target = (h, w)
+    arrays, notes = [], []
+    for image in loaded:
+        arr, n = prepare(image, size=target, channels=c, preprocess=preprocess or lens.preprocess)
+        arrays.append(arr)
+        notes.extend(n)
+    return loaded, arrays, notes
+
+
+def _probabilities(output: np.ndarray, final: str | None) -> np.ndarray | None:
+    """``(N, K)`` class probabilities of a classifier's output, else ``None``."""
+    out = np.asarray(output, np.float64)
+    if out.ndim != 2 or out.shape[1] < 2:
+        return None
+    if final in ("softmax", "sigmoid"):
+        return out
+    z = out - out.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def heatmaps(lens: Lens, images: Any, method: str | Sequence[str] | None = DEFAULT_METHOD, *,
+             layer: str | int | None = None, target: TargetSpec = None, size: Any = None,
+             preprocess: str | None = None, labels: str | os.PathLike[str] | Sequence[str] | None = None,
+             progress: Progress | None = None, **method_options: Any) -> Heatmaps:
+    """Heatmaps of ``images`` under one or several methods.
+
+    Every check that needs no computation (gradients for the methods asked,
+    the layer, the classes) runs before any pass, so a mistake costs nothing.
+    Images of the same size go through each method as one batch.
+
+    Args:
+        lens: the model.
+        images: one image or a list (paths, PIL images or arrays).
+        method: a name, a comma-separated list or a list: ``gradcam``,
+            ``gradcam++``, ``xgradcam``, ``layercam``, ``hirescam``,
+            ``scorecam``, ``eigencam``, ``saliency``, ``smoothgrad``, ``ig``,
+            ``occlusion`` (see :mod:`convlens.methods`).
+        layer: CAM methods: the layer (name, index or a selection naming one);
+            default the output of the last conv layer.
+        target: ``None`` (each image's top class), a class index or name, or
+            several (a list or ``"cat,dog"``): one map per image and class.
+        size: ``(H, W)`` for models that accept any size.
+        preprocess: preprocessing preset; default the model's.
+        labels: class names (a file, one per line, or a list); default the model's own.
+        progress: receives the progress of slow methods (Score-CAM, IG, occlusion).
+        **method_options: options of the methods (``steps=32`` for IG,
+            ``samples=10`` for SmoothGrad, ``window=16`` for occlusion...);
+            each goes to the methods that take it.
+
+    Raises:
+        UnsupportedModel: a gradient method on a model without gradients
+            (TFLite; the message names the forward-only methods), a model
+            that does not take images.
+        BadArgument: an unknown method, option, layer or class.
+        BadImage: an image whose pixels are all equal.
+    """
+    names = parse_methods(method)
+    made = _instances(names, method_options)
+    class_names = _class_names(lens, labels)
+    _check_before_work(lens, made, layer, target, class_names)
+    loaded, arrays, notes = _prepared(lens, images, size, preprocess)
+    progress = progress or NullProgress()
+    adapter = lens.adapter
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, a in enumerate(arrays):
+        groups.setdefault(a.shape, []).append(i)
+    outputs: list[np.ndarray | None] = [None] * len(arrays)
+    per_image: dict[tuple[int, str], list[Heatmap]] = {}
+    results: dict[str, list[MethodResult]] = {n: [] for n in names}
+    for members in groups.values():
+        batch = np.stack([arrays[i] for i in members])
+        out = np.asarray(adapter.run(batch, [], lambda i, a: None))
+        probs = _probabilities(out, adapter.final_activation)
+        for j, i in enumerate(members):
+            outputs[i] = out[j]
+        for m in made:
+            res = m.compute(adapter, batch, target=target, layer=layer, class_names=class_names,
+                            preprocess=preprocess or lens.preprocess, progress=progress)
+            results[m.name].append(res)
+            for r in range(len(res)):
+                img = members[int(res.images[r])]
+                k = int(res.classes[r])
+                per_image.setdefault((img, m.name), []).append(Heatmap(
+                    image=img, method=m.name, title=m.title, class_index=k, label=res.labels[r],
+                    score=float(res.scores[r]),
+                    probability=float(probs[int(res.images[r]), k]) if probs is not None else None,
+                    map=res.maps[r], signed=res.signed, layer=res.layer.name if res.layer else None,
+                    flat=bool(res.flat[r]) if len(res.flat) else False,
+                    extra=_row_extra(res.extra, r, len(res))))
+    entries = [e for i in range(len(arrays)) for n in names for e in per_image.get((i, n), [])]
+    return Heatmaps(images=loaded, inputs=arrays, methods=names, titles={m.name: m.title for m in made},
+                    entries=entries, outputs=[o for o in outputs if o is not None],
+                    class_names=class_names, model=lens.name, framework=adapter.framework, notes=notes,
+                    results=results)
+
+
+def _class_names(lens: Lens, labels: Any) -> list[str] | None:
+    if labels is None:
+        return lens.adapter.class_names
+    from .report import read_labels
+
+    return read_labels(labels)
+
+
+def _row_extra(extra: dict[str, Any], r: int, rows: int) -> dict[str, Any]:
+    """The method's figures for row ``r``: per-row arrays indexed, scalars kept."""
+    out: dict[str, Any] = {}
+    for key, value in extra.items():
+        if isinstance(value, np.ndarray) and value.shape[:1] == (rows,):
+            out[key] = value[r].item() if value[r].ndim == 0 else value[r]
+        elif isinstance(value, (int, float, str, bool, np.integer, np.floating)):
+            out[key] = value.item() if isinstance(value, (np.integer, np.floating)) else value
+    return out
+
