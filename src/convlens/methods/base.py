@@ -1,0 +1,503 @@
+"""The pipeline every heatmap method shares, and what it returns.
+
+A method is a small subclass of :class:`Method` that overrides one function,
+:meth:`Method.raw_maps`; the base owns everything else, in this order:
+
+1. capability: a method that needs gradients asks the adapter
+   (:meth:`~convlens.adapters.base.Adapter.gradients_unavailable`) before any
+   work and fails with :class:`UnsupportedModel` naming the forward-only methods;
+2. the batch: ``(N, H, W, C)`` float32, preprocessed; an image whose pixels
+   are all equal is refused (nothing to point at: no gradient signal, every
+   map equal);
+3. the layer (CAM methods): the user's choice, or :func:`default_layer`;
+4. the targets (:mod:`convlens.methods.targets`): top-1, classes by index or
+   name, a box of a segmentation output;
+5. the raw maps (the method), then for CAMs ReLU, bilinear upsampling to the
+   input's resolution and min-max scaling to 0..1 per map, as pytorch-grad-cam
+   does; for input attributions the channel reduction the method declares and
+   a scaling by the largest magnitude.
+
+Every method has the same :meth:`Method.compute` signature; what differs
+(Integrated Gradients' steps, occlusion's window) goes to the constructor.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+
+from .._errors import BadArgument, BadImage, UnsupportedModel
+from .._progress import NullProgress, Progress
+from ..adapters.base import Adapter, Gradients, Target
+from ..core.cam import minmax, resize_bilinear
+from ..core.layers import LayerInfo
+from ..images import apply_preset
+from ..selection import select
+from .targets import Rows, TargetSpec, resolve_rows
+
+__all__ = ["MEMORY_BUDGET", "Context", "GradientCam", "Method", "MethodResult", "default_layer", "resolve_layer",
+           "spatial_layers"]
+
+#: Bytes of layer outputs one batched pass may hold (per-sample size estimated from the layer table).
+MEMORY_BUDGET = 512 * 2**20
+
+
+@dataclass
+class MethodResult:
+    """Heatmaps of one method for a batch: one map per (image, class) row.
+
+    Attributes:
+        method: the method's registry name, e.g. ``"gradcam"``.
+        title: its display name, e.g. ``"Grad-CAM"``.
+        kind: ``"cam"`` (a layer's map, upsampled) or ``"input"`` (an attribution to the pixels).
+        maps: ``(M, H, W)`` float32 at the network input's resolution. CAMs: 0..1
+            (ReLU, then min-max per map). Input attributions: 0..1 for
+            unsigned methods (saliency, SmoothGrad), -1..1 for signed ones
+            (Integrated Gradients, occlusion), scaled per map by the largest
+            magnitude so that 0 stays 0.
+        raw: before upsampling and scaling. CAMs: ``(M, h, w)`` float32 at the
+            layer's resolution, before the ReLU. Input attributions: ``(M, H,
+            W, C)`` float32 per input channel, in the score's units.
+        scores: ``(M,)`` float64, each row's target score in the model's output
+            as :meth:`Adapter.run` returns it (a probability when the model
+            ends in a softmax; summed over the box for a segmentation).
+        images: ``(M,)`` int, the batch image each row explains.
+        classes: ``(M,)`` int, the class each row explains.
+        labels: the class of each row as text (its name when known).
+        layer: the CAM's layer, ``None`` for input attributions.
+        signed: maps run from -1 to 1 (else 0 to 1).
+        flat: ``(M,)`` bool, the map carried no signal (every value equal
+            before scaling, e.g. the ReLU removed everything); such maps are all 0.
+        extra: method-specific figures, e.g. Integrated Gradients'
+            ``completeness_gap`` ``(M,)``.
+    """
+
+    method: str
+    title: str
+    kind: str
+    maps: np.ndarray
+    raw: np.ndarray
+    scores: np.ndarray
+    images: np.ndarray
+    classes: np.ndarray
+    labels: list[str]
+    layer: LayerInfo | None
+    signed: bool = False
+    flat: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.maps)
+
+
+# --------------------------------------------------------------------------- layers
+
+
+def _hw(layer: LayerInfo) -> tuple[int | None, int | None] | None:
+    shape = layer.output_shape
+    if shape is None or len(shape) != 3:
+        return None
+    return shape[0], shape[1]
+
+
+def _is_spatial(layer: LayerInfo) -> bool:
+    """The layer's output is a 2-D map ``(H, W, C)`` with more than one position (free sizes allowed)."""
+    hw = _hw(layer)
+    if hw is None or layer.kind == "input":
+        return False
+    h, w = hw
+    return h is None or w is None or h * w > 1
+
+
+def spatial_layers(table: Sequence[LayerInfo]) -> list[LayerInfo]:
+    """The layers a CAM can use: 2-D maps with more than one position, the model's output excluded."""
+    rows = [layer for layer in table if _is_spatial(layer)]
+    if len(table) > 1:
+        rows = [layer for layer in rows if layer.index != table[-1].index] or rows
+    return rows
+
+
+def default_layer(table: Sequence[LayerInfo]) -> LayerInfo:
+    """The layer a CAM uses when none is chosen: the output of the last conv layer.
+
+    More precisely, the last layer (in execution order, the model's output
+    excluded) whose output has the same resolution as the last conv layer's,
+    so that the ReLU, normalisation or residual addition that follows the
+    conv is included: ResNet-18 ``layer4.1.relu#2`` (the output of
+    ``layer4``, pytorch-grad-cam's recommended ``model.layer4[-1]``),
+    torchvision VGG16 ``features.29`` (relu5_3, the Grad-CAM paper's layer,
+    14x14; pytorch-grad-cam's README suggests the 7x7 pool after it), Keras
+    VGG16 ``block5_conv3``, MobileNetV2 ``features.18.2`` / ``out_relu``, the
+    demo CNN ``conv3``. When the model has no conv layer with spatial maps,
+    the last layer with spatial maps.
+
+    Raises:
+        UnsupportedModel: no layer has spatial maps.
+    """
+    rows = spatial_layers(table)
+    if not rows:
+        raise UnsupportedModel("no layer of this model outputs 2-D maps (H, W, C) with more than one "
+                               "position, so there is nothing for a CAM to show; use an input "
+                               "attribution method (saliency, ig, occlusion)")
+    convs = [layer for layer in rows if layer.kind == "conv"]
+    if not convs:
+        return rows[-1]
+    last = convs[-1]
+    return [layer for layer in rows if layer.index >= last.index and _hw(layer) == _hw(last)][-1]
+
+
+def resolve_layer(table: Sequence[LayerInfo], layer: str | int | LayerInfo | None) -> LayerInfo:
+    """The one layer a CAM method runs on.
+
+    Args:
+        table: the model's layer table.
+        layer: a name or selection term naming one layer, a table index, a
+            :class:`LayerInfo`, or ``None`` for :func:`default_layer`.
+
+    Raises:
+        LayerNotFound: no such layer.
+        BadArgument: the selection names several layers, or one without
+            spatial maps (the message names layers that would work).
+    """
+    if layer is None:
+        return default_layer(table)
+    if isinstance(layer, LayerInfo):
+        chosen = table[layer.index]
+    else:
+        hits = select(table, str(layer))
+        if len(hits) != 1:
+            raise BadArgument(f"layer {layer!r} names {len(hits)} layers; a CAM needs one "
+                              f"(e.g. {table[hits[-1]].name!r})")
+        chosen = table[hits[0]]
+    if not _is_spatial(chosen):
+        good = spatial_layers(table)
+        names = ", ".join(f"{g.name} {g.output_shape[0]}x{g.output_shape[1]}"  # type: ignore[index]
+                          for g in good[-4:])
+        where = f"layers with maps: {names}" if good else "this model has no layer with maps"
+        raise BadArgument(f"layer {chosen.name!r} outputs {chosen.output_shape}, not 2-D maps with more "
+                          f"than one position, so a CAM cannot use it; {where}")
+    return chosen
+
+
+# --------------------------------------------------------------------------- the pipeline
+
+
+class Context:
+    """What one :meth:`Method.compute` call knows; methods read it and call its passes.
+
+    Attributes:
+        adapter: the model.
+        batch: ``(N, H, W, C)`` float32 preprocessed images.
+        table: the model's layer table.
+        layer: the CAM's layer (``None`` for input attributions).
+        preprocess: the preset the batch was made with (for baselines in pixels).
+        progress: where slow methods report.
+        output: the model's output for ``batch`` once a pass computed it.
+    """
+
+    def __init__(self, adapter: Adapter, batch: np.ndarray, table: list[LayerInfo], layer: LayerInfo | None,
+                 *, spec: TargetSpec, names: Sequence[str] | None, box: Sequence[float] | None,
+                 preprocess: str, progress: Progress, memory: int) -> None:
+        self.adapter = adapter
+        self.batch = batch
+        self.table = table
+        self.layer = layer
+        self.preprocess = preprocess
+        self.progress = progress
+        self.output: np.ndarray | None = None
+        self.memory = memory
+        self._spec, self._names, self._box = spec, names, box
+        #: method-specific figures the method records for :attr:`MethodResult.extra`
+        self.extra: dict[str, Any] = {}
+        self._rows: Rows | None = None
+        self._activations: np.ndarray | None = None
+        #: the model output of each row, when a gradient pass gave it
+        self.row_output: np.ndarray | None = None
+
+    @property
+    def hw(self) -> tuple[int, int]:
+        return int(self.batch.shape[1]), int(self.batch.shape[2])
+
+    @property
+    def rows(self) -> Rows:
+        """The resolved targets; a top-1 target or a box runs the forward pass first."""
+        if self._rows is None:
+            if self.output is None and (self._spec is None or self._box is not None):
+                self.forward()
+            self._rows = resolve_rows(self._spec, self.output, n_images=len(self.batch),
+                                      n_classes=_known_classes(self.table, self._names),
+                                      names=self._names, box=self._box, input_hw=self.hw)
+        return self._rows
+
+    def forward(self) -> np.ndarray:
+        """One forward pass of the batch; captures the CAM layer's activations on the way."""
+        if self.output is None or (self.layer is not None and self._activations is None):
+            captured: list[np.ndarray] = []
+            wanted = [self.layer.index] if self.layer is not None else []
+            self.output = np.asarray(self.adapter.run(self.batch, wanted, lambda i, a: captured.append(a)))
+            if captured:
+                self._activations = np.asarray(captured[0], np.float32)
+        return self.output
+
+    def activations(self) -> np.ndarray:
+        """``(N, h, w, C)``: the CAM layer's output for the batch (one forward pass, shared)."""
+        self.forward()
+        if self._activations is None:
+            raise UnsupportedModel(f"the adapter gave no output for layer {self.layer.name!r}"  # type: ignore[union-attr]
+                                   "; choose another layer")
+        return self._activations
+
+    def row_scores(self) -> np.ndarray:
+        """``(M,)`` each row's score, from whichever pass computed the model's output."""
+        rows = self.rows
+        if self.row_output is not None:
+            return rows.scores(self.row_output)
+        return rows.scores(self.forward()[rows.images])
+
+    def per_sample_bytes(self, backward: bool) -> int:
+        """An estimate of the memory one input takes in a pass: its layer outputs (times 2 with gradients)."""
+        h, w = self.hw
+        total = 0
+        for layer in self.table:
+            shape = layer.output_shape or ()
+            jump = layer.rf_jump or (1, 1)
+            dims = [d if d is not None else max(1, (h, w)[min(i, 1)] // jump[min(i, 1)])
+                    for i, d in enumerate(shape)]
+            total += int(np.prod(dims)) if dims else 1
+        return 4 * max(total, int(np.prod(self.batch.shape[1:]))) * (2 if backward else 1)
+
+    def batch_size(self, wanted: int | None, *, backward: bool) -> int:
+        """Items per pass: ``wanted`` when given, else as many as :data:`MEMORY_BUDGET` allows (1-64)."""
+        if wanted is not None:
+            if isinstance(wanted, bool) or not isinstance(wanted, (int, np.integer)) or wanted < 1:
+                raise BadArgument(f"batch_size must be a positive whole number, not {wanted!r}")
+            return int(wanted)
+        return int(min(64, max(1, self.memory // self.per_sample_bytes(backward))))
+
+    def gradients(self, x: np.ndarray, classes: Sequence[int] | np.ndarray, *, layers: Sequence[int] = (),
+                  wrt_input: bool = False) -> Gradients:
+        """One gradient pass of ``x`` (``(B, H, W, C)``), item ``b`` differentiating class ``classes[b]``."""
+        target = Target(layer=None, channels=tuple(int(c) for c in classes), reduce="sum",
+                        mask=self.rows.mask)
+        return self.adapter.gradients(np.ascontiguousarray(x, np.float32), target, list(layers),
+                                      wrt_input=wrt_input, need_output=True)
+
+    def layer_gradients(self, batch_size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """``(acts, grads)``, each ``(M, h, w, C)``: the CAM layer's output and d score / d output per row.
+
+        One gradient pass over all rows when they fit :data:`MEMORY_BUDGET`, else several.
+        """
+        rows = self.rows
+        layer = self.layer.index  # type: ignore[union-attr]
+        step = self.batch_size(batch_size, backward=True)
+        acts, grads, outs = [], [], []
+        for start in range(0, len(rows), step):
+            part = slice(start, start + step)
+            g = self.gradients(self.batch[rows.images[part]], rows.classes[part], layers=[layer])
+            acts.append(np.asarray(g.activations[layer], np.float32))
+            grads.append(np.asarray(g.grads[layer], np.float32))
+            if g.output is not None:
+                outs.append(np.asarray(g.output))
+        if len(outs) == len(acts):
+            self.row_output = np.concatenate(outs)
+        return np.concatenate(acts), np.concatenate(grads)
+
+    def input_gradients(self, x: np.ndarray, classes: np.ndarray, batch_size: int | None = None, *,
+                        label: str = "") -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """d score / d input for many items, in passes under the memory budget.
+
+        Args:
+            x: ``(B, H, W, C)`` inputs.
+            classes: ``(B,)`` the class each item differentiates.
+            batch_size: items per pass; default from :data:`MEMORY_BUDGET`.
+            label: with a label, progress is reported per item under it.
+
+        Returns:
+            ``(grads, score, output)``: ``(B, H, W, C)`` float32 gradients,
+            ``(B,)`` the differentiated scores (logits where the adapter sees
+            them), and the model outputs ``(B, ...)`` (``None`` if the adapter
+            gave none).
+        """
+        step = self.batch_size(batch_size, backward=True)
+        grads, scores, outs = [], [], []
+        if label:
+            self.progress.start(len(x), label)
+        try:
+            for start in range(0, len(x), step):
+                g = self.gradients(x[start:start + step], classes[start:start + step], wrt_input=True)
+                if g.input_grad is None:
+                    raise UnsupportedModel(f"{self.adapter.name}: the adapter gave no input gradient")
+                grads.append(np.asarray(g.input_grad, np.float32))
+                scores.append(np.asarray(g.score, np.float64))
+                if g.output is not None:
+                    outs.append(np.asarray(g.output))
+                if label:
+                    self.progress.advance(len(grads[-1]))
+        finally:
+            if label:
+                self.progress.finish()
+        output = np.concatenate(outs) if len(outs) == len(grads) and outs else None
+        return np.concatenate(grads), np.concatenate(scores), output
+
+    def baseline(self, spec: str | float | np.ndarray, *, blur_sigma: float | None = None) -> np.ndarray:
+        """A reference input ``(N, H, W, C)``: ``"zero"`` (zeros after preprocessing, captum's default),
+        ``"black"`` (black pixels through the preset), ``"blur"`` (the image blurred), a number or an array."""
+        from ..core.cam import gauss_blur
+
+        shape = self.batch.shape
+        if isinstance(spec, str):
+            key = spec.strip().lower()
+            if key == "zero":
+                return np.zeros(shape, np.float32)
+            if key == "black":
+                return np.broadcast_to(apply_preset(np.zeros(shape[1:], np.float32), self.preprocess),
+                                       shape).astype(np.float32)
+            if key in ("blur", "blurred"):
+                sigma = blur_sigma if blur_sigma is not None else max(1.0, min(shape[1], shape[2]) / 16)
+                return gauss_blur(self.batch, sigma)
+            raise BadArgument(f"unknown baseline {spec!r}; use zero, black, blur, a number or an array "
+                              f"of shape {shape[1:]}")
+        arr = np.asarray(spec, np.float32)
+        try:
+            return np.broadcast_to(arr, shape).astype(np.float32)
+        except ValueError:
+            raise BadArgument(f"a baseline of shape {arr.shape} does not fit images of shape "
+                              f"{shape[1:]} (preprocessed, channels last)") from None
+
+
+def _known_classes(table: Sequence[LayerInfo], names: Sequence[str] | None) -> int | None:
+    if names:
+        return len(names)
+    shape = table[-1].output_shape if table else None
+    if shape and len(shape) == 1 and shape[0] is not None:
+        return int(shape[0])
+    return None
+
+
+def _check_batch(batch: Any) -> np.ndarray:
+    x = np.asarray(batch, dtype=np.float32)
+    if x.ndim != 4 or 0 in x.shape:
+        raise BadArgument(f"heatmaps take a batch of images (N, H, W, C), not an array of shape {x.shape}")
+    if not np.isfinite(x).all():
+        raise BadImage("the image holds NaN or infinite values after preprocessing; check the image and "
+                       "the preprocessing preset")
+    spread = (x.max(axis=(1, 2)) - x.min(axis=(1, 2))).max(axis=-1)
+    if (spread == 0).any():
+        i = int(np.flatnonzero(spread == 0)[0])
+        raise BadImage(f"image {i} of the batch has the same value at every pixel: a heatmap has nothing to "
+                       "point at (no gradient signal, every map equal); give an image with content")
+    return x
+
+
+class Method:
+    """The base of every heatmap method.
+
+    Class attributes:
+        name: registry name (``"gradcam"``).
+        title: display name (``"Grad-CAM"``).
+        paper: link to the method's paper.
+        needs_gradients: the method needs :meth:`Adapter.gradients`.
+        kind: ``"cam"`` (maps of a layer) or ``"input"`` (attribution to the pixels).
+        signed: input attributions only: the map keeps its sign (-1..1).
+        reduce: input attributions only: how channels are reduced to one map:
+            ``"absmax"`` (largest magnitude, Simonyan et al.), ``"sum"`` (captum's
+            convention for additive attributions) or ``"mean"``.
+        slow: the method reports progress.
+    """
+
+    name: ClassVar[str] = ""
+    title: ClassVar[str] = ""
+    paper: ClassVar[str] = ""
+    needs_gradients: ClassVar[bool] = False
+    kind: ClassVar[str] = "cam"
+    signed: ClassVar[bool] = False
+    reduce: ClassVar[str] = "absmax"
+    slow: ClassVar[bool] = False
+
+    def __init__(self, *, batch_size: int | None = None, memory: int = MEMORY_BUDGET) -> None:
+        self.batch_size = batch_size
+        self.memory = memory
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+    def raw_maps(self, ctx: Context) -> np.ndarray:
+        """The method itself: CAMs ``(M, h, w)`` before ReLU; attributions ``(M, H, W, C)``."""
+        raise NotImplementedError
+
+    def compute(self, adapter: Adapter, batch: np.ndarray, *, target: TargetSpec = None,
+                layer: str | int | LayerInfo | None = None, class_names: Sequence[str] | None = None,
+                box: Sequence[float] | None = None, preprocess: str | None = None,
+                progress: Progress | None = None) -> MethodResult:
+        """Heatmaps of ``batch`` for ``target``.
+
+        Args:
+            adapter: the model (:func:`convlens.adapters.open_model`).
+            batch: ``(N, H, W, C)`` float32 images, preprocessed for the model.
+            target: ``None`` (each image's top class), a class index or name,
+                or several (a list or a comma-separated string): one map per
+                image and class, image-major.
+            layer: CAM methods: the layer (a name, index or selection term
+                naming one layer); default :func:`default_layer`. Input
+                attributions ignore it.
+            class_names: names of the output classes; default the adapter's.
+            box: ``(top, left, bottom, right)`` in input pixels: for a
+                segmentation model, sum the class's score over this region only.
+            preprocess: the preset ``batch`` was made with; default the adapter's
+                (used by baselines given in pixels, e.g. black).
+            progress: receives progress of slow methods.
+
+        Raises:
+            UnsupportedModel: a gradient method on a model without gradients
+                (raised before any work), or no layer with maps.
+            BadArgument: a bad class, layer, box or option.
+            BadImage: an image whose pixels are all equal, or non-finite values.
+        """
+        if self.needs_gradients:
+            why = adapter.gradients_unavailable()
+            if why is not None:
+                from . import forward_only
+
+                raise UnsupportedModel(f"{self.title} needs gradients, which {adapter.name} cannot give "
+                                       f"({why}); forward-only methods work: {', '.join(forward_only())}")
+        x = _check_batch(batch)
+        table = adapter.layers()
+        chosen = resolve_layer(table, layer) if self.kind == "cam" else None
+        names = list(class_names) if class_names is not None else adapter.class_names
+        ctx = Context(adapter, x, table, chosen, spec=target, names=names, box=box,
+                      preprocess=preprocess or adapter.preprocess or "unit",
+                      progress=progress or NullProgress(), memory=self.memory)
+        raw = np.asarray(self.raw_maps(ctx), np.float32)
+        rows = ctx.rows
+        if self.kind == "cam":
+            cam = np.maximum(raw, 0)
+            flat = cam.max(axis=(1, 2)) - cam.min(axis=(1, 2)) <= 0
+            maps = minmax(resize_bilinear(cam, ctx.hw))
+        else:
+            reduced = {"absmax": lambda a: np.abs(a).max(axis=-1), "sum": lambda a: a.sum(axis=-1),
+                       "mean": lambda a: a.mean(axis=-1)}[self.reduce](raw.astype(np.float64))
+            peak = np.abs(reduced).max(axis=(1, 2), keepdims=True)
+            flat = peak[:, 0, 0] <= 0 if self.signed else (reduced.max(axis=(1, 2)) == reduced.min(axis=(1, 2)))
+            maps = (reduced / np.where(peak > 0, peak, 1.0)).astype(np.float32)
+        return MethodResult(method=self.name, title=self.title, kind=self.kind, maps=maps, raw=raw,
+                            scores=ctx.row_scores(), images=rows.images, classes=rows.classes,
+                            labels=rows.labels, layer=chosen, signed=self.signed and self.kind == "input",
+                            flat=np.asarray(flat, bool), extra=ctx.extra)
+
+
+class GradientCam(Method):
+    """The base of the gradient CAMs: one gradient pass to the layer, then :meth:`combine`."""
+
+    needs_gradients = True
+    kind = "cam"
+
+    def combine(self, acts: np.ndarray, grads: np.ndarray) -> np.ndarray:
+        """``(M, h, w)`` from the layer's ``acts`` and ``grads`` ``(M, h, w, C)`` (see :mod:`convlens.core.cam`)."""
+        raise NotImplementedError
+
+    def raw_maps(self, ctx: Context) -> np.ndarray:
+        acts, grads = ctx.layer_gradients(self.batch_size)
+        return self.combine(acts, grads)
