@@ -29,10 +29,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from . import __version__
-from ._errors import BadArgument
+from ._errors import BadArgument, BadImage
 from ._progress import NullProgress, Progress
 from .images import Image, load_images, prepare
 from .methods import Method, MethodResult, create, forward_only, get, resolve_layer
+from .methods import names as method_names
 from .methods.targets import TargetSpec, parse_classes
 from .render.overlay import overlay, resize_map
 from .render.png import OutputDir, encode_png
@@ -62,6 +63,8 @@ class Heatmap:
         probability: the class's probability: the output itself after a
             softmax or sigmoid, else the softmax of the output; ``None`` for a
             model whose output is not one score per class.
+        scores_are_probabilities: the model ends in a softmax or a sigmoid, so
+            :attr:`score` is the probability.
         map: ``(H, W)`` float32 at the network input's resolution: 0..1, or
             -1..1 when :attr:`signed`.
         signed: the map is a signed attribution (Integrated Gradients, occlusion).
@@ -78,6 +81,7 @@ class Heatmap:
     label: str
     score: float
     probability: float | None
+    scores_are_probabilities: bool
     map: np.ndarray = field(repr=False)
     signed: bool
     layer: str | None
@@ -88,10 +92,10 @@ class Heatmap:
         """One line: method, class, score (``Grad-CAM · tabby cat (281) · p 0.412``)."""
         cls = self.label if self.label == str(self.class_index) else f"{self.label} ({self.class_index})"
         parts = [self.title, cls]
-        if self.probability is not None and self.probability == self.score:
-            parts.append(f"p {self.probability:.3f}")
+        if self.scores_are_probabilities:
+            parts.append(f"p {_prob(self.score)}")
         elif self.probability is not None:
-            parts.append(f"score {_num(self.score)}, softmax p {self.probability:.3f}")
+            parts.append(f"score {_num(self.score)}, softmax p {_prob(self.probability)}")
         else:
             parts.append(f"score {_num(self.score)}")
         if self.layer:
@@ -103,6 +107,11 @@ class Heatmap:
 
 def _num(v: float) -> str:
     return f"{v:.4g}"
+
+
+def _prob(p: float) -> str:
+    """A probability with three decimals, or two significant digits below 0.001 (``1.7e-08``)."""
+    return f"{p:.3f}" if p >= 0.001 or p == 0 else f"{p:.2g}"
 
 
 class Heatmaps:
@@ -217,8 +226,9 @@ class Heatmaps:
                        **options)
 
     def _repr_html_(self) -> str:
-        parts = [f"<div><b>{html.escape(self.model)}</b>: {len(self.entries)} heatmaps "
-                 f"({html.escape(', '.join(self.titles[m] for m in self.methods))})</div>"]
+        head = (f"<div><b>{html.escape(self.model)}</b>: {len(self.entries)} heatmaps "
+                f"({html.escape(', '.join(self.titles[m] for m in self.methods))})</div>")
+        parts = [head]
         for e in self.entries:
             rgb = self.render(e.image, e.method, e.class_index, max_side=512)
             data = base64.b64encode(encode_png(rgb)).decode("ascii")
@@ -340,14 +350,21 @@ def _instances(names: list[str], options: dict[str, Any]) -> list[Method]:
         made.append(create(name, **mine))
     unused = sorted(set(options) - used)
     if unused:
-        raise BadArgument(f"option {', '.join(unused)} is taken by none of {', '.join(names)}; "
-                          "see help(convlens.methods) for each method's options")
+        key = unused[0]
+        owners = [n for n in method_names() if key in inspect.signature(get(n).__init__).parameters]
+        where = f"an option of {', '.join(owners)}" if owners else "not an option of any method"
+        raise BadArgument(f"option {key!r} is {where}, not of {', '.join(names)}; add the method or leave "
+                          "the option out (help(convlens.methods) lists each method's options)")
     return made
 
 
 def _check_before_work(lens: Lens, made: list[Method], layer: Any, target: TargetSpec,
-                       names: list[str] | None) -> None:
-    """Every check that needs no pass: gradients, the layer, the classes (nothing runs on failure)."""
+                       names: list[str] | None) -> list[int] | None:
+    """Every check that needs no pass: gradients, the layer, the classes (nothing runs on failure).
+
+    Returns:
+        The class indexes the target names, ``None`` for each image's top class.
+    """
     from ._errors import UnsupportedModel
 
     adapter = lens.adapter
@@ -364,7 +381,28 @@ def _check_before_work(lens: Lens, made: list[Method], layer: Any, target: Targe
         resolve_layer(table, layer)
     last = table[-1].output_shape if table else None
     classes = int(last[0]) if last and len(last) == 1 and last[0] is not None else None
-    parse_classes(target, classes, names)
+    chosen = _classes(target, classes, names)
+    if chosen is None and last is not None and len(last) != 1:
+        raise BadArgument(f"the output of {lens.name} has shape {tuple(last)}, not one score per class, so "
+                          "there is no top class: name the class to explain (--class, target=...)")
+    return chosen
+
+
+def _classes(target: TargetSpec, classes: int | None, names: list[str] | None) -> list[int] | None:
+    """The class indexes ``target`` names (``None``: each image's top class).
+
+    Each string of a list may itself be comma-separated (``--class 3,5 --class 7``).
+    """
+    if target is None or isinstance(target, (str, int, np.integer)):
+        return parse_classes(target, classes, names)
+    out: list[int] = []
+    for item in target:
+        for k in parse_classes(item, classes, names) or []:
+            if k not in out:
+                out.append(k)
+    if not out:
+        raise BadArgument("empty class list; give a class index or name, or leave it out for the top class")
+    return out
 
 
 def _prepared(lens: Lens, images: Any, size: Any, preprocess: str | None
@@ -445,8 +483,12 @@ def heatmaps(lens: Lens, images: Any, method: str | Sequence[str] | None = DEFAU
     names = parse_methods(method)
     made = _instances(names, method_options)
     class_names = _class_names(lens, labels)
-    _check_before_work(lens, made, layer, target, class_names)
+    classes = _check_before_work(lens, made, layer, target, class_names)
     loaded, arrays, notes = _prepared(lens, images, size, preprocess)
+    for image, a in zip(loaded, arrays):
+        if a.size and float(a.max()) == float(a.min()):
+            raise BadImage(f"{image.name} has the same value at every pixel: a heatmap has nothing to point "
+                           "at (no gradient, every map equal); give an image with content")
     progress = progress or NullProgress()
     adapter = lens.adapter
     groups: dict[tuple[int, ...], list[int]] = {}
@@ -462,7 +504,7 @@ def heatmaps(lens: Lens, images: Any, method: str | Sequence[str] | None = DEFAU
         for j, i in enumerate(members):
             outputs[i] = out[j]
         for m in made:
-            res = m.compute(adapter, batch, target=target, layer=layer, class_names=class_names,
+            res = m.compute(adapter, batch, target=classes, layer=layer, class_names=class_names,
                             preprocess=preprocess or lens.preprocess, progress=progress)
             results[m.name].append(res)
             for r in range(len(res)):
@@ -472,6 +514,7 @@ def heatmaps(lens: Lens, images: Any, method: str | Sequence[str] | None = DEFAU
                     image=img, method=m.name, title=m.title, class_index=k, label=res.labels[r],
                     score=float(res.scores[r]),
                     probability=float(probs[int(res.images[r]), k]) if probs is not None else None,
+                    scores_are_probabilities=adapter.final_activation in ("softmax", "sigmoid"),
                     map=res.maps[r], signed=res.signed, layer=res.layer.name if res.layer else None,
                     flat=bool(res.flat[r]) if len(res.flat) else False,
                     extra=_row_extra(res.extra, r, len(res))))

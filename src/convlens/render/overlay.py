@@ -82,7 +82,7 @@ def tick_label(value: float) -> str:
 
 def overlay(image: np.ndarray, heat: np.ndarray, *, caption: str = "", signed: bool = False,
             value_range: tuple[float, float] | None = None, cmap: str | None = None,
-            alpha: float = 0.5, colorbar: bool = True, min_side: int = 256,
+            alpha: float | None = None, colorbar: bool = True, min_side: int = 256,
             max_side: int = 4096) -> np.ndarray:
     """Blend a heatmap on an image, with a colour bar below and a caption above.
 
@@ -94,12 +94,14 @@ def overlay(image: np.ndarray, heat: np.ndarray, *, caption: str = "", signed: b
         caption: one line above the picture (method, class, score).
         signed: the map is a signed attribution: a diverging colormap over a
             range symmetric about 0, and each pixel's opacity grows with
-            ``|value|`` so that zero shows the photo unchanged.
+            ``|value|`` up to half the range (then stays at ``alpha``), so
+            that zero shows the photo unchanged and small values still show.
         value_range: the values at the two ends of the colour bar; default
             ``(0, 1)``, or ``(-m, m)`` with ``m = max |heat|`` when signed.
         cmap: colormap name; default :data:`DEFAULT_CMAP`, or
             :data:`SIGNED_CMAP` when signed.
-        alpha: opacity of the colour, 0-1 (the largest one when signed).
+        alpha: opacity of the colour, 0-1 (the largest one when signed);
+            default 0.5, or 0.8 when signed.
         colorbar: draw the colour bar with labelled ends and middle.
         min_side: images whose longer side is shorter are enlarged by an
             integer factor (nearest neighbour) to at least this.
@@ -111,6 +113,8 @@ def overlay(image: np.ndarray, heat: np.ndarray, *, caption: str = "", signed: b
         image's resolution (or an integer multiple or fraction of it, see
         ``min_side`` and ``max_side``) and the colour bar.
     """
+    if alpha is None:
+        alpha = 0.8 if signed else 0.5
     if not 0.0 <= float(alpha) <= 1.0:
         raise BadArgument(f"alpha must be between 0 and 1, got {alpha}")
     if min_side < 1 or max_side < min_side:
@@ -130,7 +134,8 @@ def overlay(image: np.ndarray, heat: np.ndarray, *, caption: str = "", signed: b
         weight: np.ndarray | float = float(alpha)
         if signed:
             zero = -lo * scale
-            weight = (float(alpha) * np.abs(t - zero) / max(zero, 255.0 - zero, 1e-6))[..., None]
+            reach = max(zero, 255.0 - zero, 1e-6) / 2  # full opacity from half the range on
+            weight = (float(alpha) * np.minimum(np.abs(t - zero) / reach, 1.0))[..., None]
         base = img[rows].astype(np.float32)
         picture[rows] = np.rint(base + (colour - base) * weight).astype(np.uint8)
 
