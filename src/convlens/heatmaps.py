@@ -270,7 +270,7 @@ class Heatmaps:
                     "layer": e.layer, "signed": e.signed, "flat": e.flat,
                     "range": [-1.0, 1.0] if e.signed else [0.0, 1.0],
                     "file": base + ".png", "array": base + ".npy", "array_shape": list(full.shape),
-                    **{k: v for k, v in e.extra.items() if isinstance(v, (int, float, str, bool))},
+                    "extra": {k: v for k, v in e.extra.items() if isinstance(v, (int, float, str, bool))},
                 })
             index = _fold_index(out_path, records, {
                 "model": self.model, "framework": self.framework,
