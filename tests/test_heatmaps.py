@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 import convlens
-from convlens import BadArgument, BadImage, Lens, UnsupportedModel, methods
+from convlens import BadArgument, BadImage, Lens, methods
 from convlens.heatmaps import Heatmaps, parse_methods
 from convlens.images import load_image, prepare
 from convlens.render.overlay import resize_map
