@@ -7,7 +7,13 @@ import pytest
 from scipy.stats import spearmanr
 
 from convlens import BadArgument
-from convlens.core.evaluation import curve_auc, perturbation_curve, ranks, spearman
+from convlens.core.evaluation import (
+    curve_auc,
+    perturbation_curve,
+    perturbation_curves,
+    ranks,
+    spearman,
+)
 
 
 def test_ranks_average_ties():
@@ -81,3 +87,16 @@ def test_bad_curve_arguments_raise():
         perturbation_curve(_linear_model(np.ones((2, 2))), np.ones((2, 2, 1)), np.ones((3, 2)), 0)
     with pytest.raises(BadArgument, match="class"):
         perturbation_curve(_linear_model(np.ones((2, 2))), np.ones((2, 2, 1)), np.ones((2, 2)), 5)
+
+
+def test_curves_of_many_images_equal_one_at_a_time():
+    rng = np.random.default_rng(4)
+    weights = rng.random((5, 5))
+    images = rng.random((3, 5, 5, 1)).astype(np.float32)
+    heats = rng.random((3, 5, 5))
+    predict = _linear_model(weights)
+    together = perturbation_curves(predict, images, heats, [0, 0, 1], mode="insertion", steps=5, batch=7)
+    for i, cls in enumerate([0, 0, 1]):
+        alone = perturbation_curve(predict, images[i], heats[i], cls, mode="insertion", steps=5)
+        np.testing.assert_allclose(together[i], alone)
+    np.testing.assert_allclose(together[2], 1.0)  # class 1 is constant

@@ -16,13 +16,13 @@ module never imports a framework.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
 from .._errors import BadArgument
 
-__all__ = ["curve_auc", "perturbation_curve", "ranks", "spearman"]
+__all__ = ["curve_auc", "perturbation_curve", "perturbation_curves", "ranks", "spearman"]
 
 #: A batch ``(N, H, W, C)`` float32 in, ``(N, K)`` class probabilities (or scores) out.
 Predict = Callable[[np.ndarray], np.ndarray]
@@ -84,33 +84,66 @@ def perturbation_curve(predict: Predict, image: np.ndarray, heat: np.ndarray, ta
         ``(steps + 1,)`` float64: the target's score at each fraction.
     """
     x = np.asarray(image, dtype=np.float32)
-    h = np.asarray(heat, dtype=np.float64)
-    if x.ndim != 3 or h.shape != x.shape[:2]:
-        raise BadArgument(f"need an (H, W, C) image and an (H, W) map, got {x.shape} and {h.shape}")
+    if x.ndim != 3:
+        raise BadArgument(f"need an (H, W, C) image and an (H, W) map, got {x.shape} and {np.shape(heat)}")
+    base = np.asarray(baseline, dtype=np.float32)
+    return perturbation_curves(predict, x[None], np.asarray(heat)[None], [target], mode=mode,
+                               baseline=base[None] if base.ndim == 3 else base, steps=steps, seed=seed,
+                               batch=batch)[0]
+
+
+def perturbation_curves(predict: Predict, images: np.ndarray, heats: np.ndarray, targets: Sequence[int], *,
+                        mode: str = "deletion", baseline: float | np.ndarray = 0.0, steps: int = 28,
+                        seed: int = 0, batch: int = 256) -> np.ndarray:
+    """:func:`perturbation_curve` for many images, their frames sent to ``predict`` together.
+
+    Args:
+        images: ``(N, H, W, C)``.
+        heats: ``(N, H, W)``.
+        targets: ``N`` classes.
+        baseline: a number, or ``(N, H, W, C)``.
+        batch: frames per call of ``predict``.
+
+    Returns:
+        ``(N, steps + 1)`` float64.
+    """
+    x = np.asarray(images, dtype=np.float32)
+    h = np.asarray(heats, dtype=np.float64)
+    if x.ndim != 4 or h.shape != x.shape[:3]:
+        raise BadArgument(f"need an (H, W, C) image and an (H, W) map each, got {x.shape[1:]} and "
+                          f"{h.shape[1:]}")
     if mode not in ("deletion", "insertion"):
         raise BadArgument(f"mode={mode!r}: use deletion or insertion")
     if steps < 1 or batch < 1:
         raise BadArgument("steps and batch must be at least 1")
+    n_img, n = len(x), int(np.prod(h.shape[1:]))
+    cls = np.asarray(targets, np.int64)
+    if cls.shape != (n_img,):
+        raise BadArgument(f"{len(cls)} targets for {n_img} images")
     base = np.broadcast_to(np.asarray(baseline, dtype=np.float32), x.shape)
-    n = h.size
     tie_break = np.random.default_rng(seed).permutation(n)
-    # Most important first: sort by -value, then by the random key among equals.
-    order = np.lexsort((tie_break, -np.nan_to_num(h.ravel(), nan=-np.inf)))
-    rank_of = np.empty(n, np.int64)
-    rank_of[order] = np.arange(n)
-    rank_grid = rank_of.reshape(h.shape)
+    flat_ranks = np.empty((n_img, n), np.int64)
+    for i in range(n_img):
+        # Most important first: sort by -value, then by the random key among equals.
+        order = np.lexsort((tie_break, -np.nan_to_num(h[i].ravel(), nan=-np.inf)))
+        flat_ranks[i, order] = np.arange(n)
+    rank_grid = flat_ranks.reshape(h.shape)
     counts = np.rint(np.linspace(0, n, steps + 1)).astype(np.int64)
     start, swap_in = (x, base) if mode == "deletion" else (base, x)
-    scores = np.empty(steps + 1, np.float64)
-    for lo in range(0, steps + 1, batch):
-        ks = counts[lo:lo + batch]
-        changed = rank_grid[None] < ks[:, None, None]  # (B, H, W): the first k pixels of the order
-        frames = np.where(changed[..., None], swap_in[None], start[None]).astype(np.float32)
+    # Frame f is image f // (steps + 1) with its first counts[f % (steps + 1)] pixels swapped.
+    frame_img = np.repeat(np.arange(n_img), steps + 1)
+    frame_k = np.tile(counts, n_img)
+    scores = np.empty(n_img * (steps + 1), np.float64)
+    for lo in range(0, len(frame_img), batch):
+        im, ks = frame_img[lo:lo + batch], frame_k[lo:lo + batch]
+        changed = rank_grid[im] < ks[:, None, None]  # (B, H, W): the first k pixels of the order
+        frames = np.where(changed[..., None], swap_in[im], start[im]).astype(np.float32)
         out = np.asarray(predict(frames), dtype=np.float64)
-        if out.ndim != 2 or out.shape[0] != len(ks) or not 0 <= target < out.shape[1]:
-            raise BadArgument(f"predict returned shape {out.shape} for {len(ks)} images and class {target}")
-        scores[lo:lo + len(ks)] = out[:, target]
-    return scores
+        if out.ndim != 2 or out.shape[0] != len(im) or not (0 <= cls[im]).all() or (cls[im] >= out.shape[1]).any():
+            raise BadArgument(f"predict returned shape {out.shape} for {len(im)} images and classes "
+                              f"{sorted(set(cls[im].tolist()))}")
+        scores[lo:lo + len(im)] = out[np.arange(len(im)), cls[im]]
+    return scores.reshape(n_img, steps + 1)
 
 
 def curve_auc(curve: np.ndarray) -> float:
