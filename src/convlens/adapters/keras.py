@@ -936,8 +936,12 @@ class _GradPlan:
         object.__setattr__(self, "needed", frozenset(self.needed))
 
 
-class _StopForward(Exception):
-    """Raised from a wrapped call once the last layer a gradient pass needs has run."""
+class _StopForward(BaseException):
+    """Raised from a wrapped call once the last layer a gradient pass needs has run.
+
+    A ``BaseException``, so that no ``except Exception`` on the way (Keras's
+    traceback filtering, a model's own) stops it.
+    """
 
 
 def _activation_name(fn: Any) -> str:

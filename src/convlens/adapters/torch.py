@@ -238,8 +238,12 @@ def _replaced(out: Any, new: Mapping[tuple, Any]) -> Any:
     return out
 
 
-class _StopForward(Exception):
-    """Raised from a hook once the last row a gradient pass needs has run (``need_output=False``)."""
+class _StopForward(BaseException):
+    """Raised from a hook once the last row a gradient pass needs has run (``need_output=False``).
+
+    A ``BaseException``, as ``GeneratorExit`` is: a model's own ``except Exception``
+    (and any caller's error wrapping) lets it through to :func:`hooked_gradients`.
+    """
 
 
 #: A final module of these types turns logits into probabilities: a class score is read before it.
@@ -527,7 +531,7 @@ class TorchAdapter:
     def _forward(self, x: Any, *, probe: bool = False) -> Any:
         try:
             return self.module(x)
-        except (ConvlensError, _StopForward):
+        except ConvlensError:
             raise
         except Exception as exc:
             # the probe's size is ours (--input-shape changes it); an image's size is the user's (--size)

@@ -36,8 +36,10 @@ __all__ = [
 # --------------------------------------------------------------------------- resizing and scaling
 
 
-def _axis_weights(n_in: int, n_out: int, align_corners: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Source indexes ``i0, i1`` and the weight of ``i1`` for linear interpolation along one axis."""
+def _axis_weights(
+    n_in: int, n_out: int, align_corners: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Source indexes ``i0, i1`` and the weight of ``i1``: linear interpolation on one axis."""
     if align_corners:
         pos = np.arange(n_out, dtype=np.float64) * ((n_in - 1) / (n_out - 1) if n_out > 1 else 0.0)
     else:
@@ -51,7 +53,9 @@ def _axis_weights(n_in: int, n_out: int, align_corners: bool) -> tuple[np.ndarra
     return i0, i1, (pos - i0).astype(np.float32)
 
 
-def resize_bilinear(maps: np.ndarray, size: tuple[int, int], *, align_corners: bool = False) -> np.ndarray:
+def resize_bilinear(
+    maps: np.ndarray, size: tuple[int, int], *, align_corners: bool = False
+) -> np.ndarray:
     """Bilinear resize of the axes 1 and 2 of ``maps`` (no antialiasing: for upsampling).
 
     Args:
@@ -148,8 +152,13 @@ def xgrad_cam(acts: np.ndarray, grads: np.ndarray) -> np.ndarray:
 
 
 def layer_cam(acts: np.ndarray, grads: np.ndarray) -> np.ndarray:
-    """LayerCAM (Jiang et al. 2021, https://ieeexplore.ieee.org/document/9462463): ``sum_c relu(g) * A``."""
-    return (np.maximum(np.asarray(grads, np.float64), 0) * np.asarray(acts, np.float64)).sum(axis=-1)
+    """LayerCAM (Jiang et al. 2021): ``sum_c relu(g) * A``.
+
+    https://ieeexplore.ieee.org/document/9462463
+    """
+    return (np.maximum(np.asarray(grads, np.float64), 0) * np.asarray(acts, np.float64)).sum(
+        axis=-1
+    )
 
 
 def hires_cam(acts: np.ndarray, grads: np.ndarray) -> np.ndarray:
@@ -219,7 +228,9 @@ def score_cam_masks(acts: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray
     varying = np.flatnonzero(flat.max(axis=0) > flat.min(axis=0))
     if varying.size == 0:
         return np.zeros((0, *size), np.float32), varying
-    up = resize_bilinear(np.moveaxis(a[..., varying], -1, 0)[..., None], size, align_corners=True)[..., 0]
+    up = resize_bilinear(np.moveaxis(a[..., varying], -1, 0)[..., None], size, align_corners=True)[
+        ..., 0
+    ]
     lo = up.min(axis=(1, 2), keepdims=True)
     hi = up.max(axis=(1, 2), keepdims=True)
     return ((up - lo) / (hi - lo + 1e-8)).astype(np.float32), varying
@@ -238,6 +249,11 @@ def ig_alphas(steps: int, method: str = "gausslegendre") -> tuple[np.ndarray, np
 
     Returns:
         ``(alphas, weights)``, float64 ``(steps,)`` each; ``sum(weights) == 1``.
+        Every method gives captum's points and weights except
+        ``riemann_trapezoid``, where captum weighs every point ``1/n`` and
+        halves both ends, so its weights sum to ``(n-1)/n`` and its attributions
+        are ``(n-1)/n`` of the integral's; convlens uses the trapezoid rule's
+        weights (``1/(n-1)``, ends halved), which integrate a constant exactly.
     """
     if method == "gausslegendre":
         x, w = np.polynomial.legendre.leggauss(steps)
@@ -255,7 +271,7 @@ def ig_alphas(steps: int, method: str = "gausslegendre") -> tuple[np.ndarray, np
 
 
 def gauss_blur(images: np.ndarray, sigma: float) -> np.ndarray:
-    """A Gaussian blur of ``(N, H, W, C)`` images over H and W (reflected borders, 3 sigma kernel)."""
+    """A Gaussian blur of ``(N, H, W, C)`` images on H and W (reflected borders, 3-sigma kernel)."""
     x = np.asarray(images, np.float32)
     if sigma <= 0:
         return x.copy()
@@ -268,7 +284,7 @@ def gauss_blur(images: np.ndarray, sigma: float) -> np.ndarray:
         pad = [(0, 0)] * x.ndim
         pad[axis] = (r, r)
         padded = np.pad(x, pad, mode="reflect" if r > 0 else "edge")
-        k = kernel[radius - r: radius + r + 1]
+        k = kernel[radius - r : radius + r + 1]
         k = k / k.sum()
         out = np.zeros_like(x, dtype=np.float64)
         for j, kj in enumerate(k):
@@ -278,7 +294,7 @@ def gauss_blur(images: np.ndarray, sigma: float) -> np.ndarray:
 
 
 def occlusion_windows(size: int, window: int, stride: int) -> list[tuple[int, int]]:
-    """``[start, stop)`` of each occluding window along one axis, as captum's ``Occlusion`` places them.
+    """``[start, stop)`` of each occluding window on one axis, placed as captum's ``Occlusion``.
 
     The first window starts at 0, the next ones every ``stride``, until the
     axis is covered; the last one may be cut off by the border.

@@ -41,20 +41,60 @@ from .targets import Rows, TargetSpec
 from .xgradcam import XGradCAM
 
 __all__ = [
-    "MEMORY_BUDGET", "METHODS", "Context", "EigenCAM", "GradCAM", "GradCAMPlusPlus", "GradientCam",
-    "HiResCAM", "IntegratedGradients", "LayerCAM", "Method", "MethodResult", "Occlusion", "Rows",
-    "Saliency", "ScoreCAM", "SmoothGrad", "TargetSpec", "XGradCAM", "create", "default_layer",
-    "forward_only", "get", "gradient_methods", "names", "resolve_layer",
+    "MEMORY_BUDGET",
+    "METHODS",
+    "Context",
+    "EigenCAM",
+    "GradCAM",
+    "GradCAMPlusPlus",
+    "GradientCam",
+    "HiResCAM",
+    "IntegratedGradients",
+    "LayerCAM",
+    "Method",
+    "MethodResult",
+    "Occlusion",
+    "Rows",
+    "Saliency",
+    "ScoreCAM",
+    "SmoothGrad",
+    "TargetSpec",
+    "XGradCAM",
+    "create",
+    "default_layer",
+    "forward_only",
+    "get",
+    "gradient_methods",
+    "names",
+    "resolve_layer",
 ]
 
 #: Every method by registry name, CAMs first, in the order front ends list them.
-METHODS: dict[str, type[Method]] = {m.name: m for m in (
-    GradCAM, GradCAMPlusPlus, XGradCAM, LayerCAM, HiResCAM, ScoreCAM, EigenCAM,
-    Saliency, SmoothGrad, IntegratedGradients, Occlusion)}
+METHODS: dict[str, type[Method]] = {
+    m.name: m
+    for m in (
+        GradCAM,
+        GradCAMPlusPlus,
+        XGradCAM,
+        LayerCAM,
+        HiResCAM,
+        ScoreCAM,
+        EigenCAM,
+        Saliency,
+        SmoothGrad,
+        IntegratedGradients,
+        Occlusion,
+    )
+}
 
 #: Other spellings people type.
-ALIASES = {"gradcampp": "gradcam++", "gradcamplusplus": "gradcam++", "integratedgradients": "ig",
-           "vanillagradient": "saliency", "gradient": "saliency"}
+ALIASES = {
+    "gradcampp": "gradcam++",
+    "gradcamplusplus": "gradcam++",
+    "integratedgradients": "ig",
+    "vanillagradient": "saliency",
+    "gradient": "saliency",
+}
 
 
 def _key(name: str) -> str:
@@ -89,7 +129,9 @@ def get(name: str) -> type[Method]:
     if key in by_key:
         return METHODS[by_key[key]]
     close = difflib.get_close_matches(key, list(by_key), n=2, cutoff=0.6)
-    hint = f"; did you mean {' or '.join(sorted({by_key[c] for c in close}))}?" if close else ""
+    hint = (
+        f"; did you mean {' or '.join(dict.fromkeys(by_key[c] for c in close))}?" if close else ""
+    )
     raise BadArgument(f"unknown heatmap method {name!r}{hint}; methods: {', '.join(METHODS)}")
 
 
@@ -103,4 +145,6 @@ def create(name: str, **options: Any) -> Method:
     try:
         return cls(**options)
     except TypeError as exc:
-        raise BadArgument(f"{cls.title}: {exc}; see help(convlens.methods.{cls.__name__})") from None
+        raise BadArgument(
+            f"{cls.title}: {exc}; see help(convlens.methods.{cls.__name__})"
+        ) from None

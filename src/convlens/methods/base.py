@@ -38,11 +38,19 @@ from ..images import apply_preset
 from ..selection import select
 from .targets import Rows, TargetSpec, resolve_rows
 
-__all__ = ["MEMORY_BUDGET", "Context", "GradientCam", "Method", "MethodResult", "default_layer", "resolve_layer",
-           "spatial_layers"]
+__all__ = [
+    "MEMORY_BUDGET",
+    "Context",
+    "GradientCam",
+    "Method",
+    "MethodResult",
+    "default_layer",
+    "resolve_layer",
+    "spatial_layers",
+]
 
-#: Bytes of layer outputs one batched pass may hold (per-sample size estimated from the layer table).
-MEMORY_BUDGET = 512 * 2**20
+#: Bytes of layer outputs one batched pass may hold (per-sample size estimated from the table).
+MEMORY_BUDGET = 2**30
 
 
 @dataclass
@@ -104,7 +112,7 @@ def _hw(layer: LayerInfo) -> tuple[int | None, int | None] | None:
 
 
 def _is_spatial(layer: LayerInfo) -> bool:
-    """The layer's output is a 2-D map ``(H, W, C)`` with more than one position (free sizes allowed)."""
+    """The output is a 2-D map ``(H, W, C)`` with more than one position (free sizes allowed)."""
     hw = _hw(layer)
     if hw is None or layer.kind == "input":
         return False
@@ -113,7 +121,7 @@ def _is_spatial(layer: LayerInfo) -> bool:
 
 
 def spatial_layers(table: Sequence[LayerInfo]) -> list[LayerInfo]:
-    """The layers a CAM can use: 2-D maps with more than one position, the model's output excluded."""
+    """The layers a CAM can use: 2-D maps with several positions, the model's output excluded."""
     rows = [layer for layer in table if _is_spatial(layer)]
     if len(table) > 1:
         rows = [layer for layer in rows if layer.index != table[-1].index] or rows
@@ -139,9 +147,11 @@ def default_layer(table: Sequence[LayerInfo]) -> LayerInfo:
     """
     rows = spatial_layers(table)
     if not rows:
-        raise UnsupportedModel("no layer of this model outputs 2-D maps (H, W, C) with more than one "
-                               "position, so there is nothing for a CAM to show; use an input "
-                               "attribution method (saliency, ig, occlusion)")
+        raise UnsupportedModel(
+            "no layer of this model outputs 2-D maps (H, W, C) with more than one "
+            "position, so there is nothing for a CAM to show; use an input "
+            "attribution method (saliency, ig, occlusion)"
+        )
     convs = [layer for layer in rows if layer.kind == "conv"]
     if not convs:
         return rows[-1]
@@ -169,16 +179,22 @@ def resolve_layer(table: Sequence[LayerInfo], layer: str | int | LayerInfo | Non
     else:
         hits = select(table, str(layer))
         if len(hits) != 1:
-            raise BadArgument(f"layer {layer!r} names {len(hits)} layers; a CAM needs one "
-                              f"(e.g. {table[hits[-1]].name!r})")
+            raise BadArgument(
+                f"layer {layer!r} names {len(hits)} layers; a CAM needs one "
+                f"(e.g. {table[hits[-1]].name!r})"
+            )
         chosen = table[hits[0]]
     if not _is_spatial(chosen):
         good = spatial_layers(table)
-        names = ", ".join(f"{g.name} {g.output_shape[0]}x{g.output_shape[1]}"  # type: ignore[index]
-                          for g in good[-4:])
+        names = ", ".join(
+            f"{g.name} " + "x".join("?" if d is None else str(d) for d in (_hw(g) or ()))
+            for g in good[-4:]
+        )
         where = f"layers with maps: {names}" if good else "this model has no layer with maps"
-        raise BadArgument(f"layer {chosen.name!r} outputs {chosen.output_shape}, not 2-D maps with more "
-                          f"than one position, so a CAM cannot use it; {where}")
+        raise BadArgument(
+            f"layer {chosen.name!r} outputs {chosen.output_shape}, not 2-D maps with more "
+            f"than one position, so a CAM cannot use it; {where}"
+        )
     return chosen
 
 
@@ -198,9 +214,20 @@ class Context:
         output: the model's output for ``batch`` once a pass computed it.
     """
 
-    def __init__(self, adapter: Adapter, batch: np.ndarray, table: list[LayerInfo], layer: LayerInfo | None,
-                 *, spec: TargetSpec, names: Sequence[str] | None, box: Sequence[float] | None,
-                 preprocess: str, progress: Progress, memory: int) -> None:
+    def __init__(
+        self,
+        adapter: Adapter,
+        batch: np.ndarray,
+        table: list[LayerInfo],
+        layer: LayerInfo | None,
+        *,
+        spec: TargetSpec,
+        names: Sequence[str] | None,
+        box: Sequence[float] | None,
+        preprocess: str,
+        progress: Progress,
+        memory: int,
+    ) -> None:
         self.adapter = adapter
         self.batch = batch
         self.table = table
@@ -227,27 +254,42 @@ class Context:
         if self._rows is None:
             if self.output is None and (self._spec is None or self._box is not None):
                 self.forward()
-            self._rows = resolve_rows(self._spec, self.output, n_images=len(self.batch),
-                                      n_classes=_known_classes(self.table, self._names),
-                                      names=self._names, box=self._box, input_hw=self.hw)
+            self._rows = resolve_rows(
+                self._spec,
+                self.output,
+                n_images=len(self.batch),
+                n_classes=_known_classes(self.table, self._names),
+                names=self._names,
+                box=self._box,
+                input_hw=self.hw,
+            )
         return self._rows
 
-    def forward(self) -> np.ndarray:
-        """One forward pass of the batch; captures the CAM layer's activations on the way."""
-        if self.output is None or (self.layer is not None and self._activations is None):
+    def forward(self, *, capture: bool = False) -> np.ndarray:
+        """The model's output for the batch: one forward pass unless known already.
+
+        Args:
+            capture: also capture the CAM layer's activations (:meth:`activations`).
+        """
+        capture = capture and self.layer is not None
+        if self.output is None or (capture and self._activations is None):
             captured: list[np.ndarray] = []
-            wanted = [self.layer.index] if self.layer is not None else []
-            self.output = np.asarray(self.adapter.run(self.batch, wanted, lambda i, a: captured.append(a)))
+            wanted = [self.layer.index] if capture else []  # type: ignore[union-attr]
+            self.output = np.asarray(
+                self.adapter.run(self.batch, wanted, lambda i, a: captured.append(a))
+            )
             if captured:
                 self._activations = np.asarray(captured[0], np.float32)
         return self.output
 
     def activations(self) -> np.ndarray:
         """``(N, h, w, C)``: the CAM layer's output for the batch (one forward pass, shared)."""
-        self.forward()
+        self.forward(capture=True)
         if self._activations is None:
-            raise UnsupportedModel(f"the adapter gave no output for layer {self.layer.name!r}"  # type: ignore[union-attr]
-                                   "; choose another layer")
+            raise UnsupportedModel(
+                f"the adapter gave no output for layer {self.layer.name!r}"  # type: ignore[union-attr]
+                "; choose another layer"
+            )
         return self._activations
 
     def row_scores(self) -> np.ndarray:
@@ -258,35 +300,49 @@ class Context:
         return rows.scores(self.forward()[rows.images])
 
     def per_sample_bytes(self, backward: bool) -> int:
-        """An estimate of the memory one input takes in a pass: its layer outputs (times 2 with gradients)."""
+        """Estimated bytes one input takes in a pass: its layer outputs (twice with gradients)."""
         h, w = self.hw
         total = 0
         for layer in self.table:
             shape = layer.output_shape or ()
             jump = layer.rf_jump or (1, 1)
-            dims = [d if d is not None else max(1, (h, w)[min(i, 1)] // jump[min(i, 1)])
-                    for i, d in enumerate(shape)]
+            dims = [
+                d if d is not None else max(1, (h, w)[min(i, 1)] // jump[min(i, 1)])
+                for i, d in enumerate(shape)
+            ]
             total += int(np.prod(dims)) if dims else 1
         return 4 * max(total, int(np.prod(self.batch.shape[1:]))) * (2 if backward else 1)
 
     def batch_size(self, wanted: int | None, *, backward: bool) -> int:
-        """Items per pass: ``wanted`` when given, else as many as :data:`MEMORY_BUDGET` allows (1-64)."""
+        """Items per pass: ``wanted`` if given, else as many as the memory budget allows (1-64)."""
         if wanted is not None:
             if isinstance(wanted, bool) or not isinstance(wanted, (int, np.integer)) or wanted < 1:
                 raise BadArgument(f"batch_size must be a positive whole number, not {wanted!r}")
             return int(wanted)
         return int(min(64, max(1, self.memory // self.per_sample_bytes(backward))))
 
-    def gradients(self, x: np.ndarray, classes: Sequence[int] | np.ndarray, *, layers: Sequence[int] = (),
-                  wrt_input: bool = False) -> Gradients:
-        """One gradient pass of ``x`` (``(B, H, W, C)``), item ``b`` differentiating class ``classes[b]``."""
-        target = Target(layer=None, channels=tuple(int(c) for c in classes), reduce="sum",
-                        mask=self.rows.mask)
-        return self.adapter.gradients(np.ascontiguousarray(x, np.float32), target, list(layers),
-                                      wrt_input=wrt_input, need_output=True)
+    def gradients(
+        self,
+        x: np.ndarray,
+        classes: Sequence[int] | np.ndarray,
+        *,
+        layers: Sequence[int] = (),
+        wrt_input: bool = False,
+    ) -> Gradients:
+        """One gradient pass of ``x`` ``(B, H, W, C)``, item ``b`` explaining ``classes[b]``."""
+        target = Target(
+            layer=None, channels=tuple(int(c) for c in classes), reduce="sum", mask=self.rows.mask
+        )
+        return self.adapter.gradients(
+            np.ascontiguousarray(x, np.float32),
+            target,
+            list(layers),
+            wrt_input=wrt_input,
+            need_output=True,
+        )
 
     def layer_gradients(self, batch_size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """``(acts, grads)``, each ``(M, h, w, C)``: the CAM layer's output and d score / d output per row.
+        """``(acts, grads)``, each ``(M, h, w, C)``: the CAM layer's output and d score / d output.
 
         One gradient pass over all rows when they fit :data:`MEMORY_BUDGET`, else several.
         """
@@ -305,8 +361,9 @@ class Context:
             self.row_output = np.concatenate(outs)
         return np.concatenate(acts), np.concatenate(grads)
 
-    def input_gradients(self, x: np.ndarray, classes: np.ndarray, batch_size: int | None = None, *,
-                        label: str = "") -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    def input_gradients(
+        self, x: np.ndarray, classes: np.ndarray, batch_size: int | None = None, *, label: str = ""
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """d score / d input for many items, in passes under the memory budget.
 
         Args:
@@ -327,9 +384,13 @@ class Context:
             self.progress.start(len(x), label)
         try:
             for start in range(0, len(x), step):
-                g = self.gradients(x[start:start + step], classes[start:start + step], wrt_input=True)
+                g = self.gradients(
+                    x[start : start + step], classes[start : start + step], wrt_input=True
+                )
                 if g.input_grad is None:
-                    raise UnsupportedModel(f"{self.adapter.name}: the adapter gave no input gradient")
+                    raise UnsupportedModel(
+                        f"{self.adapter.name}: the adapter gave no input gradient"
+                    )
                 grads.append(np.asarray(g.input_grad, np.float32))
                 scores.append(np.asarray(g.score, np.float64))
                 if g.output is not None:
@@ -342,9 +403,15 @@ class Context:
         output = np.concatenate(outs) if len(outs) == len(grads) and outs else None
         return np.concatenate(grads), np.concatenate(scores), output
 
-    def baseline(self, spec: str | float | np.ndarray, *, blur_sigma: float | None = None) -> np.ndarray:
-        """A reference input ``(N, H, W, C)``: ``"zero"`` (zeros after preprocessing, captum's default),
-        ``"black"`` (black pixels through the preset), ``"blur"`` (the image blurred), a number or an array."""
+    def baseline(
+        self, spec: str | float | np.ndarray, *, blur_sigma: float | None = None
+    ) -> np.ndarray:
+        """A reference input ``(N, H, W, C)``.
+
+        ``"zero"`` (zeros after preprocessing, captum's default), ``"black"``
+        (black pixels through the preset), ``"blur"`` (the image blurred), a
+        number or an array.
+        """
         from ..core.cam import gauss_blur
 
         shape = self.batch.shape
@@ -353,19 +420,26 @@ class Context:
             if key == "zero":
                 return np.zeros(shape, np.float32)
             if key == "black":
-                return np.broadcast_to(apply_preset(np.zeros(shape[1:], np.float32), self.preprocess),
-                                       shape).astype(np.float32)
+                return np.broadcast_to(
+                    apply_preset(np.zeros(shape[1:], np.float32), self.preprocess), shape
+                ).astype(np.float32)
             if key in ("blur", "blurred"):
-                sigma = blur_sigma if blur_sigma is not None else max(1.0, min(shape[1], shape[2]) / 16)
+                sigma = (
+                    blur_sigma if blur_sigma is not None else max(1.0, min(shape[1], shape[2]) / 16)
+                )
                 return gauss_blur(self.batch, sigma)
-            raise BadArgument(f"unknown baseline {spec!r}; use zero, black, blur, a number or an array "
-                              f"of shape {shape[1:]}")
+            raise BadArgument(
+                f"unknown baseline {spec!r}; use zero, black, blur, a number or an array "
+                f"of shape {shape[1:]}"
+            )
         arr = np.asarray(spec, np.float32)
         try:
             return np.broadcast_to(arr, shape).astype(np.float32)
         except ValueError:
-            raise BadArgument(f"a baseline of shape {arr.shape} does not fit images of shape "
-                              f"{shape[1:]} (preprocessed, channels last)") from None
+            raise BadArgument(
+                f"a baseline of shape {arr.shape} does not fit images of shape "
+                f"{shape[1:]} (preprocessed, channels last)"
+            ) from None
 
 
 def _known_classes(table: Sequence[LayerInfo], names: Sequence[str] | None) -> int | None:
@@ -380,15 +454,21 @@ def _known_classes(table: Sequence[LayerInfo], names: Sequence[str] | None) -> i
 def _check_batch(batch: Any) -> np.ndarray:
     x = np.asarray(batch, dtype=np.float32)
     if x.ndim != 4 or 0 in x.shape:
-        raise BadArgument(f"heatmaps take a batch of images (N, H, W, C), not an array of shape {x.shape}")
+        raise BadArgument(
+            f"heatmaps take a batch of images (N, H, W, C), not an array of shape {x.shape}"
+        )
     if not np.isfinite(x).all():
-        raise BadImage("the image holds NaN or infinite values after preprocessing; check the image and "
-                       "the preprocessing preset")
+        raise BadImage(
+            "the image holds NaN or infinite values after preprocessing; check the image and "
+            "the preprocessing preset"
+        )
     spread = (x.max(axis=(1, 2)) - x.min(axis=(1, 2))).max(axis=-1)
     if (spread == 0).any():
         i = int(np.flatnonzero(spread == 0)[0])
-        raise BadImage(f"image {i} of the batch has the same value at every pixel: a heatmap has nothing to "
-                       "point at (no gradient signal, every map equal); give an image with content")
+        raise BadImage(
+            f"image {i} of the batch has the same value at every pixel: a heatmap has nothing to "
+            "point at (no gradient signal, every map equal); give an image with content"
+        )
     return x
 
 
@@ -428,10 +508,19 @@ class Method:
         """The method itself: CAMs ``(M, h, w)`` before ReLU; attributions ``(M, H, W, C)``."""
         raise NotImplementedError
 
-    def compute(self, adapter: Adapter, batch: np.ndarray, *, target: TargetSpec = None,
-                layer: str | int | LayerInfo | None = None, class_names: Sequence[str] | None = None,
-                box: Sequence[float] | None = None, preprocess: str | None = None,
-                progress: Progress | None = None) -> MethodResult:
+    def compute(
+        self,
+        adapter: Adapter,
+        batch: np.ndarray,
+        *,
+        target: TargetSpec = None,
+        layer: str | int | LayerInfo | None = None,
+        class_names: Sequence[str] | None = None,
+        box: Sequence[float] | None = None,
+        preprocess: str | None = None,
+        progress: Progress | None = None,
+        output: np.ndarray | None = None,
+    ) -> MethodResult:
         """Heatmaps of ``batch`` for ``target``.
 
         Args:
@@ -449,6 +538,9 @@ class Method:
             preprocess: the preset ``batch`` was made with; default the adapter's
                 (used by baselines given in pixels, e.g. black).
             progress: receives progress of slow methods.
+            output: the model's output for ``batch`` (what :meth:`Adapter.run`
+                returned), when the caller has it already: saves the forward
+                pass that a top-1 target or a box needs.
 
         Raises:
             UnsupportedModel: a gradient method on a model without gradients
@@ -459,17 +551,35 @@ class Method:
         if self.needs_gradients:
             why = adapter.gradients_unavailable()
             if why is not None:
-                from . import forward_only
+                from . import METHODS, forward_only
 
-                raise UnsupportedModel(f"{self.title} needs gradients, which {adapter.name} cannot give "
-                                       f"({why}); forward-only methods work: {', '.join(forward_only())}")
+                names = ", ".join(forward_only())
+                if all(METHODS[n].title in why for n in forward_only()):
+                    tail = f" (forward-only methods by name: {names})"  # the reason names them already
+                else:
+                    tail = f"; forward-only methods work: {names}"
+                raise UnsupportedModel(f"{self.title} needs gradients: {why}{tail}")
         x = _check_batch(batch)
         table = adapter.layers()
         chosen = resolve_layer(table, layer) if self.kind == "cam" else None
         names = list(class_names) if class_names is not None else adapter.class_names
-        ctx = Context(adapter, x, table, chosen, spec=target, names=names, box=box,
-                      preprocess=preprocess or adapter.preprocess or "unit",
-                      progress=progress or NullProgress(), memory=self.memory)
+        ctx = Context(
+            adapter,
+            x,
+            table,
+            chosen,
+            spec=target,
+            names=names,
+            box=box,
+            preprocess=preprocess or adapter.preprocess or "unit",
+            progress=progress or NullProgress(),
+            memory=self.memory,
+        )
+        if output is not None:
+            out = np.asarray(output)
+            if out.ndim < 2 or len(out) != len(x):
+                raise BadArgument(f"output of shape {out.shape} for a batch of {len(x)} images")
+            ctx.output = out
         raw = np.asarray(self.raw_maps(ctx), np.float32)
         rows = ctx.rows
         if self.kind == "cam":
@@ -477,15 +587,33 @@ class Method:
             flat = cam.max(axis=(1, 2)) - cam.min(axis=(1, 2)) <= 0
             maps = minmax(resize_bilinear(cam, ctx.hw))
         else:
-            reduced = {"absmax": lambda a: np.abs(a).max(axis=-1), "sum": lambda a: a.sum(axis=-1),
-                       "mean": lambda a: a.mean(axis=-1)}[self.reduce](raw.astype(np.float64))
+            reduced = {
+                "absmax": lambda a: np.abs(a).max(axis=-1),
+                "sum": lambda a: a.sum(axis=-1),
+                "mean": lambda a: a.mean(axis=-1),
+            }[self.reduce](raw.astype(np.float64))
             peak = np.abs(reduced).max(axis=(1, 2), keepdims=True)
-            flat = peak[:, 0, 0] <= 0 if self.signed else (reduced.max(axis=(1, 2)) == reduced.min(axis=(1, 2)))
+            flat = (
+                peak[:, 0, 0] <= 0
+                if self.signed
+                else (reduced.max(axis=(1, 2)) == reduced.min(axis=(1, 2)))
+            )
             maps = (reduced / np.where(peak > 0, peak, 1.0)).astype(np.float32)
-        return MethodResult(method=self.name, title=self.title, kind=self.kind, maps=maps, raw=raw,
-                            scores=ctx.row_scores(), images=rows.images, classes=rows.classes,
-                            labels=rows.labels, layer=chosen, signed=self.signed and self.kind == "input",
-                            flat=np.asarray(flat, bool), extra=ctx.extra)
+        return MethodResult(
+            method=self.name,
+            title=self.title,
+            kind=self.kind,
+            maps=maps,
+            raw=raw,
+            scores=ctx.row_scores(),
+            images=rows.images,
+            classes=rows.classes,
+            labels=rows.labels,
+            layer=chosen,
+            signed=self.signed and self.kind == "input",
+            flat=np.asarray(flat, bool),
+            extra=ctx.extra,
+        )
 
 
 class GradientCam(Method):
@@ -495,7 +623,7 @@ class GradientCam(Method):
     kind = "cam"
 
     def combine(self, acts: np.ndarray, grads: np.ndarray) -> np.ndarray:
-        """``(M, h, w)`` from the layer's ``acts`` and ``grads`` ``(M, h, w, C)`` (see :mod:`convlens.core.cam`)."""
+        """``(M, h, w)`` from the layer's ``acts`` and ``grads`` ``(M, h, w, C)``."""
         raise NotImplementedError
 
     def raw_maps(self, ctx: Context) -> np.ndarray:

@@ -1,4 +1,7 @@
-"""Grad-CAM (https://arxiv.org/abs/1610.02391): each channel weighed by the spatial mean of its gradient."""
+"""Grad-CAM: each channel weighed by the spatial mean of its gradient.
+
+https://arxiv.org/abs/1610.02391
+"""
 
 from __future__ import annotations
 

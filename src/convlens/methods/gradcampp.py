@@ -1,4 +1,7 @@
-"""Grad-CAM++ (https://arxiv.org/abs/1710.11063): each channel weighed by its positive gradients times the closed-form alphas of eq. 19."""
+"""Grad-CAM++: channels weighed by positive gradients times closed-form alphas.
+
+https://arxiv.org/abs/1710.11063
+"""
 
 from __future__ import annotations
 
@@ -11,7 +14,7 @@ __all__ = ["GradCAMPlusPlus"]
 
 
 class GradCAMPlusPlus(GradientCam):
-    """Grad-CAM++: each channel weighed by its positive gradients times the closed-form alphas of eq. 19.
+    """Grad-CAM++: channels weighed by positive gradients times the closed-form alphas (eq. 19).
 
     One gradient pass from the target score back to the layer (never to the
     parameters or the input); the formula is :func:`convlens.core.cam.grad_cam_pp`.

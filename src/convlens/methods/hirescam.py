@@ -1,4 +1,7 @@
-"""HiResCAM (https://arxiv.org/abs/2011.08891): gradient times activation, position by position, summed over channels."""
+"""HiResCAM: gradient times activation, position by position, summed over channels.
+
+https://arxiv.org/abs/2011.08891
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""Integrated Gradients (https://arxiv.org/abs/1703.01365): gradients along the path from a baseline."""
+"""Integrated Gradients: gradients along the path from a baseline to the image.
+
+https://arxiv.org/abs/1703.01365
+"""
 
 from __future__ import annotations
 
@@ -46,18 +49,32 @@ class IntegratedGradients(Method):
     signed = True
     slow = True
 
-    def __init__(self, *, steps: int = 50, method: str = "gausslegendre", baseline: Any = "zero",
-                 blur_sigma: float | None = None, batch_size: int | None = None,
-                 memory: int = MEMORY_BUDGET) -> None:
+    def __init__(
+        self,
+        *,
+        steps: int = 50,
+        method: str = "gausslegendre",
+        baseline: Any = "zero",
+        blur_sigma: float | None = None,
+        batch_size: int | None = None,
+        memory: int = MEMORY_BUDGET,
+    ) -> None:
         super().__init__(batch_size=batch_size, memory=memory)
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
             raise BadArgument(f"steps must be a positive whole number, not {steps!r}")
         try:
             self.alphas, self.weights = ig_alphas(steps, method)
         except ValueError as exc:
-            raise BadArgument(f"{exc}; use gausslegendre, riemann_trapezoid, riemann_left, "
-                              "riemann_right or riemann_middle") from None
-        self.steps, self.method, self.baseline, self.blur_sigma = steps, method, baseline, blur_sigma
+            raise BadArgument(
+                f"{exc}; use gausslegendre, riemann_trapezoid, riemann_left, "
+                "riemann_right or riemann_middle"
+            ) from None
+        self.steps, self.method, self.baseline, self.blur_sigma = (
+            steps,
+            method,
+            baseline,
+            blur_sigma,
+        )
 
     def raw_maps(self, ctx: Context) -> np.ndarray:
         rows = ctx.rows
@@ -65,16 +82,23 @@ class IntegratedGradients(Method):
         b = ctx.baseline(self.baseline, blur_sigma=self.blur_sigma)[rows.images]
         m, s = len(rows), self.steps
         item_row = np.concatenate([np.repeat(np.arange(m), s), np.arange(m), np.arange(m)])
-        alpha = np.concatenate([np.tile(self.alphas, m), np.ones(m), np.zeros(m)]).astype(np.float32)
+        alpha = np.concatenate([np.tile(self.alphas, m), np.ones(m), np.zeros(m)]).astype(
+            np.float32
+        )
         points = b[item_row] + alpha[:, None, None, None] * (x - b)[item_row]
-        grads, score, output = ctx.input_gradients(points, rows.classes[item_row], self.batch_size,
-                                                   label=f"{self.title} path points")
+        grads, score, output = ctx.input_gradients(
+            points, rows.classes[item_row], self.batch_size, label=f"{self.title} path points"
+        )
         path = grads[: m * s].reshape(m, s, *x.shape[1:]).astype(np.float64)
         total = np.einsum("ms...,s->m...", path, self.weights)
         attr = (x - b).astype(np.float64) * total
         if output is not None:
-            ctx.row_output = output[m * s: m * s + m]
-        difference = score[m * s: m * s + m] - score[m * s + m:]
-        ctx.extra.update(completeness_gap=attr.reshape(m, -1).sum(axis=1) - difference,
-                         score_difference=difference, steps=self.steps, method=self.method)
+            ctx.row_output = output[m * s : m * s + m]
+        difference = score[m * s : m * s + m] - score[m * s + m :]
+        ctx.extra.update(
+            completeness_gap=attr.reshape(m, -1).sum(axis=1) - difference,
+            score_difference=difference,
+            steps=self.steps,
+            method=self.method,
+        )
         return attr.astype(np.float32)

@@ -1,4 +1,7 @@
-"""LayerCAM (https://ieeexplore.ieee.org/document/9462463): each position's activation weighed by its own positive gradient."""
+"""LayerCAM: each position's activation weighed by its own positive gradient.
+
+https://ieeexplore.ieee.org/document/9462463
+"""
 
 from __future__ import annotations
 

@@ -40,11 +40,20 @@ class Occlusion(Method):
     signed = True
     slow = True
 
-    def __init__(self, *, window: int | None = None, stride: int | None = None, baseline: Any = "zero",
-                 batch_size: int | None = None, memory: int = MEMORY_BUDGET) -> None:
+    def __init__(
+        self,
+        *,
+        window: int | None = None,
+        stride: int | None = None,
+        baseline: Any = "zero",
+        batch_size: int | None = None,
+        memory: int = MEMORY_BUDGET,
+    ) -> None:
         super().__init__(batch_size=batch_size, memory=memory)
         for key, value in (("window", window), ("stride", stride)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int) or value < 1
+            ):
                 raise BadArgument(f"{key} must be a positive whole number of pixels, not {value!r}")
         self.window, self.stride, self.baseline = window, stride, baseline
 
@@ -53,8 +62,14 @@ class Occlusion(Method):
         k = min(self.window or max(1, min(h, w) // 8), h, w)
         stride = self.stride or max(1, k // 2)
         if stride > k:
-            raise BadArgument(f"stride {stride} exceeds the window {k}: some pixels would never be covered")
-        patches = [(ys, xs) for ys in occlusion_windows(h, k, stride) for xs in occlusion_windows(w, k, stride)]
+            raise BadArgument(
+                f"stride {stride} exceeds the window {k}: some pixels would never be covered"
+            )
+        patches = [
+            (ys, xs)
+            for ys in occlusion_windows(h, k, stride)
+            for xs in occlusion_windows(w, k, stride)
+        ]
         base = ctx.baseline(self.baseline)
         clean = ctx.forward()
         step = ctx.batch_size(self.batch_size, backward=False)
@@ -66,14 +81,15 @@ class Occlusion(Method):
         try:
             for i in np.unique(rows.images):
                 mine = np.flatnonzero(rows.images == i)
-                ref = class_scores(clean[i:i + 1], rows.classes[mine], rows.mask)[0]
+                ref = class_scores(clean[i : i + 1], rows.classes[mine], rows.mask)[0]
                 for start in range(0, len(patches), step):
-                    chunk = patches[start:start + step]
-                    x = np.repeat(ctx.batch[i:i + 1], len(chunk), axis=0)
+                    chunk = patches[start : start + step]
+                    x = np.repeat(ctx.batch[i : i + 1], len(chunk), axis=0)
                     for j, ((y0, y1), (x0, x1)) in enumerate(chunk):
                         x[j, y0:y1, x0:x1] = base[i, y0:y1, x0:x1]
-                    drop = ref[None] - class_scores(ctx.adapter.run(x, [], lambda *a: None),
-                                                    rows.classes[mine], rows.mask)
+                    drop = ref[None] - class_scores(
+                        ctx.adapter.run(x, [], lambda *a: None), rows.classes[mine], rows.mask
+                    )
                     for j, ((y0, y1), (x0, x1)) in enumerate(chunk):
                         out[mine, y0:y1, x0:x1] += drop[j][:, None, None]
                     ctx.progress.advance(len(chunk))

@@ -1,4 +1,7 @@
-"""Saliency (https://arxiv.org/abs/1312.6034): the magnitude of the score's gradient at each pixel."""
+"""Saliency: the magnitude of the score's gradient at each pixel.
+
+https://arxiv.org/abs/1312.6034
+"""
 
 from __future__ import annotations
 
@@ -26,6 +29,8 @@ class Saliency(Method):
 
     def raw_maps(self, ctx: Context) -> np.ndarray:
         rows = ctx.rows
-        grads, _, output = ctx.input_gradients(ctx.batch[rows.images], rows.classes, self.batch_size)
+        grads, _, output = ctx.input_gradients(
+            ctx.batch[rows.images], rows.classes, self.batch_size
+        )
         ctx.row_output = output
         return np.abs(grads)

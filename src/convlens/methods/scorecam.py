@@ -1,4 +1,7 @@
-"""Score-CAM (https://arxiv.org/abs/1910.01279): channels weighed by the score of the input they mask."""
+"""Score-CAM: channels weighed by the score of the input they mask.
+
+https://arxiv.org/abs/1910.01279
+"""
 
 from __future__ import annotations
 
@@ -33,19 +36,24 @@ class ScoreCAM(Method):
         acts, rows = ctx.activations(), ctx.rows
         step = ctx.batch_size(self.batch_size, backward=False)
         plans = {int(i): score_cam_masks(acts[i], ctx.hw) for i in np.unique(rows.images)}
-        ctx.progress.start(sum(len(v) + 1 for _, v in plans.values()), f"{self.title} masked inputs")
+        ctx.progress.start(
+            sum(len(v) + 1 for _, v in plans.values()), f"{self.title} masked inputs"
+        )
         out = np.zeros((len(rows), *acts.shape[1:3]))
         for i, (masks, varying) in plans.items():
             mine = np.flatnonzero(rows.images == i)
             classes = rows.classes[mine]
             # Every constant channel masks the input to zeros: one pass scores them all.
             scores = np.empty((len(mine), acts.shape[-1]))
-            scores[:] = class_scores(self._run(ctx, ctx.batch[i] * 0.0), classes, rows.mask)[0][:, None]
+            scores[:] = class_scores(self._run(ctx, ctx.batch[i] * 0.0), classes, rows.mask)[0][
+                :, None
+            ]
             ctx.progress.advance()
             for start in range(0, len(varying), step):
-                part = masks[start:start + step, :, :, None] * ctx.batch[i][None]
-                scores[:, varying[start:start + step]] = class_scores(
-                    self._run(ctx, part), classes, rows.mask).T
+                part = masks[start : start + step, :, :, None] * ctx.batch[i][None]
+                scores[:, varying[start : start + step]] = class_scores(
+                    self._run(ctx, part), classes, rows.mask
+                ).T
                 ctx.progress.advance(len(part))
             for j, m in enumerate(mine):
                 out[m] = weighted_sum(acts[i][None], softmax(scores[j])[None])[0]

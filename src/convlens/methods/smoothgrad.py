@@ -1,4 +1,7 @@
-"""SmoothGrad (https://arxiv.org/abs/1706.03825): saliency averaged over noisy copies of the image."""
+"""SmoothGrad: saliency averaged over noisy copies of the image.
+
+https://arxiv.org/abs/1706.03825
+"""
 
 from __future__ import annotations
 
@@ -11,7 +14,7 @@ __all__ = ["SmoothGrad"]
 
 
 class SmoothGrad(Method):
-    """SmoothGrad: the mean of ``|gradient|`` over ``samples`` copies of the image with Gaussian noise.
+    """SmoothGrad: the mean ``|gradient|`` over ``samples`` copies of the image with Gaussian noise.
 
     Averages absolute gradients, as captum's ``NoiseTunnel(Saliency(abs=True),
     nt_type="smoothgrad")``; the map is the largest value over channels,
@@ -34,13 +37,22 @@ class SmoothGrad(Method):
     reduce = "absmax"
     slow = True
 
-    def __init__(self, *, samples: int = 25, noise: float = 0.15, seed: int | None = 0,
-                 batch_size: int | None = None, memory: int = MEMORY_BUDGET) -> None:
+    def __init__(
+        self,
+        *,
+        samples: int = 25,
+        noise: float = 0.15,
+        seed: int | None = 0,
+        batch_size: int | None = None,
+        memory: int = MEMORY_BUDGET,
+    ) -> None:
         super().__init__(batch_size=batch_size, memory=memory)
         if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
             raise BadArgument(f"samples must be a positive whole number, not {samples!r}")
         if not 0 <= float(noise) < 10:
-            raise BadArgument(f"noise is a fraction of the input's range (e.g. 0.15), not {noise!r}")
+            raise BadArgument(
+                f"noise is a fraction of the input's range (e.g. 0.15), not {noise!r}"
+            )
         self.samples, self.noise, self.seed = samples, float(noise), seed
 
     def raw_maps(self, ctx: Context) -> np.ndarray:
@@ -53,9 +65,14 @@ class SmoothGrad(Method):
         ctx.progress.start(len(items), f"{self.title} noisy samples")
         try:
             for start in range(0, len(items), step):
-                idx = items[start:start + step]
-                noisy = x[idx] + rng.normal(size=(len(idx), *x.shape[1:])) * sigma[idx, None, None, None]
-                grads, _, _ = ctx.input_gradients(noisy.astype(np.float32), rows.classes[idx], len(idx))
+                idx = items[start : start + step]
+                noisy = (
+                    x[idx]
+                    + rng.normal(size=(len(idx), *x.shape[1:])) * sigma[idx, None, None, None]
+                )
+                grads, _, _ = ctx.input_gradients(
+                    noisy.astype(np.float32), rows.classes[idx], len(idx)
+                )
                 np.add.at(total, idx, np.abs(grads))
                 ctx.progress.advance(len(idx))
         finally:

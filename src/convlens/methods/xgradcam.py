@@ -1,4 +1,7 @@
-"""XGrad-CAM (https://arxiv.org/abs/2008.02312): each channel weighed by gradient times activation over its activation sum."""
+"""XGrad-CAM: channels weighed by gradient times activation over the activation sum.
+
+https://arxiv.org/abs/2008.02312
+"""
 
 from __future__ import annotations
 
