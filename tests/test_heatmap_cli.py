@@ -132,7 +132,7 @@ def test_a_gradient_method_on_tflite_names_the_forward_only_methods(tflite_file,
     code, _, err = call("heatmap", str(tflite_file), str(photo), "--method", "scorecam,gradcam,ig",
                         "--out", str(out))
     line = one_line_error(code, err, "Grad-CAM, Integrated Gradients need gradients",
-                          "forward-only methods work: scorecam, eigencam, occlusion")
+                          "forward-only methods by name: scorecam, eigencam, occlusion")
     assert "tiny" in line
     assert not out.exists()
 
@@ -168,3 +168,35 @@ def test_a_real_subprocess_writes_the_files(tmp_path, keras):
     assert sorted(p.name for p in (out / "heatmaps" / "digit").iterdir()) == [
         "gradcam_7.npy", "gradcam_7.png", "scorecam_7.npy", "scorecam_7.png"]
     assert proc.stderr == ""
+
+
+@pytest.fixture(scope="module")
+def unconvertible_onnx(tmp_path_factory) -> Path:
+    """Conv -> Relu -> GlobalLpPool -> Flatten: onnxruntime runs it, onnx2torch has no GlobalLpPool."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.random.default_rng(5).normal(0, 1, (4, 3, 3, 3)).astype(np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["image", "w"], ["conv"], name="conv", pads=[1, 1, 1, 1]),
+         helper.make_node("Relu", ["conv"], ["relu"], name="relu"),
+         helper.make_node("GlobalLpPool", ["relu"], ["pooled"], name="lp", p=2),
+         helper.make_node("Flatten", ["pooled"], ["scores"], name="flatten")],
+        "lp", [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, 16, 16])],
+        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, [1, 4])], [w])
+    path = tmp_path_factory.mktemp("onnx") / "lp.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8), str(path))
+    return path
+
+
+def test_an_onnx_graph_onnx2torch_cannot_convert_fails_for_gradients_only(unconvertible_onnx, photo, tmp_path):
+    out = tmp_path / "heat"
+    code, _, err = call("heatmap", str(unconvertible_onnx), str(photo), "--method", "gradcam", "--out", str(out))
+    one_line_error(code, err, "Grad-CAM needs gradients", "onnx2torch cannot convert",
+                   "GlobalLpPool", "scorecam, eigencam, occlusion")
+    assert not out.exists()
+    code, _, err = call("heatmap", str(unconvertible_onnx), str(photo), "--method", "scorecam", "--out", str(out))
+    assert code == 0, err
+    record = json.loads((out / "index.json").read_text())["heatmaps"][0]
+    assert record["file"] == "heatmaps/cat/scorecam_" + str(record["class"]) + ".png"
+    assert np.load(out / record["array"]).shape == (32, 48)  # the photo as given

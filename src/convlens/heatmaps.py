@@ -374,7 +374,7 @@ def _check_before_work(lens: Lens, made: list[Method], layer: Any, target: Targe
         if why is not None:
             raise UnsupportedModel(
                 f"{', '.join(m.title for m in needing)} need{'s' if len(needing) == 1 else ''} gradients, "
-                f"which {adapter.name} cannot give ({why.rstrip('.')}); forward-only methods work: "
+                f"which {adapter.name} cannot give: {why.rstrip('.')}; forward-only methods by name: "
                 f"{', '.join(forward_only())}")
     table = adapter.layers()
     if any(m.kind == "cam" for m in made):
@@ -505,7 +505,7 @@ def heatmaps(lens: Lens, images: Any, method: str | Sequence[str] | None = DEFAU
             outputs[i] = out[j]
         for m in made:
             res = m.compute(adapter, batch, target=classes, layer=layer, class_names=class_names,
-                            preprocess=preprocess or lens.preprocess, progress=progress)
+                            preprocess=preprocess or lens.preprocess, progress=progress, output=out)
             results[m.name].append(res)
             for r in range(len(res)):
                 img = members[int(res.images[r])]
