@@ -28,15 +28,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from . import __version__
 from ._errors import BadArgument, BadImage
 from ._progress import NullProgress, Progress
-from .images import Image, load_images, prepare
+from .images import Image, prepare_batch
 from .methods import Method, MethodResult, create, forward_only, get, resolve_layer
 from .methods import names as method_names
 from .methods.targets import TargetSpec, parse_classes
+from .output import OutputDir, merge_index
 from .render.overlay import overlay, resize_map
-from .render.png import OutputDir, encode_png
+from .render.png import encode_png
 
 if TYPE_CHECKING:  # pragma: no cover
     from .lens import Lens
@@ -272,7 +272,7 @@ class Heatmaps:
                     "file": base + ".png", "array": base + ".npy", "array_shape": list(full.shape),
                     "extra": {k: v for k, v in e.extra.items() if isinstance(v, (int, float, str, bool))},
                 })
-            index = _fold_index(out_path, records, {
+            index = merge_index(out_path, "heatmaps", records, {
                 "model": self.model, "framework": self.framework,
                 "images": [{"name": im.name, "source": im.source, "size": list(im.original_size)}
                            for im in self.images],
@@ -293,28 +293,6 @@ def _npy(a: np.ndarray) -> bytes:
 def _safe(name: str) -> str:
     """An image or method name as a file name (``gradcam++`` -> ``gradcampp``)."""
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name.replace("+", "p").replace("/", "__")).strip("._") or "x"
-
-
-def _fold_index(out: Path, records: list[dict[str, Any]], meta: dict[str, Any]) -> dict[str, Any]:
-    """This run's ``heatmaps`` entries folded into an ``index.json`` already in ``out``."""
-    import json
-
-    index: dict[str, Any] = {}
-    old = out / "index.json"
-    if old.is_file():
-        try:
-            index = json.loads(old.read_text())
-        except (OSError, ValueError):
-            index = {}
-        if not isinstance(index, dict):
-            index = {}
-    new = {r["file"] for r in records}
-    kept = [r for r in index.get("heatmaps", []) if isinstance(r, dict) and r.get("file") not in new
-            and (out / str(r.get("file"))).exists()]
-    index.update(meta)
-    index["convlens"] = __version__
-    index["heatmaps"] = kept + records
-    return index
 
 
 # ---------------------------------------------------------------------- computing
@@ -405,33 +383,6 @@ def _classes(target: TargetSpec, classes: int | None, names: list[str] | None) -
     return out
 
 
-def _prepared(lens: Lens, images: Any, size: Any, preprocess: str | None
-              ) -> tuple[list[Image], list[np.ndarray], list[str]]:
-    from ._errors import UnsupportedModel
-
-    shape = lens.input_shape
-    if len(shape) != 3:
-        raise UnsupportedModel(f"{lens.name} takes input of shape {shape}, not images (H, W, C); "
-                               "heatmaps need an image model")
-    loaded = load_images(images)
-    h, w, c = shape
-    target: tuple[int, int] | None = None
-    if size is not None:
-        sh, sw = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
-        if (h is not None and h != sh) or (w is not None and w != sw):
-            raise BadArgument(f"{lens.name} takes a fixed input of {h}x{w}; --size {sh}x{sw} "
-                              "cannot be used with it (leave --size out)")
-        target = (sh, sw)
-    elif h is not None and w is not None:
-        target = (h, w)
-    arrays, notes = [], []
-    for image in loaded:
-        arr, n = prepare(image, size=target, channels=c, preprocess=preprocess or lens.preprocess)
-        arrays.append(arr)
-        notes.extend(n)
-    return loaded, arrays, notes
-
-
 def _probabilities(output: np.ndarray, final: str | None) -> np.ndarray | None:
     """``(N, K)`` class probabilities of a classifier's output, else ``None``."""
     out = np.asarray(output, np.float64)
@@ -482,9 +433,11 @@ def heatmaps(lens: Lens, images: Any, method: str | Sequence[str] | None = DEFAU
     """
     names = parse_methods(method)
     made = _instances(names, method_options)
-    class_names = _class_names(lens, labels)
+    class_names, _ = lens.class_names(labels)
     classes = _check_before_work(lens, made, layer, target, class_names)
-    loaded, arrays, notes = _prepared(lens, images, size, preprocess)
+    prepared = prepare_batch(images, lens.input_shape, size=size, preprocess=preprocess or lens.preprocess,
+                             model_name=lens.name)
+    loaded, arrays, notes = prepared.images, prepared.arrays, prepared.notes
     for image, a in zip(loaded, arrays):
         if a.size and float(a.max()) == float(a.min()):
             raise BadImage(f"{image.name} has the same value at every pixel: a heatmap has nothing to point "
@@ -523,14 +476,6 @@ def heatmaps(lens: Lens, images: Any, method: str | Sequence[str] | None = DEFAU
                     entries=entries, outputs=[o for o in outputs if o is not None],
                     class_names=class_names, model=lens.name, framework=adapter.framework, notes=notes,
                     results=results)
-
-
-def _class_names(lens: Lens, labels: Any) -> list[str] | None:
-    if labels is None:
-        return lens.adapter.class_names
-    from .report import read_labels
-
-    return read_labels(labels)
 
 
 def _row_extra(extra: dict[str, Any], r: int, rows: int) -> dict[str, Any]:
