@@ -214,7 +214,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layers", default=None, help="layer selection (default conv,pool)")
     p.add_argument("--labels", metavar="FILE", help="class names for the top-5 predictions, one per line")
     p.add_argument("--sections", help="comma-separated sections to include (default all: inputs, "
-                                      "predictions, layers, maps, stats, filters)")
+                                      "predictions, layers, maps, heatmaps, stats, filters)")
+    p.add_argument("--heatmap-methods", metavar="M[,M...]",
+                   help="the heatmaps section's methods, the first shown first (default gradcam,saliency; "
+                        "scorecam,eigencam for models without gradients such as TFLite)")
+    p.add_argument("--heatmap-top", type=_positive, metavar="K",
+                   help="the heatmaps section's classes per image (default 3)")
     _model_options(p)
     _image_options(p)
     from .report import REPORT_TILE_SIZE
@@ -235,6 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--class", dest="classes", action="append", metavar="C",
                    help="the class to explain, by index or name; repeatable or comma-separated "
                         "(default: each image's top class)")
+    p.add_argument("--top", type=_positive, default=1, metavar="K",
+                   help="without --class: each image's K top classes (default 1, at most 10)")
     p.add_argument("--labels", metavar="FILE", help="class names, one per line (default: the model's own)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--steps", type=_positive, help="ig: integration steps (default 50)")
@@ -288,9 +295,19 @@ def _cmd_stats(lens: Any, args: argparse.Namespace, stdout: TextIO) -> None:
 
 def _cmd_report(lens: Any, args: argparse.Namespace, stdout: TextIO) -> None:
     sections = [s.strip() for s in args.sections.split(",") if s.strip()] if args.sections else None
+    heatmap = {key: value for key, value in (("methods", args.heatmap_methods), ("top", args.heatmap_top))
+               if value is not None}
+    if heatmap:
+        if sections is not None and "heatmaps" not in sections:
+            raise BadArgument("--heatmap-methods and --heatmap-top set the heatmaps section, which --sections "
+                              "leaves out; add heatmaps to --sections")
+        from .heatmaps import parse_methods
+
+        if "methods" in heatmap:
+            heatmap["methods"] = parse_methods(heatmap["methods"])  # an unknown name fails before any pass
     report = lens.report(args.images, args.layers, labels=args.labels, out=args.out, size=args.size,
                          preprocess=args.preprocess, sections=sections, progress=BarProgress(),
-                         **_render_kwargs(args))
+                         section_options={"heatmaps": heatmap} if heatmap else None, **_render_kwargs(args))
     for note in report.notes:
         stdout.write(f"note: {note}\n")
     stats = list(report.stats.values())
@@ -307,7 +324,7 @@ def _cmd_report(lens: Any, args: argparse.Namespace, stdout: TextIO) -> None:
 def _cmd_heatmap(lens: Any, args: argparse.Namespace, stdout: TextIO) -> None:
     options = {key: getattr(args, key) for key in ("steps", "samples", "window", "stride", "baseline")
                if getattr(args, key) is not None}
-    result = lens.heatmaps(args.images, args.method, layer=args.layer, target=args.classes,
+    result = lens.heatmaps(args.images, args.method, layer=args.layer, target=args.classes, top=args.top,
                            size=args.size, preprocess=args.preprocess, labels=args.labels,
                            progress=BarProgress(), **options)
     result.save(args.out)

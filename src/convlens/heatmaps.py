@@ -21,7 +21,7 @@ import html
 import inspect
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,7 +30,7 @@ import numpy as np
 
 from ._errors import BadArgument, BadImage
 from ._progress import NullProgress, Progress
-from .images import Image, prepare_batch
+from .images import Image, PreparedBatch, prepare_batch
 from .methods import Method, MethodResult, create, forward_only, get, resolve_layer
 from .methods import names as method_names
 from .methods.targets import TargetSpec, parse_classes
@@ -41,7 +41,8 @@ from .render.png import encode_png
 if TYPE_CHECKING:  # pragma: no cover
     from .lens import Lens
 
-__all__ = ["DEFAULT_METHOD", "Heatmap", "Heatmaps", "heatmaps", "parse_methods"]
+__all__ = ["DEFAULT_METHOD", "Heatmap", "Heatmaps", "compute_heatmaps", "create_methods", "heatmaps",
+           "parse_methods"]
 
 #: What ``heatmaps()`` computes when no method is named.
 DEFAULT_METHOD = "gradcam"
@@ -316,7 +317,7 @@ def parse_methods(method: str | Sequence[str] | None) -> list[str]:
     return out
 
 
-def _instances(names: list[str], options: dict[str, Any]) -> list[Method]:
+def create_methods(names: Sequence[str], options: Mapping[str, Any]) -> list[Method]:
     """One instance per method, each given the options its constructor takes."""
     used: set[str] = set()
     made = []
@@ -396,7 +397,7 @@ def _probabilities(output: np.ndarray, final: str | None) -> np.ndarray | None:
 
 
 def heatmaps(lens: Lens, images: Any, method: str | Sequence[str] | None = DEFAULT_METHOD, *,
-             layer: str | int | None = None, target: TargetSpec = None, size: Any = None,
+             layer: str | int | None = None, target: TargetSpec = None, top: int = 1, size: Any = None,
              preprocess: str | None = None, labels: str | os.PathLike[str] | Sequence[str] | None = None,
              progress: Progress | None = None, **method_options: Any) -> Heatmaps:
     """Heatmaps of ``images`` under one or several methods.
@@ -414,8 +415,10 @@ def heatmaps(lens: Lens, images: Any, method: str | Sequence[str] | None = DEFAU
             ``occlusion`` (see :mod:`convlens.methods`).
         layer: CAM methods: the layer (name, index or a selection naming one);
             default the output of the last conv layer.
-        target: ``None`` (each image's top class), a class index or name, or
-            several (a list or ``"cat,dog"``): one map per image and class.
+        target: ``None`` (each image's top classes, see ``top``), a class
+            index or name, or several (a list or ``"cat,dog"``): one map per
+            image and class.
+        top: with ``target=None``, how many of each image's top classes (1-10).
         size: ``(H, W)`` for models that accept any size.
         preprocess: preprocessing preset; default the model's.
         labels: class names (a file, one per line, or a list); default the model's own.
@@ -432,11 +435,36 @@ def heatmaps(lens: Lens, images: Any, method: str | Sequence[str] | None = DEFAU
         BadImage: an image whose pixels are all equal.
     """
     names = parse_methods(method)
-    made = _instances(names, method_options)
+    made = create_methods(names, method_options)
     class_names, _ = lens.class_names(labels)
     classes = _check_before_work(lens, made, layer, target, class_names)
     prepared = prepare_batch(images, lens.input_shape, size=size, preprocess=preprocess or lens.preprocess,
                              model_name=lens.name)
+    return compute_heatmaps(lens, prepared, made, layer=layer, classes=classes, top=top,
+                            class_names=class_names, preprocess=preprocess, progress=progress)
+
+
+def compute_heatmaps(lens: Lens, prepared: PreparedBatch, made: Sequence[Method], *,
+                     layer: str | int | None = None, classes: list[int] | None = None, top: int = 1,
+                     class_names: list[str] | None = None, preprocess: str | None = None,
+                     progress: Progress | None = None,
+                     outputs: Sequence[np.ndarray] | None = None) -> Heatmaps:
+    """:func:`heatmaps` for images already loaded and prepared (the report's section uses it).
+
+    Args:
+        lens: the model.
+        prepared: the images and the arrays the network takes (:func:`convlens.images.prepare_batch`).
+        made: method instances (:func:`convlens.methods.create`).
+        layer: as :func:`heatmaps`.
+        classes: class indexes, or ``None`` for each image's ``top`` classes.
+        top: see :func:`heatmaps`.
+        class_names: the model's class names, if known.
+        preprocess: the preset the arrays were made with.
+        progress: as :func:`heatmaps`.
+        outputs: the model's output per image ``(1, ...)``, when a pass computed it already.
+    """
+    if isinstance(top, bool) or not isinstance(top, (int, np.integer)) or not 1 <= int(top) <= 10:
+        raise BadArgument(f"top must be a whole number from 1 to 10, not {top!r}")
     loaded, arrays, notes = prepared.images, prepared.arrays, prepared.notes
     for image, a in zip(loaded, arrays):
         if a.size and float(a.max()) == float(a.min()):
@@ -444,20 +472,31 @@ def heatmaps(lens: Lens, images: Any, method: str | Sequence[str] | None = DEFAU
                            "at (no gradient, every map equal); give an image with content")
     progress = progress or NullProgress()
     adapter = lens.adapter
-    groups: dict[tuple[int, ...], list[int]] = {}
+    # Images of one size share a batch; with several top classes each image is its own batch
+    # (a batch's target is one list of classes for all its images).
+    groups: dict[Any, list[int]] = {}
     for i, a in enumerate(arrays):
-        groups.setdefault(a.shape, []).append(i)
-    outputs: list[np.ndarray | None] = [None] * len(arrays)
+        groups.setdefault(i if classes is None and top > 1 else a.shape, []).append(i)
+    known: list[np.ndarray | None] = [None] * len(arrays)
     per_image: dict[tuple[int, str], list[Heatmap]] = {}
-    results: dict[str, list[MethodResult]] = {n: [] for n in names}
+    results: dict[str, list[MethodResult]] = {m.name: [] for m in made}
     for members in groups.values():
         batch = np.stack([arrays[i] for i in members])
-        out = np.asarray(adapter.run(batch, [], lambda i, a: None))
+        if outputs is not None:
+            out = np.concatenate([np.asarray(outputs[i]) for i in members])
+        else:
+            out = np.asarray(adapter.run(batch, [], lambda i, a: None))
         probs = _probabilities(out, adapter.final_activation)
         for j, i in enumerate(members):
-            outputs[i] = out[j]
+            known[i] = out[j]
+        wanted: TargetSpec = classes
+        if classes is None and top > 1:
+            if out.ndim != 2:
+                raise BadArgument(f"the output of {lens.name} has shape {tuple(out.shape[1:])}, not one score "
+                                  "per class, so there are no top classes: name the class to explain")
+            wanted = [int(k) for k in np.argsort(-out[0], kind="stable")[: int(top)]]
         for m in made:
-            res = m.compute(adapter, batch, target=classes, layer=layer, class_names=class_names,
+            res = m.compute(adapter, batch, target=wanted, layer=layer, class_names=class_names,
                             preprocess=preprocess or lens.preprocess, progress=progress, output=out)
             results[m.name].append(res)
             for r in range(len(res)):
@@ -471,9 +510,10 @@ def heatmaps(lens: Lens, images: Any, method: str | Sequence[str] | None = DEFAU
                     map=res.maps[r], signed=res.signed, layer=res.layer.name if res.layer else None,
                     flat=bool(res.flat[r]) if len(res.flat) else False,
                     extra=_row_extra(res.extra, r, len(res))))
+    names = [m.name for m in made]
     entries = [e for i in range(len(arrays)) for n in names for e in per_image.get((i, n), [])]
     return Heatmaps(images=loaded, inputs=arrays, methods=names, titles={m.name: m.title for m in made},
-                    entries=entries, outputs=[o for o in outputs if o is not None],
+                    entries=entries, outputs=[o for o in known if o is not None],
                     class_names=class_names, model=lens.name, framework=adapter.framework, notes=notes,
                     results=results)
 
