@@ -21,7 +21,7 @@ LAYERS = [
     {"render"},
     {"images", "selection", "classes", "output", "adapters"},
     {"passes"},
-    {"lens", "stats"},
+    {"lens", "stats", "methods", "heatmaps"},
     {"report"},
     {"cli", "__main__", "__init__"},
 ]

@@ -26,6 +26,7 @@ examples:
   convlens maps model_int8.tflite cat.jpg --out out/
   convlens stats vgg16 --weights none cat.jpg dog.jpg --layers conv,act,pool --json
   convlens report vgg16 --weights none cat.jpg dog.jpg --out report.html
+  convlens heatmap vgg16 --weights none cat.jpg --method gradcam,scorecam --out heat/
 
 Models: a .keras or legacy .h5 file, a .pt2 torch.export program, a .onnx or .tflite
 file, 'demo' (the built-in MNIST CNN), a keras.applications name (vgg16 vgg19 resnet50
@@ -34,6 +35,18 @@ Pickled PyTorch modules (.pt/.pth) load only with --trust.
 Layers (--layers, comma-separated, union): kinds conv pool act dense norm merge all;
 blocks (last conv of each resolution stage); names; globs 'block*_conv1';
 regular expressions 're:conv[12]$'; indexes 7, -1 and ranges 3-9.
+"""
+
+
+HEATMAP_EXAMPLES = """\
+examples:
+  convlens heatmap vgg16 cat.jpg --out heat/
+  convlens heatmap torchvision:resnet18 cat.jpg --method gradcam,scorecam,ig --class 281,tiger --out heat/
+  convlens heatmap model_int8.tflite cat.jpg --method scorecam,eigencam,occlusion --out heat/
+  convlens heatmap demo digit.png --method gradcam --layer conv2 --out heat/
+
+Writes heatmaps/IMAGE/METHOD_CLASS.png (the map blended on the image as given, with a colour
+bar and the class and its score), the map as .npy at the image's resolution, and index.json.
 """
 
 
@@ -216,13 +229,45 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layers", default=None, help="layer selection (default conv,pool)")
     p.add_argument("--labels", metavar="FILE", help="class names for the top-5 predictions, one per line")
     p.add_argument("--sections", help="comma-separated sections to include (default all: inputs, "
-                                      "predictions, layers, maps, stats, filters)")
+                                      "predictions, layers, maps, heatmaps, stats, filters)")
+    p.add_argument("--heatmap-methods", metavar="M[,M...]",
+                   help="the heatmaps section's methods, the first shown first (default gradcam,saliency; "
+                        "scorecam,eigencam for models without gradients such as TFLite)")
+    p.add_argument("--heatmap-top", type=_positive, metavar="K",
+                   help="the heatmaps section's classes per image (default 3)")
     _model_options(p)
     _image_options(p)
     from .report import REPORT_TILE_SIZE
 
     # the report's own default: small tiles keep the page small enough to mail
     _render_options(p, tile_size=REPORT_TILE_SIZE, where=" in reports")
+
+    p = sub.add_parser("heatmap", help="where the network looks when it decides: Grad-CAM, Score-CAM, "
+                                       "saliency, Integrated Gradients... as overlays and arrays",
+                       epilog=HEATMAP_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model")
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("--method", default="gradcam", metavar="M[,M...]",
+                   help="comma-separated methods (default gradcam): gradcam gradcam++ xgradcam layercam "
+                        "hirescam scorecam eigencam (maps of a layer), saliency smoothgrad ig occlusion "
+                        "(attributions to the pixels); scorecam, eigencam and occlusion need no gradients")
+    p.add_argument("--layer", help="CAM methods: the layer (default: the output of the last conv layer)")
+    p.add_argument("--class", dest="classes", action="append", metavar="C",
+                   help="the class to explain, by index or name; repeatable or comma-separated "
+                        "(default: each image's top class)")
+    p.add_argument("--top", type=_positive, default=1, metavar="K",
+                   help="without --class: each image's K top classes (default 1, at most 10)")
+    p.add_argument("--labels", metavar="FILE", help="class names, one per line (default: the model's own)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--steps", type=_positive, help="ig: integration steps (default 50)")
+    p.add_argument("--samples", type=_positive, help="smoothgrad: noisy samples (default 25)")
+    p.add_argument("--window", type=_positive, help="occlusion: patch side in input pixels "
+                                                    "(default 1/8 of the input)")
+    p.add_argument("--stride", type=_positive, help="occlusion: patch step (default half the window)")
+    p.add_argument("--baseline", choices=("zero", "black", "blur"),
+                   help="ig and occlusion: the reference input (default zero, after preprocessing)")
+    _model_options(p)
+    _image_options(p)
 
     p = sub.add_parser("demo", help="run everything on the built-in MNIST CNN and a digit")
     p.add_argument("--out", default="demo-output", help="output folder (default demo-output)")
@@ -265,9 +310,19 @@ def _cmd_stats(lens: Any, args: argparse.Namespace, stdout: TextIO) -> None:
 
 def _cmd_report(lens: Any, args: argparse.Namespace, stdout: TextIO) -> None:
     sections = [s.strip() for s in args.sections.split(",") if s.strip()] if args.sections else None
+    heatmap = {key: value for key, value in (("methods", args.heatmap_methods), ("top", args.heatmap_top))
+               if value is not None}
+    if heatmap:
+        if sections is not None and "heatmaps" not in sections:
+            raise BadArgument("--heatmap-methods and --heatmap-top set the heatmaps section, which --sections "
+                              "leaves out; add heatmaps to --sections")
+        from .heatmaps import parse_methods
+
+        if "methods" in heatmap:
+            heatmap["methods"] = parse_methods(heatmap["methods"])  # an unknown name fails before any pass
     report = lens.report(args.images, args.layers, labels=args.labels, out=args.out, size=args.size,
                          preprocess=args.preprocess, sections=sections, progress=BarProgress(),
-                         **_render_kwargs(args))
+                         section_options={"heatmaps": heatmap} if heatmap else None, **_render_kwargs(args))
     for note in report.notes:
         stdout.write(f"note: {note}\n")
     stats = list(report.stats.values())
@@ -279,6 +334,22 @@ def _cmd_report(lens: Any, args: argparse.Namespace, stdout: TextIO) -> None:
                      f"in {layers} of {len(stats)} layers (see the report)\n")
     stdout.write(f"wrote {args.out} ({report.nbytes / 1e6:.1f} MB; {len(stats)} layers, "
                  f"{len(report.predictions)} image{'s' if len(report.predictions) != 1 else ''})\n")
+
+
+def _cmd_heatmap(lens: Any, args: argparse.Namespace, stdout: TextIO) -> None:
+    options = {key: getattr(args, key) for key in ("steps", "samples", "window", "stride", "baseline")
+               if getattr(args, key) is not None}
+    result = lens.heatmaps(args.images, args.method, layer=args.layer, target=args.classes, top=args.top,
+                           size=args.size, preprocess=args.preprocess, labels=args.labels,
+                           progress=BarProgress(), **options)
+    result.save(args.out)
+    stdout.writelines(f"note: {note}\n" for note in result.notes)
+    stdout.writelines(f"{result.images[e.image].name}: {e.caption()}\n" for e in result.entries[:40])
+    if len(result.entries) > 40:
+        stdout.write(f"... and {len(result.entries) - 40} more (see index.json)\n")
+    stdout.write(f"wrote {len(result.entries)} heatmaps ({len(result.images)} image"
+                 f"{'s' if len(result.images) != 1 else ''} x {', '.join(result.methods)}) to {args.out} "
+                 f"(index: {Path(args.out) / 'index.json'})\n")
 
 
 def _cmd_demo(args: argparse.Namespace, stdout: TextIO) -> int:
@@ -345,6 +416,8 @@ def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None,
             _cmd_stats(lens, args, stdout)
         elif args.command == "report":
             _cmd_report(lens, args, stdout)
+        elif args.command == "heatmap":
+            _cmd_heatmap(lens, args, stdout)
         else:  # pragma: no cover - argparse rejects unknown commands
             raise BadArgument(f"unknown command {args.command}")
     except ConvlensError as exc:

@@ -497,3 +497,17 @@ class Lens:
         if out is not None:
             result.save(out)
         return result
+
+    # ------------------------------------------------------------------ heatmaps
+
+    def heatmaps(self, images: ImageLike | Sequence[ImageLike], method: str | Sequence[str] = "gradcam",
+                 **options: Any) -> Any:
+        """Where the network looks when it decides: see :func:`convlens.heatmaps.heatmaps`.
+
+        Returns:
+            A :class:`convlens.heatmaps.Heatmaps` (``.map()``, ``.render()``, ``.save()``).
+        """
+        from .heatmaps import heatmaps
+
+        return heatmaps(self, images, method, **options)
+

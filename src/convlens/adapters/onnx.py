@@ -31,8 +31,8 @@ from .._errors import BadArgument, BadModel, ConvlensError, MissingDependency, U
 from ..core.kinds import kind_of
 from ..core.layers import LayerInfo
 from ..core.receptive import with_receptive_fields
-from ..core.text import shape_text
 from ..core.sizes import size_hint
+from ..core.text import shape_text
 from .base import Gradients, OnOutput, Target, check_rows, target_cotangent
 from .base import first_line as _first_line  # one-line error messages
 

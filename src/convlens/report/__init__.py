@@ -12,6 +12,7 @@ inputs        10   the images as given and as the network sees them
 predictions   20   top-5 classes of a classifier (softmax if needed)
 layers        30   the layer table with receptive fields
 maps          40   one grid per layer; a tile opens its channel, arrows step
+heatmaps      45   top classes of each image under each heatmap method
 stats         50   channel health: summary lines, sortable tables
 filters       60   filter atlases of the conv layers
 ==========  =====  ==========================================================
@@ -45,7 +46,7 @@ from .build import REPORT_TILE_SIZE, build_report
 from .context import DrawnLayer, FilterAtlas, ReportContext
 from .page import Report
 from .registry import register_section, section_keys, unregister_section
-from .sections import filters, inputs, layers, maps, predictions, stats  # noqa: F401  (registers them)
+from .sections import filters, heatmaps, inputs, layers, maps, predictions, stats  # noqa: F401  (registers them)
 
 __all__ = ["REPORT_TILE_SIZE", "DrawnLayer", "FilterAtlas", "Report", "ReportContext", "build_report",
            "read_labels", "register_section", "section_keys", "unregister_section"]

@@ -379,6 +379,15 @@
   barHeight();
   window.addEventListener("resize", barHeight);
 
+  // ---------------------------------------------------------------- heatmaps: one method at a time
+  each(".cl-hm-method", function (b) {
+    b.addEventListener("click", function () {
+      var key = b.getAttribute("data-method");
+      each(".cl-hm-method", function (o) { o.setAttribute("aria-pressed", String(o === b)); });
+      each(".cl-hm-set", function (s) { s.hidden = s.getAttribute("data-method") !== key; });
+    });
+  });
+
   if (layers.length) { showLayer(0); }
   setImage(0);
 }());

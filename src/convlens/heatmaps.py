@@ -1,0 +1,530 @@
+"""Heatmaps: where the network looks when it decides, as arrays, pictures and files.
+
+:func:`heatmaps` runs one or several methods of :mod:`convlens.methods` on some
+images and returns a :class:`Heatmaps`: every map at the network input's
+resolution and, on request, at the resolution of the image as given; the class
+names and scores; ``render()`` for an overlay picture, ``save()`` for files and
+an inline view in Jupyter. Nothing here knows a framework: the adapter runs the
+model, the methods compute, :mod:`convlens.render.overlay` draws.
+
+>>> lens = Lens("demo")
+>>> hm = lens.heatmaps(convlens.DEMO_IMAGE, method="gradcam,ig")
+>>> hm.map(0, "gradcam").shape            # the network input's resolution
+(28, 28)
+>>> hm.save("out/")                        # overlays, .npy maps, index.json
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import inspect
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ._errors import BadArgument, BadImage
+from ._progress import NullProgress, Progress
+from .images import Image, PreparedBatch, prepare_batch
+from .methods import Method, MethodResult, create, forward_only, get, resolve_layer
+from .methods import names as method_names
+from .methods.targets import TargetSpec, parse_classes
+from .output import OutputDir, merge_index
+from .render.overlay import overlay, resize_map
+from .render.png import encode_png
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .lens import Lens
+
+__all__ = ["DEFAULT_METHOD", "Heatmap", "Heatmaps", "compute_heatmaps", "create_methods", "heatmaps",
+           "parse_methods"]
+
+#: What ``heatmaps()`` computes when no method is named.
+DEFAULT_METHOD = "gradcam"
+
+
+@dataclass
+class Heatmap:
+    """One map: one image, one method, one class.
+
+    Attributes:
+        image: index of the image in :attr:`Heatmaps.images`.
+        method: the method's registry name (``"gradcam"``).
+        title: its display name (``"Grad-CAM"``).
+        class_index: the class explained (an index into the model's output).
+        label: the class's name, or its index as text.
+        score: the class's value in the model's output (a probability when the
+            model ends in a softmax or a sigmoid; summed over the box for a
+            segmentation model).
+        probability: the class's probability: the output itself after a
+            softmax or sigmoid, else the softmax of the output; ``None`` for a
+            model whose output is not one score per class.
+        scores_are_probabilities: the model ends in a softmax or a sigmoid, so
+            :attr:`score` is the probability.
+        map: ``(H, W)`` float32 at the network input's resolution: 0..1, or
+            -1..1 when :attr:`signed`.
+        signed: the map is a signed attribution (Integrated Gradients, occlusion).
+        layer: the CAM's layer name; ``None`` for input attributions.
+        flat: the map carried no signal (every value equal; drawn as zeros).
+        extra: the method's own figures for this map (e.g. Integrated
+            Gradients' ``completeness_gap``).
+    """
+
+    image: int
+    method: str
+    title: str
+    class_index: int
+    label: str
+    score: float
+    probability: float | None
+    scores_are_probabilities: bool
+    map: np.ndarray = field(repr=False)
+    signed: bool
+    layer: str | None
+    flat: bool
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def caption(self) -> str:
+        """One line: method, class, score (``Grad-CAM · tabby cat (281) · p 0.412``)."""
+        cls = self.label if self.label == str(self.class_index) else f"{self.label} ({self.class_index})"
+        parts = [self.title, cls]
+        if self.scores_are_probabilities:
+            parts.append(f"p {_prob(self.score)}")
+        elif self.probability is not None:
+            parts.append(f"score {_num(self.score)}, softmax p {_prob(self.probability)}")
+        else:
+            parts.append(f"score {_num(self.score)}")
+        if self.layer:
+            parts.append(f"layer {self.layer}")
+        if self.flat:
+            parts.append("no signal")
+        return " · ".join(parts)
+
+
+def _num(v: float) -> str:
+    return f"{v:.4g}"
+
+
+def _prob(p: float) -> str:
+    """A probability with three decimals, or two significant digits below 0.001 (``1.7e-08``)."""
+    return f"{p:.3f}" if p >= 0.001 or p == 0 else f"{p:.2g}"
+
+
+class Heatmaps:
+    """Heatmaps of some images under one or several methods.
+
+    Attributes:
+        images: the images as loaded (``Image.pixels`` is the picture as given).
+        inputs: per image, the ``(H, W, C)`` float32 input the network saw.
+        methods: the method names, in the order asked.
+        titles: their display names, by name.
+        entries: every map, image-major, then method, then class (:class:`Heatmap`).
+        outputs: per image, the model's output (``(K,)`` for a classifier).
+        class_names: the model's class names, when known.
+        model: the model's name.
+        framework: the adapter's framework.
+        notes: what was done to the inputs (resizing, channel changes).
+        results: the methods' own :class:`~convlens.methods.MethodResult`, by
+            method name, one per group of images of the same size.
+    """
+
+    def __init__(self, *, images: list[Image], inputs: list[np.ndarray], methods: list[str],
+                 titles: dict[str, str], entries: list[Heatmap], outputs: list[np.ndarray],
+                 class_names: list[str] | None, model: str, framework: str, notes: list[str],
+                 results: dict[str, list[MethodResult]]) -> None:
+        self.images, self.inputs, self.methods, self.titles = images, inputs, methods, titles
+        self.entries, self.outputs, self.class_names = entries, outputs, class_names
+        self.model, self.framework, self.notes, self.results = model, framework, notes, results
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __repr__(self) -> str:
+        return (f"Heatmaps({self.model!r}: {len(self.images)} image(s) x {', '.join(self.methods)}, "
+                f"{len(self.entries)} maps)")
+
+    # ------------------------------------------------------------------ finding maps
+
+    def find(self, image: int | str = 0, method: str | None = None,
+             target: int | str | None = None) -> Heatmap:
+        """One map: by image (index or name), method (default the first) and class.
+
+        Args:
+            image: the image's index or name.
+            method: a method name; default the first one computed.
+            target: the class index or name; default the image's first (its
+                top class when none was asked for).
+
+        Raises:
+            BadArgument: no such image, method or class among those computed
+                (the message lists what there is).
+        """
+        i = self._image_index(image)
+        name = self.methods[0] if method is None else get(method).name
+        if name not in self.methods:
+            raise BadArgument(f"{method!r} was not computed; these were: {', '.join(self.methods)}")
+        mine = [e for e in self.entries if e.image == i and e.method == name]
+        if target is None:
+            return mine[0]
+        for e in mine:
+            if (isinstance(target, (int, np.integer)) and not isinstance(target, bool)
+                    and e.class_index == int(target)):
+                return e
+            if isinstance(target, str) and (target.strip().lower() == e.label.lower()
+                                            or target.strip() == str(e.class_index)):
+                return e
+        have = ", ".join(f"{e.label} ({e.class_index})" for e in mine)
+        raise BadArgument(f"class {target!r} was not computed for {self.images[i].name}; these were: {have}")
+
+    def map(self, image: int | str = 0, method: str | None = None, target: int | str | None = None, *,
+            original: bool = False) -> np.ndarray:
+        """One map as an array.
+
+        Args:
+            image, method, target: as :meth:`find`.
+            original: ``False``: ``(H, W)`` at the network input's resolution;
+                ``True``: at the resolution of the image as given (resized
+                bilinearly, see :func:`convlens.render.overlay.resize_map`).
+
+        Returns:
+            float32: 0..1, or -1..1 for a signed attribution.
+        """
+        entry = self.find(image, method, target)
+        if not original:
+            return entry.map
+        im = self.images[entry.image]
+        return resize_map(entry.map, (im.height, im.width))
+
+    def _image_index(self, image: int | str) -> int:
+        if isinstance(image, (int, np.integer)) and not isinstance(image, bool):
+            if 0 <= int(image) < len(self.images):
+                return int(image)
+            raise BadArgument(f"image {image} is out of range: there are {len(self.images)} (0-{len(self.images) - 1})")
+        names = [im.name for im in self.images]
+        if isinstance(image, str) and image in names:
+            return names.index(image)
+        raise BadArgument(f"no image {image!r}; the images are: {', '.join(names)}")
+
+    # ------------------------------------------------------------------ pictures
+
+    def render(self, image: int | str = 0, method: str | None = None, target: int | str | None = None,
+               **options: Any) -> np.ndarray:
+        """The overlay picture of one map: ``(H', W', 3)`` uint8.
+
+        The heatmap is blended on the image as given (its own resolution), with
+        a colour bar and a caption naming the method, the class and its score.
+        ``options`` go to :func:`convlens.render.overlay.overlay` (``alpha``,
+        ``cmap``, ``colorbar``, ``min_side``, ``max_side``).
+        """
+        entry = self.find(image, method, target)
+        return overlay(self.images[entry.image].pixels, entry.map, caption=entry.caption(),
+                       signed=entry.signed, value_range=(-1.0, 1.0) if entry.signed else (0.0, 1.0),
+                       **options)
+
+    def _repr_html_(self) -> str:
+        head = (f"<div><b>{html.escape(self.model)}</b>: {len(self.entries)} heatmaps "
+                f"({html.escape(', '.join(self.titles[m] for m in self.methods))})</div>")
+        parts = [head]
+        for e in self.entries:
+            rgb = self.render(e.image, e.method, e.class_index, max_side=512)
+            data = base64.b64encode(encode_png(rgb)).decode("ascii")
+            alt = html.escape(f"{self.images[e.image].name}: {e.caption()}", quote=True)
+            parts.append(f"<figure style='display:inline-block;margin:0 8px 12px 0'>"
+                         f"<img src='data:image/png;base64,{data}' alt='{alt}' style='max-width:512px'/>"
+                         f"<figcaption style='font:12px monospace'>{html.escape(self.images[e.image].name)}"
+                         f"</figcaption></figure>")
+        return "".join(parts)
+
+    # ------------------------------------------------------------------ files
+
+    def save(self, out: str | os.PathLike[str], **options: Any) -> dict[str, Any]:
+        """Write every map: an overlay PNG, the raw map as ``.npy``, and ``index.json``.
+
+        Files go to ``out/heatmaps/<image>/<method>_<class>.png`` and ``.npy``;
+        the ``.npy`` holds the map at the resolution of the image as given,
+        float32 (0..1, or -1..1 for signed attributions). ``index.json`` lists
+        every map with its class, score and files (entries of other convlens
+        commands in the same folder stay). Written atomically: nothing changes
+        in ``out`` unless everything was written. ``options`` go to
+        :meth:`render`.
+
+        Returns:
+            The index that was written.
+        """
+        out_path = Path(out)
+        records: list[dict[str, Any]] = []
+        with OutputDir(out_path) as staging:
+            for e in self.entries:
+                im = self.images[e.image]
+                base = f"heatmaps/{_safe(im.name)}/{_safe(e.method)}_{e.class_index}"
+                staging.write_png(base + ".png", self.render(e.image, e.method, e.class_index, **options))
+                full = resize_map(e.map, (im.height, im.width))
+                staging.write_bytes(base + ".npy", _npy(full))
+                records.append({
+                    "image": im.name, "method": e.method, "title": e.title, "class": e.class_index,
+                    "label": e.label, "score": e.score, "probability": e.probability,
+                    "layer": e.layer, "signed": e.signed, "flat": e.flat,
+                    "range": [-1.0, 1.0] if e.signed else [0.0, 1.0],
+                    "file": base + ".png", "array": base + ".npy", "array_shape": list(full.shape),
+                    "extra": {k: v for k, v in e.extra.items() if isinstance(v, (int, float, str, bool))},
+                })
+            index = merge_index(out_path, "heatmaps", records, {
+                "model": self.model, "framework": self.framework,
+                "images": [{"name": im.name, "source": im.source, "size": list(im.original_size)}
+                           for im in self.images],
+                "notes": self.notes,
+            })
+            staging.write_json("index.json", index)
+        return index
+
+
+def _npy(a: np.ndarray) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(a, np.float32), allow_pickle=False)
+    return buf.getvalue()
+
+
+def _safe(name: str) -> str:
+    """An image or method name as a file name (``gradcam++`` -> ``gradcampp``)."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name.replace("+", "p").replace("/", "__")).strip("._") or "x"
+
+
+# ---------------------------------------------------------------------- computing
+
+
+def parse_methods(method: str | Sequence[str] | None) -> list[str]:
+    """Method registry names from ``"gradcam,scorecam"`` or a list; unknown names raise BadArgument."""
+    if method is None:
+        items = [DEFAULT_METHOD]
+    elif isinstance(method, str):
+        items = [m for m in method.split(",") if m.strip()]
+    else:
+        items = [str(m) for m in method]
+    if not items:
+        raise BadArgument("no heatmap method named; give one or more, e.g. gradcam,scorecam")
+    out: list[str] = []
+    for m in items:
+        name = get(m.strip()).name
+        if name not in out:
+            out.append(name)
+    return out
+
+
+def create_methods(names: Sequence[str], options: Mapping[str, Any]) -> list[Method]:
+    """One instance per method, each given the options its constructor takes."""
+    used: set[str] = set()
+    made = []
+    for name in names:
+        cls = get(name)
+        accepted = set(inspect.signature(cls.__init__).parameters)
+        mine = {k: v for k, v in options.items() if k in accepted}
+        used.update(mine)
+        made.append(create(name, **mine))
+    unused = sorted(set(options) - used)
+    if unused:
+        key = unused[0]
+        owners = [n for n in method_names() if key in inspect.signature(get(n).__init__).parameters]
+        where = f"an option of {', '.join(owners)}" if owners else "not an option of any method"
+        raise BadArgument(f"option {key!r} is {where}, not of {', '.join(names)}; add the method or leave "
+                          "the option out (help(convlens.methods) lists each method's options)")
+    return made
+
+
+def _check_before_work(lens: Lens, made: list[Method], layer: Any, target: TargetSpec,
+                       names: list[str] | None) -> list[int] | None:
+    """Every check that needs no pass: gradients, the layer, the classes (nothing runs on failure).
+
+    Returns:
+        The class indexes the target names, ``None`` for each image's top class.
+    """
+    from ._errors import UnsupportedModel
+
+    adapter = lens.adapter
+    needing = [m for m in made if m.needs_gradients]
+    if needing:
+        why = adapter.gradients_unavailable()
+        if why is not None:
+            raise UnsupportedModel(
+                f"{', '.join(m.title for m in needing)} need{'s' if len(needing) == 1 else ''} gradients, "
+                f"which {adapter.name} cannot give: {why.rstrip('.')}; forward-only methods by name: "
+                f"{', '.join(forward_only())}")
+    table = adapter.layers()
+    if any(m.kind == "cam" for m in made):
+        resolve_layer(table, layer)
+    last = table[-1].output_shape if table else None
+    classes = int(last[0]) if last and len(last) == 1 and last[0] is not None else None
+    chosen = _classes(target, classes, names)
+    if chosen is None and last is not None and len(last) != 1:
+        raise BadArgument(f"the output of {lens.name} has shape {tuple(last)}, not one score per class, so "
+                          "there is no top class: name the class to explain (--class, target=...)")
+    return chosen
+
+
+def _classes(target: TargetSpec, classes: int | None, names: list[str] | None) -> list[int] | None:
+    """The class indexes ``target`` names (``None``: each image's top class).
+
+    Each string of a list may itself be comma-separated (``--class 3,5 --class 7``).
+    """
+    if target is None or isinstance(target, (str, int, np.integer)):
+        return parse_classes(target, classes, names)
+    out: list[int] = []
+    for item in target:
+        for k in parse_classes(item, classes, names) or []:
+            if k not in out:
+                out.append(k)
+    if not out:
+        raise BadArgument("empty class list; give a class index or name, or leave it out for the top class")
+    return out
+
+
+def _probabilities(output: np.ndarray, final: str | None) -> np.ndarray | None:
+    """``(N, K)`` class probabilities of a classifier's output, else ``None``."""
+    out = np.asarray(output, np.float64)
+    if out.ndim != 2 or out.shape[1] < 2:
+        return None
+    if final in ("softmax", "sigmoid"):
+        return out
+    z = out - out.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def heatmaps(lens: Lens, images: Any, method: str | Sequence[str] | None = DEFAULT_METHOD, *,
+             layer: str | int | None = None, target: TargetSpec = None, top: int = 1, size: Any = None,
+             preprocess: str | None = None, labels: str | os.PathLike[str] | Sequence[str] | None = None,
+             progress: Progress | None = None, **method_options: Any) -> Heatmaps:
+    """Heatmaps of ``images`` under one or several methods.
+
+    Every check that needs no computation (gradients for the methods asked,
+    the layer, the classes) runs before any pass, so a mistake costs nothing.
+    Images of the same size go through each method as one batch.
+
+    Args:
+        lens: the model.
+        images: one image or a list (paths, PIL images or arrays).
+        method: a name, a comma-separated list or a list: ``gradcam``,
+            ``gradcam++``, ``xgradcam``, ``layercam``, ``hirescam``,
+            ``scorecam``, ``eigencam``, ``saliency``, ``smoothgrad``, ``ig``,
+            ``occlusion`` (see :mod:`convlens.methods`).
+        layer: CAM methods: the layer (name, index or a selection naming one);
+            default the output of the last conv layer.
+        target: ``None`` (each image's top classes, see ``top``), a class
+            index or name, or several (a list or ``"cat,dog"``): one map per
+            image and class.
+        top: with ``target=None``, how many of each image's top classes (1-10).
+        size: ``(H, W)`` for models that accept any size.
+        preprocess: preprocessing preset; default the model's.
+        labels: class names (a file, one per line, or a list); default the model's own.
+        progress: receives the progress of slow methods (Score-CAM, IG, occlusion).
+        **method_options: options of the methods (``steps=32`` for IG,
+            ``samples=10`` for SmoothGrad, ``window=16`` for occlusion...);
+            each goes to the methods that take it.
+
+    Raises:
+        UnsupportedModel: a gradient method on a model without gradients
+            (TFLite; the message names the forward-only methods), a model
+            that does not take images.
+        BadArgument: an unknown method, option, layer or class.
+        BadImage: an image whose pixels are all equal.
+    """
+    names = parse_methods(method)
+    made = create_methods(names, method_options)
+    class_names, _ = lens.class_names(labels)
+    classes = _check_before_work(lens, made, layer, target, class_names)
+    prepared = prepare_batch(images, lens.input_shape, size=size, preprocess=preprocess or lens.preprocess,
+                             model_name=lens.name)
+    return compute_heatmaps(lens, prepared, made, layer=layer, classes=classes, top=top,
+                            class_names=class_names, preprocess=preprocess, progress=progress)
+
+
+def compute_heatmaps(lens: Lens, prepared: PreparedBatch, made: Sequence[Method], *,
+                     layer: str | int | None = None, classes: list[int] | None = None, top: int = 1,
+                     class_names: list[str] | None = None, preprocess: str | None = None,
+                     progress: Progress | None = None,
+                     outputs: Sequence[np.ndarray] | None = None) -> Heatmaps:
+    """:func:`heatmaps` for images already loaded and prepared (the report's section uses it).
+
+    Args:
+        lens: the model.
+        prepared: the images and the arrays the network takes (:func:`convlens.images.prepare_batch`).
+        made: method instances (:func:`convlens.methods.create`).
+        layer: as :func:`heatmaps`.
+        classes: class indexes, or ``None`` for each image's ``top`` classes.
+        top: see :func:`heatmaps`.
+        class_names: the model's class names, if known.
+        preprocess: the preset the arrays were made with.
+        progress: as :func:`heatmaps`.
+        outputs: the model's output per image ``(1, ...)``, when a pass computed it already.
+    """
+    if isinstance(top, bool) or not isinstance(top, (int, np.integer)) or not 1 <= int(top) <= 10:
+        raise BadArgument(f"top must be a whole number from 1 to 10, not {top!r}")
+    loaded, arrays, notes = prepared.images, prepared.arrays, prepared.notes
+    for image, a in zip(loaded, arrays):
+        if a.size and float(a.max()) == float(a.min()):
+            raise BadImage(f"{image.name} has the same value at every pixel: a heatmap has nothing to point "
+                           "at (no gradient, every map equal); give an image with content")
+    progress = progress or NullProgress()
+    adapter = lens.adapter
+    # Images of one size share a batch; with several top classes each image is its own batch
+    # (a batch's target is one list of classes for all its images).
+    groups: dict[Any, list[int]] = {}
+    for i, a in enumerate(arrays):
+        groups.setdefault(i if classes is None and top > 1 else a.shape, []).append(i)
+    known: list[np.ndarray | None] = [None] * len(arrays)
+    per_image: dict[tuple[int, str], list[Heatmap]] = {}
+    results: dict[str, list[MethodResult]] = {m.name: [] for m in made}
+    for members in groups.values():
+        batch = np.stack([arrays[i] for i in members])
+        if outputs is not None:
+            out = np.concatenate([np.asarray(outputs[i]) for i in members])
+        else:
+            out = np.asarray(adapter.run(batch, [], lambda i, a: None))
+        probs = _probabilities(out, adapter.final_activation)
+        for j, i in enumerate(members):
+            known[i] = out[j]
+        wanted: TargetSpec = classes
+        if classes is None and top > 1:
+            if out.ndim != 2:
+                raise BadArgument(f"the output of {lens.name} has shape {tuple(out.shape[1:])}, not one score "
+                                  "per class, so there are no top classes: name the class to explain")
+            wanted = [int(k) for k in np.argsort(-out[0], kind="stable")[: int(top)]]
+        for m in made:
+            res = m.compute(adapter, batch, target=wanted, layer=layer, class_names=class_names,
+                            preprocess=preprocess or lens.preprocess, progress=progress, output=out)
+            results[m.name].append(res)
+            for r in range(len(res)):
+                img = members[int(res.images[r])]
+                k = int(res.classes[r])
+                per_image.setdefault((img, m.name), []).append(Heatmap(
+                    image=img, method=m.name, title=m.title, class_index=k, label=res.labels[r],
+                    score=float(res.scores[r]),
+                    probability=float(probs[int(res.images[r]), k]) if probs is not None else None,
+                    scores_are_probabilities=adapter.final_activation in ("softmax", "sigmoid"),
+                    map=res.maps[r], signed=res.signed, layer=res.layer.name if res.layer else None,
+                    flat=bool(res.flat[r]) if len(res.flat) else False,
+                    extra=_row_extra(res.extra, r, len(res))))
+    names = [m.name for m in made]
+    entries = [e for i in range(len(arrays)) for n in names for e in per_image.get((i, n), [])]
+    return Heatmaps(images=loaded, inputs=arrays, methods=names, titles={m.name: m.title for m in made},
+                    entries=entries, outputs=[o for o in known if o is not None],
+                    class_names=class_names, model=lens.name, framework=adapter.framework, notes=notes,
+                    results=results)
+
+
+def _row_extra(extra: dict[str, Any], r: int, rows: int) -> dict[str, Any]:
+    """The method's figures for row ``r``: per-row arrays indexed, scalars kept."""
+    out: dict[str, Any] = {}
+    for key, value in extra.items():
+        if isinstance(value, np.ndarray) and value.shape[:1] == (rows,):
+            out[key] = value[r].item() if value[r].ndim == 0 else value[r]
+        elif isinstance(value, (int, float, str, bool, np.integer, np.floating)):
+            out[key] = value.item() if isinstance(value, (np.integer, np.floating)) else value
+    return out
+

@@ -1,0 +1,95 @@
+"""Heatmaps: where the network looks when it decides, per image, for its top classes.
+
+For each image, its top classes (3 by default) under the default method
+(Grad-CAM when the model gives gradients, Score-CAM otherwise); every other
+computed method is one click away (a button group; the page script shows one
+method at a time). Each picture is the map blended on the image as given
+(:func:`convlens.render.overlay.overlay`) with its colour bar; the caption,
+in HTML, names the class and its probability.
+
+Options (``section_options={"heatmaps": {...}}``, or ``convlens report
+--heatmap-methods``):
+
+* ``methods``: method names (a list or ``"gradcam,scorecam"``); default the
+  default method and one more (saliency with gradients, Eigen-CAM without).
+  Methods asked for by name must work (a gradient method on TFLite fails the
+  report); the defaults leave a note instead when the model cannot run them.
+* ``top``: classes per image (default 3).
+* ``layer``: the CAM layer (default: the output of the last conv layer).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..._errors import BadArgument, ConvlensError
+from ...heatmaps import Heatmap, compute_heatmaps, create_methods, parse_methods
+from ...images import PreparedBatch
+from ...render.overlay import overlay
+from ..context import ReportContext
+from ..registry import register_section
+from ..templating import Markup, lazy_img, render
+from .inputs import jpeg_or_png
+from .predictions import output_classes
+
+__all__ = ["OPTIONS", "default_methods", "heatmaps_section"]
+
+#: The options the section reads from ``ctx.section_options["heatmaps"]``.
+OPTIONS = ("methods", "top", "layer")
+_SIDE = 320  # longest side of each picture on the page (the image as given is shrunk to fit)
+
+
+def default_methods(ctx: ReportContext) -> list[str]:
+    """Grad-CAM and saliency when the model gives gradients, else Score-CAM and Eigen-CAM."""
+    if ctx.lens.adapter.gradients_unavailable() is None:
+        return ["gradcam", "saliency"]
+    return ["scorecam", "eigencam"]
+
+
+@register_section("heatmaps", "Heatmaps", order=45)
+def heatmaps_section(ctx: ReportContext) -> Markup:
+    """One card per image: its top classes under each method, one method shown at a time."""
+    options = dict(ctx.section_options.get("heatmaps", {}))
+    unknown = sorted(set(options) - set(OPTIONS))
+    if unknown:
+        raise BadArgument(f"unknown heatmaps option {', '.join(map(repr, unknown))}; the section takes "
+                          f"{', '.join(OPTIONS)}")
+    asked = options.get("methods")
+    names = parse_methods(asked) if asked else default_methods(ctx)
+    top = int(options.get("top", 3))
+    if output_classes(ctx.outputs) is None:
+        return render("sections/heatmaps.html", note=(
+            f"{ctx.lens.name} does not output one score per class, so there are no top classes to explain; "
+            "convlens heatmap MODEL IMAGE --class C draws the heatmap of a class."), methods=[], cards=[])
+    try:
+        made = create_methods(names, {})
+        result = compute_heatmaps(ctx.lens, PreparedBatch(ctx.images, ctx.inputs, []), made,
+                                  layer=options.get("layer"), top=min(top, int(ctx.outputs[0].shape[1])),
+                                  class_names=ctx.labels, preprocess=ctx.preprocess, outputs=ctx.outputs)
+    except ConvlensError as exc:
+        if asked:
+            raise
+        return render("sections/heatmaps.html", note=f"No heatmaps: {exc}", methods=[], cards=[])
+    layer = next((e.layer for e in result.entries if e.layer), None)
+    cards = []
+    for i, im in enumerate(result.images):
+        sets = []
+        for name in result.methods:
+            mine = [e for e in result.entries if e.image == i and e.method == name]
+            sets.append({"key": name, "figures": [_figure(im.pixels, rank, e) for rank, e in enumerate(mine, 1)]})
+        cards.append({"name": im.name, "sets": sets})
+    methods = [{"key": n, "title": result.titles[n]} for n in result.methods]
+    return render("sections/heatmaps.html", note="", methods=methods, cards=cards, top=top,
+                  default=methods[0]["title"], layer=layer)
+
+
+def _figure(pixels: Any, rank: int, e: Heatmap) -> dict[str, Any]:
+    rgb = overlay(pixels, e.map, signed=e.signed, value_range=(-1.0, 1.0) if e.signed else (0.0, 1.0),
+                  min_side=192, max_side=_SIDE)
+    data, mime = jpeg_or_png(rgb)
+    if e.probability is not None:
+        score = f"p {e.probability:.3f}" if e.probability >= 0.001 else f"p {e.probability:.1e}"
+    else:
+        score = f"score {e.score:.4g}"
+    caption = f"{rank}. {e.label} ({e.class_index}) · {score}" + (" · no signal" if e.flat else "")
+    return {"img": lazy_img(data, f"{e.title} heatmap of {e.label}", mime=mime), "caption": caption}
