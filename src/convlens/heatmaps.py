@@ -30,6 +30,7 @@ import numpy as np
 
 from ._errors import BadArgument, BadImage
 from ._progress import NullProgress, Progress
+from .core.predictions import to_probabilities
 from .images import Image, PreparedBatch, prepare_batch
 from .methods import Method, MethodResult, create, forward_only, get, resolve_layer
 from .methods import names as method_names
@@ -384,16 +385,12 @@ def _classes(target: TargetSpec, classes: int | None, names: list[str] | None) -
     return out
 
 
-def _probabilities(output: np.ndarray, final: str | None) -> np.ndarray | None:
-    """``(N, K)`` class probabilities of a classifier's output, else ``None``."""
+def _probabilities(output: np.ndarray, final: str | None, step: float | None) -> np.ndarray | None:
+    """``(N, K)`` class probabilities of a classifier's output (see :func:`to_probabilities`), else ``None``."""
     out = np.asarray(output, np.float64)
     if out.ndim != 2 or out.shape[1] < 2:
         return None
-    if final in ("softmax", "sigmoid"):
-        return out
-    z = out - out.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
+    return to_probabilities(out, final, step)[0]
 
 
 def heatmaps(lens: Lens, images: Any, method: str | Sequence[str] | None = DEFAULT_METHOD, *,
@@ -486,7 +483,7 @@ def compute_heatmaps(lens: Lens, prepared: PreparedBatch, made: Sequence[Method]
             out = np.concatenate([np.asarray(outputs[i]) for i in members])
         else:
             out = np.asarray(adapter.run(batch, [], lambda i, a: None))
-        probs = _probabilities(out, adapter.final_activation)
+        probs = _probabilities(out, adapter.final_activation, getattr(adapter, "output_quant_step", None))
         for j, i in enumerate(members):
             known[i] = out[j]
         wanted: TargetSpec = classes

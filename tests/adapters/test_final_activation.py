@@ -254,3 +254,19 @@ def test_quantised_tflite_softmax_is_read_as_the_models_own_probabilities(tflite
         assert "the model's own probabilities" in how
     again, how = to_probabilities(out[off])  # neither the graph's word nor the step
     assert how.startswith("softmax") and again.max() < 0.01
+
+
+def test_the_report_shows_a_quantised_softmax_classifiers_own_probabilities(tflite_files, tmp_path):
+    """Issue 12 #2 end to end: the report's top class is the model's probability, not a second softmax."""
+    from convlens import Lens
+
+    paths, images = tflite_files
+    lens = Lens(paths["uint8_softmax"], preprocess="unit")
+    out = lens.adapter.run(images[:4], [], lambda *_: None)
+    k = int(np.argmax(np.abs(out.sum(axis=1) - 1)))  # the image whose outputs sum furthest from 1
+    picture = np.clip(images[k] * 255, 0, 255).astype(np.uint8)
+    report = lens.report(picture, sections=["predictions"])
+    label, p = report.predictions[0][0]
+    assert label == f"class {int(np.argmax(out[k]))}"
+    assert p == pytest.approx(float(out[k].max()), abs=1e-6)
+    assert "its graph ends in softmax" in report.html

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from ...core.predictions import to_probabilities
 from ...core.text import shape_text
 from ..context import ReportContext
 from ..registry import register_section
@@ -23,13 +24,6 @@ def output_classes(outputs: Sequence[np.ndarray]) -> int | None:
     return int(outputs[0].shape[1])
 
 
-def _softmax(z: np.ndarray) -> np.ndarray:
-    z = np.asarray(z, np.float64)
-    z = z - np.max(z, axis=-1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=-1, keepdims=True)
-
-
 @register_section("predictions", "Predictions", order=20)
 def predictions_section(ctx: ReportContext) -> Markup:
     """The top-5 table per image; fills ``ctx.predictions``."""
@@ -38,12 +32,11 @@ def predictions_section(ctx: ReportContext) -> Markup:
     if k is None:
         shape = shape_text(ctx.outputs[0].shape[1:], times=True) if ctx.outputs else "?"
         return render("sections/predictions.html", classifier=False, model=ctx.lens.name, shape=shape)
-    out = np.concatenate(ctx.outputs).astype(np.float64)
-    finite = np.isfinite(out).all()
-    probabilities = finite and out.min() >= 0 and out.max() <= 1 and np.allclose(out.sum(axis=1), 1, atol=1e-3)
-    p = out if probabilities else _softmax(np.nan_to_num(out, nan=-np.inf, posinf=1e300, neginf=-1e300))
-    how = ("the model's own probabilities" if probabilities
-           else "softmax of the model's outputs (they are not probabilities)")
+    adapter = ctx.lens.adapter
+    # The graph's word first (a final softmax/sigmoid), else a tolerance that fits the output's
+    # quantisation step; ``how`` says which was used.
+    p, how = to_probabilities(np.concatenate(ctx.outputs), adapter.final_activation,
+                              getattr(adapter, "output_quant_step", None))
     names = ctx.labels
     if names is None:
         hint = " The 1,000 outputs look like ImageNet's: --labels src/convlens/data/imagenet_classes.txt " \
