@@ -284,9 +284,8 @@ def _cmd_timeline(args: argparse.Namespace, stdout: TextIO) -> int:
     n = len(index.get("checkpoints", []))
     shown = min(n, args.max_checkpoints)
     which = f"{n} checkpoints" if shown == n else f"pictures of {shown} of {n} checkpoints"
-    for w in index.get("warnings", []):
-        stdout.write(f"warning: layer {w.get('layer')}: {w.get('dead')} of {w.get('channels')} channels dead "
-                     f"at step {w.get('step')}\n")
+    stdout.writelines(f"warning: layer {w.get('layer')}: {w.get('dead')} of {w.get('channels')} channels dead "
+                      f"at step {w.get('step')}\n" for w in index.get("warnings", []))
     if index.get("error"):
         stdout.write(f"note: recording stopped early: {index['error']}\n")
     stdout.write(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB; {which})\n")

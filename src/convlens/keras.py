@@ -11,7 +11,8 @@ imports Keras (``import convlens`` alone does not).
 from __future__ import annotations
 
 import os
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -175,7 +176,7 @@ class LensCallback(keras.callbacks.Callback):  # type: ignore[misc,name-defined]
         optimizer = getattr(self.model, "optimizer", None)
         try:
             return int(keras.ops.convert_to_numpy(optimizer.iterations))  # type: ignore[union-attr]
-        except Exception:  # no optimizer variable (an unusual training loop): count batches
+        except Exception:  # noqa: BLE001 - no optimizer variable (a custom loop): count batches
             return self._batches
 
     # ------------------------------------------------------------------ Keras hooks

@@ -17,8 +17,9 @@ needed.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from types import TracebackType
-from typing import Any, Iterable
+from typing import Any, Self
 
 import numpy as np
 
@@ -173,7 +174,7 @@ class LensRecorder:
         """Wait for the writing; write the GIFs, the timeline page and the final index."""
         self.recorder.close()
 
-    def __enter__(self) -> LensRecorder:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,

@@ -6,7 +6,7 @@ Pure: RGB frames in, GIF bytes out (PIL's encoder); only writers touch disk.
 from __future__ import annotations
 
 import io
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

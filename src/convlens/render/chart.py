@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import html
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
 
-__all__ = ["Chart", "PALETTE", "line_chart", "nice_ticks"]
+__all__ = ["PALETTE", "Chart", "line_chart", "nice_ticks"]
 
 #: Series colours (Tableau 10, as matplotlib's default cycle), repeated past ten series.
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
@@ -49,6 +49,8 @@ def _fmt(v: float) -> str:
 def nice_ticks(lo: float, hi: float, n: int = 5) -> list[float]:
     """About ``n`` round tick values covering ``[lo, hi]`` (steps of 1, 2 or 5 times a power of ten).
 
+    Reference: Heckbert, "Nice numbers for graph labels", Graphics Gems (1990).
+
     Args:
         lo, hi: the range; ``hi > lo``.
         n: roughly how many ticks.
@@ -61,7 +63,8 @@ def nice_ticks(lo: float, hi: float, n: int = 5) -> list[float]:
         return [lo]
     raw = span / max(n - 1, 1)
     power = 10 ** math.floor(math.log10(raw))
-    step = next(m * power for m in (1, 2, 5, 10) if m * power >= raw)
+    f = raw / power  # Heckbert's "nice numbers": the step nearest the raw one
+    step = power * (1 if f < 1.5 else 2 if f < 3 else 5 if f < 7 else 10)
     first = math.floor(lo / step + 1e-9) * step
     ticks = []
     k = 0
@@ -144,8 +147,8 @@ def line_chart(x: Sequence[float], series: Mapping[str, Sequence[float | None]],
     def label(v: float) -> str:
         return f"{100 * v:.0f}%" if percent else _fmt(v)
 
-    parts = [f'<svg class="{e(css_class)}" xmlns="http://www.w3.org/2000/svg" width="{width}" '
-             f'height="{height}" viewBox="0 0 {width} {height}" role="img" aria-label="{e(title)}">',
+    parts = [(f'<svg class="{e(css_class)}" xmlns="http://www.w3.org/2000/svg" width="{width}" '
+              f'height="{height}" viewBox="0 0 {width} {height}" role="img" aria-label="{e(title)}">'),
              f'<text class="cl-chart-title" x="{left}" y="16" font-size="13" font-weight="600">{e(title)}</text>']
     # grid lines and y ticks
     for t in ticks:

@@ -17,6 +17,7 @@ as ``torch.utils.tensorboard.SummaryWriter`` writes them, so ``tensorboard
 from __future__ import annotations
 
 import itertools
+import math
 import os
 import socket
 import struct
@@ -64,7 +65,7 @@ class EventWriter:
         self.path = self.logdir / name
         try:
             self.logdir.mkdir(parents=True, exist_ok=True)
-            handle = open(self.path, "wb")
+            handle = open(self.path, "wb")  # noqa: SIM115 - kept open for the run; closed by close()
         except OSError as e:
             raise OutputError(f"cannot write TensorBoard events to {self.logdir}: "
                               f"{e.strerror or e}; choose another folder or pass tensorboard=False") from e
@@ -88,7 +89,7 @@ class EventWriter:
         """One event holding a scalar per tag (non-finite values are skipped)."""
         v = self._summary_pb2.Summary.Value
         self._summary(step, [v(tag=tag, simple_value=float(x)) for tag, x in values.items()
-                             if x is not None and x == x and abs(x) != float("inf")], wall_time)
+                             if x is not None and math.isfinite(x)], wall_time)
 
     def images(self, step: int, pictures: dict[str, bytes], *, wall_time: float | None = None) -> None:
         """One event holding a PNG picture per tag (the PNG's own size is read from its header)."""

@@ -35,8 +35,8 @@ _PNG = b"\x89PNG\r\n\x1a\n"
 _PLACEHOLDER = re.compile(r"\{\{(\w+)\}\}")
 #: Checkpoints drawn in the page by default; the charts always show every one.
 MAX_CHECKPOINTS = 100
-#: Two charts side by side on a 1280-pixel screen.
-_CHART = {"width": 600, "height": 260, "legend_width": 130}
+#: Chart size: two side by side on a 1280-pixel screen.
+_WIDTH, _HEIGHT, _LEGEND = 600, 260, 130
 
 
 def read_run(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
@@ -223,12 +223,12 @@ def build_timeline(run_dir: str | os.PathLike[str], *, max_checkpoints: int = MA
              for i, c in enumerate(checkpoints)]
     dead = line_chart(steps, _series(checkpoints, "dead_fraction"), title="dead channels (zero for every fixed image)",
                       y_label="share of channels", y_range=(0.0, 1.0), threshold=threshold, percent=True,
-                      **_CHART)
+                      width=_WIDTH, height=_HEIGHT, legend_width=_LEGEND)
     change = line_chart(steps, _series(checkpoints, "weight_change"),
                         title="relative weight change since the previous checkpoint",
-                        y_label="||ΔW|| / ||W|| (log)", log=True, **_CHART)
+                        y_label="||ΔW|| / ||W|| (log)", log=True, width=_WIDTH, height=_HEIGHT, legend_width=_LEGEND)
     norm = line_chart(steps, _series(checkpoints, "weight_norm"), title="weight norm ||W||", y_label="||W||",
-                      **_CHART)
+                      width=_WIDTH, height=_HEIGHT, legend_width=_LEGEND)
     chosen = _sample(len(checkpoints), int(max_checkpoints))
     notes: list[str] = []
     if len(chosen) < len(checkpoints):
@@ -255,33 +255,33 @@ def build_timeline(run_dir: str | os.PathLike[str], *, max_checkpoints: int = MA
             f"{'s' if len(checkpoints) != 1 else ''} · {len(images)} fixed image{'s' if len(images) != 1 else ''}"
             f" · layers {escape(', '.join(str(x.get('name')) for x in index.get('layers', []) if isinstance(x, dict)))}")
     body = [
-        f'<header class="tl-header"><h1>convlens timeline · {escape(index.get("model", ""))}</h1>'
-        f'<p class="tl-muted">{head}</p>',
+        (f'<header class="tl-header"><h1>convlens timeline · {escape(index.get("model", ""))}</h1>'
+         f'<p class="tl-muted">{head}</p>'),
         f'<p class="tl-error">recording stopped: {escape(error)}</p>' if error else "",
-        f'<p class="tl-muted">still recording: this page shows the checkpoints written so far</p>'
+        '<p class="tl-muted">still recording: this page shows the checkpoints written so far</p>'
         if status == "recording" else "",
         "".join(f'<p class="tl-muted">{escape(n)}</p>' for n in notes),
         "</header>",
-        '<nav class="tl-controls" aria-label="checkpoints">'
-        '<button type="button" id="tl-prev" title="previous checkpoint (←)">◀</button>'
-        f'<input type="range" id="tl-slider" min="0" max="{len(chosen) - 1}" step="1" value="{len(chosen) - 1}"'
-        ' aria-label="checkpoint">'
-        '<button type="button" id="tl-next" title="next checkpoint (→)">▶</button>'
-        '<button type="button" id="tl-play" aria-pressed="false">play</button>'
-        '<span id="tl-label" class="tl-label" aria-live="polite"></span></nav>',
+        ('<nav class="tl-controls" aria-label="checkpoints">'
+         '<button type="button" id="tl-prev" title="previous checkpoint (←)">◀</button>'
+         f'<input type="range" id="tl-slider" min="0" max="{len(chosen) - 1}" step="1" value="{len(chosen) - 1}"'
+         ' aria-label="checkpoint">'
+         '<button type="button" id="tl-next" title="next checkpoint (→)">▶</button>'
+         '<button type="button" id="tl-play" aria-pressed="false">play</button>'
+         '<span id="tl-label" class="tl-label" aria-live="polite"></span></nav>'),
         '<section class="tl-charts" id="tl-charts">', dead.svg, change.svg, norm.svg, "</section>",
         f'<section class="tl-warnings"><h2>warnings</h2><ul>{warn_html}</ul></section>' if warnings else "",
         f'<section class="tl-inputs"><h2>fixed images</h2><div class="tl-row">{"".join(thumbs)}</div></section>'
         if thumbs else "",
         '<div id="tl-checkpoints">', *sections, "</div>",
     ]
-    data = {
+    payload = {
         "checkpoints": [{"label": str(checkpoints[i].get("label", "")), "step": checkpoints[i].get("step"),
                          "epoch": checkpoints[i].get("epoch"), "number": checkpoints[i].get("checkpoint"),
                          "x": dead.x_pixels[i]} for i in chosen],
         "total": len(checkpoints),
     }
-    return _page(f"convlens timeline: {index.get('model', '')}", "".join(body), data)
+    return _page(f"convlens timeline: {index.get('model', '')}", "".join(body), payload)
 
 
 def _page(title: str, body: str, data: Any) -> str:

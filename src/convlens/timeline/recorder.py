@@ -31,6 +31,7 @@ Layout of a run folder::
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
@@ -42,9 +43,10 @@ import shutil
 import threading
 import time
 import weakref
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -279,7 +281,7 @@ class Recorder:
         except ConvlensError as exc:
             raise BadImage(f"the fixed images {_shape_text(self.inputs.shape)} do not run through "
                            f"{self.lens.name}: {exc}") from None
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any framework error: the model cannot take them
             raise BadImage(f"the fixed images {_shape_text(self.inputs.shape)} do not run through "
                            f"{self.lens.name}: {type(exc).__name__}: {_first_line(exc)}") from None
         missing = [layer.name for layer in self.layers if layer.index not in outputs]
@@ -421,7 +423,7 @@ class Recorder:
                 with self._lock:
                     self._index["page"] = "timeline.html"
                 self._write_index()
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:  # noqa: BLE001 - a recording failure must not reach training
             self._stop("finishing the run failed", exc)
         self._close_events()
 
@@ -435,7 +437,7 @@ class Recorder:
         if self._events is not None:
             try:
                 self._events.close()
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:  # noqa: BLE001 - a recording failure must not reach training
                 logger.error("convlens: closing the TensorBoard event file failed: %s", _first_line(exc))
             self._events = None
 
@@ -449,10 +451,8 @@ class Recorder:
             self._index["status"] = "stopped"
             self._index["error"] = self._error
         logger.error("convlens: recording stopped: %s; training goes on without it", self._error)
-        try:
+        with contextlib.suppress(Exception):  # the folder itself may be what broke; said above
             self._write_index()
-        except Exception:  # noqa: BLE001 - the folder itself may be what broke; said above
-            pass
 
     # ------------------------------------------------------------------ the worker
 
@@ -463,7 +463,7 @@ class Recorder:
 
                 try:
                     self._events = EventWriter(self._tb_dir)
-                except Exception as exc:  # noqa: BLE001
+                except Exception as exc:  # noqa: BLE001 - a recording failure must not reach training
                     self._stop("reopening the TensorBoard event file failed", exc)
             self._worker = threading.Thread(target=self._work, name="convlens-recorder", daemon=True)
             self._worker.start()
@@ -477,7 +477,7 @@ class Recorder:
                 continue  # drain: the training thread must never wait on a dead worker
             try:
                 self._write_checkpoint(cap)
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:  # noqa: BLE001 - a recording failure must not reach training
                 self._stop(f"writing checkpoint {cap.n} (step {cap.step}) failed", exc)
 
     def _write_checkpoint(self, cap: _Capture) -> None:
@@ -548,7 +548,7 @@ class Recorder:
                                 "l2_norms": [round(float(v), 6) for v in norms[:64]]})
 
             weights = self._weight_rows(cap.weights)
-            rows = [{"layer": s.name, "index": s.index, "type": s.type, "channels": s.channels,
+            rows: list[dict[str, Any]] = [{"layer": s.name, "index": s.index, "type": s.type, "channels": s.channels,
                      "dead": int(s.dead.sum()), "dead_fraction": float(s.dead.sum()) / max(s.channels, 1),
                      "constant": int(s.notable.constant.sum()), "nonfinite": int(s.nonfinite.sum()),
                      "zero_fraction": _num(s.mean_zero_fraction()), "summary": s.summary()}

