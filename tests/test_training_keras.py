@@ -76,6 +76,7 @@ def run(tmp_path_factory, keras, digits):
     try:
         callback = LensCallback(x[:4], out=out)
         history = model.fit(x, y, epochs=3, batch_size=64, verbose=0, callbacks=[callback])
+        callback.wait()
     finally:
         logging.getLogger("convlens").removeHandler(handler)
     return {"out": out, "model": model, "initial": initial, "history": history, "callback": callback,
@@ -206,6 +207,7 @@ def test_dying_relus_are_recorded_and_named_once(tmp_path, keras, digits, caplog
     caplog.set_level(logging.WARNING, logger="convlens")
     callback = LensCallback(x[:8], layers="conv", every=4, initial=True, out=tmp_path / "run", tensorboard=False)
     model.fit(x, y, epochs=1, batch_size=64, verbose=0, callbacks=[callback])
+    callback.wait()
     index = json.loads((tmp_path / "run" / "index.json").read_text())
     steps = [c["step"] for c in index["checkpoints"]]
     assert steps == [0, 4, 8, 10]  # before training, every 4 batches, and the end of training
@@ -269,6 +271,7 @@ def test_a_recording_failure_is_logged_and_training_goes_on(tmp_path, keras, dig
     caplog.set_level(logging.WARNING, logger="convlens")
     callback = LensCallback(x[:2], out=out, tensorboard=False)
     history = model.fit(x, y, epochs=3, batch_size=64, verbose=0, callbacks=[callback, BreakTheFolder()])
+    callback.wait()
     assert len(history.history["loss"]) == 3
     errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR and r.name == "convlens"]
     assert len(errors) == 1 and "recording stopped" in errors[0] and "is a file, not a folder" in errors[0]

@@ -72,7 +72,9 @@ class LensCallback(keras.callbacks.Callback):  # type: ignore[misc,name-defined]
     folder (one subfolder per checkpoint and an ``index.json``), to
     TensorBoard event files, and, when training ends, to an animated GIF per
     layer and the timeline page ``out/timeline.html``. Drawing and writing run
-    on a background thread.
+    on a background thread; when ``fit`` returns, the last of it may still be
+    going on: :meth:`wait` blocks until the run folder is complete (the end of
+    the Python process waits for it too).
 
     A layer whose share of dead channels (zero for every fixed image) rises
     above ``dead_threshold`` is named once in a warning on the ``"convlens"``
@@ -206,5 +208,12 @@ class LensCallback(keras.callbacks.Callback):  # type: ignore[misc,name-defined]
             step = self._step()
             if recorder.last_step is None or step > recorder.last_step:
                 recorder.checkpoint(step, epoch=self._epoch + 1, label=f"step {step} · end of training")
-        recorder.finish()
+        # The last checkpoint's drawing, the GIFs and the page are written on the worker while
+        # `fit` returns: wait() blocks until they are there (so does the end of the interpreter).
+        recorder.finish(wait=False)
+
+    def wait(self) -> None:
+        """Block until the run folder is complete (the last checkpoint, GIFs, ``timeline.html``)."""
+        if self.recorder is not None:
+            self.recorder.wait()
 

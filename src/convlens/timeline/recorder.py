@@ -73,6 +73,7 @@ WeightSource = Callable[[], Mapping[str, Sequence[np.ndarray]]]
 
 RUN_KIND = "convlens-timeline"
 _STOP = object()
+_FINISH = object()
 
 
 def safe_name(name: str) -> str:
@@ -181,6 +182,7 @@ class Recorder:
         self._stopped = False
         self._error: str | None = None
         self._n = 0
+        self._dirty = False  # checkpoints since the last finish
         self._last_step: int | None = None
         self._warned: set[str] = set()
         self._checkpoints: list[dict[str, Any]] = []
@@ -214,19 +216,26 @@ class Recorder:
             "gifs": [],
             "page": None,
         }
-        with OutputDir(self.out) as staging:
-            for name, rgb in zip(self.image_names, thumbnails):
-                staging.write_png(f"inputs/{safe_name(name)}.png", rgb)
-            staging.write_json("index.json", self._index)
         if self._tb_dir is not None:
-            from .events import EventWriter
+            from .events import import_tensorboard
 
-            self._events = EventWriter(self._tb_dir)
-        if weights is not None:  # the baseline the first checkpoint's change is measured from
-            self._baseline = self._snapshot()
-            self._index["weights"] = list(self._baseline)
-        else:
-            self._baseline = {}
+            import_tensorboard()  # a missing package fails before any file is written
+        # the baseline the first checkpoint's weight change is measured from
+        self._baseline = self._snapshot() if weights is not None else {}
+        self._index["weights"] = list(self._baseline)
+        existed = self.out.exists()
+        try:
+            with OutputDir(self.out) as staging:
+                for name, rgb in zip(self.image_names, thumbnails):
+                    staging.write_png(f"inputs/{safe_name(name)}.png", rgb)
+                staging.write_json("index.json", self._index)
+            if self._tb_dir is not None:
+                from .events import EventWriter
+
+                self._events = EventWriter(self._tb_dir)
+        except BaseException:
+            self._undo(existed)
+            raise
         # At interpreter exit (the worker is a daemon thread), whatever was captured is still written.
         self._finalizer = weakref.finalize(self, _finish_at_exit, weakref.ref(self))
 
@@ -304,6 +313,15 @@ class Recorder:
                                   "overwrite=True to replace it")
             if kind == RUN_KIND:
                 self._remove_run(out)
+
+    def _undo(self, existed: bool) -> None:
+        """Remove what a failed construction wrote: no half-made run folder stays behind."""
+        with contextlib.suppress(OSError):
+            if not existed:
+                shutil.rmtree(self.out)
+            else:
+                (self.out / "index.json").unlink(missing_ok=True)
+                shutil.rmtree(self.out / "inputs", ignore_errors=True)
 
     def _remove_run(self, out: Path) -> None:
         """Remove the files of an earlier run (convlens's names only; nothing else in the folder)."""
@@ -389,23 +407,45 @@ class Recorder:
             self._stop(f"capturing checkpoint {n} (step {step}) failed", exc)
             return False
         self._n, self._last_step = n, step
+        self._dirty = True
         self._start_worker()
         self._queue.put(cap)
         return True
 
-    def finish(self) -> None:
-        """Wait for the worker, then write the GIFs, the page and the final index.
+    def finish(self, *, wait: bool = True) -> None:
+        """Write the GIFs, the page and the final index, after every checkpoint still being written.
 
         Called when training ends (``on_train_end``, the end of a ``with``
-        block). Recording may go on afterwards (another ``fit`` call): the
-        worker restarts and the files are written again at the next finish.
-        Never raises for a recording failure (it is logged).
+        block). The work runs on the recorder's worker, after the checkpoints
+        queued before it; ``wait=False`` returns at once (:meth:`wait` blocks
+        until it is done; so does the end of the interpreter). Recording may
+        go on afterwards (another ``fit`` call): the files are written again
+        at the next finish. Never raises for a recording failure (it is logged).
         """
-        worker = self._worker
-        if worker is not None:
+        if self._worker is not None and self._worker.is_alive():
+            self._queue.put(_FINISH)
+        else:  # nothing was ever queued: finish here
+            self._finish_run()
+        if wait:
+            self.wait()
+
+    def wait(self) -> None:
+        """Block until every queued checkpoint (and a requested finish) is written."""
+        if self._worker is not None and self._worker.is_alive():
+            self._queue.join()
+
+    def close(self) -> None:
+        """:meth:`finish`, wait for it, and record nothing more (later checkpoints do nothing)."""
+        self.finish(wait=True)
+        self._stopped = True
+        if self._worker is not None and self._worker.is_alive():
             self._queue.put(_STOP)
-            worker.join()
-            self._worker = None
+            self._worker.join()
+        self._finalizer.detach()
+
+    def _finish_run(self) -> None:
+        """The end of a recording: GIFs, page, final index; the event file is closed (the worker's job)."""
+        self._dirty = False
         if self._stopped:
             self._close_events()
             return
@@ -426,12 +466,6 @@ class Recorder:
         except Exception as exc:  # noqa: BLE001 - a recording failure must not reach training
             self._stop("finishing the run failed", exc)
         self._close_events()
-
-    def close(self) -> None:
-        """:meth:`finish`, and no more checkpoints (later calls to :meth:`checkpoint` do nothing)."""
-        self.finish()
-        self._stopped = True
-        self._finalizer.detach()
 
     def _close_events(self) -> None:
         if self._events is not None:
@@ -458,27 +492,34 @@ class Recorder:
 
     def _start_worker(self) -> None:
         if self._worker is None or not self._worker.is_alive():
-            if self._events is None and self._tb_dir is not None and not self._stopped:
-                from .events import EventWriter
-
-                try:
-                    self._events = EventWriter(self._tb_dir)
-                except Exception as exc:  # noqa: BLE001 - a recording failure must not reach training
-                    self._stop("reopening the TensorBoard event file failed", exc)
             self._worker = threading.Thread(target=self._work, name="convlens-recorder", daemon=True)
             self._worker.start()
 
     def _work(self) -> None:
+        """The worker: writes checkpoints and finishes runs, in order, until told to stop."""
         while True:
-            cap = self._queue.get()
-            if cap is _STOP:
-                return
-            if self._stopped:
-                continue  # drain: the training thread must never wait on a dead worker
+            job = self._queue.get()
             try:
-                self._write_checkpoint(cap)
-            except Exception as exc:  # noqa: BLE001 - a recording failure must not reach training
-                self._stop(f"writing checkpoint {cap.n} (step {cap.step}) failed", exc)
+                if job is _STOP:
+                    return
+                if job is _FINISH:
+                    self._finish_run()
+                elif not self._stopped:  # once stopped, drain: training must never wait on the worker
+                    self._write_job(job)
+            finally:
+                self._queue.task_done()
+
+    def _write_job(self, cap: _Capture) -> None:
+        try:
+            if self._events is None and self._tb_dir is not None:  # closed by a finish: a new file
+                from .events import EventWriter
+
+                self._events = EventWriter(self._tb_dir)
+            with self._lock:
+                self._index["status"] = "recording"
+            self._write_checkpoint(cap)
+        except Exception as exc:  # noqa: BLE001 - a recording failure must not reach training
+            self._stop(f"writing checkpoint {cap.n} (step {cap.step}) failed", exc)
 
     def _write_checkpoint(self, cap: _Capture) -> None:
         folder = f"checkpoint-{cap.n:04d}"
@@ -692,7 +733,11 @@ def _jsonable(obj: Any) -> Any:
 
 
 def _finish_at_exit(ref: Callable[[], Recorder | None]) -> None:
-    """At interpreter exit (or when the recorder is collected): flush what was captured."""
+    """At interpreter exit: finish a run that was not finished, and wait for the writing."""
     recorder = ref()
-    if recorder is not None and (recorder._worker is not None or recorder._events is not None):
-        recorder.finish()
+    if recorder is None:
+        return
+    if recorder._dirty and not recorder.stopped:
+        recorder.finish(wait=True)
+    else:
+        recorder.wait()
