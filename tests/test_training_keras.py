@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import shutil
 import time
 import warnings
 
@@ -241,6 +242,12 @@ def test_bad_input_fails_before_training_in_one_line(tmp_path, keras, digits):
     with pytest.raises(OutputError) as e:
         LensCallback(x[:4], out=blocker, model=model)
     assert "\n" not in str(e.value)
+    watching = LensCallback(x[:4], out=tmp_path / "e", model=model, tensorboard=False)
+    other = fresh_demo_cnn(keras, seed=1)
+    other.compile(optimizer=keras.optimizers.SGD(0.01), loss="sparse_categorical_crossentropy")
+    with pytest.raises(BadArgument, match="records another model"):
+        other.fit(x, y, epochs=1, verbose=0, callbacks=[watching])
+    shutil.rmtree(tmp_path / "e")
     with pytest.raises(BadArgument, match="every="):
         LensCallback(x[:4], every="batch", out=tmp_path / "d")
     with pytest.raises(BadArgument, match="dead_threshold"):

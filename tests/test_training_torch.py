@@ -233,6 +233,26 @@ def test_a_recording_failure_is_logged_and_training_goes_on(tmp_path, digits, ca
     assert not recorder.record(99)
 
 
+def test_a_run_left_open_is_finished_when_python_exits(tmp_path):
+    code = f"""
+import sys
+sys.path.insert(0, {str(SRC)!r})
+import torch
+from torch import nn
+from convlens.torch import LensRecorder
+model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU())
+recorder = LensRecorder(model, torch.rand(1, 1, 8, 8), layers="conv,act", out={str(tmp_path / 'r')!r},
+                        tensorboard=False)
+recorder.record(1)
+recorder.record(2)
+"""  # no close(): the recorder's worker is a daemon thread, and the exit hook finishes the run
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr
+    index = json.loads((tmp_path / "r" / "index.json").read_text())
+    assert index["status"] == "finished" and len(index["checkpoints"]) == 2
+    assert (tmp_path / "r" / "timeline.html").is_file() and len(index["gifs"]) == 2 + 2  # 2 layers, 2 filter pictures
+
+
 def test_the_recorder_needs_no_tensorflow(tmp_path):
     code = f"""
 import sys, json
