@@ -609,8 +609,8 @@ class Recorder:
                 new_warnings.append(warning)
                 logger.warning(
                     "convlens: layer %s: %d of %d channels (%.0f%%) are dead (zero for every fixed image) "
-                    "at step %d%s, above the %.0f%% threshold; a learning rate too high for this layer "
-                    "kills ReLUs", row["layer"], row["dead"], row["channels"], 100 * row["dead_fraction"],
+                    "at step %d%s, above the %.0f%% threshold (a learning rate too high is the usual cause)",
+                    row["layer"], row["dead"], row["channels"], 100 * row["dead_fraction"],
                     cap.step, f" (epoch {cap.epoch})" if cap.epoch is not None else "",
                     100 * self.dead_threshold)
         summary = {
