@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 PIP    := $(BIN)/pip install --quiet --disable-pip-version-check
 export TF_CPP_MIN_LOG_LEVEL := 3
 
-.PHONY: demo test chromium benchmark benchmark-maps benchmark-adapters benchmark-report benchmark-heatmaps clean
+.PHONY: demo test chromium benchmark benchmark-maps benchmark-adapters benchmark-report benchmark-heatmaps benchmark-training clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,7 +33,7 @@ test: $(VENV)/.test-deps chromium
 	KERAS_BACKEND=tensorflow $(BIN)/python -m pytest
 	KERAS_BACKEND=torch $(BIN)/python -m pytest -m keras
 
-benchmark: benchmark-maps benchmark-adapters benchmark-report benchmark-heatmaps
+benchmark: benchmark-maps benchmark-adapters benchmark-report benchmark-heatmaps benchmark-training
 
 benchmark-maps: $(VENV)/.test-deps
 	KERAS_BACKEND=tensorflow $(BIN)/python benchmarks/bench_maps.py
@@ -50,6 +50,10 @@ benchmark-heatmaps: $(VENV)/.test-deps
 	KERAS_BACKEND=tensorflow $(BIN)/python benchmarks/bench_heatmaps.py
 	KERAS_BACKEND=tensorflow $(BIN)/python benchmarks/bench_sanity.py
 	KERAS_BACKEND=tensorflow $(BIN)/python benchmarks/bench_faithfulness.py
+
+# The demo CNN trained for 3 epochs with and without the LensCallback (target: at most 5% slower).
+benchmark-training: $(VENV)/.test-deps
+	KERAS_BACKEND=tensorflow $(BIN)/python benchmarks/bench_training.py
 
 clean:
 	rm -rf $(VENV) demo-output

@@ -27,6 +27,7 @@ examples:
   convlens stats vgg16 --weights none cat.jpg dog.jpg --layers conv,act,pool --json
   convlens report vgg16 --weights none cat.jpg dog.jpg --out report.html
   convlens heatmap vgg16 --weights none cat.jpg --method gradcam,scorecam --out heat/
+  convlens timeline runs/1 --out timeline.html   (a run recorded by LensCallback/LensRecorder)
 
 Models: a .keras or legacy .h5 file, a .pt2 torch.export program, a .onnx or .tflite
 file, 'demo' (the built-in MNIST CNN), a keras.applications name (vgg16 vgg19 resnet50
@@ -269,6 +270,15 @@ def build_parser() -> argparse.ArgumentParser:
     _model_options(p)
     _image_options(p)
 
+    p = sub.add_parser("timeline", help="write one self-contained HTML page of a run recorded during "
+                                        "training (convlens.keras.LensCallback, convlens.torch.LensRecorder)",
+                       epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run", metavar="RUN_DIR", help="the run folder (out= of the callback or recorder)")
+    p.add_argument("--out", required=True, help="the HTML file to write, e.g. timeline.html")
+    p.add_argument("--max-checkpoints", type=_positive, default=100, metavar="N",
+                   help="checkpoints whose pictures go into the page, evenly spread (default 100); "
+                        "the charts show every one")
+
     p = sub.add_parser("demo", help="run everything on the built-in MNIST CNN and a digit")
     p.add_argument("--out", default="demo-output", help="output folder (default demo-output)")
     return parser
@@ -352,6 +362,22 @@ def _cmd_heatmap(lens: Any, args: argparse.Namespace, stdout: TextIO) -> None:
                  f"(index: {Path(args.out) / 'index.json'})\n")
 
 
+def _cmd_timeline(args: argparse.Namespace, stdout: TextIO) -> int:
+    from .timeline import read_run, save_timeline
+
+    path = save_timeline(args.run, args.out, max_checkpoints=args.max_checkpoints)
+    index = read_run(args.run)
+    n = len(index.get("checkpoints", []))
+    shown = min(n, args.max_checkpoints)
+    which = f"{n} checkpoints" if shown == n else f"pictures of {shown} of {n} checkpoints"
+    stdout.writelines(f"warning: layer {w.get('layer')}: {w.get('dead')} of {w.get('channels')} channels dead "
+                      f"at step {w.get('step')}\n" for w in index.get("warnings", []))
+    if index.get("error"):
+        stdout.write(f"note: recording stopped early: {index['error']}\n")
+    stdout.write(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB; {which})\n")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace, stdout: TextIO) -> int:
     import shutil
     import tempfile
@@ -399,6 +425,8 @@ def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None,
             images.MAX_PIXELS = args.max_pixels
         if args.command == "demo":
             return _cmd_demo(args, stdout)
+        if args.command == "timeline":
+            return _cmd_timeline(args, stdout)
         lens = _lens(args)
         if args.command == "layers":
             table = lens.layers()
