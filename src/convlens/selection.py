@@ -103,7 +103,7 @@ def _match(term: str, layers: Sequence[LayerInfo]) -> list[int]:
     if term.startswith("re:"):
         try:
             pattern = re.compile(term[3:])
-        except re.error as exc:
+        except (re.error, OverflowError, RecursionError) as exc:  # a{99999999999}, deep nesting
             raise BadArgument(f"bad regular expression {term[3:]!r}: {exc}") from None
         hits = [layer.index for layer in layers
                 if pattern.search(layer.name) or pattern.search(_short(layer.name))]
