@@ -56,25 +56,80 @@ def files(tmp_path_factory, keras) -> dict[str, str]:
     paths["fake.keras"] = root / "fake.keras"
     paths["fake.keras"].write_text("not a zip")
     L = keras.layers
-    small = keras.Sequential([keras.Input((None, None, 3)), L.Conv2D(3, 3, name="c1"),
-                              L.MaxPooling2D(name="p1"), L.Conv2D(4, 1, name="c2"),
-                              L.GlobalAveragePooling2D(name="gap"), L.Dense(2, name="d")])
+    small = keras.Sequential(
+        [
+            keras.Input((None, None, 3)),
+            L.Conv2D(3, 3, name="c1"),
+            L.MaxPooling2D(name="p1"),
+            L.Conv2D(4, 1, name="c2"),
+            L.GlobalAveragePooling2D(name="gap"),
+            L.Dense(2, name="d"),
+        ]
+    )
     paths["free.keras"] = root / "free.keras"
     small.save(paths["free.keras"])
     return {k: str(v) for k, v in paths.items()}
 
 
-MODELS = ["demo", "free.keras", "fake.keras", "rgb.png", "folder", "missing.keras", "torchvision:nope",
-          "keras:vgg16 --weights /nonexistent.h5", "no-such-model"]
-IMAGES = ["rgb.png", "gray.png", "one.png", "alpha.png", "anim.gif", "text.png", "cut.png", "folder",
-          "missing.png", "free.keras"]
-LAYERS = ["conv", "pool", "all", "blocks", "dense", "conv,pool", "0", "-1", "1-3", "3-1", "99", "re:c",
-          "re:[", "re:a{99999999999}", "c*", "nope", "", ",", " , ", "conv, dense", "act,norm,merge"]
+MODELS = [
+    "demo",
+    "free.keras",
+    "fake.keras",
+    "rgb.png",
+    "folder",
+    "missing.keras",
+    "torchvision:nope",
+    "keras:vgg16 --weights /nonexistent.h5",
+    "no-such-model",
+]
+IMAGES = [
+    "rgb.png",
+    "gray.png",
+    "one.png",
+    "alpha.png",
+    "anim.gif",
+    "text.png",
+    "cut.png",
+    "folder",
+    "missing.png",
+    "free.keras",
+]
+LAYERS = [
+    "conv",
+    "pool",
+    "all",
+    "blocks",
+    "dense",
+    "conv,pool",
+    "0",
+    "-1",
+    "1-3",
+    "3-1",
+    "99",
+    "re:c",
+    "re:[",
+    "re:a{99999999999}",
+    "c*",
+    "nope",
+    "",
+    ",",
+    " , ",
+    "conv, dense",
+    "act,norm,merge",
+]
 
 
 def _outs(tmp: Path) -> st.SearchStrategy[str]:
-    return st.sampled_from([str(tmp / "out"), str(tmp / "deep" / "er" / "out"), "FILE", "FOLDER",
-                            "/proc/convlens-cannot-write/out", str(tmp / "out" / "report.html")])
+    return st.sampled_from(
+        [
+            str(tmp / "out"),
+            str(tmp / "deep" / "er" / "out"),
+            "FILE",
+            "FOLDER",
+            "/proc/convlens-cannot-write/out",
+            str(tmp / "out" / "report.html"),
+        ]
+    )
 
 
 OPTION_VALUES: dict[str, st.SearchStrategy[str]] = {
@@ -90,18 +145,40 @@ OPTION_VALUES: dict[str, st.SearchStrategy[str]] = {
     "--max-pixels": st.sampled_from(["1", "50", "100000", "0"]),
     "--weights": st.sampled_from(["none", "/nonexistent.h5"]),
     "--input-shape": st.sampled_from(["28,28,1", "16,16,3", "0,0", "x", "28x28x1"]),
-    "--sections": st.sampled_from(["layers", "maps,stats", "nope", "", "inputs,predictions,filters"]),
+    "--sections": st.sampled_from(
+        ["layers", "maps,stats", "nope", "", "inputs,predictions,filters"]
+    ),
     "--labels": st.sampled_from(["labels.txt", "missing.txt", "rgb.png"]),
 }
 FLAGS = ["--numbers", "--json", "--channels", "--trust", "--help", "--bogus"]
 COMMAND_OPTIONS = {
     "layers": ["--weights", "--input-shape"],
-    "maps": ["--layers", "--out", "--norm", "--cmap", "--max-channels", "--columns", "--tile-size",
-             "--size", "--preprocess", "--max-pixels", "--input-shape"],
+    "maps": [
+        "--layers",
+        "--out",
+        "--norm",
+        "--cmap",
+        "--max-channels",
+        "--columns",
+        "--tile-size",
+        "--size",
+        "--preprocess",
+        "--max-pixels",
+        "--input-shape",
+    ],
     "filters": ["--layers", "--out", "--cmap", "--max-filters", "--max-inputs"],
     "stats": ["--layers", "--size", "--preprocess", "--max-pixels", "--input-shape"],
-    "report": ["--layers", "--out", "--sections", "--labels", "--norm", "--max-channels", "--tile-size",
-               "--size", "--columns"],
+    "report": [
+        "--layers",
+        "--out",
+        "--sections",
+        "--labels",
+        "--norm",
+        "--max-channels",
+        "--tile-size",
+        "--size",
+        "--columns",
+    ],
 }
 TAKES_IMAGES = {"maps", "stats", "report"}
 
@@ -115,7 +192,9 @@ def argvs(draw, tmp: Path, files: dict[str, str], commands=tuple(COMMAND_OPTIONS
         chosen = draw(st.lists(st.sampled_from(IMAGES), min_size=1, max_size=3))
         argv += [files.get(name, str(tmp / name)) for name in chosen]
     options: list[list[str]] = []
-    for option in draw(st.lists(st.sampled_from(COMMAND_OPTIONS[command]), max_size=4, unique=True)):
+    for option in draw(
+        st.lists(st.sampled_from(COMMAND_OPTIONS[command]), max_size=4, unique=True)
+    ):
         if option == "--out":
             value = draw(_outs(tmp))
             value = {"FILE": files["file"], "FOLDER": files["folder"]}.get(value, value)
@@ -125,8 +204,11 @@ def argvs(draw, tmp: Path, files: dict[str, str], commands=tuple(COMMAND_OPTIONS
             value = draw(OPTION_VALUES[option])
             value = files.get(value, value)
         options.append([option, value])
-    if command in ("maps", "filters", "report") and not any(o[0] == "--out" for o in options) \
-            and draw(st.booleans()):
+    if (
+        command in ("maps", "filters", "report")
+        and not any(o[0] == "--out" for o in options)
+        and draw(st.booleans())
+    ):
         options.append(["--out", str(tmp / "out")])
     options += [[flag] for flag in draw(st.lists(st.sampled_from(FLAGS), max_size=2, unique=True))]
     order = draw(st.permutations(range(len(options))))
@@ -149,7 +231,7 @@ def check_run(argv: list[str], capfd) -> tuple[int, str]:
     assert status in (0, 2), (argv, status, stderr)
     assert "Traceback" not in stderr and "Traceback" not in stdout, (argv, stderr)
     lines = [line for line in stderr.splitlines() if line.strip()]
-    if status == 2 and "--help" not in argv:
+    if status == 2:
         assert len(lines) == 1 and lines[0].startswith("convlens: error: "), (argv, stderr)
     else:
         assert not lines, (argv, stderr)  # no framework log or warning reaches the user
@@ -165,10 +247,21 @@ def scratch(tmp_path_factory):
 @given(data=st.data())
 @example(data=None)
 def test_any_argument_list_ends_in_status_0_or_2(files, scratch, capfd, data):
-    argv = (data.draw(argvs(scratch, files), label="argv") if data is not None
-            else ["maps", "demo", files["rgb.png"], "--out", str(scratch / "out"), "--layers", "re:a{99999999999}"])
+    argv = (
+        data.draw(argvs(scratch, files), label="argv")
+        if data is not None
+        else [
+            "maps",
+            "demo",
+            files["rgb.png"],
+            "--out",
+            str(scratch / "out"),
+            "--layers",
+            "re:a{99999999999}",
+        ]
+    )
     shutil.rmtree(scratch / "out", ignore_errors=True)
-    status, stdout = check_run(argv, capfd)
+    status, _ = check_run(argv, capfd)
     event(f"{argv[0]} ended with {status}")
     if status == 0 and argv[0] == "maps" and "--help" not in argv:
         out = Path(argv[argv.index("--out") + 1])
@@ -180,20 +273,34 @@ def test_any_argument_list_ends_in_status_0_or_2(files, scratch, capfd, data):
 @given(data=st.data())
 def test_runs_on_good_inputs_succeed(files, scratch, capfd, data):
     """Only good models, images and values: every run ends in 0 and writes what it says."""
-    command = data.draw(st.sampled_from(["layers", "maps", "filters", "stats", "report"]), label="command")
+    command = data.draw(
+        st.sampled_from(["layers", "maps", "filters", "stats", "report"]), label="command"
+    )
     model = data.draw(st.sampled_from(["demo", files["free.keras"]]), label="model")
     argv = [command, model]
     if command in TAKES_IMAGES:
-        argv += data.draw(st.lists(st.sampled_from([files[n] for n in ("rgb.png", "gray.png", "one.png",
-                                                                      "alpha.png", "anim.gif")]),
-                                   min_size=1, max_size=3), label="images")
+        argv += data.draw(
+            st.lists(
+                st.sampled_from(
+                    [files[n] for n in ("rgb.png", "gray.png", "one.png", "alpha.png", "anim.gif")]
+                ),
+                min_size=1,
+                max_size=3,
+            ),
+            label="images",
+        )
     out = scratch / ("report.html" if command == "report" else "out")
     if command in ("maps", "filters", "report"):
         argv += ["--out", str(out)]
     if command in ("maps", "report"):
-        argv += ["--norm", data.draw(st.sampled_from(["standardize", "minmax", "layer", "global"]), label="norm"),
-                 "--max-channels", data.draw(st.sampled_from(["all", "1", "5"]), label="max-channels"),
-                 "--tile-size", data.draw(st.sampled_from(["4", "7", "64"]), label="tile")]
+        argv += [
+            "--norm",
+            data.draw(st.sampled_from(["standardize", "minmax", "layer", "global"]), label="norm"),
+            "--max-channels",
+            data.draw(st.sampled_from(["all", "1", "5"]), label="max-channels"),
+            "--tile-size",
+            data.draw(st.sampled_from(["4", "7", "64"]), label="tile"),
+        ]
     if command in ("maps", "stats", "report") and model != "demo":
         argv += ["--size", data.draw(st.sampled_from(["8", "13x21", "32"]), label="size")]
     status, stdout = check_run(argv, capfd)

@@ -64,8 +64,12 @@ def _layout(idx: np.ndarray, columns: int | None, separator: int, min_tile: int)
 
 
 @settings(max_examples=150)
-@given(idx=indices, columns=st.one_of(st.none(), st.integers(1, 50)), separator=st.integers(0, 3),
-       min_tile=st.integers(0, 40))
+@given(
+    idx=indices,
+    columns=st.one_of(st.none(), st.integers(1, 50)),
+    separator=st.integers(0, 3),
+    min_tile=st.integers(0, 40),
+)
 @example(idx=np.zeros((1, 1, 1), np.uint8), columns=None, separator=0, min_tile=0)
 def test_indexed_grid_puts_every_tile_where_the_layout_says(idx, columns, separator, min_tile):
     canvas = tile_indexed(idx, columns=columns, separator=separator, min_tile=min_tile)
@@ -77,7 +81,7 @@ def test_indexed_grid_puts_every_tile_where_the_layout_says(idx, columns, separa
     for k in range(rows * cols):
         r, c = divmod(k, cols)
         y, x = s + r * (th + s), s + c * (tw + s)
-        cell = canvas[y:y + th, x:x + tw]
+        cell = canvas[y : y + th, x : x + tw]
         if k < idx.shape[0]:
             expected = levels[k].repeat(f, axis=0).repeat(f, axis=1)
             np.testing.assert_array_equal(cell, expected)
@@ -87,13 +91,19 @@ def test_indexed_grid_puts_every_tile_where_the_layout_says(idx, columns, separa
         lines = np.ones(canvas.shape, bool)
         for k in range(rows * cols):
             r, c = divmod(k, cols)
-            lines[s + r * (th + s): s + r * (th + s) + th, s + c * (tw + s): s + c * (tw + s) + tw] = False
+            lines[
+                s + r * (th + s) : s + r * (th + s) + th, s + c * (tw + s) : s + c * (tw + s) + tw
+            ] = False
         assert np.all(canvas[lines] == SEPARATOR)
 
 
 @settings(max_examples=80)
-@given(idx=indices, columns=st.one_of(st.none(), st.integers(1, 50)), data=st.data(),
-       min_tile=st.integers(0, 120))
+@given(
+    idx=indices,
+    columns=st.one_of(st.none(), st.integers(1, 50)),
+    data=st.data(),
+    min_tile=st.integers(0, 120),
+)
 def test_flags_and_numbers_only_mark_their_own_tiles(idx, columns, data, min_tile):
     n = idx.shape[0]
     flags = data.draw(hnp.arrays(np.bool_, (n,)), label="flags")
@@ -105,21 +115,25 @@ def test_flags_and_numbers_only_mark_their_own_tiles(idx, columns, data, min_til
     for k in range(rows * cols):
         r, c = divmod(k, cols)
         y, x = 1 + r * (th + 1), 1 + c * (tw + 1)
-        region = changed[y:y + th, x:x + tw]
+        region = changed[y : y + th, x : x + tw]
         if k >= n or (not flags[k] and min(th, tw) < 12):
             assert not region.any()  # empty cells, and tiles too small for numbers
-        changed[y:y + th, x:x + tw] = False
+        changed[y : y + th, x : x + tw] = False
     assert not changed.any()  # separators never change
     # a flagged tile big enough to show it gets the flag colour on its diagonal
     for k in np.flatnonzero(flags):
         r, c = divmod(int(k), cols)
         y, x = 1 + r * (th + 1), 1 + c * (tw + 1)
-        assert (marked[y:y + th, x:x + tw] == 242).any()
+        assert (marked[y : y + th, x : x + tw] == 242).any()
 
 
 @settings(max_examples=60)
-@given(idx=indices, columns=st.one_of(st.none(), st.integers(1, 50)), separator=st.integers(0, 2),
-       cmap=st.sampled_from(["viridis", "gray", "magma", "RdBu"]))
+@given(
+    idx=indices,
+    columns=st.one_of(st.none(), st.integers(1, 50)),
+    separator=st.integers(0, 2),
+    cmap=st.sampled_from(["viridis", "gray", "magma", "RdBu"]),
+)
 def test_rgb_grid_is_the_colormap_of_each_tile(idx, columns, separator, cmap):
     table = colormap_lut(cmap)
     canvas = tile(idx, table, columns=columns, separator=separator, min_tile=0)
@@ -129,13 +143,18 @@ def test_rgb_grid_is_the_colormap_of_each_tile(idx, columns, separator, cmap):
     for k in range(idx.shape[0]):
         r, c = divmod(k, cols)
         y, x = s + r * (th + s), s + c * (tw + s)
-        np.testing.assert_array_equal(canvas[y:y + th, x:x + tw], table[idx[k]])
+        np.testing.assert_array_equal(canvas[y : y + th, x : x + tw], table[idx[k]])
 
 
 @settings(max_examples=100)
-@given(x=hnp.arrays(np.float32, st.tuples(st.integers(1, 3), st.integers(1, 40), st.integers(1, 40)),
-                    elements=st.floats(-1e6, 1e6, width=32)),
-       max_side=st.integers(1, 50))
+@given(
+    x=hnp.arrays(
+        np.float32,
+        st.tuples(st.integers(1, 3), st.integers(1, 40), st.integers(1, 40)),
+        elements=st.floats(-1e6, 1e6, width=32),
+    ),
+    max_side=st.integers(1, 50),
+)
 def test_downsample_fits_the_longer_side_with_block_means(x, max_side):
     out = downsample(x, max_side)
     c, h, w = x.shape
@@ -145,8 +164,9 @@ def test_downsample_fits_the_longer_side_with_block_means(x, max_side):
     assert out.shape[0] == c and max(out.shape[1:]) <= max_side and min(out.shape[1:]) >= 1
     f = -(-max(h, w) // max_side)
     fh, fw = min(f, h), min(f, w)
-    np.testing.assert_allclose(out[:, 0, 0], x[:, :fh, :fw].mean(axis=(1, 2), dtype=np.float64),
-                               rtol=1e-5, atol=1e-2)
+    np.testing.assert_allclose(
+        out[:, 0, 0], x[:, :fh, :fw].mean(axis=(1, 2), dtype=np.float64), rtol=1e-5, atol=1e-2
+    )
 
 
 @st.composite
@@ -154,22 +174,37 @@ def layer_outputs(draw):
     """One image's output of a layer: (H, W, C) maps, (L, C) signals or (C,) vectors."""
     ndim = draw(st.sampled_from([3, 3, 2, 1]))
     c = draw(st.integers(1, 80))
-    shape = {3: (draw(st.integers(1, 12)), draw(st.integers(1, 12)), c),
-             2: (draw(st.integers(1, 20)), c), 1: (c,)}[ndim]
+    shape = {
+        3: (draw(st.integers(1, 12)), draw(st.integers(1, 12)), c),
+        2: (draw(st.integers(1, 20)), c),
+        1: (c,),
+    }[ndim]
     values = st.one_of(st.floats(-1e3, 1e3, width=32), st.sampled_from([0.0, np.nan, np.inf]))
     return draw(hnp.arrays(np.float32, shape, elements=values))
 
 
 @settings(max_examples=80)
-@given(x=layer_outputs(), norm=st.sampled_from(["standardize", "minmax", "layer", "global"]),
-       cmap=st.sampled_from(["viridis", "gray", "magma"]),
-       max_channels=st.one_of(st.none(), st.integers(1, 70)),
-       columns=st.one_of(st.none(), st.integers(1, 100)), numbers=st.booleans(),
-       tile_size=st.integers(4, 16), title=st.one_of(st.none(), st.text(max_size=40)))
-def test_any_layer_output_renders_and_round_trips_through_png(x, norm, cmap, max_channels, columns,
-                                                             numbers, tile_size, title):
-    opts = RenderOptions(norm=norm, cmap=cmap, max_channels=max_channels, columns=columns,
-                         numbers=numbers, tile_size=tile_size)
+@given(
+    x=layer_outputs(),
+    norm=st.sampled_from(["standardize", "minmax", "layer", "global"]),
+    cmap=st.sampled_from(["viridis", "gray", "magma"]),
+    max_channels=st.one_of(st.none(), st.integers(1, 70)),
+    columns=st.one_of(st.none(), st.integers(1, 100)),
+    numbers=st.booleans(),
+    tile_size=st.integers(4, 16),
+    title=st.one_of(st.none(), st.text(max_size=40)),
+)
+def test_any_layer_output_renders_and_round_trips_through_png(
+    x, norm, cmap, max_channels, columns, numbers, tile_size, title
+):
+    opts = RenderOptions(
+        norm=norm,
+        cmap=cmap,
+        max_channels=max_channels,
+        columns=columns,
+        numbers=numbers,
+        tile_size=tile_size,
+    )
     with np.errstate(all="raise"):  # no floating-point warning escapes the renderer
         rendered = render_map(x, opts, title=title, value_range=(-1.0, 1.0))
     total = x.shape[-1]
@@ -188,15 +223,21 @@ def test_any_layer_output_renders_and_round_trips_through_png(x, norm, cmap, max
         # no blank grid: a drawn channel that is not constant shows at least two colours
         drawn = np.moveaxis(x[..., :shown], -1, 0)
         levels = px[px < PALETTE_LEVELS]
-        varied = [ch for ch in downsample(drawn, tile_size)
-                  if np.isfinite(ch).any() and np.ptp(ch[np.isfinite(ch)]) > 0]
+        varied = [
+            ch
+            for ch in downsample(drawn, tile_size)
+            if np.isfinite(ch).any() and np.ptp(ch[np.isfinite(ch)]) > 0
+        ]
         if varied:
             assert np.unique(levels).size >= 2
 
 
 @settings(max_examples=40)
-@given(values=hnp.arrays(np.float32, st.integers(1, 300), elements=st.floats(width=32)),
-       cell=st.integers(1, 12), per_row=st.integers(1, 80))
+@given(
+    values=hnp.arrays(np.float32, st.integers(1, 300), elements=st.floats(width=32)),
+    cell=st.integers(1, 12),
+    per_row=st.integers(1, 80),
+)
 def test_strips_hold_one_square_per_value(values, cell, per_row):
     out = strip(values, colormap_lut("gray"), cell=cell, per_row=per_row)
     n = values.size
@@ -206,9 +247,12 @@ def test_strips_hold_one_square_per_value(values, cell, per_row):
 
 
 @settings(max_examples=40)
-@given(x=hnp.arrays(np.float32, st.tuples(st.integers(1, 200), st.integers(1, 20)),
-                    elements=st.floats(width=32)),
-       band=st.integers(1, 8))
+@given(
+    x=hnp.arrays(
+        np.float32, st.tuples(st.integers(1, 200), st.integers(1, 20)), elements=st.floats(width=32)
+    ),
+    band=st.integers(1, 8),
+)
 def test_signals_hold_one_band_per_channel(x, band):
     out = signals(x, colormap_lut("viridis"), band=band)
     length, channels = x.shape

@@ -59,8 +59,19 @@ LOSSLESS = {
 LOSSY = {"L": ("JPEG",), "RGB": ("JPEG", "WEBP-lossy"), "CMYK": ("JPEG",)}
 EXIF_FORMATS = ("memory", "PNG", "JPEG", "WEBP", "WEBP-lossy")
 GRAY_MODES = {"1", "L", "LA", "La", "I;16", "I;16B", "I", "F"}
-BANDS = {"LA": 2, "La": 2, "PA": 2, "RGB": 3, "YCbCr": 3, "LAB": 3, "HSV": 3, "RGBA": 4,
-         "RGBa": 4, "RGBX": 4, "CMYK": 4}
+BANDS = {
+    "LA": 2,
+    "La": 2,
+    "PA": 2,
+    "RGB": 3,
+    "YCbCr": 3,
+    "LAB": 3,
+    "HSV": 3,
+    "RGBA": 4,
+    "RGBa": 4,
+    "RGBX": 4,
+    "CMYK": 4,
+}
 
 sides = st.integers(1, 20)
 _F32_BIG = float(np.float32(1e30))
@@ -93,16 +104,25 @@ def pil_images(draw, modes=tuple(LOSSLESS)) -> PIL.Image.Image:
         return im
     if mode in ("I;16", "I;16B"):
         data = draw(hnp.arrays(np.uint16, (h, w), elements=st.integers(0, 65535)))
-        return PIL.Image.frombytes(mode, (w, h), data.astype("<u2" if mode == "I;16" else ">u2").tobytes())
+        return PIL.Image.frombytes(
+            mode, (w, h), data.astype("<u2" if mode == "I;16" else ">u2").tobytes()
+        )
     if mode == "I":
         top = draw(st.sampled_from([255, 65535, 2**31 - 1]))
         low = draw(st.sampled_from([0, -(2**31)]))
         data = draw(hnp.arrays(np.int32, (h, w), elements=st.integers(low, top)))
         return PIL.Image.frombytes("I", (w, h), data.tobytes())
     if mode == "F":
-        scale = draw(st.sampled_from([(0.0, 1.0), (0.0, 255.0), (-_F32_BIG, _F32_BIG), (-3.0, 300.0)]))
-        data = draw(hnp.arrays(np.float32, (h, w), elements=st.floats(
-            *scale, allow_nan=False, allow_infinity=False, width=32)))
+        scale = draw(
+            st.sampled_from([(0.0, 1.0), (0.0, 255.0), (-_F32_BIG, _F32_BIG), (-3.0, 300.0)])
+        )
+        data = draw(
+            hnp.arrays(
+                np.float32,
+                (h, w),
+                elements=st.floats(*scale, allow_nan=False, allow_infinity=False, width=32),
+            )
+        )
         return PIL.Image.frombytes("F", (w, h), data.tobytes())
     if mode == "PA":
         rgba = PIL.Image.frombytes("RGBA", (w, h), _u8(draw, (h, w, 4)).tobytes())
@@ -232,8 +252,10 @@ def test_any_mode_in_any_lossless_format_loads_as_documented(tmp_path_factory, m
 
 @pytest.mark.parametrize("orientation", range(1, 9))
 @settings(max_examples=10)
-@given(im=pil_images(modes=("1", "L", "LA", "P", "RGB", "RGBA", "I;16")),
-       fmt=st.sampled_from(["PNG", "memory", "WEBP"]))
+@given(
+    im=pil_images(modes=("1", "L", "LA", "P", "RGB", "RGBA", "I;16")),
+    fmt=st.sampled_from(["PNG", "memory", "WEBP"]),
+)
 @example(im=PIL.Image.new("1", (1, 1)), fmt="PNG")
 @example(im=PIL.Image.new("RGB", (1, 2)), fmt="memory")
 def test_every_exif_orientation_is_undone(tmp_path_factory, orientation, im, fmt):
@@ -290,8 +312,21 @@ def test_animations_use_their_first_frame(tmp_path_factory, anim):
 
 # --------------------------------------------------------------------------- arrays
 
-DTYPES = [np.bool_, np.uint8, np.int8, np.uint16, np.int16, np.int32, np.uint32, np.int64, np.uint64,
-          np.float16, np.float32, np.float64, np.complex64]
+DTYPES = [
+    np.bool_,
+    np.uint8,
+    np.int8,
+    np.uint16,
+    np.int16,
+    np.int32,
+    np.uint32,
+    np.int64,
+    np.uint64,
+    np.float16,
+    np.float32,
+    np.float64,
+    np.complex64,
+]
 
 
 @st.composite
@@ -299,21 +334,46 @@ def any_arrays(draw):
     """Arrays of any dtype and of shapes that make sense, and of some that do not."""
     dtype = np.dtype(draw(st.sampled_from(DTYPES)))
     h, w = draw(st.integers(1, 12)), draw(st.integers(1, 12))
-    shape = draw(st.sampled_from([
-        (h, w), (h, w, 1), (h, w, 3), (h, w, 4), (1, h, w, 3), (1, h, w, 1),  # images
-        (3, h, w), (2, h, w, 3), (h, w, 2), (h,), (1, 1, h, w, 3), (0, w, 3), (h, 0)]))  # not images
+    shape = draw(
+        st.sampled_from(
+            [
+                (h, w),
+                (h, w, 1),
+                (h, w, 3),
+                (h, w, 4),
+                (1, h, w, 3),
+                (1, h, w, 1),  # images
+                (3, h, w),
+                (2, h, w, 3),
+                (h, w, 2),
+                (h,),
+                (1, 1, h, w, 3),
+                (0, w, 3),
+                (h, 0),
+            ]
+        )
+    )  # not images
     if dtype.kind == "f":
-        elements = draw(st.sampled_from([
-            st.floats(0, 1, width=min(dtype.itemsize * 8, 64)),
-            st.floats(0, 255, width=min(dtype.itemsize * 8, 64)),
-            st.floats(width=min(dtype.itemsize * 8, 64)),  # NaN, inf, huge, denormals
-        ]))
+        elements = draw(
+            st.sampled_from(
+                [
+                    st.floats(0, 1, width=min(dtype.itemsize * 8, 64)),
+                    st.floats(0, 255, width=min(dtype.itemsize * 8, 64)),
+                    st.floats(width=min(dtype.itemsize * 8, 64)),  # NaN, inf, huge, denormals
+                ]
+            )
+        )
         return draw(hnp.arrays(dtype, shape, elements=elements))
     if dtype.kind in "iu":
         info = np.iinfo(dtype)
         top = draw(st.sampled_from([min(255, int(info.max)), int(info.max)]))
-        return draw(hnp.arrays(dtype, shape, elements=st.integers(max(int(info.min), -5) if top == 255
-                                                                  else int(info.min), top)))
+        return draw(
+            hnp.arrays(
+                dtype,
+                shape,
+                elements=st.integers(max(int(info.min), -5) if top == 255 else int(info.min), top),
+            )
+        )
     return draw(hnp.arrays(dtype, shape))
 
 
@@ -383,10 +443,17 @@ PRESET_RANGE = {
 
 
 @settings(max_examples=120)
-@given(im=pil_images(modes=("1", "L", "LA", "P", "RGB", "RGBA", "I;16", "F", "CMYK")),
-       size=st.one_of(st.none(), st.tuples(st.one_of(st.none(), st.integers(1, 40)),
-                                           st.one_of(st.none(), st.integers(1, 40)))),
-       channels=st.sampled_from([None, 1, 3]), preset=st.sampled_from(sorted(PRESETS)))
+@given(
+    im=pil_images(modes=("1", "L", "LA", "P", "RGB", "RGBA", "I;16", "F", "CMYK")),
+    size=st.one_of(
+        st.none(),
+        st.tuples(
+            st.one_of(st.none(), st.integers(1, 40)), st.one_of(st.none(), st.integers(1, 40))
+        ),
+    ),
+    channels=st.sampled_from([None, 1, 3]),
+    preset=st.sampled_from(sorted(PRESETS)),
+)
 @example(im=PIL.Image.new("L", (1, 1), 255), size=(40, 1), channels=3, preset="caffe")
 def test_prepare_gives_the_asked_shape_in_the_presets_range(im, size, channels, preset):
     image = load_image(im)
@@ -407,11 +474,18 @@ def test_prepare_gives_the_asked_shape_in_the_presets_range(im, size, channels, 
 
 
 @settings(max_examples=60)
-@given(size=st.one_of(st.integers(-3, 0), st.floats(allow_nan=True), st.text(max_size=3),
-                      st.tuples(st.integers(-2, 3), st.integers(-2, 3)),
-                      st.lists(st.integers(1, 3), max_size=4), st.booleans()),
-       channels=st.one_of(st.integers(-1, 5), st.booleans(), st.text(max_size=2)),
-       preset=st.one_of(st.sampled_from(sorted(PRESETS)), st.text(max_size=6)))
+@given(
+    size=st.one_of(
+        st.integers(-3, 0),
+        st.floats(allow_nan=True),
+        st.text(max_size=3),
+        st.tuples(st.integers(-2, 3), st.integers(-2, 3)),
+        st.lists(st.integers(1, 3), max_size=4),
+        st.booleans(),
+    ),
+    channels=st.one_of(st.integers(-1, 5), st.booleans(), st.text(max_size=2)),
+    preset=st.one_of(st.sampled_from(sorted(PRESETS)), st.text(max_size=6)),
+)
 def test_prepare_refuses_bad_arguments_with_its_own_error(size, channels, preset):
     image = load_image(np.zeros((3, 4, 3), np.uint8))
     try:
@@ -430,5 +504,3 @@ def test_a_one_pixel_png_round_trips(tmp_path):
     assert loaded.pixels.tolist() == [[[10.0, 20.0, 30.0]]]
     out, _ = prepare(loaded, size=(2, 3), channels=None, preprocess="raw")
     np.testing.assert_allclose(out, np.broadcast_to([10.0, 20.0, 30.0], (2, 3, 3)), atol=1e-4)
-
-

@@ -41,8 +41,15 @@ def layers(draw, dtypes=FLOAT_DTYPES) -> np.ndarray:
         if kind == "free":
             elements = _floats(dtype)
         elif kind == "pool":  # constants, dead channels, ties, a NaN among zeros
-            pool = draw(st.lists(st.one_of(st.sampled_from([0.0, -0.0, 1.0, np.nan, np.inf, -np.inf]),
-                                           _floats(dtype)), min_size=1, max_size=3))
+            pool = draw(
+                st.lists(
+                    st.one_of(
+                        st.sampled_from([0.0, -0.0, 1.0, np.nan, np.inf, -np.inf]), _floats(dtype)
+                    ),
+                    min_size=1,
+                    max_size=3,
+                )
+            )
             elements = st.sampled_from(pool)
         elif kind == "tiny":  # denormals only
             tiny = float(info.smallest_subnormal)
@@ -51,7 +58,9 @@ def layers(draw, dtypes=FLOAT_DTYPES) -> np.ndarray:
             big = float(info.max)
             elements = st.sampled_from([big, -big, big / 3, 0.0, 1.0, big / 1e3])
         else:  # values that differ in their last bits only
-            base = draw(st.sampled_from([1.0, 1000.0, -3.5] + ([1e7] if dtype.itemsize > 2 else [])))
+            base = draw(
+                st.sampled_from([1.0, 1000.0, -3.5] + ([1e7] if dtype.itemsize > 2 else []))
+            )
             steps = np.nextafter(np.array(base, dtype), np.array(np.inf, dtype))
             elements = st.sampled_from([float(np.array(base, dtype)), float(steps)])
         channels.append(draw(hnp.arrays(dtype, (h, w), elements=elements)))
@@ -94,8 +103,9 @@ def check_order(values: np.ndarray, indices: np.ndarray) -> None:
 @example(x=np.array([[[1.0, 1.0 + 2**-40]]], np.float64), method="minmax")
 @example(x=np.array([[[0.0, 1e-300, np.nan]]], np.float64), method="layer")
 @example(x=np.array([[[1e7, 1e7, 1e7, 1e7 + 1]]], np.float32), method="standardize")
-@example(x=np.array([[[0.0, 0.0]], [[1.7976931348623157e308, -1.7976931348623157e308]]]),
-         method="layer")
+@example(
+    x=np.array([[[0.0, 0.0]], [[1.7976931348623157e308, -1.7976931348623157e308]]]), method="layer"
+)
 @example(x=np.array([9e17, -9e17] * 2048, np.float32).reshape(1, 64, 64), method="standardize")
 @example(x=np.array([[[1e-17, 1e-17, 1.0000001e-17]]], np.float32), method="standardize")
 def test_any_layer_gives_a_valid_picture_and_exact_flags(x, method):
@@ -150,8 +160,15 @@ def test_a_global_scale_clips_and_keeps_the_order(x, bounds):
 
 
 @settings(max_examples=100)
-@given(x=st.one_of(layers(), hnp.arrays(st.sampled_from([np.int8, np.uint8, np.int16, np.bool_]),
-                                        hnp.array_shapes(min_dims=0, max_dims=4, max_side=4))))
+@given(
+    x=st.one_of(
+        layers(),
+        hnp.arrays(
+            st.sampled_from([np.int8, np.uint8, np.int16, np.bool_]),
+            hnp.array_shapes(min_dims=0, max_dims=4, max_side=4),
+        ),
+    )
+)
 def test_finite_range_is_the_smallest_and_largest_finite_value(x):
     lo, hi = finite_range(x)
     wide = np.asarray(x, dtype=np.float64).ravel()
@@ -163,10 +180,16 @@ def test_finite_range_is_the_smallest_and_largest_finite_value(x):
 
 
 @settings(max_examples=60)
-@given(method=st.one_of(st.sampled_from(NORMS), st.text(max_size=8)),
-       shape=hnp.array_shapes(min_dims=0, max_dims=4, min_side=0, max_side=3),
-       value_range=st.one_of(st.none(), st.tuples(st.floats(), st.floats()), st.text(max_size=3),
-                             st.lists(st.floats(-5, 5), max_size=3)))
+@given(
+    method=st.one_of(st.sampled_from(NORMS), st.text(max_size=8)),
+    shape=hnp.array_shapes(min_dims=0, max_dims=4, min_side=0, max_side=3),
+    value_range=st.one_of(
+        st.none(),
+        st.tuples(st.floats(), st.floats()),
+        st.text(max_size=3),
+        st.lists(st.floats(-5, 5), max_size=3),
+    ),
+)
 def test_bad_arguments_raise_convlens_errors(method, shape, value_range):
     x = np.ones(shape, np.float32)
     try:

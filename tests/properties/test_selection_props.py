@@ -18,7 +18,9 @@ from convlens._errors import BadArgument, ConvlensError, LayerNotFound
 from convlens.core.layers import KINDS, LayerInfo
 from convlens.selection import KIND_TERMS, blocks, select
 
-name_chars = st.sampled_from(list("abcxyz_019.-/ ") + ["conv", "block", "é", "*", "?", "[", "]", "re:"])
+name_chars = st.sampled_from(
+    list("abcxyz_019.-/ ") + ["conv", "block", "é", "*", "?", "[", "]", "re:"]
+)
 names = st.lists(name_chars, min_size=1, max_size=6).map("".join)
 
 
@@ -33,20 +35,50 @@ def tables(draw, min_size=1) -> list[LayerInfo]:
             name = "input_"
         side = draw(st.sampled_from([32, 16, 8, 4]))
         jump = draw(st.one_of(st.none(), st.sampled_from([1, 2, 4, 8])))
-        rows.append(LayerInfo(index=i, name=name, type="T", kind=draw(st.sampled_from(KINDS[1:])),
-                              output_shape=draw(st.sampled_from([(side, side, 4), None, (10,)])),
-                              rf_jump=None if jump is None else (jump, jump)))
+        rows.append(
+            LayerInfo(
+                index=i,
+                name=name,
+                type="T",
+                kind=draw(st.sampled_from(KINDS[1:])),
+                output_shape=draw(st.sampled_from([(side, side, 4), None, (10,)])),
+                rf_jump=None if jump is None else (jump, jump),
+            )
+        )
     return rows
 
 
 def regexes() -> st.SearchStrategy[str]:
     """Regular expressions good and bad, with repetitions of any size."""
-    atom = st.sampled_from(["a", ".", "\\d", "[a-c]", "[", "(", ")", "\\", "|", "^", "$", "conv",
-                            "(?P<g>x)", "(?P<g>y)", "\\N{foo}", "(?i)", "[z-a]"])
+    atom = st.sampled_from(
+        [
+            "a",
+            ".",
+            "\\d",
+            "[a-c]",
+            "[",
+            "(",
+            ")",
+            "\\",
+            "|",
+            "^",
+            "$",
+            "conv",
+            "(?P<g>x)",
+            "(?P<g>y)",
+            "\\N{foo}",
+            "(?i)",
+            "[z-a]",
+        ]
+    )
     count = st.integers(0, 2**40).map(str)
-    rep = st.one_of(st.just(""), st.sampled_from(["*", "+", "?", "*?"]),
-                    st.tuples(count, st.sampled_from(["", ","]), st.one_of(st.just(""), count))
-                    .map(lambda t: "{" + "".join(t) + "}"))
+    rep = st.one_of(
+        st.just(""),
+        st.sampled_from(["*", "+", "?", "*?"]),
+        st.tuples(count, st.sampled_from(["", ","]), st.one_of(st.just(""), count)).map(
+            lambda t: "{" + "".join(t) + "}"
+        ),
+    )
     return st.lists(st.tuples(atom, rep).map("".join), max_size=6).map("".join)
 
 
@@ -55,8 +87,9 @@ def terms(table: list[LayerInfo]) -> st.SearchStrategy[str]:
     return st.one_of(
         st.sampled_from(KIND_TERMS + ("blocks", "ALL", "Conv")),
         st.integers(-n - 2, n + 2).map(str),
-        st.tuples(st.integers(0, n + 2), st.sampled_from(["-", "..", " - "]), st.integers(0, n + 2))
-        .map(lambda t: f"{t[0]}{t[1]}{t[2]}"),
+        st.tuples(
+            st.integers(0, n + 2), st.sampled_from(["-", "..", " - "]), st.integers(0, n + 2)
+        ).map(lambda t: f"{t[0]}{t[1]}{t[2]}"),
         st.sampled_from([layer.name for layer in table]),
         st.sampled_from([layer.name.rsplit("/", 1)[-1] for layer in table]),
         st.sampled_from([layer.name for layer in table]).map(lambda s: s[: len(s) // 2] + "*"),
@@ -73,7 +106,9 @@ def check(result: list[int], table: list[LayerInfo]) -> None:
 @settings(max_examples=200)
 @given(table=tables(), spec=st.text(max_size=30))
 @example(table=[LayerInfo(0, "input", "Input", "input", (4, 4, 1))], spec="re:a{99999999999}")
-@example(table=[LayerInfo(0, "input", "Input", "input", (4, 4, 1))], spec="re:" + "(" * 1200 + ")" * 1200)
+@example(
+    table=[LayerInfo(0, "input", "Input", "input", (4, 4, 1))], spec="re:" + "(" * 1200 + ")" * 1200
+)
 @example(table=[LayerInfo(0, "input", "Input", "input", (4, 4, 1))], spec="re:[")
 def test_any_string_gives_layers_or_a_convlens_error(table, spec):
     try:
@@ -116,9 +151,15 @@ def test_a_selection_is_the_union_of_its_terms(data, table):
 def _plain(name: str) -> bool:
     """A name that is a name term: not a kind, index, range, glob or regex."""
     s = name.strip()
-    return (s == name and "," not in name and not any(c in name for c in "*?[")
-            and not name.startswith("re:") and name.lower() not in KIND_TERMS + ("blocks",)
-            and not name.lstrip("-").isdigit() and not _looks_like_range(name))
+    return (
+        s == name
+        and "," not in name
+        and not any(c in name for c in "*?[")
+        and not name.startswith("re:")
+        and name.lower() not in KIND_TERMS + ("blocks",)
+        and not name.lstrip("-").isdigit()
+        and not _looks_like_range(name)
+    )
 
 
 def _looks_like_range(name: str) -> bool:
@@ -156,6 +197,9 @@ def test_names_indexes_ranges_kinds_and_globs_pick_exactly_their_layers(table, d
     if not any(c in layer.name[:1] for c in "*?[,") and layer.name[:1].strip():
         hits = select(table, pattern)
         assert layer.index in hits
-        assert all(fnmatch.fnmatchcase(table[h].name, pattern)
-                   or fnmatch.fnmatchcase(table[h].name.rsplit("/", 1)[-1], pattern) for h in hits)
+        assert all(
+            fnmatch.fnmatchcase(table[h].name, pattern)
+            or fnmatch.fnmatchcase(table[h].name.rsplit("/", 1)[-1], pattern)
+            for h in hits
+        )
     assert set(blocks(table)) <= {t.index for t in table if t.kind == "conv"}
