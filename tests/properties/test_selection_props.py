@@ -110,12 +110,23 @@ def check(result: list[int], table: list[LayerInfo]) -> None:
     table=[LayerInfo(0, "input", "Input", "input", (4, 4, 1))], spec="re:" + "(" * 1200 + ")" * 1200
 )
 @example(table=[LayerInfo(0, "input", "Input", "input", (4, 4, 1))], spec="re:[")
+@example(
+    table=[
+        LayerInfo(0, "input", "Input", "input", (4, 4, 1)),
+        LayerInfo(1, "classifier.4", "Conv2d", "conv", (4, 4, 2)),
+    ],
+    spec="classifier.0",
+)
 def test_any_string_gives_layers_or_a_convlens_error(table, spec):
     try:
         result = select(table, spec)
     except ConvlensError as exc:
         assert isinstance(exc, (BadArgument, LayerNotFound))
-        assert str(exc) and "\n" not in str(exc)
+        message = str(exc)
+        assert message and "\n" not in message
+        if "; closest: " in message:  # each suggestion once
+            close = message.split("; closest: ", 1)[1].split("; run `convlens layers", 1)[0]
+            assert len(close.split(", ")) == len(set(close.split(", "))), message
         return
     check(result, table)
 
