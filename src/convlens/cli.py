@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -414,15 +415,21 @@ def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None,
     stdout = stdout or sys.stdout
     stderr = stderr or sys.stderr
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:  # usage errors, --help and --version end in SystemExit: a status here, on these streams
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+            args = parser.parse_args(argv)
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
     if args.command is None:
         parser.print_help(stdout)
         return 2
+    saved_max_pixels = None
     try:
         if getattr(args, "max_pixels", None):
             from . import images
 
-            images.MAX_PIXELS = args.max_pixels
+            # for this run only: an in-process caller's next run has the default again
+            saved_max_pixels, images.MAX_PIXELS = images.MAX_PIXELS, args.max_pixels
         if args.command == "demo":
             return _cmd_demo(args, stdout)
         if args.command == "timeline":
@@ -454,6 +461,11 @@ def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None,
     except KeyboardInterrupt:
         stderr.write("convlens: interrupted; nothing was written\n")
         return 130
+    finally:
+        if saved_max_pixels is not None:
+            from . import images
+
+            images.MAX_PIXELS = saved_max_pixels
     return 0
 
 

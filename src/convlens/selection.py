@@ -43,11 +43,13 @@ def blocks(layers: Sequence[LayerInfo]) -> list[int]:
 
     Stages are told apart by the conv output's jump (its total stride in input
     pixels, see :mod:`convlens.core.receptive`), or by its spatial output size
-    when the jump is unknown.
+    when the jump is unknown. Convs after a global pooling (squeeze-and-excitation
+    gates, ASPP's image pooling) see the whole input in one pixel: they belong to
+    no resolution stage.
     """
     last: dict[object, int] = {}
     for layer in layers:
-        if layer.kind != "conv":
+        if layer.kind != "conv" or layer.global_rf:
             continue
         key: object = layer.rf_jump if layer.rf_jump is not None else (
             tuple(layer.output_shape[:-1]) if layer.output_shape else None
@@ -111,7 +113,8 @@ def _terms(spec: str | Iterable[str]) -> list[str]:
 
 
 def _not_found(term: str, layers: Sequence[LayerInfo]) -> LayerNotFound:
-    names = [layer.name for layer in layers] + sorted({_short(layer.name) for layer in layers})
+    full = [layer.name for layer in layers]
+    names = list(dict.fromkeys(full + sorted({_short(name) for name in full})))  # each name once
     close = difflib.get_close_matches(term, names, n=3, cutoff=0.5)
     hint = f"; closest: {', '.join(close)}" if close else ""
     return LayerNotFound(
@@ -148,7 +151,7 @@ def _match(term: str, layers: Sequence[LayerInfo]) -> list[int]:
     if term.startswith("re:"):
         try:
             pattern = re.compile(term[3:])
-        except re.error as exc:
+        except (re.error, OverflowError, RecursionError) as exc:  # a{99999999999}, deep nesting
             raise BadArgument(f"invalid regular expression {term[3:]!r}: {exc}; "
                               "write it in Python's re syntax, e.g. 're:conv[12]$'") from None
         hits = [layer.index for layer in layers

@@ -1281,7 +1281,9 @@ def open_torchvision(name: str, *, weights: str | None = None, input_shape: Sequ
         model = _download_model(tv, key, default)
     else:
         try:
-            model = tv.models.get_model(key, **random_kw)
+            with warnings.catch_warnings():  # GoogLeNet's and Inception's notes to model authors
+                warnings.simplefilter("ignore", FutureWarning)
+                model = tv.models.get_model(key, **random_kw)
         except Exception as exc:
             raise UnsupportedModel(f"cannot build torchvision:{key}: {_first_line(str(exc))}") from None
         if w.lower() != "none":

@@ -20,9 +20,11 @@ __all__ = ["NORMS", "ChannelFlags", "finite_range", "normalize_channels", "union
 #: Normalisation methods understood by :func:`normalize_channels`.
 NORMS = ("standardize", "minmax", "layer", "global")
 
-# Squares of float32 values overflow above ~1.8e19; channels whose magnitude
-# comes near that are rescaled first (every method is scale-invariant).
-_HUGE = 1e18
+# float32 squares overflow above ~1.8e19 and underflow below ~1e-19, and a sum of
+# 1e8 squares must stay under 3.4e38: channels outside these bounds are shifted and
+# scaled to [0, 1] first (every method is shift- and scale-invariant).
+_HUGE = 1e15
+_TINY = 1e-15
 _F32_MAX = float(np.finfo(np.float32).max)
 
 
@@ -159,40 +161,48 @@ def normalize_channels(
     constant = has_values & (lo == hi)
     flags = ChannelFlags(dead=constant & (lo == 0), constant=constant, nonfinite=nonfinite_rows)
 
-    # Rescaling is exact in meaning because every method is scale-invariant;
-    # it only runs for absurd magnitudes, where float32 squares would overflow.
-    per_channel = method in ("standardize", "minmax")
-    absmax = np.maximum(np.abs(lo), np.abs(hi))
+    # Every method is invariant to shifting and scaling a channel (the whole layer for
+    # ``layer``, the range for ``global``), so values float32 cannot carry are first moved
+    # to [0, 1] in float64: magnitudes or spans beyond 1e15 (squares and sums overflow),
+    # spans under 1e-15 (squares underflow; denormals), and float64 inputs whose
+    # differences float32 would round away. Values outside a global range may become +-inf
+    # here; they clip to 0 or 255 like any value outside the range.
     if lo_hi is not None:
-        absmax = np.maximum(absmax, max(abs(lo_hi[0]), abs(lo_hi[1])))
-    if absmax.max() > _HUGE:
-        k = np.where(absmax > _HUGE, absmax, 1.0) if per_channel else np.full(c, absmax.max())
+        base, top = np.full(c, lo_hi[0]), np.full(c, lo_hi[1])
+    elif method == "layer":
+        base = np.full(c, lo[has_values].min() if has_values.any() else 0.0)
+        top = np.full(c, hi[has_values].max() if has_values.any() else 0.0)
+    else:
+        base, top = lo, hi
+    absmax = np.maximum(np.abs(base), np.abs(top))
+    with np.errstate(over="ignore"):
+        span = top - base  # inf for float64 values from -max to max: those are scaled, not shifted
+    fix = (absmax > _HUGE) | ((span > 0) & ((span < _TINY) | (span > _HUGE)))
+    if flat.dtype != np.float32:
+        fix[:] = True
+    if fix.any():
+        shift = np.where(fix & np.isfinite(span), base, 0.0)
+        scale = np.where(fix & (span > 0), np.where(np.isfinite(span), span, absmax), 1.0)
         with np.errstate(all="ignore"):
-            flat = (flat / k[:, None]).astype(np.float32)
-        lo, hi = lo / k, hi / k
-        if lo_hi is not None:
-            lo_hi = (lo_hi[0] / k[0], lo_hi[1] / k[0])
-    elif flat.dtype != np.float32:
-        flat = flat.astype(np.float32)
+            flat = ((flat - shift[:, None]) / scale[:, None]).astype(np.float32)
+            base, top = (base - shift) / scale, (top - shift) / scale
 
     if method == "standardize":
         out = _standardize(flat, finite, bad, count, constant)
-    else:
-        if method == "minmax":
-            span_lo, span_hi = lo, hi
-        elif method == "layer":
-            l_all = float(lo[has_values].min()) if has_values.any() else 0.0
-            h_all = float(hi[has_values].max()) if has_values.any() else 0.0
-            span_lo, span_hi = np.full(c, l_all), np.full(c, h_all)
-        else:
-            span_lo, span_hi = np.full(c, lo_hi[0]), np.full(c, lo_hi[1])
-        out = _stretch(flat, bad, span_lo, span_hi)
+    else:  # the range methods: base -> 0 and top -> 255, for each channel
+        out = _stretch(flat, bad, base, top)
     return out.reshape(a.shape), flags
 
 
 def _standardize(flat: np.ndarray, finite: np.ndarray | None, bad: np.ndarray | None,
                  count: np.ndarray, constant: np.ndarray) -> np.ndarray:
-    """``(C, N)`` float32 -> uint8 with the tutorials' formula, statistics over finite values."""
+    """``(C, N)`` float32 -> uint8 with the tutorials' formula, statistics over finite values.
+
+    The mean is taken twice (the corrected two-pass algorithm): the float32 mean of a
+    channel whose spread is small next to its magnitude is off by a few of its last bits,
+    which can be as much as the spread itself; the mean of the deviations from it takes
+    that error back out.
+    """
     denom = np.maximum(count, 1)
     # numpy sums float32 rows pairwise (relative error ~1e-7): as good as
     # float64 accumulators at a third of the cost (einsum is not pairwise).
@@ -201,13 +211,15 @@ def _standardize(flat: np.ndarray, finite: np.ndarray | None, bad: np.ndarray | 
     d = np.subtract(flat, mean.astype(np.float32)[:, None])  # the one big buffer, reused as output
     if bad is not None:
         np.copyto(d, 0, where=bad)  # out of the variance, and no inf * 0 below
-    std = np.sqrt(np.square(d).sum(axis=1).astype(np.float64) / denom)
+    shift = d.sum(axis=1).astype(np.float64) / denom  # the first mean's rounding error
+    var = np.square(d).sum(axis=1).astype(np.float64) / denom - shift * shift
+    std = np.sqrt(np.maximum(var, 0.0))
     # Constant channels can show a tiny std from rounding of the mean: force 128.
     usable = (std > 0) & ~constant
     scale = np.zeros(flat.shape[0])
     scale[usable] = np.minimum(64.0 / std[usable], _F32_MAX)
     d *= scale.astype(np.float32)[:, None]
-    d += 128
+    d += (128 - shift * scale).astype(np.float32)[:, None]
     np.clip(d, 0, 255, out=d)
     if bad is not None:
         np.copyto(d, 0, where=bad)
@@ -224,7 +236,10 @@ def _stretch(flat: np.ndarray, bad: np.ndarray | None, lo: np.ndarray,
     d = np.subtract(flat, lo.astype(np.float32)[:, None])
     if bad is not None:
         np.copyto(d, 0, where=bad)  # lands on index 0, and no inf * 0 below
-    d *= gain.astype(np.float32)[:, None]
+    with np.errstate(over="ignore", invalid="ignore"):  # far outside a global range: inf, clipped
+        d *= gain.astype(np.float32)[:, None]
+    if not wide.all():
+        d[~wide] = 0  # a constant channel or range maps to 0 (and inf * 0 is no NaN)
     d += 0.5  # round to nearest by truncation below
     np.clip(d, 0, 255, out=d)
     return d.astype(np.uint8)

@@ -1,0 +1,200 @@
+"""The zoo sweep: real architectures with random weights, through the ``convlens`` command.
+
+Every ``keras.applications`` name convlens lists, torchvision models across
+families (classification and segmentation), and some of them exported to ONNX
+and converted to TFLite, each run through ``layers``, ``maps --layers blocks``,
+``stats`` and ``report`` in-process (``convlens.cli.main``). Each run must end
+with status 0 and write nothing on stderr (no traceback, no framework log), each
+grid must show something (not one colour), and every convolution must have a
+finite receptive field (or see the whole input, after a global pooling).
+
+Inputs are small (64 px where the architecture allows) so that the sweep takes
+minutes; sizes are chosen so that the last block still has a map of 2x2 or more.
+"""
+
+from __future__ import annotations
+
+import gc
+import io
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import pytest
+
+import convlens
+from convlens.adapters.keras import ZOO
+from convlens.cli import main
+from convlens.render.grid import PALETTE_LEVELS
+
+pytestmark = pytest.mark.slow
+
+#: Input sizes that differ from 64 px: the architecture's minimum, or a size whose last
+#: block is still 2x2 or larger (a 1x1 map is one colour per channel, whatever its weights).
+KERAS_SIZES = {"inception_v3": 107, "xception": 71}
+TORCHVISION = {
+    "resnet18": 64, "resnet50": 64, "densenet121": 64, "efficientnet_b0": 64, "efficientnet_v2_s": 64,
+    "mobilenet_v3_small": 64, "mobilenet_v3_large": 64, "convnext_tiny": 64, "regnet_y_400mf": 64,
+    "inception_v3": 107, "googlenet": 64, "squeezenet1_1": 64, "shufflenet_v2_x0_5": 64,
+    "mnasnet0_5": 64, "alexnet": 64, "vgg11_bn": 64, "vit_b_16": 224, "swin_t": 64,
+    "fcn_resnet50": 64, "deeplabv3_mobilenet_v3_large": 64, "lraspp_mobilenet_v3_large": 64,
+}
+
+
+@pytest.fixture(scope="module")
+def photo(tmp_path_factory) -> str:
+    """The shipped photo at 80x60: a real picture, so activations are not degenerate."""
+    path = tmp_path_factory.mktemp("zoo_input") / "cat.png"
+    PIL.Image.open(convlens.SAMPLE_PHOTO).convert("RGB").resize((80, 60)).save(path)
+    return str(path)
+
+
+def cli(capfd, *argv: str) -> str:
+    """Run ``convlens ARGV`` in-process; status 0, nothing on stderr; returns stdout.
+
+    Python warnings count as stderr: the console shows them (Python's default filters,
+    which pytest would otherwise replace with its own capture).
+    """
+    out, err = io.StringIO(), io.StringIO()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")
+        for category in (DeprecationWarning, PendingDeprecationWarning, ImportWarning, ResourceWarning):
+            warnings.simplefilter("ignore", category)
+        status = main(list(argv), stdout=out, stderr=err)
+    native = capfd.readouterr()  # what frameworks wrote on file descriptors 1 and 2
+    stderr = err.getvalue() + native.err + "".join(
+        warnings.formatwarning(w.message, w.category, w.filename, w.lineno) for w in caught)
+    assert status == 0, f"{' '.join(argv)}: status {status}: {stderr}"
+    assert not stderr.strip(), f"{' '.join(argv)} wrote on stderr: {stderr}"
+    return out.getvalue() + native.out
+
+
+def not_blank(png: Path, entry: dict) -> bool:
+    """A grid shows at least two colormap levels (palette entries 0-239; the rest is chrome).
+
+    Unless every drawn channel is constant, and flagged so: a conv after a 3x3 max pool on
+    a 2x2 map (GoogLeNet's last pool branch) sees the same window at every pixel.
+    """
+    with PIL.Image.open(png) as im:
+        assert im.mode == "P"
+        pixels = np.asarray(im)
+    if np.unique(pixels[pixels < PALETTE_LEVELS]).size >= 2:
+        return True
+    return len(set(entry["flags"]["constant"])) == entry["channels_shown"]
+
+
+def sweep(capfd, model: str, photo: str, out: Path, *extra: str) -> dict:
+    """``layers``, ``maps --layers blocks``, ``stats`` and ``report`` on one model."""
+    table = json.loads(cli(capfd, "layers", model, *extra, "--json"))
+    convs = [row for row in table if row["kind"] == "conv"]
+    assert convs, f"{model}: no convolution in {[row['type'] for row in table]}"
+    for row in convs:
+        if not row["global_rf"]:  # convs after a global pooling (squeeze-excitation) see everything
+            size, jump = row["rf_size"], row["rf_jump"]
+            assert size is not None and jump is not None, f"{model}: {row['name']} has no receptive field"
+            assert all(isinstance(v, int) and 1 <= v < 100_000 for v in (*size, *jump)), row
+
+    cli(capfd, "maps", model, photo, *extra, "--layers", "blocks", "--out", str(out / "maps"))
+    index = json.loads((out / "maps" / "index.json").read_text())
+    grids = [entry for entry in index["maps"] if entry["layout"] == "grid"]
+    assert grids, f"{model}: no grid drawn"
+    blank = [entry["layer"] for entry in grids if not not_blank(out / "maps" / entry["file"], entry)]
+    assert not blank, f"{model}: blank grids for {blank}"
+
+    stats = json.loads(cli(capfd, "stats", model, photo, *extra, "--layers", "blocks", "--json"))
+    assert {layer["name"] for layer in stats["layers"]} == {entry["layer"] for entry in index["maps"]}
+
+    report = out / "report.html"
+    cli(capfd, "report", model, photo, *extra, "--layers", "blocks", "--out", str(report))
+    page = report.read_text()
+    assert page.lstrip().lower().startswith("<!doctype html") and "data:image/png;base64," in page
+    assert all(entry["layer"] in page for entry in grids)
+    return {"layers": table, "maps": index, "stats": stats}
+
+
+# --------------------------------------------------------------------------- keras.applications
+
+
+@pytest.mark.keras
+@pytest.mark.parametrize("name", sorted(ZOO))
+def test_keras_applications(name, keras, photo, tmp_path, capfd):
+    size = KERAS_SIZES.get(name, 64)
+    try:
+        sweep(capfd, name, photo, tmp_path, "--weights", "none", "--input-shape", f"{size},{size},3")
+    finally:
+        keras.backend.clear_session()  # the next model starts from a clean graph and memory
+        gc.collect()
+
+
+# --------------------------------------------------------------------------- torchvision
+
+
+@pytest.mark.parametrize("name", sorted(TORCHVISION))
+def test_torchvision(name, photo, tmp_path, capfd):
+    size = TORCHVISION[name]
+    result = sweep(capfd, f"torchvision:{name}", photo, tmp_path, "--weights", "none",
+                   "--input-shape", f"{size},{size},3")
+    assert result["layers"][0]["output_shape"] == [size, size, 3]
+
+
+# --------------------------------------------------------------------------- exported files
+
+
+@pytest.fixture(scope="module")
+def onnx_files(tmp_path_factory) -> dict[str, Path]:
+    """torchvision models exported both ways: the dynamo exporter and the TorchScript one."""
+    import torch
+    import torchvision
+
+    root = tmp_path_factory.mktemp("zoo_onnx")
+    files = {}
+    x = torch.zeros(1, 3, 64, 64)
+    for name, dynamo, free in (("resnet18", True, False), ("mobilenet_v3_small", False, True),
+                               ("squeezenet1_1", False, False), ("efficientnet_b0", False, False)):
+        model = torchvision.models.get_model(name, weights=None).eval()
+        files[name] = root / f"{name}.onnx"
+        axes = {"image": {2: "height", 3: "width"}} if free else None
+        torch.onnx.export(model, (x,), str(files[name]), input_names=["image"], dynamo=dynamo,
+                          dynamic_axes=axes)
+    return files
+
+
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v3_small", "squeezenet1_1", "efficientnet_b0"])
+def test_onnx_exports(name, onnx_files, photo, tmp_path, capfd):
+    path = onnx_files[name]
+    free = name == "mobilenet_v3_small"  # exported with free height and width: --size picks them
+    extra = ("--size", "72x96") if free else ()
+    result = sweep(capfd, str(path), photo, tmp_path, *extra)
+    assert result["layers"][0]["output_shape"] == ([None, None, 3] if free else [64, 64, 3])
+
+
+@pytest.fixture(scope="module")
+def tflite_files(tmp_path_factory) -> dict[str, Path]:
+    """Keras models converted to TFLite: float MobileNetV2, and MobileNetV3Small with int8 weights."""
+    import os
+
+    if os.environ.get("KERAS_BACKEND", "tensorflow") != "tensorflow":
+        pytest.fail("TFLite conversion needs KERAS_BACKEND=tensorflow")  # make test runs it there
+    import keras
+    import tensorflow as tf
+
+    root = tmp_path_factory.mktemp("zoo_tflite")
+    files = {}
+    for name, ctor, quantise in (("mobilenet_v2", "MobileNetV2", False),
+                                 ("mobilenet_v3_small_int8_weights", "MobileNetV3Small", True)):
+        model = getattr(keras.applications, ctor)(weights=None, input_shape=(64, 64, 3))
+        converter = tf.lite.TFLiteConverter.from_keras_model(model)
+        if quantise:  # dynamic-range quantisation: int8 weights, float activations
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        files[name] = root / f"{name}.tflite"
+        files[name].write_bytes(converter.convert())
+        keras.backend.clear_session()
+    return files
+
+
+@pytest.mark.parametrize("name", ["mobilenet_v2", "mobilenet_v3_small_int8_weights"])
+def test_tflite_conversions(name, tflite_files, photo, tmp_path, capfd):
+    result = sweep(capfd, str(tflite_files[name]), photo, tmp_path)
+    assert result["layers"][0]["output_shape"] == [64, 64, 3]
