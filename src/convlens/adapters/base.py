@@ -17,9 +17,11 @@ from typing import Callable, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
+from .._errors import BadArgument
 from ..core.layers import KINDS, LayerInfo
 
-__all__ = ["Adapter", "Gradients", "LayerInfo", "OnOutput", "KINDS", "Target", "first_line"]
+__all__ = ["Adapter", "Gradients", "LayerInfo", "OnOutput", "KINDS", "Target", "first_line",
+           "target_cotangent"]
 
 #: Called once per captured layer output during a forward pass: (layer index, array).
 OnOutput = Callable[[int, np.ndarray], None]
@@ -110,6 +112,31 @@ class Target:
         for i in range(n):
             cot[i, ..., int(channels[i])] = planes[i] * float(weights[i])
         return cot
+
+
+def target_cotangent(target: Target, shape: Sequence[int], layer: str | None = None) -> np.ndarray:
+    """:meth:`Target.cotangent_for`, with convlens's own one-line error for a target that does not fit.
+
+    Args:
+        target: the target.
+        shape: the canonical shape of the output the score is read from, batch first.
+        layer: the name of the layer the score is read from; ``None``: the model's output.
+
+    Raises:
+        BadArgument: a class (channel) index out of range, or a mask or cotangent that does not fit.
+    """
+    c = int(shape[-1])
+    if target.cotangent is None:
+        bad = [int(ch) for ch in target.channels if not 0 <= int(ch) < c]
+        if bad and layer is None:
+            raise BadArgument(f"class {bad[0]} is out of range: the model has {c} classes (0-{c - 1})")
+        if bad:
+            raise BadArgument(f"channel {bad[0]} is out of range: layer {layer} has {c} channels (0-{c - 1})")
+    try:
+        return target.cotangent_for(shape)
+    except ValueError as exc:
+        where = f"layer {layer}" if layer is not None else "the model's output"
+        raise BadArgument(f"the target does not fit {where}: {exc}") from None
 
 
 def _per_item(values: Sequence[float] | Sequence[int], n: int, what: str) -> list:

@@ -9,6 +9,7 @@ layers inside others (transfer learning). The wrappers are always removed in
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import warnings
@@ -19,11 +20,12 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from .._errors import BadModel, MissingDependency, UnsafeModel, UnsupportedModel, WeightsUnavailable
+from .._errors import (BadModel, LayerNotFound, MissingDependency, UnsafeModel, UnsupportedModel,
+                       WeightsUnavailable)
 from ..core.kinds import kind_of
 from ..core.layers import LayerInfo
 from ..core.receptive import with_receptive_fields
-from .base import Gradients, OnOutput, Target
+from .base import Gradients, OnOutput, Target, target_cotangent
 from .base import first_line as _first_line  # one-line error messages
 
 __all__ = ["KerasAdapter", "ZOO", "import_keras", "load_keras_file", "load_zoo_model"]
@@ -289,8 +291,6 @@ class KerasAdapter:
     framework = "keras"
     class_names: list[str] | None = None
     class_names_source = ""
-    final_activation: str | None = None
-
     def __init__(self, model: Any, *, input_shape: Sequence[int | None] | None = None,
                  preprocess: str | None = None) -> None:
         self.keras = import_keras()
@@ -521,7 +521,11 @@ class KerasAdapter:
 
     @contextmanager
     def _wrapped(self, record: Any) -> Iterator[None]:
-        """Wrap every leaf layer's ``call`` to report its output; always unwrapped."""
+        """Wrap every leaf layer's ``call`` to report its output; always unwrapped.
+
+        ``record(layer, name, args, output)`` may return a replacement for the
+        output (a gradient pass's leaf on torch); ``None`` keeps it.
+        """
         wrapped: list[tuple[Any, bool]] = []
         try:
             for layer, name in self._named_leaves(self.model, ""):
@@ -531,8 +535,8 @@ class KerasAdapter:
                 def call(*args: Any, __orig: Any = original, __layer: Any = layer, __name: str = name,
                          **kwargs: Any) -> Any:
                     out = __orig(*args, **kwargs)
-                    record(__layer, __name, args, out)
-                    return out
+                    new = record(__layer, __name, args, out)
+                    return out if new is None else new
 
                 object.__setattr__(layer, "call", call)
                 wrapped.append((layer, had_own))
@@ -651,14 +655,209 @@ class KerasAdapter:
             a = np.moveaxis(a, 1, -1)
         return a
 
-    # ----------------------------------------------------------------- gradients (filled in by issue 8)
+    # ----------------------------------------------------------------- gradients
+
+    @property
+    def final_activation(self) -> str | None:
+        """The model's last operation as its last layer says (see :func:`_final_activation`)."""
+        self.layers()
+        last = self._objects[-1] if self._objects else None
+        return _final_activation(last) if last is not None else None
 
     def gradients_unavailable(self) -> str | None:
-        return "gradients are not implemented yet"
+        backend = self.keras.backend.backend()
+        if backend in ("tensorflow", "torch"):
+            return None
+        return (f"gradients of Keras models on the {backend} backend are not supported yet: run with "
+                "KERAS_BACKEND=tensorflow or KERAS_BACKEND=torch, or use a forward-only method (Score-CAM, "
+                "Eigen-CAM, occlusion)")
 
     def gradients(self, batch: np.ndarray, target: Target, layers: Sequence[int] = (), *,
                   wrt_input: bool = False, need_output: bool = True) -> Gradients:
-        raise UnsupportedModel(f"{self.name}: {self.gradients_unavailable()}")
+        """One forward and one backward pass (see :meth:`Adapter.gradients`).
+
+        TensorFlow: a ``GradientTape`` that watches no variable, only the
+        output of the earliest needed layer (the input with ``wrt_input``), so
+        it records only the network after that layer. torch backend: autograd,
+        with that output detached as the one leaf and every variable's
+        ``requires_grad`` off for the pass (restored after). Layers run in
+        inference mode (``training=False``). A final softmax (a layer's
+        ``activation``, a ``Softmax`` or ``Activation`` layer) is read at its
+        input: the class score is the logit.
+        """
+        why = self.gradients_unavailable()
+        if why:
+            raise UnsupportedModel(f"{self.name}: {why}")
+        table = self.layers()
+        torch_backend = self.keras.backend.backend() == "torch"
+        rows = sorted({int(r) for r in layers})
+        for r in [*rows, *([] if target.layer is None else [int(target.layer)])]:
+            if not 0 <= r < len(table):
+                raise LayerNotFound(f"row {r} does not exist: {self.name} has rows 0-{len(table) - 1} "
+                                    "(Lens.layers() lists them)")
+        needed = set(rows) | ({int(target.layer)} if target.layer is not None else set())
+        start = 0 if wrt_input or 0 in needed else min(needed, default=None)
+        stop_after = max(needed) if not need_output and target.layer is not None else None
+        by_object: dict[int, list[int]] = {}
+        for row, obj in enumerate(self._objects):
+            if obj is not None:
+                by_object.setdefault(id(obj), []).append(row)
+        final = self._objects[-1] if target.layer is None and self._objects else None
+        logit_from = _logit_source(final) if final is not None else None
+        x = np.asarray(batch, dtype="float32")
+        if self.channels_first and x.ndim == 4:
+            x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+        captured: dict[int, Any] = {}
+        logits: list[Any] = []
+        seen: dict[int, int] = {}
+
+        if torch_backend:
+            import torch
+
+            tape: Any = None
+
+            def leaf(t: Any) -> Any:
+                return t.detach().requires_grad_()
+        else:
+            import tensorflow as tf
+
+            tape = tf.GradientTape(watch_accessed_variables=False)
+
+            def leaf(t: Any) -> Any:
+                tape.watch(t)
+                return t
+
+        def record(layer: Any, name: str, args: tuple, out: Any) -> Any:
+            if logit_from == "input" and layer is final:
+                inputs = [a for a in self.keras.tree.flatten(args) if hasattr(a, "shape")]
+                logits[:] = inputs[:1]
+            layer_rows = by_object.get(id(layer))
+            if not layer_rows:
+                return None
+            k = seen.get(id(layer), 0)
+            seen[id(layer)] = k + 1  # the k-th call of a shared layer is its k-th row
+            row = layer_rows[k] if k < len(layer_rows) else None
+            first = _first_tensor(out)
+            if row not in needed or first is None:
+                return None
+            new = None
+            if row == start:
+                first = leaf(first)
+                new = _replace_first(out, first)
+            captured[row] = first
+            if row == stop_after:
+                raise _StopForward
+            return new
+
+        def capture_logits(fn: Any) -> Callable[[Any], Any]:
+            def activation(t: Any) -> Any:
+                logits[:] = [t]
+                return fn(t)
+            return activation
+
+        x_t = self.keras.ops.convert_to_tensor(x)
+        swapped = final.activation if logit_from == "activation" else None
+        variables = self._torch_parameters() if torch_backend else []
+        flags = [p.requires_grad for p in variables]
+        try:
+            for p in variables:
+                p.requires_grad_(False)
+            if swapped is not None:
+                object.__setattr__(final, "activation", capture_logits(swapped))
+            with contextlib.ExitStack() as stack:
+                stack.enter_context(torch.enable_grad() if torch_backend else tape)
+                if start == 0:
+                    x_t = leaf(x_t)
+                    captured[0] = x_t
+                stack.enter_context(self._wrapped(record))
+                stack.enter_context(warnings.catch_warnings())
+                warnings.filterwarnings("ignore", message=r".*structure of `inputs`.*")
+                try:
+                    y = _first_tensor(self.model(x_t, training=False))
+                except _StopForward:
+                    y = None
+        finally:
+            if swapped is not None:
+                object.__setattr__(final, "activation", swapped)
+            for p, flag in zip(variables, flags):
+                p.requires_grad_(flag)
+
+        is_logit = False
+        if target.layer is None:
+            if y is None:
+                raise UnsupportedModel(f"{self.name} returned no tensor to take a class score from; pick a "
+                                       "layer as the target")
+            score_t, where = y, None
+            if logits and tuple(logits[0].shape) == tuple(y.shape):
+                score_t, is_logit = logits[0], True
+        else:
+            if int(target.layer) not in captured:
+                raise self._no_output(int(target.layer))
+            score_t, where = captured[int(target.layer)], table[int(target.layer)].name
+        missing = [r for r in rows if r not in captured]
+        if missing:
+            raise self._no_output(missing[0])
+        score_np = self._numpy(score_t)
+        cot = target_cotangent(target, score_np.shape, where)
+        score = (score_np.astype(np.float64) * cot).reshape(len(cot), -1).sum(axis=1)
+        sources = [r for r in rows if r != 0 or start == 0]
+        if wrt_input and 0 not in sources:
+            sources.append(0)
+        sources = [r for r in sources if r in captured]
+        cot_native = self._native(cot, score_t)
+        found: list[Any] = [None] * len(sources)
+        if sources:
+            if torch_backend:
+                inputs = [captured[r] for r in sources]
+                usable = [i for i, t in enumerate(inputs) if t.requires_grad]
+                if usable and score_t.requires_grad:
+                    got = torch.autograd.grad([score_t], [inputs[i] for i in usable], [cot_native],
+                                              allow_unused=True)
+                    for i, g in zip(usable, got):
+                        found[i] = g
+            else:
+                found = tape.gradient(score_t, [captured[r] for r in sources], output_gradients=cot_native)
+        by_row = dict(zip(sources, found))
+        activations: dict[int, np.ndarray] = {}
+        grads: dict[int, np.ndarray] = {}
+        for r in rows:
+            activations[r] = np.asarray(batch, np.float32).copy() if r == 0 else self._numpy(captured[r])
+            g = by_row.get(r)
+            grads[r] = self._numpy(g) if g is not None else np.zeros_like(activations[r])
+        input_grad = None
+        if wrt_input:
+            g = by_row.get(0)
+            input_grad = self._numpy(g) if g is not None else np.zeros(np.shape(batch), np.float32)
+        return Gradients(output=self._numpy(y) if y is not None else None, score=score,
+                         activations=activations, grads=grads, input_grad=input_grad, logits=is_logit)
+
+    def _torch_parameters(self) -> list[Any]:
+        """The torch tensors behind the model's variables (Keras on torch)."""
+        import torch
+
+        found: dict[int, Any] = {}
+        for v in self.model.variables:
+            t = getattr(v, "value", None)
+            if isinstance(t, torch.Tensor) and t.is_floating_point():
+                found.setdefault(id(t), t)
+        return list(found.values())
+
+    def _numpy(self, t: Any) -> np.ndarray:
+        """A backend tensor as a canonical float32 numpy array."""
+        if hasattr(t, "detach"):
+            t = t.detach()
+        return self._canonical_array(self.keras.ops.convert_to_numpy(t))
+
+    def _native(self, cot: np.ndarray, like: Any) -> Any:
+        """A canonical numpy cotangent as a tensor in the layout and dtype of ``like``."""
+        if self.channels_first and cot.ndim in (3, 4):
+            cot = np.ascontiguousarray(np.moveaxis(cot, -1, 1))
+        return self.keras.ops.cast(self.keras.ops.convert_to_tensor(cot), like.dtype)
+
+    def _no_output(self, row: int) -> UnsupportedModel:
+        name = self.layers()[row].name
+        return UnsupportedModel(f"layer {name} (row {row}) gave no output in this pass of {self.name} (it "
+                                "was not called for this input); pick another layer")
 
     def kernels(self, index: int) -> np.ndarray:
         table = self.layers()
@@ -668,6 +867,58 @@ class KerasAdapter:
             raise UnsupportedModel(f"layer {table[index].name} ({table[index].type}) has no convolution "
                                    "kernel; select conv layers (--layers conv)")
         return _to_canonical_kernel(layer, np.asarray(self.keras.ops.convert_to_numpy(raw), dtype=np.float32))
+
+
+class _StopForward(Exception):
+    """Raised from a wrapped call once the last layer a gradient pass needs has run."""
+
+
+def _activation_name(fn: Any) -> str:
+    return str(getattr(fn, "__name__", "")).lower()
+
+
+def _final_activation(layer: Any) -> str | None:
+    """What a model's last layer ends with: ``"softmax"``, ``"sigmoid"``, ``"linear"``, else ``None``.
+
+    Read from its ``activation`` (a Dense or Conv layer's, an ``Activation``
+    layer's) or its type (``Softmax``). Operations applied with ``keras.ops``
+    in a subclassed model's ``call`` after its last layer are not seen.
+    """
+    if type(layer).__name__ == "Softmax":
+        return "softmax"
+    name = _activation_name(getattr(layer, "activation", None))
+    return name if name in ("softmax", "sigmoid", "linear") else None
+
+
+def _logit_source(layer: Any) -> str | None:
+    """Where the logits before a final softmax are: ``"activation"`` (the input of the layer's own
+    activation), ``"input"`` (a Softmax/Activation layer's input), or ``None`` (no final softmax)."""
+    if _final_activation(layer) != "softmax":
+        return None
+    if type(layer).__name__ in ("Softmax", "Activation"):
+        return "input"
+    return "activation"
+
+
+def _replace_first(out: Any, new: Any) -> Any:
+    """``out`` with its first tensor replaced by ``new`` (containers copied)."""
+    if hasattr(out, "shape") and hasattr(out, "dtype"):
+        return new
+    if isinstance(out, (list, tuple)):
+        items = list(out)
+        for i, o in enumerate(items):
+            if _first_tensor(o) is not None:
+                items[i] = _replace_first(o, new)
+                break
+        return type(out)(items) if not hasattr(out, "_fields") else type(out)(*items)
+    if isinstance(out, dict):
+        items_d = dict(out)
+        for k, o in items_d.items():
+            if _first_tensor(o) is not None:
+                items_d[k] = _replace_first(o, new)
+                break
+        return items_d
+    return out
 
 
 class _NeedsProbe(Exception):

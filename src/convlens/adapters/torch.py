@@ -59,12 +59,12 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from .._errors import (BadModel, ConvlensError, MissingDependency, UnsafeModel, UnsupportedModel,
-                       WeightsUnavailable)
+from .._errors import (BadModel, ConvlensError, LayerNotFound, MissingDependency, UnsafeModel,
+                       UnsupportedModel, WeightsUnavailable)
 from ..core.kinds import kind_of
 from ..core.layers import LayerInfo
 from ..core.receptive import with_receptive_fields
-from .base import Gradients, OnOutput, Target
+from .base import Gradients, OnOutput, Target, target_cotangent
 from .base import first_line as _first_line  # one-line error messages
 
 __all__ = ["TorchAdapter", "import_torch", "load_state_dict_file", "open_torch_file", "open_torchvision"]
@@ -215,6 +215,46 @@ def _to_numpy(t: Any, channels_last: bool = False) -> np.ndarray:
     if t.ndim >= 3 and not channels_last:
         t = t.movedim(1, -1)
     return t.clone(memory_format=torch.contiguous_format).numpy()
+
+
+def _replaced(out: Any, new: Mapping[tuple, Any]) -> Any:
+    """A module's output with the tensors at the given key paths replaced (a copy of its containers)."""
+    if () in new:
+        return new[()]
+    if isinstance(out, Mapping):
+        items = {k: _replaced(v, {p[1:]: t for p, t in new.items() if p[0] == str(k)})
+                 for k, v in out.items()}
+        try:
+            return type(out)(items)  # type: ignore[call-arg]
+        except TypeError:
+            return items
+    if isinstance(out, (tuple, list)):
+        vals = [_replaced(v, {p[1:]: t for p, t in new.items() if p[0] == i}) if any(p[0] == i for p in new)
+                else v for i, v in enumerate(out)]
+        if isinstance(out, tuple) and hasattr(out, "_fields"):  # a namedtuple
+            return type(out)(*vals)
+        return type(out)(vals)
+    return out
+
+
+class _StopForward(Exception):
+    """Raised from a hook once the last row a gradient pass needs has run (``need_output=False``)."""
+
+
+#: A final module of these types turns logits into probabilities: a class score is read before it.
+_SOFTMAX_TYPES = ("Softmax", "LogSoftmax", "Softmax2d")
+
+
+def _final_activation(records: Sequence[_Record]) -> str | None:
+    """What the model's last row is, when it is a probability layer: ``"softmax"``/``"sigmoid"``, else ``None``.
+
+    Read from the module types only: a softmax applied functionally in
+    ``forward`` is not seen.
+    """
+    if not records:
+        return None
+    return {"Softmax": "softmax", "Softmax2d": "softmax", "Sigmoid": "sigmoid"}.get(
+        _type_name(records[-1].module))
 
 
 # --------------------------------------------------------------------------- module facts
@@ -371,8 +411,6 @@ class TorchAdapter:
     framework = "torch"
     class_names: list[str] | None = None
     class_names_source = ""
-    final_activation: str | None = None
-
     def __init__(self, module: Any, *, input_shape: Sequence[int | None] | None = None,
                  preprocess: str | None = None, name: str | None = None) -> None:
         torch = import_torch()
@@ -488,7 +526,7 @@ class TorchAdapter:
     def _forward(self, x: Any, *, probe: bool = False) -> Any:
         try:
             return self.module(x)
-        except ConvlensError:
+        except (ConvlensError, _StopForward):
             raise
         except Exception as exc:
             # the probe's size is ours (--input-shape changes it); an image's size is the user's (--size)
@@ -630,7 +668,7 @@ class TorchAdapter:
         batch = np.asarray(batch, dtype=np.float32)
         if 0 in wanted_set:
             on_output(0, batch)
-        targets: dict[int, dict[int, list[tuple[int, tuple]]]] = {}
+        targets: dict[int, dict[int, list[tuple[int, tuple, bool]]]] = {}
         modules: dict[int, Any] = {}
         for row, rec in enumerate(self._records, start=1):
             if row in wanted_set:
@@ -651,14 +689,155 @@ class TorchAdapter:
         first = next(iter(_float_tensors(y)), None)
         return _to_numpy(first[1]) if first is not None else np.zeros((len(batch), 0), np.float32)
 
-    # ----------------------------------------------------------------- gradients (filled in by issue 8)
+    # ----------------------------------------------------------------- gradients
+
+    @property
+    def final_activation(self) -> str | None:
+        """``"softmax"``/``"sigmoid"`` when the model's last row is that module, else ``None``."""
+        self.layers()
+        return _final_activation(self._records)
 
     def gradients_unavailable(self) -> str | None:
-        return "gradients are not implemented yet"
+        return None
 
     def gradients(self, batch: np.ndarray, target: Target, layers: Sequence[int] = (), *,
                   wrt_input: bool = False, need_output: bool = True) -> Gradients:
-        raise UnsupportedModel(f"{self.name}: {self.gradients_unavailable()}")
+        """One forward and one backward pass with autograd (see :meth:`Adapter.gradients`).
+
+        No parameter gets a gradient: every ``requires_grad`` flag is off for
+        the pass (restored after). Without ``wrt_input``, the output of the
+        earliest needed row is detached and made a leaf in its hook, so
+        autograd records only the network after it: a Grad-CAM pass at the
+        last conv layer costs about one forward pass. Each captured output is
+        handed on as a clone, so an in-place op after it (``ReLU(inplace=True)``)
+        changes neither the captured values nor their gradient. With
+        ``need_output=False`` and a layer target, the pass stops once the last
+        needed row has run.
+        """
+        torch = self.torch
+        table = self.layers()
+        batch = np.asarray(batch, dtype=np.float32)
+        rows = sorted({int(r) for r in layers})
+        for r in [*rows, *([] if target.layer is None else [int(target.layer)])]:
+            if not 0 <= r < len(table):
+                raise LayerNotFound(f"row {r} does not exist: {self.name} has rows 0-{len(table) - 1} "
+                                    "(Lens.layers() lists them)")
+        needed = set(rows) | ({int(target.layer)} if target.layer is not None else set())
+        start = 0 if wrt_input or 0 in needed else min(needed, default=None)
+        stop_after = max(needed) if not need_output and target.layer is not None else None
+
+        # per (module, call): the rows it gives, with their key and layout
+        plan: dict[int, dict[int, list[tuple[int, tuple, bool]]]] = {}
+        modules: dict[int, Any] = {}
+        for row in needed - {0}:
+            rec = self._records[row - 1]
+            plan.setdefault(id(rec.module), {}).setdefault(rec.call, []).append(
+                (row, rec.key, rec.channels_last))
+            modules[id(rec.module)] = rec.module
+        last = self._records[-1] if self._records else None
+        softmax = (last.module if target.layer is None and last is not None
+                   and _type_name(last.module) in _SOFTMAX_TYPES else None)
+        if softmax is not None:
+            modules[id(softmax)] = softmax
+        captured: dict[int, Any] = {}
+        pre_softmax: list[Any] = []  # (input, output) of the final softmax's last call
+        calls: dict[int, int] = {}
+
+        def hook(module: Any, args: Any, kwargs: Any, output: Any) -> Any:
+            k = calls.get(id(module), 0)
+            calls[id(module)] = k + 1
+            if module is softmax:
+                inputs = _all_tensors(args, kwargs)
+                pre_softmax[:] = [inputs[0] if inputs else None, output]
+            replace: dict[tuple, Any] = {}
+            for row, key, _ in plan.get(id(module), {}).get(k, ()):
+                t = _pick(output, key)
+                if row == start:  # the leaf: autograd records only what comes after it
+                    t = t.detach().requires_grad_()
+                captured[row] = t
+                replace[key] = t.clone()  # an in-place op after this module changes the clone only
+            if stop_after is not None and stop_after in captured:
+                raise _StopForward
+            return _replaced(output, replace) if replace else None
+
+        x = self._to_torch(batch)
+        if start == 0:
+            x.requires_grad_()
+            captured[0] = x
+        params = [(p, p.requires_grad) for p in self.module.parameters()]
+        flags = [(m, m.training) for m in self.module.modules()]
+        y = None
+        try:
+            for p, _ in params:
+                p.requires_grad_(False)
+            self.module.eval()
+            with torch.enable_grad(), self._hooked(list(modules.values()), hook):
+                try:
+                    y = self._forward(x)
+                except _StopForward:
+                    y = None
+            out_t = next(iter(_float_tensors(y)), (None, None))[1] if y is not None else None
+            logits = False
+            if target.layer is None:
+                if out_t is None:
+                    raise UnsupportedModel(f"{self.name} returned no floating-point output to take a class "
+                                           "score from; pick a layer as the target")
+                score_t, score_last, where = out_t, False, None
+                if softmax is not None and len(pre_softmax) == 2 and pre_softmax[1] is out_t \
+                        and pre_softmax[0] is not None and pre_softmax[0].shape == out_t.shape:
+                    score_t, logits = pre_softmax[0], True
+            else:
+                if int(target.layer) not in captured:
+                    raise self._no_output(int(target.layer))
+                score_t = captured[int(target.layer)]
+                score_last = self._channels_last(int(target.layer))
+                where = table[int(target.layer)].name
+            missing = [r for r in rows if r not in captured]
+            if missing:
+                raise self._no_output(missing[0])
+            cot_np = target_cotangent(target, (score_t.shape[0], *_canonical_shape(score_t.shape, score_last)),
+                                      where)
+            cot = torch.from_numpy(cot_np)
+            if cot.ndim >= 3 and not score_last:
+                cot = cot.movedim(-1, 1)
+            cot = cot.to(device=score_t.device, dtype=score_t.dtype)
+            with torch.no_grad():
+                score = (score_t.detach() * cot).flatten(1).sum(1).double().cpu().numpy()
+            wanted = [r for r in rows if captured[r].requires_grad]
+            if wrt_input and 0 not in wanted:
+                wanted.append(0)
+            grads_t: list[Any] = [None] * len(wanted)
+            if wanted and score_t.requires_grad:
+                grads_t = list(torch.autograd.grad([score_t], [captured[r] for r in wanted], [cot],
+                                                   allow_unused=True))
+        finally:
+            for m, flag in flags:
+                m.training = flag
+            for p, flag in params:
+                p.requires_grad_(flag)
+        by_row = dict(zip(wanted, grads_t))
+        activations: dict[int, np.ndarray] = {}
+        grads: dict[int, np.ndarray] = {}
+        for r in rows:
+            t, last_r = captured[r], self._channels_last(r)
+            activations[r] = batch.copy() if r == 0 else _to_numpy(t, last_r)
+            g = by_row.get(r)
+            grads[r] = _to_numpy(g, last_r) if g is not None else np.zeros_like(activations[r])
+        input_grad = None
+        if wrt_input:
+            g = by_row.get(0)
+            input_grad = _to_numpy(g) if g is not None else np.zeros_like(batch)
+        output = _to_numpy(out_t) if out_t is not None else None
+        return Gradients(output=output, score=score, activations=activations, grads=grads,
+                         input_grad=input_grad, logits=logits)
+
+    def _channels_last(self, row: int) -> bool:
+        return row > 0 and self._records[row - 1].channels_last
+
+    def _no_output(self, row: int) -> UnsupportedModel:
+        name = self.layers()[row].name
+        return UnsupportedModel(f"layer {name} (row {row}) gave no output in this pass of {self.name} (its "
+                                "module was not called for this input); pick another layer")
 
     def kernels(self, index: int) -> np.ndarray:
         table = self.layers()
