@@ -93,3 +93,9 @@ class NumpyNet:
 @pytest.fixture
 def numpy_net() -> NumpyNet:
     return NumpyNet()
+
+
+@pytest.fixture
+def make_numpy_net():
+    """The class itself, for networks of other sizes."""
+    return NumpyNet

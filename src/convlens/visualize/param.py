@@ -52,7 +52,7 @@ COLOR_CORRELATION_SVD_SQRT = np.array([[0.26, 0.09, 0.02],
                                        [0.27, 0.00, -0.05],
                                        [0.27, -0.09, 0.03]])
 
-#: :data:`COLOR_CORRELATION_SVD_SQRT` divided by its largest column norm (0.4564),
+#: :data:`COLOR_CORRELATION_SVD_SQRT` divided by its largest column norm (0.4620, the first),
 #: as Lucid normalises it: a decorrelated pixel ``t`` becomes RGB ``t @ M.T``.
 COLOR_CORRELATION = COLOR_CORRELATION_SVD_SQRT / np.max(np.linalg.norm(COLOR_CORRELATION_SVD_SQRT, axis=0))
 
