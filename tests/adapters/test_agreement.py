@@ -11,7 +11,11 @@ results must agree:
   ``rtol=1e-4`` and ``atol=1e-4 * max|x|`` of Keras, kernels within 1e-6;
 * the int8 TFLite model: every layer within a bound derived from its own
   quantisation scales (see :func:`_quant_bound`), kernels within half a
-  quantisation step of each output channel.
+  quantisation step of each output channel;
+* gradients (Keras on the backend under test, PyTorch, ONNX through its
+  onnx2torch conversion): scores, activations, layer and input gradients of a
+  class target and of a conv channel target within ``rtol=1e-4`` and
+  ``atol=1e-4 * max|x|`` of Keras; TFLite refuses, naming what still works.
 
 Layers are matched by their order within each kind, not by name: each
 framework keeps its own naming (``conv1`` / ``conv1`` / ``/conv1/Conv`` /
@@ -26,7 +30,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from convlens import Lens
+from convlens import Lens, UnsupportedModel
+from convlens.adapters.base import Target
 
 SIZE = 32
 CLASSES = 10
@@ -273,3 +278,68 @@ def test_stats_and_report_agree_across_frameworks(twins, tmp_path):
         convs = [layer.name for layer in lens.layers() if layer.kind == "conv"]
         for layer in convs:  # each framework's own names reach the page
             assert layer.replace("&", "&amp;") in page, (name, layer)
+
+
+GRADIENTS = ("keras", "torch", "onnx")
+
+
+@pytest.fixture(scope="module")
+def gradient_twins(tmp_path_factory, keras):
+    """Adapters on the network in Keras (the backend under test), PyTorch and ONNX: no TFLite, whose
+    conversion needs Keras on TensorFlow, so that this part runs under every Keras backend."""
+    import torch
+
+    from convlens.adapters import open_model
+
+    kmodel = _keras_model(keras)
+    tmodel = _torch_twin(kmodel)
+    onnx_path = tmp_path_factory.mktemp("agree-gradients") / "agree.onnx"
+    torch.onnx.export(tmodel, (torch.zeros(1, 3, SIZE, SIZE),), str(onnx_path), input_names=["image"],
+                      output_names=["logits"], dynamo=False)
+    return {"keras": open_model(kmodel), "torch": open_model(tmodel), "onnx": open_model(onnx_path)}
+
+
+def _close(have: np.ndarray, want: np.ndarray, what: str) -> None:
+    assert have.shape == want.shape, what
+    np.testing.assert_allclose(have, want, rtol=1e-4, atol=1e-4 * max(float(np.abs(want).max()), 1e-12),
+                               err_msg=what)
+
+
+@pytest.mark.keras
+def test_gradients_agree_across_frameworks(gradient_twins):
+    """A class score's gradients at every conv and at the input, and a conv channel's mean's
+    gradients at the earlier convs, are the same in every framework that has gradients."""
+    x = _images().astype(np.float32) / 255.0
+    got = {}
+    for name in GRADIENTS:
+        adapter = gradient_twins[name]
+        assert adapter.gradients_unavailable() is None, name
+        convs = [t.index for t in adapter.layers() if t.kind == "conv"]
+        by_class = adapter.gradients(x, Target(channels=(3, 7, 3)), layers=convs, wrt_input=True)
+        by_channel = adapter.gradients(x, Target(layer=convs[2], channels=(5,), reduce="mean"),
+                                       layers=convs[:2], wrt_input=True)
+        got[name] = convs, by_class, by_channel
+    ref_convs, ref_class, ref_channel = got["keras"]
+    assert not ref_class.logits  # the network ends in a plain Dense
+    assert all(np.abs(ref_class.grads[r]).max() > 0 for r in ref_convs)
+    for name in GRADIENTS[1:]:
+        convs, by_class, by_channel = got[name]
+        for want, have, kind in ((ref_class, by_class, "class"), (ref_channel, by_channel, "channel")):
+            _close(have.score, want.score, f"{name} {kind} score")
+            _close(have.input_grad, want.input_grad, f"{name} {kind} input gradient")
+            for r_ref, r in zip(ref_convs, convs):
+                if r_ref in want.grads:
+                    _close(have.activations[r], want.activations[r_ref], f"{name} {kind} activation {r}")
+                    _close(have.grads[r], want.grads[r_ref], f"{name} {kind} gradient {r}")
+        _close(by_class.output, ref_class.output, f"{name} output")
+        assert by_channel.logits is by_class.logits is False
+
+
+def test_tflite_refuses_gradients_naming_the_forward_only_methods(twins):
+    _, _, lenses = twins
+    for name in ("tflite", "tflite-int8"):
+        adapter = lenses[name].adapter
+        why = adapter.gradients_unavailable()
+        assert "Score-CAM, Eigen-CAM, occlusion" in why and "\n" not in why
+        with pytest.raises(UnsupportedModel, match="forward-only methods"):
+            adapter.gradients(_images(1).astype(np.float32) / 255.0, Target())

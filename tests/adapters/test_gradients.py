@@ -19,7 +19,7 @@ from convlens import BadArgument, LayerNotFound, UnsupportedModel
 from convlens.adapters.base import Target
 from convlens.adapters.torch import TorchAdapter
 
-H, W, C_IN, C_MID, K = 3, 4, 2, 3, 4
+H, W, C_IN, C_MID, K = 5, 4, 2, 3, 4
 #: (C_IN, C_MID) and (C_MID, K), in the Keras layout; torch gets the transposes.
 W_CONV = np.array([[1.0, -2.0, 0.5], [0.25, 1.0, -1.0]], np.float32)
 W_DENSE = np.array([[1.0, 0.0, -1.0, 2.0], [0.5, -0.5, 1.0, 0.0], [-2.0, 1.0, 0.0, 3.0]], np.float32)
@@ -93,7 +93,7 @@ def test_torch_layer_target_channel_mean_and_centre():
     x = _batch()
     g = adapter.gradients(x, Target(layer=1, channels=(2,), reduce="mean"), layers=[1], wrt_input=True)
     conv = x @ W_CONV
-    np.testing.assert_allclose(g.score, conv[..., 2].mean(axis=(1, 2)), rtol=1e-5)
+    np.testing.assert_allclose(g.score, conv[..., 2].mean(axis=(1, 2)), rtol=1e-5, atol=1e-6)
     want = np.zeros_like(conv)
     want[..., 2] = 1 / (H * W)
     np.testing.assert_allclose(g.grads[1], want, rtol=1e-6)
@@ -376,7 +376,7 @@ def test_keras_exact_gradients_of_a_class_score(keras, kind):
         np.testing.assert_allclose(g.output[:, k], score, rtol=1e-5)
         assert g.score.dtype == np.float64 and not g.logits
     g = adapter.gradients(x, Target(layer=conv_row, channels=(2,), reduce="mean"), layers=[conv_row])
-    np.testing.assert_allclose(g.score, (x @ W_CONV)[..., 2].mean(axis=(1, 2)), rtol=1e-5)
+    np.testing.assert_allclose(g.score, (x @ W_CONV)[..., 2].mean(axis=(1, 2)), rtol=1e-5, atol=1e-6)
     assert adapter.final_activation == "linear"
 
 
@@ -493,3 +493,251 @@ def test_keras_bad_targets_and_the_jax_backend(keras, monkeypatch):
     assert "jax backend are not supported yet" in why and "Score-CAM, Eigen-CAM, occlusion" in why
     with pytest.raises(UnsupportedModel, match="not supported yet"):
         adapter.gradients(x, Target())
+
+
+# --------------------------------------------------------------------------- ONNX (through onnx2torch)
+
+
+def _onnx_file(model: nn.Module, path, shape=(1, C_IN, H, W)):
+    torch.onnx.export(model.eval(), (torch.zeros(*shape),), str(path), input_names=["image"], dynamo=False)
+    return path
+
+
+class NHWCInput(nn.Module):
+    """The closed-form network taking (N, H, W, C): the ONNX graph starts with a Transpose."""
+
+    def __init__(self, final: nn.Module | None = None) -> None:
+        super().__init__()
+        self.net = _torch_tiny(final)
+
+    def forward(self, x):
+        return self.net(x.permute(0, 3, 1, 2))
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+def test_onnx_exact_gradients_through_the_conversion(tmp_path, layout):
+    from convlens.adapters.onnx import OnnxAdapter
+
+    if layout == "NCHW":
+        path = _onnx_file(_torch_tiny(nn.Softmax(dim=1)), tmp_path / "tiny.onnx")
+    else:
+        path = _onnx_file(NHWCInput(nn.Softmax(dim=1)), tmp_path / "tiny.onnx", (1, H, W, C_IN))
+    adapter = OnnxAdapter(path)
+    assert adapter.channels_first is (layout == "NCHW")
+    assert adapter.batch_size == 1  # a fixed batch of 1: the batch of 3 below goes in chunks
+    assert adapter.final_activation == "softmax" and adapter.gradients_unavailable() is None
+    conv_row = next(t.index for t in adapter.layers() if t.type == "Conv")
+    x = _batch(3)
+    for k in (1, 2):
+        g = adapter.gradients(x, Target(channels=(k,)), layers=[conv_row], wrt_input=True)
+        conv, d_conv, d_in, score = _expected(x, k)
+        assert g.logits
+        np.testing.assert_allclose(g.activations[conv_row], conv, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(g.grads[conv_row], d_conv, rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(g.input_grad, d_in, rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(g.score, score, rtol=1e-5)
+        np.testing.assert_allclose(g.output.sum(axis=1), 1.0, rtol=1e-5)
+    # per item classes and weights are cut per chunk with their own items
+    g = adapter.gradients(x, Target(channels=(0, 1, 3), weights=(1.0, 2.0, -1.0)), layers=[conv_row])
+    for i, (k, w) in enumerate(((0, 1.0), (1, 2.0), (3, -1.0))):
+        np.testing.assert_allclose(g.grads[conv_row][i], w * _expected(x, k)[1][i], rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(g.score[i], w * _expected(x, k)[3][i], rtol=1e-5)
+    with pytest.raises(BadArgument, match=r"^class 9 is out of range: the model has 4 classes \(0-3\)$"):
+        adapter.gradients(x, Target(channels=(9,)))
+
+
+def _unconvertible(path):
+    """Conv -> GlobalLpPool, an operator onnxruntime runs and onnx2torch has no converter for."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.ones((2, 3, 1, 1), np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["image", "w"], ["conv"], name="conv"),
+         helper.make_node("GlobalLpPool", ["conv"], ["pooled"], name="lp", p=2)],
+        "lp", [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, 4, 4])],
+        [helper.make_tensor_value_info("pooled", TensorProto.FLOAT, [1, 2, 1, 1])], [w])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8), str(path))
+    return path
+
+
+def test_onnx_a_graph_onnx2torch_cannot_convert_says_what_still_works(tmp_path):
+    from convlens import Lens
+    from convlens.adapters.onnx import OnnxAdapter
+
+    adapter = OnnxAdapter(_unconvertible(tmp_path / "lp.onnx"))
+    x = np.ones((1, 4, 4, 3), np.float32)
+    y = adapter.run(x, [], lambda i, a: None)  # onnxruntime runs it: forward-only methods work
+    np.testing.assert_allclose(y.ravel(), [12.0, 12.0], rtol=1e-6)  # sqrt(16 * 3^2)
+    why = adapter.gradients_unavailable()
+    assert why == ("gradients of lp.onnx need its graph converted to PyTorch, and onnx2torch cannot convert "
+                   "it (it has no converter for the ONNX operator GlobalLpPool); the forward-only "
+                   "methods (Score-CAM, Eigen-CAM, occlusion) still work")
+    with pytest.raises(UnsupportedModel) as err:
+        adapter.gradients(x, Target(layer=1, channels=(0,)), layers=[1])
+    assert str(err.value) == why and "\n" not in why
+    assert Lens(tmp_path / "lp.onnx").feature_maps([x[0]], layers="all")  # the rest of convlens is untouched
+
+
+def test_onnx_a_conversion_that_disagrees_with_onnxruntime_is_refused(tmp_path, monkeypatch):
+    import onnx2torch
+
+    from convlens.adapters.onnx import OnnxAdapter
+
+    path = _onnx_file(_torch_tiny(), tmp_path / "tiny.onnx")
+    real = onnx2torch.convert
+
+    def off_by_a_little(*args, **kwargs):
+        module = real(*args, **kwargs)
+        module.register_forward_hook(lambda m, a, out: out + 0.01)  # 0.6% of the logits' scale
+        return module
+
+    monkeypatch.setattr(onnx2torch, "convert", off_by_a_little)
+    adapter = OnnxAdapter(path)
+    assert adapter.gradients_unavailable() is None  # the conversion itself worked
+    with pytest.raises(UnsupportedModel, match=r"disagrees with onnxruntime on this input .*\(Score-CAM, "
+                                               r"Eigen-CAM, occlusion\) still work$"):
+        adapter.gradients(_batch(1), Target(channels=(1,)), layers=[1])
+    good = OnnxAdapter(path)
+    monkeypatch.setattr(onnx2torch, "convert", real)
+    assert good.gradients(_batch(1), Target(channels=(1,)), layers=[1]).grads[1].any()
+
+
+def test_onnx_without_onnx2torch_names_the_extra(tmp_path, monkeypatch):
+    import sys
+
+    from convlens import MissingDependency
+    from convlens.adapters.onnx import OnnxAdapter
+
+    adapter = OnnxAdapter(_onnx_file(_torch_tiny(), tmp_path / "tiny.onnx"))
+    monkeypatch.setitem(sys.modules, "onnx2torch", None)  # import onnx2torch raises ImportError
+    assert "pip install 'convlens[onnx-gradients]'" in adapter.gradients_unavailable()
+    with pytest.raises(MissingDependency, match=r"convlens\[onnx-gradients\]"):
+        adapter.gradients(_batch(1), Target())
+
+
+def test_onnx_need_output_false_and_no_hook_left(tmp_path):
+    from convlens.adapters.onnx import OnnxAdapter
+
+    adapter = OnnxAdapter(_onnx_file(_torch_tiny(), tmp_path / "tiny.onnx"))
+    x = _batch(2)
+    g = adapter.gradients(x, Target(layer=1, channels=(0,), reduce="center"), layers=[1], need_output=False)
+    assert g.output is None
+    np.testing.assert_allclose(g.score, (x @ W_CONV)[:, H // 2, W // 2, 0], rtol=1e-5)
+    module = adapter._twin()[0]
+    assert _hooks(module) == 0 and not module.training
+    assert all(p.requires_grad for p in module.parameters())  # as onnx2torch made them, restored
+
+
+class Exported(nn.Module):
+    """What torch's exporter writes for a fresh network: equal zero biases stored once and shared
+    through Identity nodes, and an adaptive pool as AveragePool-19 (opset 20), which onnx2torch
+    converts only once the graph is brought down to opset 17."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 4, 3)
+        self.conv2 = nn.Conv2d(4, 4, 3)
+        self.pool = nn.AdaptiveAvgPool2d(2)
+        self.fc = nn.Linear(16, 3)
+        with torch.no_grad():
+            self.conv1.bias.zero_()
+            self.conv2.bias.zero_()
+
+    def forward(self, x):
+        return self.fc(self.pool(torch.relu(self.conv2(torch.relu(self.conv1(x))))).flatten(1))
+
+
+def test_onnx_shared_weights_and_a_newer_opset_still_convert(tmp_path):
+    import onnx
+
+    from convlens.adapters.onnx import OnnxAdapter
+
+    torch.manual_seed(3)
+    model = Exported().eval()
+    path = _onnx_file(model, tmp_path / "exported.onnx", (1, 3, 8, 8))
+    graph = onnx.load(str(path))
+    ops = {n.op_type for n in graph.graph.node}
+    assert {"Identity", "AveragePool"} <= ops and graph.opset_import[0].version > 17  # the two cases
+    onnx_adapter = OnnxAdapter(path)
+    assert onnx_adapter.gradients_unavailable() is None
+    torch_adapter = TorchAdapter(model, input_shape=(8, 8, 3))
+    x = np.random.default_rng(5).normal(size=(2, 8, 8, 3)).astype(np.float32)
+    rows = {a: [t.index for t in a.layers() if t.kind == "conv"] for a in (onnx_adapter, torch_adapter)}
+    got = {a: a.gradients(x, Target(channels=(2,)), layers=rows[a], wrt_input=True) for a in rows}
+    want, have = got[torch_adapter], got[onnx_adapter]
+    np.testing.assert_allclose(have.score, want.score, rtol=1e-5)
+    np.testing.assert_allclose(have.input_grad, want.input_grad, rtol=1e-4, atol=1e-7)
+    for r_onnx, r_torch in zip(rows[onnx_adapter], rows[torch_adapter]):
+        np.testing.assert_allclose(have.grads[r_onnx], want.grads[r_torch], rtol=1e-4, atol=1e-7)
+
+
+# --------------------------------------------------------------------------- parallel branches
+
+W_B = np.array([[1.0, 0.0, 2.0], [0.0, -1.0, 0.5], [1.0, 1.0, 0.0]], np.float32)
+W_C = np.array([[0.0, 3.0, -1.0], [2.0, 0.0, 0.0], [-1.0, 0.5, 1.0]], np.float32)
+
+
+def _branch_expected(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """d score / d (either branch's output), d score / d (their common input)."""
+    a = x @ W_CONV
+    d_branch = np.broadcast_to(W_DENSE[:, k] / (H * W), a.shape)
+    return d_branch, np.broadcast_to((W_B + W_C) @ W_DENSE[:, k] / (H * W), a.shape)
+
+
+class Branches(nn.Module):
+    """a = conv(x); out = dense(gap(b(a) + c(a))): ``c`` runs after ``b`` but does not depend on it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.c = (nn.Conv2d(i, C_MID, 1, bias=False) for i in (C_IN, C_MID, C_MID))
+        self.fc = nn.Linear(C_MID, K)
+        with torch.no_grad():
+            for conv, w in ((self.a, W_CONV), (self.b, W_B), (self.c, W_C)):
+                conv.weight.copy_(torch.from_numpy(w.T.copy())[:, :, None, None])
+            self.fc.weight.copy_(torch.from_numpy(W_DENSE.T.copy()))
+            self.fc.bias.copy_(torch.from_numpy(B_DENSE))
+
+    def forward(self, x):
+        a = self.a(x)
+        return self.fc((self.b(a) + self.c(a)).mean(dim=(2, 3)))
+
+
+def test_torch_a_parallel_branch_gets_its_own_gradient():
+    adapter = TorchAdapter(Branches(), input_shape=(H, W, C_IN))
+    assert [t.name for t in adapter.layers()] == ["input", "a", "b", "c", "fc"]
+    x = _batch()
+    for layers in ([2, 3], [1, 2, 3]):
+        g = adapter.gradients(x, Target(channels=(1,)), layers=layers)
+        d_branch, d_a = _branch_expected(x, 1)
+        np.testing.assert_allclose(g.grads[2], d_branch, rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(g.grads[3], d_branch, rtol=1e-5, atol=1e-7)  # not zeros
+        if 1 in layers:
+            np.testing.assert_allclose(g.grads[1], d_a, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.keras
+def test_keras_a_parallel_branch_gets_its_own_gradient(keras):
+    from convlens.adapters.keras import KerasAdapter
+
+    L = keras.layers
+    inp = keras.Input((H, W, C_IN))
+    a = L.Conv2D(C_MID, 1, use_bias=False, name="a")(inp)
+    b = L.Conv2D(C_MID, 1, use_bias=False, name="b")(a)
+    c = L.Conv2D(C_MID, 1, use_bias=False, name="c")(a)
+    out = L.Dense(K, name="fc")(L.GlobalAveragePooling2D(name="gap")(L.Add(name="add")([b, c])))
+    model = keras.Model(inp, out)
+    for name, w in (("a", W_CONV), ("b", W_B), ("c", W_C)):
+        model.get_layer(name).set_weights([w[None, None]])
+    model.get_layer("fc").set_weights([W_DENSE, B_DENSE])
+    adapter = KerasAdapter(model)
+    rows = {t.name: t.index for t in adapter.layers()}
+    x = _batch()
+    for _ in range(2):  # eager, then the traced graph on TensorFlow
+        g = adapter.gradients(x, Target(channels=(1,)), layers=[rows["b"], rows["c"], rows["a"]])
+        d_branch, d_a = _branch_expected(x, 1)
+        np.testing.assert_allclose(g.grads[rows["b"]], d_branch, rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(g.grads[rows["c"]], d_branch, rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(g.grads[rows["a"]], d_a, rtol=1e-5, atol=1e-7)
+        g = adapter.gradients(x, Target(channels=(1,)), layers=[rows["b"], rows["c"]])
+        np.testing.assert_allclose(g.grads[rows["c"]], d_branch, rtol=1e-5, atol=1e-7)

@@ -17,11 +17,11 @@ from typing import Callable, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
-from .._errors import BadArgument
+from .._errors import BadArgument, LayerNotFound
 from ..core.layers import KINDS, LayerInfo
 
 __all__ = ["Adapter", "Gradients", "LayerInfo", "OnOutput", "KINDS", "Target", "first_line",
-           "target_cotangent"]
+           "check_rows", "target_cotangent"]
 
 #: Called once per captured layer output during a forward pass: (layer index, array).
 OnOutput = Callable[[int, np.ndarray], None]
@@ -137,6 +137,20 @@ def target_cotangent(target: Target, shape: Sequence[int], layer: str | None = N
     except ValueError as exc:
         where = f"layer {layer}" if layer is not None else "the model's output"
         raise BadArgument(f"the target does not fit {where}: {exc}") from None
+
+
+def check_rows(table: Sequence[LayerInfo], layers: Sequence[int], target: Target, model: str) -> tuple[int, ...]:
+    """The rows a gradient pass is asked for, sorted and unique; each, and the target's, must exist.
+
+    Raises:
+        LayerNotFound: a row outside the table.
+    """
+    rows = tuple(sorted({int(r) for r in layers}))
+    for r in [*rows, *([] if target.layer is None else [int(target.layer)])]:
+        if not 0 <= r < len(table):
+            raise LayerNotFound(f"row {r} does not exist: {model} has rows 0-{len(table) - 1} "
+                                "(Lens.layers() lists them)")
+    return rows
 
 
 def _per_item(values: Sequence[float] | Sequence[int], n: int, what: str) -> list:

@@ -19,17 +19,19 @@ NCHW; element-wise operators keep their input's layout).
 from __future__ import annotations
 
 import os
+import re
+import warnings
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-from .._errors import BadArgument, BadModel, MissingDependency, UnsupportedModel
+from .._errors import BadArgument, BadModel, ConvlensError, MissingDependency, UnsupportedModel
 from ..core.kinds import kind_of
 from ..core.layers import LayerInfo
 from ..core.receptive import with_receptive_fields
-from .base import Gradients, OnOutput, Target
+from .base import Gradients, OnOutput, Target, check_rows, target_cotangent
 from .base import first_line as _first_line  # one-line error messages
 
 __all__ = ["OnnxAdapter", "import_onnx"]
@@ -56,6 +58,10 @@ _SMALL = 4096
 _MAX_SESSIONS = 3
 _SESSION_BUDGET = 1536 * 2**20
 _STUB_LOCATION = "convlens-weights-from-memory"
+#: The opset that graphs of newer opsets are brought down to when onnx2torch (1.5) lacks a converter.
+_TWIN_OPSET = 17
+#: What still works when gradients do not.
+_FORWARD_ONLY = "the forward-only methods (Score-CAM, Eigen-CAM, occlusion) still work"
 
 
 def import_onnx() -> tuple[Any, Any]:
@@ -135,8 +141,6 @@ class OnnxAdapter:
     framework = "onnx"
     class_names: list[str] | None = None
     class_names_source = ""
-    final_activation: str | None = None
-
     def __init__(self, source: Any, *, input_shape: Sequence[int | None] | None = None,
                  preprocess: str | None = None) -> None:
         self.onnx, self.ort = import_onnx()
@@ -170,6 +174,9 @@ class OnnxAdapter:
         self._layout: dict[str, str] = {}  # tensor name -> "NCHW" / "NHWC" for rank-3/4 tensors
         self._sessions: OrderedDict[tuple[str, ...], Any] = OrderedDict()
         self._ort_values: dict[str, Any] | None = None  # large weights as OrtValues, by name
+        self._twin_cache: tuple[Any, dict[str, tuple[Any, int, int]]] | None = None  # onnx2torch's module
+        self._twin_error: str | None = None  # why the conversion failed, once it has
+        self._twin_checked: set[tuple[int, ...]] = set()  # input shapes on which it agreed with onnxruntime
 
     # ----------------------------------------------------------------- loading
 
@@ -644,16 +651,241 @@ class OnnxAdapter:
             a = np.moveaxis(a, 1, -1)
         return a
 
-    # ----------------------------------------------------------------- kernels
+    # ----------------------------------------------------------------- gradients
 
-    # ----------------------------------------------------------------- gradients (filled in by issue 8)
+    #: The converted module's output may differ from onnxruntime's by this much of the output's
+    #: largest magnitude (float32 kernels accumulate in different orders; a wrong conversion is
+    #: off by far more).
+    TWIN_TOLERANCE = 1e-3
+
+    @property
+    def final_activation(self) -> str | None:
+        """``"softmax"``/``"sigmoid"`` when the node giving the model's output is one (see
+        :func:`_final_activation`), else ``None``."""
+        return _final_activation(self._output_node())
+
+    def _output_node(self) -> Any:
+        return next((n for n in self._skeleton.graph.node if self._graph_output in n.output), None)
 
     def gradients_unavailable(self) -> str | None:
-        return "gradients are not implemented yet"
+        """Why gradients cannot be had, or ``None``; converts the graph once (cached) to know."""
+        if self._not_image is not None:
+            return self._not_image
+        try:
+            self._twin()
+        except (UnsupportedModel, MissingDependency) as exc:
+            return str(exc)
+        return None
 
     def gradients(self, batch: np.ndarray, target: Target, layers: Sequence[int] = (), *,
                   wrt_input: bool = False, need_output: bool = True) -> Gradients:
-        raise UnsupportedModel(f"{self.name}: {self.gradients_unavailable()}")
+        """Gradients through the graph converted to PyTorch by onnx2torch (see :meth:`Adapter.gradients`).
+
+        The conversion is made once and checked against onnxruntime's own
+        output on the first batch of each input shape (within
+        :attr:`TWIN_TOLERANCE` of the output's largest magnitude) before any
+        gradient is returned. Rows map to the converted module by their ONNX
+        tensor names; the pass itself is :func:`convlens.adapters.torch.hooked_gradients`.
+        Models with a fixed batch size get the batch in chunks of that size.
+
+        Raises:
+            MissingDependency: torch or onnx2torch is not installed.
+            UnsupportedModel: onnx2torch cannot convert the graph, or its
+                conversion disagrees with onnxruntime on this input.
+        """
+        if self._not_image is not None:
+            raise UnsupportedModel(self._not_image)
+        from .torch import HookedRow, hooked_gradients
+
+        module, by_tensor = self._twin()
+        table = self.layers()
+        rows = check_rows(table, layers, target, self.name)
+        x = np.asarray(batch, dtype=np.float32)
+        if x.ndim != 4:
+            raise BadArgument(f"expected a batch of images (N, H, W, C), got shape {x.shape}")
+        dtype = _IMAGE_TYPES[self._input_type]
+        if wrt_input and dtype == np.uint8:
+            raise UnsupportedModel(f"{self._label} takes uint8 pixels, which have no gradient; pick a layer "
+                                   "instead of the input")
+        needed = set(rows) | ({int(target.layer)} if target.layer is not None else set())
+        hooked: dict[int, Any] = {}
+        for r in sorted(needed - {0}):
+            tensor = self._row_tensor[r]
+            if tensor not in by_tensor:
+                raise UnsupportedModel(f"layer {table[r].name} has no counterpart in the PyTorch conversion of "
+                                       f"{self._label}; pick another layer")
+            mod, index, count = by_tensor[tensor]
+            hooked[r] = HookedRow(mod, 0, (index,) if count > 1 else (), self._layout.get(tensor) == "NHWC")
+        out_node = self._output_node()
+        softmax = None
+        if out_node is not None and out_node.op_type in ("Softmax", "LogSoftmax") \
+                and self._graph_output in by_tensor:
+            softmax = by_tensor[self._graph_output][0]
+        where = None if target.layer is None else table[int(target.layer)].name
+        n = len(x)
+        size = self.batch_size if self.batch_size is not None and self.batch_size != n else n
+        full: dict[tuple[int, ...], np.ndarray] = {}
+        parts: list[tuple[int, Gradients]] = []
+        for offset in range(0, n, size):
+            chunk = x[offset:offset + size]
+            keep = len(chunk)
+            if keep < size:  # a fixed-size model: pad the last chunk with zeros
+                chunk = np.concatenate([chunk, np.zeros((size - keep, *chunk.shape[1:]), np.float32)])
+
+            def cotangent(shape: tuple[int, ...], offset: int = offset, keep: int = keep) -> np.ndarray:
+                whole = (n, *shape[1:])
+                if whole not in full:
+                    full[whole] = target_cotangent(target, whole, where)
+                part = full[whole][offset:offset + keep]
+                return np.concatenate([part, np.zeros((shape[0] - keep, *shape[1:]), np.float32)])
+
+            feed = self._feed(chunk)
+            self._check_twin(module, feed)
+            got = hooked_gradients(
+                module, self._twin_forward(module), self._torch_input(feed), chunk, hooked, rows, target.layer,
+                cotangent, wrt_input=wrt_input, need_output=need_output, softmax=softmax,
+                input_channels_last=not self.channels_first,
+                output_channels_last=self._layout.get(self._graph_output) == "NHWC",
+                no_output=lambda r: UnsupportedModel(
+                    f"layer {table[r].name} (row {r}) gave no output in the PyTorch conversion of "
+                    f"{self._label}; pick another layer"))
+            parts.append((keep, got))
+        return _joined(parts)
+
+    def _feed(self, x: np.ndarray) -> np.ndarray:
+        """A canonical float32 batch as the graph's input: its layout and element type."""
+        feed = np.ascontiguousarray(x.transpose(0, 3, 1, 2)) if self.channels_first else x
+        dtype = _IMAGE_TYPES[self._input_type]
+        if dtype == np.uint8:  # round and clip: the cast alone would truncate and wrap around
+            feed = np.clip(np.round(feed), 0, 255)
+        return np.ascontiguousarray(feed.astype(dtype, copy=False))
+
+    @staticmethod
+    def _torch_input(feed: np.ndarray) -> Any:
+        import torch
+
+        return torch.from_numpy(feed.copy())
+
+    def _twin_forward(self, module: Any) -> Any:
+        def forward(x: Any) -> Any:
+            try:
+                return module(x)
+            except ConvlensError:
+                raise
+            except Exception as exc:
+                raise UnsupportedModel(
+                    f"the PyTorch conversion of {self._label} (onnx2torch) failed on input {tuple(x.shape)}: "
+                    f"{type(exc).__name__}: {_first_line(str(exc))}; {_FORWARD_ONLY}") from None
+        return forward
+
+    def _twin(self) -> tuple[Any, dict[str, tuple[Any, int, int]]]:
+        """The graph as a PyTorch module (onnx2torch, made once), and where each ONNX tensor comes
+        out of it: tensor name -> (submodule, output index, output count).
+
+        Before converting: weights behind ``Identity`` nodes become stored weights
+        (:func:`_fold_weight_identities`), and a graph with an operator version
+        onnx2torch has no converter for (torch's exporter writes opset 20, whose
+        ``AveragePool`` is version 19) is brought down to :data:`_TWIN_OPSET`
+        first, when the ONNX version converter can. Both are done on the
+        skeleton (no weight copied); the weights are filled in last.
+        """
+        if self._twin_cache is not None:
+            return self._twin_cache
+        if self._twin_error is not None:
+            raise UnsupportedModel(self._twin_error)
+        try:
+            import onnx2torch
+            import torch  # noqa: F401
+            from onnx2torch.node_converters import get_converter
+        except ImportError as exc:
+            raise MissingDependency(f"gradients of ONNX models convert the graph to PyTorch with onnx2torch "
+                                    f"({exc}); run: pip install 'convlens[onnx-gradients]'") from None
+        from onnx import version_converter
+
+        def unconverted(model: Any) -> str | None:
+            versions = {o.domain or "": o.version for o in model.opset_import}
+            for node in model.graph.node:
+                try:
+                    get_converter(domain=node.domain or "", operation_type=node.op_type,
+                                  version=versions.get(node.domain or "", 1))
+                except NotImplementedError:
+                    return str(node.op_type)
+            return None
+
+        def refuse(reason: str) -> UnsupportedModel:
+            self._twin_error = (f"gradients of {self._label} need its graph converted to PyTorch, and "
+                                f"onnx2torch cannot convert it ({reason}); {_FORWARD_ONLY}")
+            return UnsupportedModel(self._twin_error)
+
+        graph = self.onnx.ModelProto()
+        graph.CopyFrom(self._skeleton)
+        aliases = _fold_weight_identities(graph)
+        missing = unconverted(graph)
+        opset = next((o.version for o in graph.opset_import if o.domain in ("", "ai.onnx")), 0)
+        if missing is not None and opset > _TWIN_OPSET:
+            try:
+                lower = version_converter.convert_version(graph, _TWIN_OPSET)
+            except Exception:
+                lower = None
+            if lower is not None and unconverted(lower) is None:
+                graph, missing = lower, None
+        if missing is not None:
+            raise refuse(f"it has no converter for the ONNX operator {missing}")
+        try:
+            module = self._convert(onnx2torch, graph, aliases)
+        except ConvlensError:
+            raise
+        except Exception as exc:
+            raise refuse(f"{type(exc).__name__}: {_first_line(str(exc))}") from None
+        module.eval()
+        by_tensor: dict[str, tuple[Any, int, int]] = {}
+        for sub in module.modules():
+            mapping = getattr(sub, "onnx_mapping", None)
+            outputs = tuple(getattr(mapping, "outputs", ()) or ())
+            for i, name in enumerate(outputs):
+                by_tensor.setdefault(name, (sub, i, len(outputs)))
+        self._twin_cache = (module, by_tensor)
+        return self._twin_cache
+
+    def _convert(self, onnx2torch: Any, graph: Any, aliases: dict[str, str]) -> Any:
+        """onnx2torch's module for a skeleton graph, its stubs filled from :meth:`_weight` (``aliases``:
+        weights that copy another, see :func:`_fold_weight_identities`)."""
+        from onnx import numpy_helper
+
+        for t in graph.graph.initializer:
+            source = aliases.get(t.name, t.name)
+            if source in self._shared:
+                t.CopyFrom(numpy_helper.from_array(self._weight(source), t.name))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # onnx2torch warns about ops it converts approximately
+            return onnx2torch.convert(graph, attach_onnx_mapping=True)
+
+    def _check_twin(self, module: Any, feed: np.ndarray) -> None:
+        """The converted module must give onnxruntime's output on this input (once per input shape)."""
+        import torch
+
+        if feed.shape in self._twin_checked:
+            return
+        session = self._session(())
+        want = np.asarray(self._run_session(session, feed, [self._graph_output])[0], np.float64)
+        with torch.no_grad():
+            y = self._twin_forward(module)(self._torch_input(feed))
+        got = next((t for t in _tensors(y) if t.is_floating_point()), None)
+        scale = float(np.abs(want).max()) if want.size else 0.0
+        if got is None or tuple(got.shape) != want.shape:
+            shape = None if got is None else tuple(got.shape)
+            raise UnsupportedModel(f"the PyTorch conversion of {self._label} (onnx2torch) gives an output of "
+                                   f"shape {shape}, onnxruntime {want.shape}; {_FORWARD_ONLY}")
+        err = float(np.abs(got.double().numpy() - want).max()) if want.size else 0.0
+        if not err <= self.TWIN_TOLERANCE * scale + 1e-6:
+            raise UnsupportedModel(
+                f"the PyTorch conversion of {self._label} (onnx2torch) disagrees with onnxruntime on this "
+                f"input (outputs differ by up to {err:.3g}, {err / max(scale, 1e-30):.2g} of their largest "
+                f"magnitude {scale:.3g}; allowed {self.TWIN_TOLERANCE:g}), so its gradients would not be "
+                f"this model's; {_FORWARD_ONLY}")
+        self._twin_checked.add(feed.shape)
+
+    # ----------------------------------------------------------------- kernels
 
     def kernels(self, index: int) -> np.ndarray:
         table = self.layers()
@@ -720,6 +952,75 @@ class OnnxAdapter:
             shape[int(attrs.get("axis", 1)) % x.ndim] = scale.size
             scale, zero = scale.reshape(shape), zero.reshape(shape)
         return ((x - zero) * scale).astype(np.float32)
+
+
+def _fold_weight_identities(model: Any) -> dict[str, str]:
+    """Turn ``Identity`` nodes of stored weights into weights of their own; their aliases.
+
+    ``torch.onnx.export`` stores equal weights once and gives the copies through
+    ``Identity`` nodes (the zero biases of a freshly initialised VGG16), and
+    onnx2torch reads a convolution's weight and bias only from stored weights.
+
+    Returns:
+        new weight name -> the name of the stored weight it copies.
+    """
+    graph = model.graph
+    stored = {t.name: t for t in graph.initializer}
+    outputs = {o.name for o in graph.output}
+    aliases: dict[str, str] = {}
+    keep = []
+    for node in graph.node:
+        if node.op_type == "Identity" and node.input and node.input[0] in stored \
+                and node.output[0] not in stored and node.output[0] not in outputs:
+            copy = graph.initializer.add()
+            copy.CopyFrom(stored[node.input[0]])
+            copy.name = node.output[0]
+            stored[copy.name] = copy
+            aliases[copy.name] = aliases.get(node.input[0], node.input[0])
+        else:
+            keep.append(node)
+    if aliases:
+        del graph.node[:]
+        graph.node.extend(keep)
+    return aliases
+
+
+def _final_activation(node: Any) -> str | None:
+    """``"softmax"``/``"sigmoid"`` when the node giving the model's output is that operator, else ``None``."""
+    if node is None:
+        return None
+    return {"Softmax": "softmax", "Sigmoid": "sigmoid"}.get(node.op_type)
+
+
+def _tensors(out: Any) -> list[Any]:
+    """The tensors in a (nested) module output, in order."""
+    if hasattr(out, "is_floating_point"):
+        return [out]
+    if isinstance(out, (tuple, list)):
+        return [t for o in out for t in _tensors(o)]
+    if isinstance(out, dict):
+        return [t for o in out.values() for t in _tensors(o)]
+    return []
+
+
+def _joined(parts: list[tuple[int, Gradients]]) -> Gradients:
+    """Gradients of consecutive chunks of a batch as one, each chunk cut to its first ``keep`` items."""
+    if len(parts) == 1 and len(parts[0][1].score) == parts[0][0]:
+        return parts[0][1]
+
+    def cat(arrays: list[np.ndarray | None]) -> np.ndarray | None:
+        if any(a is None for a in arrays):
+            return None
+        return np.concatenate([a[:keep] for (keep, _), a in zip(parts, arrays)])  # type: ignore[index]
+
+    first = parts[0][1]
+    return Gradients(
+        output=cat([g.output for _, g in parts]),
+        score=cat([g.score for _, g in parts]),  # type: ignore[arg-type]
+        activations={r: cat([g.activations[r] for _, g in parts]) for r in first.activations},  # type: ignore[misc]
+        grads={r: cat([g.grads[r] for _, g in parts]) for r in first.grads},  # type: ignore[misc]
+        input_grad=cat([g.input_grad for _, g in parts]),
+        logits=first.logits)
 
 
 def _canonical_dims(dims: tuple[int | None, ...] | None, layout: str) -> tuple[int | None, ...] | None:

@@ -631,10 +631,14 @@ class TFLiteAdapter:
                 return a[None]
         return a if a.ndim and a.shape[0] == 1 else a[None]
 
-    # ----------------------------------------------------------------- gradients (filled in by issue 8)
+    # ----------------------------------------------------------------- gradients
 
     def gradients_unavailable(self) -> str | None:
-        return "a TFLite interpreter computes no gradients"
+        """Always a reason: TFLite is forward-only."""
+        return ("a TFLite interpreter computes no gradients, so gradient methods (Grad-CAM and its "
+                "family, saliency, SmoothGrad, Integrated Gradients) cannot run on a .tflite file; the "
+                "forward-only methods (Score-CAM, Eigen-CAM, occlusion) work, or open the model it was "
+                "converted from (Keras, PyTorch, ONNX)")
 
     def gradients(self, batch: np.ndarray, target: Target, layers: Sequence[int] = (), *,
                   wrt_input: bool = False, need_output: bool = True) -> Gradients:

@@ -59,15 +59,16 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from .._errors import (BadModel, ConvlensError, LayerNotFound, MissingDependency, UnsafeModel,
-                       UnsupportedModel, WeightsUnavailable)
+from .._errors import (BadModel, ConvlensError, MissingDependency, UnsafeModel, UnsupportedModel,
+                       WeightsUnavailable)
 from ..core.kinds import kind_of
 from ..core.layers import LayerInfo
 from ..core.receptive import with_receptive_fields
-from .base import Gradients, OnOutput, Target, target_cotangent
+from .base import Gradients, OnOutput, Target, check_rows, target_cotangent
 from .base import first_line as _first_line  # one-line error messages
 
-__all__ = ["TorchAdapter", "import_torch", "load_state_dict_file", "open_torch_file", "open_torchvision"]
+__all__ = ["HookedRow", "TorchAdapter", "hooked_gradients", "import_torch", "load_state_dict_file",
+           "open_torch_file", "open_torchvision"]
 
 #: Spatial size of the probe pass for modules that do not know their input size.
 PROBE_SIZE = 224
@@ -237,8 +238,12 @@ def _replaced(out: Any, new: Mapping[tuple, Any]) -> Any:
     return out
 
 
-class _StopForward(Exception):
-    """Raised from a hook once the last row a gradient pass needs has run (``need_output=False``)."""
+class _StopForward(BaseException):
+    """Raised from a hook once the last row a gradient pass needs has run (``need_output=False``).
+
+    A ``BaseException``, as ``GeneratorExit`` is: a model's own ``except Exception``
+    (and any caller's error wrapping) lets it through to :func:`hooked_gradients`.
+    """
 
 
 #: A final module of these types turns logits into probabilities: a class score is read before it.
@@ -526,7 +531,7 @@ class TorchAdapter:
     def _forward(self, x: Any, *, probe: bool = False) -> Any:
         try:
             return self.module(x)
-        except (ConvlensError, _StopForward):
+        except ConvlensError:
             raise
         except Exception as exc:
             # the probe's size is ours (--input-shape changes it); an image's size is the user's (--size)
@@ -702,142 +707,23 @@ class TorchAdapter:
 
     def gradients(self, batch: np.ndarray, target: Target, layers: Sequence[int] = (), *,
                   wrt_input: bool = False, need_output: bool = True) -> Gradients:
-        """One forward and one backward pass with autograd (see :meth:`Adapter.gradients`).
-
-        No parameter gets a gradient: every ``requires_grad`` flag is off for
-        the pass (restored after). Without ``wrt_input``, the output of the
-        earliest needed row is detached and made a leaf in its hook, so
-        autograd records only the network after it: a Grad-CAM pass at the
-        last conv layer costs about one forward pass. Each captured output is
-        handed on as a clone, so an in-place op after it (``ReLU(inplace=True)``)
-        changes neither the captured values nor their gradient. With
-        ``need_output=False`` and a layer target, the pass stops once the last
-        needed row has run.
-        """
-        torch = self.torch
+        """One forward and one backward pass with autograd (see :func:`hooked_gradients`)."""
         table = self.layers()
-        batch = np.asarray(batch, dtype=np.float32)
-        rows = sorted({int(r) for r in layers})
-        for r in [*rows, *([] if target.layer is None else [int(target.layer)])]:
-            if not 0 <= r < len(table):
-                raise LayerNotFound(f"row {r} does not exist: {self.name} has rows 0-{len(table) - 1} "
-                                    "(Lens.layers() lists them)")
+        rows = check_rows(table, layers, target, self.name)
         needed = set(rows) | ({int(target.layer)} if target.layer is not None else set())
-        start = 0 if wrt_input or 0 in needed else min(needed, default=None)
-        stop_after = max(needed) if not need_output and target.layer is not None else None
-
-        # per (module, call): the rows it gives, with their key and layout
-        plan: dict[int, dict[int, list[tuple[int, tuple, bool]]]] = {}
-        modules: dict[int, Any] = {}
-        for row in needed - {0}:
-            rec = self._records[row - 1]
-            plan.setdefault(id(rec.module), {}).setdefault(rec.call, []).append(
-                (row, rec.key, rec.channels_last))
-            modules[id(rec.module)] = rec.module
+        hooked = {r: HookedRow(rec.module, rec.call, rec.key, rec.channels_last)
+                  for r, rec in enumerate(self._records, start=1) if r in needed}
         last = self._records[-1] if self._records else None
-        softmax = (last.module if target.layer is None and last is not None
-                   and _type_name(last.module) in _SOFTMAX_TYPES else None)
-        if softmax is not None:
-            modules[id(softmax)] = softmax
-        captured: dict[int, Any] = {}
-        pre_softmax: list[Any] = []  # (input, output) of the final softmax's last call
-        calls: dict[int, int] = {}
-
-        def hook(module: Any, args: Any, kwargs: Any, output: Any) -> Any:
-            k = calls.get(id(module), 0)
-            calls[id(module)] = k + 1
-            if module is softmax:
-                inputs = _all_tensors(args, kwargs)
-                pre_softmax[:] = [inputs[0] if inputs else None, output]
-            replace: dict[tuple, Any] = {}
-            for row, key, _ in plan.get(id(module), {}).get(k, ()):
-                t = _pick(output, key)
-                if row == start:  # the leaf: autograd records only what comes after it
-                    t = t.detach().requires_grad_()
-                captured[row] = t
-                replace[key] = t.clone()  # an in-place op after this module changes the clone only
-            if stop_after is not None and stop_after in captured:
-                raise _StopForward
-            return _replaced(output, replace) if replace else None
-
-        x = self._to_torch(batch)
-        if start == 0:
-            x.requires_grad_()
-            captured[0] = x
-        params = [(p, p.requires_grad) for p in self.module.parameters()]
-        flags = [(m, m.training) for m in self.module.modules()]
-        y = None
-        try:
-            for p, _ in params:
-                p.requires_grad_(False)
-            self.module.eval()
-            with torch.enable_grad(), self._hooked(list(modules.values()), hook):
-                try:
-                    y = self._forward(x)
-                except _StopForward:
-                    y = None
-            out_t = next(iter(_float_tensors(y)), (None, None))[1] if y is not None else None
-            logits = False
-            if target.layer is None:
-                if out_t is None:
-                    raise UnsupportedModel(f"{self.name} returned no floating-point output to take a class "
-                                           "score from; pick a layer as the target")
-                score_t, score_last, where = out_t, False, None
-                if softmax is not None and len(pre_softmax) == 2 and pre_softmax[1] is out_t \
-                        and pre_softmax[0] is not None and pre_softmax[0].shape == out_t.shape:
-                    score_t, logits = pre_softmax[0], True
-            else:
-                if int(target.layer) not in captured:
-                    raise self._no_output(int(target.layer))
-                score_t = captured[int(target.layer)]
-                score_last = self._channels_last(int(target.layer))
-                where = table[int(target.layer)].name
-            missing = [r for r in rows if r not in captured]
-            if missing:
-                raise self._no_output(missing[0])
-            cot_np = target_cotangent(target, (score_t.shape[0], *_canonical_shape(score_t.shape, score_last)),
-                                      where)
-            cot = torch.from_numpy(cot_np)
-            if cot.ndim >= 3 and not score_last:
-                cot = cot.movedim(-1, 1)
-            cot = cot.to(device=score_t.device, dtype=score_t.dtype)
-            with torch.no_grad():
-                score = (score_t.detach() * cot).flatten(1).sum(1).double().cpu().numpy()
-            wanted = [r for r in rows if captured[r].requires_grad]
-            if wrt_input and 0 not in wanted:
-                wanted.append(0)
-            grads_t: list[Any] = [None] * len(wanted)
-            if wanted and score_t.requires_grad:
-                grads_t = list(torch.autograd.grad([score_t], [captured[r] for r in wanted], [cot],
-                                                   allow_unused=True))
-        finally:
-            for m, flag in flags:
-                m.training = flag
-            for p, flag in params:
-                p.requires_grad_(flag)
-        by_row = dict(zip(wanted, grads_t))
-        activations: dict[int, np.ndarray] = {}
-        grads: dict[int, np.ndarray] = {}
-        for r in rows:
-            t, last_r = captured[r], self._channels_last(r)
-            activations[r] = batch.copy() if r == 0 else _to_numpy(t, last_r)
-            g = by_row.get(r)
-            grads[r] = _to_numpy(g, last_r) if g is not None else np.zeros_like(activations[r])
-        input_grad = None
-        if wrt_input:
-            g = by_row.get(0)
-            input_grad = _to_numpy(g) if g is not None else np.zeros_like(batch)
-        output = _to_numpy(out_t) if out_t is not None else None
-        return Gradients(output=output, score=score, activations=activations, grads=grads,
-                         input_grad=input_grad, logits=logits)
-
-    def _channels_last(self, row: int) -> bool:
-        return row > 0 and self._records[row - 1].channels_last
-
-    def _no_output(self, row: int) -> UnsupportedModel:
-        name = self.layers()[row].name
-        return UnsupportedModel(f"layer {name} (row {row}) gave no output in this pass of {self.name} (its "
-                                "module was not called for this input); pick another layer")
+        softmax = last.module if last is not None and _type_name(last.module) in _SOFTMAX_TYPES else None
+        where = None if target.layer is None else table[int(target.layer)].name
+        batch = np.asarray(batch, dtype=np.float32)
+        return hooked_gradients(
+            self.module, self._forward, self._to_torch(batch), batch, hooked, rows, target.layer,
+            lambda shape: target_cotangent(target, shape, where), wrt_input=wrt_input,
+            need_output=need_output, softmax=softmax,
+            no_output=lambda r: UnsupportedModel(
+                f"layer {table[r].name} (row {r}) gave no output in this pass of {self.name} (its module was "
+                "not called for this input); pick another layer"))
 
     def kernels(self, index: int) -> np.ndarray:
         table = self.layers()
@@ -849,6 +735,173 @@ class TorchAdapter:
         w = _weight(module)
         groups = int(_attr(module, "groups") or 1)
         return _canonical_kernel(w.detach().cpu().float().numpy(), table[index].type, groups)
+
+
+# --------------------------------------------------------------------------- gradients
+
+
+@dataclass(frozen=True)
+class HookedRow:
+    """Where a table row's tensor appears in a module tree: the ``call``-th call of ``module``,
+    at ``key`` in its output, channels last already or not (see :func:`hooked_gradients`)."""
+
+    module: Any
+    call: int
+    key: tuple
+    channels_last: bool = False
+
+
+def hooked_gradients(module: Any, forward: Callable[[Any], Any], x: Any, batch: np.ndarray,
+                     hooked: Mapping[int, HookedRow], rows: Sequence[int], target_layer: int | None,
+                     cotangent: Callable[[tuple[int, ...]], np.ndarray], *, wrt_input: bool,
+                     need_output: bool, softmax: Any = None, input_channels_last: bool = False,
+                     output_channels_last: bool = False,
+                     no_output: Callable[[int], Exception]) -> Gradients:
+    """One forward and one backward pass through a torch module, tensors captured by forward hooks.
+
+    No parameter gets a gradient: every ``requires_grad`` flag is off for the
+    pass, and every submodule's ``training`` flag is off (both restored after;
+    hooks are removed in ``finally``). Without ``wrt_input``, the output of the
+    earliest needed row is detached and made the one leaf in its hook, so
+    autograd records only the network after it: a Grad-CAM pass at the last
+    conv layer costs about one forward pass. A later needed row that does not
+    depend on an earlier one (a parallel branch, a ResNet shortcut) becomes a
+    leaf of its own in the same way. Each captured output is handed on
+    as a clone, so an in-place op after it (``ReLU(inplace=True)``) changes
+    neither the captured values nor their gradient. With ``need_output=False``
+    and a layer target, the pass stops once the last needed row has run.
+
+    Args:
+        module: the module whose parameters and modes are switched off for the pass.
+        forward: runs the module on ``x`` (with the caller's error handling).
+        x: the input tensor, in the module's own layout and dtype.
+        batch: the same input, canonical ``(N, H, W, C)``; row 0's activation.
+        hooked: for each needed row above 0 (requested or target), where its tensor is.
+        rows: the rows whose activations and gradients are returned (0: the input).
+        target_layer: the row holding the score; ``None``: the model's output
+            (its first floating-point tensor), or ``softmax``'s input when
+            ``softmax``'s last call gave that output.
+        cotangent: the canonical cotangent for the canonical shape of the score's tensor.
+        wrt_input: also differentiate the input.
+        need_output: ``False`` lets the pass stop after the last needed row.
+        softmax: the module that may turn logits into the model's output.
+        input_channels_last: ``x`` is NHWC already (an ONNX graph taking NHWC).
+        output_channels_last: the model's output is channels-last already.
+        no_output: the error for a needed row that gave no output.
+    """
+    import torch
+
+    needed = set(rows) | ({int(target_layer)} if target_layer is not None else set())
+    start = 0 if wrt_input or 0 in needed else min(needed, default=None)
+    stop_after = max(needed) if not need_output and target_layer is not None else None
+    plan: dict[int, dict[int, list[tuple[int, tuple]]]] = {}
+    modules: dict[int, Any] = {}
+    for row in needed - {0}:
+        h = hooked[row]
+        plan.setdefault(id(h.module), {}).setdefault(h.call, []).append((row, h.key))
+        modules[id(h.module)] = h.module
+    if target_layer is not None:
+        softmax = None
+    if softmax is not None:
+        modules[id(softmax)] = softmax
+    captured: dict[int, Any] = {}
+    pre_softmax: list[Any] = []  # (input, output) of the softmax's last call
+    calls: dict[int, int] = {}
+
+    def hook(mod: Any, args: Any, kwargs: Any, output: Any) -> Any:
+        k = calls.get(id(mod), 0)
+        calls[id(mod)] = k + 1
+        if mod is softmax:
+            inputs = _all_tensors(args, kwargs)
+            pre_softmax[:] = [inputs[0] if inputs else None, output]
+        replace: dict[tuple, Any] = {}
+        for row, key in plan.get(id(mod), {}).get(k, ()):
+            t = _pick(output, key)
+            if not t.requires_grad:  # a leaf: autograd records only what comes after it
+                t = t.detach().requires_grad_()
+            captured[row] = t
+            replace[key] = t.clone()  # an in-place op after this module changes the clone only
+        if stop_after is not None and stop_after in captured:
+            raise _StopForward
+        return _replaced(output, replace) if replace else None
+
+    if start == 0:
+        x = x.detach().requires_grad_()
+        captured[0] = x
+    params = [(p, p.requires_grad) for p in module.parameters()]
+    flags = [(m, m.training) for m in module.modules()]
+    handles: list[Any] = []
+    try:
+        for p, _ in params:
+            p.requires_grad_(False)
+        module.eval()
+        for m in modules.values():
+            handles.append(m.register_forward_hook(hook, with_kwargs=True))
+        with torch.enable_grad():
+            try:
+                y = forward(x)
+            except _StopForward:
+                y = None
+        for h in handles:
+            h.remove()
+        handles.clear()
+        out_t = next(iter(_float_tensors(y)), (None, None))[1] if y is not None else None
+        logits = False
+        if target_layer is None:
+            if out_t is None:
+                raise UnsupportedModel("the model returned no floating-point output to take a class score "
+                                       "from; pick a layer as the target")
+            score_t, score_last = out_t, output_channels_last
+            if softmax is not None and len(pre_softmax) == 2 and pre_softmax[1] is out_t \
+                    and pre_softmax[0] is not None and pre_softmax[0].shape == out_t.shape:
+                score_t, logits = pre_softmax[0], True
+        else:
+            if int(target_layer) not in captured:
+                raise no_output(int(target_layer))
+            score_t = captured[int(target_layer)]
+            score_last = int(target_layer) == 0 or hooked[int(target_layer)].channels_last
+        missing = [r for r in rows if r not in captured]
+        if missing:
+            raise no_output(missing[0])
+        cot_np = cotangent((score_t.shape[0], *_canonical_shape(score_t.shape, score_last)))
+        cot = torch.from_numpy(np.ascontiguousarray(cot_np))
+        if cot.ndim >= 3 and not score_last:
+            cot = cot.movedim(-1, 1)
+        cot = cot.to(device=score_t.device, dtype=score_t.dtype)
+        with torch.no_grad():
+            score = (score_t.detach() * cot).flatten(1).sum(1).double().cpu().numpy()
+        wanted = [r for r in rows if captured[r].requires_grad]
+        if wrt_input and 0 not in wanted:
+            wanted.append(0)
+        grads_t: list[Any] = [None] * len(wanted)
+        if wanted and score_t.requires_grad:
+            grads_t = list(torch.autograd.grad([score_t], [captured[r] for r in wanted], [cot],
+                                               allow_unused=True))
+    finally:
+        for h in handles:
+            h.remove()
+        for m, flag in flags:
+            m.training = flag
+        for p, flag in params:
+            p.requires_grad_(flag)
+
+    def last(r: int) -> bool:
+        return input_channels_last if r == 0 else hooked[r].channels_last
+
+    by_row = dict(zip(wanted, grads_t))
+    activations: dict[int, np.ndarray] = {}
+    grads: dict[int, np.ndarray] = {}
+    for r in rows:
+        activations[r] = batch.copy() if r == 0 else _to_numpy(captured[r], last(r))
+        g = by_row.get(r)
+        grads[r] = _to_numpy(g, last(r)) if g is not None else np.zeros_like(activations[r])
+    input_grad = None
+    if wrt_input:
+        g = by_row.get(0)
+        input_grad = _to_numpy(g, input_channels_last) if g is not None else np.zeros_like(batch)
+    output = _to_numpy(out_t, output_channels_last) if out_t is not None else None
+    return Gradients(output=output, score=score, activations=activations, grads=grads,
+                     input_grad=input_grad, logits=logits)
 
 
 # --------------------------------------------------------------------------- files
