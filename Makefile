@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 PIP    := $(BIN)/pip install --quiet --disable-pip-version-check
 export TF_CPP_MIN_LOG_LEVEL := 3
 
-.PHONY: demo test chromium benchmark benchmark-maps benchmark-adapters benchmark-report benchmark-heatmaps benchmark-training clean
+.PHONY: demo test chromium benchmark benchmark-maps benchmark-adapters benchmark-report benchmark-heatmaps benchmark-training benchmark-visualize clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,7 +33,7 @@ test: $(VENV)/.test-deps chromium
 	KERAS_BACKEND=tensorflow $(BIN)/python -m pytest
 	KERAS_BACKEND=torch $(BIN)/python -m pytest -m keras
 
-benchmark: benchmark-maps benchmark-adapters benchmark-report benchmark-heatmaps benchmark-training
+benchmark: benchmark-maps benchmark-adapters benchmark-report benchmark-heatmaps benchmark-training benchmark-visualize
 
 benchmark-maps: $(VENV)/.test-deps
 	KERAS_BACKEND=tensorflow $(BIN)/python benchmarks/bench_maps.py
@@ -54,6 +54,15 @@ benchmark-heatmaps: $(VENV)/.test-deps
 # The demo CNN trained for 3 epochs with and without the LensCallback (target: at most 5% slower).
 benchmark-training: $(VENV)/.test-deps
 	KERAS_BACKEND=tensorflow $(BIN)/python benchmarks/bench_training.py
+
+# References that only the benchmarks need (torch-lucent for benchmark-visualize).
+$(VENV)/.bench-deps: pyproject.toml $(VENV)/.test-deps
+	$(PIP) -e '.[keras,keras-torch,torch,onnx,onnx-gradients,tflite,training,test,bench]'
+	touch $@
+
+# Feature visualisation: quality against naive gradient ascent, speed against torch-lucent 0.1.8.
+benchmark-visualize: $(VENV)/.bench-deps
+	KERAS_BACKEND=tensorflow $(BIN)/python benchmarks/bench_visualize.py
 
 clean:
 	rm -rf $(VENV) demo-output

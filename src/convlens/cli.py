@@ -280,6 +280,31 @@ def build_parser() -> argparse.ArgumentParser:
                    help="checkpoints whose pictures go into the page, evenly spread (default 100); "
                         "the charts show every one")
 
+    p = sub.add_parser("visualize", help="feature visualisation: the image each channel, neuron or class "
+                                         "responds to most (an atlas, one PNG each, index.json)",
+                       epilog=VISUALIZE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model")
+    p.add_argument("--layer", help="the layer whose channels to visualise (a name or index; not used "
+                                   "with --objective class)")
+    p.add_argument("--channels", metavar="0-31|all", help="channels (or classes): all, a range, or a "
+                                                          "comma-separated list (default: the first batch)")
+    p.add_argument("--objective", default="channel", choices=("channel", "neuron", "class"),
+                   help="channel: mean of its map (default); neuron: the centre unit; class: a logit")
+    p.add_argument("--negative", action="store_true", help="the image the objective likes least")
+    p.add_argument("--steps", type=int, default=512, help="optimisation steps (default 512, as Lucid)")
+    p.add_argument("--size", type=int, metavar="PX",
+                   help="image side in pixels (default 128, as Lucid; at most a fixed input's side)")
+    p.add_argument("--seed", type=int, default=0, help="random seed: same seed, same images (default 0)")
+    p.add_argument("--batch", type=int, default=32, help="images optimised together (default 32)")
+    p.add_argument("--lr", type=float, default=0.05, help="Adam learning rate (default 0.05, as Lucid)")
+    p.add_argument("--copies", type=int, default=1, help="images per channel (default 1)")
+    p.add_argument("--diversity", type=float, default=0.0, metavar="W",
+                   help="push the copies of a channel apart (Gram-matrix penalty, e.g. 100 with --copies 4)")
+    p.add_argument("--preprocess", choices=("unit", "caffe", "torch", "tf", "raw"),
+                   help="preprocessing preset (default: the model's own; unit = x/255)")
+    p.add_argument("--out", required=True, help="output folder")
+    _model_options(p)
+
     p = sub.add_parser("demo", help="run everything on the built-in MNIST CNN and a digit")
     p.add_argument("--out", default="demo-output", help="output folder (default demo-output)")
     return parser
@@ -378,6 +403,31 @@ def _cmd_timeline(args: argparse.Namespace, stdout: TextIO) -> int:
     stdout.write(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB; {which})\n")
     return 0
 
+VISUALIZE_EXAMPLES = """\
+examples:
+  convlens visualize demo --objective class --channels all --out vis/
+  convlens visualize vgg16 --weights none --layer block4_conv3 --channels 0-31 --out vis/
+  convlens visualize torchvision:resnet18 --weights none --layer layer4.1.conv2 --steps 256 --out vis/
+"""
+
+
+def _cmd_visualize(lens: Any, args: argparse.Namespace, stdout: TextIO) -> None:
+    from ._errors import OutputError
+
+    if Path(args.out).exists() and not Path(args.out).is_dir():  # before minutes of optimisation
+        raise OutputError(f"cannot write to {args.out}: it is a file, not a folder; choose another --out")
+    result = lens.visualize(args.layer, args.channels, objective=args.objective, negative=args.negative,
+                            steps=args.steps, size=args.size, seed=args.seed, batch=args.batch, lr=args.lr,
+                            copies=args.copies, diversity=args.diversity, preprocess=args.preprocess,
+                            progress=BarProgress())
+    index = result.save(args.out)
+    run = index["visualize"][-1]
+    acts = result.activations
+    stdout.write(f"wrote {len(result)} images and an atlas of {result.layer_name} to "
+                 f"{Path(args.out) / run['folder']} (index: {Path(args.out) / 'index.json'}); "
+                 f"{result.objective} {'minimised' if result.negative else 'maximised'}, activation "
+                 f"reached {float(acts.min()):.4g} to {float(acts.max()):.4g}\n")
+
 
 def _cmd_demo(args: argparse.Namespace, stdout: TextIO) -> int:
     import shutil
@@ -453,6 +503,9 @@ def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None,
             _cmd_report(lens, args, stdout)
         elif args.command == "heatmap":
             _cmd_heatmap(lens, args, stdout)
+
+        elif args.command == "visualize":
+            _cmd_visualize(lens, args, stdout)
         else:  # pragma: no cover - argparse rejects unknown commands
             raise BadArgument(f"unknown command {args.command}")
     except ConvlensError as exc:

@@ -511,3 +511,20 @@ class Lens:
 
         return heatmaps(self, images, method, **options)
 
+    # ------------------------------------------------------------------ feature visualisation
+
+    def visualize(self, layer: str | int | None = None, channels: Any = None, **options: Any) -> Any:
+        """The images that most excite channels, neurons or classes (Lucid's feature visualisation).
+
+        See :func:`convlens.visualize.visualize` for the options (objective,
+        negative, steps, size, seed, batch, diversity, copies, progress).
+
+        Returns:
+            A :class:`convlens.visualize.Visualization`: ``.atlas()``,
+            ``.save(out)``, and an inline view in Jupyter.
+        """
+        from .visualize import visualize
+
+        if options.get("preprocess") is None:
+            options["preprocess"] = self.preprocess
+        return visualize(self.adapter, layer, channels, **options)

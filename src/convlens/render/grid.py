@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -20,7 +21,7 @@ from .font import text_masks
 
 __all__ = ["PALETTE_LEVELS", "add_title", "add_title_indexed", "check_lut", "downsample", "draw_texts",
            "grid_shape", "mosaic", "palette", "signals", "strip", "text_width", "tile", "tile_indexed",
-           "upscale_factor"]
+           "tile_rgb", "upscale_factor"]
 
 Color = tuple[int, int, int]
 
@@ -280,6 +281,39 @@ def signals(
     return tile(idx, lut, columns=1, separator=1, min_tile=0)
 
 
+def tile_rgb(tiles: np.ndarray, *, columns: int | None = None, separator: int = 1,
+             labels: Sequence[str] | None = None, min_tile: int = 32) -> np.ndarray:
+    """Lay out RGB pictures (feature visualisations) as one grid, in :func:`tile`'s layout.
+
+    Args:
+        tiles: ``(n, h, w, 3)`` uint8 RGB, ``n >= 1``.
+        columns: fixed number of columns; ``None`` for a near-square grid.
+        separator: width in pixels of the white lines between tiles.
+        labels: ``n`` strings of digits (and ``-+. e``) stamped in each tile's
+            top-left corner, e.g. channel numbers; ``None``: no labels.
+        min_tile: tiles whose longer side is under this many pixels are
+            enlarged by an integer factor (nearest neighbour).
+
+    Returns:
+        ``(rows * (th + s) + s, cols * (tw + s) + s, 3)`` uint8 RGB.
+    """
+    t = np.asarray(tiles)
+    if t.ndim != 4 or t.shape[-1] != 3 or t.dtype != np.uint8 or 0 in t.shape:
+        raise BadArgument(f"tile_rgb needs (n, h, w, 3) uint8 pictures, got shape {t.shape} dtype {t.dtype}")
+    n, h, w = t.shape[:3]
+    if labels is not None and len(labels) != n:
+        raise BadArgument(f"tile_rgb: {len(labels)} labels for {n} pictures")
+    separator = _check_separator(separator)
+    rows, cols = grid_shape(n, columns)
+    factor = _upscale(max(h, w), min_tile)
+    if factor > 1:
+        t = t.repeat(factor, axis=1).repeat(factor, axis=2)
+    canvas, view = _mosaic(t, rows, cols, separator, _SEPARATOR, _EMPTY)
+    if labels is not None:
+        _draw_numbers(view, n, cols, h * factor, w * factor, 0, texts=list(labels))
+    return canvas
+
+
 def _title_mask(width: int, text: str, height: int | None) -> np.ndarray:
     """``(bar, W)`` uint8 coverage of the title text (0 bar, 255 ink); ``W >= width``."""
     from PIL import Image, ImageDraw
@@ -411,10 +445,11 @@ def _draw_crosses(view: np.ndarray, which: np.ndarray, cols: int, th: int, tw: i
 
 
 def _draw_numbers(view: np.ndarray, n: int, cols: int, th: int, tw: int, first: int,
-                  box_color: Any = _NUMBER_BOX, ink_color: Any = _NUMBER_INK) -> None:
+                  box_color: Any = _NUMBER_BOX, ink_color: Any = _NUMBER_INK,
+                  texts: list[str] | None = None) -> None:
     if min(th, tw) < 12:
         return
-    texts = [str(first + i) for i in range(n)]
+    texts = texts if texts is not None else [str(first + i) for i in range(n)]
     longest = max(len(t) for t in texts)
     scale = int(np.clip(min(th, tw) // 56, 1, 3))
     # Shrink the font until the widest label's box fits a tile; give up at 1.
