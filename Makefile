@@ -28,8 +28,11 @@ demo: $(VENV)/.demo-deps
 chromium:
 	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }
 
-# The whole suite on Keras's TensorFlow backend, then every Keras test again on its torch backend.
+# Static checks on src/ (rules in pyproject.toml), the whole suite on Keras's TensorFlow backend,
+# then every Keras test again on its torch backend.
 test: $(VENV)/.test-deps chromium
+	$(BIN)/ruff check src
+	$(BIN)/mypy
 	KERAS_BACKEND=tensorflow $(BIN)/python -m pytest
 	KERAS_BACKEND=torch $(BIN)/python -m pytest -m keras
 

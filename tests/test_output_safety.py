@@ -31,8 +31,8 @@ import pytest
 
 import convlens
 from convlens import OutputError
-from convlens.cli import main
 from convlens import output as png  # OutputDir and atomic_write_bytes live in convlens.output
+from convlens.cli import main
 from convlens.output import OutputDir
 
 DIGIT = str(convlens.DEMO_IMAGE)

@@ -8,9 +8,9 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, NoReturn, Sequence, TextIO
+from typing import Any, NoReturn, TextIO
 
 from . import __version__
 from ._errors import BadArgument, ConvlensError

@@ -396,7 +396,8 @@ class Lens:
                 files = []
                 if k.shape[1] in (1, 3):  # a first layer: each filter as one picture, per-filter 0-1
                     suffix, label = ("_rgb", "RGB") if k.shape[1] == 3 else ("_gray", "gray")
-                    staging.write_png(base + suffix + ".png", add_title(first_layer_composites(k, cap), f"{head}  ·  {label}"))
+                    patches = first_layer_composites(k, cap)
+                    staging.write_png(base + suffix + ".png", add_title(patches, f"{head}  ·  {label}"))
                     files.append(base + suffix + ".png")
                 grid = filter_grid(k, lut, max_filters=cap, max_inputs=max_inputs)
                 caps = [f"{label} 0-{n - 1} of {total}" for label, n, total in

@@ -21,7 +21,7 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import re
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 from ._errors import BadArgument, LayerNotFound
 from .core.layers import LayerInfo

@@ -6,7 +6,8 @@ The numbers come from :mod:`convlens.core.stats`; this module only lays them out
 from __future__ import annotations
 
 import html
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -18,7 +19,8 @@ from .core.text import number, percent
 __all__ = ["ChannelStats", "LayerStats", "format_channel_rows", "format_stats_table"]
 
 LEGEND = ("dead: zero everywhere for these inputs; constant: one value other than 0 everywhere "
-          "(a unit with a single value is not counted); non-finite: NaN or inf seen; zeros: share of values that are exactly 0; "
+          "(a unit with a single value is not counted); non-finite: NaN or inf seen; "
+          "zeros: share of values that are exactly 0; "
           "mean, std, min, max: over every finite value of the layer.")
 
 

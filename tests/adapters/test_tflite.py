@@ -396,7 +396,6 @@ def test_quantised_kernels_within_half_a_step(built, kind):
 @pytest.mark.parametrize("kind", ["int8", "uint8"])
 def test_quantised_layers_within_one_rounding(built, kind):
     """Each layer against the float op on the TFLite input of that layer (bound in the module doc)."""
-    import keras
 
     adapter = TFLiteAdapter(built["files"][kind])
     interp = _litert(built["files"][kind])

@@ -10,8 +10,9 @@ later re-decides it.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from .._errors import BadModel, UnsupportedModel
 from ..classes import DEMO_SOURCE, IMAGENET_SOURCE, demo_class_names, imagenet_class_names

@@ -12,8 +12,9 @@ branches on the framework):
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Protocol, Sequence, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
@@ -204,11 +205,15 @@ class Adapter(Protocol):
 
     framework: str
     name: str
-    input_shape: tuple[int | None, ...]
     preprocess: str | None
     class_names: list[str] | None
     class_names_source: str
     final_activation: str | None
+
+    @property
+    def input_shape(self) -> tuple[int | None, ...]:
+        """``(H, W, C)`` with ``None`` for free dimensions (read-only: adapters may compute it)."""
+        ...
 
     def layers(self) -> list[LayerInfo]:
         """Every layer in execution order, the input first."""

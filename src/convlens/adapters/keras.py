@@ -15,10 +15,11 @@ import subprocess
 import sys
 import warnings
 import zipfile
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -273,7 +274,7 @@ def load_keras_file(path: str | os.PathLike[str], *, trust: bool = False) -> Any
     return model
 
 
-def load_zoo_model(name: str, *, weights: str | None = "imagenet", input_shape: Sequence[int] | None = None,
+def load_zoo_model(name: str, *, weights: str | None = "imagenet", input_shape: Sequence[int | None] | None = None,
                    trust: bool = False) -> tuple[Any, str]:
     """Build a ``keras.applications`` model by its convlens name.
 
@@ -574,8 +575,8 @@ class KerasAdapter:
                 if isinstance(op, keras.Model) or self._children(op) and not hasattr(op, "kernel"):
                     raise _NeedsProbe
                 out = node.output_tensors[0] if node.output_tensors else None
-                shape = tuple(out.shape[1:]) if out is not None else None
-                rows.append((op, self._info(len(rows), prefix + op.name, op, shape, parents)))
+                out_shape = tuple(out.shape[1:]) if out is not None else None
+                rows.append((op, self._info(len(rows), prefix + op.name, op, out_shape, parents)))
                 produced[id(op)] = len(rows) - 1
             return produced
 
@@ -724,7 +725,7 @@ class KerasAdapter:
         sizes = [table[i].output_shape for i in wanted if i]
         if self._passes[key] < 2 or any(s is None or None in s for s in sizes):
             return None
-        if 4 * shape[0] * sum(int(np.prod(s)) for s in sizes) > self.GRAPH_BUDGET:  # type: ignore[arg-type]
+        if 4 * shape[0] * sum(int(np.prod(s)) for s in sizes) > self.GRAPH_BUDGET:  # type: ignore[arg-type,misc]
             return None
         import tensorflow as tf
 

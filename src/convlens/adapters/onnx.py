@@ -19,11 +19,13 @@ NCHW; element-wise operators keep their input's layout).
 from __future__ import annotations
 
 import os
+import re
 import warnings
 from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -442,7 +444,7 @@ class OnnxAdapter:
             out = node.output[0] if node.output else ""
             out_type = types.get(out)
             known = out_type is not None and out_type.HasField("tensor_type")
-            elem = out_type.tensor_type.elem_type if known else 0
+            elem = out_type.tensor_type.elem_type if out_type is not None and known else 0
             floaty = elem in _FLOAT_TYPES if elem else node.op_type not in _PLUMBING
             node_layout = self._node_layout(node, act_inputs, layout)
             for o in node.output:
@@ -501,15 +503,16 @@ class OnnxAdapter:
                 elem = init_types.get(i) or (types[i].tensor_type.elem_type if i in types else 0)
                 shape = const_dims(i)
                 if elem in _FLOAT_TYPES and shape is not None and None not in shape:
-                    params += int(np.prod(shape)) if shape else 1
+                    params += int(np.prod([int(d) for d in shape if d is not None])) if shape else 1
         kernel_shape = kernel_size = stride = dilation = None
         if op in ("Conv", "ConvTranspose") and len(node.input) > 1:
             w = const_dims(node.input[1])
             if w is not None and None not in w and len(w) in (3, 4):
-                kernel_shape = _canonical_kernel_shape(op, tuple(int(d) for d in w),
+                kernel_shape = _canonical_kernel_shape(op, tuple(int(d) for d in w if d is not None),
                                                        int(attrs.get("group", 1)))
             spatial = attrs.get("kernel_shape") or (w[2:] if w is not None else None)
-            kernel_size = _pair(spatial) if spatial is not None and None not in spatial else None
+            known = spatial is not None and None not in spatial
+            kernel_size = _pair([int(d) for d in spatial if d is not None]) if known else None
         elif kind == "pool" and "kernel_shape" in attrs:
             kernel_size = _pair(attrs["kernel_shape"])
         if kernel_size is not None:  # ONNX's defaults are 1 along every axis

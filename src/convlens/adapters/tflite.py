@@ -26,7 +26,8 @@ op the TFLite operator stands for (``convolution``/``Conv2D`` for CONV_2D,
 ``depthwise`` for DEPTHWISE_CONV_2D, ``MatMul``, ``MaxPool``, ``Mean``...) are
 preferred when there are any, so a ReLU layer fused into a depthwise conv
 (``m/relu_1/Relu;m/dw_1/BiasAdd;m/dw_1/depthwise``) is named after the conv,
-``m/dw_1``, and so is MobileNet's ``ZeroPadding2D`` folded into the next conv. Output tensors without a scope (``StatefulPartitionedCall:0``) take
+``m/dw_1``, and so is MobileNet's ``ZeroPadding2D`` folded into the next conv.
+Output tensors without a scope (``StatefulPartitionedCall:0``) take
 the scope of the operator's weights (``m/fc_1/MatMul`` -> ``m/fc_1``); failing
 that, the signature's generic output names (``StatefulPartitionedCall``,
 ``Identity``) become the feeding row's name and the op (``m/fc_1/softmax``), and
@@ -50,9 +51,10 @@ import re
 import tempfile
 import warnings
 from collections import Counter
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -345,7 +347,7 @@ class TFLiteAdapter:
                            "file (not truncated, not another format renamed)?") from None
         return interp
 
-    def _read_options(self, data: bytes) -> list[tuple[int, Any]] | None:
+    def _read_options(self, data: bytes) -> list[tuple[int, Any, tuple[int, ...]]] | None:
         """Each operator's builtin options (type, table) from the flatbuffer, or ``None``."""
         schema = _import_schema()
         if schema is None:

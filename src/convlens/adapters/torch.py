@@ -52,15 +52,15 @@ import pickle
 import socket
 import warnings
 import zipfile
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
-from .._errors import (BadModel, ConvlensError, MissingDependency, UnsafeModel, UnsupportedModel,
-                       WeightsUnavailable)
+from .._errors import BadModel, ConvlensError, MissingDependency, UnsafeModel, UnsupportedModel, WeightsUnavailable
 from ..core.kinds import kind_of
 from ..core.layers import LayerInfo
 from ..core.receptive import with_receptive_fields
@@ -1093,7 +1093,7 @@ def _exported_input_shape(ep: Any) -> tuple[tuple[int | None, ...] | None, tuple
         if len(dd) >= 3:
             dd = [dd[0], *dd[2:], dd[1]]
         shapes.append(dd[1:])
-    return tuple(shapes[0]), (shapes[1], shapes[2])
+    return tuple(shapes[0]), (shapes[1], shapes[2])  # type: ignore[return-value]  # probe sizes are all ints
 
 
 def _is_zip(path: Path) -> bool:

@@ -10,8 +10,8 @@ branches merge, the widest field and the largest jump win.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
-from typing import Sequence
 
 from .layers import LayerInfo
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Sequence
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 
@@ -20,7 +20,7 @@ from .._errors import BadArgument
 __all__ = ["Frame", "encode_gif", "pad_frames"]
 
 #: An ``(H, W, 3)`` uint8 RGB picture, or ``(indices (H, W) uint8, palette (n <= 256, 3) uint8)``.
-Frame = Union[np.ndarray, tuple[np.ndarray, np.ndarray]]
+Frame = np.ndarray | tuple[np.ndarray, np.ndarray]
 
 _WHITE = 255
 

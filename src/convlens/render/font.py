@@ -7,7 +7,7 @@ operation (see :func:`text_masks`). Only digits and a few signs are needed.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

@@ -305,10 +305,10 @@ def tile_rgb(tiles: np.ndarray, *, columns: int | None = None, separator: int = 
         raise BadArgument(f"tile_rgb: {len(labels)} labels for {n} pictures")
     separator = _check_separator(separator)
     rows, cols = grid_shape(n, columns)
-    factor = _upscale(max(h, w), min_tile)
+    factor = upscale_factor(max(h, w), min_tile)
     if factor > 1:
         t = t.repeat(factor, axis=1).repeat(factor, axis=2)
-    canvas, view = _mosaic(t, rows, cols, separator, _SEPARATOR, _EMPTY)
+    canvas, view = mosaic(t, rows, cols, separator, _SEPARATOR, _EMPTY)
     if labels is not None:
         _draw_numbers(view, n, cols, h * factor, w * factor, 0, texts=list(labels))
     return canvas

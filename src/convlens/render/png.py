@@ -24,7 +24,7 @@ _COLOR_TYPES = {1: 0, 3: 2, 4: 6}  # channels -> PNG colour type (gray, RGB, RGB
 try:  # optional: the `isal` package (ISA-L), several times faster than zlib
     from isal import isal_zlib as _isal
 except ImportError:  # pragma: no cover - depends on the environment
-    _isal = None
+    _isal = None  # type: ignore[assignment]  # the module or None
 
 
 def encode_png(rgb: np.ndarray, *, compress_level: int = 1, palette: np.ndarray | None = None) -> bytes:
@@ -72,7 +72,7 @@ def encode_png(rgb: np.ndarray, *, compress_level: int = 1, palette: np.ndarray 
         _SIGNATURE,
         _chunk(b"IHDR", header),
         plte,
-        _chunk(b"IDAT", _deflate(memoryview(raw).cast("B"), int(compress_level))),
+        _chunk(b"IDAT", _deflate(raw.data.cast("B"), int(compress_level))),
         _chunk(b"IEND", b""),
     ))
 

@@ -270,7 +270,8 @@ def build_timeline(run_dir: str | os.PathLike[str], *, max_checkpoints: int = MA
     error = index.get("error")
     head = (f"{escape(index.get('framework', ''))} · {len(checkpoints)} checkpoint"
             f"{'s' if len(checkpoints) != 1 else ''} · {len(images)} fixed image{'s' if len(images) != 1 else ''}"
-            f" · layers {escape(', '.join(str(x.get('name')) for x in index.get('layers', []) if isinstance(x, dict)))}")
+            " · layers " + escape(", ".join(str(x.get("name")) for x in index.get("layers", [])
+                                             if isinstance(x, dict))))
     body = [
         (f'<header class="tl-header"><h1>convlens timeline · {escape(index.get("model", ""))}</h1>'
          f'<p class="tl-muted">{head}</p>'),

@@ -91,7 +91,8 @@ def _layer(table: list[LayerInfo], layer: Any, objective: str) -> LayerInfo:
     chosen = select(table, layer)
     if len(chosen) != 1:
         names = ", ".join(table[i].name for i in chosen[:5])
-        raise BadArgument(f"--layer {layer!r} names {len(chosen)} layers ({names}{', ...' if len(chosen) > 5 else ''}); "
+        more = ", ..." if len(chosen) > 5 else ""
+        raise BadArgument(f"--layer {layer!r} names {len(chosen)} layers ({names}{more}); "
                           "name one layer")
     info = table[chosen[0]]
     if info.index == 0 or info.kind == "input":

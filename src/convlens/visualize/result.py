@@ -15,8 +15,9 @@ import numpy as np
 
 from .. import __version__
 from ..core.layers import LayerInfo
+from ..output import OutputDir
 from ..render.grid import add_title, grid_shape, tile_rgb
-from ..render.png import OutputDir, encode_png
+from ..render.png import encode_png
 
 __all__ = ["Visualization"]
 
