@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ._errors import BadArgument, BadImage
+from ._errors import BadArgument, BadImage, UnsupportedModel
 from ._progress import NullProgress, Progress
 from .core.predictions import to_probabilities
 from .images import Image, PreparedBatch, prepare_batch
@@ -345,8 +345,6 @@ def _check_before_work(lens: Lens, made: list[Method], layer: Any, target: Targe
     Returns:
         The class indexes the target names, ``None`` for each image's top class.
     """
-    from ._errors import UnsupportedModel
-
     adapter = lens.adapter
     needing = [m for m in made if m.needs_gradients]
     if needing:
