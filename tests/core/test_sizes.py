@@ -34,5 +34,6 @@ def test_hint_from_the_table():
 
 def test_hint_without_a_known_stride_suggests_32():
     hint = size_hint([_row(0, (1, 1))], 300, 451)
-    assert hint == ("if it needs sides that are multiples of 32 (as detectors often do), try --size with a "
-                    "multiple of 32 such as 288x448 (size=(288, 448) in Python)")
+    assert hint == ("if it needs another input size, pass --size HxW (size=(H, W) in Python); if it needs "
+                    "sides that are multiples of 32, as detectors often do, try --size with a multiple of 32 "
+                    "such as 288x448")

@@ -771,8 +771,16 @@ class KerasAdapter:
                 if str(row) in captured:
                     on_output(row, self._canonical_array(convert(captured[str(row)])))
         else:
-            record = self._recorder(set(wanted_key),
-                                    lambda row, t: on_output(row, self._canonical_array(convert(t))))
+            raised: list[BaseException] = []  # by on_output itself: not the model's error
+
+            def sink(row: int, t: Any) -> None:
+                try:
+                    on_output(row, self._canonical_array(convert(t)))
+                except BaseException as exc:
+                    raised.append(exc)
+                    raise
+
+            record = self._recorder(set(wanted_key), sink)
             with self._wrapped(record), self._no_grad(), warnings.catch_warnings():
                 # legacy models name their input; a bare tensor is what they get and is fine
                 warnings.filterwarnings("ignore", message=r".*structure of `inputs`.*")
@@ -781,6 +789,8 @@ class KerasAdapter:
                 except ConvlensError:
                     raise
                 except Exception as exc:  # noqa: BLE001 - the model's own error, e.g. an input size it cannot take
+                    if raised:  # Keras may have rewrapped it: hand over the caller's own exception
+                        raise raised[0] from None
                     raise self._run_failed(exc, np.shape(batch)) from None
         return self._canonical_array(convert(y)) if y is not None else np.zeros((len(x), 0))
 

@@ -44,7 +44,9 @@ def size_hint(layers: Sequence[LayerInfo], height: int, width: int) -> str:
 
     Returns:
         e.g. "its layers downsample by 32 in all, so it may need sides that are
-        multiples of 32: try --size 96x160 (size=(96, 160) in Python)".
+        multiples of 32: try --size 96x160 (size=(96, 160) in Python)"; when no
+        layer downsamples (or the table does not say), a general phrase that
+        still names a multiple of 32.
     """
     stride = total_stride(layers)
     if stride is not None:
@@ -55,5 +57,6 @@ def size_hint(layers: Sequence[LayerInfo], height: int, width: int) -> str:
                 f"try --size {h}x{w} (size=({h}, {w}) in Python)")
     m = DEFAULT_MULTIPLE
     h, w = nearest_multiple(height, m), nearest_multiple(width, m)
-    return (f"if it needs sides that are multiples of {m} (as detectors often do), try --size with a "
-            f"multiple of {m} such as {h}x{w} (size=({h}, {w}) in Python)")
+    return (f"if it needs another input size, pass --size HxW (size=(H, W) in Python); if it needs "
+            f"sides that are multiples of {m}, as detectors often do, try --size with a multiple of {m} "
+            f"such as {h}x{w}")
