@@ -511,8 +511,8 @@ class OnnxAdapter:
                 kernel_shape = _canonical_kernel_shape(op, tuple(int(d) for d in w if d is not None),
                                                        int(attrs.get("group", 1)))
             spatial = attrs.get("kernel_shape") or (w[2:] if w is not None else None)
-            known = spatial is not None and None not in spatial
-            kernel_size = _pair([int(d) for d in spatial if d is not None]) if known else None
+            kernel_size = (_pair([int(d) for d in spatial if d is not None])
+                           if spatial is not None and None not in spatial else None)
         elif kind == "pool" and "kernel_shape" in attrs:
             kernel_size = _pair(attrs["kernel_shape"])
         if kernel_size is not None:  # ONNX's defaults are 1 along every axis
