@@ -22,10 +22,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from ..._errors import BadArgument, ConvlensError
 from ...heatmaps import Heatmap, compute_heatmaps, create_methods, parse_methods
 from ...images import PreparedBatch
 from ...render.overlay import overlay
+from ...render.png import encode_png
 from ..context import ReportContext
 from ..registry import register_section
 from ..templating import Markup, lazy_img, render
@@ -86,7 +89,8 @@ def heatmaps_section(ctx: ReportContext) -> Markup:
 def _figure(pixels: Any, rank: int, e: Heatmap) -> dict[str, Any]:
     rgb = overlay(pixels, e.map, signed=e.signed, value_range=(-1.0, 1.0) if e.signed else (0.0, 1.0),
                   min_side=192, max_side=_SIDE)
-    data, mime = jpeg_or_png(rgb)
+    # a small image (a digit) is enlarged with sharp pixels, which JPEG would smear: PNG then
+    data, mime = (encode_png(rgb), "image/png") if max(np.shape(pixels)[:2]) < 224 else jpeg_or_png(rgb)
     if e.probability is not None:
         score = f"p {e.probability:.3f}" if e.probability >= 0.001 else f"p {e.probability:.1e}"
     else:
