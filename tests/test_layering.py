@@ -21,9 +21,9 @@ LAYERS = [
     {"render"},
     {"images", "selection", "classes", "output", "adapters"},
     {"passes"},
-    {"lens", "stats", "methods", "heatmaps"},
-    {"report"},
-    {"cli", "__main__", "__init__"},
+    {"lens", "stats", "methods", "heatmaps", "visualize"},
+    {"report", "timeline"},
+    {"cli", "__main__", "__init__", "keras", "torch"},
 ]
 
 
