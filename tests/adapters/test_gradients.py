@@ -538,8 +538,10 @@ def test_onnx_exact_gradients_through_the_conversion(tmp_path, layout):
         np.testing.assert_allclose(g.input_grad, d_in, rtol=1e-5, atol=1e-7)
         np.testing.assert_allclose(g.score, score, rtol=1e-5)
         np.testing.assert_allclose(g.output.sum(axis=1), 1.0, rtol=1e-5)
-    # per item classes and weights are cut per chunk with their own items
+    # per item classes and weights are cut per chunk with their own items; without the input
+    # gradient, onnxruntime runs the conv and PyTorch the rest, the softmax's logits included
     g = adapter.gradients(x, Target(channels=(0, 1, 3), weights=(1.0, 2.0, -1.0)), layers=[conv_row])
+    assert g.logits
     for i, (k, w) in enumerate(((0, 1.0), (1, 2.0), (3, -1.0))):
         np.testing.assert_allclose(g.grads[conv_row][i], w * _expected(x, k)[1][i], rtol=1e-5, atol=1e-7)
         np.testing.assert_allclose(g.score[i], w * _expected(x, k)[3][i], rtol=1e-5)

@@ -209,7 +209,7 @@ class OnnxAdapter:
         self._row_tensor: list[str] = []  # tensor name of each row (row 0: the input)
         self._row_node: list[Any] = []  # NodeProto of each row (None for the input)
         self._layout: dict[str, str] = {}  # tensor name -> "NCHW" / "NHWC" for rank-3/4 tensors
-        self._sessions: OrderedDict[tuple[str, ...], Any] = OrderedDict()
+        self._sessions: OrderedDict[tuple[str, ...], Any] = OrderedDict()  # by extra outputs (_session)
         self._ort_values: dict[str, Any] | None = None  # large weights as OrtValues, by name
         self._twin_cache: tuple[Any, dict[str, tuple[Any, int, int]]] | None = None  # onnx2torch's module
         self._twin_error: str | None = None  # why the conversion failed, once it has
@@ -569,8 +569,12 @@ class OnnxAdapter:
             self._shared = dict.fromkeys(self._shared)
         return list(self._ort_values), list(self._ort_values.values())
 
-    def _session(self, extra: tuple[str, ...]) -> Any:
+    def _session(self, extra: tuple[str, ...], only: bool = False) -> Any:
         """A session returning the model's outputs and the tensors ``extra`` (cached, LRU).
+
+        With ``only``, the session returns ``extra`` alone, and onnxruntime
+        leaves out the nodes that only the model's outputs need (a gradient
+        pass's tail computes those in PyTorch).
 
         Each session holds its own copy of the weights (onnxruntime copies what
         ``add_external_initializers`` gives it), so the cache keeps as many
@@ -581,11 +585,14 @@ class OnnxAdapter:
         (224x224, 2 CPU cores) a pass capturing all 13 convs took 1.02-1.03x
         the plain session's time (median of paired runs).
         """
-        if extra in self._sessions:
-            self._sessions.move_to_end(extra)
-            return self._sessions[extra]
+        key = (*extra, "") if only else extra  # "" names no tensor
+        if key in self._sessions:
+            self._sessions.move_to_end(key)
+            return self._sessions[key]
         model = self.onnx.ModelProto()
         model.CopyFrom(self._skeleton)
+        if only:
+            del model.graph.output[:]
         declared = {o.name for o in model.graph.output}
         for name in extra:
             if name not in declared:
@@ -615,7 +622,7 @@ class OnnxAdapter:
                         "(onnx.helper.make_model(..., ir_version=N)) or upgrade onnxruntime")
             raise BadModel(f"onnxruntime {self.ort.__version__} cannot load {self._label}: "
                            f"{text}{hint}") from None
-        self._sessions[extra] = session
+        self._sessions[key] = session
         return session
 
     # ----------------------------------------------------------------- running
@@ -773,7 +780,11 @@ class OnnxAdapter:
                 and self._graph_output in by_tensor:
             softmax = by_tensor[self._graph_output][0]
         where = None if target.layer is None else table[int(target.layer)].name
-        tail = None if wrt_input or 0 in needed else self._tail(needed)
+        tail = None if wrt_input or 0 in needed or not needed else self._tail(needed)
+        if tail is not None and softmax is not None and target.layer is None and not any(
+                n.op == "call_module" and tail.module.get_submodule(n.target) is softmax
+                for n in tail.module.graph.nodes):
+            tail = None  # the logits before the final softmax are read in PyTorch: keep it in
         n = len(x)
         size = self.batch_size if self.batch_size is not None and self.batch_size != n else n
         full: dict[tuple[int, ...], np.ndarray] = {}
@@ -901,7 +912,7 @@ class OnnxAdapter:
         import torch
 
         extra = [name for name in tail.inputs if name != self.input_name]
-        session = self._session(tuple(sorted(set(extra))))
+        session = self._session(tuple(sorted(set(extra))), only=True)
         values = dict(zip(extra, self._run_session(session, feed, extra)))
         args = [torch.from_numpy(np.ascontiguousarray(values[name] if name != self.input_name else feed))
                 for name in tail.inputs]
