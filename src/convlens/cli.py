@@ -323,7 +323,7 @@ def _cmd_demo(args: argparse.Namespace, stdout: TextIO) -> int:
 
     from . import DEMO_IMAGE
     from .lens import Lens
-    from .render.png import OutputDir
+    from .output import OutputDir
 
     lens = Lens("demo")
     table = lens.layers()

@@ -9,7 +9,8 @@ Two steps, kept apart so that callers can tell the user what happened:
 * :func:`prepare` adapts one :class:`Image` to one model: channel count, size
   and a preprocessing preset (:data:`PRESETS`), and returns human sentences
   (notes) for every change the user should know about. The library never
-  prints them; the caller decides.
+  prints them; the caller decides. :func:`prepare_batch` does both steps for
+  a list of images and one model's input shape.
 
 Loading files is guarded against decompression bombs (:data:`MAX_PIXELS`) and
 never accepts truncated files: this module never sets
@@ -32,17 +33,19 @@ import numpy as np
 import PIL.Image
 import PIL.ImageOps
 
-from convlens._errors import BadArgument, BadImage
+from convlens._errors import BadArgument, BadImage, UnsupportedModel
 
 __all__ = [
     "MAX_PIXELS",
     "PRESETS",
     "Image",
     "ImageSource",
+    "PreparedBatch",
     "apply_preset",
     "load_image",
     "load_images",
     "prepare",
+    "prepare_batch",
 ]
 
 #: Preprocessing presets: name -> what it does to pixels ``x`` in 0..255.
@@ -832,3 +835,70 @@ def _preset_formula(x: np.ndarray, preset: str) -> np.ndarray:
     if channels == 3:  # torch
         return (x / 255.0 - _TORCH_MEAN) / _TORCH_STD
     return (x / 255.0 - _TORCH_MEAN.mean()) / _TORCH_STD.mean()
+
+
+# --------------------------------------------------------------------------- one model's batch
+
+
+@dataclass(frozen=True)
+class PreparedBatch:
+    """Images loaded and prepared for one model (see :func:`prepare_batch`).
+
+    Attributes:
+        images: the images as loaded, in order.
+        arrays: per image, the ``(h, w, c)`` float32 input the network sees (preprocessed).
+        notes: what was done to them, in order (each resizing says why its size was chosen).
+    """
+
+    images: list[Image]
+    arrays: list[np.ndarray]
+    notes: list[str]
+
+
+def prepare_batch(
+    images: ImageSource | Sequence[ImageSource],
+    input_shape: Sequence[int | None],
+    *,
+    size: int | Sequence[int] | None,
+    preprocess: str,
+    model_name: str,
+) -> PreparedBatch:
+    """Load images and prepare each for a model that takes ``input_shape``.
+
+    Args:
+        images: one image or a list (paths, PIL images, arrays; see :func:`load_images`).
+        input_shape: the model's ``(H, W, C)``, ``None`` for a free dimension.
+        size: ``H`` or ``(H, W)`` for a model that accepts any size; ``None``: the
+            model's fixed size, or the image's own.
+        preprocess: a key of :data:`PRESETS`.
+        model_name: the model's name, for messages.
+
+    Raises:
+        UnsupportedModel: the model does not take images ``(H, W, C)``.
+        BadArgument: ``size`` differs from the model's fixed input size.
+    """
+    if len(input_shape) != 3:
+        raise UnsupportedModel(f"{model_name} takes input of shape {tuple(input_shape)}, not images "
+                               "(H, W, C); its layer table and filters work, feature maps need an "
+                               "image model")
+    loaded = load_images(images)
+    h, w, c = input_shape
+    target: tuple[int, int] | None
+    if size is not None:
+        sh, sw = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+        if (h is not None and h != sh) or (w is not None and w != sw):
+            raise BadArgument(f"{model_name} takes a fixed input of {h}x{w}; --size {sh}x{sw} "
+                              "cannot be used with it (leave --size out)")
+        target = (sh, sw)
+    elif h is not None and w is not None:
+        target = (h, w)
+    else:
+        target = None
+    why = "the size asked for" if size is not None else "the model's fixed input size"
+    arrays: list[np.ndarray] = []
+    notes: list[str] = []
+    for image in loaded:
+        arr, n = prepare(image, size=target, channels=c, preprocess=preprocess)
+        arrays.append(arr)
+        notes.extend(f"{note} ({why})" if note.startswith("resized") else note for note in n)
+    return PreparedBatch(loaded, arrays, notes)

@@ -4,32 +4,36 @@ from __future__ import annotations
 
 import base64
 import html
-import json
 import os
 import re
 import threading
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from . import __version__
 from ._errors import BadArgument, LayerNotFound, UnsupportedModel
 from ._progress import NullProgress, Progress
 from .adapters import open_model
+from .classes import check_class_names, read_labels
 from .core.layers import LayerInfo
-from .core.normalize import finite_range
-from .core.stats import StatsAccumulator
-from .images import Image, load_images, prepare
+from .core.normalize import finite_range, union_range
+from .core.text import pair_text, shape_text
+from .images import Image, PreparedBatch, prepare_batch
+from .output import OutputDir, check_file_target, merge_index
+from .passes import CollectMaps, MapConsumer, StatsConsumer, run_pass
 from .render.colormap import lut as colormap_lut
-from .render.filters import filter_grid, filter_norms, rgb_composites
+from .render.filters import filter_grid, filter_norms, first_layer_composites
 from .render.grid import add_title
 from .render.maps import RenderOptions, reduce_map, render_map
-from .render.png import OutputDir, encode_png
+from .render.png import encode_png
 from .selection import select
 from .stats import ChannelStats
+
+if TYPE_CHECKING:  # pragma: no cover - the report imports this module, never the reverse
+    from .report import Report
 
 __all__ = ["FeatureMaps", "Filters", "LayerTable", "Lens", "format_table"]
 
@@ -42,16 +46,7 @@ def _safe(name: str) -> str:
 
 
 def _shape(shape: Sequence[int | None] | None) -> str:
-    if shape is None:
-        return "?"
-    dims = ["None" if d is None else str(d) for d in shape]
-    return "(" + ", ".join(dims) + ("," if len(dims) == 1 else "") + ")"
-
-
-def _pair_text(p: Sequence[int] | None) -> str:
-    if not p:
-        return "-"
-    return str(p[0]) if p[0] == p[1] else f"{p[0]}x{p[1]}"
+    return shape_text(shape, free="None")
 
 
 def format_table(layers: Sequence[LayerInfo]) -> str:
@@ -62,9 +57,9 @@ def format_table(layers: Sequence[LayerInfo]) -> str:
         rows.append((
             str(layer.index), layer.name, layer.type, _shape(layer.output_shape), f"{layer.params:,}",
             _shape(layer.kernel_shape) if layer.kernel_shape else "-",
-            _pair_text(layer.stride),
-            "all" if layer.global_rf else _pair_text(layer.rf_size),
-            "-" if layer.global_rf else _pair_text(layer.rf_jump),
+            pair_text(layer.stride),
+            "all" if layer.global_rf else pair_text(layer.rf_size),
+            "-" if layer.global_rf else pair_text(layer.rf_jump),
         ))
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
     right = {0, 4, 7, 8}
@@ -143,12 +138,12 @@ class FeatureMaps(Mapping[str, np.ndarray]):
                                 "select it when calling feature_maps(..., layers=...)")
         vr = None
         if opts.norm == "global":
-            vr = _union_range(finite_range(reduce_map(a[image], opts)) for a in self.arrays.values())
+            vr = union_range(finite_range(reduce_map(a[image], opts)) for a in self.arrays.values())
         return render_map(self[layer][image], opts, title=_title(info), value_range=vr).rgb
 
     def _repr_html_(self) -> str:
-        parts = [f"<div><b>{html.escape(str(len(self)))} layers</b> for image "
-                 f"{html.escape(self.images[0].name)}</div>"]
+        parts = [(f"<div><b>{html.escape(str(len(self)))} layers</b> for image "
+                  f"{html.escape(self.images[0].name)}</div>")]
         opts = RenderOptions()
         for info in self.layers:
             rgb = render_map(self.arrays[info.name][0], opts, title=_title(info)).rgb
@@ -158,12 +153,6 @@ class FeatureMaps(Mapping[str, np.ndarray]):
 
 def _title(info: LayerInfo) -> str:
     return f"{info.index} {info.name}  ·  {info.type}  ·  {_shape(info.output_shape)}"
-
-
-def _composites(kernels: np.ndarray, cap: int) -> np.ndarray:
-    """First-layer filters as one patch each: RGB for 3 inputs, gray for 1."""
-    return rgb_composites(np.repeat(kernels, 3, axis=1) if kernels.shape[1] == 1 else kernels,
-                          max_filters=cap)
 
 
 class Filters(dict):
@@ -177,34 +166,37 @@ class Filters(dict):
         parts = []
         for name, k in self.items():
             if k.shape[1] in (1, 3):
-                parts.append(_png_html(_composites(k, 64), f"{name} {k.shape}: each filter, 0-1"))
+                parts.append(_png_html(first_layer_composites(k, 64), f"{name} {k.shape}: each filter, 0-1"))
             parts.append(_png_html(self.render(name), f"{name} {k.shape}: filters x inputs"))
         return "".join(parts)
 
 
-def _union_range(ranges: Iterable[tuple[float, float]]) -> tuple[float, float]:
-    rs = list(ranges)
-    return (min(r[0] for r in rs), max(r[1] for r in rs)) if rs else (0.0, 0.0)
+class _MapFiles(MapConsumer):
+    """``save_maps``'s consumer: each layer of each image as a PNG grid in the output folder."""
 
+    def __init__(self, options: RenderOptions, staging: OutputDir, images: list[Image]) -> None:
+        super().__init__(options)
+        self.staging = staging
+        self.images = images
+        self.entries: list[dict[str, Any]] = []
+        self._entries_lock = threading.Lock()
 
-def _merge_index(out: Path, key: str, entries: list[dict[str, Any]], meta: dict[str, Any]) -> dict[str, Any]:
-    """Fold this run's entries into an index.json already in ``out`` (other commands' files stay)."""
-    index: dict[str, Any] = {}
-    old = out / "index.json"
-    if old.is_file():
-        try:
-            index = json.loads(old.read_text())
-        except (OSError, ValueError):
-            index = {}
-        if not isinstance(index, dict):
-            index = {}
-    new_files = {e["file"] for e in entries}
-    kept = [e for e in index.get(key, []) if isinstance(e, dict) and e.get("file") not in new_files
-            and (out / str(e.get("file"))).exists()]
-    index.update(meta)
-    index["convlens"] = __version__
-    index[key] = kept + entries
-    return index
+    def draw(self, image: int, layer: LayerInfo, x: np.ndarray, total: int, shape: tuple[int, ...],
+             value_range: tuple[float, float] | None) -> None:
+        im = self.images[image]
+        rel = f"maps/{_safe(im.name)}/{layer.index:03d}_{_safe(layer.name)}.png"
+        rendered = render_map(x, self.options, title=_title(layer), channels_total=total,
+                              value_range=value_range, reduced=value_range is not None)
+        self.staging.write_bytes(rel, rendered.png())
+        entry = {
+            "image": im.name, "layer": layer.name, "index": layer.index, "type": layer.type,
+            "shape": list(layer.output_shape) if layer.output_shape else None,
+            "file": rel, "layout": rendered.layout,
+            "channels_total": rendered.channels_total,
+            "channels_shown": rendered.channels_shown, "flags": rendered.flags.indices(),
+        }
+        with self._entries_lock:
+            self.entries.append(entry)
 
 
 class Lens:
@@ -232,7 +224,7 @@ class Lens:
         self.adapter = open_model(model, weights=weights, input_shape=input_shape, trust=trust,
                                   preprocess=preprocess)
         self.preprocess = preprocess or self.adapter.preprocess or "unit"
-        #: what the model was opened from (a name such as ``vgg16`` tells the report its class names)
+        #: what the model was opened from (a path or a name such as ``vgg16``), else ``None``
         self.source = model if isinstance(model, (str, os.PathLike)) else None
 
     @property
@@ -260,31 +252,49 @@ class Lens:
 
     # ------------------------------------------------------------------ inputs
 
-    def _prepare(self, images: ImageLike | Sequence[ImageLike], size: Any, preprocess: str | None
-                 ) -> tuple[list[Image], list[np.ndarray], list[str]]:
-        if len(self.input_shape) != 3:
-            raise UnsupportedModel(f"{self.name} takes input of shape {self.input_shape}, not images "
-                                   "(H, W, C); its layer table and filters work, feature maps need an "
-                                   "image model")
-        loaded = load_images(images)
-        h, w, c = self.input_shape
-        if size is not None:
-            sh, sw = (size, size) if isinstance(size, int) else tuple(size)
-            if (h is not None and h != sh) or (w is not None and w != sw):
-                raise BadArgument(f"{self.name} takes a fixed input of {h}x{w}; --size {sh}x{sw} "
-                                  "cannot be used with it (leave --size out)")
-            target = (sh, sw)
-        elif h is not None and w is not None:
-            target = (h, w)
-        else:
-            target = None
-        why = "the size asked for" if size is not None else "the model's fixed input size"
-        arrays, notes = [], []
-        for image in loaded:
-            arr, n = prepare(image, size=target, channels=c, preprocess=preprocess or self.preprocess)
-            arrays.append(arr)
-            notes.extend(f"{note} ({why})" if note.startswith("resized") else note for note in n)
-        return loaded, arrays, notes
+    def _prepare(self, images: ImageLike | Sequence[ImageLike], size: Any,
+                 preprocess: str | None) -> PreparedBatch:
+        return prepare_batch(images, self.input_shape, size=size, preprocess=preprocess or self.preprocess,
+                             model_name=self.name)
+
+    def class_names(self, labels: str | os.PathLike[str] | Sequence[str] | None = None, *,
+                    classes: int | None = None, output_shape: Sequence[int] | None = None
+                    ) -> tuple[list[str] | None, str]:
+        """The model's class names, and where they come from in words.
+
+        ``labels`` (a file, one name per line, or a list: ``--labels``) win;
+        otherwise the names the adapter knows (ImageNet's for keras.applications
+        and torchvision classifiers, the demo's digits). The report's
+        predictions and the heatmaps' ``--class NAME`` both ask here.
+
+        Args:
+            labels: the user's class names, if any.
+            classes: K, the number of class scores the model outputs per image,
+                when the caller ran the model; ``None`` for not a classifier
+                when ``output_shape`` is given, else read from the layer table
+                (the last layer's output ``(K,)``, K > 1).
+            output_shape: the model's output per image, when known (messages,
+                and ``classes`` when that is not given).
+
+        Returns:
+            ``(names, source)``, e.g. ``(["0", ..., "9"], "the demo model's digits")``;
+            ``(None, "")`` when no names are known or they do not fit K.
+
+        Raises:
+            BadArgument: ``labels`` cannot be read, hold no names, their count is
+                not K, or the model is not a classifier.
+        """
+        given = read_labels(labels) if labels is not None else None
+        if classes is None:
+            if output_shape is None:
+                table = self.adapter.layers()
+                last = table[-1].output_shape if table else None
+                output_shape = tuple(d for d in last) if last else ()  # type: ignore[misc]
+            if len(output_shape) == 1 and output_shape[0] is not None and output_shape[0] > 1:
+                classes = int(output_shape[0])
+        return check_class_names(self.name, classes, given=given, known=self.adapter.class_names,
+                                 known_source=self.adapter.class_names_source,
+                                 output_shape=tuple(output_shape or ()))
 
     # ------------------------------------------------------------------ feature maps
 
@@ -300,20 +310,14 @@ class Lens:
             preprocess: preprocessing preset; default the model's.
         """
         chosen = self.select(layers)
-        loaded, arrays, notes = self._prepare(images, size, preprocess)
-        if len({a.shape for a in arrays}) > 1:
+        batch = self._prepare(images, size, preprocess)
+        if len({a.shape for a in batch.arrays}) > 1:
             raise BadArgument("images of different sizes cannot be stacked into one batch; pass size= "
                               "or use save_maps, which handles each image on its own")
-        wanted = [layer.index for layer in chosen]
-        table = self.adapter.layers()
-        collected: dict[str, list[np.ndarray]] = {layer.name: [] for layer in chosen}
-        outputs = []
-        for arr in arrays:
-            outputs.append(self.adapter.run(arr[None], wanted,
-                                            lambda i, a: collected[table[i].name].append(a[0])))
-        stacked = {k: np.stack(v) for k, v in collected.items() if v}
-        return FeatureMaps(layers=chosen, arrays=stacked, images=loaded,
-                           inputs=np.stack(arrays), output=np.concatenate(outputs), notes=notes)
+        collect = CollectMaps(chosen, len(batch.arrays))
+        outputs = run_pass(self.adapter, chosen, batch.arrays, [collect], workers=0)  # it keeps them all anyway
+        return FeatureMaps(layers=chosen, arrays=collect.arrays, images=batch.images,
+                           inputs=np.stack(batch.arrays), output=np.concatenate(outputs), notes=batch.notes)
 
     def save_maps(self, images: ImageLike | Sequence[ImageLike], out: str | os.PathLike[str],
                   layers: str | Iterable[str] | None = None, *, size: Any = None,
@@ -322,7 +326,7 @@ class Lens:
         """Write one PNG grid per selected layer and per image, plus ``index.json``.
 
         Each image gets one forward pass; each layer is drawn and encoded as soon
-        as the network produces it, so memory holds one layer at a time (except
+        as the network produces it, so memory holds a few layers at a time (except
         ``norm="global"``, which keeps the reduced maps of one image). Nothing is
         written if anything fails.
 
@@ -337,75 +341,22 @@ class Lens:
         """
         opts = RenderOptions(**options)
         chosen = self.select(layers)
-        wanted = [layer.index for layer in chosen]
-        table = self.adapter.layers()
-        loaded, arrays, notes = self._prepare(images, size, preprocess)
-        progress = progress or NullProgress()
-        progress.start(len(loaded) * len(chosen), "feature maps")
-        entries: list[dict[str, Any]] = []
+        batch = self._prepare(images, size, preprocess)
         out_path = Path(out)
-        with OutputDir(out_path) as staging, ThreadPoolExecutor(max_workers=2) as pool:
-            pending: list[Future[None]] = []
-
-            in_flight = threading.BoundedSemaphore(4)  # bounds memory: at most 4 layers queued
-
-            def draw(image: Image, info: LayerInfo, x: np.ndarray, total: int,
-                     vr: tuple[float, float] | None) -> None:
-                try:
-                    rel = f"maps/{_safe(image.name)}/{info.index:03d}_{_safe(info.name)}.png"
-                    rendered = render_map(x, opts, title=_title(info), channels_total=total,
-                                          value_range=vr, reduced=vr is not None)
-                    staging.write_bytes(rel, rendered.png())
-                    entries.append({
-                        "image": image.name, "layer": info.name, "index": info.index, "type": info.type,
-                        "shape": list(info.output_shape) if info.output_shape else None,
-                        "file": rel, "layout": rendered.layout,
-                        "channels_total": rendered.channels_total,
-                        "channels_shown": rendered.channels_shown, "flags": rendered.flags.indices(),
-                    })
-                    progress.advance()
-                finally:
-                    in_flight.release()
-
-            def emit(image: Image, info: LayerInfo, x: np.ndarray, total: int,
-                     vr: tuple[float, float] | None) -> None:
-                # Reducing, drawing and encoding run on two worker threads, beside the forward
-                # pass and each other (numpy and deflate release the GIL). ``x`` is reduced
-                # already when a global scale (vr) was needed.
-                in_flight.acquire()
-                pending.append(pool.submit(draw, image, info, x, total, vr))
-
-            for image, arr in zip(loaded, arrays):
-                buffered: list[tuple[LayerInfo, np.ndarray, int]] = []
-
-                def on_output(i: int, a: np.ndarray, image: Image = image,
-                              buffered: list = buffered) -> None:
-                    info = table[i]
-                    total = int(a.shape[-1]) if a.ndim > 1 else 1
-                    if opts.norm == "global":
-                        buffered.append((info, reduce_map(a[0], opts), total))
-                    else:
-                        emit(image, info, a[0], total, None)
-
-                self.adapter.run(arr[None], wanted, on_output)
-                if buffered:
-                    vr = _union_range(finite_range(r) for _, r, _ in buffered)
-                    for info, reduced, total in buffered:
-                        emit(image, info, reduced, total, vr)
-            for f in pending:
-                f.result()
-            entries.sort(key=lambda e: (e["image"], e["index"]))
-            index = _merge_index(out_path, "maps", entries, {
+        with OutputDir(out_path) as staging:
+            files = _MapFiles(opts, staging, batch.images)
+            run_pass(self.adapter, chosen, batch.arrays, [files], progress=progress, label="feature maps")
+            entries = sorted(files.entries, key=lambda e: (e["image"], e["index"]))
+            index = merge_index(out_path, "maps", entries, {
                 "model": self.name,
                 "framework": self.adapter.framework,
                 "images": [{"name": im.name, "source": im.source,
-                            "size": list(im.original_size)} for im in loaded],
-                "notes": notes,
+                            "size": list(im.original_size)} for im in batch.images],
+                "notes": batch.notes,
                 "options": {"norm": opts.norm, "cmap": opts.cmap, "max_channels": opts.max_channels,
                             "columns": opts.columns, "preprocess": preprocess or self.preprocess},
             })
             staging.write_json("index.json", index)
-        progress.finish()
         return index
 
     # ------------------------------------------------------------------ filters
@@ -445,7 +396,7 @@ class Lens:
                 files = []
                 if k.shape[1] in (1, 3):  # a first layer: each filter as one picture, per-filter 0-1
                     suffix, label = ("_rgb", "RGB") if k.shape[1] == 3 else ("_gray", "gray")
-                    staging.write_png(base + suffix + ".png", add_title(_composites(k, cap), f"{head}  ·  {label}"))
+                    staging.write_png(base + suffix + ".png", add_title(first_layer_composites(k, cap), f"{head}  ·  {label}"))
                     files.append(base + suffix + ".png")
                 grid = filter_grid(k, lut, max_filters=cap, max_inputs=max_inputs)
                 caps = [f"{label} 0-{n - 1} of {total}" for label, n, total in
@@ -460,7 +411,7 @@ class Lens:
                                     "filters_shown": shown, "inputs_shown": min(max_inputs, k.shape[1]),
                                     "l2_norms": [round(float(v), 6) for v in norms[:shown]]})
                 progress.advance()
-            index = _merge_index(out_path, "filters", entries,
+            index = merge_index(out_path, "filters", entries,
                                  {"model": self.name, "framework": self.adapter.framework})
             staging.write_json("index.json", index)
         progress.finish()
@@ -495,21 +446,19 @@ class Lens:
             :class:`ChannelStats`, a list of :class:`LayerStats` in execution order.
         """
         chosen = self.select(layers)
-        loaded, arrays, notes = self._prepare(images, size, preprocess)
-        accumulators = {layer.index: StatsAccumulator(layer.index, layer.name, layer.type) for layer in chosen}
-        wanted = list(accumulators)
-        progress = progress or NullProgress()
-        progress.start(len(arrays), "channel statistics")
-        for arr in arrays:
-            self.adapter.run(arr[None], wanted, lambda i, a: accumulators[i].add(a))
-            progress.advance()
-        progress.finish()
+        batch = self._prepare(images, size, preprocess)
+        stats = StatsConsumer(chosen)
+        # Inline (workers=0): each output is folded inside the adapter's callback and dropped, so
+        # memory holds one layer's output at a time however many layers and images there are.
+        run_pass(self.adapter, chosen, batch.arrays, [stats], progress=progress, label="channel statistics",
+                 unit="image", workers=0)
+        notes = batch.notes
         # An adapter that never produced a selected layer's output leaves it out, and says so.
-        missing = [acc.name for acc in accumulators.values() if acc.images == 0]
+        missing = stats.missing()
         if missing:
             notes = [*notes, f"no output was captured for {', '.join(missing)}; left out"]
-        return ChannelStats((acc.result() for acc in accumulators.values() if acc.images), model=self.name,
-                            images=[image.name for image in loaded], notes=notes)
+        return ChannelStats(stats.results(), model=self.name, images=[image.name for image in batch.images],
+                            notes=notes)
 
     # ------------------------------------------------------------------ report
 
@@ -517,7 +466,7 @@ class Lens:
                labels: str | os.PathLike[str] | Sequence[str] | None = None,
                out: str | os.PathLike[str] | None = None, size: Any = None, preprocess: str | None = None,
                sections: Sequence[str] | None = None, progress: Progress | None = None,
-               **options: Any) -> Any:
+               section_options: Mapping[str, Any] | None = None, **options: Any) -> Report:
         """A self-contained HTML report: layers, inputs, predictions, maps, channel health, filters.
 
         One forward pass per image feeds both the feature-map grids and the
@@ -529,17 +478,23 @@ class Lens:
             labels: class names for the predictions: a file (one per line) or a list.
             out: write the page here (atomically) as well.
             sections: keys of the sections to include (default all).
+            section_options: per section key, that section's own options (e.g.
+                ``{"heatmaps": {...}}``), handed to its builder as
+                ``ctx.section_options[key]``.
             **options: drawing options (norm, cmap, max_channels, tile_size, ...).
 
         Returns:
             A :class:`convlens.report.Report`; ``report.save(path)`` writes it.
         """
-        from .report import _check_out, build_report
+        # The report package builds on this module, so it is imported here, at call time:
+        # lens never imports the report at module level, and the layering has no cycle.
+        from .report import build_report
 
         if out is not None:
-            _check_out(out)  # before the forward passes: a folder given as --out fails at once
+            check_file_target(out)  # before the forward passes: a folder given as --out fails at once
         result = build_report(self, images, layers, labels=labels, size=size, preprocess=preprocess,
-                              sections=sections, progress=progress, **options)
+                              sections=sections, progress=progress, section_options=section_options,
+                              **options)
         if out is not None:
             result.save(out)
         return result

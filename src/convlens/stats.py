@@ -6,7 +6,6 @@ The numbers come from :mod:`convlens.core.stats`; this module only lays them out
 from __future__ import annotations
 
 import html
-import math
 from typing import Any, Iterable, Sequence
 
 import numpy as np
@@ -14,21 +13,13 @@ import numpy as np
 from . import __version__
 from ._errors import LayerNotFound
 from .core.stats import LayerStats
+from .core.text import number, percent
 
 __all__ = ["ChannelStats", "LayerStats", "format_channel_rows", "format_stats_table"]
 
 LEGEND = ("dead: zero everywhere for these inputs; constant: one value other than 0 everywhere "
           "(a unit with a single value is not counted); non-finite: NaN or inf seen; zeros: share of values that are exactly 0; "
           "mean, std, min, max: over every finite value of the layer.")
-
-
-def _num(v: float) -> str:
-    """A statistic in a table cell: 4 significant digits, ``-`` when undefined."""
-    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4g}"
-
-
-def _pct(v: float) -> str:
-    return "-" if math.isnan(v) else f"{100 * v:.1f}%"
 
 
 def _channel_flags(s: LayerStats, c: int) -> str:
@@ -56,13 +47,13 @@ _HTML_CHANNELS = 64
 
 def _layer_row(s: LayerStats) -> tuple[str, ...]:
     return (str(s.index), s.name, s.type or "-", str(s.channels), str(int(s.dead.sum())),
-            str(int(s.notable.constant.sum())), str(int(s.nonfinite.sum())), _pct(s.mean_zero_fraction()),
-            _num(s.layer_mean()), _num(s.layer_std()), _num(s.layer_min()), _num(s.layer_max()))
+            str(int(s.notable.constant.sum())), str(int(s.nonfinite.sum())), percent(s.mean_zero_fraction()),
+            number(s.layer_mean()), number(s.layer_std()), number(s.layer_min()), number(s.layer_max()))
 
 
 def _channel_rows(s: LayerStats, channels: Iterable[int] | None = None) -> list[tuple[str, ...]]:
-    return [(str(c), _num(float(s.mean[c])), _num(float(s.std[c])), _num(float(s.min[c])),
-             _num(float(s.max[c])), _pct(float(s.zero_fraction[c])), _channel_flags(s, c))
+    return [(str(c), number(float(s.mean[c])), number(float(s.std[c])), number(float(s.min[c])),
+             number(float(s.max[c])), percent(float(s.zero_fraction[c])), _channel_flags(s, c))
             for c in (range(s.channels) if channels is None else channels)]
 
 

@@ -1,7 +1,10 @@
 """The one dispatch point from a model object or a name to an adapter.
 
 Only this module knows which frameworks exist; everything after it talks to
-the :class:`~convlens.adapters.base.Adapter` contract.
+the :class:`~convlens.adapters.base.Adapter` contract. It is also where a
+model's class names are known from where it came from (keras.applications and
+torchvision classifiers: ImageNet's; the demo: its digits), so that nothing
+later re-decides it.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .._errors import BadModel, UnsupportedModel
+from ..classes import DEMO_SOURCE, IMAGENET_SOURCE, demo_class_names, imagenet_class_names
 from .base import Adapter, LayerInfo
 
 __all__ = ["Adapter", "LayerInfo", "open_model", "DATA_DIR", "DEMO_MODEL", "TORCH_SUFFIXES",
@@ -83,12 +87,20 @@ def open_model(source: Any, *, weights: str | None = None, input_shape: Sequence
     if text == "demo":
         from .keras import KerasAdapter, load_keras_file
 
-        return KerasAdapter(load_keras_file(DEMO_MODEL), preprocess=preprocess or "unit")
+        demo = KerasAdapter(load_keras_file(DEMO_MODEL), preprocess=preprocess or "unit")
+        return _named(demo, demo_class_names(), DEMO_SOURCE)
     if key.startswith("torchvision:"):
         from .torch import open_torchvision
 
-        return open_torchvision(text.split(":", 1)[1], weights=weights, input_shape=input_shape,
-                                trust=trust, preprocess=preprocess)
+        name = text.split(":", 1)[1]
+        adapter = open_torchvision(name, weights=weights, input_shape=input_shape, trust=trust,
+                                   preprocess=preprocess)
+        import torchvision  # open_torchvision imported it already
+
+        if name.strip().lower() in torchvision.models.list_models(module=torchvision.models):
+            # torchvision's classifiers all score ImageNet-1k's 1,000 classes
+            return _named(adapter, imagenet_class_names(), IMAGENET_SOURCE)
+        return adapter
     path = Path(text)
     if not path.exists():
         from .keras import ZOO, KerasAdapter, load_zoo_model
@@ -96,7 +108,9 @@ def open_model(source: Any, *, weights: str | None = None, input_shape: Sequence
         if key in ZOO:
             model, preset = load_zoo_model(key, weights=_keras_weights(weights), input_shape=input_shape,
                                            trust=trust)
-            return KerasAdapter(model, preprocess=preprocess or preset)
+            # keras.applications models are built with their ImageNet-1k top
+            return _named(KerasAdapter(model, preprocess=preprocess or preset), imagenet_class_names(),
+                          IMAGENET_SOURCE)
         raise BadModel(f"model not found: {text} is neither a file nor a known name; give a model file "
                        f"(.keras .h5 .pt2 .pt .onnx .tflite), 'demo', torchvision:NAME such as "
                        f"torchvision:resnet18, or one of: {', '.join(sorted(ZOO))}")
@@ -121,6 +135,13 @@ def open_model(source: Any, *, weights: str | None = None, input_shape: Sequence
 
     model = load_keras_file(path, trust=trust)
     return KerasAdapter(model, input_shape=input_shape, preprocess=preprocess)
+
+
+def _named(adapter: Adapter, names: list[str], source: str) -> Adapter:
+    """The adapter, told its model's class names (they are checked against the output where used)."""
+    adapter.class_names = names
+    adapter.class_names_source = source
+    return adapter
 
 
 def _keras_weights(weights: str | None) -> str:

@@ -31,6 +31,7 @@ from .._errors import BadArgument, BadModel, ConvlensError, MissingDependency, U
 from ..core.kinds import kind_of
 from ..core.layers import LayerInfo
 from ..core.receptive import with_receptive_fields
+from ..core.text import shape_text
 from .base import Gradients, OnOutput, Target, check_rows, target_cotangent
 from .base import first_line as _first_line  # one-line error messages
 
@@ -102,9 +103,7 @@ def _dims(type_proto: Any) -> tuple[int | None, ...] | None:
 
 
 def _shape_text(dims: Sequence[int | None] | None) -> str:
-    if dims is None:
-        return "(unknown shape)"
-    return "(" + ", ".join("?" if d is None else str(d) for d in dims) + ")"
+    return shape_text(dims, unknown="(unknown shape)")
 
 
 class OnnxAdapter:

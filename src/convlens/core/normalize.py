@@ -8,13 +8,14 @@ cannot blank or poison a channel, and no RuntimeWarning escapes.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
 
 from .._errors import BadArgument
 
-__all__ = ["NORMS", "ChannelFlags", "finite_range", "normalize_channels"]
+__all__ = ["NORMS", "ChannelFlags", "finite_range", "normalize_channels", "union_range"]
 
 #: Normalisation methods understood by :func:`normalize_channels`.
 NORMS = ("standardize", "minmax", "layer", "global")
@@ -75,6 +76,19 @@ def finite_range(x: np.ndarray) -> tuple[float, float]:
         return 0.0, 0.0
     return (float(a.min(where=finite, initial=np.inf)),
             float(a.max(where=finite, initial=-np.inf)))
+
+
+def union_range(ranges: Iterable[tuple[float, float]]) -> tuple[float, float]:
+    """The smallest range holding every ``(lo, hi)`` given: one scale over several layers.
+
+    ``norm="global"`` draws every layer of an image with the union of their
+    :func:`finite_range`.
+
+    Returns:
+        ``(min of the lows, max of the highs)``; ``(0.0, 0.0)`` for no ranges.
+    """
+    rs = list(ranges)
+    return (min(r[0] for r in rs), max(r[1] for r in rs)) if rs else (0.0, 0.0)
 
 
 def normalize_channels(

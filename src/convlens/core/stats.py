@@ -27,6 +27,7 @@ import numpy as np
 
 from .._errors import BadArgument
 from .normalize import ChannelFlags, normalize_channels
+from .text import plural
 
 __all__ = ["LayerStats", "StatsAccumulator", "channel_flags", "channel_stats"]
 
@@ -59,10 +60,6 @@ def channel_flags(count: np.ndarray, lo: np.ndarray, hi: np.ndarray,
     _, flags = normalize_channels(stand_in, "minmax")
     # A channel without any value at all (zero-length maps) is not non-finite.
     return ChannelFlags(flags.dead, flags.constant, np.array(nonfinite, dtype=bool))
-
-
-def _plural(n: int, one: str, many: str) -> str:
-    return one if n == 1 else many
 
 
 @dataclass(frozen=True, eq=False)
@@ -168,12 +165,12 @@ class LayerStats:
         constant = int(self.notable.constant.sum())
         nonfinite = int(self.nonfinite.sum())
         these = "this image" if self.images == 1 else f"these {self.images} images"
-        text = (f"{self.name}: {dead} of {c} {_plural(c, 'channel', 'channels')} "
+        text = (f"{self.name}: {dead} of {c} {plural(c, 'channel', 'channels')} "
                 f"{'is' if dead == 1 or c == 1 else 'are'} zero for {these}")
         if constant:
-            text += f"; {constant} more {_plural(constant, 'is', 'are')} constant"
+            text += f"; {constant} more {plural(constant, 'is', 'are')} constant"
         if nonfinite:
-            text += f"; {nonfinite} {_plural(nonfinite, 'holds', 'hold')} NaN or inf"
+            text += f"; {nonfinite} {plural(nonfinite, 'holds', 'hold')} NaN or inf"
         return text
 
     def as_dict(self) -> dict[str, Any]:

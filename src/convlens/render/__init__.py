@@ -1,1 +1,1 @@
-"""Renderers: numpy in, numpy or PNG bytes out; only :mod:`.png` writes files."""
+"""Renderers: numpy in, numpy or PNG bytes out; none writes files (:mod:`convlens.output` does)."""

@@ -4,7 +4,8 @@ Kernels arrive in the canonical ``(O, I, kh, kw)`` float32 layout (O filters,
 I input channels each, see :mod:`convlens.adapters.base`). Two pictures:
 
 * :func:`rgb_composites` for first layers that see an RGB image: each filter
-  as one small colour patch, the way the VGG16 tutorial shows block1_conv1.
+  as one small colour patch, the way the VGG16 tutorial shows block1_conv1
+  (:func:`first_layer_composites` also takes gray first layers).
 * :func:`filter_grid` for any layer: filters down, input channels across,
   so a 64x64-channel layer is one picture instead of 4,096 subplots.
 """
@@ -17,9 +18,9 @@ import numpy as np
 
 from .._errors import BadArgument
 from ..core.normalize import normalize_channels
-from .grid import _check_lut, _draw_texts, _mosaic, _text_width, _upscale, grid_shape
+from .grid import check_lut, draw_texts, grid_shape, mosaic, text_width, upscale_factor
 
-__all__ = ["filter_grid", "filter_norms", "rgb_composites"]
+__all__ = ["filter_grid", "filter_norms", "first_layer_composites", "rgb_composites"]
 
 _WHITE = (255, 255, 255)
 _EMPTY = (235, 235, 235)
@@ -70,12 +71,26 @@ def rgb_composites(kernels: np.ndarray, *, max_filters: int = 64, columns: int |
     k = k[: _at_least_one(max_filters, "max_filters")]
     _, _, kh, kw = k.shape
     patches = _per_filter(k).transpose(0, 2, 3, 1)  # (F, kh, kw, RGB)
-    f = _upscale(max(kh, kw), cell)
+    f = upscale_factor(max(kh, kw), cell)
     if f > 1:
         patches = patches.repeat(f, axis=1).repeat(f, axis=2)
     rows, cols = grid_shape(k.shape[0], columns)
-    canvas, _ = _mosaic(np.ascontiguousarray(patches), rows, cols, 1, _WHITE, _EMPTY)
+    canvas, _ = mosaic(np.ascontiguousarray(patches), rows, cols, 1, _WHITE, _EMPTY)
     return canvas
+
+
+def first_layer_composites(kernels: np.ndarray, max_filters: int) -> np.ndarray:
+    """A first layer's filters as one patch each: RGB for 3 inputs, gray for 1.
+
+    Args:
+        kernels: ``(O, I, kh, kw)`` with ``I`` 1 or 3.
+        max_filters: draw the first this many filters.
+
+    Returns:
+        RGB uint8 grid (:func:`rgb_composites`; a gray filter is its one input repeated).
+    """
+    return rgb_composites(np.repeat(kernels, 3, axis=1) if kernels.shape[1] == 1 else kernels,
+                          max_filters=max_filters)
 
 
 def filter_grid(kernels: np.ndarray, lut: np.ndarray, *, max_filters: int = 64,
@@ -101,31 +116,31 @@ def filter_grid(kernels: np.ndarray, lut: np.ndarray, *, max_filters: int = 64,
         RGB uint8 picture.
     """
     k_all = _check_kernels(kernels)
-    _check_lut(lut)
+    check_lut(lut)
     n_filters = _at_least_one(max_filters, "max_filters")
     k = k_all[:n_filters, : _at_least_one(max_inputs, "max_inputs")]
     n_out, n_in, kh, kw = k.shape
-    fx = _upscale(max(kh, kw), 24 if cell is None else int(cell))
+    fx = upscale_factor(max(kh, kw), 24 if cell is None else int(cell))
     fy = max(fx, math.ceil(_MIN_ROW / kh))
     ch, cw = kh * fy, kw * fx
     cells = _per_filter(k).reshape(n_out * n_in, kh, kw).repeat(fy, axis=1).repeat(fx, axis=2)
-    grid, _ = _mosaic(cells, n_out, n_in, 1, _WHITE, _EMPTY, lut)
+    grid, _ = mosaic(cells, n_out, n_in, 1, _WHITE, _EMPTY, lut)
 
     norms = filter_norms(k_all[:n_filters])
     labels = [f"{o} |w|={_short(v)}" for o, v in enumerate(norms)]
     corner = "filter \\ input"
-    label_w = max(_text_width(t, _LABEL_SIZE) for t in [*labels, corner]) + 12
+    label_w = max(text_width(t, _LABEL_SIZE) for t in [*labels, corner]) + 12
     header_h = 16
     out = np.full((header_h + grid.shape[0], label_w + grid.shape[1], 3), 255, dtype=np.uint8)
     out[header_h:, label_w:] = grid
     items = [(6, header_h + 1 + o * (ch + 1) + ch // 2, t) for o, t in enumerate(labels)]
     items.append((6, header_h // 2, corner))
     numbers = [str(i) for i in range(n_in)]
-    widths = [_text_width(t, _LABEL_SIZE) for t in numbers]
+    widths = [text_width(t, _LABEL_SIZE) for t in numbers]
     if max(widths) <= cw + 1:  # number the inputs only where the numbers fit
         items += [(label_w + 1 + i * (cw + 1) + (cw - wd) // 2, header_h // 2, t)
                   for i, (t, wd) in enumerate(zip(numbers, widths))]
-    return _draw_texts(out, items, size=_LABEL_SIZE)
+    return draw_texts(out, items, size=_LABEL_SIZE)
 
 
 def _per_filter(k: np.ndarray) -> np.ndarray:

@@ -19,8 +19,9 @@ from .._errors import BadArgument
 from ..core.normalize import normalize_channels
 from .font import text_masks
 
-__all__ = ["PALETTE_LEVELS", "add_title", "add_title_indexed", "downsample", "grid_shape", "palette",
-           "signals", "strip", "tile", "tile_indexed", "tile_rgb"]
+__all__ = ["PALETTE_LEVELS", "add_title", "add_title_indexed", "check_lut", "downsample", "draw_texts",
+           "grid_shape", "mosaic", "palette", "signals", "strip", "text_width", "tile", "tile_indexed",
+           "tile_rgb", "upscale_factor"]
 
 Color = tuple[int, int, int]
 
@@ -59,7 +60,7 @@ def palette(lut: np.ndarray) -> np.ndarray:
     levels); 240-244 are the separator, empty-cell, flag, number-box and
     number-ink colours; 245-255 ramp from the title bar to the title ink.
     """
-    _check_lut(lut)
+    check_lut(lut)
     return _palette_cached(np.ascontiguousarray(lut).tobytes())
 
 
@@ -166,14 +167,14 @@ def tile(
     n, h, w = idx.shape
     if n == 0 or h == 0 or w == 0:
         raise BadArgument(f"nothing to draw: maps of shape {idx.shape}")
-    _check_lut(lut)
+    check_lut(lut)
     separator = _check_separator(separator)
     rows, cols = grid_shape(n, columns)
-    factor = _upscale(max(h, w), min_tile)
+    factor = upscale_factor(max(h, w), min_tile)
     if factor > 1:
         idx = idx.repeat(factor, axis=1).repeat(factor, axis=2)
     th, tw = h * factor, w * factor
-    canvas, view = _mosaic(idx, rows, cols, separator, _color(separator_color),
+    canvas, view = mosaic(idx, rows, cols, separator, _color(separator_color),
                            _color(empty_color), lut)
     if flags is not None:
         marked = np.asarray(flags, dtype=bool)
@@ -204,11 +205,11 @@ def tile_indexed(indices: np.ndarray, *, columns: int | None = None, separator: 
     separator = _check_separator(separator)
     rows, cols = grid_shape(n, columns)
     q = np.take(_QUANT, idx)  # 0..255 -> the palette's 240 colormap levels
-    factor = _upscale(max(h, w), min_tile)
+    factor = upscale_factor(max(h, w), min_tile)
     if factor > 1:
         q = q.repeat(factor, axis=1).repeat(factor, axis=2)
     th, tw = h * factor, w * factor
-    canvas, view = _mosaic(q, rows, cols, separator, _P_SEPARATOR, _P_EMPTY)  # type: ignore[arg-type]
+    canvas, view = mosaic(q, rows, cols, separator, _P_SEPARATOR, _P_EMPTY)  # type: ignore[arg-type]
     if flags is not None:
         marked = np.asarray(flags, dtype=bool)
         if marked.shape != (n,):
@@ -273,7 +274,7 @@ def signals(
     if band < 1:
         raise BadArgument(f"band must be at least 1 pixel, got {band}")
     idx, _ = normalize_channels(a.T[:, None, :], method, value_range=value_range)
-    stretch = _upscale(a.shape[0], min_width)
+    stretch = upscale_factor(a.shape[0], min_width)
     idx = idx.repeat(band, axis=1)
     if stretch > 1:
         idx = idx.repeat(stretch, axis=2)
@@ -304,10 +305,10 @@ def tile_rgb(tiles: np.ndarray, *, columns: int | None = None, separator: int = 
         raise BadArgument(f"tile_rgb: {len(labels)} labels for {n} pictures")
     separator = _check_separator(separator)
     rows, cols = grid_shape(n, columns)
-    factor = _upscale(max(h, w), min_tile)
+    factor = upscale_factor(max(h, w), min_tile)
     if factor > 1:
         t = t.repeat(factor, axis=1).repeat(factor, axis=2)
-    canvas, view = _mosaic(t, rows, cols, separator, _SEPARATOR, _EMPTY)
+    canvas, view = mosaic(t, rows, cols, separator, _SEPARATOR, _EMPTY)
     if labels is not None:
         _draw_numbers(view, n, cols, h * factor, w * factor, 0, texts=list(labels))
     return canvas
@@ -369,10 +370,10 @@ def add_title_indexed(indices: np.ndarray, text: str, *, height: int | None = No
     return out
 
 
-# ---------------------------------------------------------------- internals
+# ---------------------------------------------------------------- building blocks (also for filters.py)
 
 
-def _mosaic(
+def mosaic(
     tiles: np.ndarray,
     rows: int,
     cols: int,
@@ -471,11 +472,13 @@ def _draw_numbers(view: np.ndarray, n: int, cols: int, th: int, tw: int, first: 
     view[rr, :box_h, cc, :box_w] = region
 
 
-def _upscale(side: int, minimum: int) -> int:
+def upscale_factor(side: int, minimum: int) -> int:
+    """The whole factor that enlarges a ``side``-pixel tile to at least ``minimum`` pixels (1: none)."""
     return max(1, -(-int(minimum) // side)) if side < minimum else 1
 
 
-def _check_lut(lut: np.ndarray) -> None:
+def check_lut(lut: np.ndarray) -> None:
+    """Raise :class:`BadArgument` unless ``lut`` is a ``(256, 3)`` uint8 table from ``colormap.lut()``."""
     if not isinstance(lut, np.ndarray) or lut.shape != (256, 3) or lut.dtype != np.uint8:
         shape = getattr(lut, "shape", None)
         raise BadArgument(f"lut must be a (256, 3) uint8 table from colormap.lut(), got {shape}")
@@ -507,7 +510,7 @@ def _font(size: int) -> Any:
         return ImageFont.load_default()
 
 
-def _draw_texts(canvas: np.ndarray, items: Sequence[tuple[int, int, str]], *, size: int = 11,
+def draw_texts(canvas: np.ndarray, items: Sequence[tuple[int, int, str]], *, size: int = 11,
                 color: Color = (40, 40, 40)) -> np.ndarray:
     """Draw many short texts on an RGB array with PIL; returns a new array.
 
@@ -525,6 +528,7 @@ def _draw_texts(canvas: np.ndarray, items: Sequence[tuple[int, int, str]], *, si
     return np.asarray(img).copy()
 
 
-def _text_width(text: str, size: int = 11) -> int:
+def text_width(text: str, size: int = 11) -> int:
+    """Width in pixels of ``text`` drawn by :func:`draw_texts` at ``size``."""
     left, _, right, _ = _font(size).getbbox(text)
     return int(right - left)

@@ -2,7 +2,7 @@
 
 Inputs are canonical arrays for ONE image: ``(H, W, C)`` maps, ``(L, C)``
 signals or ``(C,)`` vectors (see :mod:`convlens.adapters.base`). Pure numpy in,
-RGB ``uint8`` out; only :mod:`convlens.render.png` touches disk.
+RGB ``uint8`` out; nothing here touches disk (:mod:`convlens.output` does).
 """
 
 from __future__ import annotations

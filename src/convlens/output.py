@@ -1,0 +1,316 @@
+"""The only code in convlens that writes output files: every write is atomic.
+
+* :class:`OutputDir` makes a run's folder of outputs appear all at once or
+  not at all (``maps``, ``filters``, the demo).
+* :func:`atomic_write_bytes` writes one file so that readers see the old
+  content or the new, never half (the report page).
+* :func:`merge_index` folds a run's entries into an ``index.json`` that other
+  commands may already have written into the same folder.
+* :func:`check_file_target` refuses a folder where a file is wanted, before any work.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import secrets
+import shutil
+import threading
+from pathlib import Path, PurePosixPath, PureWindowsPath
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, NoReturn
+
+import numpy as np
+
+from . import __version__
+from ._errors import BadArgument, OutputError
+from .render.png import encode_png
+
+__all__ = ["OutputDir", "atomic_write_bytes", "check_file_target", "merge_index"]
+
+if TYPE_CHECKING:  # pragma: no cover - annotations only (typing.Self needs Python 3.11)
+    from typing_extensions import Self
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write one file so that readers see the old content or the new, never half.
+
+    The bytes go to a temporary file in the same folder, then replace ``path``
+    in one rename. Missing parent folders are created.
+
+    Raises:
+        OutputError: the file or its folder cannot be written.
+    """
+    target = Path(path)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if target.is_dir():
+            raise IsADirectoryError(f"{target} is a folder")
+        tmp = target.with_name(f".{target.name}.convlens-tmp-{secrets.token_hex(4)}")
+        try:
+            _write_new(tmp, data)
+            os.replace(tmp, target)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+    except OSError as e:
+        raise OutputError(f"cannot write {target}: {_reason(e, target)}") from e
+
+
+def _write_new(path: Path, data: bytes) -> None:
+    # os.open with 0o666 lets the umask decide permissions (mkstemp would force 0600).
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+
+
+class OutputDir:
+    """An output folder written as one transaction.
+
+    Files are written into a hidden staging folder next to ``path`` (same
+    filesystem, so moving them is a rename) and only appear in ``path`` when
+    the ``with`` block ends normally. If it raises, the staging folder is
+    removed and ``path`` is left exactly as it was: a failed run leaves no
+    partial output. Writing into an existing folder keeps its other files;
+    files with the same names are replaced.
+
+    ``write_*`` methods may be called from several threads at once.
+
+    Example::
+
+        with OutputDir("out") as out:
+            out.write_png("maps/cat/001_conv.png", rgb)
+            out.write_json("index.json", index)
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(os.path.abspath(os.fspath(path)))
+        self._shown = os.fspath(path)
+        self._staging: Path | None = None
+        self._written: list[str] = []
+        self._seen: set[str] = set()
+        self._lock = threading.Lock()
+
+    @property
+    def written(self) -> list[str]:
+        """Relative paths written so far, in the order of their first write."""
+        with self._lock:
+            return list(self._written)
+
+    def __enter__(self) -> Self:
+        target = self.path
+        if target.exists() and not target.is_dir():
+            self._fail("it is a file, not a folder")
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            self._fail(_reason(e, target.parent), e)
+        if target.is_dir() and not os.access(target, os.W_OK | os.X_OK):
+            self._fail("permission denied")
+        try:
+            self._staging = _make_dir(target.parent, f".{target.name}.convlens-tmp-")
+        except OSError as e:
+            if not target.is_dir():
+                self._fail(_reason(e, target.parent), e)
+            try:  # the parent is read-only but the folder itself is writable: stage inside it
+                self._staging = _make_dir(target, ".convlens-tmp-")
+            except OSError as e2:
+                self._fail(_reason(e2, target), e2)
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        staging, self._staging = self._staging, None
+        if staging is None:
+            return
+        if exc_type is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+            return
+        try:
+            self._commit(staging)
+        except OSError as e:
+            raise OutputError(f"cannot write to {self._shown}: {_reason(e, self.path)}; "
+                              "choose another --out folder") from e
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+    def write_bytes(self, rel: str | os.PathLike[str], data: bytes) -> None:
+        """Stage one file.
+
+        Args:
+            rel: path relative to the output folder, ``/``-separated, e.g.
+                ``maps/cat/001_conv.png``; no absolute paths, no ``..``.
+            data: the file's content.
+        """
+        key = _relative(rel)
+        staging = self._staging
+        if staging is None:
+            raise OutputError("OutputDir is not open; write inside its 'with' block")
+        dest = staging.joinpath(*key.split("/"))
+        try:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            with open(dest, "wb") as f:
+                f.write(data)
+        except OSError as e:
+            raise OutputError(f"cannot write {key} to {self._shown}: {_reason(e, dest)}; "
+                              "choose another --out folder") from e
+        with self._lock:
+            if key not in self._seen:
+                self._seen.add(key)
+                self._written.append(key)
+
+    def write_png(self, rel: str | os.PathLike[str], rgb: np.ndarray, *,
+                  compress_level: int = 1, palette: np.ndarray | None = None) -> None:
+        """Encode ``(H, W, 3)`` uint8 RGB (or indices with ``palette``) with :func:`encode_png`; stage it."""
+        self.write_bytes(rel, encode_png(rgb, compress_level=compress_level, palette=palette))
+
+    def write_text(self, rel: str | os.PathLike[str], text: str) -> None:
+        """Stage a UTF-8 text file."""
+        self.write_bytes(rel, text.encode("utf-8"))
+
+    def write_json(self, rel: str | os.PathLike[str], obj: Any) -> None:
+        """Stage ``obj`` as indented JSON (keys in insertion order).
+
+        numpy scalars and arrays become numbers and lists, paths become
+        strings, and NaN or infinite floats become ``null`` so browsers can
+        parse the file.
+        """
+        text = json.dumps(_jsonable(obj), indent=2, ensure_ascii=False, allow_nan=False)
+        self.write_text(rel, text + "\n")
+
+    def _commit(self, staging: Path) -> None:
+        target = self.path
+        if not target.exists():
+            try:
+                os.replace(staging, target)  # the whole output appears in one rename
+                return
+            except OSError:
+                if not target.is_dir():  # something else appeared there meanwhile
+                    raise
+        keys = self.written
+        for key in keys:  # check everything first, so a conflict moves nothing
+            _check_free(target, key)
+        for key in keys:
+            dest = target.joinpath(*key.split("/"))
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(staging.joinpath(*key.split("/")), dest)
+
+    def _fail(self, reason: str, cause: BaseException | None = None) -> NoReturn:
+        raise OutputError(f"cannot write to {self._shown}: {reason}; "
+                          "choose another --out folder") from cause
+
+
+def _make_dir(parent: Path, prefix: str) -> Path:
+    # Not tempfile.mkdtemp: its 0700 mode would become the output folder's mode.
+    for _ in range(100):
+        candidate = parent / f"{prefix}{secrets.token_hex(4)}"
+        try:
+            candidate.mkdir(0o777)
+            return candidate
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free staging folder name in {parent}")  # pragma: no cover
+
+
+def _relative(rel: str | os.PathLike[str]) -> str:
+    """Validate a relative output path; returns it ``/``-separated."""
+    text = os.fspath(rel)
+    if not isinstance(text, str) or not text.strip():
+        raise BadArgument(f"an output path must be a non-empty relative path, got {rel!r}")
+    unified = text.replace("\\", "/")
+    if PurePosixPath(unified).is_absolute() or PureWindowsPath(text).drive:
+        raise BadArgument(f"output paths must be relative to the output folder, got {text!r}")
+    parts = [p for p in unified.split("/") if p not in ("", ".")]
+    if not parts or ".." in parts:
+        raise BadArgument(f"output paths must stay inside the output folder, got {text!r}")
+    return "/".join(parts)
+
+
+def _check_free(target: Path, key: str) -> None:
+    here = target
+    parts = key.split("/")
+    for part in parts[:-1]:
+        here = here / part
+        if here.exists() and not here.is_dir():
+            raise NotADirectoryError(f"{here} is a file, so {key} cannot be written")
+    if (here / parts[-1]).is_dir():
+        raise IsADirectoryError(f"{here / parts[-1]} is a folder, so {key} cannot be written")
+
+
+def _reason(e: OSError, path: Path) -> str:
+    """A short human reason for an OSError, naming a file that blocks a folder."""
+    probe = Path(path)
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        return f"{probe} is a file, not a folder"
+    return e.strerror or str(e)
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _jsonable(obj.tolist())
+    if isinstance(obj, np.generic):
+        return _jsonable(obj.item())
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    return obj
+
+
+# ---------------------------------------------------------------- index.json and single files
+
+
+def merge_index(out: str | os.PathLike[str], key: str, entries: list[dict[str, Any]],
+                meta: dict[str, Any]) -> dict[str, Any]:
+    """Fold this run's entries into an ``index.json`` already in ``out`` (other commands' files stay).
+
+    Args:
+        out: the output folder (its ``index.json`` is read, if any; a broken one is replaced).
+        key: this command's list in the index, e.g. ``"maps"`` or ``"filters"``.
+        entries: this run's records, each with a ``"file"`` relative to ``out``; an
+            older record of the same file is replaced, and older records whose
+            file is gone are dropped.
+        meta: top-level keys to set (model, framework, options...).
+
+    Returns:
+        The merged index (to be written with :meth:`OutputDir.write_json`).
+    """
+    folder = Path(out)
+    index: dict[str, Any] = {}
+    old = folder / "index.json"
+    if old.is_file():
+        try:
+            index = json.loads(old.read_text())
+        except (OSError, ValueError):
+            index = {}
+        if not isinstance(index, dict):
+            index = {}
+    new_files = {e["file"] for e in entries}
+    kept = [e for e in index.get(key, []) if isinstance(e, dict) and e.get("file") not in new_files
+            and (folder / str(e.get("file"))).exists()]
+    index.update(meta)
+    index["convlens"] = __version__
+    index[key] = kept + entries
+    return index
+
+
+def check_file_target(path: str | os.PathLike[str], *, example: str = "report.html") -> Path:
+    """The path of a single output file, refused at once when it is a folder.
+
+    Call it before the work, so that a folder given as ``--out`` fails in no time.
+
+    Raises:
+        OutputError: ``path`` is a folder.
+    """
+    target = Path(os.fspath(path)).expanduser()
+    if target.is_dir():
+        raise OutputError(f"{target} is a folder; give the report a file name such as "
+                          f"{target / example}")
+    return target

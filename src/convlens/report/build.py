@@ -1,0 +1,121 @@
+""":func:`build_report`: one forward pass per image, then the sections, then the page."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
+
+from .._progress import Progress
+from ..classes import read_labels
+from ..core.text import count
+from ..images import prepare_batch
+from ..passes import StatsConsumer, run_pass
+from ..render.maps import RenderOptions
+from .context import ReportContext
+from .grids import ReportGrids
+from .page import Report, header, page_data, render_page
+from .registry import get_section, select_sections
+from .sections.filters import draw_atlases, read_kernels
+from .sections.predictions import output_classes
+from .templating import Markup, render
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..lens import Lens
+
+__all__ = ["REPORT_TILE_SIZE", "build_report"]
+
+#: Maps wider than this are averaged down in the report (``tile_size``), so VGG16's 224x224
+#: maps take a quarter of the bytes and the page stays small enough to mail.
+REPORT_TILE_SIZE = 80
+
+
+def build_report(lens: Lens, images: Any, layers: str | Iterable[str] | None = None, *,
+                 labels: str | os.PathLike[str] | Sequence[str] | None = None,
+                 size: int | tuple[int, int] | None = None, preprocess: str | None = None,
+                 sections: Sequence[str] | None = None, title: str | None = None,
+                 progress: Progress | None = None, section_options: Mapping[str, Any] | None = None,
+                 **options: Any) -> Report:
+    """Run the images through the model once each and assemble the report.
+
+    Args:
+        lens: the model.
+        images: one image or a list (paths, PIL images, arrays).
+        layers: a selection (default every conv and pool layer).
+        labels: class names (a file, one per line, or a list) for the predictions.
+        size: ``(H, W)`` for models that accept any size.
+        preprocess: preprocessing preset; default the model's.
+        sections: keys of the sections to include (default all, see :func:`section_keys`).
+        title: the page title; default ``convlens report: MODEL``.
+        progress: one step per layer and image.
+        section_options: per section key, that section's own options (a mapping
+            the section documents, e.g. ``{"heatmaps": {"methods": ["gradcam"]}}``);
+            the builder reads ``ctx.section_options.get(key, {})``. Keys of
+            sections that are not registered are refused.
+        **options: drawing options as :class:`~convlens.render.maps.RenderOptions`;
+            ``tile_size`` defaults to :data:`REPORT_TILE_SIZE` here.
+
+    Returns:
+        The :class:`Report` (not written; see :meth:`Report.save`).
+    """
+    options.setdefault("tile_size", REPORT_TILE_SIZE)
+    opts = dataclasses.replace(RenderOptions(**options), title=False)  # titles are HTML text
+    keys = select_sections(sections)
+    per_section = dict(section_options or {})
+    select_sections(list(per_section))  # an unknown key in section_options fails like --sections
+    names = read_labels(labels) if labels is not None else None  # a bad file fails before any pass
+    chosen = lens.select(layers)
+    batch = prepare_batch(images, lens.input_shape, size=size, preprocess=preprocess or lens.preprocess,
+                          model_name=lens.name)
+    stats = StatsConsumer(chosen)
+    grids = ReportGrids(opts, chosen, batch.images)
+    with ThreadPoolExecutor(max_workers=1) as side:
+        # Filter atlases need no forward pass: kernels are read here (adapters need not be
+        # thread-safe), then drawn on a side thread while the images go through the network.
+        atlases = side.submit(draw_atlases, chosen, read_kernels(lens, chosen)) if "filters" in keys else None
+        outputs = run_pass(lens.adapter, chosen, batch.arrays, [stats, grids], progress=progress,
+                           label="report")
+        if atlases is not None:
+            atlases.result()
+    layer_stats = stats.results()
+    drawn = grids.drawn_layers()
+
+    notes = list(dict.fromkeys(batch.notes))  # the same note for several images once
+    maps = "maps" in keys  # the grids, their notes and the viewer's data serve the maps section only
+    capped = [s for s in layer_stats if maps and opts.max_channels is not None
+              and s.channels > opts.max_channels and drawn[s.index][0].layout == "grid"]
+    if capped:
+        notes.append(f"feature maps show the first {opts.max_channels} channels of each layer "
+                     f"({count(len(capped), 'layer has', 'layers have')} more; the statistics cover "
+                     "every channel); --max-channels all draws them all")
+    shrunk = [s for s in layer_stats if maps and drawn[s.index][0].layout == "grid"
+              and drawn[s.index][0].reduced[1:] != drawn[s.index][0].shape[:2]]
+    if shrunk:
+        notes.append(f"maps larger than {opts.tile_size} pixels are averaged down to fit the report "
+                     f"({count(len(shrunk), 'layer', 'layers')}); --tile-size sets the limit")
+    classes = output_classes(outputs)
+    label_list, label_source = lens.class_names(
+        names, classes=classes, output_shape=tuple(outputs[0].shape[1:]) if outputs else ())
+    ctx = ReportContext(
+        lens=lens, images=batch.images, inputs=batch.arrays, outputs=outputs, layers=chosen,
+        stats=layer_stats, options=opts, preprocess=preprocess or lens.preprocess, labels=label_list,
+        label_source=label_source, notes=notes, sections=keys, drawn=drawn,
+        per_image=grids.per_image_stats(layer_stats), global_ranges=grids.global_ranges,
+        atlases=atlases, predictions=[[] for _ in batch.images], section_options=per_section)
+    ctx.data.update(page_data(ctx))
+    if not maps:  # megabytes of base64 grids that nothing on the page would show
+        ctx.data["layers"] = []
+    bodies: list[tuple[str, str, Markup | str]] = []
+    for key in keys:
+        entry = get_section(key)
+        body = entry.build(ctx)
+        if body is not None:
+            bodies.append((entry.key, entry.title, Markup(body)))
+    title = title or f"convlens report: {lens.name}"
+    page = render_page(title=title, header=header(ctx, title, [(k, t) for k, t, _ in bodies]),
+                       body=render("body.html", sections=bodies), data=ctx.data)
+    return Report(page, title=title, stats={s.name: s for s in layer_stats},
+                  predictions=ctx.predictions, notes=ctx.notes, sections=[k for k, _, _ in bodies])
+

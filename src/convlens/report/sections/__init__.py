@@ -1,0 +1,1 @@
+"""The built-in sections, one module each; importing :mod:`convlens.report` registers them."""

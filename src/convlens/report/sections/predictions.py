@@ -1,0 +1,63 @@
+"""Predictions: the top classes of a classifier, per image (softmax when the outputs are not probabilities)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from ...core.text import shape_text
+from ..context import ReportContext
+from ..registry import register_section
+from ..templating import Markup, render
+
+__all__ = ["TOP_K", "output_classes", "predictions_section"]
+
+TOP_K = 5
+
+
+def output_classes(outputs: Sequence[np.ndarray]) -> int | None:
+    """K when every output is ``(1, K)`` with K > 1 (class scores), else ``None``."""
+    if not outputs or any(o.ndim != 2 or o.shape[1] < 2 for o in outputs):
+        return None
+    return int(outputs[0].shape[1])
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    z = np.asarray(z, np.float64)
+    z = z - np.max(z, axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+@register_section("predictions", "Predictions", order=20)
+def predictions_section(ctx: ReportContext) -> Markup:
+    """The top-5 table per image; fills ``ctx.predictions``."""
+    k = output_classes(ctx.outputs)
+    ctx.predictions = [[] for _ in ctx.images]
+    if k is None:
+        shape = shape_text(ctx.outputs[0].shape[1:], times=True) if ctx.outputs else "?"
+        return render("sections/predictions.html", classifier=False, model=ctx.lens.name, shape=shape)
+    out = np.concatenate(ctx.outputs).astype(np.float64)
+    finite = np.isfinite(out).all()
+    probabilities = finite and out.min() >= 0 and out.max() <= 1 and np.allclose(out.sum(axis=1), 1, atol=1e-3)
+    p = out if probabilities else _softmax(np.nan_to_num(out, nan=-np.inf, posinf=1e300, neginf=-1e300))
+    how = ("the model's own probabilities" if probabilities
+           else "softmax of the model's outputs (they are not probabilities)")
+    names = ctx.labels
+    if names is None:
+        hint = " The 1,000 outputs look like ImageNet's: --labels src/convlens/data/imagenet_classes.txt " \
+               "names them." if k == 1000 else " --labels FILE (one name per line) names them."
+        label_note = f"Classes are numbered: convlens does not know this model's class names.{hint}"
+    else:
+        label_note = f"Class names: {ctx.label_source}."
+    cards = []
+    for i, im in enumerate(ctx.images):
+        order = np.argsort(-p[i], kind="stable")[:TOP_K]
+        top = [((names[j] if names else f"class {j}"), float(p[i, j]), int(j)) for j in order]
+        ctx.predictions[i] = [(t[0], t[1]) for t in top]
+        rows = [{"rank": r, "name": name, "id": j, "value": f"{prob:.6f}", "text": f"{prob:.2%}"}
+                for r, (name, prob, j) in enumerate(top, 1)]
+        cards.append({"name": im.name, "rows": rows})
+    return render("sections/predictions.html", classifier=True, shown=min(TOP_K, k), k=k, how=how,
+                  label_note=label_note, cards=cards)
