@@ -201,7 +201,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layers", default=None, help="layer selection (default conv,pool)")
     p.add_argument("--labels", metavar="FILE", help="class names for the top-5 predictions, one per line")
     p.add_argument("--sections", help="comma-separated sections to include (default all: inputs, "
-                                      "predictions, layers, maps, stats, filters)")
+                                      "predictions, layers, maps, stats, filters; add visualize for "
+                                      "feature visualisations, which take minutes)")
+    p.add_argument("--visualize-layer", metavar="L", help="visualize section: the layer (default the last "
+                                                          "selected conv layer)")
+    p.add_argument("--visualize-channels", metavar="0-15|all", help="visualize section: the channels "
+                                                                    "(default the first 16)")
+    p.add_argument("--visualize-steps", type=int, metavar="N", help="visualize section: optimisation steps "
+                                                                    "(default 128)")
     _model_options(p)
     _image_options(p)
     from .report import REPORT_TILE_SIZE
@@ -275,9 +282,14 @@ def _cmd_stats(lens: Any, args: argparse.Namespace, stdout: TextIO) -> None:
 
 def _cmd_report(lens: Any, args: argparse.Namespace, stdout: TextIO) -> None:
     sections = [s.strip() for s in args.sections.split(",") if s.strip()] if args.sections else None
+    vis = {key: value for key, value in (("layer", args.visualize_layer), ("channels", args.visualize_channels),
+                                         ("steps", args.visualize_steps)) if value is not None}
+    if vis and "visualize" not in (sections or []):
+        raise BadArgument("--visualize-layer, --visualize-channels and --visualize-steps set up the "
+                          "visualize section: add it with --sections ...,visualize")
     report = lens.report(args.images, args.layers, labels=args.labels, out=args.out, size=args.size,
                          preprocess=args.preprocess, sections=sections, progress=BarProgress(),
-                         **_render_kwargs(args))
+                         section_options={"visualize": vis} if vis else None, **_render_kwargs(args))
     for note in report.notes:
         stdout.write(f"note: {note}\n")
     stats = list(report.stats.values())

@@ -14,6 +14,7 @@ layers        30   the layer table with receptive fields
 maps          40   one grid per layer; a tile opens its channel, arrows step
 stats         50   channel health: summary lines, sortable tables
 filters       60   filter atlases of the conv layers
+visualize     55   not by default: one layer's feature visualisations beside its maps
 ==========  =====  ==========================================================
 
 The package:
@@ -45,7 +46,7 @@ from .build import REPORT_TILE_SIZE, build_report
 from .context import DrawnLayer, FilterAtlas, ReportContext
 from .page import Report
 from .registry import register_section, section_keys, unregister_section
-from .sections import filters, inputs, layers, maps, predictions, stats  # noqa: F401  (registers them)
+from .sections import filters, inputs, layers, maps, predictions, stats, visualize  # noqa: F401  (registers them)
 
 __all__ = ["REPORT_TILE_SIZE", "DrawnLayer", "FilterAtlas", "Report", "ReportContext", "build_report",
            "read_labels", "register_section", "section_keys", "unregister_section"]
