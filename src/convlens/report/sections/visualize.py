@@ -105,8 +105,8 @@ def _maps(ctx: ReportContext, info: LayerInfo) -> list[tuple[str, np.ndarray]]:
     """The layer's ``(H, W, C)`` output for each of the first report images."""
     out: list[tuple[str, np.ndarray]] = []
     for image, x in list(zip(ctx.images, ctx.inputs))[:MAX_IMAGES]:
-        got: list[np.ndarray] = []
-        ctx.lens.adapter.run(x[None], [info.index], lambda i, a, got=got: got.append(a[0]))
-        if got:
-            out.append((image.name, got[0]))
+        got: dict[int, np.ndarray] = {}
+        ctx.lens.adapter.run(x[None], [info.index], got.__setitem__)
+        if info.index in got:
+            out.append((image.name, got[info.index][0]))
     return out
