@@ -231,12 +231,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layers", default=None, help="layer selection (default conv,pool)")
     p.add_argument("--labels", metavar="FILE", help="class names for the top-5 predictions, one per line")
     p.add_argument("--sections", help="comma-separated sections to include (default all: inputs, "
-                                      "predictions, layers, maps, heatmaps, stats, filters)")
+                                      "predictions, layers, maps, heatmaps, stats, filters; add visualize "
+                                      "for feature visualisations, which take minutes)")
     p.add_argument("--heatmap-methods", metavar="M[,M...]",
                    help="the heatmaps section's methods, the first shown first (default gradcam,saliency; "
                         "scorecam,eigencam for models without gradients such as TFLite)")
     p.add_argument("--heatmap-top", type=_positive, metavar="K",
                    help="the heatmaps section's classes per image (default 3)")
+    p.add_argument("--visualize-layer", metavar="L", help="visualize section: the layer (default the last "
+                                                          "selected conv layer)")
+    p.add_argument("--visualize-channels", metavar="0-15|all", help="visualize section: the channels "
+                                                                    "(default the first 16)")
+    p.add_argument("--visualize-steps", type=int, metavar="N", help="visualize section: optimisation steps "
+                                                                    "(default 128)")
     _model_options(p)
     _image_options(p)
     from .report import REPORT_TILE_SIZE
@@ -356,9 +363,15 @@ def _cmd_report(lens: Any, args: argparse.Namespace, stdout: TextIO) -> None:
 
         if "methods" in heatmap:
             heatmap["methods"] = parse_methods(heatmap["methods"])  # an unknown name fails before any pass
+    vis = {key: value for key, value in (("layer", args.visualize_layer), ("channels", args.visualize_channels),
+                                         ("steps", args.visualize_steps)) if value is not None}
+    if vis and "visualize" not in (sections or []):
+        raise BadArgument("--visualize-layer, --visualize-channels and --visualize-steps set up the "
+                          "visualize section: add it with --sections ...,visualize")
+    options = {key: value for key, value in (("heatmaps", heatmap), ("visualize", vis)) if value}
     report = lens.report(args.images, args.layers, labels=args.labels, out=args.out, size=args.size,
                          preprocess=args.preprocess, sections=sections, progress=BarProgress(),
-                         section_options={"heatmaps": heatmap} if heatmap else None, **_render_kwargs(args))
+                         section_options=options or None, **_render_kwargs(args))
     for note in report.notes:
         stdout.write(f"note: {note}\n")
     stats = list(report.stats.values())

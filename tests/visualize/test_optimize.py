@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from convlens.visualize.objectives import Diversity, Objective
-from convlens.visualize.optimize import Adam, _batches, pixel_ascent, render
+from convlens.visualize.optimize import Adam, pixel_ascent, plan_batches, render
 from convlens.visualize.param import PresetMap
 
 
@@ -109,7 +109,7 @@ def test_progress_counts_steps_of_every_batch(numpy_net):
 @pytest.mark.parametrize("batch", [1, 2, 5])
 def test_groups_stay_together_with_diversity(numpy_net, batch):
     groups = [0, 0, 1, 1, 1, 2]
-    out = _batches(groups, batch, keep_groups=True)
+    out = plan_batches(groups, batch, keep_groups=True)
     assert sorted(i for b in out for i in b) == list(range(6))
     for b in out:
         labels = {groups[i] for i in b}

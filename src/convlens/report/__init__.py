@@ -15,6 +15,7 @@ maps          40   one grid per layer; a tile opens its channel, arrows step
 heatmaps      45   top classes of each image under each heatmap method
 stats         50   channel health: summary lines, sortable tables
 filters       60   filter atlases of the conv layers
+visualize     55   not by default: one layer's feature visualisations beside its maps
 ==========  =====  ==========================================================
 
 The package:
@@ -46,7 +47,16 @@ from .build import REPORT_TILE_SIZE, build_report
 from .context import DrawnLayer, FilterAtlas, ReportContext
 from .page import Report
 from .registry import register_section, section_keys, unregister_section
-from .sections import filters, heatmaps, inputs, layers, maps, predictions, stats  # noqa: F401  (registers them)
+from .sections import (  # noqa: F401  (registers them)
+    filters,
+    heatmaps,
+    inputs,
+    layers,
+    maps,
+    predictions,
+    stats,
+    visualize,
+)
 
 __all__ = ["REPORT_TILE_SIZE", "DrawnLayer", "FilterAtlas", "Report", "ReportContext", "build_report",
            "read_labels", "register_section", "section_keys", "unregister_section"]

@@ -34,18 +34,23 @@ class Section:
     title: str
     order: float
     build: SectionBuilder
+    default: bool = True
 
 
 _SECTIONS: dict[str, Section] = {}
 
 
-def register_section(key: str, title: str, *, order: float) -> Callable[[SectionBuilder], SectionBuilder]:
+def register_section(key: str, title: str, *, order: float,
+                     default: bool = True) -> Callable[[SectionBuilder], SectionBuilder]:
     """Add a section to every report (a decorator).
 
     Args:
         key: a short id (letters, digits, ``-``), also the section's anchor;
             registering a key again replaces the old builder.
         title: the heading.
+        default: part of a report that names no sections; ``False`` for a
+            section that costs minutes (feature visualisation), which is then
+            built only when asked for by key.
         order: where it goes; built-in sections use 10-60 (see :mod:`convlens.report`),
             e.g. heatmaps would take 45, after the feature maps.
 
@@ -61,7 +66,7 @@ def register_section(key: str, title: str, *, order: float) -> Callable[[Section
         raise BadArgument(f"section key {key!r}: use letters, digits and '-'")
 
     def decorate(build: SectionBuilder) -> SectionBuilder:
-        _SECTIONS[key] = Section(key, title, float(order), build)
+        _SECTIONS[key] = Section(key, title, float(order), build, default)
         return build
 
     return decorate
@@ -83,14 +88,14 @@ def get_section(key: str) -> Section:
 
 
 def select_sections(sections: Sequence[str] | str | None) -> list[str]:
-    """The keys asked for (a list or a comma-separated string; ``None``: all), in page order.
+    """The keys asked for (a list or a comma-separated string; ``None``: every default one), in page order.
 
     Raises:
         BadArgument: an unknown key (the message lists the known ones).
     """
     every = section_keys()
     if sections is None:
-        return every
+        return [k for k in every if _SECTIONS[k].default]
     if isinstance(sections, str):
         sections = [s.strip() for s in sections.split(",") if s.strip()]
     unknown = [s for s in sections if s not in _SECTIONS]

@@ -29,7 +29,7 @@ from .objectives import Diversity, Objective, batch_target, scores
 from .param import ImageParam, PresetMap, fft_frequencies
 from .transform import Transform, Warp, compose, standard_transforms
 
-__all__ = ["Adam", "Rendered", "high_frequency_share", "pixel_ascent", "render"]
+__all__ = ["Adam", "Rendered", "high_frequency_share", "pixel_ascent", "plan_batches", "render"]
 
 
 class Adam:
@@ -80,7 +80,7 @@ def _groups(objectives: Sequence[Objective]) -> list[int]:
     return [seen.setdefault(o, len(seen)) for o in objectives]
 
 
-def _batches(groups: Sequence[int], batch: int, keep_groups: bool) -> list[list[int]]:
+def plan_batches(groups: Sequence[int], batch: int, keep_groups: bool) -> list[list[int]]:
     """Consecutive index lists of at most ``batch`` (a group is never split when ``keep_groups``)."""
     out: list[list[int]] = []
     current: list[int] = []
@@ -148,7 +148,7 @@ def render(adapter: Adapter, objectives: Sequence[Objective], *, preset: PresetM
     """
     chain = standard_transforms(size) if transforms is None else list(transforms)
     groups = _groups(objectives)
-    batches = _batches(groups, batch, keep_groups=diversity > 0)
+    batches = plan_batches(groups, batch, keep_groups=diversity > 0)
     channels = len(preset.offset)
     penalty = Diversity(diversity) if diversity > 0 else None
     images = np.zeros((len(objectives), size, size, channels), np.float32)
@@ -214,7 +214,7 @@ def pixel_ascent(adapter: Adapter, objectives: Sequence[Objective], *, preset: P
     history = np.zeros((steps, len(objectives)))
     rngs = _generators(seed, objectives)
     identity: Warp | None = None
-    for members in _batches(_groups(objectives), batch, keep_groups=False):
+    for members in plan_batches(_groups(objectives), batch, keep_groups=False):
         objs = [objectives[i] for i in members]
         target = batch_target(objs)
         x = 0.5 + 0.1 * np.stack([rngs[i].uniform(-0.5, 0.5, (size, size, channels)) for i in members])

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import html
-import json
 import os
 import re
 from dataclasses import dataclass, field
@@ -13,9 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from .. import __version__
 from ..core.layers import LayerInfo
-from ..output import OutputDir
+from ..output import OutputDir, merge_index
 from ..render.grid import add_title, grid_shape, tile_rgb
 from ..render.png import encode_png
 
@@ -131,7 +129,7 @@ class Visualization:
             "layer": self.layer.name if self.layer is not None else None,
             "layer_index": self.layer.index if self.layer is not None else None,
             "objective": self.objective, "negative": self.negative, "copies": self.copies,
-            "folder": folder, "atlas": f"{folder}/atlas.png",
+            "folder": folder, "file": f"{folder}/atlas.png",
             "settings": self.settings,
             "images": [{**e, "file": f"{folder}/{e['file']}"} for e in entries],
         }
@@ -139,7 +137,9 @@ class Visualization:
             staging.write_png(f"{folder}/atlas.png", self.atlas())
             for i, e in enumerate(entries):
                 staging.write_png(f"{folder}/{e['file']}", self.picture(i))
-            index = _merged_index(out_path, run)
+            # one record per run, keyed by its atlas: the same run again replaces itself
+            index = merge_index(out_path, "visualize", [run], {"model": self.model,
+                                                               "framework": self.framework})
             staging.write_json("index.json", index)
         return index
 
@@ -152,20 +152,3 @@ class Visualization:
                 f"style='max-width:100%;image-rendering:pixelated'/><figcaption style='font:12px monospace'>"
                 f"{html.escape(caption)}</figcaption></figure>")
 
-
-def _merged_index(out: Path, run: dict[str, Any]) -> dict[str, Any]:
-    """``out/index.json`` with this run added under ``"visualize"`` (a run of the same folder replaced)."""
-    index: dict[str, Any] = {}
-    old = out / "index.json"
-    if old.is_file():
-        try:
-            index = json.loads(old.read_text())
-        except (OSError, ValueError):
-            index = {}
-        if not isinstance(index, dict):
-            index = {}
-    runs = [r for r in index.get("visualize", []) if isinstance(r, dict) and r.get("folder") != run["folder"]]
-    index.setdefault("model", run["model"])
-    index["convlens"] = __version__
-    index["visualize"] = [*runs, run]
-    return index
