@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import gc
 import io
+import sys
 import json
 import warnings
 from pathlib import Path
@@ -57,6 +58,9 @@ def cli(capfd, *argv: str) -> str:
     Python warnings count as stderr: the console shows them (Python's default filters,
     which pytest would otherwise replace with its own capture).
     """
+    keras = sys.modules.get("keras")
+    if keras is not None:  # each command builds its model afresh, as separate runs would: same auto-names
+        keras.backend.clear_session()
     out, err = io.StringIO(), io.StringIO()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("default")

@@ -944,6 +944,12 @@ class KerasAdapter:
             if swapped is not None:
                 object.__setattr__(final, "activation", swapped)
         missing = [r for r in plan.rows if r not in captured]
+        if plan.target_layer is not None and plan.target_layer not in captured:
+            missing.insert(0, plan.target_layer)
+        if missing:
+            name = self.layers()[missing[0]].name
+            raise UnsupportedModel(f"layer {name} (row {missing[0]}) gave no output in this gradient pass of "
+                                   f"{self.name}; pick another layer (--layer)")
         if plan.target_layer is None:
             if y is None:
                 raise UnsupportedModel(f"{self.name} returned no tensor to take a class score from; pick a "
@@ -951,12 +957,6 @@ class KerasAdapter:
             if logits and tuple(logits[0].shape) == tuple(y.shape):
                 return y, logits[0], captured, True
             return y, y, captured, False
-        if plan.target_layer not in captured:
-            missing.insert(0, plan.target_layer)
-        if missing:
-            name = self.layers()[missing[0]].name
-            raise UnsupportedModel(f"layer {name} (row {missing[0]}) gave no output in this pass of "
-                                   f"{self.name} (it was not called for this input); pick another layer")
         return y, captured[plan.target_layer], captured, False
 
     def _torch_pass(self, plan: _GradPlan, x: np.ndarray, build_cot: Callable[[Any], Any]) -> tuple:
