@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 PIP    := $(BIN)/pip install --quiet --disable-pip-version-check
 export TF_CPP_MIN_LOG_LEVEL := 3
 
-.PHONY: demo test chromium benchmark benchmark-maps benchmark-adapters benchmark-report clean
+.PHONY: demo test chromium benchmark benchmark-maps benchmark-adapters benchmark-report benchmark-memory clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,7 +33,7 @@ test: $(VENV)/.test-deps chromium
 	KERAS_BACKEND=tensorflow $(BIN)/python -m pytest
 	KERAS_BACKEND=torch $(BIN)/python -m pytest -m keras
 
-benchmark: benchmark-maps benchmark-adapters benchmark-report
+benchmark: benchmark-maps benchmark-adapters benchmark-report benchmark-memory
 
 benchmark-maps: $(VENV)/.test-deps
 	KERAS_BACKEND=tensorflow $(BIN)/python benchmarks/bench_maps.py
@@ -43,6 +43,9 @@ benchmark-adapters: $(VENV)/.test-deps
 
 benchmark-report: $(VENV)/.test-deps
 	KERAS_BACKEND=tensorflow $(BIN)/python benchmarks/bench_report.py
+
+benchmark-memory: $(VENV)/.test-deps
+	KERAS_BACKEND=tensorflow $(BIN)/python benchmarks/bench_memory.py
 
 clean:
 	rm -rf $(VENV) demo-output
