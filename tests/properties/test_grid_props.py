@@ -275,3 +275,18 @@ def test_palette_has_the_interface_colours_after_the_levels():
     pal = palette(colormap_lut("gray"))
     assert pal.shape == (256, 3) and tuple(pal[SEPARATOR]) == (255, 255, 255)
     assert tuple(pal[0]) == (0, 0, 0) and tuple(pal[PALETTE_LEVELS - 1]) == (255, 255, 255)
+
+
+@settings(max_examples=80)
+@given(
+    x=hnp.arrays(
+        np.float32,
+        st.tuples(st.integers(1, 40), st.integers(1, 40), st.integers(1, 5)),
+        elements=st.one_of(st.floats(-1e6, 1e6, width=32), st.sampled_from([np.nan, np.inf])),
+    ),
+    max_side=st.integers(1, 50),
+)
+def test_channels_last_downsample_is_the_same_block_mean(x, max_side):
+    chw = downsample(np.ascontiguousarray(np.moveaxis(x, -1, 0)), max_side)
+    hwc = downsample(x, max_side, channels_last=True)
+    np.testing.assert_allclose(np.moveaxis(hwc, -1, 0), chw, rtol=1e-5, atol=1e-2)

@@ -751,7 +751,10 @@ class KerasAdapter:
         """
         self.layers()
         wanted_key = tuple(sorted(set(wanted)))
-        convert = self.keras.ops.convert_to_numpy
+        # TensorFlow tensors never change: a read-only view costs nothing where convert_to_numpy
+        # copies (3 GB for VGG16's block1_conv2 on a 12-megapixel photo); torch's may, in place
+        tf_backend = self.keras.backend.backend() == "tensorflow"
+        convert = np.asarray if tf_backend else self.keras.ops.convert_to_numpy
         x = np.asarray(batch, dtype="float32")
         if self.channels_first and x.ndim == 4:
             x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))

@@ -88,12 +88,15 @@ def grid_shape(n: int, columns: int | None = None) -> tuple[int, int]:
     return -(-n // cols), cols
 
 
-def downsample(x: np.ndarray, max_side: int) -> np.ndarray:
+def downsample(x: np.ndarray, max_side: int, *, channels_last: bool = False) -> np.ndarray:
     """Shrink big maps by an integer block mean so their longer side fits.
 
     Args:
-        x: ``(C, H, W)`` maps.
+        x: ``(C, H, W)`` maps, or ``(H, W, C)`` with ``channels_last``.
         max_side: largest wanted side, at least 1.
+        channels_last: ``x`` is ``(H, W, C)`` (a canonical layer output): the
+            means are taken in that layout, with no channels-first copy of a big
+            map, and the result is ``(h, w, C)``.
 
     Returns:
         ``x`` unchanged when ``max(H, W) <= max_side``; otherwise
@@ -104,17 +107,21 @@ def downsample(x: np.ndarray, max_side: int) -> np.ndarray:
     """
     x = np.asarray(x)
     if x.ndim != 3:
-        raise BadArgument(f"downsample needs (C, H, W) maps, got shape {x.shape}")
+        raise BadArgument(f"downsample needs {'(H, W, C)' if channels_last else '(C, H, W)'} maps, "
+                          f"got shape {x.shape}")
     if max_side < 1:
         raise BadArgument(f"max_side must be at least 1, got {max_side}")
-    c, h, w = x.shape
+    h, w = x.shape[:2] if channels_last else x.shape[1:]
     if max(h, w) <= max_side:
         return x
     f = -(-max(h, w) // max_side)
     fh, fw = max(min(f, h), 1), max(min(f, w), 1)
     hh, ww = h // fh, w // fw
-    blocks = x[:, : hh * fh, : ww * fw].reshape(c, hh, fh, ww, fw)
     with np.errstate(all="ignore"):  # inf - inf inside a block is a NaN the flags report
+        if channels_last:  # channels innermost: the adds run along C, ~10x faster than across f
+            blocks = x[: hh * fh, : ww * fw].reshape(hh, fh, ww, fw, x.shape[2])
+            return blocks.mean(axis=(1, 3), dtype=np.float32)
+        blocks = x[:, : hh * fh, : ww * fw].reshape(x.shape[0], hh, fh, ww, fw)
         return blocks.mean(axis=(2, 4), dtype=np.float32)
 
 

@@ -107,8 +107,9 @@ def reduce_map(x: np.ndarray, opts: RenderOptions) -> np.ndarray:
         return np.ascontiguousarray(x[:, :cap].T, dtype=np.float32)
     if x.ndim == 3:
         cap = x.shape[-1] if opts.max_channels is None else opts.max_channels
-        chw = np.moveaxis(x[..., :cap], -1, 0)
-        return downsample(np.ascontiguousarray(chw, dtype=np.float32), opts.tile_size)
+        # shrunk before the channels move first: a big map is never copied whole
+        small = downsample(x[..., :cap], opts.tile_size, channels_last=True)
+        return np.ascontiguousarray(np.moveaxis(small, -1, 0), dtype=np.float32)
     raise BadArgument(f"cannot draw an output of shape {x.shape}; convlens draws (H, W, C) maps, "
                       "(L, C) signals and (C,) vectors")
 
