@@ -382,12 +382,23 @@ def _classes(target: TargetSpec, classes: int | None, names: list[str] | None) -
     return out
 
 
+def _are_probabilities(output: np.ndarray, final: str | None) -> bool:
+    """The output is already probabilities: the graph ends in a softmax or a sigmoid, or, when the
+    adapter cannot tell, every row lies in 0..1 and sums to 1 (within an int8 model's rounding)."""
+    if final in ("softmax", "sigmoid"):
+        return True
+    out = np.asarray(output, np.float64)
+    if final is not None or out.ndim != 2 or not np.isfinite(out).all():
+        return False
+    return bool(out.min() >= 0 and out.max() <= 1 and np.allclose(out.sum(axis=1), 1, atol=1e-2))
+
+
 def _probabilities(output: np.ndarray, final: str | None) -> np.ndarray | None:
     """``(N, K)`` class probabilities of a classifier's output, else ``None``."""
     out = np.asarray(output, np.float64)
     if out.ndim != 2 or out.shape[1] < 2:
         return None
-    if final in ("softmax", "sigmoid"):
+    if _are_probabilities(out, final):
         return out
     z = out - out.max(axis=1, keepdims=True)
     e = np.exp(z)
@@ -504,7 +515,7 @@ def compute_heatmaps(lens: Lens, prepared: PreparedBatch, made: Sequence[Method]
                     image=img, method=m.name, title=m.title, class_index=k, label=res.labels[r],
                     score=float(res.scores[r]),
                     probability=float(probs[int(res.images[r]), k]) if probs is not None else None,
-                    scores_are_probabilities=adapter.final_activation in ("softmax", "sigmoid"),
+                    scores_are_probabilities=_are_probabilities(out, adapter.final_activation),
                     map=res.maps[r], signed=res.signed, layer=res.layer.name if res.layer else None,
                     flat=bool(res.flat[r]) if len(res.flat) else False,
                     extra=_row_extra(res.extra, r, len(res))))
