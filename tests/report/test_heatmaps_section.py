@@ -74,7 +74,7 @@ def test_the_pictures_are_the_overlays_and_the_names_are_escaped(report):
     body = _section(rep.html)
     assert EVIL not in rep.html
     assert "&lt;img src=x onerror=alert(1)&gt;" in body
-    uris = re.findall(r'data-src="data:image/png;base64,([^"]+)"', body)
+    uris = re.findall(r'data-src="data:image/(?:jpeg|png);base64,([^"]+)"', body)
     assert len(uris) == 18
     picture = np.asarray(Image.open(io.BytesIO(base64.b64decode(uris[0]))))
     # a 28x28 digit enlarged 7x to at least 192 px, then its colour bar below
