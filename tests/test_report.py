@@ -146,7 +146,7 @@ def test_statistics_and_predictions_are_exact(single, files):
     assert [name for name, _ in top] == [["zero", EVIL_LABEL, "two"][j] for j in np.argsort(-p)]
     np.testing.assert_allclose([prob for _, prob in top], np.sort(p)[::-1], rtol=1e-5)
     assert out.read_text(encoding="utf-8") == report.html and report.path == out
-    assert report.sections == ["inputs", "predictions", "layers", "maps", "stats", "filters"]
+    assert report.sections == ["inputs", "predictions", "layers", "maps", "heatmaps", "stats", "filters"]
 
 
 @pytest.mark.keras

@@ -216,8 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sections", help="comma-separated sections to include (default all: inputs, "
                                       "predictions, layers, maps, heatmaps, stats, filters)")
     p.add_argument("--heatmap-methods", metavar="M[,M...]",
-                   help="the heatmaps section's methods, the first shown first (default gradcam,saliency; "
-                        "scorecam,eigencam for models without gradients such as TFLite)")
+                   help="the heatmaps section's methods, the first shown first (default gradcam, or "
+                        "scorecam for models without gradients such as TFLite)")
     p.add_argument("--heatmap-top", type=_positive, metavar="K",
                    help="the heatmaps section's classes per image (default 3)")
     _model_options(p)
