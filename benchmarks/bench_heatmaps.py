@@ -46,7 +46,7 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
-import numpy as np
+import numpy as np  # noqa: E402
 
 SIZE = 224
 CLASS = 7

@@ -181,7 +181,8 @@ def test_switching_the_method_in_the_browser(browser, report, tmp_path):
     section = page.locator("#cl-heatmaps")
     section.scroll_into_view_if_needed()
     assert section.is_visible()
-    visible = "s => Array.from(document.querySelectorAll('.cl-hm-set')).filter(e => !e.hidden).map(e => e.dataset.method)"
+    visible = ("s => Array.from(document.querySelectorAll('.cl-hm-set'))"
+               ".filter(e => !e.hidden).map(e => e.dataset.method)")
     assert page.evaluate(f"({visible})()") == ["gradcam", "gradcam"]
     _wait(page, "() => Array.from(document.querySelectorAll('.cl-hm-set:not([hidden]) img'))"
                 ".every(i => i.naturalWidth > 0)")
