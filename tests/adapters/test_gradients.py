@@ -627,3 +627,46 @@ def test_onnx_need_output_false_and_no_hook_left(tmp_path):
     module = adapter._twin()[0]
     assert _hooks(module) == 0 and not module.training
     assert all(p.requires_grad for p in module.parameters())  # as onnx2torch made them, restored
+
+
+class Exported(nn.Module):
+    """What torch's exporter writes for a fresh network: equal zero biases stored once and shared
+    through Identity nodes, and an adaptive pool as AveragePool-19 (opset 20), which onnx2torch
+    converts only once the graph is brought down to opset 17."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 4, 3)
+        self.conv2 = nn.Conv2d(4, 4, 3)
+        self.pool = nn.AdaptiveAvgPool2d(2)
+        self.fc = nn.Linear(16, 3)
+        with torch.no_grad():
+            self.conv1.bias.zero_()
+            self.conv2.bias.zero_()
+
+    def forward(self, x):
+        return self.fc(self.pool(torch.relu(self.conv2(torch.relu(self.conv1(x))))).flatten(1))
+
+
+def test_onnx_shared_weights_and_a_newer_opset_still_convert(tmp_path):
+    import onnx
+
+    from convlens.adapters.onnx import OnnxAdapter
+
+    torch.manual_seed(3)
+    model = Exported().eval()
+    path = _onnx_file(model, tmp_path / "exported.onnx", (1, 3, 8, 8))
+    graph = onnx.load(str(path))
+    ops = {n.op_type for n in graph.graph.node}
+    assert {"Identity", "AveragePool"} <= ops and graph.opset_import[0].version > 17  # the two cases
+    onnx_adapter = OnnxAdapter(path)
+    assert onnx_adapter.gradients_unavailable() is None
+    torch_adapter = TorchAdapter(model, input_shape=(8, 8, 3))
+    x = np.random.default_rng(5).normal(size=(2, 8, 8, 3)).astype(np.float32)
+    rows = {a: [t.index for t in a.layers() if t.kind == "conv"] for a in (onnx_adapter, torch_adapter)}
+    got = {a: a.gradients(x, Target(channels=(2,)), layers=rows[a], wrt_input=True) for a in rows}
+    want, have = got[torch_adapter], got[onnx_adapter]
+    np.testing.assert_allclose(have.score, want.score, rtol=1e-5)
+    np.testing.assert_allclose(have.input_grad, want.input_grad, rtol=1e-4, atol=1e-7)
+    for r_onnx, r_torch in zip(rows[onnx_adapter], rows[torch_adapter]):
+        np.testing.assert_allclose(have.grads[r_onnx], want.grads[r_torch], rtol=1e-4, atol=1e-7)

@@ -229,7 +229,7 @@ def test_smoothgrad_noise_level_and_batches(cam_net):
     noise = np.concatenate(net.batches) - x
     assert np.std(noise) == pytest.approx(0.2 * spread, rel=0.05)
     again = _run("smoothgrad", net, x, target=1, options={"samples": 40, "noise": 0.2})
-    np.testing.assert_array_equal(r.raw, again.raw)  # seeded
+    np.testing.assert_allclose(r.raw, again.raw, rtol=1e-6)  # seeded, whatever the batches
 
 
 def test_integrated_gradients_steps_go_in_batches(cam_net):

@@ -112,6 +112,9 @@ def test_every_method_on_the_demo_model(demo, name):
     assert r.maps.min() >= low and r.maps.max() <= 1.0 and r.maps.max() > 0.99
     assert r.maps.std() > 0.05 and not r.flat.any()
     assert r.classes.tolist() == [7] and r.scores[0] > 0.9  # the demo digit is a 7, softmax output
+    if name == "ig":  # the logit before the softmax is integrated: completeness within 5%
+        assert r.extra["logits"]
+        assert abs(r.extra["completeness_gap"][0]) < 0.05 * abs(r.extra["score_difference"][0])
     if r.kind == "cam":
         assert r.layer.name == "conv3" and r.raw.shape == (1, 7, 7)
     else:
@@ -164,3 +167,23 @@ def test_gradient_methods_on_tflite_name_the_forward_only_ones(tflite_pair):
     with pytest.raises(UnsupportedModel) as e:
         methods.create("gradcam").compute(tflite, x)
     assert "scorecam, eigencam, occlusion" in str(e.value) and "\n" not in str(e.value)
+
+
+# --------------------------------------------------------------------------- default layers
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "source, layer",
+    [("torchvision:vgg16", "features.29"), ("torchvision:mobilenet_v2", "features.18.2")],
+)
+def test_default_layer_of_torchvision_models(source, layer):
+    """VGG16: relu5_3 (14x14, the Grad-CAM paper's layer), MobileNetV2: the last conv's ReLU6."""
+    assert methods.default_layer(open_model(source, weights="none").layers()).name == layer
+
+
+@pytest.mark.keras
+@pytest.mark.slow
+@pytest.mark.parametrize("source, layer", [("vgg16", "block5_conv3"), ("mobilenet_v2", "out_relu")])
+def test_default_layer_of_keras_applications(source, layer):
+    assert methods.default_layer(open_model(source, weights="none").layers()).name == layer

@@ -295,3 +295,17 @@ def test_a_known_output_saves_the_top1_forward_pass(tiny):
     assert tiny.items_run == 4  # the four occluded pixels only
     with pytest.raises(BadArgument):
         methods.create("gradcam").compute(tiny, X, output=np.zeros((2, 2)))
+
+
+def test_forward_only_methods_check_classes_against_the_output(cam_net):
+    # A segmentation output: the layer table does not say how many classes; the output does.
+    seg = cam_net([[1.0, -1.0]], [0.0, 5.0], [[1.0, -1.0], [2.0, 1.0]], [0.0, 0.0], seg=True)
+    seg._rows[-1] = LayerInfo(3, "head", "Conv", "conv", None, parents=(2,))
+    for name in ("occlusion", "scorecam", "eigencam"):
+        with pytest.raises(BadArgument) as e:
+            methods.create(name).compute(seg, X, target=2)
+        assert "out of range" in _one_line(e)
+    with pytest.raises(BadArgument):
+        methods.create("gradcam", batch_size=0)
+    with pytest.raises(BadArgument):
+        methods.create("scorecam", memory="1GB")

@@ -59,6 +59,8 @@ _SMALL = 4096
 _MAX_SESSIONS = 3
 _SESSION_BUDGET = 1536 * 2**20
 _STUB_LOCATION = "convlens-weights-from-memory"
+#: The opset that graphs of newer opsets are brought down to when onnx2torch (1.5) lacks a converter.
+_TWIN_OPSET = 17
 #: What still works when gradients do not.
 _FORWARD_ONLY = "the forward-only methods (Score-CAM, Eigen-CAM, occlusion) still work"
 
@@ -777,7 +779,15 @@ class OnnxAdapter:
 
     def _twin(self) -> tuple[Any, dict[str, tuple[Any, int, int]]]:
         """The graph as a PyTorch module (onnx2torch, made once), and where each ONNX tensor comes
-        out of it: tensor name -> (submodule, output index, output count)."""
+        out of it: tensor name -> (submodule, output index, output count).
+
+        Before converting: weights behind ``Identity`` nodes become stored weights
+        (:func:`_fold_weight_identities`), and a graph with an operator version
+        onnx2torch has no converter for (torch's exporter writes opset 20, whose
+        ``AveragePool`` is version 19) is brought down to :data:`_TWIN_OPSET`
+        first, when the ONNX version converter can. Both are done on the
+        skeleton (no weight copied); the weights are filled in last.
+        """
         if self._twin_cache is not None:
             return self._twin_cache
         if self._twin_error is not None:
@@ -785,24 +795,47 @@ class OnnxAdapter:
         try:
             import onnx2torch
             import torch  # noqa: F401
+            from onnx2torch.node_converters import get_converter
         except ImportError as exc:
             raise MissingDependency(f"gradients of ONNX models convert the graph to PyTorch with onnx2torch "
                                     f"({exc}); run: pip install 'convlens[onnx-gradients]'") from None
+        from onnx import version_converter
+
+        def unconverted(model: Any) -> str | None:
+            versions = {o.domain or "": o.version for o in model.opset_import}
+            for node in model.graph.node:
+                try:
+                    get_converter(domain=node.domain or "", operation_type=node.op_type,
+                                  version=versions.get(node.domain or "", 1))
+                except NotImplementedError:
+                    return str(node.op_type)
+            return None
+
+        def refuse(reason: str) -> UnsupportedModel:
+            self._twin_error = (f"gradients of {self._label} need its graph converted to PyTorch, and "
+                                f"onnx2torch cannot convert it ({reason}); {_FORWARD_ONLY}")
+            return UnsupportedModel(self._twin_error)
+
+        graph = self.onnx.ModelProto()
+        graph.CopyFrom(self._skeleton)
+        aliases = _fold_weight_identities(graph)
+        missing = unconverted(graph)
+        opset = next((o.version for o in graph.opset_import if o.domain in ("", "ai.onnx")), 0)
+        if missing is not None and opset > _TWIN_OPSET:
+            try:
+                lower = version_converter.convert_version(graph, _TWIN_OPSET)
+            except Exception:
+                lower = None
+            if lower is not None and unconverted(lower) is None:
+                graph, missing = lower, None
+        if missing is not None:
+            raise refuse(f"it has no converter for the ONNX operator {missing}")
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # onnx2torch warns about ops it converts approximately
-                module = onnx2torch.convert(self._full_model(), attach_onnx_mapping=True)
+            module = self._convert(onnx2torch, graph, aliases)
         except ConvlensError:
             raise
         except Exception as exc:
-            text = str(exc)
-            missing = re.search(r"operation_type='([^']+)'", text)
-            reason = (f"it has no converter for the ONNX operator {missing.group(1)}"
-                      if isinstance(exc, NotImplementedError) and missing
-                      else f"{type(exc).__name__}: {_first_line(text)}")
-            self._twin_error = (f"gradients of {self._label} need its graph converted to PyTorch, and "
-                                f"onnx2torch cannot convert it ({reason}); {_FORWARD_ONLY}")
-            raise UnsupportedModel(self._twin_error) from None
+            raise refuse(f"{type(exc).__name__}: {_first_line(str(exc))}") from None
         module.eval()
         by_tensor: dict[str, tuple[Any, int, int]] = {}
         for sub in module.modules():
@@ -813,16 +846,18 @@ class OnnxAdapter:
         self._twin_cache = (module, by_tensor)
         return self._twin_cache
 
-    def _full_model(self) -> Any:
-        """The model with every weight inline (the skeleton's stubs filled from :meth:`_weight`)."""
+    def _convert(self, onnx2torch: Any, graph: Any, aliases: dict[str, str]) -> Any:
+        """onnx2torch's module for a skeleton graph, its stubs filled from :meth:`_weight` (``aliases``:
+        weights that copy another, see :func:`_fold_weight_identities`)."""
         from onnx import numpy_helper
 
-        model = self.onnx.ModelProto()
-        model.CopyFrom(self._skeleton)
-        for t in model.graph.initializer:
-            if t.name in self._shared:
-                t.CopyFrom(numpy_helper.from_array(self._weight(t.name), t.name))
-        return model
+        for t in graph.graph.initializer:
+            source = aliases.get(t.name, t.name)
+            if source in self._shared:
+                t.CopyFrom(numpy_helper.from_array(self._weight(source), t.name))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # onnx2torch warns about ops it converts approximately
+            return onnx2torch.convert(graph, attach_onnx_mapping=True)
 
     def _check_twin(self, module: Any, feed: np.ndarray) -> None:
         """The converted module must give onnxruntime's output on this input (once per input shape)."""
@@ -916,6 +951,37 @@ class OnnxAdapter:
             shape[int(attrs.get("axis", 1)) % x.ndim] = scale.size
             scale, zero = scale.reshape(shape), zero.reshape(shape)
         return ((x - zero) * scale).astype(np.float32)
+
+
+def _fold_weight_identities(model: Any) -> dict[str, str]:
+    """Turn ``Identity`` nodes of stored weights into weights of their own; their aliases.
+
+    ``torch.onnx.export`` stores equal weights once and gives the copies through
+    ``Identity`` nodes (the zero biases of a freshly initialised VGG16), and
+    onnx2torch reads a convolution's weight and bias only from stored weights.
+
+    Returns:
+        new weight name -> the name of the stored weight it copies.
+    """
+    graph = model.graph
+    stored = {t.name: t for t in graph.initializer}
+    outputs = {o.name for o in graph.output}
+    aliases: dict[str, str] = {}
+    keep = []
+    for node in graph.node:
+        if node.op_type == "Identity" and node.input and node.input[0] in stored \
+                and node.output[0] not in stored and node.output[0] not in outputs:
+            copy = graph.initializer.add()
+            copy.CopyFrom(stored[node.input[0]])
+            copy.name = node.output[0]
+            stored[copy.name] = copy
+            aliases[copy.name] = aliases.get(node.input[0], node.input[0])
+        else:
+            keep.append(node)
+    if aliases:
+        del graph.node[:]
+        graph.node.extend(keep)
+    return aliases
 
 
 def _final_activation(node: Any) -> str | None:

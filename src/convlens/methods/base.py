@@ -23,7 +23,7 @@ Every method has the same :meth:`Method.compute` signature; what differs
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -45,6 +45,7 @@ __all__ = [
     "Method",
     "MethodResult",
     "default_layer",
+    "positive_int",
     "resolve_layer",
     "spatial_layers",
 ]
@@ -227,6 +228,7 @@ class Context:
         preprocess: str,
         progress: Progress,
         memory: int,
+        forward_first: bool = False,
     ) -> None:
         self.adapter = adapter
         self.batch = batch
@@ -237,12 +239,17 @@ class Context:
         self.output: np.ndarray | None = None
         self.memory = memory
         self._spec, self._names, self._box = spec, names, box
+        # Forward-only methods run the batch anyway: resolving classes against the real output
+        # checks them even when the layer table does not say how many classes there are.
+        self._forward_first = forward_first
         #: method-specific figures the method records for :attr:`MethodResult.extra`
         self.extra: dict[str, Any] = {}
         self._rows: Rows | None = None
         self._activations: np.ndarray | None = None
         #: the model output of each row, when a gradient pass gave it
         self.row_output: np.ndarray | None = None
+        #: the gradient passes differentiated logits read before a final softmax
+        self.logits = False
 
     @property
     def hw(self) -> tuple[int, int]:
@@ -250,9 +257,11 @@ class Context:
 
     @property
     def rows(self) -> Rows:
-        """The resolved targets; a top-1 target or a box runs the forward pass first."""
+        """The resolved targets (top-1, a box or a forward-only method run the batch first)."""
         if self._rows is None:
-            if self.output is None and (self._spec is None or self._box is not None):
+            if self.output is None and (
+                self._spec is None or self._box is not None or self._forward_first
+            ):
                 self.forward()
             self._rows = resolve_rows(
                 self._spec,
@@ -316,9 +325,7 @@ class Context:
     def batch_size(self, wanted: int | None, *, backward: bool) -> int:
         """Items per pass: ``wanted`` if given, else as many as the memory budget allows (1-64)."""
         if wanted is not None:
-            if isinstance(wanted, bool) or not isinstance(wanted, (int, np.integer)) or wanted < 1:
-                raise BadArgument(f"batch_size must be a positive whole number, not {wanted!r}")
-            return int(wanted)
+            return positive_int("batch_size", wanted)
         return int(min(64, max(1, self.memory // self.per_sample_bytes(backward))))
 
     def gradients(
@@ -333,13 +340,15 @@ class Context:
         target = Target(
             layer=None, channels=tuple(int(c) for c in classes), reduce="sum", mask=self.rows.mask
         )
-        return self.adapter.gradients(
+        g = self.adapter.gradients(
             np.ascontiguousarray(x, np.float32),
             target,
             list(layers),
             wrt_input=wrt_input,
             need_output=True,
         )
+        self.logits = bool(g.logits)
+        return g
 
     def layer_gradients(self, batch_size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """``(acts, grads)``, each ``(M, h, w, C)``: the CAM layer's output and d score / d output.
@@ -362,7 +371,7 @@ class Context:
         return np.concatenate(acts), np.concatenate(grads)
 
     def input_gradients(
-        self, x: np.ndarray, classes: np.ndarray, batch_size: int | None = None, *, label: str = ""
+        self, x: np.ndarray, classes: np.ndarray, batch_size: int | None = None
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """d score / d input for many items, in passes under the memory budget.
 
@@ -370,7 +379,6 @@ class Context:
             x: ``(B, H, W, C)`` inputs.
             classes: ``(B,)`` the class each item differentiates.
             batch_size: items per pass; default from :data:`MEMORY_BUDGET`.
-            label: with a label, progress is reported per item under it.
 
         Returns:
             ``(grads, score, output)``: ``(B, H, W, C)`` float32 gradients,
@@ -380,28 +388,67 @@ class Context:
         """
         step = self.batch_size(batch_size, backward=True)
         grads, scores, outs = [], [], []
-        if label:
-            self.progress.start(len(x), label)
-        try:
-            for start in range(0, len(x), step):
-                g = self.gradients(
-                    x[start : start + step], classes[start : start + step], wrt_input=True
-                )
-                if g.input_grad is None:
-                    raise UnsupportedModel(
-                        f"{self.adapter.name}: the adapter gave no input gradient"
-                    )
-                grads.append(np.asarray(g.input_grad, np.float32))
-                scores.append(np.asarray(g.score, np.float64))
-                if g.output is not None:
-                    outs.append(np.asarray(g.output))
-                if label:
-                    self.progress.advance(len(grads[-1]))
-        finally:
-            if label:
-                self.progress.finish()
+        for start in range(0, len(x), step):
+            part = slice(start, start + step)
+            g = self.gradients(x[part], classes[part], wrt_input=True)
+            if g.input_grad is None:
+                raise UnsupportedModel(f"{self.adapter.name}: the adapter gave no input gradient")
+            grads.append(np.asarray(g.input_grad, np.float32))
+            scores.append(np.asarray(g.score, np.float64))
+            if g.output is not None:
+                outs.append(np.asarray(g.output))
         output = np.concatenate(outs) if len(outs) == len(grads) and outs else None
         return np.concatenate(grads), np.concatenate(scores), output
+
+    def summed_input_gradients(
+        self,
+        item_row: np.ndarray,
+        make: Callable[[np.ndarray], np.ndarray],
+        weights: np.ndarray,
+        *,
+        batch_size: int | None,
+        label: str,
+        absolute: bool = False,
+        keep: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, np.ndarray, dict[int, np.ndarray]]:
+        """Weighted sums of input gradients over many items per row (IG's path, SmoothGrad's noise).
+
+        Items are made and differentiated one batch at a time, so memory holds
+        one batch of them; progress is reported per item.
+
+        Args:
+            item_row: ``(I,)`` the row each item belongs to.
+            make: the inputs ``(B, H, W, C)`` of the items with the given indexes.
+            weights: ``(I,)`` each item's weight in its row's sum.
+            batch_size: items per pass; default from the memory budget.
+            label: what the progress bar says.
+            absolute: sum ``|gradient|`` instead of the gradient.
+            keep: ``(I,)`` bool, items whose model output to return.
+
+        Returns:
+            ``(total, score, outputs)``: ``(M, H, W, C)`` float64 sums, ``(I,)``
+            each item's differentiated score, and the kept items' outputs by index.
+        """
+        rows = self.rows
+        step = self.batch_size(batch_size, backward=True)
+        total = np.zeros((len(rows), *self.batch.shape[1:]), np.float64)
+        score = np.zeros(len(item_row))
+        outputs: dict[int, np.ndarray] = {}
+        self.progress.start(len(item_row), label)
+        try:
+            for start in range(0, len(item_row), step):
+                idx = np.arange(start, min(start + step, len(item_row)))
+                r = item_row[idx]
+                grads, score[idx], out = self.input_gradients(make(idx), rows.classes[r], len(idx))
+                grads = np.abs(grads) if absolute else grads
+                for row in np.unique(r):
+                    total[row] += np.tensordot(weights[idx][r == row], grads[r == row], axes=1)
+                if out is not None and keep is not None:
+                    outputs.update({int(k): out[n] for n, k in enumerate(idx) if keep[k]})
+                self.progress.advance(len(idx))
+        finally:
+            self.progress.finish()
+        return total, score, outputs
 
     def baseline(
         self, spec: str | float | np.ndarray, *, blur_sigma: float | None = None
@@ -440,6 +487,13 @@ class Context:
                 f"a baseline of shape {arr.shape} does not fit images of shape "
                 f"{shape[1:]} (preprocessed, channels last)"
             ) from None
+
+
+def positive_int(name: str, value: Any) -> int:
+    """``value`` when it is a whole number >= 1, else :class:`BadArgument` naming the option."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise BadArgument(f"{name} must be a positive whole number, not {value!r}")
+    return int(value)
 
 
 def _known_classes(table: Sequence[LayerInfo], names: Sequence[str] | None) -> int | None:
@@ -486,6 +540,12 @@ class Method:
             ``"absmax"`` (largest magnitude, Simonyan et al.), ``"sum"`` (captum's
             convention for additive attributions) or ``"mean"``.
         slow: the method reports progress.
+
+    Args:
+        batch_size: items per pass of the slow methods (masked inputs, path
+            points, noisy copies, occluded images); default as many as
+            ``memory`` allows, estimated from the layer table (at most 64).
+        memory: bytes of layer outputs one pass may hold (:data:`MEMORY_BUDGET`).
     """
 
     name: ClassVar[str] = ""
@@ -498,8 +558,8 @@ class Method:
     slow: ClassVar[bool] = False
 
     def __init__(self, *, batch_size: int | None = None, memory: int = MEMORY_BUDGET) -> None:
-        self.batch_size = batch_size
-        self.memory = memory
+        self.batch_size = None if batch_size is None else positive_int("batch_size", batch_size)
+        self.memory = positive_int("memory (bytes)", memory)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
@@ -553,27 +613,28 @@ class Method:
             if why is not None:
                 from . import METHODS, forward_only
 
-                names = ", ".join(forward_only())
-                if all(METHODS[n].title in why for n in forward_only()):
-                    tail = f" (forward-only methods by name: {names})"  # the reason names them already
+                listed = ", ".join(forward_only())
+                if all(METHODS[n].title in why for n in forward_only()):  # the reason names them
+                    tail = f" (forward-only methods by name: {listed})"
                 else:
-                    tail = f"; forward-only methods work: {names}"
+                    tail = f"; forward-only methods work: {listed}"
                 raise UnsupportedModel(f"{self.title} needs gradients: {why}{tail}")
         x = _check_batch(batch)
         table = adapter.layers()
         chosen = resolve_layer(table, layer) if self.kind == "cam" else None
-        names = list(class_names) if class_names is not None else adapter.class_names
+        labels = list(class_names) if class_names is not None else adapter.class_names
         ctx = Context(
             adapter,
             x,
             table,
             chosen,
             spec=target,
-            names=names,
+            names=labels,
             box=box,
             preprocess=preprocess or adapter.preprocess or "unit",
             progress=progress or NullProgress(),
             memory=self.memory,
+            forward_first=not self.needs_gradients,
         )
         if output is not None:
             out = np.asarray(output)

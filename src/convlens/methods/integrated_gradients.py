@@ -11,7 +11,7 @@ import numpy as np
 
 from .._errors import BadArgument
 from ..core.cam import ig_alphas
-from .base import MEMORY_BUDGET, Context, Method
+from .base import MEMORY_BUDGET, Context, Method, positive_int
 
 __all__ = ["IntegratedGradients"]
 
@@ -20,7 +20,9 @@ class IntegratedGradients(Method):
     """Integrated Gradients (Sundararajan et al. 2017), computed as captum computes it.
 
     ``attr = (x - b) * sum_j w_j * grad(b + alpha_j (x - b))`` with captum's
-    points and weights (:func:`convlens.core.cam.ig_alphas`). ``raw`` keeps the
+    points and weights (:func:`convlens.core.cam.ig_alphas`; for
+    ``riemann_trapezoid`` the rule's own weights, whose sum is 1, where captum's
+    sum to ``(n-1)/n``). ``raw`` keeps the
     attribution per channel; the map is its sum over channels (captum's
     convention for an additive attribution), scaled by its largest magnitude
     to -1..1. ``extra["completeness_gap"]`` is ``sum(attr) - (f(x) - f(b))``
@@ -60,45 +62,38 @@ class IntegratedGradients(Method):
         memory: int = MEMORY_BUDGET,
     ) -> None:
         super().__init__(batch_size=batch_size, memory=memory)
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-            raise BadArgument(f"steps must be a positive whole number, not {steps!r}")
+        self.steps = positive_int("steps", steps)
         try:
-            self.alphas, self.weights = ig_alphas(steps, method)
+            self.alphas, self.weights = ig_alphas(self.steps, method)
         except ValueError as exc:
             raise BadArgument(
-                f"{exc}; use gausslegendre, riemann_trapezoid, riemann_left, "
-                "riemann_right or riemann_middle"
+                f"{exc}; use gausslegendre or riemann_trapezoid/left/right/middle"
             ) from None
-        self.steps, self.method, self.baseline, self.blur_sigma = (
-            steps,
-            method,
-            baseline,
-            blur_sigma,
-        )
+        self.method, self.baseline, self.blur_sigma = method, baseline, blur_sigma
 
     def raw_maps(self, ctx: Context) -> np.ndarray:
-        rows = ctx.rows
+        rows, m, s = ctx.rows, len(ctx.rows), self.steps
         x = ctx.batch[rows.images]
         b = ctx.baseline(self.baseline, blur_sigma=self.blur_sigma)[rows.images]
-        m, s = len(rows), self.steps
+        # Items: every row's path points, then each row's image and its baseline (for the gap).
         item_row = np.concatenate([np.repeat(np.arange(m), s), np.arange(m), np.arange(m)])
         alpha = np.concatenate([np.tile(self.alphas, m), np.ones(m), np.zeros(m)]).astype(
             np.float32
         )
-        points = b[item_row] + alpha[:, None, None, None] * (x - b)[item_row]
-        grads, score, output = ctx.input_gradients(
-            points, rows.classes[item_row], self.batch_size, label=f"{self.title} path points"
+        weights = np.concatenate([np.tile(self.weights, m), np.zeros(2 * m)])
+        total, score, outputs = ctx.summed_input_gradients(
+            item_row,
+            lambda idx: b[item_row[idx]] + alpha[idx, None, None, None] * (x - b)[item_row[idx]],
+            weights,
+            batch_size=self.batch_size,
+            label=f"{self.title} path points",
+            keep=np.arange(len(item_row)) // m == s,  # the images themselves: their outputs
         )
-        path = grads[: m * s].reshape(m, s, *x.shape[1:]).astype(np.float64)
-        total = np.einsum("ms...,s->m...", path, self.weights)
         attr = (x - b).astype(np.float64) * total
-        if output is not None:
-            ctx.row_output = output[m * s : m * s + m]
+        if len(outputs) == m:
+            ctx.row_output = np.stack([outputs[m * s + k] for k in range(m)])
         difference = score[m * s : m * s + m] - score[m * s + m :]
-        ctx.extra.update(
-            completeness_gap=attr.reshape(m, -1).sum(axis=1) - difference,
-            score_difference=difference,
-            steps=self.steps,
-            method=self.method,
-        )
+        gap = attr.reshape(m, -1).sum(axis=1) - difference
+        ctx.extra.update(completeness_gap=gap, score_difference=difference, steps=s)
+        ctx.extra.update(method=self.method, logits=ctx.logits)
         return attr.astype(np.float32)

@@ -8,7 +8,7 @@ import numpy as np
 
 from .._errors import BadArgument
 from ..core.cam import occlusion_windows
-from .base import MEMORY_BUDGET, Context, Method
+from .base import MEMORY_BUDGET, Context, Method, positive_int
 from .targets import class_scores
 
 __all__ = ["Occlusion"]
@@ -50,12 +50,9 @@ class Occlusion(Method):
         memory: int = MEMORY_BUDGET,
     ) -> None:
         super().__init__(batch_size=batch_size, memory=memory)
-        for key, value in (("window", window), ("stride", stride)):
-            if value is not None and (
-                isinstance(value, bool) or not isinstance(value, int) or value < 1
-            ):
-                raise BadArgument(f"{key} must be a positive whole number of pixels, not {value!r}")
-        self.window, self.stride, self.baseline = window, stride, baseline
+        self.window = None if window is None else positive_int("window", window)
+        self.stride = None if stride is None else positive_int("stride", stride)
+        self.baseline = baseline
 
     def raw_maps(self, ctx: Context) -> np.ndarray:
         rows, (h, w) = ctx.rows, ctx.hw

@@ -35,29 +35,34 @@ class ScoreCAM(Method):
     def raw_maps(self, ctx: Context) -> np.ndarray:
         acts, rows = ctx.activations(), ctx.rows
         step = ctx.batch_size(self.batch_size, backward=False)
-        plans = {int(i): score_cam_masks(acts[i], ctx.hw) for i in np.unique(rows.images)}
-        ctx.progress.start(
-            sum(len(v) + 1 for _, v in plans.values()), f"{self.title} masked inputs"
-        )
+        images = [int(i) for i in np.unique(rows.images)]
+        flat = acts.reshape(len(acts), -1, acts.shape[-1])
+        varying = {i: np.flatnonzero(flat[i].max(axis=0) > flat[i].min(axis=0)) for i in images}
+        constant = {i: len(varying[i]) < acts.shape[-1] for i in images}
+        total = sum(len(varying[i]) + constant[i] for i in images)
+        ctx.progress.start(total, f"{self.title} masked inputs")
         out = np.zeros((len(rows), *acts.shape[1:3]))
-        for i, (masks, varying) in plans.items():
-            mine = np.flatnonzero(rows.images == i)
-            classes = rows.classes[mine]
-            # Every constant channel masks the input to zeros: one pass scores them all.
-            scores = np.empty((len(mine), acts.shape[-1]))
-            scores[:] = class_scores(self._run(ctx, ctx.batch[i] * 0.0), classes, rows.mask)[0][
-                :, None
-            ]
-            ctx.progress.advance()
-            for start in range(0, len(varying), step):
-                part = masks[start : start + step, :, :, None] * ctx.batch[i][None]
-                scores[:, varying[start : start + step]] = class_scores(
-                    self._run(ctx, part), classes, rows.mask
-                ).T
-                ctx.progress.advance(len(part))
-            for j, m in enumerate(mine):
-                out[m] = weighted_sum(acts[i][None], softmax(scores[j])[None])[0]
-        ctx.progress.finish()
+        try:
+            for i in images:
+                mine = np.flatnonzero(rows.images == i)
+                classes = rows.classes[mine]
+                scores = np.empty((len(mine), acts.shape[-1]))
+                if constant[i]:  # every constant channel masks the input to zeros: one pass for all
+                    zero = class_scores(
+                        self._run(ctx, ctx.batch[i : i + 1] * 0.0), classes, rows.mask
+                    )
+                    scores[:] = zero.T
+                    ctx.progress.advance()
+                for start in range(0, len(varying[i]), step):
+                    chunk = varying[i][start : start + step]
+                    masks, _ = score_cam_masks(acts[i][..., chunk], ctx.hw)  # masks made per chunk
+                    part = masks[..., None] * ctx.batch[i][None]
+                    scores[:, chunk] = class_scores(self._run(ctx, part), classes, rows.mask).T
+                    ctx.progress.advance(len(chunk))
+                for j, m in enumerate(mine):
+                    out[m] = weighted_sum(acts[i][None], softmax(scores[j])[None])[0]
+        finally:
+            ctx.progress.finish()
         return out
 
     @staticmethod

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from .._errors import BadArgument
-from .base import MEMORY_BUDGET, Context, Method
+from .base import MEMORY_BUDGET, Context, Method, positive_int
 
 __all__ = ["SmoothGrad"]
 
@@ -47,34 +47,30 @@ class SmoothGrad(Method):
         memory: int = MEMORY_BUDGET,
     ) -> None:
         super().__init__(batch_size=batch_size, memory=memory)
-        if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
-            raise BadArgument(f"samples must be a positive whole number, not {samples!r}")
-        if not 0 <= float(noise) < 10:
+        self.samples = positive_int("samples", samples)
+        if isinstance(noise, bool) or not isinstance(noise, (int, float)) or not 0 <= noise < 10:
             raise BadArgument(
                 f"noise is a fraction of the input's range (e.g. 0.15), not {noise!r}"
             )
-        self.samples, self.noise, self.seed = samples, float(noise), seed
+        self.noise, self.seed = float(noise), seed
 
     def raw_maps(self, ctx: Context) -> np.ndarray:
         rows, rng = ctx.rows, np.random.default_rng(self.seed)
         x = ctx.batch[rows.images]
         sigma = self.noise * (x.max(axis=(1, 2, 3)) - x.min(axis=(1, 2, 3)))
-        step = ctx.batch_size(self.batch_size, backward=True)
-        total = np.zeros(x.shape, np.float64)
-        items = np.repeat(np.arange(len(rows)), self.samples)
-        ctx.progress.start(len(items), f"{self.title} noisy samples")
-        try:
-            for start in range(0, len(items), step):
-                idx = items[start : start + step]
-                noisy = (
-                    x[idx]
-                    + rng.normal(size=(len(idx), *x.shape[1:])) * sigma[idx, None, None, None]
-                )
-                grads, _, _ = ctx.input_gradients(
-                    noisy.astype(np.float32), rows.classes[idx], len(idx)
-                )
-                np.add.at(total, idx, np.abs(grads))
-                ctx.progress.advance(len(idx))
-        finally:
-            ctx.progress.finish()
-        return (total / self.samples).astype(np.float32)
+        item_row = np.repeat(np.arange(len(rows)), self.samples)
+
+        def noisy(idx: np.ndarray) -> np.ndarray:
+            r = item_row[idx]
+            noise = rng.normal(size=(len(idx), *x.shape[1:])) * sigma[r, None, None, None]
+            return (x[r] + noise).astype(np.float32)
+
+        total, _, _ = ctx.summed_input_gradients(
+            item_row,
+            noisy,
+            np.full(len(item_row), 1.0 / self.samples),
+            batch_size=self.batch_size,
+            label=f"{self.title} noisy samples",
+            absolute=True,
+        )
+        return total.astype(np.float32)
