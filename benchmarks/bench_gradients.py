@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT / "src"))
 SIZE = 224
 CLASS = 7
 
-import numpy as np  # noqa: E402
+import numpy as np
 
 CASES = ("keras", "keras-torch", "torch", "onnx")
 

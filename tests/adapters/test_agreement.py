@@ -315,7 +315,8 @@ def test_gradients_agree_across_frameworks(gradient_twins):
         adapter = gradient_twins[name]
         assert adapter.gradients_unavailable() is None, name
         convs = [t.index for t in adapter.layers() if t.kind == "conv"]
-        by_class = adapter.gradients(x, Target(channels=(3, 7, 3)), layers=convs, wrt_input=True)
+        # without the input gradient, ONNX runs the graph up to the first conv in onnxruntime
+        by_class = adapter.gradients(x, Target(channels=(3, 7, 3)), layers=convs)
         by_channel = adapter.gradients(x, Target(layer=convs[2], channels=(5,), reduce="mean"),
                                        layers=convs[:2], wrt_input=True)
         got[name] = convs, by_class, by_channel
@@ -326,7 +327,8 @@ def test_gradients_agree_across_frameworks(gradient_twins):
         convs, by_class, by_channel = got[name]
         for want, have, kind in ((ref_class, by_class, "class"), (ref_channel, by_channel, "channel")):
             _close(have.score, want.score, f"{name} {kind} score")
-            _close(have.input_grad, want.input_grad, f"{name} {kind} input gradient")
+            if kind == "channel":
+                _close(have.input_grad, want.input_grad, f"{name} {kind} input gradient")
             for r_ref, r in zip(ref_convs, convs):
                 if r_ref in want.grads:
                     _close(have.activations[r], want.activations[r_ref], f"{name} {kind} activation {r}")

@@ -537,8 +537,10 @@ def test_onnx_exact_gradients_through_the_conversion(tmp_path, layout):
         np.testing.assert_allclose(g.input_grad, d_in, rtol=1e-5, atol=1e-7)
         np.testing.assert_allclose(g.score, score, rtol=1e-5)
         np.testing.assert_allclose(g.output.sum(axis=1), 1.0, rtol=1e-5)
-    # per item classes and weights are cut per chunk with their own items
+    # per item classes and weights are cut per chunk with their own items; without the input
+    # gradient, onnxruntime runs the conv and PyTorch the rest, the softmax's logits included
     g = adapter.gradients(x, Target(channels=(0, 1, 3), weights=(1.0, 2.0, -1.0)), layers=[conv_row])
+    assert g.logits
     for i, (k, w) in enumerate(((0, 1.0), (1, 2.0), (3, -1.0))):
         np.testing.assert_allclose(g.grads[conv_row][i], w * _expected(x, k)[1][i], rtol=1e-5, atol=1e-7)
         np.testing.assert_allclose(g.score[i], w * _expected(x, k)[3][i], rtol=1e-5)
@@ -670,3 +672,103 @@ def test_onnx_shared_weights_and_a_newer_opset_still_convert(tmp_path):
     np.testing.assert_allclose(have.input_grad, want.input_grad, rtol=1e-4, atol=1e-7)
     for r_onnx, r_torch in zip(rows[onnx_adapter], rows[torch_adapter]):
         np.testing.assert_allclose(have.grads[r_onnx], want.grads[r_torch], rtol=1e-4, atol=1e-7)
+
+
+# --------------------------------------------------------------------------- parallel branches
+
+W_B = np.array([[1.0, 0.0, 2.0], [0.0, -1.0, 0.5], [1.0, 1.0, 0.0]], np.float32)
+W_C = np.array([[0.0, 3.0, -1.0], [2.0, 0.0, 0.0], [-1.0, 0.5, 1.0]], np.float32)
+
+
+def _branch_expected(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """d score / d (either branch's output), d score / d (their common input)."""
+    a = x @ W_CONV
+    d_branch = np.broadcast_to(W_DENSE[:, k] / (H * W), a.shape)
+    return d_branch, np.broadcast_to((W_B + W_C) @ W_DENSE[:, k] / (H * W), a.shape)
+
+
+class Branches(nn.Module):
+    """a = conv(x); out = dense(gap(b(a) + c(a))): ``c`` runs after ``b`` but does not depend on it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.c = (nn.Conv2d(i, C_MID, 1, bias=False) for i in (C_IN, C_MID, C_MID))
+        self.fc = nn.Linear(C_MID, K)
+        with torch.no_grad():
+            for conv, w in ((self.a, W_CONV), (self.b, W_B), (self.c, W_C)):
+                conv.weight.copy_(torch.from_numpy(w.T.copy())[:, :, None, None])
+            self.fc.weight.copy_(torch.from_numpy(W_DENSE.T.copy()))
+            self.fc.bias.copy_(torch.from_numpy(B_DENSE))
+
+    def forward(self, x):
+        a = self.a(x)
+        return self.fc((self.b(a) + self.c(a)).mean(dim=(2, 3)))
+
+
+def test_torch_a_parallel_branch_gets_its_own_gradient():
+    adapter = TorchAdapter(Branches(), input_shape=(H, W, C_IN))
+    assert [t.name for t in adapter.layers()] == ["input", "a", "b", "c", "fc"]
+    x = _batch()
+    for layers in ([2, 3], [1, 2, 3]):
+        g = adapter.gradients(x, Target(channels=(1,)), layers=layers)
+        d_branch, d_a = _branch_expected(x, 1)
+        np.testing.assert_allclose(g.grads[2], d_branch, rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(g.grads[3], d_branch, rtol=1e-5, atol=1e-7)  # not zeros
+        if 1 in layers:
+            np.testing.assert_allclose(g.grads[1], d_a, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.keras
+def test_keras_a_parallel_branch_gets_its_own_gradient(keras):
+    from convlens.adapters.keras import KerasAdapter
+
+    L = keras.layers
+    inp = keras.Input((H, W, C_IN))
+    a = L.Conv2D(C_MID, 1, use_bias=False, name="a")(inp)
+    b = L.Conv2D(C_MID, 1, use_bias=False, name="b")(a)
+    c = L.Conv2D(C_MID, 1, use_bias=False, name="c")(a)
+    out = L.Dense(K, name="fc")(L.GlobalAveragePooling2D(name="gap")(L.Add(name="add")([b, c])))
+    model = keras.Model(inp, out)
+    for name, w in (("a", W_CONV), ("b", W_B), ("c", W_C)):
+        model.get_layer(name).set_weights([w[None, None]])
+    model.get_layer("fc").set_weights([W_DENSE, B_DENSE])
+    adapter = KerasAdapter(model)
+    rows = {t.name: t.index for t in adapter.layers()}
+    x = _batch()
+    for _ in range(2):  # eager, then the traced graph on TensorFlow
+        g = adapter.gradients(x, Target(channels=(1,)), layers=[rows["b"], rows["c"], rows["a"]])
+        d_branch, d_a = _branch_expected(x, 1)
+        np.testing.assert_allclose(g.grads[rows["b"]], d_branch, rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(g.grads[rows["c"]], d_branch, rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(g.grads[rows["a"]], d_a, rtol=1e-5, atol=1e-7)
+        g = adapter.gradients(x, Target(channels=(1,)), layers=[rows["b"], rows["c"]])
+        np.testing.assert_allclose(g.grads[rows["c"]], d_branch, rtol=1e-5, atol=1e-7)
+
+
+def test_onnx_parallel_branches_and_the_part_left_to_onnxruntime(tmp_path):
+    from convlens.adapters.onnx import OnnxAdapter
+
+    adapter = OnnxAdapter(_onnx_file(Branches(), tmp_path / "branches.onnx"))
+    assert [t.type for t in adapter.layers()][1:4] == ["Conv", "Conv", "Conv"]
+    x = _batch(2)
+    for layers in ([2, 3], [1, 2, 3], [3]):
+        g = adapter.gradients(x, Target(channels=(1,)), layers=layers)
+        d_branch, d_a = _branch_expected(x, 1)
+        for r in layers:
+            np.testing.assert_allclose(g.grads[r], d_a if r == 1 else d_branch, rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(g.score, g.output[:, 1], rtol=1e-6)  # no softmax: the output itself
+    # the first conv's module never runs in PyTorch when only later rows are needed
+    module = adapter._twin()[0]
+    first = next(m for m in module.modules() if isinstance(m, nn.Conv2d))
+
+    def tripwire(*_):
+        raise AssertionError("the first conv ran in PyTorch")
+
+    handle = first.register_forward_hook(tripwire)
+    try:
+        g = adapter.gradients(x, Target(channels=(1,)), layers=[2, 3])
+        np.testing.assert_allclose(g.grads[3], _branch_expected(x, 1)[0], rtol=1e-5, atol=1e-7)
+        with pytest.raises(UnsupportedModel, match="the first conv ran in PyTorch"):
+            adapter.gradients(x, Target(channels=(1,)), layers=[2], wrt_input=True)
+    finally:
+        handle.remove()

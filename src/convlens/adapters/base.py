@@ -242,7 +242,10 @@ class Adapter(Protocol):
         Computes d score / d (each requested layer's output) and, with
         ``wrt_input``, d score / d input; never the parameters' gradients. The
         model's train/eval state and every flag the pass changes are restored,
-        and no hook survives an exception.
+        and no hook survives an exception. Each requested row's gradient is the
+        full derivative of the score, also for a row on a branch parallel to
+        another requested row (a ResNet shortcut). Row 0 (the input) may be
+        requested: its activation is the batch, its gradient the input gradient.
 
         Args:
             batch: the preprocessed images.
@@ -253,8 +256,13 @@ class Adapter(Protocol):
                 after the last layer it needs (``Gradients.output`` is then ``None``).
 
         Raises:
-            UnsupportedModel: the model cannot give gradients (see :meth:`gradients_unavailable`).
-            BadArgument: the target does not fit the model's output (a class out of range).
+            UnsupportedModel: the model cannot give gradients (see
+                :meth:`gradients_unavailable`), or a requested row gave no
+                output in this pass.
+            MissingDependency: a package the gradients need is not installed.
+            BadArgument: the target does not fit the model's output (a class
+                out of range: see :func:`target_cotangent`).
+            LayerNotFound: a row that is not in the table (see :func:`check_rows`).
         """
         ...
 

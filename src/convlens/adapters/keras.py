@@ -746,8 +746,8 @@ class KerasAdapter:
         """The forward half of a gradient pass: ``(output, score tensor, captured rows, logits?)``.
 
         Runs inside the caller's tape (TensorFlow) or ``enable_grad`` (torch).
-        ``leaf(t)`` starts gradient recording at ``t`` and returns the tensor to
-        pass on. Wrappers and a swapped final activation are removed in ``finally``.
+        ``leaf(t)`` makes sure gradient recording covers what follows ``t`` and
+        returns the tensor to pass on. Wrappers and a swapped final activation are removed in ``finally``.
         """
         by_object: dict[int, list[int]] = {}
         for row, obj in enumerate(self._objects):
@@ -771,11 +771,11 @@ class KerasAdapter:
             first = _first_tensor(out)
             if row not in plan.needed or first is None:
                 return None
-            new = None
-            if row == plan.start:
-                first = leaf(first)
-                new = _replace_first(out, first)
+            # every needed output is a leaf unless recorded already (downstream of an earlier one): a
+            # row on a parallel branch (a ResNet shortcut) gets its own gradient, not zeros
+            first = leaf(first)
             captured[row] = first
+            new = _replace_first(out, first)
             if row == plan.stop_after:
                 raise _StopForward
             return new
@@ -829,7 +829,8 @@ class KerasAdapter:
                 p.requires_grad_(False)
             with torch.enable_grad():
                 y, score_t, captured, is_logit = self._forward_for_gradients(
-                    plan, self.keras.ops.convert_to_tensor(x), lambda t: t.detach().requires_grad_())
+                    plan, self.keras.ops.convert_to_tensor(x),
+                    lambda t: t if t.requires_grad else t.detach().requires_grad_())
                 inputs: list[Any] = [captured.get(r) for r in plan.sources]
                 usable = [i for i, t in enumerate(inputs) if t is not None and t.requires_grad]
                 found: list[Any] = [None] * len(inputs)
@@ -928,7 +929,7 @@ class _GradPlan:
     rows: tuple[int, ...]  # rows whose outputs and gradients are returned
     needed: frozenset[int] | set[int]  # rows captured: ``rows`` and the target's
     target_layer: int | None  # None: the model's output
-    start: int | None  # the row whose output is the leaf (0: the input), None: no gradient needed
+    start: int | None  # the earliest needed row (0: the input is a leaf), None: no gradient needed
     stop_after: int | None  # the pass stops after this row (need_output=False)
     sources: tuple[int, ...]  # rows differentiated, ``rows`` plus 0 for the input gradient
 

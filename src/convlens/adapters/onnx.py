@@ -19,11 +19,11 @@ NCHW; element-wise operators keep their input's layout).
 from __future__ import annotations
 
 import os
-import re
 import warnings
 from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -171,11 +171,12 @@ class OnnxAdapter:
         self._row_tensor: list[str] = []  # tensor name of each row (row 0: the input)
         self._row_node: list[Any] = []  # NodeProto of each row (None for the input)
         self._layout: dict[str, str] = {}  # tensor name -> "NCHW" / "NHWC" for rank-3/4 tensors
-        self._sessions: OrderedDict[tuple[str, ...], Any] = OrderedDict()
+        self._sessions: OrderedDict[tuple[str, ...], Any] = OrderedDict()  # by extra outputs (_session)
         self._ort_values: dict[str, Any] | None = None  # large weights as OrtValues, by name
         self._twin_cache: tuple[Any, dict[str, tuple[Any, int, int]]] | None = None  # onnx2torch's module
         self._twin_error: str | None = None  # why the conversion failed, once it has
         self._twin_checked: set[tuple[int, ...]] = set()  # input shapes on which it agreed with onnxruntime
+        self._tails: dict[tuple[int, ...], _Tail] = {}  # the converted module after each frontier (_tail)
 
     # ----------------------------------------------------------------- loading
 
@@ -522,8 +523,12 @@ class OnnxAdapter:
             self._shared = dict.fromkeys(self._shared)
         return list(self._ort_values), list(self._ort_values.values())
 
-    def _session(self, extra: tuple[str, ...]) -> Any:
+    def _session(self, extra: tuple[str, ...], only: bool = False) -> Any:
         """A session returning the model's outputs and the tensors ``extra`` (cached, LRU).
+
+        With ``only``, the session returns ``extra`` alone, and onnxruntime
+        leaves out the nodes that only the model's outputs need (a gradient
+        pass's tail computes those in PyTorch).
 
         Each session holds its own copy of the weights (onnxruntime copies what
         ``add_external_initializers`` gives it), so the cache keeps as many
@@ -534,11 +539,14 @@ class OnnxAdapter:
         (224x224, 2 CPU cores) a pass capturing all 13 convs took 1.02-1.03x
         the plain session's time (median of paired runs).
         """
-        if extra in self._sessions:
-            self._sessions.move_to_end(extra)
-            return self._sessions[extra]
+        key = (*extra, "") if only else extra  # "" names no tensor
+        if key in self._sessions:
+            self._sessions.move_to_end(key)
+            return self._sessions[key]
         model = self.onnx.ModelProto()
         model.CopyFrom(self._skeleton)
+        if only:
+            del model.graph.output[:]
         declared = {o.name for o in model.graph.output}
         for name in extra:
             if name not in declared:
@@ -566,7 +574,7 @@ class OnnxAdapter:
                         "(onnx.helper.make_model(..., ir_version=N)) or upgrade onnxruntime")
             raise BadModel(f"onnxruntime {self.ort.__version__} cannot load {self._label}: "
                            f"{text}{hint}") from None
-        self._sessions[extra] = session
+        self._sessions[key] = session
         return session
 
     # ----------------------------------------------------------------- running
@@ -685,6 +693,9 @@ class OnnxAdapter:
         :attr:`TWIN_TOLERANCE` of the output's largest magnitude) before any
         gradient is returned. Rows map to the converted module by their ONNX
         tensor names; the pass itself is :func:`convlens.adapters.torch.hooked_gradients`.
+        Without the input gradient, onnxruntime computes the graph up to the
+        needed rows and PyTorch only what follows them (see :meth:`_tail`): a
+        Grad-CAM pass at the last conv costs about one onnxruntime forward pass.
         Models with a fixed batch size get the batch in chunks of that size.
 
         Raises:
@@ -721,6 +732,11 @@ class OnnxAdapter:
                 and self._graph_output in by_tensor:
             softmax = by_tensor[self._graph_output][0]
         where = None if target.layer is None else table[int(target.layer)].name
+        tail = None if wrt_input or 0 in needed or not needed else self._tail(needed)
+        if tail is not None and softmax is not None and target.layer is None and not any(
+                n.op == "call_module" and tail.module.get_submodule(n.target) is softmax
+                for n in tail.module.graph.nodes):
+            tail = None  # the logits before the final softmax are read in PyTorch: keep it in
         n = len(x)
         size = self.batch_size if self.batch_size is not None and self.batch_size != n else n
         full: dict[tuple[int, ...], np.ndarray] = {}
@@ -740,9 +756,12 @@ class OnnxAdapter:
 
             feed = self._feed(chunk)
             self._check_twin(module, feed)
+            forward, given = self._twin_forward(module), None
+            if tail is not None:  # onnxruntime runs the graph up to the needed rows, torch the rest
+                forward, given = self._tail_inputs(tail, feed)
             got = hooked_gradients(
-                module, self._twin_forward(module), self._torch_input(feed), chunk, hooked, rows, target.layer,
-                cotangent, wrt_input=wrt_input, need_output=need_output, softmax=softmax,
+                module, forward, self._torch_input(feed), chunk, hooked, rows, target.layer,
+                cotangent, wrt_input=wrt_input, need_output=need_output, softmax=softmax, given=given,
                 input_channels_last=not self.channels_first,
                 output_channels_last=self._layout.get(self._graph_output) == "NHWC",
                 no_output=lambda r: UnsupportedModel(
@@ -750,6 +769,112 @@ class OnnxAdapter:
                     f"{self._label}; pick another layer"))
             parts.append((keep, got))
         return _joined(parts)
+
+    def _tail(self, needed: set[int]) -> _Tail | None:
+        """The part of the converted module that follows the needed rows, as its own module.
+
+        The *frontier* is the needed rows that no other needed row leads to;
+        the tail computes everything downstream of them from their values, and
+        takes as inputs too whatever else it reads (a shortcut branch's tensor,
+        the image): onnxruntime computes all of those in one pass. Cached per
+        frontier. ``None`` (use the whole module) when a frontier row is one
+        output of a multi-output node or an input cannot be named.
+        """
+        from torch import fx
+
+        module = self._twin()[0]
+        nodes: dict[str, Any] = {}  # ONNX tensor name -> fx node giving it
+        owner: dict[int, Any] = {}  # id(submodule) -> its call_module node
+        for node in module.graph.nodes:
+            if node.op == "call_module":
+                owner[id(module.get_submodule(node.target))] = node
+        for node in module.graph.nodes:
+            if node.op == "placeholder":
+                nodes[self.input_name] = node
+            elif node.op == "call_module":
+                outputs = tuple(module.get_submodule(node.target).onnx_mapping.outputs)
+                if len(outputs) == 1:
+                    nodes[outputs[0]] = node
+            elif node.op == "call_function" and node.args and getattr(node.args[0], "op", "") == "call_module":
+                source = module.get_submodule(node.args[0].target)
+                outputs = tuple(source.onnx_mapping.outputs)
+                if len(outputs) > 1 and isinstance(node.args[1], int):  # getitem(node, i)
+                    nodes[outputs[node.args[1]]] = node
+        name_of = {id(node): name for name, node in nodes.items()}
+        starts = {}
+        for row in sorted(needed):
+            node = nodes.get(self._row_tensor[row])
+            if node is None:
+                return None
+            starts[row] = node
+
+        def below(node: Any) -> set[int]:
+            seen: set[int] = set()
+            todo = list(node.users)
+            while todo:
+                n = todo.pop()
+                if id(n) not in seen:
+                    seen.add(id(n))
+                    todo.extend(n.users)
+            return seen
+
+        downstream = {row: below(node) for row, node in starts.items()}
+        frontier_rows = [r for r, node in starts.items()
+                         if not any(id(node) in downstream[o] for o in starts if o != r)]
+        key = tuple(frontier_rows)
+        if key in self._tails:
+            return self._tails[key]
+        frontier = {id(starts[r]): r for r in frontier_rows}
+        inside = set().union(*(downstream[r] for r in frontier_rows)) - set(frontier)
+        graph = fx.Graph()
+        env: dict[int, Any] = {}
+        inputs: list[str] = []
+        for r in frontier_rows:
+            env[id(starts[r])] = graph.placeholder(f"row_{r}")
+            inputs.append(self._row_tensor[r])
+
+        def value(n: Any) -> Any:
+            if id(n) in env:
+                return env[id(n)]
+            if n.op == "get_attr":
+                env[id(n)] = graph.node_copy(n)
+                return env[id(n)]
+            if id(n) not in name_of:
+                raise LookupError(n.name)
+            env[id(n)] = graph.placeholder(f"side_{len(inputs)}")
+            inputs.append(name_of[id(n)])
+            return env[id(n)]
+
+        try:
+            for node in module.graph.nodes:
+                if node.op == "output":
+                    graph.node_copy(node, value)
+                elif id(node) in inside:
+                    env[id(node)] = graph.node_copy(node, value)
+        except LookupError:
+            return None
+        tail = _Tail(fx.GraphModule(module, graph), frontier_rows, inputs)
+        self._tails[key] = tail
+        while len(self._tails) > 4:
+            self._tails.pop(next(iter(self._tails)))
+        return tail
+
+    def _tail_inputs(self, tail: _Tail, feed: np.ndarray) -> tuple[Callable[[Any], Any], dict[int, Any]]:
+        """Run onnxruntime for a tail's inputs; its forward function and the frontier rows' tensors."""
+        import torch
+
+        extra = [name for name in tail.inputs if name != self.input_name]
+        session = self._session(tuple(sorted(set(extra))), only=True)
+        values = dict(zip(extra, self._run_session(session, feed, extra)))
+        args = [torch.from_numpy(np.ascontiguousarray(values[name] if name != self.input_name else feed))
+                for name in tail.inputs]
+        given = dict(zip(tail.frontier_rows, args))
+        run = self._twin_forward(tail.module)
+
+        def forward(_: Any) -> Any:
+            return run(*args)
+
+        return forward, given
 
     def _feed(self, x: np.ndarray) -> np.ndarray:
         """A canonical float32 batch as the graph's input: its layout and element type."""
@@ -766,14 +891,14 @@ class OnnxAdapter:
         return torch.from_numpy(feed.copy())
 
     def _twin_forward(self, module: Any) -> Any:
-        def forward(x: Any) -> Any:
+        def forward(*x: Any) -> Any:
             try:
-                return module(x)
+                return module(*x)
             except ConvlensError:
                 raise
             except Exception as exc:
                 raise UnsupportedModel(
-                    f"the PyTorch conversion of {self._label} (onnx2torch) failed on input {tuple(x.shape)}: "
+                    f"the PyTorch conversion of {self._label} (onnx2torch) failed on input {tuple(x[0].shape)}: "
                     f"{type(exc).__name__}: {_first_line(str(exc))}; {_FORWARD_ONLY}") from None
         return forward
 
@@ -951,6 +1076,15 @@ class OnnxAdapter:
             shape[int(attrs.get("axis", 1)) % x.ndim] = scale.size
             scale, zero = scale.reshape(shape), zero.reshape(shape)
         return ((x - zero) * scale).astype(np.float32)
+
+
+@dataclass
+class _Tail:
+    """The converted module's part after a set of rows (see :meth:`OnnxAdapter._tail`)."""
+
+    module: Any  # an fx.GraphModule sharing the converted module's submodules
+    frontier_rows: list[int]  # its first inputs, in order: these rows' tensors
+    inputs: list[str]  # the ONNX tensor name of each input (the graph input's name for the image)
 
 
 def _fold_weight_identities(model: Any) -> dict[str, str]:

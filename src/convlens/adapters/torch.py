@@ -755,7 +755,7 @@ def hooked_gradients(module: Any, forward: Callable[[Any], Any], x: Any, batch: 
                      hooked: Mapping[int, HookedRow], rows: Sequence[int], target_layer: int | None,
                      cotangent: Callable[[tuple[int, ...]], np.ndarray], *, wrt_input: bool,
                      need_output: bool, softmax: Any = None, input_channels_last: bool = False,
-                     output_channels_last: bool = False,
+                     output_channels_last: bool = False, given: Mapping[int, Any] | None = None,
                      no_output: Callable[[int], Exception]) -> Gradients:
     """One forward and one backward pass through a torch module, tensors captured by forward hooks.
 
@@ -764,7 +764,9 @@ def hooked_gradients(module: Any, forward: Callable[[Any], Any], x: Any, batch: 
     hooks are removed in ``finally``). Without ``wrt_input``, the output of the
     earliest needed row is detached and made the one leaf in its hook, so
     autograd records only the network after it: a Grad-CAM pass at the last
-    conv layer costs about one forward pass. Each captured output is handed on
+    conv layer costs about one forward pass. A later needed row that does not
+    depend on an earlier one (a parallel branch, a ResNet shortcut) becomes a
+    leaf of its own in the same way. Each captured output is handed on
     as a clone, so an in-place op after it (``ReLU(inplace=True)``) changes
     neither the captured values nor their gradient. With ``need_output=False``
     and a layer target, the pass stops once the last needed row has run.
@@ -785,6 +787,9 @@ def hooked_gradients(module: Any, forward: Callable[[Any], Any], x: Any, batch: 
         softmax: the module that may turn logits into the model's output.
         input_channels_last: ``x`` is NHWC already (an ONNX graph taking NHWC).
         output_channels_last: the model's output is channels-last already.
+        given: tensors of needed rows computed elsewhere (by onnxruntime), which
+            ``forward`` uses as they are: they become leaves (``requires_grad``
+            set in place) and their modules are not hooked.
         no_output: the error for a needed row that gave no output.
     """
     import torch
@@ -794,7 +799,8 @@ def hooked_gradients(module: Any, forward: Callable[[Any], Any], x: Any, batch: 
     stop_after = max(needed) if not need_output and target_layer is not None else None
     plan: dict[int, dict[int, list[tuple[int, tuple]]]] = {}
     modules: dict[int, Any] = {}
-    for row in needed - {0}:
+    given = dict(given or {})
+    for row in needed - {0} - set(given):
         h = hooked[row]
         plan.setdefault(id(h.module), {}).setdefault(h.call, []).append((row, h.key))
         modules[id(h.module)] = h.module
@@ -815,17 +821,19 @@ def hooked_gradients(module: Any, forward: Callable[[Any], Any], x: Any, batch: 
         replace: dict[tuple, Any] = {}
         for row, key in plan.get(id(mod), {}).get(k, ()):
             t = _pick(output, key)
-            if row == start:  # the leaf: autograd records only what comes after it
+            if not t.requires_grad:  # a leaf: autograd records only what comes after it
                 t = t.detach().requires_grad_()
             captured[row] = t
             replace[key] = t.clone()  # an in-place op after this module changes the clone only
-        if stop_after is not None and stop_after in captured:
+        if stop_after is not None and needed <= captured.keys():
             raise _StopForward
         return _replaced(output, replace) if replace else None
 
     if start == 0:
         x = x.detach().requires_grad_()
         captured[0] = x
+    for row, t in given.items():
+        captured[row] = t.requires_grad_() if not t.requires_grad else t
     params = [(p, p.requires_grad) for p in module.parameters()]
     flags = [(m, m.training) for m in module.modules()]
     handles: list[Any] = []
@@ -837,6 +845,8 @@ def hooked_gradients(module: Any, forward: Callable[[Any], Any], x: Any, batch: 
             handles.append(m.register_forward_hook(hook, with_kwargs=True))
         with torch.enable_grad():
             try:
+                if stop_after is not None and needed <= captured.keys():
+                    raise _StopForward  # everything needed is given
                 y = forward(x)
             except _StopForward:
                 y = None
