@@ -179,7 +179,7 @@ class _MapFiles(MapConsumer):
         self.staging = staging
         self.images = images
         self.entries: list[dict[str, Any]] = []
-        self._lock = threading.Lock()
+        self._entries_lock = threading.Lock()
 
     def draw(self, image: int, layer: LayerInfo, x: np.ndarray, total: int, shape: tuple[int, ...],
              value_range: tuple[float, float] | None) -> None:
@@ -195,7 +195,7 @@ class _MapFiles(MapConsumer):
             "channels_total": rendered.channels_total,
             "channels_shown": rendered.channels_shown, "flags": rendered.flags.indices(),
         }
-        with self._lock:
+        with self._entries_lock:
             self.entries.append(entry)
 
 
