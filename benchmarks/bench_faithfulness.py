@@ -34,10 +34,10 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
-import numpy as np
+import numpy as np  # noqa: E402
 
-from convlens import Lens, methods
-from convlens.core.evaluation import curve_auc, perturbation_curves
+from convlens import Lens, methods  # noqa: E402
+from convlens.core.evaluation import curve_auc, perturbation_curves  # noqa: E402
 
 STEPS = 28
 

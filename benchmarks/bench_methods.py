@@ -33,7 +33,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
-import numpy as np  # noqa: E402  (after the sys.path line, as the other benchmarks)
+import numpy as np  # after the sys.path line, as in the other benchmarks
 
 CLASS = 7
 

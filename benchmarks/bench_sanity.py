@@ -28,10 +28,10 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
-import numpy as np
+import numpy as np  # noqa: E402
 
-from convlens import DEMO_MODEL, Lens, methods
-from convlens.core.evaluation import spearman
+from convlens import DEMO_MODEL, Lens, methods  # noqa: E402
+from convlens.core.evaluation import spearman  # noqa: E402
 
 THRESHOLD = 0.5
 

@@ -149,6 +149,8 @@ def test_forward_only_methods_run_on_tflite(tflite_file, photo, tmp_path):
         assert arr.shape == (32, 48)  # the photo as given, not the 32x32 input
         assert np.isfinite(arr).all() and arr.max() > 0
     assert index["framework"] == "tflite"
+    # the file ends in a softmax that the adapter does not name: its outputs are taken as probabilities
+    assert all(r["probability"] == pytest.approx(r["score"]) for r in index["heatmaps"])
 
 
 def _subprocess(*args: str) -> subprocess.CompletedProcess[str]:

@@ -234,8 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
                                       "predictions, layers, maps, heatmaps, stats, filters; add visualize "
                                       "for feature visualisations, which take minutes)")
     p.add_argument("--heatmap-methods", metavar="M[,M...]",
-                   help="the heatmaps section's methods, the first shown first (default gradcam,saliency; "
-                        "scorecam,eigencam for models without gradients such as TFLite)")
+                   help="the heatmaps section's methods, the first shown first (default gradcam, or "
+                        "scorecam for models without gradients such as TFLite)")
     p.add_argument("--heatmap-top", type=_positive, metavar="K",
                    help="the heatmaps section's classes per image (default 3)")
     p.add_argument("--visualize-layer", metavar="L", help="visualize section: the layer (default the last "

@@ -391,6 +391,15 @@ def _probabilities(output: np.ndarray, final: str | None, step: float | None) ->
     return to_probabilities(out, final, step)[0]
 
 
+def _are_probabilities(output: np.ndarray, final: str | None, step: float | None = None) -> bool:
+    """The output is already probabilities, as :func:`to_probabilities` decides (the graph's final
+    softmax or sigmoid, else rows in 0..1 that sum to 1 within the output's quantisation step)."""
+    out = np.asarray(output, np.float64)
+    if out.ndim != 2 or out.shape[1] < 2:
+        return final in ("softmax", "sigmoid")
+    return to_probabilities(out, final, step)[1].startswith("the model's own")
+
+
 def heatmaps(lens: Lens, images: Any, method: str | Sequence[str] | None = DEFAULT_METHOD, *,
              layer: str | int | None = None, target: TargetSpec = None, top: int = 1, size: Any = None,
              preprocess: str | None = None, labels: str | os.PathLike[str] | Sequence[str] | None = None,
@@ -501,7 +510,8 @@ def compute_heatmaps(lens: Lens, prepared: PreparedBatch, made: Sequence[Method]
                     image=img, method=m.name, title=m.title, class_index=k, label=res.labels[r],
                     score=float(res.scores[r]),
                     probability=float(probs[int(res.images[r]), k]) if probs is not None else None,
-                    scores_are_probabilities=adapter.final_activation in ("softmax", "sigmoid"),
+                    scores_are_probabilities=_are_probabilities(out, adapter.final_activation,
+                                                                  getattr(adapter, "output_quant_step", None)),
                     map=res.maps[r], signed=res.signed, layer=res.layer.name if res.layer else None,
                     flat=bool(res.flat[r]) if len(res.flat) else False,
                     extra=_row_extra(res.extra, r, len(res))))
