@@ -162,7 +162,8 @@ def sweep(capfd, model: str, photo: str, out: Path, *extra: str, size: str | Non
 # --------------------------------------------------------------------------- keras.applications
 
 
-@pytest.mark.keras
+# Not marked keras: the sweep runs once, on the TensorFlow backend (a second run of 16 zoo models on
+# Keras's torch backend would double the suite's longest part; the torch backend's keras tests cover it).
 @pytest.mark.parametrize("name", sorted(ZOO))
 def test_keras_applications(name, keras, photo, tmp_path, capfd):
     size = KERAS_SIZES.get(name, 64)
