@@ -373,6 +373,27 @@ def _wait(page, predicate: str, timeout: float = 10.0) -> None:
         time.sleep(0.02)
 
 
+def _click_sort(page, header: str, expected: str) -> None:
+    """Click a sortable table's header until its ``aria-sort`` reads ``expected``.
+
+    Under load, lazy pictures can still be laying out when Playwright clicks, and a click
+    aimed at the header may land beside it; the header's state says whether it was taken,
+    so a missed click (state unchanged) is repeated, never a taken one.
+    """
+    before = page.get_attribute(header, "aria-sort")
+    for _ in range(5):
+        page.click(header)
+        deadline = time.monotonic() + 2.0
+        while time.monotonic() < deadline:
+            now = page.get_attribute(header, "aria-sort")
+            if now == expected:
+                return
+            if now != before:
+                raise AssertionError(f"{header} sorted {now}, expected {expected}")
+            time.sleep(0.05)
+    raise AssertionError(f"clicking {header} never sorted it {expected}")
+
+
 def _tile_point(page, layer: int, channel: int, image: int = 0) -> tuple[float, float]:
     """Viewport coordinates of the centre of one tile of the shown grid."""
     return page.evaluate(
@@ -479,22 +500,22 @@ def test_statistics_tables_sort(opened):
     assert _column(page, "#cl-stats-layers", 5) == ["1", "1", "1", "0"]  # constant (not dead)
     assert page.locator(".cl-layer .cl-flag").all_text_contents() == ["2 of 4 flagged", "2 of 4 flagged",
                                                                        "1 of 3 flagged"]
-    page.click(dead)
+    _click_sort(page, dead, "ascending")
     assert [float(v) for v in _column(page, "#cl-stats-layers", 4)] == [0, 0, 1, 1]
     assert _column(page, "#cl-stats-layers", 1) == ["mix", "gap", EVIL, "pool"]  # ties keep their order
     assert page.get_attribute(dead, "aria-sort") == "ascending"
-    page.click(dead)
+    _click_sort(page, dead, "descending")
     assert _column(page, "#cl-stats-layers", 1) == [EVIL, "pool", "mix", "gap"]
     assert page.get_attribute(dead, "aria-sort") == "descending"
-    page.click("#cl-stats-layers thead th:nth-child(2)")  # by name, as text
+    _click_sort(page, "#cl-stats-layers thead th:nth-child(2)", "ascending")  # by name, as text
     assert _column(page, "#cl-stats-layers", 1) == ["<img src=x onerror=alert(1)>", "gap", "mix", "pool"]
 
     page.click(f"#cl-stats-layers tr.cl-stats-row:has-text('{EVIL}')")
     assert page.locator("#cl-channels").is_visible()
     assert page.text_content("#cl-channels-title") == f"1 {EVIL}: 4 channels, over this image"
     assert _column(page, "#cl-channel-table", 6) == ["dead", "constant", "", ""]
-    page.click("#cl-channel-table thead th:nth-child(2)")  # mean, descending after two clicks
-    page.click("#cl-channel-table thead th:nth-child(2)")
+    _click_sort(page, "#cl-channel-table thead th:nth-child(2)", "ascending")  # mean: descending after two
+    _click_sort(page, "#cl-channel-table thead th:nth-child(2)", "descending")
     means = [float(v) for v in _column(page, "#cl-channel-table", 1)]
     assert means == sorted(means, reverse=True) and means[-1] == 0
     assert _column(page, "#cl-channel-table", 0)[-1] == "0"  # the dead channel sorts last
