@@ -46,7 +46,7 @@ from ..core.stats import LayerStats
 from ..output import OutputDir
 from ..render.grid import add_title, tile_rgb
 from ..render.png import encode_png
-from .crops import cut, original_box
+from .crops import Box, cut, original_box
 from .sources import Record, Source, read_batch
 
 if TYPE_CHECKING:  # pragma: no cover - annotations only
@@ -137,15 +137,15 @@ class LayerExamples:
             raise BadArgument(f"unknown ranking {which!r}; choose one of {', '.join(RANKINGS)}")
         return getattr(self, which)  # type: ignore[no-any-return]
 
-    @property
-    def second_row(self) -> str:
-        """The ranking shown under the top one: ``negative`` when the layer goes below 0, else ``bottom``.
+    def second_row(self, channel: int) -> str:
+        """The ranking shown under a channel's top one: ``negative`` if it went below 0, else ``bottom``.
 
-        A ReLU layer's minimum is 0 on almost every image, so its "most negative"
-        images are ties; its lowest means say more. A layer with negative values
-        (before an activation, tanh) is better described by what drives it down.
+        A channel after a ReLU has its minimum at 0 on almost every image, so its
+        "most negative" images are ties; its lowest means say more. A channel
+        with negative values (before an activation, tanh) is better described
+        by what drives it down.
         """
-        lo = self.stats.layer_min()
+        lo = float(self.stats.min[channel])
         return "negative" if lo == lo and lo < 0 else "bottom"
 
 
@@ -223,8 +223,8 @@ class DatasetResult:
             raise BadArgument(f"channel must be 0..{ex.channels - 1} for layer {ex.layer.name!r}, "
                               f"not {channel!r}")
         records = self._records()
-        wanted = [(int(i), tuple(int(v) for v in p)) for i, p in zip(ranking.ids[channel], ranking.positions[channel])
-                  if i >= 0]
+        wanted = [(int(i), (int(p[0]), int(p[1])))
+                  for i, p in zip(ranking.ids[channel], ranking.positions[channel]) if i >= 0]
         found = [records.get(i) for i, _ in wanted]
         readable = [r for r in found if r is not None]
         images = dict(zip([r.id for r in readable], read_batch(self.source, readable)))
@@ -234,7 +234,7 @@ class DatasetResult:
             if image is None or isinstance(image, BadImage):
                 out.append(np.full((size, size, 3), _EMPTY_TILE, np.uint8))
                 continue
-            box = original_box(ex.layer, position, ex.map_hw, self.input_size, image.pixels.shape[:2])
+            box = _box(ex, which, position, self.input_size, (image.height, image.width))
             out.append(cut(image.pixels, box, size))
         return out
 
@@ -283,13 +283,14 @@ class DatasetResult:
                notes: Sequence[str] = ()) -> dict[str, Any]:
         records = self._records()
         names = self.source.class_names
-        layers = []
+        layers: list[dict[str, Any]] = []
         for ex, folder in zip(self.layers, folders):
             info = ex.layer
             channels = []
             sel = ex.selectivity
             for c in range(ex.channels):
-                entry: dict[str, Any] = {"channel": c, "mosaic": f"{folder}/c{c:04d}.png"}
+                entry: dict[str, Any] = {"channel": c, "mosaic": f"{folder}/c{c:04d}.png",
+                                         "second_row": ex.second_row(c)}
                 for which in RANKINGS:
                     entry[which] = self._entries(ex, which, c, records, sizes)
                 best = _best_class(sel, c)
@@ -307,12 +308,12 @@ class DatasetResult:
                 "rf_jump": list(info.rf_jump) if info.rf_jump is not None else None,
                 "global_rf": info.global_rf,
                 "atlas": f"{folder}/atlas.png",
-                "second_row": ex.second_row,
                 "dead": int(stats.dead.sum()), "constant": int(stats.notable.constant.sum()),
                 "nonfinite": int(stats.nonfinite.sum()),
                 "channels_info": channels,
             })
-        ranked = sorted(layers, key=lambda entry: (-entry["dead"] / max(entry["channels"], 1), entry["index"]))
+        # Most dead channels first; ties: the larger dead share, then the model's order.
+        ranked = sorted(layers, key=lambda e: (-e["dead"], -e["dead"] / max(e["channels"], 1), e["index"]))
         return {
             "convlens": "dataset", "version": FORMAT_VERSION,
             "model": self.model, "data": self.source.description, "kind": self.source.kind,
@@ -338,8 +339,7 @@ class DatasetResult:
             position = (int(ranking.positions[c, slot, 0]), int(ranking.positions[c, slot, 1]))
             record = records.get(i)
             size = sizes.get(i)
-            box = (original_box(ex.layer, position, ex.map_hw, self.input_size, size)
-                   if size is not None else None)
+            box = _box(ex, which, position, self.input_size, size) if size is not None else None
             out.append({"id": i, "name": record.name if record is not None else str(i),
                         "score": _num(_shown_score(which, float(ranking.scores[c, slot]))),
                         "position": list(position),
@@ -427,10 +427,10 @@ class DatasetResult:
         rows = []
         for ex in self.layers:
             info, s = ex.layer, ex.stats
-            rf = "whole image" if ex.map_hw is None or info.rf_size is None else "×".join(map(str, info.rf_size))
+            rf = "whole image" if ex.map_hw is None or info.rf_size is None else "x".join(map(str, info.rf_size))
             rows.append("<tr>" + "".join(f"<td>{e(str(v))}</td>" for v in (
                 info.index, info.name, info.type, ex.channels,
-                "vector" if ex.map_hw is None else "×".join(map(str, ex.map_hw)), rf,
+                "vector" if ex.map_hw is None else "x".join(map(str, ex.map_hw)), rf,
                 int(s.dead.sum()), int(s.notable.constant.sum()), int(s.nonfinite.sum()),
                 _top_selective(ex, self.source.class_names))) + "</tr>")
         head = "".join(f"<th>{e(h)}</th>" for h in ("#", "layer", "type", "channels", "map", "receptive field",
@@ -527,31 +527,32 @@ class _Cutter:
         ids: set[int] = set()
         for li, start, stop in part:
             ex = self.result.layers[li]
-            for which in ("top", ex.second_row):
-                block = ex.ranking(which).ids[start:stop]
-                ids.update(int(i) for i in block.ravel() if i >= 0)
+            for c in range(start, stop):
+                for which in ("top", ex.second_row(c)):
+                    ids.update(int(i) for i in ex.ranking(which).ids[c] if i >= 0)
         return ids
 
     def _cut(self, part: Sequence[tuple[int, int, int]]) -> dict[int, np.ndarray]:
         """Crops ``(channels, 2 rows, k, S, S, 3)`` per layer of this pass, reading each image once."""
         s, k = self.size, self.result.k
         crops = {li: np.full((stop - start, 2, k, s, s, 3), _EMPTY_TILE, np.uint8) for li, start, stop in part}
-        wanted: dict[int, list[tuple[int, int, int, int, tuple[int, int]]]] = {}
+        wanted: dict[int, list[tuple[int, int, int, int, str, tuple[int, int]]]] = {}
         for li, start, stop in part:
             ex = self.result.layers[li]
-            for row, which in enumerate(("top", ex.second_row)):
-                ranking = ex.ranking(which)
-                for c in range(start, stop):
+            for c in range(start, stop):
+                for row, which in enumerate(("top", ex.second_row(c))):
+                    ranking = ex.ranking(which)
                     for slot in range(min(k, ranking.k)):
                         i = int(ranking.ids[c, slot])
                         if i >= 0:
                             p = ranking.positions[c, slot]
-                            wanted.setdefault(i, []).append((li, c - start, row, slot, (int(p[0]), int(p[1]))))
+                            wanted.setdefault(i, []).append((li, c - start, row, slot, which,
+                                                             (int(p[0]), int(p[1]))))
 
         def place(record: Record, image: Any) -> None:
-            for li, c, row, slot, position in wanted[record.id]:
+            for li, c, row, slot, which, position in wanted[record.id]:
                 ex = self.result.layers[li]
-                box = original_box(ex.layer, position, ex.map_hw, self.result.input_size, image.pixels.shape[:2])
+                box = _box(ex, which, position, self.result.input_size, (image.height, image.width))
                 crops[li][c, row, slot] = cut(image.pixels, box, s)
 
         self._read(sorted(wanted), place)
@@ -603,7 +604,7 @@ def _label(score: float) -> str:
 def _mosaic(ex: LayerExamples, c: int, crops: np.ndarray, result: DatasetResult) -> np.ndarray:
     """One channel: its top-k crops, then its second row, each under a title; scores stamped in the tiles."""
     k = crops.shape[1]
-    second = ex.second_row
+    second = ex.second_row(c)
     parts = []
     for row, which in enumerate(("top", second)):
         ranking = ex.ranking(which)
@@ -611,11 +612,11 @@ def _mosaic(ex: LayerExamples, c: int, crops: np.ndarray, result: DatasetResult)
         labels = [_label(_shown_score(which, float(v))) if i >= 0 else ""
                   for v, i in zip(ranking.scores[c], ranking.ids[c])]
         grid = tile_rgb(crops[row], columns=k, labels=labels)
-        what = {"top": f"top {count} by maximum", "bottom": f"lowest {count} by mean",
+        what = {"top": f"top {count} by maximum", "bottom": f"lowest {count} by mean (whole images)",
                 "negative": f"most negative {count} by minimum"}[which]
         parts.append(add_title(grid, what))
     rf = ("whole image" if ex.map_hw is None or ex.layer.rf_size is None
-          else f"receptive field {ex.layer.rf_size[0]}×{ex.layer.rf_size[1]} px")
+          else f"receptive field {ex.layer.rf_size[0]}x{ex.layer.rf_size[1]} px")
     body = _stack(parts)
     return add_title(body, f"{ex.layer.name} · channel {c} · {rf} · {result.images:,} images")
 
@@ -628,7 +629,7 @@ def _atlas(ex: LayerExamples, tiles: np.ndarray, images: int) -> np.ndarray:
         faded[dead] = (faded[dead].astype(np.uint16) + 3 * 255) // 4  # 75% white: nothing to see
     grid = tile_rgb(faded, labels=[str(c) for c in range(ex.channels)])
     rf = ("whole images" if ex.map_hw is None or ex.layer.rf_size is None
-          else f"receptive field {ex.layer.rf_size[0]}×{ex.layer.rf_size[1]} px")
+          else f"receptive field {ex.layer.rf_size[0]}x{ex.layer.rf_size[1]} px")
     note = f" · {int(dead.sum())} dead (faded)" if dead.any() else ""
     return add_title(grid, f"{ex.layer.name} · strongest crop of each of {ex.channels} channels · {rf} · "
                            f"{images:,} images{note}")
@@ -643,6 +644,18 @@ def _stack(parts: Sequence[np.ndarray]) -> np.ndarray:
         out[y:y + p.shape[0], :p.shape[1]] = p
         y += p.shape[0]
     return out
+
+
+def _box(ex: LayerExamples, which: str, position: tuple[int, int], input_hw: tuple[int, int],
+         original_hw: tuple[int, int]) -> Box:
+    """The box of a ranked image in original pixels: the unit's field, or the whole image for ``bottom``.
+
+    A ``bottom`` image is ranked by the mean over the whole map, so no one unit
+    is responsible: the whole image is what gave the low mean.
+    """
+    if which == "bottom":
+        return (0.0, 0.0, float(original_hw[0]), float(original_hw[1]))
+    return original_box(ex.layer, position, ex.map_hw, input_hw, original_hw)
 
 
 def _shown_score(which: str, score: float) -> float:
