@@ -152,3 +152,21 @@ def test_cut_refuses_unusable_arguments() -> None:
         cut(np.zeros((4, 4, 2)), (0, 0, 4, 4), 8)
     gray = np.full((4, 4, 1), 100.4, np.float32)
     assert np.all(cut(gray, (0, 0, 4, 4), 4) == 100)  # gray repeated to RGB, rounded
+
+
+def test_cut_agrees_with_a_plain_gather_for_boxes_anywhere() -> None:
+    """Boxes inside, across every border and wholly outside: edge-repeated pixels, checkerboard outside."""
+    rng = np.random.default_rng(7)
+    img = rng.integers(0, 256, (13, 17, 3)).astype(np.float32)
+    for _ in range(300):
+        side = int(rng.integers(1, 30))
+        top, left = int(rng.integers(-40, 40)), int(rng.integers(-40, 40))
+        got = cut(img, (top, left, top + side, left + side), side)  # no resampling: pixel for pixel
+        rows = np.clip(np.arange(top, top + side), 0, 12)
+        cols = np.clip(np.arange(left, left + side), 0, 16)
+        want = img[rows[:, None], cols[None, :]].astype(np.uint8)
+        outside = ((np.arange(top, top + side) < 0) | (np.arange(top, top + side) >= 13))[:, None] \
+            | ((np.arange(left, left + side) < 0) | (np.arange(left, left + side) >= 17))[None, :]
+        np.testing.assert_array_equal(got[~outside], want[~outside])
+        pad = got[outside]
+        assert (np.all(pad == PAD_LIGHT, axis=1) | np.all(pad == PAD_DARK, axis=1)).all()

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import base64
 import csv
+import functools
 import html
 import io
 import json
@@ -273,8 +274,8 @@ class DatasetResult:
             for ex, folder in zip(self.layers, folders):
                 staging.write_png(f"{folder}/atlas.png", _atlas(ex, atlases[ex.layer.name], self.images))
             index = self._index(folders, cutter.sizes, cutter.notes)
-            staging.write_json("index.json", index)
-            staging.write_json("channels.json", self._channels_json())
+            staging.write_bytes("index.json", _json(index))
+            staging.write_bytes("channels.json", _json(self._channels_json()))
             staging.write_text("channels.csv", self._channels_csv())
         self.folder = str(out)
         return index
@@ -550,10 +551,15 @@ class _Cutter:
                                                              (int(p[0]), int(p[1]))))
 
         def place(record: Record, image: Any) -> None:
+            pixels = _uint8(image.pixels)  # once per image, not once per crop
+            done: dict[Box, np.ndarray] = {}  # whole images (bottom rows, vectors) recur across channels
             for li, c, row, slot, which, position in wanted[record.id]:
                 ex = self.result.layers[li]
                 box = _box(ex, which, position, self.result.input_size, (image.height, image.width))
-                crops[li][c, row, slot] = cut(image.pixels, box, s)
+                crop = done.get(box)
+                if crop is None:
+                    crop = done[box] = cut(pixels, box, s)
+                crops[li][c, row, slot] = crop
 
         self._read(sorted(wanted), place)
         return crops
@@ -572,6 +578,11 @@ class _Cutter:
                     self.sizes[record.id] = (image.height, image.width)
                     use(record, image)
             self.progress.advance(len(chunk))
+
+
+def _uint8(pixels: np.ndarray) -> np.ndarray:
+    """Loaded pixels (float32 0..255) rounded to uint8, as :func:`~convlens.dataset.crops.cut` would."""
+    return np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
 
 
 def _passes(channels: Sequence[int], per_pass: int) -> list[list[tuple[int, int, int]]]:
@@ -614,11 +625,19 @@ def _mosaic(ex: LayerExamples, c: int, crops: np.ndarray, result: DatasetResult)
         grid = tile_rgb(crops[row], columns=k, labels=labels)
         what = {"top": f"top {count} by maximum", "bottom": f"lowest {count} by mean (whole images)",
                 "negative": f"most negative {count} by minimum"}[which]
-        parts.append(add_title(grid, what))
+        parts += [_title_bar(grid.shape[1], what), grid]
     rf = ("whole image" if ex.map_hw is None or ex.layer.rf_size is None
           else f"receptive field {ex.layer.rf_size[0]}x{ex.layer.rf_size[1]} px")
     body = _stack(parts)
     return add_title(body, f"{ex.layer.name} · channel {c} · {rf} · {result.images:,} images")
+
+
+@functools.lru_cache(maxsize=64)
+def _title_bar(width: int, text: str) -> np.ndarray:
+    """:func:`~convlens.render.grid.add_title`'s bar alone; the rows' titles repeat across channels."""
+    bar = add_title(np.zeros((1, width, 3), np.uint8), text)[:-1]
+    bar.setflags(write=False)
+    return bar
 
 
 def _atlas(ex: LayerExamples, tiles: np.ndarray, images: int) -> np.ndarray:
@@ -693,6 +712,13 @@ def _top_selective(ex: LayerExamples, names: Sequence[str] | None) -> str:
 
 
 # --------------------------------------------------------------------------- numbers and JSON
+
+
+def _json(obj: Any) -> bytes:
+    """Compact JSON: the C encoder (``indent`` falls back to pure Python, ~10x slower on an
+    index of thousands of channels). Every value here is a plain number, string, list or dict
+    with non-finite floats already ``None``; ``allow_nan=False`` guards that."""
+    return (json.dumps(obj, ensure_ascii=False, allow_nan=False, separators=(",", ":")) + "\n").encode("utf-8")
 
 
 def _num(v: Any) -> float | None:
