@@ -53,8 +53,8 @@ Box = tuple[float, float, float, float]
 #: checkerboard, as image editors show transparency, because any plain colour
 #: could be read as image content: black is MNIST's background and a dark
 #: photo's shadow, a mid grey is a cloudy sky. The pattern says "nothing here".
-PAD_LIGHT = (224, 224, 224)
-PAD_DARK = (176, 176, 176)
+PAD_LIGHT = (230, 230, 230)
+PAD_DARK = (204, 204, 204)
 
 
 def input_box(layer: LayerInfo, position: tuple[int, int], map_hw: tuple[int, int] | None,
@@ -189,7 +189,7 @@ def cut(pixels: np.ndarray, box: Box | Sequence[float], out_size: int) -> np.nda
     if rows is not None and cols is not None:
         outside[rows[0]:rows[1], cols[0]:cols[1]] = False
     if outside.any():
-        square = max(2, n // 8)
+        square = max(2, n // 16)  # 4 px squares in a 64 px crop: visible, not loud
         checker = ((np.arange(n)[:, None] // square + np.arange(n)[None, :] // square) % 2).astype(bool)
         out[outside & checker] = PAD_DARK
         out[outside & ~checker] = PAD_LIGHT

@@ -272,7 +272,7 @@ class DatasetResult:
         with OutputDir(out) as staging:
             atlases = cutter.run(folders, staging, max(int(crop_budget), 1))
             for ex, folder in zip(self.layers, folders):
-                staging.write_png(f"{folder}/atlas.png", _atlas(ex, atlases[ex.layer.name], self.images))
+                staging.write_png(f"{folder}/atlas.png", _atlas(ex, atlases[ex.layer.name], self.images, self.input_size))
             index = self._index(folders, cutter.sizes, cutter.notes)
             staging.write_bytes("index.json", _json(index))
             staging.write_bytes("channels.json", _json(self._channels_json()))
@@ -626,9 +626,8 @@ def _mosaic(ex: LayerExamples, c: int, crops: np.ndarray, result: DatasetResult)
         what = {"top": f"top {count} by maximum", "bottom": f"lowest {count} by mean (whole images)",
                 "negative": f"most negative {count} by minimum"}[which]
         parts += [_title_bar(grid.shape[1], what), grid]
-    rf = ("whole image" if ex.map_hw is None or ex.layer.rf_size is None
-          else f"receptive field {ex.layer.rf_size[0]}x{ex.layer.rf_size[1]} px")
     body = _stack(parts)
+    rf = _field_text(ex, result.input_size)
     return add_title(body, f"{ex.layer.name} · channel {c} · {rf} · {result.images:,} images")
 
 
@@ -640,15 +639,21 @@ def _title_bar(width: int, text: str) -> np.ndarray:
     return bar
 
 
-def _atlas(ex: LayerExamples, tiles: np.ndarray, images: int) -> np.ndarray:
+def _field_text(ex: LayerExamples, input_size: tuple[int, int]) -> str:
+    if ex.map_hw is None or ex.layer.rf_size is None:
+        return "whole images"
+    return (f"receptive field {ex.layer.rf_size[0]}x{ex.layer.rf_size[1]} px of the "
+            f"{input_size[0]}x{input_size[1]} input")
+
+
+def _atlas(ex: LayerExamples, tiles: np.ndarray, images: int, input_size: tuple[int, int]) -> np.ndarray:
     """Every channel's strongest crop in one grid, channel numbers stamped; dead channels faded."""
     faded = tiles.copy()
     dead = np.asarray(ex.stats.dead, bool)
     if dead.any():
         faded[dead] = (faded[dead].astype(np.uint16) + 3 * 255) // 4  # 75% white: nothing to see
     grid = tile_rgb(faded, labels=[str(c) for c in range(ex.channels)])
-    rf = ("whole images" if ex.map_hw is None or ex.layer.rf_size is None
-          else f"receptive field {ex.layer.rf_size[0]}x{ex.layer.rf_size[1]} px")
+    rf = _field_text(ex, input_size)
     note = f" · {int(dead.sum())} dead (faded)" if dead.any() else ""
     return add_title(grid, f"{ex.layer.name} · strongest crop of each of {ex.channels} channels · {rf} · "
                            f"{images:,} images{note}")
