@@ -128,6 +128,7 @@ def test_index_ranks_the_stroke_images_with_boxes_that_hold_the_stroke(saved) ->
     assert (conv["name"], conv["map_hw"], conv["rf_size"], conv["rf_jump"]) == ("3", [16, 16], [8, 8], [2, 2])
     # Under its top row, each channel shows what drives it down: channel 1 goes below zero.
     assert [ch["second_row"] for ch in conv["channels_info"]] == ["bottom", "negative"]
+    assert conv["second_row"] == "bottom"  # the layer's most common (a tie: bottom)
     bottom = conv["channels_info"][0]["bottom"]  # lowest means: the blanks, as whole images
     assert [e["name"] for e in bottom[:2]] == ["blank/d.png", "blank/e.png"]
     assert all(e["box"] == [0.0, 0.0, 32.0, 32.0] for e in bottom)
@@ -344,3 +345,17 @@ def test_save_is_atomic_and_load_refuses_other_folders(saved, tmp_path: Path,
     (tmp_path / "channels.json").write_text("{}")
     with pytest.raises(BadArgument, match="another command's"):
         DatasetResult.load(tmp_path)
+
+
+def test_end_to_end_through_the_engine_matches_the_hand_run(lens: Lens, saved, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Lens.dataset (the local engine: prefetch, batches, fold thread) gives the files a hand run gives."""
+    by_hand, hand_out, hand_index = saved
+    data = Path(by_hand.source.root)
+    result = lens.dataset(data, layers=["4", "7"], k=4, batch_size=2, preprocess="raw", out=tmp_path / "out")
+    index = json.loads((tmp_path / "out" / "index.json").read_text())
+    assert index["images"] == 5 and [f["name"] for f in index["failed"]] == ["stroke/broken.png"]
+    assert index["layers"] == hand_index["layers"]
+    for rel in ["layers/004_3/c0000.png", "layers/004_3/c0001.png", "layers/004_3/atlas.png"]:
+        assert (tmp_path / "out" / rel).read_bytes() == (hand_out / rel).read_bytes()
+    top = result.crops("3", 0, size=8)[0]
+    np.testing.assert_array_equal(top[2:5, 3:6, 0], DIAGONAL)  # a.png: stroke at (12, 17), box from (9, 13)

@@ -309,6 +309,8 @@ class DatasetResult:
                 "rf_jump": list(info.rf_jump) if info.rf_jump is not None else None,
                 "global_rf": info.global_rf,
                 "atlas": f"{folder}/atlas.png",
+                # the most common second row of the layer's mosaics; each channel's own is in channels_info
+                "second_row": _layer_second_row(ex),
                 "dead": int(stats.dead.sum()), "constant": int(stats.notable.constant.sum()),
                 "nonfinite": int(stats.nonfinite.sum()),
                 "channels_info": channels,
@@ -694,6 +696,11 @@ def _safe(name: str) -> str:
 def _folder_names(layers: Sequence[LayerInfo]) -> list[str]:
     """``layers/<index>_<safe name>``: unique even where two names make the same safe name."""
     return [f"layers/{info.index:03d}_{_safe(info.name)}" for info in layers]
+
+
+def _layer_second_row(ex: LayerExamples) -> str:
+    rows = [ex.second_row(c) for c in range(ex.channels)]
+    return "negative" if rows.count("negative") > rows.count("bottom") else "bottom"
 
 
 def _best_class(sel: ClassSelectivity | None, c: int) -> int | None:
