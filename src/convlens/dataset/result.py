@@ -272,7 +272,8 @@ class DatasetResult:
         with OutputDir(out) as staging:
             atlases = cutter.run(folders, staging, max(int(crop_budget), 1))
             for ex, folder in zip(self.layers, folders):
-                staging.write_png(f"{folder}/atlas.png", _atlas(ex, atlases[ex.layer.name], self.images, self.input_size))
+                atlas = _atlas(ex, atlases[ex.layer.name], self.images, self.input_size)
+                staging.write_png(f"{folder}/atlas.png", atlas)
             index = self._index(folders, cutter.sizes, cutter.notes)
             staging.write_bytes("index.json", _json(index))
             staging.write_bytes("channels.json", _json(self._channels_json()))
