@@ -170,3 +170,19 @@ def test_cut_agrees_with_a_plain_gather_for_boxes_anywhere() -> None:
         np.testing.assert_array_equal(got[~outside], want[~outside])
         pad = got[outside]
         assert (np.all(pad == PAD_LIGHT, axis=1) | np.all(pad == PAD_DARK, axis=1)).all()
+
+
+def test_widen_keeps_the_centre_and_draw_field_outlines_the_field() -> None:
+    from convlens.dataset.crops import FIELD_COLOR, draw_field, widen
+
+    field = (12.5, 24.5, 15.5, 27.5)  # a 3x3 field
+    assert widen(field, (7, 7)) == (10.5, 22.5, 17.5, 29.5)
+    assert widen(field, (2, 9)) == field[:1] + (21.5,) + field[2:3] + (30.5,)  # never shrinks
+    view = (10.0, 20.0, 17.0, 27.0)  # 7x7 pixels, drawn at 9 px a pixel
+    crop = cut(np.zeros((40, 40, 3), np.uint8), view, 63)
+    draw_field(crop, (12.0, 22.0, 15.0, 25.0), view)  # pixels 12..14 x 22..24 of the image
+    ring = np.zeros((63, 63), bool)
+    ring[18, 18:45] = ring[44, 18:45] = ring[18:45, 18] = ring[18:45, 44] = True
+    assert np.array_equal(np.all(crop == FIELD_COLOR, axis=-1), ring)
+    same = cut(np.zeros((40, 40, 3), np.uint8), view, 63)
+    assert np.array_equal(draw_field(same.copy(), view, view), same)  # the field fills the view: nothing

@@ -359,3 +359,24 @@ def test_end_to_end_through_the_engine_matches_the_hand_run(lens: Lens, saved, t
         assert (tmp_path / "out" / rel).read_bytes() == (hand_out / rel).read_bytes()
     top = result.crops("3", 0, size=8)[0]
     np.testing.assert_array_equal(top[2:5, 3:6, 0], DIAGONAL)  # a.png: stroke at (12, 17), box from (9, 13)
+
+
+def test_small_fields_are_shown_in_context_with_their_outline(lens: Lens, saved, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """conv1's 3x3 field is shown inside a quarter of the input (8 px), outlined; index boxes stay the field."""
+    from convlens.dataset.crops import FIELD_COLOR
+
+    data = Path(saved[0].source.root)
+    result = lens.dataset(data, layers=["1"], k=2, preprocess="raw", out=tmp_path / "out")
+    index = json.loads((tmp_path / "out" / "index.json").read_text())
+    first = index["layers"][0]["channels_info"][0]["top"][0]
+    assert first["name"] == "stroke/a.png" and first["position"] == [12, 17]
+    assert first["box"] == [11.0, 16.0, 14.0, 19.0]  # the 3x3 field itself
+    plain = result.crops("0", 0, size=3)[0]
+    np.testing.assert_array_equal(plain[..., 0], DIAGONAL)
+    wide = result.crops("0", 0, size=64, context=True)[0]  # view (8.5, 13.5)-(16.5, 21.5) -> pixels 8..16
+    outline = np.all(wide == FIELD_COLOR, axis=-1)
+    ys, xs = np.nonzero(outline)
+    assert (ys.min(), ys.max(), xs.min(), xs.max()) == (21, 42, 21, 42)  # 3 of 9 pixels, 7.1 px each
+    assert np.all(wide[25:39, 25:39][np.eye(14, dtype=bool)] == 255)  # the stroke inside the outline
+    atlas = _png(tmp_path / "out" / "layers/001_0/atlas.png")
+    assert np.all(atlas == FIELD_COLOR, axis=-1).sum() == outline.sum()  # the atlas shows it so

@@ -43,7 +43,8 @@ import PIL.Image
 from .._errors import BadArgument
 from ..core.layers import LayerInfo
 
-__all__ = ["PAD_DARK", "PAD_LIGHT", "Box", "cut", "input_box", "original_box", "to_original"]
+__all__ = ["FIELD_COLOR", "PAD_DARK", "PAD_LIGHT", "Box", "cut", "draw_field", "input_box", "original_box",
+           "to_original", "widen"]
 
 #: ``(top, left, bottom, right)`` in pixel-edge coordinates: a pixel ``(i, j)``
 #: covers ``[i, i + 1) x [j, j + 1)``, so a whole ``H x W`` image is ``(0, 0, H, W)``.
@@ -55,6 +56,10 @@ Box = tuple[float, float, float, float]
 #: photo's shadow, a mid grey is a cloudy sky. The pattern says "nothing here".
 PAD_LIGHT = (230, 230, 230)
 PAD_DARK = (204, 204, 204)
+
+#: The outline of the receptive field inside a crop widened for context (:func:`widen`):
+#: an amber that stands out on black digits, white paper and most photos.
+FIELD_COLOR = (255, 176, 0)
 
 
 def input_box(layer: LayerInfo, position: tuple[int, int], map_hw: tuple[int, int] | None,
@@ -194,6 +199,47 @@ def cut(pixels: np.ndarray, box: Box | Sequence[float], out_size: int) -> np.nda
         out[outside & checker] = PAD_DARK
         out[outside & ~checker] = PAD_LIGHT
     return out
+
+
+def widen(box: Box, min_hw: tuple[float, float]) -> Box:
+    """``box`` grown about its centre to at least ``min_hw`` ``(height, width)``; never shrunk.
+
+    A first layer's 3x3 field enlarged to a 64 px tile shows nine squares and
+    no stroke; the same field inside a quarter of the image, outlined with
+    :func:`draw_field`, shows what the nine pixels belong to.
+    """
+    top, left, bottom, right = (float(v) for v in box)
+    grow_h = max(0.0, float(min_hw[0]) - (bottom - top)) / 2
+    grow_w = max(0.0, float(min_hw[1]) - (right - left)) / 2
+    return (top - grow_h, left - grow_w, bottom + grow_h, right + grow_w)
+
+
+def draw_field(crop: np.ndarray, field: Box, view: Box, color: tuple[int, int, int] = FIELD_COLOR) -> np.ndarray:
+    """Outline ``field`` in a square ``crop`` that :func:`cut` made of ``view``; ``crop`` is changed and returned.
+
+    Both boxes are in the same (image) pixels, as :func:`cut` rounds ``view``
+    outwards to whole pixels; the outline is one pixel wide (two from 96 px),
+    drawn just inside the field's edges. Nothing is drawn when the field fills the view.
+    """
+    n = crop.shape[0]
+    vt, vl = math.floor(view[0] + 1e-9), math.floor(view[1] + 1e-9)
+    vb, vr = math.ceil(view[2] - 1e-9), math.ceil(view[3] - 1e-9)
+    sy, sx = n / (vb - vt), n / (vr - vl)
+    y0, y1 = round((field[0] - vt) * sy), round((field[2] - vt) * sy) - 1
+    x0, x1 = round((field[1] - vl) * sx), round((field[3] - vl) * sx) - 1
+    if y0 <= 0 and x0 <= 0 and y1 >= n - 1 and x1 >= n - 1:
+        return crop
+    y0, y1 = max(y0, 0), min(y1, n - 1)
+    x0, x1 = max(x0, 0), min(x1, n - 1)
+    if y1 < y0 or x1 < x0:
+        return crop
+    width = 2 if n >= 96 else 1
+    for d in range(width):
+        crop[min(y0 + d, y1), x0:x1 + 1] = color
+        crop[max(y1 - d, y0), x0:x1 + 1] = color
+        crop[y0:y1 + 1, min(x0 + d, x1)] = color
+        crop[y0:y1 + 1, max(x1 - d, x0)] = color
+    return crop
 
 
 def _span(start: int, length: int, limit: int, n: int) -> tuple[int, int, float, float] | None:

@@ -47,7 +47,7 @@ from ..core.stats import LayerStats
 from ..output import OutputDir
 from ..render.grid import add_title, tile_rgb
 from ..render.png import encode_png
-from .crops import Box, cut, original_box
+from .crops import Box, cut, draw_field, original_box, widen
 from .sources import Record, Source, read_batch
 
 if TYPE_CHECKING:  # pragma: no cover - annotations only
@@ -201,14 +201,20 @@ class DatasetResult:
     def _records(self) -> dict[int, Record]:
         return {r.id: r for r in self.source.records}
 
-    def crops(self, layer: str | int, channel: int, which: str = "top", size: int = 64) -> list[np.ndarray]:
+    def crops(self, layer: str | int, channel: int, which: str = "top", size: int = 64, *,
+              context: bool = False) -> list[np.ndarray]:
         """The receptive-field crops of one channel's ranked images, read from the original files.
+
+        ``bottom`` images are whole images (ranked by the mean over the whole map).
 
         Args:
             layer: the layer's name or table index.
             channel: the channel, ``0 <= channel < C``.
             which: ``"top"``, ``"bottom"`` or ``"negative"``.
             size: side of each square crop in pixels.
+            context: widen fields smaller than a quarter of the input to that
+                quarter and outline the field (:data:`~convlens.dataset.crops.FIELD_COLOR`),
+                as the saved mosaics and atlases do.
 
         Returns:
             ``(size, size, 3)`` uint8 crops, best first, one per ranked image;
@@ -235,8 +241,7 @@ class DatasetResult:
             if image is None or isinstance(image, BadImage):
                 out.append(np.full((size, size, 3), _EMPTY_TILE, np.uint8))
                 continue
-            box = _box(ex, which, position, self.input_size, (image.height, image.width))
-            out.append(cut(image.pixels, box, size))
+            out.append(_crop(ex, which, position, self.input_size, image.pixels, size, context))
         return out
 
     # ------------------------------------------------------------------ saving
@@ -555,13 +560,13 @@ class _Cutter:
 
         def place(record: Record, image: Any) -> None:
             pixels = _uint8(image.pixels)  # once per image, not once per crop
-            done: dict[Box, np.ndarray] = {}  # whole images (bottom rows, vectors) recur across channels
+            done: dict[tuple[int, str, tuple[int, int]], np.ndarray] = {}  # whole images recur across channels
             for li, c, row, slot, which, position in wanted[record.id]:
                 ex = self.result.layers[li]
-                box = _box(ex, which, position, self.result.input_size, (image.height, image.width))
-                crop = done.get(box)
+                key = (li, which, position) if ex.map_hw is not None and which != "bottom" else (-1, "", (0, 0))
+                crop = done.get(key)
                 if crop is None:
-                    crop = done[box] = cut(pixels, box, s)
+                    crop = done[key] = _crop(ex, which, position, self.result.input_size, pixels, s, True)
                 crops[li][c, row, slot] = crop
 
         self._read(sorted(wanted), place)
@@ -671,6 +676,20 @@ def _stack(parts: Sequence[np.ndarray]) -> np.ndarray:
         out[y:y + p.shape[0], :p.shape[1]] = p
         y += p.shape[0]
     return out
+
+
+def _crop(ex: LayerExamples, which: str, position: tuple[int, int], input_hw: tuple[int, int],
+          pixels: np.ndarray, size: int, context: bool) -> np.ndarray:
+    """One ranked image's crop; with ``context``, a small field is shown inside a quarter of the input."""
+    original_hw = (int(pixels.shape[0]), int(pixels.shape[1]))
+    field = _box(ex, which, position, input_hw, original_hw)
+    if not context or which == "bottom" or ex.map_hw is None:
+        return cut(pixels, field, size)
+    # At least a quarter of the input's shorter side, in original pixels along each axis.
+    side = math.ceil(min(input_hw) / 4)
+    view = widen(field, (side * original_hw[0] / input_hw[0], side * original_hw[1] / input_hw[1]))
+    crop = cut(pixels, view, size)
+    return draw_field(crop, field, view) if view != field else crop
 
 
 def _box(ex: LayerExamples, which: str, position: tuple[int, int], input_hw: tuple[int, int],
