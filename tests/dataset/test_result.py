@@ -380,3 +380,25 @@ def test_small_fields_are_shown_in_context_with_their_outline(lens: Lens, saved,
     assert np.all(wide[25:39, 25:39][np.eye(14, dtype=bool)] == 255)  # the stroke inside the outline
     atlas = _png(tmp_path / "out" / "layers/001_0/atlas.png")
     assert np.all(atlas == FIELD_COLOR, axis=-1).sum() == outline.sum()  # the atlas shows it so
+
+
+def test_progress_counts_every_image_read(saved, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    result, _, _ = saved
+
+    class Count:
+        def __init__(self) -> None:
+            self.total, self.done, self.finished = -1, 0, False
+
+        def start(self, total: int, label: str) -> None:
+            self.total = total
+
+        def advance(self, n: int = 1) -> None:
+            self.done += n
+
+        def finish(self) -> None:
+            self.finished = True
+
+    for budget in (1 << 30, 1):
+        count = Count()
+        result.save(tmp_path / str(budget), progress=count, crop_budget=budget)
+        assert count.finished and count.done == count.total > 0

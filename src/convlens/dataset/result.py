@@ -509,8 +509,9 @@ class _Cutter:
         # Sizes for the boxes of every ranked image, shown or not; the shown ones are read anyway.
         every = {int(i) for ex in self.result.layers for which in RANKINGS for i in ex.ranking(which).ids.ravel()
                  if i >= 0}
-        shown_total = sum(len(self._shown_ids(part)) for part in passes)
-        self.progress.start(shown_total + len(every), "cutting crops")
+        shown = [self._shown_ids(part) for part in passes]
+        # Images read: each pass's shown ones, then those only named (for their boxes' sizes).
+        self.progress.start(sum(map(len, shown)) + len(every - set().union(*shown)), "cutting crops")
         try:
             for part in passes:
                 crops = self._cut(part)
