@@ -310,8 +310,14 @@ def _open_glob(path: Path, shown: str) -> Source:
     images = [m.resolve() for m in files if _is_image_name(m.name)]
     if not images:
         others = len(files)
-        what = (f"matches {others:,} file{'s' if others != 1 else ''} but no image"
-                if others else "matches nothing")
+        folders = sum(1 for m in matches if m.is_dir())
+        if others:
+            what = f"matches {others:,} file{'s' if others != 1 else ''} but no image"
+        elif folders:
+            what = (f"matches {folders:,} folder{'s' if folders != 1 else ''} but no image file (to look "
+                    f"inside folders, end the pattern with '**/*', or give the folder itself)")
+        else:
+            what = "matches nothing"
         raise BadArgument(f"the pattern {shown} {what}; check it (quote it so the shell does not "
                           f"expand it), the image extensions read are {_extensions()}")
     root = _glob_root(pattern).resolve()
