@@ -68,6 +68,7 @@ RANKINGS = {
 _EMPTY_TILE = (235, 235, 235)  # render.grid's empty-cell colour: a slot with no image
 _READ_BATCH = 32               # images decoded per read_batch call while cutting crops
 _CROP_BUDGET = 256 << 20       # bytes of crops held at once while saving
+_ATLAS_FULL = 256              # channels an atlas shows at full crop size (more: half size)
 
 
 @dataclass
@@ -471,7 +472,7 @@ class DatasetResult:
         if png is None:
             limit = 32  # cut live: a notebook should not read thousands of files to draw
             channels = list(range(min(ex.channels, limit)))
-            tiles = np.stack([self.crops(ex.layer.name, c, "top", 48)[0] if ex.top.ids[c, 0] >= 0
+            tiles = np.stack([self.crops(ex.layer.name, c, "top", 48, context=True)[0] if ex.top.ids[c, 0] >= 0
                               else np.full((48, 48, 3), _EMPTY_TILE, np.uint8) for c in channels])
             if ex.channels > limit:
                 caption += f" (channels 0-{limit - 1} of {ex.channels}; save() draws them all)"
@@ -637,7 +638,8 @@ def _mosaic(ex: LayerExamples, c: int, crops: np.ndarray, result: DatasetResult)
         parts += [_title_bar(grid.shape[1], what), grid]
     body = _stack(parts)
     rf = _field_text(ex, result.input_size)
-    return add_title(body, f"{ex.layer.name} · channel {c} · {rf} · {result.images:,} images")
+    dead = " · dead (0 on every image)" if bool(ex.stats.dead[c]) else ""
+    return add_title(body, f"{ex.layer.name} · channel {c} · {rf} · {result.images:,} images{dead}")
 
 
 @functools.lru_cache(maxsize=64)
@@ -658,6 +660,11 @@ def _field_text(ex: LayerExamples, input_size: tuple[int, int]) -> str:
 def _atlas(ex: LayerExamples, tiles: np.ndarray, images: int, input_size: tuple[int, int]) -> np.ndarray:
     """Every channel's strongest crop in one grid, channel numbers stamped; dead channels faded."""
     faded = tiles.copy()
+    if len(tiles) > _ATLAS_FULL and tiles.shape[1] >= 32:
+        # Half-size tiles (2x2 means) past 256 channels: 2,048 channels at 64 px would be 3,000 px wide.
+        half = tiles.shape[1] // 2
+        faded = tiles[:, :2 * half, :2 * half].reshape(len(tiles), half, 2, half, 2, 3).mean(
+            axis=(2, 4)).round().astype(np.uint8)
     dead = np.asarray(ex.stats.dead, bool)
     if dead.any():
         faded[dead] = (faded[dead].astype(np.uint16) + 3 * 255) // 4  # 75% white: nothing to see
