@@ -66,7 +66,9 @@ RANKINGS = {
 }
 
 _EMPTY_TILE = (235, 235, 235)  # render.grid's empty-cell colour: a slot with no image
-_READ_BATCH = 32               # images decoded per read_batch call while cutting crops
+# Images decoded at once while cutting crops: a 12-megapixel photo is 144 MB as float32
+# pixels, so a few at a time; parquet row groups are cached by sources, not re-read per call.
+_READ_BATCH = 4
 _CROP_BUDGET = 256 << 20       # bytes of crops held at once while saving
 _ATLAS_FULL = 256              # channels an atlas shows at full crop size (more: half size)
 
@@ -233,16 +235,18 @@ class DatasetResult:
         records = self._records()
         wanted = [(int(i), (int(p[0]), int(p[1])))
                   for i, p in zip(ranking.ids[channel], ranking.positions[channel]) if i >= 0]
-        found = [records.get(i) for i, _ in wanted]
-        readable = [r for r in found if r is not None]
-        images = dict(zip([r.id for r in readable], read_batch(self.source, readable)))
         out = []
-        for (i, position) in wanted:
-            image = images.get(i)
-            if image is None or isinstance(image, BadImage):
-                out.append(np.full((size, size, 3), _EMPTY_TILE, np.uint8))
-                continue
-            out.append(_crop(ex, which, position, self.input_size, image.pixels, size, context))
+        for start in range(0, len(wanted), _READ_BATCH):  # a few decoded images at a time
+            chunk = wanted[start:start + _READ_BATCH]
+            found = [records.get(i) for i, _ in chunk]
+            readable = [r for r in found if r is not None]
+            images = dict(zip([r.id for r in readable], read_batch(self.source, readable)))
+            for (i, position) in chunk:
+                image = images.get(i)
+                if image is None or isinstance(image, BadImage):
+                    out.append(np.full((size, size, 3), _EMPTY_TILE, np.uint8))
+                    continue
+                out.append(_crop(ex, which, position, self.input_size, image.pixels, size, context))
         return out
 
     # ------------------------------------------------------------------ saving
