@@ -14,9 +14,15 @@ Files written by :meth:`DatasetResult.save` (paths relative to the folder)::
                                   image with its box in ORIGINAL image pixels
     channels.csv                  one row per channel: statistics and selectivity
     channels.json                 per layer LayerStats.as_dict() + "selectivity"
-    layers/<safe>/c<NNNN>.png     per channel: its top-k crops, then its bottom-k
-                                  (or most negative k, for layers that go negative)
-    layers/<safe>/atlas.png       per layer: every channel's strongest crop
+    layers/<safe>/c<NNNN>.png     per channel: its top-k crops, then its bottom-k as whole
+                                  images (or, for a channel that goes negative, the crops
+                                  of its most negative k); scores stamped, class names under
+    layers/<safe>/atlas.png       per layer: every channel's strongest crop (dead ones faded)
+
+``<safe>`` is ``<layer index:03d>_<name with unsafe characters replaced>``. A
+receptive field smaller than a quarter of the input is shown inside that
+quarter, outlined in amber (:func:`~convlens.dataset.crops.widen`); boxes in
+``index.json`` are always the field itself, in original-image pixels.
 
 :meth:`DatasetResult.load` reads ``index.json`` and ``channels.json`` back
 (plain JSON, never pickle).
