@@ -110,6 +110,10 @@ class ReportContext:
             ``ctx.section_options.get(its key, {})``.
         consumers: per section key, the :class:`SectionConsumer` its factory
             made, after the pass (see :func:`~convlens.report.registry.register_section`).
+        shared: results a section leaves for the sections after it, by the
+            leaving section's key (the visualize section leaves its
+            :class:`~convlens.visualize.Visualization`, which the dataset
+            section sets beside the crops).
     """
 
     lens: Lens
@@ -132,3 +136,4 @@ class ReportContext:
     predictions: list[list[tuple[str, float]]] = field(default_factory=list)
     section_options: Mapping[str, Any] = field(default_factory=dict)
     consumers: dict[str, SectionConsumer] = field(default_factory=dict)
+    shared: dict[str, Any] = field(default_factory=dict)

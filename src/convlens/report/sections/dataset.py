@@ -342,6 +342,9 @@ def dataset_section(ctx: ReportContext) -> Markup:
         info = maps.matched.get(d.name)
         if info is None:
             continue
+        if len(maps.maxima[info.index]) < len(ctx.images):  # an adapter that skipped the layer
+            warnings.append(f"Layer {d.name} is not shown: the model gave no output for it.")
+            continue
         order = maps.ranking(info)
         picked = order if shown is None else order[:shown]
         channels = [_channel(ctx, folder, d, info, maps, int(c), names, lut, budget) for c in picked]
@@ -430,17 +433,19 @@ def _map_picture(x: np.ndarray, channel: int, lut: np.ndarray) -> bytes | None:
 def _channel(ctx: ReportContext, folder: DatasetFolder, d: DatasetLayer, info: LayerInfo,
              maps: DatasetMaps, channel: int, names: list[str], lut: np.ndarray,
              budget: list[int]) -> dict[str, Any]:
-    """One channel's card: maps, mosaic, numbers, top images."""
-    here = [(k, names[k], maps.maps[info.index][k]) for k in sorted(maps.maps[info.index]) if k < len(names)]
+    """One channel's card: its maps for the report's images, its crops, its numbers, its top images."""
+    peaks = [(name, float(maps.maxima[info.index][k][channel])) for k, name in enumerate(names)]
     pictures = []
-    values = []
-    for k, name, x in here:
-        picture = _map_picture(x, channel, lut)
-        peak = float(maps.maxima[info.index][k][channel])
-        values.append(f"{number(peak)} on {name}" if len(here) > 1 else number(peak))
+    for k, name in enumerate(names):
+        picture = _map_picture(maps.maps[info.index][k], channel, lut) if k in maps.maps[info.index] else None
         if picture is not None:
-            pictures.append(lazy_img(picture, f"{d.name} channel {channel} for {name}",
-                                     cls="cl-pixelated cl-ds-map"))
+            pictures.append((lazy_img(picture, f"{d.name} channel {channel} for {name}",
+                                      cls="cl-pixelated cl-ds-map"), f"{name}: max {number(peaks[k][1])}"))
+    vis = ctx.shared.get("visualize")
+    liked = None
+    if vis is not None and vis.layer is not None and vis.layer.index == info.index and channel in vis.channels:
+        liked = lazy_img(encode_png(vis.picture(vis.channels.index(channel))),
+                         f"{d.name} channel {channel}: the image it likes most", cls="cl-pixelated cl-ds-map")
     entry = d.channels_info.get(channel, {})
     mosaic = None
     data = read_picture(folder.root, entry.get("mosaic"))
@@ -448,32 +453,48 @@ def _channel(ctx: ReportContext, folder: DatasetFolder, d: DatasetLayer, info: L
         mosaic = lazy_img(data, f"{d.name} channel {channel}: its top {folder.k} dataset crops",
                           cls="cl-ds-mosaic")
     top = [t for t in entry.get("top") or [] if isinstance(t, dict)]
-    facts = [f"max here {', '.join(values)}" if values else ""]
-    best_score = _float(top[0].get("score")) if top else None
-    if best_score is not None:
-        share = ""
-        if best_score > 0 and len(here) == 1:  # how close this image comes to the channel's best
-            share = f" (this image reaches {percent(float(maps.maxima[info.index][here[0][0]][channel]) / best_score)})"
-        facts.append(f"best in the dataset {number(best_score)}{share}")
     row = d.stats.get(channel)
+    return {"channel": channel, "maps": pictures, "liked": liked, "mosaic": mosaic, "k": len(top) or folder.k,
+            "facts": _facts(folder, entry, row, top, peaks),
+            "examples": [f"{t.get('name', '?')} · {number(_float(t.get('score')))}" for t in top],
+            "flagged": row is not None and _true(row.get("dead")),
+            "no_mosaic": "no crops in the folder for this channel" if mosaic is None else ""}
+
+
+def _facts(folder: DatasetFolder, entry: Mapping[str, Any], row: Mapping[str, str] | None,
+           top: list[dict[str, Any]], peaks: list[tuple[str, float]]) -> list[str]:
+    """A channel's numbers as short phrases: here, best in the dataset, dataset statistics, best class."""
+    if len(peaks) == 1:
+        facts = [f"max here {number(peaks[0][1])}"]
+    else:
+        facts = ["max here " + ", ".join(f"{number(v)} on {name}" for name, v in peaks)]
+    best = _float(top[0].get("score")) if top else None
+    if best is not None:
+        share = ""
+        if best > 0 and len(peaks) == 1:  # how close the image comes to the channel's best example
+            share = f" (this image reaches {percent(peaks[0][1] / best)} of it)"
+        facts.append(f"best in the dataset {number(best)}{share}")
     if row is not None:
         zero = _float(row.get("zero_fraction"))
         facts.append(f"dataset mean {number(_float(row.get('mean')))}, std {number(_float(row.get('std')))}, "
-                     f"max {number(_float(row.get('max')))}, zeros {percent(zero if zero is not None else math.nan)}")
-        flags = [w for w in ("dead", "constant", "nonfinite") if (row.get(w) or "").lower() in ("1", "true")]
+                     f"max {number(_float(row.get('max')))}, "
+                     f"zeros {percent(zero if zero is not None else math.nan)}")
+        flags = [("NaN/inf" if w == "nonfinite" else w) for w in ("dead", "constant", "nonfinite")
+                 if _true(row.get(w))]
         if flags:
-            facts.append(" and ".join("NaN/inf" if f == "nonfinite" else f for f in flags))
-    best = entry.get("best_class")
-    if isinstance(best, int) and not isinstance(best, bool):
-        label = (folder.class_names[best] if folder.class_names and 0 <= best < len(folder.class_names)
-                 else f"class {best}")
+            facts.append(" and ".join(flags))
+    label = entry.get("best_class")
+    if isinstance(label, int) and not isinstance(label, bool):
+        names = folder.class_names
+        text = names[label] if names and 0 <= label < len(names) else f"class {label}"
         sel = _float(entry.get("selectivity"))
-        facts.append(f"best class {label}" + (f" (selectivity {sel:.2f})" if sel is not None else ""))
-    examples = [f"{t.get('name', '?')} · {number(_float(t.get('score')))}" for t in top]
-    return {"channel": channel, "maps": pictures, "mosaic": mosaic, "facts": [f for f in facts if f],
-            "examples": examples, "flagged": bool(row is not None and (row.get("dead") or "").lower()
-                                                  in ("1", "true")),
-            "no_mosaic": "no crops in the folder for this channel" if mosaic is None else ""}
+        facts.append(f"best class {text}" + (f" (selectivity {sel:.2f})" if sel is not None else ""))
+    return facts
+
+
+def _true(value: Any) -> bool:
+    """A CSV flag: ``True``/``true``/``1``."""
+    return str(value).strip().lower() in ("1", "true")
 
 
 def _float(value: Any) -> float | None:
