@@ -87,6 +87,7 @@ class DatasetLayer:
         rf_size, rf_jump: receptive field and jump, when known.
         dead, constant, nonfinite: channel counts over the dataset.
         atlas: the atlas PNG's path relative to the folder, if any.
+        second_row: the ranking in the mosaics' second row (``"bottom"`` or ``"negative"``), if known.
         channels_info: by channel, its ``index.json`` entry (mosaic, top, best_class, selectivity).
         stats: by channel, its ``channels.csv`` row (mean, std, min, max, zero_fraction, ...).
     """
@@ -102,6 +103,7 @@ class DatasetLayer:
     constant: int
     nonfinite: int
     atlas: str | None
+    second_row: str | None = None
     channels_info: dict[int, dict[str, Any]] = field(default_factory=dict)
     stats: dict[int, dict[str, str]] = field(default_factory=dict)
 
@@ -185,6 +187,7 @@ def read_dataset_folder(path: str | os.PathLike[str]) -> DatasetFolder:
             dead=int(entry.get("dead") or 0), constant=int(entry.get("constant") or 0),
             nonfinite=int(entry.get("nonfinite") or 0),
             atlas=str(entry["atlas"]) if entry.get("atlas") else None,
+            second_row=str(entry["second_row"]) if entry.get("second_row") else None,
             channels_info={int(c["channel"]): c for c in entry.get("channels_info") or []},
         ) for entry in index["layers"]]
         names = index.get("class_names")
@@ -454,7 +457,10 @@ def _channel(ctx: ReportContext, folder: DatasetFolder, d: DatasetLayer, info: L
                           cls="cl-ds-mosaic")
     top = [t for t in entry.get("top") or [] if isinstance(t, dict)]
     row = d.stats.get(channel)
-    return {"channel": channel, "maps": pictures, "liked": liked, "mosaic": mosaic, "k": len(top) or folder.k,
+    k = len(top) or folder.k
+    second = {"bottom": f", then the {k} with the lowest mean", "negative": f", then the {k} most negative"}
+    return {"channel": channel, "maps": pictures, "liked": liked, "mosaic": mosaic,
+            "mosaic_caption": f"its top {k} in the dataset{second.get(d.second_row or '', '')}",
             "facts": _facts(folder, entry, row, top, peaks),
             "examples": [f"{t.get('name', '?')} · {number(_float(t.get('score')))}" for t in top],
             "flagged": row is not None and _true(row.get("dead")),
@@ -487,6 +493,8 @@ def _facts(folder: DatasetFolder, entry: Mapping[str, Any], row: Mapping[str, st
     if isinstance(label, int) and not isinstance(label, bool):
         names = folder.class_names
         text = names[label] if names and 0 <= label < len(names) else f"class {label}"
+        if isinstance(entry.get("best_class_name"), str):
+            text = entry["best_class_name"]
         sel = _float(entry.get("selectivity"))
         facts.append(f"best class {text}" + (f" (selectivity {sel:.2f})" if sel is not None else ""))
     return facts
