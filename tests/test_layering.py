@@ -21,7 +21,7 @@ LAYERS = [
     {"render"},
     {"images", "selection", "classes", "output", "adapters"},
     {"passes"},
-    {"lens", "stats", "methods", "heatmaps", "visualize"},
+    {"lens", "stats", "methods", "heatmaps", "visualize", "dataset"},
     {"report", "timeline"},
     {"cli", "__main__", "__init__", "keras", "torch"},
 ]

@@ -20,6 +20,7 @@ variance" (1983), https://doi.org/10.1080/00031305.1983.10483115
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -304,6 +305,81 @@ class StatsAccumulator:
         self._mean = self._mean + delta * (n / safe)
         self._m2 = self._m2 + m2 + delta * delta * (self._n * (n / safe))
         self._n = total
+
+    def merge(self, other: StatsAccumulator) -> None:
+        """Fold in another accumulator of the same layer (Chan's merge: exact up to rounding).
+
+        The order of merges changes the result only by float64 rounding
+        (about 1e-15 relative); counts, extremes, zeros and flags exactly.
+
+        Raises:
+            BadArgument: the other accumulator saw another channel count.
+        """
+        if other._c is None:
+            return
+        if self._c is None:
+            self._start(other._c)
+        elif other._c != self._c:
+            raise BadArgument(f"cannot merge statistics of {other._c} channels into {self._c} "
+                              f"channels of layer {self.name!r}")
+        self.images += other.images
+        self.values_per_channel = self.values_per_channel or other.values_per_channel
+        total = self._n + other._n
+        safe = np.maximum(total, 1)
+        delta = other._mean - self._mean
+        with np.errstate(all="ignore"):
+            self._mean = self._mean + delta * (other._n / safe)
+            self._m2 = self._m2 + other._m2 + delta * delta * (self._n * (other._n / safe))
+        self._n = total
+        self._lo = np.minimum(self._lo, other._lo)
+        self._hi = np.maximum(self._hi, other._hi)
+        self._zeros = self._zeros + other._zeros
+        self._bad = self._bad | other._bad
+
+    def state(self) -> dict[str, np.ndarray]:
+        """Plain arrays only, for ``np.savez`` (loadable with ``allow_pickle=False``).
+
+        ``channels`` is -1 while nothing was added.
+        """
+        meta = np.array([self.images, self.values_per_channel,
+                         -1 if self._c is None else self._c], np.int64)
+        if self._c is None:
+            return {"meta": meta}
+        return {"meta": meta, "n": self._n.copy(), "mean": self._mean.copy(),
+                "m2": self._m2.copy(), "lo": self._lo.copy(), "hi": self._hi.copy(),
+                "zeros": self._zeros.copy(), "bad": self._bad.copy()}
+
+    @classmethod
+    def from_state(cls, index: int, name: str, type: str,
+                   state: Mapping[str, np.ndarray]) -> StatsAccumulator:
+        """The accumulator :meth:`state` saved, for layer ``(index, name, type)``.
+
+        Raises:
+            BadArgument: missing arrays or shapes that do not agree.
+        """
+        acc = cls(index, name, type)
+        try:
+            images, per_channel, c = (int(v) for v in np.asarray(state["meta"]).reshape(3))
+            acc.images, acc.values_per_channel = images, per_channel
+            if c < 0:
+                return acc
+            acc._start(c)
+            arrays = {key: np.asarray(state[key]) for key in
+                      ("n", "mean", "m2", "lo", "hi", "zeros", "bad")}
+        except (KeyError, ValueError) as e:
+            raise BadArgument(f"the statistics state of layer {name!r} is damaged ({e}); delete "
+                              "the checkpoint and run again") from None
+        if any(a.shape != (c,) for a in arrays.values()):
+            raise BadArgument(f"the statistics state of layer {name!r} has shapes that disagree; "
+                              "delete the checkpoint and run again")
+        acc._n = arrays["n"].astype(np.int64)
+        acc._mean = arrays["mean"].astype(np.float64)
+        acc._m2 = arrays["m2"].astype(np.float64)
+        acc._lo = arrays["lo"].astype(np.float64)
+        acc._hi = arrays["hi"].astype(np.float64)
+        acc._zeros = arrays["zeros"].astype(np.int64)
+        acc._bad = arrays["bad"].astype(bool)
+        return acc
 
     def result(self) -> LayerStats:
         """The statistics of everything added so far.
