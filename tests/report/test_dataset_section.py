@@ -62,12 +62,14 @@ def digits(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def folder(keras, digits, tmp_path_factory) -> Path:
-    """``convlens dataset demo DIGITS --layers conv2,dense --out OUT`` (the real command)."""
+    """``convlens dataset demo DIGITS --layers conv2,predictions --out OUT`` (the real command)."""
     out = tmp_path_factory.mktemp("ds") / "out"
     import os, sys  # TEMPORARY until dsengine/dsio land
     if os.environ.get("DSREPORT_FAKE"):
         sys.path.insert(0, "/tmp/dsr"); import fake2; fake2.make(out, digits); return out
-    code = main(["dataset", "demo", str(digits), "--layers", "conv2,dense", "--k", "5", "--out", str(out)])
+    if os.environ.get("DSREPORT_API"):
+        Lens("demo").dataset(digits, "conv2,predictions", k=5, out=out); return out
+    code = main(["dataset", "demo", str(digits), "--layers", "conv2,predictions", "--k", "5", "--out", str(out)])
     assert code == 0
     return out
 
@@ -86,8 +88,8 @@ def test_the_section_shows_the_most_active_channels_with_their_crops_and_statist
     body = _section(rep.html)
     index = json.loads((folder / "index.json").read_text())
     layers = {entry["name"]: entry for entry in index["layers"]}
-    maps = Lens("demo").feature_maps(convlens.DEMO_IMAGE, "conv2,dense").arrays
-    for name, pictures in (("conv2", 1), ("dense", 0)):
+    maps = Lens("demo").feature_maps(convlens.DEMO_IMAGE, "conv2,predictions").arrays
+    for name, pictures in (("conv2", 1), ("predictions", 0)):
         peaks = maps[name][0].reshape(-1, maps[name].shape[-1]).max(axis=0)
         expected = sorted(range(peaks.size), key=lambda c: (-peaks[c], c))[:6]
         assert _channels(body, name) == expected  # the six most active for the image, in that order
@@ -120,7 +122,7 @@ def test_the_maps_come_from_the_reports_one_pass(folder):
     lens.adapter.run = counted  # type: ignore[method-assign]
     rep = lens.report([convlens.DEMO_IMAGE, convlens.DEMO_IMAGE], "conv1", sections=["stats"], dataset=folder)
     # one run per image, computing the report's layer and the folder's two together
-    assert calls == [[1, 3, 9], [1, 3, 9]]
+    assert calls == [[1, 3, 10], [1, 3, 10]]
     assert list(rep.stats) == ["conv1"]  # the other sections never saw the folder's layers
     assert "the 2 report images" in _section(rep.html)
 
@@ -149,8 +151,8 @@ def test_a_folder_made_with_another_model_and_a_missing_layer_are_said(keras, fo
     image = np.asarray(Image.open(convlens.DEMO_IMAGE))
     body = _section(Lens(other).report(image, sections=["layers"], dataset=folder).html)
     assert "This folder was made with the model demo" in body and "not other" in body
-    assert "Layer dense of the dataset folder is not shown: not a layer of this model." in body
-    assert _channels(body, "conv2") and "dense" not in re.findall(r"<h3>(\w+) ", body)
+    assert "Layer predictions of the dataset folder is not shown: not a layer of this model." in body
+    assert _channels(body, "conv2") and "predictions" not in re.findall(r"<h3>(\w+) ", body)
     # the same name with another channel count is another layer
     narrow = keras.Sequential([keras.Input((28, 28, 1)), L.Conv2D(8, 3, name="conv2")], name="narrow")
     body = _section(Lens(narrow).report(image, sections=["layers"], dataset=folder).html)
@@ -201,7 +203,12 @@ def test_all_channels_from_the_cli(folder, tmp_path, capsys):
     assert main(["report", "demo", str(convlens.DEMO_IMAGE), "--sections", "layers", "--dataset", str(folder),
                  "--dataset-channels", "all", "--out", str(out)]) == 0, capsys.readouterr().err
     body = _section(out.read_text(encoding="utf-8"))
-    assert sorted(_channels(body, "conv2")) == list(range(32)) and sorted(_channels(body, "dense")) == list(range(64))
+    assert sorted(_channels(body, "conv2")) == list(range(32))
+    assert sorted(_channels(body, "predictions")) == list(range(10))
+    # the trained model's output unit c is selective for digit c, as the page says
+    for c in range(10):
+        card = body[body.index(f'data-channel="{c}"', body.index("<h3>predictions ")):]
+        assert re.search(rf"best class {c} \(selectivity (0\.9\d|1\.00)\)", card[:card.index("</figure>")])
     assert "Showing all of 32 channels" in body
     # some channel ranks a 7 among its top 5: its file name is listed, escaped
     assert EVIL not in out.read_text(encoding="utf-8")

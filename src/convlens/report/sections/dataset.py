@@ -87,7 +87,6 @@ class DatasetLayer:
         rf_size, rf_jump: receptive field and jump, when known.
         dead, constant, nonfinite: channel counts over the dataset.
         atlas: the atlas PNG's path relative to the folder, if any.
-        second_row: the ranking in the mosaics' second row (``"bottom"`` or ``"negative"``), if known.
         channels_info: by channel, its ``index.json`` entry (mosaic, top, best_class, selectivity).
         stats: by channel, its ``channels.csv`` row (mean, std, min, max, zero_fraction, ...).
     """
@@ -103,7 +102,6 @@ class DatasetLayer:
     constant: int
     nonfinite: int
     atlas: str | None
-    second_row: str | None = None
     channels_info: dict[int, dict[str, Any]] = field(default_factory=dict)
     stats: dict[int, dict[str, str]] = field(default_factory=dict)
 
@@ -187,7 +185,6 @@ def read_dataset_folder(path: str | os.PathLike[str]) -> DatasetFolder:
             dead=int(entry.get("dead") or 0), constant=int(entry.get("constant") or 0),
             nonfinite=int(entry.get("nonfinite") or 0),
             atlas=str(entry["atlas"]) if entry.get("atlas") else None,
-            second_row=str(entry["second_row"]) if entry.get("second_row") else None,
             channels_info={int(c["channel"]): c for c in entry.get("channels_info") or []},
         ) for entry in index["layers"]]
         names = index.get("class_names")
@@ -401,7 +398,9 @@ def _same_model(recorded: str, lens: Lens) -> bool:
 
 
 def _summary(folder: DatasetFolder) -> str:
-    parts = [f"{folder.data}: {folder.images:,} images"]
+    parts = [folder.data]
+    if f"{folder.images:,} images" not in folder.data:  # the data's description may say it already
+        parts.append(f"{folder.images:,} images")
     if folder.failed:
         parts.append(f"{folder.failed:,} unreadable")
     parts.append(f"top {folder.k} per channel")
@@ -409,13 +408,11 @@ def _summary(folder: DatasetFolder) -> str:
         parts.append(f"prepared at {folder.input_size[0]}×{folder.input_size[1]} px")
     parts.append(f"{folder.engine} engine")
     parts.append(f"model {folder.model}")
-    if folder.class_names:
-        parts.append(count(len(folder.class_names), "class", "classes"))
     return " · ".join(parts)
 
 
 def _layer_meta(d: DatasetLayer, info: LayerInfo) -> str:
-    parts = [str(info.index), d.type or info.type, shape_text(info.output_shape, times=True)]
+    parts = [f"layer {info.index}", d.type or info.type, f"output {shape_text(info.output_shape, times=True)}"]
     if d.rf_size:
         parts.append(f"receptive field {pair_text(d.rf_size, times='×')}")
     return " · ".join(parts)
@@ -457,10 +454,7 @@ def _channel(ctx: ReportContext, folder: DatasetFolder, d: DatasetLayer, info: L
                           cls="cl-ds-mosaic")
     top = [t for t in entry.get("top") or [] if isinstance(t, dict)]
     row = d.stats.get(channel)
-    k = len(top) or folder.k
-    second = {"bottom": f", then the {k} with the lowest mean", "negative": f", then the {k} most negative"}
     return {"channel": channel, "maps": pictures, "liked": liked, "mosaic": mosaic,
-            "mosaic_caption": f"its top {k} in the dataset{second.get(d.second_row or '', '')}",
             "facts": _facts(folder, entry, row, top, peaks),
             "examples": [f"{t.get('name', '?')} · {number(_float(t.get('score')))}" for t in top],
             "flagged": row is not None and _true(row.get("dead")),
