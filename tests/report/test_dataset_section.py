@@ -173,6 +173,10 @@ def test_a_folder_that_is_not_a_dataset_output_is_one_line(tmp_path, capsys, fol
     (not_dataset / "index.json").write_text(json.dumps({"convlens": "maps"}))
     with pytest.raises(BadArgument, match="was not written by convlens dataset"):
         Lens("demo").report(convlens.DEMO_IMAGE, dataset=not_dataset)
+    with pytest.raises(BadArgument, match="pass it with --dataset DIR"):
+        Lens("demo").report(convlens.DEMO_IMAGE, sections=["dataset"])
+    with pytest.raises(BadArgument, match="unknown dataset option 'k'"):
+        Lens("demo").report(convlens.DEMO_IMAGE, dataset=folder, section_options={"dataset": {"k": 3}})
     assert main(["report", "demo", str(convlens.DEMO_IMAGE), "--dataset-channels", "3", "--out", str(out)]) == 2
     assert "add --dataset DIR" in capsys.readouterr().err
     for bad in ("0", "many"):
@@ -213,6 +217,28 @@ def test_all_channels_from_the_cli(folder, tmp_path, capsys):
     # some channel ranks a 7 among its top 5: its file name is listed, escaped
     assert EVIL not in out.read_text(encoding="utf-8")
     assert re.search(r"<li>7/&lt;img src=x onerror=alert\(1\)&gt;\d\.png · ", body)
+
+
+def test_pictures_stop_at_the_byte_budget(folder, monkeypatch):
+    from convlens.report.sections import dataset as section
+
+    mosaics = sorted((folder / "layers").glob("*conv2/c*.png"))
+    monkeypatch.setattr(section, "MAX_BYTES", sum(p.stat().st_size for p in mosaics) // 4)
+    body = _section(Lens("demo").report(convlens.DEMO_IMAGE, sections=["layers"], dataset=folder,
+                                        section_options={"dataset": {"channels": "all"}}).html)
+    shown = len(re.findall(r"dataset crops\" data-src=", body))
+    assert 0 < shown < len(mosaics) // 2  # a quarter of conv2's bytes: some mosaics, not all
+    assert "pictures from the dataset folder stop at" in body
+
+
+def test_feature_visualisations_sit_beside_the_crops(folder):
+    rep = Lens("demo").report(convlens.DEMO_IMAGE, sections=["visualize"], dataset=folder,
+                              section_options={"visualize": {"layer": "conv2", "channels": "all", "steps": 2},
+                                               "dataset": {"channels": 3}})
+    body = _section(rep.html)
+    for c in _channels(body, "conv2"):
+        assert f'alt="conv2 channel {c}: the image it likes most"' in body
+    assert "the image it likes most" not in body[body.index("<h3>predictions "):]
 
 
 # ---------------------------------------------------------------- in Chromium
