@@ -394,12 +394,12 @@ def run_local(runner: BatchRunner, *, batch_size: int = 32, checkpoint: Checkpoi
         part = started.result()
         consistent = False
         acc.merge(part)
-        consistent = True
-        progress.advance(len(started.batch.records))
         since += len(started.batch.records)
+        consistent = True
         if checkpoint is not None and since >= checkpoint_every:
             checkpoint.save(acc)
             since = 0
+        progress.advance(len(started.batch.records))
 
     # One folding thread: a batch's outputs are reduced while the model runs on the next batch
     # (numpy's reductions release the GIL, as the frameworks' kernels do).
