@@ -64,11 +64,6 @@ def digits(tmp_path_factory) -> Path:
 def folder(keras, digits, tmp_path_factory) -> Path:
     """``convlens dataset demo DIGITS --layers conv2,predictions --out OUT`` (the real command)."""
     out = tmp_path_factory.mktemp("ds") / "out"
-    import os, sys  # TEMPORARY until dsengine/dsio land
-    if os.environ.get("DSREPORT_FAKE"):
-        sys.path.insert(0, "/tmp/dsr"); import fake2; fake2.make(out, digits); return out
-    if os.environ.get("DSREPORT_API"):
-        Lens("demo").dataset(digits, "conv2,predictions", k=5, out=out); return out
     code = main(["dataset", "demo", str(digits), "--layers", "conv2,predictions", "--k", "5", "--out", str(out)])
     assert code == 0
     return out
