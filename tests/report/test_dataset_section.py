@@ -81,6 +81,10 @@ def test_the_section_shows_the_most_active_channels_with_their_crops_and_statist
     rep, _ = page
     assert rep.sections == ["maps", "stats", "dataset"]
     body = _section(rep.html)
+    # one dataset image read again gives the folder's scores: the same weights
+    assert re.search(r"Checked: [^<]+, read again and run through this model, gives the scores the folder "
+                     r"recorded \(\d+ channels\)", body)
+    assert "cl-ds-warning" not in body
     index = json.loads((folder / "index.json").read_text())
     layers = {entry["name"]: entry for entry in index["layers"]}
     maps = Lens("demo").feature_maps(convlens.DEMO_IMAGE, "conv2,predictions").arrays
@@ -116,8 +120,9 @@ def test_the_maps_come_from_the_reports_one_pass(folder):
 
     lens.adapter.run = counted  # type: ignore[method-assign]
     rep = lens.report([convlens.DEMO_IMAGE, convlens.DEMO_IMAGE], "conv1", sections=["stats"], dataset=folder)
-    # one run per image, computing the report's layer and the folder's two together
-    assert calls == [[1, 3, 10], [1, 3, 10]]
+    # one run per image, computing the report's layer and the folder's two together; then one
+    # dataset image, read again, through the folder's layers (the check that the weights are the same)
+    assert calls == [[1, 3, 10], [1, 3, 10], [3, 10]]
     assert list(rep.stats) == ["conv1"]  # the other sections never saw the folder's layers
     assert "the 2 report images" in _section(rep.html)
 
@@ -147,12 +152,27 @@ def test_a_folder_made_with_another_model_and_a_missing_layer_are_said(keras, fo
     body = _section(Lens(other).report(image, sections=["layers"], dataset=folder).html)
     assert "This folder was made with the model demo" in body and "not other" in body
     assert "Layer predictions of the dataset folder is not shown: not a layer of this model." in body
+    assert "The folder&#39;s scores do not match this model" in body
     assert _channels(body, "conv2") and "predictions" not in re.findall(r"<h3>(\w+) ", body)
     # the same name with another channel count is another layer
     narrow = keras.Sequential([keras.Input((28, 28, 1)), L.Conv2D(8, 3, name="conv2")], name="narrow")
     body = _section(Lens(narrow).report(image, sections=["layers"], dataset=folder).html)
     assert "Layer conv2 of the dataset folder is not shown: 32 channels in the dataset, 8 in this model" in body
     assert "None of the folder&#39;s layers is in narrow" in body and 'class="cl-ds-channel' not in body
+
+
+def test_the_same_model_with_other_weights_is_caught_by_its_scores(keras, folder):
+    demo = keras.models.load_model(convlens.DEMO_MODEL)
+    retrained = keras.models.clone_model(demo)  # the same name and layers...
+    retrained.set_weights([w * 0.5 for w in demo.get_weights()])  # ...other weights
+    lens = Lens(retrained)
+    assert lens.name == "demo_cnn"
+    body = _section(lens.report(convlens.DEMO_IMAGE, sections=["layers"], dataset=folder).html)
+    assert "made with the model" not in body  # the name matches...
+    warning = re.search(r'<p class="cl-ds-warning">The folder&#39;s scores do not match this model: '
+                        r"[^<]+ scores ([-\d.e]+) on channel \d+ of (conv2|predictions) in the folder and "
+                        r"([-\d.e]+) here\.", body)
+    assert warning and float(warning.group(1)) != float(warning.group(3))  # ...the scores do not
 
 
 def test_a_folder_that_is_not_a_dataset_output_is_one_line(tmp_path, capsys, folder):

@@ -42,10 +42,11 @@ from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
-from ..._errors import BadArgument
+from ..._errors import BadArgument, ConvlensError
 from ...core.layers import LayerInfo
 from ...core.normalize import normalize_channels
 from ...core.text import count, number, pair_text, percent, shape_text, sort_key
+from ...images import load_image, prepare
 from ...render.colormap import apply_lut
 from ...render.colormap import lut as colormap_lut
 from ...render.grid import downsample
@@ -112,6 +113,7 @@ class DatasetFolder:
 
     Attributes:
         root: the folder.
+        data_root: where the data were read from (``index.json``'s ``root``), if recorded.
         model: the model the folder was made with (``index.json``'s ``model``).
         data: the data it was made from, in words.
         kind: ``"folder"``, ``"glob"``, ``"list"`` or ``"parquet"``.
@@ -128,6 +130,7 @@ class DatasetFolder:
     """
 
     root: Path
+    data_root: str | None
     model: str
     data: str
     kind: str
@@ -189,7 +192,8 @@ def read_dataset_folder(path: str | os.PathLike[str]) -> DatasetFolder:
         ) for entry in index["layers"]]
         names = index.get("class_names")
         folder = DatasetFolder(
-            root=root, model=str(index.get("model") or "?"), data=str(index.get("data") or "?"),
+            root=root, data_root=str(index["root"]) if index.get("root") else None,
+            model=str(index.get("model") or "?"), data=str(index.get("data") or "?"),
             kind=str(index.get("kind") or "?"), images=int(index.get("images") or 0),
             failed=len(index.get("failed") or []), k=int(index.get("k") or 0),
             engine=str(index.get("engine") or "?"), input_size=_pair(index.get("input_size")),
@@ -359,10 +363,14 @@ def dataset_section(ctx: ReportContext) -> Markup:
             how += "; --dataset-channels N|all shows more"
         layers.append({"name": d.name, "meta": _layer_meta(d, info), "how": how, "channels": channels,
                        "atlas": atlas})
+    checked = _check_scores(ctx, maps)
+    if checked.startswith("!"):
+        warnings.insert(0, checked[1:])
+        checked = ""
     if budget[0] <= 0:
         warnings.append(f"pictures from the dataset folder stop at {MAX_BYTES / 1e6:.0f} MB to keep the page "
                         "small; show fewer channels (--dataset-channels) to see them all")
-    return render("sections/dataset.html", summary=_summary(folder), warnings=warnings,
+    return render("sections/dataset.html", summary=_summary(folder), warnings=warnings, checked=checked,
                   notes=folder.notes, layers=layers, health=_health(folder, maps),
                   images=names, cmap=ctx.options.cmap, stats_note="" if folder.has_stats else
                   "channels.csv is missing from the folder: no per-channel statistics.")
@@ -387,6 +395,62 @@ def _warnings(ctx: ReportContext, maps: DatasetMaps) -> list[str]:
     if not maps.matched:
         out.append(f"None of the folder's layers is in {ctx.lens.name}: nothing to show beside the images.")
     return out
+
+
+def _check_scores(ctx: ReportContext, maps: DatasetMaps) -> str:
+    """Run one dataset image again and compare its scores with the folder's; ``"!..."`` when they differ.
+
+    A model's name does not say which weights it had (random weights differ
+    on every run): the strongest example of the first shown channel is read
+    from the data again, prepared as the dataset command prepares it, and run
+    once; wherever the folder lists that image among a channel's top examples,
+    the score must be the same (to 1e-3, for batch and backend rounding).
+    Costs one forward pass of one image; skipped (and said) when the data are
+    not where the folder says.
+    """
+    folder = maps.folder
+    first = next((maps.matched[d.name] for d in folder.layers if d.name in maps.matched), None)
+    if first is None or folder.input_size is None or folder.kind == "parquet" or not folder.data_root:
+        return ""
+    by_name = {d.name: d for d in folder.layers}
+    channel = int(maps.ranking(first)[0])
+    top = by_name[first.name].channels_info.get(channel, {}).get("top") or []
+    if not top or not isinstance(top[0], dict) or "id" not in top[0]:
+        return ""
+    image_id, name = top[0]["id"], str(top[0].get("name", ""))
+    path = Path(folder.data_root) / name
+    if not path.is_file():
+        return f"The folder's scores were not checked against this model: {name} is not in {folder.data_root}."
+    try:
+        channels = ctx.lens.adapter.input_shape[2]
+        x, _ = prepare(load_image(path), size=folder.input_size, channels=int(channels) if channels else 3,
+                       preprocess=ctx.preprocess)
+        got: dict[int, np.ndarray] = {}
+        layers = list(maps.matched.values())
+        ctx.lens.adapter.run(x[None], [i.index for i in layers], got.__setitem__)
+    except ConvlensError as e:
+        return f"The folder's scores were not checked against this model: {name}: {e}"
+    compared = 0
+    for info in layers:
+        if info.index not in got:
+            continue
+        a = np.asarray(got[info.index][0], np.float64)
+        peaks = (a.reshape(-1, a.shape[-1]) if a.ndim > 1 else a.reshape(1, -1)).max(axis=0)
+        for c, entry in by_name[info.name].channels_info.items():
+            for t in entry.get("top") or []:
+                recorded = _float(t.get("score")) if isinstance(t, dict) and t.get("id") == image_id else None
+                if recorded is None or not 0 <= c < peaks.size:
+                    continue
+                compared += 1
+                if not math.isclose(float(peaks[c]), recorded, rel_tol=1e-3, abs_tol=1e-5):
+                    return (f"!The folder's scores do not match this model: {name} scores {number(recorded)} "
+                            f"on channel {c} of {info.name} in the folder and {number(float(peaks[c]))} here. "
+                            "The folder was made with other weights or other preprocessing (random weights, "
+                            "--weights none, differ on every run): its crops do not describe these channels.")
+    if not compared:
+        return ""
+    return (f"Checked: {name}, read again and run through this model, gives the scores the folder recorded "
+            f"({count(compared, 'channel', 'channels')}).")
 
 
 def _same_model(recorded: str, lens: Lens) -> bool:
