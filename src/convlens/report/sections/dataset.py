@@ -20,8 +20,12 @@ table: every layer ranked by dead channels.
 The maps come from the report's one forward pass: the section's consumer
 (:class:`DatasetMaps`) asks the pass for the folder's layers, even those
 outside the report's ``--layers`` selection. A folder made with another model
-or a layer the model lacks is said on the page; a folder that is not a
-dataset output is a :class:`~convlens.BadArgument` before any work.
+(``index.json``'s ``model``) or a layer the model lacks (or has with another
+channel count) is said on the page; a folder that is not a dataset output is
+a :class:`~convlens.BadArgument` before any work. A name does not tell
+weights apart (random weights differ on every run), so one dataset image is
+read again and run once more: its scores must be the ones the folder recorded
+(:func:`_check_scores`; the page says which, and warns when they differ).
 
 The folder is a user's file: every name in it is escaped, mosaic paths must
 stay inside the folder and be PNG files, and inlined pictures stop at
