@@ -376,7 +376,7 @@ def dataset_section(ctx: ReportContext) -> Markup:
                         "small; show fewer channels (--dataset-channels) to see them all")
     return render("sections/dataset.html", summary=_summary(folder), warnings=warnings, checked=checked,
                   notes=folder.notes, layers=layers, health=_health(folder, maps),
-                  images=names, cmap=ctx.options.cmap, stats_note="" if folder.has_stats else
+                  images=names, more=max(len(ctx.images) - len(names), 0), cmap=ctx.options.cmap, stats_note="" if folder.has_stats else
                   "channels.csv is missing from the folder: no per-channel statistics.")
 
 
