@@ -266,3 +266,24 @@ def test_bytes_obey_the_pixel_limit_like_files() -> None:
     with pytest.raises(BadImage, match="more than the limit of 20"):
         load_image_bytes(_png(1, size=(6, 5)), name="x", max_pixels=20)
     assert load_image_bytes(_png(1, size=(6, 5), mode="RGB"), name="x").pixels.shape == (5, 6, 3)
+
+
+def test_streaming_batches_reads_each_row_group_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _hf_parquet(tmp_path / "t.parquet", list(range(0, 200, 10)), [0] * 20, ["x"], row_group_size=8)
+    source = open_source(tmp_path / "t.parquet")
+    groups: list[int] = []
+    real = pq.ParquetFile.read_row_group
+
+    def counting(self: pq.ParquetFile, i: int, *args: object, **kwargs: object) -> pa.Table:
+        groups.append(i)
+        return real(self, i, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(pq.ParquetFile, "read_row_group", counting)
+    values = []
+    for start in range(0, 20, 3):  # batches of 3 across row groups of 8
+        values += [_value(i) for i in read_batch(source, source.records[start:start + 3])]  # type: ignore[arg-type]
+    assert values == [float(v) for v in range(0, 200, 10)]
+    assert groups == [0, 1, 2]
+    # A file replaced meanwhile is read again, not served from the cache.
+    _hf_parquet(tmp_path / "t.parquet", list(range(5, 215, 10)), [0] * 21, ["x"], row_group_size=8)
+    assert _value(read_batch(source, source.records[:1])[0]) == 5.0  # type: ignore[arg-type]

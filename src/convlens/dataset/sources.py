@@ -42,6 +42,7 @@ from __future__ import annotations
 import glob as globlib
 import json
 import os
+import threading
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -597,16 +598,12 @@ def _read_file(record: Record, max_pixels: int | None) -> Image | BadImage:
 
 def _read_parquet_rows(source: Source, path: str, records: Sequence[Record], positions: Sequence[int],
                        out: list[Image | BadImage | None], max_pixels: int | None) -> None:
-    import pyarrow.parquet as pq
 
     column = source.image_column
     try:
-        pf = pq.ParquetFile(path)
-        if column is None or column not in pf.schema_arrow.names:
-            raise BadImage(f"{path} has no image column {column!r} any more; open the data again")
-        starts = [0]
-        for group in range(pf.num_row_groups):
-            starts.append(starts[-1] + pf.metadata.row_group(group).num_rows)
+        if column is None:
+            raise BadImage(f"{path}: the source names no image column; open the data again")
+        pf, starts = _parquet_footer(path, column)
     except BadImage as e:
         for i in positions:
             out[i] = e
@@ -627,7 +624,7 @@ def _read_parquet_rows(source: Source, path: str, records: Sequence[Record], pos
         wanted.setdefault(group, []).append((i, record))
     for group in sorted(wanted):  # one row group in memory at a time
         try:
-            cells = pf.read_row_group(group, columns=[column]).column(0)
+            cells = _row_group(pf, path, group, column)
         except Exception as e:
             bad = BadImage(f"cannot read row group {group} of {path} ({type(e).__name__}: {e}); "
                            "check the file")
@@ -638,6 +635,50 @@ def _read_parquet_rows(source: Source, path: str, records: Sequence[Record], pos
             out[i] = _decode_cell(cells[record.row - starts[group]].as_py(), record, path,
                                   max_pixels)
         del cells
+
+
+# Each thread keeps the footer of the last parquet file it read and its last row group's image
+# column: batches walk a file in order, so a row group of 1,000 rows read in batches of 32 is
+# read once, not 32 times. Memory: one row group per reading thread. Keys carry the file's size
+# and modification time, so a file replaced meanwhile is read again.
+_LAST = threading.local()
+
+
+def _file_key(path: str) -> tuple[str, int, int]:
+    st = os.stat(path)
+    return path, st.st_mtime_ns, st.st_size
+
+
+def _parquet_footer(path: str, column: str) -> tuple[Any, list[int]]:
+    """The open file and the first row of each row group (plus the total), cached per thread."""
+    import pyarrow.parquet as pq
+
+    key = _file_key(path)
+    cached = getattr(_LAST, "footer", None)
+    if cached is not None and cached[0] == key:
+        pf, starts = cached[1], cached[2]
+    else:
+        _LAST.footer = _LAST.group = None
+        pf = pq.ParquetFile(path)
+        starts = [0]
+        for group in range(pf.num_row_groups):
+            starts.append(starts[-1] + pf.metadata.row_group(group).num_rows)
+        _LAST.footer = (key, pf, starts)
+    if column not in pf.schema_arrow.names:
+        raise BadImage(f"{path} has no image column {column!r} any more; open the data again")
+    return pf, starts
+
+
+def _row_group(pf: Any, path: str, group: int, column: str) -> Any:
+    """One row group's image column (a pyarrow array), cached per thread (see :data:`_LAST`)."""
+    key = (_file_key(path), group, column)
+    cached = getattr(_LAST, "group", None)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    _LAST.group = None  # drop the previous group before reading the next: one in memory
+    cells = pf.read_row_group(group, columns=[column]).column(0)
+    _LAST.group = (key, cells)
+    return cells
 
 
 def _group_of(starts: Sequence[int], row: int) -> int:
