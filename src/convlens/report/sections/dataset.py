@@ -70,7 +70,7 @@ REPORT_CHANNELS = 16
 #: Report images whose maps are shown beside the crops.
 MAX_IMAGES = 4
 #: Pictures read from the folder stop here (base64 adds a third on the page).
-MAX_BYTES = 40_000_000
+MAX_BYTES = 30_000_000
 #: A single mosaic or atlas larger than this is not inlined.
 MAX_PICTURE = 8_000_000
 #: The options the section reads from ``ctx.section_options["dataset"]``.
