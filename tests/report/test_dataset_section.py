@@ -211,10 +211,13 @@ def test_mosaic_paths_must_stay_inside_the_folder(folder, tmp_path):
     for entry in index["layers"]:
         for info in entry["channels_info"]:
             info["mosaic"] = "../secret.png"
+    index["root"] = str(tmp_path / "moved")  # the data are gone: the scores cannot be checked
     (crafted / "index.json").write_text(json.dumps(index))
     body = _section(Lens("demo").report(convlens.DEMO_IMAGE, sections=["layers"], dataset=crafted).html)
     assert "its top 5 dataset crops" not in body and "no crops in the folder for this channel" in body
     assert "channels.csv is missing from the folder" in body
+    assert re.search(r"The folder&#39;s scores were not checked against this model: [^<]+ is not in "
+                     r"[^<]+moved\.", body)
 
 
 def test_all_channels_from_the_cli(folder, tmp_path, capsys):
@@ -243,7 +246,7 @@ def test_pictures_stop_at_the_byte_budget(folder, monkeypatch):
                                         section_options={"dataset": {"channels": "all"}}).html)
     shown = len(re.findall(r"dataset crops\" data-src=", body))
     assert 0 < shown < len(mosaics) // 2  # a quarter of conv2's bytes: some mosaics, not all
-    assert "pictures from the dataset folder stop at" in body
+    assert "Pictures from the dataset folder stop at" in body
 
 
 def test_feature_visualisations_sit_beside_the_crops(folder):

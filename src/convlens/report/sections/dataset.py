@@ -367,17 +367,17 @@ def dataset_section(ctx: ReportContext) -> Markup:
             how += "; --dataset-channels N|all shows more"
         layers.append({"name": d.name, "meta": _layer_meta(d, info), "how": how, "channels": channels,
                        "atlas": atlas})
-    checked = _check_scores(ctx, maps)
-    if checked.startswith("!"):
-        warnings.insert(0, checked[1:])
-        checked = ""
+    checked, differs = _check_scores(ctx, maps)
+    if differs:
+        warnings.insert(0, checked)
     if budget[0] <= 0:
-        warnings.append(f"pictures from the dataset folder stop at {MAX_BYTES / 1e6:.0f} MB to keep the page "
-                        "small; show fewer channels (--dataset-channels) to see them all")
-    return render("sections/dataset.html", summary=_summary(folder), warnings=warnings, checked=checked,
-                  notes=folder.notes, layers=layers, health=_health(folder, maps),
-                  images=names, more=max(len(ctx.images) - len(names), 0), cmap=ctx.options.cmap, stats_note="" if folder.has_stats else
-                  "channels.csv is missing from the folder: no per-channel statistics.")
+        warnings.append(f"Pictures from the dataset folder stop at {MAX_BYTES / 1e6:.0f} MB to keep the page "
+                        "small: the last channels show no crops; a smaller --dataset-channels shows them all.")
+    stats_note = "" if folder.has_stats else "channels.csv is missing from the folder: no per-channel statistics."
+    return render("sections/dataset.html", summary=_summary(folder), warnings=warnings,
+                  checked="" if differs else checked, notes=folder.notes, layers=layers,
+                  health=_health(folder, maps), images=names, more=max(len(ctx.images) - len(names), 0),
+                  cmap=ctx.options.cmap, stats_note=stats_note)
 
 
 def _spend(budget: list[int], n: int) -> bool:
@@ -401,8 +401,8 @@ def _warnings(ctx: ReportContext, maps: DatasetMaps) -> list[str]:
     return out
 
 
-def _check_scores(ctx: ReportContext, maps: DatasetMaps) -> str:
-    """Run one dataset image again and compare its scores with the folder's; ``"!..."`` when they differ.
+def _check_scores(ctx: ReportContext, maps: DatasetMaps) -> tuple[str, bool]:
+    """Run one dataset image again and compare its scores with the folder's: ``(what the page says, differ)``.
 
     A model's name does not say which weights it had (random weights differ
     on every run): the strongest example of the first shown channel is read
@@ -415,16 +415,17 @@ def _check_scores(ctx: ReportContext, maps: DatasetMaps) -> str:
     folder = maps.folder
     first = next((maps.matched[d.name] for d in folder.layers if d.name in maps.matched), None)
     if first is None or folder.input_size is None or folder.kind == "parquet" or not folder.data_root:
-        return ""
+        return "", False
     by_name = {d.name: d for d in folder.layers}
     channel = int(maps.ranking(first)[0])
     top = by_name[first.name].channels_info.get(channel, {}).get("top") or []
     if not top or not isinstance(top[0], dict) or "id" not in top[0]:
-        return ""
+        return "", False
     image_id, name = top[0]["id"], str(top[0].get("name", ""))
-    path = Path(folder.data_root) / name
-    if not path.is_file():
-        return f"The folder's scores were not checked against this model: {name} is not in {folder.data_root}."
+    base = Path(folder.data_root).resolve()
+    path = (base / name).resolve()
+    if base not in path.parents or not path.is_file():  # only the data's own files are read
+        return f"The folder's scores were not checked against this model: {name} is not in {folder.data_root}.", False
     try:
         channels = ctx.lens.adapter.input_shape[2]
         x, _ = prepare(load_image(path), size=folder.input_size, channels=int(channels) if channels else 3,
@@ -433,7 +434,7 @@ def _check_scores(ctx: ReportContext, maps: DatasetMaps) -> str:
         layers = list(maps.matched.values())
         ctx.lens.adapter.run(x[None], [i.index for i in layers], got.__setitem__)
     except ConvlensError as e:
-        return f"The folder's scores were not checked against this model: {name}: {e}"
+        return f"The folder's scores were not checked against this model: {name}: {e}", False
     compared = 0
     for info in layers:
         if info.index not in got:
@@ -447,14 +448,14 @@ def _check_scores(ctx: ReportContext, maps: DatasetMaps) -> str:
                     continue
                 compared += 1
                 if not math.isclose(float(peaks[c]), recorded, rel_tol=1e-3, abs_tol=1e-5):
-                    return (f"!The folder's scores do not match this model: {name} scores {number(recorded)} "
+                    return (f"The folder's scores do not match this model: {name} scores {number(recorded)} "
                             f"on channel {c} of {info.name} in the folder and {number(float(peaks[c]))} here. "
                             "The folder was made with other weights or other preprocessing (random weights, "
-                            "--weights none, differ on every run): its crops do not describe these channels.")
+                            "--weights none, differ on every run): its crops do not describe these channels."), True
     if not compared:
-        return ""
+        return "", False
     return (f"Checked: {name}, read again and run through this model, gives the scores the folder recorded "
-            f"({count(compared, 'channel', 'channels')}).")
+            f"({count(compared, 'channel', 'channels')})."), False
 
 
 def _same_model(recorded: str, lens: Lens) -> bool:
