@@ -31,7 +31,9 @@ Kinds of DATA:
   with a column of encoded image bytes: ``binary``/``large_binary`` (Ray
   Data's ``read_binary_files`` layout) or ``struct{bytes, path}`` (Hugging
   Face ``datasets``' ``Image`` feature; a row whose bytes are null is read
-  from its path). Labels come from a ``ClassLabel`` column named in the
+  from its path), or else of decoded pixel arrays as Ray Data writes them
+  (``read_images(...).write_parquet(...)``: its tensor extension types, and
+  Arrow's ``fixed_shape_tensor``; see :func:`_tensor_layout`). Labels come from a ``ClassLabel`` column named in the
   ``huggingface`` schema metadata (with its class names), or else an integer
   or string column named ``label``, ``labels``, ``class``, ``target`` or
   ``y``. Parquet is read by row group, never a whole file at once.
@@ -308,8 +310,14 @@ def _open_glob(path: Path, shown: str) -> Source:
     images = [m.resolve() for m in files if _is_image_name(m.name)]
     if not images:
         others = len(files)
-        what = (f"matches {others:,} file{'s' if others != 1 else ''} but no image"
-                if others else "matches nothing")
+        folders = sum(1 for m in matches if m.is_dir())
+        if others:
+            what = f"matches {others:,} file{'s' if others != 1 else ''} but no image"
+        elif folders:
+            what = (f"matches {folders:,} folder{'s' if folders != 1 else ''} but no image file (to look "
+                    f"inside folders, end the pattern with '**/*', or give the folder itself)")
+        else:
+            what = "matches nothing"
         raise BadArgument(f"the pattern {shown} {what}; check it (quote it so the shell does not "
                           f"expand it), the image extensions read are {_extensions()}")
     root = _glob_root(pattern).resolve()
@@ -400,15 +408,65 @@ def _describe_columns(schema: Any) -> str:
     return ", ".join(f"{f.name}: {f.type}" for f in schema) or "none"
 
 
+_RAY_FIXED = ("ray.data.arrow_tensor", "ray.data.arrow_tensor_v2")
+_RAY_VARIABLE = "ray.data.arrow_variable_shaped_tensor"
+
+
+def _tensor_layout(field: Any) -> tuple[str, tuple[int, ...] | None] | None:
+    """``("fixed", shape)`` or ``("variable", None)`` for a column of decoded pixel arrays, else None.
+
+    Ray Data writes arrays (``read_images`` then ``write_parquet``) as its own extension types:
+    ``ray.data.arrow_tensor[_v2]`` (a list of values, the shape as JSON in the extension
+    metadata) and ``ray.data.arrow_variable_shaped_tensor`` (``struct{data, shape}``); pyarrow's
+    canonical ``arrow.fixed_shape_tensor`` is read too. Without Ray imported, pyarrow reads them as
+    their storage with the extension in the field's metadata; with Ray imported (its engine), as
+    extension types. Shapes pickled by Ray 2.49-2.54 are never unpickled: such a column is not read.
+    """
+    import pyarrow as pa
+
+    t = field.type
+    meta = field.metadata or {}
+    if isinstance(t, pa.FixedShapeTensorType):
+        if t.permutation is not None and list(t.permutation) != sorted(t.permutation):
+            return None
+        return "fixed", tuple(int(v) for v in t.shape)
+    if isinstance(t, pa.ExtensionType):
+        name = t.extension_name
+        storage = t.storage_type
+        try:
+            raw: bytes | None = t.__arrow_ext_serialize__()
+        except Exception:  # an extension that cannot say its parameters
+            raw = None
+    else:
+        name = (meta.get(b"ARROW:extension:name") or b"").decode("utf-8", "replace")
+        storage = t
+        raw = meta.get(b"ARROW:extension:metadata")
+    if name in _RAY_FIXED and (pa.types.is_list(storage) or pa.types.is_large_list(storage)):
+        try:
+            shape = json.loads(raw or b"")
+        except ValueError:
+            return None
+        if isinstance(shape, list) and shape and all(isinstance(v, int) and v > 0 for v in shape):
+            return "fixed", tuple(shape)
+        return None
+    if name == _RAY_VARIABLE and pa.types.is_struct(storage) \
+            and storage.get_field_index("data") >= 0 and storage.get_field_index("shape") >= 0:
+        return "variable", None
+    return None
+
+
 def _find_columns(schema: Any, shown: str) -> _Columns:
     import pyarrow as pa
 
     features = _hf_features(schema)
     names = list(schema.names)
 
-    def usable(name: str) -> bool:
+    def encoded(name: str) -> bool:
         t = schema.field(name).type
         return _is_binary(pa, t) or _struct_with_bytes(pa, t)
+
+    def usable(name: str) -> bool:
+        return encoded(name) or _tensor_layout(schema.field(name)) is not None
 
     image: str | None = None
     for name, feature in features.items():
@@ -417,7 +475,8 @@ def _find_columns(schema: Any, shown: str) -> _Columns:
             image = name
             break
     if image is None:
-        candidates = [n for n in names if usable(n)]
+        # Encoded bytes before decoded arrays: they are what the files were.
+        candidates = [n for n in names if encoded(n)] + [n for n in names if not encoded(n) and usable(n)]
         preferred = [n for n in candidates if n.lower() in _IMAGE_COLUMN_NAMES]
         if preferred:
             image = sorted(preferred, key=lambda n: _IMAGE_COLUMN_NAMES.index(n.lower()))[0]
@@ -426,8 +485,8 @@ def _find_columns(schema: Any, shown: str) -> _Columns:
     if image is None:
         raise BadArgument(
             f"{shown} has no image column (its columns: {_describe_columns(schema)}); the dataset "
-            "view needs a column of encoded image bytes: binary, or struct{bytes, path} as "
-            "Hugging Face datasets write (decoded pixel arrays are not read)"
+            "view needs a column of encoded image bytes (binary, or struct{bytes, path} as "
+            "Hugging Face datasets write) or of pixel arrays as Ray Data writes them"
         )
 
     label: str | None = None
@@ -603,7 +662,7 @@ def _read_parquet_rows(source: Source, path: str, records: Sequence[Record], pos
     try:
         if column is None:
             raise BadImage(f"{path}: the source names no image column; open the data again")
-        pf, starts = _parquet_footer(path, column)
+        pf, starts, layout = _parquet_footer(path, column)
     except BadImage as e:
         for i in positions:
             out[i] = e
@@ -632,8 +691,11 @@ def _read_parquet_rows(source: Source, path: str, records: Sequence[Record], pos
                 out[i] = bad
             continue
         for i, record in wanted[group]:
-            out[i] = _decode_cell(cells[record.row - starts[group]].as_py(), record, path,
-                                  max_pixels)
+            at = record.row - starts[group]
+            if layout is not None:
+                out[i] = _decode_tensor(cells, at, layout, record, max_pixels)
+            else:
+                out[i] = _decode_cell(cells[at].as_py(), record, path, max_pixels)
         del cells
 
 
@@ -649,8 +711,9 @@ def _file_key(path: str) -> tuple[str, int, int]:
     return path, st.st_mtime_ns, st.st_size
 
 
-def _parquet_footer(path: str, column: str) -> tuple[Any, list[int]]:
-    """The open file and the first row of each row group (plus the total), cached per thread."""
+def _parquet_footer(path: str, column: str) -> tuple[Any, list[int], tuple[str, tuple[int, ...] | None] | None]:
+    """The open file, the first row of each row group (plus the total) and the column's tensor
+    layout (None: encoded bytes), cached per thread."""
     import pyarrow.parquet as pq
 
     key = _file_key(path)
@@ -664,9 +727,10 @@ def _parquet_footer(path: str, column: str) -> tuple[Any, list[int]]:
         for group in range(pf.num_row_groups):
             starts.append(starts[-1] + pf.metadata.row_group(group).num_rows)
         _LAST.footer = (key, pf, starts)
-    if column not in pf.schema_arrow.names:
+    schema = pf.schema_arrow
+    if column not in schema.names:
         raise BadImage(f"{path} has no image column {column!r} any more; open the data again")
-    return pf, starts
+    return pf, starts, _tensor_layout(schema.field(column))
 
 
 def _row_group(pf: Any, path: str, group: int, column: str) -> Any:
@@ -676,7 +740,7 @@ def _row_group(pf: Any, path: str, group: int, column: str) -> Any:
     if cached is not None and cached[0] == key:
         return cached[1]
     _LAST.group = None  # drop the previous group before reading the next: one in memory
-    cells = pf.read_row_group(group, columns=[column]).column(0)
+    cells = pf.read_row_group(group, columns=[column]).column(0).combine_chunks()
     _LAST.group = (key, cells)
     return cells
 
@@ -687,6 +751,31 @@ def _group_of(starts: Sequence[int], row: int) -> int:
     if row < 0 or row >= starts[-1]:
         return -1
     return bisect.bisect_right(starts, row) - 1
+
+
+def _decode_tensor(cells: Any, at: int, layout: tuple[str, tuple[int, ...] | None], record: Record,
+                   max_pixels: int | None) -> Image | BadImage:
+    """One decoded pixel array of a tensor column, through the array rules of ``load_image``."""
+    import numpy as np
+    import pyarrow as pa
+
+    try:
+        if not cells.is_valid().to_numpy(zero_copy_only=False)[at]:
+            raise BadImage(f"{record.name} has no image (a null cell); drop the row or fill it")
+        storage = cells.storage if isinstance(cells, pa.ExtensionArray) else cells
+        kind, shape = layout
+        if kind == "variable":
+            values = storage.field("data")[at].values.to_numpy(zero_copy_only=False)
+            shape = tuple(int(v) for v in storage.field("shape")[at].as_py())
+        else:
+            values = storage[at].values.to_numpy(zero_copy_only=False)
+        assert shape is not None  # fixed layouts carry theirs
+        if int(np.prod(shape)) != values.size:
+            raise BadImage(f"{record.name} holds {values.size:,} values, not the {shape} its column "
+                           "says; write the data set again")
+        return load_image(values.reshape(shape), name=record.name, max_pixels=max_pixels)
+    except BadImage as e:
+        return e
 
 
 def _decode_cell(value: Any, record: Record, path: str, max_pixels: int | None) -> Image | BadImage:
