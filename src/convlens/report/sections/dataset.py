@@ -460,10 +460,8 @@ def _check_scores(ctx: ReportContext, maps: DatasetMaps) -> tuple[str, bool]:
 
 def _same_model(recorded: str, lens: Lens) -> bool:
     """Whether the folder's ``model`` names this lens's model (its name, or a file or spec named so)."""
-    if recorded == lens.name:
-        return True
     stem = Path(recorded.split(":")[-1]).stem
-    return stem == lens.name or lens.name.startswith(f"{recorded}_") or stem == Path(lens.name).stem
+    return lens.name in (recorded, stem)
 
 
 def _summary(folder: DatasetFolder) -> str:
