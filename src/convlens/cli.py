@@ -245,6 +245,10 @@ def build_parser() -> argparse.ArgumentParser:
                                                                     "(default the first 16)")
     p.add_argument("--visualize-steps", type=int, metavar="N", help="visualize section: optimisation steps "
                                                                     "(default 128)")
+    p.add_argument("--dataset", metavar="DIR", help="add the dataset examples section: each channel's map "
+                                                    "beside its top crops from DIR, a convlens dataset output")
+    p.add_argument("--dataset-channels", metavar="N|all", help="dataset section: channels per layer, the "
+                                                               "most active for the images first (default 16)")
     _model_options(p)
     _image_options(p)
     from .report import REPORT_TILE_SIZE
@@ -398,10 +402,14 @@ def _cmd_report(lens: Any, args: argparse.Namespace, stdout: TextIO) -> None:
     if vis and "visualize" not in (sections or []):
         raise BadArgument("--visualize-layer, --visualize-channels and --visualize-steps set up the "
                           "visualize section: add it with --sections ...,visualize")
-    options = {key: value for key, value in (("heatmaps", heatmap), ("visualize", vis)) if value}
+    data = {"channels": args.dataset_channels} if args.dataset_channels is not None else {}
+    if data and args.dataset is None:
+        raise BadArgument("--dataset-channels sets up the dataset section: add --dataset DIR")
+    options = {key: value for key, value in (("heatmaps", heatmap), ("visualize", vis), ("dataset", data))
+               if value}
     report = lens.report(args.images, args.layers, labels=args.labels, out=args.out, size=args.size,
                          preprocess=args.preprocess, sections=sections, progress=BarProgress(),
-                         section_options=options or None, **_render_kwargs(args))
+                         section_options=options or None, dataset=args.dataset, **_render_kwargs(args))
     for note in report.notes:
         stdout.write(f"note: {note}\n")
     stats = list(report.stats.values())

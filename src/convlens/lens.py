@@ -473,7 +473,8 @@ class Lens:
                labels: str | os.PathLike[str] | Sequence[str] | None = None,
                out: str | os.PathLike[str] | None = None, size: Any = None, preprocess: str | None = None,
                sections: Sequence[str] | None = None, progress: Progress | None = None,
-               section_options: Mapping[str, Any] | None = None, **options: Any) -> Report:
+               section_options: Mapping[str, Any] | None = None,
+               dataset: str | os.PathLike[str] | None = None, **options: Any) -> Report:
         """A self-contained HTML report: layers, inputs, predictions, maps, channel health, filters.
 
         One forward pass per image feeds both the feature-map grids and the
@@ -488,6 +489,8 @@ class Lens:
             section_options: per section key, that section's own options (e.g.
                 ``{"heatmaps": {...}}``), handed to its builder as
                 ``ctx.section_options[key]``.
+            dataset: a folder written by ``convlens dataset`` (:meth:`dataset`): adds the
+                "Dataset examples" section, each channel's map beside its dataset crops.
             **options: drawing options (norm, cmap, max_channels, tile_size, ...).
 
         Returns:
@@ -501,7 +504,7 @@ class Lens:
             check_file_target(out)  # before the forward passes: a folder given as --out fails at once
         result = build_report(self, images, layers, labels=labels, size=size, preprocess=preprocess,
                               sections=sections, progress=progress, section_options=section_options,
-                              **options)
+                              dataset=dataset, **options)
         if out is not None:
             result.save(out)
         return result

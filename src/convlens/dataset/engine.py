@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import queue
 import shutil
 import threading
@@ -293,7 +294,7 @@ class Checkpoint:
         fingerprint: JSON-ready settings a resumed run must share.
     """
 
-    def __init__(self, folder: str | Path, fingerprint: Mapping[str, Any]) -> None:
+    def __init__(self, folder: str | os.PathLike[str], fingerprint: Mapping[str, Any]) -> None:
         self.folder = Path(folder)
         self.fingerprint = {"convlens": "dataset-checkpoint", "version": _CHECKPOINT_VERSION,
                             **fingerprint}
@@ -314,7 +315,7 @@ class Checkpoint:
         state = acc.state()
         state["checkpoint.fingerprint"] = np.asarray(json.dumps(self.fingerprint, sort_keys=True))
         buf = io.BytesIO()
-        np.savez(buf, **state)
+        np.savez(buf, **state)  # type: ignore[arg-type]  # numpy's stub types only allow_pickle
         atomic_write_bytes(self.state_file, buf.getvalue())
         info = {**self.fingerprint, "images": acc.images, "failed": len(acc.failures)}
         atomic_write_bytes(self.folder / "checkpoint.json",
@@ -427,7 +428,7 @@ def run_local(runner: BatchRunner, *, batch_size: int = 32, checkpoint: Checkpoi
     return acc
 
 
-def default_checkpoint_folder(out: str | Path) -> Path:
+def default_checkpoint_folder(out: str | os.PathLike[str]) -> Path:
     """Where ``convlens dataset --out OUT`` keeps its checkpoint: ``.OUT.convlens-resume`` beside OUT.
 
     Beside, not inside: OUT itself is only touched by the final atomic commit,

@@ -16,6 +16,7 @@ heatmaps      45   top classes of each image under each heatmap method
 stats         50   channel health: summary lines, sortable tables
 filters       60   filter atlases of the conv layers
 visualize     55   not by default: one layer's feature visualisations beside its maps
+dataset       57   not by default (``dataset=DIR``): each channel's map beside its dataset crops
 ==========  =====  ==========================================================
 
 The package:
@@ -44,10 +45,11 @@ from __future__ import annotations
 
 from ..classes import read_labels
 from .build import REPORT_TILE_SIZE, build_report
-from .context import DrawnLayer, FilterAtlas, ReportContext
+from .context import DrawnLayer, FilterAtlas, ReportContext, SectionConsumer
 from .page import Report
 from .registry import register_section, section_keys, unregister_section
 from .sections import (  # noqa: F401  (registers them)
+    dataset,
     filters,
     heatmaps,
     inputs,
@@ -58,5 +60,5 @@ from .sections import (  # noqa: F401  (registers them)
     visualize,
 )
 
-__all__ = ["REPORT_TILE_SIZE", "DrawnLayer", "FilterAtlas", "Report", "ReportContext", "build_report",
-           "read_labels", "register_section", "section_keys", "unregister_section"]
+__all__ = ["REPORT_TILE_SIZE", "DrawnLayer", "FilterAtlas", "Report", "ReportContext", "SectionConsumer",
+           "build_report", "read_labels", "register_section", "section_keys", "unregister_section"]

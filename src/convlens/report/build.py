@@ -10,11 +10,12 @@ from typing import TYPE_CHECKING, Any
 
 from .._progress import Progress
 from ..classes import read_labels
+from ..core.layers import LayerInfo
 from ..core.text import count
 from ..images import prepare_batch
-from ..passes import StatsConsumer, run_pass
+from ..passes import Consumer, Job, PassConsumer, StatsConsumer, run_pass
 from ..render.maps import RenderOptions
-from .context import ReportContext
+from .context import ReportContext, SectionConsumer
 from .grids import ReportGrids
 from .page import Report, header, page_data, render_page
 from .registry import get_section, select_sections
@@ -37,7 +38,7 @@ def build_report(lens: Lens, images: Any, layers: str | Iterable[str] | None = N
                  size: int | tuple[int, int] | None = None, preprocess: str | None = None,
                  sections: Sequence[str] | None = None, title: str | None = None,
                  progress: Progress | None = None, section_options: Mapping[str, Any] | None = None,
-                 **options: Any) -> Report:
+                 dataset: str | os.PathLike[str] | None = None, **options: Any) -> Report:
     """Run the images through the model once each and assemble the report.
 
     Args:
@@ -54,6 +55,9 @@ def build_report(lens: Lens, images: Any, layers: str | Iterable[str] | None = N
             the section documents, e.g. ``{"heatmaps": {"methods": ["gradcam"]}}``);
             the builder reads ``ctx.section_options.get(key, {})``. Keys of
             sections that are not registered are refused.
+        dataset: a folder written by ``convlens dataset``: adds the "Dataset
+            examples" section (:mod:`convlens.report.sections.dataset`) and
+            sets its ``dir`` option.
         **options: drawing options as :class:`~convlens.render.maps.RenderOptions`;
             ``tile_size`` defaults to :data:`REPORT_TILE_SIZE` here.
 
@@ -65,8 +69,12 @@ def build_report(lens: Lens, images: Any, layers: str | Iterable[str] | None = N
     keys = select_sections(sections)
     per_section = dict(section_options or {})
     select_sections(list(per_section))  # an unknown key in section_options fails like --sections
+    if dataset is not None:  # asking for a dataset folder asks for its section
+        per_section["dataset"] = {**per_section.get("dataset", {}), "dir": dataset}
+        keys = select_sections([*keys, "dataset"])
     names = read_labels(labels) if labels is not None else None  # a bad file fails before any pass
     chosen = lens.select(layers)
+    own = _section_consumers(lens, chosen, keys, per_section)  # a bad option fails before any pass
     batch = prepare_batch(images, lens.input_shape, size=size, preprocess=preprocess or lens.preprocess,
                           model_name=lens.name)
     stats = StatsConsumer(chosen)
@@ -75,8 +83,8 @@ def build_report(lens: Lens, images: Any, layers: str | Iterable[str] | None = N
         # Filter atlases need no forward pass: kernels are read here (adapters need not be
         # thread-safe), then drawn on a side thread while the images go through the network.
         atlases = side.submit(draw_atlases, chosen, read_kernels(lens, chosen)) if "filters" in keys else None
-        outputs = run_pass(lens.adapter, chosen, batch.arrays, [stats, grids], progress=progress,
-                           label="report")
+        fed, consumers = _feed(chosen, [stats, grids], own.values())
+        outputs = run_pass(lens.adapter, fed, batch.arrays, consumers, progress=progress, label="report")
         if atlases is not None:
             atlases.result()
     layer_stats = stats.results()
@@ -103,7 +111,8 @@ def build_report(lens: Lens, images: Any, layers: str | Iterable[str] | None = N
         stats=layer_stats, options=opts, preprocess=preprocess or lens.preprocess, labels=label_list,
         label_source=label_source, notes=notes, sections=keys, drawn=drawn,
         per_image=grids.per_image_stats(layer_stats), global_ranges=grids.global_ranges,
-        atlases=atlases, predictions=[[] for _ in batch.images], section_options=per_section)
+        atlases=atlases, predictions=[[] for _ in batch.images], section_options=per_section,
+        consumers=own)
     ctx.data.update(page_data(ctx))
     if not maps:  # megabytes of base64 grids that nothing on the page would show
         ctx.data["layers"] = []
@@ -119,3 +128,59 @@ def build_report(lens: Lens, images: Any, layers: str | Iterable[str] | None = N
     return Report(page, title=title, stats={s.name: s for s in layer_stats},
                   predictions=ctx.predictions, notes=ctx.notes, sections=[k for k, _, _ in bodies])
 
+
+
+def _section_consumers(lens: Lens, chosen: Sequence[LayerInfo], keys: Sequence[str],
+                       per_section: Mapping[str, Any]) -> dict[str, SectionConsumer]:
+    """The pass consumers that the sections being built ask for, by section key."""
+    own: dict[str, SectionConsumer] = {}
+    for key in keys:
+        factory = get_section(key).consumer
+        made = factory(lens, chosen, per_section.get(key, {})) if factory is not None else None
+        if made is not None:
+            own[key] = made
+    return own
+
+
+def _feed(chosen: Sequence[LayerInfo], report: Sequence[Consumer],
+          own: Iterable[SectionConsumer]) -> tuple[list[LayerInfo], list[Consumer]]:
+    """The layers the ONE pass computes and its consumers, each fed only the layers it wants.
+
+    The report's own consumers see exactly the selected layers; a section's
+    consumer may want others (the dataset section: the layers of a dataset
+    folder), which the pass then computes too, in the model's order.
+    """
+    wanted = {layer.index: layer for layer in chosen}
+    own = list(own)
+    for consumer in own:
+        for layer in consumer.layers:
+            wanted.setdefault(layer.index, layer)
+    selected = {layer.index for layer in chosen}
+    if len(wanted) == len(selected):
+        layers = list(chosen)
+        consumers: list[Consumer] = list(report)
+    else:
+        layers = sorted(wanted.values(), key=lambda layer: layer.index)
+        consumers = [_Only(c, selected) for c in report]
+    for consumer in own:
+        indices = {layer.index for layer in consumer.layers}
+        consumers.append(consumer if indices == set(wanted) else _Only(consumer, indices))
+    return layers, consumers
+
+
+class _Only(PassConsumer):
+    """A consumer fed only some of the pass's layers (its images' other calls pass through)."""
+
+    def __init__(self, consumer: Consumer, indices: set[int]) -> None:
+        self._consumer = consumer
+        self._indices = indices
+
+    def on_layer(self, image: int, layer: LayerInfo, array: Any) -> None:
+        if layer.index in self._indices:
+            self._consumer.on_layer(image, layer, array)
+
+    def on_image(self, image: int, output: Any) -> Iterable[Job] | None:
+        return self._consumer.on_image(image, output)
+
+    def finish(self) -> None:
+        self._consumer.finish()

@@ -12,12 +12,13 @@ import numpy as np
 from ..core.layers import LayerInfo
 from ..core.stats import LayerStats
 from ..images import Image
+from ..passes import PassConsumer
 from ..render.maps import RenderOptions
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..lens import Lens
 
-__all__ = ["DrawnLayer", "FilterAtlas", "ReportContext"]
+__all__ = ["DrawnLayer", "FilterAtlas", "ReportContext", "SectionConsumer"]
 
 
 @dataclass
@@ -60,6 +61,22 @@ class FilterAtlas:
     error: str | None = None
 
 
+class SectionConsumer(PassConsumer):
+    """A section's own consumer of the report's forward pass (``register_section(consumer=...)``).
+
+    Subclasses override :meth:`on_layer` (and ``on_image``/``finish`` if needed).
+    The pass feeds it only the layers in :attr:`layers`, which may include
+    layers outside the report's selection (the pass then also computes those,
+    and the other sections never see them).
+
+    Attributes:
+        layers: the layers this consumer wants, rows of ``lens.layers()``.
+    """
+
+    def __init__(self, layers: list[LayerInfo]) -> None:
+        self.layers = list(layers)
+
+
 @dataclass
 class ReportContext:
     """What a section builder can use.
@@ -91,6 +108,12 @@ class ReportContext:
         section_options: per section key, that section's own options, as given
             to ``build_report(..., section_options=...)``; a section reads
             ``ctx.section_options.get(its key, {})``.
+        consumers: per section key, the :class:`SectionConsumer` its factory
+            made, after the pass (see :func:`~convlens.report.registry.register_section`).
+        shared: results a section leaves for the sections after it, by the
+            leaving section's key (the visualize section leaves its
+            :class:`~convlens.visualize.Visualization`, which the dataset
+            section sets beside the crops).
     """
 
     lens: Lens
@@ -112,3 +135,5 @@ class ReportContext:
     atlases: Future[list[FilterAtlas]] | None = None
     predictions: list[list[tuple[str, float]]] = field(default_factory=list)
     section_options: Mapping[str, Any] = field(default_factory=dict)
+    consumers: dict[str, SectionConsumer] = field(default_factory=dict)
+    shared: dict[str, Any] = field(default_factory=dict)

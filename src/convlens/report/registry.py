@@ -10,20 +10,25 @@ for escaping it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .._errors import BadArgument
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .context import ReportContext
+    from ..core.layers import LayerInfo
+    from ..lens import Lens
+    from .context import ReportContext, SectionConsumer
 
-__all__ = ["Section", "SectionBuilder", "get_section", "register_section", "section_keys",
-           "select_sections", "unregister_section"]
+__all__ = ["ConsumerFactory", "Section", "SectionBuilder", "get_section", "register_section",
+           "section_keys", "select_sections", "unregister_section"]
 
 #: A section builder: the context in, the section's body as HTML out (``None``: no section).
 SectionBuilder = Callable[["ReportContext"], "str | None"]
+#: A section's pass consumer factory: ``(lens, the report's selected layers, the section's
+#: options)`` in, a :class:`~convlens.report.context.SectionConsumer` (or ``None``) out.
+ConsumerFactory = Callable[["Lens", "Sequence[LayerInfo]", "Mapping[str, Any]"], "SectionConsumer | None"]
 
 
 @dataclass(frozen=True)
@@ -35,13 +40,14 @@ class Section:
     order: float
     build: SectionBuilder
     default: bool = True
+    consumer: ConsumerFactory | None = None
 
 
 _SECTIONS: dict[str, Section] = {}
 
 
-def register_section(key: str, title: str, *, order: float,
-                     default: bool = True) -> Callable[[SectionBuilder], SectionBuilder]:
+def register_section(key: str, title: str, *, order: float, default: bool = True,
+                     consumer: ConsumerFactory | None = None) -> Callable[[SectionBuilder], SectionBuilder]:
     """Add a section to every report (a decorator).
 
     Args:
@@ -61,12 +67,19 @@ def register_section(key: str, title: str, *, order: float,
     (:func:`convlens.render.html.escape`). Pictures below the fold should use
     :func:`convlens.report.templating.lazy_img`. A section's own options come
     from ``ctx.section_options[key]`` (``build_report(..., section_options={key: ...})``).
+
+    ``consumer``: for a section that needs layer outputs of the report's images,
+    a factory called once before the forward pass (it may raise a convlens
+    error, which then stops the report before any work). The consumer it
+    returns is fed the layers it names (:attr:`SectionConsumer.layers`, which
+    may lie outside the report's selection) by the report's ONE pass, and
+    reaches the builder as ``ctx.consumers[key]``.
     """
     if not key or not all(ch.isalnum() or ch == "-" for ch in key):
         raise BadArgument(f"section key {key!r}: use letters, digits and '-'")
 
     def decorate(build: SectionBuilder) -> SectionBuilder:
-        _SECTIONS[key] = Section(key, title, float(order), build, default)
+        _SECTIONS[key] = Section(key, title, float(order), build, default, consumer)
         return build
 
     return decorate

@@ -73,6 +73,7 @@ def visualize_section(ctx: ReportContext) -> Markup | None:
         if found is not None and found.output_shape and found.output_shape[-1]:
             channels = f"0-{min(REPORT_CHANNELS, int(found.output_shape[-1])) - 1}"
     vis = ctx.lens.visualize(layer, channels, **options)
+    ctx.shared["visualize"] = vis  # the dataset section shows these beside its crops
     info = vis.layer
     if info is None:  # objective="class": no layer, so no maps to set beside the images
         return render("sections/visualize.html", figures=[], how="",
