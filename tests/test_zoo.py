@@ -96,15 +96,16 @@ def opened(monkeypatch) -> OpenedOnce:
     import convlens.lens
 
     keras = sys.modules.get("keras")
-    if keras is not None:
-        keras.backend.clear_session()
+    if keras is not None:  # the last test cleared it and collected: only a test before the sweep's first
+        keras.backend.clear_session(free_memory=False)
     cache = OpenedOnce(convlens.lens.open_model)
     monkeypatch.setattr(convlens.lens, "open_model", cache)
     yield cache
     cache.adapters.clear()
     if keras is not None:
-        keras.backend.clear_session()  # the next model starts from a clean graph and memory
-    gc.collect()
+        keras.backend.clear_session()  # the next model starts from a clean graph; collects garbage
+    else:
+        gc.collect()
 
 
 def cli(capfd, *argv: str) -> str:
