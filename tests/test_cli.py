@@ -1,11 +1,23 @@
-"""The ``convlens`` command end to end, in a subprocess, and every bad input."""
+"""The ``convlens`` command end to end, in a subprocess, and every bad input.
+
+One run starts a real ``python -m convlens`` process (test_maps_end_to_end; the
+other suites' process runs cover exit status 2 and a quiet start: test_size_errors,
+test_heatmap_cli, test_stats_cli). The others call ``convlens.cli.main`` in this
+process and see what a user would see of a process: the exit status, stdout, and on
+stderr what convlens wrote plus whatever reached file descriptors 1 and 2 natively
+and every Python warning shown. Each interpreter start (TensorFlow's import) costs
+seconds, tens of seconds on a loaded machine.
+"""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
 import sys
+import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -17,10 +29,51 @@ import convlens
 pytestmark = pytest.mark.keras
 
 
-def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+def process(*args: str) -> subprocess.CompletedProcess[str]:
+    """``python -m convlens ARGS`` in a new interpreter."""
     env = dict(os.environ)
     return subprocess.run([sys.executable, "-m", "convlens", *args], capture_output=True, text=True,
-                          cwd=cwd, env=env, timeout=600, check=False)
+                          env=env, timeout=600, check=False)
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    """``convlens ARGS`` in this process, as a process would show it (an exception escaping fails the test).
+
+    stdout and stderr are what ``main`` wrote plus what reached file descriptors 1 and 2
+    (framework logs); stderr also gets the Python warnings, under Python's default filters
+    (which show each warning, and hide the deprecation and resource ones).
+    """
+    from convlens.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with tempfile.TemporaryFile() as native_out, tempfile.TemporaryFile() as native_err:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        saved = os.dup(1), os.dup(2)
+        saved_streams = sys.stdout, sys.stderr
+        os.dup2(native_out.fileno(), 1)
+        os.dup2(native_err.fileno(), 2)
+        sys.stdout, sys.stderr = out, err  # a stray print is the user's stdout/stderr too
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("default")
+                for category in (DeprecationWarning, PendingDeprecationWarning, ImportWarning,
+                                 ResourceWarning):
+                    warnings.simplefilter("ignore", category)
+                code = main(list(args), stdout=out, stderr=err)
+        finally:
+            sys.stdout, sys.stderr = saved_streams
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
+        native_out.seek(0)
+        native_err.seek(0)
+        stdout = out.getvalue() + native_out.read().decode("utf-8", "replace")
+        stderr = (err.getvalue() + native_err.read().decode("utf-8", "replace")
+                  + "".join(warnings.formatwarning(w.message, w.category, w.filename, w.lineno)
+                            for w in caught))
+    return subprocess.CompletedProcess(["convlens", *args], code, stdout, stderr)
 
 
 def one_line_error(proc: subprocess.CompletedProcess[str], *needles: str) -> str:
@@ -66,8 +119,8 @@ def test_layers_table_and_json(small_model):
 
 def test_maps_end_to_end(small_model, photo, tmp_path):
     out = tmp_path / "out"
-    proc = run("maps", str(small_model), str(photo), str(photo), "--layers", "conv,d", "--out", str(out),
-               "--numbers", "--cmap", "magma")
+    proc = process("maps", str(small_model), str(photo), str(photo), "--layers", "conv,d", "--out",
+                   str(out), "--numbers", "--cmap", "magma")
     assert proc.returncode == 0, proc.stderr
     index = json.loads((out / "index.json").read_text())
     assert [(e["image"], e["layer"]) for e in index["maps"]] == [

@@ -10,14 +10,19 @@ finite receptive field (or see the whole input, after a global pooling).
 
 Inputs are small (64 px where the architecture allows) so that the sweep takes
 minutes; sizes are chosen so that the last block still has a map of 2x2 or more.
+Each model is opened once (the first command goes through convlens's own
+``open_model``) and the four commands share that adapter, as one Python session
+reusing a model would: building and probing the model again for each command
+tested nothing the first build had not, and took about half of the sweep.
 """
 
 from __future__ import annotations
 
 import gc
 import io
-import sys
 import json
+import os
+import sys
 import warnings
 from pathlib import Path
 
@@ -68,15 +73,47 @@ def photo(tmp_path_factory) -> str:
     return str(path)
 
 
+class OpenedOnce:
+    """Stands in for ``convlens.lens.open_model``: the first call per model opens it, later ones reuse it."""
+
+    def __init__(self, real) -> None:
+        self.real = real
+        self.adapters: dict[tuple, object] = {}
+        self.reused = 0
+
+    def __call__(self, source, **options):
+        key = (os.fspath(source), tuple(sorted((k, repr(v)) for k, v in options.items())))
+        if key in self.adapters:
+            self.reused += 1
+        else:
+            self.adapters[key] = self.real(source, **options)
+        return self.adapters[key]
+
+
+@pytest.fixture
+def opened(monkeypatch) -> OpenedOnce:
+    """One model build per test, shared by its four commands (each test starts from a clean Keras)."""
+    import convlens.lens
+
+    keras = sys.modules.get("keras")
+    if keras is not None:  # the last test cleared it and collected: only a test before the sweep's first
+        keras.backend.clear_session(free_memory=False)
+    cache = OpenedOnce(convlens.lens.open_model)
+    monkeypatch.setattr(convlens.lens, "open_model", cache)
+    yield cache
+    cache.adapters.clear()
+    if keras is not None:
+        keras.backend.clear_session()  # the next model starts from a clean graph; collects garbage
+    else:
+        gc.collect()
+
+
 def cli(capfd, *argv: str) -> str:
     """Run ``convlens ARGV`` in-process; status 0, nothing on stderr; returns stdout.
 
     Python warnings count as stderr: the console shows them (Python's default filters,
     which pytest would otherwise replace with its own capture).
     """
-    keras = sys.modules.get("keras")
-    if keras is not None:  # each command builds its model afresh, as separate runs would: same auto-names
-        keras.backend.clear_session()
     out, err = io.StringIO(), io.StringIO()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("default")
@@ -115,11 +152,12 @@ def not_blank(png: Path, entry: dict) -> bool:
     return len(set(entry["flags"]["constant"])) == entry["channels_shown"]
 
 
-def sweep(capfd, model: str, photo: str, out: Path, *extra: str, size: str | None = None) -> dict:
+def sweep(capfd, opened: OpenedOnce, model: str, photo: str, out: Path, *extra: str,
+          size: str | None = None) -> dict:
     """``layers``, ``maps --layers blocks``, ``stats`` and ``report`` on one model.
 
     ``extra`` goes to every command, ``--size`` (models that take any size) to the three
-    that read the photo.
+    that read the photo. The model is built by the first command and reused by the others.
     """
     table = json.loads(cli(capfd, "layers", model, *extra, "--json"))
     convs = [row for row in table if row["kind"] == "conv"]
@@ -145,10 +183,9 @@ def sweep(capfd, model: str, photo: str, out: Path, *extra: str, size: str | Non
     stats = json.loads(
         cli(capfd, "stats", model, photo, *extra_run, "--layers", "blocks", "--json")
     )
-    # indexes, not names: Keras names unnamed layers from a process-wide counter (conv2d_98 in
-    # one build, conv2d_190 in the next), and each command here builds the model again
-    assert {layer["index"] for layer in stats["layers"]} == {
-        entry["index"] for entry in index["maps"]
+    # the same model object: the same layers, by index and by name, in both
+    assert {(layer["index"], layer["name"]) for layer in stats["layers"]} == {
+        (entry["index"], entry["layer"]) for entry in index["maps"]
     }
 
     report = out / "report.html"
@@ -156,6 +193,9 @@ def sweep(capfd, model: str, photo: str, out: Path, *extra: str, size: str | Non
     page = report.read_text()
     assert page.lstrip().lower().startswith("<!doctype html") and "data:image/png;base64," in page
     assert page.count("data:image/png;base64,") >= len(grids)
+    # the four commands shared one build (if this fails, Lens no longer opens models through
+    # convlens.lens.open_model: point OpenedOnce at the new place, or each command builds again)
+    assert (len(opened.adapters), opened.reused) == (1, 3), (list(opened.adapters), opened.reused)
     return {"layers": table, "maps": index, "stats": stats}
 
 
@@ -165,25 +205,23 @@ def sweep(capfd, model: str, photo: str, out: Path, *extra: str, size: str | Non
 # Not marked keras: the sweep runs once, on the TensorFlow backend (a second run of 16 zoo models on
 # Keras's torch backend would double the suite's longest part; the torch backend's keras tests cover it).
 @pytest.mark.parametrize("name", sorted(ZOO))
-def test_keras_applications(name, keras, photo, tmp_path, capfd):
+def test_keras_applications(name, keras, opened, photo, tmp_path, capfd):
     size = KERAS_SIZES.get(name, 64)
-    try:
-        sweep(
-            capfd, name, photo, tmp_path, "--weights", "none", "--input-shape", f"{size},{size},3"
-        )
-    finally:
-        keras.backend.clear_session()  # the next model starts from a clean graph and memory
-        gc.collect()
+    sweep(
+        capfd, opened, name, photo, tmp_path, "--weights", "none", "--input-shape",
+        f"{size},{size},3",
+    )
 
 
 # --------------------------------------------------------------------------- torchvision
 
 
 @pytest.mark.parametrize("name", sorted(TORCHVISION))
-def test_torchvision(name, photo, tmp_path, capfd):
+def test_torchvision(name, opened, photo, tmp_path, capfd):
     size = TORCHVISION[name]
     result = sweep(
         capfd,
+        opened,
         f"torchvision:{name}",
         photo,
         tmp_path,
@@ -225,10 +263,10 @@ def onnx_files(tmp_path_factory) -> dict[str, Path]:
 @pytest.mark.parametrize(
     "name", ["resnet18", "mobilenet_v3_small", "squeezenet1_1", "efficientnet_b0"]
 )
-def test_onnx_exports(name, onnx_files, photo, tmp_path, capfd):
+def test_onnx_exports(name, onnx_files, opened, photo, tmp_path, capfd):
     path = onnx_files[name]
     free = name == "mobilenet_v3_small"  # exported with free height and width: --size picks them
-    result = sweep(capfd, str(path), photo, tmp_path, size="72x96" if free else None)
+    result = sweep(capfd, opened, str(path), photo, tmp_path, size="72x96" if free else None)
     assert result["layers"][0]["output_shape"] == ([None, None, 3] if free else [64, 64, 3])
 
 
@@ -259,6 +297,6 @@ def tflite_files(tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.mark.parametrize("name", ["mobilenet_v2", "mobilenet_v3_small_int8_weights"])
-def test_tflite_conversions(name, tflite_files, photo, tmp_path, capfd):
-    result = sweep(capfd, str(tflite_files[name]), photo, tmp_path)
+def test_tflite_conversions(name, tflite_files, opened, photo, tmp_path, capfd):
+    result = sweep(capfd, opened, str(tflite_files[name]), photo, tmp_path)
     assert result["layers"][0]["output_shape"] == [64, 64, 3]
