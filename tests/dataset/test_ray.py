@@ -148,6 +148,17 @@ def test_unreachable_address_is_one_line(session, digits, model):
         run(digits, model, address="head-node:port")
 
 
+def test_random_weights_or_an_in_memory_model_are_refused(digits, model):
+    _, layers = model
+    source = open_source(digits)
+    options = dict(k=K, classes=10, size=None, preprocess="unit", batch_size=BATCH)
+    spec = {**SPEC, "model": "torchvision:resnet18", "weights": "none"}
+    with pytest.raises(BadArgument, match=r"differ in every Ray worker.*give that file"):
+        run_ray(spec, source, layers, **options)
+    with pytest.raises(BadArgument, match="not an in-memory model"):
+        run_ray(None, source, layers, **options)
+
+
 def test_missing_ray_names_the_extra(digits, model, monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray now raises ImportError
     with pytest.raises(MissingDependency, match=r"pip install 'convlens\[ray\]'"):

@@ -109,10 +109,11 @@ def run_ray(spec: Any, source: Source, layers: Sequence[LayerInfo], *, k: int, c
         raise BadArgument(f"batch size must be a positive integer, not {batch_size!r}")
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
         raise BadArgument(f"--workers must be a positive integer, not {workers!r}")
+    kwargs = _spec_kwargs(spec)
     ray = _import_ray()
     started = _connect(ray, address, workers)
     try:
-        return _run(ray, spec, source, layers, k=k, classes=classes, size=size,
+        return _run(ray, kwargs, source, layers, k=k, classes=classes, size=size,
                     preprocess=preprocess, batch_size=batch_size, workers=workers,
                     progress=progress or NullProgress())
     finally:
@@ -244,6 +245,12 @@ def _spec_kwargs(spec: Any) -> dict[str, Any]:
     if not fields.get("model"):
         raise BadArgument("the Ray engine needs a model file or name to reopen in its workers; open the "
                           "Lens from a path or a zoo name, not an in-memory model")
+    weights = fields.get("weights")
+    if isinstance(weights, str) and weights.strip().lower() == "none":
+        # Each actor would draw its own random weights: the batches would see different models.
+        raise BadArgument("random weights (--weights none) would differ in every Ray worker; save them to "
+                          "a file once (torch.save(model.state_dict(), 'w.pth') or model.save('m.keras')) "
+                          "and give that file, or use --engine local")
     if "input_shape" in fields and fields["input_shape"] is not None:
         fields["input_shape"] = tuple(fields["input_shape"])
     return fields
@@ -292,12 +299,11 @@ def _maybe_fail_once() -> None:
     os._exit(1)
 
 
-def _run(ray: Any, spec: Any, source: Source, layers: Sequence[LayerInfo], *, k: int, classes: int,
+def _run(ray: Any, kwargs: dict[str, Any], source: Source, layers: Sequence[LayerInfo], *, k: int, classes: int,
          size: Any, preprocess: str, batch_size: int, workers: int | None,
          progress: Progress) -> DatasetAccumulator:
     import ray.data
 
-    kwargs = _spec_kwargs(spec)
     batches = _batches(source.records, batch_size)
     total = DatasetAccumulator(layers, k, classes)
     if not batches:
