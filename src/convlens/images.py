@@ -19,6 +19,7 @@ never accepts truncated files: this module never sets
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import threading
@@ -43,6 +44,7 @@ __all__ = [
     "PreparedBatch",
     "apply_preset",
     "load_image",
+    "load_image_bytes",
     "load_images",
     "prepare",
     "prepare_batch",
@@ -363,6 +365,11 @@ def _sniff(path: Path) -> str:
             head = file.read(512)
     except OSError:
         return ""
+    return _sniff_head(head)
+
+
+def _sniff_head(head: bytes) -> str:
+    """A hint of what bytes that PIL cannot read are, from the first 512 of them."""
     if not head:
         return " (the file is empty)"
     if head.startswith(b"PK\x03\x04"):
@@ -380,6 +387,60 @@ def _sniff(path: Path) -> str:
     if all(char.isprintable() or char in "\t\r\n" for char in text):
         return " (it is a text file)"
     return ""
+
+
+def load_image_bytes(
+    data: bytes | bytearray | memoryview,
+    *,
+    name: str,
+    source: str | None = None,
+    max_pixels: int | None = None,
+) -> Image:
+    """Load one image from the bytes of an encoded file (PNG, JPEG...), e.g. a Parquet cell.
+
+    The same rules, limits and errors as :func:`load_image` for a path: the
+    pixel limit is checked from the header before decoding, truncated or
+    corrupt data fails now, the EXIF orientation is applied.
+
+    Args:
+        data: the encoded file's bytes.
+        name: the image's name (see :attr:`Image.name`), also used in messages.
+        source: what :attr:`Image.source` records, e.g. ``"train.parquet#17"``;
+            default ``name``.
+        max_pixels: as for :func:`load_image`.
+
+    Raises:
+        BadImage: the bytes are empty, not an image PIL can read, truncated or
+            corrupt, or larger than ``max_pixels``.
+        BadArgument: ``name`` or ``max_pixels`` is not usable.
+    """
+    if not isinstance(name, str) or not name.strip():
+        raise BadArgument(f"name must be a non-empty string, not {name!r}")
+    if max_pixels is None:
+        max_pixels = MAX_PIXELS
+    _check_max_pixels_argument(max_pixels)
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise BadImage(f"{name}: expected the bytes of an image file, got a {type(data).__name__}")
+    raw = bytes(data)
+    what = source or name
+    if not raw:
+        raise BadImage(f"{what} holds no bytes (an empty image); export the data set again")
+    try:
+        with _pil_guard(max_pixels):
+            opened = PIL.Image.open(io.BytesIO(raw))
+    except PIL.UnidentifiedImageError:
+        raise BadImage(
+            f"{what} is not an image PIL can read{_sniff_head(raw[:512])}; store images in a "
+            f"common format such as {_COMMON_FORMATS}"
+        ) from None
+    except (PIL.Image.DecompressionBombError, PIL.Image.DecompressionBombWarning) as error:
+        raise _too_large(what, _bomb_pixels(error), None, max_pixels) from error
+    except MemoryError:
+        raise
+    except Exception as error:  # a damaged header: PIL raises OSError, ValueError, EOFError...
+        raise _corrupt(what, error) from error
+    with opened:
+        return _from_pil(opened, name=name, source=what, what=what, max_pixels=max_pixels)
 
 
 def _from_pil(
