@@ -226,6 +226,13 @@ class Lens:
         self.preprocess = preprocess or self.adapter.preprocess or "unit"
         #: what the model was opened from (a path or a name such as ``vgg16``), else ``None``
         self.source = model if isinstance(model, (str, os.PathLike)) else None
+        # How to open the model again in another process (the dataset view's Ray actors);
+        # None for an in-memory model, which cannot be reopened.
+        from .dataset.api import ModelSpec
+
+        self._spec: ModelSpec | None = (
+            ModelSpec.of(model, weights=weights, input_shape=input_shape, trust=trust,
+                         preprocess=preprocess) if self.source is not None else None)
 
     @property
     def name(self) -> str:
@@ -498,6 +505,50 @@ class Lens:
         if out is not None:
             result.save(out)
         return result
+
+    # ------------------------------------------------------------------ dataset view
+
+    def dataset(self, data: str | os.PathLike[str], layers: str | Iterable[str] | None = None, *,
+                k: int = 9, engine: str = "local", batch_size: int = 32, size: Any = None,
+                preprocess: str | None = None, out: str | os.PathLike[str] | None = None,
+                resume: bool = False, resume_dir: str | os.PathLike[str] | None = None,
+                checkpoint_every: int = 1000, ray_address: str | None = None,
+                workers: int | None = None, progress: Progress | None = None) -> Any:
+        """What each channel responds to across a whole data set: see :mod:`convlens.dataset.api`.
+
+        Per channel of each selected layer: the top-k images by its maximum
+        (position and receptive-field crop), the bottom-k by mean, the top-k of
+        the negative, dataset-wide health and, with labels, class selectivity.
+        Streamed in batches in bounded memory.
+
+        Args:
+            data: a folder (``DATA/<class>/<image>`` gives labels), a glob, a
+                text file of paths, or a Parquet file or folder.
+            layers: a selection; default every conv and pool layer.
+            k: examples per channel (at most the number of images).
+            engine: ``"local"`` or ``"ray"`` (needs ``pip install 'convlens[ray]'``
+                and a model opened from a file or name).
+            batch_size: images per forward pass.
+            size: ``H`` or ``(H, W)`` for models of any input size (default 224x224).
+            preprocess: preprocessing preset; default the model's.
+            out: also save the result there (atomically).
+            resume: continue an interrupted run from its checkpoint.
+            resume_dir: the checkpoint folder (default: beside ``out``, else none).
+            checkpoint_every: images between checkpoints.
+            ray_address, workers: the Ray engine's cluster and model actors.
+            progress: receives ``advance(images)`` per batch.
+
+        Returns:
+            A :class:`convlens.dataset.result.DatasetResult` (``.crops()``,
+            ``.save(out)``, an inline view in Jupyter).
+        """
+        from .dataset.api import run_dataset
+
+        return run_dataset(self.adapter, data, layers=self.select(layers), k=k, engine=engine,
+                           batch_size=batch_size, size=size, preprocess=preprocess or self.preprocess,
+                           resume_dir=resume_dir, checkpoint_every=checkpoint_every,
+                           ray_address=ray_address, workers=workers, model_spec=self._spec,
+                           progress=progress, resume=resume, out=out, model_name=self.name)
 
     # ------------------------------------------------------------------ heatmaps
 

@@ -28,7 +28,8 @@ def test_reduce_maps_hand_set_positions():
     a[0, 1, 2, 0] = 5.0       # channel 0: max at (1, 2)
     a[0, 0, 1, 0] = -4.0      # channel 0: min at (0, 1)
     a[0, :, :, 1] = 1.0       # channel 1: constant: first position for both
-    rankings, means, hw = reduce_maps(a)
+    red = reduce_maps(a)
+    rankings, means, hw = red.rankings, red.means, red.map_hw
     assert hw == (2, 3)
     assert rankings["top"][0].tolist() == [[5.0, 1.0]]
     assert rankings["top"][1].tolist() == [[[1, 2], [0, 0]]]
@@ -36,11 +37,40 @@ def test_reduce_maps_hand_set_positions():
     assert rankings["negative"][1].tolist() == [[[0, 1], [0, 0]]]
     np.testing.assert_allclose(means, [[1 / 6, 1.0]])
     np.testing.assert_allclose(rankings["bottom"][0], [[-1 / 6, -1.0]])
-    r1, _, hw1 = reduce_maps(np.array([[[0.0], [3.0], [1.0]]], np.float32))  # (1, L=3, C=1)
-    assert hw1 == (1, 3) and r1["top"][1].tolist() == [[[0, 1]]]
-    r0, m0, hw0 = reduce_maps(np.array([[2.0, -1.0]], np.float32))
-    assert hw0 is None and r0["top"][1].tolist() == [[[0, 0], [0, 0]]]
-    assert r0["negative"][0].tolist() == [[-2.0, 1.0]] and m0.tolist() == [[2.0, -1.0]]
+    r1 = reduce_maps(np.array([[[0.0], [3.0], [1.0]]], np.float32))  # (1, L=3, C=1)
+    assert r1.map_hw == (1, 3) and r1.rankings["top"][1].tolist() == [[[0, 1]]]
+    r0 = reduce_maps(np.array([[2.0, -1.0]], np.float32))
+    assert r0.map_hw is None and r0.rankings["top"][1].tolist() == [[[0, 0], [0, 0]]]
+    assert r0.rankings["negative"][0].tolist() == [[-2.0, 1.0]] and r0.means.tolist() == [[2.0, -1.0]]
+
+
+@pytest.mark.parametrize("case", ["plain", "offset", "nonfinite", "vector", "ints"])
+def test_batch_moments_equal_the_stats_accumulator(case):
+    from convlens.core.stats import StatsAccumulator
+
+    rng = np.random.default_rng(7)
+    a = np.maximum(rng.normal(size=(6, 5, 4, 7)), 0).astype(np.float32)
+    a[..., 1] = 0           # dead
+    a[..., 2] = 0.1         # constant, not exactly representable
+    if case == "offset":    # values near 1e4 with a spread of 1e-2: the rounding of the mean matters
+        a = (rng.normal(size=a.shape) * 1e-2 + 1e4).astype(np.float32)
+    if case == "nonfinite":
+        a[0, 0, 0, 3], a[1, 2, 2, 3], a[2, 1, 1, 4], a[3, 0, 0, 5] = np.nan, np.inf, -np.inf, np.nan
+        a[..., 6] = np.nan
+    if case == "vector":
+        a = a[:, 0, 0, :]
+    if case == "ints":
+        a = rng.integers(-3, 4, (6, 5, 7)).astype(np.int64)
+    ref = StatsAccumulator(1, "l")
+    ref.add(a)
+    got = StatsAccumulator.from_state(1, "l", "", reduce_maps(a).moments).result()
+    want = ref.result()
+    assert (got.images, got.values_per_channel, got.channels) == (want.images, want.values_per_channel,
+                                                                  want.channels)
+    for key in ("count", "min", "max", "dead", "constant", "nonfinite", "zero_fraction"):
+        np.testing.assert_array_equal(getattr(got, key), getattr(want, key), err_msg=key)
+    np.testing.assert_allclose(got.mean, want.mean, rtol=1e-12, equal_nan=True)
+    np.testing.assert_allclose(got.std, want.std, rtol=2e-7, atol=1e-12, equal_nan=True)
 
 
 def test_top_ranking_equals_brute_force_with_labels():
@@ -107,7 +137,8 @@ def test_merge_of_shuffled_batches_equals_one_pass_and_retries_are_dropped(seed)
         merged.merge(part)
     merged.merge(parts[2])  # a retried batch: already seen, dropped whole
     assert merged.images == n and merged.seen_ids().tolist() == list(range(n))
-    assert_same(results_of(one), results_of(merged), rtol=1e-12)
+    # float32 deviations per batch (see reduce_maps): spreads agree to ~1e-9, rankings exactly
+    assert_same(results_of(one), results_of(merged), rtol=1e-7)
     mixed = DatasetAccumulator(LAYERS, k=5, classes=2)
     mixed.add_batch({k: v[:3] for k, v in data.items()}, np.array([0, 1, 1000]), labels[:3])
     with pytest.raises(BadArgument, match="2 of 3 images were folded in already"):
@@ -148,3 +179,23 @@ def test_state_round_trip_through_npz_then_continue():
         DatasetAccumulator.from_state(LAYERS[:2], straight.state())
     empty = DatasetAccumulator.from_state(LAYERS, DatasetAccumulator(LAYERS, 3).state())
     assert empty.images == 0 and empty.seen_ids().size == 0
+
+
+def test_id_set_ranges():
+    from convlens.dataset.accumulate import IdSet
+
+    s = IdSet()
+    s.add(np.array([5, 3, 4, 9]))
+    s.add(np.array([6, 4]))
+    s.add_ranges(np.array([20, 10]), np.array([25, 12]))
+    assert s.starts.tolist() == [3, 9, 20] and s.ends.tolist() == [7, 12, 25]
+    assert len(s) == 12 and s.array().tolist() == [3, 4, 5, 6, 9, 10, 11, 20, 21, 22, 23, 24]
+    assert s.contains(np.array([2, 3, 6, 7, 8, 11, 12, 24, 25])).tolist() == [
+        False, True, True, False, False, True, False, True, False]
+    rng = np.random.default_rng(0)
+    ids = rng.integers(0, 300, 200)
+    t = IdSet()
+    for chunk in np.array_split(ids, 9):
+        t.add(chunk)
+    assert t.array().tolist() == np.unique(ids).tolist()
+    assert t.contains(np.arange(300)).tolist() == np.isin(np.arange(300), ids).tolist()

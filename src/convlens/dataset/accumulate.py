@@ -27,7 +27,9 @@ checkpoints and Ray batches never pickle.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -41,24 +43,44 @@ from ..core.topk import TopK
 if TYPE_CHECKING:
     from .result import LayerExamples
 
-__all__ = ["RANKINGS", "DatasetAccumulator", "reduce_maps"]
+__all__ = ["RANKINGS", "DatasetAccumulator", "IdSet", "Reduced", "reduce_maps"]
 
 #: The rankings every layer keeps, in this order.
 RANKINGS = ("top", "bottom", "negative")
 
 
-def reduce_maps(array: np.ndarray) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], np.ndarray,
-                                             tuple[int, int] | None]:
-    """One batch of a layer's output reduced over its map, for every ranking.
+@dataclass
+class Reduced:
+    """One batch of one layer's output reduced over its map (see :func:`reduce_maps`).
+
+    Attributes:
+        rankings: per ranking name, ``(scores (N, C) float64, positions (N, C, 2) int32)``.
+        means: ``(N, C)`` float64 per-image channel means.
+        map_hw: ``(H, W)``, ``(1, L)`` for 1-D maps, ``None`` for vectors.
+        moments: the batch's channel statistics as a ``StatsAccumulator`` state.
+    """
+
+    rankings: dict[str, tuple[np.ndarray, np.ndarray]]
+    means: np.ndarray
+    map_hw: tuple[int, int] | None
+    moments: dict[str, np.ndarray]
+
+
+def reduce_maps(array: np.ndarray) -> Reduced:
+    """One batch of a layer's output reduced over its map, for every ranking and the statistics.
+
+    The output is copied once into ``(C, N, H*W)`` order, so every reduction
+    (per image over the map, per channel over the batch) runs along memory.
+    The batch's statistics are those of
+    :class:`~convlens.core.stats.StatsAccumulator` (finite values only; NaN
+    and inf flag the channel): the mean from float64 sums, the spread by the
+    two-pass formula with float32 deviations from the float32-rounded mean,
+    squared and summed in float64, then corrected exactly for that rounding
+    (``M2 = sum((x - m')^2) - n (mean - m')^2``): relative error about 1e-7,
+    below float32's own resolution of the inputs.
 
     Args:
         array: ``(N, H, W, C)``, ``(N, L, C)`` or ``(N, C)`` real values.
-
-    Returns:
-        ``(rankings, means, map_hw)``: per ranking name, ``(scores (N, C)
-        float, positions (N, C, 2) int32)``; ``means`` ``(N, C)`` float64
-        per-image channel means; ``map_hw`` ``(H, W)``, ``(1, L)`` or ``None``
-        for vectors.
 
     Raises:
         BadArgument: a shape that is not a layer output.
@@ -66,35 +88,120 @@ def reduce_maps(array: np.ndarray) -> tuple[dict[str, tuple[np.ndarray, np.ndarr
     a = np.asarray(array)
     if not (np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer)):
         raise BadArgument(f"the dataset view needs real layer outputs, got dtype {a.dtype}")
-    if a.ndim == 2:
-        n, c = a.shape
-        zeros = np.zeros((n, c, 2), np.int32)
-        v = a.astype(np.float64)
-        return {"top": (v, zeros), "bottom": (-v, zeros), "negative": (-v, zeros)}, v, None
+    map_hw: tuple[int, int] | None
     if a.ndim == 4:
         n, h, w, c = a.shape
+        map_hw = (h, w)
     elif a.ndim == 3:
         n, w, c = a.shape
-        h = 1
+        h, map_hw = 1, (1, w)
+    elif a.ndim == 2:
+        n, c = a.shape
+        h, w, map_hw = 1, 1, None
     else:
         raise BadArgument(f"the dataset view needs a layer output (N, H, W, C), (N, L, C) or "
                           f"(N, C), got shape {a.shape}")
-    if h * w == 0:
+    s = h * w
+    if s == 0:
         raise BadArgument(f"a layer output of shape {a.shape} has an empty map")
-    # One contiguous copy with the map last: the arg-reductions then run along memory.
-    t = np.ascontiguousarray(a.reshape(n, h * w, c).transpose(0, 2, 1))
-    hi_at = t.argmax(axis=2)
-    lo_at = t.argmin(axis=2)
-    hi = np.take_along_axis(t, hi_at[..., None], axis=2)[..., 0].astype(np.float64)
-    lo = np.take_along_axis(t, lo_at[..., None], axis=2)[..., 0].astype(np.float64)
-    means = t.sum(axis=2, dtype=np.float64) / (h * w)
+    t = np.ascontiguousarray(a.reshape(n, s, c).transpose(2, 0, 1), dtype=np.float32)  # (C, N, S)
+    x = t.reshape(c, n * s)
+    hi_at, lo_at = t.argmax(axis=2), t.argmin(axis=2)                                   # (C, N)
+    hi = np.take_along_axis(t, hi_at[..., None], axis=2)[..., 0]
+    lo = np.take_along_axis(t, lo_at[..., None], axis=2)[..., 0]
+    finite = bool(np.isfinite(hi).all() and np.isfinite(lo).all())  # NaN wins argmax and argmin
+    m = n * s
+    if finite:
+        sums = t.sum(axis=2, dtype=np.float64)                                          # (C, N)
+        count = np.full(c, m, np.int64)
+        mean = sums.sum(axis=1) / max(m, 1)
+        rounded = mean.astype(np.float32)
+        d = x - rounded[:, None]
+        np.square(d, out=d)
+        m2 = d.sum(axis=1, dtype=np.float64) - m * (mean - rounded.astype(np.float64)) ** 2
+        ch_lo, ch_hi = lo.min(axis=1, initial=np.inf), hi.max(axis=1, initial=-np.inf)
+        bad = np.zeros(c, bool)
+    else:
+        ok = np.isfinite(t)
+        sums = np.where(ok, t, 0).sum(axis=2, dtype=np.float64)
+        count = ok.reshape(c, m).sum(axis=1)
+        bad = count < m
+        mean = np.divide(sums.sum(axis=1), count, out=np.zeros(c), where=count > 0)
+        d64 = np.where(ok.reshape(c, m), x - mean[:, None], 0.0)
+        m2 = np.einsum("ij,ij->i", d64, d64)
+        ch_lo = x.min(axis=1, where=ok.reshape(c, m), initial=np.inf)
+        ch_hi = x.max(axis=1, where=ok.reshape(c, m), initial=-np.inf)
+    with np.errstate(invalid="ignore"):  # NaN rows stay NaN: the rankings skip them
+        means = (sums / s).T                                                           # (N, C)
+        if not finite:
+            means = np.where(np.isfinite(t).all(axis=2).T, means, np.nan)
+    zeros = m - np.count_nonzero(x, axis=1)
+    moments = {"meta": np.array([n, s, c], np.int64), "n": count.astype(np.int64), "mean": mean,
+               "m2": np.maximum(m2, 0.0), "lo": ch_lo.astype(np.float64),
+               "hi": ch_hi.astype(np.float64), "zeros": zeros.astype(np.int64),
+               "bad": bad}
 
     def yx(at: np.ndarray) -> np.ndarray:
-        return np.stack(np.divmod(at, w), axis=-1).astype(np.int32)
+        return np.stack(np.divmod(at.T, w), axis=-1).astype(np.int32)                 # (N, C, 2)
 
+    hi64, lo64 = hi.T.astype(np.float64), lo.T.astype(np.float64)
     lo_pos = yx(lo_at)
-    rankings = {"top": (hi, yx(hi_at)), "bottom": (-means, lo_pos), "negative": (-lo, lo_pos)}
-    return rankings, means, (h, w)
+    rankings = {"top": (hi64, yx(hi_at)), "bottom": (-means, lo_pos), "negative": (-lo64, lo_pos)}
+    return Reduced(rankings, means, map_hw, moments)
+
+
+class IdSet:
+    """A set of image ids kept as sorted disjoint ranges ``[start, end)``.
+
+    Engines read records in order and in batches, so the ids seen form a few
+    long runs: memory and every query grow with the number of runs, not of
+    images (a million images read in order are one range).
+    """
+
+    def __init__(self) -> None:
+        self.starts = np.zeros(0, np.int64)
+        self.ends = np.zeros(0, np.int64)
+
+    @staticmethod
+    def _runs(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        u = np.unique(np.asarray(ids, np.int64))
+        if not u.size:
+            return u, u
+        cut = np.flatnonzero(np.diff(u) != 1) + 1
+        return u[np.r_[0, cut]], u[np.r_[cut - 1, u.size - 1]] + 1
+
+    def add(self, ids: np.ndarray) -> None:
+        """Add ids (any order, repeats allowed)."""
+        s, e = self._runs(ids)
+        self.add_ranges(s, e)
+
+    def add_ranges(self, starts: np.ndarray, ends: np.ndarray) -> None:
+        """Add ranges ``[starts[i], ends[i])`` and coalesce touching or overlapping ones."""
+        if not len(starts):
+            return
+        s = np.concatenate([self.starts, np.asarray(starts, np.int64)])
+        e = np.concatenate([self.ends, np.asarray(ends, np.int64)])
+        order = np.argsort(s, kind="stable")
+        s, e = s[order], np.maximum.accumulate(e[order])
+        new = np.r_[True, s[1:] > e[:-1]]
+        self.starts = s[new]
+        self.ends = np.r_[e[np.flatnonzero(new)[1:] - 1], e[-1]]
+
+    def contains(self, ids: np.ndarray) -> np.ndarray:
+        """``(N,)`` bool: each id is in the set."""
+        x = np.asarray(ids, np.int64).reshape(-1)
+        at = np.searchsorted(self.starts, x, side="right") - 1
+        return (at >= 0) & (x < self.ends[np.maximum(at, 0)]) if self.starts.size else np.zeros(
+            x.shape, bool)
+
+    def __len__(self) -> int:
+        return int((self.ends - self.starts).sum())
+
+    def array(self) -> np.ndarray:
+        """Every id, sorted, int64."""
+        if not self.starts.size:
+            return np.zeros(0, np.int64)
+        return np.concatenate([np.arange(s, e) for s, e in zip(self.starts, self.ends)])
 
 
 class _Layer:
@@ -133,7 +240,8 @@ class DatasetAccumulator:
         self.k, self.classes = int(k), int(classes)
         self.images = 0
         self._by_name: dict[str, _Layer] = {}
-        self._seen: list[np.ndarray] = []
+        self._lock = threading.Lock()
+        self._seen = IdSet()
         self._failed_ids: list[int] = []
         self._failed_names: list[str] = []
         self._failed_reasons: list[str] = []
@@ -141,12 +249,15 @@ class DatasetAccumulator:
     # -- folding in ----------------------------------------------------------------------------
 
     def _layer(self, layer: LayerInfo, channels: int, map_hw: tuple[int, int] | None) -> _Layer:
-        got = self._by_name.get(layer.name)
-        if got is None:
-            if layer.name not in {info.name for info in self.layers}:
-                raise BadArgument(f"layer {layer.name!r} is not among the accumulator's layers")
-            got = self._by_name[layer.name] = _Layer(layer, channels, self.k, self.classes, map_hw)
-        elif got.channels != channels or got.map_hw != map_hw:
+        with self._lock:  # adds of different layers may run in different threads
+            got = self._by_name.get(layer.name)
+            if got is None:
+                if layer.name not in {info.name for info in self.layers}:
+                    raise BadArgument(f"layer {layer.name!r} is not among the accumulator's layers")
+                got = _Layer(layer, channels, self.k, self.classes, map_hw)
+                self._by_name[layer.name] = got
+                return got
+        if got.channels != channels or got.map_hw != map_hw:
             raise BadArgument(f"layer {layer.name!r} gave {channels} channels of map {map_hw} "
                               f"after {got.channels} of {got.map_hw}; prepare every image to "
                               "one input size")
@@ -170,20 +281,20 @@ class DatasetAccumulator:
         if a.ndim < 2 or a.shape[0] != i.shape[0]:
             raise BadArgument(f"layer {layer.name!r}: {i.shape[0]} ids for an output of shape "
                               f"{a.shape}")
-        rankings, means, map_hw = reduce_maps(a)
-        state = self._layer(layer, int(a.shape[-1]), map_hw)
-        state.stats.add(a)
-        for name, (scores, positions) in rankings.items():
+        red = reduce_maps(a)
+        state = self._layer(layer, int(a.shape[-1]), red.map_hw)
+        state.stats.merge(StatsAccumulator.from_state(layer.index, layer.name, layer.type,
+                                                      red.moments))
+        for name, (scores, positions) in red.rankings.items():
             state.rankings[name].add(scores, i, positions)
         if state.classes is not None and labels is not None:
-            state.classes.add(means, np.asarray(labels, np.int64).reshape(-1))
+            state.classes.add(red.means, np.asarray(labels, np.int64).reshape(-1))
 
     def add_images(self, ids: np.ndarray) -> None:
         """Count N images whose every layer was added with :meth:`add`."""
         i = np.asarray(ids, np.int64).reshape(-1)
         self.images += int(i.shape[0])
-        if i.size:
-            self._seen.append(i.copy())
+        self._seen.add(i)
 
     def add_batch(self, outputs: Mapping[str, np.ndarray], ids: np.ndarray,
                   labels: np.ndarray | None) -> None:
@@ -198,6 +309,7 @@ class DatasetAccumulator:
         if not len(i) == len(names) == len(reasons):
             raise BadArgument("add_failures needs as many ids, names and reasons")
         self._failed_ids += i
+        self._seen.add(np.asarray(i, np.int64))
         self._failed_names += [str(n) for n in names]
         self._failed_reasons += [str(r) for r in reasons]
 
@@ -216,7 +328,7 @@ class DatasetAccumulator:
             raise BadArgument("cannot merge dataset accumulators of other layers, k or classes")
         theirs = other.seen_ids()
         if theirs.size:
-            again = np.isin(theirs, self.seen_ids())
+            again = self._seen.contains(theirs)
             if again.all():
                 return
             if again.any():
@@ -230,7 +342,7 @@ class DatasetAccumulator:
             if mine.classes is not None and part.classes is not None:
                 mine.classes.merge(part.classes)
         self.images += other.images
-        self._seen += [s.copy() for s in other._seen]
+        self._seen.add_ranges(other._seen.starts, other._seen.ends)
         self._failed_ids += other._failed_ids
         self._failed_names += other._failed_names
         self._failed_reasons += other._failed_reasons
@@ -239,8 +351,11 @@ class DatasetAccumulator:
 
     def seen_ids(self) -> np.ndarray:
         """Every id folded in or failed, sorted, int64 (to resume, and to drop retried batches)."""
-        parts = [*self._seen, np.asarray(self._failed_ids, np.int64)]
-        return np.unique(np.concatenate(parts)) if parts else np.zeros(0, np.int64)
+        return self._seen.array()
+
+    def seen(self, ids: np.ndarray) -> np.ndarray:
+        """``(N,)`` bool: each id was folded in or failed already (without listing every id)."""
+        return self._seen.contains(ids)
 
     @property
     def failures(self) -> list[tuple[int, str, str]]:
@@ -285,13 +400,13 @@ class DatasetAccumulator:
     def state(self) -> dict[str, np.ndarray]:
         """A flat dict of plain arrays (``np.savez``; ``np.load(allow_pickle=False)`` reads it).
 
-        Keys: ``meta``, ``seen``, ``failed.ids|names|reasons`` and per layer
+        Keys: ``meta``, ``seen.starts|ends`` (id ranges), ``failed.ids|names|reasons`` and per layer
         position ``p`` (in ``layers``) ``L<p>.map``, ``L<p>.stats.*``,
         ``L<p>.<ranking>.*``, ``L<p>.classes.*``.
         """
         out: dict[str, np.ndarray] = {
             "meta": np.array([self.k, self.classes, self.images, len(self.layers)], np.int64),
-            "seen": np.concatenate(self._seen) if self._seen else np.zeros(0, np.int64),
+            "seen.starts": self._seen.starts.copy(), "seen.ends": self._seen.ends.copy(),
             "failed.ids": np.asarray(self._failed_ids, np.int64),
             "failed.names": np.asarray(self._failed_names, dtype=np.str_),
             "failed.reasons": np.asarray(self._failed_reasons, dtype=np.str_),
@@ -328,9 +443,8 @@ class DatasetAccumulator:
             if n_layers != len(acc.layers):
                 raise damaged(f"{n_layers} layers saved, {len(acc.layers)} given")
             acc.images = images
-            seen = np.asarray(state["seen"], np.int64)
-            if seen.size:
-                acc._seen = [seen.copy()]
+            acc._seen.add_ranges(np.asarray(state["seen.starts"], np.int64),
+                                 np.asarray(state["seen.ends"], np.int64))
             acc._failed_ids = [int(v) for v in np.asarray(state["failed.ids"])]
             acc._failed_names = [str(v) for v in np.asarray(state["failed.names"])]
             acc._failed_reasons = [str(v) for v in np.asarray(state["failed.reasons"])]
