@@ -249,11 +249,12 @@ def capture(adapter, layers, arrays: list[np.ndarray], accumulate: bool) -> floa
 
 
 def run_local_timed(adapter, layers, source, preprocess: str) -> float:
-    from convlens.dataset.engine import run_local
+    from convlens.dataset.engine import BatchRunner, run_local
 
     t0 = time.perf_counter()
-    acc = run_local(adapter, source, layers, k=K, classes=len(source.class_names or ()), size=None,
-                    preprocess=preprocess, batch_size=BATCH)
+    runner = BatchRunner(adapter, layers, source, size=None, preprocess=preprocess, k=K,
+                         classes=len(source.class_names or ()))
+    acc = run_local(runner, batch_size=BATCH)
     seconds = time.perf_counter() - t0
     assert acc.images == len(source.records), (acc.images, len(source.records))
     return seconds

@@ -65,12 +65,13 @@ def model():
 
 @pytest.fixture(scope="module")
 def local(digits, model) -> DatasetAccumulator:
-    from convlens.dataset.engine import run_local
+    from convlens.dataset.engine import BatchRunner, run_local
 
     adapter, layers = model
     source = open_source(digits)
-    return run_local(adapter, source, layers, k=K, classes=len(source.class_names or ()), size=None,
-                     preprocess="unit", batch_size=BATCH)
+    runner = BatchRunner(adapter, layers, source, size=None, preprocess="unit", k=K,
+                         classes=len(source.class_names or ()))
+    return run_local(runner, batch_size=BATCH)
 
 
 def run(digits, model, **options) -> DatasetAccumulator:
@@ -146,6 +147,27 @@ def test_unreachable_address_is_one_line(session, digits, model):
     assert "\n" not in str(e.value) and "leave --ray-address out" in str(e.value)
     with pytest.raises(BadArgument, match="not an address"):
         run(digits, model, address="head-node:port")
+
+
+def test_driver_merges_each_batch_once_however_often_it_arrives(digits, model, local):
+    """What the driver does with Ray's output, without Ray: a batch delivered twice counts once."""
+    from convlens.dataset.engine import BatchRunner
+    from convlens.dataset.ray_engine import _batches, _encode_state, _Merger
+
+    adapter, layers = model
+    source = open_source(digits)
+    runner = BatchRunner(adapter, layers, source, size=None, preprocess="unit", k=K, classes=10)
+    batches = _batches(source.records, BATCH)
+    blobs = [_encode_state(runner.run(batch).state()) for batch in batches]
+    total = DatasetAccumulator(layers, K, 10)
+    merger = _Merger(total, layers, batches, len(source.records))
+    assert merger.missing() == len(batches)
+    order = [5, 0, 0, 3, 1, 5, 2, 4, 4]  # retried batches arrive again, out of order
+    assert [merger.add(i, blobs[i]) for i in order] == [True, True, False, True, True, False, True, True,
+                                                        False]
+    assert not merger.add(2, blobs[1])  # the same images under another index: dropped too
+    assert merger.missing() == 0 and merger.dropped == 4
+    assert_same(local, total, layers)
 
 
 def test_random_weights_or_an_in_memory_model_are_refused(digits, model):

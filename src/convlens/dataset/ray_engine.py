@@ -43,7 +43,6 @@ import logging
 import os
 import socket
 import threading
-import time
 import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -222,9 +221,9 @@ def _decode_records(text: str) -> list[Record]:
             for i, name, path, row, label in json.loads(text)]
 
 
-def _encode_state(state: Mapping[str, np.ndarray]) -> bytes:
+def _encode_state(state: dict[str, np.ndarray]) -> bytes:
     buffer = io.BytesIO()
-    np.savez(buffer, **state)
+    np.savez(buffer, **state)  # type: ignore[arg-type]  # numpy's stubs type **kwds as allow_pickle
     return buffer.getvalue()
 
 
@@ -337,30 +336,58 @@ def _run(ray: Any, kwargs: dict[str, Any], source: Source, layers: Sequence[Laye
                                    "k": k, "classes": classes, "size": size, "preprocess": preprocess},
             runtime_env={"env_vars": env}, max_restarts=RETRIES, max_task_retries=RETRIES)
 
-    done = np.zeros(len(batches), bool)
-    seen = np.zeros(len(source.records), bool)
+    merger = _Merger(total, layers, batches, len(source.records))
     progress.start(len(source.records), f"dataset on Ray ({pool} model actor{'s' * (pool > 1)})")
     try:
         for out in _iterate(mapped):
             for index, blob in zip(out["batch"], out["state"]):
-                index = int(index)
-                if done[index]:
-                    continue  # a retried batch delivered twice
-                part = DatasetAccumulator.from_state(layers, _decode_state(bytes(blob)))
-                ids = part.seen_ids()
-                if seen[ids].any():
-                    continue  # every id of a batch is in one batch only: it was merged already
-                total.merge(part)
-                done[index] = True
-                seen[ids] = True
-                progress.advance(len(batches[index]))
+                if merger.add(int(index), bytes(blob)):
+                    progress.advance(len(batches[int(index)]))
     finally:
         progress.finish()
-    if not done.all():
-        missing = int((~done).sum())
+    missing = merger.missing()
+    if missing:
         raise ConvlensError(f"the Ray run returned without {missing} of {len(batches)} batches; run it "
                             "again (or with --engine local)")
     return total
+
+
+class _Merger:
+    """The driver's side: merges each batch's state once, however often Ray delivers it.
+
+    Args:
+        total: the run's accumulator (merged into).
+        layers: the selected layers (to read states back).
+        batches: the run's batches; a state's batch index points into it.
+        records: number of records (ids are ``0..records-1``).
+    """
+
+    def __init__(self, total: DatasetAccumulator, layers: Sequence[LayerInfo],
+                 batches: Sequence[Sequence[Record]], records: int) -> None:
+        self.total, self.layers = total, list(layers)
+        self.done = np.zeros(len(batches), bool)
+        self.seen = np.zeros(records, bool)
+        self.dropped = 0
+
+    def add(self, index: int, blob: bytes) -> bool:
+        """Merge one batch's ``np.savez`` state; False (and nothing merged) for a batch seen already."""
+        if self.done[index]:
+            self.dropped += 1
+            return False
+        part = DatasetAccumulator.from_state(self.layers, _decode_state(blob))
+        ids = part.seen_ids()
+        if self.seen[ids].any():
+            # A record belongs to one batch only, so this one was merged under another index.
+            self.dropped += 1
+            return False
+        self.total.merge(part)
+        self.done[index] = True
+        self.seen[ids] = True
+        return True
+
+    def missing(self) -> int:
+        """Batches never merged."""
+        return int((~self.done).sum())
 
 
 def _iterate(mapped: Any) -> Any:
@@ -390,6 +417,3 @@ def _convlens_cause(error: BaseException) -> ConvlensError | None:
         todo += [e.__cause__, e.__context__, getattr(e, "cause", None)]
     return None
 
-
-def _elapsed(t0: float) -> float:
-    return time.perf_counter() - t0
