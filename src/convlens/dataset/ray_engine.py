@@ -65,6 +65,8 @@ RETRIES = 3
 CONNECT_TIMEOUT = 10.0
 #: Seconds to wait for ``ray.init`` once the address answers (a port that is not Ray's).
 INIT_TIMEOUT = 60.0
+#: Ray Data blocks of batches at most (beyond, a block holds several consecutive batches).
+MAX_BLOCKS = 2000
 #: Environment variables the driver passes on to the model actors.
 FORWARDED_ENV = ("KERAS_BACKEND", "TF_CPP_MIN_LOG_LEVEL")
 #: Test hook: a path; the first actor batch that can rename that file away exits its
@@ -323,7 +325,9 @@ def _run(ray: Any, kwargs: dict[str, Any], source: Source, layers: Sequence[Laye
 
     rows = [{"batch": i, "records": _encode_records(chunk)} for i, chunk in enumerate(batches)]
     bare = dataclasses.replace(source, records=())  # the actors get their records per batch
-    dataset = ray.data.from_items(rows, override_num_blocks=min(len(rows), max(pool * 4, 1)))
+    # One block per batch (up to MAX_BLOCKS): the pool hands out batches one by one, so an actor
+    # that starts late, or a slow node, is not left with a queue of many batches.
+    dataset = ray.data.from_items(rows, override_num_blocks=min(len(rows), MAX_BLOCKS))
     with warnings.catch_warnings():
         # max_restarts / max_task_retries are only accepted as ray_remote_args, which Ray 2.5x
         # flags as deprecated without a named replacement yet.
