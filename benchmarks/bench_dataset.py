@@ -4,8 +4,8 @@ Per model, side by side in one process (timings on a shared machine are noisy; t
 what to read, and the load average is printed with them):
 
 * **floor**: the framework's own batched forward pass over the N images, already decoded and
-  prepared in memory, nothing captured (Keras ``model(x, training=False)``, torch ``module(x)``
-  under ``inference_mode``);
+  prepared in memory, nothing captured (Keras ``model.predict_on_batch(x)``, torch
+  ``module(x)`` under ``inference_mode``);
 * where the local engine's time goes: reading + preparing alone (``read_batch`` +
   ``prepare``), the forward pass capturing the selected layers (``adapter.run``), and the
   capture plus the accumulators (``DatasetAccumulator.add_batch``), each on its own;
@@ -21,8 +21,10 @@ torchvision ResNet-18 with random weights (saved once to a state-dict file, so t
 actor opens the same weights) over 1,000 photos of 224x224 cut from scikit-image's sample
 photos (random crops and flips, JPEG).
 
-Memory: peak RSS (``ru_maxrss``) of the local engine, and of the Ray driver, over 1,000 and
-10,000 digits (the 5,000 and their mirror images), each in a fresh subprocess.
+Memory: peak RSS of the local engine, and of the Ray driver, over 1,000 and 10,000 digits
+(the 5,000 and their mirror images), each in a fresh subprocess: ``ru_maxrss`` (the process's
+peak, which importing TensorFlow may set), and the run's own peak (``VmHWM`` reset once the
+model is open, as benchmarks/bench_memory.py does).
 
 Targets (issue 10): local within 1.25x of the floor; Ray on one node within 1.5x of local;
 peak RSS flat from 1,000 to 10,000 images.
@@ -54,6 +56,7 @@ sys.path.insert(0, str(ROOT / "src"))
 import numpy as np  # noqa: E402
 
 BATCH = 64
+MB = 1 << 20
 K = 9
 COLOUR = ("astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry", "hubble_deep_field",
           "retina")
@@ -208,12 +211,12 @@ def floor(adapter, arrays: list[np.ndarray]) -> float:
             for t in tensors:
                 module(t)
             return time.perf_counter() - t0
-    model = adapter.model
-    for b in (batches[0], batches[-1]):  # warm-up
-        model(b, training=False)
+    model = adapter.model  # predict_on_batch: Keras's compiled predict step, faster than an eager call
+    for b in (batches[0], batches[0], batches[-1]):  # warm-up (traced at the first calls)
+        model.predict_on_batch(b)
     t0 = time.perf_counter()
     for b in batches:
-        np.asarray(model(b, training=False))
+        model.predict_on_batch(b)
     return time.perf_counter() - t0
 
 
@@ -328,30 +331,57 @@ def rss_child(engine: str, data: str, n: int) -> None:
                         "trust": False, "preprocess": "unit"}, Path(data), "conv,pool", n)
     adapter, layers, source, preprocess = open_case(case)
     source = dataclasses.replace(source, records=source.records[:n])
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    if engine == "local":  # the first passes trace Keras's graph: not what grows with the images
+        run_local_timed(adapter, layers, dataclasses.replace(source, records=source.records[:200]),
+                        preprocess)
+    else:
+        import ray
+
+        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
+                 logging_level="ERROR")
+    before = _status()["VmRSS"]
+    # Opening the model (importing TensorFlow) peaks above what a run needs: writing 5 to
+    # clear_refs resets VmHWM to the current RSS, so VmHWM is then the run's own peak.
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
     t0 = time.perf_counter()
     if engine == "local":
         run_local_timed(adapter, layers, source, preprocess)
     else:
         run_ray_timed(case, layers, source, preprocess, workers=2)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"before_kb": before, "peak_kb": peak, "seconds": time.perf_counter() - t0}))
+    seconds = time.perf_counter() - t0
+    print(json.dumps({"before": before, "run_peak": _status()["VmHWM"], "seconds": seconds,
+                      "ru_maxrss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
+
+
+def _status() -> dict[str, int]:
+    """This process's resident memory now and at its peak since the last reset, in bytes."""
+    fields = {}
+    with open("/proc/self/status") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                fields[key] = int(value.split()[0]) * 1024
+    return fields
 
 
 def memory(data: Path, sizes: tuple[int, int]) -> None:
     root = make_digits(data / f"digits-{sizes[1]}", sizes[1])
-    print(f"\npeak RSS (ru_maxrss), demo CNN, conv,pool layers, each in a fresh process   [{load()}]")
+    print(f"\npeak memory, demo CNN, conv,pool layers, each in a fresh process (MB): RSS with the model "
+          f"open, the run's peak (VmHWM reset after opening), ru_maxrss (the process's peak)   [{load()}]")
     for engine in ("local", "ray"):
         got = []
         for n in sizes:
             out = subprocess.run([sys.executable, __file__, "--rss-child", engine, os.fspath(root), str(n)],
                                  capture_output=True, text=True, check=True)
-            result = json.loads(out.stdout.strip().splitlines()[-1])
-            got.append(result["peak_kb"] / 1024)
-            print(f"  {engine:<6} {n:>7,} images: peak {result['peak_kb'] / 1024:7.0f} MB "
-                  f"(model open: {result['before_kb'] / 1024:5.0f} MB), {result['seconds']:.1f} s", flush=True)
+            r = json.loads(out.stdout.strip().splitlines()[-1])
+            got.append(r["run_peak"] - r["before"])
+            print(f"  {engine:<6} {n:>7,} images: open {r['before'] / MB:6.0f}   run peak {r['run_peak'] / MB:6.0f} "
+                  f"(+{(r['run_peak'] - r['before']) / MB:4.0f})   ru_maxrss {r['ru_maxrss'] / MB:6.0f}   "
+                  f"{r['seconds']:5.1f} s", flush=True)
         what = "the Ray driver" if engine == "ray" else "local"
-        print(f"  {what}: {sizes[1] // sizes[0]}x the images -> {got[1] / got[0]:.2f}x the peak")
+        print(f"  {what}: {sizes[1] // sizes[0]}x the images -> the run's growth over the open model "
+              f"{got[0] / MB:.0f} MB -> {got[1] / MB:.0f} MB")
 
 
 def main() -> None:

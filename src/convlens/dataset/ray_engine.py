@@ -318,11 +318,6 @@ def _run(ray: Any, kwargs: dict[str, Any], source: Source, layers: Sequence[Laye
     threads = {"OMP_NUM_THREADS": str(share), "TF_NUM_INTRAOP_THREADS": str(share),
                "TF_NUM_INTEROP_THREADS": "1"}
     env = {**_runtime_env()["env_vars"], **threads}
-    context = ray.data.DataContext.get_current()
-    context.enable_progress_bars = False
-    context.print_on_execution_start = False
-    logging.getLogger("ray.data").setLevel(logging.ERROR)
-
     rows = [{"batch": i, "records": _encode_records(chunk)} for i, chunk in enumerate(batches)]
     bare = dataclasses.replace(source, records=())  # the actors get their records per batch
     # One block per batch (up to MAX_BLOCKS): the pool hands out batches one by one, so an actor
@@ -342,12 +337,21 @@ def _run(ray: Any, kwargs: dict[str, Any], source: Source, layers: Sequence[Laye
 
     merger = _Merger(total, layers, batches, len(source.records))
     progress.start(len(source.records), f"dataset on Ray ({pool} model actor{'s' * (pool > 1)})")
+    # Library code never prints: Ray Data's progress bars and execution logs are silenced for
+    # this run only (a notebook's own Ray Data work keeps its settings).
+    context = ray.data.DataContext.get_current()
+    logger = logging.getLogger("ray.data")
+    saved = (context.enable_progress_bars, context.print_on_execution_start, logger.level)
+    context.enable_progress_bars = context.print_on_execution_start = False
+    logger.setLevel(logging.ERROR)
     try:
         for out in _iterate(mapped):
             for index, blob in zip(out["batch"], out["state"]):
                 if merger.add(int(index), bytes(blob)):
                     progress.advance(len(batches[int(index)]))
     finally:
+        context.enable_progress_bars, context.print_on_execution_start, level = saved
+        logger.setLevel(level)
         progress.finish()
     missing = merger.missing()
     if missing:
