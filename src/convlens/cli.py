@@ -28,6 +28,7 @@ examples:
   convlens stats vgg16 --weights none cat.jpg dog.jpg --layers conv,act,pool --json
   convlens report vgg16 --weights none cat.jpg dog.jpg --out report.html
   convlens heatmap vgg16 --weights none cat.jpg --method gradcam,scorecam --out heat/
+  convlens dataset demo digits/ --layers conv --k 9 --out ds/   (per channel its top images)
   convlens timeline runs/1 --out timeline.html   (a run recorded by LensCallback/LensRecorder)
 
 Models: a .keras or legacy .h5 file, a .pt2 torch.export program, a .onnx or .tflite
@@ -312,6 +313,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder")
     _model_options(p)
 
+    p = sub.add_parser("dataset", help="what each channel responds to across a data set: its top-k "
+                                       "images and receptive-field crops, channel health, class "
+                                       "selectivity",
+                       epilog=DATASET_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model")
+    p.add_argument("data", metavar="DATA", help="a folder (DATA/<class>/<image> gives labels), a glob, "
+                                                "a text file of image paths, or a Parquet file or folder")
+    p.add_argument("--layers", default=None, help="layer selection (default conv,pool)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--k", type=_positive, default=9, help="images kept per channel (default 9)")
+    p.add_argument("--engine", choices=("local", "ray"), default="local",
+                   help="local (default: this process) or ray (a Ray cluster; pip install "
+                        "'convlens[ray]')")
+    p.add_argument("--batch-size", type=_positive, default=32, metavar="N",
+                   help="images per forward pass (default 32)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run from its checkpoint (kept beside --out)")
+    p.add_argument("--checkpoint-every", type=_positive, default=1000, metavar="N",
+                   help="local engine: save a checkpoint every N images (default 1000)")
+    p.add_argument("--ray-address", metavar="ADDR",
+                   help="ray engine: an existing cluster, e.g. ray://head:10001 (default: a local one)")
+    p.add_argument("--workers", type=_positive, metavar="N", help="ray engine: model actors")
+    p.add_argument("--size", type=_size_arg, metavar="HxW",
+                   help="input size for models that accept any size (default 224x224)")
+    p.add_argument("--preprocess", choices=("unit", "caffe", "torch", "tf", "raw"),
+                   help="preprocessing preset (default: the model's own; unit = x/255)")
+    p.add_argument("--max-pixels", type=_positive, help="refuse images larger than this (default 100M)")
+    _model_options(p)
+
     p = sub.add_parser("demo", help="run everything on the built-in MNIST CNN and a digit")
     p.add_argument("--out", default="demo-output", help="output folder (default demo-output)")
     return parser
@@ -442,6 +472,66 @@ def _cmd_visualize(lens: Any, args: argparse.Namespace, stdout: TextIO) -> None:
                  f"reached {float(acts.min()):.4g} to {float(acts.max()):.4g}\n")
 
 
+DATASET_EXAMPLES = """\
+examples:
+  convlens dataset demo digits/ --layers conv --out ds/
+  convlens dataset torchvision:resnet18 --weights none photos/ --layers blocks --k 16 --out ds/
+  convlens dataset model.keras 'data/**/*.jpg' --batch-size 64 --out ds/ --resume
+  convlens dataset model.onnx train.parquet --engine ray --workers 4 --out ds/
+
+Writes index.json (per channel its top-k images, scores, positions and crop boxes), channels.csv
+and channels.json (dataset-wide health and class selectivity), a mosaic per channel and an atlas
+per layer under layers/. A checkpoint is kept beside --out (.OUT.convlens-resume) while the run
+lasts; after an interrupt, the same command with --resume continues it.
+"""
+
+
+class _RateProgress(BarProgress):
+    """The progress bar with images per second (the dataset view)."""
+
+    def advance(self, n: int = 1) -> None:
+        self.done += n
+        elapsed = time.monotonic() - self.t0
+        if not self.stream.isatty() or elapsed < self.delay:
+            return
+        width = 30
+        filled = int(width * self.done / max(self.total, 1))
+        self.stream.write(f"\r{self.label} [{'#' * filled}{'.' * (width - filled)}] "
+                          f"{self.done}/{self.total} {self.done / elapsed:.0f} images/s")
+        self.stream.flush()
+        self.drawn = True
+
+
+def _cmd_dataset(lens: Any, args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
+    from ._errors import OutputError
+    from .dataset.engine import default_checkpoint_folder
+
+    if Path(args.out).exists() and not Path(args.out).is_dir():  # before the whole data set runs
+        raise OutputError(f"cannot write to {args.out}: it is a file, not a folder; choose another --out")
+    try:
+        result = lens.dataset(args.data, args.layers, k=args.k, engine=args.engine,
+                              batch_size=args.batch_size, size=args.size, preprocess=args.preprocess,
+                              out=args.out, resume=args.resume, checkpoint_every=args.checkpoint_every,
+                              ray_address=args.ray_address, workers=args.workers,
+                              progress=_RateProgress())
+    except KeyboardInterrupt:
+        folder = default_checkpoint_folder(args.out)
+        hint = (f"; a checkpoint is kept in {folder}: run the same command with --resume to continue"
+                if (folder / "state.npz").is_file() else "")
+        stderr.write(f"\nconvlens: interrupted; nothing was written{hint}\n")
+        return 130
+    for note in result.notes:
+        stdout.write(f"note: {note}\n")
+    failed = f", {len(result.failures)} could not be read (listed in index.json)" if result.failures else ""
+    rate = result.images / result.seconds if result.seconds > 0 else 0.0
+    channels = sum(ex.stats.channels for ex in result.layers)
+    dead = sum(int(ex.stats.dead.sum()) for ex in result.layers)
+    stdout.write(f"wrote {args.out}: {result.images} images{failed}; {len(result.layers)} layers, "
+                 f"{channels} channels ({dead} dead over the whole data set), top {result.k} each; "
+                 f"{result.seconds:.1f} s, {rate:.0f} images/s\n")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace, stdout: TextIO) -> int:
     import shutil
     import tempfile
@@ -519,6 +609,8 @@ def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None,
 
         elif args.command == "visualize":
             _cmd_visualize(lens, args, stdout)
+        elif args.command == "dataset":
+            return _cmd_dataset(lens, args, stdout, stderr)
         else:  # pragma: no cover - argparse rejects unknown commands
             raise BadArgument(f"unknown command {args.command}")
     except ConvlensError as exc:

@@ -69,8 +69,11 @@ def test_batch_moments_equal_the_stats_accumulator(case):
                                                                   want.channels)
     for key in ("count", "min", "max", "dead", "constant", "nonfinite", "zero_fraction"):
         np.testing.assert_array_equal(getattr(got, key), getattr(want, key), err_msg=key)
-    np.testing.assert_allclose(got.mean, want.mean, rtol=1e-12, equal_nan=True)
-    np.testing.assert_allclose(got.std, want.std, rtol=2e-7, atol=1e-12, equal_nan=True)
+    # float32 pairwise sums: about 1e-7 of the values' magnitude (the spread of values near 1e4
+    # keeps its own relative accuracy: the sums are of deviations from a shift near the mean)
+    scale = float(np.nanmax(np.abs(np.where(np.isfinite(a), a, np.nan))))
+    np.testing.assert_allclose(got.mean, want.mean, rtol=1e-6, atol=1e-6 * scale, equal_nan=True)
+    np.testing.assert_allclose(got.std, want.std, rtol=1e-5, atol=1e-7, equal_nan=True)
 
 
 def test_top_ranking_equals_brute_force_with_labels():
@@ -94,7 +97,7 @@ def test_top_ranking_equals_brute_force_with_labels():
     assert classes is not None
     sel = classes.result()
     means = data["conv"].astype(np.float64).mean(axis=(1, 2))
-    np.testing.assert_allclose(sel.means[1], means[labels == 1].mean(axis=0), rtol=1e-12)
+    np.testing.assert_allclose(sel.means[1], means[labels == 1].mean(axis=0), rtol=1e-6, atol=1e-7)
     assert acc.map_hw("conv") == (4, 5) and acc.map_hw("seq") == (1, 6) and acc.map_hw("dense") is None
 
 
@@ -115,8 +118,9 @@ def assert_same(a, b, rtol=0.0):
             for x, y in zip(a[name][key], b[name][key]):
                 np.testing.assert_array_equal(x, y)
         for x, y in zip(a[name]["stats"], b[name]["stats"]):
-            np.testing.assert_allclose(x, y, rtol=rtol, atol=0, equal_nan=True)
-        np.testing.assert_allclose(a[name]["classes"], b[name]["classes"], rtol=rtol, equal_nan=True)
+            np.testing.assert_allclose(x, y, rtol=rtol, atol=rtol / 10, equal_nan=True)
+        np.testing.assert_allclose(a[name]["classes"], b[name]["classes"], rtol=rtol, atol=rtol / 10,
+                                   equal_nan=True)
 
 
 @pytest.mark.parametrize("seed", range(3))
@@ -137,8 +141,8 @@ def test_merge_of_shuffled_batches_equals_one_pass_and_retries_are_dropped(seed)
         merged.merge(part)
     merged.merge(parts[2])  # a retried batch: already seen, dropped whole
     assert merged.images == n and merged.seen_ids().tolist() == list(range(n))
-    # float32 deviations per batch (see reduce_maps): spreads agree to ~1e-9, rankings exactly
-    assert_same(results_of(one), results_of(merged), rtol=1e-7)
+    # float32 pairwise sums per batch (see reduce_maps): statistics agree to ~1e-7, rankings exactly
+    assert_same(results_of(one), results_of(merged), rtol=1e-5)
     mixed = DatasetAccumulator(LAYERS, k=5, classes=2)
     mixed.add_batch({k: v[:3] for k, v in data.items()}, np.array([0, 1, 1000]), labels[:3])
     with pytest.raises(BadArgument, match="2 of 3 images were folded in already"):

@@ -113,10 +113,14 @@ class ClassMeans:
         keep = lab >= 0
         if not keep.any():
             return
-        lab, v = lab[keep], v[keep].astype(np.float64)
+        # Rows grouped by class (a stable sort keeps their order), then one reduceat per group.
+        order = np.argsort(lab[keep], kind="stable")
+        lab, v = lab[keep][order], v[keep][order].astype(np.float64)
         finite = np.isfinite(v)
-        np.add.at(self._sums, lab, np.where(finite, v, 0.0))
-        np.add.at(self._finite, lab, finite)
+        starts = np.flatnonzero(np.r_[True, lab[1:] != lab[:-1]])
+        present = lab[starts]
+        self._sums[present] += np.add.reduceat(np.where(finite, v, 0.0), starts, axis=0)
+        self._finite[present] += np.add.reduceat(finite.astype(np.int64), starts, axis=0)
         self._images += np.bincount(lab, minlength=self.classes)
 
     def merge(self, other: ClassMeans) -> None:

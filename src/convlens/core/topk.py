@@ -25,16 +25,19 @@ from .._errors import BadArgument
 __all__ = ["TopK"]
 
 
-def _order(scores: np.ndarray, ids: np.ndarray, positions: np.ndarray) -> np.ndarray:
-    """Per row, indices sorting by score descending, then id, y, x ascending.
+def _order(scores: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """Per row, indices sorting by score descending, then id ascending.
+
+    Ids are unique per row once duplicates are dropped (placeholders, id -1,
+    all score -inf and are blanked afterwards), so this order is total.
 
     Args:
-        scores: ``(C, M)`` float64; ids ``(C, M)`` int64; positions ``(C, M, 2)``.
+        scores: ``(C, M)`` float64; ids ``(C, M)`` int64.
 
     Returns:
         ``(C, M)`` int64 indices into axis 1.
     """
-    return np.lexsort((positions[..., 1], positions[..., 0], ids, -scores), axis=-1)
+    return np.lexsort((ids, -scores), axis=-1)
 
 
 class TopK:
@@ -125,11 +128,11 @@ class TopK:
             plain = ~tied
             take[plain] = np.nonzero(keep[plain])[1].reshape(-1, k)
             if tied.any():  # ties at the boundary (a dead channel's zeros): sort those rows whole
-                take[tied] = _order(s[tied], i[tied], p[tied])[:, :k]
+                take[tied] = _order(s[tied], i[tied])[:, :k]
             s = np.take_along_axis(s, take, axis=1)
             i = np.take_along_axis(i, take, axis=1)
             p = np.take_along_axis(p, take[..., None], axis=1)
-        order = _order(s, i, p)
+        order = _order(s, i)
         s = np.take_along_axis(s, order, axis=1)
         i = np.take_along_axis(i, order, axis=1)
         p = np.take_along_axis(p, order[..., None], axis=1)

@@ -70,14 +70,13 @@ def reduce_maps(array: np.ndarray) -> Reduced:
     """One batch of a layer's output reduced over its map, for every ranking and the statistics.
 
     The output is copied once into ``(C, N, H*W)`` order, so every reduction
-    (per image over the map, per channel over the batch) runs along memory.
+    (per image over the map, per channel over the batch) runs along memory,
+    in float32 with numpy's pairwise summation (relative error about 1e-7).
     The batch's statistics are those of
     :class:`~convlens.core.stats.StatsAccumulator` (finite values only; NaN
-    and inf flag the channel): the mean from float64 sums, the spread by the
-    two-pass formula with float32 deviations from the float32-rounded mean,
-    squared and summed in float64, then corrected exactly for that rounding
-    (``M2 = sum((x - m')^2) - n (mean - m')^2``): relative error about 1e-7,
-    below float32's own resolution of the inputs.
+    and inf flag the channel): the spread by the two-pass formula on
+    deviations from a shift near the mean, ``M2 = sum(d^2) - sum(d)^2 / n``,
+    which stays accurate for values far from 0 (1e4 +- 1e-2).
 
     Args:
         array: ``(N, H, W, C)``, ``(N, L, C)`` or ``(N, C)`` real values.
@@ -112,13 +111,16 @@ def reduce_maps(array: np.ndarray) -> Reduced:
     finite = bool(np.isfinite(hi).all() and np.isfinite(lo).all())  # NaN wins argmax and argmin
     m = n * s
     if finite:
-        sums = t.sum(axis=2, dtype=np.float64)                                          # (C, N)
+        sums = t.sum(axis=2).astype(np.float64)                                         # (C, N)
         count = np.full(c, m, np.int64)
-        mean = sums.sum(axis=1) / max(m, 1)
-        rounded = mean.astype(np.float32)
-        d = x - rounded[:, None]
+        # Deviations from a shift near the mean are small, so their float32 pairwise sums are
+        # accurate; the shift's rounding is taken back out exactly (the sum of deviations).
+        shift = (sums.sum(axis=1) / m).astype(np.float32)
+        d = x - shift[:, None]
+        dev = d.sum(axis=1).astype(np.float64)
         np.square(d, out=d)
-        m2 = d.sum(axis=1, dtype=np.float64) - m * (mean - rounded.astype(np.float64)) ** 2
+        mean = shift.astype(np.float64) + dev / m
+        m2 = d.sum(axis=1).astype(np.float64) - dev * dev / m
         ch_lo, ch_hi = lo.min(axis=1, initial=np.inf), hi.max(axis=1, initial=-np.inf)
         bad = np.zeros(c, bool)
     else:

@@ -23,10 +23,12 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import queue
 import shutil
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -152,39 +154,85 @@ class BatchRunner:
         return LoadedBatch(list(records), inputs, np.asarray(ids, np.int64),
                            np.asarray(labels, np.int64), failed)
 
+    def start(self, batch: LoadedBatch, executor: Executor | None = None) -> _Started:
+        """Run the forward pass; each layer's output is folded in ``executor`` (inline if None).
+
+        Call :meth:`_Started.result` for the batch's accumulator: the folding of
+        one batch then overlaps the next batch's forward pass.
+        """
+        acc = DatasetAccumulator(self.layers, self.k, self.classes)
+        if batch.failed:
+            fid, names, reasons = zip(*batch.failed)
+            acc.add_failures(np.asarray(fid, np.int64), names, reasons)
+        started = _Started(self, batch, acc)
+        if not batch.ids.size:
+            return started
+        labels = batch.labels if self.classes else None
+
+        def on_output(index: int, array: np.ndarray) -> None:
+            layer = self._by_index.get(index)
+            if layer is None or index in started.got:
+                return
+            started.got.add(index)
+            if executor is None:
+                acc.add(layer, array, batch.ids, labels)
+            else:
+                started.jobs.append(executor.submit(acc.add, layer, array, batch.ids, labels))
+
+        try:
+            self.adapter.run(batch.inputs, list(self._by_index), on_output)
+        except BaseException:
+            started.cancel()
+            raise
+        return started
+
     def forward(self, batch: LoadedBatch) -> DatasetAccumulator:
         """One forward pass over the loaded batch, folded into a fresh accumulator.
 
         Raises:
             UnsupportedModel: the adapter gave no output for a selected layer.
         """
-        acc = DatasetAccumulator(self.layers, self.k, self.classes)
-        if batch.failed:
-            fid, names, reasons = zip(*batch.failed)
-            acc.add_failures(np.asarray(fid, np.int64), names, reasons)
-        if not batch.ids.size:
-            return acc
-        labels = batch.labels if self.classes else None
-        got: set[int] = set()
-
-        def on_output(index: int, array: np.ndarray) -> None:
-            layer = self._by_index.get(index)
-            if layer is None or index in got:
-                return
-            got.add(index)
-            acc.add(layer, array, batch.ids, labels)
-
-        self.adapter.run(batch.inputs, list(self._by_index), on_output)
-        missing = [layer.name for layer in self.layers if layer.index not in got]
-        if missing:
-            raise UnsupportedModel(f"{self.adapter.name} gave no output for {', '.join(missing)} in a "
-                                   "forward pass; select other layers")
-        acc.add_images(batch.ids)
-        return acc
+        return self.start(batch).result()
 
     def run(self, records: Sequence[Record]) -> DatasetAccumulator:
         """Read, prepare and run one batch of records into a fresh accumulator."""
         return self.forward(self.load(records))
+
+
+class _Started:
+    """A batch whose forward pass ran and whose outputs are being folded."""
+
+    def __init__(self, runner: BatchRunner, batch: LoadedBatch, acc: DatasetAccumulator) -> None:
+        self.runner, self.batch, self.acc = runner, batch, acc
+        self.got: set[int] = set()
+        self.jobs: list[Future[None]] = []
+
+    def result(self) -> DatasetAccumulator:
+        """The batch's accumulator, once every layer is folded in.
+
+        Raises:
+            UnsupportedModel: the adapter gave no output for a selected layer.
+        """
+        for job in self.jobs:
+            job.result()
+        if self.batch.ids.size:
+            missing = [layer.name for layer in self.runner.layers if layer.index not in self.got]
+            if missing:
+                raise UnsupportedModel(f"{self.runner.adapter.name} gave no output for "
+                                       f"{', '.join(missing)} in a forward pass; select other layers")
+            self.acc.add_images(self.batch.ids)
+        return self.acc
+
+    def cancel(self) -> None:
+        """Drop the batch: wait for folds already running, ignore their errors."""
+        for job in self.jobs:
+            job.cancel()
+        for job in self.jobs:
+            if not job.cancelled():
+                try:
+                    job.result()
+                except BaseException:  # the batch is dropped; the caller's error matters
+                    pass
 
 
 class _Prefetch:
@@ -246,7 +294,7 @@ class Checkpoint:
         fingerprint: JSON-ready settings a resumed run must share.
     """
 
-    def __init__(self, folder: str | Path, fingerprint: Mapping[str, Any]) -> None:
+    def __init__(self, folder: str | os.PathLike[str], fingerprint: Mapping[str, Any]) -> None:
         self.folder = Path(folder)
         self.fingerprint = {"convlens": "dataset-checkpoint", "version": _CHECKPOINT_VERSION,
                             **fingerprint}
@@ -267,7 +315,7 @@ class Checkpoint:
         state = acc.state()
         state["checkpoint.fingerprint"] = np.asarray(json.dumps(self.fingerprint, sort_keys=True))
         buf = io.BytesIO()
-        np.savez(buf, **state)
+        np.savez(buf, **state)  # type: ignore[arg-type]  # numpy's stub types only allow_pickle
         atomic_write_bytes(self.state_file, buf.getvalue())
         info = {**self.fingerprint, "images": acc.images, "failed": len(acc.failures)}
         atomic_write_bytes(self.folder / "checkpoint.json",
@@ -341,29 +389,46 @@ def run_local(runner: BatchRunner, *, batch_size: int = 32, checkpoint: Checkpoi
     progress.start(len(todo), label)
     since = 0
     consistent = True  # False only while a merge is changing the state
-    try:
-        for batch in _Prefetch(runner.load, batches):
-            part = runner.forward(batch)
-            consistent = False
-            acc.merge(part)
-            consistent = True
-            progress.advance(len(batch.records))
-            since += len(batch.records)
-            if checkpoint is not None and since >= checkpoint_every:
-                checkpoint.save(acc)
-                since = 0
-    except BaseException:
-        if checkpoint is not None and consistent and since:
-            try:
-                checkpoint.save(acc)
-            except (ConvlensError, OSError):  # the original error matters more
-                pass
-        raise
+
+    def finish(started: _Started) -> None:
+        nonlocal since, consistent
+        part = started.result()
+        consistent = False
+        acc.merge(part)
+        since += len(started.batch.records)
+        consistent = True
+        if checkpoint is not None and since >= checkpoint_every:
+            checkpoint.save(acc)
+            since = 0
+        progress.advance(len(started.batch.records))
+
+    # One folding thread: a batch's outputs are reduced while the model runs on the next batch
+    # (numpy's reductions release the GIL, as the frameworks' kernels do).
+    pending: _Started | None = None
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="convlens-dataset-fold") as pool:
+        try:
+            for batch in _Prefetch(runner.load, batches):
+                started = runner.start(batch, pool)
+                if pending is not None:
+                    finish(pending)
+                pending = started
+            if pending is not None:
+                last, pending = pending, None
+                finish(last)
+        except BaseException:
+            if pending is not None:
+                pending.cancel()
+            if checkpoint is not None and consistent and since:
+                try:
+                    checkpoint.save(acc)
+                except (ConvlensError, OSError):  # the original error matters more
+                    pass
+            raise
     progress.finish()
     return acc
 
 
-def default_checkpoint_folder(out: str | Path) -> Path:
+def default_checkpoint_folder(out: str | os.PathLike[str]) -> Path:
     """Where ``convlens dataset --out OUT`` keeps its checkpoint: ``.OUT.convlens-resume`` beside OUT.
 
     Beside, not inside: OUT itself is only touched by the final atomic commit,
