@@ -152,3 +152,37 @@ def test_cut_refuses_unusable_arguments() -> None:
         cut(np.zeros((4, 4, 2)), (0, 0, 4, 4), 8)
     gray = np.full((4, 4, 1), 100.4, np.float32)
     assert np.all(cut(gray, (0, 0, 4, 4), 4) == 100)  # gray repeated to RGB, rounded
+
+
+def test_cut_agrees_with_a_plain_gather_for_boxes_anywhere() -> None:
+    """Boxes inside, across every border and wholly outside: edge-repeated pixels, checkerboard outside."""
+    rng = np.random.default_rng(7)
+    img = rng.integers(0, 256, (13, 17, 3)).astype(np.float32)
+    for _ in range(300):
+        side = int(rng.integers(1, 30))
+        top, left = int(rng.integers(-40, 40)), int(rng.integers(-40, 40))
+        got = cut(img, (top, left, top + side, left + side), side)  # no resampling: pixel for pixel
+        rows = np.clip(np.arange(top, top + side), 0, 12)
+        cols = np.clip(np.arange(left, left + side), 0, 16)
+        want = img[rows[:, None], cols[None, :]].astype(np.uint8)
+        outside = ((np.arange(top, top + side) < 0) | (np.arange(top, top + side) >= 13))[:, None] \
+            | ((np.arange(left, left + side) < 0) | (np.arange(left, left + side) >= 17))[None, :]
+        np.testing.assert_array_equal(got[~outside], want[~outside])
+        pad = got[outside]
+        assert (np.all(pad == PAD_LIGHT, axis=1) | np.all(pad == PAD_DARK, axis=1)).all()
+
+
+def test_widen_keeps_the_centre_and_draw_field_outlines_the_field() -> None:
+    from convlens.dataset.crops import FIELD_COLOR, draw_field, widen
+
+    field = (12.5, 24.5, 15.5, 27.5)  # a 3x3 field
+    assert widen(field, (7, 7)) == (10.5, 22.5, 17.5, 29.5)
+    assert widen(field, (2, 9)) == field[:1] + (21.5,) + field[2:3] + (30.5,)  # never shrinks
+    view = (10.0, 20.0, 17.0, 27.0)  # 7x7 pixels, drawn at 9 px a pixel
+    crop = cut(np.zeros((40, 40, 3), np.uint8), view, 63)
+    draw_field(crop, (12.0, 22.0, 15.0, 25.0), view)  # pixels 12..14 x 22..24 of the image
+    ring = np.zeros((63, 63), bool)
+    ring[18, 18:45] = ring[44, 18:45] = ring[18:45, 18] = ring[18:45, 44] = True
+    assert np.array_equal(np.all(crop == FIELD_COLOR, axis=-1), ring)
+    same = cut(np.zeros((40, 40, 3), np.uint8), view, 63)
+    assert np.array_equal(draw_field(same.copy(), view, view), same)  # the field fills the view: nothing

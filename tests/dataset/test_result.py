@@ -128,6 +128,7 @@ def test_index_ranks_the_stroke_images_with_boxes_that_hold_the_stroke(saved) ->
     assert (conv["name"], conv["map_hw"], conv["rf_size"], conv["rf_jump"]) == ("3", [16, 16], [8, 8], [2, 2])
     # Under its top row, each channel shows what drives it down: channel 1 goes below zero.
     assert [ch["second_row"] for ch in conv["channels_info"]] == ["bottom", "negative"]
+    assert conv["second_row"] == "bottom"  # the layer's most common (a tie: bottom)
     bottom = conv["channels_info"][0]["bottom"]  # lowest means: the blanks, as whole images
     assert [e["name"] for e in bottom[:2]] == ["blank/d.png", "blank/e.png"]
     assert all(e["box"] == [0.0, 0.0, 32.0, 32.0] for e in bottom)
@@ -344,3 +345,60 @@ def test_save_is_atomic_and_load_refuses_other_folders(saved, tmp_path: Path,
     (tmp_path / "channels.json").write_text("{}")
     with pytest.raises(BadArgument, match="another command's"):
         DatasetResult.load(tmp_path)
+
+
+def test_end_to_end_through_the_engine_matches_the_hand_run(lens: Lens, saved, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Lens.dataset (the local engine: prefetch, batches, fold thread) gives the files a hand run gives."""
+    by_hand, hand_out, hand_index = saved
+    data = Path(by_hand.source.root)
+    result = lens.dataset(data, layers=["4", "7"], k=4, batch_size=2, preprocess="raw", out=tmp_path / "out")
+    index = json.loads((tmp_path / "out" / "index.json").read_text())
+    assert index["images"] == 5 and [f["name"] for f in index["failed"]] == ["stroke/broken.png"]
+    assert index["layers"] == hand_index["layers"]
+    for rel in ["layers/004_3/c0000.png", "layers/004_3/c0001.png", "layers/004_3/atlas.png"]:
+        assert (tmp_path / "out" / rel).read_bytes() == (hand_out / rel).read_bytes()
+    top = result.crops("3", 0, size=8)[0]
+    np.testing.assert_array_equal(top[2:5, 3:6, 0], DIAGONAL)  # a.png: stroke at (12, 17), box from (9, 13)
+
+
+def test_small_fields_are_shown_in_context_with_their_outline(lens: Lens, saved, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """conv1's 3x3 field is shown inside a quarter of the input (8 px), outlined; index boxes stay the field."""
+    from convlens.dataset.crops import FIELD_COLOR
+
+    data = Path(saved[0].source.root)
+    result = lens.dataset(data, layers=["1"], k=2, preprocess="raw", out=tmp_path / "out")
+    index = json.loads((tmp_path / "out" / "index.json").read_text())
+    first = index["layers"][0]["channels_info"][0]["top"][0]
+    assert first["name"] == "stroke/a.png" and first["position"] == [12, 17]
+    assert first["box"] == [11.0, 16.0, 14.0, 19.0]  # the 3x3 field itself
+    plain = result.crops("0", 0, size=3)[0]
+    np.testing.assert_array_equal(plain[..., 0], DIAGONAL)
+    wide = result.crops("0", 0, size=64, context=True)[0]  # view (8.5, 13.5)-(16.5, 21.5) -> pixels 8..16
+    outline = np.all(wide == FIELD_COLOR, axis=-1)
+    ys, xs = np.nonzero(outline)
+    assert (ys.min(), ys.max(), xs.min(), xs.max()) == (21, 42, 21, 42)  # 3 of 9 pixels, 7.1 px each
+    assert np.all(wide[25:39, 25:39][np.eye(14, dtype=bool)] == 255)  # the stroke inside the outline
+    atlas = _png(tmp_path / "out" / "layers/001_0/atlas.png")
+    assert np.all(atlas == FIELD_COLOR, axis=-1).sum() == outline.sum()  # the atlas shows it so
+
+
+def test_progress_counts_every_image_read(saved, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    result, _, _ = saved
+
+    class Count:
+        def __init__(self) -> None:
+            self.total, self.done, self.finished = -1, 0, False
+
+        def start(self, total: int, label: str) -> None:
+            self.total = total
+
+        def advance(self, n: int = 1) -> None:
+            self.done += n
+
+        def finish(self) -> None:
+            self.finished = True
+
+    for budget in (1 << 30, 1):
+        count = Count()
+        result.save(tmp_path / str(budget), progress=count, crop_budget=budget)
+        assert count.finished and count.done == count.total > 0

@@ -6,6 +6,7 @@ import io
 import json
 from pathlib import Path
 
+import numpy as np
 import PIL.Image
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -266,3 +267,72 @@ def test_bytes_obey_the_pixel_limit_like_files() -> None:
     with pytest.raises(BadImage, match="more than the limit of 20"):
         load_image_bytes(_png(1, size=(6, 5)), name="x", max_pixels=20)
     assert load_image_bytes(_png(1, size=(6, 5), mode="RGB"), name="x").pixels.shape == (5, 6, 3)
+
+
+def test_streaming_batches_reads_each_row_group_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _hf_parquet(tmp_path / "t.parquet", list(range(0, 200, 10)), [0] * 20, ["x"], row_group_size=8)
+    source = open_source(tmp_path / "t.parquet")
+    groups: list[int] = []
+    real = pq.ParquetFile.read_row_group
+
+    def counting(self: pq.ParquetFile, i: int, *args: object, **kwargs: object) -> pa.Table:
+        groups.append(i)
+        return real(self, i, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(pq.ParquetFile, "read_row_group", counting)
+    values = []
+    for start in range(0, 20, 3):  # batches of 3 across row groups of 8
+        values += [_value(i) for i in read_batch(source, source.records[start:start + 3])]  # type: ignore[arg-type]
+    assert values == [float(v) for v in range(0, 200, 10)]
+    assert groups == [0, 1, 2]
+    # A file replaced meanwhile is read again, not served from the cache.
+    _hf_parquet(tmp_path / "t.parquet", list(range(5, 215, 10)), [0] * 21, ["x"], row_group_size=8)
+    assert _value(read_batch(source, source.records[:1])[0]) == 5.0  # type: ignore[arg-type]
+
+
+def _ray_tensor_table(arrays: list[np.ndarray], name: str, meta: bytes) -> pa.Table:
+    """A table laid out as Ray Data's write_parquet lays out pixel arrays (read without Ray)."""
+    column = pa.array([a.ravel() for a in arrays], pa.large_list(pa.uint8()))
+    field = pa.field("image", column.type, metadata={b"ARROW:extension:name": name.encode(),
+                                                     b"ARROW:extension:metadata": meta})
+    schema = pa.schema([field, ("label", pa.int64())])
+    return pa.Table.from_arrays([column, pa.array(range(len(arrays)))], schema=schema)
+
+
+def test_ray_data_pixel_arrays_fixed_and_variable_shapes(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    fixed = [rng.integers(0, 256, (6, 5, 3)).astype(np.uint8) for _ in range(3)]
+    pq.write_table(_ray_tensor_table(fixed, "ray.data.arrow_tensor_v2", b"[6, 5, 3]"), tmp_path / "f.parquet",
+                   row_group_size=2)
+    source = open_source(tmp_path / "f.parquet")
+    assert source.image_column == "image" and source.class_names == ("0", "1", "2")
+    got = read_batch(source, source.records)
+    for image, want in zip(got, fixed):
+        np.testing.assert_array_equal(image.pixels, want)  # type: ignore[union-attr]
+
+    shapes = [(3, 4, 3), (5, 2, 3)]
+    struct = pa.array([{"data": np.full(s, i + 1, np.uint8).ravel(), "shape": list(s)} for i, s in enumerate(shapes)],
+                      pa.struct([("data", pa.large_list(pa.uint8())), ("shape", pa.list_(pa.int64()))]))
+    field = pa.field("image", struct.type, metadata={b"ARROW:extension:name": b"ray.data.arrow_variable_shaped_tensor",
+                                                     b"ARROW:extension:metadata": b"3"})
+    pq.write_table(pa.Table.from_arrays([struct], schema=pa.schema([field])), tmp_path / "v.parquet")
+    got = read_batch(open_source(tmp_path / "v.parquet"), open_source(tmp_path / "v.parquet").records)
+    assert [g.pixels.shape for g in got] == shapes  # type: ignore[union-attr]
+    assert [float(g.pixels.max()) for g in got] == [1.0, 2.0]  # type: ignore[union-attr]
+
+
+def test_arrow_fixed_shape_tensors_and_pickled_shapes(tmp_path: Path) -> None:
+    arrays = np.arange(2 * 4 * 3, dtype=np.uint8).reshape(2, 4, 3)  # two 4x3 gray images
+    tensor = pa.FixedShapeTensorArray.from_numpy_ndarray(arrays)
+    pq.write_table(pa.table({"pixels": tensor}), tmp_path / "n.parquet")
+    got = read_batch(open_source(tmp_path / "n.parquet"), open_source(tmp_path / "n.parquet").records)
+    np.testing.assert_array_equal(got[1].pixels[..., 0], arrays[1])  # type: ignore[union-attr]
+    # Ray 2.49-2.54 pickled the shape: never unpickled, so there is no image column to read.
+    pq.write_table(_ray_tensor_table([arrays[0]], "ray.data.arrow_tensor", b"\x80\x05K\x04K\x03\x86\x94."),
+                   tmp_path / "p.parquet")
+    with pytest.raises(BadArgument, match=r"no image column \(its columns: image: large_list"):
+        open_source(tmp_path / "p.parquet")
+    # A cell whose values do not fit the shape its column declares is counted, not fatal.
+    pq.write_table(_ray_tensor_table([arrays[0]], "ray.data.arrow_tensor", b"[5, 3]"), tmp_path / "w.parquet")
+    bad = read_batch(open_source(tmp_path / "w.parquet"), open_source(tmp_path / "w.parquet").records)[0]
+    assert isinstance(bad, BadImage) and "not the (5, 3)" in str(bad)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import base64
 import csv
+import functools
 import html
 import io
 import json
@@ -46,7 +47,7 @@ from ..core.stats import LayerStats
 from ..output import OutputDir
 from ..render.grid import add_title, tile_rgb
 from ..render.png import encode_png
-from .crops import Box, cut, original_box
+from .crops import Box, cut, draw_field, original_box, widen
 from .sources import Record, Source, read_batch
 
 if TYPE_CHECKING:  # pragma: no cover - annotations only
@@ -200,14 +201,20 @@ class DatasetResult:
     def _records(self) -> dict[int, Record]:
         return {r.id: r for r in self.source.records}
 
-    def crops(self, layer: str | int, channel: int, which: str = "top", size: int = 64) -> list[np.ndarray]:
+    def crops(self, layer: str | int, channel: int, which: str = "top", size: int = 64, *,
+              context: bool = False) -> list[np.ndarray]:
         """The receptive-field crops of one channel's ranked images, read from the original files.
+
+        ``bottom`` images are whole images (ranked by the mean over the whole map).
 
         Args:
             layer: the layer's name or table index.
             channel: the channel, ``0 <= channel < C``.
             which: ``"top"``, ``"bottom"`` or ``"negative"``.
             size: side of each square crop in pixels.
+            context: widen fields smaller than a quarter of the input to that
+                quarter and outline the field (:data:`~convlens.dataset.crops.FIELD_COLOR`),
+                as the saved mosaics and atlases do.
 
         Returns:
             ``(size, size, 3)`` uint8 crops, best first, one per ranked image;
@@ -234,8 +241,7 @@ class DatasetResult:
             if image is None or isinstance(image, BadImage):
                 out.append(np.full((size, size, 3), _EMPTY_TILE, np.uint8))
                 continue
-            box = _box(ex, which, position, self.input_size, (image.height, image.width))
-            out.append(cut(image.pixels, box, size))
+            out.append(_crop(ex, which, position, self.input_size, image.pixels, size, context))
         return out
 
     # ------------------------------------------------------------------ saving
@@ -271,10 +277,11 @@ class DatasetResult:
         with OutputDir(out) as staging:
             atlases = cutter.run(folders, staging, max(int(crop_budget), 1))
             for ex, folder in zip(self.layers, folders):
-                staging.write_png(f"{folder}/atlas.png", _atlas(ex, atlases[ex.layer.name], self.images))
+                atlas = _atlas(ex, atlases[ex.layer.name], self.images, self.input_size)
+                staging.write_png(f"{folder}/atlas.png", atlas)
             index = self._index(folders, cutter.sizes, cutter.notes)
-            staging.write_json("index.json", index)
-            staging.write_json("channels.json", self._channels_json())
+            staging.write_bytes("index.json", _json(index))
+            staging.write_bytes("channels.json", _json(self._channels_json()))
             staging.write_text("channels.csv", self._channels_csv())
         self.folder = str(out)
         return index
@@ -308,6 +315,8 @@ class DatasetResult:
                 "rf_jump": list(info.rf_jump) if info.rf_jump is not None else None,
                 "global_rf": info.global_rf,
                 "atlas": f"{folder}/atlas.png",
+                # the most common second row of the layer's mosaics; each channel's own is in channels_info
+                "second_row": _layer_second_row(ex),
                 "dead": int(stats.dead.sum()), "constant": int(stats.notable.constant.sum()),
                 "nonfinite": int(stats.nonfinite.sum()),
                 "channels_info": channels,
@@ -500,8 +509,9 @@ class _Cutter:
         # Sizes for the boxes of every ranked image, shown or not; the shown ones are read anyway.
         every = {int(i) for ex in self.result.layers for which in RANKINGS for i in ex.ranking(which).ids.ravel()
                  if i >= 0}
-        shown_total = sum(len(self._shown_ids(part)) for part in passes)
-        self.progress.start(shown_total + len(every), "cutting crops")
+        shown = [self._shown_ids(part) for part in passes]
+        # Images read: each pass's shown ones, then those only named (for their boxes' sizes).
+        self.progress.start(sum(map(len, shown)) + len(every - set().union(*shown)), "cutting crops")
         try:
             for part in passes:
                 crops = self._cut(part)
@@ -550,10 +560,15 @@ class _Cutter:
                                                              (int(p[0]), int(p[1]))))
 
         def place(record: Record, image: Any) -> None:
+            pixels = _uint8(image.pixels)  # once per image, not once per crop
+            done: dict[tuple[int, str, tuple[int, int]], np.ndarray] = {}  # whole images recur across channels
             for li, c, row, slot, which, position in wanted[record.id]:
                 ex = self.result.layers[li]
-                box = _box(ex, which, position, self.result.input_size, (image.height, image.width))
-                crops[li][c, row, slot] = cut(image.pixels, box, s)
+                key = (li, which, position) if ex.map_hw is not None and which != "bottom" else (-1, "", (0, 0))
+                crop = done.get(key)
+                if crop is None:
+                    crop = done[key] = _crop(ex, which, position, self.result.input_size, pixels, s, True)
+                crops[li][c, row, slot] = crop
 
         self._read(sorted(wanted), place)
         return crops
@@ -572,6 +587,11 @@ class _Cutter:
                     self.sizes[record.id] = (image.height, image.width)
                     use(record, image)
             self.progress.advance(len(chunk))
+
+
+def _uint8(pixels: np.ndarray) -> np.ndarray:
+    """Loaded pixels (float32 0..255) rounded to uint8, as :func:`~convlens.dataset.crops.cut` would."""
+    return np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
 
 
 def _passes(channels: Sequence[int], per_pass: int) -> list[list[tuple[int, int, int]]]:
@@ -614,22 +634,35 @@ def _mosaic(ex: LayerExamples, c: int, crops: np.ndarray, result: DatasetResult)
         grid = tile_rgb(crops[row], columns=k, labels=labels)
         what = {"top": f"top {count} by maximum", "bottom": f"lowest {count} by mean (whole images)",
                 "negative": f"most negative {count} by minimum"}[which]
-        parts.append(add_title(grid, what))
-    rf = ("whole image" if ex.map_hw is None or ex.layer.rf_size is None
-          else f"receptive field {ex.layer.rf_size[0]}x{ex.layer.rf_size[1]} px")
+        parts += [_title_bar(grid.shape[1], what), grid]
     body = _stack(parts)
+    rf = _field_text(ex, result.input_size)
     return add_title(body, f"{ex.layer.name} · channel {c} · {rf} · {result.images:,} images")
 
 
-def _atlas(ex: LayerExamples, tiles: np.ndarray, images: int) -> np.ndarray:
+@functools.lru_cache(maxsize=64)
+def _title_bar(width: int, text: str) -> np.ndarray:
+    """:func:`~convlens.render.grid.add_title`'s bar alone; the rows' titles repeat across channels."""
+    bar = add_title(np.zeros((1, width, 3), np.uint8), text)[:-1]
+    bar.setflags(write=False)
+    return bar
+
+
+def _field_text(ex: LayerExamples, input_size: tuple[int, int]) -> str:
+    if ex.map_hw is None or ex.layer.rf_size is None:
+        return "whole images"
+    return (f"receptive field {ex.layer.rf_size[0]}x{ex.layer.rf_size[1]} px of the "
+            f"{input_size[0]}x{input_size[1]} input")
+
+
+def _atlas(ex: LayerExamples, tiles: np.ndarray, images: int, input_size: tuple[int, int]) -> np.ndarray:
     """Every channel's strongest crop in one grid, channel numbers stamped; dead channels faded."""
     faded = tiles.copy()
     dead = np.asarray(ex.stats.dead, bool)
     if dead.any():
         faded[dead] = (faded[dead].astype(np.uint16) + 3 * 255) // 4  # 75% white: nothing to see
     grid = tile_rgb(faded, labels=[str(c) for c in range(ex.channels)])
-    rf = ("whole images" if ex.map_hw is None or ex.layer.rf_size is None
-          else f"receptive field {ex.layer.rf_size[0]}x{ex.layer.rf_size[1]} px")
+    rf = _field_text(ex, input_size)
     note = f" · {int(dead.sum())} dead (faded)" if dead.any() else ""
     return add_title(grid, f"{ex.layer.name} · strongest crop of each of {ex.channels} channels · {rf} · "
                            f"{images:,} images{note}")
@@ -644,6 +677,20 @@ def _stack(parts: Sequence[np.ndarray]) -> np.ndarray:
         out[y:y + p.shape[0], :p.shape[1]] = p
         y += p.shape[0]
     return out
+
+
+def _crop(ex: LayerExamples, which: str, position: tuple[int, int], input_hw: tuple[int, int],
+          pixels: np.ndarray, size: int, context: bool) -> np.ndarray:
+    """One ranked image's crop; with ``context``, a small field is shown inside a quarter of the input."""
+    original_hw = (int(pixels.shape[0]), int(pixels.shape[1]))
+    field = _box(ex, which, position, input_hw, original_hw)
+    if not context or which == "bottom" or ex.map_hw is None:
+        return cut(pixels, field, size)
+    # At least a quarter of the input's shorter side, in original pixels along each axis.
+    side = math.ceil(min(input_hw) / 4)
+    view = widen(field, (side * original_hw[0] / input_hw[0], side * original_hw[1] / input_hw[1]))
+    crop = cut(pixels, view, size)
+    return draw_field(crop, field, view) if view != field else crop
 
 
 def _box(ex: LayerExamples, which: str, position: tuple[int, int], input_hw: tuple[int, int],
@@ -672,6 +719,11 @@ def _folder_names(layers: Sequence[LayerInfo]) -> list[str]:
     return [f"layers/{info.index:03d}_{_safe(info.name)}" for info in layers]
 
 
+def _layer_second_row(ex: LayerExamples) -> str:
+    rows = [ex.second_row(c) for c in range(ex.channels)]
+    return "negative" if rows.count("negative") > rows.count("bottom") else "bottom"
+
+
 def _best_class(sel: ClassSelectivity | None, c: int) -> int | None:
     """The class with the highest mean for channel ``c``; ``None`` without labels or class means."""
     if sel is None or not np.isfinite(np.asarray(sel.means, np.float64)[:, c]).any():
@@ -693,6 +745,13 @@ def _top_selective(ex: LayerExamples, names: Sequence[str] | None) -> str:
 
 
 # --------------------------------------------------------------------------- numbers and JSON
+
+
+def _json(obj: Any) -> bytes:
+    """Compact JSON: the C encoder (``indent`` falls back to pure Python, ~10x slower on an
+    index of thousands of channels). Every value here is a plain number, string, list or dict
+    with non-finite floats already ``None``; ``allow_nan=False`` guards that."""
+    return (json.dumps(obj, ensure_ascii=False, allow_nan=False, separators=(",", ":")) + "\n").encode("utf-8")
 
 
 def _num(v: Any) -> float | None:

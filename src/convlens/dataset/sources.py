@@ -31,7 +31,9 @@ Kinds of DATA:
   with a column of encoded image bytes: ``binary``/``large_binary`` (Ray
   Data's ``read_binary_files`` layout) or ``struct{bytes, path}`` (Hugging
   Face ``datasets``' ``Image`` feature; a row whose bytes are null is read
-  from its path). Labels come from a ``ClassLabel`` column named in the
+  from its path), or else of decoded pixel arrays as Ray Data writes them
+  (``read_images(...).write_parquet(...)``: its tensor extension types, and
+  Arrow's ``fixed_shape_tensor``; see :func:`_tensor_layout`). Labels come from a ``ClassLabel`` column named in the
   ``huggingface`` schema metadata (with its class names), or else an integer
   or string column named ``label``, ``labels``, ``class``, ``target`` or
   ``y``. Parquet is read by row group, never a whole file at once.
@@ -42,6 +44,7 @@ from __future__ import annotations
 import glob as globlib
 import json
 import os
+import threading
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -399,15 +402,65 @@ def _describe_columns(schema: Any) -> str:
     return ", ".join(f"{f.name}: {f.type}" for f in schema) or "none"
 
 
+_RAY_FIXED = ("ray.data.arrow_tensor", "ray.data.arrow_tensor_v2")
+_RAY_VARIABLE = "ray.data.arrow_variable_shaped_tensor"
+
+
+def _tensor_layout(field: Any) -> tuple[str, tuple[int, ...] | None] | None:
+    """``("fixed", shape)`` or ``("variable", None)`` for a column of decoded pixel arrays, else None.
+
+    Ray Data writes arrays (``read_images`` then ``write_parquet``) as its own extension types:
+    ``ray.data.arrow_tensor[_v2]`` (a list of values, the shape as JSON in the extension
+    metadata) and ``ray.data.arrow_variable_shaped_tensor`` (``struct{data, shape}``); pyarrow's
+    canonical ``arrow.fixed_shape_tensor`` is read too. Without Ray imported, pyarrow reads them as
+    their storage with the extension in the field's metadata; with Ray imported (its engine), as
+    extension types. Shapes pickled by Ray 2.49-2.54 are never unpickled: such a column is not read.
+    """
+    import pyarrow as pa
+
+    t = field.type
+    meta = field.metadata or {}
+    if isinstance(t, pa.FixedShapeTensorType):
+        if t.permutation is not None and list(t.permutation) != sorted(t.permutation):
+            return None
+        return "fixed", tuple(int(v) for v in t.shape)
+    if isinstance(t, pa.ExtensionType):
+        name = t.extension_name
+        storage = t.storage_type
+        try:
+            raw: bytes | None = t.__arrow_ext_serialize__()
+        except Exception:  # an extension that cannot say its parameters
+            raw = None
+    else:
+        name = (meta.get(b"ARROW:extension:name") or b"").decode("utf-8", "replace")
+        storage = t
+        raw = meta.get(b"ARROW:extension:metadata")
+    if name in _RAY_FIXED and (pa.types.is_list(storage) or pa.types.is_large_list(storage)):
+        try:
+            shape = json.loads(raw or b"")
+        except ValueError:
+            return None
+        if isinstance(shape, list) and shape and all(isinstance(v, int) and v > 0 for v in shape):
+            return "fixed", tuple(shape)
+        return None
+    if name == _RAY_VARIABLE and pa.types.is_struct(storage) \
+            and storage.get_field_index("data") >= 0 and storage.get_field_index("shape") >= 0:
+        return "variable", None
+    return None
+
+
 def _find_columns(schema: Any, shown: str) -> _Columns:
     import pyarrow as pa
 
     features = _hf_features(schema)
     names = list(schema.names)
 
-    def usable(name: str) -> bool:
+    def encoded(name: str) -> bool:
         t = schema.field(name).type
         return _is_binary(pa, t) or _struct_with_bytes(pa, t)
+
+    def usable(name: str) -> bool:
+        return encoded(name) or _tensor_layout(schema.field(name)) is not None
 
     image: str | None = None
     for name, feature in features.items():
@@ -416,7 +469,8 @@ def _find_columns(schema: Any, shown: str) -> _Columns:
             image = name
             break
     if image is None:
-        candidates = [n for n in names if usable(n)]
+        # Encoded bytes before decoded arrays: they are what the files were.
+        candidates = [n for n in names if encoded(n)] + [n for n in names if not encoded(n) and usable(n)]
         preferred = [n for n in candidates if n.lower() in _IMAGE_COLUMN_NAMES]
         if preferred:
             image = sorted(preferred, key=lambda n: _IMAGE_COLUMN_NAMES.index(n.lower()))[0]
@@ -425,8 +479,8 @@ def _find_columns(schema: Any, shown: str) -> _Columns:
     if image is None:
         raise BadArgument(
             f"{shown} has no image column (its columns: {_describe_columns(schema)}); the dataset "
-            "view needs a column of encoded image bytes: binary, or struct{bytes, path} as "
-            "Hugging Face datasets write (decoded pixel arrays are not read)"
+            "view needs a column of encoded image bytes (binary, or struct{bytes, path} as "
+            "Hugging Face datasets write) or of pixel arrays as Ray Data writes them"
         )
 
     label: str | None = None
@@ -597,16 +651,12 @@ def _read_file(record: Record, max_pixels: int | None) -> Image | BadImage:
 
 def _read_parquet_rows(source: Source, path: str, records: Sequence[Record], positions: Sequence[int],
                        out: list[Image | BadImage | None], max_pixels: int | None) -> None:
-    import pyarrow.parquet as pq
 
     column = source.image_column
     try:
-        pf = pq.ParquetFile(path)
-        if column is None or column not in pf.schema_arrow.names:
-            raise BadImage(f"{path} has no image column {column!r} any more; open the data again")
-        starts = [0]
-        for group in range(pf.num_row_groups):
-            starts.append(starts[-1] + pf.metadata.row_group(group).num_rows)
+        if column is None:
+            raise BadImage(f"{path}: the source names no image column; open the data again")
+        pf, starts, layout = _parquet_footer(path, column)
     except BadImage as e:
         for i in positions:
             out[i] = e
@@ -627,7 +677,7 @@ def _read_parquet_rows(source: Source, path: str, records: Sequence[Record], pos
         wanted.setdefault(group, []).append((i, record))
     for group in sorted(wanted):  # one row group in memory at a time
         try:
-            cells = pf.read_row_group(group, columns=[column]).column(0)
+            cells = _row_group(pf, path, group, column)
         except Exception as e:
             bad = BadImage(f"cannot read row group {group} of {path} ({type(e).__name__}: {e}); "
                            "check the file")
@@ -635,9 +685,58 @@ def _read_parquet_rows(source: Source, path: str, records: Sequence[Record], pos
                 out[i] = bad
             continue
         for i, record in wanted[group]:
-            out[i] = _decode_cell(cells[record.row - starts[group]].as_py(), record, path,
-                                  max_pixels)
+            at = record.row - starts[group]
+            if layout is not None:
+                out[i] = _decode_tensor(cells, at, layout, record, max_pixels)
+            else:
+                out[i] = _decode_cell(cells[at].as_py(), record, path, max_pixels)
         del cells
+
+
+# Each thread keeps the footer of the last parquet file it read and its last row group's image
+# column: batches walk a file in order, so a row group of 1,000 rows read in batches of 32 is
+# read once, not 32 times. Memory: one row group per reading thread. Keys carry the file's size
+# and modification time, so a file replaced meanwhile is read again.
+_LAST = threading.local()
+
+
+def _file_key(path: str) -> tuple[str, int, int]:
+    st = os.stat(path)
+    return path, st.st_mtime_ns, st.st_size
+
+
+def _parquet_footer(path: str, column: str) -> tuple[Any, list[int], tuple[str, tuple[int, ...] | None] | None]:
+    """The open file, the first row of each row group (plus the total) and the column's tensor
+    layout (None: encoded bytes), cached per thread."""
+    import pyarrow.parquet as pq
+
+    key = _file_key(path)
+    cached = getattr(_LAST, "footer", None)
+    if cached is not None and cached[0] == key:
+        pf, starts = cached[1], cached[2]
+    else:
+        _LAST.footer = _LAST.group = None
+        pf = pq.ParquetFile(path)
+        starts = [0]
+        for group in range(pf.num_row_groups):
+            starts.append(starts[-1] + pf.metadata.row_group(group).num_rows)
+        _LAST.footer = (key, pf, starts)
+    schema = pf.schema_arrow
+    if column not in schema.names:
+        raise BadImage(f"{path} has no image column {column!r} any more; open the data again")
+    return pf, starts, _tensor_layout(schema.field(column))
+
+
+def _row_group(pf: Any, path: str, group: int, column: str) -> Any:
+    """One row group's image column (a pyarrow array), cached per thread (see :data:`_LAST`)."""
+    key = (_file_key(path), group, column)
+    cached = getattr(_LAST, "group", None)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    _LAST.group = None  # drop the previous group before reading the next: one in memory
+    cells = pf.read_row_group(group, columns=[column]).column(0).combine_chunks()
+    _LAST.group = (key, cells)
+    return cells
 
 
 def _group_of(starts: Sequence[int], row: int) -> int:
@@ -646,6 +745,31 @@ def _group_of(starts: Sequence[int], row: int) -> int:
     if row < 0 or row >= starts[-1]:
         return -1
     return bisect.bisect_right(starts, row) - 1
+
+
+def _decode_tensor(cells: Any, at: int, layout: tuple[str, tuple[int, ...] | None], record: Record,
+                   max_pixels: int | None) -> Image | BadImage:
+    """One decoded pixel array of a tensor column, through the array rules of ``load_image``."""
+    import numpy as np
+    import pyarrow as pa
+
+    try:
+        if not cells.is_valid().to_numpy(zero_copy_only=False)[at]:
+            raise BadImage(f"{record.name} has no image (a null cell); drop the row or fill it")
+        storage = cells.storage if isinstance(cells, pa.ExtensionArray) else cells
+        kind, shape = layout
+        if kind == "variable":
+            values = storage.field("data")[at].values.to_numpy(zero_copy_only=False)
+            shape = tuple(int(v) for v in storage.field("shape")[at].as_py())
+        else:
+            values = storage[at].values.to_numpy(zero_copy_only=False)
+        assert shape is not None  # fixed layouts carry theirs
+        if int(np.prod(shape)) != values.size:
+            raise BadImage(f"{record.name} holds {values.size:,} values, not the {shape} its column "
+                           "says; write the data set again")
+        return load_image(values.reshape(shape), name=record.name, max_pixels=max_pixels)
+    except BadImage as e:
+        return e
 
 
 def _decode_cell(value: Any, record: Record, path: str, max_pixels: int | None) -> Image | BadImage:
