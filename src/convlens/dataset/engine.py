@@ -420,6 +420,9 @@ def run_local(runner: BatchRunner, *, batch_size: int = 32, checkpoint: Checkpoi
                       else (runner.load(records) for records in batches))
             for batch in loaded:
                 started = runner.start(batch, pool)
+                if pool is None:  # folded already: merge now, so an interrupt loses nothing
+                    finish(started)
+                    continue
                 if pending is not None:
                     finish(pending)
                 pending = started
