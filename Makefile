@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 PIP    := $(BIN)/pip install --quiet --disable-pip-version-check
 export TF_CPP_MIN_LOG_LEVEL := 3
 
-.PHONY: demo test chromium benchmark benchmark-maps benchmark-adapters benchmark-report benchmark-heatmaps benchmark-training benchmark-visualize benchmark-memory clean
+.PHONY: demo test chromium benchmark benchmark-maps benchmark-adapters benchmark-report benchmark-heatmaps benchmark-training benchmark-visualize benchmark-memory benchmark-dataset clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -16,9 +16,9 @@ $(VENV)/.demo-deps: pyproject.toml | $(BIN)/python
 	touch $@
 
 # Adds torch (the second Keras backend, and PyTorch models), ONNX Runtime, LiteRT,
-# the test runner and the browser driver.
+# the test runner, the browser driver and Ray (the dataset view's Ray engine runs on a local cluster).
 $(VENV)/.test-deps: pyproject.toml $(VENV)/.demo-deps
-	$(PIP) -e '.[keras,keras-torch,torch,onnx,onnx-gradients,tflite,training,test]'
+	$(PIP) -e '.[keras,keras-torch,torch,onnx,onnx-gradients,tflite,training,ray,test]'
 	touch $@
 
 demo: $(VENV)/.demo-deps
@@ -36,7 +36,7 @@ test: $(VENV)/.test-deps chromium
 	KERAS_BACKEND=tensorflow $(BIN)/python -m pytest
 	KERAS_BACKEND=torch $(BIN)/python -m pytest -m keras
 
-benchmark: benchmark-maps benchmark-adapters benchmark-report benchmark-heatmaps benchmark-training benchmark-visualize benchmark-memory
+benchmark: benchmark-maps benchmark-adapters benchmark-report benchmark-heatmaps benchmark-training benchmark-visualize benchmark-memory benchmark-dataset
 
 benchmark-maps: $(VENV)/.test-deps
 	KERAS_BACKEND=tensorflow $(BIN)/python benchmarks/bench_maps.py
@@ -60,7 +60,7 @@ benchmark-training: $(VENV)/.test-deps
 
 # References that only the benchmarks need (torch-lucent for benchmark-visualize).
 $(VENV)/.bench-deps: pyproject.toml $(VENV)/.test-deps
-	$(PIP) -e '.[keras,keras-torch,torch,onnx,onnx-gradients,tflite,training,test,bench]'
+	$(PIP) -e '.[keras,keras-torch,torch,onnx,onnx-gradients,tflite,training,ray,test,bench]'
 	touch $@
 
 # Feature visualisation: quality against naive gradient ascent, speed against torch-lucent 0.1.8.
@@ -70,6 +70,12 @@ benchmark-visualize: $(VENV)/.bench-deps
 # Peak memory of maps and stats on a 4000x3000 photo against model + 2 x the largest selected output.
 benchmark-memory: $(VENV)/.test-deps
 	KERAS_BACKEND=tensorflow $(BIN)/python benchmarks/bench_memory.py
+
+# The dataset view: the batched forward pass alone (the floor) vs convlens dataset local vs Ray with
+# 1 and 2 model actors, on the demo CNN (5,000 digits) and ResNet-18 (1,000 photos at 224 px), and
+# peak RSS at 1,000 and 10,000 images (targets: local within 1.25x of the floor, Ray within 1.5x of local).
+benchmark-dataset: $(VENV)/.test-deps
+	KERAS_BACKEND=tensorflow $(BIN)/python benchmarks/bench_dataset.py
 
 clean:
 	rm -rf $(VENV) demo-output

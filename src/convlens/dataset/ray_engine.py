@@ -1,0 +1,427 @@
+"""The Ray engine of the dataset view: the same per-batch work as the local engine, on a cluster.
+
+How the work divides:
+
+* **The driver** lists the data (:func:`~convlens.dataset.sources.open_source`, no
+  decoding), cuts the records into the same consecutive batches of
+  ``batch_size`` as the local engine, and hands Ray Data one row per batch: its
+  index and its records as JSON (a few hundred bytes; no pixels cross the
+  object store).
+* **Model actors** (``map_batches`` over an actor pool of ``workers``): each
+  opens the model once (``open_model`` from the :class:`ModelSpec`) and builds
+  one :class:`~convlens.dataset.engine.BatchRunner`, which reads its batch with
+  convlens's own decoder (:func:`~convlens.dataset.sources.read_batch`),
+  prepares it (:func:`convlens.images.prepare`), runs ONE forward pass and folds
+  the maps into a fresh :class:`DatasetAccumulator`. The actor returns that
+  accumulator's :meth:`~DatasetAccumulator.state` as ``np.savez`` bytes: plain
+  arrays, read back with ``allow_pickle=False``.
+* **The driver** merges each batch's state as it arrives (exact: top-k merge
+  and Chan's moments merge are associative) and drops a batch it has merged
+  already, by batch index and by image id, so a retried batch is never counted
+  twice. Its memory is O(layers x channels x k) plus one byte per image.
+
+Why the actors read the images rather than ``ray.data.read_images``: equality
+with the local engine. ``read_images`` decodes with its own PIL path and
+resizes to 8-bit, where convlens applies EXIF orientation, composites
+transparency on white, rescales 16-bit data and resizes antialiased in
+float32; the same call (``read_batch`` then ``prepare``) in both engines makes
+the inputs of every forward pass bit-identical, and the batches are the same
+records, so a batched convolution even sums in the same order. Reading inside
+the actor also keeps Parquet row groups read once per batch, as locally. The
+price: every node must see the data at the same path (a shared file system),
+as it must for ``read_images`` of local paths.
+
+Ray is imported inside functions only: ``import convlens`` never imports it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import logging
+import os
+import socket
+import threading
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from .._errors import BadArgument, ConvlensError, MissingDependency
+from .._progress import NullProgress, Progress
+from ..core.layers import LayerInfo
+from .accumulate import DatasetAccumulator
+from .sources import Record, Source
+
+__all__ = ["INSTALL_HINT", "RETRIES", "run_ray"]
+
+#: What to run when Ray is missing.
+INSTALL_HINT = "pip install 'convlens[ray]'"
+#: Times Ray restarts a dead model actor, and retries a batch whose actor died.
+RETRIES = 3
+#: Seconds to wait for a cluster's address to answer before saying it cannot be reached.
+CONNECT_TIMEOUT = 10.0
+#: Seconds to wait for ``ray.init`` once the address answers (a port that is not Ray's).
+INIT_TIMEOUT = 60.0
+#: Ray Data blocks of batches at most (beyond, a block holds several consecutive batches).
+MAX_BLOCKS = 2000
+#: Environment variables the driver passes on to the model actors.
+FORWARDED_ENV = ("KERAS_BACKEND", "TF_CPP_MIN_LOG_LEVEL")
+#: Test hook: a path; the first actor batch that can rename that file away exits its
+#: process (os._exit), as a worker killed mid-run would. Unset: no effect.
+FAIL_ONCE_ENV = "CONVLENS_RAY_FAIL_ONCE"
+
+
+def run_ray(spec: Any, source: Source, layers: Sequence[LayerInfo], *, k: int, classes: int,
+            size: Any, preprocess: str, batch_size: int, address: str | None = None,
+            workers: int | None = None, progress: Progress | None = None) -> DatasetAccumulator:
+    """Stream ``source`` through the model on a Ray cluster; the result equals the local engine's.
+
+    Args:
+        spec: a ``ModelSpec`` (``model``, ``weights``, ``input_shape``, ``trust``,
+            ``preprocess``): each actor reopens the model with
+            ``open_model(spec.model, **other fields)``.
+        source: the listed data (:func:`~convlens.dataset.sources.open_source`).
+        layers: the selected layers, as the driver's adapter lists them.
+        k: examples kept per channel and ranking.
+        classes: number of label classes (0: unlabelled).
+        size: the input size the BatchRunner prepares every image to.
+        preprocess: the preprocessing preset.
+        batch_size: images per forward pass (and per Ray task).
+        address: an existing cluster (``host:port``, ``ray://host:port`` or
+            ``auto``); ``None``: the running Ray session of this process if
+            there is one, else a local cluster started for the run and shut
+            down after it.
+        workers: model actors (each holds one model); default: the cluster's CPUs
+            (at most one per batch).
+        progress: advanced by the images of each merged batch.
+
+    Returns:
+        The merged accumulator: every record folded in (or listed as failed) once.
+
+    Raises:
+        MissingDependency: Ray is not installed.
+        BadArgument: bad ``workers``/``batch_size``, or ``address`` cannot be reached.
+        ConvlensError: what an actor raised (e.g. the model cannot be opened there).
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise BadArgument(f"batch size must be a positive integer, not {batch_size!r}")
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+        raise BadArgument(f"--workers must be a positive integer, not {workers!r}")
+    kwargs = _spec_kwargs(spec)
+    ray = _import_ray()
+    started = _connect(ray, address, workers)
+    try:
+        return _run(ray, kwargs, source, layers, k=k, classes=classes, size=size,
+                    preprocess=preprocess, batch_size=batch_size, workers=workers,
+                    progress=progress or NullProgress())
+    finally:
+        if started:
+            ray.shutdown()
+
+
+# --------------------------------------------------------------------------- the cluster
+
+
+def _import_ray() -> Any:
+    try:
+        import ray
+        import ray.data  # noqa: F401  (the engine needs Ray Data, the [data] extra)
+    except ImportError as e:
+        raise MissingDependency(f"the Ray engine needs Ray with Ray Data ({e.name or e} is missing); "
+                                f"{INSTALL_HINT}, or use --engine local") from None
+    return ray
+
+
+def _connect(ray: Any, address: str | None, workers: int | None) -> bool:
+    """Connect to or start a cluster; True when this call started it (the run shuts it down)."""
+    if address is not None and address.strip().lower() not in ("auto", "local"):
+        _reachable(address)
+    if ray.is_initialized():
+        return False  # this process's session (a notebook's, a test's): used as it is
+    quiet = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.ERROR,
+             "runtime_env": _runtime_env()}
+    if address is None:
+        cpus = max(os.cpu_count() or 1, workers or 1)
+        ray.init(num_cpus=cpus, **quiet)
+        return True
+    box: dict[str, BaseException] = {}
+
+    def init() -> None:
+        try:
+            ray.init(address=address, **quiet)
+        except BaseException as e:  # noqa: B036 - handed to the waiting thread as is
+            box["error"] = e
+
+    # ray.init has no timeout of its own: an address that answers but is not Ray's GCS waits
+    # for minutes; a daemon thread bounds the wait (and does not keep the process alive).
+    thread = threading.Thread(target=init, name="convlens-ray-init", daemon=True)
+    thread.start()
+    thread.join(INIT_TIMEOUT)
+    if thread.is_alive():
+        raise BadArgument(f"--ray-address {address}: no Ray cluster answered within {INIT_TIMEOUT:.0f} s; "
+                          "give the head node's address (ray start --head prints it) or leave "
+                          "--ray-address out to start a local cluster")
+    if "error" in box:
+        raise BadArgument(f"--ray-address {address}: cannot join the Ray cluster "
+                          f"({_first_line(box['error'])}); give the head node's address (ray start --head "
+                          "prints it) or leave --ray-address out to start a local cluster") from None
+    return False
+
+
+def _reachable(address: str) -> None:
+    """Raise one line unless ``address``'s host accepts a TCP connection within CONNECT_TIMEOUT."""
+    text = address.strip()
+    client = text.startswith("ray://")
+    hostport = text.removeprefix("ray://").split("/", 1)[0]
+    host, sep, port_text = hostport.rpartition(":")
+    if not sep:
+        host, port_text = hostport, "10001" if client else "6379"
+    host = host.strip("[]")
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise BadArgument(f"--ray-address {address}: not an address; write host:port such as "
+                          "10.0.0.5:6379, ray://host:10001 or auto") from None
+    try:
+        with socket.create_connection((host, port), timeout=CONNECT_TIMEOUT):
+            pass
+    except OSError as e:
+        why = "no answer" if isinstance(e, TimeoutError) else (e.strerror or str(e))
+        raise BadArgument(f"--ray-address {address}: cannot reach {host}:{port} ({why}); start the "
+                          "cluster (ray start --head), check the address, or leave --ray-address out "
+                          "to start a local cluster") from None
+
+
+def _runtime_env() -> dict[str, Any]:
+    """The driver's settings every worker process needs (the Keras backend, the test hook)."""
+    names = (*FORWARDED_ENV, FAIL_ONCE_ENV)
+    return {"env_vars": {name: os.environ[name] for name in names if name in os.environ}}
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__
+
+
+# --------------------------------------------------------------------------- one run
+
+
+def _batches(records: Sequence[Record], batch_size: int) -> list[list[Record]]:
+    """Consecutive batches in listing order: the same forward passes as the local engine."""
+    return [list(records[i:i + batch_size]) for i in range(0, len(records), batch_size)]
+
+
+def _encode_records(records: Sequence[Record]) -> str:
+    return json.dumps([[r.id, r.name, r.path, r.row, r.label] for r in records])
+
+
+def _decode_records(text: str) -> list[Record]:
+    return [Record(int(i), str(name), str(path), int(row), int(label))
+            for i, name, path, row, label in json.loads(text)]
+
+
+def _encode_state(state: dict[str, np.ndarray]) -> bytes:
+    buffer = io.BytesIO()
+    np.savez(buffer, **state)  # type: ignore[arg-type]  # numpy's stubs type **kwds as allow_pickle
+    return buffer.getvalue()
+
+
+def _decode_state(blob: bytes) -> dict[str, np.ndarray]:
+    with np.load(io.BytesIO(blob), allow_pickle=False) as arrays:
+        return {key: arrays[key] for key in arrays.files}
+
+
+def _spec_kwargs(spec: Any) -> dict[str, Any]:
+    """``open_model`` arguments from a ModelSpec (a dataclass) or a mapping with ``model``."""
+    if dataclasses.is_dataclass(spec) and not isinstance(spec, type):
+        fields = dataclasses.asdict(spec)
+    elif isinstance(spec, Mapping):
+        fields = dict(spec)
+    else:
+        raise BadArgument("the Ray engine reopens the model in every worker and needs a model file or "
+                          "name; open the Lens from a path or a zoo name, not an in-memory model")
+    if not fields.get("model"):
+        raise BadArgument("the Ray engine needs a model file or name to reopen in its workers; open the "
+                          "Lens from a path or a zoo name, not an in-memory model")
+    weights = fields.get("weights")
+    if isinstance(weights, str) and weights.strip().lower() == "none":
+        # Each actor would draw its own random weights: the batches would see different models.
+        raise BadArgument("random weights (--weights none) would differ in every Ray worker; save them to "
+                          "a file once (torch.save(model.state_dict(), 'w.pth') or model.save('m.keras')) "
+                          "and give that file, or use --engine local")
+    if "input_shape" in fields and fields["input_shape"] is not None:
+        fields["input_shape"] = tuple(fields["input_shape"])
+    return fields
+
+
+class _BatchWorker:
+    """One model actor: opens the model once, then turns batches of records into accumulator states."""
+
+    def __init__(self, spec: dict[str, Any], source: Source, layers: list[tuple[int, str]], *, k: int,
+                 classes: int, size: Any, preprocess: str) -> None:
+        from ..adapters import open_model
+        from .engine import BatchRunner
+
+        options = dict(spec)
+        adapter = open_model(options.pop("model"), **options)
+        table = {info.index: info for info in adapter.layers()}
+        chosen = []
+        for index, name in layers:
+            info = table.get(index)
+            if info is None or info.name != name:
+                raise BadArgument(f"the model reopened in a Ray worker has no layer {name!r} at "
+                                  f"{index}; give the workers the same model file")
+            chosen.append(info)
+        self.runner = BatchRunner(adapter, chosen, source, size=size, preprocess=preprocess, k=k,
+                                  classes=classes)
+
+    def __call__(self, batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        indexes, states = [], []
+        for index, records in zip(batch["batch"], batch["records"]):
+            _maybe_fail_once()
+            accumulator = self.runner.run(_decode_records(str(records)))
+            indexes.append(int(index))
+            states.append(_encode_state(accumulator.state()))
+        return {"batch": np.asarray(indexes, np.int64), "state": np.asarray(states, dtype=object)}
+
+
+def _maybe_fail_once() -> None:
+    """The test hook of FAIL_ONCE_ENV: exit the process once, as a killed worker does."""
+    path = os.environ.get(FAIL_ONCE_ENV)
+    if not path:
+        return
+    try:
+        os.rename(path, path + ".fired")  # atomic: exactly one batch of one actor wins
+    except OSError:
+        return
+    os._exit(1)
+
+
+def _run(ray: Any, kwargs: dict[str, Any], source: Source, layers: Sequence[LayerInfo], *, k: int, classes: int,
+         size: Any, preprocess: str, batch_size: int, workers: int | None,
+         progress: Progress) -> DatasetAccumulator:
+    import ray.data
+
+    batches = _batches(source.records, batch_size)
+    total = DatasetAccumulator(layers, k, classes)
+    if not batches:
+        return total
+    cpus = int(ray.cluster_resources().get("CPU", 1)) or 1
+    pool = min(workers or cpus, len(batches))
+    # Each actor gets its share of the node's cores, and its framework is told so (Ray sets
+    # OMP_NUM_THREADS from num_cpus; TensorFlow reads its own variables), so that 2 actors on
+    # 2 cores do not each start 2 threads per operation.
+    share = max(1, cpus // pool) if workers is None or workers <= cpus else 1
+    threads = {"OMP_NUM_THREADS": str(share), "TF_NUM_INTRAOP_THREADS": str(share),
+               "TF_NUM_INTEROP_THREADS": "1"}
+    env = {**_runtime_env()["env_vars"], **threads}
+    rows = [{"batch": i, "records": _encode_records(chunk)} for i, chunk in enumerate(batches)]
+    bare = dataclasses.replace(source, records=())  # the actors get their records per batch
+    # One block per batch (up to MAX_BLOCKS): the pool hands out batches one by one, so an actor
+    # that starts late, or a slow node, is not left with a queue of many batches.
+    dataset = ray.data.from_items(rows, override_num_blocks=min(len(rows), MAX_BLOCKS))
+    with warnings.catch_warnings():
+        # max_restarts / max_task_retries are only accepted as ray_remote_args, which Ray 2.5x
+        # flags as deprecated without a named replacement yet.
+        warnings.simplefilter("ignore")
+        mapped = dataset.map_batches(
+            _BatchWorker, batch_size=1, batch_format="numpy",
+            compute=ray.data.ActorPoolStrategy(size=pool), num_cpus=share,
+            fn_constructor_kwargs={"spec": kwargs, "source": bare,
+                                   "layers": [(info.index, info.name) for info in layers],
+                                   "k": k, "classes": classes, "size": size, "preprocess": preprocess},
+            runtime_env={"env_vars": env}, max_restarts=RETRIES, max_task_retries=RETRIES)
+
+    merger = _Merger(total, layers, batches, len(source.records))
+    progress.start(len(source.records), f"dataset on Ray ({pool} model actor{'s' * (pool > 1)})")
+    # Library code never prints: Ray Data's progress bars and execution logs are silenced for
+    # this run only (a notebook's own Ray Data work keeps its settings).
+    context = ray.data.DataContext.get_current()
+    logger = logging.getLogger("ray.data")
+    saved = (context.enable_progress_bars, context.print_on_execution_start, logger.level)
+    context.enable_progress_bars = context.print_on_execution_start = False
+    logger.setLevel(logging.ERROR)
+    try:
+        for out in _iterate(mapped):
+            for index, blob in zip(out["batch"], out["state"]):
+                if merger.add(int(index), bytes(blob)):
+                    progress.advance(len(batches[int(index)]))
+    finally:
+        context.enable_progress_bars, context.print_on_execution_start, level = saved
+        logger.setLevel(level)
+        progress.finish()
+    missing = merger.missing()
+    if missing:
+        raise ConvlensError(f"the Ray run returned without {missing} of {len(batches)} batches; run it "
+                            "again (or with --engine local)")
+    return total
+
+
+class _Merger:
+    """The driver's side: merges each batch's state once, however often Ray delivers it.
+
+    Args:
+        total: the run's accumulator (merged into).
+        layers: the selected layers (to read states back).
+        batches: the run's batches; a state's batch index points into it.
+        records: number of records (ids are ``0..records-1``).
+    """
+
+    def __init__(self, total: DatasetAccumulator, layers: Sequence[LayerInfo],
+                 batches: Sequence[Sequence[Record]], records: int) -> None:
+        self.total, self.layers = total, list(layers)
+        self.done = np.zeros(len(batches), bool)
+        self.seen = np.zeros(records, bool)
+        self.dropped = 0
+
+    def add(self, index: int, blob: bytes) -> bool:
+        """Merge one batch's ``np.savez`` state; False (and nothing merged) for a batch seen already."""
+        if self.done[index]:
+            self.dropped += 1
+            return False
+        part = DatasetAccumulator.from_state(self.layers, _decode_state(blob))
+        ids = part.seen_ids()
+        if self.seen[ids].any():
+            # A record belongs to one batch only, so this one was merged under another index.
+            self.dropped += 1
+            return False
+        self.total.merge(part)
+        self.done[index] = True
+        self.seen[ids] = True
+        return True
+
+    def missing(self) -> int:
+        """Batches never merged."""
+        return int((~self.done).sum())
+
+
+def _iterate(mapped: Any) -> Any:
+    """The mapped rows as they arrive; an error an actor raised comes back as convlens's own."""
+    try:
+        yield from mapped.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=1)
+    except ConvlensError:
+        raise
+    except Exception as e:
+        cause = _convlens_cause(e)
+        if cause is not None:
+            raise cause from None
+        raise
+
+
+def _convlens_cause(error: BaseException) -> ConvlensError | None:
+    """The ConvlensError inside a Ray task error chain, if any."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [error]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, ConvlensError):
+            return e
+        todo += [e.__cause__, e.__context__, getattr(e, "cause", None)]
+    return None
+
