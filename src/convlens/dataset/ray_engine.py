@@ -323,6 +323,7 @@ def _run(ray: Any, kwargs: dict[str, Any], source: Source, layers: Sequence[Laye
     # One block per batch (up to MAX_BLOCKS): the pool hands out batches one by one, so an actor
     # that starts late, or a slow node, is not left with a queue of many batches.
     dataset = ray.data.from_items(rows, override_num_blocks=min(len(rows), MAX_BLOCKS))
+    del rows  # Ray holds its own copy now
     with warnings.catch_warnings():
         # max_restarts / max_task_retries are only accepted as ray_remote_args, which Ray 2.5x
         # flags as deprecated without a named replacement yet.
