@@ -508,17 +508,19 @@ def _cmd_dataset(lens: Any, args: argparse.Namespace, stdout: TextIO, stderr: Te
 
     if Path(args.out).exists() and not Path(args.out).is_dir():  # before the whole data set runs
         raise OutputError(f"cannot write to {args.out}: it is a file, not a folder; choose another --out")
+    progress = _RateProgress()
     try:
         result = lens.dataset(args.data, args.layers, k=args.k, engine=args.engine,
                               batch_size=args.batch_size, size=args.size, preprocess=args.preprocess,
                               out=args.out, resume=args.resume, checkpoint_every=args.checkpoint_every,
                               ray_address=args.ray_address, workers=args.workers,
-                              progress=_RateProgress())
+                              progress=progress)
     except KeyboardInterrupt:
         folder = default_checkpoint_folder(args.out)
         hint = (f"; a checkpoint is kept in {folder}: run the same command with --resume to continue"
                 if (folder / "state.npz").is_file() else "")
-        stderr.write(f"\nconvlens: interrupted; nothing was written{hint}\n")
+        end_bar = "\n" if progress.drawn else ""
+        stderr.write(f"{end_bar}convlens: interrupted; nothing was written{hint}\n")
         return 130
     for note in result.notes:
         stdout.write(f"note: {note}\n")

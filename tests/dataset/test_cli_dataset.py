@@ -95,3 +95,23 @@ def test_out_is_a_file(digits, tmp_path):
     (tmp_path / "file").write_text("x")
     assert_one_line_error(*run("dataset", "demo", str(digits), "--out", str(tmp_path / "file")),
                           "it is a file")
+
+
+def test_ctrl_c_says_how_to_resume(digits, tmp_path, monkeypatch):
+    from convlens.dataset.engine import default_checkpoint_folder
+    from convlens.lens import Lens
+
+    out = tmp_path / "out"
+
+    def interrupted(self, *args, **kwargs):
+        folder = default_checkpoint_folder(out)   # as an interrupted run leaves it
+        folder.mkdir()
+        (folder / "state.npz").write_bytes(b"")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Lens, "dataset", interrupted)
+    code, stdout, err = run("dataset", "demo", str(digits), "--out", str(out))
+    assert code == 130 and stdout == "" and not out.exists()
+    assert err.count("\n") == 1 and err.startswith("convlens: interrupted; nothing was written")
+    assert "--resume to continue" in err
+    assert str(default_checkpoint_folder(out)) in err

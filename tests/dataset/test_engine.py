@@ -239,3 +239,16 @@ def test_checkpoint_without_a_file_and_damaged(tmp_path):
     with pytest.raises(BadArgument, match="cannot be read"):
         cp.load([])
     assert default_checkpoint_folder(tmp_path / "out").name == ".out.convlens-resume"
+
+
+@pytest.mark.keras
+def test_folding_thread_and_no_prefetch_give_the_same_state(mnist_folder, demo):
+    source = open_source(mnist_folder)
+    runner = BatchRunner(demo.adapter, demo.select("conv2,dense"), source, size=None,
+                         preprocess="unit", k=4, classes=10)
+    states = [run_local(runner, batch_size=48, **options).state()
+              for options in ({}, {"fold_threads": 1}, {"prefetch": False})]
+    for other in states[1:]:
+        assert other.keys() == states[0].keys()
+        for key in states[0]:
+            np.testing.assert_array_equal(other[key], states[0][key], err_msg=key)

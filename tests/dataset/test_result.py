@@ -402,3 +402,24 @@ def test_progress_counts_every_image_read(saved, tmp_path: Path) -> None:  # typ
         count = Count()
         result.save(tmp_path / str(budget), progress=count, crop_budget=budget)
         assert count.finished and count.done == count.total > 0
+
+
+def test_wide_layers_get_half_size_atlas_tiles_and_dead_channels_fade(tmp_path: Path) -> None:
+    for name in ("a.png", "b.png"):
+        PIL.Image.new("RGB", (32, 32), (200, 0, 0)).save(tmp_path / name)
+    source = open_source(tmp_path)
+    layer = LayerInfo(1, "wide", "Conv2D", "conv", (4, 4, 300), rf_size=(32, 32), rf_jump=(8, 8))
+    acc = DatasetAccumulator([layer], 1)
+    maps = np.zeros((2, 4, 4, 300), np.float32)
+    maps[:, :, :, 1:] = 1.0  # channel 0 is dead
+    acc.add_batch({"wide": maps}, np.array([0, 1]), None)
+    result = DatasetResult(model="m", source=source, input_size=(32, 32), k=1, engine="local",
+                           layers=acc.results(), images=2)
+    result.save(tmp_path / "out", crop_size=64)
+    atlas = _png(tmp_path / "out" / "layers/001_wide/atlas.png")
+    # 300 tiles of 32 px (half of 64) in 18 columns: 18 * 33 + 1 = 595 px of grid, plus title padding
+    assert atlas.shape[1] >= 595 and atlas.shape[1] < 18 * 65
+    grid = atlas[atlas.shape[0] - (17 * 33 + 1):]  # 17 rows of 33 px
+    tile1 = grid[1 + 20:33, 33 + 1 + 20:33 + 33]  # bottom-right of channel 1's tile: clear of its number
+    tile0 = grid[1 + 20:33, 1 + 20:33]            # the dead channel 0: faded toward white
+    assert np.all(tile1 == (200, 0, 0)) and np.all(tile0 == ((200 + 765) // 4, 191, 191))

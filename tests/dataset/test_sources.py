@@ -114,6 +114,8 @@ def test_glob_matches_images_only_with_names_relative_to_its_fixed_part(tmp_path
     assert [_value(i) for i in read_batch(source, source.records)] == [1.0, 2.0]  # type: ignore[arg-type]
     with pytest.raises(BadArgument, match=r"matches 1 file but no image"):
         open_source(str(tmp_path / "photos" / "*" / "*.txt"))
+    with pytest.raises(BadArgument, match=r"matches 2 folders but no image file \(to look inside"):
+        open_source(str(tmp_path / "photos" / "*"))
     with pytest.raises(BadArgument, match=r"matches nothing"):
         open_source(str(tmp_path / "photos" / "*.gif"))
 

@@ -354,7 +354,8 @@ class Checkpoint:
 
 def run_local(runner: BatchRunner, *, batch_size: int = 32, checkpoint: Checkpoint | None = None,
               checkpoint_every: int = 1000, resume: bool = False,
-              progress: Progress | None = None) -> DatasetAccumulator:
+              progress: Progress | None = None, fold_threads: int = 0,
+              prefetch: bool = True) -> DatasetAccumulator:
     """Stream every record of ``runner.source`` through the model, in batches of ``batch_size``.
 
     Args:
@@ -365,6 +366,11 @@ def run_local(runner: BatchRunner, *, batch_size: int = 32, checkpoint: Checkpoi
         checkpoint_every: images between checkpoints.
         resume: continue from ``checkpoint`` (which must exist and match).
         progress: told ``start(images to do, label)``, ``advance(n)`` per batch, ``finish()``.
+        fold_threads: 0 folds each layer's output inside the forward pass (default: on a
+            machine whose cores the framework already keeps busy, a folding thread only
+            competes with it); 1 folds a batch in a thread while the next batch runs.
+        prefetch: read and prepare the next batches in a thread while the model runs
+            (default); False reads each batch just before its forward pass.
 
     Returns:
         The accumulator of the whole run. The checkpoint is left in place
@@ -402,13 +408,21 @@ def run_local(runner: BatchRunner, *, batch_size: int = 32, checkpoint: Checkpoi
             since = 0
         progress.advance(len(started.batch.records))
 
-    # One folding thread: a batch's outputs are reduced while the model runs on the next batch
-    # (numpy's reductions release the GIL, as the frameworks' kernels do).
+    # With a folding thread a batch's outputs are reduced while the model runs on the next batch
+    # (numpy's reductions release the GIL, as the frameworks' kernels do); reading and preparing
+    # always run ahead in the prefetch thread.
     pending: _Started | None = None
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="convlens-dataset-fold") as pool:
+    with ThreadPoolExecutor(max_workers=max(1, fold_threads),
+                            thread_name_prefix="convlens-dataset-fold") as threads:
+        pool = threads if fold_threads > 0 else None
         try:
-            for batch in _Prefetch(runner.load, batches):
+            loaded = (_Prefetch(runner.load, batches) if prefetch
+                      else (runner.load(records) for records in batches))
+            for batch in loaded:
                 started = runner.start(batch, pool)
+                if pool is None:  # folded already: merge now, so an interrupt loses nothing
+                    finish(started)
+                    continue
                 if pending is not None:
                     finish(pending)
                 pending = started

@@ -66,8 +66,11 @@ RANKINGS = {
 }
 
 _EMPTY_TILE = (235, 235, 235)  # render.grid's empty-cell colour: a slot with no image
-_READ_BATCH = 32               # images decoded per read_batch call while cutting crops
+# Images decoded at once while cutting crops: a 12-megapixel photo is 144 MB as float32
+# pixels, so a few at a time; parquet row groups are cached by sources, not re-read per call.
+_READ_BATCH = 4
 _CROP_BUDGET = 256 << 20       # bytes of crops held at once while saving
+_ATLAS_FULL = 256              # channels an atlas shows at full crop size (more: half size)
 
 
 @dataclass
@@ -232,16 +235,18 @@ class DatasetResult:
         records = self._records()
         wanted = [(int(i), (int(p[0]), int(p[1])))
                   for i, p in zip(ranking.ids[channel], ranking.positions[channel]) if i >= 0]
-        found = [records.get(i) for i, _ in wanted]
-        readable = [r for r in found if r is not None]
-        images = dict(zip([r.id for r in readable], read_batch(self.source, readable)))
         out = []
-        for (i, position) in wanted:
-            image = images.get(i)
-            if image is None or isinstance(image, BadImage):
-                out.append(np.full((size, size, 3), _EMPTY_TILE, np.uint8))
-                continue
-            out.append(_crop(ex, which, position, self.input_size, image.pixels, size, context))
+        for start in range(0, len(wanted), _READ_BATCH):  # a few decoded images at a time
+            chunk = wanted[start:start + _READ_BATCH]
+            found = [records.get(i) for i, _ in chunk]
+            readable = [r for r in found if r is not None]
+            images = dict(zip([r.id for r in readable], read_batch(self.source, readable)))
+            for (i, position) in chunk:
+                image = images.get(i)
+                if image is None or isinstance(image, BadImage):
+                    out.append(np.full((size, size, 3), _EMPTY_TILE, np.uint8))
+                    continue
+                out.append(_crop(ex, which, position, self.input_size, image.pixels, size, context))
         return out
 
     # ------------------------------------------------------------------ saving
@@ -471,7 +476,7 @@ class DatasetResult:
         if png is None:
             limit = 32  # cut live: a notebook should not read thousands of files to draw
             channels = list(range(min(ex.channels, limit)))
-            tiles = np.stack([self.crops(ex.layer.name, c, "top", 48)[0] if ex.top.ids[c, 0] >= 0
+            tiles = np.stack([self.crops(ex.layer.name, c, "top", 48, context=True)[0] if ex.top.ids[c, 0] >= 0
                               else np.full((48, 48, 3), _EMPTY_TILE, np.uint8) for c in channels])
             if ex.channels > limit:
                 caption += f" (channels 0-{limit - 1} of {ex.channels}; save() draws them all)"
@@ -637,7 +642,8 @@ def _mosaic(ex: LayerExamples, c: int, crops: np.ndarray, result: DatasetResult)
         parts += [_title_bar(grid.shape[1], what), grid]
     body = _stack(parts)
     rf = _field_text(ex, result.input_size)
-    return add_title(body, f"{ex.layer.name} · channel {c} · {rf} · {result.images:,} images")
+    dead = " · dead (0 on every image)" if bool(ex.stats.dead[c]) else ""
+    return add_title(body, f"{ex.layer.name} · channel {c} · {rf} · {result.images:,} images{dead}")
 
 
 @functools.lru_cache(maxsize=64)
@@ -658,6 +664,11 @@ def _field_text(ex: LayerExamples, input_size: tuple[int, int]) -> str:
 def _atlas(ex: LayerExamples, tiles: np.ndarray, images: int, input_size: tuple[int, int]) -> np.ndarray:
     """Every channel's strongest crop in one grid, channel numbers stamped; dead channels faded."""
     faded = tiles.copy()
+    if len(tiles) > _ATLAS_FULL and tiles.shape[1] >= 32:
+        # Half-size tiles (2x2 means) past 256 channels: 2,048 channels at 64 px would be 3,000 px wide.
+        half = tiles.shape[1] // 2
+        faded = tiles[:, :2 * half, :2 * half].reshape(len(tiles), half, 2, half, 2, 3).mean(
+            axis=(2, 4)).round().astype(np.uint8)
     dead = np.asarray(ex.stats.dead, bool)
     if dead.any():
         faded[dead] = (faded[dead].astype(np.uint16) + 3 * 255) // 4  # 75% white: nothing to see

@@ -310,8 +310,14 @@ def _open_glob(path: Path, shown: str) -> Source:
     images = [m.resolve() for m in files if _is_image_name(m.name)]
     if not images:
         others = len(files)
-        what = (f"matches {others:,} file{'s' if others != 1 else ''} but no image"
-                if others else "matches nothing")
+        folders = sum(1 for m in matches if m.is_dir())
+        if others:
+            what = f"matches {others:,} file{'s' if others != 1 else ''} but no image"
+        elif folders:
+            what = (f"matches {folders:,} folder{'s' if folders != 1 else ''} but no image file (to look "
+                    f"inside folders, end the pattern with '**/*', or give the folder itself)")
+        else:
+            what = "matches nothing"
         raise BadArgument(f"the pattern {shown} {what}; check it (quote it so the shell does not "
                           f"expand it), the image extensions read are {_extensions()}")
     root = _glob_root(pattern).resolve()
@@ -531,7 +537,7 @@ def _open_parquet(files: Sequence[Path], root: Path, shown: str) -> Source:
     columns = _find_columns(first.schema_arrow, _relative_name(files[0], root)
                             if len(files) > 1 else shown)
     raw_labels: list[Any] = []
-    rows: list[tuple[Path, int]] = []
+    counts: list[int] = []  # rows per file
     for path in files:
         name = _relative_name(path, root)
         pf = first if path == files[0] else _parquet_file(path, name)
@@ -540,13 +546,13 @@ def _open_parquet(files: Sequence[Path], root: Path, shown: str) -> Source:
             raise BadArgument(f"{name} has no column {columns.image!r} like {files[0].name} (its "
                               f"columns: {_describe_columns(schema)}); keep one data set per folder")
         n = pf.metadata.num_rows
-        rows.extend((path, r) for r in range(n))
+        counts.append(n)
         if columns.label is not None:
             if columns.label in schema.names:
                 raw_labels.extend(_labels_of(pf, columns.label))
             else:
                 raw_labels.extend([None] * n)
-    if not rows:
+    if not sum(counts):
         raise BadArgument(f"{shown} holds no rows; {_KINDS_HINT}")
 
     notes: list[str] = []
@@ -572,11 +578,14 @@ def _open_parquet(files: Sequence[Path], root: Path, shown: str) -> Source:
             class_names, labels = None, None
 
     many = len(files) > 1
-    records = tuple(
-        Record(id=i, name=f"{_relative_name(path, root) if many else path.name}#{row}",
-               path=str(path), row=row, label=labels[i] if labels is not None else -1)
-        for i, (path, row) in enumerate(rows)
-    )
+    all_labels = labels if labels is not None else [-1] * sum(counts)
+    built: list[Record] = []
+    for path, n in zip(files, counts):
+        # One path string per file, shared by its rows (a million rows, one string).
+        full, prefix, first_id = str(path), _relative_name(path, root) if many else path.name, len(built)
+        built.extend(Record(first_id + row, f"{prefix}#{row}", full, row, all_labels[first_id + row])
+                     for row in range(n))
+    records = tuple(built)
     n = len(records)
     parts = [f"{n:,} image{'s' if n != 1 else ''}", f"image column {columns.image!r}"]
     if many:
