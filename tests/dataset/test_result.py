@@ -423,3 +423,19 @@ def test_wide_layers_get_half_size_atlas_tiles_and_dead_channels_fade(tmp_path: 
     tile1 = grid[1 + 20:33, 33 + 1 + 20:33 + 33]  # bottom-right of channel 1's tile: clear of its number
     tile0 = grid[1 + 20:33, 1 + 20:33]            # the dead channel 0: faded toward white
     assert np.all(tile1 == (200, 0, 0)) and np.all(tile0 == ((200 + 765) // 4, 191, 191))
+
+
+def test_labelled_mosaics_name_each_image_class(saved, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from dataclasses import replace
+
+    result, out, _ = saved
+    labelled = _png(out / "layers/004_3/c0000.png")
+    plain = replace(result, source=replace(result.source, class_names=None), folder=None)
+    plain.save(tmp_path / "plain")
+    unlabelled = _png(tmp_path / "plain" / "layers/004_3/c0000.png")
+    assert labelled.shape[0] == unlabelled.shape[0] + 2 * 14  # a 14 px strip under each row
+    np.testing.assert_array_equal(labelled[:-14][-66:], unlabelled[-66:])  # the same second grid above it
+    strip = labelled[-14:]
+    assert np.mean(strip == 255) > 0.8  # white, with a few dark letters
+    for col in range(4):  # each of the four ranked images is named under its tile
+        assert np.any(np.all(strip[:, 1 + col * 65:1 + col * 65 + 64] < 128, axis=-1))

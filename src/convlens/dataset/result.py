@@ -14,9 +14,15 @@ Files written by :meth:`DatasetResult.save` (paths relative to the folder)::
                                   image with its box in ORIGINAL image pixels
     channels.csv                  one row per channel: statistics and selectivity
     channels.json                 per layer LayerStats.as_dict() + "selectivity"
-    layers/<safe>/c<NNNN>.png     per channel: its top-k crops, then its bottom-k
-                                  (or most negative k, for layers that go negative)
-    layers/<safe>/atlas.png       per layer: every channel's strongest crop
+    layers/<safe>/c<NNNN>.png     per channel: its top-k crops, then its bottom-k as whole
+                                  images (or, for a channel that goes negative, the crops
+                                  of its most negative k); scores stamped, class names under
+    layers/<safe>/atlas.png       per layer: every channel's strongest crop (dead ones faded)
+
+``<safe>`` is ``<layer index:03d>_<name with unsafe characters replaced>``. A
+receptive field smaller than a quarter of the input is shown inside that
+quarter, outlined in amber (:func:`~convlens.dataset.crops.widen`); boxes in
+``index.json`` are always the field itself, in original-image pixels.
 
 :meth:`DatasetResult.load` reads ``index.json`` and ``channels.json`` back
 (plain JSON, never pickle).
@@ -45,7 +51,7 @@ from .._progress import NullProgress, Progress
 from ..core.layers import LayerInfo
 from ..core.stats import LayerStats
 from ..output import OutputDir
-from ..render.grid import add_title, tile_rgb
+from ..render.grid import add_title, draw_texts, text_width, tile_rgb
 from ..render.png import encode_png
 from .crops import Box, cut, draw_field, original_box, widen
 from .sources import Record, Source, read_batch
@@ -525,7 +531,8 @@ class _Cutter:
                     block = crops[li]
                     atlases[ex.layer.name][start:stop] = block[:, 0, 0]
                     for c in range(start, stop):
-                        staging.write_png(f"{folder}/c{c:04d}.png", _mosaic(ex, c, block[c - start], self.result))
+                        staging.write_png(f"{folder}/c{c:04d}.png", _mosaic(ex, c, block[c - start], self.result,
+                                                                                self.records))
                 del crops
             rest = sorted(every - set(self.sizes) - set(self.unreadable))
             self._read(rest, lambda record, image: None)
@@ -626,9 +633,12 @@ def _label(score: float) -> str:
     return f"{score:.3g}".replace("inf", "")
 
 
-def _mosaic(ex: LayerExamples, c: int, crops: np.ndarray, result: DatasetResult) -> np.ndarray:
-    """One channel: its top-k crops, then its second row, each under a title; scores stamped in the tiles."""
+def _mosaic(ex: LayerExamples, c: int, crops: np.ndarray, result: DatasetResult,
+            records: dict[int, Record]) -> np.ndarray:
+    """One channel: its top-k crops, then its second row, each under a title; scores stamped in the
+    tiles and, with labels, each image's class under it."""
     k = crops.shape[1]
+    names = result.source.class_names
     second = ex.second_row(c)
     parts = []
     for row, which in enumerate(("top", second)):
@@ -640,10 +650,34 @@ def _mosaic(ex: LayerExamples, c: int, crops: np.ndarray, result: DatasetResult)
         what = {"top": f"top {count} by maximum", "bottom": f"lowest {count} by mean (whole images)",
                 "negative": f"most negative {count} by minimum"}[which]
         parts += [_title_bar(grid.shape[1], what), grid]
+        if names is not None:
+            parts.append(_class_strip(grid.shape[1], crops.shape[3], [
+                names[records[int(i)].label] if i >= 0 and int(i) in records
+                and 0 <= records[int(i)].label < len(names) else "" for i in ranking.ids[c]]))
     body = _stack(parts)
     rf = _field_text(ex, result.input_size)
     dead = " · dead (0 on every image)" if bool(ex.stats.dead[c]) else ""
     return add_title(body, f"{ex.layer.name} · channel {c} · {rf} · {result.images:,} images{dead}")
+
+
+def _class_strip(width: int, tile: int, labels: Sequence[str]) -> np.ndarray:
+    """A white strip with each tile's class name under it (cut to the tile's width)."""
+    strip = np.full((14, width, 3), 255, np.uint8)
+    for col, text in enumerate(labels):
+        if text:
+            x = 1 + col * (tile + 1)
+            strip[:, x:x + tile] = _class_label(text, tile)
+    return strip
+
+
+@functools.lru_cache(maxsize=1024)
+def _class_label(text: str, tile: int) -> np.ndarray:
+    """One class name drawn in a ``(14, tile)`` cell; drawn once per name (PIL text costs ~1 ms)."""
+    while text and text_width(text, 10) > tile - 4:
+        text = text[:-2] + "…" if len(text) > 2 else ""
+    cell = draw_texts(np.full((14, tile, 3), 255, np.uint8), [(2, 7, text)], size=10)
+    cell.setflags(write=False)
+    return cell
 
 
 @functools.lru_cache(maxsize=64)
