@@ -433,13 +433,13 @@ def _iterate(mapped: Any) -> Any:
 
 def _convlens_error(text: str) -> ConvlensError:
     """The convlens error an actor sent back as ``"ClassName:message"``, as its own class."""
-    from .. import _errors
-
     name, _, message = text.partition(":")
-    kind = getattr(_errors, name, None) if name in _errors.__all__ else None
-    if not (isinstance(kind, type) and issubclass(kind, ConvlensError)):
-        kind = ConvlensError
-    return kind(message)
+    kinds, todo = {}, [ConvlensError]
+    while todo:
+        kind = todo.pop()
+        kinds[kind.__name__] = kind
+        todo += kind.__subclasses__()
+    return kinds.get(name, ConvlensError)(message)
 
 
 def _convlens_cause(error: BaseException) -> ConvlensError | None:
