@@ -138,7 +138,7 @@ class Case:
     images: int
 
 
-def cases(data: Path, quick: bool, only: set[str]) -> list[Case]:
+def cases(data: Path, quick: bool, only: set[str], photos: int | None = None) -> list[Case]:
     from convlens.adapters import DEMO_MODEL
 
     out = []
@@ -149,7 +149,7 @@ def cases(data: Path, quick: bool, only: set[str]) -> list[Case]:
                          "trust": False, "preprocess": "unit"},
                         make_digits(data / f"digits-{n}", n), "conv,pool", n))
     if "resnet18" in only:
-        n = 100 if quick else 1000
+        n = photos or (100 if quick else 1000)
         weights = resnet_weights(data / "resnet18-random.pth")
         out.append(Case(f"ResNet-18 (random weights), {n:,} photos (224x224 JPEG)",
                         {"model": "torchvision:resnet18", "weights": os.fspath(weights),
@@ -285,6 +285,19 @@ def load() -> str:
     return f"load {one:.1f} {five:.1f} {fifteen:.1f}"
 
 
+class Rows(list):
+    """Result lines, each printed as soon as it is measured."""
+
+    def __init__(self, images: int) -> None:
+        super().__init__()
+        self.images = images
+
+    def append(self, row: tuple[str, float, str]) -> None:
+        label, seconds, ratio = row
+        print(f"  {label:<32} {seconds:8.2f} s  {self.images / seconds:8,.0f} img/s   {ratio}", flush=True)
+        super().append(row)
+
+
 def speed(case: Case) -> None:
     import ray
 
@@ -292,7 +305,7 @@ def speed(case: Case) -> None:
     n = len(source.records)
     print(f"\n{case.name}: {len(layers)} layers ({case.layers}), batch {BATCH}, k {K}   [{load()}]", flush=True)
     arrays, t_read = prepare_all(adapter, source, preprocess, None)
-    rows: list[tuple[str, float, str]] = []
+    rows = Rows(n)
     t_floor = floor(adapter, arrays)
     rows.append(("forward pass alone (floor)", t_floor, "1.00x floor"))
     rows.append(("  read + prepare alone", t_read, f"{t_read / t_floor:.2f}x floor"))
@@ -315,8 +328,6 @@ def speed(case: Case) -> None:
         ray.shutdown()
     t_floor2 = floor(adapter, prepare_all(adapter, source, preprocess, None)[0])
     rows.append(("forward pass alone, again", t_floor2, f"{t_floor2 / t_floor:.2f}x first floor"))
-    for label, seconds, ratio in rows:
-        print(f"  {label:<32} {seconds:8.2f} s  {n / seconds:8,.0f} img/s   {ratio}")
     print(f"  (Ray cluster start, not in the times above: {t_start:.1f} s)   [{load()}]", flush=True)
 
 
@@ -388,6 +399,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="1,000 digits, 100 photos, RSS at 200/2,000")
     parser.add_argument("--only", default="demo,resnet18,rss", help="comma-separated: demo resnet18 rss")
+    parser.add_argument("--photos", type=int, help="photos for ResNet-18 (default 1,000; 100 with --quick)")
     parser.add_argument("--data", help="where to write (and keep) the images; default a temporary folder")
     parser.add_argument("--rss-child", nargs=3, metavar=("ENGINE", "DATA", "N"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -401,7 +413,7 @@ def main() -> None:
         data.mkdir(parents=True, exist_ok=True)
         print(f"bench_dataset: {os.cpu_count()} CPUs, KERAS_BACKEND={os.environ['KERAS_BACKEND']}, "
               f"{'quick' if args.quick else 'full'} sizes   [{load()}]", flush=True)
-        for case in cases(data, args.quick, only):
+        for case in cases(data, args.quick, only, args.photos):
             speed(case)
         if "rss" in only:
             memory(data, (200, 2000) if args.quick else (1000, 10000))

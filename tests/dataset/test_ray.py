@@ -170,6 +170,21 @@ def test_driver_merges_each_batch_once_however_often_it_arrives(digits, model, l
     assert_same(local, total, layers)
 
 
+def test_an_actor_sends_convlens_errors_back_as_data(digits, tmp_path):
+    """A model missing on a worker's node: the actor's rows carry the error, the driver raises it."""
+    from convlens import BadModel
+    from convlens.dataset.ray_engine import _BatchWorker, _convlens_error, _encode_records
+
+    source = open_source(digits)
+    worker = _BatchWorker({**SPEC, "model": os.fspath(tmp_path / "absent.keras")}, source, [(1, "conv1")],
+                          k=K, classes=10, size=None, preprocess="unit")
+    out = worker({"batch": np.array([4]), "records": np.array([_encode_records(source.records[:2])])})
+    assert out["batch"].tolist() == [4] and out["state"].tolist() == [b""]
+    error = _convlens_error(out["error"][0])
+    assert type(error) is BadModel and "absent.keras" in str(error)
+    assert type(_convlens_error("NotAClass:text")).__name__ == "ConvlensError"
+
+
 def test_random_weights_or_an_in_memory_model_are_refused(digits, model):
     _, layers = model
     source = open_source(digits)

@@ -5,8 +5,8 @@ How the work divides:
 * **The driver** lists the data (:func:`~convlens.dataset.sources.open_source`, no
   decoding), cuts the records into the same consecutive batches of
   ``batch_size`` as the local engine, and hands Ray Data one row per batch: its
-  index and its records as JSON (a few hundred bytes; no pixels cross the
-  object store).
+  index and its records as JSON (about 100 bytes an image; no pixels cross
+  the object store).
 * **Model actors** (``map_batches`` over an actor pool of ``workers``): each
   opens the model once (``open_model`` from the :class:`ModelSpec`) and builds
   one :class:`~convlens.dataset.engine.BatchRunner`, which reads its batch with
@@ -18,7 +18,8 @@ How the work divides:
 * **The driver** merges each batch's state as it arrives (exact: top-k merge
   and Chan's moments merge are associative) and drops a batch it has merged
   already, by batch index and by image id, so a retried batch is never counted
-  twice. Its memory is O(layers x channels x k) plus one byte per image.
+  twice. Its memory is O(layers x channels x k), plus the listing (about
+  0.5 KB an image, with its batch rows) and one byte per image.
 
 Why the actors read the images rather than ``ray.data.read_images``: equality
 with the local engine. ``read_images`` decodes with its own PIL path and
@@ -265,27 +266,43 @@ class _BatchWorker:
         from ..adapters import open_model
         from .engine import BatchRunner
 
-        options = dict(spec)
-        adapter = open_model(options.pop("model"), **options)
-        table = {info.index: info for info in adapter.layers()}
-        chosen = []
-        for index, name in layers:
-            info = table.get(index)
-            if info is None or info.name != name:
-                raise BadArgument(f"the model reopened in a Ray worker has no layer {name!r} at "
-                                  f"{index}; give the workers the same model file")
-            chosen.append(info)
-        self.runner = BatchRunner(adapter, chosen, source, size=size, preprocess=preprocess, k=k,
-                                  classes=classes)
+        # A convlens error here (the model file missing on this node...) is kept and raised by
+        # the first batch: Ray reports an actor that fails to start only as text, and restarts it.
+        self.failed: ConvlensError | None = None
+        try:
+            options = dict(spec)
+            adapter = open_model(options.pop("model"), **options)
+            table = {info.index: info for info in adapter.layers()}
+            chosen = []
+            for index, name in layers:
+                info = table.get(index)
+                if info is None or info.name != name:
+                    raise BadArgument(f"the model reopened in a Ray worker has no layer {name!r} at "
+                                      f"{index}; give the workers the same model file")
+                chosen.append(info)
+            self.runner = BatchRunner(adapter, chosen, source, size=size, preprocess=preprocess, k=k,
+                                      classes=classes)
+        except ConvlensError as e:
+            self.failed = e
 
     def __call__(self, batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        indexes, states = [], []
+        indexes, states, errors = [], [], []
         for index, records in zip(batch["batch"], batch["records"]):
             _maybe_fail_once()
-            accumulator = self.runner.run(_decode_records(str(records)))
+            state, error = b"", ""
+            try:
+                if self.failed is not None:
+                    raise self.failed
+                state = _encode_state(self.runner.run(_decode_records(str(records))).state())
+            except ConvlensError as e:
+                # Sent back as data: Ray hands the driver a user error as a UserCodeException
+                # whose cause is lost, and the driver raises it again as convlens's own.
+                error = f"{type(e).__name__}:{e}"
             indexes.append(int(index))
-            states.append(_encode_state(accumulator.state()))
-        return {"batch": np.asarray(indexes, np.int64), "state": np.asarray(states, dtype=object)}
+            states.append(state)
+            errors.append(error)
+        return {"batch": np.asarray(indexes, np.int64), "state": np.asarray(states, dtype=object),
+                "error": np.asarray(errors, dtype=object)}
 
 
 def _maybe_fail_once() -> None:
@@ -323,6 +340,7 @@ def _run(ray: Any, kwargs: dict[str, Any], source: Source, layers: Sequence[Laye
     # One block per batch (up to MAX_BLOCKS): the pool hands out batches one by one, so an actor
     # that starts late, or a slow node, is not left with a queue of many batches.
     dataset = ray.data.from_items(rows, override_num_blocks=min(len(rows), MAX_BLOCKS))
+    del rows  # Ray holds its own copy now
     with warnings.catch_warnings():
         # max_restarts / max_task_retries are only accepted as ray_remote_args, which Ray 2.5x
         # flags as deprecated without a named replacement yet.
@@ -346,7 +364,9 @@ def _run(ray: Any, kwargs: dict[str, Any], source: Source, layers: Sequence[Laye
     logger.setLevel(logging.ERROR)
     try:
         for out in _iterate(mapped):
-            for index, blob in zip(out["batch"], out["state"]):
+            for index, blob, error in zip(out["batch"], out["state"], out["error"]):
+                if error:
+                    raise _convlens_error(str(error))
                 if merger.add(int(index), bytes(blob)):
                     progress.advance(len(batches[int(index)]))
     finally:
@@ -409,6 +429,17 @@ def _iterate(mapped: Any) -> Any:
         if cause is not None:
             raise cause from None
         raise
+
+
+def _convlens_error(text: str) -> ConvlensError:
+    """The convlens error an actor sent back as ``"ClassName:message"``, as its own class."""
+    name, _, message = text.partition(":")
+    kinds, todo = {}, [ConvlensError]
+    while todo:
+        kind = todo.pop()
+        kinds[kind.__name__] = kind
+        todo += kind.__subclasses__()
+    return kinds.get(name, ConvlensError)(message)
 
 
 def _convlens_cause(error: BaseException) -> ConvlensError | None:
