@@ -125,7 +125,7 @@ def run_dataset(adapter: Adapter, data: str | os.PathLike[str] | Source, *,
             ``out`` (``.OUT.convlens-resume``) when ``out`` is given, else none.
         checkpoint_every: images between checkpoints.
         ray_address: ``engine="ray"``: an existing cluster (default: a local one).
-        workers: ``engine="ray"``: model actors (default: one per CPU, at most 4).
+        workers: ``engine="ray"``: model actors (default: one per CPU of the cluster, at most one per batch).
         model_spec: how to reopen the model in Ray actors (required by ``engine="ray"``).
         progress: told ``start``, ``advance(images)`` per batch, ``finish``.
         resume: continue from the checkpoint in ``resume_dir`` (when there is
