@@ -37,6 +37,7 @@ Ray is imported inside functions only: ``import convlens`` never imports it.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 import json
@@ -45,7 +46,7 @@ import os
 import socket
 import threading
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -144,9 +145,16 @@ def _connect(ray: Any, address: str | None, workers: int | None) -> bool:
         return False  # this process's session (a notebook's, a test's): used as it is
     quiet = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.ERROR,
              "runtime_env": _runtime_env()}
+    # Ray's C++ core logs at ERROR level on success (an actor pool whose constructor arguments sit
+    # in the object store, ray-project/ray#53727): one alarming line on a run that worked. Its log
+    # level is read from the environment when the driver's core worker starts, and that start
+    # announces the level on stderr, so the start runs with file descriptor 2 silenced; a failure
+    # still comes back as an exception, which becomes convlens's own one-line error.
+    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
     if address is None:
         cpus = max(os.cpu_count() or 1, workers or 1)
-        ray.init(num_cpus=cpus, **quiet)
+        with _native_stderr_silenced():
+            ray.init(num_cpus=cpus, **quiet)
         return True
     box: dict[str, BaseException] = {}
 
@@ -159,8 +167,9 @@ def _connect(ray: Any, address: str | None, workers: int | None) -> bool:
     # ray.init has no timeout of its own: an address that answers but is not Ray's GCS waits
     # for minutes; a daemon thread bounds the wait (and does not keep the process alive).
     thread = threading.Thread(target=init, name="convlens-ray-init", daemon=True)
-    thread.start()
-    thread.join(INIT_TIMEOUT)
+    with _native_stderr_silenced():
+        thread.start()
+        thread.join(INIT_TIMEOUT)
     if thread.is_alive():
         raise BadArgument(f"--ray-address {address}: no Ray cluster answered within {INIT_TIMEOUT:.0f} s; "
                           "give the head node's address (ray start --head prints it) or leave "
@@ -170,6 +179,23 @@ def _connect(ray: Any, address: str | None, workers: int | None) -> bool:
                           f"({_first_line(box['error'])}); give the head node's address (ray start --head "
                           "prints it) or leave --ray-address out to start a local cluster") from None
     return False
+
+
+@contextlib.contextmanager
+def _native_stderr_silenced() -> Iterator[None]:
+    """File descriptor 2 on /dev/null for the block (C++ logs bypass Python's sys.stderr)."""
+    try:
+        saved = os.dup(2)
+    except OSError:  # no real stderr (some notebook kernels)
+        yield
+        return
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def _reachable(address: str) -> None:
