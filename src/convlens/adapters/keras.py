@@ -31,6 +31,7 @@ from .._errors import (
     UnsupportedModel,
     WeightsUnavailable,
 )
+from .._stderr import native_stderr_silenced
 from ..core.kinds import kind_of
 from ..core.layers import LayerInfo
 from ..core.receptive import with_receptive_fields
@@ -60,27 +61,6 @@ ZOO: dict[str, tuple[str, str, int]] = {
     "xception": ("Xception", "tf", 299),
     "convnext_tiny": ("ConvNeXtTiny", "raw", 224),
 }
-
-
-@contextmanager
-def _quiet_native_stderr() -> Iterator[None]:
-    """Silence C++ start-up logs (oneDNN, CUDA probing) that bypass TF_CPP_MIN_LOG_LEVEL.
-
-    Only file descriptor 2 is redirected, only while TensorFlow initialises;
-    Python exceptions still propagate and are reported after it is restored.
-    """
-    try:
-        saved = os.dup(2)
-    except OSError:  # no real stderr (some notebook kernels)
-        yield
-        return
-    try:
-        with open(os.devnull, "w") as devnull:
-            os.dup2(devnull.fileno(), 2)
-            yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
 
 
 _KERAS: Any = None
@@ -114,7 +94,7 @@ def import_keras() -> Any:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's C++ start-up chatter
     load_triton_before_tensorflow()
     try:
-        with _quiet_native_stderr():
+        with native_stderr_silenced():
             import keras
 
             if keras.backend.backend() == "tensorflow":  # device discovery logs once, here
@@ -257,7 +237,7 @@ def load_keras_file(path: str | os.PathLike[str], *, trust: bool = False) -> Any
         # Quiet: on the torch backend, reading a legacy .h5 imports TensorFlow, whose C++
         # start-up logs would land here; Keras's UserWarnings advise the model's author
         # (e.g. "Do not pass an input_shape"), not our user.
-        with _quiet_native_stderr(), warnings.catch_warnings():
+        with native_stderr_silenced(), warnings.catch_warnings():
             warnings.filterwarnings("ignore", category=UserWarning, module=r"keras\.")
             model = keras.saving.load_model(p, compile=False, safe_mode=not trust)
     except ValueError as exc:
@@ -455,7 +435,7 @@ class KerasAdapter:
         first = tuple(int(d) for d in built)  # type: ignore[arg-type]
         other = tuple(d if i == channel else d + (d & -d) for i, d in enumerate(first))
         try:
-            with self._no_grad(), _quiet_native_stderr(), warnings.catch_warnings():
+            with self._no_grad(), native_stderr_silenced(), warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 self.model(self.keras.ops.convert_to_tensor(np.zeros((1, *other), "float32")),
                            training=False)

@@ -37,7 +37,6 @@ Ray is imported inside functions only: ``import convlens`` never imports it.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import io
 import json
@@ -46,13 +45,14 @@ import os
 import socket
 import threading
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from .._errors import BadArgument, ConvlensError, MissingDependency
 from .._progress import NullProgress, Progress
+from .._stderr import native_stderr_silenced
 from ..core.layers import LayerInfo
 from .accumulate import DatasetAccumulator
 from .sources import Record, Source
@@ -153,7 +153,7 @@ def _connect(ray: Any, address: str | None, workers: int | None) -> bool:
     os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
     if address is None:
         cpus = max(os.cpu_count() or 1, workers or 1)
-        with _native_stderr_silenced():
+        with native_stderr_silenced():
             ray.init(num_cpus=cpus, **quiet)
         return True
     box: dict[str, BaseException] = {}
@@ -167,7 +167,7 @@ def _connect(ray: Any, address: str | None, workers: int | None) -> bool:
     # ray.init has no timeout of its own: an address that answers but is not Ray's GCS waits
     # for minutes; a daemon thread bounds the wait (and does not keep the process alive).
     thread = threading.Thread(target=init, name="convlens-ray-init", daemon=True)
-    with _native_stderr_silenced():
+    with native_stderr_silenced():
         thread.start()
         thread.join(INIT_TIMEOUT)
     if thread.is_alive():
@@ -179,23 +179,6 @@ def _connect(ray: Any, address: str | None, workers: int | None) -> bool:
                           f"({_first_line(box['error'])}); give the head node's address (ray start --head "
                           "prints it) or leave --ray-address out to start a local cluster") from None
     return False
-
-
-@contextlib.contextmanager
-def _native_stderr_silenced() -> Iterator[None]:
-    """File descriptor 2 on /dev/null for the block (C++ logs bypass Python's sys.stderr)."""
-    try:
-        saved = os.dup(2)
-    except OSError:  # no real stderr (some notebook kernels)
-        yield
-        return
-    try:
-        with open(os.devnull, "w") as devnull:
-            os.dup2(devnull.fileno(), 2)
-            yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
 
 
 def _reachable(address: str) -> None:
