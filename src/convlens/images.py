@@ -24,7 +24,7 @@ import os
 import re
 import threading
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -319,6 +319,31 @@ def _bomb_pixels(error: Exception) -> int | None:
     return int(match.group(1)) if match else None
 
 
+def _open_pil(fp: Path | io.BytesIO, what: str, max_pixels: int,
+              unreadable: Callable[[], str]) -> PIL.Image.Image:
+    """``PIL.Image.open`` under the pixel limit, every failure as one :class:`BadImage`.
+
+    Args:
+        fp: a file path or the bytes of an encoded file.
+        what: the image as messages name it (its path, or e.g. ``train.parquet#17``).
+        max_pixels: the pixel limit, checked from the header before decoding.
+        unreadable: the message when PIL does not recognise the format (built only then).
+    """
+    try:
+        with _pil_guard(max_pixels):
+            return PIL.Image.open(fp)
+    except PIL.UnidentifiedImageError:
+        raise BadImage(unreadable()) from None
+    except (PIL.Image.DecompressionBombError, PIL.Image.DecompressionBombWarning) as error:
+        raise _too_large(what, _bomb_pixels(error), None, max_pixels) from error
+    except PermissionError:
+        raise BadImage(f"cannot read {what}: permission denied; check the file's permissions") from None
+    except MemoryError:
+        raise
+    except Exception as error:  # a damaged header: PIL raises OSError, ValueError, EOFError...
+        raise _corrupt(what, error) from error
+
+
 def _from_path(src: str | os.PathLike[str], *, name: str | None, max_pixels: int) -> Image:
     path = Path(os.fspath(src)).expanduser()
     if not path.exists():
@@ -330,24 +355,11 @@ def _from_path(src: str | os.PathLike[str], *, name: str | None, max_pixels: int
         )
     if not path.is_file():
         raise BadImage(f"{path} is not a regular file; give the path of an image file")
-    try:
-        with _pil_guard(max_pixels):
-            opened = PIL.Image.open(path)
-    except PIL.UnidentifiedImageError:
-        raise BadImage(
-            f"{path} is not an image PIL can read{_sniff(path)}; use a common image format "
-            f"such as {_COMMON_FORMATS}"
-        ) from None
-    except (PIL.Image.DecompressionBombError, PIL.Image.DecompressionBombWarning) as error:
-        raise _too_large(str(path), _bomb_pixels(error), None, max_pixels) from error
-    except PermissionError:
-        raise BadImage(
-            f"cannot read {path}: permission denied; check the file's permissions"
-        ) from None
-    except MemoryError:
-        raise
-    except Exception as error:  # a damaged header: PIL raises OSError, ValueError, EOFError...
-        raise _corrupt(str(path), error) from error
+    opened = _open_pil(
+        path, str(path), max_pixels,
+        lambda: f"{path} is not an image PIL can read{_sniff(path)}; use a common image format "
+                f"such as {_COMMON_FORMATS}",
+    )
     with opened:
         return _from_pil(
             opened,
@@ -425,20 +437,11 @@ def load_image_bytes(
     what = source or name
     if not raw:
         raise BadImage(f"{what} holds no bytes (an empty image); export the data set again")
-    try:
-        with _pil_guard(max_pixels):
-            opened = PIL.Image.open(io.BytesIO(raw))
-    except PIL.UnidentifiedImageError:
-        raise BadImage(
-            f"{what} is not an image PIL can read{_sniff_head(raw[:512])}; store images in a "
-            f"common format such as {_COMMON_FORMATS}"
-        ) from None
-    except (PIL.Image.DecompressionBombError, PIL.Image.DecompressionBombWarning) as error:
-        raise _too_large(what, _bomb_pixels(error), None, max_pixels) from error
-    except MemoryError:
-        raise
-    except Exception as error:  # a damaged header: PIL raises OSError, ValueError, EOFError...
-        raise _corrupt(what, error) from error
+    opened = _open_pil(
+        io.BytesIO(raw), what, max_pixels,
+        lambda: f"{what} is not an image PIL can read{_sniff_head(raw[:512])}; store images in a "
+                f"common format such as {_COMMON_FORMATS}",
+    )
     with opened:
         return _from_pil(opened, name=name, source=what, what=what, max_pixels=max_pixels)
 
