@@ -74,7 +74,7 @@ def photo(tmp_path_factory) -> str:
 
 
 class OpenedOnce:
-    """Stands in for ``convlens.lens.open_model``: the first call per model opens it, later ones reuse it."""
+    """Stands in for ``convlens.model.open_model``: the first call per model opens it, later ones reuse it."""
 
     def __init__(self, real) -> None:
         self.real = real
@@ -93,13 +93,13 @@ class OpenedOnce:
 @pytest.fixture
 def opened(monkeypatch) -> OpenedOnce:
     """One model build per test, shared by its four commands (each test starts from a clean Keras)."""
-    import convlens.lens
+    import convlens.model
 
     keras = sys.modules.get("keras")
     if keras is not None:  # the last test cleared it and collected: only a test before the sweep's first
         keras.backend.clear_session(free_memory=False)
-    cache = OpenedOnce(convlens.lens.open_model)
-    monkeypatch.setattr(convlens.lens, "open_model", cache)
+    cache = OpenedOnce(convlens.model.open_model)
+    monkeypatch.setattr(convlens.model, "open_model", cache)
     yield cache
     cache.adapters.clear()
     if keras is not None:
@@ -194,7 +194,7 @@ def sweep(capfd, opened: OpenedOnce, model: str, photo: str, out: Path, *extra: 
     assert page.lstrip().lower().startswith("<!doctype html") and "data:image/png;base64," in page
     assert page.count("data:image/png;base64,") >= len(grids)
     # the four commands shared one build (if this fails, Lens no longer opens models through
-    # convlens.lens.open_model: point OpenedOnce at the new place, or each command builds again)
+    # convlens.model.open_model: point OpenedOnce at the new place, or each command builds again)
     assert (len(opened.adapters), opened.reused) == (1, 3), (list(opened.adapters), opened.reused)
     return {"layers": table, "maps": index, "stats": stats}
 

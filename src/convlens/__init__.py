@@ -9,8 +9,6 @@
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
 from ._errors import (
     BadArgument,
     BadImage,
@@ -23,10 +21,12 @@ from ._errors import (
     UnsupportedModel,
     WeightsUnavailable,
 )
+from ._version import __version__
 from .adapters import DATA_DIR, open_model
 from .core.layers import LayerInfo
 from .images import load_image
 from .lens import FeatureMaps, LayerTable, Lens
+from .model import Model, ModelSpec
 from .report import Report, register_section
 from .selection import select
 from .stats import ChannelStats, LayerStats
@@ -52,6 +52,8 @@ __all__ = [
     "LayerStats",
     "LayerTable",
     "Lens",
+    "Model",
+    "ModelSpec",
     "MissingDependency",
     "OutputError",
     "Report",

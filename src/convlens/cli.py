@@ -12,8 +12,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
-from . import __version__
 from ._errors import BadArgument, ConvlensError
+from ._version import __version__
 
 EXAMPLES = """\
 examples:

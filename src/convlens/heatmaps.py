@@ -40,7 +40,7 @@ from .render.overlay import overlay, resize_map
 from .render.png import encode_png
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .lens import Lens
+    from .model import Model
 
 __all__ = ["DEFAULT_METHOD", "Heatmap", "Heatmaps", "compute_heatmaps", "create_methods", "heatmaps",
            "parse_methods"]
@@ -338,14 +338,14 @@ def create_methods(names: Sequence[str], options: Mapping[str, Any]) -> list[Met
     return made
 
 
-def _check_before_work(lens: Lens, made: list[Method], layer: Any, target: TargetSpec,
+def _check_before_work(model: Model, made: list[Method], layer: Any, target: TargetSpec,
                        names: list[str] | None) -> list[int] | None:
     """Every check that needs no pass: gradients, the layer, the classes (nothing runs on failure).
 
     Returns:
         The class indexes the target names, ``None`` for each image's top class.
     """
-    adapter = lens.adapter
+    adapter = model.adapter
     needing = [m for m in made if m.needs_gradients]
     if needing:
         why = adapter.gradients_unavailable()
@@ -361,7 +361,7 @@ def _check_before_work(lens: Lens, made: list[Method], layer: Any, target: Targe
     classes = int(last[0]) if last and len(last) == 1 and last[0] is not None else None
     chosen = _classes(target, classes, names)
     if chosen is None and last is not None and len(last) != 1:
-        raise BadArgument(f"the output of {lens.name} has shape {tuple(last)}, not one score per class, so "
+        raise BadArgument(f"the output of {model.name} has shape {tuple(last)}, not one score per class, so "
                           "there is no top class: name the class to explain (--class, target=...)")
     return chosen
 
@@ -400,7 +400,7 @@ def _are_probabilities(output: np.ndarray, final: str | None, step: float | None
     return to_probabilities(out, final, step)[1].startswith("the model's own")
 
 
-def heatmaps(lens: Lens, images: Any, method: str | Sequence[str] | None = DEFAULT_METHOD, *,
+def heatmaps(model: Model, images: Any, method: str | Sequence[str] | None = DEFAULT_METHOD, *,
              layer: str | int | None = None, target: TargetSpec = None, top: int = 1, size: Any = None,
              preprocess: str | None = None, labels: str | os.PathLike[str] | Sequence[str] | None = None,
              progress: Progress | None = None, **method_options: Any) -> Heatmaps:
@@ -411,7 +411,7 @@ def heatmaps(lens: Lens, images: Any, method: str | Sequence[str] | None = DEFAU
     Images of the same size go through each method as one batch.
 
     Args:
-        lens: the model.
+        model: the model.
         images: one image or a list (paths, PIL images or arrays).
         method: a name, a comma-separated list or a list: ``gradcam``,
             ``gradcam++``, ``xgradcam``, ``layercam``, ``hirescam``,
@@ -440,15 +440,15 @@ def heatmaps(lens: Lens, images: Any, method: str | Sequence[str] | None = DEFAU
     """
     names = parse_methods(method)
     made = create_methods(names, method_options)
-    class_names, _ = lens.class_names(labels)
-    classes = _check_before_work(lens, made, layer, target, class_names)
-    prepared = prepare_batch(images, lens.input_shape, size=size, preprocess=preprocess or lens.preprocess,
-                             model_name=lens.name)
-    return compute_heatmaps(lens, prepared, made, layer=layer, classes=classes, top=top,
+    class_names, _ = model.class_names(labels)
+    classes = _check_before_work(model, made, layer, target, class_names)
+    prepared = prepare_batch(images, model.input_shape, size=size, preprocess=preprocess or model.preprocess,
+                             model_name=model.name)
+    return compute_heatmaps(model, prepared, made, layer=layer, classes=classes, top=top,
                             class_names=class_names, preprocess=preprocess, progress=progress)
 
 
-def compute_heatmaps(lens: Lens, prepared: PreparedBatch, made: Sequence[Method], *,
+def compute_heatmaps(model: Model, prepared: PreparedBatch, made: Sequence[Method], *,
                      layer: str | int | None = None, classes: list[int] | None = None, top: int = 1,
                      class_names: list[str] | None = None, preprocess: str | None = None,
                      progress: Progress | None = None,
@@ -456,7 +456,7 @@ def compute_heatmaps(lens: Lens, prepared: PreparedBatch, made: Sequence[Method]
     """:func:`heatmaps` for images already loaded and prepared (the report's section uses it).
 
     Args:
-        lens: the model.
+        model: the model.
         prepared: the images and the arrays the network takes (:func:`convlens.images.prepare_batch`).
         made: method instances (:func:`convlens.methods.create`).
         layer: as :func:`heatmaps`.
@@ -475,7 +475,7 @@ def compute_heatmaps(lens: Lens, prepared: PreparedBatch, made: Sequence[Method]
             raise BadImage(f"{image.name} has the same value at every pixel: a heatmap has nothing to point "
                            "at (no gradient, every map equal); give an image with content")
     progress = progress or NullProgress()
-    adapter = lens.adapter
+    adapter = model.adapter
     # Images of one size share a batch; with several top classes each image is its own batch
     # (a batch's target is one list of classes for all its images).
     groups: dict[Any, list[int]] = {}
@@ -496,12 +496,12 @@ def compute_heatmaps(lens: Lens, prepared: PreparedBatch, made: Sequence[Method]
         wanted: TargetSpec = classes
         if classes is None and top > 1:
             if out.ndim != 2:
-                raise BadArgument(f"the output of {lens.name} has shape {tuple(out.shape[1:])}, not one score "
+                raise BadArgument(f"the output of {model.name} has shape {tuple(out.shape[1:])}, not one score "
                                   "per class, so there are no top classes: name the class to explain")
             wanted = [int(k) for k in np.argsort(-out[0], kind="stable")[: int(top)]]
         for m in made:
             res = m.compute(adapter, batch, target=wanted, layer=layer, class_names=class_names,
-                            preprocess=preprocess or lens.preprocess, progress=progress, output=out)
+                            preprocess=preprocess or model.preprocess, progress=progress, output=out)
             results[m.name].append(res)
             for r in range(len(res)):
                 img = members[int(res.images[r])]
@@ -519,7 +519,7 @@ def compute_heatmaps(lens: Lens, prepared: PreparedBatch, made: Sequence[Method]
     entries = [e for i in range(len(arrays)) for n in names for e in per_image.get((i, n), [])]
     return Heatmaps(images=loaded, inputs=arrays, methods=names, titles={m.name: m.title for m in made},
                     entries=entries, outputs=[o for o in known if o is not None],
-                    class_names=class_names, model=lens.name, framework=adapter.framework, notes=notes,
+                    class_names=class_names, model=model.name, framework=adapter.framework, notes=notes,
                     results=results)
 
 

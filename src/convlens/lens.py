@@ -16,12 +16,12 @@ import numpy as np
 
 from ._errors import BadArgument, LayerNotFound, UnsupportedModel
 from ._progress import NullProgress, Progress
-from .adapters import open_model
-from .classes import check_class_names, read_labels
+from .adapters.base import Adapter
 from .core.layers import LayerInfo
 from .core.normalize import finite_range, union_range
 from .core.text import pair_text, shape_text
-from .images import Image, PreparedBatch, prepare_batch
+from .images import Image, PreparedBatch
+from .model import Model
 from .output import OutputDir, check_file_target, merge_index
 from .passes import CollectMaps, MapConsumer, StatsConsumer, run_pass
 from .render.colormap import lut as colormap_lut
@@ -29,7 +29,6 @@ from .render.filters import filter_grid, filter_norms, first_layer_composites
 from .render.grid import add_title
 from .render.maps import RenderOptions, reduce_map, render_map
 from .render.png import encode_png
-from .selection import select
 from .stats import ChannelStats
 
 if TYPE_CHECKING:  # pragma: no cover - the report imports this module, never the reverse
@@ -221,87 +220,50 @@ class Lens:
     def __init__(self, model: Any, *, weights: str | None = None,
                  input_shape: Sequence[int | None] | None = None, trust: bool = False,
                  preprocess: str | None = None) -> None:
-        self.adapter = open_model(model, weights=weights, input_shape=input_shape, trust=trust,
-                                  preprocess=preprocess)
-        self.preprocess = preprocess or self.adapter.preprocess or "unit"
-        #: what the model was opened from (a path or a name such as ``vgg16``), else ``None``
-        self.source = model if isinstance(model, (str, os.PathLike)) else None
-        # How to open the model again in another process (the dataset view's Ray actors);
-        # None for an in-memory model, which cannot be reopened.
-        from .dataset.api import ModelSpec
+        #: the :class:`~convlens.model.Model` every view runs on
+        self.model: Model = Model.open(model, weights=weights, input_shape=input_shape, trust=trust,
+                                       preprocess=preprocess)
 
-        self._spec: ModelSpec | None = (
-            ModelSpec.of(model, weights=weights, input_shape=input_shape, trust=trust,
-                         preprocess=preprocess) if self.source is not None else None)
+    @property
+    def adapter(self) -> Adapter:
+        return self.model.adapter
+
+    @property
+    def preprocess(self) -> str:
+        return self.model.preprocess
+
+    @property
+    def source(self) -> str | None:
+        """What the model was opened from (a path or a name such as ``vgg16``), else ``None``."""
+        return self.model.source
 
     @property
     def name(self) -> str:
-        return self.adapter.name
+        return self.model.name
 
     @property
     def input_shape(self) -> tuple[int | None, ...]:
-        return self.adapter.input_shape
+        return self.model.input_shape
 
     def layers(self) -> LayerTable:
         """Every layer: index, name, type, output shape, parameters, kernel, stride, receptive field."""
-        return LayerTable(self.adapter.layers())
+        return LayerTable(self.model.layers())
 
     def select(self, layers: str | Iterable[str] | None = None) -> list[LayerInfo]:
-        """The layers a selection names (see :mod:`convlens.selection`)."""
-        table = self.adapter.layers()
-        chosen = [table[i] for i in select(table, layers)]
-        if not chosen:
-            kinds = sorted({layer.kind for layer in table if layer.kind != "input"})
-            raise UnsupportedModel(f"{self.name} has no layer of the selected kinds "
-                                   f"({layers or 'conv,pool'}); it has {', '.join(kinds)} layers: "
-                                   "choose with --layers (e.g. --layers all)")
-        return chosen
+        """The layers a selection names (see :meth:`convlens.model.Model.select`)."""
+        return self.model.select(layers)
 
     # ------------------------------------------------------------------ inputs
 
     def _prepare(self, images: ImageLike | Sequence[ImageLike], size: Any,
                  preprocess: str | None) -> PreparedBatch:
-        return prepare_batch(images, self.input_shape, size=size, preprocess=preprocess or self.preprocess,
-                             model_name=self.name)
+        return self.model.prepare(images, size=size, preprocess=preprocess)
 
     def class_names(self, labels: str | os.PathLike[str] | Sequence[str] | None = None, *,
                     classes: int | None = None, output_shape: Sequence[int] | None = None
                     ) -> tuple[list[str] | None, str]:
-        """The model's class names, and where they come from in words.
-
-        ``labels`` (a file, one name per line, or a list: ``--labels``) win;
-        otherwise the names the adapter knows (ImageNet's for keras.applications
-        and torchvision classifiers, the demo's digits). The report's
-        predictions and the heatmaps' ``--class NAME`` both ask here.
-
-        Args:
-            labels: the user's class names, if any.
-            classes: K, the number of class scores the model outputs per image,
-                when the caller ran the model; ``None`` for not a classifier
-                when ``output_shape`` is given, else read from the layer table
-                (the last layer's output ``(K,)``, K > 1).
-            output_shape: the model's output per image, when known (messages,
-                and ``classes`` when that is not given).
-
-        Returns:
-            ``(names, source)``, e.g. ``(["0", ..., "9"], "the demo model's digits")``;
-            ``(None, "")`` when no names are known or they do not fit K.
-
-        Raises:
-            BadArgument: ``labels`` cannot be read, hold no names, their count is
-                not K, or the model is not a classifier.
-        """
-        given = read_labels(labels) if labels is not None else None
-        if classes is None:
-            if output_shape is None:
-                table = self.adapter.layers()
-                last = table[-1].output_shape if table else None
-                output_shape = tuple(d for d in last) if last else ()  # type: ignore[misc]
-            if len(output_shape) == 1 and output_shape[0] is not None and output_shape[0] > 1:
-                classes = int(output_shape[0])
-        return check_class_names(self.name, classes, given=given, known=self.adapter.class_names,
-                                 known_source=self.adapter.class_names_source,
-                                 output_shape=tuple(output_shape or ()))
+        """The model's class names, and where they come from (see :meth:`convlens.model.Model.class_names`)."""
+        return self.model.class_names(labels, classes=classes, output_shape=output_shape)
 
     # ------------------------------------------------------------------ feature maps
 
@@ -502,7 +464,7 @@ class Lens:
 
         if out is not None:
             check_file_target(out)  # before the forward passes: a folder given as --out fails at once
-        result = build_report(self, images, layers, labels=labels, size=size, preprocess=preprocess,
+        result = build_report(self.model, images, layers, labels=labels, size=size, preprocess=preprocess,
                               sections=sections, progress=progress, section_options=section_options,
                               dataset=dataset, **options)
         if out is not None:
@@ -550,7 +512,7 @@ class Lens:
         return run_dataset(self.adapter, data, layers=self.select(layers), k=k, engine=engine,
                            batch_size=batch_size, size=size, preprocess=preprocess or self.preprocess,
                            resume_dir=resume_dir, checkpoint_every=checkpoint_every,
-                           ray_address=ray_address, workers=workers, model_spec=self._spec,
+                           ray_address=ray_address, workers=workers, model_spec=self.model.spec,
                            progress=progress, resume=resume, out=out, model_name=self.name)
 
     # ------------------------------------------------------------------ heatmaps
@@ -564,7 +526,7 @@ class Lens:
         """
         from .heatmaps import heatmaps
 
-        return heatmaps(self, images, method, **options)
+        return heatmaps(self.model, images, method, **options)
 
     # ------------------------------------------------------------------ feature visualisation
 

@@ -32,8 +32,8 @@ except ImportError:  # pragma: no cover - Windows: commits are not serialised be
 
 import numpy as np
 
-from . import __version__
 from ._errors import BadArgument, OutputError
+from ._version import __version__
 from .render.png import encode_png
 
 __all__ = ["OutputDir", "atomic_write_bytes", "check_file_target", "merge_index"]

@@ -11,8 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from . import __version__
 from ._errors import LayerNotFound
+from ._version import __version__
 from .core.stats import LayerStats
 from .core.text import number, percent
 

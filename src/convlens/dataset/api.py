@@ -18,13 +18,13 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .._errors import BadArgument, MissingDependency
 from .._progress import Progress
 from ..adapters.base import Adapter
 from ..core.layers import LayerInfo
+from ..model import ModelSpec
 from .accumulate import DatasetAccumulator
 from .engine import BatchRunner, Checkpoint, default_checkpoint_folder, run_local
 from .sources import Source, open_source
@@ -39,43 +39,6 @@ ENGINES = ("local", "ray")
 
 #: What to install for ``engine="ray"``.
 RAY_INSTALL = "pip install 'convlens[ray]'"
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """How a model was opened, so that another process (a Ray actor) can open it again.
-
-    ``convlens.adapters.open_model(**spec.kwargs())`` reopens it.
-
-    Attributes:
-        model: a model file (absolute path) or a name (``vgg16``, ``torchvision:resnet18``, ``demo``).
-        weights: zoo models: ``imagenet``, ``none`` or a weights file.
-        input_shape: ``(H, W, C)`` for models that do not know theirs.
-        trust: allow model files that run code when loaded.
-        preprocess: the preprocessing preset asked for, if any.
-    """
-
-    model: str
-    weights: str | None = None
-    input_shape: tuple[int | None, ...] | None = None
-    trust: bool = False
-    preprocess: str | None = None
-
-    @classmethod
-    def of(cls, model: str | os.PathLike[str], *, weights: str | None = None,
-           input_shape: Sequence[int | None] | None = None, trust: bool = False,
-           preprocess: str | None = None) -> ModelSpec:
-        """The spec of ``model``; a path that exists becomes absolute (actors may run elsewhere)."""
-        text = os.fspath(model)
-        if os.path.exists(text):
-            text = os.path.abspath(text)
-        return cls(text, weights, tuple(input_shape) if input_shape is not None else None,
-                   bool(trust), preprocess)
-
-    def kwargs(self) -> dict[str, Any]:
-        """Keyword arguments of ``open_model``."""
-        return {"model": self.model, "weights": self.weights, "input_shape": self.input_shape,
-                "trust": self.trust, "preprocess": self.preprocess}
 
 
 def _fingerprint(adapter: Adapter, source: Source, layers: Sequence[LayerInfo], *, k: int,

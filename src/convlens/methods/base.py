@@ -526,6 +526,17 @@ def _check_batch(batch: Any) -> np.ndarray:
     return x
 
 
+#: Every method class with a registry name, in definition order; filled by ``Method.__init_subclass__``
+#: (the package's ``METHODS`` orders them for front ends). Lets this module name the forward-only
+#: methods without importing its package.
+REGISTRY: dict[str, type[Method]] = {}
+
+
+def forward_only_names() -> list[str]:
+    """The registered methods that need only forward passes."""
+    return [n for n, m in REGISTRY.items() if not m.needs_gradients]
+
+
 class Method:
     """The base of every heatmap method.
 
@@ -556,6 +567,11 @@ class Method:
     signed: ClassVar[bool] = False
     reduce: ClassVar[str] = "absmax"
     slow: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.__dict__.get("name"):
+            REGISTRY[cls.name] = cls
 
     def __init__(self, *, batch_size: int | None = None, memory: int = MEMORY_BUDGET) -> None:
         self.batch_size = None if batch_size is None else positive_int("batch_size", batch_size)
@@ -611,10 +627,8 @@ class Method:
         if self.needs_gradients:
             why = adapter.gradients_unavailable()
             if why is not None:
-                from . import METHODS, forward_only
-
-                listed = ", ".join(forward_only())
-                if all(METHODS[n].title in why for n in forward_only()):  # the reason names them
+                listed = ", ".join(forward_only_names())
+                if all(REGISTRY[n].title in why for n in forward_only_names()):  # the reason names them
                     tail = f" (forward-only methods by name: {listed})"
                 else:
                     tail = f"; forward-only methods work: {listed}"

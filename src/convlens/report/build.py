@@ -24,7 +24,7 @@ from .sections.predictions import output_classes
 from .templating import Markup, render
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..lens import Lens
+    from ..model import Model
 
 __all__ = ["REPORT_TILE_SIZE", "build_report"]
 
@@ -33,7 +33,7 @@ __all__ = ["REPORT_TILE_SIZE", "build_report"]
 REPORT_TILE_SIZE = 80
 
 
-def build_report(lens: Lens, images: Any, layers: str | Iterable[str] | None = None, *,
+def build_report(model: Model, images: Any, layers: str | Iterable[str] | None = None, *,
                  labels: str | os.PathLike[str] | Sequence[str] | None = None,
                  size: int | tuple[int, int] | None = None, preprocess: str | None = None,
                  sections: Sequence[str] | None = None, title: str | None = None,
@@ -42,7 +42,7 @@ def build_report(lens: Lens, images: Any, layers: str | Iterable[str] | None = N
     """Run the images through the model once each and assemble the report.
 
     Args:
-        lens: the model.
+        model: the model.
         images: one image or a list (paths, PIL images, arrays).
         layers: a selection (default every conv and pool layer).
         labels: class names (a file, one per line, or a list) for the predictions.
@@ -73,18 +73,18 @@ def build_report(lens: Lens, images: Any, layers: str | Iterable[str] | None = N
         per_section["dataset"] = {**per_section.get("dataset", {}), "dir": dataset}
         keys = select_sections([*keys, "dataset"])
     names = read_labels(labels) if labels is not None else None  # a bad file fails before any pass
-    chosen = lens.select(layers)
-    own = _section_consumers(lens, chosen, keys, per_section)  # a bad option fails before any pass
-    batch = prepare_batch(images, lens.input_shape, size=size, preprocess=preprocess or lens.preprocess,
-                          model_name=lens.name)
+    chosen = model.select(layers)
+    own = _section_consumers(model, chosen, keys, per_section)  # a bad option fails before any pass
+    batch = prepare_batch(images, model.input_shape, size=size, preprocess=preprocess or model.preprocess,
+                          model_name=model.name)
     stats = StatsConsumer(chosen)
     grids = ReportGrids(opts, chosen, batch.images)
     with ThreadPoolExecutor(max_workers=1) as side:
         # Filter atlases need no forward pass: kernels are read here (adapters need not be
         # thread-safe), then drawn on a side thread while the images go through the network.
-        atlases = side.submit(draw_atlases, chosen, read_kernels(lens, chosen)) if "filters" in keys else None
+        atlases = side.submit(draw_atlases, chosen, read_kernels(model, chosen)) if "filters" in keys else None
         fed, consumers = _feed(chosen, [stats, grids], own.values())
-        outputs = run_pass(lens.adapter, fed, batch.arrays, consumers, progress=progress, label="report")
+        outputs = run_pass(model.adapter, fed, batch.arrays, consumers, progress=progress, label="report")
         if atlases is not None:
             atlases.result()
     layer_stats = stats.results()
@@ -104,11 +104,11 @@ def build_report(lens: Lens, images: Any, layers: str | Iterable[str] | None = N
         notes.append(f"maps larger than {opts.tile_size} pixels are averaged down to fit the report "
                      f"({count(len(shrunk), 'layer', 'layers')}); --tile-size sets the limit")
     classes = output_classes(outputs)
-    label_list, label_source = lens.class_names(
+    label_list, label_source = model.class_names(
         names, classes=classes, output_shape=tuple(outputs[0].shape[1:]) if outputs else ())
     ctx = ReportContext(
-        lens=lens, images=batch.images, inputs=batch.arrays, outputs=outputs, layers=chosen,
-        stats=layer_stats, options=opts, preprocess=preprocess or lens.preprocess, labels=label_list,
+        model=model, images=batch.images, inputs=batch.arrays, outputs=outputs, layers=chosen,
+        stats=layer_stats, options=opts, preprocess=preprocess or model.preprocess, labels=label_list,
         label_source=label_source, notes=notes, sections=keys, drawn=drawn,
         per_image=grids.per_image_stats(layer_stats), global_ranges=grids.global_ranges,
         atlases=atlases, predictions=[[] for _ in batch.images], section_options=per_section,
@@ -122,7 +122,7 @@ def build_report(lens: Lens, images: Any, layers: str | Iterable[str] | None = N
         body = entry.build(ctx)
         if body is not None:
             bodies.append((entry.key, entry.title, Markup(body)))
-    title = title or f"convlens report: {lens.name}"
+    title = title or f"convlens report: {model.name}"
     page = render_page(title=title, header=header(ctx, title, [(k, t) for k, t, _ in bodies]),
                        body=render("body.html", sections=bodies), data=ctx.data)
     return Report(page, title=title, stats={s.name: s for s in layer_stats},
@@ -130,13 +130,13 @@ def build_report(lens: Lens, images: Any, layers: str | Iterable[str] | None = N
 
 
 
-def _section_consumers(lens: Lens, chosen: Sequence[LayerInfo], keys: Sequence[str],
+def _section_consumers(model: Model, chosen: Sequence[LayerInfo], keys: Sequence[str],
                        per_section: Mapping[str, Any]) -> dict[str, SectionConsumer]:
     """The pass consumers that the sections being built ask for, by section key."""
     own: dict[str, SectionConsumer] = {}
     for key in keys:
         factory = get_section(key).consumer
-        made = factory(lens, chosen, per_section.get(key, {})) if factory is not None else None
+        made = factory(model, chosen, per_section.get(key, {})) if factory is not None else None
         if made is not None:
             own[key] = made
     return own

@@ -16,7 +16,7 @@ from ..passes import PassConsumer
 from ..render.maps import RenderOptions
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..lens import Lens
+    from ..model import Model
 
 __all__ = ["DrawnLayer", "FilterAtlas", "ReportContext", "SectionConsumer"]
 
@@ -70,7 +70,7 @@ class SectionConsumer(PassConsumer):
     and the other sections never see them).
 
     Attributes:
-        layers: the layers this consumer wants, rows of ``lens.layers()``.
+        layers: the layers this consumer wants, rows of ``model.layers()``.
     """
 
     def __init__(self, layers: list[LayerInfo]) -> None:
@@ -82,7 +82,7 @@ class ReportContext:
     """What a section builder can use.
 
     Attributes:
-        lens: the :class:`~convlens.Lens` (its adapter runs more passes if a section needs them).
+        model: the :class:`~convlens.model.Model` (its adapter runs more passes if a section needs them).
         images: the images as loaded.
         inputs: the preprocessed arrays the network saw, one ``(H, W, C)`` float32 per image.
         outputs: the model's output per image, batch axis first (``(1, K)`` for a classifier).
@@ -116,7 +116,7 @@ class ReportContext:
             section sets beside the crops).
     """
 
-    lens: Lens
+    model: Model
     images: list[Image]
     inputs: list[np.ndarray]
     outputs: list[np.ndarray]

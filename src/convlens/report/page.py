@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 from markupsafe import Markup
 
-from .. import __version__
 from .._errors import BadArgument
+from .._version import __version__
 from ..core.stats import LayerStats
 from ..core.text import shape_text
 from ..output import atomic_write_bytes, check_file_target
@@ -110,7 +110,7 @@ def header(ctx: ReportContext, title: str, sections: Sequence[tuple[str, str]]) 
     opts = ctx.options
     n = len(ctx.images)
     when = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    meta = (f"{ctx.lens.adapter.framework} · {n} image{'s' if n != 1 else ''} · "
+    meta = (f"{ctx.model.adapter.framework} · {n} image{'s' if n != 1 else ''} · "
             f"{len(ctx.layers)} layers · preprocessing {ctx.preprocess} · norm {opts.norm} · "
             f"cmap {opts.cmap} · convlens {__version__} · {when}")
     return render("header.html", title=title, meta=meta, notes=ctx.notes, sections=list(sections),
@@ -156,7 +156,7 @@ def page_data(ctx: ReportContext) -> dict[str, Any]:
             "zero": sig(s.zero_fraction), "flags": s.notable.indices(),
         })
     return {
-        "version": __version__, "model": ctx.lens.name, "norm": opts.norm, "cmap": opts.cmap,
+        "version": __version__, "model": ctx.model.name, "norm": opts.norm, "cmap": opts.cmap,
         "palette": pal.tobytes().hex(), "tile_size": opts.tile_size,
         "images": [im.name for im in ctx.images], "layers": layers, "stats": stats,
     }

@@ -18,7 +18,7 @@ from .._errors import BadArgument
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..core.layers import LayerInfo
-    from ..lens import Lens
+    from ..model import Model
     from .context import ReportContext, SectionConsumer
 
 __all__ = ["ConsumerFactory", "Section", "SectionBuilder", "get_section", "register_section",
@@ -26,9 +26,9 @@ __all__ = ["ConsumerFactory", "Section", "SectionBuilder", "get_section", "regis
 
 #: A section builder: the context in, the section's body as HTML out (``None``: no section).
 SectionBuilder = Callable[["ReportContext"], "str | None"]
-#: A section's pass consumer factory: ``(lens, the report's selected layers, the section's
+#: A section's pass consumer factory: ``(model, the report's selected layers, the section's
 #: options)`` in, a :class:`~convlens.report.context.SectionConsumer` (or ``None``) out.
-ConsumerFactory = Callable[["Lens", "Sequence[LayerInfo]", "Mapping[str, Any]"], "SectionConsumer | None"]
+ConsumerFactory = Callable[["Model", "Sequence[LayerInfo]", "Mapping[str, Any]"], "SectionConsumer | None"]
 
 
 @dataclass(frozen=True)

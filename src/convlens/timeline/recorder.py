@@ -50,8 +50,8 @@ from typing import Any
 
 import numpy as np
 
-from .. import __version__
 from .._errors import BadArgument, BadImage, ConvlensError, OutputError
+from .._version import __version__
 from ..core.layers import LayerInfo
 from ..core.normalize import finite_range
 from ..core.stats import channel_stats

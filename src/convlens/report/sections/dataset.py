@@ -60,7 +60,7 @@ from ..registry import register_section
 from ..templating import Markup, lazy_img, render, table
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ...lens import Lens
+    from ...model import Model
 
 __all__ = ["MAX_BYTES", "MAX_IMAGES", "OPTIONS", "REPORT_CHANNELS", "DatasetFolder", "DatasetLayer",
            "DatasetMaps", "dataset_section", "read_dataset_folder"]
@@ -305,13 +305,13 @@ class DatasetMaps(SectionConsumer):
         return np.lexsort((np.arange(best.size), -np.nan_to_num(best, nan=-np.inf, neginf=-np.inf)))
 
 
-def _consumer(lens: Lens, chosen: Sequence[LayerInfo], options: Mapping[str, Any]) -> DatasetMaps:
+def _consumer(model: Model, chosen: Sequence[LayerInfo], options: Mapping[str, Any]) -> DatasetMaps:
     """The section's consumer: reads and checks the folder before the report's pass."""
     _check_options(options)
     if options.get("dir") is None:
         raise BadArgument("the dataset section shows a folder written by convlens dataset: pass it with "
                           "--dataset DIR (Lens.report(..., dataset=DIR))")
-    return DatasetMaps(read_dataset_folder(options["dir"]), lens.layers())
+    return DatasetMaps(read_dataset_folder(options["dir"]), model.layers())
 
 
 def _check_options(options: Mapping[str, Any]) -> int | None:
@@ -391,13 +391,13 @@ def _spend(budget: list[int], n: int) -> bool:
 def _warnings(ctx: ReportContext, maps: DatasetMaps) -> list[str]:
     folder = maps.folder
     out = []
-    if not _same_model(folder.model, ctx.lens):
-        out.append(f"This folder was made with the model {folder.model}, not {ctx.lens.name}: its crops and "
+    if not _same_model(folder.model, ctx.model):
+        out.append(f"This folder was made with the model {folder.model}, not {ctx.model.name}: its crops and "
                    f"statistics describe that model's channels; layers are matched by name and channel count.")
     for name, why in maps.problems.items():
         out.append(f"Layer {name} of the dataset folder is not shown: {why}.")
     if not maps.matched:
-        out.append(f"None of the folder's layers is in {ctx.lens.name}: nothing to show beside the images.")
+        out.append(f"None of the folder's layers is in {ctx.model.name}: nothing to show beside the images.")
     return out
 
 
@@ -427,12 +427,12 @@ def _check_scores(ctx: ReportContext, maps: DatasetMaps) -> tuple[str, bool]:
     if base not in path.parents or not path.is_file():  # only the data's own files are read
         return f"The folder's scores were not checked against this model: {name} is not in {folder.data_root}.", False
     try:
-        channels = ctx.lens.adapter.input_shape[2]
+        channels = ctx.model.adapter.input_shape[2]
         x, _ = prepare(load_image(path), size=folder.input_size, channels=int(channels) if channels else 3,
                        preprocess=ctx.preprocess)
         got: dict[int, np.ndarray] = {}
         layers = list(maps.matched.values())
-        ctx.lens.adapter.run(x[None], [i.index for i in layers], got.__setitem__)
+        ctx.model.adapter.run(x[None], [i.index for i in layers], got.__setitem__)
     except ConvlensError as e:
         return f"The folder's scores were not checked against this model: {name}: {e}", False
     compared = 0
@@ -458,10 +458,10 @@ def _check_scores(ctx: ReportContext, maps: DatasetMaps) -> tuple[str, bool]:
             f"({count(compared, 'channel', 'channels')})."), False
 
 
-def _same_model(recorded: str, lens: Lens) -> bool:
+def _same_model(recorded: str, model: Model) -> bool:
     """Whether the folder's ``model`` names this lens's model (its name, or a file or spec named so)."""
     stem = Path(recorded.split(":")[-1]).stem
-    return lens.name in (recorded, stem)
+    return model.name in (recorded, stem)
 
 
 def _summary(folder: DatasetFolder) -> str:

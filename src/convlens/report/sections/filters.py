@@ -18,7 +18,7 @@ from ..registry import register_section
 from ..templating import Markup, lazy_img, render
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ...lens import Lens
+    from ...model import Model
 
 __all__ = ["REPORT_FILTERS", "REPORT_INPUTS", "draw_atlases", "filters_section", "read_kernels"]
 
@@ -27,13 +27,13 @@ REPORT_FILTERS = 32
 REPORT_INPUTS = 8
 
 
-def read_kernels(lens: Lens, layers: Sequence[LayerInfo]) -> dict[int, np.ndarray | ConvlensError]:
+def read_kernels(model: Model, layers: Sequence[LayerInfo]) -> dict[int, np.ndarray | ConvlensError]:
     """The kernels of the selected conv layers (or why one cannot be read), on the caller's thread."""
     out: dict[int, np.ndarray | ConvlensError] = {}
     for info in layers:
         if info.has_kernels:
             try:
-                out[info.index] = lens.adapter.kernels(info.index)
+                out[info.index] = model.adapter.kernels(info.index)
             except ConvlensError as e:
                 out[info.index] = e
     return out
@@ -68,7 +68,7 @@ def draw_atlases(layers: Sequence[LayerInfo], kernels: dict[int, np.ndarray | Co
 def filters_section(ctx: ReportContext) -> Markup | None:
     """The atlases drawn beside the forward passes (or now, when built on their own)."""
     pending = ctx.atlases
-    atlases = pending.result() if pending is not None else draw_atlases(ctx.layers, read_kernels(ctx.lens, ctx.layers))
+    atlases = pending.result() if pending is not None else draw_atlases(ctx.layers, read_kernels(ctx.model, ctx.layers))
     if not atlases:
         return None
     figures = [{"name": a.layer.name, "error": a.error, "caption": a.caption,

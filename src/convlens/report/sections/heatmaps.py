@@ -49,7 +49,7 @@ def default_methods(ctx: ReportContext) -> list[str]:
     (its three classes share it), so a report stays about as fast as without
     the section; more methods are asked for by name.
     """
-    return ["gradcam"] if ctx.lens.adapter.gradients_unavailable() is None else ["scorecam"]
+    return ["gradcam"] if ctx.model.adapter.gradients_unavailable() is None else ["scorecam"]
 
 
 @register_section("heatmaps", "Heatmaps", order=45)
@@ -65,11 +65,11 @@ def heatmaps_section(ctx: ReportContext) -> Markup:
     top = int(options.get("top", 3))
     if output_classes(ctx.outputs) is None:
         return render("sections/heatmaps.html", note=(
-            f"{ctx.lens.name} does not output one score per class, so there are no top classes to explain; "
+            f"{ctx.model.name} does not output one score per class, so there are no top classes to explain; "
             "convlens heatmap MODEL IMAGE --class C draws the heatmap of a class."), methods=[], cards=[])
     try:
         made = create_methods(names, {})
-        result = compute_heatmaps(ctx.lens, PreparedBatch(ctx.images, ctx.inputs, []), made,
+        result = compute_heatmaps(ctx.model, PreparedBatch(ctx.images, ctx.inputs, []), made,
                                   layer=options.get("layer"), top=min(top, int(ctx.outputs[0].shape[1])),
                                   class_names=ctx.labels, preprocess=ctx.preprocess, outputs=ctx.outputs)
     except ConvlensError as exc:

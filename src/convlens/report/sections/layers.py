@@ -21,7 +21,7 @@ def layers_section(ctx: ReportContext) -> Markup:
     """Every layer of the model (not only the selected ones), sortable."""
     maps = "maps" in ctx.sections  # rows link to the maps only when they are there
     position = {info.index: pos for pos, info in enumerate(ctx.layers)} if maps else {}
-    all_layers = ctx.lens.layers()
+    all_layers = ctx.model.layers()
     rows: list[list[Any]] = []
     attrs: list[dict[str, Any] | None] = []
     for info in all_layers:

@@ -31,8 +31,8 @@ def predictions_section(ctx: ReportContext) -> Markup:
     ctx.predictions = [[] for _ in ctx.images]
     if k is None:
         shape = shape_text(ctx.outputs[0].shape[1:], times=True) if ctx.outputs else "?"
-        return render("sections/predictions.html", classifier=False, model=ctx.lens.name, shape=shape)
-    adapter = ctx.lens.adapter
+        return render("sections/predictions.html", classifier=False, model=ctx.model.name, shape=shape)
+    adapter = ctx.model.adapter
     # The graph's word first (a final softmax/sigmoid), else a tolerance that fits the output's
     # quantisation step; ``how`` says which was used.
     p, how = to_probabilities(np.concatenate(ctx.outputs), adapter.final_activation,

@@ -28,6 +28,7 @@ from ...core.normalize import normalize_channels
 from ...render.colormap import apply_lut
 from ...render.colormap import lut as colormap_lut
 from ...render.png import encode_png
+from ...visualize import visualize
 from ..context import ReportContext
 from ..registry import register_section
 from ..templating import Markup, lazy_img, render
@@ -52,9 +53,9 @@ def _default_layer(layers: list[LayerInfo]) -> LayerInfo | None:
 def visualize_section(ctx: ReportContext) -> Markup | None:
     """Optimise one image per channel of the chosen layer; show them beside the layer's maps."""
     options: dict[str, Any] = dict(ctx.section_options.get("visualize", {}))
-    why = ctx.lens.adapter.gradients_unavailable()
+    why = ctx.model.adapter.gradients_unavailable()
     if why is not None:
-        return render("sections/visualize.html", note=f"{ctx.lens.name} cannot be visualised: {why}",
+        return render("sections/visualize.html", note=f"{ctx.model.name} cannot be visualised: {why}",
                       figures=[], how="")
     layer = options.pop("layer", None)
     if layer is None:
@@ -68,11 +69,13 @@ def visualize_section(ctx: ReportContext) -> Markup | None:
     channels = options.pop("channels", None)
     if channels is None:
         channels = f"0-{REPORT_CHANNELS - 1}"
-        table = {i.name: i for i in ctx.lens.layers()}
+        table = {i.name: i for i in ctx.model.layers()}
         found = table.get(str(layer))
         if found is not None and found.output_shape and found.output_shape[-1]:
             channels = f"0-{min(REPORT_CHANNELS, int(found.output_shape[-1])) - 1}"
-    vis = ctx.lens.visualize(layer, channels, **options)
+    if options.get("preprocess") is None:
+        options["preprocess"] = ctx.model.preprocess
+    vis = visualize(ctx.model.adapter, layer, channels, **options)
     ctx.shared["visualize"] = vis  # the dataset section shows these beside its crops
     info = vis.layer
     if info is None:  # objective="class": no layer, so no maps to set beside the images
@@ -107,7 +110,7 @@ def _maps(ctx: ReportContext, info: LayerInfo) -> list[tuple[str, np.ndarray]]:
     out: list[tuple[str, np.ndarray]] = []
     for image, x in list(zip(ctx.images, ctx.inputs))[:MAX_IMAGES]:
         got: dict[int, np.ndarray] = {}
-        ctx.lens.adapter.run(x[None], [info.index], got.__setitem__)
+        ctx.model.adapter.run(x[None], [info.index], got.__setitem__)
         if info.index in got:
             out.append((image.name, got[info.index][0]))
     return out

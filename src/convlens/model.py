@@ -1,0 +1,256 @@
+"""A model as convlens sees it: the :class:`Model` value every view takes.
+
+``Model`` sits below everything that uses a model (feature maps, statistics,
+heatmaps, the report, feature visualisation, the dataset view, the timeline,
+the command line) and above the adapters. It holds what every view needs to
+know once, decided in one place:
+
+* the adapter (the framework's model behind the one contract),
+* the preprocessing preset, and whether convlens guessed it,
+* the model's class names and where they come from,
+* the layer table and the selection rule,
+* how to open the model again in another process (:class:`ModelSpec`).
+
+:class:`convlens.Lens` is a thin facade over it; the views take a ``Model``
+and never the facade, so nothing below the facade imports it.
+
+>>> model = Model.open("demo")
+>>> [layer.name for layer in model.select("conv")]
+['conv1', 'conv2', 'conv3']
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ._errors import UnsupportedModel
+from .adapters import open_model
+from .adapters.base import Adapter
+from .classes import check_class_names, read_labels
+from .core.layers import LayerInfo
+from .images import PreparedBatch, prepare_batch
+from .selection import DEFAULT_SELECTION, select
+
+__all__ = ["DEFAULT_PREPROCESS", "Model", "ModelSpec", "as_model"]
+
+#: The preset a model gets when neither the user nor the model's origin names one: pixels / 255.
+DEFAULT_PREPROCESS = "unit"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """How a model was opened, so that another process (a Ray actor) can open it again.
+
+    ``Model.open(**spec.kwargs())`` reopens it.
+
+    Attributes:
+        model: a model file (absolute path) or a name (``vgg16``, ``torchvision:resnet18``, ``demo``).
+        weights: zoo models: ``imagenet``, ``none`` or a weights file.
+        input_shape: ``(H, W, C)`` for models that do not know theirs.
+        trust: allow model files that run code when loaded.
+        preprocess: the preprocessing preset asked for, if any.
+    """
+
+    model: str
+    weights: str | None = None
+    input_shape: tuple[int | None, ...] | None = None
+    trust: bool = False
+    preprocess: str | None = None
+
+    @classmethod
+    def of(cls, model: str | os.PathLike[str], *, weights: str | None = None,
+           input_shape: Sequence[int | None] | None = None, trust: bool = False,
+           preprocess: str | None = None) -> ModelSpec:
+        """The spec of ``model``; a path that exists becomes absolute (actors may run elsewhere)."""
+        text = os.fspath(model)
+        if os.path.exists(text):
+            text = os.path.abspath(text)
+        return cls(text, weights, tuple(input_shape) if input_shape is not None else None,
+                   bool(trust), preprocess)
+
+    def kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of :func:`convlens.adapters.open_model` and :meth:`Model.open`."""
+        return {"model": self.model, "weights": self.weights, "input_shape": self.input_shape,
+                "trust": self.trust, "preprocess": self.preprocess}
+
+
+class Model:
+    """A model opened by convlens: adapter, preprocessing, class names, selection.
+
+    Build one with :meth:`Model.open` (any model object, file or name convlens
+    reads) or wrap an adapter directly.
+
+    Args:
+        adapter: the framework's model behind :class:`~convlens.adapters.base.Adapter`.
+        preprocess: the preprocessing preset; ``None``: the adapter's own, else
+            :data:`DEFAULT_PREPROCESS` (then :attr:`preprocess_guessed` is true).
+        spec: how to open the model again in another process; ``None`` for an
+            in-memory model, which cannot be reopened.
+
+    Attributes:
+        adapter: the adapter.
+        preprocess: the preset every view uses unless told otherwise.
+        preprocess_guessed: neither the user nor the model's origin named the
+            preset: it is :data:`DEFAULT_PREPROCESS` by default, and outputs say so.
+        spec: see above.
+        source: what the model was opened from (a path or a name), else ``None``.
+    """
+
+    def __init__(self, adapter: Adapter, *, preprocess: str | None = None, spec: ModelSpec | None = None) -> None:
+        self.adapter = adapter
+        named = preprocess or adapter.preprocess
+        self.preprocess: str = named or DEFAULT_PREPROCESS
+        self.preprocess_guessed: bool = named is None
+        self.spec = spec
+        self.source: str | None = spec.model if spec is not None else None
+
+    @classmethod
+    def open(cls, model: Any, *, weights: str | None = None, input_shape: Sequence[int | None] | None = None,
+             trust: bool = False, preprocess: str | None = None) -> Model:
+        """Open a model object, file or name (see :func:`convlens.adapters.open_model`).
+
+        A :class:`Model` is returned as it is (the other arguments must then be unset).
+
+        Raises:
+            BadModel, UnsupportedModel, UnsafeModel, WeightsUnavailable: as ``open_model``.
+        """
+        if isinstance(model, Model):
+            return model
+        adapter = open_model(model, weights=weights, input_shape=input_shape, trust=trust, preprocess=preprocess)
+        spec = (ModelSpec.of(model, weights=weights, input_shape=input_shape, trust=trust, preprocess=preprocess)
+                if isinstance(model, (str, os.PathLike)) else None)
+        return cls(adapter, preprocess=preprocess, spec=spec)
+
+    # ------------------------------------------------------------------ what the adapter knows
+
+    @property
+    def name(self) -> str:
+        """The model's name."""
+        return self.adapter.name
+
+    @property
+    def framework(self) -> str:
+        """``"keras"``, ``"torch"``, ``"onnx"`` or ``"tflite"``."""
+        return self.adapter.framework
+
+    @property
+    def input_shape(self) -> tuple[int | None, ...]:
+        """``(H, W, C)`` with ``None`` for free dimensions."""
+        return self.adapter.input_shape
+
+    def layers(self) -> list[LayerInfo]:
+        """Every layer in execution order, the input first (rows of the layer table)."""
+        return self.adapter.layers()
+
+    # ------------------------------------------------------------------ selection
+
+    def select(self, layers: str | Iterable[str] | None = None) -> list[LayerInfo]:
+        """The layers a selection names, in execution order (see :mod:`convlens.selection`).
+
+        Args:
+            layers: names, globs, regexes, kinds, index ranges or ``"blocks"``;
+                ``None``: :data:`convlens.selection.DEFAULT_SELECTION`.
+
+        Raises:
+            LayerNotFound: a name that matches no layer.
+            UnsupportedModel: the selection matches no layer of this model.
+        """
+        table = self.adapter.layers()
+        chosen = [table[i] for i in select(table, layers)]
+        if not chosen:
+            kinds = sorted({layer.kind for layer in table if layer.kind != "input"})
+            raise UnsupportedModel(f"{self.name} has no layer of the selected kinds "
+                                   f"({layers or DEFAULT_SELECTION}); it has {', '.join(kinds)} layers: "
+                                   "choose with --layers (e.g. --layers all)")
+        return chosen
+
+    # ------------------------------------------------------------------ inputs
+
+    def prepare(self, images: Any, *, size: int | Sequence[int] | None = None,
+                preprocess: str | None = None) -> PreparedBatch:
+        """Load images and prepare them for this model (see :func:`convlens.images.prepare_batch`).
+
+        Args:
+            images: one image or a list (paths, PIL images or arrays).
+            size: ``H`` or ``(H, W)`` for models that accept any size; default the image's own.
+            preprocess: a preset; default :attr:`preprocess`.
+        """
+        return prepare_batch(images, self.input_shape, size=size, preprocess=preprocess or self.preprocess,
+                             model_name=self.name)
+
+    def preprocess_note(self, preprocess: str | None = None) -> str | None:
+        """A sentence for every output when the preset was guessed, else ``None``."""
+        if preprocess or not self.preprocess_guessed:
+            return None
+        return (f"preprocessing {self.preprocess} was guessed (pixels / 255): {self.name} did not say "
+                "which it expects; pass --preprocess (preprocess=) if it was trained otherwise")
+
+    # ------------------------------------------------------------------ class names
+
+    def output_classes(self, output_shape: Sequence[int | None] | None = None) -> int | None:
+        """K, the number of class scores per image, or ``None`` when the output is not one score per class.
+
+        The one place that decides it: an output of shape ``(K,)`` per image with K >= 2
+        is a classifier's (one unit is a score or a regression, not a choice between classes).
+
+        Args:
+            output_shape: the model's output for one image, without the batch axis;
+                default the last row of the layer table.
+        """
+        if output_shape is None:
+            table = self.adapter.layers()
+            last = table[-1].output_shape if table else None
+            output_shape = tuple(last) if last else ()
+        if len(output_shape) == 1 and output_shape[0] is not None and int(output_shape[0]) > 1:
+            return int(output_shape[0])
+        return None
+
+    def class_names(self, labels: str | os.PathLike[str] | Sequence[str] | None = None, *,
+                    classes: int | None = None, output_shape: Sequence[int] | None = None
+                    ) -> tuple[list[str] | None, str]:
+        """The model's class names, and where they come from in words.
+
+        ``labels`` (a file, one name per line, or a list: ``--labels``) win;
+        otherwise the names the adapter knows (ImageNet's for keras.applications
+        and torchvision classifiers, the demo's digits).
+
+        Args:
+            labels: the user's class names, if any.
+            classes: K, the number of class scores the model outputs per image,
+                when the caller ran the model; else read with :meth:`output_classes`.
+            output_shape: the model's output per image, when known.
+
+        Returns:
+            ``(names, source)``, e.g. ``(["0", ..., "9"], "the demo model's digits")``;
+            ``(None, "")`` when no names are known or they do not fit K.
+
+        Raises:
+            BadArgument: ``labels`` cannot be read, hold no names, their count is
+                not K, or the model is not a classifier.
+        """
+        given = read_labels(labels) if labels is not None else None
+        if classes is None:
+            if output_shape is None:
+                table = self.adapter.layers()
+                last = table[-1].output_shape if table else None
+                output_shape = tuple(d for d in last) if last else ()  # type: ignore[misc]
+            classes = self.output_classes(output_shape)
+        return check_class_names(self.name, classes, given=given, known=self.adapter.class_names,
+                                 known_source=self.adapter.class_names_source,
+                                 output_shape=tuple(output_shape or ()))
+
+    def __repr__(self) -> str:
+        return f"Model({self.name!r}, framework={self.framework!r}, preprocess={self.preprocess!r})"
+
+
+def as_model(model: Any) -> Model:
+    """``model`` as a :class:`Model`: a Model as it is, anything with a ``.model`` Model (a Lens), else opened."""
+    if isinstance(model, Model):
+        return model
+    inner = getattr(model, "model", None)
+    if isinstance(inner, Model):
+        return inner
+    return Model.open(model)
