@@ -17,6 +17,7 @@ import PIL.Image
 import PIL.ImageFile
 import pytest
 
+import convlens
 from convlens import images
 from convlens._errors import BadArgument, BadImage, ConvlensError
 from convlens.images import (
@@ -29,7 +30,7 @@ from convlens.images import (
     prepare,
 )
 
-DATA = Path(images.__file__).parent / "data"
+DATA = Path(convlens.__file__).parent / "data"
 
 
 def raises(error_type: type[Exception], *phrases: str):

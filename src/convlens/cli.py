@@ -14,6 +14,7 @@ from typing import Any, NoReturn, TextIO
 
 from ._errors import BadArgument, ConvlensError
 from ._version import __version__
+from .images import PRESET_NAMES
 
 EXAMPLES = """\
 examples:
@@ -163,7 +164,7 @@ def _render_options(p: argparse.ArgumentParser, *, tile_size: int = 256, where: 
 def _image_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--size", type=_size_arg, metavar="HxW",
                    help="input size for models that accept any size (default: the image's own)")
-    p.add_argument("--preprocess", choices=("unit", "caffe", "torch", "tf", "raw"),
+    p.add_argument("--preprocess", choices=PRESET_NAMES,
                    help="preprocessing preset (default: the model's own; unit = x/255)")
     p.add_argument("--max-pixels", type=_positive, help="refuse images larger than this (default 100M)")
 
@@ -312,7 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--copies", type=int, default=1, help="images per channel (default 1)")
     p.add_argument("--diversity", type=float, default=0.0, metavar="W",
                    help="push the copies of a channel apart (Gram-matrix penalty, e.g. 100 with --copies 4)")
-    p.add_argument("--preprocess", choices=("unit", "caffe", "torch", "tf", "raw"),
+    p.add_argument("--preprocess", choices=PRESET_NAMES,
                    help="preprocessing preset (default: the model's own; unit = x/255)")
     p.add_argument("--out", required=True, help="output folder")
     _model_options(p)
@@ -341,7 +342,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=_positive, metavar="N", help="ray engine: model actors")
     p.add_argument("--size", type=_size_arg, metavar="HxW",
                    help="input size for models that accept any size (default 224x224)")
-    p.add_argument("--preprocess", choices=("unit", "caffe", "torch", "tf", "raw"),
+    p.add_argument("--preprocess", choices=PRESET_NAMES,
                    help="preprocessing preset (default: the model's own; unit = x/255)")
     p.add_argument("--max-pixels", type=_positive, help="refuse images larger than this (default 100M)")
     _model_options(p)

@@ -28,10 +28,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ._errors import BadArgument, BadImage, UnsupportedModel
+from ._errors import BadArgument, UnsupportedModel
 from ._progress import NullProgress, Progress
 from .core.predictions import to_probabilities
-from .images import Image, PreparedBatch, prepare_batch
+from .images import Image, PreparedBatch, check_not_constant, prepare_batch
 from .methods import Method, MethodResult, create, forward_only, get, resolve_layer
 from .methods import names as method_names
 from .methods.targets import TargetSpec, parse_classes
@@ -471,9 +471,7 @@ def compute_heatmaps(model: Model, prepared: PreparedBatch, made: Sequence[Metho
         raise BadArgument(f"top must be a whole number from 1 to 10, not {top!r}")
     loaded, arrays, notes = prepared.images, prepared.arrays, prepared.notes
     for image, a in zip(loaded, arrays):
-        if a.size and float(a.max()) == float(a.min()):
-            raise BadImage(f"{image.name} has the same value at every pixel: a heatmap has nothing to point "
-                           "at (no gradient, every map equal); give an image with content")
+        check_not_constant(a, image.name)
     progress = progress or NullProgress()
     adapter = model.adapter
     # Images of one size share a batch; with several top classes each image is its own batch

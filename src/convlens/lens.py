@@ -207,7 +207,7 @@ class Lens:
         weights: zoo models only: ``"imagenet"`` (default), ``"none"`` or a file.
         input_shape: ``(H, W, C)`` for models that do not know theirs.
         trust: allow model files that run code when loaded (Lambda layers).
-        preprocess: preprocessing preset (``unit caffe torch tf raw``); zoo
+        preprocess: preprocessing preset (a name of :data:`convlens.images.PRESET_NAMES`); zoo
             models pick theirs, other models default to ``unit`` (x/255).
 
     Example:

@@ -30,12 +30,15 @@ DIAGONAL = (np.eye(3) * 255).astype(np.uint8)
 
 
 def _pattern_net() -> nn.Sequential:
-    """As in test_crops: conv1 fires (value 1) only on a centred 3x3 "\\" stroke; conv2 peaks on it."""
+    """As in test_crops: conv1 fires (value 255) only on a centred 3x3 "\\" stroke; conv2 peaks on it (510).
+
+    Integer weights on raw 0/255 pixels: every value is an integer below 2**24, so the float32
+    convolutions are exact on any CPU (oneDNN, AVX-512, AMX and ARM kernels round only inexact sums)."""
     net = nn.Sequential(nn.Conv2d(1, 1, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
                         nn.Conv2d(1, 2, 3, padding=1), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2, 2))
     with torch.no_grad():
-        net[0].weight.copy_(torch.tensor(np.where(np.eye(3) > 0, 1.0, -1.0) / 255.0).view(1, 1, 3, 3))
-        net[0].bias.fill_(-2.0)
+        net[0].weight.copy_(torch.tensor(np.where(np.eye(3) > 0, 1.0, -1.0)).view(1, 1, 3, 3))
+        net[0].bias.fill_(-510.0)
         k2 = torch.ones(2, 1, 3, 3)
         k2[0, 0, 1, 1] = 2.0
         k2[1] = -k2[0]  # channel 1 is minus channel 0: it goes negative, never positive
@@ -133,9 +136,9 @@ def test_index_ranks_the_stroke_images_with_boxes_that_hold_the_stroke(saved) ->
     assert [e["name"] for e in bottom[:2]] == ["blank/d.png", "blank/e.png"]
     assert all(e["box"] == [0.0, 0.0, 32.0, 32.0] for e in bottom)
     top = conv["channels_info"][0]["top"]
-    # Every stroke gives conv2 the same peak (2.0); ties go to the smaller id: a, b, c; then a blank.
+    # Every stroke gives conv2 the same peak (510, exactly); ties go to the smaller id: a, b, c; then a blank.
     assert [e["name"] for e in top] == ["stroke/a.png", "stroke/b.png", "stroke/c.png", "blank/d.png"]
-    assert [e["score"] for e in top[:3]] == [2.0, 2.0, 2.0] and top[3]["score"] == 0.0
+    assert [e["score"] for e in top[:3]] == [510.0, 510.0, 510.0] and top[3]["score"] == 0.0
     for entry in top[:3]:
         cy, cx = STROKES[entry["name"]]
         assert entry["position"] == [cy // 2, cx // 2]
@@ -148,7 +151,7 @@ def test_index_ranks_the_stroke_images_with_boxes_that_hold_the_stroke(saved) ->
     assert conv["channels_info"][0]["selectivity"] == pytest.approx(1.0)
     negative = conv["channels_info"][1]["negative"]
     assert [e["name"] for e in negative[:3]] == ["stroke/a.png", "stroke/b.png", "stroke/c.png"]
-    assert [e["score"] for e in negative[:3]] == [-2.0, -2.0, -2.0]  # the minimum, as people read it
+    assert [e["score"] for e in negative[:3]] == [-510.0, -510.0, -510.0]  # the minimum, as people read it
     dense = index["layers"][1]
     assert dense["map_hw"] is None and dense["rf_size"] is None
     assert all(e["box"] == [0.0, 0.0, 32.0, 32.0] for e in dense["channels_info"][0]["top"])
@@ -197,10 +200,10 @@ def test_csv_and_channels_json(saved) -> None:  # type: ignore[no-untyped-def]
     rows = list(csv.DictReader(io.StringIO((out / "channels.csv").read_text())))
     assert [(r["layer"], r["channel"]) for r in rows] == [("3", "0"), ("3", "1"), ("6", "0"), ("6", "1")]
     assert rows[0]["best_class_name"] == "stroke" and float(rows[0]["selectivity"]) == pytest.approx(1.0)
-    assert float(rows[0]["max"]) == 2.0 and float(rows[1]["min"]) == -2.0 and rows[0]["dead"] == "false"
+    assert float(rows[0]["max"]) == 510.0 and float(rows[1]["min"]) == -510.0 and rows[0]["dead"] == "false"
     stats = json.loads((out / "channels.json").read_text())
     layer = stats["layers"][0]
-    assert layer["name"] == "3" and layer["images"] == 5 and layer["max"][0] == 2.0
+    assert layer["name"] == "3" and layer["images"] == 5 and layer["max"][0] == 510.0
     assert layer["selectivity"]["counts"] == [2, 3] and layer["selectivity"]["best"][0] == 1
 
 

@@ -34,7 +34,7 @@ from .._progress import NullProgress, Progress
 from ..adapters.base import Adapter, Gradients, Target
 from ..core.cam import minmax, resize_bilinear
 from ..core.layers import LayerInfo
-from ..images import apply_preset
+from ..images import apply_preset, check_not_constant
 from ..selection import select
 from .targets import Rows, TargetSpec, resolve_rows
 
@@ -516,13 +516,8 @@ def _check_batch(batch: Any) -> np.ndarray:
             "the image holds NaN or infinite values after preprocessing; check the image and "
             "the preprocessing preset"
         )
-    spread = (x.max(axis=(1, 2)) - x.min(axis=(1, 2))).max(axis=-1)
-    if (spread == 0).any():
-        i = int(np.flatnonzero(spread == 0)[0])
-        raise BadImage(
-            f"image {i} of the batch has the same value at every pixel: a heatmap has nothing to "
-            "point at (no gradient signal, every map equal); give an image with content"
-        )
+    for i, image in enumerate(x):
+        check_not_constant(image, f"image {i} of the batch")
     return x
 
 

@@ -1,16 +1,10 @@
-"""Load images and turn them into model inputs.
+"""Decoding: paths, encoded bytes, PIL images and numpy arrays into an :class:`Image`.
 
-Two steps, kept apart so that callers can tell the user what happened:
-
-* :func:`load_image` / :func:`load_images` read a file, a ``PIL.Image.Image``
-  or a numpy array into an :class:`Image`: ``(H, W, C)`` float32 pixels in
-  0..255, ``C`` 1 (gray) or 3 (colour), upright (EXIF orientation applied),
-  transparency composited on white.
-* :func:`prepare` adapts one :class:`Image` to one model: channel count, size
-  and a preprocessing preset (:data:`PRESETS`), and returns human sentences
-  (notes) for every change the user should know about. The library never
-  prints them; the caller decides. :func:`prepare_batch` does both steps for
-  a list of images and one model's input shape.
+:func:`load_image` / :func:`load_images` / :func:`load_image_bytes` read a
+file, the bytes of an encoded file, a ``PIL.Image.Image`` or a numpy array
+into an :class:`Image`: ``(H, W, C)`` float32 pixels in 0..255, ``C`` 1 (gray)
+or 3 (colour), upright (EXIF orientation applied), transparency composited on
+white.
 
 Loading files is guarded against decompression bombs (:data:`MAX_PIXELS`) and
 never accepts truncated files: this module never sets
@@ -34,36 +28,16 @@ import numpy as np
 import PIL.Image
 import PIL.ImageOps
 
-from convlens._errors import BadArgument, BadImage, UnsupportedModel
+from convlens._errors import BadArgument, BadImage
 
 __all__ = [
     "MAX_PIXELS",
-    "PRESETS",
     "Image",
     "ImageSource",
-    "PreparedBatch",
-    "apply_preset",
     "load_image",
     "load_image_bytes",
     "load_images",
-    "prepare",
-    "prepare_batch",
 ]
-
-#: Preprocessing presets: name -> what it does to pixels ``x`` in 0..255.
-PRESETS: dict[str, str] = {
-    "unit": "x / 255, range [0, 1] (the rescaling of the Keras tutorials)",
-    "caffe": (
-        "RGB -> BGR, minus the ImageNet BGR means (103.939, 116.779, 123.68); "
-        "VGG16/19 and ResNet50 in Keras"
-    ),
-    "torch": (
-        "x / 255, minus mean (0.485, 0.456, 0.406), divided by std (0.229, 0.224, 0.225); "
-        "torchvision models, DenseNet in Keras"
-    ),
-    "tf": "x / 127.5 - 1, range [-1, 1]; MobileNet, Inception and Xception in Keras",
-    "raw": "0..255 unchanged; models that rescale inside, e.g. EfficientNet in Keras",
-}
 
 #: Largest image (width * height) loaded unless ``max_pixels=`` says otherwise.
 #: A guard against decompression bombs: a few KB of PNG can declare billions of
@@ -72,12 +46,6 @@ MAX_PIXELS = 100_000_000
 
 #: What :func:`load_image` accepts.
 ImageSource = Union[str, "os.PathLike[str]", PIL.Image.Image, np.ndarray]
-
-_CAFFE_BGR_MEAN = np.array([103.939, 116.779, 123.68], dtype=np.float64)
-_TORCH_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float64)
-_TORCH_STD = np.array([0.229, 0.224, 0.225], dtype=np.float64)
-# ITU-R 601-2 luma, the weights of PIL's "RGB" -> "L" conversion, without its rounding.
-_LUMA_601 = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
 _COMMON_FORMATS = "JPEG, PNG, BMP, GIF, TIFF or WebP"
 _ARRAY_SHAPES = "(H, W), (H, W, 1), (H, W, 3), (H, W, 4) or a batch of one (1, H, W, C)"
@@ -92,7 +60,6 @@ _ORIENTATIONS = {
     8: "turned 90 degrees counter-clockwise",
 }
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
-_PRESET_BLOCK = 1 << 20  # elements per float64 block in apply_preset
 
 # PIL's decompression-bomb limit is a module global; it is set to our limit
 # while one of our loads runs, and warnings filters are process-global too, so
@@ -716,253 +683,3 @@ def _unique_names(names: list[str]) -> list[str]:
         used.add(candidate.lower())
         out.append(candidate)
     return out
-
-
-# --------------------------------------------------------------------------- preparing
-
-
-def prepare(
-    image: Image,
-    *,
-    size: tuple[int | None, int | None] | None,
-    channels: int | None,
-    preprocess: str = "unit",
-) -> tuple[np.ndarray, list[str]]:
-    """Adapt an image to a model: channels, then size, then a preset.
-
-    Resizing is bilinear and antialiased (PIL's ``BILINEAR`` filter, which
-    widens with the reduction factor) on the float32 data, one channel at a
-    time, so nothing is rounded to 8 bits. The aspect ratio is not kept: the
-    image is stretched to ``size``, and a note says so.
-
-    Args:
-        image: an :class:`Image` from :func:`load_image`.
-        size: ``(height, width)`` to resize to; ``None`` keeps the image's own
-            size, and ``None`` for one side keeps that side.
-        channels: 1 (luminance, ITU-R 601-2 weights 0.299, 0.587, 0.114 as in
-            PIL's ``L`` mode, without its rounding), 3 (gray value repeated),
-            or ``None`` to keep the image's own.
-        preprocess: a key of :data:`PRESETS`.
-
-    Returns:
-        ``(array, notes)``: ``array`` is a new ``(h, w, c)`` float32 array
-        (C-contiguous, never sharing memory with ``image.pixels``) in the
-        preset's range; ``notes`` are sentences, the image's own loading notes
-        first, then e.g. ``"resized cat.jpg from 640x480 to 224x224, changing
-        its aspect ratio from 1.33 to 1.00"``. Sizes in notes are width x
-        height, as image viewers show them. Notes do not say why the size was
-        chosen (the model's fixed input or the user's ``--size``): the caller
-        knows and may add it.
-
-    Raises:
-        BadArgument: unknown preset, unusable ``size`` or ``channels``, or
-            ``image`` is not an :class:`Image`.
-    """
-    if not isinstance(image, Image):
-        raise BadArgument(
-            f"prepare() takes an Image, not a {type(image).__name__}; load it with "
-            "convlens.images.load_image() first"
-        )
-    _check_preset(preprocess)
-    target_h, target_w = _check_size(size, image)
-    if channels is not None and (isinstance(channels, bool) or channels not in (1, 3)):
-        raise BadArgument(
-            f"channels must be 1, 3 or None, not {channels!r}; convlens adapts images to "
-            "grayscale or RGB models only"
-        )
-
-    label = Path(image.source).name if not image.source.startswith("<") else image.name
-    notes = list(image.notes)
-    x = image.pixels
-
-    if channels is not None and channels != x.shape[-1]:
-        if channels == 1:
-            x = (x @ _LUMA_601)[..., None]
-            notes.append(
-                f"converted {label} from RGB to grayscale (ITU-R 601 luminance) because the "
-                "model takes 1 channel"
-            )
-        else:
-            x = np.repeat(x, 3, axis=-1)
-            notes.append(
-                f"converted {label} from grayscale to 3 channels (the gray value repeated) "
-                "because the model takes 3 channels"
-            )
-
-    height, width = x.shape[:2]
-    if (target_h, target_w) != (height, width):
-        x = _resize(x, target_h, target_w)
-        note = f"resized {label} from {width}x{height} to {target_w}x{target_h}"
-        before, after = width / height, target_w / target_h
-        if abs(after / before - 1.0) > 0.01:
-            note += f", changing its aspect ratio from {before:.2f} to {after:.2f}"
-        notes.append(note)
-
-    return _contiguous(apply_preset(x, preprocess)), notes
-
-
-def _check_preset(preset: object) -> None:
-    if not isinstance(preset, str) or preset not in PRESETS:
-        listing = "; ".join(f"{key}: {text}" for key, text in PRESETS.items())
-        raise BadArgument(f"unknown preprocessing preset {preset!r}; choose one of: {listing}")
-
-
-def _check_size(size: object, image: Image) -> tuple[int, int]:
-    if size is None:
-        return image.height, image.width
-    if isinstance(size, (tuple, list)) and len(size) == 2:
-        out = []
-        for value, own in zip(size, (image.height, image.width)):
-            if value is None:
-                out.append(own)
-            elif isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value > 0:
-                out.append(int(value))
-            else:
-                break
-        else:
-            return out[0], out[1]
-    raise BadArgument(
-        f"size must be (height, width) with positive integers (or None to keep a side), "
-        f"not {size!r}"
-    )
-
-
-def _resize(x: np.ndarray, height: int, width: int) -> np.ndarray:
-    """``(H, W, C)`` float32 -> ``(height, width, C)``, antialiased bilinear per channel."""
-    out = np.empty((height, width, x.shape[-1]), dtype=np.float32)
-    for k in range(x.shape[-1]):
-        plane = PIL.Image.fromarray(np.ascontiguousarray(x[..., k], dtype=np.float32))
-        out[..., k] = np.asarray(
-            plane.resize((width, height), PIL.Image.Resampling.BILINEAR), dtype=np.float32
-        )
-    return out
-
-
-def apply_preset(x: np.ndarray, preset: str) -> np.ndarray:
-    """Apply a preprocessing preset to pixels in 0..255.
-
-    Arithmetic is done in float64 (in blocks, to bound memory) and rounded
-    once to float32, so results are the float32 roundings of the formulas in
-    :data:`PRESETS`.
-
-    For one-channel input, ``caffe`` subtracts the mean of the three ImageNet
-    means (114.799333...) and ``torch`` uses the mean of the three means and
-    of the three stds (0.449 and 0.226); there is no channel order to flip.
-
-    Args:
-        x: ``(..., C)`` array in 0..255, channels last; ``caffe`` and
-            ``torch`` need ``C`` 1 or 3, the others take any ``C``.
-        preset: a key of :data:`PRESETS`.
-
-    Returns:
-        A new float32 array of the same shape.
-
-    Raises:
-        BadArgument: unknown preset, or a channel count the preset cannot use.
-    """
-    _check_preset(preset)
-    x = np.asarray(x)
-    if x.ndim == 0:
-        raise BadArgument("apply_preset needs an array with a channels-last axis, not a scalar")
-    channels = x.shape[-1]
-    if preset in ("caffe", "torch") and channels not in (1, 3):
-        raise BadArgument(
-            f"the {preset!r} preset needs 1 or 3 channels (channels last), not {channels}; "
-            "use 'unit', 'tf' or 'raw', or convert the image to RGB"
-        )
-    if x.size == 0:
-        return x.astype(np.float32)
-    flat = x.reshape(-1, channels)
-    out = np.empty(flat.shape, dtype=np.float32)
-    # float64 arithmetic in blocks: exact results without a float64 copy of a large image.
-    step = max(1, _PRESET_BLOCK // max(channels, 1))
-    for start in range(0, flat.shape[0], step):
-        out[start : start + step] = _preset_formula(
-            flat[start : start + step].astype(np.float64), preset
-        )
-    return out.reshape(x.shape)
-
-
-def _preset_formula(x: np.ndarray, preset: str) -> np.ndarray:
-    """The formula of one preset on ``(N, C)`` float64 pixels in 0..255."""
-    channels = x.shape[-1]
-    if preset == "unit":
-        return x / 255.0
-    if preset == "tf":
-        return x / 127.5 - 1.0
-    if preset == "raw":
-        return x
-    if preset == "caffe":
-        if channels == 3:
-            return x[:, ::-1] - _CAFFE_BGR_MEAN
-        return x - _CAFFE_BGR_MEAN.mean()
-    if channels == 3:  # torch
-        return (x / 255.0 - _TORCH_MEAN) / _TORCH_STD
-    return (x / 255.0 - _TORCH_MEAN.mean()) / _TORCH_STD.mean()
-
-
-# --------------------------------------------------------------------------- one model's batch
-
-
-@dataclass(frozen=True)
-class PreparedBatch:
-    """Images loaded and prepared for one model (see :func:`prepare_batch`).
-
-    Attributes:
-        images: the images as loaded, in order.
-        arrays: per image, the ``(h, w, c)`` float32 input the network sees (preprocessed).
-        notes: what was done to them, in order (each resizing says why its size was chosen).
-    """
-
-    images: list[Image]
-    arrays: list[np.ndarray]
-    notes: list[str]
-
-
-def prepare_batch(
-    images: ImageSource | Sequence[ImageSource],
-    input_shape: Sequence[int | None],
-    *,
-    size: int | Sequence[int] | None,
-    preprocess: str,
-    model_name: str,
-) -> PreparedBatch:
-    """Load images and prepare each for a model that takes ``input_shape``.
-
-    Args:
-        images: one image or a list (paths, PIL images, arrays; see :func:`load_images`).
-        input_shape: the model's ``(H, W, C)``, ``None`` for a free dimension.
-        size: ``H`` or ``(H, W)`` for a model that accepts any size; ``None``: the
-            model's fixed size, or the image's own.
-        preprocess: a key of :data:`PRESETS`.
-        model_name: the model's name, for messages.
-
-    Raises:
-        UnsupportedModel: the model does not take images ``(H, W, C)``.
-        BadArgument: ``size`` differs from the model's fixed input size.
-    """
-    if len(input_shape) != 3:
-        raise UnsupportedModel(f"{model_name} takes input of shape {tuple(input_shape)}, not images "
-                               "(H, W, C); its layer table and filters work, feature maps need an "
-                               "image model")
-    loaded = load_images(images)
-    h, w, c = input_shape
-    target: tuple[int, int] | None
-    if size is not None:
-        sh, sw = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
-        if (h is not None and h != sh) or (w is not None and w != sw):
-            raise BadArgument(f"{model_name} takes a fixed input of {h}x{w}; --size {sh}x{sw} "
-                              "cannot be used with it (leave --size out)")
-        target = (sh, sw)
-    elif h is not None and w is not None:
-        target = (h, w)
-    else:
-        target = None
-    why = "the size asked for" if size is not None else "the model's fixed input size"
-    arrays: list[np.ndarray] = []
-    notes: list[str] = []
-    for image in loaded:
-        arr, n = prepare(image, size=target, channels=c, preprocess=preprocess)
-        arrays.append(arr)
-        notes.extend(f"{note} ({why})" if note.startswith("resized") else note for note in n)
-    return PreparedBatch(loaded, arrays, notes)
