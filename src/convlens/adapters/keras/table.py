@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from .._errors import (
+from ..._errors import (
     BadModel,
     ConvlensError,
     MissingDependency,
@@ -31,13 +31,13 @@ from .._errors import (
     UnsupportedModel,
     WeightsUnavailable,
 )
-from .._stderr import native_stderr_silenced
-from ..core.kinds import kind_of
-from ..core.layers import LayerInfo
-from ..core.receptive import with_receptive_fields
-from ..core.sizes import size_hint
-from .base import Gradients, OnOutput, Target, check_rows, target_cotangent
-from .base import first_line as _first_line  # one-line error messages
+from ..._stderr import native_stderr_silenced
+from ...core.kinds import kind_of
+from ...core.layers import LayerInfo
+from ...core.receptive import with_receptive_fields
+from ...core.sizes import size_hint
+from ..base import Gradients, OnOutput, Target, check_rows, target_cotangent
+from ..base import first_line as _first_line  # one-line error messages
 
 __all__ = ["KerasAdapter", "ZOO", "import_keras", "keras_final_activation", "load_keras_file",
            "load_zoo_model"]

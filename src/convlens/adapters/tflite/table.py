@@ -58,13 +58,13 @@ from typing import Any
 
 import numpy as np
 
-from .._errors import BadModel, MissingDependency, UnsupportedModel
-from ..core.kinds import kind_of
-from ..core.layers import LayerInfo
-from ..core.receptive import with_receptive_fields
-from ..core.sizes import size_hint
-from .base import Gradients, OnOutput, Target
-from .base import first_line as _first_line  # one-line error messages
+from ..._errors import BadModel, MissingDependency, UnsupportedModel
+from ...core.kinds import kind_of
+from ...core.layers import LayerInfo
+from ...core.receptive import with_receptive_fields
+from ...core.sizes import size_hint
+from ..base import Gradients, OnOutput, Target
+from ..base import first_line as _first_line  # one-line error messages
 
 __all__ = ["TFLiteAdapter", "dequantize", "op_kind", "readable_name", "tflite_final_activation"]
 

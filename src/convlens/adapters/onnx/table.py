@@ -29,14 +29,14 @@ from typing import Any
 
 import numpy as np
 
-from .._errors import BadArgument, BadModel, ConvlensError, MissingDependency, UnsupportedModel
-from ..core.kinds import kind_of
-from ..core.layers import LayerInfo
-from ..core.receptive import with_receptive_fields
-from ..core.sizes import size_hint
-from ..core.text import shape_text
-from .base import Gradients, OnOutput, Target, check_rows, target_cotangent
-from .base import first_line as _first_line  # one-line error messages
+from ..._errors import BadArgument, BadModel, ConvlensError, MissingDependency, UnsupportedModel
+from ...core.kinds import kind_of
+from ...core.layers import LayerInfo
+from ...core.receptive import with_receptive_fields
+from ...core.sizes import size_hint
+from ...core.text import shape_text
+from ..base import Gradients, OnOutput, Target, check_rows, target_cotangent
+from ..base import first_line as _first_line  # one-line error messages
 
 __all__ = ["OnnxAdapter", "import_onnx"]
 
@@ -753,7 +753,7 @@ class OnnxAdapter:
         """
         if self._not_image is not None:
             raise UnsupportedModel(self._not_image)
-        from .torch import HookedRow, hooked_gradients
+        from ..torch import HookedRow, hooked_gradients
 
         module, by_tensor = self._twin()
         table = self.layers()

@@ -60,13 +60,13 @@ from typing import Any
 
 import numpy as np
 
-from .._errors import BadModel, ConvlensError, MissingDependency, UnsafeModel, UnsupportedModel, WeightsUnavailable
-from ..core.kinds import kind_of
-from ..core.layers import LayerInfo
-from ..core.receptive import with_receptive_fields
-from ..core.sizes import size_hint
-from .base import Gradients, OnOutput, Target, check_rows, target_cotangent
-from .base import first_line as _first_line  # one-line error messages
+from ..._errors import BadModel, ConvlensError, MissingDependency, UnsafeModel, UnsupportedModel, WeightsUnavailable
+from ...core.kinds import kind_of
+from ...core.layers import LayerInfo
+from ...core.receptive import with_receptive_fields
+from ...core.sizes import size_hint
+from ..base import Gradients, OnOutput, Target, check_rows, target_cotangent
+from ..base import first_line as _first_line  # one-line error messages
 
 __all__ = ["HookedRow", "TorchAdapter", "hooked_gradients", "import_torch", "load_state_dict_file",
            "open_torch_file", "open_torchvision"]
