@@ -1,313 +1,26 @@
-"""Keras 3 models on any backend: Sequential, functional, nested and subclassed.
-
-Intermediate outputs are captured by wrapping each leaf layer's ``call`` for the
-duration of one forward pass, so one pass serves any set of layers and works
-for models without a symbolic graph (subclassed models) and for models used as
-layers inside others (transfer learning). The wrappers are always removed in
-``finally``.
+"""The layer table of a Keras model: building it, its rows from the graph or a probe pass, kernels,
+the wrapping of leaf layers' ``call`` that passes capture with, and the final activation.
 """
 
 from __future__ import annotations
 
-import os
-import re
-import subprocess
-import sys
 import warnings
-import zipfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..._errors import (
-    BadModel,
-    ConvlensError,
-    MissingDependency,
-    UnsafeModel,
-    UnsupportedModel,
-    WeightsUnavailable,
-)
+from ..._errors import UnsupportedModel
 from ..._stderr import native_stderr_silenced
 from ...core.kinds import kind_of
 from ...core.layers import LayerInfo
 from ...core.receptive import with_receptive_fields
-from ...core.sizes import size_hint
-from ..base import Gradients, OnOutput, Target, check_rows, target_cotangent
-from ..base import first_line as _first_line  # one-line error messages
+from .._graph import Producer, walk_final_activation
+from ..base import first_line as _first_line
+from .load import import_keras
 
-__all__ = ["KerasAdapter", "ZOO", "import_keras", "keras_final_activation", "load_keras_file",
-           "load_zoo_model"]
-
-#: keras.applications names: (constructor, preprocessing preset, default input size).
-ZOO: dict[str, tuple[str, str, int]] = {
-    "vgg16": ("VGG16", "caffe", 224),
-    "vgg19": ("VGG19", "caffe", 224),
-    "resnet50": ("ResNet50", "caffe", 224),
-    "resnet101": ("ResNet101", "caffe", 224),
-    "resnet50_v2": ("ResNet50V2", "tf", 224),
-    "mobilenet": ("MobileNet", "tf", 224),
-    "mobilenet_v2": ("MobileNetV2", "tf", 224),
-    "mobilenet_v3_small": ("MobileNetV3Small", "raw", 224),
-    "mobilenet_v3_large": ("MobileNetV3Large", "raw", 224),
-    "efficientnet_b0": ("EfficientNetB0", "raw", 224),
-    "efficientnet_b1": ("EfficientNetB1", "raw", 240),
-    "efficientnet_v2_b0": ("EfficientNetV2B0", "raw", 224),
-    "densenet121": ("DenseNet121", "torch", 224),
-    "inception_v3": ("InceptionV3", "tf", 299),
-    "xception": ("Xception", "tf", 299),
-    "convnext_tiny": ("ConvNeXtTiny", "raw", 224),
-}
-
-
-_KERAS: Any = None
-
-
-def load_triton_before_tensorflow() -> None:
-    """Import triton, if installed, before TensorFlow is.
-
-    triton (which torch imports as soon as ``torch.export`` or ``torch.compile``
-    runs) crashes the process with SIGSEGV when it is loaded after TensorFlow:
-    both carry their own LLVM. Loaded first, both work, so a session that reads
-    a Keras model and then a ``.pt2`` program survives. Costs ~0.3 s, and only
-    where torch's CUDA build (which brings triton) is installed.
-    """
-    import importlib.util
-
-    if "tensorflow" in sys.modules or "triton" in sys.modules:
-        return
-    try:
-        if importlib.util.find_spec("triton") is not None:
-            import triton  # noqa: F401
-    except Exception:  # a broken triton is torch's problem, not a reason to fail here
-        pass
-
-
-def import_keras() -> Any:
-    """Import Keras 3, quietly, or say which extra to install."""
-    global _KERAS
-    if _KERAS is not None:
-        return _KERAS
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's C++ start-up chatter
-    load_triton_before_tensorflow()
-    try:
-        with native_stderr_silenced():
-            import keras
-
-            if keras.backend.backend() == "tensorflow":  # device discovery logs once, here
-                keras.ops.convert_to_numpy(keras.ops.zeros((1,)))
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise MissingDependency(
-            f"Keras is not installed ({exc}); run: pip install 'convlens[keras]'"
-        ) from None
-    if not hasattr(keras, "ops"):  # pragma: no cover
-        raise MissingDependency("convlens needs Keras 3; run: pip install -U 'convlens[keras]'")
-    _KERAS = keras
-    return keras
-
-
-def _h5_magic(path: Path) -> bool:
-    with open(path, "rb") as fh:
-        return fh.read(8) == b"\x89HDF\r\n\x1a\n"
-
-
-def _h5_has_lambda(path: Path) -> bool:
-    import h5py
-
-    with h5py.File(path, "r") as f:
-        config = f.attrs.get("model_config")
-    if config is None:
-        return False
-    if isinstance(config, bytes):
-        config = config.decode("utf-8", "replace")
-    return '"class_name": "Lambda"' in str(config)
-
-
-#: Reads every attribute and dataset of an HDF5 file, then says whether its model config has a Lambda.
-_H5_PROBE = """
-import sys
-import h5py
-lam = False
-def visit(name, obj):
-    global lam
-    for key in obj.attrs:
-        value = obj.attrs[key]
-        if key == "model_config":
-            text = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
-            lam = lam or '"class_name": "Lambda"' in text
-    if isinstance(obj, h5py.Dataset):
-        obj[()]
-try:
-    with h5py.File(sys.argv[1], "r") as f:
-        visit("/", f)
-        f.visititems(visit)
-except Exception as exc:
-    print(f"{type(exc).__name__}: {exc}")
-    sys.exit(3)
-print("lambda" if lam else "ok")
-"""
-
-
-#: Files the child process read completely, by (path, size, mtime): whether they hold a Lambda layer.
-_H5_READABLE: dict[tuple[str, int, int], bool] = {}
-
-
-def _h5_has_lambda_or_damaged(path: Path) -> bool:
-    """Whether a legacy .h5 file holds a Lambda layer, read in a separate process first.
-
-    A damaged HDF5 file can make the HDF5 library loop for ever (a bit flip
-    in a global heap) or crash, inside h5py while it holds the GIL, where no
-    timeout in this process can reach. So a child process reads every
-    attribute and dataset first, under a time limit that grows with the
-    file's size; Keras then reads a file known to be readable.
-
-    Raises:
-        BadModel: the child failed, crashed or did not finish in time.
-    """
-    stat = path.stat()
-    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
-    if key in _H5_READABLE:  # read before, unchanged since: the child's answer stands
-        return _H5_READABLE[key]
-    limit = 10 + stat.st_size / 50e6  # seconds: 1 s per 50 MB read on top of start-up
-    try:
-        proc = subprocess.run([sys.executable, "-c", _H5_PROBE, str(path)], capture_output=True, text=True,
-                              timeout=limit, stdin=subprocess.DEVNULL, check=False)
-    except subprocess.TimeoutExpired:
-        raise BadModel(f"cannot read Keras model {path}: reading it does not finish within {limit:.0f} s; "
-                       "the file is damaged (is it a complete file saved by model.save()?)") from None
-    except OSError:  # no interpreter to start (an embedded Python): read it here, unguarded
-        try:
-            return _h5_has_lambda(path)
-        except Exception as exc:  # noqa: BLE001 - any failure to read it is a damaged file
-            raise BadModel(f"cannot read Keras model {path}: {type(exc).__name__}: {_first_line(str(exc))}; "
-                           "is it a complete file saved by model.save()?") from None
-    answer = proc.stdout.strip()
-    if proc.returncode == 0 and answer in ("ok", "lambda"):
-        _H5_READABLE[key] = answer == "lambda"
-        return answer == "lambda"
-    why = (_first_line(answer) if proc.returncode == 3 else
-           f"the HDF5 library crashed reading it (signal {-proc.returncode})" if proc.returncode < 0 else
-           _first_line(proc.stderr) or f"exit status {proc.returncode}")
-    raise BadModel(f"cannot read Keras model {path}: {why}; is it a complete file saved by model.save()?")
-
-
-def _is_zip(path: Path) -> bool:
-    """``zipfile.is_zipfile``, which raises BadZipFile itself on some damaged end records."""
-    try:
-        return zipfile.is_zipfile(path)
-    except (zipfile.BadZipFile, OSError, ValueError):
-        return False
-
-
-def load_keras_file(path: str | os.PathLike[str], *, trust: bool = False) -> Any:
-    """Load a ``.keras`` or legacy ``.h5`` file.
-
-    Args:
-        path: the model file.
-        trust: allow code stored in the file (Lambda layers) to run. Off by
-            default: Keras ``safe_mode=True``.
-
-    Raises:
-        BadModel: the file is missing, corrupt or not a Keras model.
-        UnsafeModel: the file holds code (a Lambda layer) and ``trust`` is off.
-    """
-    p = Path(path)
-    if not p.is_file():
-        raise BadModel(f"model file not found: {p}; check the path, or name a zoo model "
-                       f"such as vgg16 ({', '.join(sorted(ZOO))})")
-    keras = import_keras()
-    suffix = p.suffix.lower()
-    if suffix == ".keras" and not _is_zip(p):
-        raise BadModel(f"{p} is not a .keras file (a .keras file is a zip archive); "
-                       "re-save the model with model.save('model.keras')")
-    if suffix in (".h5", ".hdf5") and not _h5_magic(p):
-        raise BadModel(f"{p} is not an HDF5 file; legacy Keras models are saved with "
-                       "model.save('model.h5')")
-    if suffix not in (".keras", ".h5", ".hdf5"):
-        raise BadModel(f"{p}: unknown model file type {suffix or '(none)'}; convlens reads "
-                       ".keras and .h5 files and zoo names such as vgg16")
-    if suffix in (".h5", ".hdf5") and _h5_has_lambda_or_damaged(p) and not trust:
-        # Keras 3 does not apply safe_mode to legacy h5 files: check ourselves.
-        raise UnsafeModel(f"{p} holds a Lambda layer, whose code would run on loading; "
-                          "pass --trust (trust=True) only if you trust the file's author")
-    try:
-        # Quiet: on the torch backend, reading a legacy .h5 imports TensorFlow, whose C++
-        # start-up logs would land here; Keras's UserWarnings advise the model's author
-        # (e.g. "Do not pass an input_shape"), not our user.
-        with native_stderr_silenced(), warnings.catch_warnings():
-            warnings.filterwarnings("ignore", category=UserWarning, module=r"keras\.")
-            model = keras.saving.load_model(p, compile=False, safe_mode=not trust)
-    except ValueError as exc:
-        text = str(exc)
-        if "safe_mode" in text or "Lambda" in text or "lambda" in text:
-            raise UnsafeModel(f"{p} holds code (a Lambda layer) that would run on loading; "
-                              "pass --trust (trust=True) only if you trust the file's author") from None
-        raise BadModel(f"cannot read Keras model {p}: {_first_line(text)}") from None
-    except Exception as exc:  # corrupt archives, h5 without a model config, unknown layers
-        raise BadModel(f"cannot read Keras model {p}: {type(exc).__name__}: "
-                       f"{_first_line(str(exc))}; is it a complete file saved by model.save()?") from None
-    if not isinstance(model, keras.Model):
-        raise BadModel(f"{p} does not hold a Keras model")
-    return model
-
-
-def load_zoo_model(name: str, *, weights: str | None = "imagenet", input_shape: Sequence[int | None] | None = None,
-                   trust: bool = False) -> tuple[Any, str]:
-    """Build a ``keras.applications`` model by its convlens name.
-
-    Args:
-        name: a key of :data:`ZOO`, e.g. ``vgg16``.
-        weights: ``imagenet`` (downloaded once into ``~/.keras``), ``none`` for
-            random weights, or the path of a weights file.
-        input_shape: ``(H, W, C)``; defaults to the model's usual size.
-
-    Returns:
-        The model and its preprocessing preset.
-    """
-    keras = import_keras()
-    ctor_name, preset, size = ZOO[name]
-    ctor = getattr(keras.applications, ctor_name)
-    shape = tuple(input_shape) if input_shape else (size, size, 3)
-    w = (weights or "none").strip()
-    local: Path | None = None
-    if w.lower() == "none":
-        kw_weights: str | None = None
-    elif w.lower() == "imagenet":
-        kw_weights = "imagenet"
-    else:
-        local = Path(w)
-        if not local.is_file():
-            raise WeightsUnavailable(f"weights file not found: {local}; use --weights imagenet, "
-                                     "--weights none, or the path of a weights file")
-        kw_weights = None
-    try:
-        model = ctor(weights=kw_weights, input_shape=shape)
-    except Exception as exc:
-        if kw_weights == "imagenet":
-            raise WeightsUnavailable(
-                f"could not download the ImageNet weights of {name} ({type(exc).__name__}: "
-                f"{_first_line(str(exc))}); use --weights none for random weights or "
-                "--weights PATH for a local weights file"
-            ) from None
-        raise UnsupportedModel(f"cannot build {name} for input {shape}: {_first_line(str(exc))}") from None
-    if local is not None:
-        try:
-            if local.suffix == ".keras":
-                model = load_keras_file(local, trust=trust)
-            else:
-                model.load_weights(str(local))
-        except (BadModel, UnsafeModel):
-            raise
-        except Exception as exc:
-            raise WeightsUnavailable(f"cannot load weights {local} into {name}: "
-                                     f"{_first_line(str(exc))}") from None
-    return model, preset
-
-
-# --------------------------------------------------------------------------- adapter
+# --------------------------------------------------------------------------- kernels
 
 
 def _pair(value: Any) -> tuple[int, int] | None:
@@ -345,15 +58,126 @@ def _raw_kernel(layer: Any) -> Any:
     return None
 
 
-class KerasAdapter:
-    """A Keras 3 model behind convlens's adapter contract.
+def _differing_as_none(a: tuple | None, b: tuple | None) -> tuple | None:
+    """``a`` with ``None`` where ``b`` differs (the dims that follow the input size)."""
+    if a is None or b is None or len(a) != len(b):
+        return a
+    return tuple(None if x != y else x for x, y in zip(a, b))
 
-    Args:
-        model: a ``keras.Model`` (Sequential, functional, nested or subclassed).
-        input_shape: ``(H, W, C)`` for models that do not know theirs (unbuilt
-            Sequential or subclassed models never called).
-        preprocess: the preprocessing preset the model expects, if known.
+
+class _NeedsProbe(Exception):
+    """The graph holds a layer with sublayers but no graph of its own."""
+
+
+def first_tensor(out: Any) -> Any:
+    if hasattr(out, "shape") and hasattr(out, "dtype"):
+        return out
+    if isinstance(out, dict):
+        out = list(out.values())
+    if isinstance(out, (list, tuple)):
+        for o in out:
+            t = first_tensor(o)
+            if t is not None:
+                return t
+    return None
+
+
+# --------------------------------------------------------------------------- final activation
+
+#: Layers that hand their input's values on unchanged: a softmax behind them still makes the output.
+_KERAS_PASS_THROUGH = {"Reshape", "Flatten", "Dropout", "SpatialDropout1D", "SpatialDropout2D",
+                       "GaussianDropout", "GaussianNoise", "AlphaDropout", "ActivityRegularization",
+                       "Identity"}
+#: Layers whose output, without an activation, is a linear function of their input: scores, not probabilities.
+_KERAS_LINEAR = {"Dense", "EinsumDense", "Conv1D", "Conv2D", "Conv3D", "Conv2DTranspose", "Conv1DTranspose",
+                 "DepthwiseConv2D", "SeparableConv2D"}
+#: What a layer (by :func:`_keras_word`) does to the values on the way back (:mod:`convlens.adapters._graph`).
+KERAS_ROLES: dict[str, str] = {
+    "Softmax": "softmax", "softmax": "softmax", "log_softmax": "log_softmax", "sigmoid": "sigmoid",
+    "Activation": "pass", **{name: "linear" for name in _KERAS_LINEAR},
+    **{name: "pass" for name in _KERAS_PASS_THROUGH},
+}
+
+
+def keras_final_activation(model: Any) -> str | None:
+    """What a Keras model's output is made by, read from its graph (the adapter's ``final_activation``).
+
+    Follows the output tensor back (:func:`convlens.adapters._graph.walk_final_activation`)
+    through layers that pass values on unchanged (``Reshape``, ``Flatten``,
+    ``Dropout``...) and into nested models, to the layer that computes it: a
+    ``Softmax`` layer or any layer with ``activation=softmax`` gives
+    ``"softmax"``; ``sigmoid`` gives ``"sigmoid"``; a ``Dense``/conv layer
+    with a linear activation gives ``"linear"``. Anything else (a
+    ``log_softmax`` activation, a ReLU, a ``Lambda``, a subclassed model
+    without a graph) gives ``None``.
     """
+
+    def producer(step: tuple[Any, int]) -> Producer[tuple[Any, int]] | None:
+        op, node = step
+        for _ in range(64):  # a nested model: its own output layer
+            if not _is_nested_model(op):
+                break
+            inner = _keras_output_of(op)
+            if inner is None:
+                return None
+            op, node = inner
+        word = _keras_word(op)
+        if KERAS_ROLES.get(word) != "pass":
+            return Producer(word)
+        source = _keras_input_of(op, node)
+        return Producer(word, [source] if source is not None else [])
+
+    try:
+        return walk_final_activation(_keras_output_of(model), producer, KERAS_ROLES, limit=64).answer
+    except Exception:  # noqa: BLE001 - a graph convlens does not know how to walk: the graph does not say
+        return None
+
+
+def _keras_word(layer: Any) -> str:
+    """A layer's name in :data:`KERAS_ROLES`: its activation's when that decides, else its type's."""
+    name = type(layer).__name__
+    if name == "Softmax":
+        return name
+    activation = getattr(getattr(layer, "activation", None), "__name__", None)
+    if activation in ("softmax", "sigmoid", "log_softmax"):
+        return str(activation)
+    if (activation == "linear" and name in _KERAS_LINEAR) or name in _KERAS_PASS_THROUGH \
+            or (name == "Activation" and activation == "linear"):
+        return name
+    return f"{name}({activation})"  # no role: the walk ends with None
+
+
+def _is_nested_model(obj: Any) -> bool:
+    return any(c.__name__ in ("Model", "Functional", "Sequential") and c.__module__.startswith("keras")
+               for c in type(obj).__mro__)
+
+
+def _keras_output_of(model: Any) -> tuple[Any, int] | None:
+    """The layer (and its call) that produces a model's first output, or ``None`` without a graph."""
+    try:
+        outputs = model.outputs
+    except (AttributeError, ValueError):
+        outputs = None
+    if outputs:
+        history = outputs[0]._keras_history
+        return history.operation, history.node_index
+    layers = getattr(model, "layers", None)
+    if type(model).__name__ == "Sequential" and layers:
+        return layers[-1], 0
+    return None
+
+
+def _keras_input_of(layer: Any, node_index: int) -> tuple[Any, int] | None:
+    """The layer (and its call) whose output feeds call ``node_index`` of ``layer``, or ``None``."""
+    nodes = getattr(layer, "_inbound_nodes", None) or []
+    if node_index >= len(nodes) or not nodes[node_index].input_tensors:
+        return None
+    history = nodes[node_index].input_tensors[0]._keras_history
+    return history.operation, history.node_index
+
+
+class KerasTable:
+    """A Keras model's set-up and layer table; see :class:`KerasAdapter`."""
 
     framework = "keras"
     class_names: list[str] | None = None
@@ -602,7 +426,7 @@ class KerasAdapter:
         def record(layer: Any, name: str, args: tuple, out: Any) -> None:
             flat = [a for a in self.keras.tree.flatten(args) if hasattr(a, "shape")]
             parents = sorted({tensor_owner[id(a)] for a in flat if id(a) in tensor_owner})
-            first = _first_tensor(out)
+            first = first_tensor(out)
             oshape = tuple(first.shape[1:]) if first is not None else None
             records.append((layer, name, oshape, parents or [0]))
             if first is not None:
@@ -663,378 +487,6 @@ class KerasAdapter:
             else:
                 yield sub, prefix + sub.name
 
-    #: Graph-mode capture keeps every wanted output until the pass ends; above this many bytes
-    #: the eager pass, which hands each output over as soon as it exists, is used instead.
-    GRAPH_BUDGET = 512 * 2**20
-
-    def _recorder(self, wanted: set[int], sink: Callable[[int, Any], None]) -> Callable[..., None]:
-        """A ``record`` callback for :meth:`_wrapped` that passes wanted outputs to ``sink(row, tensor)``."""
-        by_object: dict[int, list[int]] = {}
-        for row, obj in enumerate(self._objects):
-            if obj is not None:
-                by_object.setdefault(id(obj), []).append(row)
-        seen: dict[int, int] = {}
-
-        def record(layer: Any, name: str, args: tuple, out: Any) -> None:
-            rows = by_object.get(id(layer))
-            if not rows:
-                return
-            k = seen.get(id(layer), 0)
-            seen[id(layer)] = k + 1  # the k-th call of a shared layer is its k-th row
-            first = _first_tensor(out)
-            if k < len(rows) and rows[k] in wanted and first is not None:
-                sink(rows[k], first)
-
-        return record
-
-    def _graph_forward(self, wanted: tuple[int, ...], shape: tuple[int, ...]) -> Any:
-        """A traced TensorFlow function returning ``(output, {row: wanted output})``, or ``None``.
-
-        Only on the TensorFlow backend, only from the second pass with the same
-        layers and shape (tracing costs more than one eager pass), and only when
-        the wanted outputs fit :attr:`GRAPH_BUDGET`. The ``call`` wrappers run
-        once, while tracing; the traced graph has none.
-        """
-        if self.keras.backend.backend() != "tensorflow":
-            return None
-        key = (wanted, shape)
-        if key in self._graphs:
-            return self._graphs[key]
-        self._passes[key] = self._passes.get(key, 0) + 1
-        table = self.layers()
-        sizes = [table[i].output_shape for i in wanted if i]
-        if self._passes[key] < 2 or any(s is None or None in s for s in sizes):
-            return None
-        if 4 * shape[0] * sum(int(np.prod(s)) for s in sizes) > self.GRAPH_BUDGET:  # type: ignore[arg-type,misc]
-            return None
-        import tensorflow as tf
-
-        wanted_set = set(wanted)
-
-        def forward(x: Any) -> Any:
-            captured: dict[str, Any] = {}
-            record = self._recorder(wanted_set, lambda row, t: captured.__setitem__(str(row), t))
-            with self._wrapped(record), warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message=r".*structure of `inputs`.*")
-                y = self.model(x, training=False)
-            return _first_tensor(y), captured
-
-        self._graphs[key] = tf.function(forward)
-        return self._graphs[key]
-
-    def run(self, batch: np.ndarray, wanted: Sequence[int], on_output: OnOutput) -> np.ndarray:
-        """One forward pass; ``on_output`` gets each wanted layer's output in execution order.
-
-        The first pass runs eagerly and hands each output over as soon as the
-        network computes it (so only one is held at a time); repeated passes on
-        TensorFlow run a traced graph (see :meth:`_graph_forward`).
-        """
-        self.layers()
-        wanted_key = tuple(sorted(set(wanted)))
-        # TensorFlow tensors never change: a read-only view costs nothing where convert_to_numpy
-        # copies (3 GB for VGG16's block1_conv2 on a 12-megapixel photo); torch's may, in place
-        tf_backend = self.keras.backend.backend() == "tensorflow"
-        convert = np.asarray if tf_backend else self.keras.ops.convert_to_numpy
-        x = np.asarray(batch, dtype="float32")
-        if self.channels_first and x.ndim == 4:
-            x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
-        if 0 in wanted_key:
-            on_output(0, np.asarray(batch, dtype="float32"))
-        graph = self._graph_forward(wanted_key, x.shape)
-        if graph is not None:
-            try:
-                y, captured = graph(self.keras.ops.convert_to_tensor(x))
-            except Exception:
-                # Some models cannot be traced (TensorFlow rejects a layer named
-                # "<img src=x>" as a name scope, say): they stay on the eager pass,
-                # which reports the model's own errors if there are any.
-                self._graphs[(wanted_key, x.shape)] = graph = None
-        if graph is not None:
-            for row in wanted_key:
-                if str(row) in captured:
-                    on_output(row, self._canonical_array(convert(captured[str(row)])))
-        else:
-            raised: list[BaseException] = []  # by on_output itself: not the model's error
-
-            def sink(row: int, t: Any) -> None:
-                try:
-                    on_output(row, self._canonical_array(convert(t)))
-                except BaseException as exc:
-                    raised.append(exc)
-                    raise
-
-            record = self._recorder(set(wanted_key), sink)
-            with self._wrapped(record), self._no_grad(), warnings.catch_warnings():
-                # legacy models name their input; a bare tensor is what they get and is fine
-                warnings.filterwarnings("ignore", message=r".*structure of `inputs`.*")
-                try:
-                    y = _first_tensor(self.model(self.keras.ops.convert_to_tensor(x), training=False))
-                except ConvlensError:
-                    raise
-                except Exception as exc:  # noqa: BLE001 - the model's own error, e.g. an input size it cannot take
-                    if raised:  # Keras may have rewrapped it: hand over the caller's own exception
-                        raise raised[0] from None
-                    raise self._run_failed(exc, np.shape(batch)) from None
-        return self._canonical_array(convert(y)) if y is not None else np.zeros((len(x), 0))
-
-    def _run_failed(self, exc: Exception, shape: tuple[int, ...]) -> UnsupportedModel:
-        """The one-line error for a model that raised on a batch of canonical ``shape``."""
-        hint = ""
-        if len(shape) == 4 and None in self.input_shape[:2]:  # the size is the user's choice
-            hint = "; " + size_hint(self.layers(), int(shape[1]), int(shape[2]))
-        return UnsupportedModel(f"{self.name} failed on an input of shape {tuple(shape[1:])} (H, W, C): "
-                                f"{type(exc).__name__}: {_keras_reason(str(exc))}{hint}")
-
-    def _canonical_array(self, a: np.ndarray) -> np.ndarray:
-        a = np.asarray(a, dtype=np.float32)
-        if self.channels_first and a.ndim in (3, 4):
-            a = np.moveaxis(a, 1, -1)
-        return a
-
-    # ----------------------------------------------------------------- gradients
-
-    def gradients_unavailable(self) -> str | None:
-        backend = self.keras.backend.backend()
-        if backend in ("tensorflow", "torch"):
-            return None
-        return (f"gradients of Keras models on the {backend} backend are not supported yet: run with "
-                "KERAS_BACKEND=tensorflow or KERAS_BACKEND=torch, or use a forward-only method (Score-CAM, "
-                "Eigen-CAM, occlusion)")
-
-    #: Traced gradient functions kept (TensorFlow), least recently used dropped first.
-    GRADIENT_GRAPHS = 8
-
-    def gradients(self, batch: np.ndarray, target: Target, layers: Sequence[int] = (), *,
-                  wrt_input: bool = False, need_output: bool = True) -> Gradients:
-        """One forward and one backward pass (see :meth:`Adapter.gradients`).
-
-        TensorFlow: a ``GradientTape`` that watches no variable, only the
-        output of the earliest needed layer (the input with ``wrt_input``), so
-        it records only the network after that layer. From the second pass with
-        the same layers, target layer and input shape, the pass runs as a traced
-        ``tf.function`` taking the cotangent as an argument: in a graph,
-        TensorFlow prunes the kernels' gradients that eager backprop computes
-        and throws away (3x the cost of the pass on VGG16's classifier).
-        torch backend: autograd, with that output detached as the one leaf and
-        every variable's ``requires_grad`` off for the pass (restored after).
-        Layers run in inference mode (``training=False``). A final softmax (a
-        layer's ``activation``, a ``Softmax`` or ``Activation`` layer) is read
-        at its input: the class score is the logit.
-        """
-        why = self.gradients_unavailable()
-        if why:
-            raise UnsupportedModel(f"{self.name}: {why}")
-        table = self.layers()
-        rows = check_rows(table, layers, target, self.name)
-        needed = set(rows) | ({int(target.layer)} if target.layer is not None else set())
-        plan = _GradPlan(
-            rows=rows, needed=needed, target_layer=None if target.layer is None else int(target.layer),
-            start=0 if wrt_input or 0 in needed else min(needed, default=None),
-            stop_after=max(needed) if not need_output and target.layer is not None else None,
-            sources=rows + ((0,) if wrt_input and 0 not in rows else ()))
-        x = np.asarray(batch, dtype="float32")
-        if self.channels_first and x.ndim == 4:
-            x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
-        where = None if plan.target_layer is None else table[plan.target_layer].name
-
-        def build_cot(score_t: Any) -> Any:
-            shape = tuple(int(d) for d in score_t.shape)
-            if self.channels_first and len(shape) in (3, 4):
-                shape = (shape[0], *shape[2:], shape[1])
-            return self._native(target_cotangent(target, shape, where), score_t)
-
-        if self.keras.backend.backend() == "torch":
-            y, score_t, acts, found, is_logit = self._torch_pass(plan, x, build_cot)
-        else:
-            y, score_t, acts, found, is_logit = self._tf_pass(plan, x, target, build_cot)
-        score_np = self._numpy(score_t)
-        cot = target_cotangent(target, score_np.shape, where)
-        score = (score_np.astype(np.float64) * cot).reshape(len(cot), -1).sum(axis=1)
-        by_row = dict(zip(plan.sources, found))
-        activations: dict[int, np.ndarray] = {}
-        grads: dict[int, np.ndarray] = {}
-        for r, a in zip(rows, acts):
-            activations[r] = np.asarray(batch, np.float32).copy() if r == 0 else self._numpy(a)
-            g = by_row.get(r)
-            grads[r] = self._numpy(g) if g is not None else np.zeros_like(activations[r])
-        input_grad = None
-        if wrt_input:
-            g = by_row.get(0)
-            input_grad = self._numpy(g) if g is not None else np.zeros(np.shape(batch), np.float32)
-        return Gradients(output=self._numpy(y) if y is not None else None, score=score,
-                         activations=activations, grads=grads, input_grad=input_grad, logits=is_logit)
-
-    def _forward_for_gradients(self, plan: _GradPlan, x_t: Any, leaf: Callable[[Any], Any]) -> tuple[
-            Any, Any, dict[int, Any], bool]:
-        """The forward half of a gradient pass: ``(output, score tensor, captured rows, logits?)``.
-
-        Runs inside the caller's tape (TensorFlow) or ``enable_grad`` (torch).
-        ``leaf(t)`` makes sure gradient recording covers what follows ``t`` and
-        returns the tensor to pass on. Wrappers and a swapped final activation are removed in ``finally``.
-        """
-        by_object: dict[int, list[int]] = {}
-        for row, obj in enumerate(self._objects):
-            if obj is not None:
-                by_object.setdefault(id(obj), []).append(row)
-        final = self._objects[-1] if plan.target_layer is None and self._objects else None
-        logit_from = _logit_source(final) if final is not None else None
-        captured: dict[int, Any] = {}
-        logits: list[Any] = []
-        seen: dict[int, int] = {}
-
-        def record(layer: Any, name: str, args: tuple, out: Any) -> Any:
-            if logit_from == "input" and layer is final:
-                logits[:] = [a for a in self.keras.tree.flatten(args) if hasattr(a, "shape")][:1]
-            layer_rows = by_object.get(id(layer))
-            if not layer_rows:
-                return None
-            k = seen.get(id(layer), 0)
-            seen[id(layer)] = k + 1  # the k-th call of a shared layer is its k-th row
-            row = layer_rows[k] if k < len(layer_rows) else -1
-            first = _first_tensor(out)
-            if row not in plan.needed or first is None:
-                return None
-            # every needed output is a leaf unless recorded already (downstream of an earlier one): a
-            # row on a parallel branch (a ResNet shortcut) gets its own gradient, not zeros
-            first = leaf(first)
-            captured[row] = first
-            new = _replace_first(out, first)
-            if row == plan.stop_after:
-                raise _StopForward
-            return new
-
-        def capture_logits(fn: Any) -> Callable[[Any], Any]:
-            def activation(t: Any) -> Any:
-                logits[:] = [t]
-                return fn(t)
-            return activation
-
-        if plan.start == 0:
-            x_t = leaf(x_t)
-            captured[0] = x_t
-        swapped = final.activation if final is not None and logit_from == "activation" else None
-        y = None
-        try:
-            if swapped is not None:
-                object.__setattr__(final, "activation", capture_logits(swapped))
-            with self._wrapped(record), warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message=r".*structure of `inputs`.*")
-                try:
-                    y = _first_tensor(self.model(x_t, training=False))
-                except _StopForward:
-                    y = None
-        finally:
-            if swapped is not None:
-                object.__setattr__(final, "activation", swapped)
-        missing = [r for r in plan.rows if r not in captured]
-        if plan.target_layer is not None and plan.target_layer not in captured:
-            missing.insert(0, plan.target_layer)
-        if missing:
-            name = self.layers()[missing[0]].name
-            raise UnsupportedModel(f"layer {name} (row {missing[0]}) gave no output in this gradient pass of "
-                                   f"{self.name}; pick another layer (--layer)")
-        if plan.target_layer is None:
-            if y is None:
-                raise UnsupportedModel(f"{self.name} returned no tensor to take a class score from; pick a "
-                                       "layer as the target")
-            if logits and tuple(logits[0].shape) == tuple(y.shape):
-                return y, logits[0], captured, True
-            return y, y, captured, False
-        return y, captured[plan.target_layer], captured, False
-
-    def _torch_pass(self, plan: _GradPlan, x: np.ndarray, build_cot: Callable[[Any], Any]) -> tuple:
-        import torch
-
-        variables = self._torch_parameters()
-        flags = [p.requires_grad for p in variables]
-        try:
-            for p in variables:
-                p.requires_grad_(False)
-            with torch.enable_grad():
-                y, score_t, captured, is_logit = self._forward_for_gradients(
-                    plan, self.keras.ops.convert_to_tensor(x),
-                    lambda t: t if t.requires_grad else t.detach().requires_grad_())
-                inputs: list[Any] = [captured.get(r) for r in plan.sources]
-                usable = [i for i, t in enumerate(inputs) if t is not None and t.requires_grad]
-                found: list[Any] = [None] * len(inputs)
-                if usable and score_t.requires_grad:
-                    got = torch.autograd.grad([score_t], [inputs[i] for i in usable], [build_cot(score_t)],
-                                              allow_unused=True)
-                    for i, grad in zip(usable, got):
-                        found[i] = grad
-                else:
-                    build_cot(score_t)  # the target is checked even when nothing depends on it
-        finally:
-            for p, flag in zip(variables, flags):
-                p.requires_grad_(flag)
-        return y, score_t, [captured[r] for r in plan.rows], found, is_logit
-
-    def _tf_pass(self, plan: _GradPlan, x: np.ndarray, target: Target,
-                 build_cot: Callable[[Any], Any]) -> tuple:
-        import tensorflow as tf
-
-        key = (plan, x.shape)
-        traced = self._grad_graphs.pop(key, None)
-        if traced is not None:
-            self._grad_graphs[key] = traced  # most recently used last
-            fn, cot_shape, is_logit = traced
-            cot = target_cotangent(target, cot_shape, None if plan.target_layer is None
-                                   else self.layers()[plan.target_layer].name)
-            if self.channels_first and cot.ndim in (3, 4):
-                cot = np.moveaxis(cot, -1, 1)
-            y, score_t, acts, found = fn(tf.convert_to_tensor(x), tf.convert_to_tensor(cot))
-            y = None if plan.stop_after is not None else y
-            return y, score_t, list(acts), [g if g is not None else None for g in found], is_logit
-
-        def run(x_t: Any, cot_for: Callable[[Any], Any]) -> tuple:
-            with tf.GradientTape(watch_accessed_variables=False) as tape:
-                def leaf(t: Any) -> Any:
-                    tape.watch(t)
-                    return t
-
-                y, score_t, captured, is_logit = self._forward_for_gradients(plan, x_t, leaf)
-            cot = cot_for(score_t)
-            found = tape.gradient(score_t, [captured[r] for r in plan.sources], output_gradients=cot,
-                                  unconnected_gradients=tf.UnconnectedGradients.ZERO) if plan.sources else []
-            return y, score_t, [captured[r] for r in plan.rows], list(found), is_logit
-
-        y, score_t, acts, found, is_logit = run(tf.convert_to_tensor(x), build_cot)
-        cot_shape = tuple(int(d) for d in score_t.shape)
-        if self.channels_first and len(cot_shape) in (3, 4):
-            cot_shape = (cot_shape[0], *cot_shape[2:], cot_shape[1])
-
-        def traced_fn(x_t: Any, cot: Any) -> tuple:
-            y, score_t, acts, found, _ = run(x_t, lambda s: tf.cast(cot, s.dtype))
-            return (y if y is not None else tf.zeros((0,))), score_t, acts, found
-
-        self._grad_graphs[key] = (tf.function(traced_fn), cot_shape, is_logit)
-        while len(self._grad_graphs) > self.GRADIENT_GRAPHS:
-            self._grad_graphs.pop(next(iter(self._grad_graphs)))
-        return y, score_t, acts, found, is_logit
-
-    def _torch_parameters(self) -> list[Any]:
-        """The torch tensors behind the model's variables (Keras on torch)."""
-        import torch
-
-        found: dict[int, Any] = {}
-        for v in self.model.variables:
-            t = getattr(v, "value", None)
-            if isinstance(t, torch.Tensor) and t.is_floating_point():
-                found.setdefault(id(t), t)
-        return list(found.values())
-
-    def _numpy(self, t: Any) -> np.ndarray:
-        """A backend tensor as a canonical float32 numpy array."""
-        if hasattr(t, "detach"):
-            t = t.detach()
-        return self._canonical_array(self.keras.ops.convert_to_numpy(t))
-
-    def _native(self, cot: np.ndarray, like: Any) -> Any:
-        """A canonical numpy cotangent as a tensor in the layout and dtype of ``like``."""
-        if self.channels_first and cot.ndim in (3, 4):
-            cot = np.ascontiguousarray(np.moveaxis(cot, -1, 1))
-        return self.keras.ops.cast(self.keras.ops.convert_to_tensor(cot), like.dtype)
-
     def kernels(self, index: int) -> np.ndarray:
         table = self.layers()
         layer = self._objects[index]
@@ -1044,190 +496,3 @@ class KerasAdapter:
                                    "kernel; select conv layers (--layers conv)")
         return _to_canonical_kernel(layer, np.asarray(self.keras.ops.convert_to_numpy(raw), dtype=np.float32))
 
-
-@dataclass(frozen=True)
-class _GradPlan:
-    """What one gradient pass captures and differentiates (hashable: it keys the traced graphs)."""
-
-    rows: tuple[int, ...]  # rows whose outputs and gradients are returned
-    needed: frozenset[int] | set[int]  # rows captured: ``rows`` and the target's
-    target_layer: int | None  # None: the model's output
-    start: int | None  # the earliest needed row (0: the input is a leaf), None: no gradient needed
-    stop_after: int | None  # the pass stops after this row (need_output=False)
-    sources: tuple[int, ...]  # rows differentiated, ``rows`` plus 0 for the input gradient
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "needed", frozenset(self.needed))
-
-
-class _StopForward(BaseException):
-    """Raised from a wrapped call once the last layer a gradient pass needs has run.
-
-    A ``BaseException``, so that no ``except Exception`` on the way (Keras's
-    traceback filtering, a model's own) stops it.
-    """
-
-
-def _activation_name(fn: Any) -> str:
-    return str(getattr(fn, "__name__", "")).lower()
-
-
-def _final_activation(layer: Any) -> str | None:
-    """What a model's last layer ends with: ``"softmax"``, ``"sigmoid"``, ``"linear"``, else ``None``.
-
-    Read from its ``activation`` (a Dense or Conv layer's, an ``Activation``
-    layer's) or its type (``Softmax``). Operations applied with ``keras.ops``
-    in a subclassed model's ``call`` after its last layer are not seen.
-    """
-    if type(layer).__name__ == "Softmax":
-        return "softmax"
-    name = _activation_name(getattr(layer, "activation", None))
-    return name if name in ("softmax", "sigmoid", "linear") else None
-
-
-def _logit_source(layer: Any) -> str | None:
-    """Where the logits before a final softmax are: ``"activation"`` (the input of the layer's own
-    activation), ``"input"`` (a Softmax/Activation layer's input), or ``None`` (no final softmax)."""
-    if _final_activation(layer) != "softmax":
-        return None
-    if type(layer).__name__ in ("Softmax", "Activation"):
-        return "input"
-    return "activation"
-
-
-def _replace_first(out: Any, new: Any) -> Any:
-    """``out`` with its first tensor replaced by ``new`` (containers copied)."""
-    if hasattr(out, "shape") and hasattr(out, "dtype"):
-        return new
-    if isinstance(out, (list, tuple)):
-        items = list(out)
-        for i, o in enumerate(items):
-            if _first_tensor(o) is not None:
-                items[i] = _replace_first(o, new)
-                break
-        return type(out)(items) if not hasattr(out, "_fields") else type(out)(*items)
-    if isinstance(out, dict):
-        items_d = dict(out)
-        for k, o in items_d.items():
-            if _first_tensor(o) is not None:
-                items_d[k] = _replace_first(o, new)
-                break
-        return items_d
-    return out
-def _keras_reason(text: str) -> str:
-    """The informative line of a Keras error, without terminal colours or TensorFlow's op prefix.
-
-    Keras wraps a layer's error as "Exception encountered when calling
-    Add.call()." followed by the error itself; the two become
-    ``Add: Incompatible shapes: [1,96,128,2] vs. [1,100,150,2] [Op:AddV2]``.
-    """
-    clean = re.sub(r"\x1b\[[0-9;]*m", "", text)
-    clean = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", clean)
-    lines = [line.strip() for line in clean.splitlines() if line.strip()]
-    if not lines:
-        return type(text).__name__
-    m = re.match(r"Exception encountered when calling (?:layer '([^']+)' \()?(\w+)", lines[0])
-    if m and len(lines) > 1:
-        return f"{m.group(1) or m.group(2)}: {lines[1]}"[:300]
-    return lines[0][:300]
-
-
-def _differing_as_none(a: tuple | None, b: tuple | None) -> tuple | None:
-    """``a`` with ``None`` where ``b`` differs (the dims that follow the input size)."""
-    if a is None or b is None or len(a) != len(b):
-        return a
-    return tuple(None if x != y else x for x, y in zip(a, b))
-
-
-class _NeedsProbe(Exception):
-    """The graph holds a layer with sublayers but no graph of its own."""
-
-
-def _first_tensor(out: Any) -> Any:
-    if hasattr(out, "shape") and hasattr(out, "dtype"):
-        return out
-    if isinstance(out, dict):
-        out = list(out.values())
-    if isinstance(out, (list, tuple)):
-        for o in out:
-            t = _first_tensor(o)
-            if t is not None:
-                return t
-    return None
-
-
-# --------------------------------------------------------------------------- final activation
-
-#: Layers that hand their input's values on unchanged: a softmax behind them still makes the output.
-_KERAS_PASS_THROUGH = {"Reshape", "Flatten", "Dropout", "SpatialDropout1D", "SpatialDropout2D",
-                       "GaussianDropout", "GaussianNoise", "AlphaDropout", "ActivityRegularization",
-                       "Identity"}
-#: Layers whose output, without an activation, is a linear function of their input: scores, not probabilities.
-_KERAS_LINEAR = {"Dense", "EinsumDense", "Conv1D", "Conv2D", "Conv3D", "Conv2DTranspose", "Conv1DTranspose",
-                 "DepthwiseConv2D", "SeparableConv2D"}
-
-
-def keras_final_activation(model: Any) -> str | None:
-    """What a Keras model's output is made by, read from its graph (the adapter's ``final_activation``).
-
-    Follows the output tensor back through layers that pass values on
-    unchanged (``Reshape``, ``Flatten``, ``Dropout``...) and into nested
-    models, to the layer that computes it: a ``Softmax`` layer or any layer
-    with ``activation=softmax`` gives ``"softmax"``; ``sigmoid`` gives
-    ``"sigmoid"``; a ``Dense``/conv layer with a linear activation gives
-    ``"linear"``. Anything else (a ReLU, a ``Lambda``, a subclassed model
-    without a graph) gives ``None``.
-    """
-    try:
-        step = _keras_output_of(model)
-        for _ in range(64):  # a bound, in case a graph loops through something unexpected
-            if step is None:
-                return None
-            op, node = step
-            name = type(op).__name__
-            if _is_nested_model(op):
-                step = _keras_output_of(op)  # a nested model: its own output layer
-                continue
-            if name == "Softmax":
-                return "softmax"
-            activation = getattr(getattr(op, "activation", None), "__name__", None)
-            if activation in ("softmax", "sigmoid"):
-                return activation
-            if activation == "linear" and name in _KERAS_LINEAR:
-                return "linear"
-            if name in _KERAS_PASS_THROUGH or (name == "Activation" and activation == "linear"):
-                step = _keras_input_of(op, node)
-                continue
-            return None
-    except Exception:  # noqa: BLE001 - a graph convlens does not know how to walk: the graph does not say
-        return None
-    return None
-
-
-def _is_nested_model(obj: Any) -> bool:
-    return any(c.__name__ in ("Model", "Functional", "Sequential") and c.__module__.startswith("keras")
-               for c in type(obj).__mro__)
-
-
-def _keras_output_of(model: Any) -> tuple[Any, int] | None:
-    """The layer (and its call) that produces a model's first output, or ``None`` without a graph."""
-    try:
-        outputs = model.outputs
-    except (AttributeError, ValueError):
-        outputs = None
-    if outputs:
-        history = outputs[0]._keras_history
-        return history.operation, history.node_index
-    layers = getattr(model, "layers", None)
-    if type(model).__name__ == "Sequential" and layers:
-        return layers[-1], 0
-    return None
-
-
-def _keras_input_of(layer: Any, node_index: int) -> tuple[Any, int] | None:
-    """The layer (and its call) whose output feeds call ``node_index`` of ``layer``, or ``None``."""
-    nodes = getattr(layer, "_inbound_nodes", None) or []
-    if node_index >= len(nodes) or not nodes[node_index].input_tensors:
-        return None
-    history = nodes[node_index].input_tensors[0]._keras_history
-    return history.operation, history.node_index

@@ -1,159 +1,24 @@
-"""PyTorch modules, ``torch.export`` programs (``.pt2``) and torchvision models.
-
-Intermediate outputs are captured with forward hooks, registered for one
-forward pass and removed in ``finally`` (even when the pass raises). The layer
-table comes from one probe pass on zeros with hooks on every module.
-
-What a row is:
-
-* one *innermost* module call: a call of a module during which no other
-  module was called. Leaf modules (``Conv2d``, ``ReLU``...) are rows; so is a
-  module with children that computes everything itself (``MultiheadAttention``
-  calls its weights functionally). Work done by a parent module between its
-  children's calls (ResNet's ``out += identity``, ``torch.flatten``) has no
-  row of its own.
-* rows are in call order, the input being row 0; names follow
-  ``named_modules()`` (``layer1.0.conv1``); the k-th call of a module called
-  several times is ``name#k`` (torchvision's ``BasicBlock`` calls its ``relu``
-  twice: ``layer1.0.relu`` and ``layer1.0.relu#2``).
-* tuple, list and dict outputs: each floating-point tensor in the output is a
-  row. When there is only one (``MaxPool2d(return_indices=True)`` gives the
-  pooled map and integer indices) the row keeps the module's name; otherwise
-  rows are ``name:KEY`` with KEY the position or dict key, nested keys joined
-  by dots (``lstm:0``, ``lstm:1.0``, ``heads:logits``). Integer tensors
-  (indices, masks) are not rows. The model's own output (what ``run`` returns)
-  is the first floating-point tensor of whatever ``forward`` returns.
-
-Layouts (the contract of :mod:`convlens.adapters.base`): batches arrive
-``(N, H, W, C)`` and go into torch as ``(N, C, H, W)``; captured outputs with
-3 or more axes have their channel axis (axis 1 in torch) moved last, except
-outputs that are channels-last already (``Linear``/``LayerNorm`` on ConvNeXt's
-``(N, H, W, C)`` or on transformer tokens ``(N, L, C)``; see
-:func:`_is_channels_last`); kernels are ``(O, I, kh, kw)``, which is torch's
-own ``Conv2d`` layout.
-
-Input shape of a module that does not say: ``(224, 224, C)`` with ``C`` the
-first convolution's ``in_channels`` is probed; a second probe at 160x160 tells
-whether the module accepts any size, in which case the input shape is
-``(None, None, C)`` and every output dimension that changed between the two
-probes is ``None`` in the table.
-"""
+"""The layer table of a torch module: the module's facts, the probe pass and its rows, the final activation."""
 
 from __future__ import annotations
 
-import contextlib
-import difflib
 import inspect
-import io
-import json
-import logging
-import os
-import pickle
-import socket
-import warnings
-import zipfile
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..._errors import BadModel, ConvlensError, MissingDependency, UnsafeModel, UnsupportedModel, WeightsUnavailable
+from ..._errors import ConvlensError, UnsupportedModel
 from ...core.kinds import kind_of
 from ...core.layers import LayerInfo
 from ...core.receptive import with_receptive_fields
 from ...core.sizes import size_hint
-from ..base import Gradients, OnOutput, Target, check_rows, target_cotangent
-from ..base import first_line as _first_line  # one-line error messages
-
-__all__ = ["HookedRow", "TorchAdapter", "hooked_gradients", "import_torch", "load_state_dict_file",
-           "open_torch_file", "open_torchvision"]
-
-#: Spatial size of the probe pass for modules that do not know their input size.
-PROBE_SIZE = 224
-#: A second, different size: a module that also runs on it accepts any size.
-SECOND_PROBE_SIZE = 160
-#: Seconds a weights download may stall (connect or read) before it counts as offline.
-DOWNLOAD_TIMEOUT = 20.0
-
-_SAVE_HINT = ("export it with torch.export.save(torch.export.export(model.eval(), (example,)), 'model.pt2') "
-              "and open the .pt2 file, or build the module in Python and pass it to convlens.Lens(module)")
-
-
-def import_torch() -> Any:
-    """Import PyTorch or say which extra to install."""
-    try:
-        import torch
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise MissingDependency(f"PyTorch is not installed ({exc}); run: pip install 'convlens[torch]'") from None
-    return torch
-
-
-def _import_torchvision() -> Any:
-    try:
-        import torchvision
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise MissingDependency(f"torchvision is not installed ({exc}); run: pip install 'convlens[torch]'") from None
-    return torchvision
-
-
-# --------------------------------------------------------------------------- outputs
-
-
-def _float_tensors(out: Any, path: tuple = ()) -> Iterator[tuple[tuple, Any]]:
-    """``(key path, tensor)`` for every floating-point tensor in a nested output, in order."""
-    import torch
-
-    if isinstance(out, torch.Tensor):
-        if out.is_floating_point():
-            yield path, out
-    elif isinstance(out, Mapping):
-        for k, v in out.items():
-            yield from _float_tensors(v, (*path, str(k)))
-    elif isinstance(out, (tuple, list)):
-        for i, v in enumerate(out):
-            yield from _float_tensors(v, (*path, i))
-
-
-def _pick(out: Any, path: tuple) -> Any:
-    for k in path:
-        if isinstance(out, Mapping):
-            out = out[k] if k in out else next(v for kk, v in out.items() if str(kk) == k)
-        else:
-            out = out[int(k)]
-    return out
-
-
-def _all_tensors(args: Any, kwargs: Mapping[str, Any] | None = None) -> list[Any]:
-    import torch
-
-    found: list[Any] = []
-
-    def walk(obj: Any) -> None:
-        if isinstance(obj, torch.Tensor):
-            found.append(obj)
-        elif isinstance(obj, Mapping):
-            for v in obj.values():
-                walk(v)
-        elif isinstance(obj, (tuple, list)):
-            for v in obj:
-                walk(v)
-
-    walk(args)
-    if kwargs:
-        walk(kwargs)
-    return found
-
-
-def _canonical_shape(shape: Sequence[int], channels_last: bool = False) -> tuple[int, ...]:
-    """A torch shape without its batch axis, channels last when there are 3 or more axes."""
-    dims = tuple(int(d) for d in shape)
-    if len(dims) >= 3 and not channels_last:
-        dims = (dims[0], *dims[2:], dims[1])
-    return dims[1:]
-
+from .._autograd import all_tensors, canonical_shape, float_tensors
+from .._graph import Producer, walk_final_activation
+from ..base import first_line as _first_line
+from .load import PROBE_SIZE, SAVE_HINT, SECOND_PROBE_SIZE, exported_input_shape, import_torch, unflatten
 
 #: Modules that work on the last axis: their 3-D and 4-D outputs are channels-last already
 #: (transformer tokens ``(N, L, C)``, ConvNeXt's ``Linear`` layers on ``(N, H, W, C)``).
@@ -200,61 +65,10 @@ def _is_channels_last(module: Any, type_name: str, shape: Sequence[int], parent_
     return parent_last
 
 
-def _to_numpy(t: Any, channels_last: bool = False) -> np.ndarray:
-    """One captured tensor as a float32 numpy array in the canonical layout.
-
-    Always a copy, made inside the hook: the tensor may be overwritten by an
-    in-place op (``ReLU(inplace=True)``) right after, and ``.numpy()`` shares
-    memory. ``clone`` after ``movedim`` is that one copy, channels last.
-    """
-    import torch
-
-    t = t.detach()
-    if t.device.type != "cpu":
-        t = t.cpu()
-    if t.dtype != torch.float32:
-        t = t.float()
-    if t.ndim >= 3 and not channels_last:
-        t = t.movedim(1, -1)
-    return t.clone(memory_format=torch.contiguous_format).numpy()
-
-
-def _replaced(out: Any, new: Mapping[tuple, Any]) -> Any:
-    """A module's output with the tensors at the given key paths replaced (a copy of its containers)."""
-    if () in new:
-        return new[()]
-    if isinstance(out, Mapping):
-        items = {k: _replaced(v, {p[1:]: t for p, t in new.items() if p[0] == str(k)})
-                 for k, v in out.items()}
-        try:
-            return type(out)(items)  # type: ignore[call-arg]
-        except TypeError:
-            return items
-    if isinstance(out, (tuple, list)):
-        vals = [_replaced(v, {p[1:]: t for p, t in new.items() if p[0] == i}) if any(p[0] == i for p in new)
-                else v for i, v in enumerate(out)]
-        if isinstance(out, tuple) and hasattr(out, "_fields"):  # a namedtuple
-            return type(out)(*vals)
-        return type(out)(vals)
-    return out
-
-
-class _StopForward(BaseException):
-    """Raised from a hook once the last row a gradient pass needs has run (``need_output=False``).
-
-    A ``BaseException``, as ``GeneratorExit`` is: a model's own ``except Exception``
-    (and any caller's error wrapping) lets it through to :func:`hooked_gradients`.
-    """
-
-
-#: A final module of these types turns logits into probabilities: a class score is read before it.
-_SOFTMAX_TYPES = ("Softmax", "LogSoftmax", "Softmax2d")
-
-
 # --------------------------------------------------------------------------- module facts
 
 
-def _type_name(module: Any) -> str:
+def module_type(module: Any) -> str:
     """The class name of a module; for ``torch.export.unflatten`` modules, the original class."""
     getter = getattr(module, "type_name", None)
     if callable(getter) and type(module).__name__ in ("InterpreterModule", "UnflattenedModule",
@@ -383,24 +197,47 @@ class _Record:
     parents: list[int]
     in_shape: tuple[int, ...] | None  # torch shape of the first input tensor
     channels_last: bool = False  # the torch tensor already holds its channels last (see _is_channels_last)
+# --------------------------------------------------------------------------- final activation
+
+#: Modules that hand their input's values on unchanged: a softmax behind them still makes the output.
+_TORCH_PASS_THROUGH = {"Flatten", "Unflatten", "Identity", "Dropout", "Dropout1d", "Dropout2d", "Dropout3d",
+                       "AlphaDropout"}
+#: Modules whose output is a linear function of their input: scores, not probabilities.
+_TORCH_LINEAR = {"Linear", "LazyLinear", "Bilinear", "Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d",
+                 "ConvTranspose2d", "ConvTranspose3d", "LazyConv2d"}
 
 
-class TorchAdapter:
-    """A ``torch.nn.Module`` behind convlens's adapter contract.
+#: What a module does to the values on the way back from the output (:mod:`convlens.adapters._graph`).
+TORCH_ROLES: dict[str, str] = {
+    "Softmax": "softmax", "Softmax2d": "softmax", "LogSoftmax": "log_softmax", "Sigmoid": "sigmoid",
+    **{name: "linear" for name in _TORCH_LINEAR}, **{name: "pass" for name in _TORCH_PASS_THROUGH},
+}
 
-    Args:
-        module: any ``torch.nn.Module`` taking one tensor (also a module from
-            ``torch.export.unflatten``).
-        input_shape: ``(H, W, C)`` (``None`` for a free dimension); ``(H, W)``
-            takes ``C`` from the first convolution. Default: probed (see the
-            module docstring).
-        preprocess: the preprocessing preset the model expects, if known.
-        name: the model's name; default its class name.
 
-    Raises:
-        UnsupportedModel: a TorchScript module, or a ``forward`` that needs
-            several inputs.
+def torch_final_activation(records: Sequence[_Record], output_row: int | None) -> str | None:
+    """What makes a module's output: ``"softmax"``, ``"sigmoid"``, ``"linear"`` or ``None``.
+
+    ``output_row`` is the probe row whose tensor ``forward`` returned (``None``
+    when the output was computed outside any module, e.g. by
+    ``torch.softmax`` in ``forward``: then the graph does not say). The walk
+    (:func:`convlens.adapters._graph.walk_final_activation`) goes back through
+    modules that pass values on unchanged (``Flatten``, ``Dropout``,
+    ``Identity``) to an ``nn.Softmax`` (``"softmax"``), an ``nn.Sigmoid``
+    (``"sigmoid"``) or a ``Linear``/conv module (``"linear"``); an
+    ``nn.LogSoftmax`` gives ``None``, as in every adapter.
     """
+
+    def producer(row: int) -> Producer[int] | None:
+        if not 0 < row <= len(records):
+            return None
+        rec = records[row - 1]
+        return Producer(module_type(rec.module), rec.parents[:1])
+
+    return walk_final_activation(output_row, producer, TORCH_ROLES, limit=len(records) + 1).answer
+
+
+class TorchTable:
+    """A torch module's set-up and layer table (the rows of the probe pass); see :class:`TorchAdapter`."""
 
     framework = "torch"
     class_names: list[str] | None = None
@@ -412,19 +249,19 @@ class TorchAdapter:
         self.torch = torch
         self._probe_sizes: tuple[list[int], list[int]] | None = None
         if isinstance(module, torch.export.ExportedProgram):
-            shape, self._probe_sizes = _exported_input_shape(module)
+            shape, self._probe_sizes = exported_input_shape(module)
             input_shape = input_shape if input_shape is not None else shape
-            module = _unflatten(module)
+            module = unflatten(module)
         if type(module).__name__ == "OptimizedModule" and isinstance(getattr(module, "_orig_mod", None),
                                                                      torch.nn.Module):
             module = module._orig_mod  # torch.compile: hooks belong on the original, eager module
         if isinstance(module, torch.jit.ScriptModule):
             raise UnsupportedModel(f"{type(module).__name__} is a TorchScript module, whose layers cannot be "
-                                   f"hooked; {_SAVE_HINT}")
+                                   f"hooked; {SAVE_HINT}")
         if not isinstance(module, torch.nn.Module):
             raise UnsupportedModel(f"expected a torch.nn.Module, got {type(module).__name__}")
         self.module = module
-        self.name = name or _type_name(module)
+        self.name = name or module_type(module)
         self.preprocess = preprocess
         needed = _required_inputs(module)
         if len(needed) > 1:
@@ -454,7 +291,7 @@ class TorchAdapter:
 
     def _first_conv(self) -> Any:
         for m in self.module.modules():
-            if kind_of(_type_name(m)) == "conv" and _weight(m) is not None:
+            if kind_of(module_type(m)) == "conv" and _weight(m) is not None:
                 return m
         return None
 
@@ -468,7 +305,7 @@ class TorchAdapter:
                 raise UnsupportedModel(f"{self.name} has no convolution to tell its input channels from; "
                                        "pass --input-shape H,W,C (input_shape=(H, W, C) in Python)")
             w = _weight(conv)
-            if "Transpose" in _type_name(conv):
+            if "Transpose" in module_type(conv):
                 channels = int(w.shape[0])
             else:
                 channels = int(w.shape[1]) * int(_attr(conv, "groups") or 1)
@@ -560,25 +397,25 @@ class TorchAdapter:
             frame = stack.pop() if stack else [True]
             if frame[0]:
                 return  # not innermost: its children's calls are the rows
-            inputs = _all_tensors(args, kwargs)
+            inputs = all_tensors(args, kwargs)
             parents = sorted({owner[id(t)] for t in inputs if id(t) in owner}) or [len(records)]
             in_shape = tuple(inputs[0].shape) if inputs else None
-            outs = list(_float_tensors(output))
+            outs = list(float_tensors(output))
             parent = records[parents[0] - 1] if parents[0] > 0 else None  # row 0: the NCHW input
             parent_last = parent is not None and parent.channels_last
-            parent_shape = parent.shape if parent is not None else _canonical_shape(x.shape)
+            parent_shape = parent.shape if parent is not None else canonical_shape(x.shape)
             parent_channels = parent_shape[-1] if parent_shape else None
             for key, t in outs:
-                last = _is_channels_last(module, _type_name(module), tuple(t.shape), parent_last,
+                last = _is_channels_last(module, module_type(module), tuple(t.shape), parent_last,
                                          parent_channels)
-                records.append(_Record(module, k, key, len(outs) > 1, _canonical_shape(t.shape, last),
+                records.append(_Record(module, k, key, len(outs) > 1, canonical_shape(t.shape, last),
                                        parents, in_shape, last))
                 owner[id(t)] = len(records)  # row 0 is the input
                 keep.append(t)
 
         with self._evaluating(), self._hooked(list(self.module.modules()), hook, pre_hook):
             out = self._forward(x, probe=True)
-        returned = next(iter(_float_tensors(out)), None)
+        returned = next(iter(float_tensors(out)), None)
         self._output_row = owner.get(id(returned[1])) if returned is not None else None
         return records
 
@@ -626,7 +463,7 @@ class TorchAdapter:
 
     def _info(self, index: int, rec: _Record, free: set[int]) -> LayerInfo:
         module = rec.module
-        type_name = _type_name(module)
+        type_name = module_type(module)
         kind = kind_of(type_name)
         if kind in ("model", "input"):
             kind = "other"
@@ -669,65 +506,6 @@ class TorchAdapter:
             dilation=dilation, parents=tuple(rec.parents), extra=extra,
         )
 
-    # ----------------------------------------------------------------- running
-
-    def run(self, batch: np.ndarray, wanted: Sequence[int], on_output: OnOutput) -> np.ndarray:
-        """One forward pass; ``on_output`` gets each wanted layer's output as its module returns it.
-
-        Hooks sit only on the modules of wanted rows, for this pass only; each
-        output is copied to numpy inside its hook (see :func:`_to_numpy`).
-        """
-        self.layers()
-        wanted_set = set(wanted)
-        batch = np.asarray(batch, dtype=np.float32)
-        if 0 in wanted_set:
-            on_output(0, batch)
-        targets: dict[int, dict[int, list[tuple[int, tuple, bool]]]] = {}
-        modules: dict[int, Any] = {}
-        for row, rec in enumerate(self._records, start=1):
-            if row in wanted_set:
-                targets.setdefault(id(rec.module), {}).setdefault(rec.call, []).append(
-                    (row, rec.key, rec.channels_last))
-                modules[id(rec.module)] = rec.module
-        calls: dict[int, int] = {}
-
-        def hook(module: Any, args: Any, kwargs: Any, output: Any) -> None:
-            k = calls.get(id(module), 0)
-            calls[id(module)] = k + 1
-            for row, key, last in targets[id(module)].get(k, ()):
-                on_output(row, _to_numpy(_pick(output, key), last))
-
-        x = self._to_torch(batch)
-        with self._evaluating(), self._hooked(list(modules.values()), hook):
-            y = self._forward(x)
-        first = next(iter(_float_tensors(y)), None)
-        return _to_numpy(first[1]) if first is not None else np.zeros((len(batch), 0), np.float32)
-
-    # ----------------------------------------------------------------- gradients
-
-    def gradients_unavailable(self) -> str | None:
-        return None
-
-    def gradients(self, batch: np.ndarray, target: Target, layers: Sequence[int] = (), *,
-                  wrt_input: bool = False, need_output: bool = True) -> Gradients:
-        """One forward and one backward pass with autograd (see :func:`hooked_gradients`)."""
-        table = self.layers()
-        rows = check_rows(table, layers, target, self.name)
-        needed = set(rows) | ({int(target.layer)} if target.layer is not None else set())
-        hooked = {r: HookedRow(rec.module, rec.call, rec.key, rec.channels_last)
-                  for r, rec in enumerate(self._records, start=1) if r in needed}
-        last = self._records[-1] if self._records else None
-        softmax = last.module if last is not None and _type_name(last.module) in _SOFTMAX_TYPES else None
-        where = None if target.layer is None else table[int(target.layer)].name
-        batch = np.asarray(batch, dtype=np.float32)
-        return hooked_gradients(
-            self.module, self._forward, self._to_torch(batch), batch, hooked, rows, target.layer,
-            lambda shape: target_cotangent(target, shape, where), wrt_input=wrt_input,
-            need_output=need_output, softmax=softmax,
-            no_output=lambda r: UnsupportedModel(
-                f"layer {table[r].name} (row {r}) gave no output in this pass of {self.name} (its module was "
-                "not called for this input); pick another layer"))
-
     def kernels(self, index: int) -> np.ndarray:
         table = self.layers()
         if not 0 < index < len(table) or table[index].kernel_shape is None:
@@ -739,581 +517,3 @@ class TorchAdapter:
         groups = int(_attr(module, "groups") or 1)
         return _canonical_kernel(w.detach().cpu().float().numpy(), table[index].type, groups)
 
-
-# --------------------------------------------------------------------------- gradients
-
-
-@dataclass(frozen=True)
-class HookedRow:
-    """Where a table row's tensor appears in a module tree: the ``call``-th call of ``module``,
-    at ``key`` in its output, channels last already or not (see :func:`hooked_gradients`)."""
-
-    module: Any
-    call: int
-    key: tuple
-    channels_last: bool = False
-
-
-def hooked_gradients(module: Any, forward: Callable[[Any], Any], x: Any, batch: np.ndarray,
-                     hooked: Mapping[int, HookedRow], rows: Sequence[int], target_layer: int | None,
-                     cotangent: Callable[[tuple[int, ...]], np.ndarray], *, wrt_input: bool,
-                     need_output: bool, softmax: Any = None, input_channels_last: bool = False,
-                     output_channels_last: bool = False, given: Mapping[int, Any] | None = None,
-                     no_output: Callable[[int], Exception]) -> Gradients:
-    """One forward and one backward pass through a torch module, tensors captured by forward hooks.
-
-    No parameter gets a gradient: every ``requires_grad`` flag is off for the
-    pass, and every submodule's ``training`` flag is off (both restored after;
-    hooks are removed in ``finally``). Without ``wrt_input``, the output of the
-    earliest needed row is detached and made the one leaf in its hook, so
-    autograd records only the network after it: a Grad-CAM pass at the last
-    conv layer costs about one forward pass. A later needed row that does not
-    depend on an earlier one (a parallel branch, a ResNet shortcut) becomes a
-    leaf of its own in the same way. Each captured output is handed on
-    as a clone, so an in-place op after it (``ReLU(inplace=True)``) changes
-    neither the captured values nor their gradient. With ``need_output=False``
-    and a layer target, the pass stops once the last needed row has run.
-
-    Args:
-        module: the module whose parameters and modes are switched off for the pass.
-        forward: runs the module on ``x`` (with the caller's error handling).
-        x: the input tensor, in the module's own layout and dtype.
-        batch: the same input, canonical ``(N, H, W, C)``; row 0's activation.
-        hooked: for each needed row above 0 (requested or target), where its tensor is.
-        rows: the rows whose activations and gradients are returned (0: the input).
-        target_layer: the row holding the score; ``None``: the model's output
-            (its first floating-point tensor), or ``softmax``'s input when
-            ``softmax``'s last call gave that output.
-        cotangent: the canonical cotangent for the canonical shape of the score's tensor.
-        wrt_input: also differentiate the input.
-        need_output: ``False`` lets the pass stop after the last needed row.
-        softmax: the module that may turn logits into the model's output.
-        input_channels_last: ``x`` is NHWC already (an ONNX graph taking NHWC).
-        output_channels_last: the model's output is channels-last already.
-        given: tensors of needed rows computed elsewhere (by onnxruntime), which
-            ``forward`` uses as they are: they become leaves (``requires_grad``
-            set in place) and their modules are not hooked.
-        no_output: the error for a needed row that gave no output.
-    """
-    import torch
-
-    needed = set(rows) | ({int(target_layer)} if target_layer is not None else set())
-    start = 0 if wrt_input or 0 in needed else min(needed, default=None)
-    stop_after = max(needed) if not need_output and target_layer is not None else None
-    plan: dict[int, dict[int, list[tuple[int, tuple]]]] = {}
-    modules: dict[int, Any] = {}
-    given = dict(given or {})
-    for row in needed - {0} - set(given):
-        h = hooked[row]
-        plan.setdefault(id(h.module), {}).setdefault(h.call, []).append((row, h.key))
-        modules[id(h.module)] = h.module
-    if target_layer is not None:
-        softmax = None
-    if softmax is not None:
-        modules[id(softmax)] = softmax
-    captured: dict[int, Any] = {}
-    pre_softmax: list[Any] = []  # (input, output) of the softmax's last call
-    calls: dict[int, int] = {}
-
-    def hook(mod: Any, args: Any, kwargs: Any, output: Any) -> Any:
-        k = calls.get(id(mod), 0)
-        calls[id(mod)] = k + 1
-        if mod is softmax:
-            inputs = _all_tensors(args, kwargs)
-            pre_softmax[:] = [inputs[0] if inputs else None, output]
-        replace: dict[tuple, Any] = {}
-        for row, key in plan.get(id(mod), {}).get(k, ()):
-            t = _pick(output, key)
-            if not t.requires_grad:  # a leaf: autograd records only what comes after it
-                t = t.detach().requires_grad_()
-            captured[row] = t
-            replace[key] = t.clone()  # an in-place op after this module changes the clone only
-        if stop_after is not None and needed <= captured.keys():
-            raise _StopForward
-        return _replaced(output, replace) if replace else None
-
-    if start == 0:
-        x = x.detach().requires_grad_()
-        captured[0] = x
-    for row, t in given.items():
-        captured[row] = t.requires_grad_() if not t.requires_grad else t
-    params = [(p, p.requires_grad) for p in module.parameters()]
-    flags = [(m, m.training) for m in module.modules()]
-    handles: list[Any] = []
-    try:
-        for p, _ in params:
-            p.requires_grad_(False)
-        module.eval()
-        for m in modules.values():
-            handles.append(m.register_forward_hook(hook, with_kwargs=True))
-        with torch.enable_grad():
-            try:
-                if stop_after is not None and needed <= captured.keys():
-                    raise _StopForward  # everything needed is given
-                y = forward(x)
-            except _StopForward:
-                y = None
-        for h in handles:
-            h.remove()
-        handles.clear()
-        out_t = next(iter(_float_tensors(y)), (None, None))[1] if y is not None else None
-        logits = False
-        if target_layer is None:
-            if out_t is None:
-                raise UnsupportedModel("the model returned no floating-point output to take a class score "
-                                       "from; pick a layer as the target")
-            score_t, score_last = out_t, output_channels_last
-            if softmax is not None and len(pre_softmax) == 2 and pre_softmax[1] is out_t \
-                    and pre_softmax[0] is not None and pre_softmax[0].shape == out_t.shape:
-                score_t, logits = pre_softmax[0], True
-        else:
-            if int(target_layer) not in captured:
-                raise no_output(int(target_layer))
-            score_t = captured[int(target_layer)]
-            score_last = int(target_layer) == 0 or hooked[int(target_layer)].channels_last
-        missing = [r for r in rows if r not in captured]
-        if missing:
-            raise no_output(missing[0])
-        cot_np = cotangent((score_t.shape[0], *_canonical_shape(score_t.shape, score_last)))
-        cot = torch.from_numpy(np.ascontiguousarray(cot_np))
-        if cot.ndim >= 3 and not score_last:
-            cot = cot.movedim(-1, 1)
-        cot = cot.to(device=score_t.device, dtype=score_t.dtype)
-        with torch.no_grad():
-            score = (score_t.detach() * cot).flatten(1).sum(1).double().cpu().numpy()
-        wanted = [r for r in rows if captured[r].requires_grad]
-        if wrt_input and 0 not in wanted:
-            wanted.append(0)
-        grads_t: list[Any] = [None] * len(wanted)
-        if wanted and score_t.requires_grad:
-            grads_t = list(torch.autograd.grad([score_t], [captured[r] for r in wanted], [cot],
-                                               allow_unused=True))
-    finally:
-        for h in handles:
-            h.remove()
-        for m, flag in flags:
-            m.training = flag
-        for p, flag in params:
-            p.requires_grad_(flag)
-
-    def last(r: int) -> bool:
-        return input_channels_last if r == 0 else hooked[r].channels_last
-
-    by_row = dict(zip(wanted, grads_t))
-    activations: dict[int, np.ndarray] = {}
-    grads: dict[int, np.ndarray] = {}
-    for r in rows:
-        activations[r] = batch.copy() if r == 0 else _to_numpy(captured[r], last(r))
-        g = by_row.get(r)
-        grads[r] = _to_numpy(g, last(r)) if g is not None else np.zeros_like(activations[r])
-    input_grad = None
-    if wrt_input:
-        g = by_row.get(0)
-        input_grad = _to_numpy(g, input_channels_last) if g is not None else np.zeros_like(batch)
-    output = _to_numpy(out_t, output_channels_last) if out_t is not None else None
-    return Gradients(output=output, score=score, activations=activations, grads=grads,
-                     input_grad=input_grad, logits=logits)
-# --------------------------------------------------------------------------- final activation
-
-#: Modules that hand their input's values on unchanged: a softmax behind them still makes the output.
-_TORCH_PASS_THROUGH = {"Flatten", "Unflatten", "Identity", "Dropout", "Dropout1d", "Dropout2d", "Dropout3d",
-                       "AlphaDropout"}
-#: Modules whose output is a linear function of their input: scores, not probabilities.
-_TORCH_LINEAR = {"Linear", "LazyLinear", "Bilinear", "Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d",
-                 "ConvTranspose2d", "ConvTranspose3d", "LazyConv2d"}
-
-
-def torch_final_activation(records: Sequence[_Record], output_row: int | None) -> str | None:
-    """What makes a module's output: ``"softmax"``, ``"sigmoid"``, ``"linear"`` or ``None``.
-
-    ``output_row`` is the probe row whose tensor ``forward`` returned (``None``
-    when the output was computed outside any module, e.g. by
-    ``torch.softmax`` in ``forward``: then the graph does not say). The walk
-    goes back through modules that pass values on unchanged (``Flatten``,
-    ``Dropout``, ``Identity``) to an ``nn.Softmax`` (``"softmax"``), an
-    ``nn.Sigmoid`` (``"sigmoid"``) or a ``Linear``/conv module (``"linear"``).
-    """
-    row = output_row
-    for _ in range(len(records) + 1):
-        if row is None or not 0 < row <= len(records):
-            return None
-        rec = records[row - 1]
-        name = _type_name(rec.module)
-        if name in ("Softmax", "Softmax2d"):
-            return "softmax"
-        if name == "Sigmoid":
-            return "sigmoid"
-        if name in _TORCH_LINEAR:
-            return "linear"
-        if name not in _TORCH_PASS_THROUGH or not rec.parents:
-            return None
-        row = rec.parents[0]
-    return None
-
-
-# --------------------------------------------------------------------------- files
-
-
-def _unflatten(ep: Any) -> Any:
-    """An exported program as a module tree whose names follow the original ``named_modules()``."""
-    torch = import_torch()
-    try:
-        return torch.export.unflatten(ep)
-    except Exception as exc:
-        raise UnsupportedModel(f"cannot rebuild the module tree of this exported program "
-                               f"({type(exc).__name__}: {_first_line(str(exc))})") from None
-
-
-def _check_pt2_safe(path: Path, names: list[str], zf: zipfile.ZipFile) -> None:
-    """Refuse a ``.pt2`` whose loading would unpickle (run code): ``torch.export.load`` falls back
-    to ``torch.load(weights_only=False)`` for pickled tensors, custom objects, legacy weights and
-    sample inputs that are not plain tensors."""
-    torch = import_torch()
-    why = None
-    for name in names:
-        base = name.split("/", 1)[-1] if "/" in name else name
-        if base.startswith("data/aotinductor/"):
-            # an AOTInductor package: torch.export.load extracts and dlopens its shared library
-            raise UnsafeModel(f"{path} holds an AOTInductor-compiled model ({base}), whose native code "
-                              "torch.export.load would run; pass --trust (trust=True) only if you trust "
-                              "its author, or save the program alone with torch.export.save")
-        try:
-            if base.endswith("_config.json") and base.startswith(("data/weights/", "data/constants/")):
-                config = json.loads(zf.read(name)).get("config", {})
-                for fqn, meta in config.items():
-                    if meta.get("use_pickle"):
-                        why = f"tensor {fqn} is stored as a pickle"
-                    elif not str(meta.get("path_name", "")).startswith(("weight_", "tensor_")):
-                        why = f"constant {fqn} is a pickled object"
-            elif base.endswith(".pt") and base.startswith(("data/", "models/")):
-                torch.load(io.BytesIO(zf.read(name)), weights_only=True)  # sample inputs, legacy weights
-        except pickle.UnpicklingError:
-            why = f"{base} holds pickled objects besides tensors"
-        except Exception as exc:
-            raise BadModel(f"cannot read {path}: {base} is damaged ({type(exc).__name__}); is it a complete "
-                           "file written by torch.export.save?") from None
-        if why:
-            raise UnsafeModel(f"{path} cannot be loaded without unpickling ({why}), which runs code from the "
-                              "file; pass --trust (trust=True) only if you trust its author")
-
-
-class _Swallow(logging.Handler):
-    """Keeps the exceptions that log records carry, prints nothing."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.WARNING)
-        self.errors: list[BaseException] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if record.exc_info and record.exc_info[1] is not None:
-            self.errors.append(record.exc_info[1])
-
-
-@contextmanager
-def _quiet_logger(name: str) -> Iterator[_Swallow]:
-    """Keep a logger's warnings (and its children's) off stderr for the block; collect their exceptions."""
-    logger = logging.getLogger(name)
-    handler = _Swallow()
-    saved = logger.handlers[:], logger.propagate  # torch puts its stderr handler on this logger itself
-    logger.handlers, logger.propagate = [handler], False
-    try:
-        yield handler
-    finally:
-        logger.handlers, logger.propagate = saved
-
-
-def _open_exported(path: Path, *, input_shape: Sequence[int | None] | None, trust: bool,
-                   preprocess: str | None) -> TorchAdapter:
-    torch = import_torch()
-    if not _is_zip(path):
-        raise BadModel(f"{path} is not a .pt2 file (a .pt2 file is a zip archive written by torch.export.save)")
-    try:
-        with zipfile.ZipFile(path) as zf:
-            names = zf.namelist()
-            if not any(n.endswith(".json") and "/models/" in f"/{n}" for n in names):
-                raise BadModel(f"{path} holds no exported program (no models/*.json); write it with "
-                               "torch.export.save(torch.export.export(model, (example,)), 'model.pt2')")
-            if not trust:
-                _check_pt2_safe(path, names, zf)
-    except zipfile.BadZipFile as exc:
-        raise BadModel(f"cannot read {path}: {exc}") from None
-    try:
-        # torch logs a failed load's traceback as a warning on stderr; ours below is the one line
-        with _quiet_logger("torch.export") as logged:
-            ep = torch.export.load(path)
-    except ConvlensError:
-        raise
-    except Exception as exc:
-        cause = logged.errors[-1] if logged.errors else exc  # torch's own error is the one it logged
-        raise BadModel(f"cannot read {path}: {type(cause).__name__}: {_first_line(str(cause))}; is it a "
-                       "complete file written by torch.export.save?") from None
-    return TorchAdapter(ep, input_shape=input_shape, preprocess=preprocess, name=path.stem)
-
-
-def _exported_input_shape(ep: Any) -> tuple[tuple[int | None, ...] | None, tuple[list[int], list[int]] | None]:
-    """The canonical input shape of an exported program's one input, dynamic dimensions ``None``.
-
-    Also two probe shapes that respect the program's ranges for its dynamic
-    dimensions: the example input's and another size within range.
-    """
-    user_inputs = list(ep.graph_signature.user_inputs)
-    if len(user_inputs) != 1:
-        raise UnsupportedModel(f"the exported program takes {len(user_inputs)} inputs "
-                               f"({', '.join(map(str, user_inputs))}); convlens feeds one image tensor: export "
-                               "a module whose forward(x) takes one tensor (wrap the model, fixing the others)")
-    node = next((n for n in ep.graph.nodes if n.op == "placeholder" and n.name == user_inputs[0]), None)
-    val = node.meta.get("val") if node is not None else None
-    if val is None or not hasattr(val, "shape"):
-        return None, None
-    dims: list[int | None] = []
-    first: list[int] = []
-    other: list[int] = []
-    for d in val.shape:
-        if isinstance(d, int):
-            dims.append(int(d))
-            first.append(int(d))
-            other.append(int(d))
-            continue
-        dims.append(None)  # a SymInt: a dynamic dimension
-        try:
-            hint = int(d.node.hint)
-            bounds = ep.range_constraints.get(d.node.expr)
-            low = int(bounds.lower) if bounds is not None else 1
-            high = int(bounds.upper) if bounds is not None and bounds.upper.is_finite else hint + 64
-        except Exception:
-            hint, low, high = PROBE_SIZE, 1, PROBE_SIZE + 64
-        first.append(hint)
-        # grow by the largest power of two dividing the example size (64 -> 128, 224 -> 256): a
-        # dimension exported as a multiple (32 * h) stays one
-        grown = hint + (hint & -hint)
-        other.append(grown if grown <= high else hint - 8 if hint - 8 >= low else min(high, hint + 8))
-    shapes = []
-    for dd in (dims, first, other):
-        dd = list(dd)
-        if len(dd) >= 3:
-            dd = [dd[0], *dd[2:], dd[1]]
-        shapes.append(dd[1:])
-    return tuple(shapes[0]), (shapes[1], shapes[2])  # type: ignore[return-value]  # probe sizes are all ints
-
-
-def _is_zip(path: Path) -> bool:
-    """``zipfile.is_zipfile``, which raises BadZipFile itself on some damaged end records."""
-    try:
-        return zipfile.is_zipfile(path)
-    except (zipfile.BadZipFile, OSError, ValueError):
-        return False
-
-
-def _torch_load(path: Path, *, trust: bool, what: str = "model") -> Any:
-    """``torch.load`` with ``weights_only=True`` unless ``trust``; our errors for every failure."""
-    torch = import_torch()
-    if _is_zip(path):
-        try:
-            with zipfile.ZipFile(path) as zf:
-                torchscript = any(n.endswith("constants.pkl") for n in zf.namelist())
-        except zipfile.BadZipFile:
-            torchscript = False
-        if torchscript:
-            raise UnsupportedModel(f"{path} is a TorchScript archive; convlens cannot hook the layers of "
-                                   f"TorchScript modules: {_SAVE_HINT}")
-    try:
-        with warnings.catch_warnings():  # a protocol above 2 is answered below, in our own words
-            warnings.filterwarnings("ignore", message=r".*Detected pickle protocol")
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        if "weights only load failed" not in str(exc).lower():
-            raise BadModel(f"cannot read {path}: {_first_line(str(exc))}; is it a complete file written by "
-                           "torch.save?") from None
-        if not trust and "unsupported global" not in str(exc).lower():
-            # not a class the file names (that is an object) but an opcode torch's safe loader lacks:
-            # random bytes, or a pickle protocol above 2, which only full unpickling reads
-            lines = [ln.strip() for ln in str(exc).splitlines()]
-            reason = next((ln for ln in lines if ln.startswith("Unsupported")), "an unsupported instruction")
-            raise UnsafeModel(
-                f"{path} is not plain weights that torch's safe loader reads ({reason}): it is damaged, not "
-                "written by torch.save, or pickled with features only full unpickling reads, which runs "
-                "code from the file; check the file, and pass --trust (trust=True) only if you trust its "
-                "author") from None
-        if not trust:
-            raise UnsafeModel(
-                f"{path} holds pickled Python objects (such as a whole nn.Module), and unpickling runs code "
-                f"from the file; pass --trust (trust=True) only if you trust its author, or save the "
-                f"{what} as a state dict (torch.save(model.state_dict(), PATH)) or a .pt2 program") from None
-    except Exception as exc:
-        raise BadModel(f"cannot read {path}: {type(exc).__name__}: {_first_line(str(exc))}; is it a complete "
-                       "file written by torch.save?") from None
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:
-        raise BadModel(f"cannot read {path} even trusted: {type(exc).__name__}: {_first_line(str(exc))} "
-                       "(the classes it was pickled with must be importable)") from None
-
-
-def open_torch_file(path: str | os.PathLike[str], *, input_shape: Sequence[int | None] | None = None,
-                    trust: bool = False, preprocess: str | None = None) -> TorchAdapter:
-    """An adapter for a ``.pt2`` program or a ``.pt``/``.pth``/``.bin`` file holding a module.
-
-    Args:
-        path: a ``torch.export.save`` program (``.pt2``), or a ``torch.save``
-            file of a whole ``nn.Module`` (needs ``trust``: unpickling runs code).
-        input_shape: ``(H, W, C)``; ``.pt2`` files know theirs.
-        trust: allow unpickling Python objects from the file.
-        preprocess: the preprocessing preset; default ``unit``.
-
-    Raises:
-        BadModel: missing, corrupt, or a state dict (weights without an architecture).
-        UnsafeModel: loading would unpickle objects and ``trust`` is off.
-        UnsupportedModel: a TorchScript archive, or a model with several inputs.
-    """
-    torch = import_torch()
-    p = Path(path)
-    if not p.is_file():
-        raise BadModel(f"model file not found: {p}; check the path")
-    if p.suffix.lower() == ".pt2":
-        return _open_exported(p, input_shape=input_shape, trust=trust, preprocess=preprocess)
-    obj = _torch_load(p, trust=trust)
-    if isinstance(obj, torch.nn.Module):
-        return TorchAdapter(obj, input_shape=input_shape, preprocess=preprocess, name=p.stem)
-    if isinstance(obj, Mapping):
-        raise BadModel(
-            f"{p} is a state dict: it holds weights only, without the network that uses them; use "
-            f"torchvision:NAME --weights {p} if it belongs to a torchvision model, or build the module in "
-            "Python, load_state_dict() it and pass the module to convlens.Lens(module)")
-    raise BadModel(f"{p} holds a {type(obj).__name__}, not a torch.nn.Module")
-
-
-# --------------------------------------------------------------------------- torchvision
-
-
-def load_state_dict_file(model: Any, path: str | os.PathLike[str], *, trust: bool = False,
-                         label: str = "the model") -> None:
-    """Load a state dict file into ``model``; names a few mismatching keys when it does not fit.
-
-    Accepts a plain state dict, one wrapped as ``{"state_dict": ...}`` or
-    ``{"model": ...}``, keys prefixed ``module.`` (DataParallel), or (trusted)
-    a whole pickled module.
-
-    Raises:
-        WeightsUnavailable: the file is missing, unreadable or does not fit.
-        UnsafeModel: the file holds pickled objects and ``trust`` is off.
-    """
-    torch = import_torch()
-    p = Path(path)
-    if not p.is_file():
-        raise WeightsUnavailable(f"weights file not found: {p}; use --weights default, --weights none, or the "
-                                 "path of a state dict saved with torch.save(model.state_dict(), PATH)")
-    try:
-        obj = _torch_load(p, trust=trust, what="weights")
-    except (BadModel, UnsupportedModel) as exc:
-        raise WeightsUnavailable(str(exc)) from None
-    if isinstance(obj, torch.nn.Module):
-        obj = obj.state_dict()
-    for wrapper in ("state_dict", "model"):
-        if isinstance(obj, Mapping) and isinstance(obj.get(wrapper), Mapping):
-            obj = obj[wrapper]
-    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise WeightsUnavailable(f"{p} is not a state dict (a mapping of names to tensors); save one with "
-                                 "torch.save(model.state_dict(), PATH)")
-    state = {str(k).removeprefix("module."): v for k, v in obj.items()}
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own
-             if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
-    if missing or unexpected or wrong:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing (e.g. {', '.join(missing[:3])})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])})")
-        if wrong:
-            parts.append(f"{len(wrong)} of another shape (e.g. {', '.join(wrong[:3])})")
-        raise WeightsUnavailable(f"{p} does not fit {label}: keys {'; '.join(parts)}; is it the state dict of "
-                                 "this architecture?")
-    try:
-        model.load_state_dict(state, strict=True)
-    except Exception as exc:
-        raise WeightsUnavailable(f"cannot load {p} into {label}: {_first_line(str(exc))}") from None
-
-
-def open_torchvision(name: str, *, weights: str | None = None, input_shape: Sequence[int | None] | None = None,
-                     trust: bool = False, preprocess: str | None = None) -> TorchAdapter:
-    """A torchvision model by name, e.g. ``resnet18`` (from ``torchvision:resnet18``).
-
-    Args:
-        name: a name from ``torchvision.models.list_models()``.
-        weights: ``default``/``imagenet``/``None`` for the architecture's
-            DEFAULT pretrained weights (downloaded once into torch's hub cache),
-            ``none`` for random weights, or the path of a state dict file.
-        input_shape: ``(H, W, C)`` or ``(H, W)``; default the weights' crop
-            size (224 for most), 3 channels.
-        trust: allow a weights file that holds pickled objects.
-        preprocess: default ``torch`` (ImageNet mean and std).
-
-    Raises:
-        BadModel: an unknown name.
-        WeightsUnavailable: the download failed (offline) or the file does not fit.
-    """
-    tv = _import_torchvision()
-    key = name.strip().lower()
-    known = tv.models.list_models()
-    if key not in known:
-        classification = tv.models.list_models(module=tv.models)
-        close = difflib.get_close_matches(key, known, n=4, cutoff=0.6)
-        raise BadModel(f"unknown torchvision model {name!r}"
-                       + (f" (closest: {', '.join(close)})" if close else "")
-                       + f"; classification models include {', '.join(classification[:24])} ... "
-                       f"(torchvision.models.list_models(module=torchvision.models) lists all {len(classification)})")
-    w = "default" if weights is None else str(weights).strip()
-    size = PROBE_SIZE
-    try:
-        default = tv.models.get_model_weights(key).DEFAULT
-        size = int(getattr(default.transforms, "keywords", {}).get("crop_size", PROBE_SIZE))
-    except Exception:
-        default = None
-    builder_args = set(inspect.signature(tv.models.get_model_builder(key)).parameters)
-    random_kw: dict[str, Any] = {"weights": None}
-    if "weights_backbone" in builder_args:  # detection/segmentation: no backbone download either
-        random_kw["weights_backbone"] = None
-    if w.lower() in ("default", "imagenet"):
-        if default is None:
-            raise WeightsUnavailable(f"torchvision:{key} has no pretrained weights; use --weights none")
-        model = _download_model(tv, key, default)
-    else:
-        try:
-            with warnings.catch_warnings():  # GoogLeNet's and Inception's notes to model authors
-                warnings.simplefilter("ignore", FutureWarning)
-                model = tv.models.get_model(key, **random_kw)
-        except Exception as exc:
-            raise UnsupportedModel(f"cannot build torchvision:{key}: {_first_line(str(exc))}") from None
-        if w.lower() != "none":
-            load_state_dict_file(model, w, trust=trust, label=f"torchvision:{key}")
-    if input_shape is not None:
-        dims = tuple(input_shape)
-        shape: tuple[int | None, ...] = (*dims, 3) if len(dims) == 2 else dims
-    else:
-        shape = (size, size, 3)
-    return TorchAdapter(model, input_shape=shape, preprocess=preprocess or "torch", name=key)
-
-
-def _download_model(tv: Any, key: str, weights: Any) -> Any:
-    """Build ``key`` with its pretrained weights; offline or a bad download is WeightsUnavailable.
-
-    A socket timeout bounds every connect and read of the download, so a
-    network that drops packets fails in :data:`DOWNLOAD_TIMEOUT` seconds
-    instead of hanging.
-    """
-    old = socket.getdefaulttimeout()
-    socket.setdefaulttimeout(DOWNLOAD_TIMEOUT)
-    try:
-        # torch.hub announces "Downloading: URL" on stdout even with progress=False; library code
-        # does not print, and a failed download must stay one line of convlens's own.
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-            return tv.models.get_model(key, weights=weights, progress=False)
-    except Exception as exc:
-        raise WeightsUnavailable(
-            f"could not get the pretrained weights of torchvision:{key} from {getattr(weights, 'url', '?')} "
-            f"({type(exc).__name__}: {_first_line(str(exc))}); use --weights none for random weights or "
-            "--weights PATH for a state dict file (torch.save(model.state_dict(), PATH))") from None
-    finally:
-        socket.setdefaulttimeout(old)
