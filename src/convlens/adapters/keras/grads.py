@@ -10,9 +10,10 @@ from typing import Any
 import numpy as np
 
 from ..._errors import UnsupportedModel
+from .._graph import LOGIT_ROLES
 from ..base import Gradients, Target, check_rows, target_cotangent
 from .forward import KerasForward
-from .table import first_tensor
+from .table import KERAS_ROLES, first_tensor, keras_word
 
 
 @dataclass(frozen=True)
@@ -38,27 +39,16 @@ class _StopForward(BaseException):
     """
 
 
-def _activation_name(fn: Any) -> str:
-    return str(getattr(fn, "__name__", "")).lower()
-
-
-def _final_activation(layer: Any) -> str | None:
-    """What a model's last layer ends with: ``"softmax"``, ``"sigmoid"``, ``"linear"``, else ``None``.
-
-    Read from its ``activation`` (a Dense or Conv layer's, an ``Activation``
-    layer's) or its type (``Softmax``). Operations applied with ``keras.ops``
-    in a subclassed model's ``call`` after its last layer are not seen.
-    """
-    if type(layer).__name__ == "Softmax":
-        return "softmax"
-    name = _activation_name(getattr(layer, "activation", None))
-    return name if name in ("softmax", "sigmoid", "linear") else None
-
-
 def _logit_source(layer: Any) -> str | None:
-    """Where the logits before a final softmax are: ``"activation"`` (the input of the layer's own
-    activation), ``"input"`` (a Softmax/Activation layer's input), or ``None`` (no final softmax)."""
-    if _final_activation(layer) != "softmax":
+    """Where the logits before a final softmax or log-softmax are: ``"activation"`` (the input of the
+    layer's own activation), ``"input"`` (a Softmax/Activation layer's input), or ``None`` (neither).
+
+    Read from the layer's type (``Softmax``) or its ``activation`` (a Dense or
+    Conv layer's, an ``Activation`` layer's), by the roles of the final-activation
+    walk (:data:`convlens.adapters.keras.table.KERAS_ROLES`). Operations applied
+    with ``keras.ops`` in a subclassed model's ``call`` after its last layer are not seen.
+    """
+    if KERAS_ROLES.get(keras_word(layer)) not in LOGIT_ROLES:
         return None
     if type(layer).__name__ in ("Softmax", "Activation"):
         return "input"

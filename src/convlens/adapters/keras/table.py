@@ -91,7 +91,7 @@ _KERAS_PASS_THROUGH = {"Reshape", "Flatten", "Dropout", "SpatialDropout1D", "Spa
 #: Layers whose output, without an activation, is a linear function of their input: scores, not probabilities.
 _KERAS_LINEAR = {"Dense", "EinsumDense", "Conv1D", "Conv2D", "Conv3D", "Conv2DTranspose", "Conv1DTranspose",
                  "DepthwiseConv2D", "SeparableConv2D"}
-#: What a layer (by :func:`_keras_word`) does to the values on the way back (:mod:`convlens.adapters._graph`).
+#: What a layer (by :func:`keras_word`) does to the values on the way back (:mod:`convlens.adapters._graph`).
 KERAS_ROLES: dict[str, str] = {
     "Softmax": "softmax", "softmax": "softmax", "log_softmax": "log_softmax", "sigmoid": "sigmoid",
     "Activation": "pass", **{name: "linear" for name in _KERAS_LINEAR},
@@ -121,7 +121,7 @@ def keras_final_activation(model: Any) -> str | None:
             if inner is None:
                 return None
             op, node = inner
-        word = _keras_word(op)
+        word = keras_word(op)
         if KERAS_ROLES.get(word) != "pass":
             return Producer(word)
         source = _keras_input_of(op, node)
@@ -133,7 +133,7 @@ def keras_final_activation(model: Any) -> str | None:
         return None
 
 
-def _keras_word(layer: Any) -> str:
+def keras_word(layer: Any) -> str:
     """A layer's name in :data:`KERAS_ROLES`: its activation's when that decides, else its type's."""
     name = type(layer).__name__
     if name == "Softmax":
