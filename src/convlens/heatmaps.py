@@ -31,8 +31,9 @@ import numpy as np
 from ._errors import BadArgument, UnsupportedModel
 from ._progress import NullProgress, Progress
 from .core.predictions import to_probabilities
+from .core.text import probability as probability_text
 from .images import Image, PreparedBatch, check_not_constant, prepare_batch
-from .methods import Method, MethodResult, create, forward_only, get, resolve_layer
+from .methods import Method, MethodResult, check_gradients, create, get, resolve_layer
 from .methods import names as method_names
 from .methods.targets import TargetSpec, parse_classes
 from .output import OutputDir, merge_index
@@ -95,9 +96,9 @@ class Heatmap:
         cls = self.label if self.label == str(self.class_index) else f"{self.label} ({self.class_index})"
         parts = [self.title, cls]
         if self.scores_are_probabilities:
-            parts.append(f"p {_prob(self.score)}")
+            parts.append(f"p {probability_text(self.score)}")
         elif self.probability is not None:
-            parts.append(f"score {_num(self.score)}, softmax p {_prob(self.probability)}")
+            parts.append(f"score {_num(self.score)}, softmax p {probability_text(self.probability)}")
         else:
             parts.append(f"score {_num(self.score)}")
         if self.layer:
@@ -109,11 +110,6 @@ class Heatmap:
 
 def _num(v: float) -> str:
     return f"{v:.4g}"
-
-
-def _prob(p: float) -> str:
-    """A probability with three decimals, or two significant digits below 0.001 (``1.7e-08``)."""
-    return f"{p:.3f}" if p >= 0.001 or p == 0 else f"{p:.2g}"
 
 
 class Heatmaps:
@@ -346,19 +342,14 @@ def _check_before_work(model: Model, made: list[Method], layer: Any, target: Tar
         The class indexes the target names, ``None`` for each image's top class.
     """
     adapter = model.adapter
-    needing = [m for m in made if m.needs_gradients]
+    needing = [m.title for m in made if m.needs_gradients]
     if needing:
-        why = adapter.gradients_unavailable()
-        if why is not None:
-            raise UnsupportedModel(
-                f"{', '.join(m.title for m in needing)} need{'s' if len(needing) == 1 else ''} gradients, "
-                f"which {adapter.name} cannot give: {why.rstrip('.')}; forward-only methods by name: "
-                f"{', '.join(forward_only())}")
+        check_gradients(adapter, needing)
     table = adapter.layers()
     if any(m.kind == "cam" for m in made):
         resolve_layer(table, layer)
     last = table[-1].output_shape if table else None
-    classes = int(last[0]) if last and len(last) == 1 and last[0] is not None else None
+    classes = model.output_classes()
     chosen = _classes(target, classes, names)
     if chosen is None and last is not None and len(last) != 1:
         raise BadArgument(f"the output of {model.name} has shape {tuple(last)}, not one score per class, so "

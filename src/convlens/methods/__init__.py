@@ -24,7 +24,9 @@ from .base import (
     GradientCam,
     Method,
     MethodResult,
+    check_gradients,
     default_layer,
+    gradients_problem,
     resolve_layer,
 )
 from .eigencam import EigenCAM
@@ -60,11 +62,13 @@ __all__ = [
     "SmoothGrad",
     "TargetSpec",
     "XGradCAM",
+    "check_gradients",
     "create",
     "default_layer",
     "forward_only",
     "get",
     "gradient_methods",
+    "gradients_problem",
     "names",
     "resolve_layer",
 ]
