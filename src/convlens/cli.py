@@ -367,7 +367,8 @@ def _render_kwargs(args: argparse.Namespace) -> dict[str, Any]:
             "columns": args.columns, "numbers": args.numbers, "tile_size": args.tile_size}
 
 
-def _summary(index: dict[str, Any], key: str, out: str, stdout: TextIO) -> None:
+def _summary(path: Path, key: str, out: str, stdout: TextIO) -> None:
+    index = json.loads(path.read_text(encoding="utf-8"))
     for note in index.get("notes", []) if key == "maps" else []:
         stdout.write(f"note: {note}\n")
     files = [e for e in index.get(key, [])]
@@ -432,7 +433,7 @@ def _cmd_heatmap(lens: Any, args: argparse.Namespace, stdout: TextIO) -> None:
                if getattr(args, key) is not None}
     result = lens.heatmaps(args.images, args.method, layer=args.layer, target=args.classes, top=args.top,
                            size=args.size, preprocess=args.preprocess, labels=args.labels,
-                           progress=BarProgress(), **options)
+                           progress=BarProgress(), method_options=options)
     result.save(args.out)
     stdout.writelines(f"note: {note}\n" for note in result.notes)
     stdout.writelines(f"{result.images[e.image].name}: {e.caption()}\n" for e in result.entries[:40])
@@ -476,10 +477,9 @@ def _cmd_visualize(lens: Any, args: argparse.Namespace, stdout: TextIO) -> None:
                             copies=args.copies, diversity=args.diversity, preprocess=args.preprocess,
                             progress=BarProgress())
     index = result.save(args.out)
-    run = index["visualize"][-1]
     acts = result.activations
     stdout.write(f"wrote {len(result)} images and an atlas of {result.layer_name} to "
-                 f"{Path(args.out) / run['folder']} (index: {Path(args.out) / 'index.json'}); "
+                 f"{Path(args.out) / result.folder()} (index: {index}); "
                  f"{result.objective} {'minimised' if result.negative else 'maximised'}, activation "
                  f"reached {float(acts.min()):.4g} to {float(acts.max()):.4g}\n")
 
@@ -559,7 +559,7 @@ def _cmd_demo(args: argparse.Namespace, stdout: TextIO) -> int:
     scratch = Path(tempfile.mkdtemp(prefix="convlens-demo-"))
     try:  # build the whole demo aside, then publish it as one transaction: all of it or nothing
         lens.save_maps(DEMO_IMAGE, scratch, layers="all", progress=BarProgress(), numbers=True)
-        index = lens.save_filters(scratch, progress=BarProgress())
+        index = json.loads(lens.save_filters(scratch, progress=BarProgress()).read_text(encoding="utf-8"))
         (scratch / "layers.txt").write_text(str(table) + "\n")
         (scratch / "stats.txt").write_text(lens.channel_stats(DEMO_IMAGE, layers="all").text() + "\n")
         lens.report(DEMO_IMAGE, layers="all", out=scratch / "report.html")
@@ -606,14 +606,14 @@ def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None,
             table = lens.layers()
             stdout.write((json.dumps(table.to_json(), indent=2) if args.json else str(table)) + "\n")
         elif args.command == "maps":
-            index = lens.save_maps(args.images, args.out, args.layers, size=args.size,
-                                   preprocess=args.preprocess, progress=BarProgress(),
-                                   **_render_kwargs(args))
-            _summary(index, "maps", args.out, stdout)
+            path = lens.save_maps(args.images, args.out, args.layers, size=args.size,
+                                  preprocess=args.preprocess, progress=BarProgress(),
+                                  **_render_kwargs(args))
+            _summary(path, "maps", args.out, stdout)
         elif args.command == "filters":
-            index = lens.save_filters(args.out, args.layers, cmap=args.cmap, max_filters=args.max_filters,
-                                      max_inputs=args.max_inputs, progress=BarProgress())
-            _summary(index, "filters", args.out, stdout)
+            path = lens.save_filters(args.out, args.layers, cmap=args.cmap, max_filters=args.max_filters,
+                                     max_inputs=args.max_inputs, progress=BarProgress())
+            _summary(path, "filters", args.out, stdout)
         elif args.command == "stats":
             _cmd_stats(lens, args, stdout)
         elif args.command == "report":

@@ -64,7 +64,7 @@ def heatmaps_section(ctx: ReportContext) -> Markup:
     asked = options.get("methods")
     names = parse_methods(asked) if asked else default_methods(ctx)
     top = int(options.get("top", 3))
-    if output_classes(ctx.outputs) is None:
+    if output_classes(ctx.model, ctx.outputs) is None:
         return render("sections/heatmaps.html", note=(
             f"{ctx.model.name} does not output one score per class, so there are no top classes to explain; "
             "convlens heatmap MODEL IMAGE --class C draws the heatmap of a class."), methods=[], cards=[])
