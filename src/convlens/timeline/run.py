@@ -7,7 +7,6 @@ one-page timeline (what ``convlens timeline`` does).
 
 from __future__ import annotations
 
-import base64
 import html
 import json
 import os
@@ -15,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..output import png_figure_html
 from .page import MAX_CHECKPOINTS, read_run, save_timeline
 
 __all__ = ["Timeline"]
@@ -106,14 +106,8 @@ class Timeline:
         if self.index.get("error"):
             parts.append(f"<div>recording stopped early: {html.escape(str(self.index['error']))}</div>")
         for data, caption in self._pictures():
-            parts.append(_figure(data, f"last checkpoint: {caption}"))
+            parts.append(png_figure_html(data, f"last checkpoint: {caption}"))
         parts.append("<div style='font:12px sans-serif'>timeline.save('timeline.html') writes the whole "
                      "page</div>")
         return "".join(parts)
 
-
-def _figure(png: bytes, caption: str) -> str:
-    data = base64.b64encode(png).decode("ascii")
-    return (f"<figure style='margin:0 0 12px 0'><img src='data:image/png;base64,{data}' "
-            f"alt='{html.escape(caption, quote=True)}' style='max-width:100%;image-rendering:pixelated'/>"
-            f"<figcaption style='font:12px monospace'>{html.escape(caption)}</figcaption></figure>")
