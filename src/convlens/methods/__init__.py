@@ -20,6 +20,7 @@ from typing import Any
 from .._errors import BadArgument
 from .base import (
     MEMORY_BUDGET,
+    REGISTRY,
     Context,
     GradientCam,
     Method,
@@ -92,6 +93,11 @@ METHODS: dict[str, type[Method]] = {
 }
 
 #: Other spellings people type.
+# The registry in the front ends' order, so that messages (base.gradients_problem) list the
+# methods as the command line does.
+for _name in METHODS:
+    REGISTRY[_name] = REGISTRY.pop(_name)
+
 ALIASES = {
     "gradcampp": "gradcam++",
     "gradcamplusplus": "gradcam++",
