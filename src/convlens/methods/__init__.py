@@ -20,11 +20,14 @@ from typing import Any
 from .._errors import BadArgument
 from .base import (
     MEMORY_BUDGET,
+    REGISTRY,
     Context,
     GradientCam,
     Method,
     MethodResult,
+    check_gradients,
     default_layer,
+    gradients_problem,
     resolve_layer,
 )
 from .eigencam import EigenCAM
@@ -60,11 +63,13 @@ __all__ = [
     "SmoothGrad",
     "TargetSpec",
     "XGradCAM",
+    "check_gradients",
     "create",
     "default_layer",
     "forward_only",
     "get",
     "gradient_methods",
+    "gradients_problem",
     "names",
     "resolve_layer",
 ]
@@ -88,6 +93,11 @@ METHODS: dict[str, type[Method]] = {
 }
 
 #: Other spellings people type.
+# The registry in the front ends' order, so that messages (base.gradients_problem) list the
+# methods as the command line does.
+for _name in METHODS:
+    REGISTRY[_name] = REGISTRY.pop(_name)
+
 ALIASES = {
     "gradcampp": "gradcam++",
     "gradcamplusplus": "gradcam++",

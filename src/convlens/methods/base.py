@@ -35,7 +35,8 @@ from ..adapters.base import Adapter, Gradients, Target
 from ..core.cam import minmax, resize_bilinear
 from ..core.layers import LayerInfo
 from ..images import apply_preset, check_not_constant
-from ..selection import select
+from ..model import classes_in
+from ..selection import select_indexes
 from .targets import Rows, TargetSpec, resolve_rows
 
 __all__ = [
@@ -44,7 +45,9 @@ __all__ = [
     "GradientCam",
     "Method",
     "MethodResult",
+    "check_gradients",
     "default_layer",
+    "gradients_problem",
     "positive_int",
     "resolve_layer",
     "spatial_layers",
@@ -178,7 +181,7 @@ def resolve_layer(table: Sequence[LayerInfo], layer: str | int | LayerInfo | Non
     if isinstance(layer, LayerInfo):
         chosen = table[layer.index]
     else:
-        hits = select(table, str(layer))
+        hits = select_indexes(table, str(layer))
         if len(hits) != 1:
             raise BadArgument(
                 f"layer {layer!r} names {len(hits)} layers; a CAM needs one "
@@ -500,9 +503,7 @@ def _known_classes(table: Sequence[LayerInfo], names: Sequence[str] | None) -> i
     if names:
         return len(names)
     shape = table[-1].output_shape if table else None
-    if shape and len(shape) == 1 and shape[0] is not None:
-        return int(shape[0])
-    return None
+    return classes_in(shape) if shape else None
 
 
 def _check_batch(batch: Any) -> np.ndarray:
@@ -530,6 +531,40 @@ REGISTRY: dict[str, type[Method]] = {}
 def forward_only_names() -> list[str]:
     """The registered methods that need only forward passes."""
     return [n for n, m in REGISTRY.items() if not m.needs_gradients]
+
+
+def gradients_problem(adapter: Any, needing: str | Sequence[str], *, alternatives: bool = True) -> str | None:
+    """THE sentence for work that needs gradients on a model that cannot give them, else ``None``.
+
+    Every gradient check (heatmap methods, the report's sections, feature
+    visualisation) says it in these words.
+
+    Args:
+        adapter: the model's adapter (its ``gradients_unavailable()`` gives the reason).
+        needing: what needs the gradients: a method title (``"Grad-CAM"``), several, or
+            ``"feature visualisation"``.
+        alternatives: name the forward-only heatmap methods as what works instead.
+
+    Returns:
+        ``"Grad-CAM needs gradients, which model cannot give: REASON; forward-only methods by
+        name: scorecam, eigencam, occlusion"``, or ``None`` when gradients are available.
+    """
+    why = adapter.gradients_unavailable()
+    if why is None:
+        return None
+    what = [needing] if isinstance(needing, str) else list(needing)
+    verb = "needs" if len(what) == 1 else "need"
+    text = f"{', '.join(what)} {verb} gradients, which {adapter.name} cannot give: {str(why).rstrip('.')}"
+    if alternatives:
+        text += f"; forward-only methods by name: {', '.join(forward_only_names())}"
+    return text
+
+
+def check_gradients(adapter: Any, needing: str | Sequence[str], *, alternatives: bool = True) -> None:
+    """Raise :func:`gradients_problem`'s sentence as :class:`UnsupportedModel`, before any work."""
+    problem = gradients_problem(adapter, needing, alternatives=alternatives)
+    if problem is not None:
+        raise UnsupportedModel(problem)
 
 
 class Method:
@@ -620,14 +655,7 @@ class Method:
             BadImage: an image whose pixels are all equal, or non-finite values.
         """
         if self.needs_gradients:
-            why = adapter.gradients_unavailable()
-            if why is not None:
-                listed = ", ".join(forward_only_names())
-                if all(REGISTRY[n].title in why for n in forward_only_names()):  # the reason names them
-                    tail = f" (forward-only methods by name: {listed})"
-                else:
-                    tail = f"; forward-only methods work: {listed}"
-                raise UnsupportedModel(f"{self.title} needs gradients: {why}{tail}")
+            check_gradients(adapter, self.title)
         x = _check_batch(batch)
         table = adapter.layers()
         chosen = resolve_layer(table, layer) if self.kind == "cam" else None

@@ -103,7 +103,7 @@ def build_report(model: Model, images: Any, layers: str | Iterable[str] | None =
     if shrunk:
         notes.append(f"maps larger than {opts.tile_size} pixels are averaged down to fit the report "
                      f"({count(len(shrunk), 'layer', 'layers')}); --tile-size sets the limit")
-    classes = output_classes(outputs)
+    classes = output_classes(model, outputs)
     label_list, label_source = model.class_names(
         names, classes=classes, output_shape=tuple(outputs[0].shape[1:]) if outputs else ())
     ctx = ReportContext(

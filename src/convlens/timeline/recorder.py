@@ -62,6 +62,7 @@ from ..render.filters import filter_grid, filter_norms, rgb_composites
 from ..render.grid import add_title
 from ..render.maps import RenderOptions, reduce_map, render_map
 from ..render.png import encode_png
+from ..selection import DEFAULT_TRAINING_SELECTION
 from ..stats import ChannelStats
 
 __all__ = ["Recorder", "WeightSource", "logger", "safe_name"]
@@ -149,7 +150,7 @@ class Recorder:
     """
 
     def __init__(self, lens: Any, images: Any, *, out: str | os.PathLike[str],
-                 layers: str | Iterable[str] | None = "blocks", filters: str | None = "first",
+                 layers: str | Iterable[str] | None = DEFAULT_TRAINING_SELECTION, filters: str | None = "first",
                  weights: WeightSource | None = None, tensorboard: bool | str | os.PathLike[str] = True,
                  dead_threshold: float = 0.5, size: Any = None, preprocess: str | None = None,
                  page: bool = True, overwrite: bool = False, meta: Mapping[str, Any] | None = None,

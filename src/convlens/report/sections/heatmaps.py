@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from ..._errors import BadArgument, ConvlensError
+from ...core.text import probability as probability_text
 from ...heatmaps import Heatmap, compute_heatmaps, create_methods, parse_methods
 from ...images import PreparedBatch
 from ...render.overlay import overlay
@@ -63,7 +64,7 @@ def heatmaps_section(ctx: ReportContext) -> Markup:
     asked = options.get("methods")
     names = parse_methods(asked) if asked else default_methods(ctx)
     top = int(options.get("top", 3))
-    if output_classes(ctx.outputs) is None:
+    if output_classes(ctx.model, ctx.outputs) is None:
         return render("sections/heatmaps.html", note=(
             f"{ctx.model.name} does not output one score per class, so there are no top classes to explain; "
             "convlens heatmap MODEL IMAGE --class C draws the heatmap of a class."), methods=[], cards=[])
@@ -95,7 +96,7 @@ def _figure(pixels: Any, rank: int, e: Heatmap) -> dict[str, Any]:
     # a small image (a digit) is enlarged with sharp pixels, which JPEG would smear: PNG then
     data, mime = (encode_png(rgb), "image/png") if max(np.shape(pixels)[:2]) < 224 else jpeg_or_png(rgb)
     if e.probability is not None:
-        score = f"p {e.probability:.3f}" if e.probability >= 0.001 else f"p {e.probability:.1e}"
+        score = f"p {probability_text(e.probability)}"
     else:
         score = f"score {e.score:.4g}"
     caption = f"{rank}. {e.label} ({e.class_index}) · {score}" + (" · no signal" if e.flat else "")
