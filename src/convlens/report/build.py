@@ -20,6 +20,7 @@ from .grids import ReportGrids
 from .page import Report, header, page_data, render_page
 from .registry import get_section, select_sections
 from .sections.filters import draw_atlases, read_kernels
+from .sections.heatmaps import recorded_forward
 from .sections.predictions import output_classes
 from .templating import Markup, render
 
@@ -84,7 +85,11 @@ def build_report(model: Model, images: Any, layers: str | Iterable[str] | None =
         # thread-safe), then drawn on a side thread while the images go through the network.
         atlases = side.submit(draw_atlases, chosen, read_kernels(model, chosen)) if "filters" in keys else None
         fed, consumers = _feed(chosen, [stats, grids], own.values())
-        outputs = run_pass(model.adapter, fed, batch.arrays, consumers, progress=progress, label="report")
+        # ONE forward pass per image: with a gradient CAM in the heatmaps section, the same pass
+        # records the CAM layer's gradients of each image's top classes (part 4 of the restructure)
+        recorded = recorded_forward(model, per_section.get("heatmaps", {})) if "heatmaps" in keys else None
+        runner: Any = model.adapter if recorded is None else _Forwarding(model.adapter, recorded)
+        outputs = run_pass(runner, fed, batch.arrays, consumers, progress=progress, label="report")
         if atlases is not None:
             atlases.result()
     layer_stats = stats.results()
@@ -112,7 +117,7 @@ def build_report(model: Model, images: Any, layers: str | Iterable[str] | None =
         label_source=label_source, notes=notes, sections=keys, drawn=drawn,
         per_image=grids.per_image_stats(layer_stats), global_ranges=grids.global_ranges,
         atlases=atlases, predictions=[[] for _ in batch.images], section_options=per_section,
-        consumers=own)
+        consumers=own, recorded=recorded)
     ctx.data.update(page_data(ctx))
     if not maps:  # megabytes of base64 grids that nothing on the page would show
         ctx.data["layers"] = []
@@ -184,3 +189,14 @@ class _Only(PassConsumer):
 
     def finish(self) -> None:
         self._consumer.finish()
+
+
+class _Forwarding:
+    """The adapter with ``run`` replaced by a recording forward (until run_pass takes ``forward=``)."""
+
+    def __init__(self, adapter: Any, forward: Any) -> None:
+        self._adapter = adapter
+        self.run = forward
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._adapter, name)
