@@ -33,7 +33,7 @@ from ._progress import NullProgress, Progress
 from .core.predictions import to_probabilities
 from .core.text import probability as probability_text
 from .images import Image, PreparedBatch, check_not_constant, prepare_batch
-from .methods import Method, MethodResult, check_gradients, create, get, resolve_layer
+from .methods import Method, MethodResult, RecordedForward, check_gradients, create, get, resolve_layer
 from .methods import names as method_names
 from .methods.targets import TargetSpec, parse_classes
 from .output import OutputDir, merge_index
@@ -457,7 +457,8 @@ def compute_heatmaps(model: Model, prepared: PreparedBatch, made: Sequence[Metho
                      layer: str | int | None = None, classes: list[int] | None = None, top: int = 1,
                      class_names: list[str] | None = None, preprocess: str | None = None,
                      progress: Progress | None = None,
-                     outputs: Sequence[np.ndarray] | None = None) -> Heatmaps:
+                     outputs: Sequence[np.ndarray] | None = None,
+                     recorded: RecordedForward | None = None) -> Heatmaps:
     """:func:`heatmaps` for images already loaded and prepared (the report's section uses it).
 
     Args:
@@ -471,6 +472,11 @@ def compute_heatmaps(model: Model, prepared: PreparedBatch, made: Sequence[Metho
         preprocess: the preset the arrays were made with.
         progress: as :func:`heatmaps`.
         outputs: the model's output per image ``(1, ...)``, when a pass computed it already.
+        recorded: the pass that computed ``outputs`` (the report's), when it recorded
+            the CAM layer's gradients of each image's top classes: a gradient CAM
+            on that layer computes its maps from them, with no pass of its own
+            (:meth:`~convlens.methods.GradientCam.from_gradients`); anything
+            not recorded is computed as usual.
     """
     if isinstance(top, bool) or not isinstance(top, (int, np.integer)) or not 1 <= int(top) <= 10:
         raise BadArgument(f"top must be a whole number from 1 to 10, not {top!r}")
@@ -503,8 +509,14 @@ def compute_heatmaps(model: Model, prepared: PreparedBatch, made: Sequence[Metho
                                   "per class, so there are no top classes: name the class to explain")
             wanted = [int(k) for k in np.argsort(-out[0], kind="stable")[: int(top)]]
         for m in made:
-            res = m.compute(adapter, batch, target=wanted, layer=layer, class_names=class_names,
-                            preprocess=preprocess or model.preprocess, progress=progress, output=out)
+            given = _recorded_rows(recorded, m, adapter.layers(), layer, members, out, wanted)
+            if given is not None:
+                res = m.from_gradients(adapter, batch, *given, output=out, target=wanted,  # type: ignore[attr-defined]
+                                       layer=layer, class_names=class_names,
+                                       preprocess=preprocess or model.preprocess)
+            else:
+                res = m.compute(adapter, batch, target=wanted, layer=layer, class_names=class_names,
+                                preprocess=preprocess or model.preprocess, progress=progress, output=out)
             results[m.name].append(res)
             for r in range(len(res)):
                 img = members[int(res.images[r])]
@@ -524,6 +536,20 @@ def compute_heatmaps(model: Model, prepared: PreparedBatch, made: Sequence[Metho
                     entries=entries, outputs=[o for o in known if o is not None],
                     class_names=class_names, model=model.name, framework=adapter.framework, notes=notes,
                     results=results)
+
+
+def _recorded_rows(recorded: RecordedForward | None, method: Method, table: list[Any], layer: str | int | None,
+                   members: list[int], out: np.ndarray, wanted: TargetSpec) -> tuple[np.ndarray, np.ndarray] | None:
+    """The recorded ``(acts, grads)`` of the rows ``method`` would compute for ``members``, or ``None``.
+
+    The rows are :func:`~convlens.methods.targets.resolve_rows`'s: per image its
+    top-1 class (``wanted`` ``None``), else the classes ``wanted`` lists, in order.
+    """
+    if recorded is None or out.ndim != 2 or not (wanted is None or isinstance(wanted, list)):
+        return None
+    per_image = [[int(np.argmax(out[j]))] if wanted is None else [int(k) for k in wanted]  # type: ignore[arg-type]
+                 for j in range(len(members))]
+    return recorded.rows_for(method, resolve_layer(table, layer), members, per_image)
 
 
 def _row_extra(extra: dict[str, Any], r: int, rows: int) -> dict[str, Any]:

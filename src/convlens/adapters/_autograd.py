@@ -90,19 +90,19 @@ def to_numpy(t: Any, channels_last: bool = False) -> np.ndarray:
     return t.clone(memory_format=torch.contiguous_format).numpy()
 
 
-def _replaced(out: Any, new: Mapping[tuple, Any]) -> Any:
+def replaced(out: Any, new: Mapping[tuple, Any]) -> Any:
     """A module's output with the tensors at the given key paths replaced (a copy of its containers)."""
     if () in new:
         return new[()]
     if isinstance(out, Mapping):
-        items = {k: _replaced(v, {p[1:]: t for p, t in new.items() if p[0] == str(k)})
+        items = {k: replaced(v, {p[1:]: t for p, t in new.items() if p[0] == str(k)})
                  for k, v in out.items()}
         try:
             return type(out)(items)  # type: ignore[call-arg]
         except TypeError:
             return items
     if isinstance(out, (tuple, list)):
-        vals = [_replaced(v, {p[1:]: t for p, t in new.items() if p[0] == i}) if any(p[0] == i for p in new)
+        vals = [replaced(v, {p[1:]: t for p, t in new.items() if p[0] == i}) if any(p[0] == i for p in new)
                 else v for i, v in enumerate(out)]
         if isinstance(out, tuple) and hasattr(out, "_fields"):  # a namedtuple
             return type(out)(*vals)
@@ -208,7 +208,7 @@ def hooked_gradients(module: Any, forward: Callable[[Any], Any], x: Any, batch: 
             replace[key] = t.clone()  # an in-place op after this module changes the clone only
         if stop_after is not None and needed <= captured.keys():
             raise _StopForward
-        return _replaced(output, replace) if replace else None
+        return replaced(output, replace) if replace else None
 
     if start == 0:
         x = x.detach().requires_grad_()

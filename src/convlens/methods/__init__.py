@@ -37,6 +37,7 @@ from .hirescam import HiResCAM
 from .integrated_gradients import IntegratedGradients
 from .layercam import LayerCAM
 from .occlusion import Occlusion
+from .recorded import RecordedForward
 from .saliency import Saliency
 from .scorecam import ScoreCAM
 from .smoothgrad import SmoothGrad
@@ -57,6 +58,7 @@ __all__ = [
     "Method",
     "MethodResult",
     "Occlusion",
+    "RecordedForward",
     "Rows",
     "Saliency",
     "ScoreCAM",

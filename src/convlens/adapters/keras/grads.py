@@ -9,9 +9,10 @@ from typing import Any
 
 import numpy as np
 
-from ..._errors import UnsupportedModel
+from ..._errors import ConvlensError, UnsupportedModel
 from .._graph import LOGIT_ROLES
-from ..base import Gradients, Target, check_rows, target_cotangent
+from ..base import Gradients, OnOutput, RankedGradients, Target, check_rows, target_cotangent
+from ..base import first_line as _first_line  # one-line error messages
 from .forward import KerasForward
 from .table import KERAS_ROLES, first_tensor, keras_word
 
@@ -158,6 +159,87 @@ class KerasAdapter(KerasForward):
             input_grad = self._numpy(g) if g is not None else np.zeros(np.shape(batch), np.float32)
         return Gradients(output=self._numpy(y) if y is not None else None, score=score,
                          activations=activations, grads=grads, input_grad=input_grad, logits=is_logit)
+
+    def run_ranked(self, batch: np.ndarray, wanted: Sequence[int], on_output: OnOutput, *, layer: int,
+                   top: int) -> RankedGradients:
+        """:meth:`run` that also records the top classes' gradients at ``layer`` (see :class:`RankedGradients`).
+
+        TensorFlow backend only: one traced ``tf.function`` runs the forward
+        pass under a persistent ``GradientTape`` that watches no variable, takes
+        each item's ``top`` best classes of the output (``tf.math.top_k``: ties
+        to the lower index) and differentiates each rank's score (the logit
+        before a final softmax) back to ``layer``; in a graph TensorFlow keeps
+        only the backward ops that lead there. The wanted outputs are handed to
+        ``on_output`` after the pass, as :meth:`run` does from its traced graph.
+
+        Raises:
+            UnsupportedModel: another backend, an output that is not ``(N, K)``,
+                outputs above :attr:`GRAPH_BUDGET`, a model that cannot be
+                traced, or ``layer`` gave no output (nothing was handed over then).
+        """
+        if self.keras.backend.backend() != "tensorflow":
+            raise UnsupportedModel(f"{self.name}: one-pass gradients need the TensorFlow backend")
+        import tensorflow as tf
+
+        table = self.layers()
+        wanted_key = tuple(sorted(set(wanted)))
+        check_rows(table, [*wanted_key, layer], Target(), self.name)
+        last = table[-1].output_shape
+        if not last or len(last) != 1 or last[0] is None:
+            raise UnsupportedModel(f"{self.name}: the output is not one score per class")
+        k = max(1, min(int(top), int(last[0])))
+        x = np.asarray(batch, dtype="float32")
+        if self.channels_first and x.ndim == 4:
+            x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+        sizes = [table[i].output_shape for i in (*wanted_key, layer) if i]
+        if any(s is None or None in s for s in sizes) or \
+                4 * len(x) * sum(int(np.prod(s)) for s in sizes) > self.GRAPH_BUDGET:  # type: ignore[arg-type,misc]
+            raise UnsupportedModel(f"{self.name}: the layer outputs do not fit one traced pass")
+        graphs = self._ranked_graphs
+        key = (wanted_key, int(layer), k, x.shape)
+        entry = graphs.pop(key, None)
+        if entry is None:
+            rows = frozenset(r for r in (*wanted_key, layer) if r)
+            plan = _GradPlan(rows=(int(layer),), needed=rows, target_layer=None, start=min(rows),
+                             stop_after=None, sources=(int(layer),))
+            logit: list[bool] = [False]
+
+            def ranked(x_t: Any) -> tuple:
+                with tf.GradientTape(watch_accessed_variables=False, persistent=True) as tape:
+                    def leaf(t: Any) -> Any:
+                        tape.watch(t)
+                        return t
+
+                    y, score_t, captured, logit[0] = self._forward_for_gradients(plan, x_t, leaf)
+                idx = tf.math.top_k(tf.cast(y, tf.float32), k=k, sorted=True).indices
+                grads = [tape.gradient(score_t, captured[int(layer)], output_gradients=tf.one_hot(
+                    idx[:, r], int(y.shape[-1]), dtype=score_t.dtype)) for r in range(k)]
+                kept = {str(r): captured[r] for r in wanted_key if r in captured}
+                return y, captured[int(layer)], tf.stack(grads), idx, kept
+
+            entry = (tf.function(ranked), logit)
+        graphs[key] = entry  # most recently used last
+        while len(graphs) > self.GRADIENT_GRAPHS:
+            graphs.pop(next(iter(graphs)))
+        fn, logit = entry
+        try:
+            y, acts, grads, idx, kept = fn(tf.convert_to_tensor(x))
+        except ConvlensError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a model that cannot be traced: the caller falls back
+            graphs.pop(key, None)
+            raise UnsupportedModel(f"{self.name}: one-pass gradients failed: {_first_line(str(exc))}") from None
+        if 0 in wanted_key:
+            on_output(0, np.asarray(batch, dtype="float32"))
+        for row in wanted_key:
+            if str(row) in kept:
+                on_output(row, self._canonical_array(np.asarray(kept[str(row)])))
+        g = np.asarray(grads, np.float32)
+        if self.channels_first and g.ndim == 5:
+            g = np.moveaxis(g, 2, -1)
+        return RankedGradients(output=self._canonical_array(np.asarray(y)), layer=int(layer),
+                               activations=self._canonical_array(np.asarray(acts)),
+                               classes=np.asarray(idx, np.int64), grads=g, logits=bool(logit[0]))
 
     def _forward_for_gradients(self, plan: _GradPlan, x_t: Any, leaf: Callable[[Any], Any]) -> tuple[
             Any, Any, dict[int, Any], bool]:
