@@ -73,10 +73,10 @@ def test_maps_and_filters_share_an_output_folder(demo, tmp_path):
 
 
 def test_a_failure_midway_writes_nothing(demo, tmp_path, monkeypatch):
-    from convlens import lens as lens_module
+    from convlens import maps as maps_module  # save_maps draws with convlens.maps
 
     calls = {"n": 0}
-    real = lens_module.render_map
+    real = maps_module.render_map
 
     def flaky(*args, **kwargs):
         calls["n"] += 1
@@ -84,7 +84,7 @@ def test_a_failure_midway_writes_nothing(demo, tmp_path, monkeypatch):
             raise OutputError("disk full")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(lens_module, "render_map", flaky)
+    monkeypatch.setattr(maps_module, "render_map", flaky)
     out = tmp_path / "out"
     with pytest.raises(OutputError):
         demo.save_maps(convlens.DEMO_IMAGE, out, layers="all")

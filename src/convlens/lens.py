@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import base64
-import html
 import os
-import re
 import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -21,14 +18,14 @@ from .core.layers import LayerInfo
 from .core.normalize import finite_range, union_range
 from .core.text import pair_text, shape_text
 from .images import Image, PreparedBatch
+from .maps import draw_filter_files, draw_map_file, layer_title
 from .model import Model
-from .output import OutputDir, check_file_target, merge_index
+from .output import OutputDir, check_file_target, png_figure_html, pre_html, write_index
 from .passes import CollectMaps, MapConsumer, StatsConsumer, run_pass
 from .render.colormap import lut as colormap_lut
-from .render.filters import filter_grid, filter_norms, first_layer_composites
-from .render.grid import add_title
+from .render.filters import filter_grid, first_layer_composites
+from .render.html import escape
 from .render.maps import RenderOptions, reduce_map, render_map
-from .render.png import encode_png
 from .stats import ChannelStats
 
 if TYPE_CHECKING:  # pragma: no cover - the report imports this module, never the reverse
@@ -37,11 +34,6 @@ if TYPE_CHECKING:  # pragma: no cover - the report imports this module, never th
 __all__ = ["FeatureMaps", "Filters", "LayerTable", "Lens", "format_table"]
 
 ImageLike = Any  # a path, a PIL image or an array; see convlens.images.load_image
-
-
-def _safe(name: str) -> str:
-    """A layer or image name as a file name."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name.replace("/", "__")).strip("._") or "layer"
 
 
 def _shape(shape: Sequence[int | None] | None) -> str:
@@ -78,18 +70,10 @@ class LayerTable(list):
         return format_table(self)
 
     def _repr_html_(self) -> str:
-        text = html.escape(format_table(self))
-        return f"<pre style='font-size:12px'>{text}</pre>"
+        return pre_html(format_table(self))
 
     def to_json(self) -> list[dict[str, Any]]:
         return [layer.as_dict() for layer in self]
-
-
-def _png_html(rgb: np.ndarray, caption: str) -> str:
-    data = base64.b64encode(encode_png(rgb)).decode("ascii")
-    return (f"<figure style='margin:0 0 12px 0'><img src='data:image/png;base64,{data}' "
-            f"style='max-width:100%;image-rendering:pixelated'/><figcaption style='font:12px monospace'>"
-            f"{html.escape(caption)}</figcaption></figure>")
 
 
 @dataclass
@@ -138,20 +122,16 @@ class FeatureMaps(Mapping[str, np.ndarray]):
         vr = None
         if opts.norm == "global":
             vr = union_range(finite_range(reduce_map(a[image], opts)) for a in self.arrays.values())
-        return render_map(self[layer][image], opts, title=_title(info), value_range=vr).rgb
+        return render_map(self[layer][image], opts, title=layer_title(info), value_range=vr).rgb
 
     def _repr_html_(self) -> str:
-        parts = [(f"<div><b>{html.escape(str(len(self)))} layers</b> for image "
-                  f"{html.escape(self.images[0].name)}</div>")]
+        parts = [(f"<div><b>{len(self)} layers</b> for image "
+                  f"{escape(self.images[0].name)}</div>")]
         opts = RenderOptions()
         for info in self.layers:
-            rgb = render_map(self.arrays[info.name][0], opts, title=_title(info)).rgb
-            parts.append(_png_html(rgb, f"{info.index} {info.name}"))
+            rgb = render_map(self.arrays[info.name][0], opts, title=layer_title(info)).rgb
+            parts.append(png_figure_html(rgb, f"{info.index} {info.name}"))
         return "".join(parts)
-
-
-def _title(info: LayerInfo) -> str:
-    return f"{info.index} {info.name}  ·  {info.type}  ·  {_shape(info.output_shape)}"
 
 
 class Filters(dict):
@@ -165,8 +145,8 @@ class Filters(dict):
         parts = []
         for name, k in self.items():
             if k.shape[1] in (1, 3):
-                parts.append(_png_html(first_layer_composites(k, 64), f"{name} {k.shape}: each filter, 0-1"))
-            parts.append(_png_html(self.render(name), f"{name} {k.shape}: filters x inputs"))
+                parts.append(png_figure_html(first_layer_composites(k, 64), f"{name} {k.shape}: each filter, 0-1"))
+            parts.append(png_figure_html(self.render(name), f"{name} {k.shape}: filters x inputs"))
         return "".join(parts)
 
 
@@ -182,20 +162,10 @@ class _MapFiles(MapConsumer):
 
     def draw(self, image: int, layer: LayerInfo, x: np.ndarray, total: int, shape: tuple[int, ...],
              value_range: tuple[float, float] | None) -> None:
-        im = self.images[image]
-        rel = f"maps/{_safe(im.name)}/{layer.index:03d}_{_safe(layer.name)}.png"
-        rendered = render_map(x, self.options, title=_title(layer), channels_total=total,
-                              value_range=value_range, reduced=value_range is not None)
-        self.staging.write_bytes(rel, rendered.png())
-        entry = {
-            "image": im.name, "layer": layer.name, "index": layer.index, "type": layer.type,
-            "shape": list(layer.output_shape) if layer.output_shape else None,
-            "file": rel, "layout": rendered.layout,
-            "channels_total": rendered.channels_total,
-            "channels_shown": rendered.channels_shown, "flags": rendered.flags.indices(),
-        }
+        drawn = draw_map_file(self.staging, self.images[image].name, layer, x, self.options, total=total,
+                              value_range=value_range)
         with self._entries_lock:
-            self.entries.append(entry)
+            self.entries.append(drawn.entry)
 
 
 class Lens:
@@ -317,7 +287,7 @@ class Lens:
             run_pass(self.adapter, chosen, batch.arrays, [files], progress=progress, label="feature maps")
             entries = sorted(files.entries, key=lambda e: (e["image"], e["index"]))
             # merged at commit time, under OutputDir's lock: another run may have written meanwhile
-            staging.write_json_on_commit("index.json", lambda: merge_index(out_path, "maps", entries, {
+            write_index(staging, "maps", entries, {
                 "model": self.name,
                 "framework": self.adapter.framework,
                 "images": [{"name": im.name, "source": im.source,
@@ -325,7 +295,7 @@ class Lens:
                 "notes": batch.notes,
                 "options": {"norm": opts.norm, "cmap": opts.cmap, "max_channels": opts.max_channels,
                             "columns": opts.columns, "preprocess": preprocess or self.preprocess},
-            }))
+            })
         return staging.results["index.json"]
 
     # ------------------------------------------------------------------ filters
@@ -350,39 +320,16 @@ class Lens:
         """
         kernels = self.filters(layers)
         table = {layer.name: layer for layer in self.adapter.layers()}
-        lut = colormap_lut(cmap)
-        cap = max_filters or 10**9
         progress = progress or NullProgress()
         progress.start(len(kernels), "filters")
         entries: list[dict[str, Any]] = []
-        out_path = Path(out)
-        with OutputDir(out_path) as staging:
+        with OutputDir(Path(out)) as staging:
             for name, k in kernels.items():
-                info = table[name]
-                base = f"filters/{info.index:03d}_{_safe(name)}"
-                shown = min(cap, k.shape[0])
-                head = f"{info.index} {name}  ·  {info.type}  ·  kernel {_shape(k.shape)}"
-                files = []
-                if k.shape[1] in (1, 3):  # a first layer: each filter as one picture, per-filter 0-1
-                    suffix, label = ("_rgb", "RGB") if k.shape[1] == 3 else ("_gray", "gray")
-                    patches = first_layer_composites(k, cap)
-                    staging.write_png(base + suffix + ".png", add_title(patches, f"{head}  ·  {label}"))
-                    files.append(base + suffix + ".png")
-                grid = filter_grid(k, lut, max_filters=cap, max_inputs=max_inputs)
-                caps = [f"{label} 0-{n - 1} of {total}" for label, n, total in
-                        (("filters", shown, k.shape[0]), ("inputs", min(max_inputs, k.shape[1]), k.shape[1]))
-                        if n < total]
-                staging.write_png(base + ".png", add_title(grid, "  ·  ".join([head, *caps])))
-                files.append(base + ".png")
-                norms = filter_norms(k)
-                for f in files:
-                    entries.append({"layer": name, "index": info.index, "type": info.type,
-                                    "kernel_shape": list(k.shape), "file": f,
-                                    "filters_shown": shown, "inputs_shown": min(max_inputs, k.shape[1]),
-                                    "l2_norms": [round(float(v), 6) for v in norms[:shown]]})
+                drawn = draw_filter_files(staging, table[name], k, cmap=cmap, max_filters=max_filters,
+                                          max_inputs=max_inputs)
+                entries.extend(d.entry for d in drawn)
                 progress.advance()
-            staging.write_json_on_commit("index.json", lambda: merge_index(
-                out_path, "filters", entries, {"model": self.name, "framework": self.adapter.framework}))
+            write_index(staging, "filters", entries, {"model": self.name, "framework": self.adapter.framework})
         progress.finish()
         return staging.results["index.json"]
 
