@@ -5,9 +5,13 @@ maps and channel health; charts of the dead-channel share, the relative
 weight change and the weight norm of every layer over the steps sit above
 it, with a cursor at the shown checkpoint. The charts are inline SVG drawn
 here (:mod:`convlens.render.chart`); the pictures are ``data:`` URIs set by
-the page's script when their checkpoint is shown. As the report, the page
-loads nothing from the network: its Content-Security-Policy allows only its
-own style and script (by hash) and ``data:`` pictures.
+the page's script when their checkpoint is shown. The HTML is Jinja2
+templates (``timeline/templates/``: ``timeline.html``, ``body.html``,
+``checkpoint.html``, ``picture.html``) in convlens's one autoescaping
+environment (:mod:`convlens.output.templates`): every name and number from
+the run's files is escaped. As the report, the page loads nothing from the
+network: its Content-Security-Policy allows only its own style and script
+(by hash) and ``data:`` pictures.
 
 Only files named by the run's own index, inside the run folder, and
 starting with the PNG signature are embedded: a crafted ``index.json``
@@ -28,7 +32,6 @@ from ..render.chart import line_chart
 from ..render.html import csp, data_uri, json_for_script
 
 __all__ = ["build_timeline", "read_run", "save_timeline"]
-
 
 _RUN_KIND = "convlens-timeline"
 _PNG = b"\x89PNG\r\n\x1a\n"
