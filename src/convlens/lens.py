@@ -310,10 +310,12 @@ class Lens:
                   **options: Any) -> dict[str, Any]:
         """Write one PNG grid per selected layer and per image, plus ``index.json``.
 
-        Each image gets one forward pass; each layer is drawn and encoded as soon
-        as the network produces it, so memory holds a few layers at a time (except
-        ``norm="global"``, which keeps the reduced maps of one image). Nothing is
-        written if anything fails.
+        Images of the same size go through the network in batches (bounded by
+        :data:`convlens.passes.MEMORY_BUDGET`); each layer is drawn and encoded
+        as soon as the network produces it, so memory holds a few layer outputs
+        at a time (except ``norm="global"``, which keeps the reduced maps of one
+        batch). Nothing is written if anything fails; a selected layer the model
+        never produced is left out and noted in the index's ``notes``.
 
         Args:
             images: one image or a list.
@@ -414,10 +416,11 @@ class Lens:
         For every channel: mean, standard deviation, minimum, maximum and share
         of exact zeros over every finite value of every image, and flags for
         dead (zero everywhere for these inputs), constant and non-finite
-        channels (see :mod:`convlens.core.stats`). One forward pass per image;
-        each layer's output is folded into its running statistics as soon as
-        it exists, so memory holds one layer's output at a time, never all of
-        them. Images of different sizes are fine (each runs on its own).
+        channels (see :mod:`convlens.core.stats`). Images of the same size go
+        through the network in batches; each layer's output is reduced per
+        image and channel and folded into its running statistics as soon as it
+        exists, so memory holds one layer's output at a time, never all of
+        them. Images of different sizes are fine (they run in separate batches).
 
         Args:
             images: one image or a list (paths, PIL images or arrays).
@@ -454,7 +457,7 @@ class Lens:
                dataset: str | os.PathLike[str] | None = None, **options: Any) -> Report:
         """A self-contained HTML report: layers, inputs, predictions, maps, channel health, filters.
 
-        One forward pass per image feeds both the feature-map grids and the
+        One batched forward pass feeds both the feature-map grids and the
         channel statistics. In Jupyter the returned report shows inline.
 
         Args:
