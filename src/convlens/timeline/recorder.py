@@ -57,7 +57,7 @@ from ..core.normalize import finite_range
 from ..core.stats import channel_stats
 from ..model import Model, as_model
 from ..output import OutputDir, atomic_write_bytes
-from ..passes import Batch, PassConsumer, run_batches
+from ..passes import Batch, PassConsumer, missing_note, run_batches
 from ..render.animation import encode_gif
 from ..render.colormap import lut as colormap_lut
 from ..render.filters import filter_grid, filter_norms, rgb_composites
@@ -172,7 +172,9 @@ class Recorder:
         self._wanted = [layer.index for layer in self.layers]
         self._filter_layers = self._resolve_filters(filters)
         self.inputs, self.image_names, thumbnails, notes = self._fixed_images(images, size, preprocess)
-        self._check_forward()
+        missing = self._check_forward()
+        if missing:  # the one policy: left out of every checkpoint, and noted
+            notes = [*notes, missing_note(missing)]
         self.out = Path(out)
         self._tb_dir: Path | None = None
         if tensorboard:
@@ -289,8 +291,16 @@ class Recorder:
         return (np.ascontiguousarray(np.stack(prepared.arrays), dtype=np.float32),
                 [im.name for im in prepared.images], thumbs, list(prepared.notes))
 
-    def _check_forward(self) -> None:
-        """One pass of the fixed batch now, so that a misfit fails before training, not during it."""
+    def _check_forward(self) -> list[LayerInfo]:
+        """One pass of the fixed batch now, so that a misfit fails before training, not during it.
+
+        Returns:
+            The selected layers the model produced no output for.
+
+        Raises:
+            BadImage: the images do not run through the model.
+            BadArgument: the model produced none of the selected layers.
+        """
         try:
             outputs = self._forward()
         except ConvlensError as exc:
@@ -299,10 +309,11 @@ class Recorder:
         except Exception as exc:  # noqa: BLE001 - any framework error: the model cannot take them
             raise BadImage(f"the fixed images {_shape_text(self.inputs.shape)} do not run through "
                            f"{self.model.name}: {type(exc).__name__}: {_first_line(exc)}") from None
-        missing = [layer.name for layer in self.layers if layer.index not in outputs]
+        missing = [layer for layer in self.layers if layer.index not in outputs]
         if len(missing) == len(self.layers):
-            raise BadArgument(f"no output of the selected layers ({', '.join(missing)}) was captured; "
-                              "select other layers")
+            raise BadArgument(f"no output of the selected layers ({', '.join(m.name for m in missing)}) was "
+                              "captured; select other layers")
+        return missing
 
     def _prepare_folder(self, overwrite: bool) -> None:
         out = self.out
