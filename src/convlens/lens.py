@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import base64
 import dataclasses
-import html
 import os
-import re
 import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -25,15 +22,15 @@ from .dataset.result import DatasetResult
 from .heatmaps import DEFAULT_METHOD, Heatmaps
 from .heatmaps import heatmaps as compute_heatmaps
 from .images import Image, PreparedBatch
+from .maps import draw_filter_files, draw_map_file, layer_title
 from .methods.targets import TargetSpec
 from .model import Model
-from .output import OutputDir, check_file_target, merge_index
+from .output import OutputDir, check_file_target, png_figure_html, pre_html, write_index
 from .passes import CollectMaps, MapConsumer, StatsConsumer, missing_note, run_pass
 from .render.colormap import lut as colormap_lut
 from .render.filters import filter_grid, filter_norms, first_layer_composites
-from .render.grid import add_title
+from .render.html import escape
 from .render.maps import RenderOptions, reduce_map, render_map
-from .render.png import encode_png
 from .selection import DEFAULT_FILTER_SELECTION
 from .stats import ChannelStats
 from .visualize import Visualization
@@ -72,11 +69,6 @@ def _changes(*, tile_size: int | None, **named: Any) -> dict[str, Any]:
     return changed
 
 
-def _safe(name: str) -> str:
-    """A layer or image name as a file name."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name.replace("/", "__")).strip("._") or "layer"
-
-
 def _shape(shape: Sequence[int | None] | None) -> str:
     return shape_text(shape, free="None")
 
@@ -111,18 +103,10 @@ class LayerTable(list):
         return format_table(self)
 
     def _repr_html_(self) -> str:
-        text = html.escape(format_table(self))
-        return f"<pre style='font-size:12px'>{text}</pre>"
+        return pre_html(format_table(self))
 
     def to_json(self) -> list[dict[str, Any]]:
         return [layer.as_dict() for layer in self]
-
-
-def _png_html(rgb: np.ndarray, caption: str) -> str:
-    data = base64.b64encode(encode_png(rgb)).decode("ascii")
-    return (f"<figure style='margin:0 0 12px 0'><img src='data:image/png;base64,{data}' "
-            f"style='max-width:100%;image-rendering:pixelated'/><figcaption style='font:12px monospace'>"
-            f"{html.escape(caption)}</figcaption></figure>")
 
 
 @dataclass
@@ -180,7 +164,7 @@ class FeatureMaps(Mapping[str, np.ndarray]):
         vr = None
         if opts.norm == "global":
             vr = union_range(finite_range(reduce_map(a[image], opts)) for a in self.arrays.values())
-        return render_map(self[layer][image], opts, title=_title(info), value_range=vr).rgb
+        return render_map(self[layer][image], opts, title=layer_title(info), value_range=vr).rgb
 
     def save(self, out: str | os.PathLike[str], options: RenderOptions | None = None, *,
              norm: str = _DRAWING.norm, cmap: str = _DRAWING.cmap,
@@ -212,12 +196,12 @@ class FeatureMaps(Mapping[str, np.ndarray]):
                     total = int(self.arrays[info.name].shape[-1]) if self.arrays[info.name].ndim > 1 else 1
                     entries.append(_write_map(staging, opts, im, info, x, total, vr))
             entries.sort(key=lambda e: (e["image"], e["index"]))
-            staging.write_json_on_commit("index.json", lambda: merge_index(out_path, "maps", entries, {
+            write_index(staging, "maps", entries, {
                 "model": self.model, "framework": self.framework,
                 "images": _image_records(self.images), "notes": self.notes,
                 "options": {"norm": opts.norm, "cmap": opts.cmap, "max_channels": opts.max_channels,
                             "columns": opts.columns},
-            }))
+            })
         return out_path / "index.json"
 
     def to_json(self) -> dict[str, Any]:
@@ -228,22 +212,18 @@ class FeatureMaps(Mapping[str, np.ndarray]):
                            for info in self.layers if info.name in self.arrays]}
 
     def _repr_html_(self) -> str:
-        parts = [(f"<div><b>{html.escape(str(len(self)))} layers</b> for image "
-                  f"{html.escape(self.images[0].name)}</div>")]
+        parts = [(f"<div><b>{len(self)} layers</b> for image "
+                  f"{escape(self.images[0].name)}</div>")]
         opts = RenderOptions()
         for info in self.layers:
-            rgb = render_map(self.arrays[info.name][0], opts, title=_title(info)).rgb
-            parts.append(_png_html(rgb, f"{info.index} {info.name}"))
+            rgb = render_map(self.arrays[info.name][0], opts, title=layer_title(info)).rgb
+            parts.append(png_figure_html(rgb, f"{info.index} {info.name}"))
         return "".join(parts)
 
 
 def _stacked(arrays: Sequence[np.ndarray]) -> Any:
     """Per-image arrays stacked batch first when they have one shape, else the list itself."""
     return np.stack(arrays) if len({a.shape for a in arrays}) <= 1 and arrays else list(arrays)
-
-
-def _title(info: LayerInfo) -> str:
-    return f"{info.index} {info.name}  ·  {info.type}  ·  {_shape(info.output_shape)}"
 
 
 def _image_records(images: Sequence[Image]) -> list[dict[str, Any]]:
@@ -282,39 +262,17 @@ class Filters(dict):
         Returns:
             The path of ``out/index.json``.
         """
-        lut = colormap_lut(cmap)
-        cap = max_filters or 10**9
         progress = progress or NullProgress()
         progress.start(len(self), "filters")
         entries: list[dict[str, Any]] = []
         out_path = Path(out)
         with OutputDir(out_path) as staging:
             for name, k in self.items():
-                info = self.layers[name]
-                base = f"filters/{info.index:03d}_{_safe(name)}"
-                shown = min(cap, k.shape[0])
-                head = f"{info.index} {name}  ·  {info.type}  ·  kernel {_shape(k.shape)}"
-                files = []
-                if k.shape[1] in (1, 3):  # a first layer: each filter as one picture, per-filter 0-1
-                    suffix, label = ("_rgb", "RGB") if k.shape[1] == 3 else ("_gray", "gray")
-                    patches = first_layer_composites(k, cap)
-                    staging.write_png(base + suffix + ".png", add_title(patches, f"{head}  ·  {label}"))
-                    files.append(base + suffix + ".png")
-                grid = filter_grid(k, lut, max_filters=cap, max_inputs=max_inputs)
-                caps = [f"{label} 0-{n - 1} of {total}" for label, n, total in
-                        (("filters", shown, k.shape[0]), ("inputs", min(max_inputs, k.shape[1]), k.shape[1]))
-                        if n < total]
-                staging.write_png(base + ".png", add_title(grid, "  ·  ".join([head, *caps])))
-                files.append(base + ".png")
-                norms = filter_norms(k)
-                for f in files:
-                    entries.append({"layer": name, "index": info.index, "type": info.type,
-                                    "kernel_shape": list(k.shape), "file": f,
-                                    "filters_shown": shown, "inputs_shown": min(max_inputs, k.shape[1]),
-                                    "l2_norms": [round(float(v), 6) for v in norms[:shown]]})
+                drawn = draw_filter_files(staging, self.layers[name], k, cmap=cmap, max_filters=max_filters,
+                                          max_inputs=max_inputs)
+                entries.extend(d.entry for d in drawn)
                 progress.advance()
-            staging.write_json_on_commit("index.json", lambda: merge_index(
-                out_path, "filters", entries, {"model": self.model, "framework": self.framework}))
+            write_index(staging, "filters", entries, {"model": self.model, "framework": self.framework})
         progress.finish()
         return out_path / "index.json"
 
@@ -331,8 +289,8 @@ class Filters(dict):
         parts = []
         for name, k in self.items():
             if k.shape[1] in (1, 3):
-                parts.append(_png_html(first_layer_composites(k, 64), f"{name} {k.shape}: each filter, 0-1"))
-            parts.append(_png_html(self.render(name), f"{name} {k.shape}: filters x inputs"))
+                parts.append(png_figure_html(first_layer_composites(k, 64), f"{name} {k.shape}: each filter, 0-1"))
+            parts.append(png_figure_html(self.render(name), f"{name} {k.shape}: filters x inputs"))
         return "".join(parts)
 
 
@@ -348,9 +306,10 @@ class _MapFiles(MapConsumer):
 
     def draw(self, image: int, layer: LayerInfo, x: np.ndarray, total: int, shape: tuple[int, ...],
              value_range: tuple[float, float] | None) -> None:
-        entry = _write_map(self.staging, self.options, self.images[image], layer, x, total, value_range)
+        drawn = draw_map_file(self.staging, self.images[image].name, layer, x, self.options, total=total,
+                              value_range=value_range)
         with self._entries_lock:
-            self.entries.append(entry)
+            self.entries.append(drawn.entry)
 
 
 def _write_map(staging: OutputDir, options: RenderOptions, im: Image, layer: LayerInfo, x: np.ndarray,
@@ -360,17 +319,7 @@ def _write_map(staging: OutputDir, options: RenderOptions, im: Image, layer: Lay
     ``x`` is the layer's output for the image, or, when ``value_range`` is given, its
     :func:`reduce_map` (``norm="global"``).
     """
-    rel = f"maps/{_safe(im.name)}/{layer.index:03d}_{_safe(layer.name)}.png"
-    rendered = render_map(x, options, title=_title(layer), channels_total=total,
-                          value_range=value_range, reduced=value_range is not None)
-    staging.write_bytes(rel, rendered.png())
-    return {
-        "image": im.name, "layer": layer.name, "index": layer.index, "type": layer.type,
-        "shape": list(layer.output_shape) if layer.output_shape else None,
-        "file": rel, "layout": rendered.layout,
-        "channels_total": rendered.channels_total,
-        "channels_shown": rendered.channels_shown, "flags": rendered.flags.indices(),
-    }
+    return draw_map_file(staging, im.name, layer, x, options, total=total, value_range=value_range).entry
 
 
 class Lens:
@@ -478,10 +427,12 @@ class Lens:
                   numbers: bool = _DRAWING.numbers, tile_size: int | None = None) -> Path:
         """Write one PNG grid per selected layer and per image, plus ``index.json``.
 
-        Each image gets one forward pass; each layer is drawn and encoded as soon
-        as the network produces it, so memory holds a few layers at a time (except
-        ``norm="global"``, which keeps the reduced maps of one image). Nothing is
-        written if anything fails.
+        Images of the same size go through the network in batches (bounded by
+        :data:`convlens.passes.MEMORY_BUDGET`); each layer is drawn and encoded
+        as soon as the network produces it, so memory holds a few layer outputs
+        at a time (except ``norm="global"``, which keeps the reduced maps of one
+        batch). Nothing is written if anything fails; a selected layer the model
+        never produced is left out and noted in the index's ``notes``.
 
         Args:
             images: one image or a list.
@@ -509,14 +460,14 @@ class Lens:
             notes = [*batch.notes, *([missing_note(result.missing)] if result.missing else [])]
             entries = sorted(files.entries, key=lambda e: (e["image"], e["index"]))
             # merged at commit time, under OutputDir's lock: another run may have written meanwhile
-            staging.write_json_on_commit("index.json", lambda: merge_index(out_path, "maps", entries, {
+            write_index(staging, "maps", entries, {
                 "model": self.name,
                 "framework": self.adapter.framework,
                 "images": _image_records(batch.images),
                 "notes": notes,
                 "options": {"norm": opts.norm, "cmap": opts.cmap, "max_channels": opts.max_channels,
                             "columns": opts.columns, "preprocess": preprocess or self.preprocess},
-            }))
+            })
         return out_path / "index.json"
 
     # ------------------------------------------------------------------ filters
@@ -558,10 +509,11 @@ class Lens:
         For every channel: mean, standard deviation, minimum, maximum and share
         of exact zeros over every finite value of every image, and flags for
         dead (zero everywhere for these inputs), constant and non-finite
-        channels (see :mod:`convlens.core.stats`). One forward pass per image;
-        each layer's output is folded into its running statistics as soon as
-        it exists, so memory holds one layer's output at a time, never all of
-        them. Images of different sizes are fine (each runs on its own).
+        channels (see :mod:`convlens.core.stats`). Images of the same size go
+        through the network in batches; each layer's output is reduced per
+        image and channel and folded into its running statistics as soon as it
+        exists, so memory holds one layer's output at a time, never all of
+        them. Images of different sizes are fine (they run in separate batches).
 
         Args:
             images: one image or a list (paths, PIL images or arrays).
@@ -601,7 +553,7 @@ class Lens:
                numbers: bool = _DRAWING.numbers, tile_size: int | None = None) -> Report:
         """A self-contained HTML report: layers, inputs, predictions, maps, channel health, filters.
 
-        One forward pass per image feeds both the feature-map grids and the
+        One batched forward pass feeds both the feature-map grids and the
         channel statistics. In Jupyter the returned report shows inline.
 
         Args:

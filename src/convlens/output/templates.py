@@ -42,9 +42,9 @@ def _text(name: str) -> str | None:
         return None
 
 
-def _source(name: str) -> tuple[str, None, Any] | None:
+def _source(name: str) -> tuple[str, str, Any] | None:
     text = _text(name)
-    return None if text is None else (text, None, lambda: True)
+    return None if text is None else (text, name, lambda: True)  # package data: never reloaded
 
 
 @cache
