@@ -85,6 +85,15 @@ def _compare(lens: Lens, images, top: int) -> None:
 
 @pytest.mark.keras
 def test_one_pass_gradcam_equals_heatmaps_on_the_demo_cnn(keras, digits):
+    if keras.backend.backend() != "tensorflow":  # one-pass recording is TensorFlow's; torch/jax keep two passes
+        lens = Lens("demo")
+        model = lens.model
+        forward = RecordedForward(model.adapter, resolve_layer(model.adapter.layers(), None), 3)
+        prepared = prepare_batch(digits, model.input_shape, size=None, preprocess=model.preprocess,
+                                 model_name=model.name)
+        out = forward(np.stack(prepared.arrays), [], lambda i, a: None)  # falls back to the plain pass
+        assert out.shape == (len(digits), 10) and "TensorFlow backend" in (forward.unavailable or "")
+        return
     _compare(Lens("demo"), digits, top=3)
     _compare(Lens("demo"), digits, top=1)  # top-1: both images in one batch
 
@@ -132,7 +141,13 @@ def test_the_report_runs_one_forward_pass_per_batch_and_its_section_is_unchanged
     counter = _Counting(lens.model.adapter, monkeypatch)
     report = lens.report(images, sections=sections)
     # the demo's two digits (and the two photos) share one batch: one pass, the recording one
-    assert counter.calls == [("run_ranked", 2)]
+    if which == "demo" and keras.backend.backend() != "tensorflow":
+        # Keras on torch or jax cannot record in one pass: it says so before any output, then the
+        # report's plain pass and Grad-CAM's own gradient passes run, as before part 4
+        names = [name for name, _ in counter.calls]
+        assert names[:2] == ["run_ranked", "run"] and set(names[2:]) == {"gradients"}
+    else:
+        assert counter.calls == [("run_ranked", 2)]
     assert "heatmaps" in report.sections
 
     # the section as it was before: the plain forward pass, then Grad-CAM's own gradient passes
