@@ -35,6 +35,7 @@ from .methods import Method, MethodResult, RecordedForward, check_gradients, cre
 from .methods import names as method_names
 from .methods.targets import TargetSpec, parse_classes
 from .output import OutputDir, png_figure_html, safe_name, write_index
+from .passes import call_model
 from .render.overlay import overlay, resize_map
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -491,7 +492,7 @@ def compute_heatmaps(model: Model, prepared: PreparedBatch, made: Sequence[Metho
         if outputs is not None:
             out = np.concatenate([np.asarray(outputs[i]) for i in members])
         else:
-            out = np.asarray(adapter.run(batch, [], lambda i, a: None))
+            out = call_model(adapter, batch)
         probs = _probabilities(out, adapter.final_activation, getattr(adapter, "output_quant_step", None))
         for j, i in enumerate(members):
             known[i] = out[j]

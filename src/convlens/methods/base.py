@@ -34,8 +34,10 @@ from .._progress import NullProgress, Progress
 from ..adapters.base import Adapter, Gradients, Target
 from ..core.cam import minmax, resize_bilinear
 from ..core.layers import LayerInfo
+from ..core.memory import MEMORY_BUDGET, batch_size_for, per_sample_bytes
 from ..images import apply_preset, check_not_constant
 from ..model import classes_in
+from ..passes import call_model
 from ..selection import select_indexes
 from .targets import Rows, TargetSpec, resolve_rows
 
@@ -53,8 +55,6 @@ __all__ = [
     "spatial_layers",
 ]
 
-#: Bytes of layer outputs one batched pass may hold (per-sample size estimated from the table).
-MEMORY_BUDGET = 2**30
 
 
 @dataclass
@@ -289,9 +289,7 @@ class Context:
         if self.output is None or (capture and self._activations is None):
             captured: list[np.ndarray] = []
             wanted = [self.layer.index] if capture else []  # type: ignore[union-attr]
-            self.output = np.asarray(
-                self.adapter.run(self.batch, wanted, lambda i, a: captured.append(a))
-            )
+            self.output = call_model(self.adapter, self.batch, wanted, lambda i, a: captured.append(a))
             if captured:
                 self._activations = np.asarray(captured[0], np.float32)
         return self.output
@@ -315,23 +313,13 @@ class Context:
 
     def per_sample_bytes(self, backward: bool) -> int:
         """Estimated bytes one input takes in a pass: its layer outputs (twice with gradients)."""
-        h, w = self.hw
-        total = 0
-        for layer in self.table:
-            shape = layer.output_shape or ()
-            jump = layer.rf_jump or (1, 1)
-            dims = [
-                d if d is not None else max(1, (h, w)[min(i, 1)] // jump[min(i, 1)])
-                for i, d in enumerate(shape)
-            ]
-            total += int(np.prod(dims)) if dims else 1
-        return 4 * max(total, int(np.prod(self.batch.shape[1:]))) * (2 if backward else 1)
+        return per_sample_bytes(self.table, self.hw, int(np.prod(self.batch.shape[1:])), backward=backward)
 
     def batch_size(self, wanted: int | None, *, backward: bool) -> int:
         """Items per pass: ``wanted`` if given, else as many as the memory budget allows (1-64)."""
         if wanted is not None:
             return positive_int("batch_size", wanted)
-        return int(min(64, max(1, self.memory // self.per_sample_bytes(backward))))
+        return batch_size_for(self.per_sample_bytes(backward), self.memory)
 
     def gradients(
         self,

@@ -8,6 +8,7 @@ import numpy as np
 
 from .._errors import BadArgument
 from ..core.cam import occlusion_windows
+from ..passes import call_model
 from .base import MEMORY_BUDGET, Context, Method, positive_int
 from .targets import class_scores
 
@@ -85,7 +86,7 @@ class Occlusion(Method):
                     for j, ((y0, y1), (x0, x1)) in enumerate(chunk):
                         x[j, y0:y1, x0:x1] = base[i, y0:y1, x0:x1]
                     drop = ref[None] - class_scores(
-                        ctx.adapter.run(x, [], lambda *a: None), rows.classes[mine], rows.mask
+                        call_model(ctx.adapter, x), rows.classes[mine], rows.mask
                     )
                     for j, ((y0, y1), (x0, x1)) in enumerate(chunk):
                         out[mine, y0:y1, x0:x1] += drop[j][:, None, None]

@@ -25,6 +25,7 @@ import numpy as np
 from .._errors import ConvlensError
 from ..adapters.base import Adapter, OnOutput, RankedGradients
 from ..core.layers import LayerInfo
+from ..passes import call_model
 from .base import GradientCam, Method
 
 __all__ = ["RecordedForward"]
@@ -69,7 +70,7 @@ class RecordedForward:
                 self._images.extend((got, j) for j in range(n))
                 return np.asarray(got.output)
         self._images.extend([None] * n)
-        return np.asarray(self.adapter.run(batch, wanted, on_output))
+        return call_model(self.adapter, batch, wanted, on_output)
 
     def recorded(self, image: int) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
         """Image ``image``'s ``(activations (h, w, C), grads (top, h, w, C), classes (top,))``, if recorded."""
