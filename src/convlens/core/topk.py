@@ -106,6 +106,16 @@ class TopK:
 
     def _fold(self, scores: np.ndarray, ids: np.ndarray, pos: np.ndarray, *, overlap: bool) -> None:
         """Keep the k best of the kept candidates and ``(C, M)`` new ones."""
+        # A candidate strictly below its row's k-th kept score loses to all k kept ones (ties may
+        # still win by a smaller id, so they stay): the columns where every row's candidate is
+        # such (most, once the rankings fill up) are dropped before anything is sorted. A row not
+        # yet full has -inf there and takes every candidate; NaN compares False and is ignored.
+        live = scores >= self._scores[:, -1:]
+        if not live.all():
+            cols = np.flatnonzero(live.any(axis=0))
+            if not cols.size:
+                return
+            scores, ids, pos = scores[:, cols], ids[:, cols], pos[:, cols]
         s = np.concatenate([self._scores, scores], axis=1)
         s[~np.isfinite(s)] = -np.inf
         i = np.concatenate([self._ids, ids], axis=1)
