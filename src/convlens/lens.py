@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ._errors import BadArgument, LayerNotFound, UnsupportedModel
+from ._errors import LayerNotFound, UnsupportedModel
 from ._progress import NullProgress, Progress
 from .adapters.base import Adapter
 from .core.layers import LayerInfo
@@ -23,7 +23,7 @@ from .core.text import pair_text, shape_text
 from .images import Image, PreparedBatch
 from .model import Model
 from .output import OutputDir, check_file_target, merge_index
-from .passes import CollectMaps, MapConsumer, StatsConsumer, run_pass
+from .passes import CollectMaps, MapConsumer, StatsConsumer, missing_note, run_pass
 from .render.colormap import lut as colormap_lut
 from .render.filters import filter_grid, filter_norms, first_layer_composites
 from .render.grid import add_title
@@ -97,14 +97,19 @@ class FeatureMaps(Mapping[str, np.ndarray]):
     """The outputs of the selected layers for a batch of images.
 
     A mapping from layer name to a float32 array with the batch first:
-    ``(N, H, W, C)`` maps, ``(N, L, C)`` signals or ``(N, C)`` vectors.
+    ``(N, H, W, C)`` maps, ``(N, L, C)`` signals or ``(N, C)`` vectors. When
+    the images had different sizes (a model that takes any size), a layer's
+    value is instead a list of N arrays, one per image without the batch axis,
+    and so are ``inputs`` and, if its shapes differ, ``output``: ``maps[name][k]``
+    is image ``k``'s output in both cases.
 
     Attributes:
         layers: the selected layers, in execution order.
         images: the images as loaded.
         inputs: the preprocessed batch the network saw, ``(N, H, W, C)``.
         output: the model's own output for the batch.
-        notes: what was done to the inputs (resizing, channel changes).
+        notes: what was done to the inputs (resizing, channel changes), and the
+            selected layers the model produced no output for (left out).
     """
 
     layers: list[LayerInfo]
@@ -148,6 +153,11 @@ class FeatureMaps(Mapping[str, np.ndarray]):
             rgb = render_map(self.arrays[info.name][0], opts, title=_title(info)).rgb
             parts.append(_png_html(rgb, f"{info.index} {info.name}"))
         return "".join(parts)
+
+
+def _stacked(arrays: Sequence[np.ndarray]) -> Any:
+    """Per-image arrays stacked batch first when they have one shape, else the list itself."""
+    return np.stack(arrays) if len({a.shape for a in arrays}) <= 1 and arrays else list(arrays)
 
 
 def _title(info: LayerInfo) -> str:
@@ -270,7 +280,13 @@ class Lens:
     def feature_maps(self, images: ImageLike | Sequence[ImageLike], layers: str | Iterable[str] | None = None,
                      *, size: int | tuple[int, int] | None = None,
                      preprocess: str | None = None) -> FeatureMaps:
-        """The outputs of the selected layers, from one forward pass per image.
+        """The outputs of the selected layers, from one batched forward pass.
+
+        Images of the same prepared size go through the network together. On a
+        model that takes any size, images of different sizes work too: then
+        each layer's value is a list with one array per image (``(H, W, C)``
+        each, sizes differing), and ``inputs``/``output`` are lists likewise;
+        ``maps[layer][k]`` is image ``k``'s map either way.
 
         Args:
             images: one image or a list (paths, PIL images or arrays).
@@ -280,13 +296,13 @@ class Lens:
         """
         chosen = self.select(layers)
         batch = self._prepare(images, size, preprocess)
-        if len({a.shape for a in batch.arrays}) > 1:
-            raise BadArgument("images of different sizes cannot be stacked into one batch; pass size= "
-                              "or use save_maps, which handles each image on its own")
         collect = CollectMaps(chosen, len(batch.arrays))
-        outputs = run_pass(self.adapter, chosen, batch.arrays, [collect], workers=0)  # it keeps them all anyway
-        return FeatureMaps(layers=chosen, arrays=collect.arrays, images=batch.images,
-                           inputs=np.stack(batch.arrays), output=np.concatenate(outputs), notes=batch.notes)
+        result = run_pass(self.model, chosen, batch.arrays, [collect], workers=0)  # it keeps them all anyway
+        notes = [*batch.notes, *([missing_note(result.missing)] if result.missing else [])]
+        return FeatureMaps(layers=[layer for layer in chosen if layer not in result.missing],
+                           arrays={name: _stacked(got) for name, got in collect.arrays.items()},
+                           images=batch.images, inputs=_stacked(batch.arrays),
+                           output=_stacked([o[0] for o in result.outputs]), notes=notes)
 
     def save_maps(self, images: ImageLike | Sequence[ImageLike], out: str | os.PathLike[str],
                   layers: str | Iterable[str] | None = None, *, size: Any = None,
@@ -294,10 +310,12 @@ class Lens:
                   **options: Any) -> dict[str, Any]:
         """Write one PNG grid per selected layer and per image, plus ``index.json``.
 
-        Each image gets one forward pass; each layer is drawn and encoded as soon
-        as the network produces it, so memory holds a few layers at a time (except
-        ``norm="global"``, which keeps the reduced maps of one image). Nothing is
-        written if anything fails.
+        Images of the same size go through the network in batches (bounded by
+        :data:`convlens.passes.MEMORY_BUDGET`); each layer is drawn and encoded
+        as soon as the network produces it, so memory holds a few layer outputs
+        at a time (except ``norm="global"``, which keeps the reduced maps of one
+        batch). Nothing is written if anything fails; a selected layer the model
+        never produced is left out and noted in the index's ``notes``.
 
         Args:
             images: one image or a list.
@@ -314,7 +332,9 @@ class Lens:
         out_path = Path(out)
         with OutputDir(out_path) as staging:
             files = _MapFiles(opts, staging, batch.images)
-            run_pass(self.adapter, chosen, batch.arrays, [files], progress=progress, label="feature maps")
+            result = run_pass(self.model, chosen, batch.arrays, [files], progress=progress,
+                              label="feature maps")
+            notes = [*batch.notes, *([missing_note(result.missing)] if result.missing else [])]
             entries = sorted(files.entries, key=lambda e: (e["image"], e["index"]))
             # merged at commit time, under OutputDir's lock: another run may have written meanwhile
             staging.write_json_on_commit("index.json", lambda: merge_index(out_path, "maps", entries, {
@@ -322,7 +342,7 @@ class Lens:
                 "framework": self.adapter.framework,
                 "images": [{"name": im.name, "source": im.source,
                             "size": list(im.original_size)} for im in batch.images],
-                "notes": batch.notes,
+                "notes": notes,
                 "options": {"norm": opts.norm, "cmap": opts.cmap, "max_channels": opts.max_channels,
                             "columns": opts.columns, "preprocess": preprocess or self.preprocess},
             }))
@@ -396,10 +416,11 @@ class Lens:
         For every channel: mean, standard deviation, minimum, maximum and share
         of exact zeros over every finite value of every image, and flags for
         dead (zero everywhere for these inputs), constant and non-finite
-        channels (see :mod:`convlens.core.stats`). One forward pass per image;
-        each layer's output is folded into its running statistics as soon as
-        it exists, so memory holds one layer's output at a time, never all of
-        them. Images of different sizes are fine (each runs on its own).
+        channels (see :mod:`convlens.core.stats`). Images of the same size go
+        through the network in batches; each layer's output is reduced per
+        image and channel and folded into its running statistics as soon as it
+        exists, so memory holds one layer's output at a time, never all of
+        them. Images of different sizes are fine (they run in separate batches).
 
         Args:
             images: one image or a list (paths, PIL images or arrays).
@@ -419,13 +440,10 @@ class Lens:
         stats = StatsConsumer(chosen)
         # Inline (workers=0): each output is folded inside the adapter's callback and dropped, so
         # memory holds one layer's output at a time however many layers and images there are.
-        run_pass(self.adapter, chosen, batch.arrays, [stats], progress=progress, label="channel statistics",
-                 unit="image", workers=0)
-        notes = batch.notes
-        # An adapter that never produced a selected layer's output leaves it out, and says so.
-        missing = stats.missing()
-        if missing:
-            notes = [*notes, f"no output was captured for {', '.join(missing)}; left out"]
+        result = run_pass(self.model, chosen, batch.arrays, [stats], progress=progress,
+                          label="channel statistics", unit="image", workers=0)
+        # A selected layer that the model never produced is left out, and said so.
+        notes = [*batch.notes, *([missing_note(result.missing)] if result.missing else [])]
         return ChannelStats(stats.results(), model=self.name, images=[image.name for image in batch.images],
                             notes=notes)
 
@@ -439,7 +457,7 @@ class Lens:
                dataset: str | os.PathLike[str] | None = None, **options: Any) -> Report:
         """A self-contained HTML report: layers, inputs, predictions, maps, channel health, filters.
 
-        One forward pass per image feeds both the feature-map grids and the
+        One batched forward pass feeds both the feature-map grids and the
         channel statistics. In Jupyter the returned report shows inline.
 
         Args:

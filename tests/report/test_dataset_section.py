@@ -120,9 +120,9 @@ def test_the_maps_come_from_the_reports_one_pass(folder):
 
     lens.adapter.run = counted  # type: ignore[method-assign]
     rep = lens.report([convlens.DEMO_IMAGE, convlens.DEMO_IMAGE], "conv1", sections=["stats"], dataset=folder)
-    # one run per image, computing the report's layer and the folder's two together; then one
-    # dataset image, read again, through the folder's layers (the check that the weights are the same)
-    assert calls == [[1, 3, 10], [1, 3, 10], [3, 10]]
+    # one batched run of both images, computing the report's layer and the folder's two together; then
+    # one dataset image, read again, through the folder's layers (the check that the weights are the same)
+    assert calls == [[1, 3, 10], [3, 10]]
     assert list(rep.stats) == ["conv1"]  # the other sections never saw the folder's layers
     assert "the 2 report images" in _section(rep.html)
 

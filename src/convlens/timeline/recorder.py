@@ -1,7 +1,7 @@
 """Recording a network while it trains: the framework-free core of the callback and the recorder.
 
 At each checkpoint the training thread runs one forward pass of the fixed
-images through the live model (via :class:`convlens.Lens` and its adapter)
+images through the live model (a :class:`~convlens.model.Model` on the pass engine)
 and copies the first conv layer's kernels and every layer's trainable
 weights. Everything else happens on one background worker fed through a
 bounded queue: drawing the feature maps (the same drawing and norms as
@@ -55,7 +55,9 @@ from .._version import __version__
 from ..core.layers import LayerInfo
 from ..core.normalize import finite_range
 from ..core.stats import channel_stats
+from ..model import Model, as_model
 from ..output import OutputDir, atomic_write_bytes
+from ..passes import Batch, PassConsumer, missing_note, run_batches
 from ..render.animation import encode_gif
 from ..render.colormap import lut as colormap_lut
 from ..render.filters import filter_grid, filter_norms, rgb_composites
@@ -109,11 +111,12 @@ class Recorder:
     """Records feature maps, filters, channel health and weights of a live model at checkpoints.
 
     Framework-free: :class:`convlens.keras.LensCallback` and
-    :class:`convlens.torch.LensRecorder` build one over a :class:`~convlens.Lens`
+    :class:`convlens.torch.LensRecorder` build one over a :class:`~convlens.model.Model`
     of the model being trained and call :meth:`checkpoint` and :meth:`finish`.
 
     Args:
-        lens: a Lens over the live model object (not a copy).
+        model: a :class:`~convlens.model.Model` over the live model object (not a
+            copy); a :class:`~convlens.Lens` works too (its ``.model``).
         images: the fixed images: a 4-D array ``(N, H, W, C)`` is the model's
             input batch used as is (already preprocessed, channels last);
             anything else (paths, PIL images, a list of arrays) is loaded and
@@ -148,7 +151,7 @@ class Recorder:
         MissingDependency: ``tensorboard`` is asked for and not installed.
     """
 
-    def __init__(self, lens: Any, images: Any, *, out: str | os.PathLike[str],
+    def __init__(self, model: Model | Any, images: Any, *, out: str | os.PathLike[str],
                  layers: str | Iterable[str] | None = "blocks", filters: str | None = "first",
                  weights: WeightSource | None = None, tensorboard: bool | str | os.PathLike[str] = True,
                  dead_threshold: float = 0.5, size: Any = None, preprocess: str | None = None,
@@ -160,16 +163,18 @@ class Recorder:
                               f"not {dead_threshold!r}")
         if int(queue_size) < 1:
             raise BadArgument(f"queue_size must be at least 1, not {queue_size!r}")
-        self.lens = lens
+        self.model = as_model(model)
         self.options = RenderOptions(**options)
         self.dead_threshold = float(dead_threshold)
         self.page = page
         self._weights_source = weights
-        self.layers: list[LayerInfo] = lens.select(layers)
+        self.layers: list[LayerInfo] = self.model.select(layers)
         self._wanted = [layer.index for layer in self.layers]
         self._filter_layers = self._resolve_filters(filters)
         self.inputs, self.image_names, thumbnails, notes = self._fixed_images(images, size, preprocess)
-        self._check_forward()
+        missing = self._check_forward()
+        if missing:  # the one policy: left out of every checkpoint, and noted
+            notes = [*notes, missing_note(missing)]
         self.out = Path(out)
         self._tb_dir: Path | None = None
         if tensorboard:
@@ -193,8 +198,8 @@ class Recorder:
         self._index: dict[str, Any] = {
             "kind": RUN_KIND,
             "convlens": __version__,
-            "model": lens.name,
-            "framework": lens.adapter.framework,
+            "model": self.model.name,
+            "framework": self.model.framework,
             "status": "recording",
             "error": None,
             "started": self._started,
@@ -245,11 +250,11 @@ class Recorder:
     def _resolve_filters(self, filters: str | None) -> list[LayerInfo]:
         if filters is None or filters is False:
             return []
-        table = self.lens.layers()
+        table = self.model.layers()
         if filters == "first":
             convs = [layer for layer in table if layer.has_kernels]
             return convs[:1]
-        chosen = [layer for layer in self.lens.select(filters) if layer.has_kernels]
+        chosen = [layer for layer in self.model.select(filters) if layer.has_kernels]
         if not chosen:
             raise BadArgument(f"none of the layers selected by filters={filters!r} has convolution "
                               "kernels; select conv layers, or pass filters=None")
@@ -267,37 +272,48 @@ class Recorder:
             batch = np.ascontiguousarray(batch, dtype=np.float32)
             if not np.isfinite(batch).all():
                 raise BadImage("the images batch holds NaN or infinite values; pass finite inputs")
-            want = tuple(self.lens.input_shape)
+            want = tuple(self.model.input_shape)
             got = tuple(batch.shape[1:])
             if len(want) != len(got) or any(w is not None and w != g for w, g in zip(want, got)):
                 expected = _shape_text(["N", *("?" if w is None else w for w in want)])
                 raise BadImage(f"the images batch of shape {_shape_text(batch.shape)} does not fit "
-                               f"{self.lens.name}, which takes {expected} (N, H, W, C), channels last; "
+                               f"{self.model.name}, which takes {expected} (N, H, W, C), channels last; "
                                "pass a batch of that shape (np.moveaxis(batch, 1, -1) turns N, C, H, W "
                                "into N, H, W, C)")
             names = [f"input{i}" for i in range(batch.shape[0])]
             return batch, names, [_thumbnail(x) for x in batch], []
-        maps = self.lens.feature_maps(images, [str(i) for i in self._wanted], size=size,
-                                      preprocess=preprocess)
-        thumbs = [np.clip(np.round(im.pixels), 0, 255).astype(np.uint8) for im in maps.images]
+        prepared = self.model.prepare(images, size=size, preprocess=preprocess)
+        if len({a.shape for a in prepared.arrays}) > 1:
+            raise BadImage("the fixed images have different sizes after preparing, and every checkpoint runs "
+                           "them as one batch; pass size=(H, W)")
+        thumbs = [np.clip(np.round(im.pixels), 0, 255).astype(np.uint8) for im in prepared.images]
         thumbs = [np.repeat(t, 3, axis=-1) if t.shape[-1] == 1 else t[..., :3] for t in thumbs]
-        return (np.ascontiguousarray(maps.inputs, dtype=np.float32), [im.name for im in maps.images],
-                thumbs, list(maps.notes))
+        return (np.ascontiguousarray(np.stack(prepared.arrays), dtype=np.float32),
+                [im.name for im in prepared.images], thumbs, list(prepared.notes))
 
-    def _check_forward(self) -> None:
-        """One pass of the fixed batch now, so that a misfit fails before training, not during it."""
+    def _check_forward(self) -> list[LayerInfo]:
+        """One pass of the fixed batch now, so that a misfit fails before training, not during it.
+
+        Returns:
+            The selected layers the model produced no output for.
+
+        Raises:
+            BadImage: the images do not run through the model.
+            BadArgument: the model produced none of the selected layers.
+        """
         try:
             outputs = self._forward()
         except ConvlensError as exc:
             raise BadImage(f"the fixed images {_shape_text(self.inputs.shape)} do not run through "
-                           f"{self.lens.name}: {exc}") from None
+                           f"{self.model.name}: {exc}") from None
         except Exception as exc:  # noqa: BLE001 - any framework error: the model cannot take them
             raise BadImage(f"the fixed images {_shape_text(self.inputs.shape)} do not run through "
-                           f"{self.lens.name}: {type(exc).__name__}: {_first_line(exc)}") from None
-        missing = [layer.name for layer in self.layers if layer.index not in outputs]
+                           f"{self.model.name}: {type(exc).__name__}: {_first_line(exc)}") from None
+        missing = [layer for layer in self.layers if layer.index not in outputs]
         if len(missing) == len(self.layers):
-            raise BadArgument(f"no output of the selected layers ({', '.join(missing)}) was captured; "
-                              "select other layers")
+            raise BadArgument(f"no output of the selected layers ({', '.join(m.name for m in missing)}) was "
+                              "captured; select other layers")
+        return missing
 
     def _prepare_folder(self, overwrite: bool) -> None:
         out = self.out
@@ -360,9 +376,11 @@ class Recorder:
         return self._last_step
 
     def _forward(self) -> dict[int, np.ndarray]:
-        outputs: dict[int, np.ndarray] = {}
-        self.lens.adapter.run(self.inputs, self._wanted, outputs.__setitem__)
-        return outputs
+        """One pass of the fixed batch on the engine: by layer index, its ``(N, ...)`` output."""
+        keep = _KeepOutputs()
+        batch = Batch(0, tuple(range(len(self.inputs))), self.inputs)
+        run_batches(self.model, self.layers, [batch], [keep], workers=0)  # the training thread, inline
+        return keep.outputs
 
     def _snapshot(self) -> dict[str, np.ndarray]:
         """Every weighted layer's trainable arrays as one float32 vector (a copy)."""
@@ -400,8 +418,8 @@ class Recorder:
             outputs = self._forward()
             kernels: dict[str, np.ndarray] = {}
             for layer in self._filter_layers:
-                kernels.update((k, np.array(v, dtype=np.float32, copy=True))
-                               for k, v in self.lens.filters(str(layer.index)).items())
+                kernels[layer.name] = np.array(self.model.adapter.kernels(layer.index), dtype=np.float32,
+                                               copy=True)
             cap = _Capture(n=n, step=step, epoch=epoch, label=text, wall_time=time.time(), outputs=outputs,
                            kernels=kernels, weights=self._snapshot())
         except Exception as exc:  # noqa: BLE001 - training must go on, whatever broke
@@ -559,7 +577,7 @@ class Recorder:
                                  "layout": rendered.layout, "channels_total": rendered.channels_total,
                                  "channels_shown": rendered.channels_shown})
                 stats.append(channel_stats(out, index=layer.index, name=layer.name, type=layer.type))
-            health = ChannelStats(stats, model=self.lens.name, images=self.image_names)
+            health = ChannelStats(stats, model=self.model.name, images=self.image_names)
             staging.write_json("stats.json", health.to_json())
 
             filters = []
@@ -687,6 +705,16 @@ class Recorder:
                 staging.write_bytes(key[len("gifs/"):], encode_gif([_frame(self.out / f) for f in files]))
                 meta[key]["frames"] = len(files)
         return list(meta.values())
+
+
+class _KeepOutputs(PassConsumer):
+    """Keeps each layer's output of the (one) batch, by layer index."""
+
+    def __init__(self) -> None:
+        self.outputs: dict[int, np.ndarray] = {}
+
+    def on_layer(self, batch: Batch, layer: LayerInfo, array: np.ndarray) -> None:
+        self.outputs[layer.index] = array
 
 
 def _l2(x: np.ndarray) -> float:

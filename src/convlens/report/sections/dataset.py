@@ -51,6 +51,7 @@ from ...core.layers import LayerInfo
 from ...core.normalize import normalize_channels
 from ...core.text import count, number, pair_text, percent, shape_text, sort_key
 from ...images import load_image, prepare
+from ...passes import Batch, call_model
 from ...render.colormap import apply_lut
 from ...render.colormap import lut as colormap_lut
 from ...render.grid import downsample
@@ -284,19 +285,20 @@ class DatasetMaps(SectionConsumer):
         self.maps: dict[int, dict[int, np.ndarray]] = {i.index: {} for i in self.layers}
         self._lock = threading.Lock()
 
-    def on_layer(self, image: int, layer: LayerInfo, array: np.ndarray) -> None:
-        x = np.asarray(array[0], np.float32)
-        flat = x.reshape(-1, x.shape[-1]) if x.ndim > 1 else x.reshape(1, -1)
-        with np.errstate(invalid="ignore"):
-            finite = np.where(np.isfinite(flat), flat, -np.inf)
-        top = finite.max(axis=0).astype(np.float64)
-        kept = None
-        if image < MAX_IMAGES:
-            kept = downsample(x, _MAP_SIDE, channels_last=True) if x.ndim == 3 else x.copy()
-        with self._lock:
-            self.maxima[layer.index][image] = top
-            if kept is not None:
-                self.maps[layer.index][image] = kept
+    def on_layer(self, batch: Batch, layer: LayerInfo, array: np.ndarray) -> None:
+        for j, image in enumerate(batch.images):
+            x = np.asarray(array[j], np.float32)
+            flat = x.reshape(-1, x.shape[-1]) if x.ndim > 1 else x.reshape(1, -1)
+            with np.errstate(invalid="ignore"):
+                finite = np.where(np.isfinite(flat), flat, -np.inf)
+            top = finite.max(axis=0).astype(np.float64)
+            kept = None
+            if image < MAX_IMAGES:
+                kept = downsample(x, _MAP_SIDE, channels_last=True) if x.ndim == 3 else x.copy()
+            with self._lock:
+                self.maxima[layer.index][image] = top
+                if kept is not None:
+                    self.maps[layer.index][image] = kept
 
     def ranking(self, info: LayerInfo) -> np.ndarray:
         """The layer's channels, highest maximum over the report's images first (ties: lower number)."""
@@ -432,7 +434,7 @@ def _check_scores(ctx: ReportContext, maps: DatasetMaps) -> tuple[str, bool]:
                        preprocess=ctx.preprocess)
         got: dict[int, np.ndarray] = {}
         layers = list(maps.matched.values())
-        ctx.model.adapter.run(x[None], [i.index for i in layers], got.__setitem__)
+        call_model(ctx.model, x[None], [i.index for i in layers], got.__setitem__)
     except ConvlensError as e:
         return f"The folder's scores were not checked against this model: {name}: {e}", False
     compared = 0
