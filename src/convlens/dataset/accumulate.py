@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .._errors import BadArgument
+from .._errors import BadArgument, UnsupportedModel
 from ..core.layers import LayerInfo
 from ..core.selectivity import ClassMeans
 from ..core.stats import StatsAccumulator
@@ -382,17 +382,36 @@ class DatasetAccumulator:
             raise BadArgument(f"no output of layer {layer!r} was folded in; no image was read")
         return part.stats, part.rankings, part.classes
 
+    def missing(self) -> list[LayerInfo]:
+        """The selected layers of which nothing was folded in although images were (the model
+        never produced them: the view leaves them out with :func:`convlens.passes.missing_note`)."""
+        if not self.images:
+            return []
+        return [layer for layer in self.layers if layer.name not in self._by_name]
+
     def results(self) -> list[LayerExamples]:
-        """Per selected layer, its statistics, rankings and class selectivity.
+        """Per selected layer the model produced, its statistics, rankings and class selectivity.
+
+        Layers in :meth:`missing` are left out.
 
         Raises:
             BadArgument: no image was folded in.
+            UnsupportedModel: no layer was produced, or a layer for only some of the images.
         """
         from .result import LayerExamples, Ranking
 
+        missing = {layer.name for layer in self.missing()}
+        if missing and len(missing) == len(self.layers):
+            raise UnsupportedModel(f"the model produced none of the selected layers "
+                                   f"({', '.join(sorted(missing))}); select other layers")
         out = []
         for layer in self.layers:
+            if layer.name in missing:
+                continue
             stats, rankings, classes = self.layer_parts(layer.name)
+            if stats.images != self.images:
+                raise UnsupportedModel(f"the model produced layer {layer.name!r} for {stats.images} of "
+                                       f"{self.images} images; select layers on the model's fixed path")
             ranks = {key: Ranking(*ranking.result()) for key, ranking in rankings.items()}
             out.append(LayerExamples(
                 layer=layer, map_hw=self._by_name[layer.name].map_hw, stats=stats.result(),
