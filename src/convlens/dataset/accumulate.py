@@ -290,8 +290,9 @@ class DatasetAccumulator:
         state = self._layer(layer, int(a.shape[-1]), red.map_hw)
         state.stats.merge(StatsAccumulator.from_state(layer.index, layer.name, layer.type,
                                                       red.moments))
-        for name, (scores, positions) in red.rankings.items():
-            state.rankings[name].add(scores, i, positions)
+        TopK.add_together([state.rankings[name] for name in RANKINGS],
+                          [red.rankings[name][0] for name in RANKINGS], i,
+                          [red.rankings[name][1] for name in RANKINGS])
         if state.classes is not None and labels is not None:
             state.classes.add(red.means, np.asarray(labels, np.int64).reshape(-1))
 
@@ -342,8 +343,8 @@ class DatasetAccumulator:
         for part in other._by_name.values():
             mine = self._layer(part.info, part.channels, part.map_hw)
             mine.stats.merge(part.stats)
-            for key, ranking in part.rankings.items():
-                mine.rankings[key].merge(ranking)
+            TopK.merge_together([mine.rankings[key] for key in RANKINGS],
+                                [part.rankings[key] for key in RANKINGS])
             if mine.classes is not None and part.classes is not None:
                 mine.classes.merge(part.classes)
         self.images += other.images
