@@ -172,7 +172,7 @@ def test_rankings_folded_together_equal_each_folded_alone(seed):
     for top, other in zip(alone, others):
         top.merge(other)
     TopK.merge_together(together, others)
-    for a, b, s in zip(alone, together, scores):
+    for a, b in zip(alone, together):
         for x, y in zip(a.result(), b.result()):
             np.testing.assert_array_equal(x, y)
     # and the pruned folds equal a brute-force sort of every finite candidate

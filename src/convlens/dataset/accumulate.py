@@ -4,8 +4,9 @@ Per selected layer: a :class:`~convlens.core.stats.StatsAccumulator` (channel
 health), three :class:`~convlens.core.topk.TopK` rankings and, when the data
 has labels, :class:`~convlens.core.selectivity.ClassMeans`. Each batch of
 layer output is reduced once over its map, vectorised over images and
-channels: one contiguous ``(N, C, H*W)`` copy, one max/argmax, one min/argmin
-and one mean, then one top-k fold per ranking.
+channels: one contiguous ``(N, C, H*W)`` copy, one argmax, one argmin and one
+mean, then one top-k fold for the three rankings together
+(:meth:`~convlens.core.topk.TopK.add_together`).
 
 The rankings (scores are ranking keys: higher is ranked first):
 
