@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from convlens import BadArgument
-from convlens.core import stats as stats_module
+from convlens.core import reduce as reduce_module
 from convlens.core.normalize import normalize_channels
 from convlens.core.stats import LayerStats, StatsAccumulator, channel_flags, channel_stats
 
@@ -109,7 +109,8 @@ def test_chunks_inside_one_batch_merge_like_one_pass(monkeypatch):
     rng = np.random.default_rng(1)
     x = rng.standard_normal((2, 13, 11, 3)).astype(np.float32) + 100
     reference = channel_stats(x)
-    monkeypatch.setattr(stats_module, "_CHUNK_VALUES", 7)  # 2 rows of 3 channels per chunk, 143 chunks
+    # the chunks are core.reduce's (StatsAccumulator folds its reductions)
+    monkeypatch.setattr(reduce_module, "_CHUNK_VALUES", 7)  # 2 rows of 3 channels per chunk, 143 chunks
     chunked = channel_stats(x)
     np.testing.assert_allclose(chunked.mean, reference.mean, rtol=1e-13)
     np.testing.assert_allclose(chunked.std, reference.std, rtol=1e-11)

@@ -22,3 +22,16 @@ def test_reduce_map_caps_channels_first():
     x = np.arange(6 * 7 * 9, dtype=np.float32).reshape(6, 7, 9)
     got = reduce_map(x, RenderOptions(max_channels=4))
     assert got.shape == (4, 6, 7) and np.array_equal(got, np.moveaxis(x[..., :4], -1, 0))
+
+
+@pytest.mark.parametrize("side", [8, 256])  # numpy's table lookup below 65536 values, Pillow's above
+def test_tile_indexed_maps_every_value_to_its_colormap_level(side):
+    from convlens.render.grid import PALETTE_LEVELS, tile_indexed
+
+    idx = np.random.default_rng(2).integers(0, 256, (4, side, side)).astype(np.uint8)
+    canvas = tile_indexed(idx, columns=2, min_tile=1)
+    levels = (idx.astype(np.int64) * PALETTE_LEVELS >> 8).astype(np.uint8)
+    for k in range(4):
+        r, c = divmod(k, 2)
+        top, left = 1 + r * (side + 1), 1 + c * (side + 1)
+        assert np.array_equal(canvas[top:top + side, left:left + side], levels[k])
