@@ -215,7 +215,7 @@ def test_mosaic_paths_must_stay_inside_the_folder(folder, tmp_path):
     (crafted / "index.json").write_text(json.dumps(index))
     body = _section(Lens("demo").report(convlens.DEMO_IMAGE, sections=["layers"], dataset=crafted).html)
     assert "its top 5 dataset crops" not in body and "no crops in the folder for this channel" in body
-    assert "channels.csv is missing from the folder" in body
+    assert "channels.json is missing from the folder" in body
     assert re.search(r"The folder&#39;s scores were not checked against this model: [^<]+ is not in "
                      r"[^<]+moved\.", body)
 

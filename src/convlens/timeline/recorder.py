@@ -54,16 +54,14 @@ from .._errors import BadArgument, BadImage, ConvlensError, OutputError
 from .._version import __version__
 from ..core.layers import LayerInfo
 from ..core.normalize import finite_range
-from ..core.stats import channel_stats
+from ..core.stats import LayerStats, channel_stats
+from ..maps import draw_filter_files, draw_map_file, global_range
 from ..model import Model, as_model
-from ..output import OutputDir, atomic_write_bytes
+from ..output import OutputDir, atomic_write_bytes, dumps_json, safe_name
 from ..passes import Batch, PassConsumer, missing_note, run_batches
 from ..render.animation import encode_gif
-from ..render.colormap import lut as colormap_lut
-from ..render.filters import filter_grid, filter_norms, rgb_composites
-from ..render.grid import add_title
-from ..render.maps import RenderOptions, reduce_map, render_map
-from ..render.png import encode_png
+from ..render.maps import RenderOptions, reduce_map
+from ..selection import DEFAULT_TRAINING_SELECTION
 from ..stats import ChannelStats
 
 __all__ = ["Recorder", "WeightSource", "logger", "safe_name"]
@@ -77,11 +75,6 @@ WeightSource = Callable[[], Mapping[str, Sequence[np.ndarray]]]
 RUN_KIND = "convlens-timeline"
 _STOP = object()
 _FINISH = object()
-
-
-def safe_name(name: str) -> str:
-    """A layer or image name as a file name."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name.replace("/", "__")).strip("._") or "layer"
 
 
 def _shape_text(shape: Iterable[Any]) -> str:
@@ -152,7 +145,7 @@ class Recorder:
     """
 
     def __init__(self, model: Model | Any, images: Any, *, out: str | os.PathLike[str],
-                 layers: str | Iterable[str] | None = "blocks", filters: str | None = "first",
+                 layers: str | Iterable[str] | None = DEFAULT_TRAINING_SELECTION, filters: str | None = "first",
                  weights: WeightSource | None = None, tensorboard: bool | str | os.PathLike[str] = True,
                  dead_threshold: float = 0.5, size: Any = None, preprocess: str | None = None,
                  page: bool = True, overwrite: bool = False, meta: Mapping[str, Any] | None = None,
@@ -542,70 +535,12 @@ class Recorder:
 
     def _write_checkpoint(self, cap: _Capture) -> None:
         folder = f"checkpoint-{cap.n:04d}"
-        opts = self.options
         tb_images: dict[str, bytes] = {}
-        maps: list[dict[str, Any]] = []
-        stats = []
         with OutputDir(self.out / folder) as staging:
-            ranges: list[tuple[float, float] | None] = [None] * len(self.image_names)
-            reduced: dict[int, list[np.ndarray]] = {}
-            if opts.norm == "global":  # one scale over every layer, per image, as `convlens maps`
-                for layer in self.layers:
-                    if layer.index in cap.outputs:
-                        reduced[layer.index] = [reduce_map(x, opts) for x in cap.outputs[layer.index]]
-                for i in range(len(self.image_names)):
-                    rs = [finite_range(r[i]) for r in reduced.values()]
-                    ranges[i] = (min(r[0] for r in rs), max(r[1] for r in rs)) if rs else None
-            for layer in self.layers:
-                out = cap.outputs.get(layer.index)
-                if out is None:
-                    continue
-                total = int(out.shape[-1]) if out.ndim > 1 else 1
-                title = (f"{layer.index} {layer.name}  ·  {layer.type}  ·  {_shape_text(out.shape[1:])}"
-                         f"  ·  {cap.label}")
-                for i, image in enumerate(self.image_names):
-                    if layer.index in reduced:
-                        rendered = render_map(reduced[layer.index][i], opts, title=title, channels_total=total,
-                                              value_range=ranges[i], reduced=True)
-                    else:
-                        rendered = render_map(out[i], opts, title=title, channels_total=total)
-                    rel = f"maps/{safe_name(image)}/{layer.index:03d}_{safe_name(layer.name)}.png"
-                    png = rendered.png()
-                    staging.write_bytes(rel, png)
-                    tb_images[f"maps/{layer.name}/{image}"] = png
-                    maps.append({"image": image, "layer": layer.name, "index": layer.index, "file": rel,
-                                 "layout": rendered.layout, "channels_total": rendered.channels_total,
-                                 "channels_shown": rendered.channels_shown})
-                stats.append(channel_stats(out, index=layer.index, name=layer.name, type=layer.type))
+            maps, stats = self._draw_maps(staging, cap, tb_images)
             health = ChannelStats(stats, model=self.model.name, images=self.image_names)
             staging.write_json("stats.json", health.to_json())
-
-            filters = []
-            gray = colormap_lut("gray")
-            table = {layer.name: layer for layer in self._filter_layers}
-            for name, k in cap.kernels.items():
-                info = table.get(name)
-                index = info.index if info is not None else 0
-                base = f"filters/{index:03d}_{safe_name(name)}"
-                head = f"{index} {name}  ·  kernel {_shape_text(k.shape)}  ·  {cap.label}"
-                if k.shape[1] in (1, 3):  # a first layer: each filter as one picture, per-filter 0-1
-                    suffix = "_rgb" if k.shape[1] == 3 else "_gray"
-                    composite = rgb_composites(np.repeat(k, 3, axis=1) if k.shape[1] == 1 else k, max_filters=64)
-                    png = encode_png(add_title(composite, f"{head}  ·  {'RGB' if suffix == '_rgb' else 'gray'}"))
-                    staging.write_bytes(base + suffix + ".png", png)
-                    tb_images[f"filters/{name}/composite"] = png
-                    filters.append({"layer": name, "index": index, "file": base + suffix + ".png",
-                                    "kind": "composite"})
-                png = encode_png(add_title(filter_grid(k, gray, max_filters=64, max_inputs=16), head))
-                staging.write_bytes(base + ".png", png)
-                tb_images[f"filters/{name}/atlas"] = png
-                norms = filter_norms(k)
-                raw = io.BytesIO()
-                np.save(raw, k, allow_pickle=False)  # the numbers themselves, (O, I, kh, kw) float32
-                staging.write_bytes(base + ".npy", raw.getvalue())
-                filters.append({"layer": name, "index": index, "file": base + ".png", "kind": "atlas",
-                                "kernels": base + ".npy", "kernel_shape": list(k.shape),
-                                "l2_norms": [round(float(v), 6) for v in norms[:64]]})
+            filters = self._draw_filters(staging, cap, tb_images)
 
             weights = self._weight_rows(cap.weights)
             rows: list[dict[str, Any]] = [{"layer": s.name, "index": s.index, "type": s.type, "channels": s.channels,
@@ -656,6 +591,61 @@ class Recorder:
             self._events.images(cap.step, tb_images, wall_time=cap.wall_time)
             self._events.flush()
 
+    def _draw_maps(self, staging: OutputDir, cap: _Capture, tb_images: dict[str, bytes]
+                   ) -> tuple[list[dict[str, Any]], list[LayerStats]]:
+        """Every selected layer's map grid per image, drawn as ``save_maps`` draws it, and its health.
+
+        The same drawing (:func:`convlens.maps.draw_map_file`), value ranges
+        (``norm="global"``: :func:`convlens.maps.global_range` of the image's
+        reduced layers), flags and captions as ``convlens maps``; the caption
+        ends with the checkpoint's label.
+        """
+        opts = self.options
+        ranges: list[tuple[float, float] | None] = [None] * len(self.image_names)
+        reduced: dict[int, list[np.ndarray]] = {}
+        if opts.norm == "global":  # one scale over every layer, per image, as `convlens maps`
+            for layer in self.layers:
+                if layer.index in cap.outputs:
+                    reduced[layer.index] = [reduce_map(x, opts) for x in cap.outputs[layer.index]]
+            if reduced:
+                ranges = [global_range(r[i] for r in reduced.values()) for i in range(len(self.image_names))]
+        maps: list[dict[str, Any]] = []
+        stats = []
+        for layer in self.layers:
+            out = cap.outputs.get(layer.index)
+            if out is None:
+                continue
+            total = int(out.shape[-1]) if out.ndim > 1 else 1
+            for i, image in enumerate(self.image_names):
+                x = reduced[layer.index][i] if layer.index in reduced else out[i]
+                drawn = draw_map_file(staging, image, layer, x, opts, total=total,
+                                      value_range=ranges[i] if layer.index in reduced else None, note=cap.label)
+                tb_images[f"maps/{layer.name}/{image}"] = drawn.png
+                maps.append(drawn.entry)
+            stats.append(channel_stats(out, index=layer.index, name=layer.name, type=layer.type))
+        return maps, stats
+
+    def _draw_filters(self, staging: OutputDir, cap: _Capture, tb_images: dict[str, bytes]
+                      ) -> list[dict[str, Any]]:
+        """The filter pictures of the captured kernels, drawn as ``save_filters`` draws them, and the kernels."""
+        table = {layer.name: layer for layer in self._filter_layers}
+        filters: list[dict[str, Any]] = []
+        for name, k in cap.kernels.items():
+            info = table.get(name)
+            if info is None:  # pragma: no cover - kernels are captured for these layers only
+                continue
+            for drawn in draw_filter_files(staging, info, k, note=cap.label):
+                tb_images[f"filters/{name}/{drawn.entry['kind']}"] = drawn.png
+                entry = drawn.entry
+                if entry["kind"] == "atlas":
+                    raw = io.BytesIO()
+                    np.save(raw, k, allow_pickle=False)  # the numbers themselves, (O, I, kh, kw) float32
+                    kernels = drawn.file[:-len(".png")] + ".npy"
+                    staging.write_bytes(kernels, raw.getvalue())
+                    entry = {**entry, "kernels": kernels}
+                filters.append(entry)
+        return filters
+
     def _weight_rows(self, snapshot: dict[str, np.ndarray]) -> list[dict[str, Any]]:
         """Norm of each layer's weights and their change since the last checkpoint, ||W_t - W_t-1|| / ||W_t-1||."""
         rows = []
@@ -674,7 +664,7 @@ class Recorder:
 
     def _write_index(self) -> None:
         with self._lock:
-            text = json.dumps(_jsonable(self._index), indent=1, allow_nan=False)
+            text = dumps_json(self._index, indent=1)
             atomic_write_bytes(self.out / "index.json", (text + "\n").encode("utf-8"))
 
     # ------------------------------------------------------------------ GIFs
@@ -747,18 +737,6 @@ def _thumbnail(x: np.ndarray) -> np.ndarray:
 
 def _first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [""])[0][:300]
-
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.generic):
-        return _jsonable(obj.item())
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
 
 
 def _finish_at_exit(ref: Callable[[], Recorder | None]) -> None:
