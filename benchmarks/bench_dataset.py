@@ -166,7 +166,7 @@ def open_case(case: Case):
     spec = dict(case.spec)
     adapter = open_model(spec.pop("model"), **spec)
     table = adapter.layers()
-    layers = [table[i] for i in select(table, case.layers)]
+    layers = select(table, case.layers)  # the selected rows (LayerInfo)
     source = open_source(case.data)
     preprocess = adapter.preprocess or "unit"
     return adapter, layers, source, preprocess

@@ -147,3 +147,39 @@ def test_bad_arguments():
         TopK(3, 2).merge(TopK(3, 3))
     with pytest.raises(BadArgument, match="damaged"):
         TopK.from_state({"scores": np.zeros((2, 2))})
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_rankings_folded_together_equal_each_folded_alone(seed):
+    # Few distinct scores (ties at every boundary, so the pruning of candidates below the k-th kept
+    # score meets equal scores), NaN and inf, out-of-order batches and a retried one.
+    rng = np.random.default_rng(seed)
+    c, k, n = 5, 4, 90
+    scores = [rng.integers(-3, 4, (n, c)).astype(np.float64) for _ in range(3)]
+    scores[1][rng.random((n, c)) < 0.05] = np.nan
+    scores[2][rng.random((n, c)) < 0.05] = np.inf
+    positions = [rng.integers(0, 9, (n, c, 2)) for _ in range(3)]
+    alone = [TopK(c, k) for _ in range(3)]
+    together = [TopK(c, k) for _ in range(3)]
+    parts = [np.arange(40, 70), np.arange(0, 40), np.arange(70, 90), np.arange(0, 40)]
+    for chunk in parts:
+        for top, s, p in zip(alone, scores, positions):
+            top.add(s[chunk], chunk, p[chunk])
+        TopK.add_together(together, [s[chunk] for s in scores], chunk, [p[chunk] for p in positions])
+    others = [TopK(c, k) for _ in range(3)]
+    TopK.add_together(others, [s[50:60] + 1 for s in scores], np.arange(50, 60),
+                      [p[50:60] for p in positions])
+    for top, other in zip(alone, others):
+        top.merge(other)
+    TopK.merge_together(together, others)
+    for a, b in zip(alone, together):
+        for x, y in zip(a.result(), b.result()):
+            np.testing.assert_array_equal(x, y)
+    # and the pruned folds equal a brute-force sort of every finite candidate
+    best = np.where(np.isfinite(scores[0]), scores[0], -np.inf)
+    best[50:60] = np.maximum(best[50:60], scores[0][50:60] + 1)
+    ids = np.arange(n)
+    want = np.lexsort((np.broadcast_to(ids[:, None], best.shape), -best), axis=0)[:k].T
+    np.testing.assert_array_equal(alone[0].result()[1], want)
+    with pytest.raises(BadArgument, match="add_together"):
+        TopK.add_together([TopK(c, k), TopK(c + 1, k)], scores[:2], ids, positions[:2])

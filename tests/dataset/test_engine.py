@@ -252,3 +252,82 @@ def test_folding_thread_and_no_prefetch_give_the_same_state(mnist_folder, demo):
         assert other.keys() == states[0].keys()
         for key in states[0]:
             np.testing.assert_array_equal(other[key], states[0][key], err_msg=key)
+
+
+@pytest.mark.keras
+@pytest.mark.parametrize("fold_threads", [0, 1])
+def test_every_forward_pass_goes_through_the_pass_engine(mnist_folder, demo, monkeypatch, fold_threads):
+    import convlens.dataset.engine as engine_module
+    from convlens import passes
+
+    source = open_source(mnist_folder)
+    calls: list[tuple[int, ...]] = []
+    inside = {"engine": False}
+    adapter_calls: list[bool] = []
+    real_run = demo.adapter.run
+
+    def counting_run_batches(model, layers, batches, consumers, **options):
+        batches = list(batches)
+        calls.extend(batch.images for batch in batches)
+        inside["engine"] = True
+        try:
+            return passes.run_batches(model, layers, batches, consumers, **options)
+        finally:
+            inside["engine"] = False
+
+    def counting_adapter_run(inputs, wanted, on_output):
+        adapter_calls.append(inside["engine"])
+        return real_run(inputs, wanted, on_output)
+
+    monkeypatch.setattr(engine_module, "run_batches", counting_run_batches)
+    monkeypatch.setattr(demo.adapter, "run", counting_adapter_run)
+    runner = BatchRunner(demo.adapter, demo.select("conv1,dense"), source, size=None, preprocess="unit",
+                         k=3, classes=10)
+    acc = run_local(runner, batch_size=64, fold_threads=fold_threads)
+    # 200 images in batches of 64: four engine passes, holding every image once, in order
+    assert [len(images) for images in calls] == [64, 64, 64, 8]
+    assert [i for images in calls for i in images] == [r.id for r in source.records]
+    assert adapter_calls == [True] * 4  # the model ran only inside the engine
+    assert acc.images == 200 and not acc.missing()
+
+
+def _dropping(adapter, drop, monkeypatch):
+    """Make the adapter withhold layer index ``drop`` from the batches for which ``when(batch)`` holds."""
+    real_run = adapter.run
+    seen = {"batches": 0}
+
+    def run(inputs, wanted, on_output):
+        number = seen["batches"]
+        seen["batches"] += 1
+        return real_run(inputs, wanted,
+                        lambda i, a: None if (i == drop[0] and drop[1](number)) else on_output(i, a))
+
+    monkeypatch.setattr(adapter, "run", run)
+
+
+@pytest.mark.keras
+def test_a_layer_never_produced_is_left_out_with_the_engines_note(mnist_folder, demo, monkeypatch):
+    from convlens.passes import missing_note
+
+    layers = demo.select("conv1,conv2")
+    _dropping(demo.adapter, (layers[1].index, lambda number: True), monkeypatch)
+    result = run_dataset(demo.adapter, mnist_folder, layers=layers, k=3, batch_size=64, preprocess="unit")
+    assert [part.layer.name for part in result.layers] == [layers[0].name]
+    assert missing_note([layers[1]]) in result.notes
+
+
+@pytest.mark.keras
+def test_a_layer_produced_for_some_batches_only_or_no_layer_is_an_error(mnist_folder, demo, monkeypatch):
+    from convlens import UnsupportedModel
+
+    layers = demo.select("conv1,conv2")
+    source = open_source(mnist_folder)
+    runner = BatchRunner(demo.adapter, layers, source, size=None, preprocess="unit", k=3, classes=0)
+    _dropping(demo.adapter, (layers[1].index, lambda number: number == 2), monkeypatch)
+    with pytest.raises(UnsupportedModel, match="for some batches and not for others"):
+        run_local(runner, batch_size=64)
+    monkeypatch.undo()
+    one = BatchRunner(demo.adapter, layers[:1], source, size=None, preprocess="unit", k=3, classes=0)
+    _dropping(demo.adapter, (layers[0].index, lambda number: True), monkeypatch)
+    with pytest.raises(UnsupportedModel, match="produced none of the selected layers"):
+        run_local(one, batch_size=64)

@@ -203,3 +203,14 @@ def test_id_set_ranges():
         t.add(chunk)
     assert t.array().tolist() == np.unique(ids).tolist()
     assert t.contains(np.arange(300)).tolist() == np.isin(np.arange(300), ids).tolist()
+
+
+@pytest.mark.parametrize("hw", [(255, 257), (256, 256), (300, 300)])
+def test_zero_counts_are_exact_around_the_16_bit_limit_of_positions(hw):
+    # 65,535 positions (every one zero in channel 0: the largest 16-bit count), 65,536 and more
+    rng = np.random.default_rng(1)
+    a = rng.integers(-1, 2, (2, *hw, 3)).astype(np.float32)
+    a[:, :, :, 0] = 0.0
+    zeros = reduce_maps(a).moments["zeros"]
+    assert zeros.tolist() == (a == 0).sum(axis=(0, 1, 2)).tolist()
+    assert zeros[0] == 2 * hw[0] * hw[1]

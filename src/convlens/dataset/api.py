@@ -25,6 +25,7 @@ from .._progress import Progress
 from ..adapters.base import Adapter
 from ..core.layers import LayerInfo
 from ..model import ModelSpec
+from ..passes import missing_note
 from .accumulate import DatasetAccumulator
 from .engine import BatchRunner, Checkpoint, default_checkpoint_folder, run_local
 from .sources import Source, open_source
@@ -152,6 +153,8 @@ def run_dataset(adapter: Adapter, data: str | os.PathLike[str] | Source, *,
         first = acc.failures[0] if acc.failures else (-1, "?", "no image")
         raise BadArgument(f"none of the {len(source.records)} images of {source.description} could "
                           f"be read (first: {first[1]}: {first[2]}); check the data")
+    if acc.missing():
+        notes.append(missing_note(acc.missing()))
     result = DatasetResult(
         model=name, source=source, input_size=runner.input_size, k=k, engine=engine,
         layers=acc.results(), images=acc.images,

@@ -4,10 +4,13 @@
 build one each): read the records (:func:`~convlens.dataset.sources.read_batch`),
 prepare each image exactly as the rest of convlens does
 (:func:`convlens.images.prepare`: channels, bilinear resize, the preset), run
-ONE forward pass over the whole ``(N, H, W, C)`` batch and fold every selected
-layer's output into a fresh :class:`~convlens.dataset.accumulate.DatasetAccumulator`
-as soon as the adapter hands it over. Unreadable images become failures, never
-errors.
+ONE forward pass over the whole ``(N, H, W, C)`` batch on the pass engine
+(:func:`convlens.passes.run_batches`, which routes the layer outputs and lists
+the layers the model did not produce) and fold every selected layer's output
+into a fresh :class:`~convlens.dataset.accumulate.DatasetAccumulator` as soon
+as the engine hands it over. Unreadable images become failures, never errors.
+A selected layer the model never produces is left out with the engine's note;
+one produced for some batches only, or no layer at all, is an error.
 
 :func:`run_local` streams the batches: a prefetch thread reads and prepares the
 next batches while the model runs on the current one (decoding and resizing
@@ -28,7 +31,6 @@ import queue
 import shutil
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +43,7 @@ from ..adapters.base import Adapter
 from ..core.layers import LayerInfo
 from ..images import prepare
 from ..output import atomic_write_bytes
+from ..passes import Batch, PassConsumer, run_batches
 from .accumulate import DatasetAccumulator
 from .sources import Record, Source, read_batch
 
@@ -131,7 +134,8 @@ class BatchRunner:
         self.input_size, self.size_note = input_size(adapter.input_shape, size, adapter.name)
         c = adapter.input_shape[2]
         self.channels = int(c) if c is not None else 3
-        self._by_index = {layer.index: layer for layer in self.layers}
+        self._lock = threading.Lock()
+        self._missing: frozenset[str] | None = None  # the layers the first batch lacked
 
     def load(self, records: Sequence[Record]) -> LoadedBatch:
         """Read and prepare records; unreadable ones are listed, never raised."""
@@ -154,85 +158,80 @@ class BatchRunner:
         return LoadedBatch(list(records), inputs, np.asarray(ids, np.int64),
                            np.asarray(labels, np.int64), failed)
 
-    def start(self, batch: LoadedBatch, executor: Executor | None = None) -> _Started:
-        """Run the forward pass; each layer's output is folded in ``executor`` (inline if None).
+    def forward(self, batch: LoadedBatch, *, workers: int = 0) -> DatasetAccumulator:
+        """One forward pass over the loaded batch, on the pass engine, folded into a fresh accumulator.
 
-        Call :meth:`_Started.result` for the batch's accumulator: the folding of
-        one batch then overlaps the next batch's forward pass.
+        The batch goes through :func:`convlens.passes.run_batches` (the one pass
+        engine: it routes each selected layer's ``(n, ...)`` output to the
+        folding consumer and lists the layers the model did not produce).
+
+        Args:
+            batch: the loaded batch (its failures are recorded too).
+            workers: 0 folds each layer's output inside the forward pass (on a
+                machine whose cores the framework keeps busy, a folding thread only
+                competes with it); 1 folds on a thread while the forward pass goes on.
+
+        Raises:
+            UnsupportedModel: the model produced none of the selected layers, or
+                not the same layers as in an earlier batch (the statistics would
+                cover other images per layer).
         """
         acc = DatasetAccumulator(self.layers, self.k, self.classes)
         if batch.failed:
             fid, names, reasons = zip(*batch.failed)
             acc.add_failures(np.asarray(fid, np.int64), names, reasons)
-        started = _Started(self, batch, acc)
         if not batch.ids.size:
-            return started
-        labels = batch.labels if self.classes else None
+            return acc
+        fold = _Fold(acc, batch.ids, batch.labels if self.classes else None)
+        images = tuple(int(i) for i in batch.ids)
+        result = run_batches(self.adapter, self.layers, [Batch(0, images, batch.inputs)], [fold],
+                             workers=workers, in_flight=max(1, 2 * workers))
+        self._check_missing(result.missing)
+        acc.add_images(batch.ids)
+        return acc
 
-        def on_output(index: int, array: np.ndarray) -> None:
-            layer = self._by_index.get(index)
-            if layer is None or index in started.got:
-                return
-            started.got.add(index)
-            if executor is None:
-                acc.add(layer, array, batch.ids, labels)
-            else:
-                started.jobs.append(executor.submit(acc.add, layer, array, batch.ids, labels))
+    def _check_missing(self, missing: Sequence[LayerInfo]) -> None:
+        """The engine's missing-layer policy, plus what a dataset run needs to stay meaningful.
 
-        try:
-            self.adapter.run(batch.inputs, list(self._by_index), on_output)
-        except BaseException:
-            started.cancel()
-            raise
-        return started
-
-    def forward(self, batch: LoadedBatch) -> DatasetAccumulator:
-        """One forward pass over the loaded batch, folded into a fresh accumulator.
-
-        Raises:
-            UnsupportedModel: the adapter gave no output for a selected layer.
+        A layer the model never produces is left out of the result with the
+        engine's note (:func:`convlens.passes.missing_note`, added by the view).
+        But a run without any layer has nothing to show, and a layer produced
+        for some batches and not others would have statistics and rankings over
+        other images than its neighbours': both are errors.
         """
-        return self.start(batch).result()
+        names = frozenset(layer.name for layer in missing)
+        if len(names) == len(self.layers):
+            raise UnsupportedModel(f"{self.adapter.name} produced none of the selected layers "
+                                   f"({', '.join(sorted(names))}) in a forward pass; select other layers "
+                                   "(convlens layers MODEL lists them)")
+        with self._lock:
+            if self._missing is None:
+                self._missing = names
+            elif names != self._missing:
+                changed = ", ".join(sorted(names ^ self._missing))
+                raise UnsupportedModel(f"{self.adapter.name} produced {changed} for some batches and "
+                                       "not for others; select layers on the model's fixed path")
 
     def run(self, records: Sequence[Record]) -> DatasetAccumulator:
         """Read, prepare and run one batch of records into a fresh accumulator."""
         return self.forward(self.load(records))
 
 
-class _Started:
-    """A batch whose forward pass ran and whose outputs are being folded."""
+class _Fold(PassConsumer):
+    """The pass engine's consumer for one batch: each layer's ``(n, ...)`` output into its accumulator.
 
-    def __init__(self, runner: BatchRunner, batch: LoadedBatch, acc: DatasetAccumulator) -> None:
-        self.runner, self.batch, self.acc = runner, batch, acc
-        self.got: set[int] = set()
-        self.jobs: list[Future[None]] = []
+    The dataset reductions (extremes with their positions, float32 sums along
+    each map, zeros) are not the engine's declared reductions: the rankings
+    need the position of the minimum and the means the float32 pairwise sums
+    along each map that the results have always been computed with, so the
+    consumer takes the whole array (see :func:`~.accumulate.reduce_maps`).
+    """
 
-    def result(self) -> DatasetAccumulator:
-        """The batch's accumulator, once every layer is folded in.
+    def __init__(self, acc: DatasetAccumulator, ids: np.ndarray, labels: np.ndarray | None) -> None:
+        self.acc, self.ids, self.labels = acc, ids, labels
 
-        Raises:
-            UnsupportedModel: the adapter gave no output for a selected layer.
-        """
-        for job in self.jobs:
-            job.result()
-        if self.batch.ids.size:
-            missing = [layer.name for layer in self.runner.layers if layer.index not in self.got]
-            if missing:
-                raise UnsupportedModel(f"{self.runner.adapter.name} gave no output for "
-                                       f"{', '.join(missing)} in a forward pass; select other layers")
-            self.acc.add_images(self.batch.ids)
-        return self.acc
-
-    def cancel(self) -> None:
-        """Drop the batch: wait for folds already running, ignore their errors."""
-        for job in self.jobs:
-            job.cancel()
-        for job in self.jobs:
-            if not job.cancelled():
-                try:
-                    job.result()
-                except BaseException:  # the batch is dropped; the caller's error matters
-                    pass
+    def on_layer(self, batch: Batch, layer: LayerInfo, array: np.ndarray) -> None:
+        self.acc.add(layer, array, self.ids, self.labels)
 
 
 class _Prefetch:
@@ -366,9 +365,10 @@ def run_local(runner: BatchRunner, *, batch_size: int = 32, checkpoint: Checkpoi
         checkpoint_every: images between checkpoints.
         resume: continue from ``checkpoint`` (which must exist and match).
         progress: told ``start(images to do, label)``, ``advance(n)`` per batch, ``finish()``.
-        fold_threads: 0 folds each layer's output inside the forward pass (default: on a
-            machine whose cores the framework already keeps busy, a folding thread only
-            competes with it); 1 folds a batch in a thread while the next batch runs.
+        fold_threads: the pass engine's workers (see :meth:`BatchRunner.forward`): 0 folds
+            each layer's output inside the forward pass (default: on a machine whose cores
+            the framework already keeps busy, a folding thread only competes with it); 1
+            folds on a thread while the forward pass goes on.
         prefetch: read and prepare the next batches in a thread while the model runs
             (default); False reads each batch just before its forward pass.
 
@@ -381,6 +381,8 @@ def run_local(runner: BatchRunner, *, batch_size: int = 32, checkpoint: Checkpoi
     """
     if int(batch_size) < 1 or int(checkpoint_every) < 1:
         raise BadArgument("batch size and checkpoint interval must be at least 1")
+    if fold_threads not in (0, 1):
+        raise BadArgument(f"fold_threads must be 0 or 1, not {fold_threads!r}")
     if resume and checkpoint is None:
         raise BadArgument("resuming needs a checkpoint folder")
     progress = progress or NullProgress()
@@ -396,48 +398,29 @@ def run_local(runner: BatchRunner, *, batch_size: int = 32, checkpoint: Checkpoi
     since = 0
     consistent = True  # False only while a merge is changing the state
 
-    def finish(started: _Started) -> None:
-        nonlocal since, consistent
-        part = started.result()
-        consistent = False
-        acc.merge(part)
-        since += len(started.batch.records)
-        consistent = True
-        if checkpoint is not None and since >= checkpoint_every:
-            checkpoint.save(acc)
-            since = 0
-        progress.advance(len(started.batch.records))
-
-    # With a folding thread a batch's outputs are reduced while the model runs on the next batch
-    # (numpy's reductions release the GIL, as the frameworks' kernels do); reading and preparing
-    # always run ahead in the prefetch thread.
-    pending: _Started | None = None
-    with ThreadPoolExecutor(max_workers=max(1, fold_threads),
-                            thread_name_prefix="convlens-dataset-fold") as threads:
-        pool = threads if fold_threads > 0 else None
-        try:
-            loaded = (_Prefetch(runner.load, batches) if prefetch
-                      else (runner.load(records) for records in batches))
-            for batch in loaded:
-                started = runner.start(batch, pool)
-                if pool is None:  # folded already: merge now, so an interrupt loses nothing
-                    finish(started)
-                    continue
-                if pending is not None:
-                    finish(pending)
-                pending = started
-            if pending is not None:
-                last, pending = pending, None
-                finish(last)
-        except BaseException:
-            if pending is not None:
-                pending.cancel()
-            if checkpoint is not None and consistent and since:
-                try:
-                    checkpoint.save(acc)
-                except (ConvlensError, OSError):  # the original error matters more
-                    pass
-            raise
+    # Reading and preparing run ahead in the prefetch thread; each batch goes through the pass
+    # engine (folding inline, or on a thread beside the forward pass with fold_threads=1) and is
+    # merged at once, so the run's state only changes at batch boundaries.
+    try:
+        loaded = (_Prefetch(runner.load, batches) if prefetch
+                  else (runner.load(records) for records in batches))
+        for batch in loaded:
+            part = runner.forward(batch, workers=fold_threads)
+            consistent = False
+            acc.merge(part)
+            since += len(batch.records)
+            consistent = True
+            if checkpoint is not None and since >= checkpoint_every:
+                checkpoint.save(acc)
+                since = 0
+            progress.advance(len(batch.records))
+    except BaseException:
+        if checkpoint is not None and consistent and since:
+            try:
+                checkpoint.save(acc)
+            except (ConvlensError, OSError):  # the original error matters more
+                pass
+        raise
     progress.finish()
     return acc
 

@@ -11,7 +11,8 @@ How the work divides:
   opens the model once (``open_model`` from the :class:`ModelSpec`) and builds
   one :class:`~convlens.dataset.engine.BatchRunner`, which reads its batch with
   convlens's own decoder (:func:`~convlens.dataset.sources.read_batch`),
-  prepares it (:func:`convlens.images.prepare`), runs ONE forward pass and folds
+  prepares it (:func:`convlens.images.prepare`), runs ONE forward pass on the pass
+  engine (:func:`convlens.passes.run_batches`, as the local engine does) and folds
   the maps into a fresh :class:`DatasetAccumulator`. The actor returns that
   accumulator's :meth:`~DatasetAccumulator.state` as ``np.savez`` bytes: plain
   arrays, read back with ``allow_pickle=False``.
