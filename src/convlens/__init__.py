@@ -23,6 +23,7 @@ from ._errors import (
 )
 from ._version import __version__
 from .adapters import DATA_DIR, open_model
+from .compare import Comparison, compare
 from .core.layers import LayerInfo
 from .images import load_image
 from .lens import FeatureMaps, LayerTable, Lens
@@ -45,6 +46,7 @@ __all__ = [
     "BadImage",
     "BadModel",
     "ChannelStats",
+    "Comparison",
     "ConvlensError",
     "FeatureMaps",
     "LayerInfo",
@@ -61,6 +63,7 @@ __all__ = [
     "UnsupportedModel",
     "WeightsUnavailable",
     "__version__",
+    "compare",
     "load_image",
     "open_model",
     "register_section",
