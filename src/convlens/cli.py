@@ -365,6 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights-a", metavar="imagenet|default|none|PATH", help="zoo model A's weights")
     p.add_argument("--weights-b", metavar="imagenet|default|none|PATH", help="zoo model B's weights")
     p.add_argument("--batch-size", type=_positive, help="images per forward pass (default from memory, 4-32)")
+    p.add_argument("--cka", action="store_true", help="compute each pair's CKA also for two forms of one network")
     p.add_argument("--trust", action="store_true",
                    help="allow model files that run code when loaded; only for files you trust")
     _image_options(p)
@@ -614,7 +615,7 @@ def _cmd_compare(args: argparse.Namespace, stdout: TextIO) -> int:
               for m, w in ((args.model_a, args.weights_a), (args.model_b, args.weights_b))]
     result = compare(models[0], models[1], args.images, layers=args.layers, pairs=args.pairs, size=args.size,
                      preprocess=args.preprocess, metric=args.metric, tolerance=args.tolerance,
-                     batch_size=args.batch_size)
+                     batch_size=args.batch_size, cka=True if args.cka else None)
     index = result.save(args.out)
     stdout.write(result.summary() + "\n")
     stdout.write(f"wrote {Path(args.out) / 'compare.html'}, {len(result.pictures)} PNG charts (index: {index})\n")

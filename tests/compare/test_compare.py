@@ -37,13 +37,16 @@ def test_planted_divergence_is_found_at_the_perturbed_layer(resnets, tmp_path, i
 
 
 def test_a_network_compared_with_itself_has_cka_one(agree, images):
-    r = compare(agree["torch"], agree["torch"], images(8), preprocess="unit", batch_size=4)
+    r = compare(agree["torch"], agree["torch"], images(8), preprocess="unit", batch_size=4, cka=True)
     assert r.case == "forms" and r.first_divergence is None
     assert len(r.pairs) == 9
     for p in r.pairs:
         assert p.cka == pytest.approx(1.0, abs=1e-6), p
         assert p.max_abs == 0.0 and p.sqnr_db == math.inf
     assert r.flips == [] and r.top1_agreement == 1.0
+    # two forms of one network: no CKA unless asked for (a Gram matrix per layer and batch)
+    plain = compare(agree["torch"], agree["torch"], images(8), preprocess="unit")
+    assert all(p.cka is None for p in plain.pairs) and any("cka=True" in n for n in plain.notes)
 
 
 def test_pytorch_and_its_onnx_export_pair_every_layer(agree, images):
@@ -147,5 +150,6 @@ def test_fine_tuning_changes_the_trainable_layer_most(images):
 def test_compare_is_exported_and_takes_models():
     assert convlens.compare is compare and "compare" in convlens.__all__ and "Comparison" in convlens.__all__
     demo = Model.open("demo")
-    r = compare(demo, demo, [np.full((28, 28, 1), 7, np.uint8), np.eye(28, dtype=np.uint8)[..., None] * 255])
+    r = compare(demo, demo, [np.full((28, 28, 1), 7, np.uint8), np.eye(28, dtype=np.uint8)[..., None] * 255],
+                cka=True)
     assert r.first_divergence is None and "CKA needs at least 4 images" in " ".join(r.notes)

@@ -92,7 +92,7 @@ def compare(a: Any, b: Any, images: Any, *, layers: str | Sequence[str] | None =
             preprocess: str | tuple[str | None, str | None] | None = None,
             weights: str | tuple[str | None, str | None] | None = None,
             metric: str = "rel", tolerance: float | None = None, batch_size: int | None = None,
-            labels: Sequence[str] | None = None) -> Comparison:
+            cka: bool | None = None, labels: Sequence[str] | None = None) -> Comparison:
     """Compare two networks layer by layer over the same images.
 
     It recognises three cases:
@@ -130,6 +130,10 @@ def compare(a: Any, b: Any, images: Any, *, layers: str | Sequence[str] | None =
         tolerance: the threshold of ``metric``; defaults 1e-3, 1e-3, 0.9999, 40 dB, 0.99.
         batch_size: images per forward pass (default: what 512 MB of A's paired
             outputs allow, 4 to 32; at least 4 for CKA).
+        cka: compute the CKA of every pair; default: for two checkpoints, two
+            architectures and ``metric="cka"``, not for two forms of one
+            network of one input size (their CKA is 1 to many digits, and a
+            Gram matrix per layer and batch is a tenth of the time on VGG16).
         labels: class names for the top-1 flips (default the models' own).
 
     Returns:
@@ -178,24 +182,36 @@ def compare(a: Any, b: Any, images: Any, *, layers: str | Sequence[str] | None =
     compared: list[tuple[LayerInfo, LayerInfo]] = []
     for p in pairing.pairs:
         compared.extend(p.candidates or [(p.a, p.b)])
+    changes = [_kernel_change(model_a, model_b, p) for p in pairing.pairs]
+    known = [c for c in changes if c is not None]
+    case = ("architectures" if different else
+            "checkpoints" if known and max(known) > CHECKPOINT_CHANGE else "forms")
+    sizes_differ = (model_a.input_shape[:2] != model_b.input_shape[:2] and None not in model_a.input_shape[:2]
+                    and None not in model_b.input_shape[:2]) or size_a != size_b
+    # layers of different sizes can only be compared by CKA
+    with_cka = bool(cka) if cka is not None else (case != "forms" or metric == "cka" or sizes_differ)
     if batch_size is None:
         per_image = _bytes_per_image([x for x, _ in compared], tuple(int(d or 224) for d in model_a.input_shape))
         batch_size = int(min(32, max(MIN_BATCH, MEMORY_BUDGET // max(per_image, 1))))
 
     streamed = stream(Side(model_a, size_a, pre_a), Side(model_b, size_b, pre_b), image_list, compared,
-                      matrix_layers=matrix_layers, batch_size=int(batch_size))
-    return _result(model_a, model_b, pairing, streamed, different, metric, figure, larger_worse, tol,
-                   labels, matrix_layers)
+                      matrix_layers=matrix_layers, pair_cka=with_cka, batch_size=int(batch_size))
+    result = _result(model_a, model_b, pairing, streamed, case, changes, metric, figure, larger_worse, tol,
+                     labels, matrix_layers)
+    if not with_cka and pairing.pairs:
+        result.notes.append("the CKA of each pair was not computed for two forms of one network (cka=True, "
+                            "--cka computes it)")
+    return result
 
 
-def _result(ma: Model, mb: Model, pairing: Pairing, s: Streamed, different: bool, metric: str, figure: str,
-            larger_worse: bool, tol: float, labels: Sequence[str] | None,
+def _result(ma: Model, mb: Model, pairing: Pairing, s: Streamed, case: str, changes: Sequence[float | None],
+            metric: str, figure: str, larger_worse: bool, tol: float, labels: Sequence[str] | None,
             matrix_layers: tuple[Sequence[LayerInfo], Sequence[LayerInfo]] | None) -> Comparison:
-    cka = s.pair_cka.matrix() if s.pair_cka is not None else None
+    cka = s.pair_cka.matrix() if s.pair_cka is not None and s.pair_cka.batches else None
     pair_rows_a, pair_rows_b = s.pair_rows
     results: list[PairResult] = []
     chosen: list[tuple[int, int]] = []
-    for p in pairing.pairs:
+    for p, change in zip(pairing.pairs, changes):
         options = list(p.candidates or [(p.a, p.b)])
         scored = [(s.stats[(x.index, y.index)].figures()["rel_error"], k) for k, (x, y) in enumerate(options)
                   if (x.index, y.index) in s.stats]
@@ -223,12 +239,9 @@ def _result(ma: Model, mb: Model, pairing: Pairing, s: Streamed, different: bool
         if cka is not None and x.index in pair_rows_a and y.index in pair_rows_b:
             v = cka[pair_rows_a.index(x.index), pair_rows_b.index(y.index)] if cka.size else math.nan
             r.cka = float(v) if math.isfinite(v) else None
-        r.weight_change = _kernel_change(ma, mb, p)  # the kernels of the pair as found, fused or not
+        r.weight_change = change  # the kernels of the pair as found, fused or not
         results.append(r)
 
-    changes = [r.weight_change for r in results if r.weight_change is not None]
-    case = ("architectures" if different else
-            "checkpoints" if changes and max(changes) > CHECKPOINT_CHANGE else "forms")
     first = None
     for i, r in enumerate(results):
         if _diverges(getattr(r, figure), larger_worse, tol):

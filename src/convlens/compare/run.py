@@ -112,7 +112,7 @@ def _prepare(side: Side, images: Sequence[Any], notes: list[str]) -> np.ndarray:
 
 def stream(a: Side, b: Side, images: Sequence[Any], pairs: Sequence[tuple[LayerInfo, LayerInfo]], *,
            matrix_layers: tuple[Sequence[LayerInfo], Sequence[LayerInfo]] | None = None,
-           batch_size: int = 16, on_batch: Callable[[int], None] | None = None) -> Streamed:
+           pair_cka: bool = True, batch_size: int = 16, on_batch: Callable[[int], None] | None = None) -> Streamed:
     """Run both networks over ``images`` and stream every figure.
 
     Args:
@@ -120,6 +120,7 @@ def stream(a: Side, b: Side, images: Sequence[Any], pairs: Sequence[tuple[LayerI
         images: image sources (paths, arrays, PIL images), loaded batch by batch.
         pairs: ``(layer of A, layer of B)`` to compare value by value (candidates included).
         matrix_layers: layers of A and of B whose every combination gets a CKA (the CKA matrix).
+        pair_cka: compute the CKA of every pair (a Gram matrix per layer and batch).
         batch_size: images per batch (at least 4 for CKA).
         on_batch: called with the number of images done after each batch.
     """
@@ -138,12 +139,13 @@ def stream(a: Side, b: Side, images: Sequence[Any], pairs: Sequence[tuple[LayerI
     mat_b = [y.index for y in matrix_layers[1]] if matrix_layers else []
     if matrix_layers:
         out.matrix_cka = MinibatchCKA(len(mat_a), len(mat_b))
-    gram_rows_a, gram_rows_b = set(pair_a) | set(mat_a), set(pair_b) | set(mat_b)
+    gram_rows_a = (set(pair_a) if pair_cka else set()) | set(mat_a)
+    gram_rows_b = (set(pair_b) if pair_cka else set()) | set(mat_b)
     keep_a = set(pair_a)
     total = len(images)
     chunks = batches(total, batch_size)
-    cka_ok = all(len(c) >= MIN_BATCH for c in chunks)
-    if not cka_ok:
+    cka_ok = all(len(c) >= MIN_BATCH for c in chunks) and bool(gram_rows_a)
+    if not cka_ok and gram_rows_a:
         out.notes.append(f"CKA needs at least {MIN_BATCH} images; it was not computed for {total}")
     for chunk in chunks:
         subset = [images[i] for i in chunk]
@@ -160,6 +162,7 @@ def stream(a: Side, b: Side, images: Sequence[Any], pairs: Sequence[tuple[LayerI
 
         def on_a(row: int, array: np.ndarray, kept: dict[int, np.ndarray] = kept,
                  grams: dict[int, np.ndarray] = grams_a) -> None:
+            array = np.ascontiguousarray(array, np.float32)  # one copy at most; every reshape is then free
             if row in keep_a:
                 kept[row] = array
             if cka_ok and row in gram_rows_a:
@@ -167,6 +170,7 @@ def stream(a: Side, b: Side, images: Sequence[Any], pairs: Sequence[tuple[LayerI
 
         def on_b(row: int, array: np.ndarray, kept: dict[int, np.ndarray] = kept,
                  grams: dict[int, np.ndarray] = grams_b) -> None:
+            array = np.ascontiguousarray(array, np.float32)
             if cka_ok and row in gram_rows_b:
                 grams[row] = gram_linear(array)
             for key in partners.get(row, ()):
@@ -180,7 +184,7 @@ def stream(a: Side, b: Side, images: Sequence[Any], pairs: Sequence[tuple[LayerI
         kept.clear()
         _compare_outputs(out, np.asarray(out_a), np.asarray(out_b))
         if cka_ok:
-            if keys:
+            if keys and pair_cka:
                 _add_grams(out.pair_cka, pair_a, pair_b, grams_a, grams_b, out.notes)
             if out.matrix_cka is not None:
                 _add_grams(out.matrix_cka, mat_a, mat_b, grams_a, grams_b, out.notes)
