@@ -73,10 +73,10 @@ def test_maps_and_filters_share_an_output_folder(demo, tmp_path):
 
 
 def test_a_failure_midway_writes_nothing(demo, tmp_path, monkeypatch):
-    from convlens import lens as lens_module
+    from convlens import maps as maps_module  # save_maps draws with convlens.maps
 
     calls = {"n": 0}
-    real = lens_module.render_map
+    real = maps_module.render_map
 
     def flaky(*args, **kwargs):
         calls["n"] += 1
@@ -84,7 +84,7 @@ def test_a_failure_midway_writes_nothing(demo, tmp_path, monkeypatch):
             raise OutputError("disk full")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(lens_module, "render_map", flaky)
+    monkeypatch.setattr(maps_module, "render_map", flaky)
     out = tmp_path / "out"
     with pytest.raises(OutputError):
         demo.save_maps(convlens.DEMO_IMAGE, out, layers="all")
@@ -148,10 +148,20 @@ def test_progress_bar_draws_on_a_terminal_only():
     assert pipe.getvalue() == ""
 
 
-def test_images_of_different_sizes_need_a_size_for_one_batch(keras):
+def test_images_of_different_sizes_give_one_array_per_image(keras):
     inp = keras.Input((None, None, 1))
-    lens = Lens(keras.Model(inp, keras.layers.Conv2D(2, 3, name="c")(inp)))
-    with pytest.raises(BadArgument, match="size="):
-        lens.feature_maps([np.zeros((8, 8), "uint8"), np.zeros((9, 8), "uint8")])
-    assert lens.feature_maps([np.zeros((8, 8), "uint8"), np.zeros((9, 8), "uint8")],
-                             size=(10, 12))["c"].shape == (2, 8, 10, 2)
+    conv = keras.layers.Conv2D(2, 3, name="c", kernel_initializer="ones", bias_initializer="zeros")
+    lens = Lens(keras.Model(inp, conv(inp)), preprocess="raw")
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 4, (8, 8)).astype("uint8"), rng.integers(0, 4, (9, 7)).astype("uint8"),
+              rng.integers(0, 4, (9, 7)).astype("uint8")]
+    maps = lens.feature_maps(images)
+    got = maps["c"]
+    assert isinstance(got, list) and [a.shape for a in got] == [(6, 6, 2), (7, 5, 2), (7, 5, 2)]
+    assert [a.shape for a in maps.inputs] == [(8, 8, 1), (9, 7, 1), (9, 7, 1)]
+    for k, image in enumerate(images):  # integer sums of a ones kernel: exact, image by image
+        alone = lens.feature_maps(image)["c"]
+        assert alone.shape == (1, *got[k].shape) and np.array_equal(alone[0], got[k])
+        window = np.lib.stride_tricks.sliding_window_view(image.astype(np.float64), (3, 3)).sum(axis=(-1, -2))
+        assert np.array_equal(got[k][..., 0], window)
+    assert lens.feature_maps(images, size=(10, 12))["c"].shape == (3, 8, 10, 2)  # one size: stacked

@@ -31,9 +31,9 @@ import pytest
 
 import convlens
 from convlens import OutputError
-from convlens import output as png  # OutputDir and atomic_write_bytes live in convlens.output
 from convlens.cli import main
 from convlens.output import OutputDir
+from convlens.output import files as png  # OutputDir and atomic_write_bytes live in convlens.output.files
 
 DIGIT = str(convlens.DEMO_IMAGE)
 

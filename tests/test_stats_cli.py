@@ -139,7 +139,7 @@ def test_progress_and_notes(lens):
 
     big = np.zeros((16, 16, 3), np.uint8)  # resized to the model's 8x8, and said so
     stats = lens.channel_stats([big, dark_image()], progress=Spy())
-    assert events == [("start", 2), ("advance", 1), ("advance", 1), ("finish",)]
+    assert events == [("start", 2), ("advance", 2), ("finish",)]  # both 8x8 now: one batch of two
     assert any("resized" in n for n in stats.notes)
 
 
@@ -292,12 +292,13 @@ class _FakeAdapter:
         for i in wanted:
             if i == 2 and self.drop_second:
                 continue
-            out = np.full((1, 4, 4, 2), float(batch.mean()), np.float32)
+            out = np.broadcast_to(batch.mean(axis=(1, 2, 3))[:, None, None, None],
+                                  (len(batch), 4, 4, 2)).astype(np.float32)
             ref = weakref.ref(out)
             on_output(i, out)
             del out
             self.retained.append(ref() is not None)  # was the map kept after the callback?
-        return np.zeros((1, 1), np.float32)
+        return np.zeros((len(batch), 1), np.float32)
 
     def kernels(self, index):
         raise NotImplementedError
@@ -306,7 +307,7 @@ class _FakeAdapter:
 def test_maps_are_folded_and_dropped_layer_by_layer():
     adapter = _FakeAdapter(drop_second=False)
     stats = Lens(adapter).channel_stats([np.full((4, 4), 3, np.uint8), np.full((4, 4), 5, np.uint8)])
-    assert adapter.retained == [False] * 4  # no layer's map outlives its callback
+    assert adapter.retained == [False] * 2  # one batch of both images; no map outlives its callback
     assert [s.name for s in stats] == ["a", "b"] and stats.layer("b").mean.tolist() == [4.0, 4.0]
     assert stats.layer("a").std.tolist() == [1.0, 1.0] and stats.layer("a").images == 2
 
@@ -314,5 +315,6 @@ def test_maps_are_folded_and_dropped_layer_by_layer():
 def test_a_layer_the_adapter_never_produced_is_left_out_and_noted():
     stats = Lens(_FakeAdapter(drop_second=True)).channel_stats(np.zeros((4, 4), np.uint8))
     assert [s.name for s in stats] == ["a"]
-    assert stats.notes == ["no output was captured for b; left out"]
+    assert stats.notes == ["the model produced no output for b; left out (select other layers, "
+                           "see convlens layers MODEL)"]
     assert stats.layer("a").dead.tolist() == [True, True]

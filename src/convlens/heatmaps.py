@@ -16,11 +16,9 @@ model, the methods compute, :mod:`convlens.render.overlay` draws.
 
 from __future__ import annotations
 
-import base64
 import html
 import inspect
 import os
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,9 +33,8 @@ from .images import Image, PreparedBatch, check_not_constant, prepare_batch
 from .methods import Method, MethodResult, create, forward_only, get, resolve_layer
 from .methods import names as method_names
 from .methods.targets import TargetSpec, parse_classes
-from .output import OutputDir, merge_index
+from .output import OutputDir, png_figure_html, safe_name, write_index
 from .render.overlay import overlay, resize_map
-from .render.png import encode_png
 
 if TYPE_CHECKING:  # pragma: no cover
     from .model import Model
@@ -233,12 +230,9 @@ class Heatmaps:
         parts = [head]
         for e in self.entries:
             rgb = self.render(e.image, e.method, e.class_index, max_side=512)
-            data = base64.b64encode(encode_png(rgb)).decode("ascii")
-            alt = html.escape(f"{self.images[e.image].name}: {e.caption()}", quote=True)
-            parts.append(f"<figure style='display:inline-block;margin:0 8px 12px 0'>"
-                         f"<img src='data:image/png;base64,{data}' alt='{alt}' style='max-width:512px'/>"
-                         f"<figcaption style='font:12px monospace'>{html.escape(self.images[e.image].name)}"
-                         f"</figcaption></figure>")
+            parts.append(png_figure_html(rgb, self.images[e.image].name,
+                                         alt=f"{self.images[e.image].name}: {e.caption()}", max_width="512px",
+                                         pixelated=False, inline=True))
         return "".join(parts)
 
     # ------------------------------------------------------------------ files
@@ -274,14 +268,13 @@ class Heatmaps:
                     "file": base + ".png", "array": base + ".npy", "array_shape": list(full.shape),
                     "extra": {k: v for k, v in e.extra.items() if isinstance(v, (int, float, str, bool))},
                 })
-            index = merge_index(out_path, "heatmaps", records, {
+            write_index(staging, "heatmaps", records, {
                 "model": self.model, "framework": self.framework,
                 "images": [{"name": im.name, "source": im.source, "size": list(im.original_size)}
                            for im in self.images],
                 "notes": self.notes,
             })
-            staging.write_json("index.json", index)
-        return index
+        return staging.results["index.json"]
 
 
 def _npy(a: np.ndarray) -> bytes:
@@ -293,8 +286,8 @@ def _npy(a: np.ndarray) -> bytes:
 
 
 def _safe(name: str) -> str:
-    """An image or method name as a file name (``gradcam++`` -> ``gradcampp``)."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name.replace("+", "p").replace("/", "__")).strip("._") or "x"
+    """An image or method name as a file name (``gradcam++`` -> ``gradcampp``; empty -> ``x``)."""
+    return safe_name(name.replace("+", "p"), "x")
 
 
 # ---------------------------------------------------------------------- computing

@@ -18,7 +18,7 @@ import numpy as np
 
 from ._errors import BadArgument
 from .adapters.keras import import_keras
-from .lens import Lens
+from .model import Model
 from .render.maps import RenderOptions
 from .timeline.recorder import Recorder
 
@@ -151,11 +151,11 @@ class LensCallback(keras.callbacks.Callback):  # type: ignore[misc,name-defined]
                                   "(with a new out= folder) for this one")
             return
         s = self._settings
-        lens = Lens(model, preprocess=s["preprocess"])
+        opened = Model.open(model, preprocess=s["preprocess"])
         options = {k: v for k, v in s.items() if k not in (
             "layers", "out", "tensorboard", "dead_threshold", "filters", "preprocess", "size", "overwrite")}
         self.recorder = Recorder(
-            lens, self._images, out=s["out"], layers=s["layers"], filters=s["filters"],
+            opened, self._images, out=s["out"], layers=s["layers"], filters=s["filters"],
             weights=lambda: keras_weights(model), tensorboard=s["tensorboard"],
             dead_threshold=s["dead_threshold"], size=s["size"], preprocess=s["preprocess"],
             overwrite=s["overwrite"], meta={"every": self.every, "backend": keras.backend.backend(),

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import base64
-import html
 import os
-import re
 import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -14,21 +11,21 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ._errors import BadArgument, LayerNotFound, UnsupportedModel
+from ._errors import LayerNotFound, UnsupportedModel
 from ._progress import NullProgress, Progress
 from .adapters.base import Adapter
 from .core.layers import LayerInfo
 from .core.normalize import finite_range, union_range
 from .core.text import pair_text, shape_text
 from .images import Image, PreparedBatch
+from .maps import draw_filter_files, draw_map_file, layer_title
 from .model import Model
-from .output import OutputDir, check_file_target, merge_index
-from .passes import CollectMaps, MapConsumer, StatsConsumer, run_pass
+from .output import OutputDir, check_file_target, png_figure_html, pre_html, write_index
+from .passes import CollectMaps, MapConsumer, StatsConsumer, missing_note, run_pass
 from .render.colormap import lut as colormap_lut
-from .render.filters import filter_grid, filter_norms, first_layer_composites
-from .render.grid import add_title
+from .render.filters import filter_grid, first_layer_composites
+from .render.html import escape
 from .render.maps import RenderOptions, reduce_map, render_map
-from .render.png import encode_png
 from .stats import ChannelStats
 
 if TYPE_CHECKING:  # pragma: no cover - the report imports this module, never the reverse
@@ -37,11 +34,6 @@ if TYPE_CHECKING:  # pragma: no cover - the report imports this module, never th
 __all__ = ["FeatureMaps", "Filters", "LayerTable", "Lens", "format_table"]
 
 ImageLike = Any  # a path, a PIL image or an array; see convlens.images.load_image
-
-
-def _safe(name: str) -> str:
-    """A layer or image name as a file name."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name.replace("/", "__")).strip("._") or "layer"
 
 
 def _shape(shape: Sequence[int | None] | None) -> str:
@@ -78,18 +70,10 @@ class LayerTable(list):
         return format_table(self)
 
     def _repr_html_(self) -> str:
-        text = html.escape(format_table(self))
-        return f"<pre style='font-size:12px'>{text}</pre>"
+        return pre_html(format_table(self))
 
     def to_json(self) -> list[dict[str, Any]]:
         return [layer.as_dict() for layer in self]
-
-
-def _png_html(rgb: np.ndarray, caption: str) -> str:
-    data = base64.b64encode(encode_png(rgb)).decode("ascii")
-    return (f"<figure style='margin:0 0 12px 0'><img src='data:image/png;base64,{data}' "
-            f"style='max-width:100%;image-rendering:pixelated'/><figcaption style='font:12px monospace'>"
-            f"{html.escape(caption)}</figcaption></figure>")
 
 
 @dataclass
@@ -97,14 +81,19 @@ class FeatureMaps(Mapping[str, np.ndarray]):
     """The outputs of the selected layers for a batch of images.
 
     A mapping from layer name to a float32 array with the batch first:
-    ``(N, H, W, C)`` maps, ``(N, L, C)`` signals or ``(N, C)`` vectors.
+    ``(N, H, W, C)`` maps, ``(N, L, C)`` signals or ``(N, C)`` vectors. When
+    the images had different sizes (a model that takes any size), a layer's
+    value is instead a list of N arrays, one per image without the batch axis,
+    and so are ``inputs`` and, if its shapes differ, ``output``: ``maps[name][k]``
+    is image ``k``'s output in both cases.
 
     Attributes:
         layers: the selected layers, in execution order.
         images: the images as loaded.
         inputs: the preprocessed batch the network saw, ``(N, H, W, C)``.
         output: the model's own output for the batch.
-        notes: what was done to the inputs (resizing, channel changes).
+        notes: what was done to the inputs (resizing, channel changes), and the
+            selected layers the model produced no output for (left out).
     """
 
     layers: list[LayerInfo]
@@ -138,20 +127,21 @@ class FeatureMaps(Mapping[str, np.ndarray]):
         vr = None
         if opts.norm == "global":
             vr = union_range(finite_range(reduce_map(a[image], opts)) for a in self.arrays.values())
-        return render_map(self[layer][image], opts, title=_title(info), value_range=vr).rgb
+        return render_map(self[layer][image], opts, title=layer_title(info), value_range=vr).rgb
 
     def _repr_html_(self) -> str:
-        parts = [(f"<div><b>{html.escape(str(len(self)))} layers</b> for image "
-                  f"{html.escape(self.images[0].name)}</div>")]
+        parts = [(f"<div><b>{len(self)} layers</b> for image "
+                  f"{escape(self.images[0].name)}</div>")]
         opts = RenderOptions()
         for info in self.layers:
-            rgb = render_map(self.arrays[info.name][0], opts, title=_title(info)).rgb
-            parts.append(_png_html(rgb, f"{info.index} {info.name}"))
+            rgb = render_map(self.arrays[info.name][0], opts, title=layer_title(info)).rgb
+            parts.append(png_figure_html(rgb, f"{info.index} {info.name}"))
         return "".join(parts)
 
 
-def _title(info: LayerInfo) -> str:
-    return f"{info.index} {info.name}  ·  {info.type}  ·  {_shape(info.output_shape)}"
+def _stacked(arrays: Sequence[np.ndarray]) -> Any:
+    """Per-image arrays stacked batch first when they have one shape, else the list itself."""
+    return np.stack(arrays) if len({a.shape for a in arrays}) <= 1 and arrays else list(arrays)
 
 
 class Filters(dict):
@@ -165,8 +155,8 @@ class Filters(dict):
         parts = []
         for name, k in self.items():
             if k.shape[1] in (1, 3):
-                parts.append(_png_html(first_layer_composites(k, 64), f"{name} {k.shape}: each filter, 0-1"))
-            parts.append(_png_html(self.render(name), f"{name} {k.shape}: filters x inputs"))
+                parts.append(png_figure_html(first_layer_composites(k, 64), f"{name} {k.shape}: each filter, 0-1"))
+            parts.append(png_figure_html(self.render(name), f"{name} {k.shape}: filters x inputs"))
         return "".join(parts)
 
 
@@ -182,20 +172,10 @@ class _MapFiles(MapConsumer):
 
     def draw(self, image: int, layer: LayerInfo, x: np.ndarray, total: int, shape: tuple[int, ...],
              value_range: tuple[float, float] | None) -> None:
-        im = self.images[image]
-        rel = f"maps/{_safe(im.name)}/{layer.index:03d}_{_safe(layer.name)}.png"
-        rendered = render_map(x, self.options, title=_title(layer), channels_total=total,
-                              value_range=value_range, reduced=value_range is not None)
-        self.staging.write_bytes(rel, rendered.png())
-        entry = {
-            "image": im.name, "layer": layer.name, "index": layer.index, "type": layer.type,
-            "shape": list(layer.output_shape) if layer.output_shape else None,
-            "file": rel, "layout": rendered.layout,
-            "channels_total": rendered.channels_total,
-            "channels_shown": rendered.channels_shown, "flags": rendered.flags.indices(),
-        }
+        drawn = draw_map_file(self.staging, self.images[image].name, layer, x, self.options, total=total,
+                              value_range=value_range)
         with self._entries_lock:
-            self.entries.append(entry)
+            self.entries.append(drawn.entry)
 
 
 class Lens:
@@ -270,7 +250,13 @@ class Lens:
     def feature_maps(self, images: ImageLike | Sequence[ImageLike], layers: str | Iterable[str] | None = None,
                      *, size: int | tuple[int, int] | None = None,
                      preprocess: str | None = None) -> FeatureMaps:
-        """The outputs of the selected layers, from one forward pass per image.
+        """The outputs of the selected layers, from one batched forward pass.
+
+        Images of the same prepared size go through the network together. On a
+        model that takes any size, images of different sizes work too: then
+        each layer's value is a list with one array per image (``(H, W, C)``
+        each, sizes differing), and ``inputs``/``output`` are lists likewise;
+        ``maps[layer][k]`` is image ``k``'s map either way.
 
         Args:
             images: one image or a list (paths, PIL images or arrays).
@@ -280,13 +266,13 @@ class Lens:
         """
         chosen = self.select(layers)
         batch = self._prepare(images, size, preprocess)
-        if len({a.shape for a in batch.arrays}) > 1:
-            raise BadArgument("images of different sizes cannot be stacked into one batch; pass size= "
-                              "or use save_maps, which handles each image on its own")
         collect = CollectMaps(chosen, len(batch.arrays))
-        outputs = run_pass(self.adapter, chosen, batch.arrays, [collect], workers=0)  # it keeps them all anyway
-        return FeatureMaps(layers=chosen, arrays=collect.arrays, images=batch.images,
-                           inputs=np.stack(batch.arrays), output=np.concatenate(outputs), notes=batch.notes)
+        result = run_pass(self.model, chosen, batch.arrays, [collect], workers=0)  # it keeps them all anyway
+        notes = [*batch.notes, *([missing_note(result.missing)] if result.missing else [])]
+        return FeatureMaps(layers=[layer for layer in chosen if layer not in result.missing],
+                           arrays={name: _stacked(got) for name, got in collect.arrays.items()},
+                           images=batch.images, inputs=_stacked(batch.arrays),
+                           output=_stacked([o[0] for o in result.outputs]), notes=notes)
 
     def save_maps(self, images: ImageLike | Sequence[ImageLike], out: str | os.PathLike[str],
                   layers: str | Iterable[str] | None = None, *, size: Any = None,
@@ -294,10 +280,12 @@ class Lens:
                   **options: Any) -> dict[str, Any]:
         """Write one PNG grid per selected layer and per image, plus ``index.json``.
 
-        Each image gets one forward pass; each layer is drawn and encoded as soon
-        as the network produces it, so memory holds a few layers at a time (except
-        ``norm="global"``, which keeps the reduced maps of one image). Nothing is
-        written if anything fails.
+        Images of the same size go through the network in batches (bounded by
+        :data:`convlens.passes.MEMORY_BUDGET`); each layer is drawn and encoded
+        as soon as the network produces it, so memory holds a few layer outputs
+        at a time (except ``norm="global"``, which keeps the reduced maps of one
+        batch). Nothing is written if anything fails; a selected layer the model
+        never produced is left out and noted in the index's ``notes``.
 
         Args:
             images: one image or a list.
@@ -314,18 +302,20 @@ class Lens:
         out_path = Path(out)
         with OutputDir(out_path) as staging:
             files = _MapFiles(opts, staging, batch.images)
-            run_pass(self.adapter, chosen, batch.arrays, [files], progress=progress, label="feature maps")
+            result = run_pass(self.model, chosen, batch.arrays, [files], progress=progress,
+                              label="feature maps")
+            notes = [*batch.notes, *([missing_note(result.missing)] if result.missing else [])]
             entries = sorted(files.entries, key=lambda e: (e["image"], e["index"]))
             # merged at commit time, under OutputDir's lock: another run may have written meanwhile
-            staging.write_json_on_commit("index.json", lambda: merge_index(out_path, "maps", entries, {
+            write_index(staging, "maps", entries, {
                 "model": self.name,
                 "framework": self.adapter.framework,
                 "images": [{"name": im.name, "source": im.source,
                             "size": list(im.original_size)} for im in batch.images],
-                "notes": batch.notes,
+                "notes": notes,
                 "options": {"norm": opts.norm, "cmap": opts.cmap, "max_channels": opts.max_channels,
                             "columns": opts.columns, "preprocess": preprocess or self.preprocess},
-            }))
+            })
         return staging.results["index.json"]
 
     # ------------------------------------------------------------------ filters
@@ -350,39 +340,16 @@ class Lens:
         """
         kernels = self.filters(layers)
         table = {layer.name: layer for layer in self.adapter.layers()}
-        lut = colormap_lut(cmap)
-        cap = max_filters or 10**9
         progress = progress or NullProgress()
         progress.start(len(kernels), "filters")
         entries: list[dict[str, Any]] = []
-        out_path = Path(out)
-        with OutputDir(out_path) as staging:
+        with OutputDir(Path(out)) as staging:
             for name, k in kernels.items():
-                info = table[name]
-                base = f"filters/{info.index:03d}_{_safe(name)}"
-                shown = min(cap, k.shape[0])
-                head = f"{info.index} {name}  ·  {info.type}  ·  kernel {_shape(k.shape)}"
-                files = []
-                if k.shape[1] in (1, 3):  # a first layer: each filter as one picture, per-filter 0-1
-                    suffix, label = ("_rgb", "RGB") if k.shape[1] == 3 else ("_gray", "gray")
-                    patches = first_layer_composites(k, cap)
-                    staging.write_png(base + suffix + ".png", add_title(patches, f"{head}  ·  {label}"))
-                    files.append(base + suffix + ".png")
-                grid = filter_grid(k, lut, max_filters=cap, max_inputs=max_inputs)
-                caps = [f"{label} 0-{n - 1} of {total}" for label, n, total in
-                        (("filters", shown, k.shape[0]), ("inputs", min(max_inputs, k.shape[1]), k.shape[1]))
-                        if n < total]
-                staging.write_png(base + ".png", add_title(grid, "  ·  ".join([head, *caps])))
-                files.append(base + ".png")
-                norms = filter_norms(k)
-                for f in files:
-                    entries.append({"layer": name, "index": info.index, "type": info.type,
-                                    "kernel_shape": list(k.shape), "file": f,
-                                    "filters_shown": shown, "inputs_shown": min(max_inputs, k.shape[1]),
-                                    "l2_norms": [round(float(v), 6) for v in norms[:shown]]})
+                drawn = draw_filter_files(staging, table[name], k, cmap=cmap, max_filters=max_filters,
+                                          max_inputs=max_inputs)
+                entries.extend(d.entry for d in drawn)
                 progress.advance()
-            staging.write_json_on_commit("index.json", lambda: merge_index(
-                out_path, "filters", entries, {"model": self.name, "framework": self.adapter.framework}))
+            write_index(staging, "filters", entries, {"model": self.name, "framework": self.adapter.framework})
         progress.finish()
         return staging.results["index.json"]
 
@@ -396,10 +363,11 @@ class Lens:
         For every channel: mean, standard deviation, minimum, maximum and share
         of exact zeros over every finite value of every image, and flags for
         dead (zero everywhere for these inputs), constant and non-finite
-        channels (see :mod:`convlens.core.stats`). One forward pass per image;
-        each layer's output is folded into its running statistics as soon as
-        it exists, so memory holds one layer's output at a time, never all of
-        them. Images of different sizes are fine (each runs on its own).
+        channels (see :mod:`convlens.core.stats`). Images of the same size go
+        through the network in batches; each layer's output is reduced per
+        image and channel and folded into its running statistics as soon as it
+        exists, so memory holds one layer's output at a time, never all of
+        them. Images of different sizes are fine (they run in separate batches).
 
         Args:
             images: one image or a list (paths, PIL images or arrays).
@@ -419,13 +387,10 @@ class Lens:
         stats = StatsConsumer(chosen)
         # Inline (workers=0): each output is folded inside the adapter's callback and dropped, so
         # memory holds one layer's output at a time however many layers and images there are.
-        run_pass(self.adapter, chosen, batch.arrays, [stats], progress=progress, label="channel statistics",
-                 unit="image", workers=0)
-        notes = batch.notes
-        # An adapter that never produced a selected layer's output leaves it out, and says so.
-        missing = stats.missing()
-        if missing:
-            notes = [*notes, f"no output was captured for {', '.join(missing)}; left out"]
+        result = run_pass(self.model, chosen, batch.arrays, [stats], progress=progress,
+                          label="channel statistics", unit="image", workers=0)
+        # A selected layer that the model never produced is left out, and said so.
+        notes = [*batch.notes, *([missing_note(result.missing)] if result.missing else [])]
         return ChannelStats(stats.results(), model=self.name, images=[image.name for image in batch.images],
                             notes=notes)
 
@@ -439,7 +404,7 @@ class Lens:
                dataset: str | os.PathLike[str] | None = None, **options: Any) -> Report:
         """A self-contained HTML report: layers, inputs, predictions, maps, channel health, filters.
 
-        One forward pass per image feeds both the feature-map grids and the
+        One batched forward pass feeds both the feature-map grids and the
         channel statistics. In Jupyter the returned report shows inline.
 
         Args:

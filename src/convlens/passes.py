@@ -1,35 +1,48 @@
-"""One streaming forward pass that every consumer of layer outputs feeds from.
+"""The one batch-first pass engine that every consumer of layer outputs feeds from.
 
-:func:`run_pass` runs each prepared image once through ``adapter.run`` and
-hands every captured layer output to every :class:`Consumer` (feature-map
-PNGs, channel statistics, the report's grids, later heatmaps and the dataset
-view), so that a report needs ONE forward pass per image for its maps and its
-statistics together.
+:func:`run_pass` sends the prepared images through the model in batches
+(consecutive images of the same size together, up to ``batch_size``, by
+default as many as a memory budget allows) and hands every captured layer
+output to every :class:`Consumer` (feature-map PNGs, channel statistics, the
+report's grids, the dataset view, the timeline), so that a report needs ONE
+forward pass for its maps and its statistics together.
+:func:`run_batches` does the same for callers that make their own batches
+(the dataset view, with its prefetch thread). :func:`call_model` is the one
+documented entry point for views that need passes of their own (Score-CAM's
+masked inputs, occlusion, integrated gradients, feature visualisation).
 
 How the work flows::
 
-    main thread:  adapter.run(image k) ──on_output(i, a)──► submit job(k, i, a)
-                                                                   │ (at most ``in_flight`` queued)
-    2 workers:    job: consumer.on_layer(k, layer i, a) for every consumer
-    main thread:  after image k's jobs: consumer.on_image(k, output) ─► deferred jobs (workers)
-    main thread:  after every job of every image: consumer.finish()
+    main thread:  forward(batch b) ──on_output(i, a)──► submit job(b, i, a)
+                                                               │ (at most ``in_flight`` queued)
+    workers:      job: consumer.on_layer(b, layer i, a (n, ...)) for every consumer
+                       (or on_reduced(b, layer i, {op: (n, C)}) for the layers it reduces)
+    main thread:  after batch b's jobs: consumer.on_batch(b, output) ─► deferred jobs (workers)
+    main thread:  after every job of every batch: consumer.finish()
 
 * **Memory is bounded**: a semaphore lets at most ``in_flight`` layer outputs
   (4 by default) wait for or sit in the workers; the forward pass blocks on
-  the fifth. Consumers keep what they choose (a reduced map for
-  ``norm="global"``, running sums for statistics), never every output.
-* **Work overlaps**: reducing, drawing, encoding and statistics run on two
-  worker threads beside the forward pass and each other (numpy and deflate
-  release the GIL).
+  the fifth. Consumers keep what they choose, never every output.
+* **Work overlaps**: reducing, drawing, encoding and statistics run on the
+  worker threads beside the forward pass (numpy and deflate release the GIL).
 * **Errors propagate**: an exception in a consumer stops the pass after the
-  image it happened on (the image's jobs are awaited), and is raised from
+  batch it happened on (the batch's jobs are awaited) and is raised from
   :func:`run_pass` as it was; ``finish`` is not called then.
+* **One policy for a layer without output**: a selected layer that no batch
+  produced is listed in :attr:`PassResult.missing`; every view adds
+  :func:`missing_note` to its notes and leaves the layer out.
 
 A consumer's ``on_layer`` runs on a worker thread. Two workers may call it at
-once for two different layers of the same image; all of image ``k``'s calls
-return before ``on_image(k, ...)`` is called and before image ``k + 1`` starts,
-so one layer's outputs arrive image by image. Jobs returned by ``on_image``
-may still run while the next image's layers arrive.
+once for two different layers of the same batch; all of batch ``b``'s calls
+return before ``on_batch(b, ...)`` is called and before batch ``b + 1``
+starts, so one layer's outputs arrive batch by batch, images in order. Jobs
+returned by ``on_batch`` may still run while the next batch's layers arrive.
+
+Reductions: a consumer with a ``reductions`` mapping (layer index -> ops of
+:data:`convlens.core.reduce.REDUCTIONS`) receives ``on_reduced(batch, layer,
+{op: (n, C)})`` for those layers instead of ``on_layer``; today numpy
+reduces on the worker (:func:`convlens.core.reduce.reduce_channels`), a device
+backend would reduce before the transfer.
 
 :class:`MapConsumer` is the shared base of every consumer that draws
 feature-map grids: it does the ``norm="global"`` buffering (one value range
@@ -40,46 +53,78 @@ from __future__ import annotations
 
 import functools
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from ._errors import BadArgument
+from ._errors import BadArgument, UnsupportedModel
 from ._progress import NullProgress, Progress
-from .adapters.base import Adapter
+from .adapters.base import Adapter, OnOutput
 from .core.layers import LayerInfo
+from .core.memory import MEMORY_BUDGET, batch_size_for, per_sample_bytes
 from .core.normalize import finite_range, union_range
-from .core.stats import LayerStats, StatsAccumulator
+from .core.reduce import reduce_channels
+from .core.stats import STATS_REDUCTIONS, LayerStats, StatsAccumulator
+from .model import Model
 from .render.maps import RenderOptions, reduce_map
 
-__all__ = ["CollectMaps", "Consumer", "MapConsumer", "PassConsumer", "StatsConsumer", "run_pass"]
+__all__ = [
+    "MEMORY_BUDGET", "Batch", "CollectMaps", "Consumer", "Forward", "Job", "MapConsumer", "PassConsumer",
+    "PassResult", "StatsConsumer", "call_model", "default_batch_size", "make_batches", "missing_note",
+    "run_batches", "run_pass",
+]
 
-#: Deferred work a consumer hands back from ``on_image``: run on the pass's workers.
+#: Deferred work a consumer hands back from ``on_batch``: run on the pass's workers.
 Job = Callable[[], None]
+
+#: A forward pass with ``adapter.run``'s signature: ``(inputs (n, H, W, C), wanted, on_output) -> output``.
+Forward = Callable[[np.ndarray, Sequence[int], OnOutput], np.ndarray]
+
+
+@dataclass(frozen=True, eq=False)
+class Batch:
+    """Images that go through the network together.
+
+    Attributes:
+        number: the batch's number within the pass, from 0.
+        images: the image numbers (positions in the pass's input list) it holds, in order.
+        inputs: ``(n, H, W, C)`` float32, preprocessed; ``n == len(images)``.
+    """
+
+    number: int
+    images: tuple[int, ...]
+    inputs: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.images)
 
 
 @runtime_checkable
 class Consumer(Protocol):
     """What :func:`run_pass` feeds.
 
-    ``on_layer`` gets the adapter's canonical outputs as a batch of one:
-    ``(1, H, W, C)`` maps, ``(1, L, C)`` signals or ``(1, C)`` vectors, float32.
-    It must not keep the array beyond what it needs (memory is bounded by
-    not keeping outputs).
+    ``on_layer`` gets the adapter's canonical outputs for the batch's images,
+    in the batch's order: ``(n, H, W, C)`` maps, ``(n, L, C)`` signals or
+    ``(n, C)`` vectors, float32. It must not keep the array beyond what it
+    needs (memory is bounded by not keeping outputs).
+
+    Optionally a consumer has ``reductions: Mapping[int, Sequence[str]]`` (layer
+    index -> ops) and ``on_reduced(batch, layer, reduced)``; see the module.
     """
 
-    def on_layer(self, image: int, layer: LayerInfo, array: np.ndarray) -> None:
-        """One layer's output for image number ``image`` (a worker thread)."""
+    def on_layer(self, batch: Batch, layer: LayerInfo, array: np.ndarray) -> None:
+        """One layer's output for the batch's images (a worker thread)."""
         ...
 
-    def on_image(self, image: int, output: np.ndarray) -> Iterable[Job] | None:
-        """After every ``on_layer`` of image ``image`` returned (the calling thread).
+    def on_batch(self, batch: Batch, output: np.ndarray) -> Iterable[Job] | None:
+        """After every ``on_layer`` of the batch returned (the calling thread).
 
         Args:
-            image: the image's number.
-            output: the model's output for it, batch first (``(1, K)`` for a classifier).
+            batch: the batch.
+            output: the model's output for it, ``(n, ...)`` (``(n, K)`` for a classifier).
 
         Returns:
             Jobs to run on the pass's workers (e.g. drawing the layers buffered
@@ -88,168 +133,342 @@ class Consumer(Protocol):
         ...
 
     def finish(self) -> None:
-        """After every job of every image (the calling thread); not called when the pass failed."""
+        """After every job of every batch (the calling thread); not called when the pass failed."""
         ...
 
 
 class PassConsumer:
-    """A :class:`Consumer` that does nothing: subclass it and override what you need."""
+    """A :class:`Consumer` that does nothing: subclass it and override what you need.
 
-    def on_layer(self, image: int, layer: LayerInfo, array: np.ndarray) -> None:
+    Attributes:
+        reductions: layer index -> ops (:data:`convlens.core.reduce.REDUCTIONS`);
+            those layers arrive in :meth:`on_reduced` instead of :meth:`on_layer`.
+    """
+
+    reductions: Mapping[int, Sequence[str]] = {}
+
+    def on_layer(self, batch: Batch, layer: LayerInfo, array: np.ndarray) -> None:
         pass
 
-    def on_image(self, image: int, output: np.ndarray) -> Iterable[Job] | None:
+    def on_reduced(self, batch: Batch, layer: LayerInfo, reduced: Mapping[str, np.ndarray]) -> None:
+        """A layer named in :attr:`reductions`: ``{op: (n, C)}`` for the batch's images (a worker)."""
+
+    def on_batch(self, batch: Batch, output: np.ndarray) -> Iterable[Job] | None:
         return None
 
     def finish(self) -> None:
         pass
 
 
-def run_pass(adapter: Adapter, layers: Sequence[LayerInfo], batches: Sequence[np.ndarray],
-             consumers: Sequence[Consumer], *, progress: Progress | None = None, label: str = "",
-             unit: str = "layer", workers: int = 2, in_flight: int = 4) -> list[np.ndarray]:
-    """Run each image once through the model and feed every selected layer to every consumer.
+@dataclass
+class PassResult:
+    """What a pass returns besides what its consumers kept.
+
+    Attributes:
+        outputs: per image, the model's output with a batch axis of 1: ``(1, ...)``.
+        missing: the selected layers that no batch produced, in selection order
+            (the one policy: views leave them out and add :func:`missing_note`).
+    """
+
+    outputs: list[np.ndarray] = field(default_factory=list)
+    missing: list[LayerInfo] = field(default_factory=list)
+
+
+def missing_note(missing: Sequence[LayerInfo]) -> str:
+    """THE note every view adds for selected layers that produced no output (see :class:`PassResult`)."""
+    names = ", ".join(layer.name for layer in missing)
+    return (f"the model produced no output for {names}; left out (select other layers, "
+            "see convlens layers MODEL)")
+
+
+def _adapter(model: Model | Adapter) -> Adapter:
+    return model.adapter if isinstance(model, Model) else model
+
+
+def call_model(model: Model | Adapter, batch: Batch | np.ndarray, wanted: Sequence[int] = (),
+               on_output: OnOutput | None = None) -> np.ndarray:
+    """One forward pass outside the engine: THE entry point for views that need passes of their own.
+
+    Score-CAM's masked inputs, occlusion, integrated gradients, feature
+    visualisation and the report's dataset check call this rather than
+    ``adapter.run``, so that a later device backend has one place to change.
 
     Args:
-        adapter: the model.
-        layers: the selected layers (rows of ``adapter.layers()``).
-        batches: per image, its ``(H, W, C)`` float32 preprocessed input
-            (:attr:`convlens.images.PreparedBatch.arrays`); images may differ in size.
+        model: the model (or its adapter).
+        batch: ``(n, H, W, C)`` float32 preprocessed inputs, or a :class:`Batch`.
+        wanted: layer indexes whose outputs ``on_output`` receives.
+        on_output: called ``(index, array (n, ...))`` per wanted layer as it is
+            produced (on this thread); default: outputs are dropped.
+
+    Returns:
+        The model's output, ``(n, ...)``.
+    """
+    inputs = batch.inputs if isinstance(batch, Batch) else batch
+    return np.asarray(_adapter(model).run(inputs, list(wanted), on_output or _drop))
+
+
+def _drop(index: int, array: np.ndarray) -> None:
+    pass
+
+
+def default_batch_size(layers: Sequence[LayerInfo], shape: tuple[int, ...], memory: int = MEMORY_BUDGET) -> int:
+    """Images of ``shape`` ``(H, W, C)`` per batch that ``memory`` bytes of ``layers``' outputs allow (>= 1)."""
+    hw = (int(shape[0]), int(shape[1])) if len(shape) >= 2 else (1, 1)
+    return batch_size_for(per_sample_bytes(layers, hw, int(np.prod(shape))), memory)
+
+
+def make_batches(inputs: Sequence[np.ndarray], layers: Sequence[LayerInfo], *, batch_size: int | None = None,
+                 memory: int = MEMORY_BUDGET) -> Iterator[Batch]:
+    """Consecutive images of the same shape stacked into batches, in order.
+
+    Args:
+        inputs: per image its ``(H, W, C)`` float32 preprocessed input.
+        layers: the layers the pass captures (their outputs size the default batch).
+        batch_size: images per batch at most; default :func:`default_batch_size`.
+        memory: bytes of layer outputs one batch may hold, for the default.
+
+    Yields:
+        :class:`Batch` numbered from 0.
+    """
+    number = 0
+    start = 0
+    while start < len(inputs):
+        shape = np.shape(inputs[start])
+        cap = batch_size if batch_size is not None else default_batch_size(layers, shape, memory)
+        end = start + 1
+        while end < len(inputs) and end - start < cap and np.shape(inputs[end]) == shape:
+            end += 1
+        stacked = np.stack([np.asarray(a, np.float32) for a in inputs[start:end]])
+        yield Batch(number, tuple(range(start, end)), stacked)
+        number += 1
+        start = end
+
+
+def run_pass(model: Model | Adapter, layers: Sequence[LayerInfo], inputs: Sequence[np.ndarray],
+             consumers: Sequence[Consumer], *, batch_size: int | None = None, memory: int = MEMORY_BUDGET,
+             forward: Forward | None = None, progress: Progress | None = None, label: str = "",
+             unit: str = "layer", workers: int = 2, in_flight: int = 4) -> PassResult:
+    """Run the images through the model in batches and feed every selected layer to every consumer.
+
+    Args:
+        model: the model (or its adapter).
+        layers: the selected layers (rows of ``model.layers()``).
+        inputs: per image, its ``(H, W, C)`` float32 preprocessed input
+            (:attr:`convlens.images.PreparedBatch.arrays`); images may differ
+            in size: consecutive images of the same size share a batch.
         consumers: fed in this order for each layer output, in one worker job.
-        progress: told ``start(total, label)``, ``advance()`` per step and ``finish()``.
+        batch_size: images per forward pass at most; default as many as
+            ``memory`` bytes of the selected layers' outputs allow (1 to 64).
+        memory: the budget for the default batch size, in bytes.
+        forward: the forward pass, ``adapter.run``'s signature; default the
+            adapter's own (the report passes one that records gradients).
+        progress: told ``start(total, label)``, ``advance(n)`` and ``finish()``.
         label: the progress label.
-        unit: a progress step is a ``"layer"`` output consumed (``images x layers``
-            steps) or a whole ``"image"``.
+        unit: a progress step is one image's ``"layer"`` output consumed
+            (``images x layers`` steps) or a whole ``"image"``.
         workers: worker threads (2: the forward pass, two drawing threads and
             deflate keep two cores busy; more only adds memory). ``0`` runs
             every consumer inline, inside the adapter's callback: memory then
-            holds one layer output at a time, and no output outlives its callback
-            (channel statistics, whose folding is cheap next to the forward pass).
+            holds one layer output at a time, and no output outlives its callback.
         in_flight: at most this many layer outputs (and deferred jobs) queued at once.
 
     Returns:
-        The model's output per image, each batch first (``(1, K)`` for a classifier).
+        :class:`PassResult`: the model's output per image and the layers never produced.
+
+    Raises:
+        BadArgument: a bad ``unit``, ``batch_size``, ``workers`` or ``in_flight``.
+    """
+    if batch_size is not None and (isinstance(batch_size, bool) or int(batch_size) < 1):
+        raise BadArgument(f"batch_size must be a positive whole number, not {batch_size!r}")
+    inputs = list(inputs)
+    batches = make_batches(inputs, layers, batch_size=batch_size, memory=memory)
+    return run_batches(model, layers, batches, consumers, forward=forward, progress=progress, label=label,
+                       unit=unit, workers=workers, in_flight=in_flight, images=len(inputs))
+
+
+def run_batches(model: Model | Adapter, layers: Sequence[LayerInfo], batches: Iterable[Batch],
+                consumers: Sequence[Consumer], *, forward: Forward | None = None,
+                progress: Progress | None = None, label: str = "", unit: str = "layer", workers: int = 2,
+                in_flight: int = 4, images: int | None = None) -> PassResult:
+    """:func:`run_pass` for callers that make their own batches (the dataset view).
+
+    Args:
+        model, layers, consumers, forward, progress, label, unit, workers,
+            in_flight: as for :func:`run_pass`.
+        batches: the batches in order; their ``images`` number the images of
+            :attr:`PassResult.outputs` (contiguous from 0 in the usual case).
+            Drawn lazily, one at a time, so a generator may read ahead.
+        images: how many images the batches hold, for the progress total
+            (``None``: the total is 0, unknown).
+
+    Returns:
+        :class:`PassResult`; ``outputs`` holds one entry per image, in batch order.
     """
     if unit not in ("layer", "image"):
         raise BadArgument(f"unit must be 'layer' or 'image', not {unit!r}")
+    if workers < 0 or in_flight < 1:
+        raise BadArgument(f"workers must be >= 0 and in_flight >= 1, not {workers} and {in_flight}")
+    adapter = _adapter(model)
+    run: Forward = forward or adapter.run
     progress = progress or NullProgress()
-    wanted = [layer.index for layer in layers]
-    table = adapter.layers()
-    progress.start(len(batches) * (len(wanted) if unit == "layer" else 1), label)
-    gate = threading.BoundedSemaphore(in_flight)
+    layers = list(layers)
+    by_index = {layer.index: layer for layer in layers}
+    wanted = list(by_index)
+    progress.start((images or 0) * (len(wanted) if unit == "layer" else 1), label)
+    produced: set[int] = set()
     outputs: list[np.ndarray] = []
+    with _Executor(workers, in_flight) as executor:
+        for batch in batches:
+            pending: list[Future[None]] = []
+            got: set[int] = set()
 
-    def bounded(job: Job) -> Job:
-        def run() -> None:
-            try:
-                job()
-            finally:
-                gate.release()
-        return run
+            def on_output(i: int, a: np.ndarray, batch: Batch = batch, got: set[int] = got,
+                          pending: list[Future[None]] = pending) -> None:
+                layer = by_index.get(i)
+                if layer is None or i in got:  # not asked for, or a second output of a shared layer
+                    return
+                got.add(i)
+                pending.append(executor.submit(functools.partial(
+                    _feed, consumers, batch, layer, a, progress if unit == "layer" else None)))
 
-    if workers == 0:
-        return _run_inline(adapter, wanted, table, batches, consumers, progress, unit)
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        live: list[Future[None]] = []  # every job not yet checked, to cancel them on failure
-
-        def submit(job: Job) -> Future[None]:
-            gate.acquire()  # blocks the forward pass while `in_flight` jobs wait
-            future = pool.submit(bounded(job))
-            live.append(future)
-            return future
-
-        try:
-            for k, batch in enumerate(batches):
-                pending: list[Future[None]] = []
-
-                def on_output(i: int, a: np.ndarray, k: int = k, pending: list = pending) -> None:
-                    info = table[i]
-
-                    def job() -> None:
-                        for consumer in consumers:
-                            consumer.on_layer(k, info, a)
-                        if unit == "layer":
-                            progress.advance()
-
-                    pending.append(submit(job))
-
-                output = np.asarray(adapter.run(batch[None], wanted, on_output))
-                for f in pending:
-                    f.result()  # the image's layers are all consumed (or the first error is raised)
-                outputs.append(output)
-                for consumer in consumers:
-                    for deferred in consumer.on_image(k, output) or ():
-                        submit(deferred)
-                if unit == "image":
-                    progress.advance()
-                for f in [f for f in live if f.done()]:
-                    f.result()  # a failed deferred job stops the pass here
-                live[:] = [f for f in live if not f.done()]
-            for f in live:
-                f.result()
-        except BaseException:
-            for f in live:
-                f.cancel()
-            raise
-    for consumer in consumers:
-        consumer.finish()
-    progress.finish()
-    return outputs
-
-
-def _run_inline(adapter: Adapter, wanted: list[int], table: list[LayerInfo], batches: Sequence[np.ndarray],
-                consumers: Sequence[Consumer], progress: Progress, unit: str) -> list[np.ndarray]:
-    """:func:`run_pass` with ``workers=0``: every consumer called on this thread, in the callback."""
-    outputs = []
-    for k, batch in enumerate(batches):
-        def on_output(i: int, a: np.ndarray, k: int = k) -> None:
+            output = np.asarray(run(batch.inputs, wanted, on_output))
+            for f in pending:
+                f.result()  # the batch's layers are all consumed (or the first error is raised)
+            produced |= got
+            outputs.extend(_split(output, batch))
             for consumer in consumers:
-                consumer.on_layer(k, table[i], a)
-            if unit == "layer":
-                progress.advance()
-
-        output = np.asarray(adapter.run(batch[None], wanted, on_output))
-        outputs.append(output)
-        for consumer in consumers:
-            for job in consumer.on_image(k, output) or ():
-                job()
-        if unit == "image":
-            progress.advance()
+                for deferred in consumer.on_batch(batch, output) or ():
+                    executor.submit(deferred)
+            if unit == "image":
+                progress.advance(len(batch))
+            executor.check()  # a failed deferred job stops the pass here
+        executor.drain()
     for consumer in consumers:
         consumer.finish()
     progress.finish()
-    return outputs
+    return PassResult(outputs, [layer for layer in layers if layer.index not in produced])
+
+
+def _feed(consumers: Sequence[Consumer], batch: Batch, layer: LayerInfo, array: np.ndarray,
+          progress: Progress | None) -> None:
+    """One layer output of one batch to every consumer: the array, or the reductions it declared."""
+    reduced: dict[tuple[str, ...], dict[str, np.ndarray]] = {}
+    for consumer in consumers:
+        ops = getattr(consumer, "reductions", None)
+        mine = ops.get(layer.index) if ops else None
+        if mine:
+            key = tuple(mine)
+            if key not in reduced:  # consumers asking for the same ops share one reduction
+                reduced[key] = reduce_channels(array, key)
+            consumer.on_reduced(batch, layer, reduced[key])  # type: ignore[attr-defined]
+        else:
+            consumer.on_layer(batch, layer, array)
+    if progress is not None:
+        progress.advance(len(batch))
+
+
+def _split(output: np.ndarray, batch: Batch) -> list[np.ndarray]:
+    """The model's output for a batch as one ``(1, ...)`` array per image."""
+    n = len(batch)
+    if output.ndim and output.shape[0] == n:
+        return [output[j:j + 1] for j in range(n)]
+    if n == 1:  # an output without a batch axis: as the adapter gave it
+        return [output]
+    raise UnsupportedModel(f"the model's output {output.shape} has no batch axis of {n}; "
+                           "run it with batch_size=1")
+
+
+class _Executor:
+    """The pass's one bounded executor: ``workers`` threads, at most ``in_flight`` jobs queued.
+
+    With ``workers=0`` every job runs at once on the submitting thread.
+    """
+
+    def __init__(self, workers: int, in_flight: int) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=workers) if workers else None
+        self._gate = threading.BoundedSemaphore(in_flight)
+        self._live: list[Future[None]] = []  # every job not yet checked, to cancel them on failure
+
+    def submit(self, job: Job) -> Future[None]:
+        future: Future[None]
+        if self._pool is None:
+            future = Future()
+            job()  # an exception propagates at once, out of the forward pass
+            future.set_result(None)
+            return future
+        self._gate.acquire()  # blocks the forward pass while `in_flight` jobs wait
+        try:
+            future = self._pool.submit(self._bounded, job)
+        except BaseException:
+            self._gate.release()
+            raise
+        self._live.append(future)
+        return future
+
+    def _bounded(self, job: Job) -> None:
+        try:
+            job()
+        finally:
+            self._gate.release()
+
+    def check(self) -> None:
+        """Raise the first error of a finished job; forget the finished ones."""
+        for f in [f for f in self._live if f.done()]:
+            f.result()
+        self._live[:] = [f for f in self._live if not f.done()]
+
+    def drain(self) -> None:
+        """Wait for every job; raise the first error."""
+        for f in self._live:
+            f.result()
+        self._live.clear()
+
+    def __enter__(self) -> _Executor:
+        return self
+
+    def __exit__(self, kind: object, exc: object, tb: object) -> None:
+        if exc is not None:
+            for f in self._live:
+                f.cancel()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
 
 
 # ---------------------------------------------------------------- shared consumers
 
 
 class CollectMaps(PassConsumer):
-    """Keeps every output, stacked per layer after the pass (``Lens.feature_maps``).
+    """Keeps every output per layer and image (``Lens.feature_maps``).
 
     Attributes:
-        arrays: after the pass, layer name -> ``(N, ...)`` float32, the images in
-            order; a layer the adapter never produced is left out.
+        arrays: after the pass, layer name -> per image its output without the
+            batch axis (``(H, W, C)``, ``(L, C)`` or ``(C,)`` float32), in image
+            order; a layer the model never produced is left out.
     """
 
     def __init__(self, layers: Sequence[LayerInfo], n_images: int) -> None:
         self._layers = list(layers)
         self._got: dict[int, list[np.ndarray | None]] = {layer.index: [None] * n_images
                                                           for layer in self._layers}
-        self.arrays: dict[str, np.ndarray] = {}
+        self.arrays: dict[str, list[np.ndarray]] = {}
 
-    def on_layer(self, image: int, layer: LayerInfo, array: np.ndarray) -> None:
-        self._got[layer.index][image] = array[0]
+    def on_layer(self, batch: Batch, layer: LayerInfo, array: np.ndarray) -> None:
+        slots = self._got[layer.index]
+        for j, image in enumerate(batch.images):
+            slots[image] = array[j]
 
     def finish(self) -> None:
         for layer in self._layers:
             got = [a for a in self._got[layer.index] if a is not None]
             if got:
-                self.arrays[layer.name] = np.stack(got)
+                self.arrays[layer.name] = got
 
 
 class StatsConsumer(PassConsumer):
     """Channel statistics of each selected layer over every image (:mod:`convlens.core.stats`).
+
+    Declares :data:`~convlens.core.stats.STATS_REDUCTIONS` for every layer, so
+    it receives ``(n, C)`` reductions, never the whole output.
 
     Attributes:
         accumulators: by layer index, the running statistics.
@@ -258,10 +477,15 @@ class StatsConsumer(PassConsumer):
     def __init__(self, layers: Sequence[LayerInfo]) -> None:
         self.accumulators = {layer.index: StatsAccumulator(layer.index, layer.name, layer.type)
                              for layer in layers}
-        # one lock per layer: a deferred job could in principle overlap the next image's outputs
+        self.reductions = {i: STATS_REDUCTIONS for i in self.accumulators}
+        # one lock per layer: a deferred job could in principle overlap the next batch's outputs
         self._locks = {i: threading.Lock() for i in self.accumulators}
 
-    def on_layer(self, image: int, layer: LayerInfo, array: np.ndarray) -> None:
+    def on_reduced(self, batch: Batch, layer: LayerInfo, reduced: Mapping[str, np.ndarray]) -> None:
+        with self._locks[layer.index]:
+            self.accumulators[layer.index].add_reduced(reduced)
+
+    def on_layer(self, batch: Batch, layer: LayerInfo, array: np.ndarray) -> None:
         with self._locks[layer.index]:
             self.accumulators[layer.index].add(array)
 
@@ -277,11 +501,11 @@ class StatsConsumer(PassConsumer):
 class MapConsumer(PassConsumer):
     """Base of the consumers that draw feature-map grids; owns ``norm="global"``.
 
-    With ``norm`` other than ``"global"`` each layer is drawn at once, on the
-    worker. With ``"global"`` each layer is reduced (the small picture that
-    will be drawn, see :func:`~convlens.render.maps.reduce_map`) and kept
-    until the image's last layer, then every kept layer is drawn with the
-    union of their finite value ranges, in deferred jobs.
+    With ``norm`` other than ``"global"`` each layer of each image is drawn at
+    once, on the worker. With ``"global"`` each layer is reduced (the small
+    picture that will be drawn, see :func:`~convlens.render.maps.reduce_map`)
+    and kept until the batch's last layer, then every kept layer is drawn with
+    the union of its image's finite value ranges, in deferred jobs.
 
     Subclasses implement :meth:`draw`.
 
@@ -297,24 +521,28 @@ class MapConsumer(PassConsumer):
         self._buffered: dict[int, list[tuple[LayerInfo, np.ndarray, int, tuple[int, ...]]]] = {}
         self._lock = threading.Lock()
 
-    def on_layer(self, image: int, layer: LayerInfo, array: np.ndarray) -> None:
-        x = array[0]
+    def on_layer(self, batch: Batch, layer: LayerInfo, array: np.ndarray) -> None:
         total = int(array.shape[-1]) if array.ndim > 1 else 1
-        if self.options.norm == "global":
-            reduced = reduce_map(x, self.options)
-            with self._lock:
-                self._buffered.setdefault(image, []).append((layer, reduced, total, tuple(x.shape)))
-        else:
-            self.draw(image, layer, x, total, tuple(x.shape), None)
+        for j, image in enumerate(batch.images):
+            x = array[j]
+            if self.options.norm == "global":
+                reduced = reduce_map(x, self.options)
+                with self._lock:
+                    self._buffered.setdefault(image, []).append((layer, reduced, total, tuple(x.shape)))
+            else:
+                self.draw(image, layer, x, total, tuple(x.shape), None)
 
-    def on_image(self, image: int, output: np.ndarray) -> Iterable[Job] | None:
-        with self._lock:
-            buffered = self._buffered.pop(image, [])
-        if not buffered:
-            return None
-        vr = self.global_ranges[image] = union_range(finite_range(r) for _, r, _, _ in buffered)
-        return [functools.partial(self.draw, image, layer, reduced, total, shape, vr)
-                for layer, reduced, total, shape in buffered]
+    def on_batch(self, batch: Batch, output: np.ndarray) -> Iterable[Job] | None:
+        jobs: list[Job] = []
+        for image in batch.images:
+            with self._lock:
+                buffered = self._buffered.pop(image, [])
+            if not buffered:
+                continue
+            vr = self.global_ranges[image] = union_range(finite_range(r) for _, r, _, _ in buffered)
+            jobs += [functools.partial(self.draw, image, layer, reduced, total, shape, vr)
+                     for layer, reduced, total, shape in buffered]
+        return jobs
 
     def draw(self, image: int, layer: LayerInfo, x: np.ndarray, total: int, shape: tuple[int, ...],
              value_range: tuple[float, float] | None) -> None:

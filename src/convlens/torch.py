@@ -124,7 +124,7 @@ class LensRecorder:
         try:
             self.lens = Lens(model, input_shape=input_shape, preprocess=preprocess)
             self.recorder = Recorder(
-                self.lens, batch, out=out, layers=layers, filters=filters,
+                self.lens.model, batch, out=out, layers=layers, filters=filters,
                 weights=lambda: torch_weights(model), tensorboard=tensorboard,
                 dead_threshold=dead_threshold, size=size, preprocess=preprocess, overwrite=overwrite,
                 meta={"recorder": "convlens.torch.LensRecorder"}, **options)

@@ -342,7 +342,7 @@ def test_save_is_atomic_and_load_refuses_other_folders(saved, tmp_path: Path,
     with pytest.raises(OutputError, match="simulated"):
         result.save(tmp_path / "never")
     assert not (tmp_path / "never").exists() and list(tmp_path.iterdir()) == []
-    with pytest.raises(BadArgument, match="holds no dataset view"):
+    with pytest.raises(BadArgument, match="is not a convlens dataset folder .it has no index.json.; make one with"):
         DatasetResult.load(tmp_path)
     (tmp_path / "index.json").write_text(json.dumps({"convlens": "0.1.0", "maps": []}))
     (tmp_path / "channels.json").write_text("{}")

@@ -120,9 +120,9 @@ def test_the_maps_come_from_the_reports_one_pass(folder):
 
     lens.adapter.run = counted  # type: ignore[method-assign]
     rep = lens.report([convlens.DEMO_IMAGE, convlens.DEMO_IMAGE], "conv1", sections=["stats"], dataset=folder)
-    # one run per image, computing the report's layer and the folder's two together; then one
-    # dataset image, read again, through the folder's layers (the check that the weights are the same)
-    assert calls == [[1, 3, 10], [1, 3, 10], [3, 10]]
+    # one batched run of both images, computing the report's layer and the folder's two together; then
+    # one dataset image, read again, through the folder's layers (the check that the weights are the same)
+    assert calls == [[1, 3, 10], [3, 10]]
     assert list(rep.stats) == ["conv1"]  # the other sections never saw the folder's layers
     assert "the 2 report images" in _section(rep.html)
 
@@ -215,7 +215,7 @@ def test_mosaic_paths_must_stay_inside_the_folder(folder, tmp_path):
     (crafted / "index.json").write_text(json.dumps(index))
     body = _section(Lens("demo").report(convlens.DEMO_IMAGE, sections=["layers"], dataset=crafted).html)
     assert "its top 5 dataset crops" not in body and "no crops in the folder for this channel" in body
-    assert "channels.csv is missing from the folder" in body
+    assert "channels.json is missing from the folder" in body
     assert re.search(r"The folder&#39;s scores were not checked against this model: [^<]+ is not in "
                      r"[^<]+moved\.", body)
 

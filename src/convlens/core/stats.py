@@ -28,12 +28,13 @@ import numpy as np
 
 from .._errors import BadArgument
 from .normalize import ChannelFlags, normalize_channels
+from .reduce import reduce_channels
 from .text import plural
 
-__all__ = ["LayerStats", "StatsAccumulator", "channel_flags", "channel_stats"]
+__all__ = ["STATS_REDUCTIONS", "LayerStats", "StatsAccumulator", "channel_flags", "channel_stats"]
 
-# Values per chunk: bounds the float64 temporaries (8 MB each) whatever the layer's size.
-_CHUNK_VALUES = 1 << 20
+#: The per-image reductions (:mod:`convlens.core.reduce`) that :meth:`StatsAccumulator.add_reduced` folds.
+STATS_REDUCTIONS = ("count", "sum", "m2", "min", "max", "zeros", "nonfinite")
 
 
 def channel_flags(count: np.ndarray, lo: np.ndarray, hi: np.ndarray,
@@ -262,7 +263,34 @@ class StatsAccumulator:
         a = np.asarray(batch)
         rows = _as_rows(a)
         n_img = int(a.shape[0]) if a.ndim else 1
-        c = rows.shape[1]
+        # every image's values as one row: the chunked two-pass moments of core.reduce, then Chan's update
+        self._fold(reduce_channels(rows[None], STATS_REDUCTIONS), n_img, rows.shape[0] // max(n_img, 1))
+
+    def add_reduced(self, reduced: Mapping[str, np.ndarray]) -> None:
+        """Fold in the per-image reductions of one batch of the layer (:mod:`convlens.core.reduce`).
+
+        The pass engine hands these to consumers that declare
+        :data:`STATS_REDUCTIONS`; the result equals :meth:`add` of the same
+        batch up to float64 rounding (each image is merged with Chan's update).
+
+        Args:
+            reduced: ``{op: (n, C)}`` for every op of :data:`STATS_REDUCTIONS`.
+
+        Raises:
+            BadArgument: an op is missing, or a channel count other than the one seen before.
+        """
+        missing = [op for op in STATS_REDUCTIONS if op not in reduced]
+        if missing:
+            raise BadArgument(f"the reductions of layer {self.name!r} lack {', '.join(missing)}; "
+                              "declare STATS_REDUCTIONS")
+        n_img, c = np.shape(reduced["count"])
+        per_image = int(reduced["count"][0, 0] + reduced["nonfinite"][0, 0]) if n_img and c else 0
+        for j in range(n_img):
+            self._fold({op: np.asarray(reduced[op])[j:j + 1] for op in STATS_REDUCTIONS}, 1, per_image)
+
+    def _fold(self, r: Mapping[str, np.ndarray], n_img: int, per_image: int) -> None:
+        """Merge one row of reductions (``(1, C)`` each) covering ``n_img`` images into the totals."""
+        c = int(np.shape(r["count"])[1])
         if self._c is None:
             self._start(c)
         elif c != self._c:
@@ -270,40 +298,20 @@ class StatsAccumulator:
                               "outputs of the same layer into one accumulator")
         self.images += n_img
         if n_img:
-            self.values_per_channel = rows.shape[0] // n_img
-        step = max(1, _CHUNK_VALUES // max(c, 1))
-        with np.errstate(all="ignore"):  # float64 overflow of absurd inputs gives inf, never a warning
-            for start in range(0, rows.shape[0], step):
-                self._fold(rows[start:start + step])
-
-    def _fold(self, x: np.ndarray) -> None:
-        """Merge one ``(rows, C)`` chunk: its own two-pass moments, then Chan's update."""
-        finite = np.isfinite(x)
-        if finite.all():
-            n = np.full(x.shape[1], x.shape[0], np.int64)
-            x64 = x.astype(np.float64)
-            lo, hi = x.min(axis=0), x.max(axis=0)
-            mean = x64.sum(axis=0) / max(x.shape[0], 1)
-            d = x64 - mean
-        else:
-            n = finite.sum(axis=0)
-            self._bad |= n < x.shape[0]
-            x64 = np.where(finite, x, 0.0).astype(np.float64, copy=False)
-            lo = x.min(axis=0, where=finite, initial=np.inf)
-            hi = x.max(axis=0, where=finite, initial=-np.inf)
-            mean = np.divide(x64.sum(axis=0), n, out=np.zeros(x.shape[1]), where=n > 0)
-            d = np.where(finite, x64 - mean, 0.0)
-        np.square(d, out=d)
-        m2 = d.sum(axis=0)
-        self._zeros += np.count_nonzero(x == 0, axis=0)
-        self._lo = np.minimum(self._lo, lo)
-        self._hi = np.maximum(self._hi, hi)
-        # Chan et al.: combine (n_a, mean_a, M2_a) with (n_b, mean_b, M2_b).
-        total = self._n + n
-        safe = np.maximum(total, 1)
-        delta = mean - self._mean
-        self._mean = self._mean + delta * (n / safe)
-        self._m2 = self._m2 + m2 + delta * delta * (self._n * (n / safe))
+            self.values_per_channel = per_image
+        n = np.asarray(r["count"][0], np.int64)
+        with np.errstate(all="ignore"):
+            mean = np.divide(r["sum"][0], n, out=np.zeros(c), where=n > 0)
+            self._bad |= r["nonfinite"][0] > 0
+            self._zeros += r["zeros"][0]
+            self._lo = np.minimum(self._lo, r["min"][0])
+            self._hi = np.maximum(self._hi, r["max"][0])
+            # Chan et al.: combine (n_a, mean_a, M2_a) with (n_b, mean_b, M2_b).
+            total = self._n + n
+            safe = np.maximum(total, 1)
+            delta = mean - self._mean
+            self._mean = self._mean + delta * (n / safe)
+            self._m2 = self._m2 + r["m2"][0] + delta * delta * (self._n * (n / safe))
         self._n = total
 
     def merge(self, other: StatsAccumulator) -> None:

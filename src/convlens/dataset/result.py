@@ -25,20 +25,19 @@ quarter, outlined in amber (:func:`~convlens.dataset.crops.widen`); boxes in
 ``index.json`` are always the field itself, in original-image pixels.
 
 :meth:`DatasetResult.load` reads ``index.json`` and ``channels.json`` back
-(plain JSON, never pickle).
+(plain JSON, never pickle) through :func:`convlens.dataset.folder.read_folder`,
+the reader the report's dataset section uses too; :data:`FORMAT_VERSION` is
+:mod:`convlens.dataset.folder`'s.
 """
 
 from __future__ import annotations
 
-import base64
 import csv
 import functools
 import html
 import io
-import json
 import math
 import os
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,19 +49,17 @@ from .._errors import BadArgument, BadImage, LayerNotFound
 from .._progress import NullProgress, Progress
 from ..core.layers import LayerInfo
 from ..core.stats import LayerStats
-from ..output import OutputDir
+from ..output import OutputDir, png_figure_html, safe_name
 from ..render.grid import add_title, draw_texts, text_width, tile_rgb
 from ..render.png import encode_png
 from .crops import Box, cut, draw_field, original_box, widen
+from .folder import FORMAT_VERSION, read_folder, write_folder
 from .sources import Record, Source, read_batch
 
 if TYPE_CHECKING:  # pragma: no cover - annotations only
     from ..core.selectivity import ClassSelectivity
 
 __all__ = ["FORMAT_VERSION", "RANKINGS", "DatasetResult", "LayerExamples", "Ranking"]
-
-#: The version of the files :meth:`DatasetResult.save` writes.
-FORMAT_VERSION = 1
 
 #: The three rankings, and what orders each.
 RANKINGS = {
@@ -290,10 +287,8 @@ class DatasetResult:
             for ex, folder in zip(self.layers, folders):
                 atlas = _atlas(ex, atlases[ex.layer.name], self.images, self.input_size)
                 staging.write_png(f"{folder}/atlas.png", atlas)
-            index = self._index(folders, cutter.sizes, cutter.notes)
-            staging.write_bytes("index.json", _json(index))
-            staging.write_bytes("channels.json", _json(self._channels_json()))
-            staging.write_text("channels.csv", self._channels_csv())
+            index = write_folder(staging, self._index(folders, cutter.sizes, cutter.notes),
+                                 self._channels_json(), self._channels_csv())
         self.folder = str(out)
         return index
 
@@ -335,7 +330,6 @@ class DatasetResult:
         # Most dead channels first; ties: the larger dead share, then the model's order.
         ranked = sorted(layers, key=lambda e: (-e["dead"], -e["dead"] / max(e["channels"], 1), e["index"]))
         return {
-            "convlens": "dataset", "version": FORMAT_VERSION,
             "model": self.model, "data": self.source.description, "kind": self.source.kind,
             "root": self.source.root,
             "image_column": self.source.image_column, "label_column": self.source.label_column,
@@ -380,7 +374,7 @@ class DatasetResult:
             }
             layers.append(entry)
         names = self.source.class_names
-        return {"convlens": "dataset", "version": FORMAT_VERSION, "images": int(self.images),
+        return {"images": int(self.images),
                 "class_names": list(names) if names is not None else None, "layers": layers}
 
     def _channels_csv(self) -> str:
@@ -417,16 +411,8 @@ class DatasetResult:
         Raises:
             BadArgument: the folder holds no dataset view, or its files are damaged.
         """
-        folder = Path(os.fspath(out)).expanduser()
-        index = _read_json(folder / "index.json", folder)
-        channels = _read_json(folder / "channels.json", folder)
-        if index.get("convlens") != "dataset" or channels.get("convlens") != "dataset":
-            raise BadArgument(f"{folder} holds no dataset view (its index.json is another command's); "
-                              "give the --out folder of `convlens dataset`")
-        if index.get("version") != FORMAT_VERSION:
-            raise BadArgument(f"{folder} was written by a convlens with dataset format version "
-                              f"{index.get('version')!r}, this one reads version {FORMAT_VERSION}; run the "
-                              "dataset view again")
+        files = read_folder(out)
+        folder, index, channels = files.root, files.index, files.channels or {}
         try:
             return _from_files(index, channels, folder)
         except (KeyError, TypeError, ValueError, IndexError) as e:
@@ -487,10 +473,7 @@ class DatasetResult:
             if ex.channels > limit:
                 caption += f" (channels 0-{limit - 1} of {ex.channels}; save() draws them all)"
             png = encode_png(tile_rgb(tiles, labels=[str(c) for c in channels]))
-        data = base64.b64encode(png).decode("ascii")
-        return (f"<figure style='margin:8px 0'><img src='data:image/png;base64,{data}' "
-                f"style='max-width:100%;image-rendering:pixelated'/><figcaption style='font:12px monospace'>"
-                f"{html.escape(caption)}</figcaption></figure>")
+        return png_figure_html(png, caption)
 
 
 # --------------------------------------------------------------------------- cutting crops
@@ -755,13 +738,9 @@ def _shown_score(which: str, score: float) -> float:
     return score if which == "top" else -score
 
 
-def _safe(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name.replace("/", "__")).strip("._") or "layer"
-
-
 def _folder_names(layers: Sequence[LayerInfo]) -> list[str]:
     """``layers/<index>_<safe name>``: unique even where two names make the same safe name."""
-    return [f"layers/{info.index:03d}_{_safe(info.name)}" for info in layers]
+    return [f"layers/{info.index:03d}_{safe_name(info.name)}" for info in layers]
 
 
 def _layer_second_row(ex: LayerExamples) -> str:
@@ -792,13 +771,6 @@ def _top_selective(ex: LayerExamples, names: Sequence[str] | None) -> str:
 # --------------------------------------------------------------------------- numbers and JSON
 
 
-def _json(obj: Any) -> bytes:
-    """Compact JSON: the C encoder (``indent`` falls back to pure Python, ~10x slower on an
-    index of thousands of channels). Every value here is a plain number, string, list or dict
-    with non-finite floats already ``None``; ``allow_nan=False`` guards that."""
-    return (json.dumps(obj, ensure_ascii=False, allow_nan=False, separators=(",", ":")) + "\n").encode("utf-8")
-
-
 def _num(v: Any) -> float | None:
     f = float(v)
     return f if math.isfinite(f) else None
@@ -813,19 +785,6 @@ def _csv_float(v: Any) -> str:
 
 def _csv_bool(v: Any) -> str:
     return "true" if bool(v) else "false"
-
-
-def _read_json(path: Path, folder: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise BadArgument(f"{folder} holds no dataset view ({path.name} is missing); give the --out folder "
-                          "of `convlens dataset`")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise BadArgument(f"cannot read {path} ({e}); run the dataset view again") from None
-    if not isinstance(data, dict):
-        raise BadArgument(f"{path} is not a dataset view index; run the dataset view again")
-    return data
 
 
 def _floats(values: Iterable[Any]) -> np.ndarray:

@@ -1,6 +1,6 @@
 """The self-contained HTML report: a model, some images, and everything convlens sees.
 
-:func:`build_report` runs ONE forward pass per image (:func:`convlens.passes.run_pass`);
+:func:`build_report` runs ONE batched forward pass (:func:`convlens.passes.run_pass`);
 each selected layer's output feeds both its feature-map grid (the same grid
 ``convlens maps`` draws) and the layer's :class:`~convlens.core.stats.StatsAccumulator`,
 then the page is assembled from sections:

@@ -1,4 +1,4 @@
-""":func:`build_report`: one forward pass per image, then the sections, then the page."""
+""":func:`build_report`: one batched forward pass over the images, then the sections, then the page."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from ..classes import read_labels
 from ..core.layers import LayerInfo
 from ..core.text import count
 from ..images import prepare_batch
-from ..passes import Consumer, Job, PassConsumer, StatsConsumer, run_pass
+from ..passes import Batch, Consumer, Job, PassConsumer, StatsConsumer, missing_note, run_pass
 from ..render.maps import RenderOptions
 from .context import ReportContext, SectionConsumer
 from .grids import ReportGrids
@@ -39,7 +39,7 @@ def build_report(model: Model, images: Any, layers: str | Iterable[str] | None =
                  sections: Sequence[str] | None = None, title: str | None = None,
                  progress: Progress | None = None, section_options: Mapping[str, Any] | None = None,
                  dataset: str | os.PathLike[str] | None = None, **options: Any) -> Report:
-    """Run the images through the model once each and assemble the report.
+    """Run the images through the model once (batched) and assemble the report.
 
     Args:
         model: the model.
@@ -84,13 +84,18 @@ def build_report(model: Model, images: Any, layers: str | Iterable[str] | None =
         # thread-safe), then drawn on a side thread while the images go through the network.
         atlases = side.submit(draw_atlases, chosen, read_kernels(model, chosen)) if "filters" in keys else None
         fed, consumers = _feed(chosen, [stats, grids], own.values())
-        outputs = run_pass(model.adapter, fed, batch.arrays, consumers, progress=progress, label="report")
+        result = run_pass(model, fed, batch.arrays, consumers, progress=progress, label="report")
         if atlases is not None:
             atlases.result()
+    outputs = result.outputs
     layer_stats = stats.results()
     drawn = grids.drawn_layers()
+    lost = [layer for layer in result.missing if layer in chosen]
+    chosen = [layer for layer in chosen if layer not in lost]  # the one policy: left out, noted
 
     notes = list(dict.fromkeys(batch.notes))  # the same note for several images once
+    if lost:
+        notes.append(missing_note(lost))
     maps = "maps" in keys  # the grids, their notes and the viewer's data serve the maps section only
     capped = [s for s in layer_stats if maps and opts.max_channels is not None
               and s.channels > opts.max_channels and drawn[s.index][0].layout == "grid"]
@@ -174,13 +179,19 @@ class _Only(PassConsumer):
     def __init__(self, consumer: Consumer, indices: set[int]) -> None:
         self._consumer = consumer
         self._indices = indices
+        ops = getattr(consumer, "reductions", None) or {}
+        self.reductions = {i: o for i, o in ops.items() if i in indices}
 
-    def on_layer(self, image: int, layer: LayerInfo, array: Any) -> None:
+    def on_layer(self, batch: Batch, layer: LayerInfo, array: Any) -> None:
         if layer.index in self._indices:
-            self._consumer.on_layer(image, layer, array)
+            self._consumer.on_layer(batch, layer, array)
 
-    def on_image(self, image: int, output: Any) -> Iterable[Job] | None:
-        return self._consumer.on_image(image, output)
+    def on_reduced(self, batch: Batch, layer: LayerInfo, reduced: Mapping[str, Any]) -> None:
+        if layer.index in self._indices:
+            self._consumer.on_reduced(batch, layer, reduced)  # type: ignore[attr-defined]
+
+    def on_batch(self, batch: Batch, output: Any) -> Iterable[Job] | None:
+        return self._consumer.on_batch(batch, output)
 
     def finish(self) -> None:
         self._consumer.finish()

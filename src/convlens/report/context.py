@@ -64,7 +64,7 @@ class FilterAtlas:
 class SectionConsumer(PassConsumer):
     """A section's own consumer of the report's forward pass (``register_section(consumer=...)``).
 
-    Subclasses override :meth:`on_layer` (and ``on_image``/``finish`` if needed).
+    Subclasses override :meth:`on_layer` (and ``on_batch``/``finish`` if needed).
     The pass feeds it only the layers in :attr:`layers`, which may include
     layers outside the report's selection (the pass then also computes those,
     and the other sections never see them).

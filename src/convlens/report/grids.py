@@ -1,25 +1,23 @@
 """The report's consumer of the streaming pass: each layer's grid and per-image statistics.
 
 Fed by :func:`convlens.passes.run_pass` beside a
-:class:`~convlens.passes.StatsConsumer`, so that ONE forward pass per image
+:class:`~convlens.passes.StatsConsumer`, so that ONE batched forward pass
 gives the feature-map grids (the same grids ``convlens maps`` draws, kept in
 memory as base64 PNG) and the channel statistics.
 """
 
 from __future__ import annotations
 
-import threading
 from base64 import b64encode
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from .._errors import BadArgument
 from ..core.layers import LayerInfo
 from ..core.stats import LayerStats, StatsAccumulator, channel_stats
 from ..images import Image
-from ..passes import Job, MapConsumer
+from ..passes import Batch, MapConsumer
 from ..render.maps import RenderOptions, reduce_map, render_map
 from .context import DrawnLayer
 
@@ -43,26 +41,16 @@ class ReportGrids(MapConsumer):
         self._layers = list(layers)
         self.drawn: dict[int, list[DrawnLayer | None]] = {layer.index: [None] * n for layer in layers}
         self.per_image: dict[int, list[LayerStats | None]] = {layer.index: [None] * n for layer in layers}
-        self._seen: dict[int, set[int]] = {k: set() for k in range(n)}
-        self._seen_lock = threading.Lock()
 
-    def on_layer(self, image: int, layer: LayerInfo, array: np.ndarray) -> None:
-        with self._seen_lock:
-            self._seen[image].add(layer.index)
+    def on_layer(self, batch: Batch, layer: LayerInfo, array: np.ndarray) -> None:
         if len(self._images) > 1:  # the viewer's per-image ranges: only the drawn channels are needed
             opts = self.options
             cap = array.shape[-1] if opts.max_channels is None or array.ndim < 3 else opts.max_channels
-            acc = StatsAccumulator(layer.index, layer.name, layer.type)
-            acc.add(array[..., :cap])
-            self.per_image[layer.index][image] = acc.result()
-        super().on_layer(image, layer, array)
-
-    def on_image(self, image: int, output: np.ndarray) -> Iterable[Job] | None:
-        missing = [layer.name for layer in self._layers if layer.index not in self._seen[image]]
-        if missing:
-            raise BadArgument(f"the model produced no output for {', '.join(missing)} on "
-                              f"{self._images[image].name}; select other layers (convlens layers MODEL)")
-        return super().on_image(image, output)
+            for j, image in enumerate(batch.images):
+                acc = StatsAccumulator(layer.index, layer.name, layer.type)
+                acc.add(array[j:j + 1, ..., :cap])
+                self.per_image[layer.index][image] = acc.result()
+        super().on_layer(batch, layer, array)
 
     def draw(self, image: int, layer: LayerInfo, x: np.ndarray, total: int, shape: tuple[int, ...],
              value_range: tuple[float, float] | None) -> None:
@@ -80,8 +68,10 @@ class ReportGrids(MapConsumer):
             scale=scale)
 
     def drawn_layers(self) -> dict[int, list[DrawnLayer]]:
-        """``drawn`` after the pass: every image drew every layer (:meth:`on_image` refuses a gap)."""
-        return {i: [d for d in per_image if d is not None] for i, per_image in self.drawn.items()}
+        """``drawn`` after the pass, for the layers the model produced (a batch gives a layer for
+        all its images or none; the pass's ``missing`` lists the others, which the report leaves out)."""
+        return {i: [d for d in per_image if d is not None] for i, per_image in self.drawn.items()
+                if any(d is not None for d in per_image)}
 
     def per_image_stats(self, stats: Sequence[LayerStats]) -> dict[int, list[LayerStats]]:
         """``per_image`` filled in: with one image, each layer's statistics over all images."""

@@ -1,4 +1,8 @@
-"""The report's templates: Jinja2 with autoescaping, from ``report/templates/`` (package data).
+"""The report's templates: ``report/templates/`` (package data) in the one Jinja2 environment.
+
+The environment is :mod:`convlens.output.templates`'s (autoescaping on, shared
+with the timeline page); this module names the report's templates and adds
+the report's own pieces.
 
 Every value a template prints is HTML-escaped unless it is ``Markup`` (HTML
 that a template or one of the helpers below made). Sections render their own
@@ -14,49 +18,24 @@ of exactly the text on the page.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from functools import cache
-from importlib import resources
 from typing import Any
 
-import jinja2
-from markupsafe import Markup
-
-from .._errors import BadArgument
+from ..output.templates import Markup, environment
+from ..output.templates import asset as shared_asset
+from ..output.templates import render as render_template
 from ..render.html import data_uri
 
 __all__ = ["Markup", "asset", "environment", "img", "lazy_img", "render", "table"]
 
 
-@cache
-def environment() -> jinja2.Environment:
-    """The one Jinja2 environment of the report (autoescaping on for every template)."""
-    return jinja2.Environment(
-        loader=jinja2.PackageLoader("convlens.report", "templates"),
-        autoescape=True,
-        undefined=jinja2.StrictUndefined,  # a misspelt name fails loudly, never prints ""
-        keep_trailing_newline=True,
-        auto_reload=False,
-    )
-
-
 def render(name: str, **values: Any) -> Markup:
-    """Render ``templates/<name>`` with ``values``; the result is safe HTML (``Markup``)."""
-    try:
-        template = environment().get_template(name)
-    except jinja2.TemplateNotFound as e:  # pragma: no cover - a broken installation
-        raise BadArgument(f"the report template {name} is missing from the convlens installation "
-                          "(reinstall convlens)") from e
-    return Markup(template.render(**values))
+    """Render ``report/templates/<name>`` with ``values`` in the shared environment; safe HTML (``Markup``)."""
+    return render_template(f"report/{name}", **values)
 
 
-@cache
 def asset(name: str) -> str:
-    """The text of ``templates/<name>`` verbatim (the page's CSS and JavaScript)."""
-    try:
-        return resources.files("convlens.report").joinpath("templates", name).read_text("utf-8")
-    except (FileNotFoundError, OSError) as e:  # pragma: no cover - a broken installation
-        raise BadArgument(f"the report file {name} is missing from the convlens installation "
-                          "(reinstall convlens)") from e
+    """The text of ``report/templates/<name>`` verbatim (the page's CSS and JavaScript)."""
+    return shared_asset(f"report/{name}")
 
 
 def table(head: Sequence[str], rows: Iterable[Sequence[Any]], *, cls: str = "cl-sortable",

@@ -5,9 +5,13 @@ maps and channel health; charts of the dead-channel share, the relative
 weight change and the weight norm of every layer over the steps sit above
 it, with a cursor at the shown checkpoint. The charts are inline SVG drawn
 here (:mod:`convlens.render.chart`); the pictures are ``data:`` URIs set by
-the page's script when their checkpoint is shown. As the report, the page
-loads nothing from the network: its Content-Security-Policy allows only its
-own style and script (by hash) and ``data:`` pictures.
+the page's script when their checkpoint is shown. The HTML is Jinja2
+templates (``timeline/templates/``: ``timeline.html``, ``body.html``,
+``checkpoint.html``, ``picture.html``) in convlens's one autoescaping
+environment (:mod:`convlens.output.templates`): every name and number from
+the run's files is escaped. As the report, the page loads nothing from the
+network: its Content-Security-Policy allows only its own style and script
+(by hash) and ``data:`` pictures.
 
 Only files named by the run's own index, inside the run folder, and
 starting with the PNG signature are embedded: a crafted ``index.json``
@@ -19,37 +23,18 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
-from functools import cache
-from importlib import resources
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from .._errors import BadArgument, OutputError
-from ..output import atomic_write_bytes
+from ..output import Markup, asset, atomic_write_bytes, render
 from ..render.chart import line_chart
-from ..render.html import csp, data_uri, escape, json_for_script
+from ..render.html import csp, data_uri, json_for_script
 
 __all__ = ["build_timeline", "read_run", "save_timeline"]
 
-
-def attr(name: str, value: Any) -> str:
-    """`` name="value"`` with the value escaped (leading space included)."""
-    return f' {name}="{escape(value)}"'
-
-
-@cache
-def template(name: str) -> str:
-    """The text of ``timeline/templates/<name>`` (package data)."""
-    try:
-        return resources.files("convlens.timeline").joinpath("templates", name).read_text("utf-8")
-    except (FileNotFoundError, OSError) as e:  # pragma: no cover - a broken installation
-        raise BadArgument(f"the timeline template {name} is missing from the convlens installation "
-                          "(reinstall convlens)") from e
-
 _RUN_KIND = "convlens-timeline"
 _PNG = b"\x89PNG\r\n\x1a\n"
-_PLACEHOLDER = re.compile(r"\{\{(\w+)\}\}")
 #: Checkpoints drawn in the page by default; the charts always show every one.
 MAX_CHECKPOINTS = 100
 #: Chart size: two side by side on a 1280-pixel screen.
@@ -126,9 +111,9 @@ def _fmt(v: Any, percent: bool = False) -> str:
     return f"{v:.4g}"
 
 
-def _img(data: bytes, alt: str, cls: str = "tl-pic") -> str:
-    return (f'<img{attr("class", cls)}{attr("alt", alt)}{attr("title", alt)}'
-            f' data-src="{data_uri(data)}" decoding="async">')
+def _picture(data: bytes, alt: str, caption: str, cls: str = "tl-pic") -> dict[str, str]:
+    """What ``timeline/picture.html`` draws: the PNG as a ``data:`` URI the script sets when shown."""
+    return {"cls": cls, "alt": alt, "caption": caption, "src": data_uri(data)}
 
 
 def _series(checkpoints: list[dict[str, Any]], key: str) -> dict[str, list[float | None]]:
@@ -148,7 +133,7 @@ def _series(checkpoints: list[dict[str, Any]], key: str) -> dict[str, list[float
 
 
 def _checkpoint_section(run: Path, k: int, summary: dict[str, Any], index: dict[str, Any],
-                        threshold: float, notes: list[str]) -> str:
+                        threshold: float, notes: list[str]) -> Markup:
     folder = _inside(run, summary.get("folder"))
     entry: dict[str, Any] = {}
     if folder is not None:
@@ -158,61 +143,44 @@ def _checkpoint_section(run: Path, k: int, summary: dict[str, Any], index: dict[
         except (OSError, ValueError):
             notes.append(f"checkpoint {summary.get('checkpoint')}: its index.json is missing or unreadable")
     label = str(summary.get("label") or f"checkpoint {k + 1}")
-    parts = [f'<section class="tl-ckpt"{attr("data-k", k)} hidden>',
-             f"<h2>checkpoint {escape(summary.get('checkpoint', k + 1))} · {escape(label)}</h2>"]
     weights = {str(w.get("layer")): w for w in entry.get("weights", []) if isinstance(w, dict)}
     health = [h for h in entry.get("health", []) if isinstance(h, dict)]
-    rows = []
+    rows: list[dict[str, Any]] = []
     for h in health:
-        bad = isinstance(h.get("dead_fraction"), (int, float)) and h["dead_fraction"] > threshold
         w = weights.get(str(h.get("layer")), {})
-        rows.append(f'<tr{" class=tl-bad" if bad else ""}><td>{escape(h.get("index", ""))}</td>'
-                    f'<td>{escape(h.get("layer", ""))}</td><td>{escape(h.get("type", ""))}</td>'
-                    f'<td class="num">{escape(h.get("channels", ""))}</td>'
-                    f'<td class="num">{escape(h.get("dead", ""))} ({escape(_fmt(h.get("dead_fraction"), True))})</td>'
-                    f'<td class="num">{escape(_fmt(h.get("zero_fraction"), True))}</td>'
-                    f'<td class="num">{escape(_fmt(w.get("norm")))}</td>'
-                    f'<td class="num">{escape(_fmt(w.get("change")))}</td></tr>')
+        rows.append({"weights_only": False,
+                     "bad": isinstance(h.get("dead_fraction"), (int, float)) and h["dead_fraction"] > threshold,
+                     "index": h.get("index", ""), "layer": h.get("layer", ""), "type": h.get("type", ""),
+                     "channels": h.get("channels", ""), "dead": h.get("dead", ""),
+                     "dead_share": _fmt(h.get("dead_fraction"), True), "zeros": _fmt(h.get("zero_fraction"), True),
+                     "norm": _fmt(w.get("norm")), "change": _fmt(w.get("change"))})
     shown = {str(h.get("layer")) for h in health}
     for name, w in weights.items():  # weighted layers outside the selection (dense layers)
         if name not in shown:
-            rows.append(f'<tr class="tl-weights-only"><td></td><td>{escape(name)}</td><td></td><td></td><td></td>'
-                        f'<td></td><td class="num">{escape(_fmt(w.get("norm")))}</td>'
-                        f'<td class="num">{escape(_fmt(w.get("change")))}</td></tr>')
-    if rows:
-        parts.append('<table class="tl-table"><thead><tr><th>#</th><th>layer</th><th>type</th>'
-                     '<th>channels</th><th>dead</th><th>zeros</th><th>|W|</th>'
-                     '<th title="||W_t - W_t-1|| / ||W_t-1||, since the previous checkpoint">change</th>'
-                     f'</tr></thead><tbody>{"".join(rows)}</tbody></table>')
+            rows.append({"weights_only": True, "layer": name, "norm": _fmt(w.get("norm")),
+                         "change": _fmt(w.get("change"))})
     filters = [f for f in entry.get("filters", []) if isinstance(f, dict)]
-    if filters:
-        parts.append('<h3>filters</h3><div class="tl-row">')
-        for f in filters:
-            data = _png(folder, f.get("file")) if folder is not None else None
-            if data is not None:
-                what = "each filter as one picture" if f.get("kind") == "composite" else "filters × inputs"
-                alt = f"{f.get('layer')}: {what}"
-                parts.append(f'<figure>{_img(data, alt)}'
-                             f'<figcaption>{escape(f.get("layer"))}: {escape(what)}</figcaption></figure>')
-        parts.append("</div>")
-    maps = [m for m in entry.get("maps", []) if isinstance(m, dict)]
+    pictures = []
+    for f in filters:
+        data = _png(folder, f.get("file")) if folder is not None else None
+        if data is not None:
+            what = "each filter as one picture" if f.get("kind") == "composite" else "filters × inputs"
+            pictures.append(_picture(data, f"{f.get('layer')}: {what}", f"{f.get('layer')}: {what}"))
     by_layer: dict[str, list[dict[str, Any]]] = {}
-    for m in maps:
-        by_layer.setdefault(str(m.get("layer")), []).append(m)
-    if by_layer:
-        parts.append("<h3>feature maps</h3>")
+    for m in entry.get("maps", []):
+        if isinstance(m, dict):
+            by_layer.setdefault(str(m.get("layer")), []).append(m)
+    layers = []
     for layer, items in by_layer.items():
-        parts.append(f'<div class="tl-layer"><h4>{escape(layer)}</h4><div class="tl-row">')
+        shown_maps = []
         for m in items:
             data = _png(folder, m.get("file")) if folder is not None else None
             if data is not None:
                 caption = f"{m.get('image')}"
-                alt = f"{layer} · {caption} · {label}"
-                parts.append(f'<figure>{_img(data, alt)}'
-                             f'<figcaption>{escape(caption)}</figcaption></figure>')
-        parts.append("</div></div>")
-    parts.append("</section>")
-    return "".join(parts)
+                shown_maps.append(_picture(data, f"{layer} · {caption} · {label}", caption))
+        layers.append({"name": layer, "pictures": shown_maps})
+    return render("timeline/checkpoint.html", k=k, number=summary.get("checkpoint", k + 1), label=label,
+                  rows=rows, has_filters=bool(filters), filters=pictures, layers=layers)
 
 
 def build_timeline(run_dir: str | os.PathLike[str], *, max_checkpoints: int = MAX_CHECKPOINTS) -> str:
@@ -258,58 +226,34 @@ def build_timeline(run_dir: str | os.PathLike[str], *, max_checkpoints: int = MA
     for im in images:
         data = _png(run, im.get("file"))
         if data is not None:
-            thumbs.append(f'<figure>{_img(data, str(im.get("name")), "tl-input")}'
-                          f'<figcaption>{escape(im.get("name"))}</figcaption></figure>')
-    warnings = [w for w in index.get("warnings", []) if isinstance(w, dict)]
-    warn_html = "".join(
-        f"<li><b>{escape(w.get('layer'))}</b>: {escape(w.get('dead'))} of {escape(w.get('channels'))} channels "
-        f"dead ({escape(_fmt(w.get('dead_fraction'), True))}) at step {escape(w.get('step'))}"
-        f"{' (epoch ' + escape(w.get('epoch')) + ')' if w.get('epoch') is not None else ''}</li>"
-        for w in warnings)
-    status = str(index.get("status", ""))
+            thumbs.append(_picture(data, str(im.get("name")), str(im.get("name")), "tl-input"))
+    warnings = [{"layer": w.get("layer"), "dead": w.get("dead"), "channels": w.get("channels"),
+                 "share": _fmt(w.get("dead_fraction"), True), "step": w.get("step"), "epoch": w.get("epoch")}
+                for w in index.get("warnings", []) if isinstance(w, dict)]
     error = index.get("error")
-    head = (f"{escape(index.get('framework', ''))} · {len(checkpoints)} checkpoint"
-            f"{'s' if len(checkpoints) != 1 else ''} · {len(images)} fixed image{'s' if len(images) != 1 else ''}"
-            " · layers " + escape(", ".join(str(x.get("name")) for x in index.get("layers", [])
-                                             if isinstance(x, dict))))
-    body = [
-        (f'<header class="tl-header"><h1>convlens timeline · {escape(index.get("model", ""))}</h1>'
-         f'<p class="tl-muted">{head}</p>'),
-        f'<p class="tl-error">recording stopped: {escape(error)}</p>' if error else "",
-        '<p class="tl-muted">still recording: this page shows the checkpoints written so far</p>'
-        if status == "recording" else "",
-        "".join(f'<p class="tl-muted">{escape(n)}</p>' for n in notes),
-        "</header>",
-        ('<nav class="tl-controls" aria-label="checkpoints">'
-         '<button type="button" id="tl-prev" title="previous checkpoint (←)">◀</button>'
-         f'<input type="range" id="tl-slider" min="0" max="{len(chosen) - 1}" step="1" value="{len(chosen) - 1}"'
-         ' aria-label="checkpoint">'
-         '<button type="button" id="tl-next" title="next checkpoint (→)">▶</button>'
-         '<button type="button" id="tl-play" aria-pressed="false">play</button>'
-         '<span id="tl-label" class="tl-label" aria-live="polite"></span></nav>'),
-        '<section class="tl-charts" id="tl-charts">', dead.svg, change.svg, norm.svg, "</section>",
-        f'<section class="tl-warnings"><h2>warnings</h2><ul>{warn_html}</ul></section>' if warnings else "",
-        f'<section class="tl-inputs"><h2>fixed images</h2><div class="tl-row">{"".join(thumbs)}</div></section>'
-        if thumbs else "",
-        '<div id="tl-checkpoints">', *sections, "</div>",
-    ]
+    body = render(
+        "timeline/body.html", model=index.get("model", ""), framework=index.get("framework", ""),
+        checkpoints=len(checkpoints), images=len(images),
+        layers=", ".join(str(x.get("name")) for x in index.get("layers", []) if isinstance(x, dict)),
+        error=error or "", recording=str(index.get("status", "")) == "recording", notes=notes,
+        last=len(chosen) - 1, charts=[Markup(dead.svg), Markup(change.svg), Markup(norm.svg)],
+        warnings=warnings, thumbs=thumbs, sections=sections)
     payload = {
         "checkpoints": [{"label": str(checkpoints[i].get("label", "")), "step": checkpoints[i].get("step"),
                          "epoch": checkpoints[i].get("epoch"), "number": checkpoints[i].get("checkpoint"),
                          "x": dead.x_pixels[i]} for i in chosen],
         "total": len(checkpoints),
     }
-    return _page(f"convlens timeline: {index.get('model', '')}", "".join(body), payload)
+    return _page(f"convlens timeline: {index.get('model', '')}", body, payload)
 
 
-def _page(title: str, body: str, data: Any) -> str:
-    style = template("timeline.css")
-    script = template("timeline.js")
+def _page(title: str, body: Markup, data: Any) -> str:
+    style = asset("timeline/timeline.css")
+    script = asset("timeline/timeline.js")
     if "</script" in script.lower() or "</style" in style.lower():  # pragma: no cover - our own files
         raise BadArgument("timeline templates must not close their own element")
-    values = {"title": escape(title), "csp": escape(csp(style, script)), "style": style, "script": script,
-              "body": body, "data": json_for_script(data)}
-    return _PLACEHOLDER.sub(lambda m: values[m.group(1)], template("timeline.html"))
+    return str(render("timeline/timeline.html", title=title, csp=csp(style, script), style=Markup(style),
+                      script=Markup(script), body=body, data=Markup(json_for_script(data))))
 
 
 def save_timeline(run_dir: str | os.PathLike[str], out: str | os.PathLike[str], *,

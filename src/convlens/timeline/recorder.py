@@ -1,7 +1,7 @@
 """Recording a network while it trains: the framework-free core of the callback and the recorder.
 
 At each checkpoint the training thread runs one forward pass of the fixed
-images through the live model (via :class:`convlens.Lens` and its adapter)
+images through the live model (a :class:`~convlens.model.Model` on the pass engine)
 and copies the first conv layer's kernels and every layer's trainable
 weights. Everything else happens on one background worker fed through a
 bounded queue: drawing the feature maps (the same drawing and norms as
@@ -54,14 +54,13 @@ from .._errors import BadArgument, BadImage, ConvlensError, OutputError
 from .._version import __version__
 from ..core.layers import LayerInfo
 from ..core.normalize import finite_range
-from ..core.stats import channel_stats
-from ..output import OutputDir, atomic_write_bytes
+from ..core.stats import LayerStats, channel_stats
+from ..maps import draw_filter_files, draw_map_file, global_range
+from ..model import Model, as_model
+from ..output import OutputDir, atomic_write_bytes, dumps_json, safe_name
+from ..passes import Batch, PassConsumer, missing_note, run_batches
 from ..render.animation import encode_gif
-from ..render.colormap import lut as colormap_lut
-from ..render.filters import filter_grid, filter_norms, rgb_composites
-from ..render.grid import add_title
-from ..render.maps import RenderOptions, reduce_map, render_map
-from ..render.png import encode_png
+from ..render.maps import RenderOptions, reduce_map
 from ..stats import ChannelStats
 
 __all__ = ["Recorder", "WeightSource", "logger", "safe_name"]
@@ -75,11 +74,6 @@ WeightSource = Callable[[], Mapping[str, Sequence[np.ndarray]]]
 RUN_KIND = "convlens-timeline"
 _STOP = object()
 _FINISH = object()
-
-
-def safe_name(name: str) -> str:
-    """A layer or image name as a file name."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name.replace("/", "__")).strip("._") or "layer"
 
 
 def _shape_text(shape: Iterable[Any]) -> str:
@@ -109,11 +103,12 @@ class Recorder:
     """Records feature maps, filters, channel health and weights of a live model at checkpoints.
 
     Framework-free: :class:`convlens.keras.LensCallback` and
-    :class:`convlens.torch.LensRecorder` build one over a :class:`~convlens.Lens`
+    :class:`convlens.torch.LensRecorder` build one over a :class:`~convlens.model.Model`
     of the model being trained and call :meth:`checkpoint` and :meth:`finish`.
 
     Args:
-        lens: a Lens over the live model object (not a copy).
+        model: a :class:`~convlens.model.Model` over the live model object (not a
+            copy); a :class:`~convlens.Lens` works too (its ``.model``).
         images: the fixed images: a 4-D array ``(N, H, W, C)`` is the model's
             input batch used as is (already preprocessed, channels last);
             anything else (paths, PIL images, a list of arrays) is loaded and
@@ -148,7 +143,7 @@ class Recorder:
         MissingDependency: ``tensorboard`` is asked for and not installed.
     """
 
-    def __init__(self, lens: Any, images: Any, *, out: str | os.PathLike[str],
+    def __init__(self, model: Model | Any, images: Any, *, out: str | os.PathLike[str],
                  layers: str | Iterable[str] | None = "blocks", filters: str | None = "first",
                  weights: WeightSource | None = None, tensorboard: bool | str | os.PathLike[str] = True,
                  dead_threshold: float = 0.5, size: Any = None, preprocess: str | None = None,
@@ -160,16 +155,18 @@ class Recorder:
                               f"not {dead_threshold!r}")
         if int(queue_size) < 1:
             raise BadArgument(f"queue_size must be at least 1, not {queue_size!r}")
-        self.lens = lens
+        self.model = as_model(model)
         self.options = RenderOptions(**options)
         self.dead_threshold = float(dead_threshold)
         self.page = page
         self._weights_source = weights
-        self.layers: list[LayerInfo] = lens.select(layers)
+        self.layers: list[LayerInfo] = self.model.select(layers)
         self._wanted = [layer.index for layer in self.layers]
         self._filter_layers = self._resolve_filters(filters)
         self.inputs, self.image_names, thumbnails, notes = self._fixed_images(images, size, preprocess)
-        self._check_forward()
+        missing = self._check_forward()
+        if missing:  # the one policy: left out of every checkpoint, and noted
+            notes = [*notes, missing_note(missing)]
         self.out = Path(out)
         self._tb_dir: Path | None = None
         if tensorboard:
@@ -193,8 +190,8 @@ class Recorder:
         self._index: dict[str, Any] = {
             "kind": RUN_KIND,
             "convlens": __version__,
-            "model": lens.name,
-            "framework": lens.adapter.framework,
+            "model": self.model.name,
+            "framework": self.model.framework,
             "status": "recording",
             "error": None,
             "started": self._started,
@@ -245,11 +242,11 @@ class Recorder:
     def _resolve_filters(self, filters: str | None) -> list[LayerInfo]:
         if filters is None or filters is False:
             return []
-        table = self.lens.layers()
+        table = self.model.layers()
         if filters == "first":
             convs = [layer for layer in table if layer.has_kernels]
             return convs[:1]
-        chosen = [layer for layer in self.lens.select(filters) if layer.has_kernels]
+        chosen = [layer for layer in self.model.select(filters) if layer.has_kernels]
         if not chosen:
             raise BadArgument(f"none of the layers selected by filters={filters!r} has convolution "
                               "kernels; select conv layers, or pass filters=None")
@@ -267,37 +264,48 @@ class Recorder:
             batch = np.ascontiguousarray(batch, dtype=np.float32)
             if not np.isfinite(batch).all():
                 raise BadImage("the images batch holds NaN or infinite values; pass finite inputs")
-            want = tuple(self.lens.input_shape)
+            want = tuple(self.model.input_shape)
             got = tuple(batch.shape[1:])
             if len(want) != len(got) or any(w is not None and w != g for w, g in zip(want, got)):
                 expected = _shape_text(["N", *("?" if w is None else w for w in want)])
                 raise BadImage(f"the images batch of shape {_shape_text(batch.shape)} does not fit "
-                               f"{self.lens.name}, which takes {expected} (N, H, W, C), channels last; "
+                               f"{self.model.name}, which takes {expected} (N, H, W, C), channels last; "
                                "pass a batch of that shape (np.moveaxis(batch, 1, -1) turns N, C, H, W "
                                "into N, H, W, C)")
             names = [f"input{i}" for i in range(batch.shape[0])]
             return batch, names, [_thumbnail(x) for x in batch], []
-        maps = self.lens.feature_maps(images, [str(i) for i in self._wanted], size=size,
-                                      preprocess=preprocess)
-        thumbs = [np.clip(np.round(im.pixels), 0, 255).astype(np.uint8) for im in maps.images]
+        prepared = self.model.prepare(images, size=size, preprocess=preprocess)
+        if len({a.shape for a in prepared.arrays}) > 1:
+            raise BadImage("the fixed images have different sizes after preparing, and every checkpoint runs "
+                           "them as one batch; pass size=(H, W)")
+        thumbs = [np.clip(np.round(im.pixels), 0, 255).astype(np.uint8) for im in prepared.images]
         thumbs = [np.repeat(t, 3, axis=-1) if t.shape[-1] == 1 else t[..., :3] for t in thumbs]
-        return (np.ascontiguousarray(maps.inputs, dtype=np.float32), [im.name for im in maps.images],
-                thumbs, list(maps.notes))
+        return (np.ascontiguousarray(np.stack(prepared.arrays), dtype=np.float32),
+                [im.name for im in prepared.images], thumbs, list(prepared.notes))
 
-    def _check_forward(self) -> None:
-        """One pass of the fixed batch now, so that a misfit fails before training, not during it."""
+    def _check_forward(self) -> list[LayerInfo]:
+        """One pass of the fixed batch now, so that a misfit fails before training, not during it.
+
+        Returns:
+            The selected layers the model produced no output for.
+
+        Raises:
+            BadImage: the images do not run through the model.
+            BadArgument: the model produced none of the selected layers.
+        """
         try:
             outputs = self._forward()
         except ConvlensError as exc:
             raise BadImage(f"the fixed images {_shape_text(self.inputs.shape)} do not run through "
-                           f"{self.lens.name}: {exc}") from None
+                           f"{self.model.name}: {exc}") from None
         except Exception as exc:  # noqa: BLE001 - any framework error: the model cannot take them
             raise BadImage(f"the fixed images {_shape_text(self.inputs.shape)} do not run through "
-                           f"{self.lens.name}: {type(exc).__name__}: {_first_line(exc)}") from None
-        missing = [layer.name for layer in self.layers if layer.index not in outputs]
+                           f"{self.model.name}: {type(exc).__name__}: {_first_line(exc)}") from None
+        missing = [layer for layer in self.layers if layer.index not in outputs]
         if len(missing) == len(self.layers):
-            raise BadArgument(f"no output of the selected layers ({', '.join(missing)}) was captured; "
-                              "select other layers")
+            raise BadArgument(f"no output of the selected layers ({', '.join(m.name for m in missing)}) was "
+                              "captured; select other layers")
+        return missing
 
     def _prepare_folder(self, overwrite: bool) -> None:
         out = self.out
@@ -360,9 +368,11 @@ class Recorder:
         return self._last_step
 
     def _forward(self) -> dict[int, np.ndarray]:
-        outputs: dict[int, np.ndarray] = {}
-        self.lens.adapter.run(self.inputs, self._wanted, outputs.__setitem__)
-        return outputs
+        """One pass of the fixed batch on the engine: by layer index, its ``(N, ...)`` output."""
+        keep = _KeepOutputs()
+        batch = Batch(0, tuple(range(len(self.inputs))), self.inputs)
+        run_batches(self.model, self.layers, [batch], [keep], workers=0)  # the training thread, inline
+        return keep.outputs
 
     def _snapshot(self) -> dict[str, np.ndarray]:
         """Every weighted layer's trainable arrays as one float32 vector (a copy)."""
@@ -400,8 +410,8 @@ class Recorder:
             outputs = self._forward()
             kernels: dict[str, np.ndarray] = {}
             for layer in self._filter_layers:
-                kernels.update((k, np.array(v, dtype=np.float32, copy=True))
-                               for k, v in self.lens.filters(str(layer.index)).items())
+                kernels[layer.name] = np.array(self.model.adapter.kernels(layer.index), dtype=np.float32,
+                                               copy=True)
             cap = _Capture(n=n, step=step, epoch=epoch, label=text, wall_time=time.time(), outputs=outputs,
                            kernels=kernels, weights=self._snapshot())
         except Exception as exc:  # noqa: BLE001 - training must go on, whatever broke
@@ -524,70 +534,12 @@ class Recorder:
 
     def _write_checkpoint(self, cap: _Capture) -> None:
         folder = f"checkpoint-{cap.n:04d}"
-        opts = self.options
         tb_images: dict[str, bytes] = {}
-        maps: list[dict[str, Any]] = []
-        stats = []
         with OutputDir(self.out / folder) as staging:
-            ranges: list[tuple[float, float] | None] = [None] * len(self.image_names)
-            reduced: dict[int, list[np.ndarray]] = {}
-            if opts.norm == "global":  # one scale over every layer, per image, as `convlens maps`
-                for layer in self.layers:
-                    if layer.index in cap.outputs:
-                        reduced[layer.index] = [reduce_map(x, opts) for x in cap.outputs[layer.index]]
-                for i in range(len(self.image_names)):
-                    rs = [finite_range(r[i]) for r in reduced.values()]
-                    ranges[i] = (min(r[0] for r in rs), max(r[1] for r in rs)) if rs else None
-            for layer in self.layers:
-                out = cap.outputs.get(layer.index)
-                if out is None:
-                    continue
-                total = int(out.shape[-1]) if out.ndim > 1 else 1
-                title = (f"{layer.index} {layer.name}  ·  {layer.type}  ·  {_shape_text(out.shape[1:])}"
-                         f"  ·  {cap.label}")
-                for i, image in enumerate(self.image_names):
-                    if layer.index in reduced:
-                        rendered = render_map(reduced[layer.index][i], opts, title=title, channels_total=total,
-                                              value_range=ranges[i], reduced=True)
-                    else:
-                        rendered = render_map(out[i], opts, title=title, channels_total=total)
-                    rel = f"maps/{safe_name(image)}/{layer.index:03d}_{safe_name(layer.name)}.png"
-                    png = rendered.png()
-                    staging.write_bytes(rel, png)
-                    tb_images[f"maps/{layer.name}/{image}"] = png
-                    maps.append({"image": image, "layer": layer.name, "index": layer.index, "file": rel,
-                                 "layout": rendered.layout, "channels_total": rendered.channels_total,
-                                 "channels_shown": rendered.channels_shown})
-                stats.append(channel_stats(out, index=layer.index, name=layer.name, type=layer.type))
-            health = ChannelStats(stats, model=self.lens.name, images=self.image_names)
+            maps, stats = self._draw_maps(staging, cap, tb_images)
+            health = ChannelStats(stats, model=self.model.name, images=self.image_names)
             staging.write_json("stats.json", health.to_json())
-
-            filters = []
-            gray = colormap_lut("gray")
-            table = {layer.name: layer for layer in self._filter_layers}
-            for name, k in cap.kernels.items():
-                info = table.get(name)
-                index = info.index if info is not None else 0
-                base = f"filters/{index:03d}_{safe_name(name)}"
-                head = f"{index} {name}  ·  kernel {_shape_text(k.shape)}  ·  {cap.label}"
-                if k.shape[1] in (1, 3):  # a first layer: each filter as one picture, per-filter 0-1
-                    suffix = "_rgb" if k.shape[1] == 3 else "_gray"
-                    composite = rgb_composites(np.repeat(k, 3, axis=1) if k.shape[1] == 1 else k, max_filters=64)
-                    png = encode_png(add_title(composite, f"{head}  ·  {'RGB' if suffix == '_rgb' else 'gray'}"))
-                    staging.write_bytes(base + suffix + ".png", png)
-                    tb_images[f"filters/{name}/composite"] = png
-                    filters.append({"layer": name, "index": index, "file": base + suffix + ".png",
-                                    "kind": "composite"})
-                png = encode_png(add_title(filter_grid(k, gray, max_filters=64, max_inputs=16), head))
-                staging.write_bytes(base + ".png", png)
-                tb_images[f"filters/{name}/atlas"] = png
-                norms = filter_norms(k)
-                raw = io.BytesIO()
-                np.save(raw, k, allow_pickle=False)  # the numbers themselves, (O, I, kh, kw) float32
-                staging.write_bytes(base + ".npy", raw.getvalue())
-                filters.append({"layer": name, "index": index, "file": base + ".png", "kind": "atlas",
-                                "kernels": base + ".npy", "kernel_shape": list(k.shape),
-                                "l2_norms": [round(float(v), 6) for v in norms[:64]]})
+            filters = self._draw_filters(staging, cap, tb_images)
 
             weights = self._weight_rows(cap.weights)
             rows: list[dict[str, Any]] = [{"layer": s.name, "index": s.index, "type": s.type, "channels": s.channels,
@@ -638,6 +590,61 @@ class Recorder:
             self._events.images(cap.step, tb_images, wall_time=cap.wall_time)
             self._events.flush()
 
+    def _draw_maps(self, staging: OutputDir, cap: _Capture, tb_images: dict[str, bytes]
+                   ) -> tuple[list[dict[str, Any]], list[LayerStats]]:
+        """Every selected layer's map grid per image, drawn as ``save_maps`` draws it, and its health.
+
+        The same drawing (:func:`convlens.maps.draw_map_file`), value ranges
+        (``norm="global"``: :func:`convlens.maps.global_range` of the image's
+        reduced layers), flags and captions as ``convlens maps``; the caption
+        ends with the checkpoint's label.
+        """
+        opts = self.options
+        ranges: list[tuple[float, float] | None] = [None] * len(self.image_names)
+        reduced: dict[int, list[np.ndarray]] = {}
+        if opts.norm == "global":  # one scale over every layer, per image, as `convlens maps`
+            for layer in self.layers:
+                if layer.index in cap.outputs:
+                    reduced[layer.index] = [reduce_map(x, opts) for x in cap.outputs[layer.index]]
+            if reduced:
+                ranges = [global_range(r[i] for r in reduced.values()) for i in range(len(self.image_names))]
+        maps: list[dict[str, Any]] = []
+        stats = []
+        for layer in self.layers:
+            out = cap.outputs.get(layer.index)
+            if out is None:
+                continue
+            total = int(out.shape[-1]) if out.ndim > 1 else 1
+            for i, image in enumerate(self.image_names):
+                x = reduced[layer.index][i] if layer.index in reduced else out[i]
+                drawn = draw_map_file(staging, image, layer, x, opts, total=total,
+                                      value_range=ranges[i] if layer.index in reduced else None, note=cap.label)
+                tb_images[f"maps/{layer.name}/{image}"] = drawn.png
+                maps.append(drawn.entry)
+            stats.append(channel_stats(out, index=layer.index, name=layer.name, type=layer.type))
+        return maps, stats
+
+    def _draw_filters(self, staging: OutputDir, cap: _Capture, tb_images: dict[str, bytes]
+                      ) -> list[dict[str, Any]]:
+        """The filter pictures of the captured kernels, drawn as ``save_filters`` draws them, and the kernels."""
+        table = {layer.name: layer for layer in self._filter_layers}
+        filters: list[dict[str, Any]] = []
+        for name, k in cap.kernels.items():
+            info = table.get(name)
+            if info is None:  # pragma: no cover - kernels are captured for these layers only
+                continue
+            for drawn in draw_filter_files(staging, info, k, note=cap.label):
+                tb_images[f"filters/{name}/{drawn.entry['kind']}"] = drawn.png
+                entry = drawn.entry
+                if entry["kind"] == "atlas":
+                    raw = io.BytesIO()
+                    np.save(raw, k, allow_pickle=False)  # the numbers themselves, (O, I, kh, kw) float32
+                    kernels = drawn.file[:-len(".png")] + ".npy"
+                    staging.write_bytes(kernels, raw.getvalue())
+                    entry = {**entry, "kernels": kernels}
+                filters.append(entry)
+        return filters
+
     def _weight_rows(self, snapshot: dict[str, np.ndarray]) -> list[dict[str, Any]]:
         """Norm of each layer's weights and their change since the last checkpoint, ||W_t - W_t-1|| / ||W_t-1||."""
         rows = []
@@ -656,7 +663,7 @@ class Recorder:
 
     def _write_index(self) -> None:
         with self._lock:
-            text = json.dumps(_jsonable(self._index), indent=1, allow_nan=False)
+            text = dumps_json(self._index, indent=1)
             atomic_write_bytes(self.out / "index.json", (text + "\n").encode("utf-8"))
 
     # ------------------------------------------------------------------ GIFs
@@ -689,6 +696,16 @@ class Recorder:
         return list(meta.values())
 
 
+class _KeepOutputs(PassConsumer):
+    """Keeps each layer's output of the (one) batch, by layer index."""
+
+    def __init__(self) -> None:
+        self.outputs: dict[int, np.ndarray] = {}
+
+    def on_layer(self, batch: Batch, layer: LayerInfo, array: np.ndarray) -> None:
+        self.outputs[layer.index] = array
+
+
 def _l2(x: np.ndarray) -> float:
     """The L2 norm in float64, without BLAS: a multithreaded BLAS ``dot`` on the worker thread
     spins against the training's own threads (10 ms for 37,000 numbers on a busy 2-core machine)."""
@@ -719,18 +736,6 @@ def _thumbnail(x: np.ndarray) -> np.ndarray:
 
 def _first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [""])[0][:300]
-
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.generic):
-        return _jsonable(obj.item())
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
 
 
 def _finish_at_exit(ref: Callable[[], Recorder | None]) -> None:

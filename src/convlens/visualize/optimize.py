@@ -25,6 +25,7 @@ import numpy as np
 
 from .._progress import NullProgress, Progress
 from ..adapters.base import Adapter, Target
+from ..passes import call_model
 from .objectives import Diversity, Objective, batch_target, scores
 from .param import ImageParam, PresetMap, fft_frequencies
 from .transform import Transform, Warp, compose, standard_transforms
@@ -112,7 +113,7 @@ def _generators(seed: int, objectives: Sequence[Objective]) -> list[np.random.Ge
 
 def _layer_output(adapter: Adapter, batch: np.ndarray, layer: int) -> np.ndarray:
     got: list[np.ndarray] = []
-    adapter.run(batch, [layer], lambda i, a: got.append(a))
+    call_model(adapter, batch, [layer], lambda i, a: got.append(a))
     if not got:
         raise RuntimeError(f"{adapter.name}: the forward pass gave no output for layer {layer}")
     return got[0]

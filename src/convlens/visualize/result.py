@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import base64
-import html
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,15 +10,10 @@ from typing import Any
 import numpy as np
 
 from ..core.layers import LayerInfo
-from ..output import OutputDir, merge_index
+from ..output import OutputDir, png_figure_html, safe_name, write_index
 from ..render.grid import add_title, grid_shape, tile_rgb
-from ..render.png import encode_png
 
 __all__ = ["Visualization"]
-
-
-def _safe(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name.replace("/", "__")).strip("._") or "layer"
 
 
 @dataclass
@@ -109,7 +101,7 @@ class Visualization:
     def folder(self) -> str:
         """Relative folder of this run's pictures inside an output folder."""
         index = f"{self.layer.index:03d}_" if self.layer is not None else ""
-        return f"visualize/{index}{_safe(self.layer_name)}_{self.objective}{'_neg' if self.negative else ''}"
+        return f"visualize/{index}{safe_name(self.layer_name)}_{self.objective}{'_neg' if self.negative else ''}"
 
     def save(self, out: str | os.PathLike[str]) -> dict[str, Any]:
         """Write the atlas, one PNG per image and ``index.json``, atomically.
@@ -138,17 +130,12 @@ class Visualization:
             for i, e in enumerate(entries):
                 staging.write_png(f"{folder}/{e['file']}", self.picture(i))
             # one record per run, keyed by its atlas: the same run again replaces itself
-            index = merge_index(out_path, "visualize", [run], {"model": self.model,
-                                                               "framework": self.framework})
-            staging.write_json("index.json", index)
-        return index
+            write_index(staging, "visualize", [run], {"model": self.model, "framework": self.framework})
+        return staging.results["index.json"]
 
     def _repr_html_(self) -> str:
-        data = base64.b64encode(encode_png(self.atlas())).decode("ascii")
         best = int(np.argmax(self.activations * (-1 if self.negative else 1)))
         caption = (f"{len(self)} images; activation reached {float(self.activations.min()):.3g} to "
                    f"{float(self.activations.max()):.3g} (best: {self.channels[best]})")
-        return (f"<figure style='margin:0'><img src='data:image/png;base64,{data}' "
-                f"style='max-width:100%;image-rendering:pixelated'/><figcaption style='font:12px monospace'>"
-                f"{html.escape(caption)}</figcaption></figure>")
+        return png_figure_html(self.atlas(), caption)
 

@@ -34,8 +34,6 @@ stay inside the folder and be PNG files, and inlined pictures stop at
 
 from __future__ import annotations
 
-import csv
-import json
 import math
 import os
 import threading
@@ -50,7 +48,9 @@ from ..._errors import BadArgument, ConvlensError
 from ...core.layers import LayerInfo
 from ...core.normalize import normalize_channels
 from ...core.text import count, number, pair_text, percent, shape_text, sort_key
+from ...dataset.folder import CHANNELS_JSON, INDEX, read_folder
 from ...images import load_image, prepare
+from ...passes import Batch, call_model
 from ...render.colormap import apply_lut
 from ...render.colormap import lut as colormap_lut
 from ...render.grid import downsample
@@ -84,7 +84,7 @@ _PNG = b"\x89PNG\r\n\x1a\n"
 
 @dataclass
 class DatasetLayer:
-    """One layer of a dataset folder, as ``index.json`` and ``channels.csv`` describe it.
+    """One layer of a dataset folder, as ``index.json`` and ``channels.json`` describe it.
 
     Attributes:
         index, name, type, channels: the layer as the dataset's model had it.
@@ -93,7 +93,7 @@ class DatasetLayer:
         dead, constant, nonfinite: channel counts over the dataset.
         atlas: the atlas PNG's path relative to the folder, if any.
         channels_info: by channel, its ``index.json`` entry (mosaic, top, best_class, selectivity).
-        stats: by channel, its ``channels.csv`` row (mean, std, min, max, zero_fraction, ...).
+        stats: by channel, its ``channels.json`` values (mean, std, min, max, zero_fraction, dead, ...).
     """
 
     index: int
@@ -108,7 +108,7 @@ class DatasetLayer:
     nonfinite: int
     atlas: str | None
     channels_info: dict[int, dict[str, Any]] = field(default_factory=dict)
-    stats: dict[int, dict[str, str]] = field(default_factory=dict)
+    stats: dict[int, dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass
@@ -130,7 +130,7 @@ class DatasetFolder:
         notes: the dataset run's notes.
         layers: the folder's layers, in its order.
         ranked_by_dead: layer names, most dead channels first.
-        has_stats: ``channels.csv`` was there and read.
+        has_stats: ``channels.json`` was there and read.
     """
 
     root: Path
@@ -158,32 +158,22 @@ def _pair(value: Any) -> tuple[int, int] | None:
 
 
 def read_dataset_folder(path: str | os.PathLike[str]) -> DatasetFolder:
-    """Read ``index.json`` (and ``channels.csv`` when present) of a ``convlens dataset`` folder.
+    """Read ``index.json`` (and ``channels.json`` when present) of a ``convlens dataset`` folder.
 
-    Nothing is unpickled: JSON and CSV only. Pictures are read later, one by
-    one (:func:`read_picture`).
+    Through :func:`convlens.dataset.folder.read_folder`, the reader of
+    :meth:`DatasetResult.load <convlens.dataset.result.DatasetResult.load>`:
+    nothing is unpickled, JSON only. Pictures are read later, one by one
+    (:func:`read_picture`).
 
     Raises:
         BadArgument: the folder is missing, has no ``index.json``, or its
-            ``index.json`` is not one ``convlens dataset`` writes (one line, says
-            how to make one).
+            files are not ones ``convlens dataset`` writes in this format
+            version (one line, says how to make one).
     """
-    root = Path(path).expanduser()
+    files = read_folder(path, need_channels=False)
+    root, index = files.root, files.index
+    index_file = root / INDEX
     make = f"make one with: convlens dataset MODEL DATA --layers SEL --out {root}"
-    if not root.is_dir():
-        raise BadArgument(f"dataset folder {root} not found; {make}")
-    index_file = root / "index.json"
-    if not index_file.is_file():
-        raise BadArgument(f"{root} is not a convlens dataset folder (it has no index.json); {make}")
-    try:
-        index = json.loads(index_file.read_text("utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as e:
-        raise BadArgument(f"{index_file} cannot be read as JSON ({type(e).__name__}); {make}") from None
-    if not isinstance(index, dict) or index.get("convlens") != "dataset":
-        raise BadArgument(f"{index_file} was not written by convlens dataset; {make}")
-    if index.get("version") != 1:
-        raise BadArgument(f"{index_file} has version {index.get('version')!r}, this convlens reads "
-                          f"version 1; {make}")
     try:
         layers = [DatasetLayer(
             index=int(entry["index"]), name=str(entry["name"]), type=str(entry.get("type") or ""),
@@ -204,24 +194,27 @@ def read_dataset_folder(path: str | os.PathLike[str]) -> DatasetFolder:
             class_names=[str(n) for n in names] if names else None,
             notes=[str(n) for n in index.get("notes") or []], layers=layers,
             ranked_by_dead=[str(r["name"]) for r in index.get("ranked_by_dead") or []],
-            has_stats=False)
-    except (KeyError, TypeError, ValueError) as e:
-        raise BadArgument(f"{index_file} is damaged ({type(e).__name__}: {e}); {make}") from None
-    folder.has_stats = _read_stats(root / "channels.csv", {layer.name: layer for layer in layers})
+            has_stats=files.channels is not None)
+        if files.channels is not None:
+            _fill_stats(files.channels, {layer.name: layer for layer in layers})
+    except (KeyError, TypeError, ValueError, IndexError) as e:
+        raise BadArgument(f"{index_file} or {CHANNELS_JSON} is damaged ({type(e).__name__}: {e}); {make}") from None
     return folder
 
 
-def _read_stats(path: Path, layers: Mapping[str, DatasetLayer]) -> bool:
-    """Fill each layer's ``stats`` from ``channels.csv``; ``False`` when there is none to read."""
-    try:
-        with path.open(newline="", encoding="utf-8") as f:
-            for row in csv.DictReader(f):
-                layer = layers.get(row.get("layer") or "")
-                if layer is not None and (row.get("channel") or "").isdigit():
-                    layer.stats[int(row["channel"])] = row
-    except (OSError, UnicodeDecodeError, csv.Error):
-        return False
-    return True
+#: The per-channel statistics the section shows, from ``channels.json``'s layers.
+_STATS = ("mean", "std", "min", "max", "zero_fraction", "dead", "constant", "nonfinite")
+
+
+def _fill_stats(channels: Mapping[str, Any], layers: Mapping[str, DatasetLayer]) -> None:
+    """Fill each layer's ``stats`` from ``channels.json`` (``LayerStats.as_dict()`` per layer)."""
+    for entry in channels.get("layers") or []:
+        layer = layers.get(str(entry.get("name")))
+        if layer is None:
+            continue
+        columns = {key: list(entry.get(key) or []) for key in _STATS}
+        for c in range(layer.channels):
+            layer.stats[c] = {key: values[c] if c < len(values) else None for key, values in columns.items()}
 
 
 def read_picture(root: Path, relative: Any) -> bytes | None:
@@ -284,19 +277,20 @@ class DatasetMaps(SectionConsumer):
         self.maps: dict[int, dict[int, np.ndarray]] = {i.index: {} for i in self.layers}
         self._lock = threading.Lock()
 
-    def on_layer(self, image: int, layer: LayerInfo, array: np.ndarray) -> None:
-        x = np.asarray(array[0], np.float32)
-        flat = x.reshape(-1, x.shape[-1]) if x.ndim > 1 else x.reshape(1, -1)
-        with np.errstate(invalid="ignore"):
-            finite = np.where(np.isfinite(flat), flat, -np.inf)
-        top = finite.max(axis=0).astype(np.float64)
-        kept = None
-        if image < MAX_IMAGES:
-            kept = downsample(x, _MAP_SIDE, channels_last=True) if x.ndim == 3 else x.copy()
-        with self._lock:
-            self.maxima[layer.index][image] = top
-            if kept is not None:
-                self.maps[layer.index][image] = kept
+    def on_layer(self, batch: Batch, layer: LayerInfo, array: np.ndarray) -> None:
+        for j, image in enumerate(batch.images):
+            x = np.asarray(array[j], np.float32)
+            flat = x.reshape(-1, x.shape[-1]) if x.ndim > 1 else x.reshape(1, -1)
+            with np.errstate(invalid="ignore"):
+                finite = np.where(np.isfinite(flat), flat, -np.inf)
+            top = finite.max(axis=0).astype(np.float64)
+            kept = None
+            if image < MAX_IMAGES:
+                kept = downsample(x, _MAP_SIDE, channels_last=True) if x.ndim == 3 else x.copy()
+            with self._lock:
+                self.maxima[layer.index][image] = top
+                if kept is not None:
+                    self.maps[layer.index][image] = kept
 
     def ranking(self, info: LayerInfo) -> np.ndarray:
         """The layer's channels, highest maximum over the report's images first (ties: lower number)."""
@@ -373,7 +367,7 @@ def dataset_section(ctx: ReportContext) -> Markup:
     if budget[0] <= 0:
         warnings.append(f"Pictures from the dataset folder stop at {MAX_BYTES / 1e6:.0f} MB to keep the page "
                         "small: the last channels show no crops; a smaller --dataset-channels shows them all.")
-    stats_note = "" if folder.has_stats else "channels.csv is missing from the folder: no per-channel statistics."
+    stats_note = "" if folder.has_stats else "channels.json is missing from the folder: no per-channel statistics."
     return render("sections/dataset.html", summary=_summary(folder), warnings=warnings,
                   checked="" if differs else checked, notes=folder.notes, layers=layers,
                   health=_health(folder, maps), images=names, more=max(len(ctx.images) - len(names), 0),
@@ -432,7 +426,7 @@ def _check_scores(ctx: ReportContext, maps: DatasetMaps) -> tuple[str, bool]:
                        preprocess=ctx.preprocess)
         got: dict[int, np.ndarray] = {}
         layers = list(maps.matched.values())
-        ctx.model.adapter.run(x[None], [i.index for i in layers], got.__setitem__)
+        call_model(ctx.model, x[None], [i.index for i in layers], got.__setitem__)
     except ConvlensError as e:
         return f"The folder's scores were not checked against this model: {name}: {e}", False
     compared = 0
@@ -528,7 +522,7 @@ def _channel(ctx: ReportContext, folder: DatasetFolder, d: DatasetLayer, info: L
             "no_mosaic": "no crops in the folder for this channel" if mosaic is None else ""}
 
 
-def _facts(folder: DatasetFolder, entry: Mapping[str, Any], row: Mapping[str, str] | None,
+def _facts(folder: DatasetFolder, entry: Mapping[str, Any], row: Mapping[str, Any] | None,
            top: list[dict[str, Any]], peaks: list[tuple[str, float]]) -> list[str]:
     """A channel's numbers as short phrases: here, best in the dataset, dataset statistics, best class."""
     if len(peaks) == 1:
@@ -562,7 +556,7 @@ def _facts(folder: DatasetFolder, entry: Mapping[str, Any], row: Mapping[str, st
 
 
 def _true(value: Any) -> bool:
-    """A CSV flag: ``True``/``true``/``1``."""
+    """A flag: ``True`` (``"true"``/``"1"`` as text too)."""
     return str(value).strip().lower() in ("1", "true")
 
 

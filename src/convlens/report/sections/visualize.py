@@ -25,6 +25,7 @@ import numpy as np
 
 from ...core.layers import LayerInfo
 from ...core.normalize import normalize_channels
+from ...passes import call_model
 from ...render.colormap import apply_lut
 from ...render.colormap import lut as colormap_lut
 from ...render.png import encode_png
@@ -110,7 +111,7 @@ def _maps(ctx: ReportContext, info: LayerInfo) -> list[tuple[str, np.ndarray]]:
     out: list[tuple[str, np.ndarray]] = []
     for image, x in list(zip(ctx.images, ctx.inputs))[:MAX_IMAGES]:
         got: dict[int, np.ndarray] = {}
-        ctx.model.adapter.run(x[None], [info.index], got.__setitem__)
+        call_model(ctx.model, x[None], [info.index], got.__setitem__)
         if info.index in got:
             out.append((image.name, got[info.index][0]))
     return out

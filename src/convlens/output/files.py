@@ -1,20 +1,16 @@
-"""The only code in convlens that writes output files: every write is atomic.
+"""Writing files: every write is atomic.
 
 * :class:`OutputDir` makes a run's folder of outputs appear all at once or
   not at all (``maps``, ``filters``, the demo), and runs that write the same
   folder at once commit one after the other.
 * :func:`atomic_write_bytes` writes one file so that readers see the old
   content or the new, never half (the report page).
-* :func:`merge_index` folds a run's entries into an ``index.json`` that other
-  commands may already have written into the same folder.
 * :func:`check_file_target` refuses a folder where a file is wanted, before any work.
 """
 
 from __future__ import annotations
 
 import errno
-import json
-import math
 import os
 import secrets
 import shutil
@@ -32,11 +28,11 @@ except ImportError:  # pragma: no cover - Windows: commits are not serialised be
 
 import numpy as np
 
-from ._errors import BadArgument, OutputError
-from ._version import __version__
-from .render.png import encode_png
+from .._errors import BadArgument, OutputError
+from ..render.png import encode_png
+from .index import dumps_json
 
-__all__ = ["OutputDir", "atomic_write_bytes", "check_file_target", "merge_index"]
+__all__ = ["OutputDir", "atomic_write_bytes", "check_file_target"]
 
 if TYPE_CHECKING:  # pragma: no cover - annotations only (typing.Self needs Python 3.11)
     from typing_extensions import Self
@@ -352,60 +348,7 @@ def _reason(e: OSError, path: Path) -> str:
 
 def _json_bytes(obj: Any) -> bytes:
     """``obj`` as indented UTF-8 JSON (see :meth:`OutputDir.write_json`)."""
-    return (json.dumps(_jsonable(obj), indent=2, ensure_ascii=False, allow_nan=False) + "\n").encode("utf-8")
-
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return _jsonable(obj.tolist())
-    if isinstance(obj, np.generic):
-        return _jsonable(obj.item())
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, os.PathLike):
-        return os.fspath(obj)
-    return obj
-
-
-# ---------------------------------------------------------------- index.json and single files
-
-
-def merge_index(out: str | os.PathLike[str], key: str, entries: list[dict[str, Any]],
-                meta: dict[str, Any]) -> dict[str, Any]:
-    """Fold this run's entries into an ``index.json`` already in ``out`` (other commands' files stay).
-
-    Args:
-        out: the output folder (its ``index.json`` is read, if any; a broken one is replaced).
-        key: this command's list in the index, e.g. ``"maps"`` or ``"filters"``.
-        entries: this run's records, each with a ``"file"`` relative to ``out``; an
-            older record of the same file is replaced, and older records whose
-            file is gone are dropped.
-        meta: top-level keys to set (model, framework, options...).
-
-    Returns:
-        The merged index (to be written with :meth:`OutputDir.write_json`).
-    """
-    folder = Path(out)
-    index: dict[str, Any] = {}
-    old = folder / "index.json"
-    if old.is_file():
-        try:
-            index = json.loads(old.read_text())
-        except (OSError, ValueError):
-            index = {}
-        if not isinstance(index, dict):
-            index = {}
-    new_files = {e["file"] for e in entries}
-    kept = [e for e in index.get(key, []) if isinstance(e, dict) and e.get("file") not in new_files
-            and (folder / str(e.get("file"))).exists()]
-    index.update(meta)
-    index["convlens"] = __version__
-    index[key] = kept + entries
-    return index
+    return (dumps_json(obj) + "\n").encode("utf-8")
 
 
 def check_file_target(path: str | os.PathLike[str], *, example: str = "report.html") -> Path:
