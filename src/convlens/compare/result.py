@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import asdict, dataclass, field
@@ -10,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 from .._version import __version__
-from ..render.html import data_uri
 
 __all__ = ["CASES", "CKAMatrix", "Comparison", "PairResult"]
 
@@ -262,23 +260,23 @@ class Comparison:
         Raises:
             OutputError: the folder cannot be written (nothing is then).
         """
-        from ..output import OutputDir
+        from ..output import OutputDir, dumps_json
 
         page = self.html().encode("utf-8")
         with OutputDir(out) as folder:
             for name, png in self.pictures.items():
                 folder.write_bytes(name, png)
             folder.write_bytes("compare.html", page)
-            folder.write_bytes("index.json", (json.dumps(self.to_json(), indent=2) + "\n").encode("utf-8"))
+            folder.write_bytes("index.json", (dumps_json(self.to_json()) + "\n").encode("utf-8"))
         return folder.path / "index.json"
 
     def _repr_html_(self) -> str:
-        from ..render.html import escape
+        from ..output import png_figure_html, pre_html
 
-        head = escape(self.summary().splitlines()[0])
-        pic = self.pictures.get("errors.png") or self.pictures.get("cka.png")
-        img = f'<img src="{data_uri(pic)}" alt="comparison chart">' if pic else ""
-        return f"<div><p>{head}</p><pre>{escape(chr(10).join(self.summary().splitlines()[1:]))}</pre>{img}</div>"
+        name = "errors.png" if "errors.png" in self.pictures else "cka.png"
+        pic = self.pictures.get(name)
+        caption = "relative error per layer pair" if name == "errors.png" else "CKA between the layers of A and B"
+        return "<div>" + pre_html(self.summary()) + (png_figure_html(pic, caption) if pic else "") + "</div>"
 
 
 def _clean(value: Any) -> Any:

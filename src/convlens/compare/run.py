@@ -6,8 +6,10 @@ each of its layers' outputs arrives it is compared with A's partner, which
 is dropped at once. Memory is one batch of A's paired outputs, whatever the
 number of images; CKA and every figure are running sums.
 
-Networks run through :func:`forward`, the one place this package calls a
-model (the pass engine's entry point replaces it when it lands).
+Networks run on the pass engine (:func:`convlens.passes.run_batches`), one
+batch of one side at a time through :func:`forward`, the one place this
+package runs a model: the comparisons of B's layers run on the engine's
+worker threads while B's forward pass goes on.
 """
 
 from __future__ import annotations
@@ -20,21 +22,43 @@ from typing import Any
 import numpy as np
 
 from .._errors import BadArgument
-from ..adapters.base import OnOutput
 from ..core.cka import MIN_BATCH, MinibatchCKA, gram_linear
 from ..core.layers import LayerInfo
 from ..model import Model
+from ..passes import Batch, PassConsumer, missing_note, run_batches
 from .metrics import PairStats, flatten_channels
 
 __all__ = ["Side", "Streamed", "batches", "forward", "stream"]
 
 
-def forward(model: Model, batch: np.ndarray, wanted: Sequence[int], on_output: OnOutput) -> np.ndarray:
-    """One forward pass of ``batch`` ``(n, H, W, C)`` through ``model``: the one place compare runs a network.
+class _Callback(PassConsumer):
+    """Hands each layer output of a pass to a function of (row, array); on the engine's worker threads."""
 
-    Calls ``on_output(row, array)`` for each wanted row (canonical layout) and returns the model's output.
+    def __init__(self, fn: Callable[[int, np.ndarray], None]) -> None:
+        self.fn = fn
+
+    def on_layer(self, batch: Batch, layer: LayerInfo, array: np.ndarray) -> None:
+        self.fn(layer.index, array)
+
+
+def forward(model: Model, batch: Batch, rows: Sequence[int], on_output: Callable[[int, np.ndarray], None],
+            notes: list[str]) -> np.ndarray:
+    """One batch through ``model`` on the pass engine: the one place compare runs a network.
+
+    ``on_output(row, array)`` gets each wanted row's output ``(n, ...)`` (canonical layout) on a worker
+    thread; every call has returned when this returns. Rows the model never produced get the engine's note.
+
+    Returns:
+        The model's output for the batch, ``(n, ...)``.
     """
-    return model.adapter.run(batch, list(wanted), on_output)
+    table = model.layers()
+    layers = [table[r] for r in rows]
+    result = run_batches(model, layers, [batch], [_Callback(on_output)], images=len(batch))
+    if result.missing:
+        note = f"{model.name}: {missing_note(result.missing)}"
+        if note not in notes:
+            notes.append(note)
+    return np.concatenate(result.outputs) if result.outputs else np.zeros((0,), np.float32)
 
 
 def batches(count: int, batch_size: int) -> list[list[int]]:
@@ -147,7 +171,7 @@ def stream(a: Side, b: Side, images: Sequence[Any], pairs: Sequence[tuple[LayerI
     cka_ok = all(len(c) >= MIN_BATCH for c in chunks) and bool(gram_rows_a)
     if not cka_ok and gram_rows_a:
         out.notes.append(f"CKA needs at least {MIN_BATCH} images; it was not computed for {total}")
-    for chunk in chunks:
+    for number, chunk in enumerate(chunks):
         subset = [images[i] for i in chunk]
         xa, xb = _prepare(a, subset, out.notes), _prepare(b, subset, out.notes)
         if out.input_shapes is None:
@@ -179,8 +203,9 @@ def stream(a: Side, b: Side, images: Sequence[Any], pairs: Sequence[tuple[LayerI
                     continue
                 _compare(out, key, other, array)
 
-        out_a = forward(a.model, xa, rows_a, on_a)  # A's paired outputs stay in `kept` until B's arrive
-        out_b = forward(b.model, xb, rows_b, on_b)
+        # A's paired outputs stay in `kept` until B's partners arrive
+        out_a = forward(a.model, Batch(number, tuple(chunk), xa), rows_a, on_a, out.notes)
+        out_b = forward(b.model, Batch(number, tuple(chunk), xb), rows_b, on_b, out.notes)
         kept.clear()
         _compare_outputs(out, np.asarray(out_a), np.asarray(out_b))
         if cka_ok:
