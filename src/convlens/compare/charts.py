@@ -42,14 +42,16 @@ def error_chart(names: Sequence[str], errors: Sequence[float | None], *, toleran
         first: the index of the first divergent pair (red).
         worst: the index of the worst pair (marked ``worst``).
         title: above the chart.
-        floor: the left end of the axis.
+        floor: the left end of the axis at the lowest (errors below it, and 0, draw no bar).
 
     Returns:
         PNG bytes.
     """
     values = [v for v in errors if v is not None and v > 0 and math.isfinite(v)]
-    lo = math.floor(math.log10(min([floor, *values])))
-    hi = max(0, math.ceil(math.log10(max(values)))) if values else 0
+    marks = values + ([tolerance] if tolerance is not None and tolerance > 0 else [])
+    # one decade below the smallest error (or the tolerance) to the decade above the largest
+    lo = max(math.floor(math.log10(min(marks))) - 1, math.floor(math.log10(floor))) if marks else -9
+    hi = max(math.ceil(math.log10(max(marks))), lo + 2) if marks else 0
     row, size = 15, 11
     label_w = min(max([text_width(n, size) for n in names] + [60]) + 16, 420)
     plot_w, note_w = 420, 70
@@ -67,7 +69,7 @@ def error_chart(names: Sequence[str], errors: Sequence[float | None], *, toleran
         canvas[top:height - bottom + 4, x] = _GRID
         if (e - lo) % max(1, (hi - lo) // 6) == 0:
             texts.append((x - 12, height - bottom + 14, _fmt(10.0 ** e)))
-    if tolerance is not None and tolerance > 0 and 10.0 ** lo < tolerance < 10.0 ** hi:
+    if tolerance is not None and tolerance > 0 and 10.0 ** lo < tolerance <= 10.0 ** hi:
         x = x_of(tolerance)
         for y in range(top, height - bottom, 6):
             canvas[y:y + 3, x] = _RED
