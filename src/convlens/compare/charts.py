@@ -48,10 +48,10 @@ def error_chart(names: Sequence[str], errors: Sequence[float | None], *, toleran
         PNG bytes.
     """
     values = [v for v in errors if v is not None and v > 0 and math.isfinite(v)]
-    marks = values + ([tolerance] if tolerance is not None and tolerance > 0 else [])
+    span = values + ([tolerance] if tolerance is not None and tolerance > 0 else [])
     # one decade below the smallest error (or the tolerance) to the decade above the largest
-    lo = max(math.floor(math.log10(min(marks))) - 1, math.floor(math.log10(floor))) if marks else -9
-    hi = max(math.ceil(math.log10(max(marks))), lo + 2) if marks else 0
+    lo = max(math.floor(math.log10(min(span))) - 1, math.floor(math.log10(floor))) if span else -9
+    hi = max(math.ceil(math.log10(max(span))), lo + 2) if span else 0
     row, size = 15, 11
     label_w = min(max([text_width(n, size) for n in names] + [60]) + 16, 420)
     plot_w, note_w = 420, 70
