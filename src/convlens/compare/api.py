@@ -158,7 +158,8 @@ def compare(a: Any, b: Any, images: Any, *, layers: str | Sequence[str] | None =
                       for s in size) else (size, size))
     model_a = _open(a, weights=weights_a, preprocess=pre_a)
     model_b = _open(b, weights=weights_b, preprocess=pre_b)
-    image_list = list(images) if isinstance(images, (list, tuple)) else [images]
+    batch_array = isinstance(images, np.ndarray) and images.ndim == 4  # (n, H, W, C)
+    image_list = list(images) if isinstance(images, (list, tuple)) or batch_array else [images]
     if not image_list:
         raise BadArgument("no image to compare on; give at least one image (4 or more for CKA)")
 
