@@ -122,11 +122,11 @@ def case_tflite(tmp: Path) -> Case:
     path.write_bytes(converter.convert())
     x = _image()
     adapter = open_model(path, preprocess="raw")
-    from convlens.adapters.tflite import _threads
+    from convlens.adapters.tflite import threads
 
     # the plain pass gets the adapter's threads and LiteRT's default (XNNPACK) delegate, but
     # neither preserved tensors nor the per-op delegate nodes the adapter needs to read them
-    interpreter = Interpreter(model_path=str(path), num_threads=_threads())
+    interpreter = Interpreter(model_path=str(path), num_threads=threads())
     interpreter.allocate_tensors()
     inp = interpreter.get_input_details()[0]["index"]
     out = interpreter.get_output_details()[0]["index"]

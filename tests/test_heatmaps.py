@@ -105,8 +105,9 @@ def test_render_blends_on_the_image_as_given(both):
 def test_save_writes_overlays_arrays_and_an_index(both, tmp_path):
     (tmp_path / "index.json").write_text(json.dumps({"maps": [{"file": "keep.png"}]}))
     (tmp_path / "keep.png").write_bytes(b"x")
-    index = both.save(tmp_path)
-    assert index == json.loads((tmp_path / "index.json").read_text())
+    path = both.save(tmp_path)
+    assert path == tmp_path / "index.json"
+    index = json.loads(path.read_text())
     assert index["maps"] == [{"file": "keep.png"}]  # another command's entries stay
     assert len(index["heatmaps"]) == 6
     rec = next(r for r in index["heatmaps"] if r["image"] == "wide" and r["method"] == "ig")
@@ -148,11 +149,12 @@ def test_notebook_view_escapes_names(lens, tmp_path):
 
 def test_method_names_and_options(lens):
     assert parse_methods("Grad-CAM++, scorecam,gradcam++") == ["gradcam++", "scorecam"]
-    hm = lens.heatmaps(convlens.DEMO_IMAGE, ["ig", "occlusion"], steps=4, window=7, stride=7)
+    hm = lens.heatmaps(convlens.DEMO_IMAGE, ["ig", "occlusion"],
+                       method_options={"steps": 4, "window": 7, "stride": 7})
     assert hm.find(0, "ig").extra["steps"] == 4
     assert hm.find(0, "occlusion").extra["window"] == 7
     with pytest.raises(BadArgument, match="'steps' is an option of ig, not of gradcam"):
-        lens.heatmaps(convlens.DEMO_IMAGE, "gradcam", steps=4)
+        lens.heatmaps(convlens.DEMO_IMAGE, "gradcam", method_options={"steps": 4})
     with pytest.raises(BadArgument, match="did you mean gradcam"):
         lens.heatmaps(convlens.DEMO_IMAGE, "gradcm")
 

@@ -55,13 +55,20 @@ def test_rendering_in_python_and_inline(demo):
 def test_save_maps_every_norm_and_index(demo, tmp_path):
     for norm in ("standardize", "minmax", "layer", "global"):
         out = tmp_path / norm
-        index = demo.save_maps(convlens.DEMO_IMAGE, out, layers="all", norm=norm, max_channels=7)
+        path = demo.save_maps(convlens.DEMO_IMAGE, out, layers="all", norm=norm, max_channels=7)
+        assert path == out / "index.json"
+        index = json.loads(path.read_text())
         assert index["options"]["norm"] == norm
         for entry in index["maps"]:
             assert (out / entry["file"]).is_file()
             if entry["layout"] == "grid":  # vectors are drawn whole, as one strip
                 assert entry["channels_shown"] == min(7, entry["channels_total"])
-        assert json.loads((out / "index.json").read_text()) == index
+        # the same maps through the result: the same files and records
+        again = demo.feature_maps(convlens.DEMO_IMAGE, layers="all").save(tmp_path / f"{norm}-result",
+                                                                          norm=norm, max_channels=7)
+        records = json.loads(again.read_text())["maps"]
+        assert [(e["file"], e["channels_shown"], e["flags"]) for e in records] == \
+            [(e["file"], e["channels_shown"], e["flags"]) for e in index["maps"]]
 
 
 def test_maps_and_filters_share_an_output_folder(demo, tmp_path):
@@ -105,7 +112,9 @@ def test_filters_render_inline_and_gray_composites(demo, tmp_path):
     assert html.count("data:image/png;base64,") == 2  # one patch per filter, and filters x inputs
     grid = kernels.render("conv1")
     assert grid.dtype == np.uint8 and grid.shape[2] == 3
-    index = demo.save_filters(tmp_path, layers="conv1")
+    path = demo.save_filters(tmp_path, layers="conv1")
+    assert path == tmp_path / "index.json"
+    index = json.loads(path.read_text())
     assert [e["file"] for e in index["filters"]] == ["filters/001_conv1_gray.png", "filters/001_conv1.png"]
     assert len(index["filters"][0]["l2_norms"]) == 16
     norms = np.sqrt((kernels["conv1"].astype(np.float64) ** 2).sum(axis=(1, 2, 3)))

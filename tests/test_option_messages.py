@@ -9,7 +9,7 @@ import pytest
 from convlens import BadArgument, LayerNotFound
 from convlens.cli import main
 from convlens.core.layers import LayerInfo
-from convlens.selection import select
+from convlens.selection import select_indexes
 
 
 def _usage_error(argv: list[str], capsys) -> str:
@@ -43,7 +43,7 @@ def _table() -> list[LayerInfo]:
 @pytest.mark.parametrize("pattern", ["re:[", "re:(conv", "re:conv[1,2", "re:*conv"])
 def test_an_invalid_regular_expression_says_so_and_why(pattern):
     with pytest.raises(BadArgument) as info:
-        select(_table(), pattern)
+        select_indexes(_table(), pattern)
     message = str(info.value)
     assert message.startswith(f"invalid regular expression {pattern[3:]!r}: "), message
     assert any(why in message for why in ("unterminated", "missing )", "nothing to repeat")), message
@@ -52,12 +52,12 @@ def test_an_invalid_regular_expression_says_so_and_why(pattern):
 
 def test_commas_inside_a_regular_expression_belong_to_it():
     t = _table()
-    assert select(t, r"re:^conv\d{1,2}$") == [1, 2, 4]  # was split into 're:^conv\d{1' and '2}$'
-    assert select(t, r"re:^conv\d{2,},pool") == [3, 4]
-    assert select(t, "re:^(conv1|dense)$, pool") == [1, 3, 5]
-    assert select(t, "re:^[,c]onv2$,dense") == [2, 5]
+    assert select_indexes(t, r"re:^conv\d{1,2}$") == [1, 2, 4]  # was split into 're:^conv\d{1' and '2}$'
+    assert select_indexes(t, r"re:^conv\d{2,},pool") == [3, 4]
+    assert select_indexes(t, "re:^(conv1|dense)$, pool") == [1, 3, 5]
+    assert select_indexes(t, "re:^[,c]onv2$,dense") == [2, 5]
     with pytest.raises(LayerNotFound, match=re.escape("no layer matches 're:^x{1,2}$'")):
-        select(t, "re:^x{1,2}$")
+        select_indexes(t, "re:^x{1,2}$")
 
 
 def test_cli_reports_the_invalid_regular_expression(capsys, tmp_path):

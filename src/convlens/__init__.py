@@ -4,7 +4,13 @@
 >>> lens = Lens("vgg16", weights="none")
 >>> print(lens.layers())
 >>> maps = lens.feature_maps("cat.jpg", layers="blocks")
->>> lens.save_maps("cat.jpg", "out/", layers="conv,pool")
+>>> maps.save("out/")                      # -> Path("out/index.json")
+
+Every result (:class:`FeatureMaps`, :class:`Filters`, :class:`ChannelStats`,
+:class:`Heatmaps`, :class:`Visualization`, :class:`DatasetResult`,
+:class:`Report`, :class:`Timeline`) has ``.save(out) -> Path`` (the
+``index.json``, or the page, it wrote), ``.to_json() -> dict`` and an inline
+view in Jupyter (``_repr_html_``).
 """
 
 from __future__ import annotations
@@ -25,12 +31,17 @@ from ._version import __version__
 from .adapters import DATA_DIR, open_model
 from .compare import Comparison, compare
 from .core.layers import LayerInfo
+from .dataset.result import DatasetResult
+from .heatmaps import Heatmap, Heatmaps
 from .images import load_image
-from .lens import FeatureMaps, LayerTable, Lens
+from .lens import FeatureMaps, Filters, LayerTable, Lens
 from .model import Model, ModelSpec
+from .render.maps import RenderOptions
 from .report import Report, register_section
-from .selection import select
+from .selection import DEFAULT_FILTER_SELECTION, DEFAULT_SELECTION, DEFAULT_TRAINING_SELECTION, select
 from .stats import ChannelStats, LayerStats
+from .timeline import Timeline
+from .visualize import Visualization
 
 #: The built-in default: a small CNN trained on MNIST, and a digit it classifies.
 DEMO_MODEL = DATA_DIR / "demo_cnn.keras"
@@ -39,6 +50,9 @@ DEMO_IMAGE = DATA_DIR / "digit.png"
 SAMPLE_PHOTO = DATA_DIR / "photo.jpg"
 
 __all__ = [
+    "DEFAULT_FILTER_SELECTION",
+    "DEFAULT_SELECTION",
+    "DEFAULT_TRAINING_SELECTION",
     "DEMO_IMAGE",
     "DEMO_MODEL",
     "SAMPLE_PHOTO",
@@ -48,7 +62,11 @@ __all__ = [
     "ChannelStats",
     "Comparison",
     "ConvlensError",
+    "DatasetResult",
     "FeatureMaps",
+    "Filters",
+    "Heatmap",
+    "Heatmaps",
     "LayerInfo",
     "LayerNotFound",
     "LayerStats",
@@ -58,9 +76,12 @@ __all__ = [
     "ModelSpec",
     "MissingDependency",
     "OutputError",
+    "RenderOptions",
     "Report",
+    "Timeline",
     "UnsafeModel",
     "UnsupportedModel",
+    "Visualization",
     "WeightsUnavailable",
     "__version__",
     "compare",

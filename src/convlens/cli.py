@@ -15,6 +15,7 @@ from typing import Any, NoReturn, TextIO
 from ._errors import BadArgument, ConvlensError
 from ._version import __version__
 from .images import PRESET_NAMES
+from .selection import DEFAULT_FILTER_SELECTION, DEFAULT_SELECTION
 
 EXAMPLES = """\
 examples:
@@ -194,7 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model")
     p.add_argument("images", nargs="+", metavar="IMAGE")
-    p.add_argument("--layers", default=None, help="layer selection (default conv,pool)")
+    p.add_argument("--layers", default=None, help=f"layer selection (default {DEFAULT_SELECTION})")
     p.add_argument("--out", required=True, help="output folder")
     _model_options(p)
     _image_options(p)
@@ -203,7 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("filters", help="write filter atlases of conv layers",
                        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model")
-    p.add_argument("--layers", default="conv", help="layer selection (default conv)")
+    p.add_argument("--layers", default=DEFAULT_FILTER_SELECTION,
+                   help=f"layer selection (default {DEFAULT_FILTER_SELECTION})")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--cmap", default="gray", help="colormap of the filter grids (default gray)")
     p.add_argument("--max-filters", type=_filters_arg, default=64, metavar="N|all",
@@ -218,7 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model")
     p.add_argument("images", nargs="+", metavar="IMAGE")
     p.add_argument("--layers", default=None,
-                   help="layer selection (default conv,pool; add act for separate activation layers)")
+                   help=f"layer selection (default {DEFAULT_SELECTION}; add act for separate activation layers)")
     p.add_argument("--json", action="store_true", help="print every number as JSON")
     p.add_argument("--channels", action="store_true", help="also print one row per channel")
     _model_options(p)
@@ -230,7 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model")
     p.add_argument("images", nargs="+", metavar="IMAGE")
     p.add_argument("--out", required=True, help="the HTML file to write, e.g. report.html")
-    p.add_argument("--layers", default=None, help="layer selection (default conv,pool)")
+    p.add_argument("--layers", default=None, help=f"layer selection (default {DEFAULT_SELECTION})")
     p.add_argument("--labels", metavar="FILE", help="class names for the top-5 predictions, one per line")
     p.add_argument("--sections", help="comma-separated sections to include (default all: inputs, "
                                       "predictions, layers, maps, heatmaps, stats, filters; add visualize "
@@ -300,7 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layer", help="the layer whose channels to visualise (a name or index; not used "
                                    "with --objective class)")
     p.add_argument("--channels", metavar="0-31|all", help="channels (or classes): all, a range, or a "
-                                                          "comma-separated list (default: the first batch)")
+                                                          "comma-separated list (default: the first --batch-size)")
     p.add_argument("--objective", default="channel", choices=("channel", "neuron", "class"),
                    help="channel: mean of its map (default); neuron: the centre unit; class: a logit")
     p.add_argument("--negative", action="store_true", help="the image the objective likes least")
@@ -308,7 +310,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, metavar="PX",
                    help="image side in pixels (default 128, as Lucid; at most a fixed input's side)")
     p.add_argument("--seed", type=int, default=0, help="random seed: same seed, same images (default 0)")
-    p.add_argument("--batch", type=int, default=32, help="images optimised together (default 32)")
+    p.add_argument("--batch-size", type=int, default=32, metavar="N", help="images optimised together (default 32)")
+    p.add_argument("--batch", dest="batch_size", type=int, help=argparse.SUPPRESS)  # the old name, kept working
     p.add_argument("--lr", type=float, default=0.05, help="Adam learning rate (default 0.05, as Lucid)")
     p.add_argument("--copies", type=int, default=1, help="images per channel (default 1)")
     p.add_argument("--diversity", type=float, default=0.0, metavar="W",
@@ -325,7 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model")
     p.add_argument("data", metavar="DATA", help="a folder (DATA/<class>/<image> gives labels), a glob, "
                                                 "a text file of image paths, or a Parquet file or folder")
-    p.add_argument("--layers", default=None, help="layer selection (default conv,pool)")
+    p.add_argument("--layers", default=None, help=f"layer selection (default {DEFAULT_SELECTION})")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--k", type=_positive, default=9, help="images kept per channel (default 9)")
     p.add_argument("--engine", choices=("local", "ray"), default="local",
@@ -387,7 +390,8 @@ def _render_kwargs(args: argparse.Namespace) -> dict[str, Any]:
             "columns": args.columns, "numbers": args.numbers, "tile_size": args.tile_size}
 
 
-def _summary(index: dict[str, Any], key: str, out: str, stdout: TextIO) -> None:
+def _summary(path: Path, key: str, out: str, stdout: TextIO) -> None:
+    index = json.loads(path.read_text(encoding="utf-8"))
     for note in index.get("notes", []) if key == "maps" else []:
         stdout.write(f"note: {note}\n")
     files = [e for e in index.get(key, [])]
@@ -452,7 +456,7 @@ def _cmd_heatmap(lens: Any, args: argparse.Namespace, stdout: TextIO) -> None:
                if getattr(args, key) is not None}
     result = lens.heatmaps(args.images, args.method, layer=args.layer, target=args.classes, top=args.top,
                            size=args.size, preprocess=args.preprocess, labels=args.labels,
-                           progress=BarProgress(), **options)
+                           progress=BarProgress(), method_options=options)
     result.save(args.out)
     stdout.writelines(f"note: {note}\n" for note in result.notes)
     stdout.writelines(f"{result.images[e.image].name}: {e.caption()}\n" for e in result.entries[:40])
@@ -492,14 +496,13 @@ def _cmd_visualize(lens: Any, args: argparse.Namespace, stdout: TextIO) -> None:
     if Path(args.out).exists() and not Path(args.out).is_dir():  # before minutes of optimisation
         raise OutputError(f"cannot write to {args.out}: it is a file, not a folder; choose another --out")
     result = lens.visualize(args.layer, args.channels, objective=args.objective, negative=args.negative,
-                            steps=args.steps, size=args.size, seed=args.seed, batch=args.batch, lr=args.lr,
+                            steps=args.steps, size=args.size, seed=args.seed, batch_size=args.batch_size, lr=args.lr,
                             copies=args.copies, diversity=args.diversity, preprocess=args.preprocess,
                             progress=BarProgress())
     index = result.save(args.out)
-    run = index["visualize"][-1]
     acts = result.activations
     stdout.write(f"wrote {len(result)} images and an atlas of {result.layer_name} to "
-                 f"{Path(args.out) / run['folder']} (index: {Path(args.out) / 'index.json'}); "
+                 f"{Path(args.out) / result.folder()} (index: {index}); "
                  f"{result.objective} {'minimised' if result.negative else 'maximised'}, activation "
                  f"reached {float(acts.min()):.4g} to {float(acts.max()):.4g}\n")
 
@@ -579,7 +582,7 @@ def _cmd_demo(args: argparse.Namespace, stdout: TextIO) -> int:
     scratch = Path(tempfile.mkdtemp(prefix="convlens-demo-"))
     try:  # build the whole demo aside, then publish it as one transaction: all of it or nothing
         lens.save_maps(DEMO_IMAGE, scratch, layers="all", progress=BarProgress(), numbers=True)
-        index = lens.save_filters(scratch, progress=BarProgress())
+        index = json.loads(lens.save_filters(scratch, progress=BarProgress()).read_text(encoding="utf-8"))
         (scratch / "layers.txt").write_text(str(table) + "\n")
         (scratch / "stats.txt").write_text(lens.channel_stats(DEMO_IMAGE, layers="all").text() + "\n")
         lens.report(DEMO_IMAGE, layers="all", out=scratch / "report.html")
@@ -654,14 +657,14 @@ def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None,
             table = lens.layers()
             stdout.write((json.dumps(table.to_json(), indent=2) if args.json else str(table)) + "\n")
         elif args.command == "maps":
-            index = lens.save_maps(args.images, args.out, args.layers, size=args.size,
-                                   preprocess=args.preprocess, progress=BarProgress(),
-                                   **_render_kwargs(args))
-            _summary(index, "maps", args.out, stdout)
+            path = lens.save_maps(args.images, args.out, args.layers, size=args.size,
+                                  preprocess=args.preprocess, progress=BarProgress(),
+                                  **_render_kwargs(args))
+            _summary(path, "maps", args.out, stdout)
         elif args.command == "filters":
-            index = lens.save_filters(args.out, args.layers, cmap=args.cmap, max_filters=args.max_filters,
-                                      max_inputs=args.max_inputs, progress=BarProgress())
-            _summary(index, "filters", args.out, stdout)
+            path = lens.save_filters(args.out, args.layers, cmap=args.cmap, max_filters=args.max_filters,
+                                     max_inputs=args.max_inputs, progress=BarProgress())
+            _summary(path, "filters", args.out, stdout)
         elif args.command == "stats":
             _cmd_stats(lens, args, stdout)
         elif args.command == "report":

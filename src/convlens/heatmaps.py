@@ -26,11 +26,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ._errors import BadArgument, UnsupportedModel
+from ._errors import BadArgument
 from ._progress import NullProgress, Progress
 from .core.predictions import to_probabilities
+from .core.text import probability as probability_text
 from .images import Image, PreparedBatch, check_not_constant, prepare_batch
-from .methods import Method, MethodResult, create, forward_only, get, resolve_layer
+from .methods import Method, MethodResult, RecordedForward, check_gradients, create, get, resolve_layer
 from .methods import names as method_names
 from .methods.targets import TargetSpec, parse_classes
 from .output import OutputDir, png_figure_html, safe_name, write_index
@@ -92,9 +93,9 @@ class Heatmap:
         cls = self.label if self.label == str(self.class_index) else f"{self.label} ({self.class_index})"
         parts = [self.title, cls]
         if self.scores_are_probabilities:
-            parts.append(f"p {_prob(self.score)}")
+            parts.append(f"p {probability_text(self.score)}")
         elif self.probability is not None:
-            parts.append(f"score {_num(self.score)}, softmax p {_prob(self.probability)}")
+            parts.append(f"score {_num(self.score)}, softmax p {probability_text(self.probability)}")
         else:
             parts.append(f"score {_num(self.score)}")
         if self.layer:
@@ -106,11 +107,6 @@ class Heatmap:
 
 def _num(v: float) -> str:
     return f"{v:.4g}"
-
-
-def _prob(p: float) -> str:
-    """A probability with three decimals, or two significant digits below 0.001 (``1.7e-08``)."""
-    return f"{p:.3f}" if p >= 0.001 or p == 0 else f"{p:.2g}"
 
 
 class Heatmaps:
@@ -210,19 +206,20 @@ class Heatmaps:
 
     # ------------------------------------------------------------------ pictures
 
-    def render(self, image: int | str = 0, method: str | None = None, target: int | str | None = None,
-               **options: Any) -> np.ndarray:
+    def render(self, image: int | str = 0, method: str | None = None, target: int | str | None = None, *,
+               alpha: float | None = None, cmap: str | None = None, colorbar: bool = True,
+               min_side: int = 256, max_side: int = 4096) -> np.ndarray:
         """The overlay picture of one map: ``(H', W', 3)`` uint8.
 
         The heatmap is blended on the image as given (its own resolution), with
         a colour bar and a caption naming the method, the class and its score.
-        ``options`` go to :func:`convlens.render.overlay.overlay` (``alpha``,
-        ``cmap``, ``colorbar``, ``min_side``, ``max_side``).
+        ``alpha``, ``cmap``, ``colorbar``, ``min_side`` and ``max_side`` are
+        :func:`convlens.render.overlay.overlay`'s.
         """
         entry = self.find(image, method, target)
         return overlay(self.images[entry.image].pixels, entry.map, caption=entry.caption(),
                        signed=entry.signed, value_range=(-1.0, 1.0) if entry.signed else (0.0, 1.0),
-                       **options)
+                       alpha=alpha, cmap=cmap, colorbar=colorbar, min_side=min_side, max_side=max_side)
 
     def _repr_html_(self) -> str:
         head = (f"<div><b>{html.escape(self.model)}</b>: {len(self.entries)} heatmaps "
@@ -237,7 +234,8 @@ class Heatmaps:
 
     # ------------------------------------------------------------------ files
 
-    def save(self, out: str | os.PathLike[str], **options: Any) -> dict[str, Any]:
+    def save(self, out: str | os.PathLike[str], *, alpha: float | None = None, cmap: str | None = None,
+             colorbar: bool = True, max_side: int = 4096) -> Path:
         """Write every map: an overlay PNG, the raw map as ``.npy``, and ``index.json``.
 
         Files go to ``out/heatmaps/<image>/<method>_<class>.png`` and ``.npy``;
@@ -245,12 +243,13 @@ class Heatmaps:
         float32 (0..1, or -1..1 for signed attributions). ``index.json`` lists
         every map with its class, score and files (entries of other convlens
         commands in the same folder stay). Written atomically: nothing changes
-        in ``out`` unless everything was written. ``options`` go to
-        :meth:`render`.
+        in ``out`` unless everything was written. ``alpha``, ``cmap``,
+        ``colorbar`` and ``max_side`` go to :meth:`render`.
 
         Returns:
-            The index that was written.
+            The path of ``out/index.json``.
         """
+        options: dict[str, Any] = {"alpha": alpha, "cmap": cmap, "colorbar": colorbar, "max_side": max_side}
         out_path = Path(out)
         records: list[dict[str, Any]] = []
         with OutputDir(out_path) as staging:
@@ -260,21 +259,30 @@ class Heatmaps:
                 staging.write_png(base + ".png", self.render(e.image, e.method, e.class_index, **options))
                 full = resize_map(e.map, (im.height, im.width))
                 staging.write_bytes(base + ".npy", _npy(full))
-                records.append({
-                    "image": im.name, "method": e.method, "title": e.title, "class": e.class_index,
-                    "label": e.label, "score": e.score, "probability": e.probability,
-                    "layer": e.layer, "signed": e.signed, "flat": e.flat,
-                    "range": [-1.0, 1.0] if e.signed else [0.0, 1.0],
-                    "file": base + ".png", "array": base + ".npy", "array_shape": list(full.shape),
-                    "extra": {k: v for k, v in e.extra.items() if isinstance(v, (int, float, str, bool))},
-                })
-            write_index(staging, "heatmaps", records, {
-                "model": self.model, "framework": self.framework,
+                records.append({**self._record(e), "file": base + ".png", "array": base + ".npy",
+                                "array_shape": list(full.shape)})
+            write_index(staging, "heatmaps", records, self._meta())
+        return out_path / "index.json"
+
+    def to_json(self) -> dict[str, Any]:
+        """Every map's record (image, method, class, label, score, probability, layer, flags), JSON-ready.
+
+        The maps themselves are not included: :meth:`map` gives them, :meth:`save` writes them.
+        """
+        return {**self._meta(), "methods": list(self.methods), "heatmaps": [self._record(e) for e in self.entries]}
+
+    def _meta(self) -> dict[str, Any]:
+        return {"model": self.model, "framework": self.framework,
                 "images": [{"name": im.name, "source": im.source, "size": list(im.original_size)}
                            for im in self.images],
-                "notes": self.notes,
-            })
-        return staging.results["index.json"]
+                "notes": self.notes}
+
+    def _record(self, e: Heatmap) -> dict[str, Any]:
+        return {"image": self.images[e.image].name, "method": e.method, "title": e.title, "class": e.class_index,
+                "label": e.label, "score": e.score, "probability": e.probability,
+                "layer": e.layer, "signed": e.signed, "flat": e.flat,
+                "range": [-1.0, 1.0] if e.signed else [0.0, 1.0],
+                "extra": {k: v for k, v in e.extra.items() if isinstance(v, (int, float, str, bool))}}
 
 
 def _npy(a: np.ndarray) -> bytes:
@@ -339,19 +347,14 @@ def _check_before_work(model: Model, made: list[Method], layer: Any, target: Tar
         The class indexes the target names, ``None`` for each image's top class.
     """
     adapter = model.adapter
-    needing = [m for m in made if m.needs_gradients]
+    needing = [m.title for m in made if m.needs_gradients]
     if needing:
-        why = adapter.gradients_unavailable()
-        if why is not None:
-            raise UnsupportedModel(
-                f"{', '.join(m.title for m in needing)} need{'s' if len(needing) == 1 else ''} gradients, "
-                f"which {adapter.name} cannot give: {why.rstrip('.')}; forward-only methods by name: "
-                f"{', '.join(forward_only())}")
+        check_gradients(adapter, needing)
     table = adapter.layers()
     if any(m.kind == "cam" for m in made):
         resolve_layer(table, layer)
     last = table[-1].output_shape if table else None
-    classes = int(last[0]) if last and len(last) == 1 and last[0] is not None else None
+    classes = model.output_classes()
     chosen = _classes(target, classes, names)
     if chosen is None and last is not None and len(last) != 1:
         raise BadArgument(f"the output of {model.name} has shape {tuple(last)}, not one score per class, so "
@@ -396,7 +399,7 @@ def _are_probabilities(output: np.ndarray, final: str | None, step: float | None
 def heatmaps(model: Model, images: Any, method: str | Sequence[str] | None = DEFAULT_METHOD, *,
              layer: str | int | None = None, target: TargetSpec = None, top: int = 1, size: Any = None,
              preprocess: str | None = None, labels: str | os.PathLike[str] | Sequence[str] | None = None,
-             progress: Progress | None = None, **method_options: Any) -> Heatmaps:
+             progress: Progress | None = None, method_options: Mapping[str, Any] | None = None) -> Heatmaps:
     """Heatmaps of ``images`` under one or several methods.
 
     Every check that needs no computation (gradients for the methods asked,
@@ -420,9 +423,11 @@ def heatmaps(model: Model, images: Any, method: str | Sequence[str] | None = DEF
         preprocess: preprocessing preset; default the model's.
         labels: class names (a file, one per line, or a list); default the model's own.
         progress: receives the progress of slow methods (Score-CAM, IG, occlusion).
-        **method_options: options of the methods (``steps=32`` for IG,
-            ``samples=10`` for SmoothGrad, ``window=16`` for occlusion...);
-            each goes to the methods that take it.
+        method_options: the methods' own options by name (``{"steps": 32}`` for IG,
+            ``{"samples": 10}`` for SmoothGrad, ``{"window": 16}`` for occlusion...);
+            each goes to the methods that take it, and one that no method asked
+            for takes is refused. One mapping rather than keyword arguments: the
+            options belong to the methods, and a new method brings its own.
 
     Raises:
         UnsupportedModel: a gradient method on a model without gradients
@@ -432,7 +437,7 @@ def heatmaps(model: Model, images: Any, method: str | Sequence[str] | None = DEF
         BadImage: an image whose pixels are all equal.
     """
     names = parse_methods(method)
-    made = create_methods(names, method_options)
+    made = create_methods(names, method_options or {})
     class_names, _ = model.class_names(labels)
     classes = _check_before_work(model, made, layer, target, class_names)
     prepared = prepare_batch(images, model.input_shape, size=size, preprocess=preprocess or model.preprocess,
@@ -445,7 +450,8 @@ def compute_heatmaps(model: Model, prepared: PreparedBatch, made: Sequence[Metho
                      layer: str | int | None = None, classes: list[int] | None = None, top: int = 1,
                      class_names: list[str] | None = None, preprocess: str | None = None,
                      progress: Progress | None = None,
-                     outputs: Sequence[np.ndarray] | None = None) -> Heatmaps:
+                     outputs: Sequence[np.ndarray] | None = None,
+                     recorded: RecordedForward | None = None) -> Heatmaps:
     """:func:`heatmaps` for images already loaded and prepared (the report's section uses it).
 
     Args:
@@ -459,6 +465,11 @@ def compute_heatmaps(model: Model, prepared: PreparedBatch, made: Sequence[Metho
         preprocess: the preset the arrays were made with.
         progress: as :func:`heatmaps`.
         outputs: the model's output per image ``(1, ...)``, when a pass computed it already.
+        recorded: the pass that computed ``outputs`` (the report's), when it recorded
+            the CAM layer's gradients of each image's top classes: a gradient CAM
+            on that layer computes its maps from them, with no pass of its own
+            (:meth:`~convlens.methods.GradientCam.from_gradients`); anything
+            not recorded is computed as usual.
     """
     if isinstance(top, bool) or not isinstance(top, (int, np.integer)) or not 1 <= int(top) <= 10:
         raise BadArgument(f"top must be a whole number from 1 to 10, not {top!r}")
@@ -491,8 +502,14 @@ def compute_heatmaps(model: Model, prepared: PreparedBatch, made: Sequence[Metho
                                   "per class, so there are no top classes: name the class to explain")
             wanted = [int(k) for k in np.argsort(-out[0], kind="stable")[: int(top)]]
         for m in made:
-            res = m.compute(adapter, batch, target=wanted, layer=layer, class_names=class_names,
-                            preprocess=preprocess or model.preprocess, progress=progress, output=out)
+            given = _recorded_rows(recorded, m, adapter.layers(), layer, members, out, wanted)
+            if given is not None:
+                res = m.from_gradients(adapter, batch, *given, output=out, target=wanted,  # type: ignore[attr-defined]
+                                       layer=layer, class_names=class_names,
+                                       preprocess=preprocess or model.preprocess)
+            else:
+                res = m.compute(adapter, batch, target=wanted, layer=layer, class_names=class_names,
+                                preprocess=preprocess or model.preprocess, progress=progress, output=out)
             results[m.name].append(res)
             for r in range(len(res)):
                 img = members[int(res.images[r])]
@@ -512,6 +529,20 @@ def compute_heatmaps(model: Model, prepared: PreparedBatch, made: Sequence[Metho
                     entries=entries, outputs=[o for o in known if o is not None],
                     class_names=class_names, model=model.name, framework=adapter.framework, notes=notes,
                     results=results)
+
+
+def _recorded_rows(recorded: RecordedForward | None, method: Method, table: list[Any], layer: str | int | None,
+                   members: list[int], out: np.ndarray, wanted: TargetSpec) -> tuple[np.ndarray, np.ndarray] | None:
+    """The recorded ``(acts, grads)`` of the rows ``method`` would compute for ``members``, or ``None``.
+
+    The rows are :func:`~convlens.methods.targets.resolve_rows`'s: per image its
+    top-1 class (``wanted`` ``None``), else the classes ``wanted`` lists, in order.
+    """
+    if recorded is None or out.ndim != 2 or not (wanted is None or isinstance(wanted, list)):
+        return None
+    per_image = [[int(np.argmax(out[j]))] if wanted is None else [int(k) for k in wanted]  # type: ignore[arg-type]
+                 for j in range(len(members))]
+    return recorded.rows_for(method, resolve_layer(table, layer), members, per_image)
 
 
 def _row_extra(extra: dict[str, Any], r: int, rows: int) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from ._errors import BadArgument
 from .adapters.keras import import_keras
 from .model import Model
 from .render.maps import RenderOptions
+from .selection import DEFAULT_TRAINING_SELECTION
 from .timeline.recorder import Recorder
 
 __all__ = ["LensCallback", "keras_weights"]
@@ -113,8 +114,9 @@ class LensCallback(keras.callbacks.Callback):  # type: ignore[misc,name-defined]
         BadArgument: a bad ``every``, threshold or drawing option (at once).
     """
 
-    def __init__(self, images: Any, layers: str | Iterable[str] | None = "blocks", every: str | int = "epoch",
-                 *, out: str | os.PathLike[str], tensorboard: bool | str | os.PathLike[str] = True,
+    def __init__(self, images: Any, layers: str | Iterable[str] | None = DEFAULT_TRAINING_SELECTION,
+                 every: str | int = "epoch", *, out: str | os.PathLike[str],
+                 tensorboard: bool | str | os.PathLike[str] = True,
                  dead_threshold: float = 0.5, model: Any = None, filters: str | None = "first",
                  initial: bool = False, preprocess: str | None = None, size: Any = None,
                  overwrite: bool = False, **options: Any) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -17,23 +18,55 @@ from .adapters.base import Adapter
 from .core.layers import LayerInfo
 from .core.normalize import finite_range, union_range
 from .core.text import pair_text, shape_text
+from .dataset.result import DatasetResult
+from .heatmaps import DEFAULT_METHOD, Heatmaps
+from .heatmaps import heatmaps as compute_heatmaps
 from .images import Image, PreparedBatch
 from .maps import draw_filter_files, draw_map_file, layer_title
+from .methods.targets import TargetSpec
 from .model import Model
 from .output import OutputDir, check_file_target, png_figure_html, pre_html, write_index
 from .passes import CollectMaps, MapConsumer, StatsConsumer, missing_note, run_pass
 from .render.colormap import lut as colormap_lut
-from .render.filters import filter_grid, first_layer_composites
+from .render.filters import filter_grid, filter_norms, first_layer_composites
 from .render.html import escape
 from .render.maps import RenderOptions, reduce_map, render_map
+from .selection import DEFAULT_FILTER_SELECTION
 from .stats import ChannelStats
+from .visualize import Visualization
+from .visualize import visualize as run_visualize
+from .visualize.api import DEFAULT_BATCH, DEFAULT_LR, DEFAULT_STEPS
 
 if TYPE_CHECKING:  # pragma: no cover - the report imports this module, never the reverse
     from .report import Report
 
-__all__ = ["FeatureMaps", "Filters", "LayerTable", "Lens", "format_table"]
+__all__ = ["FeatureMaps", "Filters", "LayerTable", "Lens", "format_table", "render_options"]
 
 ImageLike = Any  # a path, a PIL image or an array; see convlens.images.load_image
+
+_DRAWING = RenderOptions()
+
+
+def render_options(options: RenderOptions | None = None, *, norm: str = _DRAWING.norm,
+                   cmap: str = _DRAWING.cmap, max_channels: int | None = _DRAWING.max_channels,
+                   columns: int | None = _DRAWING.columns, numbers: bool = _DRAWING.numbers,
+                   tile_size: int | None = None) -> RenderOptions:
+    """The drawing options of a call: ``options`` (default :class:`RenderOptions`'s), then each
+    named option that differs from its default on top.
+
+    ``tile_size=None`` keeps the base's (the report's base has its own, smaller one).
+    """
+    changed = _changes(norm=norm, cmap=cmap, max_channels=max_channels, columns=columns, numbers=numbers,
+                       tile_size=tile_size)
+    return dataclasses.replace(options or RenderOptions(), **changed)
+
+
+def _changes(*, tile_size: int | None, **named: Any) -> dict[str, Any]:
+    """The named drawing options that differ from :class:`RenderOptions`'s defaults."""
+    changed = {k: v for k, v in named.items() if v != getattr(_DRAWING, k)}
+    if tile_size is not None:
+        changed["tile_size"] = tile_size
+    return changed
 
 
 def _shape(shape: Sequence[int | None] | None) -> str:
@@ -94,6 +127,8 @@ class FeatureMaps(Mapping[str, np.ndarray]):
         output: the model's own output for the batch.
         notes: what was done to the inputs (resizing, channel changes), and the
             selected layers the model produced no output for (left out).
+        model: the model's name.
+        framework: the framework that ran it.
     """
 
     layers: list[LayerInfo]
@@ -102,6 +137,8 @@ class FeatureMaps(Mapping[str, np.ndarray]):
     inputs: np.ndarray
     output: np.ndarray
     notes: list[str] = field(default_factory=list)
+    model: str = ""
+    framework: str = ""
 
     def __getitem__(self, key: str) -> np.ndarray:
         if key in self.arrays:
@@ -129,6 +166,51 @@ class FeatureMaps(Mapping[str, np.ndarray]):
             vr = union_range(finite_range(reduce_map(a[image], opts)) for a in self.arrays.values())
         return render_map(self[layer][image], opts, title=layer_title(info), value_range=vr).rgb
 
+    def save(self, out: str | os.PathLike[str], options: RenderOptions | None = None, *,
+             norm: str = _DRAWING.norm, cmap: str = _DRAWING.cmap,
+             max_channels: int | None = _DRAWING.max_channels, columns: int | None = _DRAWING.columns,
+             numbers: bool = _DRAWING.numbers, tile_size: int | None = None) -> Path:
+        """Write one PNG grid per layer and image, plus ``index.json``, as :meth:`Lens.save_maps` does.
+
+        Args:
+            out: the output folder (created; other files in it stay).
+            options: drawing options; the named ones below override them where
+                they differ from their defaults (see :func:`render_options`).
+
+        Returns:
+            The path of ``out/index.json``.
+        """
+        opts = render_options(options, norm=norm, cmap=cmap, max_channels=max_channels, columns=columns,
+                              numbers=numbers, tile_size=tile_size)
+        out_path = Path(out)
+        drawn = [info for info in self.layers if info.name in self.arrays]
+        entries = []
+        with OutputDir(out_path) as staging:
+            for i, im in enumerate(self.images):
+                xs = [self.arrays[info.name][i] for info in drawn]
+                vr = None
+                if opts.norm == "global":  # one range over every layer of the image, as save_maps
+                    xs = [reduce_map(x, opts) for x in xs]
+                    vr = union_range(finite_range(x) for x in xs)
+                for info, x in zip(drawn, xs):
+                    total = int(self.arrays[info.name].shape[-1]) if self.arrays[info.name].ndim > 1 else 1
+                    entries.append(_write_map(staging, opts, im, info, x, total, vr))
+            entries.sort(key=lambda e: (e["image"], e["index"]))
+            write_index(staging, "maps", entries, {
+                "model": self.model, "framework": self.framework,
+                "images": _image_records(self.images), "notes": self.notes,
+                "options": {"norm": opts.norm, "cmap": opts.cmap, "max_channels": opts.max_channels,
+                            "columns": opts.columns},
+            })
+        return out_path / "index.json"
+
+    def to_json(self) -> dict[str, Any]:
+        """What was computed, JSON-ready: model, images, notes, and each layer's record and array shape."""
+        return {"model": self.model, "framework": self.framework, "images": _image_records(self.images),
+                "notes": list(self.notes), "output_shape": list(self.output.shape),
+                "layers": [{**info.as_dict(), "array_shape": list(self.arrays[info.name].shape)}
+                           for info in self.layers if info.name in self.arrays]}
+
     def _repr_html_(self) -> str:
         parts = [(f"<div><b>{len(self)} layers</b> for image "
                   f"{escape(self.images[0].name)}</div>")]
@@ -144,12 +226,64 @@ def _stacked(arrays: Sequence[np.ndarray]) -> Any:
     return np.stack(arrays) if len({a.shape for a in arrays}) <= 1 and arrays else list(arrays)
 
 
+def _image_records(images: Sequence[Image]) -> list[dict[str, Any]]:
+    return [{"name": im.name, "source": im.source, "size": list(im.original_size)} for im in images]
+
+
 class Filters(dict):
-    """Kernels by layer name, ``(O, I, kh, kw)`` float32; shows its atlases inline in Jupyter."""
+    """Kernels by layer name, ``(O, I, kh, kw)`` float32; shows its atlases inline in Jupyter.
+
+    Attributes:
+        layers: each layer's table row, by name.
+        model: the model's name.
+        framework: the framework that holds the model.
+    """
+
+    def __init__(self, kernels: Iterable[tuple[str, np.ndarray]] = (), *, layers: Mapping[str, LayerInfo] | None = None,
+                 model: str = "", framework: str = "") -> None:
+        super().__init__(kernels)
+        self.layers: dict[str, LayerInfo] = dict(layers or {})
+        self.model = model
+        self.framework = framework
 
     def render(self, layer: str, *, cmap: str = "gray", max_filters: int = 64, max_inputs: int = 16) -> np.ndarray:
         """The filter x input grid of one layer, with each filter's L2 norm, as RGB."""
         return filter_grid(self[layer], colormap_lut(cmap), max_filters=max_filters, max_inputs=max_inputs)
+
+    def save(self, out: str | os.PathLike[str], *, cmap: str = "gray", max_filters: int | None = 64,
+             max_inputs: int = 16, progress: Progress | None = None) -> Path:
+        """Write a filter atlas per layer, plus ``index.json``.
+
+        First-layer filters with 3 input channels also get RGB composites, each
+        filter normalised on its own to 0-1. Every layer gets a filter x input
+        channel grid, capped at ``max_filters`` x ``max_inputs``, with each
+        filter's L2 norm.
+
+        Returns:
+            The path of ``out/index.json``.
+        """
+        progress = progress or NullProgress()
+        progress.start(len(self), "filters")
+        entries: list[dict[str, Any]] = []
+        out_path = Path(out)
+        with OutputDir(out_path) as staging:
+            for name, k in self.items():
+                drawn = draw_filter_files(staging, self.layers[name], k, cmap=cmap, max_filters=max_filters,
+                                          max_inputs=max_inputs)
+                entries.extend(d.entry for d in drawn)
+                progress.advance()
+            write_index(staging, "filters", entries, {"model": self.model, "framework": self.framework})
+        progress.finish()
+        return out_path / "index.json"
+
+    def to_json(self) -> dict[str, Any]:
+        """Per layer its row, kernel shape and every filter's L2 norm, JSON-ready (not the kernels)."""
+        return {"model": self.model, "framework": self.framework,
+                "layers": [{"layer": name, "index": self.layers[name].index if name in self.layers else None,
+                            "type": self.layers[name].type if name in self.layers else None,
+                            "kernel_shape": list(k.shape),
+                            "l2_norms": [round(float(v), 6) for v in filter_norms(k)]}
+                           for name, k in self.items()]}
 
     def _repr_html_(self) -> str:
         parts = []
@@ -176,6 +310,16 @@ class _MapFiles(MapConsumer):
                               value_range=value_range)
         with self._entries_lock:
             self.entries.append(drawn.entry)
+
+
+def _write_map(staging: OutputDir, options: RenderOptions, im: Image, layer: LayerInfo, x: np.ndarray,
+               total: int, value_range: tuple[float, float] | None) -> dict[str, Any]:
+    """Draw one layer of one image into ``maps/<image>/<index>_<layer>.png``; its index record.
+
+    ``x`` is the layer's output for the image, or, when ``value_range`` is given, its
+    :func:`reduce_map` (``norm="global"``).
+    """
+    return draw_map_file(staging, im.name, layer, x, options, total=total, value_range=value_range).entry
 
 
 class Lens:
@@ -272,12 +416,15 @@ class Lens:
         return FeatureMaps(layers=[layer for layer in chosen if layer not in result.missing],
                            arrays={name: _stacked(got) for name, got in collect.arrays.items()},
                            images=batch.images, inputs=_stacked(batch.arrays),
-                           output=_stacked([o[0] for o in result.outputs]), notes=notes)
+                           output=_stacked([o[0] for o in result.outputs]), notes=notes,
+                           model=self.name, framework=self.adapter.framework)
 
     def save_maps(self, images: ImageLike | Sequence[ImageLike], out: str | os.PathLike[str],
-                  layers: str | Iterable[str] | None = None, *, size: Any = None,
+                  layers: str | Iterable[str] | None = None, *, size: int | tuple[int, int] | None = None,
                   preprocess: str | None = None, progress: Progress | None = None,
-                  **options: Any) -> dict[str, Any]:
+                  options: RenderOptions | None = None, norm: str = _DRAWING.norm, cmap: str = _DRAWING.cmap,
+                  max_channels: int | None = _DRAWING.max_channels, columns: int | None = _DRAWING.columns,
+                  numbers: bool = _DRAWING.numbers, tile_size: int | None = None) -> Path:
         """Write one PNG grid per selected layer and per image, plus ``index.json``.
 
         Images of the same size go through the network in batches (bounded by
@@ -290,13 +437,19 @@ class Lens:
         Args:
             images: one image or a list.
             out: the output folder (created; existing unrelated files stay).
-            layers: a selection; default every conv and pool layer.
-            **options: see :class:`RenderOptions` (norm, cmap, max_channels, ...).
+            layers: a selection; default :data:`~convlens.selection.DEFAULT_SELECTION`.
+            size: ``(H, W)`` for models that accept any size; default the image's own.
+            preprocess: preprocessing preset; default the model's.
+            progress: one step per layer and image.
+            options: drawing options (:class:`RenderOptions`); the named ones
+                (``norm``, ``cmap``, ``max_channels``, ``columns``, ``numbers``,
+                ``tile_size``) override them where they differ from their defaults.
 
         Returns:
-            The index that was written to ``out/index.json``.
+            The path of ``out/index.json`` (``json.loads(path.read_text())`` reads it).
         """
-        opts = RenderOptions(**options)
+        opts = render_options(options, norm=norm, cmap=cmap, max_channels=max_channels, columns=columns,
+                              numbers=numbers, tile_size=tile_size)
         chosen = self.select(layers)
         batch = self._prepare(images, size, preprocess)
         out_path = Path(out)
@@ -310,48 +463,41 @@ class Lens:
             write_index(staging, "maps", entries, {
                 "model": self.name,
                 "framework": self.adapter.framework,
-                "images": [{"name": im.name, "source": im.source,
-                            "size": list(im.original_size)} for im in batch.images],
+                "images": _image_records(batch.images),
                 "notes": notes,
                 "options": {"norm": opts.norm, "cmap": opts.cmap, "max_channels": opts.max_channels,
                             "columns": opts.columns, "preprocess": preprocess or self.preprocess},
             })
-        return staging.results["index.json"]
+        return out_path / "index.json"
 
     # ------------------------------------------------------------------ filters
 
-    def filters(self, layers: str | Iterable[str] | None = "conv") -> Filters:
-        """Kernels of the selected conv layers as ``(O, I, kh, kw)`` float32 arrays."""
+    def filters(self, layers: str | Iterable[str] | None = DEFAULT_FILTER_SELECTION) -> Filters:
+        """Kernels of the selected conv layers as ``(O, I, kh, kw)`` float32 arrays.
+
+        Args:
+            layers: a selection; default :data:`~convlens.selection.DEFAULT_FILTER_SELECTION`
+                (only convolutions have kernels).
+        """
         chosen = [layer for layer in self.select(layers) if layer.has_kernels]
         if not chosen:
             raise UnsupportedModel(f"none of the selected layers of {self.name} has convolution "
                                    "kernels; select conv layers (--layers conv)")
-        return Filters((layer.name, self.adapter.kernels(layer.index)) for layer in chosen)
+        return Filters(((layer.name, self.adapter.kernels(layer.index)) for layer in chosen),
+                       layers={layer.name: layer for layer in chosen}, model=self.name,
+                       framework=self.adapter.framework)
 
-    def save_filters(self, out: str | os.PathLike[str], layers: str | Iterable[str] | None = "conv", *,
+    def save_filters(self, out: str | os.PathLike[str],
+                     layers: str | Iterable[str] | None = DEFAULT_FILTER_SELECTION, *,
                      cmap: str = "gray", max_filters: int | None = 64, max_inputs: int = 16,
-                     progress: Progress | None = None) -> dict[str, Any]:
-        """Write a filter atlas per conv layer, plus ``index.json``.
+                     progress: Progress | None = None) -> Path:
+        """Write a filter atlas per conv layer, plus ``index.json``: ``self.filters(layers).save(out, ...)``.
 
-        First-layer filters with 3 input channels also get RGB composites, each
-        filter normalised on its own to 0-1. Every layer gets a filter x input
-        channel grid, capped at ``max_filters`` x ``max_inputs``, with each
-        filter's L2 norm.
+        Returns:
+            The path of ``out/index.json`` (see :meth:`Filters.save`).
         """
-        kernels = self.filters(layers)
-        table = {layer.name: layer for layer in self.adapter.layers()}
-        progress = progress or NullProgress()
-        progress.start(len(kernels), "filters")
-        entries: list[dict[str, Any]] = []
-        with OutputDir(Path(out)) as staging:
-            for name, k in kernels.items():
-                drawn = draw_filter_files(staging, table[name], k, cmap=cmap, max_filters=max_filters,
-                                          max_inputs=max_inputs)
-                entries.extend(d.entry for d in drawn)
-                progress.advance()
-            write_index(staging, "filters", entries, {"model": self.name, "framework": self.adapter.framework})
-        progress.finish()
-        return staging.results["index.json"]
+        return self.filters(layers).save(out, cmap=cmap, max_filters=max_filters, max_inputs=max_inputs,
+                                         progress=progress)
 
     # ------------------------------------------------------------------ channel statistics
 
@@ -398,10 +544,13 @@ class Lens:
 
     def report(self, images: ImageLike | Sequence[ImageLike], layers: str | Iterable[str] | None = None, *,
                labels: str | os.PathLike[str] | Sequence[str] | None = None,
-               out: str | os.PathLike[str] | None = None, size: Any = None, preprocess: str | None = None,
-               sections: Sequence[str] | None = None, progress: Progress | None = None,
-               section_options: Mapping[str, Any] | None = None,
-               dataset: str | os.PathLike[str] | None = None, **options: Any) -> Report:
+               out: str | os.PathLike[str] | None = None, size: int | tuple[int, int] | None = None,
+               preprocess: str | None = None, sections: Sequence[str] | None = None,
+               progress: Progress | None = None, section_options: Mapping[str, Any] | None = None,
+               dataset: str | os.PathLike[str] | None = None, options: RenderOptions | None = None,
+               norm: str = _DRAWING.norm, cmap: str = _DRAWING.cmap,
+               max_channels: int | None = _DRAWING.max_channels, columns: int | None = _DRAWING.columns,
+               numbers: bool = _DRAWING.numbers, tile_size: int | None = None) -> Report:
         """A self-contained HTML report: layers, inputs, predictions, maps, channel health, filters.
 
         One batched forward pass feeds both the feature-map grids and the
@@ -418,10 +567,12 @@ class Lens:
                 ``ctx.section_options[key]``.
             dataset: a folder written by ``convlens dataset`` (:meth:`dataset`): adds the
                 "Dataset examples" section, each channel's map beside its dataset crops.
-            **options: drawing options (norm, cmap, max_channels, tile_size, ...).
+            options: drawing options (:class:`RenderOptions`); the named ones override
+                them where they differ from their defaults. ``tile_size`` defaults to
+                :data:`convlens.report.REPORT_TILE_SIZE` unless given (here or in ``options``).
 
         Returns:
-            A :class:`convlens.report.Report`; ``report.save(path)`` writes it.
+            A :class:`convlens.report.Report`; ``report.save(path)`` writes it and returns its path.
         """
         # The report package builds on this module, so it is imported here, at call time:
         # lens never imports the report at module level, and the layering has no cycle.
@@ -429,9 +580,12 @@ class Lens:
 
         if out is not None:
             check_file_target(out)  # before the forward passes: a folder given as --out fails at once
+        changed = _changes(norm=norm, cmap=cmap, max_channels=max_channels, columns=columns, numbers=numbers,
+                           tile_size=tile_size)
+        drawing = {**(dataclasses.asdict(options) if options is not None else {}), **changed}
         result = build_report(self.model, images, layers, labels=labels, size=size, preprocess=preprocess,
                               sections=sections, progress=progress, section_options=section_options,
-                              dataset=dataset, **options)
+                              dataset=dataset, **drawing)
         if out is not None:
             result.save(out)
         return result
@@ -443,7 +597,7 @@ class Lens:
                 preprocess: str | None = None, out: str | os.PathLike[str] | None = None,
                 resume: bool = False, resume_dir: str | os.PathLike[str] | None = None,
                 checkpoint_every: int = 1000, ray_address: str | None = None,
-                workers: int | None = None, progress: Progress | None = None) -> Any:
+                workers: int | None = None, progress: Progress | None = None) -> DatasetResult:
         """What each channel responds to across a whole data set: see :mod:`convlens.dataset.api`.
 
         Per channel of each selected layer: the top-k images by its maximum
@@ -469,10 +623,10 @@ class Lens:
             progress: receives ``advance(images)`` per batch.
 
         Returns:
-            A :class:`convlens.dataset.result.DatasetResult` (``.crops()``,
-            ``.save(out)``, an inline view in Jupyter).
+            A :class:`convlens.DatasetResult` (``.crops()``, ``.save(out)``,
+            ``.to_json()``, an inline view in Jupyter).
         """
-        from .dataset.api import run_dataset
+        from .dataset.api import run_dataset  # the engines load only when a data set runs
 
         return run_dataset(self.adapter, data, layers=self.select(layers), k=k, engine=engine,
                            batch_size=batch_size, size=size, preprocess=preprocess or self.preprocess,
@@ -482,31 +636,51 @@ class Lens:
 
     # ------------------------------------------------------------------ heatmaps
 
-    def heatmaps(self, images: ImageLike | Sequence[ImageLike], method: str | Sequence[str] = "gradcam",
-                 **options: Any) -> Any:
+    def heatmaps(self, images: ImageLike | Sequence[ImageLike], method: str | Sequence[str] = DEFAULT_METHOD, *,
+                 layer: str | int | None = None, target: TargetSpec = None, top: int = 1,
+                 size: int | tuple[int, int] | None = None, preprocess: str | None = None,
+                 labels: str | os.PathLike[str] | Sequence[str] | None = None,
+                 progress: Progress | None = None,
+                 method_options: Mapping[str, Any] | None = None) -> Heatmaps:
         """Where the network looks when it decides: see :func:`convlens.heatmaps.heatmaps`.
 
-        Returns:
-            A :class:`convlens.heatmaps.Heatmaps` (``.map()``, ``.render()``, ``.save()``).
-        """
-        from .heatmaps import heatmaps
+        Args:
+            images: one image or a list.
+            method: ``"gradcam"``, ``"gradcam,ig"`` or a list (:mod:`convlens.methods`).
+            layer: CAM methods: the layer; default the output of the last conv layer.
+            target: the class(es) to explain; ``None``: each image's ``top`` classes.
+            top: with ``target=None``, how many top classes per image (1-10).
+            size: ``(H, W)`` for models that accept any size.
+            preprocess: preprocessing preset; default the model's.
+            labels: the class names (a file or a list); default the model's own.
+            progress: receives the progress of slow methods.
+            method_options: the methods' own options by name, each given to the
+                methods that take it: ``{"steps": 32}`` (IG), ``{"samples": 10}``
+                (SmoothGrad), ``{"window": 16, "stride": 8}`` (occlusion).
 
-        return heatmaps(self.model, images, method, **options)
+        Returns:
+            A :class:`convlens.Heatmaps` (``.map()``, ``.render()``, ``.save()``, ``.to_json()``).
+        """
+        return compute_heatmaps(self.model, images, method, layer=layer, target=target, top=top, size=size,
+                                preprocess=preprocess, labels=labels, progress=progress,
+                                method_options=method_options)
 
     # ------------------------------------------------------------------ feature visualisation
 
-    def visualize(self, layer: str | int | None = None, channels: Any = None, **options: Any) -> Any:
+    def visualize(self, layer: str | int | None = None, channels: str | int | Sequence[int] | None = None, *,
+                  objective: str = "channel", negative: bool = False, steps: int = DEFAULT_STEPS,
+                  size: int | None = None, seed: int = 0, batch_size: int = DEFAULT_BATCH,
+                  lr: float = DEFAULT_LR, diversity: float = 0.0, copies: int = 1,
+                  input_size: tuple[int, int] | None = None, preprocess: str | None = None,
+                  progress: Progress | None = None) -> Visualization:
         """The images that most excite channels, neurons or classes (Lucid's feature visualisation).
 
-        See :func:`convlens.visualize.visualize` for the options (objective,
-        negative, steps, size, seed, batch, diversity, copies, progress).
+        See :func:`convlens.visualize.visualize` for every argument.
 
         Returns:
-            A :class:`convlens.visualize.Visualization`: ``.atlas()``,
-            ``.save(out)``, and an inline view in Jupyter.
+            A :class:`convlens.Visualization`: ``.atlas()``, ``.save(out)``,
+            ``.to_json()`` and an inline view in Jupyter.
         """
-        from .visualize import visualize
-
-        if options.get("preprocess") is None:
-            options["preprocess"] = self.preprocess
-        return visualize(self.adapter, layer, channels, **options)
+        return run_visualize(self.model, layer, channels, objective=objective, negative=negative, steps=steps,
+                             size=size, seed=seed, batch_size=batch_size, lr=lr, diversity=diversity,
+                             copies=copies, input_size=input_size, preprocess=preprocess, progress=progress)

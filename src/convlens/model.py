@@ -34,7 +34,7 @@ from .core.layers import LayerInfo
 from .images import PreparedBatch, prepare_batch
 from .selection import DEFAULT_SELECTION, select
 
-__all__ = ["DEFAULT_PREPROCESS", "Model", "ModelSpec", "as_model"]
+__all__ = ["DEFAULT_PREPROCESS", "Model", "ModelSpec", "as_model", "classes_in"]
 
 #: The preset a model gets when neither the user nor the model's origin names one: pixels / 255.
 DEFAULT_PREPROCESS = "unit"
@@ -75,6 +75,21 @@ class ModelSpec:
         """Keyword arguments of :func:`convlens.adapters.open_model` and :meth:`Model.open`."""
         return {"model": self.model, "weights": self.weights, "input_shape": self.input_shape,
                 "trust": self.trust, "preprocess": self.preprocess}
+
+
+def classes_in(output_shape: Sequence[int | None]) -> int | None:
+    """K, the number of class scores in an output of ``output_shape`` per image, else ``None``.
+
+    THE rule (:meth:`Model.output_classes` applies it to a model): an output of
+    shape ``(K,)`` per image with K >= 2 is a classifier's; one unit is a score
+    or a regression, not a choice between classes, and a map is not one score per class.
+
+    Args:
+        output_shape: the output for one image, without the batch axis.
+    """
+    if len(output_shape) == 1 and output_shape[0] is not None and int(output_shape[0]) > 1:
+        return int(output_shape[0])
+    return None
 
 
 class Model:
@@ -159,7 +174,7 @@ class Model:
             UnsupportedModel: the selection matches no layer of this model.
         """
         table = self.adapter.layers()
-        chosen = [table[i] for i in select(table, layers)]
+        chosen = select(table, layers)
         if not chosen:
             kinds = sorted({layer.kind for layer in table if layer.kind != "input"})
             raise UnsupportedModel(f"{self.name} has no layer of the selected kinds "
@@ -204,9 +219,7 @@ class Model:
             table = self.adapter.layers()
             last = table[-1].output_shape if table else None
             output_shape = tuple(last) if last else ()
-        if len(output_shape) == 1 and output_shape[0] is not None and int(output_shape[0]) > 1:
-            return int(output_shape[0])
-        return None
+        return classes_in(output_shape)
 
     def class_names(self, labels: str | os.PathLike[str] | Sequence[str] | None = None, *,
                     classes: int | None = None, output_shape: Sequence[int] | None = None

@@ -14,6 +14,29 @@ one of:
   the short name is unique.
 
 The result is the union of the terms, in execution order.
+
+The default selection, one rule: **a view shows what its pictures and numbers
+can say something about.**
+
+* :data:`DEFAULT_SELECTION` (``"conv,pool"``) for every view of activations
+  that runs once: feature maps, channel statistics, the report, the dataset
+  view. Convolutions and poolings are where the spatial
+  maps live and change; activations usually repeat the conv before them
+  (add ``act`` for frameworks with separate ReLU layers), and dense layers
+  have no map.
+* :data:`DEFAULT_FILTER_SELECTION` (``"conv"``) for kernels (filter atlases,
+  the report's filters): only convolutions have kernels, so asking for
+  pooling layers there would select nothing more.
+* :data:`DEFAULT_TRAINING_SELECTION` (``"blocks"``) for the training
+  recorders (:class:`convlens.keras.LensCallback`, :class:`convlens.torch.LensRecorder`),
+  which draw the same layers at every checkpoint: one layer per resolution
+  stage keeps each checkpoint small and training fast; the filters they draw
+  are the first conv layer's (``filters="first"``).
+* One-layer views (Grad-CAM's layer, feature visualisation's layer) take no
+  selection default: Grad-CAM uses the last conv layer's output
+  (:func:`convlens.methods.default_layer`), visualisation asks for a layer.
+
+Every default reads one of these constants; nothing else spells a default selection.
 """
 
 from __future__ import annotations
@@ -26,9 +49,15 @@ from collections.abc import Iterable, Sequence
 from ._errors import BadArgument, LayerNotFound
 from .core.layers import LayerInfo
 
-__all__ = ["DEFAULT_SELECTION", "KIND_TERMS", "blocks", "select"]
+__all__ = ["DEFAULT_FILTER_SELECTION", "DEFAULT_SELECTION", "DEFAULT_TRAINING_SELECTION", "KIND_TERMS", "blocks",
+           "select", "select_indexes"]
 
+#: What a view of activations (maps, statistics, report, dataset view) selects by default.
 DEFAULT_SELECTION = "conv,pool"
+#: What a view of kernels (filter atlases) selects by default: only convolutions have kernels.
+DEFAULT_FILTER_SELECTION = "conv"
+#: What the training recorders draw at every checkpoint by default: the last conv of each stage.
+DEFAULT_TRAINING_SELECTION = "blocks"
 KIND_TERMS = ("conv", "pool", "act", "dense", "norm", "merge", "all")
 _INDEX = re.compile(r"^-?\d+$")
 _RANGE = re.compile(r"^(\d+)\s*(?:-|\.\.)\s*(\d+)$")
@@ -171,12 +200,32 @@ def _match(term: str, layers: Sequence[LayerInfo]) -> list[int]:
     return hits
 
 
-def select(layers: Sequence[LayerInfo], spec: str | Iterable[str] | None = None) -> list[int]:
-    """Resolve a selection against a layer table.
+def select(layers: Sequence[LayerInfo], spec: str | Iterable[str] | None = None) -> list[LayerInfo]:
+    """The layers a selection names, in execution order (``convlens.select``).
+
+    The same type as :meth:`convlens.Lens.select` and :meth:`convlens.Model.select`
+    return; unlike them, a selection that matches no layer gives ``[]``.
 
     Args:
         layers: the model's layers in execution order (``layers[i].index == i``).
-        spec: the selection; ``None`` means ``"conv,pool"``.
+        spec: the selection; ``None`` means :data:`DEFAULT_SELECTION`.
+
+    Returns:
+        The selected rows of ``layers``, sorted by index, each once.
+
+    Raises:
+        LayerNotFound: a term matches nothing; the message lists the closest names.
+        BadArgument: the selection is empty or malformed.
+    """
+    return [layers[i] for i in select_indexes(layers, spec)]
+
+
+def select_indexes(layers: Sequence[LayerInfo], spec: str | Iterable[str] | None = None) -> list[int]:
+    """Resolve a selection against a layer table, as indexes (:func:`select` gives the rows).
+
+    Args:
+        layers: the model's layers in execution order (``layers[i].index == i``).
+        spec: the selection; ``None`` means :data:`DEFAULT_SELECTION`.
 
     Returns:
         Sorted, unique layer indexes.

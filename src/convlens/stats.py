@@ -6,7 +6,9 @@ The numbers come from :mod:`convlens.core.stats`; this module only lays them out
 from __future__ import annotations
 
 import html
+import os
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -15,6 +17,7 @@ from ._errors import LayerNotFound
 from ._version import __version__
 from .core.stats import LayerStats
 from .core.text import number, percent
+from .output import OutputDir, merge_index
 
 __all__ = ["ChannelStats", "LayerStats", "format_channel_rows", "format_stats_table"]
 
@@ -141,6 +144,23 @@ class ChannelStats(list):
         """Every number, JSON-ready (NaN as ``null``): model, images, notes and one record per layer."""
         return {"convlens": __version__, "model": self.model, "images": self.images, "notes": self.notes,
                 "layers": [s.as_dict() for s in self]}
+
+    def save(self, out: str | os.PathLike[str]) -> Path:
+        """Write ``stats.json`` (:meth:`to_json`) and ``stats.txt`` (:meth:`text` with every channel's row)
+        into ``out``, and list them in ``index.json`` under ``"stats"`` (other commands' entries stay).
+
+        Returns:
+            The path of ``out/index.json``.
+        """
+        out_path = Path(out)
+        entries = [{"file": "stats.json", "format": "json", "layers": len(self), "images": self.images},
+                   {"file": "stats.txt", "format": "text", "layers": len(self), "images": self.images}]
+        with OutputDir(out_path) as staging:
+            staging.write_json("stats.json", self.to_json())
+            staging.write_text("stats.txt", self.text(channels=True) + "\n")
+            staging.write_json_on_commit("index.json", lambda: merge_index(
+                out_path, "stats", entries, {"model": self.model, "notes": self.notes}))
+        return out_path / "index.json"
 
     def _repr_html_(self) -> str:
         e = html.escape

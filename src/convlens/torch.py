@@ -26,6 +26,7 @@ import numpy as np
 from ._errors import BadImage, UnsupportedModel
 from .adapters.torch import import_torch
 from .lens import Lens
+from .selection import DEFAULT_TRAINING_SELECTION
 from .timeline.recorder import Recorder
 
 __all__ = ["LensRecorder", "torch_weights"]
@@ -102,7 +103,7 @@ class LensRecorder:
         BadArgument: a bad threshold or drawing option.
     """
 
-    def __init__(self, model: Any, images: Any, layers: str | Iterable[str] | None = "blocks", *,
+    def __init__(self, model: Any, images: Any, layers: str | Iterable[str] | None = DEFAULT_TRAINING_SELECTION, *,
                  out: str | os.PathLike[str], tensorboard: bool | str | os.PathLike[str] = True,
                  dead_threshold: float = 0.5, filters: str | None = "first",
                  input_shape: tuple[int | None, ...] | None = None, preprocess: str | None = None,

@@ -223,6 +223,8 @@ def tflite_files(tmp_path_factory):
     files["sigmoid"] = tf.lite.TFLiteConverter.from_keras_model(
         classifier(L.Activation("sigmoid"), classes=5, name="s"))
     files["linear"] = tf.lite.TFLiteConverter.from_keras_model(classifier(classes=5, name="l"))
+    files["log_softmax"] = tf.lite.TFLiteConverter.from_keras_model(
+        classifier(L.Activation("log_softmax"), classes=5, name="ls"))
     paths = {}
     for name, converter in files.items():
         paths[name] = d / f"{name}.tflite"
@@ -235,6 +237,16 @@ def test_tflite_final_activation_from_the_last_op(tflite_files):
     assert open_model(paths["sigmoid"]).final_activation == "sigmoid"
     assert open_model(paths["linear"]).final_activation == "linear"
     assert open_model(paths["linear"]).output_quant_step is None
+
+
+def test_tflite_final_log_softmax_does_not_say(tflite_files):
+    paths, images = tflite_files
+    adapter = open_model(paths["log_softmax"])
+    assert adapter.final_activation is None and adapter.output_quant_step is None
+    out = adapter.run(images[:2], [], lambda *_: None)
+    p, how = to_probabilities(out, adapter.final_activation)  # softmax of log-probabilities: the probabilities
+    np.testing.assert_allclose(p, np.exp(out), rtol=1e-4, atol=1e-6)
+    assert how.startswith("softmax")
 
 
 def test_quantised_tflite_softmax_is_read_as_the_models_own_probabilities(tflite_files):
@@ -270,3 +282,57 @@ def test_the_report_shows_a_quantised_softmax_classifiers_own_probabilities(tfli
     assert label == f"class {int(np.argmax(out[k]))}"
     assert p == pytest.approx(float(out[k].max()), abs=1e-6)
     assert "its graph ends in softmax" in report.html
+
+
+# --------------------------------------------------------------------------- LogSoftmax, everywhere
+
+
+def test_the_shared_walk_back_from_the_output():
+    """One walker for the four adapters: pass-through, bias, log-softmax, cycles and missing producers."""
+    from convlens.adapters._graph import Producer, walk_final_activation
+
+    roles = {"SM": "softmax", "LSM": "log_softmax", "SIG": "sigmoid", "FC": "linear", "R": "pass", "ADD": "bias"}
+    graph = {"y": ("R", ["p"]), "p": ("SM", ["s"]), "s": ("ADD", ["m"]), "m": ("FC", ["x"]),
+             "l": ("LSM", ["m"]), "ly": ("R", ["l"]), "b": ("ADD", ["r"]), "r": ("RELU", ["m"]),
+             "loop": ("R", ["loop"]), "dangling": ("R", [])}
+
+    def producer(t):
+        return Producer(*graph[t]) if t in graph else None
+
+    def walk(t):
+        return walk_final_activation(t, producer, roles, limit=len(graph) + 1)
+
+    assert walk("y").answer == "softmax" and walk("y").path == ("y", "p")
+    assert walk("s").answer == "linear" and walk("b").answer is None  # a bias after a ReLU is no logit
+    assert walk("ly").answer is None and walk("l").answer is None  # log-probabilities: the graph does not say
+    assert walk("loop").answer is None and len(walk("loop").path) == len(graph) + 1
+    assert walk("dangling").answer is None and walk("x").answer is None and walk(None).answer is None
+
+
+def test_a_final_log_softmax_says_nothing_in_torch_and_onnx():
+    """LogSoftmax reports ``None`` in every adapter (it listed as a softmax for gradients only in torch)."""
+    from torch import nn
+
+    for module in (nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3),
+                                 nn.LogSoftmax(dim=1)),
+                   nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3),
+                                 nn.LogSoftmax(dim=1), nn.Flatten(), nn.Dropout())):
+        assert open_model(module, input_shape=(8, 8, 3)).final_activation is None, module
+    gemm = helper.make_node("Gemm", ["f", "D", "b"], ["s"])
+    adapter = OnnxAdapter(_onnx([gemm, helper.make_node("LogSoftmax", ["s"], ["y"], axis=1)]))
+    assert (adapter.final_activation, adapter.output_quant_step) == (None, None)
+    adapter = OnnxAdapter(_onnx([gemm, helper.make_node("LogSoftmax", ["s"], ["p"], axis=1),
+                                 helper.make_node("Identity", ["p"], ["y"])]))
+    assert adapter.final_activation is None
+
+
+@pytest.mark.keras
+def test_a_final_log_softmax_says_nothing_in_keras(keras):
+    L = keras.layers
+    for tail in ([L.Dense(3, activation="log_softmax")], [L.Dense(3), L.Activation("log_softmax")],
+                 [L.Dense(3), L.Activation("log_softmax"), L.Flatten()]):
+        x = keras.Input((8, 8, 3))
+        y = L.GlobalAveragePooling2D()(L.Conv2D(4, 3)(x))
+        for layer in tail:
+            y = layer(y)
+        assert open_model(keras.Model(x, y)).final_activation is None, tail

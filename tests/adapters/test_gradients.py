@@ -382,13 +382,14 @@ def test_keras_exact_gradients_of_a_class_score(keras, kind):
 
 
 @pytest.mark.keras
-@pytest.mark.parametrize("final", ["softmax", "layer", "sigmoid"])
+@pytest.mark.parametrize("final", ["softmax", "layer", "sigmoid", "log_softmax"])
 def test_keras_a_final_softmax_is_differentiated_before_it(keras, final):
     from convlens.adapters.keras import KerasAdapter
 
     model = _keras_tiny(keras, final=final, kind="nested" if final == "layer" else "sequential")
     adapter = KerasAdapter(model)
-    assert adapter.final_activation == ("sigmoid" if final == "sigmoid" else "softmax")
+    # a log-softmax's log-probabilities are neither probabilities nor scores: the graph does not say
+    assert adapter.final_activation == {"sigmoid": "sigmoid", "log_softmax": None}.get(final, "softmax")
     x = _batch()
     g = adapter.gradients(x, Target(channels=(2,)), layers=[1], wrt_input=True)
     _, d_conv, d_in, score = _expected(x, 2)
@@ -400,7 +401,8 @@ def test_keras_a_final_softmax_is_differentiated_before_it(keras, final):
     np.testing.assert_allclose(g.score, score, rtol=1e-5)  # the logit
     np.testing.assert_allclose(g.grads[1], d_conv, rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(g.input_grad, d_in, rtol=1e-5, atol=1e-7)
-    np.testing.assert_allclose(g.output.sum(axis=1), 1.0, rtol=1e-5)  # the output stays the model's
+    probabilities = np.exp(g.output) if final == "log_softmax" else g.output
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)  # the output stays the model's
     dense = model.get_layer("dense")
     assert dense.activation is keras.activations.get(final if final != "layer" else "linear")
 

@@ -7,7 +7,7 @@ import pytest
 
 from convlens import BadModel, Lens, UnsafeModel, UnsupportedModel, WeightsUnavailable
 from convlens.adapters.keras import KerasAdapter
-from convlens.selection import select
+from convlens.selection import select_indexes
 
 pytestmark = pytest.mark.keras
 
@@ -70,7 +70,7 @@ def test_vgg16_filters_maps_and_blocks(keras, vgg16):
     kernels = lens.filters("block1_conv1")["block1_conv1"]
     assert kernels.shape == (64, 3, 3, 3)  # canonical (O, I, kh, kw)
     np.testing.assert_array_equal(kernels, native.transpose(3, 2, 0, 1))
-    assert select(lens.layers(), "blocks") == [2, 5, 9, 13, 17]
+    assert select_indexes(lens.layers(), "blocks") == [2, 5, 9, 13, 17]
     maps = lens.feature_maps(np.zeros((224, 224, 3), "uint8") + 100, layers="block1_conv1")
     assert maps["block1_conv1"].shape == (1, 224, 224, 64)
     table = lens.layers()
@@ -85,7 +85,7 @@ def test_nested_model_reaches_inner_layers(keras):
     lens = Lens(outer)
     names = [t.name for t in lens.layers()]
     assert "vgg16/block3_conv2" in names and names[-1] == "head"
-    assert [names[i] for i in select(lens.layers(), "blocks")] == [
+    assert [names[i] for i in select_indexes(lens.layers(), "blocks")] == [
         f"vgg16/block{b}_conv{c}" for b, c in ((1, 2), (2, 2), (3, 3), (4, 3), (5, 3))]
     image = np.random.default_rng(1).integers(0, 256, (64, 64, 3)).astype("uint8")
     maps = lens.feature_maps(image, layers="block3_conv2,head")  # short name of a nested layer

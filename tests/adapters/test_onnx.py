@@ -19,7 +19,7 @@ from convlens import BadModel, Lens, MissingDependency, UnsupportedModel
 from convlens.adapters import open_model
 from convlens.adapters.onnx import OnnxAdapter, import_onnx
 from convlens.cli import main
-from convlens.selection import select
+from convlens.selection import select_indexes
 
 OPSET = [helper.make_opsetid("", 17)]
 IR = 8  # what onnxruntime reads; onnx.helper's default can be newer
@@ -141,7 +141,7 @@ def test_torch_export_layer_table(torch_files):
     assert [(t.rf_size, t.rf_jump) for t in table[1:5]] == [
         ((3, 3), (1, 1)), ((3, 3), (1, 1)), ((4, 4), (2, 2)), ((12, 12), (4, 4))]
     assert table[5].extra["global"] and table[5].global_rf and table[7].global_rf
-    assert select(table, "blocks") == [1, 4]
+    assert select_indexes(table, "blocks") == [1, 4]
 
 
 def test_torch_export_maps_kernels_and_output(torch_files):

@@ -43,7 +43,7 @@ from convlens import BadModel, Lens, MissingDependency, UnsupportedModel
 from convlens.adapters import open_model
 from convlens.adapters.tflite import TFLiteAdapter, dequantize, op_kind, readable_name
 from convlens.cli import main
-from convlens.selection import select
+from convlens.selection import select_indexes
 
 H = W = 16
 #: (name, type, kind, output shape, Keras layers whose output the row is)
@@ -271,8 +271,8 @@ def test_float_layer_table(built):
         ((1, 1), (1, 1)), ((3, 3), (1, 1)), ((5, 5), (2, 2)), ((7, 7), (4, 4)), ((7, 7), (4, 4))]
     assert (table[3].kernel_size, table[3].stride) == ((2, 2), (2, 2))
     assert table[5].global_rf and table[5].extra["global"] and table[6].global_rf
-    assert select(table, "blocks") == [1, 2, 4]  # jumps 1, 2 and 4: three stages
-    assert select(table, "conv1_1,pool") == [1, 3, 5]  # short names, and MEAN as a global pool
+    assert select_indexes(table, "blocks") == [1, 2, 4]  # jumps 1, 2 and 4: three stages
+    assert select_indexes(table, "conv1_1,pool") == [1, 3, 5]  # short names, and MEAN as a global pool
 
 
 def test_quantised_inputs_imply_their_preprocessing(built):

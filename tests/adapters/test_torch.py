@@ -19,7 +19,7 @@ from torch import nn
 from convlens import BadModel, Lens, UnsafeModel, UnsupportedModel, WeightsUnavailable
 from convlens.adapters.torch import TorchAdapter, open_torchvision
 from convlens.cli import main
-from convlens.selection import select
+from convlens.selection import select_indexes
 
 
 def _run(adapter, batch, wanted):
@@ -666,7 +666,7 @@ def test_torchvision_names_and_weights(tmp_path, monkeypatch):
 def test_select_blocks_on_a_torch_model(small):
     lens = Lens(small)
     names = [t.name for t in lens.layers()]
-    assert [names[i] for i in select(lens.layers(), "blocks")] == ["features.0", "features.3"]
+    assert [names[i] for i in select_indexes(lens.layers(), "blocks")] == ["features.0", "features.3"]
 
 
 def test_compiled_and_traced_modules_keep_the_original_names(small):

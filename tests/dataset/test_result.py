@@ -101,8 +101,14 @@ def saved(lens: Lens, tmp_path_factory: pytest.TempPathFactory) -> tuple[Dataset
     (data / "stroke" / "broken.png").write_bytes(b"not a png")
     result = _run(lens, open_source(data), k=4)
     out = tmp_path_factory.mktemp("out") / "view"
-    index = result.save(out)
+    index = _index(result.save(out))
     return result, out, index
+
+
+def _index(path: Path) -> dict:
+    """What ``save`` wrote: it returns the path of ``index.json``."""
+    assert path.name == "index.json" and path.is_file()
+    return json.loads(path.read_text())
 
 
 def _png(path: Path) -> np.ndarray:
@@ -226,7 +232,7 @@ def test_load_reads_back_what_was_saved(saved) -> None:  # type: ignore[no-untyp
         np.testing.assert_array_equal(a.selectivity.means, b.selectivity.means)  # type: ignore[union-attr]
     for got, want in zip(back.crops("3", 0), result.crops("3", 0)):
         np.testing.assert_array_equal(got, want)  # the loaded result finds the original files again
-    again = back.save(out.parent / "again")
+    again = _index(back.save(out.parent / "again"))
     assert again == {**index, "layers": again["layers"]} and again["layers"] == index["layers"]
 
 
@@ -256,7 +262,7 @@ def test_each_image_is_read_once_and_a_small_budget_gives_the_same_files(
     result.save(tmp_path / "one")
     assert len(reads) == len(set(reads))  # one pass: every image read once
     reads.clear()
-    small = result.save(tmp_path / "small", crop_budget=1)  # one channel per pass
+    small = _index(result.save(tmp_path / "small", crop_budget=1))  # one channel per pass
     assert len(reads) > len(set(reads))
     assert small["layers"] == index["layers"]
     for rel in ["layers/004_3/c0000.png", "layers/004_3/c0001.png", "layers/004_3/atlas.png",
@@ -268,7 +274,7 @@ def test_an_image_gone_since_the_run_gives_a_grey_crop_and_a_null_box(lens: Lens
     data = _folder(tmp_path / "data")
     result = _run(lens, open_source(data), k=2, layers="conv2")
     (data / "stroke" / "a.png").unlink()
-    index = result.save(tmp_path / "out")
+    index = _index(result.save(tmp_path / "out"))
     top = index["layers"][0]["channels_info"][0]["top"]
     assert top[0]["name"] == "stroke/a.png" and top[0]["box"] is None and top[1]["box"] is not None
     assert any("could not be read again" in n and "stroke/a.png" in n for n in index["notes"])
@@ -281,7 +287,7 @@ def test_k_larger_than_the_images_leaves_empty_slots(lens: Lens, tmp_path: Path)
     PIL.Image.fromarray(_image((10, 10))).save(data / "only.png")
     PIL.Image.fromarray(_image(None)).save(data / "other.png")
     result = _run(lens, open_source(data), k=5, layers="conv2")
-    index = result.save(tmp_path / "out")
+    index = _index(result.save(tmp_path / "out"))
     assert [e["name"] for e in index["layers"][0]["channels_info"][0]["top"]] == ["only.png", "other.png"]
     assert len(result.crops("3", 0)) == 2
     back = DatasetResult.load(tmp_path / "out")
@@ -298,7 +304,7 @@ def test_parquet_data_round_trip_cuts_crops_from_the_rows(lens: Lens, tmp_path: 
     table = pa.table({"bytes": [png(_image(None)), png(_image((9, 20))), png(_image((30, 2)))]})
     pq.write_table(table, tmp_path / "d.parquet", row_group_size=2)
     result = _run(lens, open_source(tmp_path / "d.parquet"), k=2, layers="conv2")
-    index = result.save(tmp_path / "out")
+    index = _index(result.save(tmp_path / "out"))
     assert [e["name"] for e in index["layers"][0]["channels_info"][0]["top"]] == ["d.parquet#1", "d.parquet#2"]
     back = DatasetResult.load(tmp_path / "out")
     record = {r.id: r for r in back.source.records}[1]
@@ -320,7 +326,7 @@ def test_boxes_are_in_original_pixels_for_images_of_another_size(tmp_path: Path)
                        negative=ranking, selectivity=None)
     result = DatasetResult(model="m", source=source, input_size=(32, 32), k=1, engine="local", layers=[ex],
                            images=2)
-    index = result.save(tmp_path / "out")
+    index = _index(result.save(tmp_path / "out"))
     info = index["layers"][0]["channels_info"]
     # Input box (-3, 3, 5, 11) in a 32x32 input; the originals are 64x96: x2 down, x3 across.
     assert info[0]["top"] == [{"id": 1, "name": "b.png", "score": 1.0, "position": [0, 3],

@@ -156,7 +156,7 @@ def test_gradient_method_on_a_forward_only_model_fails_before_any_work(cam_net):
     for name in methods.gradient_methods():
         with pytest.raises(UnsupportedModel) as e:
             methods.create(name).compute(net, X)
-        assert "forward-only methods work: scorecam, eigencam, occlusion" in _one_line(e)
+        assert "forward-only methods by name: scorecam, eigencam, occlusion" in _one_line(e)
     assert net.items_run == 0
 
 

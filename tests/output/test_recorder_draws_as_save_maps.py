@@ -74,7 +74,7 @@ def test_a_checkpoint_map_is_save_maps_picture(lens: Lens, image: np.ndarray, tm
     assert recorder.checkpoint(1, label="step 1")
     recorder.close()
     assert recorder.error is None
-    saved = lens.save_maps(image, tmp_path / "maps", layers="conv", preprocess="raw", norm=norm)
+    saved = json.loads(lens.save_maps(image, tmp_path / "maps", layers="conv", preprocess="raw", norm=norm).read_text())
     checkpoint = json.loads((run / "checkpoint-0001" / "index.json").read_text())
     assert [m["file"] for m in checkpoint["maps"]] == [m["file"] for m in saved["maps"]]
     for mine, theirs in zip(checkpoint["maps"], saved["maps"]):
@@ -84,7 +84,7 @@ def test_a_checkpoint_map_is_save_maps_picture(lens: Lens, image: np.ndarray, tm
 
 
 def test_without_a_label_the_files_are_byte_equal(lens: Lens, image: np.ndarray, tmp_path: Path) -> None:
-    saved = lens.save_maps(image, tmp_path / "maps", layers="conv", preprocess="raw", norm="layer")
+    saved = json.loads(lens.save_maps(image, tmp_path / "maps", layers="conv", preprocess="raw", norm="layer").read_text())
     arrays = lens.feature_maps(image, "conv", preprocess="raw")
     with OutputDir(tmp_path / "direct") as staging:
         drawn = [draw_map_file(staging, arrays.images[0].name, layer, arrays[layer.name][0],
@@ -100,7 +100,7 @@ def test_a_checkpoint_filter_atlas_is_save_filters_picture(lens: Lens, image: np
     recorder = Recorder(lens, [image], out=run, layers="conv", filters="conv", tensorboard=False, page=False)
     recorder.checkpoint(3)
     recorder.close()
-    saved = lens.save_filters(tmp_path / "filters", layers="conv")
+    saved = json.loads(lens.save_filters(tmp_path / "filters", layers="conv").read_text())
     checkpoint = json.loads((run / "checkpoint-0001" / "index.json").read_text())
     assert [f["file"] for f in checkpoint["filters"]] == [f["file"] for f in saved["filters"]]
     assert [f["kind"] for f in saved["filters"]] == ["composite", "atlas", "atlas"]

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from convlens._errors import BadArgument, ConvlensError, LayerNotFound
 from convlens.core.layers import KINDS, LayerInfo
-from convlens.selection import KIND_TERMS, blocks, select
+from convlens.selection import KIND_TERMS, blocks, select_indexes
 
 name_chars = st.sampled_from(
     list("abcxyz_019.-/ ") + ["conv", "block", "é", "*", "?", "[", "]", "re:"]
@@ -119,7 +119,7 @@ def check(result: list[int], table: list[LayerInfo]) -> None:
 )
 def test_any_string_gives_layers_or_a_convlens_error(table, spec):
     try:
-        result = select(table, spec)
+        result = select_indexes(table, spec)
     except ConvlensError as exc:
         assert isinstance(exc, (BadArgument, LayerNotFound))
         message = str(exc)
@@ -139,24 +139,24 @@ def test_a_selection_is_the_union_of_its_terms(data, table):
     failed = None
     for term in chosen:
         try:
-            parts.update(select(table, term))
+            parts.update(select_indexes(table, term))
         except ConvlensError as exc:
             failed = type(exc)
     spec = ",".join(chosen)
     if "," in "".join(chosen) or any(not t.strip() for t in chosen):
         # a term holding a comma is several terms, and a blank one is dropped: only check safety
         try:
-            check(select(table, spec), table)
+            check(select_indexes(table, spec), table)
         except ConvlensError:
             pass
         return
     if failed is not None:
         with pytest.raises(ConvlensError):
-            select(table, spec)
+            select_indexes(table, spec)
         with pytest.raises(ConvlensError):
-            select(table, chosen)
+            select_indexes(table, chosen)
     else:
-        assert select(table, spec) == select(table, chosen) == sorted(parts)
+        assert select_indexes(table, spec) == select_indexes(table, chosen) == sorted(parts)
 
 
 def _plain(name: str) -> bool:
@@ -187,26 +187,26 @@ def test_names_indexes_ranges_kinds_and_globs_pick_exactly_their_layers(table, d
     n = len(table)
     layer = data.draw(st.sampled_from(table), label="layer")
     if _plain(layer.name):
-        assert select(table, layer.name) == [layer.index]
+        assert select_indexes(table, layer.name) == [layer.index]
     i = data.draw(st.integers(-n, n - 1), label="index")
-    assert select(table, str(i)) == [i % n]
+    assert select_indexes(table, str(i)) == [i % n]
     with pytest.raises(LayerNotFound):
-        select(table, str(n + data.draw(st.integers(0, 5))))
+        select_indexes(table, str(n + data.draw(st.integers(0, 5))))
     lo = data.draw(st.integers(0, n - 1), label="lo")
     hi = data.draw(st.integers(lo, n + 3), label="hi")
-    assert select(table, f"{lo}-{hi}") == list(range(lo, min(hi, n - 1) + 1))
+    assert select_indexes(table, f"{lo}-{hi}") == list(range(lo, min(hi, n - 1) + 1))
     if lo < hi:
         with pytest.raises(BadArgument):
-            select(table, f"{hi}-{lo}")
+            select_indexes(table, f"{hi}-{lo}")
     kind = data.draw(st.sampled_from(KIND_TERMS), label="kind")
     expected = [t.index for t in table if (t.kind == kind or (kind == "all" and t.kind != "input"))]
     if expected:
-        assert select(table, kind) == expected
+        assert select_indexes(table, kind) == expected
     else:
-        assert select(table, kind) == []  # an absent kind is no error: Lens says which kinds exist
+        assert select_indexes(table, kind) == []  # an absent kind is no error: Lens says which kinds exist
     pattern = layer.name[:1] + "*"
     if not any(c in layer.name[:1] for c in "*?[,") and layer.name[:1].strip():
-        hits = select(table, pattern)
+        hits = select_indexes(table, pattern)
         assert layer.index in hits
         assert all(
             fnmatch.fnmatchcase(table[h].name, pattern)

@@ -34,13 +34,14 @@ def test_result_and_files(numpy_net, tmp_path):
     assert vis.channels == [1, 2, 3] and vis.images.shape == (3, 16, 16, 3)
     atlas = vis.atlas()
     assert atlas.dtype == np.uint8 and atlas.shape[2] == 3
-    index = vis.save(tmp_path)
+    path = vis.save(tmp_path)
+    assert path == tmp_path / "index.json"
     folder = tmp_path / "visualize" / "001_conv_channel"
     assert sorted(p.name for p in folder.iterdir()) == [
         "atlas.png", "channel_0001.png", "channel_0002.png", "channel_0003.png"]
     on_disk = json.loads((tmp_path / "index.json").read_text())
-    assert on_disk == json.loads(json.dumps(index))
     run = on_disk["visualize"][0]
+    assert run == json.loads(json.dumps(vis.to_json()))
     assert run["layer"] == "conv" and run["settings"]["steps"] == 4
     assert [e["activation"] for e in run["images"]] == pytest.approx(vis.activations, abs=1e-6)
     # a second run of another objective is added; the same run again replaces itself
@@ -59,7 +60,7 @@ def test_copies_and_diversity(numpy_net):
 
 
 def test_default_channels_are_one_batch(numpy_net):
-    assert visualize(numpy_net, "conv", steps=1, size=16, batch=2).channels == [0, 1]
+    assert visualize(numpy_net, "conv", steps=1, size=16, batch_size=2).channels == [0, 1]
 
 
 @pytest.mark.parametrize("kwargs,error,match", [
@@ -87,7 +88,7 @@ def test_bad_requests_fail_before_any_work(numpy_net, kwargs, error, match):
 
 def test_models_without_gradients_or_channels(numpy_net):
     numpy_net.gradients_unavailable = lambda: "a TFLite interpreter computes no gradients"
-    with pytest.raises(UnsupportedModel, match="numpynet cannot be visualised: a TFLite interpreter"):
+    with pytest.raises(UnsupportedModel, match="feature visualisation needs gradients, which numpynet cannot give: a TFLite interpreter"):
         visualize(numpy_net, "conv")
 
 

@@ -21,8 +21,8 @@ import numpy as np
 from .._errors import BadArgument, LayerNotFound
 from ..core.layers import KINDS, LayerInfo
 
-__all__ = ["Adapter", "Gradients", "LayerInfo", "OnOutput", "KINDS", "Target", "first_line",
-           "check_rows", "target_cotangent"]
+__all__ = ["Adapter", "Gradients", "LayerInfo", "OnOutput", "KINDS", "RankedGradients", "Target",
+           "first_line", "check_rows", "target_cotangent"]
 
 #: Called once per captured layer output during a forward pass: (layer index, array).
 OnOutput = Callable[[int, np.ndarray], None]
@@ -183,6 +183,41 @@ class Gradients:
     activations: dict[int, np.ndarray]
     grads: dict[int, np.ndarray]
     input_grad: np.ndarray | None = None
+    logits: bool = False
+
+
+@dataclass
+class RankedGradients:
+    """What an adapter's optional ``run_ranked`` gives beside its forward pass's ``on_output`` calls.
+
+    ``run_ranked(batch, wanted, on_output, *, layer, top) -> RankedGradients`` is
+    :meth:`Adapter.run` (same arguments, same ``on_output`` calls, the same
+    output) that ALSO records the gradients of each item's ``top`` best
+    classes, read from the pass's own output, with respect to table row
+    ``layer``: ONE forward pass, then one backward pass per rank from the
+    model's output back to ``layer`` only (what a Grad-CAM of the top classes
+    needs, without a second forward pass). The class score is read before a
+    final softmax when the adapter can see one, as in :meth:`Adapter.gradients`.
+    Adapters that cannot do it do not define the method, or raise
+    :class:`~convlens._errors.UnsupportedModel` before any work; callers fall
+    back to :meth:`Adapter.run` plus :meth:`Adapter.gradients`.
+
+    Attributes:
+        output: ``(N, K)`` the model's output, as :meth:`Adapter.run` returns it.
+        layer: the table row differentiated.
+        activations: ``(N, h, w, C)`` float32, the layer's output.
+        classes: ``(N, top)`` int, each item's best classes in its output, best
+            first (ties: the lower index first, as a stable sort).
+        grads: ``(top, N, h, w, C)`` float32: ``grads[r, n]`` is d score of class
+            ``classes[n, r]`` of item ``n`` / d ``activations[n]``.
+        logits: the scores were read before a final softmax.
+    """
+
+    output: np.ndarray
+    layer: int
+    activations: np.ndarray
+    classes: np.ndarray
+    grads: np.ndarray
     logits: bool = False
 
 

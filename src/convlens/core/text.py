@@ -9,7 +9,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["count", "number", "pair_text", "percent", "plural", "shape_text", "sort_key"]
+__all__ = ["count", "number", "pair_text", "percent", "plural", "probability", "shape_text", "sort_key"]
 
 
 def shape_text(shape: Sequence[Any] | None, *, times: bool = False, free: str = "?",
@@ -76,6 +76,20 @@ def percent(fraction: float) -> str:
     if not math.isfinite(fraction):
         return "-"
     return f"{math.floor(fraction * 1000) / 10:.1f}%"
+
+
+def probability(p: float) -> str:
+    """A probability as text, the one format of heatmap captions, the report and the command line.
+
+    Three decimals, or two significant digits below 0.001, where three decimals
+    would read as zero: ``"0.412"``, ``"1.7e-08"``; ``"0"`` for zero and ``"-"``
+    when undefined (NaN).
+    """
+    if not math.isfinite(p):
+        return "-"
+    if p == 0:
+        return "0"
+    return f"{p:.3f}" if p >= 0.001 else f"{p:.2g}"
 
 
 def plural(n: int, one: str, many: str) -> str:

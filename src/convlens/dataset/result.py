@@ -255,7 +255,7 @@ class DatasetResult:
     # ------------------------------------------------------------------ saving
 
     def save(self, out: str | os.PathLike[str], *, progress: Progress | None = None,
-             crop_size: int = 64, crop_budget: int = _CROP_BUDGET) -> dict[str, Any]:
+             crop_size: int = 64, crop_budget: int = _CROP_BUDGET) -> Path:
         """Write the files of the dataset view into ``out``, all at once or not at all.
 
         Crops are cut here: the images the shown rankings name are read once
@@ -271,7 +271,7 @@ class DatasetResult:
             crop_budget: bytes of crops held in memory at once.
 
         Returns:
-            The index (what ``index.json`` holds).
+            The path of ``out/index.json`` (:meth:`load` reads the folder back).
 
         Raises:
             OutputError: the folder cannot be written (nothing is written).
@@ -287,10 +287,16 @@ class DatasetResult:
             for ex, folder in zip(self.layers, folders):
                 atlas = _atlas(ex, atlases[ex.layer.name], self.images, self.input_size)
                 staging.write_png(f"{folder}/atlas.png", atlas)
-            index = write_folder(staging, self._index(folders, cutter.sizes, cutter.notes),
-                                 self._channels_json(), self._channels_csv())
+            write_folder(staging, self._index(folders, cutter.sizes, cutter.notes),
+                         self._channels_json(), self._channels_csv())
         self.folder = str(out)
-        return index
+        return Path(out) / "index.json"
+
+    def to_json(self) -> dict[str, Any]:
+        """What ``index.json`` holds, JSON-ready, without the crop boxes (known once :meth:`save` read the
+        images); ``"channels"`` adds ``channels.json``'s per-layer health and selectivity."""
+        index = self._index(_folder_names([ex.layer for ex in self.layers]), {})
+        return {**index, "channels": self._channels_json()["layers"]}
 
     def _index(self, folders: Sequence[str], sizes: dict[int, tuple[int, int]],
                notes: Sequence[str] = ()) -> dict[str, Any]:

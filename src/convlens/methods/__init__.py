@@ -20,11 +20,14 @@ from typing import Any
 from .._errors import BadArgument
 from .base import (
     MEMORY_BUDGET,
+    REGISTRY,
     Context,
     GradientCam,
     Method,
     MethodResult,
+    check_gradients,
     default_layer,
+    gradients_problem,
     resolve_layer,
 )
 from .eigencam import EigenCAM
@@ -34,6 +37,7 @@ from .hirescam import HiResCAM
 from .integrated_gradients import IntegratedGradients
 from .layercam import LayerCAM
 from .occlusion import Occlusion
+from .recorded import RecordedForward
 from .saliency import Saliency
 from .scorecam import ScoreCAM
 from .smoothgrad import SmoothGrad
@@ -54,17 +58,20 @@ __all__ = [
     "Method",
     "MethodResult",
     "Occlusion",
+    "RecordedForward",
     "Rows",
     "Saliency",
     "ScoreCAM",
     "SmoothGrad",
     "TargetSpec",
     "XGradCAM",
+    "check_gradients",
     "create",
     "default_layer",
     "forward_only",
     "get",
     "gradient_methods",
+    "gradients_problem",
     "names",
     "resolve_layer",
 ]
@@ -88,6 +95,11 @@ METHODS: dict[str, type[Method]] = {
 }
 
 #: Other spellings people type.
+# The registry in the front ends' order, so that messages (base.gradients_problem) list the
+# methods as the command line does.
+for _name in METHODS:
+    REGISTRY[_name] = REGISTRY.pop(_name)
+
 ALIASES = {
     "gradcampp": "gradcam++",
     "gradcamplusplus": "gradcam++",

@@ -35,7 +35,8 @@ from ..adapters.base import Adapter, Gradients, Target
 from ..core.cam import minmax, resize_bilinear
 from ..core.layers import LayerInfo
 from ..images import apply_preset, check_not_constant
-from ..selection import select
+from ..model import classes_in
+from ..selection import select_indexes
 from .targets import Rows, TargetSpec, resolve_rows
 
 __all__ = [
@@ -44,7 +45,9 @@ __all__ = [
     "GradientCam",
     "Method",
     "MethodResult",
+    "check_gradients",
     "default_layer",
+    "gradients_problem",
     "positive_int",
     "resolve_layer",
     "spatial_layers",
@@ -178,7 +181,7 @@ def resolve_layer(table: Sequence[LayerInfo], layer: str | int | LayerInfo | Non
     if isinstance(layer, LayerInfo):
         chosen = table[layer.index]
     else:
-        hits = select(table, str(layer))
+        hits = select_indexes(table, str(layer))
         if len(hits) != 1:
             raise BadArgument(
                 f"layer {layer!r} names {len(hits)} layers; a CAM needs one "
@@ -245,6 +248,8 @@ class Context:
         #: method-specific figures the method records for :attr:`MethodResult.extra`
         self.extra: dict[str, Any] = {}
         self._rows: Rows | None = None
+        #: ``(acts, grads)`` per row given by the caller (:meth:`GradientCam.from_gradients`): no pass
+        self.given: tuple[np.ndarray, np.ndarray] | None = None
         self._activations: np.ndarray | None = None
         #: the model output of each row, when a gradient pass gave it
         self.row_output: np.ndarray | None = None
@@ -353,9 +358,18 @@ class Context:
     def layer_gradients(self, batch_size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """``(acts, grads)``, each ``(M, h, w, C)``: the CAM layer's output and d score / d output.
 
-        One gradient pass over all rows when they fit :data:`MEMORY_BUDGET`, else several.
+        One gradient pass over all rows when they fit :data:`MEMORY_BUDGET`, else several;
+        none when the caller gave them (:attr:`given`: the report's one recorded pass).
         """
         rows = self.rows
+        if self.given is not None:
+            given_acts, given_grads = (np.asarray(a, np.float32) for a in self.given)
+            if given_acts.shape != given_grads.shape or len(given_acts) != len(rows):
+                raise BadArgument(f"given activations {given_acts.shape} and gradients {given_grads.shape} "
+                                  f"for {len(rows)} rows: give one (h, w, C) pair per row")
+            if self.output is not None:
+                self.row_output = self.output[rows.images]
+            return given_acts, given_grads
         layer = self.layer.index  # type: ignore[union-attr]
         step = self.batch_size(batch_size, backward=True)
         acts, grads, outs = [], [], []
@@ -500,9 +514,7 @@ def _known_classes(table: Sequence[LayerInfo], names: Sequence[str] | None) -> i
     if names:
         return len(names)
     shape = table[-1].output_shape if table else None
-    if shape and len(shape) == 1 and shape[0] is not None:
-        return int(shape[0])
-    return None
+    return classes_in(shape) if shape else None
 
 
 def _check_batch(batch: Any) -> np.ndarray:
@@ -530,6 +542,40 @@ REGISTRY: dict[str, type[Method]] = {}
 def forward_only_names() -> list[str]:
     """The registered methods that need only forward passes."""
     return [n for n, m in REGISTRY.items() if not m.needs_gradients]
+
+
+def gradients_problem(adapter: Any, needing: str | Sequence[str], *, alternatives: bool = True) -> str | None:
+    """THE sentence for work that needs gradients on a model that cannot give them, else ``None``.
+
+    Every gradient check (heatmap methods, the report's sections, feature
+    visualisation) says it in these words.
+
+    Args:
+        adapter: the model's adapter (its ``gradients_unavailable()`` gives the reason).
+        needing: what needs the gradients: a method title (``"Grad-CAM"``), several, or
+            ``"feature visualisation"``.
+        alternatives: name the forward-only heatmap methods as what works instead.
+
+    Returns:
+        ``"Grad-CAM needs gradients, which model cannot give: REASON; forward-only methods by
+        name: scorecam, eigencam, occlusion"``, or ``None`` when gradients are available.
+    """
+    why = adapter.gradients_unavailable()
+    if why is None:
+        return None
+    what = [needing] if isinstance(needing, str) else list(needing)
+    verb = "needs" if len(what) == 1 else "need"
+    text = f"{', '.join(what)} {verb} gradients, which {adapter.name} cannot give: {str(why).rstrip('.')}"
+    if alternatives:
+        text += f"; forward-only methods by name: {', '.join(forward_only_names())}"
+    return text
+
+
+def check_gradients(adapter: Any, needing: str | Sequence[str], *, alternatives: bool = True) -> None:
+    """Raise :func:`gradients_problem`'s sentence as :class:`UnsupportedModel`, before any work."""
+    problem = gradients_problem(adapter, needing, alternatives=alternatives)
+    if problem is not None:
+        raise UnsupportedModel(problem)
 
 
 class Method:
@@ -619,15 +665,26 @@ class Method:
             BadArgument: a bad class, layer, box or option.
             BadImage: an image whose pixels are all equal, or non-finite values.
         """
+        return self._compute(adapter, batch, target=target, layer=layer, class_names=class_names, box=box,
+                             preprocess=preprocess, progress=progress, output=output, given=None)
+
+    def _compute(
+        self,
+        adapter: Adapter,
+        batch: np.ndarray,
+        *,
+        target: TargetSpec,
+        layer: str | int | LayerInfo | None,
+        class_names: Sequence[str] | None,
+        box: Sequence[float] | None,
+        preprocess: str | None,
+        progress: Progress | None,
+        output: np.ndarray | None,
+        given: tuple[np.ndarray, np.ndarray] | None,
+    ) -> MethodResult:
+        """:meth:`compute`; ``given``: the CAM layer's ``(acts, grads)`` per row, no gradient pass."""
         if self.needs_gradients:
-            why = adapter.gradients_unavailable()
-            if why is not None:
-                listed = ", ".join(forward_only_names())
-                if all(REGISTRY[n].title in why for n in forward_only_names()):  # the reason names them
-                    tail = f" (forward-only methods by name: {listed})"
-                else:
-                    tail = f"; forward-only methods work: {listed}"
-                raise UnsupportedModel(f"{self.title} needs gradients: {why}{tail}")
+            check_gradients(adapter, self.title)
         x = _check_batch(batch)
         table = adapter.layers()
         chosen = resolve_layer(table, layer) if self.kind == "cam" else None
@@ -650,6 +707,7 @@ class Method:
             if out.ndim < 2 or len(out) != len(x):
                 raise BadArgument(f"output of shape {out.shape} for a batch of {len(x)} images")
             ctx.output = out
+        ctx.given = given
         raw = np.asarray(self.raw_maps(ctx), np.float32)
         rows = ctx.rows
         if self.kind == "cam":
@@ -699,3 +757,42 @@ class GradientCam(Method):
     def raw_maps(self, ctx: Context) -> np.ndarray:
         acts, grads = ctx.layer_gradients(self.batch_size)
         return self.combine(acts, grads)
+
+    def from_gradients(
+        self,
+        adapter: Adapter,
+        batch: np.ndarray,
+        activations: np.ndarray,
+        grads: np.ndarray,
+        *,
+        output: np.ndarray,
+        target: TargetSpec = None,
+        layer: str | int | LayerInfo | None = None,
+        class_names: Sequence[str] | None = None,
+        preprocess: str | None = None,
+    ) -> MethodResult:
+        """The method's maps from activations and gradients a pass already recorded: no pass at all.
+
+        The same result as :meth:`compute` with the same arguments (the same
+        rows, labels, scores, ReLU, upsampling and scaling), when the given
+        arrays are what :meth:`compute`'s gradient pass would record: the
+        report's one forward pass gives them (see
+        :class:`convlens.methods.recorded.RecordedForward`).
+
+        Args:
+            adapter: the model (its layer table and class names; it runs nothing).
+            batch: ``(N, H, W, C)`` float32, the preprocessed images.
+            activations: ``(M, h, w, C)`` the CAM layer's output for each row's image.
+            grads: ``(M, h, w, C)`` d (row's class score) / d ``activations``, as
+                :meth:`~convlens.adapters.base.Adapter.gradients` gives it.
+            output: ``(N, ...)`` the model's output for ``batch`` (the rows' scores).
+            target, layer, class_names, preprocess: as :meth:`compute`; the
+                rows are resolved from ``target`` and ``output`` (image-major,
+                then the classes in the order given).
+
+        Raises:
+            BadArgument: arrays that do not give one ``(h, w, C)`` pair per row.
+        """
+        return self._compute(adapter, batch, target=target, layer=layer, class_names=class_names, box=None,
+                             preprocess=preprocess, progress=None, output=output,
+                             given=(activations, grads))

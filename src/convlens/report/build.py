@@ -20,6 +20,7 @@ from .grids import ReportGrids
 from .page import Report, header, page_data, render_page
 from .registry import get_section, select_sections
 from .sections.filters import draw_atlases, read_kernels
+from .sections.heatmaps import recorded_forward
 from .sections.predictions import output_classes
 from .templating import Markup, render
 
@@ -84,7 +85,11 @@ def build_report(model: Model, images: Any, layers: str | Iterable[str] | None =
         # thread-safe), then drawn on a side thread while the images go through the network.
         atlases = side.submit(draw_atlases, chosen, read_kernels(model, chosen)) if "filters" in keys else None
         fed, consumers = _feed(chosen, [stats, grids], own.values())
-        result = run_pass(model, fed, batch.arrays, consumers, progress=progress, label="report")
+        # ONE forward pass per image batch: with a gradient CAM in the heatmaps section, the same
+        # pass records the CAM layer's gradients of each image's top classes (restructure, part 4)
+        recorded = recorded_forward(model, per_section.get("heatmaps", {})) if "heatmaps" in keys else None
+        result = run_pass(model, fed, batch.arrays, consumers, forward=recorded, progress=progress,
+                          label="report")
         if atlases is not None:
             atlases.result()
     outputs = result.outputs
@@ -108,7 +113,7 @@ def build_report(model: Model, images: Any, layers: str | Iterable[str] | None =
     if shrunk:
         notes.append(f"maps larger than {opts.tile_size} pixels are averaged down to fit the report "
                      f"({count(len(shrunk), 'layer', 'layers')}); --tile-size sets the limit")
-    classes = output_classes(outputs)
+    classes = output_classes(model, outputs)
     label_list, label_source = model.class_names(
         names, classes=classes, output_shape=tuple(outputs[0].shape[1:]) if outputs else ())
     ctx = ReportContext(
@@ -117,7 +122,7 @@ def build_report(model: Model, images: Any, layers: str | Iterable[str] | None =
         label_source=label_source, notes=notes, sections=keys, drawn=drawn,
         per_image=grids.per_image_stats(layer_stats), global_ranges=grids.global_ranges,
         atlases=atlases, predictions=[[] for _ in batch.images], section_options=per_section,
-        consumers=own)
+        consumers=own, recorded=recorded)
     ctx.data.update(page_data(ctx))
     if not maps:  # megabytes of base64 grids that nothing on the page would show
         ctx.data["layers"] = []
@@ -195,3 +200,4 @@ class _Only(PassConsumer):
 
     def finish(self) -> None:
         self._consumer.finish()
+

@@ -16,6 +16,7 @@ from ..passes import PassConsumer
 from ..render.maps import RenderOptions
 
 if TYPE_CHECKING:  # pragma: no cover
+    from ..methods import RecordedForward
     from ..model import Model
 
 __all__ = ["DrawnLayer", "FilterAtlas", "ReportContext", "SectionConsumer"]
@@ -114,6 +115,9 @@ class ReportContext:
             leaving section's key (the visualize section leaves its
             :class:`~convlens.visualize.Visualization`, which the dataset
             section sets beside the crops).
+        recorded: the report's forward pass when it also recorded the CAM
+            layer's gradients of each image's top classes (the heatmaps
+            section's Grad-CAM then needs no pass); ``None`` otherwise.
     """
 
     model: Model
@@ -137,3 +141,4 @@ class ReportContext:
     section_options: Mapping[str, Any] = field(default_factory=dict)
     consumers: dict[str, SectionConsumer] = field(default_factory=dict)
     shared: dict[str, Any] = field(default_factory=dict)
+    recorded: RecordedForward | None = None

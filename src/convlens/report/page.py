@@ -75,6 +75,15 @@ class Report:
         self.path = target
         return target
 
+    def to_json(self) -> dict[str, Any]:
+        """What the report found, JSON-ready (not the page): title, sections, notes, each image's top
+        classes and every layer's channel statistics."""
+        return {"title": self.title, "sections": list(self.sections), "notes": list(self.notes),
+                "predictions": [[{"label": label, "probability": float(p)} for label, p in top]
+                                for top in self.predictions],
+                "stats": [s.as_dict() for s in self.stats.values()],
+                "path": str(self.path) if self.path is not None else None}
+
     def _repr_html_(self) -> str:
         # The page runs inside a sandboxed iframe: its script and style cannot reach the
         # notebook, and the notebook's cannot reach it. srcdoc is an attribute, hence escaped.

@@ -61,6 +61,7 @@ from ..output import OutputDir, atomic_write_bytes, dumps_json, safe_name
 from ..passes import Batch, PassConsumer, missing_note, run_batches
 from ..render.animation import encode_gif
 from ..render.maps import RenderOptions, reduce_map
+from ..selection import DEFAULT_TRAINING_SELECTION
 from ..stats import ChannelStats
 
 __all__ = ["Recorder", "WeightSource", "logger", "safe_name"]
@@ -144,7 +145,7 @@ class Recorder:
     """
 
     def __init__(self, model: Model | Any, images: Any, *, out: str | os.PathLike[str],
-                 layers: str | Iterable[str] | None = "blocks", filters: str | None = "first",
+                 layers: str | Iterable[str] | None = DEFAULT_TRAINING_SELECTION, filters: str | None = "first",
                  weights: WeightSource | None = None, tensorboard: bool | str | os.PathLike[str] = True,
                  dead_threshold: float = 0.5, size: Any = None, preprocess: str | None = None,
                  page: bool = True, overwrite: bool = False, meta: Mapping[str, Any] | None = None,

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from .._errors import BadArgument, UnsupportedModel
 from .._progress import Progress
 from ..adapters.base import Adapter
 from ..core.layers import LayerInfo
-from ..selection import select
+from ..methods.base import check_gradients
+from ..model import Model
+from ..selection import select_indexes
 from .objectives import KINDS, Objective
 from .optimize import render
 from .param import PresetMap
@@ -22,10 +24,10 @@ __all__ = ["DEFAULTS", "LIMITS", "parse_channels", "visualize"]
 #: Lucid's defaults: 128-pixel images, 512 Adam steps at learning rate 0.05.
 DEFAULT_SIZE, DEFAULT_STEPS, DEFAULT_LR, DEFAULT_BATCH = 128, 512, 0.05, 32
 DEFAULTS: dict[str, float] = {"size": DEFAULT_SIZE, "steps": DEFAULT_STEPS, "lr": DEFAULT_LR,
-                              "batch": DEFAULT_BATCH}
+                              "batch_size": DEFAULT_BATCH}
 
 #: Accepted ranges, inclusive.
-LIMITS = {"steps": (1, 100_000), "size": (16, 1024), "batch": (1, 4096), "copies": (1, 64)}
+LIMITS = {"steps": (1, 100_000), "size": (16, 1024), "batch_size": (1, 4096), "copies": (1, 64)}
 
 _RANGE = re.compile(r"^(\d+)\s*(?:-|\.\.)\s*(\d+)$")
 
@@ -88,7 +90,7 @@ def _check_float(name: str, value: Any, *, positive: bool) -> float:
 
 
 def _layer(table: list[LayerInfo], layer: Any, objective: str) -> LayerInfo:
-    chosen = select(table, layer)
+    chosen = select_indexes(table, layer)
     if len(chosen) != 1:
         names = ", ".join(table[i].name for i in chosen[:5])
         more = ", ..." if len(chosen) > 5 else ""
@@ -108,10 +110,11 @@ def _layer(table: list[LayerInfo], layer: Any, objective: str) -> LayerInfo:
     return info
 
 
-def visualize(adapter: Adapter, layer: str | int | None = None, channels: Any = None, *,
+def visualize(model: Model | Adapter, layer: str | int | None = None,
+              channels: str | int | Sequence[int] | None = None, *,
               preprocess: str | None = None, objective: str = "channel", negative: bool = False,
               steps: int = DEFAULT_STEPS, size: int | None = None, seed: int = 0,
-              batch: int = DEFAULT_BATCH, lr: float = DEFAULT_LR, diversity: float = 0.0,
+              batch_size: int = DEFAULT_BATCH, lr: float = DEFAULT_LR, diversity: float = 0.0,
               copies: int = 1, input_size: tuple[int, int] | None = None,
               progress: Progress | None = None) -> Visualization:
     """Feature visualisation: the images that most excite channels, neurons or classes.
@@ -125,12 +128,12 @@ def visualize(adapter: Adapter, layer: str | int | None = None, channels: Any = 
     every framework.
 
     Args:
-        adapter: the model (``Lens(...).adapter``).
+        model: the model (a :class:`~convlens.model.Model`, or its adapter).
         layer: the layer (a name, index or any one-layer selection); not used
             for ``objective="class"``.
-        channels: ``"all"``, ``"0-31"``, ints; default the first ``batch``
+        channels: ``"all"``, ``"0-31"``, ints; default the first ``batch_size``
             channels (or classes).
-        preprocess: the model's preset; default the adapter's, else ``unit``.
+        preprocess: the model's preset; default the model's (an adapter's own, else ``unit``).
         objective: ``"channel"`` (mean of the map), ``"neuron"`` (centre unit)
             or ``"class"`` (a logit of the output).
         negative: minimise instead.
@@ -138,7 +141,7 @@ def visualize(adapter: Adapter, layer: str | int | None = None, channels: Any = 
         size: side of the square image; default 128 (Lucid), or the model's
             fixed input side when that is smaller (28 for MNIST).
         seed: seeds every random draw: same seed, same images.
-        batch: images optimised together (memory grows with it).
+        batch_size: images optimised together (memory grows with it; ``--batch-size``).
         lr: Adam's learning rate (Lucid: 0.05).
         diversity: weight of the diversity penalty between the ``copies`` of
             each channel (Distill's Gram-matrix cosine similarity); needs ``copies >= 2``.
@@ -153,16 +156,19 @@ def visualize(adapter: Adapter, layer: str | int | None = None, channels: Any = 
         BadArgument: a channel out of range, steps or size out of range, ...
         LayerNotFound: no such layer.
     """
-    why = adapter.gradients_unavailable()
-    if why is not None:
-        raise UnsupportedModel(f"{adapter.name} cannot be visualised: {why}")
+    if isinstance(model, Model):
+        adapter = model.adapter
+        preprocess = preprocess or model.preprocess
+    else:
+        adapter = model
+    check_gradients(adapter, "feature visualisation", alternatives=False)
     if len(adapter.input_shape) != 3:
         raise UnsupportedModel(f"{adapter.name} takes input of shape {adapter.input_shape}, not images "
                                "(H, W, C); feature visualisation needs an image model")
     if objective not in KINDS:
         raise BadArgument(f"objective {objective!r}: choose one of {', '.join(KINDS)}")
     steps = _check_int("steps", steps)
-    batch = _check_int("batch", batch)
+    batch = _check_int("batch_size", batch_size)
     copies = _check_int("copies", copies)
     lr = _check_float("lr", lr, positive=True)
     diversity = _check_float("diversity", diversity, positive=False)
@@ -215,7 +221,7 @@ def visualize(adapter: Adapter, layer: str | int | None = None, channels: Any = 
                       progress=progress, label=f"visualize {info.name if info else 'classes'}")
     sign = -1.0 if negative else 1.0
     labels = list(adapter.class_names) if objective == "class" and adapter.class_names else None
-    settings = {"steps": steps, "size": size, "seed": seed, "lr": lr, "batch": batch,
+    settings = {"steps": steps, "size": size, "seed": seed, "lr": lr, "batch_size": batch,
                 "diversity": diversity, "preprocess": preset,
                 "input_size": list(input_size) if input_size else None,
                 "parameterisation": "fourier 1/f, decorrelated colour, sigmoid",

@@ -103,7 +103,7 @@ class Visualization:
         index = f"{self.layer.index:03d}_" if self.layer is not None else ""
         return f"visualize/{index}{safe_name(self.layer_name)}_{self.objective}{'_neg' if self.negative else ''}"
 
-    def save(self, out: str | os.PathLike[str]) -> dict[str, Any]:
+    def save(self, out: str | os.PathLike[str]) -> Path:
         """Write the atlas, one PNG per image and ``index.json``, atomically.
 
         Files go to ``out/visualize/<layer>_<objective>/``: ``atlas.png`` and
@@ -111,27 +111,33 @@ class Visualization:
         this run under ``"visualize"``; other commands' entries stay.
 
         Returns:
-            The index written.
+            The path of ``out/index.json``; this run's pictures are in ``out / self.folder()``.
         """
         out_path = Path(out)
         folder = self.folder()
         entries = self.entries()
-        run = {
-            "model": self.model, "framework": self.framework,
-            "layer": self.layer.name if self.layer is not None else None,
-            "layer_index": self.layer.index if self.layer is not None else None,
-            "objective": self.objective, "negative": self.negative, "copies": self.copies,
-            "folder": folder, "file": f"{folder}/atlas.png",
-            "settings": self.settings,
-            "images": [{**e, "file": f"{folder}/{e['file']}"} for e in entries],
-        }
+        run = self.to_json()
         with OutputDir(out_path) as staging:
             staging.write_png(f"{folder}/atlas.png", self.atlas())
             for i, e in enumerate(entries):
                 staging.write_png(f"{folder}/{e['file']}", self.picture(i))
             # one record per run, keyed by its atlas: the same run again replaces itself
             write_index(staging, "visualize", [run], {"model": self.model, "framework": self.framework})
-        return staging.results["index.json"]
+        return out_path / "index.json"
+
+    def to_json(self) -> dict[str, Any]:
+        """This run's record, JSON-ready, as ``index.json`` lists it: model, layer, objective,
+        settings, and per image its channel, copy, file (relative to the output folder) and activation."""
+        folder = self.folder()
+        return {
+            "model": self.model, "framework": self.framework,
+            "layer": self.layer.name if self.layer is not None else None,
+            "layer_index": self.layer.index if self.layer is not None else None,
+            "objective": self.objective, "negative": self.negative, "copies": self.copies,
+            "folder": folder, "file": f"{folder}/atlas.png",
+            "settings": self.settings,
+            "images": [{**e, "file": f"{folder}/{e['file']}"} for e in self.entries()],
+        }
 
     def _repr_html_(self) -> str:
         best = int(np.argmax(self.activations * (-1 if self.negative else 1)))

@@ -20,13 +20,16 @@ Options (``section_options={"heatmaps": {...}}``, or ``convlens report
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..._errors import BadArgument, ConvlensError
+from ...core.text import probability as probability_text
 from ...heatmaps import Heatmap, compute_heatmaps, create_methods, parse_methods
 from ...images import PreparedBatch
+from ...methods import GradientCam, RecordedForward, get, resolve_layer
 from ...render.overlay import overlay
 from ...render.png import encode_png
 from ..context import ReportContext
@@ -35,7 +38,10 @@ from ..templating import Markup, lazy_img, render
 from .inputs import jpeg_or_png
 from .predictions import output_classes
 
-__all__ = ["OPTIONS", "default_methods", "heatmaps_section"]
+if TYPE_CHECKING:  # pragma: no cover
+    from ...model import Model
+
+__all__ = ["OPTIONS", "default_methods", "heatmaps_section", "recorded_forward"]
 
 #: The options the section reads from ``ctx.section_options["heatmaps"]``.
 OPTIONS = ("methods", "top", "layer")
@@ -52,6 +58,37 @@ def default_methods(ctx: ReportContext) -> list[str]:
     return ["gradcam"] if ctx.model.adapter.gradients_unavailable() is None else ["scorecam"]
 
 
+def recorded_forward(model: Model, options: Mapping[str, Any]) -> RecordedForward | None:
+    """The report's forward pass when it can serve this section's gradient CAMs too, else ``None``.
+
+    When the section will run a gradient CAM (Grad-CAM by default on a model
+    with gradients) on a classifier, the report's one pass records the CAM
+    layer's output and the gradients of each image's top classes
+    (:class:`~convlens.methods.RecordedForward`), and the section computes the
+    maps from them: no pass of its own. ``None`` (the plain forward pass) for
+    anything else, including options the section will refuse (it says so then).
+
+    Args:
+        model: the model.
+        options: the section's options (``section_options["heatmaps"]``).
+    """
+    try:
+        asked = options.get("methods")
+        names = parse_methods(asked) if asked else (
+            ["gradcam"] if model.adapter.gradients_unavailable() is None else [])
+        classes = model.output_classes()
+        if classes is None or not any(issubclass(get(n), GradientCam) for n in names):
+            return None
+        layer = resolve_layer(model.adapter.layers(), options.get("layer"))
+        top = int(options.get("top", 3))
+    except (ConvlensError, TypeError, ValueError):
+        return None
+    if not 1 <= top <= 10:
+        return None
+    forward = RecordedForward(model.adapter, layer, min(top, classes))
+    return forward if forward.unavailable is None else None
+
+
 @register_section("heatmaps", "Heatmaps", order=45)
 def heatmaps_section(ctx: ReportContext) -> Markup:
     """One card per image: its top classes under each method, one method shown at a time."""
@@ -63,7 +100,7 @@ def heatmaps_section(ctx: ReportContext) -> Markup:
     asked = options.get("methods")
     names = parse_methods(asked) if asked else default_methods(ctx)
     top = int(options.get("top", 3))
-    if output_classes(ctx.outputs) is None:
+    if output_classes(ctx.model, ctx.outputs) is None:
         return render("sections/heatmaps.html", note=(
             f"{ctx.model.name} does not output one score per class, so there are no top classes to explain; "
             "convlens heatmap MODEL IMAGE --class C draws the heatmap of a class."), methods=[], cards=[])
@@ -71,7 +108,8 @@ def heatmaps_section(ctx: ReportContext) -> Markup:
         made = create_methods(names, {})
         result = compute_heatmaps(ctx.model, PreparedBatch(ctx.images, ctx.inputs, []), made,
                                   layer=options.get("layer"), top=min(top, int(ctx.outputs[0].shape[1])),
-                                  class_names=ctx.labels, preprocess=ctx.preprocess, outputs=ctx.outputs)
+                                  class_names=ctx.labels, preprocess=ctx.preprocess, outputs=ctx.outputs,
+                                  recorded=ctx.recorded)
     except ConvlensError as exc:
         if asked:
             raise
@@ -95,7 +133,7 @@ def _figure(pixels: Any, rank: int, e: Heatmap) -> dict[str, Any]:
     # a small image (a digit) is enlarged with sharp pixels, which JPEG would smear: PNG then
     data, mime = (encode_png(rgb), "image/png") if max(np.shape(pixels)[:2]) < 224 else jpeg_or_png(rgb)
     if e.probability is not None:
-        score = f"p {e.probability:.3f}" if e.probability >= 0.001 else f"p {e.probability:.1e}"
+        score = f"p {probability_text(e.probability)}"
     else:
         score = f"score {e.score:.4g}"
     caption = f"{rank}. {e.label} ({e.class_index}) · {score}" + (" · no signal" if e.flat else "")

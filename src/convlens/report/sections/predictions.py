@@ -7,7 +7,9 @@ from collections.abc import Sequence
 import numpy as np
 
 from ...core.predictions import to_probabilities
+from ...core.text import probability as probability_text
 from ...core.text import shape_text
+from ...model import Model
 from ..context import ReportContext
 from ..registry import register_section
 from ..templating import Markup, render
@@ -17,17 +19,16 @@ __all__ = ["TOP_K", "output_classes", "predictions_section"]
 TOP_K = 5
 
 
-def output_classes(outputs: Sequence[np.ndarray]) -> int | None:
-    """K when every output is ``(1, K)`` with K > 1 (class scores), else ``None``."""
-    if not outputs or any(o.ndim != 2 or o.shape[1] < 2 for o in outputs):
-        return None
-    return int(outputs[0].shape[1])
+def output_classes(model: Model, outputs: Sequence[np.ndarray]) -> int | None:
+    """K when every output is ``(1, K)`` of class scores (:meth:`Model.output_classes` decides), else ``None``."""
+    shapes = {tuple(o.shape[1:]) for o in outputs}
+    return model.output_classes(shapes.pop()) if len(shapes) == 1 else None
 
 
 @register_section("predictions", "Predictions", order=20)
 def predictions_section(ctx: ReportContext) -> Markup:
     """The top-5 table per image; fills ``ctx.predictions``."""
-    k = output_classes(ctx.outputs)
+    k = output_classes(ctx.model, ctx.outputs)
     ctx.predictions = [[] for _ in ctx.images]
     if k is None:
         shape = shape_text(ctx.outputs[0].shape[1:], times=True) if ctx.outputs else "?"
@@ -49,7 +50,7 @@ def predictions_section(ctx: ReportContext) -> Markup:
         order = np.argsort(-p[i], kind="stable")[:TOP_K]
         top = [((names[j] if names else f"class {j}"), float(p[i, j]), int(j)) for j in order]
         ctx.predictions[i] = [(t[0], t[1]) for t in top]
-        rows = [{"rank": r, "name": name, "id": j, "value": f"{prob:.6f}", "text": f"{prob:.2%}"}
+        rows = [{"rank": r, "name": name, "id": j, "value": f"{prob:.6f}", "text": probability_text(prob)}
                 for r, (name, prob, j) in enumerate(top, 1)]
         cards.append({"name": im.name, "rows": rows})
     return render("sections/predictions.html", classifier=True, shown=min(TOP_K, k), k=k, how=how,

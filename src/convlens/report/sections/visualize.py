@@ -25,6 +25,7 @@ import numpy as np
 
 from ...core.layers import LayerInfo
 from ...core.normalize import normalize_channels
+from ...methods import gradients_problem
 from ...passes import call_model
 from ...render.colormap import apply_lut
 from ...render.colormap import lut as colormap_lut
@@ -54,10 +55,9 @@ def _default_layer(layers: list[LayerInfo]) -> LayerInfo | None:
 def visualize_section(ctx: ReportContext) -> Markup | None:
     """Optimise one image per channel of the chosen layer; show them beside the layer's maps."""
     options: dict[str, Any] = dict(ctx.section_options.get("visualize", {}))
-    why = ctx.model.adapter.gradients_unavailable()
-    if why is not None:
-        return render("sections/visualize.html", note=f"{ctx.model.name} cannot be visualised: {why}",
-                      figures=[], how="")
+    problem = gradients_problem(ctx.model.adapter, "feature visualisation", alternatives=False)
+    if problem is not None:
+        return render("sections/visualize.html", note=problem, figures=[], how="")
     layer = options.pop("layer", None)
     if layer is None:
         info = _default_layer(ctx.layers)

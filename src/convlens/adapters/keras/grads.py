@@ -1,0 +1,414 @@
+"""Gradients of a Keras model on its backend: TensorFlow's tape or torch's autograd (other backends: not yet)."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..._errors import ConvlensError, UnsupportedModel
+from .._graph import LOGIT_ROLES
+from ..base import Gradients, OnOutput, RankedGradients, Target, check_rows, target_cotangent
+from ..base import first_line as _first_line  # one-line error messages
+from .forward import KerasForward
+from .table import KERAS_ROLES, first_tensor, keras_word
+
+
+@dataclass(frozen=True)
+class _GradPlan:
+    """What one gradient pass captures and differentiates (hashable: it keys the traced graphs)."""
+
+    rows: tuple[int, ...]  # rows whose outputs and gradients are returned
+    needed: frozenset[int] | set[int]  # rows captured: ``rows`` and the target's
+    target_layer: int | None  # None: the model's output
+    start: int | None  # the earliest needed row (0: the input is a leaf), None: no gradient needed
+    stop_after: int | None  # the pass stops after this row (need_output=False)
+    sources: tuple[int, ...]  # rows differentiated, ``rows`` plus 0 for the input gradient
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "needed", frozenset(self.needed))
+
+
+class _StopForward(BaseException):
+    """Raised from a wrapped call once the last layer a gradient pass needs has run.
+
+    A ``BaseException``, so that no ``except Exception`` on the way (Keras's
+    traceback filtering, a model's own) stops it.
+    """
+
+
+def _logit_source(layer: Any) -> str | None:
+    """Where the logits before a final softmax or log-softmax are: ``"activation"`` (the input of the
+    layer's own activation), ``"input"`` (a Softmax/Activation layer's input), or ``None`` (neither).
+
+    Read from the layer's type (``Softmax``) or its ``activation`` (a Dense or
+    Conv layer's, an ``Activation`` layer's), by the roles of the final-activation
+    walk (:data:`convlens.adapters.keras.table.KERAS_ROLES`). Operations applied
+    with ``keras.ops`` in a subclassed model's ``call`` after its last layer are not seen.
+    """
+    if KERAS_ROLES.get(keras_word(layer)) not in LOGIT_ROLES:
+        return None
+    if type(layer).__name__ in ("Softmax", "Activation"):
+        return "input"
+    return "activation"
+
+
+def _replace_first(out: Any, new: Any) -> Any:
+    """``out`` with its first tensor replaced by ``new`` (containers copied)."""
+    if hasattr(out, "shape") and hasattr(out, "dtype"):
+        return new
+    if isinstance(out, (list, tuple)):
+        items = list(out)
+        for i, o in enumerate(items):
+            if first_tensor(o) is not None:
+                items[i] = _replace_first(o, new)
+                break
+        return type(out)(items) if not hasattr(out, "_fields") else type(out)(*items)
+    if isinstance(out, dict):
+        items_d = dict(out)
+        for k, o in items_d.items():
+            if first_tensor(o) is not None:
+                items_d[k] = _replace_first(o, new)
+                break
+        return items_d
+    return out
+
+
+class KerasAdapter(KerasForward):
+    """A Keras 3 model behind convlens's adapter contract.
+
+    Args:
+        model: a ``keras.Model`` (Sequential, functional, nested or subclassed).
+        input_shape: ``(H, W, C)`` for models that do not know theirs (unbuilt
+            Sequential or subclassed models never called).
+        preprocess: the preprocessing preset the model expects, if known.
+    """
+
+    # ----------------------------------------------------------------- gradients
+
+    def gradients_unavailable(self) -> str | None:
+        backend = self.keras.backend.backend()
+        if backend in ("tensorflow", "torch"):
+            return None
+        return (f"gradients of Keras models on the {backend} backend are not supported yet: run with "
+                "KERAS_BACKEND=tensorflow or KERAS_BACKEND=torch, or use a forward-only method (Score-CAM, "
+                "Eigen-CAM, occlusion)")
+
+    #: Traced gradient functions kept (TensorFlow), least recently used dropped first.
+    GRADIENT_GRAPHS = 8
+
+    def gradients(self, batch: np.ndarray, target: Target, layers: Sequence[int] = (), *,
+                  wrt_input: bool = False, need_output: bool = True) -> Gradients:
+        """One forward and one backward pass (see :meth:`Adapter.gradients`).
+
+        TensorFlow: a ``GradientTape`` that watches no variable, only the
+        output of the earliest needed layer (the input with ``wrt_input``), so
+        it records only the network after that layer. From the second pass with
+        the same layers, target layer and input shape, the pass runs as a traced
+        ``tf.function`` taking the cotangent as an argument: in a graph,
+        TensorFlow prunes the kernels' gradients that eager backprop computes
+        and throws away (3x the cost of the pass on VGG16's classifier).
+        torch backend: autograd, with that output detached as the one leaf and
+        every variable's ``requires_grad`` off for the pass (restored after).
+        Layers run in inference mode (``training=False``). A final softmax (a
+        layer's ``activation``, a ``Softmax`` or ``Activation`` layer) is read
+        at its input: the class score is the logit.
+        """
+        why = self.gradients_unavailable()
+        if why:
+            raise UnsupportedModel(f"{self.name}: {why}")
+        table = self.layers()
+        rows = check_rows(table, layers, target, self.name)
+        needed = set(rows) | ({int(target.layer)} if target.layer is not None else set())
+        plan = _GradPlan(
+            rows=rows, needed=needed, target_layer=None if target.layer is None else int(target.layer),
+            start=0 if wrt_input or 0 in needed else min(needed, default=None),
+            stop_after=max(needed) if not need_output and target.layer is not None else None,
+            sources=rows + ((0,) if wrt_input and 0 not in rows else ()))
+        x = np.asarray(batch, dtype="float32")
+        if self.channels_first and x.ndim == 4:
+            x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+        where = None if plan.target_layer is None else table[plan.target_layer].name
+
+        def build_cot(score_t: Any) -> Any:
+            shape = tuple(int(d) for d in score_t.shape)
+            if self.channels_first and len(shape) in (3, 4):
+                shape = (shape[0], *shape[2:], shape[1])
+            return self._native(target_cotangent(target, shape, where), score_t)
+
+        if self.keras.backend.backend() == "torch":
+            y, score_t, acts, found, is_logit = self._torch_pass(plan, x, build_cot)
+        else:
+            y, score_t, acts, found, is_logit = self._tf_pass(plan, x, target, build_cot)
+        score_np = self._numpy(score_t)
+        cot = target_cotangent(target, score_np.shape, where)
+        score = (score_np.astype(np.float64) * cot).reshape(len(cot), -1).sum(axis=1)
+        by_row = dict(zip(plan.sources, found))
+        activations: dict[int, np.ndarray] = {}
+        grads: dict[int, np.ndarray] = {}
+        for r, a in zip(rows, acts):
+            activations[r] = np.asarray(batch, np.float32).copy() if r == 0 else self._numpy(a)
+            g = by_row.get(r)
+            grads[r] = self._numpy(g) if g is not None else np.zeros_like(activations[r])
+        input_grad = None
+        if wrt_input:
+            g = by_row.get(0)
+            input_grad = self._numpy(g) if g is not None else np.zeros(np.shape(batch), np.float32)
+        return Gradients(output=self._numpy(y) if y is not None else None, score=score,
+                         activations=activations, grads=grads, input_grad=input_grad, logits=is_logit)
+
+    def run_ranked(self, batch: np.ndarray, wanted: Sequence[int], on_output: OnOutput, *, layer: int,
+                   top: int) -> RankedGradients:
+        """:meth:`run` that also records the top classes' gradients at ``layer`` (see :class:`RankedGradients`).
+
+        TensorFlow backend only: one traced ``tf.function`` runs the forward
+        pass under a persistent ``GradientTape`` that watches no variable, takes
+        each item's ``top`` best classes of the output (``tf.math.top_k``: ties
+        to the lower index) and differentiates each rank's score (the logit
+        before a final softmax) back to ``layer``; in a graph TensorFlow keeps
+        only the backward ops that lead there. The wanted outputs are handed to
+        ``on_output`` after the pass, as :meth:`run` does from its traced graph.
+
+        Raises:
+            UnsupportedModel: another backend, an output that is not ``(N, K)``,
+                outputs above :attr:`GRAPH_BUDGET`, a model that cannot be
+                traced, or ``layer`` gave no output (nothing was handed over then).
+        """
+        if self.keras.backend.backend() != "tensorflow":
+            raise UnsupportedModel(f"{self.name}: one-pass gradients need the TensorFlow backend")
+        import tensorflow as tf
+
+        table = self.layers()
+        wanted_key = tuple(sorted(set(wanted)))
+        check_rows(table, [*wanted_key, layer], Target(), self.name)
+        last = table[-1].output_shape
+        if not last or len(last) != 1 or last[0] is None:
+            raise UnsupportedModel(f"{self.name}: the output is not one score per class")
+        k = max(1, min(int(top), int(last[0])))
+        x = np.asarray(batch, dtype="float32")
+        if self.channels_first and x.ndim == 4:
+            x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+        sizes = [table[i].output_shape for i in (*wanted_key, layer) if i]
+        if any(s is None or None in s for s in sizes) or \
+                4 * len(x) * sum(int(np.prod(s)) for s in sizes) > self.GRAPH_BUDGET:  # type: ignore[arg-type,misc]
+            raise UnsupportedModel(f"{self.name}: the layer outputs do not fit one traced pass")
+        graphs = self._ranked_graphs
+        key = (wanted_key, int(layer), k, x.shape)
+        entry = graphs.pop(key, None)
+        if entry is None:
+            rows = frozenset(r for r in (*wanted_key, layer) if r)
+            plan = _GradPlan(rows=(int(layer),), needed=rows, target_layer=None, start=min(rows),
+                             stop_after=None, sources=(int(layer),))
+            logit: list[bool] = [False]
+
+            def ranked(x_t: Any) -> tuple:
+                with tf.GradientTape(watch_accessed_variables=False, persistent=True) as tape:
+                    def leaf(t: Any) -> Any:
+                        tape.watch(t)
+                        return t
+
+                    y, score_t, captured, logit[0] = self._forward_for_gradients(plan, x_t, leaf)
+                idx = tf.math.top_k(tf.cast(y, tf.float32), k=k, sorted=True).indices
+                grads = [tape.gradient(score_t, captured[int(layer)], output_gradients=tf.one_hot(
+                    idx[:, r], int(y.shape[-1]), dtype=score_t.dtype)) for r in range(k)]
+                kept = {str(r): captured[r] for r in wanted_key if r in captured}
+                return y, captured[int(layer)], tf.stack(grads), idx, kept
+
+            entry = (tf.function(ranked), logit)
+        graphs[key] = entry  # most recently used last
+        while len(graphs) > self.GRADIENT_GRAPHS:
+            graphs.pop(next(iter(graphs)))
+        fn, logit = entry
+        try:
+            y, acts, grads, idx, kept = fn(tf.convert_to_tensor(x))
+        except ConvlensError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a model that cannot be traced: the caller falls back
+            graphs.pop(key, None)
+            raise UnsupportedModel(f"{self.name}: one-pass gradients failed: {_first_line(str(exc))}") from None
+        if 0 in wanted_key:
+            on_output(0, np.asarray(batch, dtype="float32"))
+        for row in wanted_key:
+            if str(row) in kept:
+                on_output(row, self._canonical_array(np.asarray(kept[str(row)])))
+        g = np.asarray(grads, np.float32)
+        if self.channels_first and g.ndim == 5:
+            g = np.moveaxis(g, 2, -1)
+        return RankedGradients(output=self._canonical_array(np.asarray(y)), layer=int(layer),
+                               activations=self._canonical_array(np.asarray(acts)),
+                               classes=np.asarray(idx, np.int64), grads=g, logits=bool(logit[0]))
+
+    def _forward_for_gradients(self, plan: _GradPlan, x_t: Any, leaf: Callable[[Any], Any]) -> tuple[
+            Any, Any, dict[int, Any], bool]:
+        """The forward half of a gradient pass: ``(output, score tensor, captured rows, logits?)``.
+
+        Runs inside the caller's tape (TensorFlow) or ``enable_grad`` (torch).
+        ``leaf(t)`` makes sure gradient recording covers what follows ``t`` and
+        returns the tensor to pass on. Wrappers and a swapped final activation are removed in ``finally``.
+        """
+        by_object: dict[int, list[int]] = {}
+        for row, obj in enumerate(self._objects):
+            if obj is not None:
+                by_object.setdefault(id(obj), []).append(row)
+        final = self._objects[-1] if plan.target_layer is None and self._objects else None
+        logit_from = _logit_source(final) if final is not None else None
+        captured: dict[int, Any] = {}
+        logits: list[Any] = []
+        seen: dict[int, int] = {}
+
+        def record(layer: Any, name: str, args: tuple, out: Any) -> Any:
+            if logit_from == "input" and layer is final:
+                logits[:] = [a for a in self.keras.tree.flatten(args) if hasattr(a, "shape")][:1]
+            layer_rows = by_object.get(id(layer))
+            if not layer_rows:
+                return None
+            k = seen.get(id(layer), 0)
+            seen[id(layer)] = k + 1  # the k-th call of a shared layer is its k-th row
+            row = layer_rows[k] if k < len(layer_rows) else -1
+            first = first_tensor(out)
+            if row not in plan.needed or first is None:
+                return None
+            # every needed output is a leaf unless recorded already (downstream of an earlier one): a
+            # row on a parallel branch (a ResNet shortcut) gets its own gradient, not zeros
+            first = leaf(first)
+            captured[row] = first
+            new = _replace_first(out, first)
+            if row == plan.stop_after:
+                raise _StopForward
+            return new
+
+        def capture_logits(fn: Any) -> Callable[[Any], Any]:
+            def activation(t: Any) -> Any:
+                logits[:] = [t]
+                return fn(t)
+            return activation
+
+        if plan.start == 0:
+            x_t = leaf(x_t)
+            captured[0] = x_t
+        swapped = final.activation if final is not None and logit_from == "activation" else None
+        y = None
+        try:
+            if swapped is not None:
+                object.__setattr__(final, "activation", capture_logits(swapped))
+            with self._wrapped(record), warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=r".*structure of `inputs`.*")
+                try:
+                    y = first_tensor(self.model(x_t, training=False))
+                except _StopForward:
+                    y = None
+        finally:
+            if swapped is not None:
+                object.__setattr__(final, "activation", swapped)
+        missing = [r for r in plan.rows if r not in captured]
+        if plan.target_layer is not None and plan.target_layer not in captured:
+            missing.insert(0, plan.target_layer)
+        if missing:
+            name = self.layers()[missing[0]].name
+            raise UnsupportedModel(f"layer {name} (row {missing[0]}) gave no output in this gradient pass of "
+                                   f"{self.name}; pick another layer (--layer)")
+        if plan.target_layer is None:
+            if y is None:
+                raise UnsupportedModel(f"{self.name} returned no tensor to take a class score from; pick a "
+                                       "layer as the target")
+            if logits and tuple(logits[0].shape) == tuple(y.shape):
+                return y, logits[0], captured, True
+            return y, y, captured, False
+        return y, captured[plan.target_layer], captured, False
+
+    def _torch_pass(self, plan: _GradPlan, x: np.ndarray, build_cot: Callable[[Any], Any]) -> tuple:
+        import torch
+
+        variables = self._torch_parameters()
+        flags = [p.requires_grad for p in variables]
+        try:
+            for p in variables:
+                p.requires_grad_(False)
+            with torch.enable_grad():
+                y, score_t, captured, is_logit = self._forward_for_gradients(
+                    plan, self.keras.ops.convert_to_tensor(x),
+                    lambda t: t if t.requires_grad else t.detach().requires_grad_())
+                inputs: list[Any] = [captured.get(r) for r in plan.sources]
+                usable = [i for i, t in enumerate(inputs) if t is not None and t.requires_grad]
+                found: list[Any] = [None] * len(inputs)
+                if usable and score_t.requires_grad:
+                    got = torch.autograd.grad([score_t], [inputs[i] for i in usable], [build_cot(score_t)],
+                                              allow_unused=True)
+                    for i, grad in zip(usable, got):
+                        found[i] = grad
+                else:
+                    build_cot(score_t)  # the target is checked even when nothing depends on it
+        finally:
+            for p, flag in zip(variables, flags):
+                p.requires_grad_(flag)
+        return y, score_t, [captured[r] for r in plan.rows], found, is_logit
+
+    def _tf_pass(self, plan: _GradPlan, x: np.ndarray, target: Target,
+                 build_cot: Callable[[Any], Any]) -> tuple:
+        import tensorflow as tf
+
+        key = (plan, x.shape)
+        traced = self._grad_graphs.pop(key, None)
+        if traced is not None:
+            self._grad_graphs[key] = traced  # most recently used last
+            fn, cot_shape, is_logit = traced
+            cot = target_cotangent(target, cot_shape, None if plan.target_layer is None
+                                   else self.layers()[plan.target_layer].name)
+            if self.channels_first and cot.ndim in (3, 4):
+                cot = np.moveaxis(cot, -1, 1)
+            y, score_t, acts, found = fn(tf.convert_to_tensor(x), tf.convert_to_tensor(cot))
+            y = None if plan.stop_after is not None else y
+            return y, score_t, list(acts), [g if g is not None else None for g in found], is_logit
+
+        def run(x_t: Any, cot_for: Callable[[Any], Any]) -> tuple:
+            with tf.GradientTape(watch_accessed_variables=False) as tape:
+                def leaf(t: Any) -> Any:
+                    tape.watch(t)
+                    return t
+
+                y, score_t, captured, is_logit = self._forward_for_gradients(plan, x_t, leaf)
+            cot = cot_for(score_t)
+            found = tape.gradient(score_t, [captured[r] for r in plan.sources], output_gradients=cot,
+                                  unconnected_gradients=tf.UnconnectedGradients.ZERO) if plan.sources else []
+            return y, score_t, [captured[r] for r in plan.rows], list(found), is_logit
+
+        y, score_t, acts, found, is_logit = run(tf.convert_to_tensor(x), build_cot)
+        cot_shape = tuple(int(d) for d in score_t.shape)
+        if self.channels_first and len(cot_shape) in (3, 4):
+            cot_shape = (cot_shape[0], *cot_shape[2:], cot_shape[1])
+
+        def traced_fn(x_t: Any, cot: Any) -> tuple:
+            y, score_t, acts, found, _ = run(x_t, lambda s: tf.cast(cot, s.dtype))
+            return (y if y is not None else tf.zeros((0,))), score_t, acts, found
+
+        self._grad_graphs[key] = (tf.function(traced_fn), cot_shape, is_logit)
+        while len(self._grad_graphs) > self.GRADIENT_GRAPHS:
+            self._grad_graphs.pop(next(iter(self._grad_graphs)))
+        return y, score_t, acts, found, is_logit
+
+    def _torch_parameters(self) -> list[Any]:
+        """The torch tensors behind the model's variables (Keras on torch)."""
+        import torch
+
+        found: dict[int, Any] = {}
+        for v in self.model.variables:
+            t = getattr(v, "value", None)
+            if isinstance(t, torch.Tensor) and t.is_floating_point():
+                found.setdefault(id(t), t)
+        return list(found.values())
+
+    def _numpy(self, t: Any) -> np.ndarray:
+        """A backend tensor as a canonical float32 numpy array."""
+        if hasattr(t, "detach"):
+            t = t.detach()
+        return self._canonical_array(self.keras.ops.convert_to_numpy(t))
+
+    def _native(self, cot: np.ndarray, like: Any) -> Any:
+        """A canonical numpy cotangent as a tensor in the layout and dtype of ``like``."""
+        if self.channels_first and cot.ndim in (3, 4):
+            cot = np.ascontiguousarray(np.moveaxis(cot, -1, 1))
+        return self.keras.ops.cast(self.keras.ops.convert_to_tensor(cot), like.dtype)
+

@@ -1,0 +1,110 @@
+"""PyTorch modules, ``torch.export`` programs (``.pt2``) and torchvision models.
+
+Intermediate outputs are captured with forward hooks, registered for one
+forward pass and removed in ``finally`` (even when the pass raises). The layer
+table comes from one probe pass on zeros with hooks on every module.
+
+What a row is:
+
+* one *innermost* module call: a call of a module during which no other
+  module was called. Leaf modules (``Conv2d``, ``ReLU``...) are rows; so is a
+  module with children that computes everything itself (``MultiheadAttention``
+  calls its weights functionally). Work done by a parent module between its
+  children's calls (ResNet's ``out += identity``, ``torch.flatten``) has no
+  row of its own.
+* rows are in call order, the input being row 0; names follow
+  ``named_modules()`` (``layer1.0.conv1``); the k-th call of a module called
+  several times is ``name#k`` (torchvision's ``BasicBlock`` calls its ``relu``
+  twice: ``layer1.0.relu`` and ``layer1.0.relu#2``).
+* tuple, list and dict outputs: each floating-point tensor in the output is a
+  row. When there is only one (``MaxPool2d(return_indices=True)`` gives the
+  pooled map and integer indices) the row keeps the module's name; otherwise
+  rows are ``name:KEY`` with KEY the position or dict key, nested keys joined
+  by dots (``lstm:0``, ``lstm:1.0``, ``heads:logits``). Integer tensors
+  (indices, masks) are not rows. The model's own output (what ``run`` returns)
+  is the first floating-point tensor of whatever ``forward`` returns.
+
+Layouts (the contract of :mod:`convlens.adapters.base`): batches arrive
+``(N, H, W, C)`` and go into torch as ``(N, C, H, W)``; captured outputs with
+3 or more axes have their channel axis (axis 1 in torch) moved last, except
+outputs that are channels-last already (``Linear``/``LayerNorm`` on ConvNeXt's
+``(N, H, W, C)`` or on transformer tokens ``(N, L, C)``; see
+:func:`_is_channels_last`); kernels are ``(O, I, kh, kw)``, which is torch's
+own ``Conv2d`` layout.
+
+Input shape of a module that does not say: ``(224, 224, C)`` with ``C`` the
+first convolution's ``in_channels`` is probed; a second probe at 160x160 tells
+whether the module accepts any size, in which case the input shape is
+``(None, None, C)`` and every output dimension that changed between the two
+probes is ``None`` in the table.
+
+The package, one concern a module: ``load`` (torch.load safety, ``.pt2`` programs, torchvision
+names); ``table`` (the layer table and the final activation, class ``TorchTable``); ``forward``
+(``run``, class ``TorchForward``); ``grads`` (gradients, class :class:`TorchAdapter`, the adapter).
+Each imports only from the ones before it.
+
+:func:`open_torch_file` and :func:`open_torchvision` below open what the loaders return as adapters.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+from .._autograd import HookedRow, hooked_gradients
+from .grads import TorchAdapter
+from .load import (
+    DOWNLOAD_TIMEOUT,
+    PROBE_SIZE,
+    SECOND_PROBE_SIZE,
+    import_torch,
+    load_state_dict_file,
+    load_torch_file,
+    load_torchvision,
+)
+from .table import torch_final_activation
+
+__all__ = ["DOWNLOAD_TIMEOUT", "HookedRow", "PROBE_SIZE", "SECOND_PROBE_SIZE", "TorchAdapter", "hooked_gradients",
+           "import_torch", "load_state_dict_file", "open_torch_file", "open_torchvision", "torch_final_activation"]
+
+
+def open_torch_file(path: str | os.PathLike[str], *, input_shape: Sequence[int | None] | None = None,
+                    trust: bool = False, preprocess: str | None = None) -> TorchAdapter:
+    """An adapter for a ``.pt2`` program or a ``.pt``/``.pth``/``.bin`` file holding a module.
+
+    Args:
+        path: a ``torch.export.save`` program (``.pt2``), or a ``torch.save``
+            file of a whole ``nn.Module`` (needs ``trust``: unpickling runs code).
+        input_shape: ``(H, W, C)``; ``.pt2`` files know theirs.
+        trust: allow unpickling Python objects from the file.
+        preprocess: the preprocessing preset; default ``unit``.
+
+    Raises:
+        BadModel: missing, corrupt, or a state dict (weights without an architecture).
+        UnsafeModel: loading would unpickle objects and ``trust`` is off.
+        UnsupportedModel: a TorchScript archive, or a model with several inputs.
+    """
+    module, name = load_torch_file(path, trust=trust)
+    return TorchAdapter(module, input_shape=input_shape, preprocess=preprocess, name=name)
+
+
+def open_torchvision(name: str, *, weights: str | None = None, input_shape: Sequence[int | None] | None = None,
+                     trust: bool = False, preprocess: str | None = None) -> TorchAdapter:
+    """A torchvision model by name, e.g. ``resnet18`` (from ``torchvision:resnet18``).
+
+    Args:
+        name: a name from ``torchvision.models.list_models()``.
+        weights: ``default``/``imagenet``/``None`` for the architecture's
+            DEFAULT pretrained weights (downloaded once into torch's hub cache),
+            ``none`` for random weights, or the path of a state dict file.
+        input_shape: ``(H, W, C)`` or ``(H, W)``; default the weights' crop
+            size (224 for most), 3 channels.
+        trust: allow a weights file that holds pickled objects.
+        preprocess: default ``torch`` (ImageNet mean and std).
+
+    Raises:
+        BadModel: an unknown name.
+        WeightsUnavailable: the download failed (offline) or the file does not fit.
+    """
+    model, shape, key = load_torchvision(name, weights=weights, input_shape=input_shape, trust=trust)
+    return TorchAdapter(model, input_shape=shape, preprocess=preprocess or "torch", name=key)

@@ -1,0 +1,51 @@
+"""The forward pass of a torch module: wanted rows captured by forward hooks."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from .._autograd import float_tensors, pick, to_numpy
+from ..base import OnOutput
+from .table import TorchTable
+
+
+class TorchForward(TorchTable):
+    """The layer table and the forward pass; see :class:`TorchAdapter`."""
+
+    # ----------------------------------------------------------------- running
+
+    def run(self, batch: np.ndarray, wanted: Sequence[int], on_output: OnOutput) -> np.ndarray:
+        """One forward pass; ``on_output`` gets each wanted layer's output as its module returns it.
+
+        Hooks sit only on the modules of wanted rows, for this pass only; each
+        output is copied to numpy inside its hook (see :func:`to_numpy`).
+        """
+        self.layers()
+        wanted_set = set(wanted)
+        batch = np.asarray(batch, dtype=np.float32)
+        if 0 in wanted_set:
+            on_output(0, batch)
+        targets: dict[int, dict[int, list[tuple[int, tuple, bool]]]] = {}
+        modules: dict[int, Any] = {}
+        for row, rec in enumerate(self._records, start=1):
+            if row in wanted_set:
+                targets.setdefault(id(rec.module), {}).setdefault(rec.call, []).append(
+                    (row, rec.key, rec.channels_last))
+                modules[id(rec.module)] = rec.module
+        calls: dict[int, int] = {}
+
+        def hook(module: Any, args: Any, kwargs: Any, output: Any) -> None:
+            k = calls.get(id(module), 0)
+            calls[id(module)] = k + 1
+            for row, key, last in targets[id(module)].get(k, ()):
+                on_output(row, to_numpy(pick(output, key), last))
+
+        x = self._to_torch(batch)
+        with self._evaluating(), self._hooked(list(modules.values()), hook):
+            y = self._forward(x)
+        first = next(iter(float_tensors(y)), None)
+        return to_numpy(first[1]) if first is not None else np.zeros((len(batch), 0), np.float32)
+

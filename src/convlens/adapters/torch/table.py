@@ -1,0 +1,519 @@
+"""The layer table of a torch module: the module's facts, the probe pass and its rows, the final activation."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..._errors import ConvlensError, UnsupportedModel
+from ...core.kinds import kind_of
+from ...core.layers import LayerInfo
+from ...core.receptive import with_receptive_fields
+from ...core.sizes import size_hint
+from .._autograd import all_tensors, canonical_shape, float_tensors
+from .._graph import Producer, walk_final_activation
+from ..base import first_line as _first_line
+from .load import PROBE_SIZE, SAVE_HINT, SECOND_PROBE_SIZE, exported_input_shape, import_torch, unflatten
+
+#: Modules that work on the last axis: their 3-D and 4-D outputs are channels-last already
+#: (transformer tokens ``(N, L, C)``, ConvNeXt's ``Linear`` layers on ``(N, H, W, C)``).
+_LAST_AXIS_TYPES = {"Linear", "LazyLinear", "NonDynamicallyQuantizableLinear", "Bilinear", "LayerNorm",
+                    "RMSNorm", "MultiheadAttention", "Embedding", "EmbeddingBag"}
+
+
+def _permute_dims(module: Any) -> list[int] | None:
+    """The ``dims`` of a permuting module (torchvision's ``Permute``), also from an unflattened graph."""
+    dims = getattr(module, "dims", None)
+    if isinstance(dims, (list, tuple)) and all(isinstance(d, int) for d in dims):
+        return list(dims)
+    graph = getattr(module, "graph", None)
+    for node in getattr(graph, "nodes", ()):
+        if node.op == "call_function" and "permute" in str(node.target) and len(node.args) > 1:
+            return [int(d) for d in node.args[1]]
+    return None
+
+
+def _is_channels_last(module: Any, type_name: str, shape: Sequence[int], parent_last: bool,
+                      parent_channels: int | None) -> bool:
+    """Whether a module's output tensor (torch ``shape``, batch first) holds its channels last.
+
+    Convolutions and pools give channels first, modules in :data:`_LAST_AXIS_TYPES`
+    channels last, a ``Permute`` moves the channel axis where its dims say.
+    Anything else (activations, dropout, additions) keeps its input's channel
+    count: the axis that has it, when only one does (the input may have been
+    permuted by plain code between two modules), else the input's layout.
+    """
+    ndim = len(shape)
+    if ndim < 3:
+        return False
+    # a LayerNorm over (C, H, W) of a channels-first map normalises more than the last axis
+    if type_name in _LAST_AXIS_TYPES and len(getattr(module, "normalized_shape", ())) <= 1:
+        return True
+    if kind_of(type_name) in ("conv", "pool"):
+        return False
+    dims = _permute_dims(module) if "ermute" in type_name else None
+    if dims is not None and len(dims) == ndim:
+        channel = ndim - 1 if parent_last else 1
+        return [d % ndim for d in dims].index(channel) == ndim - 1
+    if parent_channels is not None and (shape[1] == parent_channels) != (shape[-1] == parent_channels):
+        return shape[-1] == parent_channels
+    return parent_last
+
+
+# --------------------------------------------------------------------------- module facts
+
+
+def module_type(module: Any) -> str:
+    """The class name of a module; for ``torch.export.unflatten`` modules, the original class."""
+    getter = getattr(module, "type_name", None)
+    if callable(getter) and type(module).__name__ in ("InterpreterModule", "UnflattenedModule",
+                                                      "InterpreterModuleDispatcher"):
+        try:
+            name = getter()
+        except Exception:
+            name = None
+        if name:
+            return str(name).rsplit(".", 1)[-1]
+    return type(module).__name__
+
+
+def _op_args(module: Any) -> dict[str, Any]:
+    """Arguments of the first conv or pool aten op in an unflattened module's graph, by name."""
+    graph = getattr(module, "graph", None)
+    if graph is None:
+        return {}
+    for node in graph.nodes:
+        schema = getattr(node.target, "_schema", None)
+        if node.op != "call_function" or schema is None:
+            continue
+        if not any(w in schema.name for w in ("conv", "pool")):
+            continue
+        values: dict[str, Any] = {}
+        for arg, value in zip(schema.arguments, node.args):
+            values[arg.name] = value
+        values.update(node.kwargs)
+        for arg in schema.arguments:
+            if arg.name not in values and arg.has_default_value():
+                values[arg.name] = arg.default_value
+        return values
+    return {}
+
+
+def _attr(module: Any, name: str) -> Any:
+    """A module's attribute (``stride``, ``groups``...), or the same argument of its aten op."""
+    if name in vars(module) or hasattr(type(module), name):
+        return getattr(module, name)
+    return _op_args(module).get(name)
+
+
+def _pair(value: Any, one_d: bool) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    if isinstance(value, (int, np.integer)):
+        v = int(value)
+        return (1, v) if one_d else (v, v)
+    vals = tuple(int(v) for v in value)
+    if not vals:
+        return None
+    if len(vals) == 1:
+        return (1, vals[0]) if one_d else (vals[0], vals[0])
+    return (vals[-2], vals[-1])
+
+
+def _weight(module: Any) -> Any:
+    w = getattr(module, "weight", None)
+    import torch
+
+    if isinstance(w, torch.Tensor) and w.ndim in (3, 4) and not _is_lazy(w):
+        return w
+    return None
+
+
+def _is_lazy(t: Any) -> bool:
+    import torch
+
+    return isinstance(t, torch.nn.parameter.UninitializedParameter)
+
+
+def _kernel_layout(shape: Sequence[int], type_name: str, groups: int) -> tuple[int, ...]:
+    """The canonical ``(O, I, kh, kw)`` shape of a torch conv weight."""
+    shape = tuple(int(d) for d in shape)
+    if "Transpose" in type_name:  # (I, O/groups, *k): each output sees I/groups inputs
+        i, o_g, *k = shape
+        shape = (o_g * groups, i // groups, *k)
+    if len(shape) == 3:
+        shape = (shape[0], shape[1], 1, shape[2])
+    return shape
+
+
+def _canonical_kernel(w: np.ndarray, type_name: str, groups: int) -> np.ndarray:
+    """A torch conv weight as ``(O, I, kh, kw)`` float32.
+
+    ``Conv2d`` ``(O, I/groups, kh, kw)`` already is; ``Conv1d`` ``(O, I, k)``
+    gains ``kh = 1``; ``ConvTranspose`` ``(I, O/groups, kh, kw)`` is regrouped
+    per output channel.
+    """
+    w = np.asarray(w, dtype=np.float32)
+    if "Transpose" in type_name:
+        i, o_g, *k = w.shape
+        w = w.reshape(groups, i // groups, o_g, *k).swapaxes(1, 2).reshape(groups * o_g, i // groups, *k)
+    if w.ndim == 3:
+        w = w[:, :, None, :]
+    return np.ascontiguousarray(w)
+
+
+def _params(module: Any) -> int:
+    """Weights of a module: parameters and floating-point buffers (BatchNorm's running stats), as Keras counts."""
+    n = sum(int(p.numel()) for p in module.parameters() if not _is_lazy(p))
+    n += sum(int(b.numel()) for b in module.buffers() if b.is_floating_point())
+    return n
+
+
+def _required_inputs(module: Any) -> list[str]:
+    """Names of the arguments ``forward`` needs, as its signature says."""
+    try:
+        sig = inspect.signature(module.forward)
+    except (TypeError, ValueError):
+        return []
+    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD,
+             inspect.Parameter.KEYWORD_ONLY)
+    return [p.name for p in sig.parameters.values() if p.kind in kinds and p.default is p.empty]
+
+
+@dataclass
+class _Record:
+    """A row found by the probe pass."""
+
+    module: Any
+    call: int  # the k-th call of this module (0-based)
+    key: tuple  # where the tensor sits in the module's output
+    named: bool  # whether the row name needs ``:KEY``
+    shape: tuple[int, ...]  # canonical, without batch
+    parents: list[int]
+    in_shape: tuple[int, ...] | None  # torch shape of the first input tensor
+    channels_last: bool = False  # the torch tensor already holds its channels last (see _is_channels_last)
+# --------------------------------------------------------------------------- final activation
+
+#: Modules that hand their input's values on unchanged: a softmax behind them still makes the output.
+_TORCH_PASS_THROUGH = {"Flatten", "Unflatten", "Identity", "Dropout", "Dropout1d", "Dropout2d", "Dropout3d",
+                       "AlphaDropout"}
+#: Modules whose output is a linear function of their input: scores, not probabilities.
+_TORCH_LINEAR = {"Linear", "LazyLinear", "Bilinear", "Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d",
+                 "ConvTranspose2d", "ConvTranspose3d", "LazyConv2d"}
+
+
+#: What a module does to the values on the way back from the output (:mod:`convlens.adapters._graph`).
+TORCH_ROLES: dict[str, str] = {
+    "Softmax": "softmax", "Softmax2d": "softmax", "LogSoftmax": "log_softmax", "Sigmoid": "sigmoid",
+    **{name: "linear" for name in _TORCH_LINEAR}, **{name: "pass" for name in _TORCH_PASS_THROUGH},
+}
+
+
+def torch_final_activation(records: Sequence[_Record], output_row: int | None) -> str | None:
+    """What makes a module's output: ``"softmax"``, ``"sigmoid"``, ``"linear"`` or ``None``.
+
+    ``output_row`` is the probe row whose tensor ``forward`` returned (``None``
+    when the output was computed outside any module, e.g. by
+    ``torch.softmax`` in ``forward``: then the graph does not say). The walk
+    (:func:`convlens.adapters._graph.walk_final_activation`) goes back through
+    modules that pass values on unchanged (``Flatten``, ``Dropout``,
+    ``Identity``) to an ``nn.Softmax`` (``"softmax"``), an ``nn.Sigmoid``
+    (``"sigmoid"``) or a ``Linear``/conv module (``"linear"``); an
+    ``nn.LogSoftmax`` gives ``None``, as in every adapter.
+    """
+
+    def producer(row: int) -> Producer[int] | None:
+        if not 0 < row <= len(records):
+            return None
+        rec = records[row - 1]
+        return Producer(module_type(rec.module), rec.parents[:1])
+
+    return walk_final_activation(output_row, producer, TORCH_ROLES, limit=len(records) + 1).answer
+
+
+class TorchTable:
+    """A torch module's set-up and layer table (the rows of the probe pass); see :class:`TorchAdapter`."""
+
+    framework = "torch"
+    class_names: list[str] | None = None
+    class_names_source = ""
+
+    def __init__(self, module: Any, *, input_shape: Sequence[int | None] | None = None,
+                 preprocess: str | None = None, name: str | None = None) -> None:
+        torch = import_torch()
+        self.torch = torch
+        self._probe_sizes: tuple[list[int], list[int]] | None = None
+        if isinstance(module, torch.export.ExportedProgram):
+            shape, self._probe_sizes = exported_input_shape(module)
+            input_shape = input_shape if input_shape is not None else shape
+            module = unflatten(module)
+        if type(module).__name__ == "OptimizedModule" and isinstance(getattr(module, "_orig_mod", None),
+                                                                     torch.nn.Module):
+            module = module._orig_mod  # torch.compile: hooks belong on the original, eager module
+        if isinstance(module, torch.jit.ScriptModule):
+            raise UnsupportedModel(f"{type(module).__name__} is a TorchScript module, whose layers cannot be "
+                                   f"hooked; {SAVE_HINT}")
+        if not isinstance(module, torch.nn.Module):
+            raise UnsupportedModel(f"expected a torch.nn.Module, got {type(module).__name__}")
+        self.module = module
+        self.name = name or module_type(module)
+        self.preprocess = preprocess
+        needed = _required_inputs(module)
+        if len(needed) > 1:
+            raise UnsupportedModel(
+                f"{self.name}.forward takes {len(needed)} inputs ({', '.join(needed)}); convlens feeds one "
+                "image tensor: wrap the model in a module whose forward(x) calls it with x and the other "
+                "inputs fixed, and pass that")
+        self._given = tuple(input_shape) if input_shape is not None else None
+        self._input_shape: tuple[int | None, ...] | None = None
+        self._layers: list[LayerInfo] | None = None
+        self._records: list[_Record] = []
+        self._output_row: int | None = None  # the probe row whose tensor the model returned
+        self._final_activation: str | None = None  # set by hand: overrides what the probe found
+        first = next((p for p in module.parameters() if p.is_floating_point() and not _is_lazy(p)), None)
+        self._dtype = first.dtype if first is not None else torch.float32
+        self._device = first.device if first is not None else torch.device("cpu")
+        self._names = self._module_names()
+
+    # ----------------------------------------------------------------- set-up
+
+    def _module_names(self) -> dict[int, str]:
+        names: dict[int, str] = {}
+        for name, m in self.module.named_modules():
+            # unflatten names the extra copies of a module called twice ``name@1``: one name for both
+            names.setdefault(id(m), ".".join(part.split("@")[0] for part in name.split(".")) or self.name)
+        return names
+
+    def _first_conv(self) -> Any:
+        for m in self.module.modules():
+            if kind_of(module_type(m)) == "conv" and _weight(m) is not None:
+                return m
+        return None
+
+    def _probe_shape(self) -> tuple[list[int], list[int]]:
+        """The canonical probe shape, and which of its axes are free (not given)."""
+        given = self._given
+        conv = self._first_conv()
+        spatial_axes = _weight(conv).ndim - 2 if conv is not None else 2
+        if given is None or (len(given) == spatial_axes and spatial_axes == 2):
+            if conv is None:
+                raise UnsupportedModel(f"{self.name} has no convolution to tell its input channels from; "
+                                       "pass --input-shape H,W,C (input_shape=(H, W, C) in Python)")
+            w = _weight(conv)
+            if "Transpose" in module_type(conv):
+                channels = int(w.shape[0])
+            else:
+                channels = int(w.shape[1]) * int(_attr(conv, "groups") or 1)
+            dims: list[int | None] = [*(given or [None] * spatial_axes), channels]
+        else:
+            dims = list(given)
+        shape = [PROBE_SIZE if d is None else int(d) for d in dims]
+        if self._probe_sizes is not None and len(self._probe_sizes[0]) == len(shape):
+            # an exported program's dynamic dimensions have ranges: probe at its example size
+            shape = [p if d is None else s for d, s, p in zip(dims, shape, self._probe_sizes[0])]
+        free = [i for i, d in enumerate(dims) if d is None]
+        return shape, free
+
+    def _second_probe_shape(self, shape: list[int], free: list[int]) -> list[int]:
+        if self._probe_sizes is not None and len(self._probe_sizes[1]) == len(shape):
+            return [o if i in free else d for i, (d, o) in enumerate(zip(shape, self._probe_sizes[1]))]
+        return [SECOND_PROBE_SIZE if i in free else d for i, d in enumerate(shape)]
+
+    @contextmanager
+    def _evaluating(self) -> Iterator[None]:
+        """Eval mode and no autograd for one pass; every submodule's ``training`` flag restored after."""
+        flags = [(m, m.training) for m in self.module.modules()]
+        try:
+            self.module.eval()
+            with self.torch.no_grad():
+                yield
+        finally:
+            for m, flag in flags:
+                m.training = flag
+
+    @contextmanager
+    def _hooked(self, modules: Sequence[Any], hook: Callable[..., Any],
+                pre_hook: Callable[..., Any] | None = None) -> Iterator[None]:
+        """Forward hooks on ``modules`` for the duration of the block; removed in ``finally``."""
+        handles: list[Any] = []
+        try:
+            for m in modules:
+                if pre_hook is not None:
+                    handles.append(m.register_forward_pre_hook(pre_hook))
+                handles.append(m.register_forward_hook(hook, with_kwargs=True))
+            yield
+        finally:
+            for h in handles:
+                h.remove()
+
+    def _to_torch(self, batch: np.ndarray) -> Any:
+        x = self.torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
+        if x.ndim >= 3:
+            x = x.movedim(-1, 1).contiguous()
+        return x.to(device=self._device, dtype=self._dtype)
+
+    def _forward(self, x: Any, *, probe: bool = False) -> Any:
+        try:
+            return self.module(x)
+        except ConvlensError:
+            raise
+        except Exception as exc:
+            # the probe's size is ours (--input-shape changes it); an image's size is the user's (--size)
+            free = not probe and self._input_shape is not None and None in self._input_shape
+            hint = ("if it needs another input size, pass --input-shape H,W,C "
+                    "(input_shape=(H, W, C) in Python)")
+            if free and x.ndim == 4 and self._layers is not None:
+                hint = size_hint(self._layers, int(x.shape[2]), int(x.shape[3]))
+            elif free:
+                hint = "if it needs another input size, pass --size HxW (size=(H, W) in Python)"
+            raise UnsupportedModel(
+                f"{self.name} failed on an input of shape {tuple(x.shape)} (N, C, H, W): "
+                f"{type(exc).__name__}: {_first_line(str(exc))}; {hint}") from exc
+
+    # ----------------------------------------------------------------- table
+
+    def _probe(self, shape: Sequence[int]) -> list[_Record]:
+        """One pass on zeros of canonical ``shape`` with hooks on every module; the rows it finds."""
+        x = self._to_torch(np.zeros((1, *shape), dtype=np.float32))
+        records: list[_Record] = []
+        owner: dict[int, int] = {id(x): 0}
+        keep: list[Any] = [x]  # outputs stay alive so that their ids stay unique during the probe
+        calls: dict[int, int] = {}
+        stack: list[list[bool]] = []  # one frame per running module call: [called another module]
+
+        def pre_hook(module: Any, args: Any) -> None:
+            if stack:
+                stack[-1][0] = True
+            stack.append([False])
+
+        def hook(module: Any, args: Any, kwargs: Any, output: Any) -> None:
+            k = calls.get(id(module), 0)
+            calls[id(module)] = k + 1
+            frame = stack.pop() if stack else [True]
+            if frame[0]:
+                return  # not innermost: its children's calls are the rows
+            inputs = all_tensors(args, kwargs)
+            parents = sorted({owner[id(t)] for t in inputs if id(t) in owner}) or [len(records)]
+            in_shape = tuple(inputs[0].shape) if inputs else None
+            outs = list(float_tensors(output))
+            parent = records[parents[0] - 1] if parents[0] > 0 else None  # row 0: the NCHW input
+            parent_last = parent is not None and parent.channels_last
+            parent_shape = parent.shape if parent is not None else canonical_shape(x.shape)
+            parent_channels = parent_shape[-1] if parent_shape else None
+            for key, t in outs:
+                last = _is_channels_last(module, module_type(module), tuple(t.shape), parent_last,
+                                         parent_channels)
+                records.append(_Record(module, k, key, len(outs) > 1, canonical_shape(t.shape, last),
+                                       parents, in_shape, last))
+                owner[id(t)] = len(records)  # row 0 is the input
+                keep.append(t)
+
+        with self._evaluating(), self._hooked(list(self.module.modules()), hook, pre_hook):
+            out = self._forward(x, probe=True)
+        returned = next(iter(float_tensors(out)), None)
+        self._output_row = owner.get(id(returned[1])) if returned is not None else None
+        return records
+
+    def layers(self) -> list[LayerInfo]:
+        if self._layers is None:
+            shape, free = self._probe_shape()
+            records = self._probe(shape)
+            out_free: list[set[int]] = [set() for _ in records]
+            input_shape: list[int | None] = list(shape)
+            if free:
+                other = self._second_probe_shape(shape, free)
+                try:
+                    second = self._probe(other)
+                except ConvlensError:
+                    second = None  # a fixed-size model: report the probed size
+                if second is not None and len(second) == len(records):
+                    input_shape = [None if i in free else d for i, d in enumerate(shape)]
+                    for j, (a, b) in enumerate(zip(records, second)):
+                        out_free[j] = {i for i, (da, db) in enumerate(zip(a.shape, b.shape)) if da != db}
+            self._input_shape = tuple(input_shape)
+            self._records = records
+            rows = [LayerInfo(index=0, name="input", type="Input", kind="input", output_shape=self._input_shape)]
+            for j, rec in enumerate(records):
+                rows.append(self._info(len(rows), rec, out_free[j]))
+            self._layers = with_receptive_fields(rows)
+        return self._layers
+
+    @property
+    def input_shape(self) -> tuple[int | None, ...]:
+        if self._input_shape is None:
+            self.layers()
+        return self._input_shape  # type: ignore[return-value]
+
+    @property
+    def final_activation(self) -> str | None:
+        """What makes the model's output, from the probe pass (see :func:`torch_final_activation`)."""
+        if self._final_activation is not None:
+            return self._final_activation
+        self.layers()
+        return torch_final_activation(self._records, self._output_row)
+
+    @final_activation.setter
+    def final_activation(self, value: str | None) -> None:  # the contract's attribute is settable
+        self._final_activation = value
+
+    def _info(self, index: int, rec: _Record, free: set[int]) -> LayerInfo:
+        module = rec.module
+        type_name = module_type(module)
+        kind = kind_of(type_name)
+        if kind in ("model", "input"):
+            kind = "other"
+        base = self._names.get(id(module), type_name)
+        label = base if rec.call == 0 else f"{base}#{rec.call + 1}"
+        if rec.named:
+            label += ":" + ".".join(str(k) for k in rec.key)
+        shape = tuple(None if i in free else d for i, d in enumerate(rec.shape))
+        one_d = type_name.endswith("1d") or (rec.in_shape is not None and len(rec.in_shape) == 3)
+        size = stride = dilation = None
+        kernel_shape = None
+        extra: dict[str, Any] = {"global": False}
+        w = _weight(module)
+        if kind == "conv" and w is not None:
+            groups = int(_attr(module, "groups") or 1)
+            kernel_shape = _kernel_layout(w.shape, type_name, groups)
+            size = _pair(tuple(w.shape[2:]), one_d)
+            stride = _pair(_attr(module, "stride"), one_d)
+            dilation = _pair(_attr(module, "dilation"), one_d)
+            if "Transpose" in type_name:  # upsampling: the field does not grow by stride
+                stride = (1, 1)
+        elif kind == "pool" and "Adaptive" in type_name:
+            spatial_in = rec.in_shape[2:] if rec.in_shape is not None else ()
+            spatial_out = rec.shape[:-1]
+            if spatial_out and all(d == 1 for d in spatial_out):
+                extra["global"] = True
+            elif spatial_in and len(spatial_in) == len(spatial_out) and len(spatial_in) in (1, 2) \
+                    and all(i % o == 0 for i, o in zip(spatial_in, spatial_out)):
+                steps = [i // o for i, o in zip(spatial_in, spatial_out)]  # an even split: a plain pool
+                ks = [i - (o - 1) * s for i, o, s in zip(spatial_in, spatial_out, steps)]
+                size, stride = _pair(ks, len(ks) == 1), _pair(steps, len(steps) == 1)
+        elif kind == "pool":
+            size = _pair(_attr(module, "kernel_size"), one_d)
+            stride = _pair(_attr(module, "stride") or _attr(module, "kernel_size"), one_d)
+            d = _pair(_attr(module, "dilation"), one_d)
+            dilation = d if d not in (None, (1, 1)) else None
+        return LayerInfo(
+            index=index, name=label, type=type_name, kind=kind, output_shape=shape,
+            params=_params(module), kernel_shape=kernel_shape, kernel_size=size, stride=stride,
+            dilation=dilation, parents=tuple(rec.parents), extra=extra,
+        )
+
+    def kernels(self, index: int) -> np.ndarray:
+        table = self.layers()
+        if not 0 < index < len(table) or table[index].kernel_shape is None:
+            info = table[index] if 0 <= index < len(table) else None
+            what = f"{info.name} ({info.type})" if info else f"index {index}"
+            raise UnsupportedModel(f"layer {what} has no convolution kernel; select conv layers (--layers conv)")
+        module = self._records[index - 1].module
+        w = _weight(module)
+        groups = int(_attr(module, "groups") or 1)
+        return _canonical_kernel(w.detach().cpu().float().numpy(), table[index].type, groups)
+
