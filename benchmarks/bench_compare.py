@@ -23,8 +23,10 @@ the seconds. Run:
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -63,7 +65,8 @@ def time_case(n_images: int, repeat: int) -> dict[str, float]:
 
     torch.manual_seed(0)
     net = torchvision.models.vgg16(weights=None).eval()
-    tmp = Path(tempfile.mkdtemp(prefix="bench-compare-"))
+    tmp = Path(tempfile.mkdtemp(prefix="convlens-compare-bench-"))
+    atexit.register(shutil.rmtree, tmp, True)
     onnx_path = tmp / "vgg16.onnx"
     torch.onnx.export(net, (torch.zeros(1, 3, 224, 224),), str(onnx_path), input_names=["image"],
                       output_names=["logits"], dynamo=False)
@@ -156,14 +159,17 @@ def main() -> None:
         counts = [int(c) for c in args.counts.split(",")]
         from PIL import Image
 
-        folder = Path(tempfile.mkdtemp(prefix="bench-compare-images-"))
-        for i, pixels in enumerate(_images(max(counts), args.memory_size, seed=1)):
-            Image.fromarray(pixels).save(folder / f"{i:05d}.png")
-        results = []
-        for n in counts:
-            out = subprocess.run([sys.executable, __file__, "--case", f"memory:{n}:{args.memory_size}:{folder}"],
-                                 capture_output=True, text=True, check=True)
-            results.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        with tempfile.TemporaryDirectory(prefix="convlens-compare-bench-") as tmp:
+            folder = Path(tmp)
+            for i, pixels in enumerate(_images(max(counts), args.memory_size, seed=1)):
+                Image.fromarray(pixels).save(folder / f"{i:05d}.png")
+            results = []
+            for n in counts:
+                out = subprocess.run([sys.executable, __file__, "--case", f"memory:{n}:{args.memory_size}:{folder}"],
+                                     capture_output=True, text=True)
+                if out.returncode:
+                    raise SystemExit(f"the {n}-image case failed:\n{out.stderr[-3000:]}")
+                results.append(json.loads(out.stdout.strip().splitlines()[-1]))
         print(f"memory: ResNet-18 vs a copy, CKA on, {args.memory_size}x{args.memory_size} images, fresh process each")
         for r in results:
             print(f"  {r['images']:>5} images: peak {r['peak_mb']:.0f} MB (baseline {r['baseline_mb']:.0f} MB, "
