@@ -174,10 +174,8 @@ class Comparison:
         """The terminal summary: the case, the pairs, the first divergence, the top-1 flips."""
         lines = [f"compare {self.a} ({self.frameworks[0]}) with {self.b} ({self.frameworks[1]}) "
                  f"over {self.images} image{'s' if self.images != 1 else ''}: {CASES[self.case]}"]
-        lines.append(f"pairs: {len(self.pairs)} ({self.pairing}); unpaired: {len(self.unpaired_a)} in A"
-                     f"{' (' + ', '.join(self.unpaired_a[:6]) + (', ...' if len(self.unpaired_a) > 6 else '') + ')' if self.unpaired_a else ''}"  # noqa: E501
-                     f", {len(self.unpaired_b)} in B"
-                     f"{' (' + ', '.join(self.unpaired_b[:6]) + (', ...' if len(self.unpaired_b) > 6 else '') + ')' if self.unpaired_b else ''}")  # noqa: E501
+        lines.append(f"pairs: {len(self.pairs)} ({self.pairing}); unpaired: {_listed(self.unpaired_a)} in A, "
+                     f"{_listed(self.unpaired_b)} in B")
         if self.pairs:
             width = min(max(len(p.label) for p in self.pairs), 48)
             lines.append(f"  {'layer':<{width}}  {'max abs':>9}  {'rel err':>9}  {'cosine':>8}  {'SQNR dB':>8}"
@@ -277,6 +275,14 @@ class Comparison:
         pic = self.pictures.get(name)
         caption = "relative error per layer pair" if name == "errors.png" else "CKA between the layers of A and B"
         return "<div>" + pre_html(self.summary()) + (png_figure_html(pic, caption) if pic else "") + "</div>"
+
+
+def _listed(names: list[str], most: int = 6) -> str:
+    """``3 (a, b, c)``; ``0``; the first ``most`` names, then ``...``."""
+    if not names:
+        return "0"
+    shown = ", ".join(names[:most]) + (", ..." if len(names) > most else "")
+    return f"{len(names)} ({shown})"
 
 
 def _clean(value: Any) -> Any:
