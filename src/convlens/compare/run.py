@@ -230,8 +230,13 @@ def _add_grams(acc: MinibatchCKA, rows_a: Sequence[int], rows_b: Sequence[int], 
     acc.add([grams_a[r] for r in rows_a], [grams_b[r] for r in rows_b])
 
 
+def _squeezed(x: np.ndarray) -> tuple[int, ...]:
+    """One image's shape without its axes of length 1."""
+    return tuple(int(d) for d in x.shape[1:] if d != 1)
+
+
 def _compare(out: Streamed, key: tuple[int, int], a: np.ndarray, b: np.ndarray) -> None:
-    if a.size != b.size or a.shape[-1] != b.shape[-1]:
+    if a.shape[0] != b.shape[0] or _squeezed(a) != _squeezed(b):  # (n, 1, 1, C) and (n, C) are the same values
         out.shape_notes[key] = (f"outputs of shapes {tuple(a.shape[1:])} and {tuple(b.shape[1:])} cannot be "
                                 "compared value by value (CKA only)")
         return
