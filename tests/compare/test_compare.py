@@ -153,3 +153,27 @@ def test_compare_is_exported_and_takes_models():
     r = compare(demo, demo, [np.full((28, 28, 1), 7, np.uint8), np.eye(28, dtype=np.uint8)[..., None] * 255],
                 cka=True)
     assert r.first_divergence is None and "CKA needs at least 4 images" in " ".join(r.notes)
+
+
+def test_batchnorm_folded_by_the_onnx_export_is_paired_with_its_output(images, tmp_path):
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 6, 3), nn.BatchNorm2d(6), nn.ReLU(), nn.Conv2d(6, 4, 3), nn.BatchNorm2d(4),
+                        nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))
+    with torch.no_grad():  # statistics that make the folding visible
+        for bn in (net[1], net[4]):
+            bn.running_mean.uniform_(-0.5, 0.5)
+            bn.running_var.uniform_(0.5, 2.0)
+            bn.weight.uniform_(0.5, 1.5)
+    net.eval()
+    path = tmp_path / "bn.onnx"
+    torch.onnx.export(net, (torch.zeros(1, 3, 32, 32),), str(path), dynamo=False)
+    r = compare(net, path, images(4), preprocess="unit")
+    convs = [p for p in r.pairs if p.b.endswith("Conv")]
+    assert [(p.a, p.kind) for p in convs] == [("1", "norm"), ("4", "norm")]  # the BatchNorm's output
+    assert all(p.fused and p.rel_error is not None and p.rel_error < 1e-4 for p in convs)
+    assert r.unpaired_a == ["0", "3"] and r.first_divergence is None
+    # the exported kernels hold the BatchNorm: no weight change reported, and not two checkpoints
+    assert r.case == "forms" and all(p.weight_change is None and "folded" in p.fused for p in convs)

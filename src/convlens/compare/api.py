@@ -80,6 +80,11 @@ def _kernel_change(ma: Model, mb: Model, pair: Pair) -> float | None:
     return diff / norm if norm > 0 else (0.0 if diff == 0 else math.inf)
 
 
+def _may_fold_norm(pair: Pair) -> bool:
+    """Whether one side of ``pair`` may have a BatchNorm folded into its kernel (a norm layer in its chain)."""
+    return any(x.kind == "norm" or y.kind == "norm" for x, y in pair.candidates)
+
+
 def _diverges(value: float | None, larger_worse: bool, tolerance: float) -> bool:
     if value is None:
         return False
@@ -184,7 +189,8 @@ def compare(a: Any, b: Any, images: Any, *, layers: str | Sequence[str] | None =
     for p in pairing.pairs:
         compared.extend(p.candidates or [(p.a, p.b)])
     changes = [_kernel_change(model_a, model_b, p) for p in pairing.pairs]
-    known = [c for c in changes if c is not None]
+    # a kernel with a BatchNorm folded into it differs by design: it does not make two checkpoints
+    known = [c for c, p in zip(changes, pairing.pairs) if c is not None and not _may_fold_norm(p)]
     case = ("architectures" if different else
             "checkpoints" if known and max(known) > CHECKPOINT_CHANGE else "forms")
     sizes_differ = (model_a.input_shape[:2] != model_b.input_shape[:2] and None not in model_a.input_shape[:2]
@@ -225,6 +231,9 @@ def _result(ma: Model, mb: Model, pairing: Pairing, s: Streamed, case: str, chan
             fused_side = "B" if x.index != p.a.index else "A"
             r.fused = (f"{y.name} computes {p.a.name} to {x.name} in one operation" if fused_side == "B"
                        else f"{x.name} computes {p.b.name} to {y.name} in one operation")
+            if any(u.kind == "norm" or v.kind == "norm" for u, v in options[1:k + 1]):
+                r.fused += "; its kernel has the BatchNorm folded in"
+                change = None  # the kernels differ by the folding, not by training
         stats = s.stats.get(key)
         if stats is not None:
             f = stats.figures()
