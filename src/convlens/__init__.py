@@ -29,6 +29,7 @@ from ._errors import (
 )
 from ._version import __version__
 from .adapters import DATA_DIR, open_model
+from .compare import Comparison, compare
 from .core.layers import LayerInfo
 from .dataset.result import DatasetResult
 from .heatmaps import Heatmap, Heatmaps
@@ -59,6 +60,7 @@ __all__ = [
     "BadImage",
     "BadModel",
     "ChannelStats",
+    "Comparison",
     "ConvlensError",
     "DatasetResult",
     "FeatureMaps",
@@ -82,6 +84,7 @@ __all__ = [
     "Visualization",
     "WeightsUnavailable",
     "__version__",
+    "compare",
     "load_image",
     "open_model",
     "register_section",

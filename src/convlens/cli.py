@@ -350,6 +350,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-pixels", type=_positive, help="refuse images larger than this (default 100M)")
     _model_options(p)
 
+    p = sub.add_parser("compare", help="where two networks part ways, layer by layer: an export, a "
+                                       "quantisation, two checkpoints or two architectures",
+                       epilog=COMPARE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model_a", metavar="MODEL_A", help="the reference network")
+    p.add_argument("model_b", metavar="MODEL_B", help="the network compared with it")
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("--out", required=True, help="output folder: index.json, compare.html, PNG charts")
+    p.add_argument("--pairs", metavar="FILE", help="CSV of 'a,b' layer names, one pair a line: replaces the "
+                                                   "automatic pairing")
+    p.add_argument("--layers", default=None, help="layers of A whose pairs to keep (default: every pair; "
+                                                  "conv for the CKA matrix of two architectures)")
+    p.add_argument("--metric", default="rel", choices=("rel", "max_abs", "cosine", "sqnr", "cka"),
+                   help="the figure that decides divergence (default rel: relative error)")
+    p.add_argument("--tolerance", type=float, help="divergence threshold of --metric (defaults: rel 1e-3, "
+                                                   "max_abs 1e-3, cosine 0.9999, sqnr 40 dB, cka 0.99)")
+    p.add_argument("--weights-a", metavar="imagenet|default|none|PATH", help="zoo model A's weights")
+    p.add_argument("--weights-b", metavar="imagenet|default|none|PATH", help="zoo model B's weights")
+    p.add_argument("--batch-size", type=_positive, help="images per forward pass (default from memory, 4-32)")
+    p.add_argument("--cka", action="store_true", help="compute each pair's CKA also for two forms of one network")
+    p.add_argument("--trust", action="store_true",
+                   help="allow model files that run code when loaded; only for files you trust")
+    _image_options(p)
+
     p = sub.add_parser("demo", help="run everything on the built-in MNIST CNN and a digit")
     p.add_argument("--out", default="demo-output", help="output folder (default demo-output)")
     return parser
@@ -576,6 +599,32 @@ def _cmd_demo(args: argparse.Namespace, stdout: TextIO) -> int:
     return 0
 
 
+COMPARE_EXAMPLES = """\
+examples:
+  convlens compare model.pt2 model.onnx a.jpg b.jpg --out cmp/          (an export: first divergent layer)
+  convlens compare model.keras model_int8.tflite digits/*.png --out cmp/  (SQNR per layer, worst layer)
+  convlens compare torchvision:resnet18 torchvision:vgg16 --weights-a none --weights-b none \\
+      photos/*.jpg --out cmp/                                            (CKA matrix of two architectures)
+
+Writes index.json, compare.html and PNG charts; prints the pairs, the first divergence and the top-1 flips.
+"""
+
+
+def _cmd_compare(args: argparse.Namespace, stdout: TextIO) -> int:
+    from .compare import compare
+    from .model import Model
+
+    models = [Model.open(m, weights=w, trust=args.trust, preprocess=args.preprocess)
+              for m, w in ((args.model_a, args.weights_a), (args.model_b, args.weights_b))]
+    result = compare(models[0], models[1], args.images, layers=args.layers, pairs=args.pairs, size=args.size,
+                     preprocess=args.preprocess, metric=args.metric, tolerance=args.tolerance,
+                     batch_size=args.batch_size, cka=True if args.cka else None)
+    index = result.save(args.out)
+    stdout.write(result.summary() + "\n")
+    stdout.write(f"wrote {Path(args.out) / 'compare.html'}, {len(result.pictures)} PNG charts (index: {index})\n")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None,
          stderr: TextIO | None = None) -> int:
     """Run ``convlens`` with ``argv``; returns the exit status (0 ok, 2 user error)."""
@@ -601,6 +650,8 @@ def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None,
             return _cmd_demo(args, stdout)
         if args.command == "timeline":
             return _cmd_timeline(args, stdout)
+        if args.command == "compare":
+            return _cmd_compare(args, stdout)
         lens = _lens(args)
         if args.command == "layers":
             table = lens.layers()
