@@ -1,8 +1,7 @@
 """``compare.html``: one self-contained page (no script, no network), rendered with Jinja2 (autoescape).
 
-The Jinja2 environment follows :mod:`convlens.report.templating` (package
-loader, autoescaping, strict undefined); when the shared template
-environment of :mod:`convlens.output` lands, this module moves onto it.
+Rendered in the one Jinja2 environment of :mod:`convlens.output.templates`
+(autoescaping, strict undefined), as the report and the timeline page are.
 The page's only style is inline and allowed by its hash in the
 Content-Security-Policy, which refuses every load but ``data:`` pictures.
 """
@@ -11,14 +10,12 @@ from __future__ import annotations
 
 import math
 from functools import cache
-from importlib import resources
 from typing import Any
 
-import jinja2
 from markupsafe import Markup
 
-from .._errors import BadArgument
 from .._version import __version__
+from ..output.templates import asset, render
 from ..render.chart import line_chart
 from ..render.html import csp, data_uri
 
@@ -26,17 +23,8 @@ __all__ = ["render_page"]
 
 
 @cache
-def _environment() -> jinja2.Environment:
-    return jinja2.Environment(loader=jinja2.PackageLoader("convlens.compare", "templates"), autoescape=True,
-                              undefined=jinja2.StrictUndefined, keep_trailing_newline=True, auto_reload=False)
-
-
-@cache
 def _style() -> str:
-    try:
-        return resources.files("convlens.compare").joinpath("templates", "compare.css").read_text("utf-8")
-    except (FileNotFoundError, OSError) as e:  # pragma: no cover - a broken installation
-        raise BadArgument("compare.css is missing from the convlens installation (reinstall convlens)") from e
+    return asset("compare/compare.css")
 
 
 def _num(v: Any, digits: int = 3) -> str:
@@ -62,9 +50,9 @@ def render_page(result: Any) -> str:
                            threshold=result.tolerance if result.metric == "rel" else None)
         growth = Markup(chart.svg)
     pictures = {name: data_uri(png) for name, png in result.pictures.items()}
-    template = _environment().get_template("compare.html")
-    return template.render(
+    return str(render(
+        "compare/compare.html",
         r=result, case_text=result.case_text, num=_num, growth=growth, pictures=pictures,
         csp=csp(style, script), style=Markup(style), version=__version__,
         best=result.cka_matrix.best_match() if result.cka_matrix is not None else [],
-    )
+    ))
