@@ -320,3 +320,31 @@ def test_a_model_tensorflow_cannot_trace_stays_eager(keras):
         np.testing.assert_allclose(got[1], outs[0][1], rtol=1e-6)
     # TensorFlow tried to trace once, failed, and remembers to stay eager; other backends never trace
     assert list(adapter._graphs.values()) == ([None] if keras.backend.backend() == "tensorflow" else [])
+
+
+def test_kernels_in_every_keras_layout_are_the_weights_moved_to_o_i_kh_kw(keras):
+    """kernels() transposes in the backend; the values are the layer's weights, only moved."""
+    L = keras.layers
+    keras.utils.set_random_seed(3)
+    inp = keras.Input((12, 12, 3))
+    h = L.Conv2D(4, 3, name="conv")(inp)
+    h = L.DepthwiseConv2D(3, depth_multiplier=2, name="depthwise")(h)
+    h = L.Conv2DTranspose(5, 3, name="transpose")(h)
+    h = L.Reshape((10 * 10, 5))(h)
+    h = L.Conv1D(6, 3, name="conv1d")(h)
+    model = keras.Model(inp, h)
+    lens = Lens(model)
+    rows = {info.name: info for info in lens.layers()}
+    w = {name: np.asarray(model.get_layer(name).get_weights()[0]) for name in rows if name in
+         ("conv", "depthwise", "transpose", "conv1d")}
+    expected = {
+        "conv": w["conv"].transpose(3, 2, 0, 1),  # (kh, kw, in, out)
+        "depthwise": w["depthwise"].transpose(2, 3, 0, 1).reshape(8, 1, 3, 3),  # (kh, kw, in, mult)
+        "transpose": w["transpose"].transpose(2, 3, 0, 1),  # (kh, kw, out, in)
+        "conv1d": w["conv1d"].transpose(2, 1, 0)[:, :, None, :],  # (k, in, out)
+    }
+    for name, want in expected.items():
+        got = lens.adapter.kernels(rows[name].index)
+        assert got.dtype == np.float32 and got.flags.c_contiguous and got.flags.writeable, name
+        assert got.shape == rows[name].kernel_shape == want.shape, name
+        assert np.array_equal(got, want), name  # a transposition moves values: exactly equal

@@ -211,11 +211,16 @@ class KerasAdapter(KerasForward):
                         return t
 
                     y, score_t, captured, logit[0] = self._forward_for_gradients(plan, x_t, leaf)
-                idx = tf.math.top_k(tf.cast(y, tf.float32), k=k, sorted=True).indices
-                grads = [tape.gradient(score_t, captured[int(layer)], output_gradients=tf.one_hot(
-                    idx[:, r], int(y.shape[-1]), dtype=score_t.dtype)) for r in range(k)]
+                    idx = tf.math.top_k(tf.cast(y, tf.float32), k=k, sorted=True).indices
+                    picked = tf.gather(score_t, idx, batch_dims=1)  # (N, k): each item's ranked scores
+                # One vectorised backward for the k ranks (pfor): the layers after the CAM layer are
+                # read once, not k times (VGG16's 400 MB fc1), ~5x cheaper than k tape.gradient calls.
+                # An item's scores depend on that item alone (inference), as batch_jacobian requires.
+                source = captured[int(layer)]
+                stacked = tf.transpose(tape.batch_jacobian(picked, source),
+                                       (1, 0, *range(2, len(source.shape) + 1)))  # (k, N, ...)
                 kept = {str(r): captured[r] for r in wanted_key if r in captured}
-                return y, captured[int(layer)], tf.stack(grads), idx, kept
+                return y, source, stacked, idx, kept
 
             entry = (tf.function(ranked), logit)
         graphs[key] = entry  # most recently used last
