@@ -689,3 +689,21 @@ def test_failed_download_prints_nothing(tmp_path, monkeypatch, capfd):
         open_torchvision("squeezenet1_1", weights="default")
     out, err = capfd.readouterr()
     assert out == "" and err == ""
+
+
+def test_a_program_exported_with_batch_one_takes_batches_in_chunks(tmp_path):
+    """The pass engine batches images; a .pt2 whose batch is fixed at 1 gets them one chunk at a time."""
+    torch.manual_seed(2)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 8 * 8, 3)).eval()
+    exported = tmp_path / "one.pt2"
+    torch.export.save(torch.export.export(model, (torch.zeros(1, 3, 8, 8),)), exported)
+    x = np.random.default_rng(2).uniform(0, 255, size=(3, 8, 8, 3)).astype(np.float32)
+    lens = Lens(exported)
+    assert lens.adapter.fixed_batch == 1
+    maps = lens.feature_maps(list(x), layers="all", preprocess="raw")
+    with torch.no_grad():
+        xt = torch.from_numpy(x).permute(0, 3, 1, 2)
+        want_conv = model[0](xt).permute(0, 2, 3, 1).numpy()
+        want_out = model(xt).numpy()
+    np.testing.assert_allclose(maps["0"], want_conv, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(maps.output, want_out, rtol=1e-5, atol=1e-4)

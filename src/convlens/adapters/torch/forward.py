@@ -26,6 +26,8 @@ class TorchForward(TorchTable):
         self.layers()
         wanted_set = set(wanted)
         batch = np.asarray(batch, dtype=np.float32)
+        if self.fixed_batch is not None and len(batch) != self.fixed_batch:
+            return self._run_in_chunks(batch, wanted, on_output, self.fixed_batch)
         if 0 in wanted_set:
             on_output(0, batch)
         targets: dict[int, dict[int, list[tuple[int, tuple, bool]]]] = {}
@@ -49,3 +51,24 @@ class TorchForward(TorchTable):
         first = next(iter(float_tensors(y)), None)
         return to_numpy(first[1]) if first is not None else np.zeros((len(batch), 0), np.float32)
 
+    def _run_in_chunks(self, batch: np.ndarray, wanted: Sequence[int], on_output: OnOutput,
+                       size: int) -> np.ndarray:
+        """:meth:`run` for a program exported with a fixed batch: chunks of ``size`` (the last padded
+        with zeros), each wanted output joined over the chunks before ``on_output`` sees it."""
+        n = len(batch)
+        got: dict[int, list[np.ndarray]] = {}
+        outputs = []
+        for start in range(0, n, size):
+            chunk = batch[start:start + size]
+            keep = len(chunk)
+            if keep < size:
+                chunk = np.concatenate([chunk, np.zeros((size - keep, *chunk.shape[1:]), chunk.dtype)])
+
+            def keep_part(row: int, a: np.ndarray, keep: int = keep) -> None:
+                got.setdefault(row, []).append(a[:keep])
+
+            out = self.run(chunk, wanted, keep_part)
+            outputs.append(out[:keep])
+        for row, parts in got.items():
+            on_output(row, np.concatenate(parts))
+        return np.concatenate(outputs)

@@ -197,6 +197,18 @@ def exported_input_shape(ep: Any) -> tuple[tuple[int | None, ...] | None, tuple[
     return tuple(shapes[0]), (shapes[1], shapes[2])  # type: ignore[return-value]  # probe sizes are all ints
 
 
+def exported_batch(ep: Any) -> int | None:
+    """The batch size an exported program's input is fixed to (its example's, often 1), ``None`` when dynamic."""
+    user_inputs = list(ep.graph_signature.user_inputs)
+    node = next((n for n in ep.graph.nodes if n.op == "placeholder" and user_inputs and n.name == user_inputs[0]),
+                None)
+    val = node.meta.get("val") if node is not None else None
+    shape = getattr(val, "shape", None)
+    if shape is None or len(shape) == 0:
+        return None
+    return int(shape[0]) if isinstance(shape[0], int) else None
+
+
 def _torch_load(path: Path, *, trust: bool, what: str = "model") -> Any:
     """``torch.load`` with ``weights_only=True`` unless ``trust``; our errors for every failure."""
     torch = import_torch()

@@ -18,7 +18,15 @@ from ...core.sizes import size_hint
 from .._autograd import all_tensors, canonical_shape, float_tensors
 from .._graph import Producer, walk_final_activation
 from ..base import first_line as _first_line
-from .load import PROBE_SIZE, SAVE_HINT, SECOND_PROBE_SIZE, exported_input_shape, import_torch, unflatten
+from .load import (
+    PROBE_SIZE,
+    SAVE_HINT,
+    SECOND_PROBE_SIZE,
+    exported_batch,
+    exported_input_shape,
+    import_torch,
+    unflatten,
+)
 
 #: Modules that work on the last axis: their 3-D and 4-D outputs are channels-last already
 #: (transformer tokens ``(N, L, C)``, ConvNeXt's ``Linear`` layers on ``(N, H, W, C)``).
@@ -248,8 +256,11 @@ class TorchTable:
         torch = import_torch()
         self.torch = torch
         self._probe_sizes: tuple[list[int], list[int]] | None = None
+        #: the batch size the model only accepts (an exported program's static batch), else ``None``
+        self.fixed_batch: int | None = None
         if isinstance(module, torch.export.ExportedProgram):
             shape, self._probe_sizes = exported_input_shape(module)
+            self.fixed_batch = exported_batch(module)
             input_shape = input_shape if input_shape is not None else shape
             module = unflatten(module)
         if type(module).__name__ == "OptimizedModule" and isinstance(getattr(module, "_orig_mod", None),
