@@ -117,11 +117,36 @@ def test_the_command_takes_both_dataset_folders(data, tmp_path):
     assert kept["channels"][0] == 1.0 and kept["channels"][1] < 1.0
     assert len(index["heatmaps"]) == 6 and all((tmp_path / "cmp" / h["picture"]).is_file() for h in index["heatmaps"])
     assert "channels that kept least" in out.getvalue()
+    _check_page_in_chromium(tmp_path / "cmp" / "compare.html", heatmaps=6)
     err = io.StringIO()
     rc = main(["compare", *files, *images, "--out", str(tmp_path / "cmp2"), "--dataset-a", str(tmp_path / "ds-a")],
               stdout=io.StringIO(), stderr=err)
     assert rc == 2 and "--dataset-a and --dataset-b go together" in err.getvalue()
     assert err.getvalue().count("\n") == 1 and not (tmp_path / "cmp2").exists()
+
+
+def _check_page_in_chromium(page_path: Path, heatmaps: int) -> None:
+    from playwright.sync_api import sync_playwright
+
+    from .test_compare_cli import CHROMIUM_ARGS
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+        page = browser.new_page()
+        errors: list[str] = []
+        requests: list[str] = []
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.on("request", lambda r: requests.append(r.url))
+        page.goto(page_path.as_uri())
+        page.wait_for_load_state("load")
+        assert page.locator("#heatmap-table tbody tr").count() == heatmaps
+        assert page.locator("#topk-table tbody tr").count() >= 1
+        loaded = page.evaluate("() => [...document.images].map(i => i.complete && i.naturalWidth > 0)")
+        assert len(loaded) >= heatmaps and all(loaded)
+        browser.close()
+    assert errors == []
+    assert all(u.startswith(("file:", "data:")) for u in requests), requests
 
 
 def test_a_forward_only_model_gets_a_note_instead_of_heatmaps(agree, images):
