@@ -369,6 +369,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights-b", metavar="imagenet|default|none|PATH", help="zoo model B's weights")
     p.add_argument("--batch-size", type=_positive, help="images per forward pass (default from memory, 4-32)")
     p.add_argument("--cka", action="store_true", help="compute each pair's CKA also for two forms of one network")
+    p.add_argument("--dataset-a", metavar="DIR", help="a `convlens dataset` folder of MODEL_A (with --dataset-b, "
+                                                      "B's over the same data): how much of each channel's "
+                                                      "top-k image set B kept")
+    p.add_argument("--dataset-b", metavar="DIR", help="the `convlens dataset` folder of MODEL_B (see --dataset-a)")
+    p.add_argument("--heatmaps", action="store_true", help="compare Grad-CAM maps per image also when the two "
+                                                           "are not two checkpoints (default: checkpoints only)")
     p.add_argument("--trust", action="store_true",
                    help="allow model files that run code when loaded; only for files you trust")
     _image_options(p)
@@ -605,6 +611,8 @@ examples:
   convlens compare model.keras model_int8.tflite digits/*.png --out cmp/  (SQNR per layer, worst layer)
   convlens compare torchvision:resnet18 torchvision:vgg16 --weights-a none --weights-b none \\
       photos/*.jpg --out cmp/                                            (CKA matrix of two architectures)
+  convlens compare epoch1.keras epoch50.keras digits/*.png --out cmp/ \
+      --dataset-a ds1/ --dataset-b ds50/        (checkpoints: drift, Grad-CAM differences, top-k images kept)
 
 Writes index.json, compare.html and PNG charts; prints the pairs, the first divergence and the top-1 flips.
 """
@@ -614,11 +622,17 @@ def _cmd_compare(args: argparse.Namespace, stdout: TextIO) -> int:
     from .compare import compare
     from .model import Model
 
+    if (args.dataset_a is None) != (args.dataset_b is None):
+        raise BadArgument("--dataset-a and --dataset-b go together: give each model's `convlens dataset` "
+                          "folder over the same data")
+    datasets = (args.dataset_a, args.dataset_b) if args.dataset_a is not None else None
+
     models = [Model.open(m, weights=w, trust=args.trust, preprocess=args.preprocess)
               for m, w in ((args.model_a, args.weights_a), (args.model_b, args.weights_b))]
     result = compare(models[0], models[1], args.images, layers=args.layers, pairs=args.pairs, size=args.size,
                      preprocess=args.preprocess, metric=args.metric, tolerance=args.tolerance,
-                     batch_size=args.batch_size, cka=True if args.cka else None)
+                     batch_size=args.batch_size, cka=True if args.cka else None, datasets=datasets,
+                     heatmaps=True if args.heatmaps else None)
     index = result.save(args.out)
     stdout.write(result.summary() + "\n")
     stdout.write(f"wrote {Path(args.out) / 'compare.html'}, {len(result.pictures)} PNG charts (index: {index})\n")

@@ -14,9 +14,11 @@ from ..core.cka import MIN_BATCH
 from ..core.layers import LayerInfo
 from ..model import Model, as_model
 from . import charts
+from .heat import heatmap_differences
 from .pairing import Pair, Pairing, no_pairs_error, pair_layers, pairs_from_names, read_pairs
 from .result import CKAMatrix, Comparison, PairResult
 from .run import Side, Streamed, stream
+from .topk import common_layers, load_datasets, top_k_kept
 
 __all__ = ["METRICS", "compare"]
 
@@ -97,7 +99,8 @@ def compare(a: Any, b: Any, images: Any, *, layers: str | Sequence[str] | None =
             preprocess: str | tuple[str | None, str | None] | None = None,
             weights: str | tuple[str | None, str | None] | None = None,
             metric: str = "rel", tolerance: float | None = None, batch_size: int | None = None,
-            cka: bool | None = None, labels: Sequence[str] | None = None) -> Comparison:
+            cka: bool | None = None, labels: Sequence[str] | None = None,
+            datasets: tuple[Any, Any] | None = None, heatmaps: bool | None = None) -> Comparison:
     """Compare two networks layer by layer over the same images.
 
     It recognises three cases:
@@ -112,6 +115,11 @@ def compare(a: Any, b: Any, images: Any, *, layers: str | Sequence[str] | None =
       whose role changed most (the correlation of their spatial mean across
       the images). Only kernels are compared: the adapters expose conv
       kernels, not dense or normalisation weights, whose change is ``None``.
+      With ``datasets``, how much of each channel's top-k image set B kept;
+      and Grad-CAM of A and B on the first 8 images (A's top-1 class in both):
+      the Spearman correlation of the two maps, both top-1 classes and
+      A | B | |A - B| overlays (gradient-capable models only: on TFLite a
+      note says they were not computed).
     * **two different architectures** (less than half of the smaller network's
       layers pair): the linear CKA between every selected layer of A and of B
       (Kornblith et al. 2019) with the unbiased minibatch estimator of Nguyen
@@ -140,12 +148,19 @@ def compare(a: Any, b: Any, images: Any, *, layers: str | Sequence[str] | None =
             network of one input size (their CKA is 1 to many digits, and a
             Gram matrix per layer and batch is a tenth of the time on VGG16).
         labels: class names for the top-1 flips (default the models' own).
+        datasets: ``(folder_a, folder_b)``: two folders written by ``convlens
+            dataset`` (or :class:`~convlens.DatasetResult`), A's and B's runs
+            over the same data; per paired layer in both and channel, the share
+            ``|top_k(A) ∩ top_k(B)| / k`` of its top-k images B kept (images
+            matched by name), each layer's mean and the channels that kept least.
+        heatmaps: compare Grad-CAM maps per image; default only for two checkpoints.
 
     Returns:
         A :class:`Comparison`.
 
     Raises:
-        BadArgument: an unknown metric, a bad tolerance or batch size, no image.
+        BadArgument: an unknown metric, a bad tolerance or batch size, no image; ``datasets``
+            that are not two dataset folders, or that hold no paired layer.
         LayerNotFound: a ``pairs`` row names a layer its model lacks.
         UnsupportedModel: no layer could be paired and there are too few images for CKA.
     """
@@ -181,6 +196,13 @@ def compare(a: Any, b: Any, images: Any, *, layers: str | Sequence[str] | None =
         keep = {x.index for x in model_a.select(layers)}
         pairing = Pairing([p for p in pairing.pairs if p.a.index in keep], pairing.unpaired_a,
                           pairing.unpaired_b, pairing.how)
+    kept_from = load_datasets(datasets) if datasets is not None else None
+    if kept_from is not None:
+        names = [(x.name, y.name) for p in pairing.pairs for x, y in (p.candidates or [(p.a, p.b)])]
+        if not common_layers(*kept_from, names):
+            shown = ", ".join(ex.layer.name for ex in kept_from[0].layers[:6]) or "none"
+            raise BadArgument(f"no paired layer is in both dataset folders (A's holds {shown}); run `convlens "
+                              "dataset` with each model on the same data and the same --layers")
     matrix_layers = None
     if different:
         matrix_layers = (model_a.select(layers or "conv"), model_b.select(layers or "conv"))
@@ -208,6 +230,15 @@ def compare(a: Any, b: Any, images: Any, *, layers: str | Sequence[str] | None =
     if not with_cka and pairing.pairs:
         result.notes.append("the CKA of each pair was not computed for two forms of one network (cka=True, "
                             "--cka computes it)")
+    if kept_from is not None:
+        result.topk, notes = top_k_kept(*kept_from, [(p.a, p.b) for p in result.pairs])
+        result.notes.extend(notes)
+    if heatmaps if heatmaps is not None else case == "checkpoints":
+        diffs, pictures, notes = heatmap_differences(model_a, model_b, image_list, size_a=size_a, size_b=size_b,
+                                                     preprocess_a=pre_a, preprocess_b=pre_b, labels=labels)
+        result.heatmaps = diffs
+        result.pictures.update(pictures)
+        result.notes.extend(notes)
     return result
 
 

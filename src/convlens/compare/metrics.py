@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["PairStats", "flatten_channels", "sqnr_db"]
+__all__ = ["PairStats", "flatten_channels", "ranks", "spearman", "sqnr_db"]
 
 
 def flatten_channels(x: np.ndarray) -> np.ndarray:
@@ -34,6 +34,31 @@ def flatten_channels(x: np.ndarray) -> np.ndarray:
     if a.ndim == 1:
         a = a[:, None]
     return a.reshape(a.shape[0], -1, a.shape[-1])
+
+
+def ranks(x: np.ndarray) -> np.ndarray:
+    """The ranks of ``x``'s values (flattened), 0-based, ties sharing their mean rank (float64)."""
+    v = np.ravel(np.asarray(x, np.float64))
+    order = np.argsort(v, kind="mergesort")
+    ordered = v[order]
+    start = np.r_[True, ordered[1:] != ordered[:-1]] if v.size else np.zeros(0, bool)
+    group = np.cumsum(start) - 1
+    starts = np.flatnonzero(start)
+    ends = np.r_[starts[1:], v.size]
+    out = np.empty(v.size, np.float64)
+    out[order] = ((starts + ends - 1) / 2.0)[group]
+    return out
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float | None:
+    """Spearman's rank correlation of two arrays of one size (ties: mean ranks); ``None`` when one is constant."""
+    ra, rb = ranks(a), ranks(b)
+    if ra.size != rb.size:
+        raise ValueError(f"spearman needs arrays of one size, got {ra.size} and {rb.size}")
+    ra -= ra.mean()
+    rb -= rb.mean()
+    den = math.sqrt(float(ra @ ra) * float(rb @ rb))
+    return float(np.clip(float(ra @ rb) / den, -1.0, 1.0)) if den > 0 else None
 
 
 def sqnr_db(signal: float, noise: float) -> float:

@@ -6,9 +6,13 @@ import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .._version import __version__
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .heat import HeatmapDiff
+    from .topk import KeptLayer
 
 __all__ = ["CASES", "CKAMatrix", "Comparison", "PairResult"]
 
@@ -123,7 +127,11 @@ class Comparison:
         top1_agreement: the fraction of images with the same top-1 class, or ``None``.
         cka_matrix: the different-architectures CKA matrix, or ``None``.
         notes: what the reader should know (preparation, guesses, missing figures).
-        pictures: file name -> PNG bytes (error growth, maps, the CKA matrix).
+        pictures: file name -> PNG bytes (error growth, maps, the CKA matrix, heatmaps).
+        topk: with two dataset folders, per paired layer in both, how much of each
+            channel's top-k image set B kept (:class:`~convlens.compare.topk.KeptLayer`).
+        heatmaps: per image, Grad-CAM of A and B compared
+            (:class:`~convlens.compare.heat.HeatmapDiff`); two checkpoints by default.
     """
 
     a: str
@@ -146,6 +154,8 @@ class Comparison:
     cka_matrix: CKAMatrix | None
     notes: list[str]
     pictures: dict[str, bytes] = field(default_factory=dict, repr=False)
+    topk: list[KeptLayer] = field(default_factory=list)
+    heatmaps: list[HeatmapDiff] = field(default_factory=list)
 
     # ------------------------------------------------------------------ reading
 
@@ -204,6 +214,16 @@ class Comparison:
             lines.append(f"top-1 flips: {len(self.flips)} of {self.images} images"
                          + (": " + ", ".join(f"image {f['image']} {f['a']} -> {f['b']}" for f in self.flips[:8])
                             if self.flips else ""))
+        if self.topk:
+            lines.append(f"top-k images kept (dataset folders, k={self.topk[0].k}): layer mean; channels that "
+                         "kept least")
+            for t in self.topk:
+                least = ", ".join(f"{c['channel']} ({_num(c['kept'], 2)})" for c in t.least)
+                lines.append(f"  {t.a if t.a == t.b else t.a + ' ~ ' + t.b}: {_num(t.mean, 3)}; {least or '-'}")
+        if self.heatmaps:
+            lines.append("Grad-CAM of A's top-1 class in A and in B (Spearman of the two maps; top-1 of A -> B):")
+            for h in self.heatmaps:
+                lines.append(f"  image {h.name}: {_num(h.spearman, 3)}; {h.top1_a} -> {h.top1_b}")
         if self.cka_matrix is not None:
             lines.append("CKA best match per layer of A:")
             for name, other, v in self.cka_matrix.best_match():
@@ -239,6 +259,8 @@ class Comparison:
             "top1_agreement": self.top1_agreement,
             "flips": _clean(self.flips),
             "cka_matrix": _clean(asdict(self.cka_matrix)) if self.cka_matrix is not None else None,
+            "topk_kept": [_clean(asdict(t)) for t in self.topk],
+            "heatmaps": [_clean(asdict(h)) for h in self.heatmaps],
             "notes": list(self.notes),
             "pictures": sorted(self.pictures),
         }
