@@ -194,3 +194,54 @@ def _timed(fn) -> float:
     t = time.perf_counter()
     fn()
     return time.perf_counter() - t
+
+
+def _awkward_layer(h: int, w: int, c: int, dtype=np.float32) -> np.ndarray:
+    """(H, W, C) ReLU-like maps with every kind of channel: constant, dead, NaN/inf, huge, tiny spans."""
+    rng = np.random.default_rng(7)
+    x = np.maximum(rng.standard_normal((h, w, c)), 0) * rng.uniform(0.1, 10, c)
+    x[..., 1] = 0.0
+    x[..., 2] = 3.0
+    x[5, 6, 3] = np.nan
+    x[7, 1, 4] = np.inf
+    x[..., 5] = np.nan
+    x[..., 6] *= 1e20
+    x[..., 7] = 1e6 + x[..., 7] * 1e-3
+    return x.astype(dtype)
+
+
+@pytest.mark.parametrize("method", NORMS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int16])
+def test_channels_last_and_chunking_give_the_same_indices(method, dtype, monkeypatch):
+    import convlens.core.normalize as normalize
+
+    x = _awkward_layer(64, 48, 20, np.float32 if dtype == np.int16 else dtype)
+    if dtype == np.int16:
+        x = np.nan_to_num(x, nan=1, posinf=2).clip(-3e4, 3e4).astype(np.int16)
+    first = np.ascontiguousarray(np.moveaxis(x, -1, 0))
+    vr = (0.5, 4.0) if method == "global" else None
+    monkeypatch.setattr(normalize, "_CHUNK_BYTES", 1 << 40)  # the whole layer at once
+    whole, whole_flags = normalize_channels(first, method, value_range=vr)
+    for chunk in (1, 3 * 64 * 48 * 4, 7 * 64 * 48 * 8):  # one channel, 3 (float32) or 7 (float64) at a time
+        monkeypatch.setattr(normalize, "_CHUNK_BYTES", chunk)
+        for out, flags in (normalize_channels(first, method, value_range=vr),
+                           normalize_channels(x, method, value_range=vr, channels_last=True),
+                           normalize_channels(x[:, :, :13], method, value_range=vr, channels_last=True)):
+            c = out.shape[0]
+            assert out.shape == (c, 64, 48) and out.dtype == np.uint8
+            assert np.array_equal(out, whole[:c]) or (method == "layer" and c == 13)
+            for name in ("dead", "constant", "nonfinite"):
+                assert np.array_equal(getattr(flags, name), getattr(whole_flags, name)[:c])
+    if method != "layer":  # a channel subset keeps each channel's own indices (not the layer's scale)
+        sub, _ = normalize_channels(x[:, :, :13], method, value_range=vr, channels_last=True)
+        assert np.array_equal(sub, whole[:13])
+    if dtype == np.float32:
+        assert whole_flags.indices()["nonfinite"] == [3, 4, 5]
+        assert whole_flags.indices()["dead"] == [1]
+
+
+def test_channels_last_shape_check_names_the_layout():
+    with pytest.raises(BadArgument, match=r"\(H, W, C\)"):
+        normalize_channels(np.zeros((4, 4), np.float32), channels_last=True)
+    out, flags = normalize_channels(np.zeros((3, 0, 5), np.float32), channels_last=True)
+    assert out.shape == (5, 3, 0) and flags.dead.shape == (5,)

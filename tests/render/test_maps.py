@@ -35,3 +35,20 @@ def test_tile_indexed_maps_every_value_to_its_colormap_level(side):
         r, c = divmod(k, 2)
         top, left = 1 + r * (side + 1), 1 + c * (side + 1)
         assert np.array_equal(canvas[top:top + side, left:left + side], levels[k])
+
+
+@pytest.mark.parametrize("norm", ["standardize", "minmax", "layer"])
+def test_render_map_draws_channels_last_maps_as_their_reduction(norm):
+    """render_map normalises (H, W, C) in place: the same picture as from reduce_map's channels-first copy."""
+    from convlens.render.maps import render_map
+
+    rng = np.random.default_rng(3)
+    x = (np.maximum(rng.standard_normal((300, 260, 70)), 0) * rng.uniform(0.1, 5, 70)).astype(np.float32)
+    x[..., 2] = 0.0
+    x[4, 4, 5] = np.nan
+    opts = RenderOptions(norm=norm, tile_size=128)  # 300 -> 150 x 130 tiles, 64 of 70 channels
+    direct = render_map(x, opts, title="layer")
+    via = render_map(reduce_map(x, opts), opts, title="layer", channels_total=70, reduced=True)
+    assert direct.channels_shown == via.channels_shown == 64 and direct.channels_total == 70
+    assert np.array_equal(direct.pixels, via.pixels) and direct.png() == via.png()
+    assert direct.flags.indices() == via.flags.indices() == {"dead": [2], "constant": [2], "nonfinite": [5]}

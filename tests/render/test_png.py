@@ -73,3 +73,22 @@ def test_vgg_block1_layer_renders_quickly():
 
     run()
     assert min(run() for _ in range(2)) < 1.0  # ~45 ms with isal; generous for slow CI machines
+
+
+def test_every_chunk_crc_is_zlibs():
+    """The CRC-32s (ISA-L's when installed) are the standard ones over each chunk's tag and data."""
+    import struct
+    import zlib
+
+    rng = np.random.default_rng(5)
+    data = encode_png(rng.integers(0, 256, (300, 400), dtype=np.uint8),
+                      palette=rng.integers(0, 256, (256, 3), dtype=np.uint8))
+    pos, tags = 8, []
+    while pos < len(data):
+        (length,) = struct.unpack(">I", data[pos:pos + 4])
+        tag, body = data[pos + 4:pos + 8], data[pos + 8:pos + 8 + length]
+        (crc,) = struct.unpack(">I", data[pos + 8 + length:pos + 12 + length])
+        assert crc == zlib.crc32(tag + body)
+        tags.append(tag)
+        pos += 12 + length
+    assert tags == [b"IHDR", b"PLTE", b"IDAT", b"IEND"] and pos == len(data)

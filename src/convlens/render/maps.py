@@ -106,12 +106,16 @@ def reduce_map(x: np.ndarray, opts: RenderOptions) -> np.ndarray:
         cap = x.shape[-1] if opts.max_channels is None else opts.max_channels
         return np.ascontiguousarray(x[:, :cap].T, dtype=np.float32)
     if x.ndim == 3:
-        cap = x.shape[-1] if opts.max_channels is None else opts.max_channels
         # shrunk before the channels move first: a big map is never copied whole
-        small = downsample(x[..., :cap], opts.tile_size, channels_last=True)
-        return channels_first(small)
+        return channels_first(_shown_maps(x, opts))
     raise BadArgument(f"cannot draw an output of shape {x.shape}; convlens draws (H, W, C) maps, "
                       "(L, C) signals and (C,) vectors")
+
+
+def _shown_maps(x: np.ndarray, opts: RenderOptions) -> np.ndarray:
+    """The ``(h, w, c)`` maps drawn of an ``(H, W, C)`` output: the first channels, shrunk; a view when it can."""
+    cap = x.shape[-1] if opts.max_channels is None else opts.max_channels
+    return downsample(x[..., :cap], opts.tile_size, channels_last=True)
 
 
 def channels_first(x: np.ndarray) -> np.ndarray:
@@ -144,7 +148,14 @@ def render_map(x: np.ndarray, opts: RenderOptions, *, title: str | None = None,
         value_range: the ``(lo, hi)`` scale for ``norm="global"``.
     """
     total = channels_total if channels_total is not None else (int(np.asarray(x).shape[-1]) if np.ndim(x) else 1)
-    r = np.asarray(x) if reduced else reduce_map(x, opts)
+    a = np.asarray(x)
+    if not reduced and a.ndim == 3:
+        # Maps are normalised in their own (H, W, C) layout: no channels-first copy of the layer.
+        r = _shown_maps(a, opts)
+        channels_last = True
+    else:
+        r = a if reduced else reduce_map(a, opts)
+        channels_last = False
     lut = colormap_lut(opts.cmap)
     pal: np.ndarray | None = None
     if r.ndim == 1:
@@ -157,10 +168,10 @@ def render_map(x: np.ndarray, opts: RenderOptions, *, title: str | None = None,
         layout, shown = "signals", r.shape[0]
     else:
         vr = value_range if opts.norm == "global" else None
-        indices, flags = normalize_channels(r, opts.norm, value_range=vr)
+        indices, flags = normalize_channels(r, opts.norm, value_range=vr, channels_last=channels_last)
         pixels = tile_indexed(indices, columns=opts.columns, flags=flags.any(), numbers=opts.numbers)
         pal = palette(lut)
-        layout, shown = "grid", r.shape[0]
+        layout, shown = "grid", indices.shape[0]
     if title is not None and opts.title:
         suffix = f"  ·  channels 0-{shown - 1} of {total}" if shown < total else ""
         text = title + suffix

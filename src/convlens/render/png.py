@@ -26,6 +26,9 @@ try:  # optional: the `isal` package (ISA-L), several times faster than zlib
 except ImportError:  # pragma: no cover - depends on the environment
     _isal = None  # type: ignore[assignment]  # the module or None
 
+# The same CRC-32 either way; ISA-L's is over ten times faster on a grid's megabytes.
+_crc32 = zlib.crc32 if _isal is None else _isal.crc32
+
 
 def encode_png(rgb: np.ndarray, *, compress_level: int = 1, palette: np.ndarray | None = None) -> bytes:
     """Encode a picture as PNG bytes.
@@ -51,7 +54,7 @@ def encode_png(rgb: np.ndarray, *, compress_level: int = 1, palette: np.ndarray 
             raise BadArgument(f"palette must be (n <= 256, 3) uint8, got {pal.shape} {pal.dtype}")
         if a.ndim != 2 or a.dtype != np.uint8:
             raise BadArgument(f"an indexed picture is (H, W) uint8, got {a.shape} {a.dtype}")
-        plte = _chunk(b"PLTE", np.ascontiguousarray(pal).tobytes())
+        plte = b"".join(_chunk(b"PLTE", np.ascontiguousarray(pal).tobytes()))
     if a.ndim == 2:
         a = a[:, :, None]
     if a.ndim != 3 or a.shape[2] not in _COLOR_TYPES or a.dtype != np.uint8:
@@ -68,18 +71,18 @@ def encode_png(rgb: np.ndarray, *, compress_level: int = 1, palette: np.ndarray 
     raw[:, 1:] = a.reshape(h, w * channels)
     color_type = 3 if plte else _COLOR_TYPES[channels]
     header = struct.pack(">IIBBBBB", w, h, 8, color_type, 0, 0, 0)
-    return b"".join((
+    return b"".join((  # one copy of the compressed bytes, not one per chunk
         _SIGNATURE,
-        _chunk(b"IHDR", header),
+        *_chunk(b"IHDR", header),
         plte,
-        _chunk(b"IDAT", _deflate(raw.data.cast("B"), int(compress_level))),
-        _chunk(b"IEND", b""),
+        *_chunk(b"IDAT", _deflate(raw.data.cast("B"), int(compress_level))),
+        *_chunk(b"IEND", b""),
     ))
 
 
-def _chunk(tag: bytes, data: bytes) -> bytes:
-    return b"".join((struct.pack(">I", len(data)), tag, data,
-                     struct.pack(">I", zlib.crc32(data, zlib.crc32(tag)))))
+def _chunk(tag: bytes, data: bytes) -> tuple[bytes, ...]:
+    """A PNG chunk's parts: length, tag, data, CRC-32 of tag and data."""
+    return struct.pack(">I", len(data)), tag, data, struct.pack(">I", _crc32(data, _crc32(tag, 0)))
 
 
 def _deflate(data: memoryview, level: int) -> bytes:
