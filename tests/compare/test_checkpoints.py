@@ -19,6 +19,8 @@ from convlens.cli import main
 from convlens.compare.metrics import spearman
 from convlens.lens import Lens
 
+from .shared import fine_tune_one_epoch, opened_page
+
 SIZE = 16
 
 
@@ -126,27 +128,11 @@ def test_the_command_takes_both_dataset_folders(data, tmp_path):
 
 
 def _check_page_in_chromium(page_path: Path, heatmaps: int) -> None:
-    from playwright.sync_api import sync_playwright
-
-    from .test_compare_cli import CHROMIUM_ARGS
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
-        page = browser.new_page()
-        errors: list[str] = []
-        requests: list[str] = []
-        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-        page.on("pageerror", lambda e: errors.append(str(e)))
-        page.on("request", lambda r: requests.append(r.url))
-        page.goto(page_path.as_uri())
-        page.wait_for_load_state("load")
+    with opened_page(page_path) as page:  # no console error, no request but file: and data:
         assert page.locator("#heatmap-table tbody tr").count() == heatmaps
         assert page.locator("#topk-table tbody tr").count() >= 1
         loaded = page.evaluate("() => [...document.images].map(i => i.complete && i.naturalWidth > 0)")
         assert len(loaded) >= heatmaps and all(loaded)
-        browser.close()
-    assert errors == []
-    assert all(u.startswith(("file:", "data:")) for u in requests), requests
 
 
 def test_a_forward_only_model_gets_a_note_instead_of_heatmaps(agree, images):
@@ -181,15 +167,7 @@ def test_grad_cam_differences_of_a_fine_tuned_checkpoint(images, tmp_path):
     for p in tuned.parameters():
         p.requires_grad_(False)
     tuned[2].weight.requires_grad_(True)
-    x = torch.rand(64, 3, 24, 24)
-    y = (net(x).argmax(1) + 1) % 5  # the shifted task
-    opt = torch.optim.SGD([tuned[2].weight], lr=0.5)
-    tuned.train()
-    for i in range(0, 64, 8):  # one epoch
-        opt.zero_grad()
-        nn.functional.cross_entropy(tuned(x[i:i + 8]), y[i:i + 8]).backward()
-        opt.step()
-    tuned.eval()
+    fine_tune_one_epoch(net, tuned, [tuned[2].weight])
     pictures = images(10, 24, seed=5)
     r = compare(net, tuned, pictures, preprocess="unit")
     assert r.case == "checkpoints" and len(r.heatmaps) == 8  # the first 8 images

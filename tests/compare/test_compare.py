@@ -11,6 +11,8 @@ import pytest
 import convlens
 from convlens import Comparison, Model, compare
 
+from .shared import fine_tune_one_epoch
+
 
 def test_planted_divergence_is_found_at_the_perturbed_layer(resnets, tmp_path, images):
     a, b = resnets
@@ -127,15 +129,7 @@ def test_fine_tuning_changes_the_trainable_layer_most(images):
         p.requires_grad_(False)
     for p in tuned[4].parameters():
         p.requires_grad_(True)
-    x = torch.rand(64, 3, 24, 24)
-    y = (net(x).argmax(1) + 1) % 5  # the shifted task
-    opt = torch.optim.SGD([p for p in tuned.parameters() if p.requires_grad], lr=0.5)
-    tuned.train()
-    for i in range(0, 64, 8):  # one epoch
-        opt.zero_grad()
-        nn.functional.cross_entropy(tuned(x[i:i + 8]), y[i:i + 8]).backward()
-        opt.step()
-    tuned.eval()
+    fine_tune_one_epoch(net, tuned, [p for p in tuned.parameters() if p.requires_grad])
     r = compare(net, tuned, images(8, 24, seed=5), preprocess="unit")
     assert r.case == "checkpoints"
     change = {p.a: p.weight_change for p in r.pairs if p.weight_change is not None}

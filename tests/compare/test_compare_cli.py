@@ -12,8 +12,7 @@ from PIL import Image
 
 from convlens.cli import main
 
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+from .shared import opened_page
 
 
 @pytest.fixture(scope="module")
@@ -60,28 +59,13 @@ def test_the_command_compares_float_and_int8(int8_run):
 
 
 def test_the_page_works_in_chromium_without_network(int8_run):
-    from playwright.sync_api import sync_playwright
-
     out, _ = int8_run
-    url = (out / "compare.html").as_uri()
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
-        page = browser.new_page()
-        errors: list[str] = []
-        requests: list[str] = []
-        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-        page.on("pageerror", lambda e: errors.append(str(e)))
-        page.on("request", lambda r: requests.append(r.url))
-        page.goto(url)
-        page.wait_for_load_state("load")
+    with opened_page(out / "compare.html") as page:  # no console error, no request but file: and data:
         assert page.locator("#pair-table tbody tr").count() == 6
         assert "First divergence: relu1" in page.locator("#verdict").inner_text()
         loaded = page.evaluate("() => [...document.images].map(i => i.complete && i.naturalWidth > 0)")
         assert loaded and all(loaded)  # every picture decodes (the CSP allows data: images)
         assert page.locator("svg.cl-chart").count() == 1  # the error-growth chart
-        browser.close()
-    assert errors == []
-    assert all(u.startswith(("file:", "data:")) for u in requests), requests
 
 
 def test_pairs_file_overrides_the_pairing(agree, pictures, tmp_path):
