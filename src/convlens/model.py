@@ -215,11 +215,13 @@ class Model:
             output_shape: the model's output for one image, without the batch axis;
                 default the last row of the layer table.
         """
-        if output_shape is None:
-            table = self.adapter.layers()
-            last = table[-1].output_shape if table else None
-            output_shape = tuple(last) if last else ()
-        return classes_in(output_shape)
+        return classes_in(self.output_shape() if output_shape is None else output_shape)
+
+    def output_shape(self) -> tuple[int | None, ...]:
+        """The model's output for one image as the layer table's last row has it (``()`` when unknown)."""
+        table = self.adapter.layers()
+        last = table[-1].output_shape if table else None
+        return tuple(last) if last else ()
 
     def class_names(self, labels: str | os.PathLike[str] | Sequence[str] | None = None, *,
                     classes: int | None = None, output_shape: Sequence[int] | None = None
@@ -247,9 +249,7 @@ class Model:
         given = read_labels(labels) if labels is not None else None
         if classes is None:
             if output_shape is None:
-                table = self.adapter.layers()
-                last = table[-1].output_shape if table else None
-                output_shape = tuple(d for d in last) if last else ()  # type: ignore[misc]
+                output_shape = self.output_shape()  # type: ignore[assignment]
             classes = self.output_classes(output_shape)
         return check_class_names(self.name, classes, given=given, known=self.adapter.class_names,
                                  known_source=self.adapter.class_names_source,
