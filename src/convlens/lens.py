@@ -16,7 +16,7 @@ from ._errors import LayerNotFound, UnsupportedModel
 from ._progress import NullProgress, Progress
 from .adapters.base import Adapter
 from .core.layers import LayerInfo
-from .core.normalize import finite_range, union_range
+from .core.normalize import global_range
 from .core.text import pair_text, shape_text
 from .dataset.result import DatasetResult
 from .heatmaps import DEFAULT_METHOD, Heatmaps
@@ -163,7 +163,7 @@ class FeatureMaps(Mapping[str, np.ndarray]):
                                 "select it when calling feature_maps(..., layers=...)")
         vr = None
         if opts.norm == "global":
-            vr = union_range(finite_range(reduce_map(a[image], opts)) for a in self.arrays.values())
+            vr = global_range(reduce_map(a[image], opts) for a in self.arrays.values())
         return render_map(self[layer][image], opts, title=layer_title(info), value_range=vr).rgb
 
     def save(self, out: str | os.PathLike[str], options: RenderOptions | None = None, *,
@@ -191,7 +191,7 @@ class FeatureMaps(Mapping[str, np.ndarray]):
                 vr = None
                 if opts.norm == "global":  # one range over every layer of the image, as save_maps
                     xs = [reduce_map(x, opts) for x in xs]
-                    vr = union_range(finite_range(x) for x in xs)
+                    vr = global_range(xs)
                 for info, x in zip(drawn, xs):
                     total = int(self.arrays[info.name].shape[-1]) if self.arrays[info.name].ndim > 1 else 1
                     entries.append(_write_map(staging, opts, im, info, x, total, vr))

@@ -14,14 +14,12 @@ label to the caption).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from .core.layers import LayerInfo
-from .core.normalize import finite_range, union_range
 from .core.text import shape_text
 from .output import OutputDir, safe_name
 from .render.colormap import lut as colormap_lut
@@ -30,7 +28,7 @@ from .render.grid import add_title
 from .render.maps import RenderOptions, render_map
 from .render.png import encode_png
 
-__all__ = ["DrawnFile", "draw_filter_files", "draw_map_file", "filter_base", "global_range", "layer_title",
+__all__ = ["DrawnFile", "draw_filter_files", "draw_map_file", "filter_base", "layer_title",
            "map_file"]
 
 #: Between the parts of a picture's caption.
@@ -68,16 +66,6 @@ def filter_base(layer: LayerInfo) -> str:
     return f"filters/{layer.index:03d}_{safe_name(layer.name)}"
 
 
-def global_range(reduced: Iterable[np.ndarray]) -> tuple[float, float]:
-    """``norm="global"``'s one scale for an image: the union of the finite ranges of its reduced layers.
-
-    Args:
-        reduced: per layer, its output for the image after
-            :func:`~convlens.render.maps.reduce_map`.
-    """
-    return union_range(finite_range(r) for r in reduced)
-
-
 def draw_map_file(staging: OutputDir, image: str, layer: LayerInfo, x: np.ndarray, options: RenderOptions, *,
                   total: int, value_range: tuple[float, float] | None = None,
                   note: str | None = None) -> DrawnFile:
@@ -92,7 +80,8 @@ def draw_map_file(staging: OutputDir, image: str, layer: LayerInfo, x: np.ndarra
             reduced by :func:`~convlens.render.maps.reduce_map`.
         options: how maps are drawn.
         total: the layer's channel count.
-        value_range: ``norm="global"``'s range for this image (:func:`global_range`), else ``None``.
+        value_range: ``norm="global"``'s range for this image
+            (:func:`convlens.core.normalize.global_range`), else ``None``.
         note: appended to the caption (the recorder's checkpoint label).
 
     Returns:

@@ -65,7 +65,7 @@ from ._progress import NullProgress, Progress
 from .adapters.base import Adapter, OnOutput
 from .core.layers import LayerInfo
 from .core.memory import MEMORY_BUDGET, batch_size_for, per_sample_bytes
-from .core.normalize import finite_range, union_range
+from .core.normalize import global_range
 from .core.reduce import reduce_channels
 from .core.stats import STATS_REDUCTIONS, LayerStats, StatsAccumulator
 from .model import Model
@@ -539,7 +539,7 @@ class MapConsumer(PassConsumer):
                 buffered = self._buffered.pop(image, [])
             if not buffered:
                 continue
-            vr = self.global_ranges[image] = union_range(finite_range(r) for _, r, _, _ in buffered)
+            vr = self.global_ranges[image] = global_range(r for _, r, _, _ in buffered)
             jobs += [functools.partial(self.draw, image, layer, reduced, total, shape, vr)
                      for layer, reduced, total, shape in buffered]
         return jobs

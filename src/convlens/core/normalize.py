@@ -16,7 +16,7 @@ import numpy as np
 
 from .._errors import BadArgument
 
-__all__ = ["NORMS", "ChannelFlags", "finite_range", "normalize_channels", "union_range"]
+__all__ = ["NORMS", "ChannelFlags", "finite_range", "global_range", "normalize_channels", "union_range"]
 
 #: Normalisation methods understood by :func:`normalize_channels`.
 NORMS = ("standardize", "minmax", "layer", "global")
@@ -96,6 +96,16 @@ def union_range(ranges: Iterable[tuple[float, float]]) -> tuple[float, float]:
     """
     rs = list(ranges)
     return (min(r[0] for r in rs), max(r[1] for r in rs)) if rs else (0.0, 0.0)
+
+
+def global_range(reduced: Iterable[np.ndarray]) -> tuple[float, float]:
+    """``norm="global"``'s one scale for an image: the union of the finite ranges of its reduced layers.
+
+    Args:
+        reduced: per layer, its output for the image after
+            :func:`~convlens.render.maps.reduce_map`.
+    """
+    return union_range(finite_range(r) for r in reduced)
 
 
 def normalize_channels(

@@ -53,9 +53,9 @@ import numpy as np
 from .._errors import BadArgument, BadImage, ConvlensError, OutputError
 from .._version import __version__
 from ..core.layers import LayerInfo
-from ..core.normalize import finite_range
+from ..core.normalize import finite_range, global_range
 from ..core.stats import LayerStats, channel_stats
-from ..maps import draw_filter_files, draw_map_file, global_range
+from ..maps import draw_filter_files, draw_map_file
 from ..model import Model, as_model
 from ..output import OutputDir, atomic_write_bytes, dumps_json, safe_name
 from ..passes import Batch, PassConsumer, missing_note, run_batches
@@ -596,7 +596,7 @@ class Recorder:
         """Every selected layer's map grid per image, drawn as ``save_maps`` draws it, and its health.
 
         The same drawing (:func:`convlens.maps.draw_map_file`), value ranges
-        (``norm="global"``: :func:`convlens.maps.global_range` of the image's
+        (``norm="global"``: :func:`convlens.core.normalize.global_range` of the image's
         reduced layers), flags and captions as ``convlens maps``; the caption
         ends with the checkpoint's label.
         """
