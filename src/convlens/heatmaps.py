@@ -274,8 +274,7 @@ class Heatmaps:
 
     def _meta(self) -> dict[str, Any]:
         return {"model": self.model, "framework": self.framework,
-                "images": [{"name": im.name, "source": im.source, "size": list(im.original_size)}
-                           for im in self.images],
+                "images": [im.record() for im in self.images],
                 "notes": self.notes}
 
     def _record(self, e: Heatmap) -> dict[str, Any]:

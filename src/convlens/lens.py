@@ -227,7 +227,7 @@ def _stacked(arrays: Sequence[np.ndarray]) -> Any:
 
 
 def _image_records(images: Sequence[Image]) -> list[dict[str, Any]]:
-    return [{"name": im.name, "source": im.source, "size": list(im.original_size)} for im in images]
+    return [im.record() for im in images]
 
 
 class Filters(dict):

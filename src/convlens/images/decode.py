@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Union
+from typing import Any, Union
 
 import numpy as np
 import PIL.Image
@@ -99,6 +99,10 @@ class Image:
     original_size: tuple[int, int]
     mode: str
     notes: list[str] = field(default_factory=list)
+
+    def record(self) -> dict[str, Any]:
+        """What an output's ``index.json`` says of the image: name, source and ``[width, height]``."""
+        return {"name": self.name, "source": self.source, "size": list(self.original_size)}
 
     @property
     def height(self) -> int:
