@@ -14,6 +14,7 @@ __all__ = [
     "ConvlensError",
     "LayerNotFound",
     "MissingDependency",
+    "OutOfMemory",
     "OutputError",
     "UnsafeModel",
     "UnsupportedModel",
@@ -59,3 +60,7 @@ class OutputError(ConvlensError):
 
 class MissingDependency(ConvlensError, ImportError):
     """An optional framework is not installed; the message names the pip extra."""
+
+
+class OutOfMemory(ConvlensError, MemoryError):
+    """The device (a GPU) ran out of memory during a pass; a smaller batch usually fits."""

@@ -14,6 +14,7 @@ from typing import Any, NoReturn, TextIO
 
 from ._errors import BadArgument, ConvlensError
 from ._version import __version__
+from .adapters import AUTO, DEVICE_CHOICES, is_out_of_memory, out_of_memory, parse_device
 from .images import PRESET_NAMES
 from .selection import DEFAULT_FILTER_SELECTION, DEFAULT_SELECTION
 
@@ -147,6 +148,33 @@ def _model_options(p: argparse.ArgumentParser) -> None:
                    help="input shape for models that do not know theirs (unbuilt or subclassed)")
     p.add_argument("--trust", action="store_true",
                    help="allow model files that run code when loaded (Lambda layers); only for files you trust")
+    _device_option(p)
+
+
+def _device_arg(text: str) -> str:
+    try:
+        return str(parse_device(text))
+    except BadArgument:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a device; choose {DEVICE_CHOICES} (cuda, not gpu)"
+                                         ) from None
+
+
+def _gpu_share(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number; give a share of a GPU such as 0.5, or 1"
+                                         ) from None
+    if not (0 < value <= 1 or value == int(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"{text!r}: give a fraction of one GPU (0.25, 0.5) or a whole number")
+    return value
+
+
+def _device_option(p: argparse.ArgumentParser) -> None:
+    """THE ``--device`` flag of every command that runs a model (one definition, one help text)."""
+    p.add_argument("--device", type=_device_arg, default=AUTO, metavar="auto|cpu|cuda|cuda:N|mps",
+                   help="where the model runs: auto (default: a CUDA or Apple GPU when there is one, else "
+                        "the CPU), cpu, cuda, cuda:N (the N-th GPU) or mps; TFLite models run on the CPU")
 
 
 def _render_options(p: argparse.ArgumentParser, *, tile_size: int = 256, where: str = "") -> None:
@@ -342,7 +370,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="local engine: save a checkpoint every N images (default 1000)")
     p.add_argument("--ray-address", metavar="ADDR",
                    help="ray engine: an existing cluster, e.g. ray://head:10001 (default: a local one)")
-    p.add_argument("--workers", type=_positive, metavar="N", help="ray engine: model actors")
+    p.add_argument("--workers", type=_positive, metavar="N", help="ray engine: model actors (default: one per "
+                                                                   "CPU, or with GPUs one per --gpus-per-worker)")
+    p.add_argument("--gpus-per-worker", type=_gpu_share, metavar="F",
+                   help="ray engine on GPUs: the GPUs each model actor reserves (default 1; 0.5 puts two "
+                        "actors on each GPU)")
     p.add_argument("--size", type=_size_arg, metavar="HxW",
                    help="input size for models that accept any size (default 224x224)")
     p.add_argument("--preprocess", choices=PRESET_NAMES,
@@ -378,9 +410,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trust", action="store_true",
                    help="allow model files that run code when loaded; only for files you trust")
     _image_options(p)
+    _device_option(p)
 
     p = sub.add_parser("demo", help="run everything on the built-in MNIST CNN and a digit")
     p.add_argument("--out", default="demo-output", help="output folder (default demo-output)")
+    _device_option(p)
     return parser
 
 
@@ -388,7 +422,7 @@ def _lens(args: argparse.Namespace) -> Any:
     from .lens import Lens
 
     return Lens(args.model, weights=args.weights, input_shape=args.input_shape, trust=args.trust,
-                preprocess=getattr(args, "preprocess", None))
+                preprocess=getattr(args, "preprocess", None), device=args.device)
 
 
 def _render_kwargs(args: argparse.Namespace) -> dict[str, Any]:
@@ -555,7 +589,7 @@ def _cmd_dataset(lens: Any, args: argparse.Namespace, stdout: TextIO, stderr: Te
                               batch_size=args.batch_size, size=args.size, preprocess=args.preprocess,
                               out=args.out, resume=args.resume, checkpoint_every=args.checkpoint_every,
                               ray_address=args.ray_address, workers=args.workers,
-                              progress=progress)
+                              gpus_per_worker=args.gpus_per_worker, progress=progress)
     except KeyboardInterrupt:
         folder = default_checkpoint_folder(args.out)
         hint = (f"; a checkpoint is kept in {folder}: run the same command with --resume to continue"
@@ -583,7 +617,7 @@ def _cmd_demo(args: argparse.Namespace, stdout: TextIO) -> int:
     from .lens import Lens
     from .output import OutputDir
 
-    lens = Lens("demo")
+    lens = Lens("demo", device=args.device)
     table = lens.layers()
     scratch = Path(tempfile.mkdtemp(prefix="convlens-demo-"))
     try:  # build the whole demo aside, then publish it as one transaction: all of it or nothing
@@ -627,7 +661,7 @@ def _cmd_compare(args: argparse.Namespace, stdout: TextIO) -> int:
                           "folder over the same data")
     datasets = (args.dataset_a, args.dataset_b) if args.dataset_a is not None else None
 
-    models = [Model.open(m, weights=w, trust=args.trust, preprocess=args.preprocess)
+    models = [Model.open(m, weights=w, trust=args.trust, preprocess=args.preprocess, device=args.device)
               for m, w in ((args.model_a, args.weights_a), (args.model_b, args.weights_b))]
     result = compare(models[0], models[1], args.images, layers=args.layers, pairs=args.pairs, size=args.size,
                      preprocess=args.preprocess, metric=args.metric, tolerance=args.tolerance,
@@ -667,6 +701,8 @@ def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None,
         if args.command == "compare":
             return _cmd_compare(args, stdout)
         lens = _lens(args)
+        if lens.model.device_note:
+            stderr.write(f"note: {lens.model.device_note}\n")
         if args.command == "layers":
             table = lens.layers()
             stdout.write((json.dumps(table.to_json(), indent=2) if args.json else str(table)) + "\n")
@@ -694,6 +730,11 @@ def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None,
             raise BadArgument(f"unknown command {args.command}")
     except ConvlensError as exc:
         stderr.write(f"convlens: error: {' '.join(str(exc).split())}\n")
+        return 2
+    except RuntimeError as exc:  # torch.cuda.OutOfMemoryError outside a guarded forward pass (a backward)
+        if not is_out_of_memory(exc):
+            raise
+        stderr.write(f"convlens: error: {out_of_memory(getattr(args, 'device', 'the device'))}\n")
         return 2
     except KeyboardInterrupt:
         stderr.write("convlens: interrupted; nothing was written\n")

@@ -333,6 +333,8 @@ class Lens:
         trust: allow model files that run code when loaded (Lambda layers).
         preprocess: preprocessing preset (a name of :data:`convlens.images.PRESET_NAMES`); zoo
             models pick theirs, other models default to ``unit`` (x/255).
+        device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``. ``None``: ``auto`` (the
+            accelerator if there is one) for files and names; an in-memory model stays where it is.
 
     Example:
         >>> lens = Lens("demo")
@@ -343,10 +345,10 @@ class Lens:
 
     def __init__(self, model: Any, *, weights: str | None = None,
                  input_shape: Sequence[int | None] | None = None, trust: bool = False,
-                 preprocess: str | None = None) -> None:
+                 preprocess: str | None = None, device: str | None = None) -> None:
         #: the :class:`~convlens.model.Model` every view runs on
         self.model: Model = Model.open(model, weights=weights, input_shape=input_shape, trust=trust,
-                                       preprocess=preprocess)
+                                       preprocess=preprocess, device=device)
 
     @property
     def adapter(self) -> Adapter:
@@ -368,6 +370,11 @@ class Lens:
     @property
     def input_shape(self) -> tuple[int | None, ...]:
         return self.model.input_shape
+
+    @property
+    def device(self) -> str:
+        """Where the model runs: ``"cpu"``, ``"cuda:0"``, ``"mps"``."""
+        return self.model.device
 
     def layers(self) -> LayerTable:
         """Every layer: index, name, type, output shape, parameters, kernel, stride, receptive field."""
@@ -597,7 +604,8 @@ class Lens:
                 preprocess: str | None = None, out: str | os.PathLike[str] | None = None,
                 resume: bool = False, resume_dir: str | os.PathLike[str] | None = None,
                 checkpoint_every: int = 1000, ray_address: str | None = None,
-                workers: int | None = None, progress: Progress | None = None) -> DatasetResult:
+                workers: int | None = None, gpus_per_worker: float | None = None,
+                progress: Progress | None = None) -> DatasetResult:
         """What each channel responds to across a whole data set: see :mod:`convlens.dataset.api`.
 
         Per channel of each selected layer: the top-k images by its maximum
@@ -620,6 +628,8 @@ class Lens:
             resume_dir: the checkpoint folder (default: beside ``out``, else none).
             checkpoint_every: images between checkpoints.
             ray_address, workers: the Ray engine's cluster and model actors.
+            gpus_per_worker: the Ray engine on GPUs (the model opened with ``device`` cuda, or auto on
+                a cluster with GPUs): GPUs each actor reserves (default 1; 0.5: two actors a GPU).
             progress: receives ``advance(images)`` per batch.
 
         Returns:
@@ -632,7 +642,8 @@ class Lens:
                            batch_size=batch_size, size=size, preprocess=preprocess or self.preprocess,
                            resume_dir=resume_dir, checkpoint_every=checkpoint_every,
                            ray_address=ray_address, workers=workers, model_spec=self.model.spec,
-                           progress=progress, resume=resume, out=out, model_name=self.name)
+                           gpus_per_worker=gpus_per_worker, progress=progress, resume=resume, out=out,
+                           model_name=self.name)
 
     # ------------------------------------------------------------------ heatmaps
 

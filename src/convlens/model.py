@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ._errors import UnsupportedModel
-from .adapters import open_model
+from .adapters import adapter_device, open_model, parse_device
 from .adapters.base import Adapter
 from .classes import check_class_names, read_labels
 from .core.layers import LayerInfo
@@ -52,6 +52,8 @@ class ModelSpec:
         input_shape: ``(H, W, C)`` for models that do not know theirs.
         trust: allow model files that run code when loaded.
         preprocess: the preprocessing preset asked for, if any.
+        device: the device asked for (``auto``, ``cpu``, ``cuda``, ``cuda:N``, ``mps``); ``None``: ``auto``.
+            Each process resolves it on its own machine (a Ray actor's GPU).
     """
 
     model: str
@@ -59,22 +61,23 @@ class ModelSpec:
     input_shape: tuple[int | None, ...] | None = None
     trust: bool = False
     preprocess: str | None = None
+    device: str | None = None
 
     @classmethod
     def of(cls, model: str | os.PathLike[str], *, weights: str | None = None,
            input_shape: Sequence[int | None] | None = None, trust: bool = False,
-           preprocess: str | None = None) -> ModelSpec:
+           preprocess: str | None = None, device: str | None = None) -> ModelSpec:
         """The spec of ``model``; a path that exists becomes absolute (actors may run elsewhere)."""
         text = os.fspath(model)
         if os.path.exists(text):
             text = os.path.abspath(text)
         return cls(text, weights, tuple(input_shape) if input_shape is not None else None,
-                   bool(trust), preprocess)
+                   bool(trust), preprocess, parse_device(device))
 
     def kwargs(self) -> dict[str, Any]:
         """Keyword arguments of :func:`convlens.adapters.open_model` and :meth:`Model.open`."""
         return {"model": self.model, "weights": self.weights, "input_shape": self.input_shape,
-                "trust": self.trust, "preprocess": self.preprocess}
+                "trust": self.trust, "preprocess": self.preprocess, "device": self.device}
 
 
 def classes_in(output_shape: Sequence[int | None]) -> int | None:
@@ -124,18 +127,25 @@ class Model:
 
     @classmethod
     def open(cls, model: Any, *, weights: str | None = None, input_shape: Sequence[int | None] | None = None,
-             trust: bool = False, preprocess: str | None = None) -> Model:
+             trust: bool = False, preprocess: str | None = None, device: str | None = None) -> Model:
         """Open a model object, file or name (see :func:`convlens.adapters.open_model`).
 
         A :class:`Model` is returned as it is (the other arguments must then be unset).
 
+        Args:
+            device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``; ``None``:
+                ``auto`` for files and names, and where it is for an in-memory model.
+
         Raises:
             BadModel, UnsupportedModel, UnsafeModel, WeightsUnavailable: as ``open_model``.
+            BadArgument: a device this machine does not have.
         """
         if isinstance(model, Model):
             return model
-        adapter = open_model(model, weights=weights, input_shape=input_shape, trust=trust, preprocess=preprocess)
-        spec = (ModelSpec.of(model, weights=weights, input_shape=input_shape, trust=trust, preprocess=preprocess)
+        adapter = open_model(model, weights=weights, input_shape=input_shape, trust=trust, preprocess=preprocess,
+                             device=device)
+        spec = (ModelSpec.of(model, weights=weights, input_shape=input_shape, trust=trust, preprocess=preprocess,
+                             device=device)
                 if isinstance(model, (str, os.PathLike)) else None)
         return cls(adapter, preprocess=preprocess, spec=spec)
 
@@ -155,6 +165,17 @@ class Model:
     def input_shape(self) -> tuple[int | None, ...]:
         """``(H, W, C)`` with ``None`` for free dimensions."""
         return self.adapter.input_shape
+
+    @property
+    def device(self) -> str:
+        """Where the model runs: ``"cpu"``, ``"cuda:0"``, ``"mps"`` (read from the adapter each time)."""
+        return adapter_device(self.adapter)
+
+    @property
+    def device_note(self) -> str | None:
+        """A sentence to show once when the model cannot run where it was asked to (TFLite on a GPU)."""
+        note = getattr(self.adapter, "device_note", None)
+        return str(note) if note else None
 
     def layers(self) -> list[LayerInfo]:
         """Every layer in execution order, the input first (rows of the layer table)."""

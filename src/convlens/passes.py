@@ -41,8 +41,10 @@ returned by ``on_batch`` may still run while the next batch's layers arrive.
 Reductions: a consumer with a ``reductions`` mapping (layer index -> ops of
 :data:`convlens.core.reduce.REDUCTIONS`) receives ``on_reduced(batch, layer,
 {op: (n, C)})`` for those layers instead of ``on_layer``; today numpy
-reduces on the worker (:func:`convlens.core.reduce.reduce_channels`), a device
-backend would reduce before the transfer.
+reduces on the worker (:func:`convlens.core.reduce.reduce_channels`); a model on
+an accelerator whose adapter has ``run_reducing`` (PyTorch) reduces there, in
+float64, and hands over only ``(n, C)`` arrays, when every consumer of a layer
+asks for reductions of it (see :func:`_device_reductions`).
 
 :class:`MapConsumer` is the shared base of every consumer that draws
 feature-map grids: it does the ``norm="global"`` buffering (one value range
@@ -62,6 +64,7 @@ import numpy as np
 
 from ._errors import BadArgument, UnsupportedModel
 from ._progress import NullProgress, Progress
+from .adapters import adapter_device
 from .adapters.base import Adapter, OnOutput
 from .core.layers import LayerInfo
 from .core.memory import MEMORY_BUDGET, batch_size_for, per_sample_bytes
@@ -314,6 +317,7 @@ def run_batches(model: Model | Adapter, layers: Sequence[LayerInfo], batches: It
     layers = list(layers)
     by_index = {layer.index: layer for layer in layers}
     wanted = list(by_index)
+    reducing, device_ops = _device_reductions(adapter, consumers, by_index) if forward is None else (None, {})
     progress.start((images or 0) * (len(wanted) if unit == "layer" else 1), label)
     produced: set[int] = set()
     outputs: list[np.ndarray] = []
@@ -331,7 +335,19 @@ def run_batches(model: Model | Adapter, layers: Sequence[LayerInfo], batches: It
                 pending.append(executor.submit(functools.partial(
                     _feed, consumers, batch, layer, a, progress if unit == "layer" else None)))
 
-            output = np.asarray(run(batch.inputs, wanted, on_output))
+            def on_reduced(i: int, r: Mapping[str, np.ndarray], batch: Batch = batch, got: set[int] = got,
+                           pending: list[Future[None]] = pending) -> None:
+                layer = by_index.get(i)
+                if layer is None or i in got:
+                    return
+                got.add(i)
+                pending.append(executor.submit(functools.partial(
+                    _feed_reduced, consumers, batch, layer, r, progress if unit == "layer" else None)))
+
+            if reducing is not None:
+                output = np.asarray(reducing(batch.inputs, wanted, on_output, device_ops, on_reduced))
+            else:
+                output = np.asarray(run(batch.inputs, wanted, on_output))
             for f in pending:
                 f.result()  # the batch's layers are all consumed (or the first error is raised)
             produced |= got
@@ -363,6 +379,42 @@ def _feed(consumers: Sequence[Consumer], batch: Batch, layer: LayerInfo, array: 
             consumer.on_reduced(batch, layer, reduced[key])  # type: ignore[attr-defined]
         else:
             consumer.on_layer(batch, layer, array)
+    if progress is not None:
+        progress.advance(len(batch))
+
+
+#: Reduce on the device also when the model runs on the CPU (tests of the device path; on the CPU the
+#: engine's workers reduce in numpy beside the forward pass, which is faster there).
+DEVICE_REDUCTIONS_ON_CPU = False
+
+
+def _device_reductions(adapter: Adapter, consumers: Sequence[Consumer], by_index: Mapping[int, LayerInfo]
+                       ) -> tuple[Callable[..., np.ndarray] | None, dict[int, tuple[str, ...]]]:
+    """The adapter's ``run_reducing`` and, per layer, the ops to reduce where the model runs.
+
+    A layer is reduced on the device only when every consumer asks for reductions
+    of it (the union of their ops, one transfer); a consumer that wants the whole
+    array gets it, and the others then reduce it in numpy as before. Adapters
+    without ``run_reducing`` (ONNX, Keras, TFLite hand over host arrays anyway),
+    and models on the CPU, keep the numpy path.
+    """
+    reducing = getattr(adapter, "run_reducing", None)
+    if reducing is None or not consumers or (adapter_device(adapter) == "cpu" and not DEVICE_REDUCTIONS_ON_CPU):
+        return None, {}
+    ops: dict[int, tuple[str, ...]] = {}
+    for index in by_index:
+        asked = [getattr(c, "reductions", None) or {} for c in consumers]
+        if all(a.get(index) for a in asked):
+            ops[index] = tuple(dict.fromkeys(op for a in asked for op in a[index]))
+    return (reducing, ops) if ops else (None, {})
+
+
+def _feed_reduced(consumers: Sequence[Consumer], batch: Batch, layer: LayerInfo, reduced: Mapping[str, np.ndarray],
+                  progress: Progress | None) -> None:
+    """One layer's device reductions of one batch to every consumer, each its own ops."""
+    for consumer in consumers:
+        mine = consumer.reductions[layer.index]  # type: ignore[attr-defined]
+        consumer.on_reduced(batch, layer, {op: reduced[op] for op in mine})  # type: ignore[attr-defined]
     if progress is not None:
         progress.advance(len(batch))
 

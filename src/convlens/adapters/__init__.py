@@ -16,9 +16,19 @@ from typing import Any
 
 from .._errors import BadModel, UnsupportedModel
 from ..classes import DEMO_SOURCE, IMAGENET_SOURCE, demo_class_names, imagenet_class_names
+from ._device import (
+    AUTO,
+    DEVICE_CHOICES,
+    adapter_device,
+    exact_kernels,
+    is_out_of_memory,
+    out_of_memory,
+    parse_device,
+)
 from .base import Adapter, LayerInfo
 
-__all__ = ["Adapter", "LayerInfo", "open_model", "DATA_DIR", "DEMO_MODEL", "TORCH_SUFFIXES",
+__all__ = ["AUTO", "DEVICE_CHOICES", "Adapter", "LayerInfo", "adapter_device", "exact_kernels", "is_out_of_memory",
+           "open_model", "out_of_memory", "parse_device", "DATA_DIR", "DEMO_MODEL", "TORCH_SUFFIXES",
            "ONNX_SUFFIXES", "TFLITE_SUFFIXES", "KERAS_SUFFIXES"]
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
@@ -43,7 +53,7 @@ def _is_keras_model(obj: Any) -> bool:
 
 
 def open_model(source: Any, *, weights: str | None = None, input_shape: Sequence[int | None] | None = None,
-               trust: bool = False, preprocess: str | None = None) -> Adapter:
+               trust: bool = False, preprocess: str | None = None, device: Any = None) -> Adapter:
     """An adapter for a model object, a model file, a zoo name or ``"demo"``.
 
     The one dispatch point: the adapter is chosen from the Python object's
@@ -61,41 +71,54 @@ def open_model(source: Any, *, weights: str | None = None, input_shape: Sequence
             size for zoo models.
         trust: allow loading files that run code (Lambda layers, pickles).
         preprocess: overrides the model's own preprocessing preset.
+        device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps`` (:mod:`convlens.adapters._device`).
+            ``None``: ``auto`` (the accelerator if there is one) for files and
+            names; an in-memory model stays where it is (a torch module on its
+            own device; Keras, ONNX: their default). TFLite runs on the CPU and
+            says so in ``adapter.device_note`` when another device was asked for.
 
     Raises:
         BadModel: the file is missing or not a model.
-        UnsupportedModel: convlens cannot read this kind of model.
+        UnsupportedModel: convlens cannot read this kind of model, or a torch
+            module sits on several devices.
+        BadArgument: a device this machine does not have (``cuda`` without CUDA...).
     """
+    device = parse_device(device)
     if isinstance(source, Adapter) and not isinstance(source, (str, os.PathLike)):
         return source
     if _is_keras_model(source):
-        from .keras import KerasAdapter
+        from .keras import KerasAdapter, use_keras_device
 
-        return KerasAdapter(source, input_shape=input_shape, preprocess=preprocess)
+        where = use_keras_device(device)
+        return _placed(KerasAdapter(source, input_shape=input_shape, preprocess=preprocess), where)
     if _in_module(source, "torch"):
         from .torch import TorchAdapter
 
-        return TorchAdapter(source, input_shape=input_shape, preprocess=preprocess)
+        return TorchAdapter(source, input_shape=input_shape, preprocess=preprocess, device=device)
     if _in_module(source, "onnx", "ModelProto"):
         from .onnx import OnnxAdapter
 
-        return OnnxAdapter(source, input_shape=input_shape, preprocess=preprocess)
+        onnx_adapter = OnnxAdapter(source, input_shape=input_shape, preprocess=preprocess)
+        onnx_adapter.use_device(device)
+        return onnx_adapter
     if not isinstance(source, (str, os.PathLike)):
         kind = f"{type(source).__module__}.{type(source).__name__}"
         raise UnsupportedModel(f"convlens cannot read a {kind}; it reads {_READS}")
     text = os.fspath(source)
     key = text.lower().removeprefix("keras:")
+    device = device or AUTO  # files and names: the accelerator if there is one
     if text == "demo":
-        from .keras import KerasAdapter, load_keras_file
+        from .keras import KerasAdapter, load_keras_file, use_keras_device
 
-        demo = KerasAdapter(load_keras_file(DEMO_MODEL), preprocess=preprocess or "unit")
+        where = use_keras_device(device)
+        demo = _placed(KerasAdapter(load_keras_file(DEMO_MODEL), preprocess=preprocess or "unit"), where)
         return _named(demo, demo_class_names(), DEMO_SOURCE)
     if key.startswith("torchvision:"):
         from .torch import open_torchvision
 
         name = text.split(":", 1)[1]
         adapter = open_torchvision(name, weights=weights, input_shape=input_shape, trust=trust,
-                                   preprocess=preprocess)
+                                   preprocess=preprocess, device=device)
         import torchvision  # open_torchvision imported it already
 
         if name.strip().lower() in torchvision.models.list_models(module=torchvision.models):
@@ -104,14 +127,15 @@ def open_model(source: Any, *, weights: str | None = None, input_shape: Sequence
         return adapter
     path = Path(text)
     if not path.exists():
-        from .keras import ZOO, KerasAdapter, load_zoo_model
+        from .keras import ZOO, KerasAdapter, load_zoo_model, use_keras_device
 
         if key in ZOO:
+            where = use_keras_device(device)
             model, preset = load_zoo_model(key, weights=_keras_weights(weights), input_shape=input_shape,
                                            trust=trust)
             # keras.applications models are built with their ImageNet-1k top
-            return _named(KerasAdapter(model, preprocess=preprocess or preset), imagenet_class_names(),
-                          IMAGENET_SOURCE)
+            return _named(_placed(KerasAdapter(model, preprocess=preprocess or preset), where),
+                          imagenet_class_names(), IMAGENET_SOURCE)
         raise BadModel(f"model not found: {text} is neither a file nor a known name; give a model file "
                        f"(.keras .h5 .pt2 .pt .onnx .tflite), 'demo', torchvision:NAME such as "
                        f"torchvision:resnet18, or one of: {', '.join(sorted(ZOO))}")
@@ -121,21 +145,42 @@ def open_model(source: Any, *, weights: str | None = None, input_shape: Sequence
     if suffix in TORCH_SUFFIXES:
         from .torch import open_torch_file
 
-        return open_torch_file(path, input_shape=input_shape, trust=trust, preprocess=preprocess)
+        return open_torch_file(path, input_shape=input_shape, trust=trust, preprocess=preprocess, device=device)
     if suffix in ONNX_SUFFIXES:
         from .onnx import OnnxAdapter
 
-        return OnnxAdapter(path, input_shape=input_shape, preprocess=preprocess)
+        onnx_file = OnnxAdapter(path, input_shape=input_shape, preprocess=preprocess)
+        onnx_file.use_device(device)
+        return onnx_file
     if suffix in TFLITE_SUFFIXES:
         from .tflite import TFLiteAdapter
 
-        return TFLiteAdapter(path, input_shape=input_shape, preprocess=preprocess)
+        tflite = TFLiteAdapter(path, input_shape=input_shape, preprocess=preprocess)
+        return _placed(tflite, "cpu", tflite_device_note(device))
     if suffix not in KERAS_SUFFIXES:
         raise BadModel(f"{path}: unknown model file type {suffix or '(no suffix)'}; convlens reads {_READS}")
-    from .keras import KerasAdapter, load_keras_file
+    from .keras import KerasAdapter, load_keras_file, use_keras_device
 
+    where = use_keras_device(device)
     model = load_keras_file(path, trust=trust)
-    return KerasAdapter(model, input_shape=input_shape, preprocess=preprocess)
+    return _placed(KerasAdapter(model, input_shape=input_shape, preprocess=preprocess), where)
+
+
+def _placed(adapter: Any, device: str, note: str | None = None) -> Any:
+    """The adapter, told where it runs (``adapter.device``) and, if any, what to say about it once."""
+    adapter.device = device
+    if note:
+        adapter.device_note = note
+    return adapter
+
+
+def tflite_device_note(device: str | None) -> str | None:
+    """What to say when a TFLite model was asked to run on an accelerator: it runs on the CPU."""
+    spec = parse_device(device)
+    if spec in (None, AUTO, "cpu"):
+        return None
+    return (f"TFLite models run on the CPU (LiteRT's XNNPACK); --device {spec} does not apply to them, "
+            "convert the model to ONNX or PyTorch to run it on a GPU")
 
 
 def _named(adapter: Adapter, names: list[str], source: str) -> Adapter:

@@ -76,18 +76,37 @@ def to_numpy(t: Any, channels_last: bool = False) -> np.ndarray:
 
     Always a copy, made inside the hook: the tensor may be overwritten by an
     in-place op (``ReLU(inplace=True)``) right after, and ``.numpy()`` shares
-    memory. ``clone`` after ``movedim`` is that one copy, channels last.
+    memory. Exactly one copy on the host: on an accelerator the channel move
+    and the float32 conversion happen there and the transfer is the copy; on
+    the CPU the conversion (float16, bfloat16, float64) or ``clone`` after
+    ``movedim`` is it.
     """
     import torch
 
     t = t.detach()
-    if t.device.type != "cpu":
-        t = t.cpu()
-    if t.dtype != torch.float32:
-        t = t.float()
     if t.ndim >= 3 and not channels_last:
         t = t.movedim(1, -1)
+    if t.device.type != "cpu":
+        return t.to(torch.float32, memory_format=torch.contiguous_format).cpu().numpy()
+    if t.dtype != torch.float32:
+        return t.to(torch.float32, memory_format=torch.contiguous_format).numpy()
     return t.clone(memory_format=torch.contiguous_format).numpy()
+
+
+def batch_to_torch(batch: np.ndarray, module: Any, *, channels_first: bool = True) -> Any:
+    """A canonical ``(N, H, W, C)`` batch as the module's input: ``(N, C, H, W)`` (unless not
+    ``channels_first``), on the module's device and in its dtype, both read now (see
+    :func:`convlens.adapters._device.module_device`)."""
+    import torch
+
+    from ._device import module_device
+
+    device, dtype = module_device(module)
+    x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
+    x = x.to(device=device, dtype=dtype)  # converted where the module is (one transfer of float32)
+    if x.ndim >= 3 and channels_first:
+        x = x.movedim(-1, 1).contiguous()
+    return x
 
 
 def replaced(out: Any, new: Mapping[tuple, Any]) -> Any:
@@ -258,7 +277,9 @@ def hooked_gradients(module: Any, forward: Callable[[Any], Any], x: Any, batch: 
             cot = cot.movedim(-1, 1)
         cot = cot.to(device=score_t.device, dtype=score_t.dtype)
         with torch.no_grad():
-            score = (score_t.detach() * cot).flatten(1).sum(1).double().cpu().numpy()
+            # summed in float32 at least: a float16/bfloat16 score would round (and overflow) otherwise
+            wide = torch.float32 if score_t.device.type == "mps" else torch.float64
+            score = (score_t.detach().to(wide) * cot.to(wide)).flatten(1).sum(1).cpu().numpy().astype(np.float64)
         wanted = [r for r in rows if captured[r].requires_grad]
         if wrt_input and 0 not in wanted:
             wanted.append(0)

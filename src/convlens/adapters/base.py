@@ -12,7 +12,7 @@ branches on the framework):
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -21,11 +21,14 @@ import numpy as np
 from .._errors import BadArgument, LayerNotFound
 from ..core.layers import KINDS, LayerInfo
 
-__all__ = ["Adapter", "Gradients", "LayerInfo", "OnOutput", "KINDS", "RankedGradients", "Target",
+__all__ = ["Adapter", "Gradients", "LayerInfo", "OnOutput", "OnReduced", "KINDS", "RankedGradients", "Target",
            "first_line", "check_rows", "target_cotangent"]
 
 #: Called once per captured layer output during a forward pass: (layer index, array).
 OnOutput = Callable[[int, np.ndarray], None]
+#: An optional adapter method's callback (``run_reducing``): (layer index, ``{op: (n, C)}`` of
+#: :mod:`convlens.core.reduce`), the layer's output reduced where the model runs.
+OnReduced = Callable[[int, Mapping[str, np.ndarray]], None]
 
 
 @dataclass(frozen=True, eq=False)

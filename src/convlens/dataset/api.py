@@ -70,7 +70,7 @@ def run_dataset(adapter: Adapter, data: str | os.PathLike[str] | Source, *,
                 ray_address: str | None = None, workers: int | None = None,
                 model_spec: ModelSpec | None = None, progress: Progress | None = None,
                 resume: bool = False, out: str | os.PathLike[str] | None = None,
-                model_name: str | None = None) -> DatasetResult:
+                model_name: str | None = None, gpus_per_worker: float | None = None) -> DatasetResult:
     """Stream a data set through a model and keep, per channel, its examples and health.
 
     Args:
@@ -96,6 +96,8 @@ def run_dataset(adapter: Adapter, data: str | os.PathLike[str] | Source, *,
             one; otherwise start, and say so in the notes).
         out: also save the result there (atomically) and then remove the checkpoint.
         model_name: the model as people name it in the result (default the spec's or adapter's).
+        gpus_per_worker: ``engine="ray"`` on GPUs: GPUs each model actor reserves (see
+            :func:`convlens.dataset.ray_engine.run_ray`).
 
     Returns:
         The :class:`~convlens.dataset.result.DatasetResult`.
@@ -118,6 +120,9 @@ def run_dataset(adapter: Adapter, data: str | os.PathLike[str] | Source, *,
     if engine == "ray" and resume:
         raise BadArgument("--resume works with the local engine; the Ray engine retries failed "
                           "workers itself (run again without --resume)")
+    if gpus_per_worker is not None and engine != "ray":
+        raise BadArgument("--gpus-per-worker sets the Ray engine's actors; add --engine ray, or leave it out "
+                          "(the local engine runs on --device)")
     if engine == "ray" and model_spec is None:
         raise BadArgument("the Ray engine reopens the model in each worker: pass a model file or "
                           "name (Lens('model.keras')), not an in-memory model")
@@ -134,9 +139,13 @@ def run_dataset(adapter: Adapter, data: str | os.PathLike[str] | Source, *,
     notes = [*source.notes, *([runner.size_note] if runner.size_note else [])]
     checkpoint = None
     if engine == "ray":
+        placement: dict[str, Any] = {}
         acc = _run_ray(model_spec, source, layers, k=k, classes=classes, size=runner.input_size,
                        preprocess=preprocess, batch_size=batch_size, address=ray_address,
-                       workers=workers, progress=progress)
+                       workers=workers, progress=progress, gpus_per_worker=gpus_per_worker,
+                       placement=placement)
+        if placement.get("note"):
+            notes.append(str(placement["note"]))
     else:
         folder = resume_dir if resume_dir is not None else (
             default_checkpoint_folder(out) if out is not None else None)

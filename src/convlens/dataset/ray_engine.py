@@ -58,7 +58,7 @@ from ..core.layers import LayerInfo
 from .accumulate import DatasetAccumulator
 from .sources import Record, Source
 
-__all__ = ["INSTALL_HINT", "RETRIES", "run_ray"]
+__all__ = ["INSTALL_HINT", "RETRIES", "gpu_plan", "run_ray"]
 
 #: What to run when Ray is missing.
 INSTALL_HINT = "pip install 'convlens[ray]'"
@@ -71,7 +71,7 @@ INIT_TIMEOUT = 60.0
 #: Ray Data blocks of batches at most (beyond, a block holds several consecutive batches).
 MAX_BLOCKS = 2000
 #: Environment variables the driver passes on to the model actors.
-FORWARDED_ENV = ("KERAS_BACKEND", "TF_CPP_MIN_LOG_LEVEL")
+FORWARDED_ENV = ("KERAS_BACKEND", "TF_CPP_MIN_LOG_LEVEL", "PYTORCH_CUDA_ALLOC_CONF", "TF_FORCE_GPU_ALLOW_GROWTH")
 #: Test hook: a path; the first actor batch that can rename that file away exits its
 #: process (os._exit), as a worker killed mid-run would. Unset: no effect.
 FAIL_ONCE_ENV = "CONVLENS_RAY_FAIL_ONCE"
@@ -79,7 +79,8 @@ FAIL_ONCE_ENV = "CONVLENS_RAY_FAIL_ONCE"
 
 def run_ray(spec: Any, source: Source, layers: Sequence[LayerInfo], *, k: int, classes: int,
             size: Any, preprocess: str, batch_size: int, address: str | None = None,
-            workers: int | None = None, progress: Progress | None = None) -> DatasetAccumulator:
+            workers: int | None = None, progress: Progress | None = None,
+            gpus_per_worker: float | None = None, placement: dict[str, Any] | None = None) -> DatasetAccumulator:
     """Stream ``source`` through the model on a Ray cluster; the result equals the local engine's.
 
     Args:
@@ -97,9 +98,16 @@ def run_ray(spec: Any, source: Source, layers: Sequence[LayerInfo], *, k: int, c
             ``auto``); ``None``: the running Ray session of this process if
             there is one, else a local cluster started for the run and shut
             down after it.
-        workers: model actors (each holds one model); default: the cluster's CPUs
-            (at most one per batch).
+        workers: model actors (each holds one model); default: the cluster's CPUs,
+            or on GPUs its GPUs divided by ``gpus_per_worker`` (at most one per batch).
         progress: advanced by the images of each merged batch.
+        gpus_per_worker: GPUs each actor reserves when the model runs on GPUs
+            (the spec's device ``cuda``/``cuda:N``, or ``auto`` on a cluster with
+            GPUs); default 1, fractions put several actors on one GPU. Ray then
+            makes each actor's GPUs its only visible ones, and the actor opens
+            the model on ``cuda`` (``auto`` stays ``auto``).
+        placement: filled with where the actors ran: ``num_gpus`` (per actor),
+            ``actors`` (each actor's device and Ray GPU ids) and ``note``.
 
     Returns:
         The merged accumulator: every record folded in (or listed as failed) once.
@@ -119,7 +127,8 @@ def run_ray(spec: Any, source: Source, layers: Sequence[LayerInfo], *, k: int, c
     try:
         return _run(ray, kwargs, source, layers, k=k, classes=classes, size=size,
                     preprocess=preprocess, batch_size=batch_size, workers=workers,
-                    progress=progress or NullProgress())
+                    progress=progress or NullProgress(), gpus_per_worker=gpus_per_worker,
+                    placement=placement if placement is not None else {})
     finally:
         if started:
             ray.shutdown()
@@ -273,15 +282,20 @@ class _BatchWorker:
 
     def __init__(self, spec: dict[str, Any], source: Source, layers: list[tuple[int, str]], *, k: int,
                  classes: int, size: Any, preprocess: str) -> None:
-        from ..adapters import open_model
+        import ray
+
+        from ..adapters import adapter_device, open_model
         from .engine import BatchRunner
 
         # A convlens error here (the model file missing on this node...) is kept and raised by
         # the first batch: Ray reports an actor that fails to start only as text, and restarts it.
         self.failed: ConvlensError | None = None
+        self.where = ""
         try:
             options = dict(spec)
             adapter = open_model(options.pop("model"), **options)
+            ids = ",".join(str(i) for i in ray.get_gpu_ids()) or "none"
+            self.where = f"{adapter_device(adapter)} (Ray GPU ids {ids})"
             table = {info.index: info for info in adapter.layers()}
             chosen = []
             for index, name in layers:
@@ -312,7 +326,8 @@ class _BatchWorker:
             states.append(state)
             errors.append(error)
         return {"batch": np.asarray(indexes, np.int64), "state": np.asarray(states, dtype=object),
-                "error": np.asarray(errors, dtype=object)}
+                "error": np.asarray(errors, dtype=object),
+                "where": np.asarray([self.where] * len(indexes), dtype=object)}
 
 
 def _maybe_fail_once() -> None:
@@ -329,15 +344,22 @@ def _maybe_fail_once() -> None:
 
 def _run(ray: Any, kwargs: dict[str, Any], source: Source, layers: Sequence[LayerInfo], *, k: int, classes: int,
          size: Any, preprocess: str, batch_size: int, workers: int | None,
-         progress: Progress) -> DatasetAccumulator:
+         progress: Progress, gpus_per_worker: float | None = None,
+         placement: dict[str, Any] | None = None) -> DatasetAccumulator:
     import ray.data
 
     batches = _batches(source.records, batch_size)
     total = DatasetAccumulator(layers, k, classes)
     if not batches:
         return total
-    cpus = int(ray.cluster_resources().get("CPU", 1)) or 1
-    pool = min(workers or cpus, len(batches))
+    resources = ray.cluster_resources()
+    cpus = int(resources.get("CPU", 1)) or 1
+    per, actor_device = gpu_plan(kwargs.get("device"), float(resources.get("GPU", 0)), gpus_per_worker, workers)
+    kwargs = {**kwargs, "device": actor_device}
+    default_pool = max(1, int(float(resources.get("GPU", 0)) / per + 1e-9)) if per else cpus
+    pool = min(workers or default_pool, len(batches))
+    placement = placement if placement is not None else {}
+    placement["num_gpus"] = per
     # Each actor gets its share of the node's cores, and its framework is told so (Ray sets
     # OMP_NUM_THREADS from num_cpus; TensorFlow reads its own variables), so that 2 actors on
     # 2 cores do not each start 2 threads per operation.
@@ -345,6 +367,9 @@ def _run(ray: Any, kwargs: dict[str, Any], source: Source, layers: Sequence[Laye
     threads = {"OMP_NUM_THREADS": str(share), "TF_NUM_INTRAOP_THREADS": str(share),
                "TF_NUM_INTEROP_THREADS": "1"}
     env = {**_runtime_env()["env_vars"], **threads}
+    if per:  # actors sharing a GPU: TensorFlow must not take all of its memory
+        env.setdefault("TF_FORCE_GPU_ALLOW_GROWTH", "true")
+    gpu_args = {"num_gpus": per} if per else {}
     rows = [{"batch": i, "records": _encode_records(chunk)} for i, chunk in enumerate(batches)]
     bare = dataclasses.replace(source, records=())  # the actors get their records per batch
     # One block per batch (up to MAX_BLOCKS): the pool hands out batches one by one, so an actor
@@ -361,7 +386,7 @@ def _run(ray: Any, kwargs: dict[str, Any], source: Source, layers: Sequence[Laye
             fn_constructor_kwargs={"spec": kwargs, "source": bare,
                                    "layers": [(info.index, info.name) for info in layers],
                                    "k": k, "classes": classes, "size": size, "preprocess": preprocess},
-            runtime_env={"env_vars": env}, max_restarts=RETRIES, max_task_retries=RETRIES)
+            runtime_env={"env_vars": env}, max_restarts=RETRIES, max_task_retries=RETRIES, **gpu_args)
 
     merger = _Merger(total, layers, batches, len(source.records))
     progress.start(len(source.records), f"dataset on Ray ({pool} model actor{'s' * (pool > 1)})")
@@ -372,8 +397,10 @@ def _run(ray: Any, kwargs: dict[str, Any], source: Source, layers: Sequence[Laye
     saved = (context.enable_progress_bars, context.print_on_execution_start, logger.level)
     context.enable_progress_bars = context.print_on_execution_start = False
     logger.setLevel(logging.ERROR)
+    wheres: set[str] = set()
     try:
         for out in _iterate(mapped):
+            wheres.update(str(w) for w in out.get("where", ()) if w)
             for index, blob, error in zip(out["batch"], out["state"], out["error"]):
                 if error:
                     raise _convlens_error(str(error))
@@ -383,11 +410,52 @@ def _run(ray: Any, kwargs: dict[str, Any], source: Source, layers: Sequence[Laye
         context.enable_progress_bars, context.print_on_execution_start, level = saved
         logger.setLevel(level)
         progress.finish()
+    placement["actors"] = sorted(wheres)
+    if per:
+        placement["note"] = (f"the Ray engine ran {pool} model actor{'s' * (pool > 1)} with {per:g} GPU each, "
+                             f"on {'; '.join(sorted(wheres)) or 'no device reported'}")
     missing = merger.missing()
     if missing:
         raise ConvlensError(f"the Ray run returned without {missing} of {len(batches)} batches; run it "
                             "again (or with --engine local)")
     return total
+
+
+def gpu_plan(device: str | None, cluster_gpus: float, gpus_per_worker: float | None,
+             workers: int | None) -> tuple[float, str | None]:
+    """GPUs each model actor requests, and the device it opens the model on.
+
+    ``cuda``/``cuda:N`` need GPUs in the cluster (each actor sees only the GPUs
+    Ray gave it, so it opens the model on ``cuda``); ``auto`` uses them when
+    the cluster has some (the actor's ``auto`` then finds its GPU); ``cpu`` and
+    ``mps`` request none.
+
+    Raises:
+        BadArgument: GPUs asked for on a cluster without any, a bad share, a
+            share without a GPU device, or more GPUs than the cluster has.
+    """
+    spec = device or "auto"
+    if gpus_per_worker is not None and not (gpus_per_worker > 0 and (
+            gpus_per_worker <= 1 or float(gpus_per_worker).is_integer())):
+        raise BadArgument(f"--gpus-per-worker {gpus_per_worker}: give a fraction of one GPU (0.25, 0.5) or "
+                          "a whole number")
+    if spec.startswith("cuda") and cluster_gpus <= 0:
+        raise BadArgument(f"--device {spec} with --engine ray: the Ray cluster has no GPUs; start its nodes "
+                          "with GPUs (ray start --num-gpus N), or use --device cpu")
+    if spec.startswith("cuda") or (spec == "auto" and cluster_gpus > 0):
+        per = float(gpus_per_worker) if gpus_per_worker is not None else 1.0
+        if per > cluster_gpus:
+            raise BadArgument(f"--gpus-per-worker {per:g}: the Ray cluster has {cluster_gpus:g} GPUs; ask for "
+                              "at most that many per actor")
+        if workers is not None and workers * per > cluster_gpus + 1e-9:
+            raise BadArgument(f"--workers {workers} x --gpus-per-worker {per:g} needs {workers * per:g} GPUs and "
+                              f"the Ray cluster has {cluster_gpus:g}; use fewer workers or a smaller share")
+        return per, ("auto" if spec == "auto" else "cuda")
+    if gpus_per_worker is not None:
+        why = "the Ray cluster has no GPUs" if spec == "auto" else f"--device {spec} runs without them"
+        raise BadArgument(f"--gpus-per-worker asks for GPUs, but {why}; leave it out, or use --device cuda on a "
+                          "cluster with GPUs")
+    return 0.0, spec
 
 
 class _Merger:

@@ -15,8 +15,15 @@ only from the ones before it.
 from __future__ import annotations
 
 from .grads import KerasAdapter
-from .load import ZOO, import_keras, load_keras_file, load_triton_before_tensorflow, load_zoo_model
+from .load import (
+    ZOO,
+    import_keras,
+    load_keras_file,
+    load_triton_before_tensorflow,
+    load_zoo_model,
+    use_keras_device,
+)
 from .table import keras_final_activation
 
-__all__ = ["KerasAdapter", "ZOO", "import_keras", "keras_final_activation", "load_keras_file",
-           "load_triton_before_tensorflow", "load_zoo_model"]
+__all__ = ["KerasAdapter", "ZOO", "import_keras", "keras_final_activation", "load_keras_file", "use_keras_device",
+           "load_triton_before_tensorflow", "load_zoo_model", "use_keras_device"]

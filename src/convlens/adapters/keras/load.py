@@ -12,8 +12,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..._errors import BadModel, MissingDependency, UnsafeModel, UnsupportedModel, WeightsUnavailable
+from ..._errors import BadArgument, BadModel, MissingDependency, UnsafeModel, UnsupportedModel, WeightsUnavailable
 from ..._stderr import native_stderr_silenced
+from .._device import AUTO, parse_device, resolve_torch_device
 from .._files import is_zip
 from ..base import first_line as _first_line
 
@@ -61,8 +62,14 @@ def load_triton_before_tensorflow() -> None:
         pass
 
 
-def import_keras() -> Any:
-    """Import Keras 3, quietly, or say which extra to install."""
+def import_keras(device: str | None = None) -> Any:
+    """Import Keras 3, quietly, or say which extra to install.
+
+    On the TensorFlow backend, TensorFlow is told to grow its GPU memory as
+    needed (it takes every GPU's whole memory at its first operation otherwise,
+    starving PyTorch in the same process) and, when ``device`` is given on this
+    first import, which GPUs it may see: both before its first operation.
+    """
     global _KERAS
     if _KERAS is not None:
         return _KERAS
@@ -73,6 +80,7 @@ def import_keras() -> Any:
             import keras
 
             if keras.backend.backend() == "tensorflow":  # device discovery logs once, here
+                _tf_before_first_op(device)
                 keras.ops.convert_to_numpy(keras.ops.zeros((1,)))
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise MissingDependency(
@@ -82,6 +90,103 @@ def import_keras() -> Any:
         raise MissingDependency("convlens needs Keras 3; run: pip install -U 'convlens[keras]'")
     _KERAS = keras
     return keras
+
+
+def _tf_before_first_op(device: str | None) -> None:
+    """Memory growth on every GPU, and the GPUs ``device`` asks for made the only visible ones."""
+    import tensorflow as tf
+
+    try:
+        gpus = tf.config.list_physical_devices("GPU")
+    except Exception:
+        return
+    for gpu in gpus:
+        try:
+            tf.config.experimental.set_memory_growth(gpu, True)
+        except (RuntimeError, ValueError):  # TensorFlow already started elsewhere in this process
+            pass
+    spec = parse_device(device)
+    if not gpus or spec in (None, AUTO, "mps"):
+        return
+    index = int(spec.split(":")[1]) if ":" in spec else 0
+    chosen = [] if spec == "cpu" else gpus[index:index + 1]
+    try:
+        tf.config.set_visible_devices(chosen, "GPU")
+    except (RuntimeError, ValueError):
+        pass  # checked by use_keras_device
+
+
+def use_keras_device(device: Any) -> str:
+    """Put Keras on ``device`` and say where it runs (``"cpu"``, ``"cuda:0"``, ``"mps"``).
+
+    On the torch backend the device new variables and tensors go to is set for
+    the process (``None`` keeps Keras's own choice); call this before the model
+    is built or loaded. On TensorFlow, GPUs can only be hidden before its first
+    operation, so a device that disagrees with a TensorFlow already started in
+    this process is an error. On JAX, ``cpu`` makes the CPU the default device.
+
+    Raises:
+        BadArgument: a device this machine or this backend does not have.
+    """
+    spec = parse_device(device)
+    keras = import_keras(spec)
+    backend = keras.backend.backend()
+    if backend == "torch":
+        if spec is None:
+            return str(keras.src.backend.torch.core.get_device())
+        where = resolve_torch_device(spec)
+        from keras.src.backend.common import global_state
+
+        global_state.set_global_attribute("torch_device", where)
+        return where
+    if backend == "jax":
+        import jax
+
+        platform = jax.default_backend()
+        if spec in (None, AUTO):
+            return "cuda:0" if platform == "gpu" else "cpu"
+        if spec == "cpu":
+            jax.config.update("jax_default_device", jax.devices("cpu")[0])
+            return "cpu"
+        if spec == "mps" or platform != "gpu":
+            raise BadArgument(f"--device {spec}: JAX has no such device here (its backend is {platform}); "
+                              "use --device cpu or auto")
+        index = int(spec.split(":")[1]) if ":" in spec else 0
+        count = len(jax.devices("gpu"))
+        if index >= count:
+            raise BadArgument(f"--device {spec}: JAX sees {count} GPU(s) (cuda:0 to cuda:{count - 1}); pick one")
+        jax.config.update("jax_default_device", jax.devices("gpu")[index])
+        return f"cuda:{index}"
+    if backend != "tensorflow":
+        return "cpu"
+    import tensorflow as tf
+
+    physical = tf.config.list_physical_devices("GPU")
+    visible = tf.config.get_visible_devices("GPU")
+    if spec in (None, AUTO):
+        return ("mps" if sys.platform == "darwin" else "cuda:0") if visible else "cpu"
+    if spec == "mps":
+        if sys.platform != "darwin" or not visible:
+            raise BadArgument(f"--device {spec}: MPS is Apple's Metal GPU, only on macOS (with tensorflow-metal "
+                              "for TensorFlow); use --device cuda, cpu or auto")
+        return "mps"
+    if spec == "cpu":
+        if visible:
+            raise BadArgument("--device cpu: TensorFlow already started on the GPU in this process, and can no "
+                              "longer hide it; choose the device before the first Keras model is opened, or "
+                              "start with CUDA_VISIBLE_DEVICES= to hide the GPUs")
+        return "cpu"
+    if not physical:
+        raise BadArgument(f"--device {spec}: TensorFlow finds no GPU on this machine (a CPU-only TensorFlow, "
+                          "no CUDA driver, or CUDA_VISIBLE_DEVICES hides them); use --device cpu or auto")
+    index = int(spec.split(":")[1]) if ":" in spec else 0
+    if index >= len(physical):
+        raise BadArgument(f"--device {spec}: TensorFlow sees {len(physical)} GPU(s) (cuda:0 to "
+                          f"cuda:{len(physical) - 1}); pick one of those")
+    if physical[index] not in visible:
+        raise BadArgument(f"--device {spec}: TensorFlow already started in this process without that GPU; "
+                          "choose the device before the first Keras model is opened")
+    return f"cuda:{visible.index(physical[index])}"
 
 
 def _h5_magic(path: Path) -> bool:

@@ -10,6 +10,7 @@ import numpy as np
 
 from ..._errors import BadArgument, BadModel, UnsupportedModel
 from ...core.sizes import size_hint
+from .._device import is_out_of_memory, out_of_memory
 from ..base import OnOutput
 from ..base import first_line as _first_line
 from .load import IMAGE_TYPES
@@ -87,7 +88,7 @@ class OnnxForward(OnnxTable):
             self._sessions.popitem(last=False)
         try:
             session = self.ort.InferenceSession(model.SerializeToString(), options,
-                                                providers=["CPUExecutionProvider"])
+                                                providers=self._providers)
         except Exception as exc:
             full = str(exc)
             text, hint = _first_line(full), ""
@@ -173,6 +174,8 @@ class OnnxForward(OnnxTable):
         try:
             return session.run(names, {self.input_name: feed}, quiet)
         except Exception as exc:  # onnxruntime's own errors: wrong size for a fixed input, bad ops
+            if is_out_of_memory(exc):
+                raise out_of_memory(self.device, f"a batch of {len(feed)} through {self._label}") from None
             hint = ""
             if self._not_image is None and None in self._raw_shape[:2]:  # the size is the user's choice
                 h, w = feed.shape[2:4] if self.channels_first else feed.shape[1:3]

@@ -13,6 +13,7 @@ import numpy as np
 
 from ..._errors import BadArgument, ConvlensError, MissingDependency, UnsupportedModel
 from .._autograd import HookedRow, hooked_gradients
+from .._device import exact_kernels, is_out_of_memory, out_of_memory
 from ..base import Gradients, Target, check_rows, target_cotangent
 from ..base import first_line as _first_line
 from .forward import OnnxForward
@@ -331,7 +332,8 @@ class OnnxAdapter(OnnxForward):
         extra = [name for name in tail.inputs if name != self.input_name]
         session = self._session(tuple(sorted(set(extra))), only=True)
         values = dict(zip(extra, self._run_session(session, feed, extra)))
-        args = [torch.from_numpy(np.ascontiguousarray(values[name] if name != self.input_name else feed))
+        args = [torch.from_numpy(np.ascontiguousarray(values[name] if name != self.input_name else feed)
+                                 ).to(self._twin_device())
                 for name in tail.inputs]
         given = dict(zip(tail.frontier_rows, args))
         run = self._twin_forward(tail.module)
@@ -341,11 +343,26 @@ class OnnxAdapter(OnnxForward):
 
         return forward, given
 
-    @staticmethod
-    def _torch_input(feed: np.ndarray) -> Any:
+    def _torch_input(self, feed: np.ndarray) -> Any:
         import torch
 
-        return torch.from_numpy(feed.copy())
+        return torch.from_numpy(feed.copy()).to(self._twin_device())
+
+    def _twin_device(self) -> str:
+        """Where the onnx2torch twin runs: onnxruntime's CUDA GPU when torch sees it too, else the CPU."""
+        if self.device.startswith("cuda"):
+            import torch
+
+            index = int(self.device.split(":")[1]) if ":" in self.device else 0
+            if torch.cuda.is_available() and index < torch.cuda.device_count():
+                return f"cuda:{index}"
+        return "cpu"
+
+    def _place_twin(self, module: Any) -> None:
+        where = self._twin_device()
+        if getattr(module, "_convlens_device", None) != where:
+            module.to(where)
+            module._convlens_device = where
 
     def _twin_forward(self, module: Any) -> Any:
         def forward(*x: Any) -> Any:
@@ -354,6 +371,9 @@ class OnnxAdapter(OnnxForward):
             except ConvlensError:
                 raise
             except Exception as exc:
+                if is_out_of_memory(exc):
+                    raise out_of_memory(self._twin_device(), f"a batch of {int(x[0].shape[0])} through the "
+                                        f"PyTorch conversion of {self._label}") from None
                 raise UnsupportedModel(
                     f"the PyTorch conversion of {self._label} (onnx2torch) failed on input {tuple(x[0].shape)}: "
                     f"{type(exc).__name__}: {_first_line(str(exc))}; {_FORWARD_ONLY}") from None
@@ -371,6 +391,7 @@ class OnnxAdapter(OnnxForward):
         skeleton (no weight copied); the weights are filled in last.
         """
         if self._twin_cache is not None:
+            self._place_twin(self._twin_cache[0])
             return self._twin_cache
         if self._twin_error is not None:
             raise UnsupportedModel(self._twin_error)
@@ -419,6 +440,7 @@ class OnnxAdapter(OnnxForward):
         except Exception as exc:
             raise refuse(f"{type(exc).__name__}: {_first_line(str(exc))}") from None
         module.eval()
+        self._place_twin(module)
         by_tensor: dict[str, tuple[Any, int, int]] = {}
         for sub in module.modules():
             mapping = getattr(sub, "onnx_mapping", None)
@@ -449,7 +471,7 @@ class OnnxAdapter(OnnxForward):
             return
         session = self._session(())
         want = np.asarray(self._run_session(session, feed, [self._graph_output])[0], np.float64)
-        with torch.no_grad():
+        with torch.no_grad(), exact_kernels():  # TF32 would be off by more than the tolerance
             y = self._twin_forward(module)(self._torch_input(feed))
         got = next((t for t in _tensors(y) if t.is_floating_point()), None)
         scale = float(np.abs(want).max()) if want.size else 0.0
@@ -457,7 +479,7 @@ class OnnxAdapter(OnnxForward):
             shape = None if got is None else tuple(got.shape)
             raise UnsupportedModel(f"the PyTorch conversion of {self._label} (onnx2torch) gives an output of "
                                    f"shape {shape}, onnxruntime {want.shape}; {_FORWARD_ONLY}")
-        err = float(np.abs(got.double().numpy() - want).max()) if want.size else 0.0
+        err = float(np.abs(got.detach().cpu().double().numpy() - want).max()) if want.size else 0.0
         if not err <= self.TWIN_TOLERANCE * scale + 1e-6:
             raise UnsupportedModel(
                 f"the PyTorch conversion of {self._label} (onnx2torch) disagrees with onnxruntime on this "

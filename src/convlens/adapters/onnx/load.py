@@ -15,6 +15,7 @@ import numpy as np
 from ..._errors import BadArgument, BadModel, MissingDependency, UnsupportedModel
 from ...core.layers import LayerInfo
 from ...core.text import shape_text
+from .._device import onnx_providers
 from ..base import first_line as _first_line
 
 #: ONNX TensorProto element types that hold floating-point numbers, and their numpy types.
@@ -110,6 +111,19 @@ class OnnxModel:
         self._layout: dict[str, str] = {}  # tensor name -> "NCHW" / "NHWC" for rank-3/4 tensors
         self._sessions: OrderedDict[tuple[str, ...], Any] = OrderedDict()  # by extra outputs (_session)
         self._ort_values: dict[str, Any] | None = None  # large weights as OrtValues, by name
+        self.use_device(None)
+
+    # ----------------------------------------------------------------- device
+
+    def use_device(self, device: Any) -> None:
+        """Run on ``device`` (``None``/``"auto"``: a CUDA GPU when onnxruntime-gpu is installed and one
+        is there, else the CPU): the execution providers every new session asks for, and :attr:`device`.
+
+        Raises:
+            BadArgument: see :func:`convlens.adapters._device.onnx_providers`.
+        """
+        self._providers, self.device = onnx_providers(device, self.ort.get_available_providers())
+        self._sessions.clear()
 
     # ----------------------------------------------------------------- loading
 

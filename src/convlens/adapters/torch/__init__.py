@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from typing import Any
 
 from .._autograd import HookedRow, hooked_gradients
 from .grads import TorchAdapter
@@ -69,7 +70,7 @@ __all__ = ["DOWNLOAD_TIMEOUT", "HookedRow", "PROBE_SIZE", "SECOND_PROBE_SIZE", "
 
 
 def open_torch_file(path: str | os.PathLike[str], *, input_shape: Sequence[int | None] | None = None,
-                    trust: bool = False, preprocess: str | None = None) -> TorchAdapter:
+                    trust: bool = False, preprocess: str | None = None, device: Any = None) -> TorchAdapter:
     """An adapter for a ``.pt2`` program or a ``.pt``/``.pth``/``.bin`` file holding a module.
 
     Args:
@@ -78,6 +79,7 @@ def open_torch_file(path: str | os.PathLike[str], *, input_shape: Sequence[int |
         input_shape: ``(H, W, C)``; ``.pt2`` files know theirs.
         trust: allow unpickling Python objects from the file.
         preprocess: the preprocessing preset; default ``unit``.
+        device: where to run it (``auto``, ``cpu``, ``cuda:N``...); ``None``: where it was loaded (the CPU).
 
     Raises:
         BadModel: missing, corrupt, or a state dict (weights without an architecture).
@@ -85,11 +87,11 @@ def open_torch_file(path: str | os.PathLike[str], *, input_shape: Sequence[int |
         UnsupportedModel: a TorchScript archive, or a model with several inputs.
     """
     module, name = load_torch_file(path, trust=trust)
-    return TorchAdapter(module, input_shape=input_shape, preprocess=preprocess, name=name)
+    return TorchAdapter(module, input_shape=input_shape, preprocess=preprocess, name=name, device=device)
 
 
 def open_torchvision(name: str, *, weights: str | None = None, input_shape: Sequence[int | None] | None = None,
-                     trust: bool = False, preprocess: str | None = None) -> TorchAdapter:
+                     trust: bool = False, preprocess: str | None = None, device: Any = None) -> TorchAdapter:
     """A torchvision model by name, e.g. ``resnet18`` (from ``torchvision:resnet18``).
 
     Args:
@@ -101,10 +103,11 @@ def open_torchvision(name: str, *, weights: str | None = None, input_shape: Sequ
             size (224 for most), 3 channels.
         trust: allow a weights file that holds pickled objects.
         preprocess: default ``torch`` (ImageNet mean and std).
+        device: where to run it; ``None``: the CPU.
 
     Raises:
         BadModel: an unknown name.
         WeightsUnavailable: the download failed (offline) or the file does not fit.
     """
     model, shape, key = load_torchvision(name, weights=weights, input_shape=input_shape, trust=trust)
-    return TorchAdapter(model, input_shape=shape, preprocess=preprocess or "torch", name=key)
+    return TorchAdapter(model, input_shape=shape, preprocess=preprocess or "torch", name=key, device=device)

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
+from ...core.reduce import reduce_channels
 from .._autograd import float_tensors, pick, to_numpy
-from ..base import OnOutput
+from .._device import torch_reduce_channels
+from ..base import OnOutput, OnReduced
 from .table import TorchTable
 
 
@@ -23,13 +25,54 @@ class TorchForward(TorchTable):
         Hooks sit only on the modules of wanted rows, for this pass only; each
         output is copied to numpy inside its hook (see :func:`to_numpy`).
         """
-        self.layers()
-        wanted_set = set(wanted)
         batch = np.asarray(batch, dtype=np.float32)
         if self.fixed_batch is not None and len(batch) != self.fixed_batch:
             return self._run_in_chunks(batch, wanted, on_output, self.fixed_batch)
+        return self._run(batch, wanted, lambda row, t, last: on_output(row, to_numpy(t, last)),
+                         lambda a: on_output(0, a))
+
+    def run_reducing(self, batch: np.ndarray, wanted: Sequence[int], on_output: OnOutput,
+                     reductions: Mapping[int, Sequence[str]], on_reduced: OnReduced) -> np.ndarray:
+        """:meth:`run`, but the rows in ``reductions`` are reduced where the module runs (a GPU) and only
+        ``{op: (n, C)}`` crosses to the host (:func:`convlens.adapters._device.torch_reduce_channels`,
+        the ops of :mod:`convlens.core.reduce`), handed to ``on_reduced(row, reduced)``.
+
+        The pass engine calls it for layers whose every consumer asks for reductions only.
+        """
+        ops = {int(r): tuple(o) for r, o in reductions.items() if o}
+        if self.fixed_batch is not None and len(batch) != self.fixed_batch:  # chunked: reduced on the host
+
+            def reduce_here(row: int, a: np.ndarray) -> None:
+                if row in ops:
+                    on_reduced(row, reduce_channels(a, ops[row]))
+                else:
+                    on_output(row, a)
+
+            return self.run(batch, wanted, reduce_here)
+
+        def deliver(row: int, t: Any, last: bool) -> None:
+            if row in ops:
+                on_reduced(row, torch_reduce_channels(t, ops[row], last))
+            else:
+                on_output(row, to_numpy(t, last))
+
+        def on_input(a: np.ndarray) -> None:
+            if 0 in ops:
+                on_reduced(0, reduce_channels(a, ops[0]))
+            else:
+                on_output(0, a)
+
+        return self._run(batch, wanted, deliver, on_input)
+
+    def _run(self, batch: np.ndarray, wanted: Sequence[int], deliver: Callable[[int, Any, bool], None],
+             on_input: Callable[[np.ndarray], None]) -> np.ndarray:
+        """One hooked forward pass: ``deliver(row, tensor, channels_last)`` in each wanted row's hook,
+        ``on_input(batch)`` for row 0."""
+        self.layers()
+        wanted_set = set(wanted)
+        batch = np.asarray(batch, dtype=np.float32)
         if 0 in wanted_set:
-            on_output(0, batch)
+            on_input(batch)
         targets: dict[int, dict[int, list[tuple[int, tuple, bool]]]] = {}
         modules: dict[int, Any] = {}
         for row, rec in enumerate(self._records, start=1):
@@ -43,7 +86,7 @@ class TorchForward(TorchTable):
             k = calls.get(id(module), 0)
             calls[id(module)] = k + 1
             for row, key, last in targets[id(module)].get(k, ()):
-                on_output(row, to_numpy(pick(output, key), last))
+                deliver(row, pick(output, key), last)
 
         x = self._to_torch(batch)
         with self._evaluating(), self._hooked(list(modules.values()), hook):

@@ -15,7 +15,8 @@ from ...core.kinds import kind_of
 from ...core.layers import LayerInfo
 from ...core.receptive import with_receptive_fields
 from ...core.sizes import size_hint
-from .._autograd import all_tensors, canonical_shape, float_tensors
+from .._autograd import all_tensors, batch_to_torch, canonical_shape, float_tensors
+from .._device import is_out_of_memory, module_device, out_of_memory, place_module
 from .._graph import Producer, walk_final_activation
 from ..base import first_line as _first_line
 from .load import (
@@ -252,7 +253,7 @@ class TorchTable:
     class_names_source = ""
 
     def __init__(self, module: Any, *, input_shape: Sequence[int | None] | None = None,
-                 preprocess: str | None = None, name: str | None = None) -> None:
+                 preprocess: str | None = None, name: str | None = None, device: Any = None) -> None:
         torch = import_torch()
         self.torch = torch
         self._probe_sizes: tuple[list[int], list[int]] | None = None
@@ -286,9 +287,7 @@ class TorchTable:
         self._records: list[_Record] = []
         self._output_row: int | None = None  # the probe row whose tensor the model returned
         self._final_activation: str | None = None  # set by hand: overrides what the probe found
-        first = next((p for p in module.parameters() if p.is_floating_point() and not _is_lazy(p)), None)
-        self._dtype = first.dtype if first is not None else torch.float32
-        self._device = first.device if first is not None else torch.device("cpu")
+        place_module(module, device, self.name)  # device None: where the user put it (one device)
         self._names = self._module_names()
 
     # ----------------------------------------------------------------- set-up
@@ -362,11 +361,13 @@ class TorchTable:
             for h in handles:
                 h.remove()
 
+    @property
+    def device(self) -> str:
+        """Where the module runs now (``"cpu"``, ``"cuda:0"``...), read from its parameters at each call."""
+        return str(module_device(self.module)[0])
+
     def _to_torch(self, batch: np.ndarray) -> Any:
-        x = self.torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
-        if x.ndim >= 3:
-            x = x.movedim(-1, 1).contiguous()
-        return x.to(device=self._device, dtype=self._dtype)
+        return batch_to_torch(batch, self.module)
 
     def _forward(self, x: Any, *, probe: bool = False) -> Any:
         try:
@@ -374,6 +375,8 @@ class TorchTable:
         except ConvlensError:
             raise
         except Exception as exc:
+            if is_out_of_memory(exc):
+                raise out_of_memory(str(x.device), f"a batch of {int(x.shape[0])} through {self.name}") from None
             # the probe's size is ours (--input-shape changes it); an image's size is the user's (--size)
             free = not probe and self._input_shape is not None and None in self._input_shape
             hint = ("if it needs another input size, pass --input-shape H,W,C "
