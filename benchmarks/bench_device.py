@@ -231,7 +231,8 @@ def main(argv: list[str] | None = None) -> int:
 
     cuda = torch.cuda.is_available()
     if cuda:
-        print(f"GPU: {torch.cuda.get_device_name(0)}; torch {torch.__version__}, torchvision {torchvision.__version__}; "
+        print(f"GPU: {torch.cuda.get_device_name(0)}; torch {torch.__version__}, "
+              f"torchvision {torchvision.__version__}; "
               f"cpu rows on {os.cpu_count()} cores with {args.cpu_images} dataset images "
               f"(the GPU's: {args.images}) and {args.cpu_steps} visualisation steps (the GPU's: {args.steps})")
     else:
