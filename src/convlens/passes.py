@@ -77,7 +77,7 @@ from .render.maps import RenderOptions, reduce_map
 __all__ = [
     "MEMORY_BUDGET", "Batch", "CollectMaps", "Consumer", "Forward", "Job", "MapConsumer", "PassConsumer",
     "PassResult", "StatsConsumer", "call_model", "default_batch_size", "make_batches", "missing_note",
-    "run_batches", "run_pass",
+    "reduces_on_device", "run_batches", "run_pass",
 ]
 
 #: Deferred work a consumer hands back from ``on_batch``: run on the pass's workers.
@@ -388,6 +388,14 @@ def _feed(consumers: Sequence[Consumer], batch: Batch, layer: LayerInfo, array: 
 DEVICE_REDUCTIONS_ON_CPU = False
 
 
+def reduces_on_device(model: Model | Adapter) -> bool:
+    """Whether the engine reduces this model's layers where it runs (an accelerator and an adapter
+    with ``run_reducing``), so that consumers may declare reductions made for that path."""
+    adapter = _adapter(model)
+    return getattr(adapter, "run_reducing", None) is not None and (
+        adapter_device(adapter) != "cpu" or DEVICE_REDUCTIONS_ON_CPU)
+
+
 def _device_reductions(adapter: Adapter, consumers: Sequence[Consumer], by_index: Mapping[int, LayerInfo]
                        ) -> tuple[Callable[..., np.ndarray] | None, dict[int, tuple[str, ...]]]:
     """The adapter's ``run_reducing`` and, per layer, the ops to reduce where the model runs.
@@ -399,7 +407,7 @@ def _device_reductions(adapter: Adapter, consumers: Sequence[Consumer], by_index
     and models on the CPU, keep the numpy path.
     """
     reducing = getattr(adapter, "run_reducing", None)
-    if reducing is None or not consumers or (adapter_device(adapter) == "cpu" and not DEVICE_REDUCTIONS_ON_CPU):
+    if reducing is None or not consumers or not reduces_on_device(adapter):
         return None, {}
     ops: dict[int, tuple[str, ...]] = {}
     for index in by_index:

@@ -188,13 +188,18 @@ def test_torch_reductions_equal_numpy(channels_last):
     t = torch.from_numpy(canonical if channels_last else np.ascontiguousarray(canonical.transpose(0, 3, 1, 2)))
     got = torch_reduce_channels(t, REDUCTIONS, channels_last)
     want = reduce_channels(canonical, REDUCTIONS)
+    assert got["shape"].tolist() == want["shape"].tolist() == [5, 4, 6]
     for op in REDUCTIONS:
+        if op == "shape":
+            continue
         assert got[op].dtype == want[op].dtype and got[op].shape == (3, 6), op
         if want[op].dtype == np.int64:
             assert np.array_equal(got[op], want[op]), op
         else:
             np.testing.assert_allclose(got[op], want[op], rtol=1e-12, atol=1e-12, err_msg=op)
-    assert got["argmax"][1, 2] == -1 and got["count"][1, 2] == 0
+    assert got["argmax"][1, 2] == got["argmin"][1, 2] == -1 and got["count"][1, 2] == 0
+    first = canonical[0, :, :, 0].reshape(-1)
+    assert got["argmin"][0, 0] == int(np.nanargmin(np.where(np.isfinite(first), first, np.nan)))
 
 
 def test_torch_reductions_of_vectors_and_bfloat16():
@@ -426,3 +431,53 @@ def test_keras_device_on_a_machine_without_gpus(keras):
     with pytest.raises(BadArgument, match="--device cuda"):
         use_keras_device("cuda")
     assert Lens("demo", device="cpu").device == "cpu"
+
+
+# --------------------------------------------------------------------------- the dataset view on the device
+
+
+def test_dataset_reductions_from_channels_equal_reduce_maps():
+    from convlens.dataset.accumulate import DATASET_REDUCTIONS, reduce_maps, reduced_from_channels
+
+    a = np.random.default_rng(3).normal(3.0, 2.0, size=(4, 5, 7, 6)).astype(np.float32)
+    a[a < 1.0] = 0.0
+    want = reduce_maps(a)
+    got = reduced_from_channels(reduce_channels(a, DATASET_REDUCTIONS))
+    assert got.map_hw == want.map_hw == (5, 7)
+    for name in ("top", "bottom", "negative"):
+        np.testing.assert_allclose(got.rankings[name][0], want.rankings[name][0], rtol=1e-6)
+        assert np.array_equal(got.rankings[name][1], want.rankings[name][1]), name
+    for key in ("n", "zeros", "bad", "meta"):
+        assert np.array_equal(got.moments[key], want.moments[key]), key
+    for key in ("mean", "m2", "lo", "hi"):
+        np.testing.assert_allclose(got.moments[key], want.moments[key], rtol=1e-5, err_msg=key)
+    a[1, 2, 3, 4] = np.inf  # a map holding a non-finite value: its channel's keys are skipped
+    got = reduced_from_channels(reduce_channels(a, DATASET_REDUCTIONS))
+    assert all(np.isnan(got.rankings[name][0][1, 4]) for name in ("top", "bottom", "negative"))
+    assert got.moments["bad"][4] and not got.moments["bad"][3]
+
+
+def test_dataset_view_reduced_on_the_device_equals_the_host_path(tmp_path, monkeypatch):
+    from PIL import Image
+
+    for i in range(10):
+        folder = tmp_path / "data" / f"c{i % 2}"
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image(i)).save(folder / f"{i}.png")
+    lens = Lens(small_net(), input_shape=(20, 20, 3))
+    host = lens.dataset(tmp_path / "data", "conv,act", k=3, batch_size=4)
+    seen = []
+    real = lens.adapter.run_reducing
+    monkeypatch.setattr(lens.adapter, "run_reducing", lambda *a, **kw: seen.append(1) or real(*a, **kw))
+    monkeypatch.setattr(convlens.passes, "DEVICE_REDUCTIONS_ON_CPU", True)
+    device = lens.dataset(tmp_path / "data", "conv,act", k=3, batch_size=4)
+    assert len(seen) == 3  # every batch went through the device-side reductions
+    assert [ex.layer.name for ex in host.layers] == [ex.layer.name for ex in device.layers]
+    for a, b in zip(host.layers, device.layers):
+        assert a.map_hw == b.map_hw
+        for field in ("mean", "std", "min", "max", "zero_fraction"):
+            np.testing.assert_allclose(getattr(b.stats, field), getattr(a.stats, field), rtol=1e-5, atol=1e-6)
+        for name in ("top", "bottom", "negative"):
+            ra, rb = getattr(a, name), getattr(b, name)
+            np.testing.assert_allclose(rb.scores, ra.scores, rtol=1e-5, atol=1e-6)
+            assert np.array_equal(rb.ids, ra.ids) and np.array_equal(rb.positions, ra.positions), name

@@ -363,6 +363,10 @@ def torch_reduce_channels(t: Any, ops: Sequence[str], channels_last: bool = Fals
     if not x.is_floating_point():
         x = x.float()
     n = int(x.shape[0]) if x.ndim else 1
+    dims = [int(d) for d in x.shape[1:]]
+    if x.ndim >= 3 and not channels_last:
+        dims = [*dims[1:], dims[0]]
+    shape = np.asarray(dims or [1], np.int64)  # one image's canonical shape
     if x.ndim <= 1:
         x = x.reshape(n, 1, 1)
     elif x.ndim == 2:
@@ -377,14 +381,15 @@ def torch_reduce_channels(t: Any, ops: Sequence[str], channels_last: bool = Fals
     count = finite.sum(dim=2)
     clean = bool(count.min() == p) if count.numel() else True
     out: dict[str, Any] = {}
-    need = set(wanted)
+    need = set(wanted) - {"shape"}
+    per_channel = tuple(op for op in wanted if op != "shape")
     if "count" in need:
         out["count"] = count
     if "nonfinite" in need:
         out["nonfinite"] = p - count
     if "zeros" in need:
         out["zeros"] = (x == 0).sum(dim=2)
-    if need & {"min", "max", "argmax"}:
+    if need & {"min", "max", "argmax", "argmin"}:
         lo_src = x if clean else torch.where(finite, x, torch.full((), float("inf"), dtype=x.dtype, device=x.device))
         hi_src = x if clean else torch.where(finite, x, torch.full((), float("-inf"), dtype=x.dtype,
                                                                     device=x.device))
@@ -392,11 +397,13 @@ def torch_reduce_channels(t: Any, ops: Sequence[str], channels_last: bool = Fals
             out["min"] = torch.full((n, c), float("inf"), dtype=acc, device=x.device)
             out["max"] = torch.full((n, c), float("-inf"), dtype=acc, device=x.device)
             out["argmax"] = torch.full((n, c), -1, dtype=torch.int64, device=x.device)
+            out["argmin"] = out["argmax"]
         else:
-            out["min"] = lo_src.amin(dim=2)
-            hi, at = hi_src.max(dim=2)  # torch returns the first largest
-            out["max"] = hi
-            out["argmax"] = torch.where(count > 0, at, torch.full_like(at, -1))
+            lo, lo_at = lo_src.min(dim=2)  # torch returns the first smallest (and largest)
+            hi, hi_at = hi_src.max(dim=2)
+            out["min"], out["max"] = lo, hi
+            out["argmax"] = torch.where(count > 0, hi_at, torch.full_like(hi_at, -1))
+            out["argmin"] = torch.where(count > 0, lo_at, torch.full_like(lo_at, -1))
     if need & {"sum", "sumsq", "m2"}:
         x64 = x.to(acc) if clean else torch.where(finite, x, torch.zeros((), dtype=x.dtype, device=x.device)).to(acc)
         total = x64.sum(dim=2)
@@ -411,10 +418,13 @@ def torch_reduce_channels(t: Any, ops: Sequence[str], channels_last: bool = Fals
                 d = torch.where(finite, d, torch.zeros((), dtype=acc, device=x.device))
             out["m2"] = (d * d).sum(dim=2)
     # one transfer: every op as float64 (exact for counts and positions below 2**53) in one tensor
-    stacked = torch.stack([out[op].to(acc) for op in wanted]).cpu().numpy() if wanted else np.zeros((0, n, c))
-    ints = {"count", "nonfinite", "zeros", "argmax"}
-    return {op: (stacked[i].astype(np.int64) if op in ints else stacked[i].astype(np.float64))
-            for i, op in enumerate(wanted)}
+    stacked = (torch.stack([out[op].to(acc) for op in per_channel]).cpu().numpy() if per_channel
+               else np.zeros((0, n, c)))
+    ints = {"count", "nonfinite", "zeros", "argmax", "argmin"}
+    got = {op: (stacked[i].astype(np.int64) if op in ints else stacked[i].astype(np.float64))
+           for i, op in enumerate(per_channel)}
+    got["shape"] = shape
+    return {op: got[op] for op in wanted}
 
 
 def by_layer_ops(reductions: Mapping[int, Sequence[str]]) -> dict[int, tuple[str, ...]]:

@@ -21,8 +21,12 @@ m2          float64 sum of squared deviations from the image's own finite mean
                     spread survives where ``sumsq - sum**2/count`` cancels)
 min, max    float64 the finite extremes (``+inf``/``-inf`` without a finite value)
 argmax      int64   flat position of the first largest finite value (-1 without one)
+argmin      int64   flat position of the first smallest finite value (-1 without one)
 zeros       int64   exact zeros (``-0.0`` included)
 nonfinite   int64   NaN and +-inf values
+shape       int64   not per channel: ``(ndim,)``, one image's canonical shape
+                    (``(H, W, C)``, ``(L, C)`` or ``(C,)``), so that a position
+                    can be turned back into ``(y, x)``
 ========== ======= ==============================================================
 
 Reference for ``m2``: Chan, Golub and LeVeque, "Algorithms for computing the
@@ -40,7 +44,7 @@ from .._errors import BadArgument
 __all__ = ["REDUCTIONS", "as_positions", "reduce_channels"]
 
 #: Every op :func:`reduce_channels` knows.
-REDUCTIONS = ("count", "sum", "sumsq", "m2", "min", "max", "argmax", "zeros", "nonfinite")
+REDUCTIONS = ("count", "sum", "sumsq", "m2", "min", "max", "argmax", "argmin", "zeros", "nonfinite", "shape")
 
 # Values per chunk: bounds the float64 temporaries (8 MB each) whatever the layer's size.
 _CHUNK_VALUES = 1 << 20
@@ -92,11 +96,13 @@ def reduce_channels(array: np.ndarray, ops: Iterable[str]) -> dict[str, np.ndarr
     n, p, c = x.shape
     step = max(1, _CHUNK_VALUES // max(n * c, 1))
     total: dict[str, np.ndarray] | None = None
+    per_channel = tuple(op for op in wanted if op != "shape")
     with np.errstate(all="ignore"):  # float64 overflow of absurd inputs gives inf, never a warning
         for start in range(0, max(p, 1), step):
-            part = _chunk(x[:, start:start + step], start, wanted)
+            part = _chunk(x[:, start:start + step], start, per_channel)
             total = part if total is None else _merge(total, part)
     assert total is not None
+    total["shape"] = np.asarray(np.shape(array)[1:] or (1,), np.int64)
     return {op: total[op] for op in wanted}
 
 
@@ -108,6 +114,8 @@ def _chunk(x: np.ndarray, offset: int, ops: tuple[str, ...]) -> dict[str, np.nda
         need |= {"count", "sum"}
     if "argmax" in need:
         need |= {"max", "count"}
+    if "argmin" in need:
+        need |= {"min", "count"}
     finite = np.isfinite(x)
     clean = bool(finite.all())
     out: dict[str, np.ndarray] = {}
@@ -130,6 +138,11 @@ def _chunk(x: np.ndarray, offset: int, ops: tuple[str, ...]) -> dict[str, np.nda
     elif "argmax" in need:
         at = np.argmax(x if clean else np.where(finite, x, -np.inf), axis=1).astype(np.int64)
         out["argmax"] = np.where(out["count"] > 0, at + offset, -1)
+    if "argmin" in need and not p:
+        out["argmin"] = np.full((n, c), -1, np.int64)
+    elif "argmin" in need:
+        at = np.argmin(x if clean else np.where(finite, x, np.inf), axis=1).astype(np.int64)
+        out["argmin"] = np.where(out["count"] > 0, at + offset, -1)
     if need & {"sum", "sumsq", "m2"}:
         x64 = x.astype(np.float64) if clean else np.where(finite, x, 0.0).astype(np.float64, copy=False)
         if "sum" in need:
@@ -158,6 +171,8 @@ def _merge(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> dict[str, np.n
         out["max"] = np.maximum(a["max"], b["max"])
     if "argmax" in a:  # the first largest: b wins only when strictly larger
         out["argmax"] = np.where(b["max"] > a["max"], b["argmax"], a["argmax"])
+    if "argmin" in a:  # the first smallest: b wins only when strictly smaller
+        out["argmin"] = np.where(b["min"] < a["min"], b["argmin"], a["argmin"])
     if "sum" in a:
         out["sum"] = a["sum"] + b["sum"]
     if "m2" in a:  # Chan et al.: combine (n_a, mean_a, M2_a) with (n_b, mean_b, M2_b)

@@ -44,10 +44,14 @@ from ..core.topk import TopK
 if TYPE_CHECKING:
     from .result import LayerExamples
 
-__all__ = ["RANKINGS", "DatasetAccumulator", "IdSet", "Reduced", "reduce_maps"]
+__all__ = ["DATASET_REDUCTIONS", "RANKINGS", "DatasetAccumulator", "IdSet", "Reduced", "reduce_maps",
+           "reduced_from_channels"]
 
 #: The rankings every layer keeps, in this order.
 RANKINGS = ("top", "bottom", "negative")
+#: The per-channel reductions (:mod:`convlens.core.reduce`) a batch is folded from when the model
+#: reduces its maps where it runs (a GPU): :func:`reduced_from_channels`.
+DATASET_REDUCTIONS = ("count", "sum", "m2", "min", "max", "argmax", "argmin", "zeros", "nonfinite", "shape")
 
 
 @dataclass
@@ -155,6 +159,67 @@ def reduce_maps(array: np.ndarray) -> Reduced:
     lo_pos = yx(lo_at)
     rankings = {"top": (hi.astype(np.float64), yx(hi_at)), "bottom": (-means, lo_pos),
                 "negative": (-lo.astype(np.float64), lo_pos)}
+    return Reduced(rankings, means, map_hw, moments)
+
+
+def reduced_from_channels(r: Mapping[str, np.ndarray]) -> Reduced:
+    """:func:`reduce_maps`'s result from per-image channel reductions made elsewhere (on a GPU).
+
+    Args:
+        r: ``{op: (N, C)}`` for every op of :data:`DATASET_REDUCTIONS` (``shape``:
+            one image's canonical shape), as :mod:`convlens.core.reduce` defines them.
+
+    The statistics merge the images' moments with Chan's update (float64); a map
+    holding any non-finite value gives NaN keys to all three rankings (they skip
+    it), as the module says. Sums are float64 of the float32 values, where
+    :func:`reduce_maps` sums in float32 pairwise: the two agree to about 1e-7
+    relative, not bit for bit, so one run uses one of them throughout.
+
+    Raises:
+        BadArgument: an op is missing, or a shape that is not a layer output.
+    """
+    missing = [op for op in DATASET_REDUCTIONS if op not in r]
+    if missing:
+        raise BadArgument(f"the dataset reductions lack {', '.join(missing)}")
+    shape = [int(d) for d in np.asarray(r["shape"]).reshape(-1)]
+    map_hw: tuple[int, int] | None
+    if len(shape) == 3:
+        h, w, c = shape
+        map_hw = (h, w)
+    elif len(shape) == 2:
+        h, (w, c) = 1, shape
+        map_hw = (1, w)
+    elif len(shape) == 1:
+        h, w, c, map_hw = 1, 1, shape[0], None
+    else:
+        raise BadArgument(f"the dataset view needs a layer output (N, H, W, C), (N, L, C) or (N, C), got {shape}")
+    s = h * w
+    if s == 0:
+        raise BadArgument(f"a layer output of shape {shape} has an empty map")
+    count = np.asarray(r["count"], np.int64)
+    n = count.shape[0]
+    sums = np.asarray(r["sum"], np.float64)
+    clean = np.asarray(r["nonfinite"]) == 0                                              # (N, C)
+    with np.errstate(all="ignore"):
+        per_mean = np.divide(sums, count, out=np.zeros(sums.shape), where=count > 0)
+        total = count.sum(axis=0)
+        mean = np.divide(sums.sum(axis=0), total, out=np.zeros(c), where=total > 0)
+        d = per_mean - mean[None, :]
+        m2 = (np.asarray(r["m2"], np.float64) + count * d * d).sum(axis=0)
+        means = np.where(clean, sums / s, np.nan)
+    lo = np.asarray(r["min"], np.float64)
+    hi = np.asarray(r["max"], np.float64)
+    moments = {"meta": np.array([n, s, c], np.int64), "n": total.astype(np.int64), "mean": mean,
+               "m2": np.maximum(m2, 0.0), "lo": lo.min(axis=0, initial=np.inf),
+               "hi": hi.max(axis=0, initial=-np.inf), "zeros": np.asarray(r["zeros"], np.int64).sum(axis=0),
+               "bad": total < n * s}
+
+    def yx(at: np.ndarray) -> np.ndarray:
+        return np.stack(np.divmod(np.maximum(np.asarray(at, np.int64), 0), w), axis=-1).astype(np.int32)
+
+    lo_pos = yx(r["argmin"])
+    rankings = {"top": (np.where(clean, hi, np.nan), yx(r["argmax"])), "bottom": (-means, lo_pos),
+                "negative": (np.where(clean, -lo, np.nan), lo_pos)}
     return Reduced(rankings, means, map_hw, moments)
 
 
@@ -289,8 +354,20 @@ class DatasetAccumulator:
         if a.ndim < 2 or a.shape[0] != i.shape[0]:
             raise BadArgument(f"layer {layer.name!r}: {i.shape[0]} ids for an output of shape "
                               f"{a.shape}")
-        red = reduce_maps(a)
-        state = self._layer(layer, int(a.shape[-1]), red.map_hw)
+        self._fold(layer, reduce_maps(a), int(a.shape[-1]), i, labels)
+
+    def add_reduced(self, layer: LayerInfo, reduced: Mapping[str, np.ndarray], ids: np.ndarray,
+                    labels: np.ndarray | None) -> None:
+        """:meth:`add` from the layer's per-image channel reductions (:func:`reduced_from_channels`)
+        instead of its output: what a model on a GPU hands over."""
+        i = np.asarray(ids, np.int64).reshape(-1)
+        if np.shape(reduced["count"])[0] != i.shape[0]:
+            raise BadArgument(f"layer {layer.name!r}: {i.shape[0]} ids for reductions of "
+                              f"{np.shape(reduced['count'])[0]} images")
+        self._fold(layer, reduced_from_channels(reduced), int(np.shape(reduced["count"])[1]), i, labels)
+
+    def _fold(self, layer: LayerInfo, red: Reduced, channels: int, i: np.ndarray, labels: np.ndarray | None) -> None:
+        state = self._layer(layer, channels, red.map_hw)
         state.stats.merge(StatsAccumulator.from_state(layer.index, layer.name, layer.type,
                                                       red.moments))
         TopK.add_together([state.rankings[name] for name in RANKINGS],

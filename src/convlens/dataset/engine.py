@@ -39,12 +39,13 @@ import numpy as np
 
 from .._errors import BadArgument, BadImage, ConvlensError, OutputError, UnsupportedModel
 from .._progress import NullProgress, Progress
+from ..adapters import exact_kernels
 from ..adapters.base import Adapter
 from ..core.layers import LayerInfo
 from ..images import prepare
 from ..output import atomic_write_bytes
-from ..passes import Batch, PassConsumer, run_batches
-from .accumulate import DatasetAccumulator
+from ..passes import Batch, PassConsumer, reduces_on_device, run_batches
+from .accumulate import DATASET_REDUCTIONS, DatasetAccumulator
 from .sources import Record, Source, read_batch
 
 __all__ = ["DEFAULT_SIZE", "BatchRunner", "Checkpoint", "LoadedBatch", "default_checkpoint_folder",
@@ -183,9 +184,13 @@ class BatchRunner:
         if not batch.ids.size:
             return acc
         fold = _Fold(acc, batch.ids, batch.labels if self.classes else None)
+        if reduces_on_device(self.adapter):  # the maps are reduced where the model runs: (N, C) cross to the host
+            fold.reductions = {layer.index: DATASET_REDUCTIONS for layer in self.layers}
         images = tuple(int(i) for i in batch.ids)
-        result = run_batches(self.adapter, self.layers, [Batch(0, images, batch.inputs)], [fold],
-                             workers=workers, in_flight=max(1, 2 * workers))
+        # TF32 and cuDNN autotuning off: the same batch gives the same bits again (resume, Ray = local)
+        with exact_kernels():
+            result = run_batches(self.adapter, self.layers, [Batch(0, images, batch.inputs)], [fold],
+                                 workers=workers, in_flight=max(1, 2 * workers))
         self._check_missing(result.missing)
         acc.add_images(batch.ids)
         return acc
@@ -232,6 +237,9 @@ class _Fold(PassConsumer):
 
     def on_layer(self, batch: Batch, layer: LayerInfo, array: np.ndarray) -> None:
         self.acc.add(layer, array, self.ids, self.labels)
+
+    def on_reduced(self, batch: Batch, layer: LayerInfo, reduced: Mapping[str, np.ndarray]) -> None:
+        self.acc.add_reduced(layer, reduced, self.ids, self.labels)
 
 
 class _Prefetch:
