@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 PIP    := $(BIN)/pip install --quiet --disable-pip-version-check
 export TF_CPP_MIN_LOG_LEVEL := 3
 
-.PHONY: demo test chromium benchmark benchmark-maps benchmark-adapters benchmark-report benchmark-heatmaps benchmark-training benchmark-visualize benchmark-memory benchmark-dataset benchmark-compare clean
+.PHONY: demo test chromium benchmark benchmark-maps benchmark-adapters benchmark-report benchmark-heatmaps benchmark-training benchmark-visualize benchmark-memory benchmark-dataset benchmark-compare benchmark-device clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -84,3 +84,8 @@ benchmark-compare: $(VENV)/.test-deps
 
 clean:
 	rm -rf $(VENV) demo-output
+
+# convlens on a GPU against the CPU (ResNet-50): run on a machine with CUDA; on a CPU-only machine
+# it runs the CPU rows only and says so
+benchmark-device: $(VENV)/.test-deps
+	$(BIN)/python benchmarks/bench_device.py

@@ -352,6 +352,8 @@ def test_reductions_equal_numpy(seed, monkeypatch):
         assert np.array_equal(r["min"], np.nanmin(clean, axis=1))
         assert np.array_equal(r["max"], np.nanmax(clean, axis=1))
         assert np.array_equal(r["argmax"], np.nanargmax(clean, axis=1))
+        assert np.array_equal(r["argmin"], np.nanargmin(clean, axis=1))
+        assert r.pop("shape").tolist() == list(x.shape[1:])
         np.testing.assert_allclose(r["sum"], np.nansum(clean, axis=1), rtol=1e-12)
         np.testing.assert_allclose(r["sumsq"], np.nansum(clean ** 2, axis=1), rtol=1e-12)
         m2 = np.nansum((clean - np.nanmean(clean, axis=1, keepdims=True)) ** 2, axis=1)

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .._errors import BadModel, UnsupportedModel
+from .._errors import BadArgument, BadModel, UnsupportedModel
 from ..classes import DEMO_SOURCE, IMAGENET_SOURCE, demo_class_names, imagenet_class_names
 from ._device import (
     AUTO,
@@ -89,7 +89,12 @@ def open_model(source: Any, *, weights: str | None = None, input_shape: Sequence
     if _is_keras_model(source):
         from .keras import KerasAdapter, use_keras_device
 
-        where = use_keras_device(device)
+        where = use_keras_device(None)  # its variables exist already: it runs where Keras built it
+        if device not in (None, AUTO) and parse_device(device) != where and not (
+                device == "cuda" and where.startswith("cuda")):
+            raise BadArgument(f"this Keras model was built on {where} and stays there (Keras cannot move a "
+                              f"built model); build it inside `with keras.device(...)`, or open it from its "
+                              f"file with device={device!r}")
         return _placed(KerasAdapter(source, input_shape=input_shape, preprocess=preprocess), where)
     if _in_module(source, "torch"):
         from .torch import TorchAdapter
