@@ -45,6 +45,12 @@ from convlens.dataset.engine import BatchRunner  # noqa: E402
 from convlens.dataset.sources import open_source  # noqa: E402
 from convlens.methods import create  # noqa: E402
 
+try:  # the feature visualisation's transforms build scipy.sparse warps; the rest needs no scipy
+    import scipy.sparse  # noqa: F401
+
+    HAVE_SCIPY = True
+except ImportError:
+    HAVE_SCIPY = False
 LAYERS = "blocks"
 VIS_LAYER = "layer4.2.conv3"
 TOLERANCE = 1e-3
@@ -129,14 +135,15 @@ def section(device: str, module: torch.nn.Module, args: argparse.Namespace, data
     t_sal, sal = timed(device, lambda: saliency.compute(adapter, batch, target=0))
     row["saliency"] = t_sal
     check_placement(lens, device, "Grad-CAM and saliency")
-    t0 = time.perf_counter()
-    vis = lens.visualize(VIS_LAYER, channels=f"0-{args.channels - 1}", steps=args.steps if device != "cpu"
-                         else args.cpu_steps, size=args.vis_size, batch_size=args.channels)
-    sync(device)
-    row["visualize"] = time.perf_counter() - t0
     row["vis_steps"] = args.steps if device != "cpu" else args.cpu_steps
-    row["vis_finite"] = bool(np.isfinite(vis.images).all())
-    check_placement(lens, device, "visualisation")
+    if HAVE_SCIPY:
+        t0 = time.perf_counter()
+        vis = lens.visualize(VIS_LAYER, channels=f"0-{args.channels - 1}", steps=row["vis_steps"],
+                             size=args.vis_size, batch_size=args.channels)
+        sync(device)
+        row["visualize"] = time.perf_counter() - t0
+        row["vis_finite"] = bool(np.isfinite(vis.images).all())
+        check_placement(lens, device, "visualisation")
 
     # the dataset view: end to end, then its model pass alone over batches decoded ahead
     t0 = time.perf_counter()
@@ -174,9 +181,12 @@ def section(device: str, module: torch.nn.Module, args: argparse.Namespace, data
     print(f"Grad-CAM          {n / t_cam:9.1f} images/s  ({t_cam / t_fwd:.2f}x the bare forward; target <= 1.2x "
           "on a GPU)")
     print(f"saliency          {n / t_sal:9.1f} images/s  ({t_sal / t_fwd:.2f}x the bare forward)")
-    print(f"visualisation     {args.channels} channels of {VIS_LAYER}, {row['vis_steps']} steps at "
-          f"{args.vis_size} px: {row['visualize']:.1f} s ({args.channels * row['vis_steps'] / row['visualize']:.1f} "
-          f"image-steps/s), finite: {row['vis_finite']}")
+    if HAVE_SCIPY:
+        print(f"visualisation     {args.channels} channels of {VIS_LAYER}, {row['vis_steps']} steps at "
+              f"{args.vis_size} px: {row['visualize']:.1f} s "
+              f"({args.channels * row['vis_steps'] / row['visualize']:.1f} image-steps/s), finite: {row['vis_finite']}")
+    else:
+        print("visualisation     skipped: scipy is not installed (the visualisation's image transforms need it)")
     rate_end = ds.images / row["dataset"]
     rate_pass = ds.images / row["dataset_pass"]
     rate_bare = ds.images / row["dataset_bare"]

@@ -239,6 +239,13 @@ class Adapter(Protocol):
         final_activation: what the model's last operation is, read from its
             graph: ``"softmax"`` (its outputs are probabilities), ``"sigmoid"``,
             ``"linear"``, or ``None`` when the graph does not say.
+
+    Optional (read with ``getattr``, so that an adapter without them still is one):
+    ``device: str``, where the model runs (``"cpu"``, ``"cuda:0"``, ``"mps"``; see
+    :func:`convlens.adapters.adapter_device`), and ``run_reducing(batch, wanted,
+    on_output, reductions, on_reduced)``, :meth:`run` that reduces the layers in
+    ``reductions`` (row -> ops of :mod:`convlens.core.reduce`) where the model runs
+    and hands ``{op: (n, C)}`` to ``on_reduced`` (:data:`OnReduced`) instead.
     """
 
     framework: str

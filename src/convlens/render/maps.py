@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .._errors import BadArgument
+from .._errors import BadArgument, MissingDependency
 from ..core.normalize import NORMS, ChannelFlags, normalize_channels
 from .colormap import lut as colormap_lut
 from .grid import add_title, add_title_indexed, downsample, palette, signals, strip, tile_indexed
@@ -54,7 +54,10 @@ class RenderOptions:
             raise BadArgument("columns must be at least 1")
         if self.tile_size < 4:
             raise BadArgument("tile_size must be at least 4 pixels")
-        colormap_lut(self.cmap)  # fail early on an unknown colormap
+        try:
+            colormap_lut(self.cmap)  # fail early on an unknown colormap
+        except MissingDependency:
+            pass  # no matplotlib: said when a map is drawn, so arrays (and `import convlens`) work without it
 
 
 @dataclass

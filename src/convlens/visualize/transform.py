@@ -31,10 +31,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
-import scipy.sparse as sp
+
+if TYPE_CHECKING:  # imported where a warp is built: ``import convlens`` needs no scipy
+    import scipy.sparse as sp
 
 __all__ = [
     "Jitter",
@@ -197,6 +199,8 @@ def _bilinear(in_size: Size, out_size: Size, matrix: np.ndarray) -> sp.csr_matri
             rows.append(out_index[keep])
             cols.append(yy[keep] * w + xx[keep])
             vals.append(wt[keep])
+    import scipy.sparse as sp
+
     return sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
                          shape=(ho * wo, h * w))
 
