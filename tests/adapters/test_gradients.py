@@ -358,6 +358,7 @@ def _keras_tiny(keras, final: str = "linear", kind: str = "sequential"):
 
 
 @pytest.mark.keras
+@pytest.mark.gradients
 @pytest.mark.parametrize("kind", ["sequential", "nested", "subclassed"])
 def test_keras_exact_gradients_of_a_class_score(keras, kind):
     from convlens.adapters.keras import KerasAdapter
@@ -382,6 +383,7 @@ def test_keras_exact_gradients_of_a_class_score(keras, kind):
 
 
 @pytest.mark.keras
+@pytest.mark.gradients
 @pytest.mark.parametrize("final", ["softmax", "layer", "sigmoid", "log_softmax"])
 def test_keras_a_final_softmax_is_differentiated_before_it(keras, final):
     from convlens.adapters.keras import KerasAdapter
@@ -412,6 +414,7 @@ def _wrapped_calls(model) -> list[str]:
 
 
 @pytest.mark.keras
+@pytest.mark.gradients
 def test_keras_everything_restored_when_the_pass_raises(keras):
     from convlens.adapters.keras import KerasAdapter
 
@@ -450,6 +453,7 @@ def test_keras_everything_restored_when_the_pass_raises(keras):
 
 
 @pytest.mark.keras
+@pytest.mark.gradients
 def test_keras_need_output_false_stops_after_the_last_needed_layer(keras):
     from convlens.adapters.keras import KerasAdapter
 
@@ -481,6 +485,7 @@ def test_keras_need_output_false_stops_after_the_last_needed_layer(keras):
 
 
 @pytest.mark.keras
+@pytest.mark.gradients
 def test_keras_bad_targets_and_a_backend_without_gradients(keras, monkeypatch):
     from convlens.adapters.keras import KerasAdapter
 
@@ -722,6 +727,7 @@ def test_torch_a_parallel_branch_gets_its_own_gradient():
 
 
 @pytest.mark.keras
+@pytest.mark.gradients
 def test_keras_a_parallel_branch_gets_its_own_gradient(keras):
     from convlens.adapters.keras import KerasAdapter
 
