@@ -14,10 +14,9 @@ import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+import keras
 import numpy as np
 import pytest
-
-import keras
 from tensorflow.python.eager import context
 from tensorflow.python.framework import op_callbacks
 
