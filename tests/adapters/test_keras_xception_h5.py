@@ -46,14 +46,17 @@ def _mini_xception(keras):  # type: ignore[no-untyped-def]
     x = L.GlobalAveragePooling2D()(x)
     out = L.Activation("softmax", name="predictions")(x)
     model = keras.Model(inp, out, name="mini_xception")
-    rng = np.random.default_rng(0)
-    for layer in model.layers:  # batch norm with statistics of its own, as a trained file has
-        if isinstance(layer, L.BatchNormalization):
-            gamma, beta, mean, var = layer.get_weights()
-            layer.set_weights([rng.uniform(0.5, 1.5, gamma.shape).astype("float32"),
-                               rng.normal(0, 0.1, beta.shape).astype("float32"),
-                               rng.normal(0, 0.1, mean.shape).astype("float32"),
-                               rng.uniform(0.5, 2.0, var.shape).astype("float32")])
+    rng = np.random.default_rng(0)  # the same weights on every backend and every run
+    for layer in model.layers:
+        weights = layer.get_weights()
+        if isinstance(layer, L.BatchNormalization):  # statistics of its own, as a trained file has
+            gamma, beta, mean, var = weights
+            weights = [rng.uniform(0.5, 1.5, gamma.shape), rng.normal(0, 0.1, beta.shape),
+                       rng.normal(0, 0.1, mean.shape), rng.uniform(0.5, 2.0, var.shape)]
+        else:  # Glorot-uniform kernels, small biases
+            weights = [rng.uniform(-1, 1, w.shape) * np.sqrt(6 / (np.prod(w.shape[:-1]) + w.shape[-1]))
+                       if w.ndim > 1 else rng.normal(0, 0.1, w.shape) for w in weights]
+        layer.set_weights([np.asarray(w, "float32") for w in weights])
     return model
 
 
@@ -91,13 +94,12 @@ def test_visualize_the_fifth_row_from_the_end(xception_h5, tmp_path) -> None:  #
                      "--size", "32", "--batch-size", "8", "--out", str(out))
     assert code == 0, err
     run = json.loads((out / "index.json").read_text())["visualize"][0]
-    assert len(run["images"]) == 8
-    assert all(np.isfinite(e["activation"]) for e in run["images"])
+    activations = [e["activation"] for e in run["images"]]
+    assert len(activations) == 8 and np.isfinite(activations).all(), activations
     pictures = sorted(out.glob("visualize/*/channel_*.png"))
-    assert len(pictures) == 8
-    for p in pictures:
-        pixels = np.asarray(Image.open(p), np.float64)
-        assert pixels.std() > 1.0, p  # not a blank tile
+    assert len(pictures) == 8, pictures
+    spread = [float(np.asarray(Image.open(p), np.float64).std()) for p in pictures]
+    assert min(spread) > 1.0, spread  # no blank tile
 
 
 @pytest.mark.parametrize("method, options", [("saliency", []), ("smoothgrad", ["--samples", "4"]),
