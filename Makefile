@@ -15,10 +15,10 @@ $(VENV)/.demo-deps: pyproject.toml | $(BIN)/python
 	$(PIP) -e '.[keras]'
 	touch $@
 
-# Adds torch (the second Keras backend, and PyTorch models), ONNX Runtime, LiteRT,
+# Adds torch (the second Keras backend, and PyTorch models), JAX (the third), ONNX Runtime, LiteRT,
 # the test runner, the browser driver and Ray (the dataset view's Ray engine runs on a local cluster).
 $(VENV)/.test-deps: pyproject.toml $(VENV)/.demo-deps
-	$(PIP) -e '.[keras,keras-torch,torch,onnx,onnx-gradients,tflite,training,ray,test]'
+	$(PIP) -e '.[keras,keras-torch,keras-jax,torch,onnx,onnx-gradients,tflite,training,ray,test]'
 	touch $@
 
 demo: $(VENV)/.demo-deps
@@ -29,12 +29,14 @@ chromium:
 	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }
 
 # Static checks on src/ (rules in pyproject.toml), the whole suite on Keras's TensorFlow backend,
-# then every Keras test again on its torch backend.
+# then every Keras test again on its torch backend, then the Keras gradient and agreement tests
+# (marker "gradients") on its JAX backend.
 test: $(VENV)/.test-deps chromium
 	$(BIN)/ruff check src
 	$(BIN)/mypy
 	KERAS_BACKEND=tensorflow $(BIN)/python -m pytest
 	KERAS_BACKEND=torch $(BIN)/python -m pytest -m keras
+	KERAS_BACKEND=jax $(BIN)/python -m pytest -m "keras and gradients"
 
 benchmark: benchmark-maps benchmark-adapters benchmark-report benchmark-heatmaps benchmark-training benchmark-visualize benchmark-memory benchmark-dataset benchmark-compare
 
@@ -60,7 +62,7 @@ benchmark-training: $(VENV)/.test-deps
 
 # References that only the benchmarks need (torch-lucent for benchmark-visualize).
 $(VENV)/.bench-deps: pyproject.toml $(VENV)/.test-deps
-	$(PIP) -e '.[keras,keras-torch,torch,onnx,onnx-gradients,tflite,training,ray,test,bench]'
+	$(PIP) -e '.[keras,keras-torch,keras-jax,torch,onnx,onnx-gradients,tflite,training,ray,test,bench]'
 	touch $@
 
 # Feature visualisation: quality against naive gradient ascent, speed against torch-lucent 0.1.8.

@@ -306,6 +306,7 @@ def _close(have: np.ndarray, want: np.ndarray, what: str) -> None:
 
 
 @pytest.mark.keras
+@pytest.mark.gradients
 def test_gradients_agree_across_frameworks(gradient_twins):
     """A class score's gradients at every conv and at the input, and a conv channel's mean's
     gradients at the earlier convs, are the same in every framework that has gradients."""

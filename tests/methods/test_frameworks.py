@@ -101,6 +101,7 @@ def demo():
 
 
 @pytest.mark.keras
+@pytest.mark.gradients
 @pytest.mark.parametrize("name", methods.names())
 def test_every_method_on_the_demo_model(demo, name):
     adapter, x = demo

@@ -21,7 +21,7 @@ import pytest
 
 from convlens import Lens
 
-pytestmark = pytest.mark.keras
+pytestmark = [pytest.mark.keras, pytest.mark.gradients]
 
 STEPS = 4
 TOLERANCE = 1e-5

@@ -1,4 +1,4 @@
-"""Gradients of a Keras model on its backend: TensorFlow's tape or torch's autograd (other backends: not yet)."""
+"""Gradients of a Keras model on its backend: a traced TensorFlow tape, torch's autograd, or ``jax.vjp``."""
 
 from __future__ import annotations
 
@@ -91,31 +91,34 @@ class KerasAdapter(KerasForward):
 
     def gradients_unavailable(self) -> str | None:
         backend = self.keras.backend.backend()
-        if backend in ("tensorflow", "torch"):
+        if backend in ("tensorflow", "torch", "jax"):
             return None
         return (f"gradients of Keras models on the {backend} backend are not supported yet: run with "
-                "KERAS_BACKEND=tensorflow or KERAS_BACKEND=torch, or use a forward-only method (Score-CAM, "
+                "KERAS_BACKEND=tensorflow, torch or jax, or use a forward-only method (Score-CAM, "
                 "Eigen-CAM, occlusion)")
 
-    #: Traced gradient functions kept (TensorFlow), least recently used dropped first.
+    #: Compiled gradient passes kept (TensorFlow, JAX), least recently used dropped first.
     GRADIENT_GRAPHS = 8
 
     def gradients(self, batch: np.ndarray, target: Target, layers: Sequence[int] = (), *,
                   wrt_input: bool = False, need_output: bool = True) -> Gradients:
         """One forward and one backward pass (see :meth:`Adapter.gradients`).
 
-        TensorFlow: a ``GradientTape`` that watches no variable, only the
-        output of the earliest needed layer (the input with ``wrt_input``), so
-        it records only the network after that layer. From the second pass with
-        the same layers, target layer and input shape, the pass runs as a traced
-        ``tf.function`` taking the cotangent as an argument: in a graph,
-        TensorFlow prunes the kernels' gradients that eager backprop computes
-        and throws away (3x the cost of the pass on VGG16's classifier).
-        torch backend: autograd, with that output detached as the one leaf and
-        every variable's ``requires_grad`` off for the pass (restored after).
-        Layers run in inference mode (``training=False``). A final softmax (a
-        layer's ``activation``, a ``Softmax`` or ``Activation`` layer) is read
-        at its input: the class score is the logit.
+        No kernel gradient is computed on any backend. TensorFlow: a
+        ``tf.function`` traced on the first call for these layers, target layer
+        and input shape (kept, see :attr:`GRADIENT_GRAPHS`), with the cotangent
+        an argument; its ``GradientTape`` watches no variable, only the outputs
+        of the needed layers (the input with ``wrt_input``), and the function
+        runs only the backward ops its outputs need: no ``Conv2DBackpropFilter``
+        (see :meth:`_tf_traced`). torch backend: autograd, with the earliest
+        needed output detached as the one leaf and every variable's
+        ``requires_grad`` off for the pass (restored after). JAX backend:
+        ``jax.vjp`` of the model's ``stateless_call`` with respect to the input
+        and a zero added to each requested output, compiled with ``jax.jit``
+        (see :mod:`convlens.adapters.keras._jax`). Layers run in inference mode
+        (``training=False``). A final softmax (a layer's ``activation``, a
+        ``Softmax`` or ``Activation`` layer) is read at its input: the class
+        score is the logit.
         """
         why = self.gradients_unavailable()
         if why:
@@ -139,8 +142,11 @@ class KerasAdapter(KerasForward):
                 shape = (shape[0], *shape[2:], shape[1])
             return self._native(target_cotangent(target, shape, where), score_t)
 
-        if self.keras.backend.backend() == "torch":
+        backend = self.keras.backend.backend()
+        if backend == "torch":
             y, score_t, acts, found, is_logit = self._torch_pass(plan, x, build_cot)
+        elif backend == "jax":
+            y, score_t, acts, found, is_logit = self._jax_pass(plan, x, target)
         else:
             y, score_t, acts, found, is_logit = self._tf_pass(plan, x, target, build_cot)
         score_np = self._numpy(score_t)
@@ -206,7 +212,7 @@ class KerasAdapter(KerasForward):
 
             def ranked(x_t: Any) -> tuple:
                 with tf.GradientTape(watch_accessed_variables=False, persistent=True) as tape:
-                    def leaf(t: Any) -> Any:
+                    def leaf(t: Any, row: int) -> Any:
                         tape.watch(t)
                         return t
 
@@ -246,14 +252,17 @@ class KerasAdapter(KerasForward):
                                activations=self._canonical_array(np.asarray(acts)),
                                classes=np.asarray(idx, np.int64), grads=g, logits=bool(logit[0]))
 
-    def _forward_for_gradients(self, plan: _GradPlan, x_t: Any, leaf: Callable[[Any], Any]) -> tuple[
-            Any, Any, dict[int, Any], bool]:
+    def _forward_for_gradients(self, plan: _GradPlan, x_t: Any, leaf: Callable[[Any, int], Any],
+                               call: Callable[[Any], Any] | None = None) -> tuple[Any, Any, dict[int, Any], bool]:
         """The forward half of a gradient pass: ``(output, score tensor, captured rows, logits?)``.
 
-        Runs inside the caller's tape (TensorFlow) or ``enable_grad`` (torch).
-        ``leaf(t)`` makes sure gradient recording covers what follows ``t`` and
-        returns the tensor to pass on. Wrappers and a swapped final activation are removed in ``finally``.
+        Runs inside the caller's tape (TensorFlow), ``enable_grad`` (torch) or
+        JAX trace. ``leaf(t, row)`` makes sure gradient recording covers what
+        follows row ``row``'s output ``t`` and returns the tensor to pass on.
+        ``call(x)`` runs the model (default: ``model(x, training=False)``; JAX:
+        its ``stateless_call``). Wrappers and a swapped final activation are removed in ``finally``.
         """
+        run_model = call if call is not None else (lambda t: self.model(t, training=False))
         by_object: dict[int, list[int]] = {}
         for row, obj in enumerate(self._objects):
             if obj is not None:
@@ -278,7 +287,7 @@ class KerasAdapter(KerasForward):
                 return None
             # every needed output is a leaf unless recorded already (downstream of an earlier one): a
             # row on a parallel branch (a ResNet shortcut) gets its own gradient, not zeros
-            first = leaf(first)
+            first = leaf(first, row)
             captured[row] = first
             new = _replace_first(out, first)
             if row == plan.stop_after:
@@ -292,7 +301,7 @@ class KerasAdapter(KerasForward):
             return activation
 
         if plan.start == 0:
-            x_t = leaf(x_t)
+            x_t = leaf(x_t, 0)
             captured[0] = x_t
         swapped = final.activation if final is not None and logit_from == "activation" else None
         y = None
@@ -302,7 +311,7 @@ class KerasAdapter(KerasForward):
             with self._wrapped(record), warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=r".*structure of `inputs`.*")
                 try:
-                    y = first_tensor(self.model(x_t, training=False))
+                    y = first_tensor(run_model(x_t))
                 except _StopForward:
                     y = None
         finally:
@@ -335,7 +344,7 @@ class KerasAdapter(KerasForward):
             with torch.enable_grad():
                 y, score_t, captured, is_logit = self._forward_for_gradients(
                     plan, self.keras.ops.convert_to_tensor(x),
-                    lambda t: t if t.requires_grad else t.detach().requires_grad_())
+                    lambda t, row: t if t.requires_grad else t.detach().requires_grad_())
                 inputs: list[Any] = [captured.get(r) for r in plan.sources]
                 usable = [i for i, t in enumerate(inputs) if t is not None and t.requires_grad]
                 found: list[Any] = [None] * len(inputs)
@@ -353,46 +362,107 @@ class KerasAdapter(KerasForward):
 
     def _tf_pass(self, plan: _GradPlan, x: np.ndarray, target: Target,
                  build_cot: Callable[[Any], Any]) -> tuple:
+        """The TensorFlow gradient pass, compiled from its first call (see :meth:`_tf_traced`).
+
+        A model that cannot be traced runs the same pass under an eager tape,
+        which also computes (and drops) every kernel's gradient.
+        """
         import tensorflow as tf
 
         key = (plan, x.shape)
-        traced = self._grad_graphs.pop(key, None)
+        traced = self._grad_graphs.pop(key, None) if key in self._grad_graphs else self._tf_traced(plan, x.shape)
+        self._remember(key, traced)
         if traced is not None:
-            self._grad_graphs[key] = traced  # most recently used last
             fn, cot_shape, is_logit = traced
             cot = target_cotangent(target, cot_shape, None if plan.target_layer is None
                                    else self.layers()[plan.target_layer].name)
             if self.channels_first and cot.ndim in (3, 4):
                 cot = np.moveaxis(cot, -1, 1)
-            y, score_t, acts, found = fn(tf.convert_to_tensor(x), tf.convert_to_tensor(cot))
-            y = None if plan.stop_after is not None else y
-            return y, score_t, list(acts), [g if g is not None else None for g in found], is_logit
+            y, score_t, acts, found = fn(tf.convert_to_tensor(x), tf.convert_to_tensor(cot, tf.float32))
+            return None if plan.stop_after is not None else y, score_t, list(acts), list(found), is_logit
+        with tf.GradientTape(watch_accessed_variables=False) as tape:
+            def leaf(t: Any, row: int) -> Any:
+                tape.watch(t)
+                return t
 
-        def run(x_t: Any, cot_for: Callable[[Any], Any]) -> tuple:
+            y, score_t, captured, is_logit = self._forward_for_gradients(plan, tf.convert_to_tensor(x), leaf)
+        found = tape.gradient(score_t, [captured[r] for r in plan.sources], output_gradients=build_cot(score_t),
+                              unconnected_gradients=tf.UnconnectedGradients.ZERO) if plan.sources else []
+        return y, score_t, [captured[r] for r in plan.rows], list(found), is_logit
+
+    def _tf_traced(self, plan: _GradPlan, shape: tuple[int, ...]) -> tuple[Any, tuple[int, ...], bool] | None:
+        """``(concrete function, canonical score shape, logits?)`` for ``plan`` on inputs of ``shape``.
+
+        The function maps ``(x, cotangent)`` to ``(output, score tensor,
+        requested rows' outputs, gradients of plan.sources)``. Traced once, with
+        no variable watched: the graph's backward half holds every conv's
+        ``Conv2DBackpropFilter`` (TensorFlow's gradient function builds both
+        halves), but a function runs only the ops its outputs need, so no
+        kernel gradient is ever computed (the eager tape computes each one and
+        throws it away: 3x the pass on VGG16's classifier, and the op that
+        crashed oneDNN on AVX-512 machines). ``None``: the model cannot be
+        traced, or its score's shape is not static.
+        """
+        import tensorflow as tf
+
+        seen: dict[str, Any] = {}
+
+        def traced(x_t: Any, cot: Any) -> tuple:
             with tf.GradientTape(watch_accessed_variables=False) as tape:
-                def leaf(t: Any) -> Any:
+                def leaf(t: Any, row: int) -> Any:
                     tape.watch(t)
                     return t
 
-                y, score_t, captured, is_logit = self._forward_for_gradients(plan, x_t, leaf)
-            cot = cot_for(score_t)
+                y, score_t, captured, seen["logits"] = self._forward_for_gradients(plan, x_t, leaf)
+            seen["shape"] = score_t.shape
+            cot = tf.cast(tf.ensure_shape(cot, score_t.shape), score_t.dtype)
             found = tape.gradient(score_t, [captured[r] for r in plan.sources], output_gradients=cot,
                                   unconnected_gradients=tf.UnconnectedGradients.ZERO) if plan.sources else []
-            return y, score_t, [captured[r] for r in plan.rows], list(found), is_logit
+            return (y if y is not None else tf.zeros((0,))), score_t, [captured[r] for r in plan.rows], found
 
-        y, score_t, acts, found, is_logit = run(tf.convert_to_tensor(x), build_cot)
-        cot_shape = tuple(int(d) for d in score_t.shape)
+        try:
+            fn = tf.function(traced).get_concrete_function(tf.TensorSpec(shape, tf.float32),
+                                                           tf.TensorSpec(None, tf.float32))
+        except ConvlensError:
+            raise
+        except Exception:  # noqa: BLE001 - a model TensorFlow cannot trace: the eager pass reports its own errors
+            return None
+        if not seen["shape"].is_fully_defined():
+            return None
+        cot_shape = tuple(int(d) for d in seen["shape"])
         if self.channels_first and len(cot_shape) in (3, 4):
             cot_shape = (cot_shape[0], *cot_shape[2:], cot_shape[1])
+        return fn, cot_shape, bool(seen["logits"])
 
-        def traced_fn(x_t: Any, cot: Any) -> tuple:
-            y, score_t, acts, found, _ = run(x_t, lambda s: tf.cast(cot, s.dtype))
-            return (y if y is not None else tf.zeros((0,))), score_t, acts, found
+    def _jax_pass(self, plan: _GradPlan, x: np.ndarray, target: Target) -> tuple:
+        """The JAX gradient pass, compiled per plan and input shape (see :mod:`._jax`)."""
+        from ._jax import compile_gradient_pass
 
-        self._grad_graphs[key] = (tf.function(traced_fn), cot_shape, is_logit)
+        key = (plan, x.shape)
+        if key in self._grad_graphs:
+            compiled = self._grad_graphs.pop(key)
+        else:
+            # a model that raises while traced raises its own error, as on the other backends
+            compiled = compile_gradient_pass(
+                self.model, lambda x_t, leaf, call: self._forward_for_gradients(plan, x_t, leaf, call),
+                plan.rows, plan.sources, x.shape)
+        self._remember(key, compiled)
+        shape = compiled.score_shape
+        if self.channels_first and len(shape) in (3, 4):
+            shape = (shape[0], *shape[2:], shape[1])
+        cot = target_cotangent(target, shape, None if plan.target_layer is None
+                               else self.layers()[plan.target_layer].name)
+        if self.channels_first and cot.ndim in (3, 4):
+            cot = np.moveaxis(cot, -1, 1)
+        y, score_t, acts, found = compiled(self.model, x, np.ascontiguousarray(cot, np.float32))
+        return None if plan.stop_after is not None else y, score_t, acts, found, compiled.logits
+
+    def _remember(self, key: tuple, compiled: Any) -> None:
+        """Keep a compiled gradient pass (``None``: one that cannot be compiled), the least recently used
+        dropped beyond :attr:`GRADIENT_GRAPHS`."""
+        self._grad_graphs[key] = compiled  # most recently used last
         while len(self._grad_graphs) > self.GRADIENT_GRAPHS:
             self._grad_graphs.pop(next(iter(self._grad_graphs)))
-        return y, score_t, acts, found, is_logit
 
     def _torch_parameters(self) -> list[Any]:
         """The torch tensors behind the model's variables (Keras on torch)."""

@@ -214,7 +214,7 @@ class KerasTable:
         self._objects: list[Any] = []  # keras layer of each table row (None for the input)
         self._passes: dict[tuple, int] = {}  # (wanted rows, input shape) -> eager passes so far
         self._graphs: dict[tuple, Any] = {}  # the traced forward functions (TensorFlow)
-        self._grad_graphs: dict[tuple, Any] = {}  # traced gradient functions (TensorFlow), oldest first
+        self._grad_graphs: dict[tuple, Any] = {}  # compiled gradient passes (TensorFlow, JAX), oldest first
         self._ranked_graphs: dict[tuple, Any] = {}  # traced run_ranked functions (TensorFlow), oldest first
 
     # ----------------------------------------------------------------- set-up
