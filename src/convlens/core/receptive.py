@@ -45,10 +45,11 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from fractions import Fraction
+from typing import Any
 
 from .layers import LayerInfo
 
-__all__ = ["unit_box", "with_receptive_fields"]
+__all__ = ["resample_geometry", "unit_box", "with_receptive_fields"]
 
 #: Comparisons of jumps and offsets, which are sums of products of small rationals.
 _EPS = 1e-9
@@ -216,7 +217,8 @@ def _transposed_reach(layer: LayerInfo, a: int, u: Fraction, k: int | None,
 
 def _sampled_reach(layer: LayerInfo, a: int, u: Fraction, k: int | None,
                    p: int | None) -> tuple[Callable[[int], int], Callable[[int], int]] | None:
-    """An interpolation's output ``o`` reads ``floor(o/u + c) - p ... + k - 1``."""
+    """An interpolation's output ``o`` samples ``x = o/u + c``: units ``floor(x) - p ... + k - 1``, or
+    ``x`` alone where it falls on a unit and the kernel interpolates (``k > 1``: linear, cubic)."""
     if k is None:
         return None
     before = p or 0
@@ -225,9 +227,79 @@ def _sampled_reach(layer: LayerInfo, a: int, u: Fraction, k: int | None,
         else (Fraction(0) if k == 1 else Fraction(1, 2) / u - Fraction(1, 2))
 
     def lo(o: int) -> int:
-        return math.floor(Fraction(o) / u + c) - before
+        x = Fraction(o) / u + c
+        return int(x) if k > 1 and x.denominator == 1 else math.floor(x) - before
 
-    return lo, (lambda o: lo(o) + k - 1)
+    def hi(o: int) -> int:
+        x = Fraction(o) / u + c
+        return int(x) if k > 1 and x.denominator == 1 else math.floor(x) - before + k - 1
+
+    return lo, hi
+
+
+#: Interpolation modes by their names across frameworks -> (taps, taps before ``floor(x)``).
+_MODES = {"nearest": (1, 0), "linear": (2, 0), "bilinear": (2, 0), "trilinear": (2, 0),
+          "cubic": (4, 1), "bicubic": (4, 1)}
+#: Nearest-neighbour rounding -> what it adds to ``x`` before ``floor``.
+_ROUNDING = {"floor": Fraction(0), "round_prefer_floor": Fraction(1, 2) - Fraction(1, 1 << 20),
+             "round_prefer_ceil": Fraction(1, 2), "ceil": 1 - Fraction(1, 1 << 20)}
+
+
+def resample_geometry(mode: str, in_hw: Sequence[int | None], out_hw: Sequence[int | None], *,
+                      scale: Sequence[float] | None = None, coordinates: str = "half_pixel",
+                      rounding: str = "floor") -> dict[str, Any] | None:
+    """The layer-table fields of a resize, for :func:`with_receptive_fields`, or ``None`` if not derivable.
+
+    Args:
+        mode: ``"nearest"``, ``"linear"``/``"bilinear"`` or ``"cubic"``/``"bicubic"``.
+        in_hw, out_hw: the map's ``(H, W)`` before and after (``None`` where free).
+        scale: output/input scale per axis where the op is given one (PyTorch's
+            ``scale_factor``, ONNX's ``scales``): it, not the sizes' ratio, maps
+            coordinates; default ``out/in``.
+        coordinates: how output ``o`` maps to input ``x``: ``"half_pixel"``
+            (``(o + 0.5)/u - 0.5``: PyTorch ``align_corners=False``, TF2,
+            ONNX's default), ``"asymmetric"`` (``o/u``: PyTorch's and Keras's
+            nearest, TF1), ``"align_corners"`` (``o*(n - 1)/(m - 1)``).
+        rounding: for nearest, how ``x`` becomes a unit: ``"floor"``,
+            ``"round_prefer_floor"``, ``"round_prefer_ceil"``, ``"ceil"``.
+
+    Returns:
+        ``{"kernel_size", "padding", "upsample", "extra": {"sample_offset"}}``
+        to set on the row.
+    """
+    taps = _MODES.get(mode.lower())
+    if taps is None or len(in_hw) != 2 or len(out_hw) != 2:
+        return None
+    ups: list[Fraction] = []
+    shifts: list[Fraction] = []
+    for a in range(2):
+        n, m = in_hw[a], out_hw[a]
+        if coordinates == "align_corners":
+            if n is None or m is None or m < 2 or n < 1:
+                return None
+            u, shift = Fraction(m - 1, max(n - 1, 1)) if n > 1 else Fraction(m), Fraction(0)
+        else:
+            if scale is not None and scale[a] > 0:
+                u = Fraction(float(scale[a])).limit_denominator(1000)
+            elif n and m:
+                u = Fraction(m, n)
+            else:
+                return None
+            if coordinates == "half_pixel":
+                shift = Fraction(1, 2) / u - Fraction(1, 2)
+            elif coordinates == "asymmetric":
+                shift = Fraction(0)
+            else:
+                return None
+        if taps[0] == 1:
+            if rounding not in _ROUNDING:
+                return None
+            shift += _ROUNDING[rounding]
+        ups.append(u)
+        shifts.append(shift)
+    return {"kernel_size": (taps[0], taps[0]), "padding": (taps[1], taps[1]),
+            "upsample": (float(ups[0]), float(ups[1])),
+            "extra": {"sample_offset": (float(shifts[0]), float(shifts[1]))}}
 
 
 def _whole(values: tuple[float, float]) -> tuple[float, float]:
