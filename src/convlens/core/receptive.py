@@ -23,9 +23,10 @@ half-pixel centres, for more). A transposed conv (kind ``conv``) is a conv with
 ``padding`` on the input stuffed with ``u - 1`` zeros between units (its
 ``padding`` is that conv's, ``(k - 1)*d - p`` for PyTorch's ``padding=p``).
 Those boxes are not evenly spaced (two neighbouring outputs of a nearest x2
-upsampling read the same input unit), so the table keeps the tightest evenly
-spaced boxes that hold every unit's box: the *envelope*, at most a jump wider
-than the widest true box. Without upsampling the boxes are exact.
+upsampling read the same input unit): every unit's exact box is tracked (they
+repeat with a period), and the table keeps the tightest evenly spaced boxes
+that hold them all, the *envelope*, less than a jump wider than the widest true
+box. Without upsampling the boxes are exact.
 
 Where branches merge (addition, concatenation, multiplication) a unit's box is
 the union of its inputs' boxes for that unit, so branches must agree on the
@@ -49,24 +50,63 @@ from typing import Any
 
 from .layers import LayerInfo
 
-__all__ = ["resample_geometry", "unit_box", "with_receptive_fields"]
+__all__ = ["resample_geometry", "same_padding", "unit_box", "with_receptive_fields"]
 
-#: Comparisons of jumps and offsets, which are sums of products of small rationals.
-_EPS = 1e-9
 #: The most output units one period of an upsampling may span (scales like 1000/999 are not tracked).
 _MAX_PERIOD = 4096
 
 
 @dataclass(frozen=True)
+class _Axis:
+    """Every unit's exact box along one axis, periodic: unit ``i = q*period + r`` covers
+    ``[starts[r] + q*span, ends[r] + q*span)`` input pixels (``span``: pixels per period).
+
+    Without upsampling the period is 1 and this is ``O``, ``O + S`` and ``J``;
+    upsampling makes neighbouring boxes repeat with a longer period.
+    """
+
+    period: int
+    span: int
+    starts: tuple[int, ...]
+    ends: tuple[int, ...]
+
+    def start(self, i: int) -> int:
+        return self.starts[i % self.period] + (i // self.period) * self.span
+
+    def end(self, i: int) -> int:
+        return self.ends[i % self.period] + (i // self.period) * self.span
+
+    def read(self, period: int, span: int, reach: Callable[[int], tuple[int, int, int]]) -> _Axis | None:
+        """The axis of a layer whose unit ``o`` reads units ``lo, lo + step, ..., hi`` (``reach(o)``)."""
+        if period > _MAX_PERIOD:
+            return None
+        starts, ends = [], []
+        for o in range(period):
+            lo, hi, step = reach(o)
+            if hi < lo:
+                return None  # a unit that reads nothing (a transposed conv with stride > kernel)
+            starts.append(min(self.start(i) for i in range(lo, hi + 1, step)))
+            ends.append(max(self.end(i) for i in range(lo, hi + 1, step)))
+        return _Axis(period, span, tuple(starts), tuple(ends))
+
+    def envelope(self) -> tuple[Fraction, Fraction, Fraction]:
+        """``(size, jump, offset)`` of the tightest evenly spaced boxes holding every unit's box."""
+        jump = Fraction(self.span, self.period)
+        offset = min(self.starts[r] - r * jump for r in range(self.period))
+        end = max(self.ends[r] - r * jump for r in range(self.period))
+        return end - offset, jump, offset
+
+
+@dataclass(frozen=True)
 class _Field:
-    """One layer's field along both axes (see the module docstring); ``offset`` ``None``: unknown."""
+    """One layer's field along both axes; ``placed`` False: sizes and jumps are right, positions unknown
+    (a padding the adapter could not read; boxes are computed as if it were 0)."""
 
-    size: tuple[float, float]
-    jump: tuple[float, float]
-    offset: tuple[float, float] | None
+    axes: tuple[_Axis, _Axis]
+    placed: bool = True
 
 
-_INPUT = _Field((1.0, 1.0), (1.0, 1.0), (0.0, 0.0))
+_INPUT = _Field((_Axis(1, 1, (0,), (1,)), _Axis(1, 1, (0,), (1,))))
 
 
 def _is_vector(layer: LayerInfo) -> bool:
@@ -149,16 +189,21 @@ def _union(fields: Sequence[_Field]) -> _Field | None:
     first = fields[0]
     if len(fields) == 1:
         return first
-    if any(abs(f.jump[a] - first.jump[a]) > _EPS for f in fields for a in range(2)):
-        return None
-    if any(f.offset is None for f in fields):
-        # the boxes' union depends on where each starts: only equal sizes are sure
-        if all(f.size == first.size for f in fields):
-            return _Field(first.size, first.jump, None)
-        return None
-    starts = [min(f.offset[a] for f in fields if f.offset is not None) for a in range(2)]
-    ends = [max(f.offset[a] + f.size[a] for f in fields if f.offset is not None) for a in range(2)]
-    return _Field((ends[0] - starts[0], ends[1] - starts[1]), first.jump, (starts[0], starts[1]))
+    axes = []
+    for a in range(2):
+        parts = [f.axes[a] for f in fields]
+        if any(Fraction(x.span, x.period) != Fraction(parts[0].span, parts[0].period) for x in parts):
+            return None
+        period = math.lcm(*(x.period for x in parts))
+        if period > _MAX_PERIOD:
+            return None
+        span = parts[0].span * (period // parts[0].period)
+        axes.append(_Axis(period, span, tuple(min(x.start(r) for x in parts) for r in range(period)),
+                          tuple(max(x.end(r) for x in parts) for r in range(period))))
+    placed = all(f.placed for f in fields)
+    if not placed and any(f.axes != first.axes for f in fields):
+        return None  # where unplaced boxes overlap is unknown, so is their union
+    return _Field((axes[0], axes[1]), placed)
 
 
 def _apply(layer: LayerInfo, f: _Field, sources: Sequence[LayerInfo]) -> _Field | None:
@@ -171,52 +216,57 @@ def _apply(layer: LayerInfo, f: _Field, sources: Sequence[LayerInfo]) -> _Field 
     k = layer.kernel_size or (1, 1)
     s = layer.stride or (1, 1)
     d = layer.dilation or (1, 1)
-    size = (f.size[0] + (k[0] - 1) * d[0] * f.jump[0], f.size[1] + (k[1] - 1) * d[1] * f.jump[1])
-    jump = (f.jump[0] * s[0], f.jump[1] * s[1])
-    offset = None
-    if f.offset is not None and layer.padding is not None:
-        p = layer.padding
-        offset = (f.offset[0] - p[0] * f.jump[0], f.offset[1] - p[1] * f.jump[1])
-    return _Field(size, jump, offset)
+    p = layer.padding or (0, 0)
+    axes = []
+    for a in range(2):
+        x = f.axes[a]
+        if s[a] < 1 or d[a] < 1 or k[a] < 1:
+            return None
+        period = x.period // math.gcd(s[a], x.period)
+        axis = x.read(period, x.span * period * s[a] // x.period,
+                      lambda o, a=a: (o * s[a] - p[a], o * s[a] - p[a] + (k[a] - 1) * d[a], d[a]))
+        if axis is None:
+            return None
+        axes.append(axis)
+    return _Field((axes[0], axes[1]), f.placed and layer.padding is not None)
 
 
 def _upsampled(layer: LayerInfo, f: _Field) -> _Field | None:
-    """The envelope field after an interpolation or a transposed conv (see the module docstring)."""
+    """The field after an interpolation or a transposed conv (see the module docstring)."""
     assert layer.upsample is not None
-    sizes, jumps, offsets = [], [], []
+    axes = []
     for a in range(2):
         u = Fraction(float(layer.upsample[a])).limit_denominator(1000)
-        if u <= 0 or u.numerator > _MAX_PERIOD:
+        if u <= 0:
             return None
         k = layer.kernel_size[a] if layer.kernel_size is not None else None
         p = layer.padding[a] if layer.padding is not None else None
         reach = _transposed_reach(layer, a, u, k, p) if layer.kind == "conv" else _sampled_reach(layer, a, u, k, p)
         if reach is None:
             return None
-        lo_fn, hi_fn = reach
-        # lo(o) - o/u and hi(o) - o/u repeat every u.numerator outputs
-        lo = min(lo_fn(o) - Fraction(o) / u for o in range(u.numerator))
-        hi = max(hi_fn(o) - Fraction(o) / u for o in range(u.numerator))
-        if f.offset is not None:
-            offsets.append(f.offset[a] + float(lo) * f.jump[a])
-        sizes.append(f.size[a] + float(hi - lo) * f.jump[a])
-        jumps.append(f.jump[a] / float(u))
-    return _Field((sizes[0], sizes[1]), (jumps[0], jumps[1]),
-                  (offsets[0], offsets[1]) if len(offsets) == 2 else None)
+        x = f.axes[a]
+        # u = n/m: n outputs for every m inputs, so the period grows until it holds whole input periods
+        g = math.gcd(u.denominator, x.period)
+        axis = x.read(u.numerator * x.period // g, x.span * u.denominator // g,
+                      lambda o, reach=reach: (*reach(o), 1))
+        if axis is None:
+            return None
+        axes.append(axis)
+    return _Field((axes[0], axes[1]), f.placed)
 
 
 def _transposed_reach(layer: LayerInfo, a: int, u: Fraction, k: int | None,
-                      p: int | None) -> tuple[Callable[[int], int], Callable[[int], int]] | None:
+                      p: int | None) -> Callable[[int], tuple[int, int]] | None:
     """A transposed conv's output ``o`` reads input units ``i`` with ``i*u`` in ``[o - p, o - p + (k-1)*d]``."""
     if k is None or p is None or u.denominator != 1:
         return None
     s = u.numerator
     span = (k - 1) * (layer.dilation[a] if layer.dilation is not None else 1)
-    return (lambda o: -((p - o) // s)), (lambda o: (o - p + span) // s)
+    return lambda o: (-((p - o) // s), (o - p + span) // s)
 
 
 def _sampled_reach(layer: LayerInfo, a: int, u: Fraction, k: int | None,
-                   p: int | None) -> tuple[Callable[[int], int], Callable[[int], int]] | None:
+                   p: int | None) -> Callable[[int], tuple[int, int]] | None:
     """An interpolation's output ``o`` samples ``x = o/u + c``: units ``floor(x) - p ... + k - 1``, or
     ``x`` alone where it falls on a unit and the kernel interpolates (``k > 1``: linear, cubic)."""
     if k is None:
@@ -226,15 +276,14 @@ def _sampled_reach(layer: LayerInfo, a: int, u: Fraction, k: int | None,
     c = Fraction(float(shift[a])).limit_denominator(1 << 20) if shift is not None \
         else (Fraction(0) if k == 1 else Fraction(1, 2) / u - Fraction(1, 2))
 
-    def lo(o: int) -> int:
+    def reach(o: int) -> tuple[int, int]:
         x = Fraction(o) / u + c
-        return int(x) if k > 1 and x.denominator == 1 else math.floor(x) - before
+        if k > 1 and x.denominator == 1:
+            return int(x), int(x)
+        lo = math.floor(x) - before
+        return lo, lo + k - 1
 
-    def hi(o: int) -> int:
-        x = Fraction(o) / u + c
-        return int(x) if k > 1 and x.denominator == 1 else math.floor(x) - before + k - 1
-
-    return lo, hi
+    return reach
 
 
 #: Interpolation modes by their names across frameworks -> (taps, taps before ``floor(x)``).
@@ -302,16 +351,42 @@ def resample_geometry(mode: str, in_hw: Sequence[int | None], out_hw: Sequence[i
             "extra": {"sample_offset": (float(shifts[0]), float(shifts[1]))}}
 
 
-def _whole(values: tuple[float, float]) -> tuple[float, float]:
-    """Whole numbers as ints (tables print ``3``, not ``3.0``); others rounded off float noise."""
-    return tuple(int(round(v)) if abs(v - round(v)) < 1e-6 else round(v, 6) for v in values)  # type: ignore[return-value]
+def same_padding(n: int | None, k: int, s: int = 1, d: int = 1, *, lower: bool = False) -> int | None:
+    """The leading padding of TensorFlow's (and ONNX's ``SAME_UPPER``, TFLite's) ``"same"`` along one axis.
+
+    The output is ``ceil(n / s)``; the total padding,
+    ``max((ceil(n / s) - 1) * s + (k - 1) * d + 1 - n, 0)``, is split with the
+    extra pixel at the end (``lower``: at the start, ONNX's ``SAME_LOWER``).
+
+    Args:
+        n: the input's size along the axis; ``None`` where free.
+        k, s, d: kernel, stride, dilation.
+
+    Returns:
+        the padding before the first window, or ``None`` where it depends on
+        an ``n`` that is not known (a strided window on a free size).
+    """
+    def lead(size: int) -> int:
+        total = max((-(-size // s) - 1) * s + (k - 1) * d + 1 - size, 0)
+        return total - total // 2 if lower else total // 2
+
+    if n is not None:
+        return lead(int(n))
+    found = {lead(size) for size in range(s, 2 * s)}  # the padding repeats with n's remainder
+    return found.pop() if len(found) == 1 else None
+
+
+def _number(value: Fraction) -> float:
+    """Whole numbers as ints (tables print ``3``, not ``3.0``)."""
+    return int(value) if value.denominator == 1 else float(value)
 
 
 def _with_field(layer: LayerInfo, field: _Field | None, is_global: bool) -> LayerInfo:
     if field is None:
         return replace(layer, rf_size=None, rf_jump=None, rf_offset=None, global_rf=is_global)
-    return replace(layer, rf_size=_whole(field.size), rf_jump=_whole(field.jump),  # type: ignore[arg-type]
-                   rf_offset=_whole(field.offset) if field.offset is not None else None, global_rf=False)
+    (sh, jh, oh), (sw, jw, ow) = field.axes[0].envelope(), field.axes[1].envelope()
+    return replace(layer, rf_size=(_number(sh), _number(sw)), rf_jump=(_number(jh), _number(jw)),  # type: ignore[arg-type]
+                   rf_offset=(_number(oh), _number(ow)) if field.placed else None, global_rf=False)
 
 
 def unit_box(layer: LayerInfo, i: int, j: int) -> tuple[float, float, float, float] | None:
