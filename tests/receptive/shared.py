@@ -18,10 +18,13 @@ does); for Keras, ONNX and TFLite it is the forward pass on the line itself
 
 :func:`check_table` compares every unit of every conv, pool, block and merge
 row with its table box (:func:`convlens.core.receptive.unit_box`) clipped to
-the image: equal where no upsampling comes before (so size, jump and offset
-are right, at the corners as well as the centre); after upsampling, every
-unit's box inside the table's envelope, and the envelope tight (some middle
-unit touches each of its edges).
+the image. Every unit's measured box, corners included, lies inside it; units
+whose box lies inside the image, away from the map's borders, have exactly the
+table's box (so size, jump and offset are right); after upsampling, the table's
+envelope is tight (some unit touches each of its edges). At the borders a unit
+can see less than its box: where it reads zero padding that stands for pixels
+inside the image (a dilated or strided window stepping over a padded unit, a
+pad after a valid conv), or a clamped interpolation.
 """
 
 from __future__ import annotations
@@ -96,8 +99,9 @@ def check_table(table: Sequence[LayerInfo], responses: Mapping[int, tuple[np.nda
         hw: the input's ``(H, W)``.
 
     Returns:
-        counts of rows checked: ``exact``; ``envelope`` (after upsampling: every box inside, the envelope
-        tight); ``contained`` (the same, but too few boxes inside the image to check tightness); ``global``.
+        counts of rows checked: ``exact`` (boxes inside the image equal the table's); ``envelope``
+        (after upsampling: the table's envelope tight); ``contained`` (no box inside the image, so only
+        containment could be checked); ``global``.
     """
     h, w = hw
     envelope_rows = upsampled_rows(table)
@@ -113,35 +117,36 @@ def check_table(table: Sequence[LayerInfo], responses: Mapping[int, tuple[np.nda
             counts["global"] += 1
             continue
         assert layer.rf_size is not None and layer.rf_offset is not None, f"{layer.name}: unknown field"
-        table_rows = [_clip(unit_box(layer, i, 0), 0, h) for i in range(len(rows))]
-        table_cols = [_clip(unit_box(layer, 0, j), 1, w) for j in range(len(cols))]
-        if layer.index not in envelope_rows:
-            assert rows == table_rows, f"{layer.name} rows: measured {rows}, table {table_rows}"
-            assert cols == table_cols, f"{layer.name} columns: measured {cols}, table {table_cols}"
-            counts["exact"] += 1
-            continue
-        for got, want, axis in ((rows, table_rows, "rows"), (cols, table_cols, "columns")):
-            inside = all(g is not None and t is not None and t[0] <= g[0] and g[1] <= t[1]
-                         for g, t in zip(got, want))
-            assert inside, f"{layer.name} {axis}: measured {got} outside the table's {want}"
-        tight = True
+        exact = layer.index not in envelope_rows
+        checked_all = True
         for a, got, limit in ((0, rows, h), (1, cols, w)):
-            # units away from the map's borders (where clamped interpolations read less), whose table box
-            # lies inside the image (clipping would hide its edges)
+            want = [_clip(unit_box(layer, i, 0) if a == 0 else unit_box(layer, 0, i), a, limit)
+                    for i in range(len(got))]
+            # every unit, corners included: its box inside the table's, clipped to the image
+            for i, (g, t) in enumerate(zip(got, want)):
+                if g is None:  # the unit reads only zero padding
+                    continue
+                assert t is not None and t[0] <= g[0] and g[1] <= t[1], (
+                    f"{layer.name} axis {a} unit {i}: measured {g}, outside the table's {t}")
+            # units whose table box lies inside the image, away from the map's borders (where a unit
+            # reads zero padding that stands for pixels, or a clamped interpolation reads less)
             n = len(got)
             middle = [i for i in range(n // 4, n - n // 4)
                       if layer.rf_offset[a] + i * layer.rf_jump[a] >= 0
                       and layer.rf_offset[a] + i * layer.rf_jump[a] + layer.rf_size[a] <= limit]
-            if len(middle) < 4:
-                tight = False
+            if exact:
+                assert all(got[i] == want[i] for i in middle), (
+                    f"{layer.name} axis {a}: measured {[got[i] for i in middle]}, table {[want[i] for i in middle]}")
+            if len(middle) < (1 if exact else 4):
+                checked_all = False
                 continue
-            start = min(got[i][0] - i * layer.rf_jump[a] for i in middle)  # type: ignore[index]
-            end = max(got[i][1] - i * layer.rf_jump[a] for i in middle)  # type: ignore[index]
-            assert (start, end - start) == (layer.rf_offset[a], layer.rf_size[a]), (
-                f"{layer.name} axis {a}: middle units' hull starts at {start}, {end - start} wide; "
-                f"table {layer.rf_offset[a]}, {layer.rf_size[a]}")
-        counts["envelope" if tight else "contained"] += 1
-        continue
+            if not exact:  # the envelope: tight, some unit touches each edge
+                start = min(got[i][0] - i * layer.rf_jump[a] for i in middle)  # type: ignore[index]
+                end = max(got[i][1] - i * layer.rf_jump[a] for i in middle)  # type: ignore[index]
+                assert (start, end - start) == (layer.rf_offset[a], layer.rf_size[a]), (
+                    f"{layer.name} axis {a}: middle units' hull starts at {start}, {end - start} wide; "
+                    f"table {layer.rf_offset[a]}, {layer.rf_size[a]}")
+        counts[("exact" if exact else "envelope") if checked_all else "contained"] += 1
     return counts
 
 

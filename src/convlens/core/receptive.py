@@ -36,7 +36,8 @@ a squeeze-excitation gate) sees the whole input: ``global_rf``.
 Anything that cannot be derived (a layer that changes the map's size without
 saying how, branches with different jumps, an interpolation without its taps)
 is unknown: ``rf_size`` is ``None`` and ``global_rf`` False, which tables show
-as ``?``; a padding the adapter could not read leaves the size and jump exact
+as ``?`` (an adapter marks a row whose geometry it could not read with
+``extra["geometry"] = "unknown"``, e.g. a pad whose amounts are computed at run time); a padding the adapter could not read leaves the size and jump exact
 and only ``rf_offset`` unknown.
 """
 
@@ -208,6 +209,8 @@ def _union(fields: Sequence[_Field]) -> _Field | None:
 
 def _apply(layer: LayerInfo, f: _Field, sources: Sequence[LayerInfo]) -> _Field | None:
     """The field after ``layer``'s own operation, given the field of what feeds it."""
+    if layer.extra.get("geometry") == "unknown":
+        return None
     if layer.upsample is not None:
         return _upsampled(layer, f)
     if layer.kernel_size is None and layer.stride is None and layer.padding is None:

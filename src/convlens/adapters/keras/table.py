@@ -116,6 +116,15 @@ def _with_geometry(layer: Any, info: LayerInfo, rows: Sequence[LayerInfo]) -> La
         found = resample_geometry(interpolation, in_hw, out_hw, scale=size,
                                   coordinates="asymmetric" if interpolation == "nearest" else "half_pixel")
         return replace(info, **_resampled(found, info)) if found is not None else info
+    if name == "Resizing":  # tf.image.resize: half-pixel centres for every method
+        interpolation = str(getattr(layer, "interpolation", "bilinear"))
+        if getattr(layer, "crop_to_aspect_ratio", False) or getattr(layer, "pad_to_aspect_ratio", False):
+            return replace(info, extra={**info.extra, "geometry": "unknown"})
+        found = resample_geometry(interpolation, in_hw, out_hw, coordinates="half_pixel",
+                                  rounding="round_prefer_ceil")
+        if found is None:
+            return replace(info, extra={**info.extra, "geometry": "unknown"})
+        return replace(info, **_resampled(found, info))
     if info.kernel_size is None or not isinstance(mode, str) or len(in_hw) != 2:
         return info
     k, d = info.kernel_size, info.dilation or (1, 1)
