@@ -6,7 +6,8 @@ and converted to TFLite, each run through ``layers``, ``maps --layers blocks``,
 ``stats`` and ``report`` in-process (``convlens.cli.main``). Each run must end
 with status 0 and write nothing on stderr (no traceback, no framework log), each
 grid must show something (not one colour), and every convolution must have a
-finite receptive field (or see the whole input, after a global pooling).
+finite receptive field (or see the whole input, after a global pooling), and no
+receptive field shrinks along the graph except at an upsampling.
 
 Inputs are small (64 px where the architecture allows) so that the sweep takes
 minutes; sizes are chosen so that the last block still has a map of 2x2 or more.
@@ -152,6 +153,25 @@ def not_blank(png: Path, entry: dict) -> bool:
     return len(set(entry["flags"]["constant"])) == entry["channels_shown"]
 
 
+def assert_fields_never_shrink(model: str, table: list[dict]) -> None:
+    """Along every edge of the graph without upsampling, a receptive field never gets smaller.
+
+    A layer sees at least what each of its inputs saw (a window only adds, a
+    merge is a union); only an upsampling (whose boxes are finer) may report
+    less. Global and unknown (``?``) fields are left out: neither is a number.
+    """
+    for row in table:
+        if row["upsample"] is not None or row["global_rf"] or row["rf_size"] is None:
+            continue
+        for p in row["parents"]:
+            before = table[p]
+            if before["global_rf"] or before["rf_size"] is None:
+                continue
+            assert all(a >= b for a, b in zip(row["rf_size"], before["rf_size"])), (
+                f"{model}: {row['name']} sees {row['rf_size']}, less than its input {before['name']} "
+                f"({before['rf_size']})")
+
+
 def sweep(capfd, opened: OpenedOnce, model: str, photo: str, out: Path, *extra: str,
           size: str | None = None) -> dict:
     """``layers``, ``maps --layers blocks``, ``stats`` and ``report`` on one model.
@@ -169,6 +189,8 @@ def sweep(capfd, opened: OpenedOnce, model: str, photo: str, out: Path, *extra: 
                 f"{model}: {row['name']} has no receptive field"
             )
             assert all(isinstance(v, int) and 1 <= v < 100_000 for v in (*rf, *jump)), row
+
+    assert_fields_never_shrink(model, table)
 
     extra_run = (*extra, "--size", size) if size else extra
     cli(capfd, "maps", model, photo, *extra_run, "--layers", "blocks", "--out", str(out / "maps"))

@@ -37,8 +37,9 @@ Anything that cannot be derived (a layer that changes the map's size without
 saying how, branches with different jumps, an interpolation without its taps)
 is unknown: ``rf_size`` is ``None`` and ``global_rf`` False, which tables show
 as ``?`` (an adapter marks a row whose geometry it could not read with
-``extra["geometry"] = "unknown"``, e.g. a pad whose amounts are computed at run time); a padding the adapter could not read leaves the size and jump exact
-and only ``rf_offset`` unknown.
+``extra["geometry"] = "unknown"``, e.g. a pad whose amounts are computed at
+run time); a padding the adapter could not read leaves the size and jump
+exact and only ``rf_offset`` unknown.
 """
 
 from __future__ import annotations
@@ -226,8 +227,13 @@ def _apply(layer: LayerInfo, f: _Field, sources: Sequence[LayerInfo]) -> _Field 
         if s[a] < 1 or d[a] < 1 or k[a] < 1:
             return None
         period = x.period // math.gcd(s[a], x.period)
-        axis = x.read(period, x.span * period * s[a] // x.period,
-                      lambda o, a=a: (o * s[a] - p[a], o * s[a] - p[a] + (k[a] - 1) * d[a], d[a]))
+        first, step, taps = -p[a], s[a], (k[a] - 1) * d[a]
+
+        def window(o: int, first: int = first, step: int = step, taps: int = taps,
+                   skip: int = d[a]) -> tuple[int, int, int]:
+            return o * step + first, o * step + first + taps, skip
+
+        axis = x.read(period, x.span * period * s[a] // x.period, window)
         if axis is None:
             return None
         axes.append(axis)
@@ -250,8 +256,11 @@ def _upsampled(layer: LayerInfo, f: _Field) -> _Field | None:
         x = f.axes[a]
         # u = n/m: n outputs for every m inputs, so the period grows until it holds whole input periods
         g = math.gcd(u.denominator, x.period)
-        axis = x.read(u.numerator * x.period // g, x.span * u.denominator // g,
-                      lambda o, reach=reach: (*reach(o), 1))
+        def every(o: int, reach: Callable[[int], tuple[int, int]] = reach) -> tuple[int, int, int]:
+            lo, hi = reach(o)
+            return lo, hi, 1
+
+        axis = x.read(u.numerator * x.period // g, x.span * u.denominator // g, every)
         if axis is None:
             return None
         axes.append(axis)

@@ -148,10 +148,10 @@ def _with_geometry(layer: Any, info: LayerInfo, rows: Sequence[LayerInfo]) -> La
         return replace(info, padding=pad)
     if mode == "same":  # the gradient of the strided "same" conv on the upsampled size
         n_big = [out_hw[a] for a in range(2)]
-        lead = [same_padding(n_big[a], k[a], stride[a], d[a]) for a in range(2)]
-        if None in lead:
+        cropped = [same_padding(n_big[a], k[a], stride[a], d[a]) for a in range(2)]
+        if None in cropped:
             return info
-        pad = (int(lead[0] or 0), int(lead[1] or 0))
+        pad = (int(cropped[0] or 0), int(cropped[1] or 0))
     else:
         pad = (0, 0)
     return replace(info, padding=((k[0] - 1) * d[0] - pad[0], (k[1] - 1) * d[1] - pad[1]),

@@ -341,8 +341,8 @@ class OnnxTable(OnnxModel):
             rank = len(pads) // 2
             begin = pads[:rank]
             hw = begin[2:] if layout == "NCHW" else begin[1:-1]
-            lead = (0, hw[0]) if len(hw) == 1 else (hw[0], hw[1])
-            return replace(info, padding=(int(lead[0]), int(lead[1])))
+            first = (0, hw[0]) if len(hw) == 1 else (hw[0], hw[1])
+            return replace(info, padding=(int(first[0]), int(first[1])))
         if info.kernel_size is None or len(in_hw) != 2:
             return info
         k, d = info.kernel_size, info.dilation or (1, 1)
@@ -417,11 +417,13 @@ class OnnxTable(OnnxModel):
             from onnx import helper
             from onnx.reference import ReferenceEvaluator
 
-            order = [n for n in graph.node if any(n is m for m in needed)]
-            inits = [t for t in graph.initializer if t.name in {i for n in order for i in n.input}]
+            order = [node for node in graph.node if any(node is m for m in needed)]
+            used = {name for node in order for name in node.input}
+            inits = [t for t in graph.initializer if t.name in used]
             sub = helper.make_graph(order, "folded", [], [helper.make_tensor_value_info(tensor, 0, None)], inits)
             model = helper.make_model(sub, opset_imports=self._skeleton.opset_import)
-            return np.asarray(ReferenceEvaluator(model).run(None, {})[0])
+            outputs: Any = ReferenceEvaluator(model).run(None, {})
+            return np.asarray(outputs[0])
         except Exception:  # noqa: BLE001 - not evaluable here: the geometry stays unknown
             return None
 
