@@ -114,3 +114,13 @@ def test_a_container_row_takes_the_field_of_the_last_row_nested_in_it():
     ])
     assert _axis(rows[3]) == _axis(rows[2]) == (5, 2, -2)
     assert _axis(rows[5]) == (9, 2, -4)  # the pad child, then the 3x3 window
+
+
+def test_a_window_whose_map_outgrows_its_named_input_is_unknown():
+    # an upsampling in plain code the table does not see: the conv cannot make 64 rows of 32
+    rows = with_receptive_fields([
+        L(0, "input", shape=(64, 64, 3)),
+        L(1, "conv", 3, 2, p=1, shape=(32, 32, 4)),
+        L(2, "conv", 5, 1, p=2, shape=(64, 64, 4)),
+    ])
+    assert rows[1].rf_size == (3, 3) and rows[2].rf_size is None and not rows[2].global_rf

@@ -221,6 +221,8 @@ def _apply(layer: LayerInfo, f: _Field, sources: Sequence[LayerInfo]) -> _Field 
     s = layer.stride or (1, 1)
     d = layer.dilation or (1, 1)
     p = layer.padding or (0, 0)
+    if layer.kernel_size is not None and not all(_window_fits(layer, src, k, s, d, p) for src in sources):
+        return None
     axes = []
     for a in range(2):
         x = f.axes[a]
@@ -238,6 +240,25 @@ def _apply(layer: LayerInfo, f: _Field, sources: Sequence[LayerInfo]) -> _Field 
             return None
         axes.append(axis)
     return _Field((axes[0], axes[1]), f.placed and layer.padding is not None)
+
+
+def _window_fits(layer: LayerInfo, source: LayerInfo, k: tuple[int, int], s: tuple[int, int],
+                 d: tuple[int, int], p: tuple[int, int]) -> bool:
+    """Whether a window's output can come from ``source``'s map: no conv or pool makes a map much
+    larger than its input (the end padding is not kept; it is taken as at most ``max(p, (k-1)*d) + s``).
+    A larger map means that the row the table names as its input is not (an upsampling in plain code
+    in between), so the field would be wrong."""
+    before, after = _spatial(source), _spatial(layer)
+    if before is None or after is None:
+        return True
+    for a in range(2):
+        n, m = before[a], after[a]
+        if n is None or m is None:
+            continue
+        reach = max(abs(p[a]), (k[a] - 1) * d[a])
+        if m > (n + 2 * reach + s[a]) // s[a] + 1:
+            return False
+    return True
 
 
 def _upsampled(layer: LayerInfo, f: _Field) -> _Field | None:

@@ -253,7 +253,9 @@ def _geometry(module: Any, type_name: str, kind: str, size: tuple[int, int] | No
     or is not zeros outside the map (``padding_mode="circular"`` brings the
     far side in). A transposed conv upsamples by its stride and pads like the
     conv on the zero-stuffed input, ``(k - 1) * d - p``. ``nn.Upsample`` gives
-    its mode's taps (:func:`~convlens.core.receptive.resample_geometry`).
+    its mode's taps (:func:`~convlens.core.receptive.resample_geometry`). A pad
+    module (``nn.ZeroPad2d``, reflection, replication; not circular) gives its
+    top and left amounts.
     """
     if type_name in ("Upsample", "UpsamplingNearest2d", "UpsamplingBilinear2d"):
         mode = str(getattr(module, "mode", "nearest"))
@@ -266,6 +268,11 @@ def _geometry(module: Any, type_name: str, kind: str, size: tuple[int, int] | No
             coordinates="align_corners" if corners else "half_pixel" if mode != "nearest" else "asymmetric",
             rounding="round_prefer_ceil" if mode == "nearest-exact" else "floor")
         return found if found is not None and len(in_hw) == 2 else {}
+    if type_name.endswith(("Pad1d", "Pad2d")) and not type_name.startswith("Circular"):
+        lrtb = tuple(int(v) for v in getattr(module, "padding", ()))  # (left, right[, top, bottom])
+        if len(lrtb) == 2:
+            return {"padding": (0, lrtb[0])}
+        return {"padding": (lrtb[2], lrtb[0])} if len(lrtb) == 4 else {}
     if size is None or kind not in ("conv", "pool"):
         return {}
     raw = _attr(module, "padding")
