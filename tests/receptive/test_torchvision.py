@@ -35,6 +35,7 @@ def test_every_conv_and_pool_row_matches_the_measurement(name, size, thin, at_le
     assert all(counts[k] >= n for k, n in at_least.items()), counts
 
 
+@pytest.mark.slow
 def test_fcn_with_dilated_stages() -> None:
     """FCN-ResNet50's layer3 and layer4 keep stride 8 and dilate by 2 and 4; its head is a 3x3 conv."""
     model = torchvision.models.segmentation.fcn_resnet50(weights=None, weights_backbone=None,
