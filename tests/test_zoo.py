@@ -153,6 +153,21 @@ def not_blank(png: Path, entry: dict) -> bool:
     return len(set(entry["flags"]["constant"])) == entry["channels_shown"]
 
 
+def unseen_input(table: list[dict], row: dict) -> bool:
+    """Whether a conv's map is larger than that of every row the table says feeds it.
+
+    Then its real input was made by plain code the table has no row for (a
+    concatenation or an upsampling in ``forward``), and the receptive field is
+    rightly ``?``: computed from the named input it would be a wrong number.
+    """
+    shape = row["output_shape"]
+    feeding = [table[p]["output_shape"] for p in row["parents"]] or [table[row["index"] - 1]["output_shape"]]
+    if shape is None or len(shape) != 3 or any(f is None or len(f) != 3 for f in feeding):
+        return False
+    return all(None not in (shape[a], f[a]) and shape[a] > f[a] + 2 for f in feeding for a in (0, 1)) or all(
+        any(None not in (shape[a], f[a]) and shape[a] > f[a] + 2 for a in (0, 1)) for f in feeding)
+
+
 def assert_fields_never_shrink(model: str, table: list[dict]) -> None:
     """Along every edge of the graph without upsampling, a receptive field never gets smaller.
 
@@ -185,6 +200,10 @@ def sweep(capfd, opened: OpenedOnce, model: str, photo: str, out: Path, *extra: 
     for row in convs:
         if not row["global_rf"]:  # convs after a global pooling (squeeze-excitation) see everything
             rf, jump = row["rf_size"], row["rf_jump"]
+            if rf is None and (unseen_input(table, row) or any(
+                    table[p]["rf_size"] is None and not table[p]["global_rf"]
+                    for p in row["parents"] or [row["index"] - 1])):
+                continue  # "?": an input this conv cannot have read (see unseen_input), or fed by a "?"
             assert rf is not None and jump is not None, (
                 f"{model}: {row['name']} has no receptive field"
             )
