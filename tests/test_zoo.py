@@ -6,7 +6,8 @@ and converted to TFLite, each run through ``layers``, ``maps --layers blocks``,
 ``stats`` and ``report`` in-process (``convlens.cli.main``). Each run must end
 with status 0 and write nothing on stderr (no traceback, no framework log), each
 grid must show something (not one colour), and every convolution must have a
-finite receptive field (or see the whole input, after a global pooling).
+finite receptive field (or see the whole input, after a global pooling), and no
+receptive field shrinks along the graph except at an upsampling.
 
 Inputs are small (64 px where the architecture allows) so that the sweep takes
 minutes; sizes are chosen so that the last block still has a map of 2x2 or more.
@@ -152,6 +153,40 @@ def not_blank(png: Path, entry: dict) -> bool:
     return len(set(entry["flags"]["constant"])) == entry["channels_shown"]
 
 
+def unseen_input(table: list[dict], row: dict) -> bool:
+    """Whether a conv's map is larger than that of every row the table says feeds it.
+
+    Then its real input was made by plain code the table has no row for (a
+    concatenation or an upsampling in ``forward``), and the receptive field is
+    rightly ``?``: computed from the named input it would be a wrong number.
+    """
+    shape = row["output_shape"]
+    feeding = [table[p]["output_shape"] for p in row["parents"]] or [table[row["index"] - 1]["output_shape"]]
+    if shape is None or len(shape) != 3 or any(f is None or len(f) != 3 for f in feeding):
+        return False
+    return all(None not in (shape[a], f[a]) and shape[a] > f[a] + 2 for f in feeding for a in (0, 1)) or all(
+        any(None not in (shape[a], f[a]) and shape[a] > f[a] + 2 for a in (0, 1)) for f in feeding)
+
+
+def assert_fields_never_shrink(model: str, table: list[dict]) -> None:
+    """Along every edge of the graph without upsampling, a receptive field never gets smaller.
+
+    A layer sees at least what each of its inputs saw (a window only adds, a
+    merge is a union); only an upsampling (whose boxes are finer) may report
+    less. Global and unknown (``?``) fields are left out: neither is a number.
+    """
+    for row in table:
+        if row["upsample"] is not None or row["global_rf"] or row["rf_size"] is None:
+            continue
+        for p in row["parents"]:
+            before = table[p]
+            if before["global_rf"] or before["rf_size"] is None:
+                continue
+            assert all(a >= b for a, b in zip(row["rf_size"], before["rf_size"])), (
+                f"{model}: {row['name']} sees {row['rf_size']}, less than its input {before['name']} "
+                f"({before['rf_size']})")
+
+
 def sweep(capfd, opened: OpenedOnce, model: str, photo: str, out: Path, *extra: str,
           size: str | None = None) -> dict:
     """``layers``, ``maps --layers blocks``, ``stats`` and ``report`` on one model.
@@ -165,10 +200,16 @@ def sweep(capfd, opened: OpenedOnce, model: str, photo: str, out: Path, *extra: 
     for row in convs:
         if not row["global_rf"]:  # convs after a global pooling (squeeze-excitation) see everything
             rf, jump = row["rf_size"], row["rf_jump"]
+            if rf is None and (unseen_input(table, row) or any(
+                    table[p]["rf_size"] is None and not table[p]["global_rf"]
+                    for p in row["parents"] or [row["index"] - 1])):
+                continue  # "?": an input this conv cannot have read (see unseen_input), or fed by a "?"
             assert rf is not None and jump is not None, (
                 f"{model}: {row['name']} has no receptive field"
             )
             assert all(isinstance(v, int) and 1 <= v < 100_000 for v in (*rf, *jump)), row
+
+    assert_fields_never_shrink(model, table)
 
     extra_run = (*extra, "--size", size) if size else extra
     cli(capfd, "maps", model, photo, *extra_run, "--layers", "blocks", "--out", str(out / "maps"))

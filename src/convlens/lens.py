@@ -73,6 +73,15 @@ def _shape(shape: Sequence[int | None] | None) -> str:
     return shape_text(shape, free="None")
 
 
+def _rf_cells(layer: LayerInfo, times: str = "x") -> tuple[str, str]:
+    """The receptive field and jump columns: ``all``/``-`` for global layers, ``?``/``?`` where unknown."""
+    if layer.global_rf:
+        return "all", "-"
+    if layer.rf_size is None or layer.rf_jump is None:
+        return "?", "?"
+    return pair_text(layer.rf_size, times=times), pair_text(layer.rf_jump, times=times)
+
+
 def format_table(layers: Sequence[LayerInfo]) -> str:
     """The layer table as aligned text."""
     head = ("#", "name", "type", "output shape", "params", "kernel", "stride", "RF", "jump")
@@ -82,8 +91,7 @@ def format_table(layers: Sequence[LayerInfo]) -> str:
             str(layer.index), layer.name, layer.type, _shape(layer.output_shape), f"{layer.params:,}",
             _shape(layer.kernel_shape) if layer.kernel_shape else "-",
             pair_text(layer.stride),
-            "all" if layer.global_rf else pair_text(layer.rf_size),
-            "-" if layer.global_rf else pair_text(layer.rf_jump),
+            *_rf_cells(layer),
         ))
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
     right = {0, 4, 7, 8}
@@ -92,7 +100,8 @@ def format_table(layers: Sequence[LayerInfo]) -> str:
     lines.insert(1, "  ".join("-" * w for w in widths))
     total = sum(layer.params for layer in layers)
     lines.append(f"{len(layers)} layers, {total:,} parameters. kernel: (filters, inputs, kh, kw); "
-                 "RF: receptive field in input pixels; jump: input pixels between neighbouring outputs.")
+                 "RF: receptive field in input pixels; jump: input pixels between neighbouring outputs; "
+                 "?: not derivable from the model.")
     return "\n".join(lines)
 
 

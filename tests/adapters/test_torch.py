@@ -258,11 +258,14 @@ def test_kinds_kernels_and_receptive_fields():
     assert rows["conv"].output_shape == (15, 15, 8)
     assert rows["bn"].params == 4 * 8  # weight, bias, running mean and variance (as Keras counts)
     assert rows["conv"].params == 8 * 3 * 9 + 8
-    # conv 3x3 dilation 2 stride 2: field 5, jump 2; depthwise 3x3 at jump 2: 9; transpose: stride 1
+    # conv 3x3 dilation 2 stride 2: field 5, jump 2; depthwise 3x3 at jump 2: 9, from -2 (its padding);
+    # the 2x2 stride-2 transpose halves the jump: outputs 2m and 2m+1 both see unit m, [-2 + 2m, 7 + 2m),
+    # so evenly spaced boxes of 10 from -3 hold them; the 3x3 max pool over units 2q..2q+2 sees [-2 + 2q, 9 + 2q)
     assert (rows["conv"].rf_size, rows["conv"].rf_jump, rows["conv"].dilation) == ((5, 5), (2, 2), (2, 2))
-    assert (rows["dw"].rf_size, rows["dw"].rf_jump) == ((9, 9), (2, 2))
-    assert (rows["up"].rf_size, rows["up"].rf_jump, rows["up"].output_shape) == ((11, 11), (2, 2), (30, 30, 4))
-    assert (rows["maxpool"].kernel_size, rows["maxpool"].stride, rows["maxpool"].rf_size) == ((3, 3), (2, 2), (15, 15))
+    assert (rows["dw"].rf_size, rows["dw"].rf_jump, rows["dw"].rf_offset) == ((9, 9), (2, 2), (-2, -2))
+    assert (rows["up"].rf_size, rows["up"].rf_jump, rows["up"].rf_offset, rows["up"].output_shape) == (
+        (10, 10), (1, 1), (-3, -3), (30, 30, 4))
+    assert (rows["maxpool"].kernel_size, rows["maxpool"].stride, rows["maxpool"].rf_size) == ((3, 3), (2, 2), (11, 11))
     assert (rows["avgpool"].kernel_size, rows["avgpool"].stride) == ((2, 2), (2, 2))
     # adaptive pool 7x7 -> 2x2 is not an even split: no window; 1x1 output is a global pool
     assert rows["adapt"].kernel_size is None and not rows["adapt"].global_rf

@@ -5,25 +5,23 @@ of each image that unit sees, as Lucid and OpenAI Microscope show "dataset
 examples". Three steps:
 
 1. :func:`input_box`: the unit's receptive field in *prepared-input* pixels
-   (the image as resized for the model). Its size is the layer table's
-   ``rf_size`` (:mod:`convlens.core.receptive`); its centre is placed by the
-   map-to-input scale, ``(y + 0.5) * H_in / H_map`` in pixel-edge coordinates
-   (``(y + 0.5) * H_in / H_map - 0.5`` as a pixel index).
+   (the image as resized for the model): the exact box of the layer table
+   (:func:`convlens.core.receptive.unit_box`: size, jump and the offset that
+   padding gives each layer).
 2. :func:`to_original`: the same box in the *original* image's pixels. The
    engine stretches every image to one input size (:func:`convlens.images.prepare`
    does not keep the aspect ratio), so this is a per-axis scale.
 3. :func:`cut`: the pixels in the box, padded where the box leaves the image,
    resized to a square thumbnail.
 
-The approximation, and its size: the layer table does not track padding, so
-the centre comes from the ratio of input to map size rather than from each
-layer's padding. With "same" padding the ratio is the jump and the centre is
-off by at most half a jump (e.g. 0.5 px after one stride-2 conv, where
-TensorFlow pads bottom-right and PyTorch both sides: they differ by as much
-themselves). With "valid" padding the map is smaller than ``input / jump`` and
-units near the border are placed up to ``(rf_size - jump) / 2`` pixels too
-far outwards. The box is a whole receptive field, so the unit's strongest input
-(usually near the field's centre) stays inside it in both cases.
+The box may reach past the image where the layers pad: that part is the
+zeros the unit sees, drawn as a checkerboard by :func:`cut`. After upsampling
+the box is the table's envelope (every unit's true box lies inside it, at most
+one jump wider). Where the table knows the field's size but not its offset (a
+padding the adapter could not read), the centre is estimated from the
+map-to-input scale, ``(y + 0.5) * H_in / H_map`` in pixel-edge coordinates, as
+before exact boxes: with "same" padding off by at most half a jump, with
+"valid" padding up to ``(rf_size - jump) / 2`` pixels outwards near the border.
 
 Units of global layers (global pooling, dense) and of layers whose receptive
 field is unknown see the whole input: their box is the whole image.
@@ -42,6 +40,7 @@ import PIL.Image
 
 from .._errors import BadArgument
 from ..core.layers import LayerInfo
+from ..core.receptive import unit_box
 
 __all__ = ["FIELD_COLOR", "PAD_DARK", "PAD_LIGHT", "Box", "cut", "draw_field", "input_box", "original_box",
            "to_original", "widen"]
@@ -67,7 +66,7 @@ def input_box(layer: LayerInfo, position: tuple[int, int], map_hw: tuple[int, in
     """The receptive field of one unit, in prepared-input pixels.
 
     Args:
-        layer: the layer's table row (``rf_size``, ``rf_jump``, ``global_rf``).
+        layer: the layer's table row (``rf_size``, ``rf_jump``, ``rf_offset``, ``global_rf``).
         position: ``(y, x)`` of the unit in the layer's map; ``(0, l)`` for a
             1-D map, ignored for vectors.
         map_hw: the layer's spatial size ``(H_map, W_map)`` at ``input_hw``
@@ -90,6 +89,9 @@ def input_box(layer: LayerInfo, position: tuple[int, int], map_hw: tuple[int, in
     y, x = (int(v) for v in position)
     if not (0 <= y < h_map and 0 <= x < w_map):
         raise BadArgument(f"position {(y, x)} is outside layer {layer.name!r}'s {h_map}x{w_map} map")
+    exact = unit_box(layer, y, x)
+    if exact is not None:
+        return exact
     rf_h, rf_w = (float(v) for v in layer.rf_size)
     cy = (y + 0.5) * h_in / h_map  # centre in pixel-edge coordinates
     cx = (x + 0.5) * w_in / w_map

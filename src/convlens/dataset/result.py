@@ -325,6 +325,7 @@ class DatasetResult:
                 "map_hw": list(ex.map_hw) if ex.map_hw is not None else None,
                 "rf_size": list(info.rf_size) if info.rf_size is not None else None,
                 "rf_jump": list(info.rf_jump) if info.rf_jump is not None else None,
+                "rf_offset": list(info.rf_offset) if info.rf_offset is not None else None,
                 "global_rf": info.global_rf,
                 "atlas": f"{folder}/atlas.png",
                 # the most common second row of the layer's mosaics; each channel's own is in channels_info
@@ -848,6 +849,7 @@ def _from_files(index: dict[str, Any], channels_json: dict[str, Any], folder: Pa
             output_shape=tuple(shape) if shape is not None else None,
             rf_size=tuple(entry["rf_size"]) if entry.get("rf_size") else None,  # type: ignore[arg-type]
             rf_jump=tuple(entry["rf_jump"]) if entry.get("rf_jump") else None,  # type: ignore[arg-type]
+            rf_offset=tuple(entry["rf_offset"]) if entry.get("rf_offset") else None,  # type: ignore[arg-type]
             global_rf=bool(entry.get("global_rf", False)),
         )
         infos = entry["channels_info"]

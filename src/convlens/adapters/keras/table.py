@@ -7,6 +7,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -15,7 +16,7 @@ from ..._errors import UnsupportedModel
 from ..._stderr import native_stderr_silenced
 from ...core.kinds import kind_of
 from ...core.layers import LayerInfo
-from ...core.receptive import with_receptive_fields
+from ...core.receptive import resample_geometry, same_padding, with_receptive_fields
 from .._graph import Producer, walk_final_activation
 from ..base import first_line as _first_line
 from .load import import_keras
@@ -79,6 +80,87 @@ def _differing_as_none(a: tuple | None, b: tuple | None) -> tuple | None:
     if a is None or b is None or len(a) != len(b):
         return a
     return tuple(None if x != y else x for x, y in zip(a, b))
+
+
+def _with_geometry(layer: Any, info: LayerInfo, rows: Sequence[LayerInfo]) -> LayerInfo:
+    """``info`` with the padding and upsampling :mod:`convlens.core.receptive` places boxes by.
+
+    Keras's ``"same"`` is TensorFlow's: the extra pixel of an odd total goes at
+    the end, and with a stride the split depends on the input's size (read from
+    the row feeding the layer; unknown where that size is free). A transposed
+    conv pads like the conv on its zero-stuffed input: ``(k - 1) * d`` minus
+    what ``"same"`` crops. ``UpSampling2D`` repeats (nearest) or resizes with
+    half-pixel centres (``"bilinear"``, ``"bicubic"``).
+    """
+    if layer is None:
+        return info
+    name = type(layer).__name__
+    source = rows[info.parents[0]] if info.parents and info.parents[0] < len(rows) else None
+    shape = source.output_shape if source is not None else None
+    in_hw: tuple[int | None, ...] = ((1, shape[0]) if shape is not None and len(shape) == 2
+                                     else tuple(shape[:2]) if shape is not None and len(shape) == 3 else ())
+    out = info.output_shape
+    out_hw = (1, out[0]) if out is not None and len(out) == 2 else tuple(out[:2]) if out is not None else ()
+    mode = getattr(layer, "padding", None)
+    if name in ("ZeroPadding1D", "ZeroPadding2D", "Cropping1D", "Cropping2D"):
+        raw = getattr(layer, "padding", None) if name.startswith("Zero") else getattr(layer, "cropping", None)
+        if raw is None:
+            return info
+        pairs = [raw] if name.endswith("1D") else list(raw)
+        lead = [0] + [int(p[0]) for p in pairs] if name.endswith("1D") else [int(p[0]) for p in pairs]
+        sign = 1 if name.startswith("Zero") else -1
+        return replace(info, padding=(sign * lead[0], sign * lead[1]))
+    if name in ("UpSampling1D", "UpSampling2D"):
+        size = _pair(getattr(layer, "size", None))
+        interpolation = str(getattr(layer, "interpolation", "nearest"))
+        found = resample_geometry(interpolation, in_hw, out_hw, scale=size,
+                                  coordinates="asymmetric" if interpolation == "nearest" else "half_pixel")
+        return replace(info, **_resampled(found, info)) if found is not None else info
+    if name == "Resizing":  # tf.image.resize: half-pixel centres for every method
+        interpolation = str(getattr(layer, "interpolation", "bilinear"))
+        if getattr(layer, "crop_to_aspect_ratio", False) or getattr(layer, "pad_to_aspect_ratio", False):
+            return replace(info, extra={**info.extra, "geometry": "unknown"})
+        found = resample_geometry(interpolation, in_hw, out_hw, coordinates="half_pixel",
+                                  rounding="round_prefer_ceil")
+        if found is None:
+            return replace(info, extra={**info.extra, "geometry": "unknown"})
+        return replace(info, **_resampled(found, info))
+    if info.kernel_size is None or not isinstance(mode, str) or len(in_hw) != 2:
+        return info
+    k, d = info.kernel_size, info.dilation or (1, 1)
+    stride = _pair(getattr(layer, "strides", None)) or (1, 1)
+    padding: list[int | None] = []
+    for a in range(2):
+        if mode == "valid":
+            padding.append(0)
+        elif mode == "causal":
+            padding.append((k[a] - 1) * d[a])
+        elif mode == "same":
+            step = 1 if "Transpose" in name else stride[a]
+            n = out_hw[a] if "Transpose" in name else in_hw[a]
+            padding.append(same_padding(n, k[a], step, d[a]))
+        else:
+            return info
+    if None in padding:
+        return info
+    pad = (int(padding[0] or 0), int(padding[1] or 0))
+    if "Transpose" not in name:
+        return replace(info, padding=pad)
+    if mode == "same":  # the gradient of the strided "same" conv on the upsampled size
+        n_big = [out_hw[a] for a in range(2)]
+        cropped = [same_padding(n_big[a], k[a], stride[a], d[a]) for a in range(2)]
+        if None in cropped:
+            return info
+        pad = (int(cropped[0] or 0), int(cropped[1] or 0))
+    else:
+        pad = (0, 0)
+    return replace(info, padding=((k[0] - 1) * d[0] - pad[0], (k[1] - 1) * d[1] - pad[1]),
+                   upsample=(float(stride[0]), float(stride[1])))
+
+
+def _resampled(found: dict[str, Any], info: LayerInfo) -> dict[str, Any]:
+    """:func:`resample_geometry`'s fields as ``replace`` arguments, its ``extra`` added to the row's."""
+    return {**found, "extra": {**info.extra, **found.get("extra", {})}}
 
 
 class _NeedsProbe(Exception):
@@ -321,7 +403,9 @@ class KerasTable:
             if rows is None:
                 rows = self._probe_rows()
             self._objects = [obj for obj, _ in rows]
-            self._layers = with_receptive_fields([info for _, info in rows])
+            infos = [info for _, info in rows]
+            infos = [_with_geometry(obj, info, infos) for obj, info in rows]
+            self._layers = with_receptive_fields(infos)
         return self._layers
 
     def _info(self, index: int, name: str, layer: Any, output_shape: tuple | None,

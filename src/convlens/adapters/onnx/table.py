@@ -5,6 +5,7 @@ the final activation.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -12,7 +13,7 @@ import numpy as np
 from ..._errors import UnsupportedModel
 from ...core.kinds import kind_of
 from ...core.layers import LayerInfo
-from ...core.receptive import with_receptive_fields
+from ...core.receptive import resample_geometry, same_padding, with_receptive_fields
 from .._graph import Producer, walk_final_activation
 from .load import FLOAT_TYPES, OnnxModel, node_attrs, static_dim, tensor_dims
 
@@ -103,6 +104,11 @@ def _dequantize_step(graph: Any, producer: dict[str, Any], scale_name: str) -> f
     if values.size == 1 and float(values[0]) > 0:
         return float(values[0])
     return None
+
+
+def _text(value: Any) -> str:
+    """A string attribute (ONNX gives bytes)."""
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _canonical_dims(dims: tuple[int | None, ...] | None, layout: str) -> tuple[int | None, ...] | None:
@@ -272,11 +278,103 @@ class OnnxTable(OnnxModel):
             dilation = _pair(attrs.get("dilations")) or (1, 1)
             if op == "ConvTranspose":  # upsampling: the field does not grow by the stride
                 stride = (1, 1)
-        return LayerInfo(
+        info = LayerInfo(
             index=row, name=name, type=op, kind=kind, output_shape=_canonical_dims(dims, node_layout),
             params=params, kernel_shape=kernel_shape, kernel_size=kernel_size, stride=stride,
             dilation=dilation, parents=tuple(parents), extra={"global": self._is_global(node, attrs, types)},
         )
+        source = node.input[0] if node.input else ""
+        in_dims = tensor_dims(types[source]) if source in types else None
+        return self._with_geometry(info, node, attrs, in_dims, dims, self._layout.get(source, "NCHW"))
+
+    def _with_geometry(self, info: LayerInfo, node: Any, attrs: dict[str, Any], in_dims: tuple | None,
+                       out_dims: tuple | None, layout: str) -> LayerInfo:
+        """``info`` with the padding and upsampling :mod:`convlens.core.receptive` places boxes by.
+
+        ``pads``/``auto_pad`` of ``Conv``, ``ConvTranspose`` (as the conv on
+        its zero-stuffed input: ``(k - 1) * d`` minus its leading pads) and
+        pools; ``Pad`` with stored pads; ``Resize`` and ``Upsample`` by mode,
+        coordinate transformation and nearest rounding. Anything else, or an
+        attribute computed at run time, leaves the geometry unknown.
+        """
+        op = node.op_type
+
+        def spatial(dims: tuple | None) -> tuple[int | None, ...]:
+            if dims is None or len(dims) not in (3, 4):
+                return ()
+            hw = tuple(dims[2:]) if layout == "NCHW" else tuple(dims[1:-1])
+            return (1, hw[0]) if len(hw) == 1 else hw
+
+        in_hw, out_hw = spatial(in_dims), spatial(out_dims)
+        if op in ("Resize", "Upsample"):
+            mode = _text(attrs.get("mode", "nearest"))
+            coords = _text(attrs.get("coordinate_transformation_mode",
+                                     "half_pixel" if op == "Resize" else "asymmetric"))
+            rounding = _text(attrs.get("nearest_mode", "round_prefer_floor"))
+            if op == "Upsample":
+                rounding = "floor"
+            if coords == "pytorch_half_pixel" and all(m is not None and m > 1 for m in out_hw):
+                coords = "half_pixel"
+            scale = None
+            scales_input = node.input[2] if op == "Resize" and len(node.input) > 2 else (
+                node.input[1] if op == "Upsample" and len(node.input) > 1 else "")
+            if scales_input:
+                value = self._constant(scales_input)
+                if value is not None and value.size >= 2:
+                    values = [float(v) for v in value.reshape(-1)]
+                    scale = values[2:] if layout == "NCHW" else values[1:-1]
+                    scale = scale if len(scale) == 2 else [1.0, scale[0]] if len(scale) == 1 else None
+            found = resample_geometry(mode, in_hw, out_hw, scale=scale, coordinates=coords, rounding=rounding)
+            if found is None or attrs.get("antialias", 0):
+                return info
+            return replace(info, **{**found, "extra": {**info.extra, **found["extra"]}})
+        if op == "Pad":
+            pads = attrs.get("pads")
+            if pads is None and len(node.input) > 1 and node.input[1]:
+                value = self._constant(node.input[1])
+                if value is None:
+                    value = self._folded(node.input[1])
+                pads = None if value is None else [int(v) for v in value.reshape(-1)]
+            mode = _text(attrs.get("mode", "constant"))
+            if pads is None or mode == "wrap" or len(node.input) > 3 and node.input[3] or len(pads) not in (6, 8):
+                return replace(info, extra={**info.extra, "geometry": "unknown"})
+            rank = len(pads) // 2
+            begin = pads[:rank]
+            hw = begin[2:] if layout == "NCHW" else begin[1:-1]
+            first = (0, hw[0]) if len(hw) == 1 else (hw[0], hw[1])
+            return replace(info, padding=(int(first[0]), int(first[1])))
+        if info.kernel_size is None or len(in_hw) != 2:
+            return info
+        k, d = info.kernel_size, info.dilation or (1, 1)
+        stride = _pair(attrs.get("strides")) or (1, 1)
+        auto = _text(attrs.get("auto_pad", "NOTSET"))
+        if auto in ("SAME_UPPER", "SAME_LOWER"):
+            lead: list[int | None] = []
+            for a in range(2):
+                if op == "ConvTranspose":  # total = s*(in-1) + output_padding + (k-1)*d + 1 - out, out = in*s
+                    n = in_hw[a]
+                    extra_out = (_pair(attrs.get("output_padding"), 0) or (0, 0))[a]
+                    total = None if n is None else max(stride[a] * (n - 1) + extra_out + (k[a] - 1) * d[a] + 1
+                                                       - n * stride[a], 0)
+                    lead.append(None if total is None else total - total // 2 if auto == "SAME_LOWER"
+                                else total // 2)
+                else:
+                    lead.append(same_padding(in_hw[a], k[a], stride[a], d[a], lower=auto == "SAME_LOWER"))
+            if None in lead:
+                return info
+            pad = (int(lead[0] or 0), int(lead[1] or 0))
+        elif auto in ("NOTSET", "VALID"):
+            pads = [int(v) for v in attrs.get("pads", [])] if auto == "NOTSET" else []
+            pad = (0, 0) if not pads else (0, pads[0]) if len(pads) == 2 else (pads[0], pads[1]) \
+                if len(pads) == 4 else (-1, -1)
+            if pad == (-1, -1):
+                return info
+        else:
+            return info
+        if op != "ConvTranspose":
+            return replace(info, padding=pad)
+        return replace(info, padding=((k[0] - 1) * d[0] - pad[0], (k[1] - 1) * d[1] - pad[1]),
+                       upsample=(float(stride[0]), float(stride[1])))
 
     def _is_global(self, node: Any, attrs: dict[str, Any], types: dict[str, Any]) -> bool:
         """Global pools, and reductions over both spatial axes (how torch exports ``x.mean((2, 3))``)."""
@@ -296,6 +394,38 @@ class OnnxTable(OnnxModel):
             return not attrs.get("noop_with_empty_axes", 0)
         spatial = {2, 3} if self._layout.get(source, "NCHW") == "NCHW" else {1, 2}
         return spatial <= {int(a) % 4 for a in axes}
+
+    def _folded(self, tensor: str) -> np.ndarray | None:
+        """A tensor computed from stored ones only (PyTorch exports ``F.pad``'s pads as a chain of
+        ``Concat``, ``Slice``, ``Transpose``...), evaluated by ONNX's reference runtime; else ``None``."""
+        graph = self._skeleton.graph
+        producer = {o: n for n in graph.node for o in n.output if o}
+        stored = {t.name for t in graph.initializer}
+        needed: list[Any] = []
+        todo, seen = [tensor], set()
+        while todo:
+            t = todo.pop()
+            if t in seen or t in stored or not t:
+                continue
+            seen.add(t)
+            node = producer.get(t)
+            if node is None or len(needed) > 64:
+                return None  # a graph input, or too long a chain to be constants
+            needed.append(node)
+            todo.extend(node.input)
+        try:
+            from onnx import helper
+            from onnx.reference import ReferenceEvaluator
+
+            order = [node for node in graph.node if any(node is m for m in needed)]
+            used = {name for node in order for name in node.input}
+            inits = [t for t in graph.initializer if t.name in used]
+            sub = helper.make_graph(order, "folded", [], [helper.make_tensor_value_info(tensor, 0, None)], inits)
+            model = helper.make_model(sub, opset_imports=self._skeleton.opset_import)
+            outputs: Any = ReferenceEvaluator(model).run(None, {})
+            return np.asarray(outputs[0])
+        except Exception:  # noqa: BLE001 - not evaluable here: the geometry stays unknown
+            return None
 
     # ----------------------------------------------------------------- kernels
 

@@ -8,13 +8,14 @@ import os
 import re
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
 from ...core.kinds import kind_of
 from ...core.layers import LayerInfo
-from ...core.receptive import with_receptive_fields
+from ...core.receptive import resample_geometry, same_padding, with_receptive_fields
 from .._graph import Producer, walk_final_activation
 from .load import ACTIVATION_DTYPES, QUANTISED_DTYPES, TFLiteModel
 
@@ -269,11 +270,63 @@ class TFLiteTable(TFLiteModel):
             if (kernel_size and in_shape and len(in_shape) == 3 and shape and len(shape) == 3
                     and shape[:2] == (1, 1) and tuple(kernel_size) == tuple(in_shape[:2])):
                 is_global = True  # AVERAGE_POOL_2D over the whole map (PyTorch's adaptive pool)
-        return LayerInfo(
+        info = LayerInfo(
             index=index, name=name, type=op_name, kind=kind, output_shape=shape, params=params,
             kernel_shape=kernel_shape, kernel_size=kernel_size, stride=stride, dilation=dilation,
             parents=tuple(parents), extra={"global": is_global, "tensor": out["name"]},
         )
+        return self._with_geometry(info, op, opts, in_shape)
+
+    def _with_geometry(self, info: LayerInfo, op: dict[str, Any], opts: Any,
+                       in_shape: tuple[int | None, ...] | None) -> LayerInfo:
+        """``info`` with the padding and upsampling :mod:`convlens.core.receptive` places boxes by.
+
+        ``SAME`` is TensorFlow's (the extra pixel at the end); ``TRANSPOSE_CONV``
+        pads like the conv on its zero-stuffed input; ``PAD``s read their
+        stored paddings; ``RESIZE_*`` their ``align_corners`` and
+        ``half_pixel_centers``. Without options to read, the geometry is unknown.
+        """
+        op_name = op["op_name"]
+        out = info.output_shape
+        in_hw = tuple(in_shape[:2]) if in_shape is not None and len(in_shape) == 3 else ()
+        out_hw = tuple(out[:2]) if out is not None and len(out) == 3 else ()
+        unknown = replace(info, extra={**info.extra, "geometry": "unknown"})
+        if op_name in ("PAD", "PADV2", "MIRROR_PAD"):
+            try:
+                pads = np.asarray(self._interp.get_tensor(int(op["inputs"][1]))).reshape(-1, 2)
+            except (ValueError, IndexError):
+                return unknown
+            return replace(info, padding=(int(pads[1][0]), int(pads[2][0]))) if len(pads) == 4 else unknown
+        if op_name in ("RESIZE_BILINEAR", "RESIZE_NEAREST_NEIGHBOR"):
+            if opts is None:
+                return unknown
+            corners, half = bool(opts.AlignCorners()), bool(opts.HalfPixelCenters())
+            coords = "align_corners" if corners else "half_pixel" if half else "asymmetric"
+            nearest = op_name == "RESIZE_NEAREST_NEIGHBOR"
+            found = resample_geometry("nearest" if nearest else "linear", in_hw, out_hw, coordinates=coords,
+                                      rounding="round_prefer_ceil" if nearest and (corners or half) else "floor")
+            if found is None:
+                return unknown
+            return replace(info, **{**found, "extra": {**info.extra, **found["extra"]}})
+        if info.kernel_size is None or info.extra.get("global") or len(in_hw) != 2:
+            return info
+        if opts is None or not hasattr(opts, "Padding"):
+            # size and jump stand without the padding, a transposed conv's do not
+            return unknown if op_name == "TRANSPOSE_CONV" else info
+        k, d = info.kernel_size, info.dilation or (1, 1)
+        same = opts.Padding() == self._schema.Padding.SAME
+        if op_name == "TRANSPOSE_CONV":
+            step = (opts.StrideH(), opts.StrideW())
+            lead = [same_padding(out_hw[a], k[a], step[a]) if same else 0 for a in range(2)]
+            if None in lead:
+                return unknown
+            return replace(info, padding=(k[0] - 1 - int(lead[0] or 0), k[1] - 1 - int(lead[1] or 0)),
+                           upsample=(float(step[0]), float(step[1])))
+        stride = info.stride or (1, 1)
+        lead = [same_padding(in_hw[a], k[a], stride[a], d[a]) if same else 0 for a in range(2)]
+        if None in lead:
+            return unknown
+        return replace(info, padding=(int(lead[0] or 0), int(lead[1] or 0)))
 
     def _activation_in_shape(self, op: dict[str, Any]) -> tuple[int | None, ...] | None:
         """Shape (batch dropped) of the op's activation input: input 2 for TRANSPOSE_CONV, else 0."""
@@ -305,7 +358,9 @@ class TFLiteTable(TFLiteModel):
         cls = {s.BuiltinOptions.Conv2DOptions: s.Conv2DOptions,
                s.BuiltinOptions.DepthwiseConv2DOptions: s.DepthwiseConv2DOptions,
                s.BuiltinOptions.Pool2DOptions: s.Pool2DOptions,
-               s.BuiltinOptions.TransposeConvOptions: s.TransposeConvOptions}.get(kind)
+               s.BuiltinOptions.TransposeConvOptions: s.TransposeConvOptions,
+               s.BuiltinOptions.ResizeBilinearOptions: s.ResizeBilinearOptions,
+               s.BuiltinOptions.ResizeNearestNeighborOptions: s.ResizeNearestNeighborOptions}.get(kind)
         if cls is None:
             return None
         opts = cls()

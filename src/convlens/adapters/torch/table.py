@@ -13,7 +13,7 @@ import numpy as np
 from ..._errors import ConvlensError, UnsupportedModel
 from ...core.kinds import kind_of
 from ...core.layers import LayerInfo
-from ...core.receptive import with_receptive_fields
+from ...core.receptive import resample_geometry, with_receptive_fields
 from ...core.sizes import size_hint
 from .._autograd import all_tensors, batch_to_torch, canonical_shape, float_tensors
 from .._device import is_out_of_memory, module_device, out_of_memory, place_module
@@ -243,6 +243,60 @@ def torch_final_activation(records: Sequence[_Record], output_row: int | None) -
         return Producer(module_type(rec.module), rec.parents[:1])
 
     return walk_final_activation(output_row, producer, TORCH_ROLES, limit=len(records) + 1).answer
+
+
+def _geometry(module: Any, type_name: str, kind: str, size: tuple[int, int] | None,
+              dilation: tuple[int, int] | None, one_d: bool, rec: _Record) -> dict[str, Any]:
+    """The row's ``padding`` and ``upsample`` (and an upsampling's taps) for :mod:`convlens.core.receptive`.
+
+    A conv or pool's padding is the zeros before its window (``padding="same"``
+    pads ``(k - 1) * d // 2`` first); it stays ``None`` where it cannot be read
+    or is not zeros outside the map (``padding_mode="circular"`` brings the
+    far side in). A transposed conv upsamples by its stride and pads like the
+    conv on the zero-stuffed input, ``(k - 1) * d - p``. ``nn.Upsample`` gives
+    its mode's taps (:func:`~convlens.core.receptive.resample_geometry`). A pad
+    module (``nn.ZeroPad2d``, reflection, replication; not circular) gives its
+    top and left amounts.
+    """
+    if type_name in ("Upsample", "UpsamplingNearest2d", "UpsamplingBilinear2d"):
+        mode = str(getattr(module, "mode", "nearest"))
+        corners = bool(getattr(module, "align_corners", False)) or type_name == "UpsamplingBilinear2d"
+        factor = getattr(module, "scale_factor", None)
+        in_hw = tuple(rec.in_shape[2:]) if rec.in_shape is not None and len(rec.in_shape) == 4 else ()
+        scale = None if factor is None else (factor, factor) if isinstance(factor, (int, float)) else factor
+        found = resample_geometry(
+            mode.replace("nearest-exact", "nearest"), in_hw, rec.shape[:2], scale=None if corners else scale,
+            coordinates="align_corners" if corners else "half_pixel" if mode != "nearest" else "asymmetric",
+            rounding="round_prefer_ceil" if mode == "nearest-exact" else "floor")
+        return found if found is not None and len(in_hw) == 2 else {}
+    if type_name.endswith(("Pad1d", "Pad2d")) and not type_name.startswith("Circular"):
+        lrtb = tuple(int(v) for v in getattr(module, "padding", ()))  # (left, right[, top, bottom])
+        if len(lrtb) == 2:
+            return {"padding": (0, lrtb[0])}
+        return {"padding": (lrtb[2], lrtb[0])} if len(lrtb) == 4 else {}
+    if size is None or kind not in ("conv", "pool"):
+        return {}
+    raw = _attr(module, "padding")
+    if raw is None and ("Adaptive" in type_name or "LPPool" in type_name):
+        raw = 0  # an evenly split adaptive pool and LPPool never pad
+    d = dilation or (1, 1)
+    pad: tuple[int, int] | None
+    if isinstance(raw, str):
+        pad = (0, 0) if raw == "valid" else (((size[0] - 1) * d[0]) // 2, ((size[1] - 1) * d[1]) // 2)
+    elif raw is None:
+        pad = None
+    else:
+        values = (int(raw),) * 2 if isinstance(raw, (int, np.integer)) else tuple(int(v) for v in raw)
+        pad = (0, values[-1]) if one_d else (values[-2], values[-1]) if len(values) >= 2 else None
+    if getattr(module, "padding_mode", "zeros") == "circular":
+        pad = None
+    if "Transpose" not in type_name:
+        return {"padding": pad}
+    step = _pair(_attr(module, "stride"), one_d)
+    if pad is None or step is None:
+        return {}
+    return {"padding": ((size[0] - 1) * d[0] - pad[0], (size[1] - 1) * d[1] - pad[1]),
+            "upsample": (float(step[0]), float(step[1]))}
 
 
 class TorchTable:
@@ -514,10 +568,13 @@ class TorchTable:
             stride = _pair(_attr(module, "stride") or _attr(module, "kernel_size"), one_d)
             d = _pair(_attr(module, "dilation"), one_d)
             dilation = d if d not in (None, (1, 1)) else None
+        geometry = _geometry(module, type_name, kind, size, dilation, one_d, rec)
+        extra.update(geometry.pop("extra", {}))
+        size = geometry.pop("kernel_size", size)
         return LayerInfo(
             index=index, name=label, type=type_name, kind=kind, output_shape=shape,
             params=_params(module), kernel_shape=kernel_shape, kernel_size=size, stride=stride,
-            dilation=dilation, parents=tuple(rec.parents), extra=extra,
+            dilation=dilation, parents=tuple(rec.parents), extra=extra, **geometry,
         )
 
     def kernels(self, index: int) -> np.ndarray:

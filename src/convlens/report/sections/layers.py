@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ...core.layers import LayerInfo
 from ...core.text import pair_text, shape_text
 from ..context import ReportContext
 from ..registry import register_section
@@ -25,17 +26,26 @@ def layers_section(ctx: ReportContext) -> Markup:
     rows: list[list[Any]] = []
     attrs: list[dict[str, Any] | None] = []
     for info in all_layers:
-        rf = "all" if info.global_rf else pair_text(info.rf_size, times="×")
+        rf, jump = _rf_cells(info)
         rf_key = 1e9 if info.global_rf else (info.rf_size[0] * info.rf_size[1] if info.rf_size else -1)
         rows.append([
             info.index, info.name, info.type, info.kind, shape_text(info.output_shape, times=True),
             (f"{info.params:,}", info.params),
             shape_text(info.kernel_shape, times=True) if info.kernel_shape else "-",
             pair_text(info.stride, times="×"), (rf, rf_key),
-            "-" if info.global_rf else pair_text(info.rf_jump, times="×"),
+            jump,
         ])
         pos = position.get(info.index)
         attrs.append({"class": "cl-goto", "data-goto": pos, "tabindex": "0", "title": "show its feature maps"}
                      if pos is not None else None)
     return render("sections/layers.html", n=len(all_layers), total=f"{sum(i.params for i in all_layers):,}",
                   maps=maps, table=table(_HEAD, rows, numeric=_NUMERIC, row_attrs=attrs))
+
+
+def _rf_cells(info: LayerInfo) -> tuple[str, str]:
+    """Receptive field and jump: ``all``/``-`` for global layers, ``?``/``?`` where the model does not say."""
+    if info.global_rf:
+        return "all", "-"
+    if info.rf_size is None or info.rf_jump is None:
+        return "?", "?"
+    return pair_text(info.rf_size, times="×"), pair_text(info.rf_jump, times="×")
