@@ -15,6 +15,7 @@ import numpy as np
 from .._errors import UnsupportedModel
 from ._tokens import Layout, TokenGrid, tokens_cotangent
 from .base import Gradients
+from .redirect import torch_redirect_mode
 
 # --------------------------------------------------------------------------- outputs
 
@@ -234,7 +235,8 @@ def hooked_gradients(module: Any, forward: Callable[[Any], Any], x: Any, batch: 
             try:
                 if stop_after is not None and needed <= captured.keys():
                     raise _StopForward  # everything needed is given
-                y = forward(x)
+                with torch_redirect_mode():  # only inside redirected_gradients(): feature visualisation
+                    y = forward(x)
             except _StopForward:
                 y = None
         for h in handles:

@@ -13,6 +13,7 @@ from ..._errors import ConvlensError, UnsupportedModel
 from .._graph import LOGIT_ROLES
 from ..base import Gradients, OnOutput, RankedGradients, Target, check_rows, target_cotangent
 from ..base import first_line as _first_line  # one-line error messages
+from ..redirect import torch_redirect_mode
 from .forward import KerasForward
 from .table import KERAS_ROLES, first_tensor, keras_word
 
@@ -332,7 +333,7 @@ class KerasAdapter(KerasForward):
         try:
             for p in variables:
                 p.requires_grad_(False)
-            with torch.enable_grad():
+            with torch.enable_grad(), torch_redirect_mode():  # redirect.py: only in redirected_gradients()
                 y, score_t, captured, is_logit = self._forward_for_gradients(
                     plan, self.keras.ops.convert_to_tensor(x),
                     lambda t: t if t.requires_grad else t.detach().requires_grad_())
