@@ -632,7 +632,8 @@ class Lens:
                            batch_size=batch_size, size=size, preprocess=preprocess or self.preprocess,
                            resume_dir=resume_dir, checkpoint_every=checkpoint_every,
                            ray_address=ray_address, workers=workers, model_spec=self.model.spec,
-                           progress=progress, resume=resume, out=out, model_name=self.name)
+                           progress=progress, resume=resume, out=out, model_name=self.name,
+                           notes=[n for n in [self.model.preprocess_note(preprocess)] if n])
 
     # ------------------------------------------------------------------ heatmaps
 

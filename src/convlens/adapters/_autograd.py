@@ -244,6 +244,7 @@ def hooked_gradients(module: Any, forward: Callable[[Any], Any], x: Any, batch: 
         handles.clear()
         out_t = next(iter(float_tensors(y)), (None, None))[1] if y is not None else None
         logits = False
+        score_last: Layout
         if target_layer is None:
             if out_t is None:
                 raise UnsupportedModel("the model returned no floating-point output to take a class score "

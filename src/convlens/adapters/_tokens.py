@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 
@@ -75,7 +75,7 @@ class TokenGrid:
 
 
 #: How a captured tensor holds its values: channels last (``True``), channels first, or tokens on a grid.
-Layout = Union[bool, TokenGrid]
+Layout = bool | TokenGrid
 
 
 def token_grid(shape: Sequence[int], channels_last: bool, patch_grid: tuple[int, int] | None) -> TokenGrid | None:
@@ -98,7 +98,7 @@ def token_grid(shape: Sequence[int], channels_last: bool, patch_grid: tuple[int,
     return TokenGrid(prefix, (int(h), int(w)))
 
 
-def find_token_grids(rows: Sequence[tuple[Sequence[int], bool, bool]]) -> dict[int, TokenGrid]:
+def find_token_grids(rows: Sequence[tuple[Sequence[int], Layout, bool]]) -> dict[int, TokenGrid]:
     """The rows whose outputs are tokens of a patch grid, by position.
 
     Args:

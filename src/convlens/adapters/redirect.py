@@ -105,7 +105,7 @@ def _torch_mode() -> Any:
     class Redirect(TorchFunctionMode):
         def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
             kwargs = dict(kwargs or {})
-            x = args[0] if args else kwargs.get("input")
+            x: Any = args[0] if args else kwargs.get("input")
             if func in relus:
                 y = torch.relu(x) if func is not F.relu6 else F.hardtanh(x, 0.0, 6.0)
                 return gate(x, y, 0.0, None if func is not F.relu6 else 6.0)

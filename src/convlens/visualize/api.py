@@ -162,6 +162,7 @@ def visualize(model: Model | Adapter, layer: str | int | None = None,
         BadArgument: a channel out of range, steps or size out of range, ...
         LayerNotFound: no such layer.
     """
+    asked = preprocess
     if isinstance(model, Model):
         adapter = model.adapter
         preprocess = preprocess or model.preprocess
@@ -235,6 +236,7 @@ def visualize(model: Model | Adapter, layer: str | int | None = None,
                 "input_size": list(input_size) if input_size else None,
                 "parameterisation": "fourier 1/f, decorrelated colour, sigmoid",
                 "redirected_steps": redirect_steps(steps),
+                "preprocess_note": model.preprocess_note(asked),
                 "transforms": "pad, jitter, scale, rotate, jitter (Lucid's standard_transforms)"}
     return Visualization(model=adapter.name, framework=adapter.framework, layer=info, objective=objective,
                          negative=negative, channels=[o.index for o in objs], copies=copies,

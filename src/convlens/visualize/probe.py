@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -44,6 +45,7 @@ class ChannelProbe:
 
 def probe_photos() -> tuple[list[np.ndarray], list[str]]:
     """The probe photos as ``(h, w, 3)`` uint8 arrays, and their names."""
+    skdata: Any
     try:
         from skimage import data as skdata
     except ImportError:
@@ -87,7 +89,11 @@ def probe_channels(model: Model, layer: int, *, preprocess: str, size: Sequence[
     dead = np.ones(channels, bool)
     for array in prepared.arrays:  # one at a time: the photos differ in size
         got: list[np.ndarray] = []
-        call_model(model, array[None], [layer], lambda _row, a: got.append(a))
+
+        def keep(_row: int, a: np.ndarray, got: list[np.ndarray] = got) -> None:
+            got.append(a)
+
+        call_model(model, array[None], [layer], keep)
         if not got:
             return None
         a = np.asarray(got[0], np.float64).reshape(-1, got[0].shape[-1])

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from .._autograd import float_tensors, pick, to_numpy
+from .._tokens import Layout
 from ..base import OnOutput
 from .table import TorchTable
 
@@ -30,7 +31,7 @@ class TorchForward(TorchTable):
             return self._run_in_chunks(batch, wanted, on_output, self.fixed_batch)
         if 0 in wanted_set:
             on_output(0, batch)
-        targets: dict[int, dict[int, list[tuple[int, tuple, bool]]]] = {}
+        targets: dict[int, dict[int, list[tuple[int, tuple, Layout]]]] = {}
         modules: dict[int, Any] = {}
         for row, rec in enumerate(self._records, start=1):
             if row in wanted_set:

@@ -16,6 +16,7 @@ from ...core.layers import LayerInfo
 from ...core.receptive import with_receptive_fields
 from ...core.sizes import size_hint
 from .._autograd import all_tensors, canonical_shape, float_tensors
+from .._graph import Producer, walk_final_activation
 from .._tokens import (
     GLOBAL_ATTENTION_TYPES,
     Layout,
@@ -24,7 +25,6 @@ from .._tokens import (
     grid_free,
     mark_token_row,
 )
-from .._graph import Producer, walk_final_activation
 from ..base import first_line as _first_line
 from .load import (
     PROBE_SIZE,
@@ -421,7 +421,7 @@ class TorchTable:
             in_shape = tuple(inputs[0].shape) if inputs else None
             outs = list(float_tensors(output))
             parent = records[parents[0] - 1] if parents[0] > 0 else None  # row 0: the NCHW input
-            parent_last = parent is not None and parent.channels_last
+            parent_last = parent is not None and bool(parent.channels_last)
             parent_shape = parent.shape if parent is not None else canonical_shape(x.shape)
             parent_channels = parent_shape[-1] if parent_shape else None
             for key, t in outs:
