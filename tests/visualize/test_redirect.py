@@ -134,3 +134,44 @@ def test_the_atlas_crosses_out_dead_channels_only(model):
     diff = np.any(crossed != plain, axis=-1)
     ys, xs = np.nonzero(diff)
     assert diff.any() and xs.min() > plain.shape[1] // 2  # only the second tile (channel 3) changed
+
+
+def _dead_on_grey_twins(keras):
+    """A Keras net (conv-ReLU, max-pool, conv-ReLU6, hard-swish conv) and its PyTorch twin, the last
+    biases so negative that every unit is zero on grey."""
+    rng = np.random.default_rng(0)
+    k1, k2 = rng.normal(size=(3, 3, 3, 4)).astype(np.float32), rng.normal(size=(3, 3, 4, 3)).astype(np.float32)
+    b2 = np.full(3, -50.0, np.float32)
+    inputs = keras.Input((16, 16, 3))
+    x = keras.layers.Conv2D(4, 3, activation="relu", name="c1")(inputs)
+    x = keras.layers.MaxPooling2D(2, name="pool")(x)
+    x = keras.layers.Conv2D(3, 3, name="c2")(x)
+    x = keras.layers.ReLU(6.0, name="relu6")(x)
+    kmodel = keras.Model(inputs, x)
+    kmodel.get_layer("c1").set_weights([k1, np.zeros(4, np.float32)])
+    kmodel.get_layer("c2").set_weights([k2, b2])
+    twin = torch.nn.Sequential(OrderedDict(c1=torch.nn.Conv2d(3, 4, 3), r1=torch.nn.ReLU(), pool=torch.nn.MaxPool2d(2),
+                                           c2=torch.nn.Conv2d(4, 3, 3), relu6=torch.nn.ReLU6())).eval()
+    with torch.no_grad():
+        twin.c1.weight.copy_(torch.from_numpy(k1.transpose(3, 2, 0, 1)))
+        twin.c1.bias.zero_()
+        twin.c2.weight.copy_(torch.from_numpy(k2.transpose(3, 2, 0, 1)))
+        twin.c2.bias.copy_(torch.from_numpy(b2))
+    return Model.open(kmodel, preprocess="unit"), Model.open(twin, input_shape=(16, 16, 3), preprocess="unit")
+
+
+@pytest.mark.keras
+def test_keras_redirects_as_pytorch_does(keras):
+    kmodel, tmodel = _dead_on_grey_twins(keras)
+    grey = np.full((2, 16, 16, 3), 0.5, np.float32)
+    grey[1] += np.random.default_rng(1).uniform(-0.1, 0.1, (16, 16, 3)).astype(np.float32)
+    got = {}
+    for name, model in (("keras", kmodel), ("torch", tmodel)):
+        row = next(layer.index for layer in model.layers() if layer.name == "relu6")
+        target = Target(layer=row, channels=(1,), reduce="mean")
+        plain = model.adapter.gradients(grey, target, wrt_input=True, need_output=False)
+        assert np.abs(plain.input_grad).max() == 0, name
+        with redirected_gradients():
+            got[name] = model.adapter.gradients(grey, target, wrt_input=True, need_output=False).input_grad
+        assert np.abs(got[name]).max() > 0, name
+    np.testing.assert_allclose(got["keras"], got["torch"], rtol=1e-4, atol=1e-6)

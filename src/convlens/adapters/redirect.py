@@ -18,7 +18,11 @@ means the incoming gradient of the score is positive below the live range.
 
 Frameworks read the flag in their gradient pass: torch (and onnx2torch, and
 Keras on torch) through :func:`torch_redirect_mode`, a ``__torch_function__``
-mode that reaches functional calls and modules alike.
+mode that reaches functional calls and modules alike; Keras on TensorFlow
+through :func:`keras_tf_gates`, which swaps the backend's ``relu``, ``relu6``,
+``hard_silu`` and ``max_pool`` for gated twins while its pass runs. The twins
+read the flag from a ``tf.Variable`` inside the graph, so a pass compiled
+with ``tf.function`` follows the flag of each call, not of its tracing.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from contextlib import AbstractContextManager, contextmanager, nullcontext
 from contextvars import ContextVar
 from typing import Any
 
-__all__ = ["redirected_gradients", "redirecting", "torch_redirect_mode"]
+__all__ = ["keras_tf_gates", "redirected_gradients", "redirecting", "torch_redirect_mode"]
 
 _REDIRECT: ContextVar[bool] = ContextVar("convlens_redirect_gradients", default=False)
 
@@ -137,3 +141,91 @@ def _torch_mode() -> Any:
         return y.detach() + spread - spread.detach()
 
     return Redirect
+
+
+# --------------------------------------------------------------------------- Keras on TensorFlow
+
+_TF_FLAG: list[Any] = []  # the tf.Variable the gated twins read, made on first use
+
+
+@contextmanager
+def keras_tf_gates(keras: Any) -> Iterator[None]:
+    """Keras's TensorFlow backend with gated ``relu``, ``relu6``, ``hard_silu`` and ``max_pool`` for the block.
+
+    Outside :func:`redirected_gradients` the twins' gradients are the true ones.
+    A no-op on other backends. Not thread-safe: it swaps module attributes.
+    """
+    if keras.backend.backend() != "tensorflow":
+        yield
+        return
+    import tensorflow as tf
+    from keras.src.backend.tensorflow import nn
+
+    if not _TF_FLAG:
+        _TF_FLAG.append(tf.Variable(False, trainable=False, name="convlens_redirect"))
+    flag = _TF_FLAG[0]
+    flag.assign(redirecting())
+    saved = {name: getattr(nn, name) for name in ("relu", "relu6", "hard_silu", "hard_swish", "max_pool")
+             if hasattr(nn, name)}
+    twins = _tf_twins(tf, nn, saved, flag)
+    try:
+        for name, fn in twins.items():
+            setattr(nn, name, fn)
+        yield
+    finally:
+        for name, fn in saved.items():
+            setattr(nn, name, fn)
+
+
+def _tf_twins(tf: Any, nn: Any, saved: dict[str, Any], flag: Any) -> dict[str, Any]:
+    """The gated twins of the backend functions in ``saved`` (see :func:`keras_tf_gates`)."""
+
+    def redirect(x: Any, g: Any, true: Any, lo: float, hi: float | None) -> Any:
+        below = x < lo
+        out = below & (g < 0)
+        if hi is not None:
+            out = out | ((x > hi) & (g > 0))
+        redirected = tf.where(out, tf.zeros_like(g), g)
+        axes = list(range(1, len(true.shape)))
+        live = tf.reduce_any(tf.not_equal(true, 0), axis=axes, keepdims=True) if axes else tf.not_equal(true, 0)
+        return tf.where(tf.logical_or(live, tf.logical_not(flag)), true, redirected)
+
+    def gate(fn: Any, lo: float, hi: float | None, swish: bool = False) -> Any:
+        @tf.custom_gradient
+        def gated(x: Any) -> Any:
+            x = tf.convert_to_tensor(x)
+            y = fn(x)
+
+            def grad(g: Any) -> Any:
+                if swish:  # d/dx x * relu6(x + 3) / 6, zero below -3
+                    slope = tf.where(x > 3, tf.ones_like(x), (2 * x + 3) / 6)
+                    true = tf.where(x < lo, tf.zeros_like(g), g * slope)
+                else:
+                    dead = x < lo if hi is None else (x < lo) | (x > hi)
+                    true = tf.where(dead, tf.zeros_like(g), g)
+                return redirect(x, g, true, lo, hi)
+
+            return y, grad
+
+        return gated
+
+    twins: dict[str, Any] = {}
+    if "relu" in saved:
+        twins["relu"] = gate(saved["relu"], 0.0, None)
+    if "relu6" in saved:
+        twins["relu6"] = gate(saved["relu6"], 0.0, 6.0)
+    for name in ("hard_silu", "hard_swish"):
+        if name in saved:
+            twins[name] = gate(saved[name], -3.0, None, swish=True)
+    if "max_pool" in saved:
+        max_pool = saved["max_pool"]
+
+        def spread_max_pool(inputs: Any, pool_size: Any, strides: Any = None, padding: str = "valid",
+                            data_format: Any = None) -> Any:
+            y = max_pool(inputs, pool_size, strides, padding, data_format)
+            spread = nn.average_pool(inputs, pool_size, strides, padding, data_format)
+            # the max's value; while redirecting, the average's gradient
+            return tf.cond(flag, lambda: tf.stop_gradient(y) + spread - tf.stop_gradient(spread), lambda: y)
+
+        twins["max_pool"] = spread_max_pool
+    return twins

@@ -13,7 +13,7 @@ from ..._errors import ConvlensError, UnsupportedModel
 from .._graph import LOGIT_ROLES
 from ..base import Gradients, OnOutput, RankedGradients, Target, check_rows, target_cotangent
 from ..base import first_line as _first_line  # one-line error messages
-from ..redirect import torch_redirect_mode
+from ..redirect import keras_tf_gates, torch_redirect_mode
 from .forward import KerasForward
 from .table import KERAS_ROLES, first_tensor, keras_word
 
@@ -143,7 +143,8 @@ class KerasAdapter(KerasForward):
         if self.keras.backend.backend() == "torch":
             y, score_t, acts, found, is_logit = self._torch_pass(plan, x, build_cot)
         else:
-            y, score_t, acts, found, is_logit = self._tf_pass(plan, x, target, build_cot)
+            with keras_tf_gates(self.keras):  # redirect.py: gated ReLUs, redirected in redirected_gradients()
+                y, score_t, acts, found, is_logit = self._tf_pass(plan, x, target, build_cot)
         score_np = self._numpy(score_t)
         cot = target_cotangent(target, score_np.shape, where)
         score = (score_np.astype(np.float64) * cot).reshape(len(cot), -1).sum(axis=1)
