@@ -102,3 +102,9 @@ def test_the_report_header_says_the_preset_was_guessed(photo, tmp_path):
     assert lens.model.preprocess_note() in report.notes
     html = (tmp_path / "r.html").read_text()
     assert "preprocessing unit (guessed: see the note)" in html
+
+
+def test_the_notebook_view_of_heatmaps_shows_the_guess(photo):
+    lens = Lens(_classifier())
+    view = lens.heatmaps(str(photo), "gradcam")._repr_html_()
+    assert "preprocessing unit was guessed" in view and "--preprocess" in view

@@ -225,7 +225,7 @@ class Heatmaps:
     def _repr_html_(self) -> str:
         head = (f"<div><b>{html.escape(self.model)}</b>: {len(self.entries)} heatmaps "
                 f"({html.escape(', '.join(self.titles[m] for m in self.methods))})</div>")
-        parts = [head]
+        parts = [head, *(f"<div>note: {html.escape(n)}</div>" for n in self.notes)]  # a guessed preset, ...
         for e in self.entries:
             rgb = self.render(e.image, e.method, e.class_index, max_side=512)
             parts.append(png_figure_html(rgb, self.images[e.image].name,
