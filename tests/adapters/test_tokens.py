@@ -188,3 +188,14 @@ def test_token_grids_need_a_patch_grid_and_a_small_prefix():
     tokens = np.arange(1 * 8 * 4, dtype=np.float32).reshape(1, 8, 4)
     back = grid.to_tokens(grid.to_grid(tokens))
     assert back[:, :2].sum() == 0 and np.array_equal(back[:, 2:], tokens[:, 2:])
+
+
+def test_an_encoder_output_is_drawn_as_a_grid_not_a_strip(vit):
+    from convlens.render.maps import RenderOptions, render_map
+
+    _, model = vit
+    x, _ = _image(64)
+    got: list[np.ndarray] = []
+    model.adapter.run(x, [_row(model, "encoder.ln").index], lambda _r, a: got.append(a))
+    drawn = render_map(got[0][0], RenderOptions())
+    assert drawn.layout == "grid" and drawn.channels_shown == 32
