@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from .._errors import ConvlensError
 from ..images import prepare_batch
 from ..model import Model
 from ..passes import call_model
@@ -68,7 +69,7 @@ def probe_photos() -> tuple[list[np.ndarray], list[str]]:
 
 def probe_channels(model: Model, layer: int, *, preprocess: str, size: Sequence[int] | None,
                    channels: int) -> ChannelProbe | None:
-    """The channels of row ``layer`` on the probe photos; ``None`` when the model takes no 3-channel images.
+    """The channels of row ``layer`` on the probe photos; ``None`` when the photos cannot be prepared for it.
 
     Args:
         model: the model.
@@ -78,13 +79,14 @@ def probe_channels(model: Model, layer: int, *, preprocess: str, size: Sequence[
             a model of fixed size gets its own.
         channels: C, the layer's channels.
     """
-    if model.input_shape[-1] != 3:
-        return None
     photos, names = probe_photos()
     h, w = model.input_shape[:2]
     target = None if h is not None and w is not None else (tuple(size) if size is not None else (224, 224))
-    prepared = prepare_batch(photos, model.input_shape, size=target, preprocess=preprocess,
-                             model_name=model.name)
+    try:  # a grey model gets the photos in grey, as it gets any image
+        prepared = prepare_batch(photos, model.input_shape, size=target, preprocess=preprocess,
+                                 model_name=model.name)
+    except ConvlensError:
+        return None
     peak = np.full(channels, -np.inf)
     dead = np.ones(channels, bool)
     for array in prepared.arrays:  # one at a time: the photos differ in size
