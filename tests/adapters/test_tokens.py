@@ -199,3 +199,24 @@ def test_an_encoder_output_is_drawn_as_a_grid_not_a_strip(vit):
     model.adapter.run(x, [_row(model, "encoder.ln").index], lambda _r, a: got.append(a))
     drawn = render_map(got[0][0], RenderOptions())
     assert drawn.layout == "grid" and drawn.channels_shown == 32
+
+
+def test_dataset_examples_of_a_token_row_are_patches_and_global_rows_whole_images(tmp_path):
+    from PIL import Image
+
+    from convlens import Lens
+
+    for i in range(3):
+        Image.fromarray(np.random.default_rng(i).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(
+            tmp_path / f"im{i}.png")
+    lens = Lens(_vit(), preprocess="unit")
+    result = lens.dataset(tmp_path, layers=f"encoder.layers.encoder_layer_0.ln_1,{LAST_LN1}", k=2)
+    patch = result.layer("encoder.layers.encoder_layer_0.ln_1")
+    assert patch.channels == 32
+    crops = result.crops("encoder.layers.encoder_layer_0.ln_1", 3, size=16)
+    assert len(crops) == 2 and crops[0].shape == (16, 16, 3)
+    # a 16-pixel field: each crop is one of the images' 16 x 16 patches, exactly
+    patches = [np.asarray(Image.open(tmp_path / f"im{i}.png"))[16 * r:16 * r + 16, 16 * c:16 * c + 16]
+               for i in range(3) for r in range(4) for c in range(4)]
+    assert all(any(np.array_equal(crop, p) for p in patches) for crop in crops)
+    assert len(result.crops(LAST_LN1, 3, size=16)) == 2
