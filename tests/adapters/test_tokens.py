@@ -170,6 +170,9 @@ def test_swin_stages_are_maps_and_grad_cam_matches_pytorch_grad_cam():
     model = Model.open(module, input_shape=(224, 224, 3))
     norm = _row(model, "norm")
     assert norm.output_shape == (7, 7, 768) and "tokens" not in norm.extra  # (N, H, W, C) already
+    # the last stage's 7 x 7 windows cover its 7 x 7 grid: global; the first stage's do not
+    assert _row(model, "features.7.0.attn").global_rf and norm.global_rf
+    assert not _row(model, "features.1.0.attn").global_rf
     x, t = _image(224, seed=2)
     with torch.no_grad():
         top = int(module(t).argmax())

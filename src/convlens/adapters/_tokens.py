@@ -145,3 +145,15 @@ def declared_image_size(module: Any) -> tuple[int, int] | None:
         if isinstance(size, (tuple, list)) and len(size) == 2 and all(isinstance(d, int) and d > 0 for d in size):
             return (int(size[0]), int(size[1]))
     return None
+
+
+def attends_globally(module: Any, type_name: str, shape: Sequence[int], tokens: bool) -> bool:
+    """Whether every output of an attention module sees the whole input: global self-attention on a
+    token row, or windowed attention (Swin's) whose window covers the whole ``(H, W, C)`` grid."""
+    if type_name in GLOBAL_ATTENTION_TYPES and tokens:
+        return True
+    window = getattr(module, "window_size", None)
+    if "WindowAttention" in type_name and isinstance(window, (list, tuple)) and len(window) == 2 \
+            and len(shape) == 3:
+        return all(int(w) >= int(d) for w, d in zip(window, shape[:2]))
+    return False

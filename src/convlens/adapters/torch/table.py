@@ -18,8 +18,8 @@ from ...core.sizes import size_hint
 from .._autograd import all_tensors, canonical_shape, float_tensors
 from .._graph import Producer, walk_final_activation
 from .._tokens import (
-    GLOBAL_ATTENTION_TYPES,
     Layout,
+    attends_globally,
     declared_image_size,
     find_token_grids,
     grid_free,
@@ -462,8 +462,8 @@ class TorchTable:
                 rows.append(self._info(len(rows), rec, out_free[j]))
                 if j in tokens:
                     mark_token_row(rows[-1].extra, tokens[j])
-                    if module_type(rec.module) in GLOBAL_ATTENTION_TYPES:
-                        rows[-1].extra["global"] = True  # every token attends to every patch
+                if attends_globally(rec.module, module_type(rec.module), rec.shape, j in tokens):
+                    rows[-1].extra["global"] = True  # every token attends to every patch
             self._layers = with_receptive_fields(rows)
         return self._layers
 
