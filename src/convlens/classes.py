@@ -16,8 +16,8 @@ from pathlib import Path
 
 from ._errors import BadArgument
 
-__all__ = ["DEMO_SOURCE", "IMAGENET_SOURCE", "LABELS_SOURCE", "check_class_names", "demo_class_names",
-           "imagenet_class_names", "read_labels"]
+__all__ = ["DEMO_SOURCE", "IMAGENET_KEYWORD", "IMAGENET_SOURCE", "LABELS_SOURCE", "check_class_names",
+           "demo_class_names", "imagenet_class_names", "is_imagenet_keyword", "read_labels"]
 
 _DATA = Path(__file__).resolve().parent / "data"
 #: How the report names each source of class names.
@@ -42,12 +42,23 @@ def demo_class_names() -> list[str]:
     return [str(n) for n in meta.get("class_names", [])]
 
 
+#: ``--labels imagenet`` (``labels="imagenet"``): the built-in ImageNet-1k names, for any 1000-way model.
+IMAGENET_KEYWORD = "imagenet"
+
+
+def is_imagenet_keyword(labels: object) -> bool:
+    """Whether ``labels`` asks for the built-in ImageNet names (``"imagenet"``, unless a file of that name exists)."""
+    return isinstance(labels, str) and labels.strip().lower() == IMAGENET_KEYWORD and not Path(labels).exists()
+
+
 def read_labels(labels: str | os.PathLike[str] | Sequence[str]) -> list[str]:
-    """Class names from a file (one per line, UTF-8) or a list.
+    """Class names from a file (one per line, UTF-8) or a list; ``"imagenet"``: the built-in ImageNet names.
 
     Raises:
         BadArgument: the file cannot be read, or holds no names.
     """
+    if is_imagenet_keyword(labels):
+        return imagenet_class_names()
     if isinstance(labels, (str, os.PathLike)):
         path = Path(os.fspath(labels)).expanduser()
         try:

@@ -261,7 +261,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", nargs="+", metavar="IMAGE")
     p.add_argument("--out", required=True, help="the HTML file to write, e.g. report.html")
     p.add_argument("--layers", default=None, help=f"layer selection (default {DEFAULT_SELECTION})")
-    p.add_argument("--labels", metavar="FILE", help="class names for the top-5 predictions, one per line")
+    p.add_argument("--labels", metavar="FILE", help="class names for the top-5 predictions, one per line; "
+                                                  "imagenet: the built-in ImageNet-1k names")
     p.add_argument("--sections", help="comma-separated sections to include (default all: inputs, "
                                       "predictions, layers, maps, heatmaps, stats, filters; add visualize "
                                       "for feature visualisations, which take minutes)")
@@ -302,7 +303,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: each image's top class)")
     p.add_argument("--top", type=_positive, default=1, metavar="K",
                    help="without --class: each image's K top classes (default 1, at most 10)")
-    p.add_argument("--labels", metavar="FILE", help="class names, one per line (default: the model's own)")
+    p.add_argument("--labels", metavar="FILE", help="class names, one per line, or imagenet for the built-in "
+                                                  "ImageNet-1k names (default: the model's own)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--steps", type=_positive, help="ig: integration steps (default 50)")
     p.add_argument("--samples", type=_positive, help="smoothgrad: noisy samples (default 25)")
@@ -540,11 +542,19 @@ def _cmd_visualize(lens: Any, args: argparse.Namespace, stdout: TextIO) -> None:
                             copies=args.copies, diversity=args.diversity, preprocess=args.preprocess,
                             progress=BarProgress())
     index = result.save(args.out)
+    _visualize_notes(result, stdout)
     acts = result.activations
     stdout.write(f"wrote {len(result)} images and an atlas of {result.layer_name} to "
                  f"{Path(args.out) / result.folder()} (index: {index}); "
                  f"{result.objective} {'minimised' if result.negative else 'maximised'}, activation "
                  f"reached {float(acts.min()):.4g} to {float(acts.max()):.4g}\n")
+
+
+def _visualize_notes(result: Any, stdout: TextIO) -> None:
+    """A guessed preprocessing, and the dead channels (zero on the probe photos), one line each."""
+    for note in (result.settings.get("preprocess_note"), result.dead_note()):
+        if note:
+            stdout.write(f"note: {note}\n")
 
 
 DATASET_EXAMPLES = """\

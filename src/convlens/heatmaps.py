@@ -30,7 +30,7 @@ from ._errors import BadArgument
 from ._progress import NullProgress, Progress
 from .core.predictions import to_probabilities
 from .core.text import probability as probability_text
-from .images import Image, PreparedBatch, check_not_constant, prepare_batch
+from .images import Image, PreparedBatch, check_not_constant
 from .methods import Method, MethodResult, RecordedForward, check_gradients, create, get, resolve_layer
 from .methods import names as method_names
 from .methods.targets import TargetSpec, parse_classes
@@ -225,7 +225,7 @@ class Heatmaps:
     def _repr_html_(self) -> str:
         head = (f"<div><b>{html.escape(self.model)}</b>: {len(self.entries)} heatmaps "
                 f"({html.escape(', '.join(self.titles[m] for m in self.methods))})</div>")
-        parts = [head]
+        parts = [head, *(f"<div>note: {html.escape(n)}</div>" for n in self.notes)]  # a guessed preset, ...
         for e in self.entries:
             rgb = self.render(e.image, e.method, e.class_index, max_side=512)
             parts.append(png_figure_html(rgb, self.images[e.image].name,
@@ -440,8 +440,10 @@ def heatmaps(model: Model, images: Any, method: str | Sequence[str] | None = DEF
     made = create_methods(names, method_options or {})
     class_names, _ = model.class_names(labels)
     classes = _check_before_work(model, made, layer, target, class_names)
-    prepared = prepare_batch(images, model.input_shape, size=size, preprocess=preprocess or model.preprocess,
-                             model_name=model.name)
+    prepared = model.prepare(images, size=size, preprocess=preprocess)
+    hint = model.labels_hint(class_names, model.output_classes())
+    if hint:
+        prepared.notes.append(hint)
     return compute_heatmaps(model, prepared, made, layer=layer, classes=classes, top=top,
                             class_names=class_names, preprocess=preprocess, progress=progress)
 

@@ -652,7 +652,8 @@ class Lens:
                            resume_dir=resume_dir, checkpoint_every=checkpoint_every,
                            ray_address=ray_address, workers=workers, model_spec=self.model.spec,
                            gpus_per_worker=gpus_per_worker, progress=progress, resume=resume, out=out,
-                           model_name=self.name)
+                           model_name=self.name,
+                           notes=[n for n in [self.model.preprocess_note(preprocess)] if n])
 
     # ------------------------------------------------------------------ heatmaps
 

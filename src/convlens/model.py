@@ -26,10 +26,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ._errors import UnsupportedModel
+from ._errors import BadArgument, UnsupportedModel
 from .adapters import adapter_device, open_model, parse_device
 from .adapters.base import Adapter
-from .classes import check_class_names, read_labels
+from .classes import IMAGENET_SOURCE, check_class_names, is_imagenet_keyword, read_labels
 from .core.layers import LayerInfo
 from .images import PreparedBatch, prepare_batch
 from .selection import DEFAULT_SELECTION, select
@@ -214,15 +214,32 @@ class Model:
             size: ``H`` or ``(H, W)`` for models that accept any size; default the image's own.
             preprocess: a preset; default :attr:`preprocess`.
         """
-        return prepare_batch(images, self.input_shape, size=size, preprocess=preprocess or self.preprocess,
-                             model_name=self.name)
+        prepared = prepare_batch(images, self.input_shape, size=size, preprocess=preprocess or self.preprocess,
+                                 model_name=self.name)
+        return self._noted(prepared, preprocess)
+
+    def _noted(self, prepared: PreparedBatch, preprocess: str | None) -> PreparedBatch:
+        """``prepared`` with :meth:`preprocess_note` first in its notes, when the preset is a guess:
+        every view that prepares images through the model says so (CLI lines, index.json, the report)."""
+        note = self.preprocess_note(preprocess)
+        if note and note not in prepared.notes:
+            prepared.notes.insert(0, note)
+        return prepared
 
     def preprocess_note(self, preprocess: str | None = None) -> str | None:
         """A sentence for every output when the preset was guessed, else ``None``."""
         if preprocess or not self.preprocess_guessed:
             return None
         return (f"preprocessing {self.preprocess} was guessed (pixels / 255): {self.name} did not say "
-                "which it expects; pass --preprocess (preprocess=) if it was trained otherwise")
+                "which it expects, and predictions are wrong if it was trained otherwise; pass --preprocess "
+                "(preprocess= in Python), e.g. torch for torchvision's ImageNet models")
+
+    def labels_hint(self, names: Sequence[str] | None, classes: int | None) -> str | None:
+        """A one-line hint for a 1000-way classifier shown without class names, else ``None``."""
+        if names is not None or classes != 1000:
+            return None
+        return (f"{self.name} outputs 1000 classes but has no class names; if they are ImageNet's, pass "
+                "--labels imagenet (labels=\"imagenet\" in Python)")
 
     # ------------------------------------------------------------------ class names
 
@@ -249,7 +266,8 @@ class Model:
                     ) -> tuple[list[str] | None, str]:
         """The model's class names, and where they come from in words.
 
-        ``labels`` (a file, one name per line, or a list: ``--labels``) win;
+        ``labels`` (a file, one name per line, a list, or ``"imagenet"`` for the
+        built-in ImageNet-1k names: ``--labels``) win;
         otherwise the names the adapter knows (ImageNet's for keras.applications
         and torchvision classifiers, the demo's digits).
 
@@ -272,9 +290,14 @@ class Model:
             if output_shape is None:
                 output_shape = self.output_shape()  # type: ignore[assignment]
             classes = self.output_classes(output_shape)
-        return check_class_names(self.name, classes, given=given, known=self.adapter.class_names,
-                                 known_source=self.adapter.class_names_source,
-                                 output_shape=tuple(output_shape or ()))
+        imagenet = is_imagenet_keyword(labels)
+        if imagenet and classes is not None and classes != len(given or ()):
+            raise BadArgument(f"--labels imagenet gives ImageNet's {len(given or ())} class names, but {self.name} "
+                              f"outputs {classes} classes; give a labels file with one name per class")
+        names, source = check_class_names(self.name, classes, given=given, known=self.adapter.class_names,
+                                          known_source=self.adapter.class_names_source,
+                                          output_shape=tuple(output_shape or ()))
+        return names, IMAGENET_SOURCE if imagenet and names is not None else source
 
     def __repr__(self) -> str:
         return f"Model({self.name!r}, framework={self.framework!r}, preprocess={self.preprocess!r})"

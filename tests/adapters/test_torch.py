@@ -363,15 +363,16 @@ def test_channels_last_outputs_are_not_moved_again(tmp_path):
         xt = torch.from_numpy(x).permute(0, 3, 1, 2)
         fc = model.fc(model.norm(model.dw(xt).permute(0, 2, 3, 1)))  # (N, H, W, C)
         tokens = model.patch(model.act(fc).permute(0, 3, 1, 2)).flatten(2).transpose(1, 2)
-        want = {"fc": fc.numpy(), "act": model.act(fc).numpy(), "drop": tokens.numpy(),
-                "token_fc": model.token_fc(tokens).numpy()}
+        # the tokens are restored to the patch conv's (3, 4) grid (adapters/_tokens.py)
+        want = {"fc": fc.numpy(), "act": model.act(fc).numpy(), "drop": tokens.numpy().reshape(2, 3, 4, 4),
+                "token_fc": model.token_fc(tokens).numpy().reshape(2, 3, 4, 6)}
     exported = tmp_path / "block.pt2"
     torch.export.save(torch.export.export(model, (torch.zeros(1, 3, 6, 8),)), exported)
     for lens in (Lens(model, input_shape=(6, 8, 3)), Lens(exported)):
         shapes = {t.name: t.output_shape for t in lens.layers()}
         assert shapes == {"input": (6, 8, 3), "dw": (6, 8, 3), "to_last": (6, 8, 3), "norm": (6, 8, 3),
                           "fc": (6, 8, 5), "act": (6, 8, 5), "to_first": (6, 8, 5), "patch": (3, 4, 4),
-                          "drop": (12, 4), "token_fc": (12, 6)}
+                          "drop": (3, 4, 4), "token_fc": (3, 4, 6)}
         maps = lens.feature_maps(list(x), layers="all", preprocess="raw")
         for name, array in want.items():
             np.testing.assert_allclose(maps[name], array, rtol=1e-5, atol=1e-5, err_msg=name)

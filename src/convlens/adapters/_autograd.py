@@ -13,7 +13,9 @@ from typing import Any
 import numpy as np
 
 from .._errors import UnsupportedModel
+from ._tokens import Layout, TokenGrid, tokens_cotangent
 from .base import Gradients
+from .redirect import torch_redirect_mode
 
 # --------------------------------------------------------------------------- outputs
 
@@ -63,16 +65,19 @@ def all_tensors(args: Any, kwargs: Mapping[str, Any] | None = None) -> list[Any]
     return found
 
 
-def canonical_shape(shape: Sequence[int], channels_last: bool = False) -> tuple[int, ...]:
-    """A torch shape without its batch axis, channels last when there are 3 or more axes."""
+def canonical_shape(shape: Sequence[int], channels_last: Layout = False) -> tuple[int, ...]:
+    """A torch shape without its batch axis, channels last when there are 3 or more axes
+    (tokens as their ``(h, w, C)`` map: :mod:`convlens.adapters._tokens`)."""
     dims = tuple(int(d) for d in shape)
+    if isinstance(channels_last, TokenGrid):
+        return channels_last.map_shape(dims[-1])
     if len(dims) >= 3 and not channels_last:
         dims = (dims[0], *dims[2:], dims[1])
     return dims[1:]
 
 
-def to_numpy(t: Any, channels_last: bool = False) -> np.ndarray:
-    """One captured tensor as a float32 numpy array in the canonical layout.
+def to_numpy(t: Any, channels_last: Layout = False) -> np.ndarray:
+    """One captured tensor as a float32 numpy array in the canonical layout (tokens as their map).
 
     Always a copy, made inside the hook: the tensor may be overwritten by an
     in-place op (``ReLU(inplace=True)``) right after, and ``.numpy()`` shares
@@ -84,6 +89,8 @@ def to_numpy(t: Any, channels_last: bool = False) -> np.ndarray:
     import torch
 
     t = t.detach()
+    if isinstance(channels_last, TokenGrid):
+        t = channels_last.to_grid(t)
     if t.ndim >= 3 and not channels_last:
         t = t.movedim(1, -1)
     if t.device.type != "cpu":
@@ -148,7 +155,7 @@ class HookedRow:
     module: Any
     call: int
     key: tuple
-    channels_last: bool = False
+    channels_last: Layout = False
 
 
 def hooked_gradients(module: Any, forward: Callable[[Any], Any], x: Any, batch: np.ndarray,
@@ -247,7 +254,8 @@ def hooked_gradients(module: Any, forward: Callable[[Any], Any], x: Any, batch: 
             try:
                 if stop_after is not None and needed <= captured.keys():
                     raise _StopForward  # everything needed is given
-                y = forward(x)
+                with torch_redirect_mode():  # only inside redirected_gradients(): feature visualisation
+                    y = forward(x)
             except _StopForward:
                 y = None
         for h in handles:
@@ -255,6 +263,7 @@ def hooked_gradients(module: Any, forward: Callable[[Any], Any], x: Any, batch: 
         handles.clear()
         out_t = next(iter(float_tensors(y)), (None, None))[1] if y is not None else None
         logits = False
+        score_last: Layout
         if target_layer is None:
             if out_t is None:
                 raise UnsupportedModel("the model returned no floating-point output to take a class score "
@@ -272,7 +281,7 @@ def hooked_gradients(module: Any, forward: Callable[[Any], Any], x: Any, batch: 
         if missing:
             raise no_output(missing[0])
         cot_np = cotangent((score_t.shape[0], *canonical_shape(score_t.shape, score_last)))
-        cot = torch.from_numpy(np.ascontiguousarray(cot_np))
+        cot = torch.from_numpy(np.ascontiguousarray(tokens_cotangent(cot_np, score_last)))
         if cot.ndim >= 3 and not score_last:
             cot = cot.movedim(-1, 1)
         cot = cot.to(device=score_t.device, dtype=score_t.dtype)
@@ -295,7 +304,7 @@ def hooked_gradients(module: Any, forward: Callable[[Any], Any], x: Any, batch: 
         for p, flag in params:
             p.requires_grad_(flag)
 
-    def last(r: int) -> bool:
+    def last(r: int) -> Layout:
         return input_channels_last if r == 0 else hooked[r].channels_last
 
     by_row = dict(zip(wanted, grads_t))

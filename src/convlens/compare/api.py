@@ -311,7 +311,7 @@ def _result(ma: Model, mb: Model, pairing: Pairing, s: Streamed, case: str, chan
     notes = list(s.notes)
     for model in (ma, mb):
         note = model.preprocess_note()
-        if note:
+        if note and f"{model.name}: {note}" not in notes:  # Model.prepare noted it already
             notes.append(f"{model.name}: {note}")
     result = Comparison(
         a=ma.name, b=mb.name, frameworks=(ma.framework, mb.framework), case=case, images=s.images,

@@ -70,7 +70,8 @@ def run_dataset(adapter: Adapter, data: str | os.PathLike[str] | Source, *,
                 ray_address: str | None = None, workers: int | None = None,
                 model_spec: ModelSpec | None = None, progress: Progress | None = None,
                 resume: bool = False, out: str | os.PathLike[str] | None = None,
-                model_name: str | None = None, gpus_per_worker: float | None = None) -> DatasetResult:
+                model_name: str | None = None, gpus_per_worker: float | None = None,
+                notes: Sequence[str] = ()) -> DatasetResult:
     """Stream a data set through a model and keep, per channel, its examples and health.
 
     Args:
@@ -98,6 +99,7 @@ def run_dataset(adapter: Adapter, data: str | os.PathLike[str] | Source, *,
         model_name: the model as people name it in the result (default the spec's or adapter's).
         gpus_per_worker: ``engine="ray"`` on GPUs: GPUs each model actor reserves (see
             :func:`convlens.dataset.ray_engine.run_ray`).
+        notes: sentences the caller adds to the result's notes (a guessed preprocessing).
 
     Returns:
         The :class:`~convlens.dataset.result.DatasetResult`.
@@ -136,7 +138,7 @@ def run_dataset(adapter: Adapter, data: str | os.PathLike[str] | Source, *,
     t0 = time.perf_counter()
     runner = BatchRunner(adapter, layers, source, size=size, preprocess=preprocess, k=k,
                          classes=classes)
-    notes = [*source.notes, *([runner.size_note] if runner.size_note else [])]
+    notes = [*notes, *source.notes, *([runner.size_note] if runner.size_note else [])]
     checkpoint = None
     if engine == "ray":
         placement: dict[str, Any] = {}

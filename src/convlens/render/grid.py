@@ -289,7 +289,8 @@ def signals(
 
 
 def tile_rgb(tiles: np.ndarray, *, columns: int | None = None, separator: int = 1,
-             labels: Sequence[str] | None = None, min_tile: int = 32) -> np.ndarray:
+             labels: Sequence[str] | None = None, min_tile: int = 32,
+             crossed: Sequence[bool] | None = None) -> np.ndarray:
     """Lay out RGB pictures (feature visualisations) as one grid, in :func:`tile`'s layout.
 
     Args:
@@ -300,6 +301,7 @@ def tile_rgb(tiles: np.ndarray, *, columns: int | None = None, separator: int = 
             top-left corner, e.g. channel numbers; ``None``: no labels.
         min_tile: tiles whose longer side is under this many pixels are
             enlarged by an integer factor (nearest neighbour).
+        crossed: ``n`` flags; flagged tiles get a thin red cross (dead channels).
 
     Returns:
         ``(rows * (th + s) + s, cols * (tw + s) + s, 3)`` uint8 RGB.
@@ -316,6 +318,9 @@ def tile_rgb(tiles: np.ndarray, *, columns: int | None = None, separator: int = 
     if factor > 1:
         t = t.repeat(factor, axis=1).repeat(factor, axis=2)
     canvas, view = mosaic(t, rows, cols, separator, _SEPARATOR, _EMPTY)
+    if crossed is not None:
+        _draw_crosses(view, np.flatnonzero(np.asarray(crossed, bool)[:n]), cols, h * factor, w * factor,
+                      _color(_FLAG))
     if labels is not None:
         _draw_numbers(view, n, cols, h * factor, w * factor, 0, texts=list(labels))
     return canvas

@@ -12,7 +12,6 @@ from .._progress import Progress
 from ..classes import read_labels
 from ..core.layers import LayerInfo
 from ..core.text import count
-from ..images import prepare_batch
 from ..passes import Batch, Consumer, Job, PassConsumer, StatsConsumer, missing_note, run_pass
 from ..render.maps import RenderOptions
 from .context import ReportContext, SectionConsumer
@@ -76,8 +75,7 @@ def build_report(model: Model, images: Any, layers: str | Iterable[str] | None =
     names = read_labels(labels) if labels is not None else None  # a bad file fails before any pass
     chosen = model.select(layers)
     own = _section_consumers(model, chosen, keys, per_section)  # a bad option fails before any pass
-    batch = prepare_batch(images, model.input_shape, size=size, preprocess=preprocess or model.preprocess,
-                          model_name=model.name)
+    batch = model.prepare(images, size=size, preprocess=preprocess)
     stats = StatsConsumer(chosen)
     grids = ReportGrids(opts, chosen, batch.images)
     with ThreadPoolExecutor(max_workers=1) as side:
@@ -116,6 +114,9 @@ def build_report(model: Model, images: Any, layers: str | Iterable[str] | None =
     classes = output_classes(model, outputs)
     label_list, label_source = model.class_names(
         names, classes=classes, output_shape=tuple(outputs[0].shape[1:]) if outputs else ())
+    hint = model.labels_hint(label_list, classes)
+    if hint:
+        notes.append(hint)
     ctx = ReportContext(
         model=model, images=batch.images, inputs=batch.arrays, outputs=outputs, layers=chosen,
         stats=layer_stats, options=opts, preprocess=preprocess or model.preprocess, labels=label_list,

@@ -120,10 +120,16 @@ def header(ctx: ReportContext, title: str, sections: Sequence[tuple[str, str]]) 
     n = len(ctx.images)
     when = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     meta = (f"{ctx.model.adapter.framework} · {n} image{'s' if n != 1 else ''} · "
-            f"{len(ctx.layers)} layers · preprocessing {ctx.preprocess} · norm {opts.norm} · "
+            f"{len(ctx.layers)} layers · preprocessing {ctx.preprocess}{_guessed(ctx)} · norm {opts.norm} · "
             f"cmap {opts.cmap} · convlens {__version__} · {when}")
     return render("header.html", title=title, meta=meta, notes=ctx.notes, sections=list(sections),
                   images=[im.name for im in ctx.images])
+
+
+def _guessed(ctx: ReportContext) -> str:
+    """`` (guessed)`` when the preset was a guess (the notes then say how to fix it)."""
+    note = ctx.model.preprocess_note()
+    return " (guessed: see the note)" if note and note in ctx.notes else ""
 
 
 def page_data(ctx: ReportContext) -> dict[str, Any]:

@@ -15,8 +15,9 @@ from ..methods.base import check_gradients
 from ..model import Model
 from ..selection import select_indexes
 from .objectives import KINDS, Objective
-from .optimize import render
+from .optimize import redirect_steps, render
 from .param import PresetMap
+from .probe import probe_channels
 from .result import Visualization
 
 __all__ = ["DEFAULTS", "LIMITS", "parse_channels", "visualize"]
@@ -122,7 +123,12 @@ def visualize(model: Model | Adapter, layer: str | int | None = None,
     Lucid's method (Olah et al., "Feature Visualization", Distill 2017,
     https://distill.pub/2017/feature-visualization/): a Fourier-space image
     with 1/f scaling and decorrelated colour (:mod:`.param`), random pad,
-    jitter, scale and rotation each step (:mod:`.transform`), Adam. Many
+    jitter, scale and rotation each step (:mod:`.transform`), Adam; in the
+    first half of the steps, zero-gated units (ReLU, ReLU6, hard-swish,
+    max-pool) pass Lucid's redirected gradient, so that a channel that is zero
+    on the starting image starts (:mod:`convlens.adapters.redirect`). A
+    channel is called dead only when it is zero on the probe photos
+    (:mod:`.probe`). Many
     channels are optimised together in batches; the framework only gives the
     gradient with respect to its input, so a seed gives the same images in
     every framework.
@@ -156,11 +162,13 @@ def visualize(model: Model | Adapter, layer: str | int | None = None,
         BadArgument: a channel out of range, steps or size out of range, ...
         LayerNotFound: no such layer.
     """
+    asked = preprocess
     if isinstance(model, Model):
         adapter = model.adapter
         preprocess = preprocess or model.preprocess
     else:
         adapter = model
+        model = Model(adapter)
     check_gradients(adapter, "feature visualisation", alternatives=False)
     if len(adapter.input_shape) != 3:
         raise UnsupportedModel(f"{adapter.name} takes input of shape {adapter.input_shape}, not images "
@@ -221,12 +229,18 @@ def visualize(model: Model | Adapter, layer: str | int | None = None,
                       progress=progress, label=f"visualize {info.name if info else 'classes'}")
     sign = -1.0 if negative else 1.0
     labels = list(adapter.class_names) if objective == "class" and adapter.class_names else None
+    probe = None if info is None else probe_channels(model, info.index, preprocess=preset, size=input_size,
+                                                     channels=total)
     settings = {"steps": steps, "size": size, "seed": seed, "lr": lr, "batch_size": batch,
                 "diversity": diversity, "preprocess": preset,
                 "input_size": list(input_size) if input_size else None,
                 "parameterisation": "fourier 1/f, decorrelated colour, sigmoid",
+                "redirected_steps": redirect_steps(steps),
+                "preprocess_note": model.preprocess_note(asked),
                 "transforms": "pad, jitter, scale, rotate, jitter (Lucid's standard_transforms)"}
     return Visualization(model=adapter.name, framework=adapter.framework, layer=info, objective=objective,
                          negative=negative, channels=[o.index for o in objs], copies=copies,
                          images=rendered.images, activations=rendered.scores * sign,
-                         history=rendered.history, settings=settings, labels=labels)
+                         history=rendered.history, settings=settings, labels=labels,
+                         dead=None if probe is None else [bool(probe.dead[o.index]) for o in objs],
+                         probe_images=None if probe is None else probe.images)

@@ -25,12 +25,13 @@ import numpy as np
 
 from .._progress import NullProgress, Progress
 from ..adapters.base import Adapter, Target
+from ..adapters.redirect import redirected_gradients
 from ..passes import call_model
 from .objectives import Diversity, Objective, batch_target, scores
 from .param import ImageParam, PresetMap, fft_frequencies
 from .transform import Transform, Warp, compose, standard_transforms
 
-__all__ = ["Adam", "Rendered", "high_frequency_share", "pixel_ascent", "plan_batches", "render"]
+__all__ = ["Adam", "Rendered", "high_frequency_share", "pixel_ascent", "plan_batches", "redirect_steps", "render"]
 
 
 class Adam:
@@ -119,6 +120,17 @@ def _layer_output(adapter: Adapter, batch: np.ndarray, layer: int) -> np.ndarray
     return got[0]
 
 
+def redirect_steps(steps: int) -> int:
+    """How many of the first steps redirect the gradient of zero-gated units (the first half).
+
+    Lucid's redirected ReLU gradient (:mod:`convlens.adapters.redirect`) lets a
+    channel that is zero on the starting image start; an image whose true
+    gradient gets through is not changed by it. The second half climbs the
+    true gradient only, so the final image is what the model itself rewards.
+    """
+    return steps // 2
+
+
 def render(adapter: Adapter, objectives: Sequence[Objective], *, preset: PresetMap, size: int = 128,
            steps: int = 512, lr: float = 0.05, seed: int = 0, batch: int = 32, fourier: bool = True,
            decorrelate: bool = True, transforms: Sequence[Transform] | None = None,
@@ -174,7 +186,8 @@ def render(adapter: Adapter, objectives: Sequence[Objective], *, preset: PresetM
                 _, dpen = penalty.value_and_grad(acts, [groups[i] for i in members])
                 step_target = Target(layer=target.layer, cotangent=target.cotangent_for(acts.shape) - dpen)
                 history[step, members] = scores(target, acts)
-            g = adapter.gradients(pre, step_target, wrt_input=True, need_output=False)
+            with redirected_gradients(step < redirect_steps(steps)):
+                g = adapter.gradients(pre, step_target, wrt_input=True, need_output=False)
             if step_target is target:
                 history[step, members] = g.score
             if g.input_grad is None:

@@ -35,6 +35,10 @@ class Visualization:
         history: ``(steps, M)`` the objective (sign included) at each step.
         settings: steps, size, seed, learning rate, batch, parameterisation...
         labels: class names for class objectives, else ``None``.
+        dead: per image, its channel is exactly zero on every probe photo
+            (:mod:`convlens.visualize.probe`); ``None``: not probed (class objectives).
+            The atlas crosses those tiles out; a flat tile of a live channel is not dead.
+        probe_images: the probe photos' names, when probed.
     """
 
     model: str
@@ -49,6 +53,8 @@ class Visualization:
     history: np.ndarray
     settings: dict[str, Any] = field(default_factory=dict)
     labels: list[str] | None = None
+    dead: list[bool] | None = None
+    probe_images: list[str] | None = None
 
     @property
     def layer_name(self) -> str:
@@ -74,14 +80,15 @@ class Visualization:
               min_tile: int = 64) -> np.ndarray:
         """Every image as one grid, numbered by channel, as ``(H, W, 3)`` uint8 RGB.
 
-        Copies of one channel sit side by side. Tiles under ``min_tile``
+        Copies of one channel sit side by side; a dead channel's tiles are
+        crossed out (:attr:`dead`). Tiles under ``min_tile``
         pixels (28-pixel MNIST images) are enlarged, nearest neighbour.
         """
         if columns is None and self.copies > 1:
             columns = self.copies * grid_shape(len(self) // self.copies)[1]
         pictures = np.stack([self.picture(i) for i in range(len(self))])
         labels = [str(c) for c in self.channels] if numbers else None
-        grid = tile_rgb(pictures, columns=columns, labels=labels, min_tile=min_tile)
+        grid = tile_rgb(pictures, columns=columns, labels=labels, min_tile=min_tile, crossed=self.dead)
         return add_title(grid, self.title()) if title else grid
 
     def entries(self) -> list[dict[str, Any]]:
@@ -95,8 +102,19 @@ class Visualization:
                                      "activation": round(float(self.activations[i]), 6)}
             if self.labels is not None and 0 <= c < len(self.labels):
                 entry["label"] = self.labels[c]
+            if self.dead is not None:
+                entry["dead_on_probe_images"] = bool(self.dead[i])
             out.append(entry)
         return out
+
+    def dead_note(self) -> str | None:
+        """One sentence naming the dead channels and the photos that say so, else ``None``."""
+        if self.dead is None or not any(self.dead):
+            return None
+        dead = sorted({int(c) for c, d in zip(self.channels, self.dead) if d})
+        shown = ", ".join(str(c) for c in dead[:12]) + (", ..." if len(dead) > 12 else "")
+        photos = ", ".join(self.probe_images or [])
+        return f"crossed out: {len(dead)} channel(s) dead (zero on the probe photos {photos}): {shown}"
 
     def folder(self) -> str:
         """Relative folder of this run's pictures inside an output folder."""
@@ -136,6 +154,9 @@ class Visualization:
             "objective": self.objective, "negative": self.negative, "copies": self.copies,
             "folder": folder, "file": f"{folder}/atlas.png",
             "settings": self.settings,
+            "probe_images": self.probe_images,
+            "dead_channels": (sorted({int(c) for c, d in zip(self.channels, self.dead) if d})
+                              if self.dead is not None else None),
             "images": [{**e, "file": f"{folder}/{e['file']}"} for e in self.entries()],
         }
 
@@ -143,5 +164,8 @@ class Visualization:
         best = int(np.argmax(self.activations * (-1 if self.negative else 1)))
         caption = (f"{len(self)} images; activation reached {float(self.activations.min()):.3g} to "
                    f"{float(self.activations.max()):.3g} (best: {self.channels[best]})")
+        note = self.dead_note()
+        if note:
+            caption += f"; {note}"
         return png_figure_html(self.atlas(), caption)
 

@@ -13,6 +13,7 @@ from ..._errors import ConvlensError, UnsupportedModel
 from .._graph import LOGIT_ROLES
 from ..base import Gradients, OnOutput, RankedGradients, Target, check_rows, target_cotangent
 from ..base import first_line as _first_line  # one-line error messages
+from ..redirect import keras_tf_gates, torch_redirect_mode
 from .forward import KerasForward
 from .table import KERAS_ROLES, first_tensor, keras_word
 
@@ -148,7 +149,8 @@ class KerasAdapter(KerasForward):
         elif backend == "jax":
             y, score_t, acts, found, is_logit = self._jax_pass(plan, x, target)
         else:
-            y, score_t, acts, found, is_logit = self._tf_pass(plan, x, target, build_cot)
+            with keras_tf_gates(self.keras):  # redirect.py: gated ReLUs, redirected in redirected_gradients()
+                y, score_t, acts, found, is_logit = self._tf_pass(plan, x, target, build_cot)
         score_np = self._numpy(score_t)
         cot = target_cotangent(target, score_np.shape, where)
         score = (score_np.astype(np.float64) * cot).reshape(len(cot), -1).sum(axis=1)
@@ -341,7 +343,7 @@ class KerasAdapter(KerasForward):
         try:
             for p in variables:
                 p.requires_grad_(False)
-            with torch.enable_grad():
+            with torch.enable_grad(), torch_redirect_mode():  # redirect.py: only in redirected_gradients()
                 y, score_t, captured, is_logit = self._forward_for_gradients(
                     plan, self.keras.ops.convert_to_tensor(x),
                     lambda t, row: t if t.requires_grad else t.detach().requires_grad_())

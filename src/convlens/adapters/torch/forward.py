@@ -10,6 +10,7 @@ import numpy as np
 from ...core.reduce import reduce_channels
 from .._autograd import float_tensors, pick, to_numpy
 from .._device import torch_reduce_channels
+from .._tokens import Layout, TokenGrid
 from ..base import OnOutput, OnReduced
 from .table import TorchTable
 
@@ -50,9 +51,11 @@ class TorchForward(TorchTable):
 
             return self.run(batch, wanted, reduce_here)
 
-        def deliver(row: int, t: Any, last: bool) -> None:
+        def deliver(row: int, t: Any, last: Layout) -> None:
             if row in ops:
-                on_reduced(row, torch_reduce_channels(t, ops[row], last))
+                if isinstance(last, TokenGrid):  # tokens: reduced over their grid, as the map is
+                    t, last = last.to_grid(t.detach()), True
+                on_reduced(row, torch_reduce_channels(t, ops[row], bool(last)))
             else:
                 on_output(row, to_numpy(t, last))
 
@@ -64,7 +67,7 @@ class TorchForward(TorchTable):
 
         return self._run(batch, wanted, deliver, on_input)
 
-    def _run(self, batch: np.ndarray, wanted: Sequence[int], deliver: Callable[[int, Any, bool], None],
+    def _run(self, batch: np.ndarray, wanted: Sequence[int], deliver: Callable[[int, Any, Layout], None],
              on_input: Callable[[np.ndarray], None]) -> np.ndarray:
         """One hooked forward pass: ``deliver(row, tensor, channels_last)`` in each wanted row's hook,
         ``on_input(batch)`` for row 0."""
@@ -73,7 +76,7 @@ class TorchForward(TorchTable):
         batch = np.asarray(batch, dtype=np.float32)
         if 0 in wanted_set:
             on_input(batch)
-        targets: dict[int, dict[int, list[tuple[int, tuple, bool]]]] = {}
+        targets: dict[int, dict[int, list[tuple[int, tuple, Layout]]]] = {}
         modules: dict[int, Any] = {}
         for row, rec in enumerate(self._records, start=1):
             if row in wanted_set:

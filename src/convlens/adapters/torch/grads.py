@@ -10,6 +10,7 @@ import numpy as np
 from ..._errors import UnsupportedModel
 from .._autograd import HookedRow, all_tensors, float_tensors, hooked_gradients, pick, replaced, to_numpy
 from .._graph import LOGIT_ROLES
+from .._tokens import Layout
 from ..base import Gradients, OnOutput, RankedGradients, Target, check_rows, target_cotangent
 from .forward import TorchForward
 from .table import TORCH_ROLES, module_type
@@ -83,7 +84,7 @@ class TorchAdapter(TorchForward):
         if not last_shape or len(last_shape) != 1 or last_shape[0] is None:
             raise UnsupportedModel(f"{self.name}: the output is not one score per class")
         batch = np.asarray(batch, dtype=np.float32)
-        targets: dict[int, dict[int, list[tuple[int, tuple, bool]]]] = {}
+        targets: dict[int, dict[int, list[tuple[int, tuple, Layout]]]] = {}
         modules: dict[int, Any] = {}
         for row, rec in enumerate(self._records, start=1):
             if row in wanted_set or row == layer:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -18,6 +18,14 @@ from ...core.sizes import size_hint
 from .._autograd import all_tensors, batch_to_torch, canonical_shape, float_tensors
 from .._device import is_out_of_memory, module_device, out_of_memory, place_module
 from .._graph import Producer, walk_final_activation
+from .._tokens import (
+    Layout,
+    attends_globally,
+    declared_image_size,
+    find_token_grids,
+    grid_free,
+    mark_token_row,
+)
 from ..base import first_line as _first_line
 from .load import (
     PROBE_SIZE,
@@ -205,7 +213,7 @@ class _Record:
     shape: tuple[int, ...]  # canonical, without batch
     parents: list[int]
     in_shape: tuple[int, ...] | None  # torch shape of the first input tensor
-    channels_last: bool = False  # the torch tensor already holds its channels last (see _is_channels_last)
+    channels_last: Layout = False  # the torch tensor holds its channels last (see _is_channels_last), or tokens
 # --------------------------------------------------------------------------- final activation
 
 #: Modules that hand their input's values on unchanged: a softmax behind them still makes the output.
@@ -361,7 +369,7 @@ class TorchTable:
 
     def _probe_shape(self) -> tuple[list[int], list[int]]:
         """The canonical probe shape, and which of its axes are free (not given)."""
-        given = self._given
+        given = self._given if self._given is not None else declared_image_size(self.module)
         conv = self._first_conv()
         spatial_axes = _weight(conv).ndim - 2 if conv is not None else 2
         if given is None or (len(given) == spatial_axes and spatial_axes == 2):
@@ -470,7 +478,7 @@ class TorchTable:
             in_shape = tuple(inputs[0].shape) if inputs else None
             outs = list(float_tensors(output))
             parent = records[parents[0] - 1] if parents[0] > 0 else None  # row 0: the NCHW input
-            parent_last = parent is not None and parent.channels_last
+            parent_last = parent is not None and bool(parent.channels_last)
             parent_shape = parent.shape if parent is not None else canonical_shape(x.shape)
             parent_channels = parent_shape[-1] if parent_shape else None
             for key, t in outs:
@@ -504,12 +512,32 @@ class TorchTable:
                     for j, (a, b) in enumerate(zip(records, second)):
                         out_free[j] = {i for i, (da, db) in enumerate(zip(a.shape, b.shape)) if da != db}
             self._input_shape = tuple(input_shape)
+            tokens = self._token_rows(records, out_free)
             self._records = records
             rows = [LayerInfo(index=0, name="input", type="Input", kind="input", output_shape=self._input_shape)]
             for j, rec in enumerate(records):
                 rows.append(self._info(len(rows), rec, out_free[j]))
+                if j in tokens:
+                    mark_token_row(rows[-1].extra, tokens[j])
+                if attends_globally(rec.module, module_type(rec.module), rec.shape, j in tokens):
+                    rows[-1].extra["global"] = True  # every token attends to every patch
             self._layers = with_receptive_fields(rows)
         return self._layers
+
+    @staticmethod
+    def _token_rows(records: list[_Record], out_free: list[set[int]]) -> dict[int, Any]:
+        """Token rows (ViT's ``(N, 1 + h * w, C)``) made ``(h, w, C)`` maps, in place; ``{position: TokenGrid}``.
+
+        Each record's layout becomes its :class:`~convlens.adapters._tokens.TokenGrid`, so every pass
+        hands over (and takes cotangents as) the canonical map (see :mod:`convlens.adapters._tokens`).
+        """
+        grids = find_token_grids([(rec.shape, rec.channels_last, kind_of(module_type(rec.module)) == "conv")
+                                  for rec in records])
+        for j, grid in grids.items():
+            rec = records[j]
+            records[j] = replace(rec, shape=grid.map_shape(rec.shape[-1]), channels_last=grid)
+            out_free[j] = grid_free(out_free[j])
+        return grids
 
     @property
     def input_shape(self) -> tuple[int | None, ...]:
