@@ -8,7 +8,7 @@ from typing import Any
 __all__ = ["KINDS", "LayerInfo"]
 
 #: Layer kinds that selections understand.
-KINDS = ("input", "conv", "pool", "act", "dense", "norm", "merge", "reshape", "model", "other")
+KINDS = ("input", "conv", "pool", "act", "dense", "norm", "merge", "reshape", "block", "model", "other")
 
 
 @dataclass(frozen=True)
@@ -32,6 +32,14 @@ class LayerInfo:
             output has no spatial layout any more (dense, flatten) or is unknown.
         rf_jump: distance in input pixels between neighbouring outputs ``(h, w)``.
         global_rf: True when each output sees the whole input (dense, global pool).
+        parent: index of the enclosing container's row (the nesting of module
+            calls), or ``None`` at the top level; distinct from ``parents``.
+        padding: ``(top, left)`` zero padding the op adds before its window
+            (convs, pools, pads), or ``None`` when unknown or not applicable.
+        upsample: output/input scale ``(h, w)`` of upsampling and transposed
+            convs (the jump divides by it), else ``None``.
+        rf_offset: input-pixel coordinate ``(h, w)`` of the top-left corner of
+            unit ``(0, 0)``'s receptive box (negative with padding), or ``None``.
     """
 
     index: int
@@ -48,6 +56,10 @@ class LayerInfo:
     rf_size: tuple[int, int] | None = None
     rf_jump: tuple[int, int] | None = None
     global_rf: bool = False
+    parent: int | None = None
+    padding: tuple[int, int] | None = None
+    upsample: tuple[float, float] | None = None
+    rf_offset: tuple[float, float] | None = None
     extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -71,4 +83,8 @@ class LayerInfo:
             "rf_size": list(self.rf_size) if self.rf_size else None,
             "rf_jump": list(self.rf_jump) if self.rf_jump else None,
             "global_rf": self.global_rf,
+            "parent": self.parent,
+            "padding": list(self.padding) if self.padding is not None else None,
+            "upsample": list(self.upsample) if self.upsample is not None else None,
+            "rf_offset": list(self.rf_offset) if self.rf_offset is not None else None,
         }
