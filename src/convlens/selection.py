@@ -84,14 +84,15 @@ def blocks(layers: Sequence[LayerInfo]) -> list[int]:
     when the jump is unknown; only a resolution with a conv layer has stages.
     A stage ends where the network moves to another resolution: at a row fed
     by a row of another resolution (a strided conv or pool, an upsampling),
-    or rather at the outermost container around it that holds only the old
-    and the new resolution (ResNet's ``layer2``, a MobileNet's stride-2
-    inverted residual, whose expanding 1x1 conv still runs at the old one). The stage's output is
+    or rather at the outermost container around it that ends at the new
+    resolution and does no spatial work at any other (ResNet-50's ``layer2``,
+    a MobileNet's stride-2 inverted residual, whose expanding 1x1 conv still
+    runs at the old resolution). The stage's output is
     its last conv, block (a container's output) or merge (a residual
     addition) row before that; the last stage's is the last such row. So a
     ResNet's stages are ``conv1`` and ``layer1``...``layer4``, a VGG's its
-    last convs. A container that holds more than two resolutions (VGG's or
-    MobileNet's ``features``) is no stage's output. Rows that see the whole input (after a global pooling:
+    last convs. A container that holds several stages (VGG's or MobileNet's
+    ``features``) is no stage's output. Rows that see the whole input (after a global pooling:
     squeeze-and-excitation gates, ASPP's image pooling) belong to no stage.
     """
 
@@ -103,19 +104,27 @@ def blocks(layers: Sequence[LayerInfo]) -> list[int]:
     by_index = {layer.index: layer for layer in layers}
     with_conv = {key(layer) for layer in layers if layer.kind == "conv" and not layer.global_rf}
     first = {layer.index: layer.index for layer in layers}  # a container's first row: where it starts
-    spans: dict[int, set[object]] = {layer.index: {key(layer)} for layer in layers}  # resolutions inside it
+    inside: dict[int, list[LayerInfo]] = {layer.index: [] for layer in layers}
     for layer in layers:
         parent, seen = layer.parent, set()
         while parent is not None and parent in by_index and parent not in seen:
             seen.add(parent)
             first[parent] = min(first[parent], layer.index)
-            if not layer.global_rf:
-                spans[parent].add(key(layer))
+            inside[parent].append(layer)
             parent = by_index[parent].parent
+
+    def one_stage(container: LayerInfo) -> bool:
+        """Whether a container is (the start of) one stage: what it does at any resolution other than
+        the one it ends at is no spatial work at the resolution of its input (a 1x1 expansion, a norm)."""
+        entry = [by_index[p] for p in by_index[first[container.index]].parents if p in by_index]
+        return all(key(row) == key(container) or (any(key(row) == key(e) for e in entry)
+                                                  and row.rf_size in {e.rf_size for e in entry})
+                   for row in inside[container.index] if not row.global_rf)
+
     candidates = [layer for layer in layers if layer.kind in ("conv", "block", "merge") and not layer.global_rf
                   and key(layer) in with_conv]
     # a container holding several stages (VGG's or MobileNet's ``features``) is the output of none
-    candidates = [c for c in candidates if len(spans[c.index]) <= 2]
+    candidates = [c for c in candidates if not inside[c.index] or one_stage(c)]
     ends: set[int] = set()
     for layer in layers:
         if layer.global_rf or layer.kind == "input":
@@ -124,11 +133,10 @@ def blocks(layers: Sequence[LayerInfo]) -> list[int]:
             fed = by_index.get(p)
             if fed is None or fed.global_rf or key(fed) == key(layer) or key(fed) not in with_conv:
                 continue
-            # the outermost container that starts here and holds only the old and the new resolution
-            start = layer
+            start = layer  # the outermost container that opens the new stage here
             parent, seen = layer.parent, set()
             while parent is not None and parent in by_index and parent not in seen \
-                    and key(by_index[parent]) == key(layer) and spans[parent] <= {key(fed), key(layer)}:
+                    and key(by_index[parent]) == key(layer) and one_stage(by_index[parent]):
                 seen.add(parent)
                 start = by_index[parent]
                 parent = start.parent

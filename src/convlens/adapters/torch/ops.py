@@ -31,8 +31,11 @@ _OPS = {
     "cat": "cat", "concat": "cat", "concatenate": "cat",
     "interpolate": "interpolate", "upsample": "interpolate", "upsample_nearest": "interpolate",
     "upsample_bilinear": "interpolate",
-    "pad": "pad",
+    "pad": "pad", "constant_pad_nd": "pad",
     "flatten": "flatten",
+    # the aten operators a ``torch.export`` program's unflattened modules call
+    "upsample_nearest2d": "interpolate", "upsample_bilinear2d": "interpolate", "upsample_bicubic2d": "interpolate",
+    "_upsample_nearest_exact2d": "interpolate",
 }
 #: The kind of each op's row: a residual add and a concatenation merge branches, the others change geometry.
 OP_KINDS = {"add": "merge", "cat": "merge", "interpolate": "reshape", "pad": "reshape", "flatten": "reshape"}
@@ -40,7 +43,10 @@ OP_KINDS = {"add": "merge", "cat": "merge", "interpolate": "reshape", "pad": "re
 
 def op_of(func: Any) -> str | None:
     """The functional row op of a torch function (``Tensor.add_`` -> ``"add"``), or ``None``."""
-    return _OPS.get(getattr(func, "__name__", ""))
+    name = getattr(func, "__name__", "")
+    if type(func).__name__ == "OpOverload":  # ``aten.add.Tensor`` is called ``add.Tensor``
+        name = name.split(".", 1)[0]
+    return _OPS.get(name)
 
 
 def is_row(op: str, operands: Sequence[Any], from_image: Callable[[Any], bool]) -> bool:

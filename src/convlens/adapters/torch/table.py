@@ -774,7 +774,7 @@ class TorchTable:
             padding = _pad_module(_attr(module, "padding"), one_d)
         elif _resamples(type_name):
             upsample = _scale(rec.in_shape, rec.shape, rec.channels_last)
-        if rec.geometry and rec.geometry.get("pad") is not None and padding is not None:
+        if kind in ("conv", "pool") and rec.geometry and rec.geometry.get("pad") is not None and padding is not None:
             top, left = rec.geometry["pad"]  # the leaf pads its input itself before its window
             padding = (padding[0] + top, padding[1] + left)
         return LayerInfo(
