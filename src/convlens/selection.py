@@ -5,8 +5,8 @@ one of:
 
 * a kind: ``conv``, ``pool``, ``act``, ``dense``, ``norm``, ``merge``, ``block``
   (a container's output), ``all``;
-* ``blocks``: the output of each resolution stage: its last conv, block or
-  merge row before each downsampling (VGG16: indexes 2, 5, 9, 13, 17;
+* ``blocks``: the output of each resolution stage: its last conv or block
+  row before each downsampling (VGG16: indexes 2, 5, 9, 13, 17;
   torchvision ResNet-18: ``conv1``, ``layer1`` ... ``layer4``);
 * an index ``7``, a negative index ``-1``, or an inclusive range ``3-9`` / ``3..9``;
 * a glob ``block*_conv1`` (``*?[``), matched against full and short names;
@@ -87,13 +87,13 @@ def blocks(layers: Sequence[LayerInfo]) -> list[int]:
     or rather at the outermost container around it that ends at the new
     resolution and does no spatial work at any other (ResNet-50's ``layer2``,
     a MobileNet's stride-2 inverted residual, whose expanding 1x1 conv still
-    runs at the old resolution). The stage's output is
-    its last conv, block (a container's output) or merge (a residual
-    addition) row before that; the last stage's is the last such row. So a
-    ResNet's stages are ``conv1`` and ``layer1``...``layer4``, a VGG's its
-    last convs. A container that holds several stages (VGG's or MobileNet's
-    ``features``) is no stage's output. Rows that see the whole input (after a global pooling:
-    squeeze-and-excitation gates, ASPP's image pooling) belong to no stage.
+    runs at the old resolution). The stage's output is its last conv or block
+    (a container's output) row before that; the last stage's is the last such
+    row. So a ResNet's stages are ``conv1`` and ``layer1``...``layer4``, a
+    VGG's its last convs. A container that holds several stages (VGG's or
+    MobileNet's ``features``) is no stage's output. Rows that see the whole
+    input (after a global pooling: squeeze-and-excitation gates, ASPP's image
+    pooling) belong to no stage.
     """
 
     def key(layer: LayerInfo) -> object:
@@ -121,7 +121,7 @@ def blocks(layers: Sequence[LayerInfo]) -> list[int]:
                                                   and row.rf_size in {e.rf_size for e in entry})
                    for row in inside[container.index] if not row.global_rf)
 
-    candidates = [layer for layer in layers if layer.kind in ("conv", "block", "merge") and not layer.global_rf
+    candidates = [layer for layer in layers if layer.kind in ("conv", "block") and not layer.global_rf
                   and key(layer) in with_conv]
     # a container holding several stages (VGG's or MobileNet's ``features``) is the output of none
     candidates = [c for c in candidates if not inside[c.index] or one_stage(c)]
@@ -231,9 +231,9 @@ def _match_object(obj: object, layers: Sequence[LayerInfo]) -> list[int]:
     for name, what in _not_maps(layers).items():
         if what.get("module_id") == id(obj):
             raise _not_a_map(name, what)
-    name = getattr(obj, "name", None)
-    if isinstance(name, str) and not callable(getattr(obj, "named_modules", None)):
-        hits = [layer.index for layer in layers if layer.name == name or _short(layer.name) == name]
+    label = getattr(obj, "name", None)
+    if isinstance(label, str) and not callable(getattr(obj, "named_modules", None)):
+        hits = [layer.index for layer in layers if layer.name == label or _short(layer.name) == label]
         if hits:
             return hits
     same = [layer for layer in layers if layer.type == kind]
