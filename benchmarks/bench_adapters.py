@@ -10,8 +10,8 @@ For each framework, two cases run interleaved in one process:
           over as a float32 NHWC numpy array (what every convlens command
           does before drawing).
 
-``torch-blocks`` is torchvision's ResNet-50 instead, with every conv, block (container)
-and merge (residual add) row captured: the cost of hooking containers and functional ops.
+``torch-blocks`` is torchvision's ResNet-50 instead, with every conv and block
+(container) row captured: the cost of hooking containers.
 
 The network is VGG16's convolutional part (13 conv + 5 pool layers; Keras's
 ``VGG16(include_top=False)``, torchvision's ``vgg16().features``), so the four
@@ -101,8 +101,8 @@ def case_torch(tmp: Path) -> Case:
 
 
 def case_torch_blocks(tmp: Path) -> Case:
-    """torchvision ResNet-50 with its containers hooked: every conv, block (``layer1``, ``layer1.0``...)
-    and merge (the residual adds) row captured."""
+    """torchvision ResNet-50 with its containers hooked: every conv and block (``layer1``, ``layer1.0``...)
+    row captured (before containers were rows: the convs only)."""
     import torch
     import torchvision
 
@@ -116,7 +116,7 @@ def case_torch_blocks(tmp: Path) -> Case:
             return model(xt).numpy()
 
     adapter = open_model(model, input_shape=(SIZE, SIZE, 3), preprocess="raw")
-    capture, n = _capture(adapter, x, ("conv", "block", "merge"))
+    capture, n = _capture(adapter, x, ("conv", "block"))
     return plain, capture, n
 
 
