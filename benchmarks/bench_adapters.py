@@ -163,7 +163,8 @@ def case_tflite(tmp: Path) -> Case:
     return plain, capture, n
 
 
-CASES = {"keras": case_keras, "torch": case_torch, "torch-blocks": case_torch_blocks, "onnx": case_onnx, "tflite": case_tflite}
+CASES = {"keras": case_keras, "torch": case_torch, "torch-blocks": case_torch_blocks, "onnx": case_onnx,
+         "tflite": case_tflite}
 
 
 def measure(name: str, repeats: int) -> dict:
