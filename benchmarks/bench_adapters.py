@@ -10,6 +10,9 @@ For each framework, two cases run interleaved in one process:
           over as a float32 NHWC numpy array (what every convlens command
           does before drawing).
 
+``torch-blocks`` is torchvision's ResNet-50 instead, with every conv and block
+(container) row captured: the cost of hooking containers.
+
 The network is VGG16's convolutional part (13 conv + 5 pool layers; Keras's
 ``VGG16(include_top=False)``, torchvision's ``vgg16().features``), so the four
 runs do the same arithmetic. ONNX is exported from the torch network, TFLite
@@ -49,8 +52,8 @@ def _image() -> np.ndarray:
     return np.random.default_rng(0).random((1, SIZE, SIZE, 3), dtype=np.float32)
 
 
-def _capture(adapter, x: np.ndarray) -> tuple[Callable[[], object], int]:
-    convs = [layer.index for layer in adapter.layers() if layer.kind == "conv"]
+def _capture(adapter, x: np.ndarray, kinds: tuple[str, ...] = ("conv",)) -> tuple[Callable[[], object], int]:
+    convs = [layer.index for layer in adapter.layers() if layer.kind in kinds]
     held: list[np.ndarray] = []
 
     def run() -> None:
@@ -97,6 +100,26 @@ def case_torch(tmp: Path) -> Case:
     return plain, capture, n
 
 
+def case_torch_blocks(tmp: Path) -> Case:
+    """torchvision ResNet-50 with its containers hooked: every conv and block (``layer1``, ``layer1.0``...)
+    row captured (before containers were rows: the convs only)."""
+    import torch
+    import torchvision
+
+    torch.manual_seed(0)
+    model = torchvision.models.resnet50(weights=None).eval()
+    x = _image()
+    xt = torch.from_numpy(x.transpose(0, 3, 1, 2).copy())
+
+    def plain() -> object:
+        with torch.inference_mode():
+            return model(xt).numpy()
+
+    adapter = open_model(model, input_shape=(SIZE, SIZE, 3), preprocess="raw")
+    capture, n = _capture(adapter, x, ("conv", "block"))
+    return plain, capture, n
+
+
 def case_onnx(tmp: Path) -> Case:
     import onnxruntime as ort
     import torch
@@ -140,7 +163,8 @@ def case_tflite(tmp: Path) -> Case:
     return plain, capture, n
 
 
-CASES = {"keras": case_keras, "torch": case_torch, "onnx": case_onnx, "tflite": case_tflite}
+CASES = {"keras": case_keras, "torch": case_torch, "torch-blocks": case_torch_blocks, "onnx": case_onnx,
+         "tflite": case_tflite}
 
 
 def measure(name: str, repeats: int) -> dict:
@@ -180,9 +204,9 @@ def main() -> None:
         rows.append((name, json.loads(proc.stdout.strip().splitlines()[-1])))
     print(f"VGG16 conv part (random weights), one {SIZE}x{SIZE} image, medians of {args.repeats} "
           "interleaved runs after 2 warm-ups, one process per framework")
-    print(f"{'framework':<10}{'convs':>6}{'plain s':>10}{'capture s':>11}{'capture/plain':>15}")
+    print(f"{'framework':<13}{'rows':>6}{'plain s':>10}{'capture s':>11}{'capture/plain':>15}")
     for name, r in rows:
-        print(f"{name:<10}{r['convs']:>6}{r['plain']:>10.3f}{r['capture']:>11.3f}"
+        print(f"{name:<13}{r['convs']:>6}{r['plain']:>10.3f}{r['capture']:>11.3f}"
               f"{r['capture'] / r['plain']:>15.2f}")
     print("target: capture/plain <= 1.2")
 

@@ -1,7 +1,10 @@
 """The zoo sweep: real architectures with random weights, through the ``convlens`` command.
 
 Every ``keras.applications`` name convlens lists, torchvision models across
-families (classification and segmentation), and some of them exported to ONNX
+families (classification and segmentation; every conv module they call must be
+a conv row), two PyTorch models written as the codebases people bring write
+them (an EfficientNet-Lite of ``nn.Conv2d`` subclasses owning a ``ZeroPad2d``,
+a U-Net with ``F.interpolate`` and ``torch.cat``; with CAMs), and some of them exported to ONNX
 and converted to TFLite, each run through ``layers``, ``maps --layers blocks``,
 ``stats`` and ``report`` in-process (``convlens.cli.main``). Each run must end
 with status 0 and write nothing on stderr (no traceback, no framework log), each
@@ -259,6 +262,8 @@ def test_keras_applications(name, keras, opened, photo, tmp_path, capfd):
 
 @pytest.mark.parametrize("name", sorted(TORCHVISION))
 def test_torchvision(name, opened, photo, tmp_path, capfd):
+    import torchvision
+
     size = TORCHVISION[name]
     result = sweep(
         capfd,
@@ -272,6 +277,75 @@ def test_torchvision(name, opened, photo, tmp_path, capfd):
         f"{size},{size},3",
     )
     assert result["layers"][0]["output_shape"] == [size, size, 3]
+    _every_conv_is_a_row(result["layers"], torchvision.models.get_model(name, weights=None), size)
+
+
+def _every_conv_is_a_row(table: list[dict], model, size: int) -> None:
+    """Every conv module the model calls (subclasses included) is a conv row with its kernel."""
+    import torch
+
+    called: set[str] = set()
+    names = {id(m): n for n, m in model.named_modules()}
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.modules.conv._ConvNd)]
+    handles = [m.register_forward_hook(lambda m, a, o: called.add(names[id(m)])) for m in convs]
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, 3, size, size))
+    finally:
+        for h in handles:
+            h.remove()
+    rows = {row["name"].split("#")[0] for row in table if row["kind"] == "conv" and row["kernel_shape"]}
+    assert called and called <= rows, sorted(called - rows)
+
+
+# --------------------------------------------------------------------------- written as people write them
+
+
+@pytest.fixture(scope="module")
+def people_models(tmp_path_factory) -> dict[str, Path]:
+    """tests/torch_models.py's EfficientNet-Lite (static-same-padding conv subclasses) and U-Net
+    (F.interpolate, torch.cat), pickled whole (opened with --trust)."""
+    import torch
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import torch_models
+
+    root = tmp_path_factory.mktemp("zoo_people")
+    torch.manual_seed(0)
+    files = {"efficientnet_lite": root / "efficientnet_lite.pt", "unet": root / "unet.pt"}
+    torch.save(torch_models.EfficientNetLite(64).eval(), files["efficientnet_lite"])
+    torch.save(torch_models.SmallUNet().eval(), files["unet"])
+    return files
+
+
+@pytest.mark.parametrize("name", ["efficientnet_lite", "unet"])
+def test_models_written_as_people_write_them(name, people_models, opened, photo, tmp_path, capfd):
+    import torch
+
+    path = str(people_models[name])
+    result = sweep(capfd, opened, path, photo, tmp_path, "--trust", "--input-shape", "64,64,3")
+    table = result["layers"]
+    _every_conv_is_a_row(table, torch.load(path, weights_only=False), 64)
+    kinds = {row["type"]: row["kind"] for row in table}
+    if name == "unet":
+        assert kinds["interpolate"] == "reshape" and kinds["cat"] == "merge"
+    else:
+        assert kinds["Conv2dStaticSamePadding"] == "conv" and kinds["add"] == "merge"
+    # CAMs: the default layer (the classifier) or a class of the segmentation, summed over its pixels
+    cls = ["--class", "1"] if name == "unet" else []
+    cli(capfd, "heatmap", path, photo, "--trust", "--input-shape", "64,64,3", *cls, "--method",
+        "gradcam,gradcam++", "--out", str(tmp_path / "cams"))
+    index = json.loads((tmp_path / "cams" / "index.json").read_text())
+    entries = index["heatmaps"]
+    assert len(entries) == 2, index
+    for entry in entries:
+        assert not_blank_png(tmp_path / "cams" / entry["file"])
+
+
+def not_blank_png(png: Path) -> bool:
+    with PIL.Image.open(png) as im:
+        pixels = np.asarray(im.convert("RGB"))
+    return pixels.reshape(-1, 3).std(axis=0).max() > 1
 
 
 # --------------------------------------------------------------------------- exported files

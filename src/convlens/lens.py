@@ -82,13 +82,31 @@ def _rf_cells(layer: LayerInfo, times: str = "x") -> tuple[str, str]:
     return pair_text(layer.rf_size, times=times), pair_text(layer.rf_jump, times=times)
 
 
+def _depths(layers: Sequence[LayerInfo]) -> list[int]:
+    """How deep each row is nested in containers (its ``parent`` chain's length; 0 at the top)."""
+    by_index = {layer.index: layer for layer in layers}
+    depths: list[int] = []
+    for layer in layers:
+        depth, seen, parent = 0, {layer.index}, layer.parent
+        while parent is not None and parent in by_index and parent not in seen:
+            seen.add(parent)
+            depth += 1
+            parent = by_index[parent].parent
+        depths.append(depth)
+    return depths
+
+
 def format_table(layers: Sequence[LayerInfo]) -> str:
-    """The layer table as aligned text."""
+    """The layer table as aligned text; a row inside a container is indented under it (two spaces a level).
+
+    A container's own row comes after its contents (rows are in the order
+    their outputs are made): it is the block's output.
+    """
     head = ("#", "name", "type", "output shape", "params", "kernel", "stride", "RF", "jump")
     rows = [head]
-    for layer in layers:
+    for layer, depth in zip(layers, _depths(layers)):
         rows.append((
-            str(layer.index), layer.name, layer.type, _shape(layer.output_shape), f"{layer.params:,}",
+            str(layer.index), "  " * depth + layer.name, layer.type, _shape(layer.output_shape), f"{layer.params:,}",
             _shape(layer.kernel_shape) if layer.kernel_shape else "-",
             pair_text(layer.stride),
             *_rf_cells(layer),

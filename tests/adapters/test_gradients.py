@@ -715,7 +715,7 @@ class Branches(nn.Module):
 
 def test_torch_a_parallel_branch_gets_its_own_gradient():
     adapter = TorchAdapter(Branches(), input_shape=(H, W, C_IN))
-    assert [t.name for t in adapter.layers()] == ["input", "a", "b", "c", "fc"]
+    assert [t.name for t in adapter.layers()] == ["input", "a", "b", "c", "add", "fc"]  # b + c: a merge row
     x = _batch()
     for layers in ([2, 3], [1, 2, 3]):
         g = adapter.gradients(x, Target(channels=(1,)), layers=layers)

@@ -127,19 +127,20 @@ def test_tuple_and_dict_outputs_give_one_row_per_float_tensor():
     adapter = TorchAdapter(TupleNet(), input_shape=(4, 4, 2))
     table = adapter.layers()
     # the pool returns (values, int64 indices): one float tensor, so the row keeps its name
-    assert [t.name for t in table] == ["input", "split:0", "split:1.0", "pool", "heads:low", "heads:high"]
-    assert table[3].output_shape == (2, 2, 2) and table[3].kind == "pool"
-    # ``a + b`` happens outside any module: the pool falls back to the previous row
-    assert [t.parents for t in table[1:]] == [(0,), (0,), (2,), (3,), (3,)]
+    assert [t.name for t in table] == ["input", "split:0", "split:1.0", "add", "pool", "heads:low", "heads:high"]
+    assert table[4].output_shape == (2, 2, 2) and table[4].kind == "pool"
+    # ``a + b`` in the model's forward merges two rows: an ``add`` row of its own feeds the pool
+    assert table[3].kind == "merge" and [t.parents for t in table[1:]] == [(0,), (0,), (1, 2), (3,), (4,), (4,)]
     x = np.random.default_rng(0).normal(size=(1, 4, 4, 2)).astype(np.float32)
-    got, y = _run(adapter, x, [1, 2, 3, 4, 5])
+    got, y = _run(adapter, x, [1, 2, 3, 4, 5, 6])
     np.testing.assert_allclose(got[1], x + 1)
     np.testing.assert_allclose(got[2], x * 2)
+    np.testing.assert_allclose(got[3], 3 * x + 1, rtol=1e-6)
     pooled = (3 * x + 1).reshape(1, 2, 2, 2, 2, 2).max(axis=(2, 4))
-    np.testing.assert_allclose(got[3], pooled, rtol=1e-6)
-    np.testing.assert_allclose(got[4], pooled - 1, rtol=1e-6)
-    np.testing.assert_allclose(got[5], pooled + 1, rtol=1e-6)
-    np.testing.assert_allclose(y, got[4])  # the model's output: its first float tensor ("low")
+    np.testing.assert_allclose(got[4], pooled, rtol=1e-6)
+    np.testing.assert_allclose(got[5], pooled - 1, rtol=1e-6)
+    np.testing.assert_allclose(got[6], pooled + 1, rtol=1e-6)
+    np.testing.assert_allclose(y, got[5])  # the model's output: its first float tensor ("low")
 
 
 class Gate(nn.Module):
@@ -372,7 +373,7 @@ def test_channels_last_outputs_are_not_moved_again(tmp_path):
         shapes = {t.name: t.output_shape for t in lens.layers()}
         assert shapes == {"input": (6, 8, 3), "dw": (6, 8, 3), "to_last": (6, 8, 3), "norm": (6, 8, 3),
                           "fc": (6, 8, 5), "act": (6, 8, 5), "to_first": (6, 8, 5), "patch": (3, 4, 4),
-                          "drop": (3, 4, 4), "token_fc": (3, 4, 6)}
+                          "flatten": (3, 4, 4), "drop": (3, 4, 4), "token_fc": (3, 4, 6)}  # flatten(2): a row
         maps = lens.feature_maps(list(x), layers="all", preprocess="raw")
         for name, array in want.items():
             np.testing.assert_allclose(maps[name], array, rtol=1e-5, atol=1e-5, err_msg=name)
@@ -412,8 +413,8 @@ def test_pt2_program_follows_the_original_names(small, tmp_path):
     assert dyn.input_shape == (None, 20, 3) and dyn.name == "SmallNet"
     assert dyn.layers()[1].output_shape == (None, 18, 4) and dyn.layers()[-1].output_shape == (2,)
     names = [t.name for t in exported.layers()]
-    assert names == ["input", "features.0", "features.1", "features.2", "features.3", "features.4",
-                     "head.0", "head.1", "head.2"]
+    assert names == ["input", "features.0", "features.1", "features.2", "features.3", "features.4", "features",
+                     "head.0", "head.1", "head.2", "head"]
     assert [(t.type, t.kind) for t in exported.layers()[1:4]] == [
         ("Conv2d", "conv"), ("ReLU", "act"), ("MaxPool2d", "pool")]
     assert [t.kernel_shape for t in exported.layers()] == [t.kernel_shape for t in eager.layers()]
@@ -600,7 +601,7 @@ def test_torchvision_resnet18_through_the_cli(tmp_path):
     index = json.loads((out / "index.json").read_text())
     assert index["framework"] == "torch" and index["options"]["preprocess"] == "torch"
     assert [e["layer"] for e in index["maps"]] == [
-        "conv1", "layer1.0.conv1", "layer1.1.conv2", "layer2.1.conv2", "layer3.1.conv2", "layer4.1.conv2"]
+        "conv1", "layer1.0.conv1", "layer1", "layer2", "layer3", "layer4"]  # blocks: the stages' outputs
     assert [e["shape"] for e in index["maps"]][-1] == [7, 7, 512]
     assert main(["filters", "torchvision:resnet18", "--weights", "none", "--layers", "conv1,layer4.1.conv2",
                  "--out", str(out)], stdout=stdout, stderr=stderr) == 0, stderr.getvalue()
@@ -676,8 +677,8 @@ def test_select_blocks_on_a_torch_model(small):
 def test_compiled_and_traced_modules_keep_the_original_names(small):
     names = [t.name for t in Lens(small).layers()]
     assert [t.name for t in Lens(torch.compile(small)).layers()] == names  # never compiled: the eager module
-    traced = torch.fx.symbolic_trace(small)
-    assert [t.name for t in Lens(traced).layers()] == names
+    traced = torch.fx.symbolic_trace(small)  # its graph calls the leaves directly: no container rows
+    assert [t.name for t in Lens(traced).layers()] == [t.name for t in Lens(small).layers() if t.kind != "block"]
 
 
 def test_failed_download_prints_nothing(tmp_path, monkeypatch, capfd):

@@ -48,7 +48,7 @@ from pytorch_grad_cam.utils.svd_on_activations import get_2d_projection
 from convlens import methods
 from convlens.adapters import open_model
 
-LAYER = "layer4.1.relu#2"  # the output of torchvision's layer4 (its last block's final ReLU)
+LAYER = "layer4.1"  # torchvision's layer4[-1]: its last block, whose output is its final ReLU's
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,7 @@ the helpers that walk and convert the tensors a module returns.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -163,7 +164,9 @@ def hooked_gradients(module: Any, forward: Callable[[Any], Any], x: Any, batch: 
                      cotangent: Callable[[tuple[int, ...]], np.ndarray], *, wrt_input: bool,
                      need_output: bool, softmax: Any = None, input_channels_last: bool = False,
                      output_channels_last: bool = False, given: Mapping[int, Any] | None = None,
-                     no_output: Callable[[int], Exception]) -> Gradients:
+                     no_output: Callable[[int], Exception],
+                     around: Callable[[Callable[[int, Any], Any]], AbstractContextManager] | None = None
+                     ) -> Gradients:
     """One forward and one backward pass through a torch module, tensors captured by forward hooks.
 
     No parameter gets a gradient: every ``requires_grad`` flag is off for the
@@ -198,6 +201,10 @@ def hooked_gradients(module: Any, forward: Callable[[Any], Any], x: Any, batch: 
             ``forward`` uses as they are: they become leaves (``requires_grad``
             set in place) and their modules are not hooked.
         no_output: the error for a needed row that gave no output.
+        around: for rows that no module returns (``hooked[row].module`` is
+            ``None``: a torch adapter's functional rows), a context around the
+            forward pass given ``take(row, tensor) -> replacement``, which it
+            calls with each such row's tensor as the pass makes it.
     """
     import torch
 
@@ -209,6 +216,8 @@ def hooked_gradients(module: Any, forward: Callable[[Any], Any], x: Any, batch: 
     given = dict(given or {})
     for row in needed - {0} - set(given):
         h = hooked[row]
+        if h.module is None:
+            continue  # made by ``around``
         plan.setdefault(id(h.module), {}).setdefault(h.call, []).append((row, h.key))
         modules[id(h.module)] = h.module
     if target_layer is not None:
@@ -219,6 +228,12 @@ def hooked_gradients(module: Any, forward: Callable[[Any], Any], x: Any, batch: 
     pre_softmax: list[Any] = []  # (input, output) of the softmax's last call
     calls: dict[int, int] = {}
 
+    def take(row: int, t: Any) -> Any:
+        if not t.requires_grad:  # a leaf: autograd records only what comes after it
+            t = t.detach().requires_grad_()
+        captured[row] = t
+        return t.clone()  # an in-place op after this module changes the clone only
+
     def hook(mod: Any, args: Any, kwargs: Any, output: Any) -> Any:
         k = calls.get(id(mod), 0)
         calls[id(mod)] = k + 1
@@ -227,11 +242,7 @@ def hooked_gradients(module: Any, forward: Callable[[Any], Any], x: Any, batch: 
             pre_softmax[:] = [inputs[0] if inputs else None, output]
         replace: dict[tuple, Any] = {}
         for row, key in plan.get(id(mod), {}).get(k, ()):
-            t = pick(output, key)
-            if not t.requires_grad:  # a leaf: autograd records only what comes after it
-                t = t.detach().requires_grad_()
-            captured[row] = t
-            replace[key] = t.clone()  # an in-place op after this module changes the clone only
+            replace[key] = take(row, pick(output, key))
         if stop_after is not None and needed <= captured.keys():
             raise _StopForward
         return replaced(output, replace) if replace else None
@@ -250,7 +261,7 @@ def hooked_gradients(module: Any, forward: Callable[[Any], Any], x: Any, batch: 
         module.eval()
         for m in modules.values():
             handles.append(m.register_forward_hook(hook, with_kwargs=True))
-        with torch.enable_grad():
+        with torch.enable_grad(), (around(take) if around is not None else nullcontext()):
             try:
                 if stop_after is not None and needed <= captured.keys():
                     raise _StopForward  # everything needed is given

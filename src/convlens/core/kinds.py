@@ -17,7 +17,9 @@ _RULES: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("norm", re.compile(r"norm", re.I)),
     ("merge", re.compile(r"^(Add|Concatenate|Concat|Multiply|Mul|Average|Maximum|Minimum|Subtract|Sub)$", re.I)),
     ("reshape", re.compile(r"^(Flatten|Reshape|Permute|ZeroPadding\dD|Cropping\dD|Pad|Dropout\w*|"
-                           r"SpatialDropout\dD|Rescaling|Resizing|Identity|UpSampling\dD|Upsample)$", re.I)),
+                           r"SpatialDropout\dD|Rescaling|Resizing|Identity|UpSampling\dD|Upsample|"
+                           r"(Zero|Constant|Reflection|Replication|Circular)Pad\dd|"
+                           r"Upsampling(Nearest|Bilinear)2d|PixelShuffle|PixelUnshuffle)$", re.I)),
 )
 
 

@@ -138,8 +138,9 @@ def default_layer(table: Sequence[LayerInfo]) -> LayerInfo:
     More precisely, the last layer (in execution order, the model's output
     excluded) whose output has the same resolution as the last conv layer's,
     so that the ReLU, normalisation or residual addition that follows the
-    conv is included: ResNet-18 ``layer4.1.relu#2`` (the output of
-    ``layer4``, pytorch-grad-cam's recommended ``model.layer4[-1]``),
+    conv is included; named by the innermost block that hands it on as its
+    output: ResNet-18 ``layer4.1`` (the output of ``layer4.1.relu#2``,
+    pytorch-grad-cam's recommended ``model.layer4[-1]``),
     torchvision VGG16 ``features.29`` (relu5_3, the Grad-CAM paper's layer,
     14x14; pytorch-grad-cam's README suggests the 7x7 pool after it), Keras
     VGG16 ``block5_conv3``, MobileNetV2 ``features.18.2`` / ``out_relu``, the
@@ -160,16 +161,33 @@ def default_layer(table: Sequence[LayerInfo]) -> LayerInfo:
     if not convs:
         return rows[-1]
     last = convs[-1]
-    return [layer for layer in rows if layer.index >= last.index and _hw(layer) == _hw(last)][-1]
+    chosen = [layer for layer in rows if layer.index >= last.index and _hw(layer) == _hw(last)
+              and layer.kind != "block"][-1]
+    return _enclosing_block(table, chosen)
 
 
-def resolve_layer(table: Sequence[LayerInfo], layer: str | int | LayerInfo | None) -> LayerInfo:
+def _enclosing_block(table: Sequence[LayerInfo], row: LayerInfo) -> LayerInfo:
+    """The innermost container row whose output is ``row``'s own (``layer4.1`` for ``layer4.1.relu#2``), else ``row``.
+
+    A container that ends with a row hands that row's tensor on as its output
+    (its one data parent is that row); naming the block is what users write
+    (pytorch-grad-cam's ``model.layer4[-1]``).
+    """
+    for layer in table[row.index + 1:]:
+        if layer.kind == "block" and layer.parents == (row.index,) and layer.output_shape == row.output_shape:
+            return layer
+    return row
+
+
+def resolve_layer(table: Sequence[LayerInfo], layer: str | int | LayerInfo | object | None) -> LayerInfo:
     """The one layer a CAM method runs on.
 
     Args:
         table: the model's layer table.
         layer: a name or selection term naming one layer, a table index, a
-            :class:`LayerInfo`, or ``None`` for :func:`default_layer`.
+            :class:`LayerInfo`, a layer object of the model (a
+            ``torch.nn.Module`` such as ``model.layer4[-1]``), or ``None`` for
+            :func:`default_layer`.
 
     Raises:
         LayerNotFound: no such layer.
@@ -181,7 +199,8 @@ def resolve_layer(table: Sequence[LayerInfo], layer: str | int | LayerInfo | Non
     if isinstance(layer, LayerInfo):
         chosen = table[layer.index]
     else:
-        hits = select_indexes(table, str(layer))
+        # a layer object (``model.layer4[-1]``) is matched by identity, anything else as a term
+        hits = select_indexes(table, layer if not isinstance(layer, (str, int)) else str(layer))
         if len(hits) != 1:
             raise BadArgument(
                 f"layer {layer!r} names {len(hits)} layers; a CAM needs one "

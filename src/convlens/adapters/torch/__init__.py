@@ -6,13 +6,22 @@ table comes from one probe pass on zeros with hooks on every module.
 
 What a row is:
 
-* one *innermost* module call: a call of a module during which no other
-  module was called. Leaf modules (``Conv2d``, ``ReLU``...) are rows; so is a
-  module with children that computes everything itself (``MultiheadAttention``
-  calls its weights functionally). Work done by a parent module between its
-  children's calls (ResNet's ``out += identity``, ``torch.flatten``) has no
-  row of its own.
-* rows are in call order, the input being row 0; names follow
+* every module call (the model itself excepted, unless it has no
+  children). A call during which other modules were called is a container:
+  its row comes after its contents' rows (it is their output, a ``block``),
+  and theirs have it as their ``parent``. A container that subclasses a
+  torch conv, pool or norm keeps that kind with its kernel and stride (an
+  EfficientNet's static-same-padding ``Conv2d`` calling its own
+  ``ZeroPad2d``). A module with children that computes everything itself
+  (``MultiheadAttention`` calls its weights functionally) is a leaf.
+* functional ops a container runs between its children's calls, where they
+  merge branches or change geometry: ``+`` of two image-derived tensors
+  (ResNet's ``out += identity``: ``layer1.0.add``, kind ``merge``),
+  ``torch.cat`` (``merge``), ``F.interpolate``, ``F.pad``, ``flatten``
+  (``reshape``), seen by a ``__torch_function__`` mode (:mod:`.ops`).
+* rows are in the order their outputs are made, the input being row 0;
+  functional rows are named after their container (``up1.cat``; at the
+  top, the op alone: ``flatten``); names follow
   ``named_modules()`` (``layer1.0.conv1``); the k-th call of a module called
   several times is ``name#k`` (torchvision's ``BasicBlock`` calls its ``relu``
   twice: ``layer1.0.relu`` and ``layer1.0.relu#2``).
@@ -21,7 +30,8 @@ What a row is:
   pooled map and integer indices) the row keeps the module's name; otherwise
   rows are ``name:KEY`` with KEY the position or dict key, nested keys joined
   by dots (``lstm:0``, ``lstm:1.0``, ``heads:logits``). Integer tensors
-  (indices, masks) are not rows. The model's own output (what ``run`` returns)
+  (indices, masks) are not rows; naming a module whose output holds no
+  floating-point tensor says what it returns. The model's own output (what ``run`` returns)
   is the first floating-point tensor of whatever ``forward`` returns.
 
 Layouts (the contract of :mod:`convlens.adapters.base`): batches arrive
@@ -39,7 +49,8 @@ whether the module accepts any size, in which case the input shape is
 probes is ``None`` in the table.
 
 The package, one concern a module: ``load`` (torch.load safety, ``.pt2`` programs, torchvision
-names); ``table`` (the layer table and the final activation, class ``TorchTable``); ``forward``
+names); ``ops`` (the functional ops that are rows, the
+``__torch_function__`` mode); ``table`` (the layer table and the final activation, class ``TorchTable``); ``forward``
 (``run``, class ``TorchForward``); ``grads`` (gradients, class :class:`TorchAdapter`, the adapter).
 Each imports only from the ones before it.
 

@@ -9,11 +9,10 @@ import numpy as np
 
 from ..._errors import UnsupportedModel
 from .._autograd import HookedRow, all_tensors, float_tensors, hooked_gradients, pick, replaced, to_numpy
-from .._graph import LOGIT_ROLES
 from .._tokens import Layout
 from ..base import Gradients, OnOutput, RankedGradients, Target, check_rows, target_cotangent
 from .forward import TorchForward
-from .table import TORCH_ROLES, module_type
+from .table import logit_module
 
 
 class TorchAdapter(TorchForward):
@@ -44,19 +43,17 @@ class TorchAdapter(TorchForward):
         table = self.layers()
         rows = check_rows(table, layers, target, self.name)
         needed = set(rows) | ({int(target.layer)} if target.layer is not None else set())
-        hooked = {r: HookedRow(rec.module, rec.call, rec.key, rec.channels_last)
+        hooked = {r: HookedRow(rec.module if rec.op is None else None, rec.call, rec.key, rec.channels_last)
                   for r, rec in enumerate(self._records, start=1) if r in needed}
-        last = self._records[-1] if self._records else None
         # a final Softmax/Softmax2d/LogSoftmax turns logits into (log-)probabilities: the score is read before it
-        softmax = None
-        if last is not None and TORCH_ROLES.get(module_type(last.module)) in LOGIT_ROLES:
-            softmax = last.module
+        softmax = logit_module(self._records, self._output_row)
         where = None if target.layer is None else table[int(target.layer)].name
         batch = np.asarray(batch, dtype=np.float32)
         return hooked_gradients(
             self.module, self._forward, self._to_torch(batch), batch, hooked, rows, target.layer,
             lambda shape: target_cotangent(target, shape, where), wrt_input=wrt_input,
             need_output=need_output, softmax=softmax,
+            around=lambda take: self.functional_capture(needed, take),
             no_output=lambda r: UnsupportedModel(
                 f"layer {table[r].name} (row {r}) gave no output in this pass of {self.name} (its module was "
                 "not called for this input); pick another layer"))
@@ -84,17 +81,8 @@ class TorchAdapter(TorchForward):
         if not last_shape or len(last_shape) != 1 or last_shape[0] is None:
             raise UnsupportedModel(f"{self.name}: the output is not one score per class")
         batch = np.asarray(batch, dtype=np.float32)
-        targets: dict[int, dict[int, list[tuple[int, tuple, Layout]]]] = {}
-        modules: dict[int, Any] = {}
-        for row, rec in enumerate(self._records, start=1):
-            if row in wanted_set or row == layer:
-                targets.setdefault(id(rec.module), {}).setdefault(rec.call, []).append(
-                    (row, rec.key, rec.channels_last))
-                modules[id(rec.module)] = rec.module
-        last = self._records[-1] if self._records else None
-        softmax = None
-        if last is not None and TORCH_ROLES.get(module_type(last.module)) in LOGIT_ROLES:
-            softmax = last.module
+        targets, modules = self._module_targets(wanted_set | {layer})
+        softmax = logit_module(self._records, self._output_row)
         if softmax is not None:
             modules[id(softmax)] = softmax
         calls: dict[int, int] = {}
@@ -110,14 +98,19 @@ class TorchAdapter(TorchForward):
                 pre_softmax[:] = [inputs[0] if inputs else None, output]
             replace: dict[tuple, Any] = {}
             for row, key, channels_last in targets.get(id(module), {}).get(k, ()):
-                t = pick(output, key)
-                if row in wanted_set:
-                    kept.append((row, to_numpy(t, channels_last)))
-                if row == layer and not cam:
-                    leaf = t.detach().requires_grad_()
-                    cam[:] = [leaf, channels_last]
-                    replace[key] = leaf.clone()  # an in-place op after this module changes the clone only
+                new = take(row, pick(output, key), channels_last)
+                if new is not None:
+                    replace[key] = new
             return replaced(output, replace) if replace else None
+
+        def take(row: int, t: Any, channels_last: Layout) -> Any:
+            if row in wanted_set:
+                kept.append((row, to_numpy(t, channels_last)))
+            if row == layer and not cam:
+                leaf = t.detach().requires_grad_()
+                cam[:] = [leaf, channels_last]
+                return leaf.clone()  # an in-place op after this module changes the clone only
+            return None
 
         params = [(p, p.requires_grad) for p in self.module.parameters()]
         flags = [(m, m.training) for m in self.module.modules()]
@@ -125,7 +118,8 @@ class TorchAdapter(TorchForward):
             for p, _ in params:
                 p.requires_grad_(False)
             self.module.eval()
-            with torch.enable_grad(), self._hooked(list(modules.values()), hook):
+            with torch.enable_grad(), self._hooked(list(modules.values()), hook), self.functional_capture(
+                    wanted_set | {layer}, lambda row, t: take(row, t, self._records[row - 1].channels_last)):
                 y = self._forward(self._to_torch(batch))
             first = next(iter(float_tensors(y)), None)
             out_t = first[1] if first is not None else None

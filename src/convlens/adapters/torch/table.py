@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -17,7 +17,7 @@ from ...core.receptive import resample_geometry, with_receptive_fields
 from ...core.sizes import size_hint
 from .._autograd import all_tensors, batch_to_torch, canonical_shape, float_tensors
 from .._device import is_out_of_memory, module_device, out_of_memory, place_module
-from .._graph import Producer, walk_final_activation
+from .._graph import LOGIT_ROLES, Producer, walk_final_activation
 from .._tokens import (
     Layout,
     attends_globally,
@@ -36,6 +36,7 @@ from .load import (
     import_torch,
     unflatten,
 )
+from .ops import OP_KINDS, interpolate_args, is_row, op_of, op_watch, pad_amounts
 
 #: Modules that work on the last axis: their 3-D and 4-D outputs are channels-last already
 #: (transformer tokens ``(N, L, C)``, ConvNeXt's ``Linear`` layers on ``(N, H, W, C)``).
@@ -184,11 +185,110 @@ def _canonical_kernel(w: np.ndarray, type_name: str, groups: int) -> np.ndarray:
     return np.ascontiguousarray(w)
 
 
-def _params(module: Any) -> int:
-    """Weights of a module: parameters and floating-point buffers (BatchNorm's running stats), as Keras counts."""
-    n = sum(int(p.numel()) for p in module.parameters() if not _is_lazy(p))
-    n += sum(int(b.numel()) for b in module.buffers() if b.is_floating_point())
+def _params(module: Any, recurse: bool = True) -> int:
+    """Weights of a module: parameters and floating-point buffers (BatchNorm's running stats), as Keras counts.
+
+    A container's row counts only its own (``recurse=False``: a conv subclass's
+    kernel, a ConvNeXt block's layer scale): its children's rows count theirs,
+    so the table's total is the model's.
+    """
+    n = sum(int(p.numel()) for p in module.parameters(recurse=recurse) if not _is_lazy(p))
+    n += sum(int(b.numel()) for b in module.buffers(recurse=recurse) if b.is_floating_point())
     return n
+
+
+def _torch_kind(module: Any, type_name: str, container: bool) -> str:
+    """A row's kind: a conv, pool or norm subclass keeps that kind, any other container is a ``block``.
+
+    A leaf goes by its class name (:func:`~convlens.core.kinds.kind_of`, which also
+    reads ``torch.export.unflatten``'s copies), unless it subclasses a torch conv,
+    pool or norm under another name. A container goes by its classes only:
+    torchvision's ``Conv2dNormActivation`` is a ``Sequential`` (a block), an
+    EfficientNet's static-same-padding ``Conv2d`` subclass calling its own
+    ``ZeroPad2d`` is a conv.
+    """
+    import torch.nn.modules as mods
+
+    by_class = None
+    if isinstance(module, mods.conv._ConvNd):
+        by_class = "conv"
+    elif isinstance(module, (mods.pooling._MaxPoolNd, mods.pooling._AvgPoolNd, mods.pooling._AdaptiveAvgPoolNd,
+                             mods.pooling._AdaptiveMaxPoolNd, mods.pooling._LPPoolNd)):
+        by_class = "pool"
+    elif isinstance(module, (mods.batchnorm._NormBase, mods.normalization.GroupNorm,
+                             mods.normalization.LayerNorm, mods.normalization.LocalResponseNorm)):
+        by_class = "norm"
+    if container:
+        return by_class or "block"
+    kind = kind_of(type_name)
+    if kind in ("model", "input"):
+        kind = "other"
+    return by_class or kind
+
+
+def _padding(value: Any, size: tuple[int, int] | None, dilation: tuple[int, int] | None,
+             one_d: bool) -> tuple[int, int] | None:
+    """``(top, left)`` zero padding of a conv or pool from its ``padding`` argument (``"same"`` included)."""
+    if isinstance(value, str):
+        if value == "valid":
+            return (0, 0)
+        if value == "same" and size is not None:
+            d = dilation or (1, 1)
+            # torch pads "same" with the smaller half before the window
+            return ((size[0] - 1) * d[0] // 2, (size[1] - 1) * d[1] // 2)
+        return None
+    try:
+        return _pair(value, one_d) if value is not None else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _pad_module(value: Any, one_d: bool) -> tuple[int, int] | None:
+    """``(top, left)`` of a padding module (``ZeroPad2d``'s ``padding`` is ``(left, right, top, bottom)``)."""
+    if isinstance(value, (int, np.integer)):
+        return (0, int(value)) if one_d else (int(value), int(value))
+    try:
+        vals = [int(v) for v in value]
+    except (TypeError, ValueError):
+        return None
+    if len(vals) >= 4:
+        return vals[2], vals[0]
+    if len(vals) == 2:
+        return 0, vals[0]
+    return None
+
+
+def _resamples(type_name: str) -> bool:
+    return type_name in ("Upsample", "UpsamplingNearest2d", "UpsamplingBilinear2d", "PixelShuffle", "PixelUnshuffle")
+
+
+def _interpolation(rec: _Record) -> dict[str, Any] | None:
+    """An ``F.interpolate`` row's fields from its mode, ``align_corners`` and scale
+    (:func:`~convlens.core.receptive.resample_geometry`), or ``None`` where they cannot be read."""
+    args = (rec.geometry or {}).get("interpolate")
+    if not args or not args.get("mode") or rec.in_shape is None or len(rec.in_shape) != 4 or len(rec.shape) != 3:
+        return None
+    mode, corners = str(args["mode"]), bool(args.get("align_corners"))
+    last = bool(rec.channels_last)
+    in_hw = tuple(rec.in_shape[1:3]) if last else tuple(rec.in_shape[2:])
+    return resample_geometry(
+        mode.replace("nearest-exact", "nearest"), in_hw, rec.shape[:2],
+        scale=None if corners else args.get("scale"),
+        coordinates="align_corners" if corners else "half_pixel" if mode != "nearest" else "asymmetric",
+        rounding="round_prefer_ceil" if mode == "nearest-exact" else "floor")
+
+
+def _scale(in_shape: Sequence[int] | None, out_shape: Sequence[int], channels_last: bool) -> tuple[float, float] | None:
+    """Output/input size ``(h, w)`` of a resampling row (torch ``in_shape`` with batch, canonical ``out_shape``)."""
+    if in_shape is None or len(in_shape) not in (3, 4) or len(out_shape) != len(in_shape) - 1:
+        return None
+    spatial_in = list(in_shape[1:-1]) if channels_last else list(in_shape[2:])
+    spatial_out = list(out_shape[:-1])
+    if len(spatial_in) == 1:
+        spatial_in, spatial_out = [1, *spatial_in], [1, *spatial_out]
+    if any(int(d) == 0 for d in spatial_in):
+        return None
+    return (spatial_out[0] / spatial_in[0], spatial_out[1] / spatial_in[1])
 
 
 def _required_inputs(module: Any) -> list[str]:
@@ -214,6 +314,38 @@ class _Record:
     parents: list[int]
     in_shape: tuple[int, ...] | None  # torch shape of the first input tensor
     channels_last: Layout = False  # the torch tensor holds its channels last (see _is_channels_last), or tokens
+    parent: int | None = None  # the enclosing container's row (set when the container's call ends)
+    container: bool = False  # a module call during which other modules were called
+    op: str | None = None  # a functional row: "add", "cat", "interpolate", "pad" or "flatten" ...
+    occurrence: int = 0  # ... the occurrence-th such op run by ``module``'s ``call``-th call itself
+    geometry: dict[str, Any] | None = None  # a functional row's arguments (pad amounts), a leaf's inner F.pad
+@dataclass
+class _Frame:
+    """One running module call during the probe pass."""
+
+    module: Any
+    call: int
+    called: bool = False  # another module was called during this one: a container call
+    rows: list[int] = field(default_factory=list)  # rows made directly inside it (children, functional ops)
+    ops: dict[str, int] = field(default_factory=dict)  # functional ops run by it, by name
+    pads: list[tuple[int, int]] = field(default_factory=list)  # a leaf's own F.pad calls: (top, left)
+
+
+def _not_a_map(output: Any) -> str:
+    """What a module returned that holds no floating-point tensor, in words (for an error message)."""
+    import torch
+
+    ints = [t for t in all_tensors(output) if isinstance(t, torch.Tensor)]
+    if ints:
+        t = ints[0]
+        return f"an integer tensor ({str(t.dtype).replace('torch.', '')}, shape {tuple(t.shape)})"
+    if isinstance(output, torch.Size):
+        return f"a shape {tuple(output)}"
+    return f"a {type(output).__name__}, not a tensor"
+
+
+
+
 # --------------------------------------------------------------------------- final activation
 
 #: Modules that hand their input's values on unchanged: a softmax behind them still makes the output.
@@ -248,7 +380,7 @@ def torch_final_activation(records: Sequence[_Record], output_row: int | None) -
         if not 0 < row <= len(records):
             return None
         rec = records[row - 1]
-        return Producer(module_type(rec.module), rec.parents[:1])
+        return Producer(_role_type(rec), rec.parents[:1])
 
     return walk_final_activation(output_row, producer, TORCH_ROLES, limit=len(records) + 1).answer
 
@@ -307,6 +439,38 @@ def _geometry(module: Any, type_name: str, kind: str, size: tuple[int, int] | No
             "upsample": (float(step[0]), float(step[1]))}
 
 
+def _role_type(rec: _Record) -> str:
+    """The type a row has in :data:`TORCH_ROLES`: a block hands on its inner row's values, a
+    conv subclass is a ``Conv2d``, ``flatten`` a ``Flatten``."""
+    if rec.op is not None:
+        return "Flatten" if rec.op == "flatten" else rec.op
+    if rec.container:
+        kind = _torch_kind(rec.module, module_type(rec.module), True)
+        return "Conv2d" if kind == "conv" else "Identity" if kind == "block" else module_type(rec.module)
+    return module_type(rec.module)
+
+
+def logit_module(records: Sequence[_Record], output_row: int | None) -> Any:
+    """The softmax-like module (``Softmax``, ``LogSoftmax``) that makes the model's output, else ``None``.
+
+    From the row ``forward`` returned (the last row when ``None``), through the
+    blocks handing it on, to the module that computed it; a gradient pass
+    reads the class score at its input.
+    """
+    row = output_row if output_row else len(records)
+    for _ in range(len(records)):
+        if not 0 < row <= len(records):
+            return None
+        rec = records[row - 1]
+        if rec.op is None and rec.container and _role_type(rec) == "Identity" and rec.parents:
+            row = rec.parents[0]
+            continue
+        if rec.op is None and TORCH_ROLES.get(module_type(rec.module)) in LOGIT_ROLES:
+            return rec.module
+        return None
+    return None
+
+
 class TorchTable:
     """A torch module's set-up and layer table (the rows of the probe pass); see :class:`TorchAdapter`."""
 
@@ -350,6 +514,9 @@ class TorchTable:
         self._output_row: int | None = None  # the probe row whose tensor the model returned
         self._final_activation: str | None = None  # set by hand: overrides what the probe found
         place_module(module, device, self.name)  # device None: where the user put it (one device)
+        #: modules whose output holds no floating-point tensor: id -> (call, what it returned)
+        self._not_maps: dict[int, tuple[int, str]] = {}
+        self._functional_failed = False  # the model failed under the op watch: no functional rows
         self._names = self._module_names()
 
     # ----------------------------------------------------------------- set-up
@@ -454,45 +621,121 @@ class TorchTable:
     # ----------------------------------------------------------------- table
 
     def _probe(self, shape: Sequence[int]) -> list[_Record]:
-        """One pass on zeros of canonical ``shape`` with hooks on every module; the rows it finds."""
+        """One pass on zeros of canonical ``shape`` with hooks on every module; the rows it finds.
+
+        The functional ops between module calls are watched by an
+        :func:`~convlens.adapters.torch.ops.op_watch` mode; a model that
+        fails under the mode is probed again without it (module rows only).
+        """
+        try:
+            return self._probe_pass(shape, functional=True)
+        except UnsupportedModel:
+            records = self._probe_pass(shape, functional=False)
+            self._functional_failed = True
+            return records
+
+    def _probe_pass(self, shape: Sequence[int], *, functional: bool) -> list[_Record]:
+        from torch.utils.weak import WeakIdKeyDictionary
+
+        torch = self.torch
         x = self._to_torch(np.zeros((1, *shape), dtype=np.float32))
         records: list[_Record] = []
-        owner: dict[int, int] = {id(x): 0}
-        keep: list[Any] = [x]  # outputs stay alive so that their ids stay unique during the probe
+        # where each tensor's values come from (rows), and which row made this very tensor
+        prov: Any = WeakIdKeyDictionary()
+        owner: Any = WeakIdKeyDictionary()
+        prov[x], owner[x] = frozenset({0}), 0
         calls: dict[int, int] = {}
-        stack: list[list[bool]] = []  # one frame per running module call: [called another module]
+        stack: list[_Frame] = []
+        has_children = {id(m): next(m.children(), None) is not None for m in self.module.modules()}
+        self._not_maps = {}
+
+        def rows_of(tensors: Sequence[Any]) -> list[int]:
+            return sorted({r for t in tensors for r in prov.get(t, ())})
+
+        def layout(parents: Sequence[int]) -> tuple[bool, int | None]:
+            rec = records[parents[0] - 1] if parents and parents[0] > 0 else None
+            shape_ = rec.shape if rec is not None else canonical_shape(x.shape)
+            return (rec is not None and bool(rec.channels_last)), (shape_[-1] if shape_ else None)
+
+        def add(rec: _Record, t: Any) -> None:
+            records.append(rec)
+            row = len(records)  # row 0 is the input
+            prov[t], owner[t] = frozenset({row}), row
+            if stack:
+                stack[-1].rows.append(row)
 
         def pre_hook(module: Any, args: Any) -> None:
             if stack:
-                stack[-1][0] = True
-            stack.append([False])
-
-        def hook(module: Any, args: Any, kwargs: Any, output: Any) -> None:
+                stack[-1].called = True
             k = calls.get(id(module), 0)
             calls[id(module)] = k + 1
-            frame = stack.pop() if stack else [True]
-            if frame[0]:
-                return  # not innermost: its children's calls are the rows
+            stack.append(_Frame(module, k))
+
+        def hook(module: Any, args: Any, kwargs: Any, output: Any) -> None:
+            frame = stack.pop() if stack and stack[-1].module is module else _Frame(module, 0)
+            if module is self.module and frame.called:
+                return  # the model itself: its contents are the table
             inputs = all_tensors(args, kwargs)
-            parents = sorted({owner[id(t)] for t in inputs if id(t) in owner}) or [len(records)]
+            parents = rows_of(inputs) or [len(records)]
             in_shape = tuple(inputs[0].shape) if inputs else None
             outs = list(float_tensors(output))
-            parent = records[parents[0] - 1] if parents[0] > 0 else None  # row 0: the NCHW input
-            parent_last = parent is not None and bool(parent.channels_last)
-            parent_shape = parent.shape if parent is not None else canonical_shape(x.shape)
-            parent_channels = parent_shape[-1] if parent_shape else None
+            if not outs:
+                self._not_maps[id(module)] = (frame.call, _not_a_map(output))
+                if stack:
+                    stack[-1].rows.extend(frame.rows)
+                return
+            first = len(records) + 1
             for key, t in outs:
-                last = _is_channels_last(module, module_type(module), tuple(t.shape), parent_last,
-                                         parent_channels)
-                records.append(_Record(module, k, key, len(outs) > 1, canonical_shape(t.shape, last),
-                                       parents, in_shape, last))
-                owner[id(t)] = len(records)  # row 0 is the input
-                keep.append(t)
+                rows = rows_of([t]) if frame.called else parents
+                made = owner.get(t)
+                if frame.called and made is not None and made > 0:
+                    last = records[made - 1].channels_last  # a container handing on a row's own tensor
+                else:
+                    parent_last, parent_channels = layout(rows or parents)
+                    last = _is_channels_last(module, module_type(module), tuple(t.shape), parent_last,
+                                             parent_channels)
+                add(_Record(module, frame.call, key, len(outs) > 1, canonical_shape(t.shape, last),
+                            rows or parents, in_shape, last, container=frame.called,
+                            geometry={"pad": frame.pads[0]} if frame.pads and not frame.called else None), t)
+            for row in frame.rows:
+                records[row - 1].parent = first
 
-        with self._evaluating(), self._hooked(list(self.module.modules()), hook, pre_hook):
+        def on_call(func: Any, args: tuple, kwargs: dict, out: Any) -> Any:
+            operands = all_tensors(args, kwargs)
+            source = frozenset(r for t in operands for r in prov.get(t, ()))
+            results = [out] if isinstance(out, torch.Tensor) else all_tensors(out)
+            for t in results:
+                prov[t] = source
+            op = op_of(func)
+            if op is None or not stack:
+                return out
+            frame = stack[-1]
+            if not has_children.get(id(frame.module), False):
+                if op == "pad":  # a leaf that pads in forward (dynamic "same" padding): the row's own padding
+                    amounts = pad_amounts(args, kwargs)
+                    if amounts is not None:
+                        frame.pads.append(amounts)
+                return out
+            j = frame.ops.get(op, 0)
+            frame.ops[op] = j + 1
+            if not isinstance(out, torch.Tensor) or not out.is_floating_point() \
+                    or not is_row(op, operands, lambda t: bool(prov.get(t))):
+                return out
+            parents = sorted(source) or [len(records)]
+            parent_last, _ = layout(parents)
+            last = parent_last and out.ndim >= 3
+            geometry = {"pad": pad_amounts(args, kwargs)} if op == "pad" else \
+                {"interpolate": interpolate_args(func, args, kwargs)} if op == "interpolate" else None
+            in_shape = tuple(operands[0].shape) if operands else None
+            add(_Record(frame.module, frame.call, (), False, canonical_shape(out.shape, last), parents, in_shape,
+                        last, op=op, occurrence=j, geometry=geometry), out)
+            return out
+
+        watch = op_watch(on_call) if functional else nullcontext()
+        with self._evaluating(), self._hooked(list(self.module.modules()), hook, pre_hook), watch:
             out = self._forward(x, probe=True)
         returned = next(iter(float_tensors(out)), None)
-        self._output_row = owner.get(id(returned[1])) if returned is not None else None
+        self._output_row = owner.get(returned[1]) if returned is not None else None
         return records
 
     def layers(self) -> list[LayerInfo]:
@@ -514,9 +757,11 @@ class TorchTable:
             self._input_shape = tuple(input_shape)
             tokens = self._token_rows(records, out_free)
             self._records = records
-            rows = [LayerInfo(index=0, name="input", type="Input", kind="input", output_shape=self._input_shape)]
+            labels = self._labels(records)
+            rows = [LayerInfo(index=0, name="input", type="Input", kind="input", output_shape=self._input_shape,
+                              extra={"not_maps": self._not_map_names()})]
             for j, rec in enumerate(records):
-                rows.append(self._info(len(rows), rec, out_free[j]))
+                rows.append(self._info(len(rows), rec, out_free[j], labels[j]))
                 if j in tokens:
                     mark_token_row(rows[-1].extra, tokens[j])
                 if attends_globally(rec.module, module_type(rec.module), rec.shape, j in tokens):
@@ -557,21 +802,50 @@ class TorchTable:
     def final_activation(self, value: str | None) -> None:  # the contract's attribute is settable
         self._final_activation = value
 
-    def _info(self, index: int, rec: _Record, free: set[int]) -> LayerInfo:
+    def _label(self, module: Any, call: int) -> str:
+        base = self._names.get(id(module), module_type(module))
+        return base if call == 0 else f"{base}#{call + 1}"
+
+    def _labels(self, records: Sequence[_Record]) -> list[str]:
+        """Each row's unique name (see the package docstring)."""
+        labels: list[str] = []
+        seen: set[str] = set()
+        count: dict[tuple[int, int, str], int] = {}
+        for rec in records:
+            if rec.op is None:
+                label = self._label(rec.module, rec.call)
+                if rec.named:
+                    label += ":" + ".".join(str(k) for k in rec.key)
+            else:
+                where = (id(rec.module), rec.call, rec.op)
+                n = count[where] = count.get(where, 0) + 1
+                label = rec.op if n == 1 else f"{rec.op}#{n}"
+                if rec.module is not self.module:
+                    label = f"{self._label(rec.module, rec.call)}.{label}"
+                while label in seen:  # a child module named like the op
+                    label += "()"
+            seen.add(label)
+            labels.append(label)
+        return labels
+
+    def _not_map_names(self) -> dict[str, dict[str, Any]]:
+        """Modules whose output is no floating-point map, by name: what they returned (row 0's ``extra``)."""
+        modules = {id(m): m for m in self.module.modules()}
+        return {self._label(modules[i], call): {"type": module_type(modules[i]), "output": what, "module_id": i}
+                for i, (call, what) in self._not_maps.items() if i in modules}
+
+    def _info(self, index: int, rec: _Record, free: set[int], label: str) -> LayerInfo:
         module = rec.module
-        type_name = module_type(module)
-        kind = kind_of(type_name)
-        if kind in ("model", "input"):
-            kind = "other"
-        base = self._names.get(id(module), type_name)
-        label = base if rec.call == 0 else f"{base}#{rec.call + 1}"
-        if rec.named:
-            label += ":" + ".".join(str(k) for k in rec.key)
         shape = tuple(None if i in free else d for i, d in enumerate(rec.shape))
+        if rec.op is not None:
+            return self._op_info(index, rec, shape, label)
+        type_name = module_type(module)
+        kind = _torch_kind(module, type_name, rec.container)
         one_d = type_name.endswith("1d") or (rec.in_shape is not None and len(rec.in_shape) == 3)
-        size = stride = dilation = None
+        size = stride = dilation = padding = None
+        upsample: tuple[float, float] | None = None
         kernel_shape = None
-        extra: dict[str, Any] = {"global": False}
+        extra: dict[str, Any] = {"global": False, "module_id": id(module)}
         w = _weight(module)
         if kind == "conv" and w is not None:
             groups = int(_attr(module, "groups") or 1)
@@ -579,8 +853,6 @@ class TorchTable:
             size = _pair(tuple(w.shape[2:]), one_d)
             stride = _pair(_attr(module, "stride"), one_d)
             dilation = _pair(_attr(module, "dilation"), one_d)
-            if "Transpose" in type_name:  # upsampling: the field does not grow by stride
-                stride = (1, 1)
         elif kind == "pool" and "Adaptive" in type_name:
             spatial_in = rec.in_shape[2:] if rec.in_shape is not None else ()
             spatial_out = rec.shape[:-1]
@@ -591,19 +863,49 @@ class TorchTable:
                 steps = [i // o for i, o in zip(spatial_in, spatial_out)]  # an even split: a plain pool
                 ks = [i - (o - 1) * s for i, o, s in zip(spatial_in, spatial_out, steps)]
                 size, stride = _pair(ks, len(ks) == 1), _pair(steps, len(steps) == 1)
+                padding = (0, 0)
         elif kind == "pool":
             size = _pair(_attr(module, "kernel_size"), one_d)
             stride = _pair(_attr(module, "stride") or _attr(module, "kernel_size"), one_d)
             d = _pair(_attr(module, "dilation"), one_d)
             dilation = d if d not in (None, (1, 1)) else None
-        geometry = _geometry(module, type_name, kind, size, dilation, one_d, rec)
+        geometry = _geometry(module, type_name, kind, size, dilation, one_d, rec) if not (
+            rec.container and kind not in ("conv", "pool")) else {}
         extra.update(geometry.pop("extra", {}))
         size = geometry.pop("kernel_size", size)
+        padding = geometry.get("padding", padding)
+        upsample = geometry.get("upsample", upsample)
+        if not geometry and not rec.container and _resamples(type_name):
+            upsample = _scale(rec.in_shape, rec.shape, bool(rec.channels_last))  # no taps known: the field shows ?
+        if kind in ("conv", "pool") and rec.geometry and rec.geometry.get("pad") is not None and padding is not None:
+            top, left = rec.geometry["pad"]  # the leaf pads its input itself before its window
+            padding = (padding[0] + top, padding[1] + left)
         return LayerInfo(
             index=index, name=label, type=type_name, kind=kind, output_shape=shape,
-            params=_params(module), kernel_shape=kernel_shape, kernel_size=size, stride=stride,
-            dilation=dilation, parents=tuple(rec.parents), extra=extra, **geometry,
+            params=_params(module, recurse=not rec.container),
+            kernel_shape=kernel_shape, kernel_size=size, stride=stride,
+            dilation=dilation, parents=tuple(rec.parents), parent=rec.parent, padding=padding,
+            upsample=upsample, extra=extra,
         )
+
+    def _op_info(self, index: int, rec: _Record, shape: tuple[int | None, ...], label: str) -> LayerInfo:
+        """The row of a functional op (``add``, ``cat``, ``interpolate``, ``pad``, ``flatten``)."""
+        op = rec.op or ""
+        padding = None
+        upsample = None
+        if op == "pad" and rec.geometry and rec.geometry.get("pad") is not None:
+            padding = tuple(rec.geometry["pad"])
+        elif op == "interpolate":
+            found = _interpolation(rec)
+            if found is not None:
+                return LayerInfo(index=index, name=label, type=op, kind=OP_KINDS[op], output_shape=shape,
+                                 parents=tuple(rec.parents), parent=rec.parent, padding=found["padding"],
+                                 upsample=found["upsample"], kernel_size=found["kernel_size"],
+                                 extra={"global": False, "op": op, **found.get("extra", {})})
+            upsample = _scale(rec.in_shape, rec.shape, bool(rec.channels_last))  # no taps: the field shows ?
+        return LayerInfo(index=index, name=label, type=op, kind=OP_KINDS[op], output_shape=shape,
+                         parents=tuple(rec.parents), parent=rec.parent, padding=padding,  # type: ignore[arg-type]
+                         upsample=upsample, extra={"global": False, "op": op})
 
     def kernels(self, index: int) -> np.ndarray:
         table = self.layers()
