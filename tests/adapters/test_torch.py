@@ -373,7 +373,7 @@ def test_channels_last_outputs_are_not_moved_again(tmp_path):
         shapes = {t.name: t.output_shape for t in lens.layers()}
         assert shapes == {"input": (6, 8, 3), "dw": (6, 8, 3), "to_last": (6, 8, 3), "norm": (6, 8, 3),
                           "fc": (6, 8, 5), "act": (6, 8, 5), "to_first": (6, 8, 5), "patch": (3, 4, 4),
-                          "flatten": (3, 4, 4), "drop": (3, 4, 4), "token_fc": (3, 4, 6)}  # flatten(2): a row
+                          "flatten": (12, 4), "drop": (3, 4, 4), "token_fc": (3, 4, 6)}  # flatten(2): a row
         maps = lens.feature_maps(list(x), layers="all", preprocess="raw")
         for name, array in want.items():
             np.testing.assert_allclose(maps[name], array, rtol=1e-5, atol=1e-5, err_msg=name)

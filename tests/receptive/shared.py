@@ -237,6 +237,10 @@ def torch_responses(model, table: Sequence[LayerInfo], hw: tuple[int, int], chan
             k = calls.get(name, 0)
             calls[name] = k + 1
             row = wanted.get((name, k))
+            if isinstance(output, dict):  # torchvision's IntermediateLayerGetter: the row is its first output
+                output = next(iter(output.values()), None)
+            elif isinstance(output, (tuple, list)):
+                output = output[0] if output else None
             if row is not None and isinstance(output, torch.Tensor):
                 captured[row] = output
         return record

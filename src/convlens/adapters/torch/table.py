@@ -722,8 +722,9 @@ class TorchTable:
                     or not is_row(op, operands, lambda t: bool(prov.get(t))):
                 return out
             parents = sorted(source) or [len(records)]
-            parent_last, _ = layout(parents)
-            last = parent_last and out.ndim >= 3
+            parent_last, parent_channels = layout(parents)
+            # the op keeps its input's channel axis where one axis holds that count (ViT's class-token cat)
+            last = _is_channels_last(None, op, tuple(out.shape), parent_last, parent_channels)
             geometry = {"pad": pad_amounts(args, kwargs)} if op == "pad" else \
                 {"interpolate": interpolate_args(func, args, kwargs)} if op == "interpolate" else None
             in_shape = tuple(operands[0].shape) if operands else None
@@ -877,7 +878,8 @@ class TorchTable:
         upsample = geometry.get("upsample", upsample)
         if not geometry and not rec.container and _resamples(type_name):
             upsample = _scale(rec.in_shape, rec.shape, bool(rec.channels_last))  # no taps known: the field shows ?
-        if kind in ("conv", "pool") and rec.geometry and rec.geometry.get("pad") is not None and padding is not None:
+        if kind in ("conv", "pool") and rec.geometry and rec.geometry.get("pad") is not None and padding is not None \
+                and getattr(module, "padding_mode", "zeros") == "zeros":  # reflect/replicate: torch's own F.pad
             top, left = rec.geometry["pad"]  # the leaf pads its input itself before its window
             padding = (padding[0] + top, padding[1] + left)
         return LayerInfo(
