@@ -41,11 +41,13 @@ test: $(VENV)/.test-deps chromium
 # declare (constraints-oldest.txt), in a venv of their own.
 OLDEST       := .venv-oldest
 OLDEST_TESTS := tests/adapters/test_torch.py tests/adapters/test_keras.py tests/adapters/test_keras_free_size.py \
-                tests/adapters/test_gradients.py tests/adapters/test_final_activation.py tests/methods \
+                tests/adapters/test_gradients.py tests/adapters/test_final_activation.py \
+                tests/methods/test_frameworks.py tests/methods/test_input_sums.py \
                 tests/test_training_torch.py tests/test_training_keras.py
 
 $(OLDEST)/bin/python:
 	$(PYTHON) -m venv $(OLDEST)
+	$(OLDEST)/bin/pip install --quiet --disable-pip-version-check -U pip  # an old pip's resolver gives up here
 
 $(OLDEST)/.deps: pyproject.toml constraints-oldest.txt | $(OLDEST)/bin/python
 	$(OLDEST)/bin/pip install --quiet --disable-pip-version-check -c constraints-oldest.txt \
