@@ -429,7 +429,10 @@ class Context:
             each item's differentiated score, and the kept items' outputs by index.
         """
         rows = self.rows
-        step = self.batch_size(batch_size, backward=True)
+        # A pass to the input keeps each layer's output for the backward pass and frees each gradient
+        # once it has passed it on (no layer's gradient is returned): the outputs' bytes once, not twice.
+        # On a CPU, larger batches pay each operator's fixed cost fewer times per item.
+        step = self.batch_size(batch_size, backward=False)
         n_items = len(items.item_row)
         self.progress.start(n_items, label)
         try:
