@@ -51,7 +51,7 @@ $(OLDEST)/bin/python:
 
 $(OLDEST)/.deps: pyproject.toml constraints-oldest.txt | $(OLDEST)/bin/python
 	$(OLDEST)/bin/pip install --quiet --disable-pip-version-check -c constraints-oldest.txt \
-		-e '.[keras,keras-torch,torch,training,test]'
+		-e '.[keras,keras-torch,torch,onnx,tflite,training,test]'
 	touch $@
 
 test-oldest: $(OLDEST)/.deps
