@@ -1,17 +1,18 @@
-# The README's two commands: `make demo` and `make test`. Each sets up .venv on its own.
+# The README's two commands: `make demo` and `make test`. Each sets up .venv on its own, at the exact
+# versions of constraints.txt (pyproject.toml's extras declare ranges; make test-oldest tries their lower bounds).
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-PIP    := $(BIN)/pip install --quiet --disable-pip-version-check
+PIP    := $(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt
 export TF_CPP_MIN_LOG_LEVEL := 3
 
-.PHONY: demo test chromium benchmark benchmark-maps benchmark-adapters benchmark-report benchmark-heatmaps benchmark-training benchmark-visualize benchmark-memory benchmark-dataset benchmark-compare benchmark-device clean
+.PHONY: demo test test-oldest chromium benchmark benchmark-maps benchmark-adapters benchmark-report benchmark-heatmaps benchmark-training benchmark-visualize benchmark-memory benchmark-dataset benchmark-compare benchmark-device clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 # Keras 3 on TensorFlow (CPU): everything the demo needs.
-$(VENV)/.demo-deps: pyproject.toml | $(BIN)/python
+$(VENV)/.demo-deps: pyproject.toml constraints.txt | $(BIN)/python
 	$(PIP) -e '.[keras]'
 	touch $@
 
@@ -37,6 +38,29 @@ test: $(VENV)/.test-deps chromium
 	KERAS_BACKEND=tensorflow $(BIN)/python -m pytest
 	KERAS_BACKEND=torch $(BIN)/python -m pytest -m keras
 	KERAS_BACKEND=jax $(BIN)/python -m pytest -m "keras and gradients"
+
+# The torch and Keras tests (Keras on TensorFlow, then its torch backend) at the lowest versions the extras
+# declare (constraints-oldest.txt), in a venv of their own.
+OLDEST       := .venv-oldest
+OLDEST_TESTS := tests/adapters/test_torch.py tests/adapters/test_keras.py tests/adapters/test_keras_free_size.py \
+                tests/adapters/test_gradients.py tests/adapters/test_final_activation.py \
+                tests/methods/test_frameworks.py tests/methods/test_input_sums.py \
+                tests/test_training_torch.py tests/test_training_keras.py
+
+$(OLDEST)/bin/python:
+	$(PYTHON) -m venv $(OLDEST)
+	$(OLDEST)/bin/pip install --quiet --disable-pip-version-check -U pip  # an old pip's resolver gives up here
+
+$(OLDEST)/.deps: pyproject.toml constraints-oldest.txt | $(OLDEST)/bin/python
+	$(OLDEST)/bin/pip install --quiet --disable-pip-version-check -c constraints-oldest.txt \
+		-e '.[keras,keras-torch,torch,onnx,tflite,training,test]'
+	touch $@
+
+test-oldest: $(OLDEST)/.deps
+	$(OLDEST)/bin/python -c "import importlib.metadata as m; print('oldest:', ', '.join(f'{p} {m.version(p)}' \
+		for p in ('torch', 'torchvision', 'keras', 'tensorflow-cpu', 'numpy')))"
+	KERAS_BACKEND=tensorflow $(OLDEST)/bin/python -m pytest -p no:cacheprovider $(OLDEST_TESTS)
+	KERAS_BACKEND=torch $(OLDEST)/bin/python -m pytest -p no:cacheprovider -m keras $(OLDEST_TESTS)
 
 benchmark: benchmark-maps benchmark-adapters benchmark-report benchmark-heatmaps benchmark-training benchmark-visualize benchmark-memory benchmark-dataset benchmark-compare
 
@@ -85,7 +109,7 @@ benchmark-compare: $(VENV)/.test-deps
 	KERAS_BACKEND=tensorflow $(BIN)/python benchmarks/bench_compare.py
 
 clean:
-	rm -rf $(VENV) demo-output
+	rm -rf $(VENV) $(OLDEST) demo-output
 
 # convlens on a GPU against the CPU (ResNet-50): run on a machine with CUDA; on a CPU-only machine
 # it runs the CPU rows only and says so

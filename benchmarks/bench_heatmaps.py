@@ -28,6 +28,8 @@ and pytorch-grad-cam) runs only with ``--full``. The machine may be shared:
 read the ratios, which are taken in one process, more than the seconds. Run:
 
     make benchmark-heatmaps   # or: .venv/bin/python benchmarks/bench_heatmaps.py [--only vgg16,...] [--full]
+    # the input-gradient methods on ResNet-50 only, for main's convlens then this checkout's:
+    .venv/bin/python benchmarks/bench_heatmaps.py --only resnet50 --methods saliency,smoothgrad,ig --src MAIN/src
 """
 
 from __future__ import annotations
@@ -46,7 +48,9 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "src"))
+# --src DIR times another checkout's convlens (e.g. main's, for a before/after table) with this script
+_SRC = sys.argv[sys.argv.index("--src") + 1] if "--src" in sys.argv[:-1] else str(ROOT / "src")
+sys.path.insert(0, _SRC)
 
 import numpy as np  # noqa: E402
 
@@ -95,7 +99,7 @@ def _convlens_cases(adapter, x: np.ndarray, names: tuple[str, ...]) -> dict[str,
             for n in names}
 
 
-def measure_torch(arch: str, repeats: int, full: bool) -> dict[str, float]:
+def measure_torch(arch: str, repeats: int, full: bool, methods_chosen: set[str] | None = None) -> dict[str, float]:
     import torch
     import torchvision
     from captum.attr import IntegratedGradients, LayerGradCam, NoiseTunnel, Occlusion, Saliency
@@ -134,23 +138,31 @@ def measure_torch(arch: str, repeats: int, full: bool) -> dict[str, float]:
                 p.requires_grad_(f)
 
     names = CONVLENS if (arch == "vgg16" or full) else tuple(n for n in CONVLENS if n != "scorecam")
+    names = tuple(n for n in names if methods_chosen is None or n in methods_chosen)
     cases: dict[str, Callable[[], object]] = {"forward": forward, "forward+backward": forward_backward}
     cases.update(_convlens_cases(adapter, x, names))
     target = [ClassifierOutputTarget(CLASS)]
-    pgc_gradcam = GradCAM(model=model, target_layers=[layer])
-    cases["pgc GradCAM"] = lambda: pgc_gradcam(input_tensor=xt, targets=target)
+    refs: dict[str, Callable[[], object]] = {}
+    if "gradcam" in names:
+        pgc_gradcam = GradCAM(model=model, target_layers=[layer])
+        refs["pgc GradCAM"] = lambda: pgc_gradcam(input_tensor=xt, targets=target)
+        refs["captum LayerGradCam"] = lambda: LayerGradCam(model, layer).attribute(xt, target=CLASS)
     if "scorecam" in names:
         pgc_scorecam = ScoreCAM(model=model, target_layers=[layer])
-        cases["pgc ScoreCAM"] = lambda: pgc_scorecam(input_tensor=xt, targets=target)
-    cases["captum LayerGradCam"] = lambda: LayerGradCam(model, layer).attribute(xt, target=CLASS)
-    cases["captum Saliency"] = lambda: Saliency(model).attribute(xt, target=CLASS)
-    cases["captum IntegratedGradients"] = lambda: IntegratedGradients(model).attribute(
-        xt, target=CLASS, n_steps=50, internal_batch_size=8)
-    cases["captum NoiseTunnel"] = lambda: NoiseTunnel(Saliency(model)).attribute(
-        xt, nt_type="smoothgrad", nt_samples=25, nt_samples_batch_size=8, stdevs=sigma, target=CLASS)
-    cases["captum Occlusion"] = lambda: Occlusion(model).attribute(
-        xt, sliding_window_shapes=(3, 56, 56), strides=(3, 28, 28), target=CLASS, baselines=0,
-        perturbations_per_eval=8)
+        refs["pgc ScoreCAM"] = lambda: pgc_scorecam(input_tensor=xt, targets=target)
+    if "saliency" in names:
+        refs["captum Saliency"] = lambda: Saliency(model).attribute(xt, target=CLASS)
+    if "ig" in names:
+        refs["captum IntegratedGradients"] = lambda: IntegratedGradients(model).attribute(
+            xt, target=CLASS, n_steps=50, internal_batch_size=8)
+    if "smoothgrad" in names:
+        refs["captum NoiseTunnel"] = lambda: NoiseTunnel(Saliency(model)).attribute(
+            xt, nt_type="smoothgrad", nt_samples=25, nt_samples_batch_size=8, stdevs=sigma, target=CLASS)
+    if "occlusion" in names:
+        refs["captum Occlusion"] = lambda: Occlusion(model).attribute(
+            xt, sliding_window_shapes=(3, 56, 56), strides=(3, 28, 28), target=CLASS, baselines=0,
+            perturbations_per_eval=8)
+    cases.update(refs)
     return _time(cases, repeats)
 
 
@@ -264,9 +276,9 @@ def _subprocess(args: list[str]) -> dict:
     return json.loads(lines[-1]) if lines else {}
 
 
-def _run(section: str, repeats: int, full: bool) -> dict[str, float]:
+def _run(section: str, repeats: int, full: bool, methods_chosen: set[str] | None = None) -> dict[str, float]:
     if section in ("vgg16", "resnet50"):
-        return measure_torch(section, repeats, full)
+        return measure_torch(section, repeats, full, methods_chosen)
     if section == "keras-vgg16":
         return measure_keras(repeats)
     return measure_frameworks(repeats)
@@ -308,8 +320,9 @@ def _print_torch(arch: str, r: dict[str, float]) -> None:
         print(f"{name:<12}{t:>11.3f}{t / fwd:>8.2f}   {ref or '':<28}"
               f"{(f'{ref_t:.3f}' if ref_t is not None else ''):>8}{(_ratio(ref_t, fwd) if ref_t else ''):>8}"
               f"{(_ratio(t, ref_t) if ref_t else ''):>14}   {target}")
-    print(f"{'':<12}{'':>11}{'':>8}   {'captum LayerGradCam':<28}{r['captum LayerGradCam']:>8.3f}"
-          f"{_ratio(r['captum LayerGradCam'], fwd):>8}")
+    if "captum LayerGradCam" in r:
+        print(f"{'':<12}{'':>11}{'':>8}   {'captum LayerGradCam':<28}{r['captum LayerGradCam']:>8.3f}"
+              f"{_ratio(r['captum LayerGradCam'], fwd):>8}")
 
 
 def main() -> None:
@@ -317,6 +330,10 @@ def main() -> None:
     parser.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated: {', '.join(SECTIONS)}")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs of each fast case")
     parser.add_argument("--full", action="store_true", help="also Score-CAM on ResNet-50 (slow)")
+    parser.add_argument("--methods", help=f"comma-separated convlens methods on the PyTorch networks (and only "
+                        f"their references); default all of {', '.join(CONVLENS)}")
+    parser.add_argument("--src", help="the convlens source folder to time (default: this checkout's src/), "
+                        "e.g. another branch's for a before/after table")
     parser.add_argument("--one", choices=SECTIONS, help=argparse.SUPPRESS)
     parser.add_argument("--build-twins", metavar="DIR", help=argparse.SUPPRESS)
     parser.add_argument("--twin", nargs=2, metavar=("FRAMEWORK", "DIR"), help=argparse.SUPPRESS)
@@ -327,13 +344,19 @@ def main() -> None:
     if args.twin:
         print(json.dumps(measure_framework(args.twin[0], Path(args.twin[1]), args.repeats)))
         return
+    chosen = None
+    if args.methods:
+        chosen = {m.strip() for m in args.methods.split(",") if m.strip()}
+        if chosen - set(CONVLENS):
+            parser.error(f"unknown methods {', '.join(sorted(chosen - set(CONVLENS)))}; use {', '.join(CONVLENS)}")
     if args.one:
-        print(json.dumps(_run(args.one, args.repeats, args.full)))
+        print(json.dumps(_run(args.one, args.repeats, args.full, chosen)))
         return
     results = {}
     for section in args.only.split(","):
         # one process per section: torch and TensorFlow each keep their own thread pools
-        cmd = [sys.executable, __file__, "--one", section, "--repeats", str(args.repeats)]
+        cmd = [sys.executable, __file__, "--one", section, "--repeats", str(args.repeats), "--src", _SRC]
+        cmd += ["--methods", args.methods] if args.methods else []
         t0 = time.perf_counter()
         proc = subprocess.run(cmd + (["--full"] if args.full else []), capture_output=True, text=True,
                               check=False)
@@ -341,6 +364,7 @@ def main() -> None:
             sys.exit(f"{section} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
         results[section] = json.loads(proc.stdout.strip().splitlines()[-1])
         results[section]["_wall"] = time.perf_counter() - t0
+    print(f"convlens from {_SRC}")
     print(f"Heatmap methods, one {SIZE}x{SIZE} image, class {CLASS}, random weights; medians of {args.repeats} "
           "runs after a warm-up (slow methods: one run); seconds are noisy on a shared machine, ratios "
           "are taken in one process")

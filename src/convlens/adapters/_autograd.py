@@ -15,7 +15,7 @@ import numpy as np
 
 from .._errors import UnsupportedModel
 from ._tokens import Layout, TokenGrid, tokens_cotangent
-from .base import Gradients
+from .base import Gradients, InputGradientSums, InputItems, Target, target_cotangent
 from .redirect import torch_redirect_mode
 
 # --------------------------------------------------------------------------- outputs
@@ -165,8 +165,8 @@ def hooked_gradients(module: Any, forward: Callable[[Any], Any], x: Any, batch: 
                      need_output: bool, softmax: Any = None, input_channels_last: bool = False,
                      output_channels_last: bool = False, given: Mapping[int, Any] | None = None,
                      no_output: Callable[[int], Exception],
-                     around: Callable[[Callable[[int, Any], Any]], AbstractContextManager] | None = None
-                     ) -> Gradients:
+                     around: Callable[[Callable[[int, Any], Any]], AbstractContextManager] | None = None,
+                     keep_tensors: bool = False) -> Gradients:
     """One forward and one backward pass through a torch module, tensors captured by forward hooks.
 
     No parameter gets a gradient: every ``requires_grad`` flag is off for the
@@ -205,6 +205,8 @@ def hooked_gradients(module: Any, forward: Callable[[Any], Any], x: Any, batch: 
             ``None``: a torch adapter's functional rows), a context around the
             forward pass given ``take(row, tensor) -> replacement``, which it
             calls with each such row's tensor as the pass makes it.
+        keep_tensors: ``input_grad`` and ``output`` stay torch tensors, detached, in the
+            module's layout, dtype and device (:func:`summed_input_gradients` sums them there).
     """
     import torch
 
@@ -325,11 +327,119 @@ def hooked_gradients(module: Any, forward: Callable[[Any], Any], x: Any, batch: 
         activations[r] = batch.copy() if r == 0 else to_numpy(captured[r], last(r))
         g = by_row.get(r)
         grads[r] = to_numpy(g, last(r)) if g is not None else np.zeros_like(activations[r])
-    input_grad = None
-    if wrt_input:
+    input_grad: Any = None
+    if wrt_input and keep_tensors:
+        g = by_row.get(0)
+        input_grad = g if g is not None else torch.zeros_like(captured[0])
+    elif wrt_input:
         g = by_row.get(0)
         input_grad = to_numpy(g, input_channels_last) if g is not None else np.zeros_like(batch)
-    output = to_numpy(out_t, output_channels_last) if out_t is not None else None
+    output: Any
+    if keep_tensors:
+        output = out_t.detach() if out_t is not None else None
+    else:
+        output = to_numpy(out_t, output_channels_last) if out_t is not None else None
     return Gradients(output=output, score=score, activations=activations, grads=grads,
                      input_grad=input_grad, logits=logits)
 
+
+
+# --------------------------------------------------------------------------- summed input gradients
+
+
+def summed_input_gradients(module: Any, forward: Callable[[Any], Any], to_tensor: Callable[[np.ndarray], Any],
+                           items: InputItems, target: Callable[[np.ndarray], Target], *, batch_size: int,
+                           on_batch: Callable[[int], None] | None = None, softmax: Any = None,
+                           input_channels_last: bool = False, output_channels_last: bool = False,
+                           no_output: Callable[[int], Exception]) -> InputGradientSums:
+    """Weighted sums of input gradients over many items per row, the items made and summed in torch.
+
+    The adapters' ``input_gradient_sums`` (:class:`~convlens.adapters.base.InputGradientSums`):
+    the rows' origins and directions go to the module's device once; each batch
+    of items is made there (path points, Gaussian noise from a seeded
+    ``torch.Generator`` on that device, drawn item by item so that the batch size
+    does not change the numbers), differentiated by :func:`hooked_gradients`, and
+    added into a float64 sum on the device (float32 where the device has no
+    float64, MPS). Only each batch's ``(B,)`` scores, the kept items' outputs
+    and, at the end, the ``(M, H, W, C)`` sums come back to the host.
+
+    Args:
+        module: the module whose parameters and modes are switched off for each pass.
+        forward: runs the module on a tensor (with the caller's error handling).
+        to_tensor: a canonical ``(N, H, W, C)`` float32 array as the module's input
+            tensor (its layout, device and dtype).
+        items: what to differentiate.
+        target: the :class:`Target` of the items with the given indexes.
+        batch_size: items per pass.
+        on_batch: called with the number of items after each pass.
+        softmax, input_channels_last, output_channels_last, no_output: as for
+            :func:`hooked_gradients`.
+    """
+    import torch
+
+    n_items = len(items.item_row)
+    origin = to_tensor(np.ascontiguousarray(items.origin, np.float32))
+    device, dtype = origin.device, origin.dtype
+    # half-precision models: the items are made in float32 and rounded once, as the host path does
+    work = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+    acc = torch.float32 if device.type == "mps" else torch.float64
+    origin = origin.to(work)
+    delta = None
+    if items.delta is not None and items.alpha is not None:
+        delta = to_tensor(np.ascontiguousarray(items.delta, np.float32)).to(work)
+        alpha = torch.as_tensor(np.asarray(items.alpha, np.float64), dtype=work, device=device)
+    sigma = None
+    if items.sigma is not None:
+        sigma = torch.as_tensor(np.asarray(items.sigma, np.float64), dtype=work, device=device)
+        generator = torch.Generator(device=device)
+        if items.seed is None:
+            generator.seed()
+        else:
+            generator.manual_seed(int(items.seed))
+    weights = torch.as_tensor(np.asarray(items.weights, np.float64), dtype=acc, device=device)
+    item_row = np.asarray(items.item_row, np.int64)
+    rows_t = torch.as_tensor(item_row, device=device)
+    keep = np.zeros(n_items, bool) if items.keep is None else np.asarray(items.keep, bool)
+    total = torch.zeros(origin.shape, dtype=acc, device=device)
+    score = np.zeros(n_items, np.float64)
+    outputs: dict[int, np.ndarray] = {}
+    logits = False
+    spread = (-1,) + (1,) * (origin.ndim - 1)
+    for start in range(0, n_items, max(1, int(batch_size))):
+        idx = np.arange(start, min(start + int(batch_size), n_items))
+        r = rows_t[start:start + len(idx)]
+        x = origin.index_select(0, r)
+        if delta is not None:
+            x = x + alpha[start:start + len(idx)].view(spread) * delta.index_select(0, r)
+        if sigma is not None:
+            noise = torch.empty_like(x)
+            for k in range(len(idx)):
+                noise[k].normal_(generator=generator)
+            x = x + sigma.index_select(0, r).view(spread) * noise
+        batch_target = target(idx)
+
+        def cotangent(shape: tuple[int, ...], batch_target: Target = batch_target) -> np.ndarray:
+            return target_cotangent(batch_target, shape)
+
+        g = hooked_gradients(
+            module, forward, x.to(dtype), np.zeros((0,), np.float32), {}, [], None, cotangent, wrt_input=True,
+            need_output=True, softmax=softmax, input_channels_last=input_channels_last,
+            output_channels_last=output_channels_last, no_output=no_output, keep_tensors=True)
+        grad: Any = g.input_grad  # a tensor (keep_tensors)
+        grad = grad.to(acc)
+        if items.absolute:
+            grad = grad.abs_()
+        total.index_add_(0, r, grad.mul_(weights[start:start + len(idx)].view(spread)))
+        score[idx] = g.score
+        logits = logits or bool(g.logits)
+        kept = np.flatnonzero(keep[idx])
+        out_t: Any = g.output
+        if len(kept) and out_t is not None:
+            out = to_numpy(out_t.index_select(0, torch.as_tensor(kept, device=out_t.device)), output_channels_last)
+            outputs.update({int(idx[k]): out[n] for n, k in enumerate(kept)})
+        if on_batch is not None:
+            on_batch(len(idx))
+    if total.ndim >= 3 and not input_channels_last:
+        total = total.movedim(1, -1)
+    return InputGradientSums(total=total.contiguous().cpu().numpy().astype(np.float64, copy=False), score=score,
+                             outputs=outputs, logits=logits)

@@ -21,8 +21,8 @@ import numpy as np
 from .._errors import BadArgument, LayerNotFound
 from ..core.layers import KINDS, LayerInfo
 
-__all__ = ["Adapter", "Gradients", "LayerInfo", "OnOutput", "OnReduced", "KINDS", "RankedGradients", "Target",
-           "first_line", "check_rows", "target_cotangent"]
+__all__ = ["Adapter", "Gradients", "InputGradientSums", "InputItems", "LayerInfo", "OnOutput", "OnReduced", "KINDS",
+           "RankedGradients", "Target", "first_line", "check_rows", "target_cotangent"]
 
 #: Called once per captured layer output during a forward pass: (layer index, array).
 OnOutput = Callable[[int, np.ndarray], None]
@@ -221,6 +221,81 @@ class RankedGradients:
     activations: np.ndarray
     classes: np.ndarray
     grads: np.ndarray
+    logits: bool = False
+
+
+# --------------------------------------------------------------------------- summed input gradients
+
+
+@dataclass(frozen=True, eq=False)
+class InputItems:
+    """Many inputs per row whose input gradients are summed (SmoothGrad's noisy copies, IG's path).
+
+    Declarative, so that an adapter can make the items on its own device and
+    keep the sums there (an adapter's optional ``input_gradient_sums``, see
+    :class:`InputGradientSums`). Item ``i`` of row ``r = item_row[i]`` is
+    ``origin[r] + alpha[i] * delta[r] + sigma[r] * noise_i``, the terms
+    without their array left out, ``noise_i`` standard Gaussian noise.
+
+    Attributes:
+        item_row: ``(I,)`` int, the row (of ``origin``) each item belongs to.
+        origin: ``(M, H, W, C)`` float32, each row's starting input.
+        weights: ``(I,)`` float64, each item's weight in its row's sum.
+        delta: ``(M, H, W, C)`` float32, each row's direction (IG: image - baseline).
+        alpha: ``(I,)`` float32, each item's step along ``delta``.
+        sigma: ``(M,)`` float64, each row's noise standard deviation.
+        seed: seed of the noise; ``None``: fresh noise each call.
+        absolute: sum ``|gradient|`` instead of the gradient.
+        keep: ``(I,)`` bool, the items whose model output to return.
+    """
+
+    item_row: np.ndarray
+    origin: np.ndarray
+    weights: np.ndarray
+    delta: np.ndarray | None = None
+    alpha: np.ndarray | None = None
+    sigma: np.ndarray | None = None
+    seed: int | None = None
+    absolute: bool = False
+    keep: np.ndarray | None = None
+
+    def make(self, idx: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """The items ``idx`` as ``(B, H, W, C)`` float32 numpy, the noise drawn from ``rng`` (host path)."""
+        r = self.item_row[idx]
+        x = self.origin[r]
+        if self.delta is not None and self.alpha is not None:
+            x = x + self.alpha[idx, None, None, None] * self.delta[r]
+        if self.sigma is not None:
+            x = x + rng.normal(size=x.shape) * self.sigma[r, None, None, None]
+        return np.asarray(x, np.float32)
+
+
+@dataclass
+class InputGradientSums:
+    """What an adapter's optional ``input_gradient_sums`` gives.
+
+    ``input_gradient_sums(items, target, *, batch_size, on_batch) -> InputGradientSums``
+    makes the :class:`InputItems` ``batch_size`` at a time in the framework,
+    on the model's device, runs one forward and one backward pass to the input
+    per batch (as :meth:`Adapter.gradients` with ``wrt_input``), and keeps the
+    weighted sums there until the end: one transfer of ``(M, H, W, C)``.
+    ``target(idx)`` is the :class:`Target` of the items ``idx`` (numpy only);
+    ``on_batch(n)`` is called after each batch of ``n`` items. The noise is
+    drawn by the framework from ``items.seed``: the same seed gives the same
+    sums on one device and framework, not the host path's numbers. Adapters
+    without it do not define the method; callers then make the items in numpy
+    and call :meth:`Adapter.gradients`.
+
+    Attributes:
+        total: ``(M, H, W, C)`` float64, each row's weighted sum of gradients.
+        score: ``(I,)`` float64, each item's differentiated score.
+        outputs: the model output of each kept item, by item index.
+        logits: the scores were read before a final softmax.
+    """
+
+    total: np.ndarray
+    score: np.ndarray
+    outputs: dict[int, np.ndarray]
     logits: bool = False
 
 

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from .._errors import BadArgument
+from ..adapters.base import InputItems
 from ..core.cam import ig_alphas
 from .base import MEMORY_BUDGET, Context, Method, positive_int
 
@@ -82,12 +83,10 @@ class IntegratedGradients(Method):
         )
         weights = np.concatenate([np.tile(self.weights, m), np.zeros(2 * m)])
         total, score, outputs = ctx.summed_input_gradients(
-            item_row,
-            lambda idx: b[item_row[idx]] + alpha[idx, None, None, None] * (x - b)[item_row[idx]],
-            weights,
+            InputItems(item_row=item_row, origin=b, weights=weights, delta=x - b, alpha=alpha,
+                       keep=np.arange(len(item_row)) // m == s),  # the images themselves: their outputs
             batch_size=self.batch_size,
             label=f"{self.title} path points",
-            keep=np.arange(len(item_row)) // m == s,  # the images themselves: their outputs
         )
         attr = (x - b).astype(np.float64) * total
         if len(outputs) == m:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..adapters.base import InputItems
 from .base import Context, Method
 
 __all__ = ["Saliency"]
@@ -29,8 +30,14 @@ class Saliency(Method):
 
     def raw_maps(self, ctx: Context) -> np.ndarray:
         rows = ctx.rows
-        grads, _, output = ctx.input_gradients(
-            ctx.batch[rows.images], rows.classes, self.batch_size
+        m = len(rows)
+        # one item per row, weight 1: the framework takes |gradient| where it computed it
+        total, _, outputs = ctx.summed_input_gradients(
+            InputItems(item_row=np.arange(m), origin=ctx.batch[rows.images], weights=np.ones(m),
+                       absolute=True, keep=np.ones(m, bool)),
+            batch_size=self.batch_size,
+            label=f"{self.title} gradients",
         )
-        ctx.row_output = output
-        return np.abs(grads)
+        if len(outputs) == m:
+            ctx.row_output = np.stack([outputs[k] for k in range(m)])
+        return total.astype(np.float32)

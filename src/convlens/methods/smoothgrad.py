@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from .._errors import BadArgument
+from ..adapters.base import InputItems
 from .base import MEMORY_BUDGET, Context, Method, positive_int
 
 __all__ = ["SmoothGrad"]
@@ -55,22 +56,14 @@ class SmoothGrad(Method):
         self.noise, self.seed = float(noise), seed
 
     def raw_maps(self, ctx: Context) -> np.ndarray:
-        rows, rng = ctx.rows, np.random.default_rng(self.seed)
+        rows = ctx.rows
         x = ctx.batch[rows.images]
-        sigma = self.noise * (x.max(axis=(1, 2, 3)) - x.min(axis=(1, 2, 3)))
+        sigma = self.noise * (x.max(axis=(1, 2, 3)).astype(np.float64) - x.min(axis=(1, 2, 3)))
         item_row = np.repeat(np.arange(len(rows)), self.samples)
-
-        def noisy(idx: np.ndarray) -> np.ndarray:
-            r = item_row[idx]
-            noise = rng.normal(size=(len(idx), *x.shape[1:])) * sigma[r, None, None, None]
-            return (x[r] + noise).astype(np.float32)
-
         total, _, _ = ctx.summed_input_gradients(
-            item_row,
-            noisy,
-            np.full(len(item_row), 1.0 / self.samples),
+            InputItems(item_row=item_row, origin=x, weights=np.full(len(item_row), 1.0 / self.samples),
+                       sigma=sigma, seed=self.seed, absolute=True),
             batch_size=self.batch_size,
             label=f"{self.title} noisy samples",
-            absolute=True,
         )
         return total.astype(np.float32)

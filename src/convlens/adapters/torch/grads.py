@@ -2,15 +2,33 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
 from ..._errors import UnsupportedModel
-from .._autograd import HookedRow, all_tensors, float_tensors, hooked_gradients, pick, replaced, to_numpy
+from .._autograd import (
+    HookedRow,
+    all_tensors,
+    float_tensors,
+    hooked_gradients,
+    pick,
+    replaced,
+    summed_input_gradients,
+    to_numpy,
+)
 from .._tokens import Layout
-from ..base import Gradients, OnOutput, RankedGradients, Target, check_rows, target_cotangent
+from ..base import (
+    Gradients,
+    InputGradientSums,
+    InputItems,
+    OnOutput,
+    RankedGradients,
+    Target,
+    check_rows,
+    target_cotangent,
+)
 from .forward import TorchForward
 from .table import logit_module
 
@@ -155,3 +173,14 @@ class TorchAdapter(TorchForward):
             on_output(row, a)
         return RankedGradients(output=output, layer=int(layer), activations=to_numpy(leaf, channels_last),
                                classes=classes.astype(np.int64), grads=np.stack(grads), logits=logits)
+
+    # ----------------------------------------------------------------- summed input gradients
+
+    def input_gradient_sums(self, items: InputItems, target: Callable[[np.ndarray], Target], *, batch_size: int,
+                            on_batch: Callable[[int], None] | None = None) -> InputGradientSums:
+        """SmoothGrad's, IG's and saliency's sums made and kept in torch (see :class:`.InputGradientSums`)."""
+        self.layers()  # the probe fills the records the softmax is read from
+        softmax = logit_module(self._records, self._output_row)
+        return summed_input_gradients(
+            self.module, self._forward, self._to_torch, items, target, batch_size=batch_size, on_batch=on_batch,
+            softmax=softmax, no_output=lambda r: UnsupportedModel(f"{self.name}: row {r} gave no output"))
