@@ -39,7 +39,7 @@ from ..images import apply_preset, check_not_constant
 from ..model import classes_in
 from ..passes import call_model
 from ..selection import select_indexes
-from .targets import Rows, TargetSpec, resolve_rows
+from .targets import Objective, Rows, TargetSpec, parse_classes, resolve_objective, resolve_rows
 
 __all__ = [
     "MEMORY_BUDGET",
@@ -85,6 +85,8 @@ class MethodResult:
             before scaling, e.g. the ReLU removed everything); such maps are all 0.
         extra: method-specific figures, e.g. Integrated Gradients'
             ``completeness_gap`` ``(M,)``.
+        target: the resolved rows (:class:`~convlens.methods.targets.Rows`):
+            what each row explains (a detection's box, a region...).
     """
 
     method: str
@@ -100,6 +102,7 @@ class MethodResult:
     signed: bool = False
     flat: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
     extra: dict[str, Any] = field(default_factory=dict)
+    target: Rows | None = None
 
     def __len__(self) -> int:
         return len(self.maps)
@@ -232,6 +235,8 @@ class Context:
         progress: Progress,
         memory: int,
         forward_first: bool = False,
+        objective: Objective | None = None,
+        agnostic: bool = False,
     ) -> None:
         self.adapter = adapter
         self.batch = batch
@@ -255,20 +260,59 @@ class Context:
         self.row_output: np.ndarray | None = None
         #: the gradient passes differentiated logits read before a final softmax
         self.logits = False
+        self.objective = objective
+        #: the method needs no class (Eigen-CAM): a model without class scores gets one row per image
+        self.agnostic = agnostic
+        self._outputs: list[tuple[str, np.ndarray]] | None = None
 
     @property
     def hw(self) -> tuple[int, int]:
         return int(self.batch.shape[1]), int(self.batch.shape[2])
 
+    def all_outputs(self) -> list[tuple[str, np.ndarray]]:
+        """Every model output for the batch, by name (the adapter's ``outputs()``, else its one output)."""
+        if self._outputs is None:
+            many = getattr(self.adapter, "outputs", None)
+            if callable(many):
+                self._outputs = [(str(n), np.asarray(a)) for n, a in many(self.batch)]
+                if self.output is None and self._outputs:
+                    self.output = self._outputs[0][1]
+            else:
+                self._outputs = [("output", self.forward())]
+        return self._outputs
+
+    def _objective_rows(self, strict: bool) -> Rows | None:
+        """Rows for what is not one class score of a classifier (detections, regions, raw values,
+        embeddings, another output); ``None`` when not ``strict`` and the outputs are no detector's."""
+        objective = self.objective or Objective()
+        classes = parse_classes(self._spec, None, self._names) if self._spec is not None else None
+        try:
+            return resolve_objective(objective, self.all_outputs(), classes=classes, names=self._names,
+                                     input_hw=self.hw)
+        except BadArgument:
+            if strict:
+                raise
+            return None
+
     @property
     def rows(self) -> Rows:
         """The resolved targets (top-1, a box or a forward-only method run the batch first)."""
+        if self._rows is None and self.objective is not None and not self.objective.is_plain():
+            self._rows = self._objective_rows(strict=True)
         if self._rows is None:
             if self.output is None and (
                 self._spec is None or self._box is not None or self._forward_first
             ):
                 self.forward()
-            self._rows = resolve_rows(
+            if self.output is not None and self.output.ndim == 3 and self._box is None:
+                self._rows = self._objective_rows(strict=False)
+            if self._rows is None:
+                self._rows = self._classic_rows()
+        return self._rows
+
+    def _classic_rows(self) -> Rows:
+        try:
+            return resolve_rows(
                 self._spec,
                 self.output,
                 n_images=len(self.batch),
@@ -277,7 +321,12 @@ class Context:
                 box=self._box,
                 input_hw=self.hw,
             )
-        return self._rows
+        except BadArgument:
+            if not (self.agnostic and self._spec is None and self._box is None):
+                raise
+        n = len(self.batch)  # a class-agnostic method on a model without class scores: one map per image
+        return Rows(images=np.arange(n), classes=np.zeros(n, int), labels=["any class"] * n, kind="agnostic",
+                    values=np.zeros(n))
 
     def forward(self, *, capture: bool = False) -> np.ndarray:
         """The model's output for the batch: one forward pass unless known already.
@@ -328,11 +377,20 @@ class Context:
         *,
         layers: Sequence[int] = (),
         wrt_input: bool = False,
+        part: np.ndarray | slice | None = None,
     ) -> Gradients:
-        """One gradient pass of ``x`` ``(B, H, W, C)``, item ``b`` explaining ``classes[b]``."""
-        target = Target(
-            layer=None, channels=tuple(int(c) for c in classes), reduce="sum", mask=self.rows.mask
-        )
+        """One gradient pass of ``x`` ``(B, H, W, C)``, item ``b`` explaining ``classes[b]``.
+
+        ``part``: the rows the items are (an index array or slice into :attr:`rows`),
+        for rows with their own objective (a detection's cotangent, a region per row).
+        """
+        rows = self.rows
+        if part is not None and (rows.cotangents is not None or (rows.mask is not None and rows.mask.ndim == 3)
+                                 or rows.output is not None):
+            target = rows.target(part)
+        else:
+            target = Target(layer=None, channels=tuple(int(c) for c in classes), reduce="sum", mask=rows.mask,
+                            output=rows.output)
         g = self.adapter.gradients(
             np.ascontiguousarray(x, np.float32),
             target,
@@ -363,7 +421,7 @@ class Context:
         acts, grads, outs = [], [], []
         for start in range(0, len(rows), step):
             part = slice(start, start + step)
-            g = self.gradients(self.batch[rows.images[part]], rows.classes[part], layers=[layer])
+            g = self.gradients(self.batch[rows.images[part]], rows.classes[part], layers=[layer], part=part)
             acts.append(np.asarray(g.activations[layer], np.float32))
             grads.append(np.asarray(g.grads[layer], np.float32))
             if g.output is not None:
@@ -373,7 +431,8 @@ class Context:
         return np.concatenate(acts), np.concatenate(grads)
 
     def input_gradients(
-        self, x: np.ndarray, classes: np.ndarray, batch_size: int | None = None
+        self, x: np.ndarray, classes: np.ndarray, batch_size: int | None = None,
+        rows_of: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """d score / d input for many items, in passes under the memory budget.
 
@@ -381,6 +440,8 @@ class Context:
             x: ``(B, H, W, C)`` inputs.
             classes: ``(B,)`` the class each item differentiates.
             batch_size: items per pass; default from :data:`MEMORY_BUDGET`.
+            rows_of: ``(B,)`` the row each item explains; default the rows in
+                order when there is one item per row.
 
         Returns:
             ``(grads, score, output)``: ``(B, H, W, C)`` float32 gradients,
@@ -389,10 +450,13 @@ class Context:
             gave none).
         """
         step = self.batch_size(batch_size, backward=True)
+        if rows_of is None and len(x) == len(self.rows):
+            rows_of = np.arange(len(x))
         grads, scores, outs = [], [], []
         for start in range(0, len(x), step):
             part = slice(start, start + step)
-            g = self.gradients(x[part], classes[part], wrt_input=True)
+            g = self.gradients(x[part], classes[part], wrt_input=True,
+                               part=None if rows_of is None else rows_of[part])
             if g.input_grad is None:
                 raise UnsupportedModel(f"{self.adapter.name}: the adapter gave no input gradient")
             grads.append(np.asarray(g.input_grad, np.float32))
@@ -441,7 +505,7 @@ class Context:
             for start in range(0, len(item_row), step):
                 idx = np.arange(start, min(start + step, len(item_row)))
                 r = item_row[idx]
-                grads, score[idx], out = self.input_gradients(make(idx), rows.classes[r], len(idx))
+                grads, score[idx], out = self.input_gradients(make(idx), rows.classes[r], len(idx), rows_of=r)
                 grads = np.abs(grads) if absolute else grads
                 for row in np.unique(r):
                     total[row] += np.tensordot(weights[idx][r == row], grads[r == row], axes=1)
@@ -596,6 +660,8 @@ class Method:
     signed: ClassVar[bool] = False
     reduce: ClassVar[str] = "absmax"
     slow: ClassVar[bool] = False
+    #: the method explains a score (``False``: class-agnostic, e.g. Eigen-CAM, runs on any model)
+    needs_target: ClassVar[bool] = True
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -625,6 +691,7 @@ class Method:
         preprocess: str | None = None,
         progress: Progress | None = None,
         output: np.ndarray | None = None,
+        objective: Objective | None = None,
     ) -> MethodResult:
         """Heatmaps of ``batch`` for ``target``.
 
@@ -646,6 +713,12 @@ class Method:
             output: the model's output for ``batch`` (what :meth:`Adapter.run`
                 returned), when the caller has it already: saves the forward
                 pass that a top-1 target or a box needs.
+            objective: what to explain beyond a classifier's class
+                (:class:`~convlens.methods.targets.Objective`: a detection by
+                box or rank, a segmentation region, a raw output value, an
+                embedding's similarity, another output). A detector's output
+                is decoded even without one (each image's best detection, or
+                of the class named).
 
         Raises:
             UnsupportedModel: a gradient method on a model without gradients
@@ -654,7 +727,8 @@ class Method:
             BadImage: an image whose pixels are all equal, or non-finite values.
         """
         return self._compute(adapter, batch, target=target, layer=layer, class_names=class_names, box=box,
-                             preprocess=preprocess, progress=progress, output=output, given=None)
+                             preprocess=preprocess, progress=progress, output=output, given=None,
+                             objective=objective)
 
     def _compute(
         self,
@@ -669,6 +743,7 @@ class Method:
         progress: Progress | None,
         output: np.ndarray | None,
         given: tuple[np.ndarray, np.ndarray] | None,
+        objective: Objective | None = None,
     ) -> MethodResult:
         """:meth:`compute`; ``given``: the CAM layer's ``(acts, grads)`` per row, no gradient pass."""
         if self.needs_gradients:
@@ -689,6 +764,8 @@ class Method:
             progress=progress or NullProgress(),
             memory=self.memory,
             forward_first=not self.needs_gradients,
+            objective=objective,
+            agnostic=not self.needs_target,
         )
         if output is not None:
             out = np.asarray(output)
@@ -729,6 +806,7 @@ class Method:
             signed=self.signed and self.kind == "input",
             flat=np.asarray(flat, bool),
             extra=ctx.extra,
+            target=rows,
         )
 
 

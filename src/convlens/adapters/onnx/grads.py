@@ -227,6 +227,7 @@ class OnnxAdapter(OnnxForward):
             got = hooked_gradients(
                 module, forward, self._torch_input(feed), chunk, hooked, rows, target.layer,
                 cotangent, wrt_input=wrt_input, need_output=need_output, softmax=softmax, given=given,
+                output=target.output,
                 input_channels_last=not self.channels_first,
                 output_channels_last=self._layout.get(self._graph_output) == "NHWC",
                 no_output=lambda r: UnsupportedModel(

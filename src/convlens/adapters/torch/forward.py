@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from .._autograd import float_tensors, pick, to_numpy
+from .._autograd import detection_slots, model_outputs, pick, to_numpy
 from ..base import OnOutput
 from .table import TorchTable
 
@@ -48,8 +48,17 @@ class TorchForward(TorchTable):
         x = self._to_torch(batch)
         with self._evaluating(), self._hooked(list(modules.values()), hook):
             y = self._forward(x)
-        first = next(iter(float_tensors(y)), None)
-        return to_numpy(first[1]) if first is not None else np.zeros((len(batch), 0), np.float32)
+        outs = model_outputs(y, detection_slots(self.module))
+        return to_numpy(outs[0][1], outs[0][2]) if outs else np.zeros((len(batch), 0), np.float32)
+
+    def outputs(self, batch: np.ndarray) -> list[tuple[str, np.ndarray]]:
+        """Every output of one forward pass, canonical, by name (a torchvision detector's list of dicts
+        as one ``(N, slots, 6)`` ``detections`` array: see :func:`convlens.adapters._autograd.model_outputs`)."""
+        self.layers()
+        batch = np.asarray(batch, dtype=np.float32)
+        with self._evaluating():
+            y = self._forward(self._to_torch(batch))
+        return [(name, to_numpy(t, last)) for name, t, last in model_outputs(y, detection_slots(self.module))]
 
     def _run_in_chunks(self, batch: np.ndarray, wanted: Sequence[int], on_output: OnOutput,
                        size: int) -> np.ndarray:

@@ -8,7 +8,16 @@ from typing import Any
 import numpy as np
 
 from ..._errors import UnsupportedModel
-from .._autograd import HookedRow, all_tensors, float_tensors, hooked_gradients, pick, replaced, to_numpy
+from .._autograd import (
+    HookedRow,
+    all_tensors,
+    detection_slots,
+    float_tensors,
+    hooked_gradients,
+    pick,
+    replaced,
+    to_numpy,
+)
 from .._graph import LOGIT_ROLES
 from ..base import Gradients, OnOutput, RankedGradients, Target, check_rows, target_cotangent
 from .forward import TorchForward
@@ -55,7 +64,7 @@ class TorchAdapter(TorchForward):
         return hooked_gradients(
             self.module, self._forward, self._to_torch(batch), batch, hooked, rows, target.layer,
             lambda shape: target_cotangent(target, shape, where), wrt_input=wrt_input,
-            need_output=need_output, softmax=softmax,
+            need_output=need_output, softmax=softmax, output=target.output, slots=detection_slots(self.module),
             no_output=lambda r: UnsupportedModel(
                 f"layer {table[r].name} (row {r}) gave no output in this pass of {self.name} (its module was "
                 "not called for this input); pick another layer"))
