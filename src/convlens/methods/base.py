@@ -23,6 +23,7 @@ Every method has the same :meth:`Method.compute` signature; what differs
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -153,6 +154,9 @@ def default_layer(table: Sequence[LayerInfo]) -> LayerInfo:
         UnsupportedModel: no layer has spatial maps.
     """
     rows = spatial_layers(table)
+    before_head = detector_layer(table, rows)
+    if before_head is not None:
+        return before_head
     if not rows:
         raise UnsupportedModel(
             "no layer of this model outputs 2-D maps (H, W, C) with more than one "
@@ -164,6 +168,99 @@ def default_layer(table: Sequence[LayerInfo]) -> LayerInfo:
         return rows[-1]
     last = convs[-1]
     return [layer for layer in rows if layer.index >= last.index and _hw(layer) == _hw(last)][-1]
+
+
+#: A CAM layer of a detector or segmenter should have maps of at least this many positions a side.
+MIN_SIDE = 7
+
+
+def _big_enough(layer: LayerInfo) -> bool:
+    hw = _hw(layer)
+    return hw is not None and all(d is None or d >= MIN_SIDE for d in hw)
+
+
+def _module_path(name: str) -> str:
+    """A row's name as a dotted module path: ONNX's ``/model.15/cv2/act/Mul`` is ``model.15.cv2.act.Mul``."""
+    return name.strip("/").replace("/", ".")
+
+
+def _stage_end(rows: Sequence[LayerInfo], table: Sequence[LayerInfo], prefix: str) -> LayerInfo | None:
+    """The output of the module named ``prefix``: its container row when the table has one, else its
+    last row, followed by the activation after it (a shared activation module is named elsewhere)."""
+    block = next((r for r in rows if _module_path(r.name) == prefix), None)
+    if block is not None:
+        return block
+    inside = [r for r in rows if _module_path(r.name).startswith(prefix + ".")]
+    if not inside:
+        return None
+    last = inside[-1]
+    nxt = table[last.index + 1] if last.index + 1 < len(table) else None
+    if nxt is not None and nxt.kind == "act" and _hw(nxt) == _hw(last) and _is_spatial(nxt):
+        return nxt
+    return last
+
+
+def _shared_ancestor(table: Sequence[LayerInfo], inputs: Sequence[int],
+                     rows: Sequence[LayerInfo]) -> LayerInfo | None:
+    """The last spatial row that every row of ``inputs`` reads (itself or through its parents), with
+    maps of at least :data:`MIN_SIDE` a side when it has free sizes or big enough ones."""
+    if not inputs:
+        return None
+    common: set[int] | None = None
+    for start in inputs:
+        seen, todo = {start}, [start]
+        while todo:
+            for p in table[todo.pop()].parents:
+                if p not in seen:
+                    seen.add(p)
+                    todo.append(p)
+        common = seen if common is None else common & seen
+    spatial = {r.index for r in rows if _big_enough(r)}
+    best = max((i for i in (common or set()) if i in spatial), default=None)
+    return table[best] if best is not None else None
+
+
+def detector_layer(table: Sequence[LayerInfo], rows: Sequence[LayerInfo] | None = None) -> LayerInfo | None:
+    """The default CAM layer of a detector or segmenter, before its heads; ``None`` for other models.
+
+    A CAM inside a head (a box-regression conv of one channel) shows nothing,
+    so the layer is the last one that every head reads, with maps of at least
+    :data:`MIN_SIDE` a side when there is one:
+
+    * Ultralytics YOLO (``model.N`` stages, the last one the Detect/Segment
+      head): the last neck stage that every one of the head's inputs reads
+      (YOLOv8: ``model.15``, the stride-8 output of the neck, which the
+      stride-16 and stride-32 outputs are computed from). pytorch-grad-cam's
+      examples take the stage just before the head (``model.21``), but only
+      the stride-32 detections depend on it: a gradient CAM of a stride-8
+      detection there is zero. Without the graph's parents: ``model.{N-1}``;
+    * torchvision detectors: the FPN output of the finest level
+      (``backbone.fpn.layer_blocks.0``);
+    * DeepLab: the ASPP output (``classifier.0.project``).
+    """
+    rows = list(rows if rows is not None else spatial_layers(table))
+    if not rows:
+        return None
+    names = [_module_path(r.name) for r in table]
+    stages = sorted({int(m.group(1)) for n in names if (m := re.match(r"model\.(\d+)(\.|$)", n))})
+    last_stage = re.match(r"model\.(\d+)", names[-1])
+    if len(stages) >= 3 and last_stage is not None:
+        head = f"model.{last_stage.group(1)}"
+        inside = {r.index for r, n in zip(table, names) if n == head or n.startswith(head + ".")}
+        inputs = sorted({p for i in inside for p in table[i].parents if p not in inside})
+        shared = _shared_ancestor(table, inputs, rows)
+        if shared is not None:
+            return shared
+        k = int(last_stage.group(1)) - 1
+        return _stage_end(rows, table, f"model.{k}")
+    fpn = [r for r in rows if re.search(r"(^|\.)fpn\.layer_blocks\.\d+", _module_path(r.name))]
+    if fpn:
+        good = [r for r in fpn if _big_enough(r)] or fpn
+        return good[-1]
+    aspp = [r for r in rows if re.search(r"(^|\.)(aspp|classifier\.0)\.project(\.|$)", _module_path(r.name))]
+    if aspp:
+        return aspp[-1]
+    return None
 
 
 def resolve_layer(table: Sequence[LayerInfo], layer: str | int | LayerInfo | None) -> LayerInfo:
