@@ -240,7 +240,11 @@ class Heatmaps:
         ``alpha``, ``cmap``, ``colorbar``, ``min_side`` and ``max_side`` are
         :func:`convlens.render.overlay.overlay`'s.
         """
-        entry = self.find(image, method, target)
+        return self._render_entry(self.find(image, method, target), alpha=alpha, cmap=cmap, colorbar=colorbar,
+                                  min_side=min_side, max_side=max_side)
+
+    def _render_entry(self, entry: Heatmap, *, alpha: float | None = None, cmap: str | None = None,
+                      colorbar: bool = True, min_side: int = 256, max_side: int = 4096) -> np.ndarray:
         boxes: list[Box] = []
         if entry.box is not None:
             boxes.append(Box(*entry.box, label=f"{entry.label} {entry.score:.2f}", thick=True))
@@ -258,7 +262,7 @@ class Heatmaps:
                 f"({html.escape(', '.join(self.titles[m] for m in self.methods))})</div>")
         parts = [head]
         for e in self.entries:
-            rgb = self.render(e.image, e.method, e.class_index, max_side=512)
+            rgb = self._render_entry(e, max_side=512)
             parts.append(png_figure_html(rgb, self.images[e.image].name,
                                          alt=f"{self.images[e.image].name}: {e.caption()}", max_width="512px",
                                          pixelated=False, inline=True))
@@ -285,10 +289,14 @@ class Heatmaps:
         out_path = Path(out)
         records: list[dict[str, Any]] = []
         with OutputDir(out_path) as staging:
+            used: dict[str, int] = {}
             for e in self.entries:
                 im = self.images[e.image]
                 base = f"heatmaps/{_safe(im.name)}/{_safe(e.method)}_{e.class_index}"
-                staging.write_png(base + ".png", self.render(e.image, e.method, e.class_index, **options))
+                used[base] = used.get(base, 0) + 1
+                if used[base] > 1:  # a detector's second detection of one class
+                    base = f"{base}_{used[base]}"
+                staging.write_png(base + ".png", self._render_entry(e, **options))
                 full = resize_map(e.map, (im.height, im.width))
                 staging.write_bytes(base + ".npy", _npy(full))
                 records.append({**self._record(e), "file": base + ".png", "array": base + ".npy",
@@ -491,7 +499,8 @@ def heatmaps(model: Model, images: Any, method: str | Sequence[str] | None = DEF
     class_names, _ = model.class_names(labels)
     objective = Objective(box=None if box is None else tuple(box),  # type: ignore[arg-type]
                           mask=_load_mask(mask), output=output, output_index=output_index)
-    classes = _check_before_work(model, made, layer, target, class_names, objective)
+    asked = objective if reference is None else replace(objective, reference=np.zeros(1))  # known after a pass
+    classes = _check_before_work(model, made, layer, target, class_names, asked)
     prepared = prepare_batch(images, model.input_shape, size=size, preprocess=preprocess or model.preprocess,
                              model_name=model.name)
     if reference is not None:

@@ -870,6 +870,8 @@ class Method:
                 raise BadArgument(f"output of shape {out.shape} for a batch of {len(x)} images")
             ctx.output = out
         ctx.given = given
+        if self.needs_target and not self.needs_gradients:
+            _check_scored(self, ctx.rows)
         raw = np.asarray(self.raw_maps(ctx), np.float32)
         rows = ctx.rows
         if self.kind == "cam":
@@ -905,6 +907,14 @@ class Method:
             extra=ctx.extra,
             target=rows,
         )
+
+
+def _check_scored(method: Method, rows: Rows) -> None:
+    """Forward-only methods that score outputs (Score-CAM, occlusion) read class scores: refuse the
+    targets that are not one (a detection, a raw value, an embedding's similarity), before any pass."""
+    if rows.cotangents is not None or rows.output is not None:
+        raise BadArgument(f"{method.title} scores the model's class outputs; for a {rows.kind} target use a "
+                          "gradient method (gradcam, hirescam, saliency, ig) or eigencam")
 
 
 class GradientCam(Method):
