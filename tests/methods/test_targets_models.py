@@ -79,9 +79,9 @@ def test_yolo_default_layer_is_in_the_neck_and_eigencam_needs_no_class(yolo):
         layer = default_layer(ad.layers())
         # model.15: the neck's stride-8 output, which every detection scale is computed from
         assert layer.name.strip("/").replace("/", ".").startswith(("model.15.", "model.0.act")), layer.name
-        assert layer.output_shape[:2] == (28, 32)
         res = create("eigencam").compute(ad, _image())
         assert res.layer.index == layer.index and not res.flat[0]
+        assert res.raw.shape[1:] == (28, 32)  # stride 8 of the 224x256 input
 
 
 def test_yolo_top_detections_one_map_each(yolo):
@@ -116,7 +116,7 @@ def test_torchvision_box_target_agrees_with_pytorch_grad_cam(name):
     model = _torchvision(name)
     ad = open_model(model, input_shape=(224, 224, 3))
     layer = default_layer(ad.layers())
-    assert "fpn.layer_blocks" in layer.name
+    assert "fpn.inner_blocks" in layer.name  # the top of the top-down path: every level reads it
     x = _image(224, 224)
     outs = dict(ad.outputs(x))
     det = outs["detections"][0]
@@ -124,7 +124,7 @@ def test_torchvision_box_target_agrees_with_pytorch_grad_cam(name):
     box = det[0, :4] + np.array([2.0, -3.0, 4.0, 1.0])  # overlaps detection 0 best
     label = int(det[0, 5])
     ours = create("gradcam").compute(ad, x, target=label, objective=Objective(box=tuple(box)))
-    assert ours.layer.index == layer.index and not ours.flat[0]
+    assert ours.layer.index == layer.index
     np.testing.assert_allclose(ours.target.boxes[0], det[0, :4])
 
     cam = GradCAM(model=model, target_layers=[dict(model.named_modules())[layer.name]])
@@ -136,7 +136,10 @@ def test_torchvision_box_target_agrees_with_pytorch_grad_cam(name):
     finally:
         cam.activations_and_grads.release()
     theirs = (acts * grads.mean(axis=(1, 2))[:, None, None, :]).sum(-1)
-    np.testing.assert_allclose(_scaled(ours.raw[0]), _scaled(theirs[0]), atol=1e-4)
+    # before the ReLU (a random head may leave nothing after it), scaled by the largest magnitude
+    peak = np.abs(theirs[0]).max()
+    assert peak > 0
+    np.testing.assert_allclose(ours.raw[0] / peak, theirs[0] / peak, atol=1e-4)
 
 
 # --------------------------------------------------------------------------- segmentation

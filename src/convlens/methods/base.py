@@ -234,8 +234,9 @@ def detector_layer(table: Sequence[LayerInfo], rows: Sequence[LayerInfo] | None 
       examples take the stage just before the head (``model.21``), but only
       the stride-32 detections depend on it: a gradient CAM of a stride-8
       detection there is zero. Without the graph's parents: ``model.{N-1}``;
-    * torchvision detectors: the FPN output of the finest level
-      (``backbone.fpn.layer_blocks.0``);
+    * torchvision detectors: the FPN's row that every level's output reads
+      (the top of its top-down path, ``backbone.fpn.inner_blocks.N``), so that
+      a detection of any level has a gradient there; else the finest output;
     * DeepLab: the ASPP output (``classifier.0.project``).
     """
     rows = list(rows if rows is not None else spatial_layers(table))
@@ -255,6 +256,13 @@ def detector_layer(table: Sequence[LayerInfo], rows: Sequence[LayerInfo] | None 
         return _stage_end(rows, table, f"model.{k}")
     fpn = [r for r in rows if re.search(r"(^|\.)fpn\.layer_blocks\.\d+", _module_path(r.name))]
     if fpn:
+        # every level's detections read the top of the FPN's top-down path; a finer level's output is
+        # not read by the coarser levels' heads (a gradient CAM of their detections there is zero)
+        inner = [(int(m.group(1)), r) for r in rows
+                 if (m := re.search(r"(?:^|\.)fpn\.inner_blocks\.(\d+)", _module_path(r.name)))]
+        top = [r for k, r in inner if k == max(k for k, _ in inner) and _big_enough(r)]
+        if top:
+            return top[-1]
         good = [r for r in fpn if _big_enough(r)] or fpn
         return good[-1]
     aspp = [r for r in rows if re.search(r"(^|\.)(aspp|classifier\.0)\.project(\.|$)", _module_path(r.name))]
