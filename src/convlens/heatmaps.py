@@ -251,7 +251,8 @@ class Heatmaps:
             others = self.detections[entry.image] if entry.image < len(self.detections) else None
             for det in (others or [])[:DRAWN_DETECTIONS]:
                 if tuple(det["box"]) != tuple(entry.box):
-                    boxes.append(Box(*det["box"], label=f"{det['label']} {det['score']:.2f}"))
+                    x0, y0, x1, y1 = (float(v) for v in det["box"])
+                    boxes.append(Box(x0, y0, x1, y1, label=f"{det['label']} {det['score']:.2f}"))
         return overlay(self.images[entry.image].pixels, entry.map, caption=entry.caption(),
                        signed=entry.signed, value_range=(-1.0, 1.0) if entry.signed else (0.0, 1.0),
                        alpha=alpha, cmap=cmap, colorbar=colorbar, min_side=min_side, max_side=max_side,

@@ -29,7 +29,8 @@ def test_iou_gradient_matches_finite_differences(box):
         up, down = list(box), list(box)
         up[k] += eps
         down[k] -= eps
-        fd = (box_iou(np.array(up), np.array(target))[0, 0] - box_iou(np.array(down), np.array(target))[0, 0]) / (2 * eps)
+        t = np.array(target)
+        fd = (box_iou(np.array(up), t)[0, 0] - box_iou(np.array(down), t)[0, 0]) / (2 * eps)
         assert g[k] == pytest.approx(fd, rel=1e-5, abs=1e-8)
 
 

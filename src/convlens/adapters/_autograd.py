@@ -338,8 +338,8 @@ def hooked_gradients(module: Any, forward: Callable[[Any], Any], x: Any, batch: 
     if wrt_input:
         g = by_row.get(0)
         input_grad = to_numpy(g, input_channels_last) if g is not None else np.zeros_like(batch)
-    output = to_numpy(out_t, out_last) if out_t is not None else None
-    return Gradients(output=output, score=score, activations=activations, grads=grads,
+    out_np = to_numpy(out_t, out_last) if out_t is not None else None
+    return Gradients(output=out_np, score=score, activations=activations, grads=grads,
                      input_grad=input_grad, logits=logits)
 
 

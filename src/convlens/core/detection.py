@@ -82,7 +82,7 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
 
 
-def iou_gradient(box: Sequence[float], target: Sequence[float]) -> np.ndarray:
+def iou_gradient(box: Sequence[float] | np.ndarray, target: Sequence[float]) -> np.ndarray:
     """``(4,)`` d IoU(box, target) / d box, ``target`` fixed (both xyxy).
 
     The derivative torch's autograd takes of ``torchvision.ops.box_iou``

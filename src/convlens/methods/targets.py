@@ -491,7 +491,7 @@ def _detection_rows(objective: Objective, outs: Sequence[np.ndarray], layout: st
         shown.append(decode(raw, layout, image_hw=input_hw, min_score=objective.min_score, max_detections=100))
         allx = decode(raw, layout, image_hw=input_hw, min_score=-np.inf, with_nms=box is None,
                       max_detections=10**9)
-        wanted = classes or [None]
+        wanted: list[int | None] = list(classes) if classes else [None]
         for c in wanted:
             cands = allx if c is None or layout in ("yolo", "yolo-obj", "detr") else \
                 allx.take(np.flatnonzero(allx.classes == c))
