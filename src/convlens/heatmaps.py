@@ -297,7 +297,9 @@ class Heatmaps:
                 used[base] = used.get(base, 0) + 1
                 if used[base] > 1:  # a detector's second detection of one class
                     base = f"{base}_{used[base]}"
-                staging.write_png(base + ".png", self._render_entry(e, **options))
+                first = self.find(e.image, e.method, e.class_index) is e
+                staging.write_png(base + ".png", self.render(e.image, e.method, e.class_index, **options)
+                                  if first else self._render_entry(e, **options))
                 full = resize_map(e.map, (im.height, im.width))
                 staging.write_bytes(base + ".npy", _npy(full))
                 records.append({**self._record(e), "file": base + ".png", "array": base + ".npy",

@@ -272,3 +272,29 @@ def test_bad_boxes_and_masks_are_refused():
     with pytest.raises(BadArgument, match="layouts known"):
         create("gradcam").compute(open_model(_Regressor(), input_shape=(16, 16, 3)), _image(16, 16),
                                   objective=Objective(top=2))
+
+
+class _Dense(torch.nn.Module):
+    """A YOLO-style dense head on a tiny backbone: ``(N, 4 + 2, A)``, boxes cx, cy, w, h in pixels."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(4)
+        self.conv = torch.nn.Conv2d(3, 8, 3, stride=4, padding=1)
+        self.head = torch.nn.Conv2d(8, 6, 1)
+
+    def forward(self, x):
+        y = self.head(torch.relu(self.conv(x))).flatten(2)  # (N, 6, A)
+        boxes = torch.sigmoid(y[:, :4]) * 32
+        return torch.cat([boxes, torch.sigmoid(y[:, 4:])], dim=1)
+
+
+def test_report_predictions_list_detections_and_class_areas():
+    img = (np.random.default_rng(5).random((32, 32, 3)) * 255).astype(np.uint8)
+    det = Lens(_Dense(), input_shape=(32, 32, 3), preprocess="unit").report(img, sections=["predictions"])
+    html = det.html
+    assert "is a detector (yolo output)" in html and "not a classifier" not in html
+    seg = Lens(_TwoColours(), input_shape=(32, 32, 3), preprocess="unit").report(
+        (_halves()[0] * 255).astype(np.uint8), sections=["predictions"])
+    html = seg.html
+    assert "is a segmenter" in html and "50.0%" in html

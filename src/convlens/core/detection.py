@@ -146,8 +146,7 @@ def guess_layout(shapes: Sequence[tuple[int, ...]]) -> str | None:
     if not shapes or len(shapes[0]) != 2:
         return None
     rows, cols = shapes[0]
-    if cols == 6 and rows >= 1 and len(shapes) == 1 and rows != 6:
-        return None  # (K, 6) is ambiguous alone: the adapter names torchvision outputs itself
+    # a torchvision detector's (K, 6) is named "detections" by the adapter, which callers check first
     feats = min(rows, cols)
     if max(rows, cols) >= 4 * feats and feats >= 5:
         return "yolo"
