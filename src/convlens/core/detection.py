@@ -43,6 +43,10 @@ LAYOUTS = {
 }
 
 
+#: Candidates NMS looks at, at most (the best scores).
+PRE_NMS = 1000
+
+
 @dataclass(frozen=True)
 class Detections:
     """One image's detections, best first.
@@ -211,6 +215,8 @@ def decode(outputs: Sequence[np.ndarray], layout: str, *, image_hw: tuple[int, i
         with_nms = False  # DETR's queries do not duplicate
     dets = Detections(boxes, scores, classes.astype(int), slots.astype(int))
     dets = dets.take(np.flatnonzero(dets.scores >= min_score))
+    if with_nms and len(dets) > PRE_NMS:  # NMS is quadratic: the best candidates only, as ultralytics does
+        dets = dets.take(np.argsort(-dets.scores, kind="stable")[:PRE_NMS])
     if with_nms and len(dets):
         keep: list[int] = []
         for c in np.unique(dets.classes):

@@ -329,7 +329,8 @@ class Objective:
             similarity of the output (a vector) with it.
         layout: a detector's output layout (:data:`convlens.core.detection.LAYOUTS`);
             default guessed from the outputs' shapes.
-        min_score: detections scoring less are not drawn (and not among the top).
+        min_score: detections scoring less are not drawn (the top detections
+            and the box's match are chosen among all).
     """
 
     box: tuple[float, float, float, float] | None = None
@@ -339,7 +340,7 @@ class Objective:
     output_index: int | None = None
     reference: np.ndarray | None = None
     layout: str | None = None
-    min_score: float = 0.0
+    min_score: float = 0.25
 
     def is_plain(self) -> bool:
         """Nothing beyond classes is asked: the classic path applies (unless the output is a detector's)."""
@@ -529,9 +530,10 @@ def _detection_rows(objective: Objective, outs: Sequence[np.ndarray], layout: st
 
 def nms_order(dets: Detections) -> np.ndarray:
     """Indexes of ``dets`` that per-class NMS keeps, best first."""
-    from ..core.detection import nms
+    from ..core.detection import PRE_NMS, nms
 
-    keep = nms(dets.boxes, dets.scores)
+    best = np.argsort(-dets.scores, kind="stable")[:PRE_NMS]
+    keep = best[nms(dets.boxes[best], dets.scores[best])]
     return keep[np.argsort(-dets.scores[keep], kind="stable")]
 
 
