@@ -883,10 +883,13 @@ class Method:
                 raise BadArgument(f"output of shape {out.shape} for a batch of {len(x)} images")
             ctx.output = out
         ctx.given = given
-        if self.needs_target and not self.needs_gradients:
-            _check_scored(self, ctx.rows)
+        scorer = self.needs_target and not self.needs_gradients
+        if scorer and objective is not None and not objective.is_plain():
+            _check_scored(self, ctx.rows)  # before any work; a plain target resolves in the method's own pass
         raw = np.asarray(self.raw_maps(ctx), np.float32)
         rows = ctx.rows
+        if scorer:
+            _check_scored(self, rows)
         if self.kind == "cam":
             cam = np.maximum(raw, 0)
             flat = cam.max(axis=(1, 2)) - cam.min(axis=(1, 2)) <= 0
