@@ -49,14 +49,19 @@ def yolo(tmp_path_factory):
     return model, path
 
 
+@pytest.fixture(scope="module")
+def yolo_adapters(yolo):
+    """The two adapters, their layer tables probed once for the module."""
+    model, path = yolo
+    return open_model(model, input_shape=(224, 256, 3)), open_model(str(path))
+
+
 def _image(h: int = 224, w: int = 256, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).random((1, h, w, 3), dtype=np.float32)
 
 
-def test_yolo_box_target_gradcam_agrees_between_pytorch_and_onnx(yolo):
-    model, path = yolo
-    pt = open_model(model, input_shape=(224, 256, 3))
-    ox = open_model(str(path))
+def test_yolo_box_target_gradcam_agrees_between_pytorch_and_onnx(yolo_adapters):
+    pt, ox = yolo_adapters
     x = _image()
     # the box of one anchor's own prediction: IoU 1 with that anchor alone
     dense = pt.run(x, [], lambda i, a: None)[0]
@@ -73,9 +78,8 @@ def test_yolo_box_target_gradcam_agrees_between_pytorch_and_onnx(yolo):
     np.testing.assert_allclose(_scaled(got[0].raw[0]), _scaled(got[1].raw[0]), atol=1e-4)
 
 
-def test_yolo_default_layer_is_in_the_neck_and_eigencam_needs_no_class(yolo):
-    model, path = yolo
-    for ad in (open_model(model, input_shape=(224, 256, 3)), open_model(str(path))):
+def test_yolo_default_layer_is_in_the_neck_and_eigencam_needs_no_class(yolo_adapters):
+    for ad in yolo_adapters:
         layer = default_layer(ad.layers())
         # model.15: the neck's stride-8 output, which every detection scale is computed from
         assert layer.name.strip("/").replace("/", ".").startswith(("model.15.", "model.0.act")), layer.name
@@ -84,9 +88,8 @@ def test_yolo_default_layer_is_in_the_neck_and_eigencam_needs_no_class(yolo):
         assert res.raw.shape[1:] == (28, 32)  # stride 8 of the 224x256 input
 
 
-def test_yolo_top_detections_one_map_each(yolo):
-    model, _ = yolo
-    ad = open_model(model, input_shape=(224, 256, 3))
+def test_yolo_top_detections_one_map_each(yolo_adapters):
+    ad = yolo_adapters[0]
     res = create("gradcam").compute(ad, _image(), objective=Objective(top=3))
     assert len(res) == 3 and res.target.boxes.shape == (3, 4)
     assert np.all(np.diff(res.scores) <= 1e-12)  # best first
