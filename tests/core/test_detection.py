@@ -79,3 +79,11 @@ def test_decode_detr_and_torchvision():
     assert guess_layout([(8400, 84)]) == "yolo" and guess_layout([(84, 8400)]) == "yolo"
     assert guess_layout([(100, 92), (100, 4)]) == "detr"
     assert guess_layout([(10,)]) is None
+
+
+def test_a_torchvision_output_is_told_from_a_two_class_yolo_output():
+    from convlens.core.detection import looks_like_torchvision
+
+    tv = np.array([[1, 2, 3, 4, 0.9, 7], [0, 0, 0, 0, 0, -1]], float)
+    yolo = np.array([[10, 12, 4, 6, 0.2, 0.7], [11, 12, 4, 6, 0.1, 0.3]], float)
+    assert looks_like_torchvision(tv) and not looks_like_torchvision(yolo)

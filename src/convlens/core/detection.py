@@ -30,6 +30,7 @@ __all__ = [
     "box_iou",
     "decode",
     "guess_layout",
+    "looks_like_torchvision",
     "iou_gradient",
     "nms",
 ]
@@ -131,6 +132,20 @@ def nms(boxes: np.ndarray, scores: np.ndarray, threshold: float = 0.45) -> np.nd
         rest = order[1:]
         order = rest[box_iou(boxes[i], boxes[rest])[0] <= threshold]
     return np.asarray(keep, int)
+
+
+def looks_like_torchvision(out: np.ndarray) -> bool:
+    """``(K, 6)`` rows ``(x0, y0, x1, y1, score, label)`` with whole labels from -1 (the padding): the
+    PyTorch adapter's form of a torchvision detector's output for one image."""
+    out = np.asarray(out)
+    if out.ndim != 2 or out.shape[1] != 6:
+        return False
+    labels = out[:, 5]
+    if not (np.all(labels == np.round(labels)) and np.all(labels >= -1)):
+        return False
+    used = labels >= 0
+    ordered = np.all(out[used, 2] >= out[used, 0]) and np.all(out[used, 3] >= out[used, 1])
+    return bool(ordered)
 
 
 def _anchors_first(out: np.ndarray) -> np.ndarray:

@@ -34,7 +34,7 @@ from .._errors import BadArgument, BadImage, UnsupportedModel
 from .._progress import NullProgress, Progress
 from ..adapters.base import Adapter, Gradients, Target
 from ..core.cam import minmax, resize_bilinear
-from ..core.detection import guess_layout
+from ..core.detection import guess_layout, looks_like_torchvision
 from ..core.layers import LayerInfo
 from ..core.memory import MEMORY_BUDGET, batch_size_for, per_sample_bytes
 from ..images import apply_preset, check_not_constant
@@ -379,7 +379,8 @@ class Context:
         """Every model output for the batch, by name (the adapter's ``outputs()``, else its one output)."""
         if self._outputs is None and self.output is not None and (self.objective is None or (
                 self.objective.output is None and self.objective.layout in (None, "yolo", "yolo-obj"))) \
-                and self.output.ndim == 3 and guess_layout([tuple(self.output.shape[1:])]) == "yolo":
+                and self.output.ndim == 3 and guess_layout([tuple(self.output.shape[1:])]) == "yolo" \
+                and not all(looks_like_torchvision(o) for o in self.output):
             self._outputs = [("output", self.output)]  # a dense detector's one output, given: no pass
         if self._outputs is None:
             many = getattr(self.adapter, "outputs", None)

@@ -64,20 +64,11 @@ def predictions_section(ctx: ReportContext) -> Markup:
 TOP_DETECTIONS = 10
 
 
-def _looks_like_torchvision(out: np.ndarray) -> bool:
-    """``(K, 6)`` rows ``(x0, y0, x1, y1, score, label)`` padded with label -1: the PyTorch adapter's
-    form of a torchvision detector's output."""
-    if out.ndim != 2 or out.shape[1] != 6:
-        return False
-    labels = out[:, 5]
-    return bool(np.all(labels == np.round(labels)) and np.all(labels >= -1))
-
-
 def _detections_or_areas(ctx: ReportContext) -> Markup | None:
     """A detector's detections (class, score, box) or a segmenter's class areas per image, else ``None``."""
     if not ctx.outputs:
         return None
-    from ...core.detection import decode, guess_layout
+    from ...core.detection import decode, guess_layout, looks_like_torchvision
 
     names = ctx.labels
 
@@ -94,7 +85,7 @@ def _detections_or_areas(ctx: ReportContext) -> Markup | None:
             cards.append({"name": im.name, "rows": [{"name": label(j), "id": j, "value": f"{counts[j]:.4f}",
                                                       "text": f"{100 * counts[j]:.1f}%"} for j in order]})
         return render("sections/detections.html", kind="segmentation", model=ctx.model.name, cards=cards)
-    layout = "torchvision" if _looks_like_torchvision(first) else guess_layout([tuple(first.shape)])
+    layout = "torchvision" if looks_like_torchvision(first) else guess_layout([tuple(first.shape)])
     if layout is None:
         return None
     for i, im in enumerate(ctx.images):
