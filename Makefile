@@ -79,6 +79,7 @@ benchmark-heatmaps: $(VENV)/.test-deps
 	KERAS_BACKEND=tensorflow $(BIN)/python benchmarks/bench_heatmaps.py
 	KERAS_BACKEND=tensorflow $(BIN)/python benchmarks/bench_sanity.py
 	KERAS_BACKEND=tensorflow $(BIN)/python benchmarks/bench_faithfulness.py
+	$(BIN)/python benchmarks/bench_detector.py
 
 # The demo CNN trained for 3 epochs with and without the LensCallback (target: at most 5% slower).
 benchmark-training: $(VENV)/.test-deps

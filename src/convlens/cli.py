@@ -302,7 +302,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the class to explain, by index or name; repeatable or comma-separated "
                         "(default: each image's top class)")
     p.add_argument("--top", type=_positive, default=1, metavar="K",
-                   help="without --class: each image's K top classes (default 1, at most 10)")
+                   help="without --class: each image's K top classes, or a detector's K best "
+                        "detections (default 1, at most 10)")
     p.add_argument("--labels", metavar="FILE", help="class names, one per line, or imagenet for the built-in "
                                                   "ImageNet-1k names (default: the model's own)")
     p.add_argument("--out", required=True, help="output folder")
@@ -313,6 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stride", type=_positive, help="occlusion: patch step (default half the window)")
     p.add_argument("--baseline", choices=("zero", "black", "blur"),
                    help="ig and occlusion: the reference input (default zero, after preprocessing)")
+    _target_options(p)
     _model_options(p)
     _image_options(p)
 
@@ -493,12 +495,52 @@ def _cmd_report(lens: Any, args: argparse.Namespace, stdout: TextIO) -> None:
                  f"{len(report.predictions)} image{'s' if len(report.predictions) != 1 else ''})\n")
 
 
+def _target_options(p: argparse.ArgumentParser) -> None:
+    """heatmap: what to explain beyond a classifier's class (detectors, segmenters, regression, embeddings)."""
+    p.add_argument("--box", metavar="X0,Y0,X1,Y1",
+                   help="a detector: explain the detection of --class that best overlaps this box; a "
+                        "segmenter: the class's score summed over it (pixels of the image as given)")
+    p.add_argument("--mask", metavar="FILE|predicted",
+                   help="a segmenter: the class's score summed over the non-zero pixels of this image "
+                        "(resized to the output), or over the pixels predicted as the class")
+    p.add_argument("--output", dest="which_output", metavar="NAME|INDEX",
+                   help="which model output to explain (default the first)")
+    p.add_argument("--output-index", type=_non_negative, metavar="I",
+                   help="explain one raw value of the output, signed (a regression output, raw scores): "
+                        "a flat index into one image's output, channels last")
+    p.add_argument("--reference", metavar="IMAGE",
+                   help="an embedding model: explain the cosine similarity with this image's embedding")
+
+
+def _non_negative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text} is negative; give a whole number from 0")
+    return value
+
+
+def _parse_box(text: str | None) -> tuple[float, float, float, float] | None:
+    if text is None:
+        return None
+    parts = [t for t in text.replace(" ", ",").split(",") if t]
+    try:
+        x0, y0, x1, y1 = (float(t) for t in parts)
+    except ValueError:
+        raise BadArgument(f"--box {text!r}: give four numbers X0,Y0,X1,Y1 in pixels of the image") from None
+    return x0, y0, x1, y1
+
+
 def _cmd_heatmap(lens: Any, args: argparse.Namespace, stdout: TextIO) -> None:
     options = {key: getattr(args, key) for key in ("steps", "samples", "window", "stride", "baseline")
                if getattr(args, key) is not None}
     result = lens.heatmaps(args.images, args.method, layer=args.layer, target=args.classes, top=args.top,
                            size=args.size, preprocess=args.preprocess, labels=args.labels,
-                           progress=BarProgress(), method_options=options)
+                           progress=BarProgress(), method_options=options, box=_parse_box(args.box),
+                           mask=args.mask, output=args.which_output, output_index=args.output_index,
+                           reference=args.reference)
     result.save(args.out)
     stdout.writelines(f"note: {note}\n" for note in result.notes)
     stdout.writelines(f"{result.images[e.image].name}: {e.caption()}\n" for e in result.entries[:40])

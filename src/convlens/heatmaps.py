@@ -20,7 +20,7 @@ import html
 import inspect
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -33,9 +33,10 @@ from .core.text import probability as probability_text
 from .images import Image, PreparedBatch, check_not_constant
 from .methods import Method, MethodResult, RecordedForward, check_gradients, create, get, resolve_layer
 from .methods import names as method_names
-from .methods.targets import TargetSpec, parse_classes
+from .methods.targets import Objective, TargetSpec, check_box, output_position, parse_classes
 from .output import OutputDir, png_figure_html, safe_name, write_index
 from .passes import call_model
+from .render.marks import Box
 from .render.overlay import overlay, resize_map
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -46,6 +47,8 @@ __all__ = ["DEFAULT_METHOD", "Heatmap", "Heatmaps", "compute_heatmaps", "create_
 
 #: What ``heatmaps()`` computes when no method is named.
 DEFAULT_METHOD = "gradcam"
+#: Other detections drawn thin on a detection's overlay, at most.
+DRAWN_DETECTIONS = 10
 
 
 @dataclass
@@ -73,6 +76,11 @@ class Heatmap:
         flat: the map carried no signal (every value equal; drawn as zeros).
         extra: the method's own figures for this map (e.g. Integrated
             Gradients' ``completeness_gap``).
+        kind: what the map explains (:attr:`convlens.methods.targets.Rows.kind`):
+            ``"class"``, ``"detection"``, ``"segmentation"``, ``"index"``,
+            ``"embedding"`` or ``"agnostic"``.
+        box: a detection's box ``(x0, y0, x1, y1)`` in pixels of the image as given.
+        region: a segmentation's region ``(h, w)`` at the output's positions (non-zero inside).
     """
 
     image: int
@@ -88,12 +96,22 @@ class Heatmap:
     layer: str | None
     flat: bool
     extra: dict[str, Any] = field(default_factory=dict)
+    kind: str = "class"
+    box: tuple[float, float, float, float] | None = None
+    region: np.ndarray | None = field(default=None, repr=False)
 
     def caption(self) -> str:
         """One line: method, class, score (``Grad-CAM · tabby cat (281) · p 0.412``)."""
         cls = self.label if self.label == str(self.class_index) else f"{self.label} ({self.class_index})"
         parts = [self.title, cls]
-        if self.scores_are_probabilities:
+        if self.kind == "detection":
+            parts.append(f"detection score {_num(self.score)}")
+        elif self.kind == "embedding":
+            parts.append(f"cosine similarity {_num(self.score)}")
+        elif self.kind in ("index", "agnostic", "segmentation"):
+            if self.kind != "agnostic":
+                parts.append(f"{'value' if self.kind == 'index' else 'score over the region'} {_num(self.score)}")
+        elif self.scores_are_probabilities:
             parts.append(f"p {probability_text(self.score)}")
         elif self.probability is not None:
             parts.append(f"score {_num(self.score)}, softmax p {probability_text(self.probability)}")
@@ -126,15 +144,20 @@ class Heatmaps:
         notes: what was done to the inputs (resizing, channel changes).
         results: the methods' own :class:`~convlens.methods.MethodResult`, by
             method name, one per group of images of the same size.
+        detections: per image, a detector's decoded detections (best first,
+            ``{"box": (x0, y0, x1, y1) in pixels of the image as given,
+            "class": k, "label": name, "score": s}``), or ``None``.
     """
 
     def __init__(self, *, images: list[Image], inputs: list[np.ndarray], methods: list[str],
                  titles: dict[str, str], entries: list[Heatmap], outputs: list[np.ndarray],
                  class_names: list[str] | None, model: str, framework: str, notes: list[str],
-                 results: dict[str, list[MethodResult]]) -> None:
+                 results: dict[str, list[MethodResult]],
+                 detections: list[list[dict[str, Any]] | None] | None = None) -> None:
         self.images, self.inputs, self.methods, self.titles = images, inputs, methods, titles
         self.entries, self.outputs, self.class_names = entries, outputs, class_names
         self.model, self.framework, self.notes, self.results = model, framework, notes, results
+        self.detections: list[list[dict[str, Any]] | None] = list(detections or [None] * len(images))
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -217,17 +240,30 @@ class Heatmaps:
         ``alpha``, ``cmap``, ``colorbar``, ``min_side`` and ``max_side`` are
         :func:`convlens.render.overlay.overlay`'s.
         """
-        entry = self.find(image, method, target)
+        return self._render_entry(self.find(image, method, target), alpha=alpha, cmap=cmap, colorbar=colorbar,
+                                  min_side=min_side, max_side=max_side)
+
+    def _render_entry(self, entry: Heatmap, *, alpha: float | None = None, cmap: str | None = None,
+                      colorbar: bool = True, min_side: int = 256, max_side: int = 4096) -> np.ndarray:
+        boxes: list[Box] = []
+        if entry.box is not None:
+            boxes.append(Box(*entry.box, label=f"{entry.label} {entry.score:.2f}", thick=True))
+            others = self.detections[entry.image] if entry.image < len(self.detections) else None
+            for det in (others or [])[:DRAWN_DETECTIONS]:
+                if tuple(det["box"]) != tuple(entry.box):
+                    x0, y0, x1, y1 = (float(v) for v in det["box"])
+                    boxes.append(Box(x0, y0, x1, y1, label=f"{det['label']} {det['score']:.2f}"))
         return overlay(self.images[entry.image].pixels, entry.map, caption=entry.caption(),
                        signed=entry.signed, value_range=(-1.0, 1.0) if entry.signed else (0.0, 1.0),
-                       alpha=alpha, cmap=cmap, colorbar=colorbar, min_side=min_side, max_side=max_side)
+                       alpha=alpha, cmap=cmap, colorbar=colorbar, min_side=min_side, max_side=max_side,
+                       boxes=boxes, region=entry.region)
 
     def _repr_html_(self) -> str:
         head = (f"<div><b>{html.escape(self.model)}</b>: {len(self.entries)} heatmaps "
                 f"({html.escape(', '.join(self.titles[m] for m in self.methods))})</div>")
         parts = [head, *(f"<div>note: {html.escape(n)}</div>" for n in self.notes)]  # a guessed preset, ...
         for e in self.entries:
-            rgb = self.render(e.image, e.method, e.class_index, max_side=512)
+            rgb = self._render_entry(e, max_side=512)
             parts.append(png_figure_html(rgb, self.images[e.image].name,
                                          alt=f"{self.images[e.image].name}: {e.caption()}", max_width="512px",
                                          pixelated=False, inline=True))
@@ -254,10 +290,16 @@ class Heatmaps:
         out_path = Path(out)
         records: list[dict[str, Any]] = []
         with OutputDir(out_path) as staging:
+            used: dict[str, int] = {}
             for e in self.entries:
                 im = self.images[e.image]
                 base = f"heatmaps/{_safe(im.name)}/{_safe(e.method)}_{e.class_index}"
-                staging.write_png(base + ".png", self.render(e.image, e.method, e.class_index, **options))
+                used[base] = used.get(base, 0) + 1
+                if used[base] > 1:  # a detector's second detection of one class
+                    base = f"{base}_{used[base]}"
+                first = self.find(e.image, e.method, e.class_index) is e
+                staging.write_png(base + ".png", self.render(e.image, e.method, e.class_index, **options)
+                                  if first else self._render_entry(e, **options))
                 full = resize_map(e.map, (im.height, im.width))
                 staging.write_bytes(base + ".npy", _npy(full))
                 records.append({**self._record(e), "file": base + ".png", "array": base + ".npy",
@@ -282,7 +324,8 @@ class Heatmaps:
                 "label": e.label, "score": e.score, "probability": e.probability,
                 "layer": e.layer, "signed": e.signed, "flat": e.flat,
                 "range": [-1.0, 1.0] if e.signed else [0.0, 1.0],
-                "extra": {k: v for k, v in e.extra.items() if isinstance(v, (int, float, str, bool))}}
+                "extra": {k: v for k, v in e.extra.items() if isinstance(v, (int, float, str, bool))},
+                "target": e.kind, "box": None if e.box is None else [float(v) for v in e.box]}
 
 
 def _npy(a: np.ndarray) -> bytes:
@@ -340,7 +383,7 @@ def create_methods(names: Sequence[str], options: Mapping[str, Any]) -> list[Met
 
 
 def _check_before_work(model: Model, made: list[Method], layer: Any, target: TargetSpec,
-                       names: list[str] | None) -> list[int] | None:
+                       names: list[str] | None, objective: Objective | None = None) -> list[int] | None:
     """Every check that needs no pass: gradients, the layer, the classes (nothing runs on failure).
 
     Returns:
@@ -356,7 +399,10 @@ def _check_before_work(model: Model, made: list[Method], layer: Any, target: Tar
     last = table[-1].output_shape if table else None
     classes = model.output_classes()
     chosen = _classes(target, classes, names)
-    if chosen is None and last is not None and len(last) != 1:
+    needs_class = any(m.needs_target for m in made) and (objective is None or objective.is_plain())
+    if objective is not None and objective.box is not None:
+        check_box(objective.box, (10**9, 10**9))  # four numbers, not empty (the image's size is checked later)
+    if needs_class and chosen is None and last is not None and len(last) == 3:
         raise BadArgument(f"the output of {model.name} has shape {tuple(last)}, not one score per class, so "
                           "there is no top class: name the class to explain (--class, target=...)")
     return chosen
@@ -399,7 +445,9 @@ def _are_probabilities(output: np.ndarray, final: str | None, step: float | None
 def heatmaps(model: Model, images: Any, method: str | Sequence[str] | None = DEFAULT_METHOD, *,
              layer: str | int | None = None, target: TargetSpec = None, top: int = 1, size: Any = None,
              preprocess: str | None = None, labels: str | os.PathLike[str] | Sequence[str] | None = None,
-             progress: Progress | None = None, method_options: Mapping[str, Any] | None = None) -> Heatmaps:
+             progress: Progress | None = None, method_options: Mapping[str, Any] | None = None,
+             box: Sequence[float] | None = None, mask: Any = None, output: int | str | None = None,
+             output_index: int | None = None, reference: Any = None) -> Heatmaps:
     """Heatmaps of ``images`` under one or several methods.
 
     Every check that needs no computation (gradients for the methods asked,
@@ -428,6 +476,19 @@ def heatmaps(model: Model, images: Any, method: str | Sequence[str] | None = DEF
             each goes to the methods that take it, and one that no method asked
             for takes is refused. One mapping rather than keyword arguments: the
             options belong to the methods, and a new method brings its own.
+        box: ``(x0, y0, x1, y1)`` in pixels of the image as given: a detector's
+            detection of the class named that best overlaps it (its score plus
+            the overlap, pytorch-grad-cam's box-score target), or a
+            segmentation's region.
+        mask: a segmentation's region: an image (path or array, any size:
+            non-zero pixels count, resized to the output) or ``"predicted"``
+            (the pixels the model predicts as the class).
+        output: which model output to explain, by name or position.
+        output_index: explain one raw value of the output (a regression
+            output, or raw scores): a flat index into one image's canonical
+            output, signed.
+        reference: an image whose embedding the output is compared with
+            (cosine similarity): face and re-identification models.
 
     Raises:
         UnsupportedModel: a gradient method on a model without gradients
@@ -439,13 +500,51 @@ def heatmaps(model: Model, images: Any, method: str | Sequence[str] | None = DEF
     names = parse_methods(method)
     made = create_methods(names, method_options or {})
     class_names, _ = model.class_names(labels)
-    classes = _check_before_work(model, made, layer, target, class_names)
+    objective = Objective(box=None if box is None else tuple(box),  # type: ignore[arg-type]
+                          mask=_load_mask(mask), output=output, output_index=output_index)
+    asked = objective if reference is None else replace(objective, reference=np.zeros(1))  # known after a pass
+    classes = _check_before_work(model, made, layer, target, class_names, asked)
     prepared = model.prepare(images, size=size, preprocess=preprocess)
     hint = model.labels_hint(class_names, model.output_classes())
-    if hint:
+    if hint and objective.is_plain():
         prepared.notes.append(hint)
+    if reference is not None:
+        objective = replace(objective, reference=reference_embedding(model, reference, size=size,
+                                                                       preprocess=preprocess, output=output))
     return compute_heatmaps(model, prepared, made, layer=layer, classes=classes, top=top,
-                            class_names=class_names, preprocess=preprocess, progress=progress)
+                            class_names=class_names, preprocess=preprocess, progress=progress,
+                            objective=objective)
+
+
+def _load_mask(mask: Any) -> np.ndarray | str | None:
+    """A region mask as an array (an image file's pixels), or ``"predicted"``, or ``None``."""
+    if mask is None or (isinstance(mask, str) and mask.strip().lower() == "predicted"):
+        return mask
+    if isinstance(mask, np.ndarray):
+        return mask
+    from .images import load_image
+
+    return np.asarray(load_image(mask).pixels)
+
+
+def reference_embedding(model: Model, reference: Any, *, size: Any = None, preprocess: str | None = None,
+                        output: int | str | None = None) -> np.ndarray:
+    """``(D,)`` the embedding of a reference image: the model's chosen output for it, a vector.
+
+    Raises:
+        BadArgument: the output is not a vector (``--reference`` compares embeddings).
+    """
+    ref = model.prepare([reference], size=size, preprocess=preprocess)
+    batch = np.stack(ref.arrays)
+    many = getattr(model.adapter, "outputs", None)
+    outs = [(str(n), np.asarray(a)) for n, a in many(batch)] if callable(many) else \
+        [("output", call_model(model.adapter, batch))]
+    k = output_position(output, [n for n, _ in outs])
+    emb = outs[k][1]
+    if emb.ndim != 2:
+        raise BadArgument(f"--reference compares embeddings, but the output {outs[k][0]!r} of {model.name} has "
+                          f"shape {tuple(emb.shape[1:])}, not a vector; pick a vector output with --output")
+    return emb[0].astype(np.float64)
 
 
 def compute_heatmaps(model: Model, prepared: PreparedBatch, made: Sequence[Method], *,
@@ -453,7 +552,8 @@ def compute_heatmaps(model: Model, prepared: PreparedBatch, made: Sequence[Metho
                      class_names: list[str] | None = None, preprocess: str | None = None,
                      progress: Progress | None = None,
                      outputs: Sequence[np.ndarray] | None = None,
-                     recorded: RecordedForward | None = None) -> Heatmaps:
+                     recorded: RecordedForward | None = None,
+                     objective: Objective | None = None) -> Heatmaps:
     """:func:`heatmaps` for images already loaded and prepared (the report's section uses it).
 
     Args:
@@ -472,10 +572,12 @@ def compute_heatmaps(model: Model, prepared: PreparedBatch, made: Sequence[Metho
             on that layer computes its maps from them, with no pass of its own
             (:meth:`~convlens.methods.GradientCam.from_gradients`); anything
             not recorded is computed as usual.
+        objective: what to explain beyond a class (see :func:`heatmaps`); its
+            box is in pixels of the image as given.
     """
     if isinstance(top, bool) or not isinstance(top, (int, np.integer)) or not 1 <= int(top) <= 10:
         raise BadArgument(f"top must be a whole number from 1 to 10, not {top!r}")
-    loaded, arrays, notes = prepared.images, prepared.arrays, prepared.notes
+    loaded, arrays, notes = prepared.images, prepared.arrays, list(prepared.notes)
     for image, a in zip(loaded, arrays):
         check_not_constant(a, image.name)
     progress = progress or NullProgress()
@@ -483,8 +585,10 @@ def compute_heatmaps(model: Model, prepared: PreparedBatch, made: Sequence[Metho
     # Images of one size share a batch; with several top classes each image is its own batch
     # (a batch's target is one list of classes for all its images).
     groups: dict[Any, list[int]] = {}
+    per_image_target = objective is not None and (objective.box is not None or objective.mask is not None)
     for i, a in enumerate(arrays):
-        groups.setdefault(i if classes is None and top > 1 else a.shape, []).append(i)
+        groups.setdefault(i if (classes is None and top > 1) or per_image_target else a.shape, []).append(i)
+    found: list[list[dict[str, Any]] | None] = [None] * len(arrays)
     known: list[np.ndarray | None] = [None] * len(arrays)
     per_image: dict[tuple[int, str], list[Heatmap]] = {}
     results: dict[str, list[MethodResult]] = {m.name: [] for m in made}
@@ -498,7 +602,15 @@ def compute_heatmaps(model: Model, prepared: PreparedBatch, made: Sequence[Metho
         for j, i in enumerate(members):
             known[i] = out[j]
         wanted: TargetSpec = classes
-        if classes is None and top > 1:
+        goal = objective
+        if goal is not None and goal.box is not None:  # the user's pixels -> the network input's
+            im, a = loaded[members[0]], arrays[members[0]]
+            x0, y0, x1, y1 = check_box(goal.box, (im.height, im.width))
+            sy, sx = a.shape[0] / im.height, a.shape[1] / im.width
+            goal = replace(goal, box=(x0 * sx, y0 * sy, x1 * sx, y1 * sy))
+        if classes is None and top > 1 and out.ndim == 3:  # a detector: its top detections
+            goal = replace(goal or Objective(), top=int(top))
+        elif classes is None and top > 1:
             if out.ndim != 2:
                 raise BadArgument(f"the output of {model.name} has shape {tuple(out.shape[1:])}, not one score "
                                   "per class, so there are no top classes: name the class to explain")
@@ -511,26 +623,63 @@ def compute_heatmaps(model: Model, prepared: PreparedBatch, made: Sequence[Metho
                                        preprocess=preprocess or model.preprocess)
             else:
                 res = m.compute(adapter, batch, target=wanted, layer=layer, class_names=class_names,
-                                preprocess=preprocess or model.preprocess, progress=progress, output=out)
+                                preprocess=preprocess or model.preprocess, progress=progress, output=out,
+                                objective=goal)
             results[m.name].append(res)
+            rows = res.target
+            if rows is not None and rows.detections is not None:
+                for j, dets in enumerate(rows.detections):
+                    found[members[j]] = _detection_records(dets, loaded[members[j]], arrays[members[j]],
+                                                           class_names)
+            if rows is not None:
+                notes.extend(n for n in rows.notes if n not in notes)
             for r in range(len(res)):
                 img = members[int(res.images[r])]
                 k = int(res.classes[r])
+                kind = rows.kind if rows is not None else "class"
                 per_image.setdefault((img, m.name), []).append(Heatmap(
                     image=img, method=m.name, title=m.title, class_index=k, label=res.labels[r],
                     score=float(res.scores[r]),
-                    probability=float(probs[int(res.images[r]), k]) if probs is not None else None,
+                    probability=float(probs[int(res.images[r]), k]) if probs is not None and kind == "class"
+                    and k < probs.shape[1] else None,
                     scores_are_probabilities=_are_probabilities(out, adapter.final_activation,
                                                                   getattr(adapter, "output_quant_step", None)),
                     map=res.maps[r], signed=res.signed, layer=res.layer.name if res.layer else None,
                     flat=bool(res.flat[r]) if len(res.flat) else False,
-                    extra=_row_extra(res.extra, r, len(res))))
+                    extra=_row_extra(res.extra, r, len(res)), kind=kind,
+                    box=_image_box(rows.boxes[r], loaded[img], arrays[img])
+                    if rows is not None and rows.boxes is not None else None,
+                    region=_row_region(rows, r)))
     names = [m.name for m in made]
     entries = [e for i in range(len(arrays)) for n in names for e in per_image.get((i, n), [])]
     return Heatmaps(images=loaded, inputs=arrays, methods=names, titles={m.name: m.title for m in made},
                     entries=entries, outputs=[o for o in known if o is not None],
                     class_names=class_names, model=model.name, framework=adapter.framework, notes=notes,
-                    results=results)
+                    results=results, detections=found)
+
+
+def _image_box(box: np.ndarray, image: Image, array: np.ndarray) -> tuple[float, float, float, float]:
+    """A box in the network input's pixels, in pixels of the image as given."""
+    sy, sx = image.height / array.shape[0], image.width / array.shape[1]
+    x0, y0, x1, y1 = (float(v) for v in box)
+    return x0 * sx, y0 * sy, x1 * sx, y1 * sy
+
+
+def _row_region(rows: Any, r: int) -> np.ndarray | None:
+    if rows is None or rows.mask is None or rows.kind != "segmentation":
+        return None
+    return rows.mask[r] if rows.mask.ndim == 3 else rows.mask
+
+
+def _detection_records(dets: Any, image: Image, array: np.ndarray,
+                       names: Sequence[str] | None) -> list[dict[str, Any]]:
+    """A detector's decoded detections as records, boxes in pixels of the image as given."""
+    out = []
+    for b, sc, c in zip(dets.boxes, dets.scores, dets.classes):
+        k = int(c)
+        label = str(names[k]) if names is not None and 0 <= k < len(names) else str(k)
+        out.append({"box": _image_box(b, image, array), "class": k, "label": label, "score": float(sc)})
+    return out
 
 
 def _recorded_rows(recorded: RecordedForward | None, method: Method, table: list[Any], layer: str | int | None,

@@ -680,7 +680,9 @@ class Lens:
                  size: int | tuple[int, int] | None = None, preprocess: str | None = None,
                  labels: str | os.PathLike[str] | Sequence[str] | None = None,
                  progress: Progress | None = None,
-                 method_options: Mapping[str, Any] | None = None) -> Heatmaps:
+                 method_options: Mapping[str, Any] | None = None,
+                 box: Sequence[float] | None = None, mask: Any = None, output: int | str | None = None,
+                 output_index: int | None = None, reference: ImageLike | None = None) -> Heatmaps:
         """Where the network looks when it decides: see :func:`convlens.heatmaps.heatmaps`.
 
         Args:
@@ -696,13 +698,22 @@ class Lens:
             method_options: the methods' own options by name, each given to the
                 methods that take it: ``{"steps": 32}`` (IG), ``{"samples": 10}``
                 (SmoothGrad), ``{"window": 16, "stride": 8}`` (occlusion).
+            box: ``(x0, y0, x1, y1)`` in pixels of the image as given: a
+                detector's detection of ``target`` that best overlaps it, or a
+                segmentation's region.
+            mask: a segmentation's region (an image, non-zero pixels count) or ``"predicted"``.
+            output: which model output to explain (a name or position).
+            output_index: one raw value of the output to explain, signed (regression).
+            reference: an image; the score is the cosine similarity of the
+                output (an embedding) with the reference's.
 
         Returns:
             A :class:`convlens.Heatmaps` (``.map()``, ``.render()``, ``.save()``, ``.to_json()``).
         """
         return compute_heatmaps(self.model, images, method, layer=layer, target=target, top=top, size=size,
                                 preprocess=preprocess, labels=labels, progress=progress,
-                                method_options=method_options)
+                                method_options=method_options, box=box, mask=mask, output=output,
+                                output_index=output_index, reference=reference)
 
     # ------------------------------------------------------------------ feature visualisation
 

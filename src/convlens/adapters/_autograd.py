@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from .._errors import UnsupportedModel
+from .._errors import BadArgument, UnsupportedModel
 from ._tokens import Layout, TokenGrid, tokens_cotangent
 from .base import Gradients, InputGradientSums, InputItems, Target, target_cotangent
 from .redirect import torch_redirect_mode
@@ -43,6 +43,52 @@ def pick(out: Any, path: tuple) -> Any:
         else:
             out = out[int(k)]
     return out
+
+
+def is_detection_list(out: Any) -> bool:
+    """A torchvision detector's output: a list of dicts, each with ``boxes``, ``scores`` and ``labels``."""
+    return isinstance(out, (list, tuple)) and len(out) > 0 and all(
+        isinstance(d, Mapping) and {"boxes", "scores", "labels"} <= set(d) for d in out)
+
+
+def detection_tensor(out: Any, slots: int) -> Any:
+    """A torchvision detector's list of dicts as one ``(N, slots, 6)`` tensor, channels last.
+
+    Each row is ``(x0, y0, x1, y1, score, label)``; rows past an image's own
+    detections are zeros with label ``-1``. Built from the model's own tensors
+    with ``cat``, so autograd reaches the boxes and scores through it. The
+    padding is a fixed size (the model's ``detections_per_img``) so that every
+    pass of the same images has the same shape.
+    """
+    import torch
+
+    rows = []
+    for d in out:
+        boxes, scores = d["boxes"], d["scores"]
+        labels = d["labels"].to(boxes.dtype)
+        k = min(int(boxes.shape[0]), slots)
+        got = torch.cat([boxes[:k], scores[:k, None], labels[:k, None]], dim=1)
+        pad = torch.zeros((slots - k, 6), dtype=boxes.dtype, device=boxes.device)
+        pad[:, 5] = -1
+        rows.append(torch.cat([got, pad]))
+    return torch.stack(rows)
+
+
+def model_outputs(out: Any, slots: int = 100) -> list[tuple[str, Any, bool]]:
+    """A model's outputs in order as ``(name, tensor, channels_last)``: every floating-point tensor,
+    a torchvision detector's list of dicts as one ``detections`` tensor (:func:`detection_tensor`)."""
+    if is_detection_list(out):
+        return [("detections", detection_tensor(out, slots), True)]
+    return [(".".join(map(str, path)) or "output", t, False) for path, t in float_tensors(out)]
+
+
+def detection_slots(module: Any) -> int:
+    """How many detections per image a torchvision detector returns at most (its padding size)."""
+    for owner in (module, getattr(module, "roi_heads", None)):
+        n = getattr(owner, "detections_per_img", None)
+        if isinstance(n, int) and n > 0:
+            return n
+    return 100
 
 
 def all_tensors(args: Any, kwargs: Mapping[str, Any] | None = None) -> list[Any]:
@@ -166,7 +212,7 @@ def hooked_gradients(module: Any, forward: Callable[[Any], Any], x: Any, batch: 
                      output_channels_last: bool = False, given: Mapping[int, Any] | None = None,
                      no_output: Callable[[int], Exception],
                      around: Callable[[Callable[[int, Any], Any]], AbstractContextManager] | None = None,
-                     keep_tensors: bool = False) -> Gradients:
+                     keep_tensors: bool = False, output: int | None = None, slots: int = 100) -> Gradients:
     """One forward and one backward pass through a torch module, tensors captured by forward hooks.
 
     No parameter gets a gradient: every ``requires_grad`` flag is off for the
@@ -207,6 +253,9 @@ def hooked_gradients(module: Any, forward: Callable[[Any], Any], x: Any, batch: 
             calls with each such row's tensor as the pass makes it.
         keep_tensors: ``input_grad`` and ``output`` stay torch tensors, detached, in the
             module's layout, dtype and device (:func:`summed_input_gradients` sums them there).
+        output: which of the model's outputs (:func:`model_outputs`) holds the
+            score and is returned; ``None``: the first.
+        slots: a torchvision detector's padding size (:func:`detection_tensor`).
     """
     import torch
 
@@ -274,14 +323,14 @@ def hooked_gradients(module: Any, forward: Callable[[Any], Any], x: Any, batch: 
         for h in handles:
             h.remove()
         handles.clear()
-        out_t = next(iter(float_tensors(y)), (None, None))[1] if y is not None else None
+        out_t, out_last = _pick_output(y, output, slots, output_channels_last)
         logits = False
         score_last: Layout
         if target_layer is None:
             if out_t is None:
                 raise UnsupportedModel("the model returned no floating-point output to take a class score "
                                        "from; pick a layer as the target")
-            score_t, score_last = out_t, output_channels_last
+            score_t, score_last = out_t, out_last
             if softmax is not None and len(pre_softmax) == 2 and pre_softmax[1] is out_t \
                     and pre_softmax[0] is not None and pre_softmax[0].shape == out_t.shape:
                 score_t, logits = pre_softmax[0], True
@@ -334,12 +383,12 @@ def hooked_gradients(module: Any, forward: Callable[[Any], Any], x: Any, batch: 
     elif wrt_input:
         g = by_row.get(0)
         input_grad = to_numpy(g, input_channels_last) if g is not None else np.zeros_like(batch)
-    output: Any
+    out_value: Any
     if keep_tensors:
-        output = out_t.detach() if out_t is not None else None
+        out_value = out_t.detach() if out_t is not None else None
     else:
-        output = to_numpy(out_t, output_channels_last) if out_t is not None else None
-    return Gradients(output=output, score=score, activations=activations, grads=grads,
+        out_value = to_numpy(out_t, out_last) if out_t is not None else None
+    return Gradients(output=out_value, score=score, activations=activations, grads=grads,
                      input_grad=input_grad, logits=logits)
 
 
@@ -443,3 +492,18 @@ def summed_input_gradients(module: Any, forward: Callable[[Any], Any], to_tensor
         total = total.movedim(1, -1)
     return InputGradientSums(total=total.contiguous().cpu().numpy().astype(np.float64, copy=False), score=score,
                              outputs=outputs, logits=logits)
+
+
+def _pick_output(y: Any, output: int | None, slots: int, channels_last: bool) -> tuple[Any, bool]:
+    """The output tensor a gradient pass reads its score from, and whether it is channels last."""
+    if y is None:
+        return None, channels_last
+    outs = model_outputs(y, slots)
+    if not outs:
+        return None, channels_last
+    k = 0 if output is None else int(output)
+    if not 0 <= k < len(outs):
+        raise BadArgument(f"output {k} does not exist: the model has {len(outs)} outputs "
+                          f"({', '.join(n for n, _, _ in outs)}); pick one of 0-{len(outs) - 1}")
+    _, t, last = outs[k]
+    return t, last or channels_last

@@ -60,7 +60,10 @@ class Target:
             of ones), applied before ``reduce``; ``None``: every position.
         cotangent: ``(N, *shape)`` canonical array; when given it IS the
             cotangent and the fields above are ignored (e.g. the gradient of a
-            diversity penalty computed in numpy).
+            diversity penalty computed in numpy, or of a detection's box score).
+        output: which of the model's outputs holds the score (``layer`` is
+            ``None``), by position in the adapter's ``output_names()``;
+            ``None``: the first, as :meth:`Adapter.run` returns it.
     """
 
     layer: int | None = None
@@ -69,6 +72,7 @@ class Target:
     weights: tuple[float, ...] = (1.0,)
     mask: np.ndarray | None = field(default=None, repr=False)
     cotangent: np.ndarray | None = field(default=None, repr=False)
+    output: int | None = None
 
     def cotangent_for(self, shape: Sequence[int]) -> np.ndarray:
         """The ``(N, *shape[1:])`` float32 array whose dot product with the output is the score.

@@ -23,6 +23,7 @@ Every method has the same :meth:`Method.compute` signature; what differs
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -33,13 +34,14 @@ from .._errors import BadArgument, BadImage, UnsupportedModel
 from .._progress import NullProgress, Progress
 from ..adapters.base import Adapter, Gradients, InputItems, Target
 from ..core.cam import minmax, resize_bilinear
+from ..core.detection import guess_layout, looks_like_torchvision
 from ..core.layers import LayerInfo
 from ..core.memory import MEMORY_BUDGET, batch_size_for, per_sample_bytes
 from ..images import apply_preset, check_not_constant
 from ..model import classes_in
 from ..passes import call_model
 from ..selection import select_indexes
-from .targets import Rows, TargetSpec, resolve_rows
+from .targets import Objective, Rows, TargetSpec, parse_classes, resolve_objective, resolve_rows
 
 __all__ = [
     "MEMORY_BUDGET",
@@ -85,6 +87,8 @@ class MethodResult:
             before scaling, e.g. the ReLU removed everything); such maps are all 0.
         extra: method-specific figures, e.g. Integrated Gradients'
             ``completeness_gap`` ``(M,)``.
+        target: the resolved rows (:class:`~convlens.methods.targets.Rows`):
+            what each row explains (a detection's box, a region...).
     """
 
     method: str
@@ -100,6 +104,7 @@ class MethodResult:
     signed: bool = False
     flat: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
     extra: dict[str, Any] = field(default_factory=dict)
+    target: Rows | None = None
 
     def __len__(self) -> int:
         return len(self.maps)
@@ -151,6 +156,9 @@ def default_layer(table: Sequence[LayerInfo]) -> LayerInfo:
         UnsupportedModel: no layer has spatial maps.
     """
     rows = spatial_layers(table)
+    before_head = detector_layer(table, rows)
+    if before_head is not None:
+        return before_head
     if not rows:
         raise UnsupportedModel(
             "no layer of this model outputs 2-D maps (H, W, C) with more than one "
@@ -177,6 +185,113 @@ def _enclosing_block(table: Sequence[LayerInfo], row: LayerInfo) -> LayerInfo:
         if layer.kind == "block" and layer.parents == (row.index,) and layer.output_shape == row.output_shape:
             return layer
     return row
+
+
+def _per_row(rows: Any) -> bool:
+    """Whether the rows carry their own objectives (a detection's cotangent, a region per row, another
+    output), so that each pass needs the target of exactly its rows."""
+    return rows.cotangents is not None or (rows.mask is not None and rows.mask.ndim == 3) or rows.output is not None
+
+
+#: A CAM layer of a detector or segmenter should have maps of at least this many positions a side.
+MIN_SIDE = 7
+
+
+def _big_enough(layer: LayerInfo) -> bool:
+    hw = _hw(layer)
+    return hw is not None and all(d is None or d >= MIN_SIDE for d in hw)
+
+
+def _module_path(name: str) -> str:
+    """A row's name as a dotted module path: ONNX's ``/model.15/cv2/act/Mul`` is ``model.15.cv2.act.Mul``."""
+    return name.strip("/").replace("/", ".")
+
+
+def _stage_end(rows: Sequence[LayerInfo], table: Sequence[LayerInfo], prefix: str) -> LayerInfo | None:
+    """The output of the module named ``prefix``: its container row when the table has one, else its
+    last row, followed by the activation after it (a shared activation module is named elsewhere)."""
+    block = next((r for r in rows if _module_path(r.name) == prefix), None)
+    if block is not None:
+        return block
+    inside = [r for r in rows if _module_path(r.name).startswith(prefix + ".")]
+    if not inside:
+        return None
+    last = inside[-1]
+    nxt = table[last.index + 1] if last.index + 1 < len(table) else None
+    if nxt is not None and nxt.kind == "act" and _hw(nxt) == _hw(last) and _is_spatial(nxt):
+        return nxt
+    return last
+
+
+def _shared_ancestor(table: Sequence[LayerInfo], inputs: Sequence[int],
+                     rows: Sequence[LayerInfo]) -> LayerInfo | None:
+    """The last spatial row that every row of ``inputs`` reads (itself or through its parents), with
+    maps of at least :data:`MIN_SIDE` a side when it has free sizes or big enough ones."""
+    if not inputs:
+        return None
+    common: set[int] | None = None
+    for start in inputs:
+        seen, todo = {start}, [start]
+        while todo:
+            for p in table[todo.pop()].parents:
+                if p not in seen:
+                    seen.add(p)
+                    todo.append(p)
+        common = seen if common is None else common & seen
+    spatial = {r.index for r in rows if _big_enough(r)}
+    best = max((i for i in (common or set()) if i in spatial), default=None)
+    return table[best] if best is not None else None
+
+
+def detector_layer(table: Sequence[LayerInfo], rows: Sequence[LayerInfo] | None = None) -> LayerInfo | None:
+    """The default CAM layer of a detector or segmenter, before its heads; ``None`` for other models.
+
+    A CAM inside a head (a box-regression conv of one channel) shows nothing,
+    so the layer is the last one that every head reads, with maps of at least
+    :data:`MIN_SIDE` a side when there is one:
+
+    * Ultralytics YOLO (``model.N`` stages, the last one the Detect/Segment
+      head): the last neck stage that every one of the head's inputs reads
+      (YOLOv8: ``model.15``, the stride-8 output of the neck, which the
+      stride-16 and stride-32 outputs are computed from). pytorch-grad-cam's
+      examples take the stage just before the head (``model.21``), but only
+      the stride-32 detections depend on it: a gradient CAM of a stride-8
+      detection there is zero. Without the graph's parents: ``model.{N-1}``;
+    * torchvision detectors: the FPN's row that every level's output reads
+      (the top of its top-down path, ``backbone.fpn.inner_blocks.N``), so that
+      a detection of any level has a gradient there; else the finest output;
+    * DeepLab: the ASPP output (``classifier.0.project``).
+    """
+    rows = list(rows if rows is not None else spatial_layers(table))
+    if not rows:
+        return None
+    names = [_module_path(r.name) for r in table]
+    stages = sorted({int(m.group(1)) for n in names if (m := re.match(r"model\.(\d+)(\.|$)", n))})
+    last_stage = re.match(r"model\.(\d+)", names[-1])
+    if len(stages) >= 3 and last_stage is not None:
+        head = f"model.{last_stage.group(1)}"
+        inside = {r.index for r, n in zip(table, names) if n == head or n.startswith(head + ".")}
+        inputs = sorted({p for i in inside for p in table[i].parents if p not in inside})
+        shared = _shared_ancestor(table, inputs, rows)
+        if shared is not None:
+            return shared
+        k = int(last_stage.group(1)) - 1
+        return _stage_end(rows, table, f"model.{k}")
+    fpn = [r for r in rows if re.search(r"(^|\.)fpn\.layer_blocks\.\d+", _module_path(r.name))]
+    if fpn:
+        # every level's detections read the top of the FPN's top-down path; a finer level's output is
+        # not read by the coarser levels' heads (a gradient CAM of their detections there is zero)
+        inner = [(int(m.group(1)), r) for r in rows
+                 if (m := re.search(r"(?:^|\.)fpn\.inner_blocks\.(\d+)", _module_path(r.name)))]
+        top = [r for k, r in inner if k == max(k for k, _ in inner) and _big_enough(r)]
+        if top:
+            return top[-1]
+        good = [r for r in fpn if _big_enough(r)] or fpn
+        return good[-1]
+    aspp = [r for r in rows if re.search(r"(^|\.)(aspp|classifier\.0)\.project(\.|$)", _module_path(r.name))]
+    if aspp:
+        return aspp[-1]
+    return None
 
 
 def resolve_layer(table: Sequence[LayerInfo], layer: str | int | LayerInfo | object | None) -> LayerInfo:
@@ -251,6 +366,8 @@ class Context:
         progress: Progress,
         memory: int,
         forward_first: bool = False,
+        objective: Objective | None = None,
+        agnostic: bool = False,
     ) -> None:
         self.adapter = adapter
         self.batch = batch
@@ -274,20 +391,64 @@ class Context:
         self.row_output: np.ndarray | None = None
         #: the gradient passes differentiated logits read before a final softmax
         self.logits = False
+        self.objective = objective
+        #: the method needs no class (Eigen-CAM): a model without class scores gets one row per image
+        self.agnostic = agnostic
+        self._outputs: list[tuple[str, np.ndarray]] | None = None
 
     @property
     def hw(self) -> tuple[int, int]:
         return int(self.batch.shape[1]), int(self.batch.shape[2])
 
+    def all_outputs(self) -> list[tuple[str, np.ndarray]]:
+        """Every model output for the batch, by name (the adapter's ``outputs()``, else its one output)."""
+        if self._outputs is None and self.output is not None and (self.objective is None or (
+                self.objective.output is None and self.objective.layout in (None, "yolo", "yolo-obj"))) \
+                and self.output.ndim == 3 and guess_layout([tuple(self.output.shape[1:])]) == "yolo" \
+                and not all(looks_like_torchvision(o) for o in self.output):
+            self._outputs = [("output", self.output)]  # a dense detector's one output, given: no pass
+        if self._outputs is None:
+            many = getattr(self.adapter, "outputs", None)
+            if callable(many):
+                self._outputs = [(str(n), np.asarray(a)) for n, a in many(self.batch)]
+                if self.output is None and self._outputs:
+                    self.output = self._outputs[0][1]
+            else:
+                self._outputs = [("output", self.forward())]
+        return self._outputs
+
+    def _objective_rows(self, strict: bool) -> Rows | None:
+        """Rows for what is not one class score of a classifier (detections, regions, raw values,
+        embeddings, another output); ``None`` when not ``strict`` and the outputs are no detector's."""
+        objective = self.objective or Objective()
+        classes = parse_classes(self._spec, None, self._names) if self._spec is not None else None
+        try:
+            return resolve_objective(objective, self.all_outputs(), classes=classes, names=self._names,
+                                     input_hw=self.hw)
+        except BadArgument:
+            if strict:
+                raise
+            return None
+
     @property
     def rows(self) -> Rows:
         """The resolved targets (top-1, a box or a forward-only method run the batch first)."""
+        if self._rows is None and self.objective is not None and not self.objective.is_plain():
+            self._rows = self._objective_rows(strict=True)
         if self._rows is None:
             if self.output is None and (
                 self._spec is None or self._box is not None or self._forward_first
             ):
                 self.forward()
-            self._rows = resolve_rows(
+            if self.output is not None and self.output.ndim == 3 and self._box is None:
+                self._rows = self._objective_rows(strict=False)
+            if self._rows is None:
+                self._rows = self._classic_rows()
+        return self._rows
+
+    def _classic_rows(self) -> Rows:
+        try:
+            return resolve_rows(
                 self._spec,
                 self.output,
                 n_images=len(self.batch),
@@ -296,7 +457,12 @@ class Context:
                 box=self._box,
                 input_hw=self.hw,
             )
-        return self._rows
+        except BadArgument:
+            if not (self.agnostic and self._spec is None and self._box is None):
+                raise
+        n = len(self.batch)  # a class-agnostic method on a model without class scores: one map per image
+        return Rows(images=np.arange(n), classes=np.zeros(n, int), labels=["any class"] * n, kind="agnostic",
+                    values=np.zeros(n))
 
     def forward(self, *, capture: bool = False) -> np.ndarray:
         """The model's output for the batch: one forward pass unless known already.
@@ -347,11 +513,21 @@ class Context:
         *,
         layers: Sequence[int] = (),
         wrt_input: bool = False,
+        part: np.ndarray | slice | None = None,
     ) -> Gradients:
-        """One gradient pass of ``x`` ``(B, H, W, C)``, item ``b`` explaining ``classes[b]``."""
+        """One gradient pass of ``x`` ``(B, H, W, C)``, item ``b`` explaining ``classes[b]``.
+
+        ``part``: the rows the items are (an index array or slice into :attr:`rows`),
+        for rows with their own objective (a detection's cotangent, a region per row).
+        """
+        rows = self.rows
+        if part is not None and _per_row(rows):
+            target = rows.target(part)
+        else:
+            target = self._target(classes)
         g = self.adapter.gradients(
             np.ascontiguousarray(x, np.float32),
-            self._target(classes),
+            target,
             list(layers),
             wrt_input=wrt_input,
             need_output=True,
@@ -361,7 +537,8 @@ class Context:
 
     def _target(self, classes: Sequence[int] | np.ndarray) -> Target:
         """The adapter target of items explaining ``classes`` (one class each)."""
-        return Target(layer=None, channels=tuple(int(c) for c in classes), reduce="sum", mask=self.rows.mask)
+        return Target(layer=None, channels=tuple(int(c) for c in classes), reduce="sum", mask=self.rows.mask,
+                      output=self.rows.output)
 
     def layer_gradients(self, batch_size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """``(acts, grads)``, each ``(M, h, w, C)``: the CAM layer's output and d score / d output.
@@ -383,7 +560,7 @@ class Context:
         acts, grads, outs = [], [], []
         for start in range(0, len(rows), step):
             part = slice(start, start + step)
-            g = self.gradients(self.batch[rows.images[part]], rows.classes[part], layers=[layer])
+            g = self.gradients(self.batch[rows.images[part]], rows.classes[part], layers=[layer], part=part)
             acts.append(np.asarray(g.activations[layer], np.float32))
             grads.append(np.asarray(g.grads[layer], np.float32))
             if g.output is not None:
@@ -393,7 +570,8 @@ class Context:
         return np.concatenate(acts), np.concatenate(grads)
 
     def input_gradients(
-        self, x: np.ndarray, classes: np.ndarray, batch_size: int | None = None
+        self, x: np.ndarray, classes: np.ndarray, batch_size: int | None = None,
+        rows_of: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """d score / d input for many items, in passes under the memory budget.
 
@@ -401,6 +579,8 @@ class Context:
             x: ``(B, H, W, C)`` inputs.
             classes: ``(B,)`` the class each item differentiates.
             batch_size: items per pass; default from :data:`MEMORY_BUDGET`.
+            rows_of: ``(B,)`` the row each item explains; default the rows in
+                order when there is one item per row.
 
         Returns:
             ``(grads, score, output)``: ``(B, H, W, C)`` float32 gradients,
@@ -409,10 +589,13 @@ class Context:
             gave none).
         """
         step = self.batch_size(batch_size, backward=True)
+        if rows_of is None and len(x) == len(self.rows):
+            rows_of = np.arange(len(x))
         grads, scores, outs = [], [], []
         for start in range(0, len(x), step):
             part = slice(start, start + step)
-            g = self.gradients(x[part], classes[part], wrt_input=True)
+            g = self.gradients(x[part], classes[part], wrt_input=True,
+                               part=None if rows_of is None else rows_of[part])
             if g.input_grad is None:
                 raise UnsupportedModel(f"{self.adapter.name}: the adapter gave no input gradient")
             grads.append(np.asarray(g.input_grad, np.float32))
@@ -456,7 +639,7 @@ class Context:
         self.progress.start(n_items, label)
         try:
             fast = getattr(self.adapter, "input_gradient_sums", None)
-            if callable(fast):
+            if callable(fast) and not _per_row(rows):
                 got = fast(items, lambda idx: self._target(rows.classes[items.item_row[idx]]),
                            batch_size=step, on_batch=self.progress.advance)
                 self.logits = bool(got.logits)
@@ -468,7 +651,8 @@ class Context:
             for start in range(0, n_items, step):
                 idx = np.arange(start, min(start + step, n_items))
                 r = items.item_row[idx]
-                grads, score[idx], out = self.input_gradients(items.make(idx, rng), rows.classes[r], len(idx))
+                grads, score[idx], out = self.input_gradients(items.make(idx, rng), rows.classes[r], len(idx),
+                                                              rows_of=r)
                 grads = np.abs(grads) if items.absolute else grads
                 for row in np.unique(r):
                     total[row] += np.tensordot(items.weights[idx][r == row], grads[r == row], axes=1)
@@ -623,6 +807,8 @@ class Method:
     signed: ClassVar[bool] = False
     reduce: ClassVar[str] = "absmax"
     slow: ClassVar[bool] = False
+    #: the method explains a score (``False``: class-agnostic, e.g. Eigen-CAM, runs on any model)
+    needs_target: ClassVar[bool] = True
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -652,6 +838,7 @@ class Method:
         preprocess: str | None = None,
         progress: Progress | None = None,
         output: np.ndarray | None = None,
+        objective: Objective | None = None,
     ) -> MethodResult:
         """Heatmaps of ``batch`` for ``target``.
 
@@ -673,6 +860,12 @@ class Method:
             output: the model's output for ``batch`` (what :meth:`Adapter.run`
                 returned), when the caller has it already: saves the forward
                 pass that a top-1 target or a box needs.
+            objective: what to explain beyond a classifier's class
+                (:class:`~convlens.methods.targets.Objective`: a detection by
+                box or rank, a segmentation region, a raw output value, an
+                embedding's similarity, another output). A detector's output
+                is decoded even without one (each image's best detection, or
+                of the class named).
 
         Raises:
             UnsupportedModel: a gradient method on a model without gradients
@@ -681,7 +874,8 @@ class Method:
             BadImage: an image whose pixels are all equal, or non-finite values.
         """
         return self._compute(adapter, batch, target=target, layer=layer, class_names=class_names, box=box,
-                             preprocess=preprocess, progress=progress, output=output, given=None)
+                             preprocess=preprocess, progress=progress, output=output, given=None,
+                             objective=objective)
 
     def _compute(
         self,
@@ -696,6 +890,7 @@ class Method:
         progress: Progress | None,
         output: np.ndarray | None,
         given: tuple[np.ndarray, np.ndarray] | None,
+        objective: Objective | None = None,
     ) -> MethodResult:
         """:meth:`compute`; ``given``: the CAM layer's ``(acts, grads)`` per row, no gradient pass."""
         if self.needs_gradients:
@@ -716,6 +911,8 @@ class Method:
             progress=progress or NullProgress(),
             memory=self.memory,
             forward_first=not self.needs_gradients,
+            objective=objective,
+            agnostic=not self.needs_target,
         )
         if output is not None:
             out = np.asarray(output)
@@ -723,8 +920,13 @@ class Method:
                 raise BadArgument(f"output of shape {out.shape} for a batch of {len(x)} images")
             ctx.output = out
         ctx.given = given
+        scorer = self.needs_target and not self.needs_gradients
+        if scorer and objective is not None and not objective.is_plain():
+            _check_scored(self, ctx.rows)  # before any work; a plain target resolves in the method's own pass
         raw = np.asarray(self.raw_maps(ctx), np.float32)
         rows = ctx.rows
+        if scorer:
+            _check_scored(self, rows)
         if self.kind == "cam":
             cam = np.maximum(raw, 0)
             flat = cam.max(axis=(1, 2)) - cam.min(axis=(1, 2)) <= 0
@@ -756,7 +958,16 @@ class Method:
             signed=self.signed and self.kind == "input",
             flat=np.asarray(flat, bool),
             extra=ctx.extra,
+            target=rows,
         )
+
+
+def _check_scored(method: Method, rows: Rows) -> None:
+    """Forward-only methods that score outputs (Score-CAM, occlusion) read class scores: refuse the
+    targets that are not one (a detection, a raw value, an embedding's similarity), before any pass."""
+    if rows.cotangents is not None or rows.output is not None:
+        raise BadArgument(f"{method.title} scores the model's class outputs; for a {rows.kind} target use a "
+                          "gradient method (gradcam, hirescam, saliency, ig) or eigencam")
 
 
 class GradientCam(Method):

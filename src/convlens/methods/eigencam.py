@@ -23,6 +23,7 @@ class EigenCAM(Method):
     name = "eigencam"
     title = "Eigen-CAM"
     paper = "https://arxiv.org/abs/2008.00299"
+    needs_target = False
 
     def raw_maps(self, ctx: Context) -> np.ndarray:
         return eigen_cam(ctx.activations())[ctx.rows.images]

@@ -16,14 +16,17 @@ import numpy as np
 
 from .._errors import BadArgument
 from ..adapters.base import Target
+from ..core.detection import LAYOUTS, Detections, box_iou, decode, dense_box_gradient, guess_layout
 
 __all__ = [
+    "Objective",
     "Rows",
     "TargetSpec",
     "box_mask",
     "class_index",
     "class_scores",
     "parse_classes",
+    "resolve_objective",
     "resolve_rows",
 ]
 
@@ -38,28 +41,66 @@ class Rows:
 
     Attributes:
         images: ``(M,)`` int, index into the batch.
-        classes: ``(M,)`` int, index into the model's output channels.
+        classes: ``(M,)`` int, index into the model's output channels (a
+            detection's class; the raw index for ``kind="index"``).
         labels: ``M`` class labels (the class name, or the index as text).
-        mask: ``(h, w)`` weights over the output's positions for a
-            segmentation model (a box of ones), or ``None``.
+        mask: ``(h, w)`` or ``(M, h, w)`` weights over the output's positions
+            for a segmentation model (a box, a mask, the pixels predicted as the
+            class), or ``None``.
+        kind: what the rows explain: ``"class"``, ``"detection"``,
+            ``"segmentation"``, ``"index"`` (one raw output value, signed) or
+            ``"embedding"`` (cosine similarity with a reference).
+        output: which model output holds the score (``None``: the first).
+        cotangents: ``(M, *output_shape)`` float32 d objective / d output at the
+            resolved output, when the objective is not one class score: the
+            gradient pass multiplies the output by it (a box score's IoU term
+            is linearised there, which gives its exact gradient).
+        values: ``(M,)`` the objective's value per row when it has its own.
+        boxes: ``(M, 4)`` the explained detection's box ``(x0, y0, x1, y1)``
+            in input pixels (detections), else ``None``.
+        detections: per batch image, its decoded detections (for display).
+        notes: what was done to make the target (a mask resized...).
     """
 
     images: np.ndarray
     classes: np.ndarray
     labels: list[str]
     mask: np.ndarray | None = None
+    kind: str = "class"
+    output: int | None = None
+    cotangents: np.ndarray | None = None
+    values: np.ndarray | None = None
+    boxes: np.ndarray | None = None
+    detections: tuple[Detections, ...] | None = None
+    notes: tuple[str, ...] = ()
 
     def __len__(self) -> int:
         return len(self.images)
 
-    def target(self) -> Target:
-        """The adapter :class:`Target` of these rows: each class's score, summed over the mask."""
-        return Target(
-            layer=None, channels=tuple(int(c) for c in self.classes), reduce="sum", mask=self.mask
-        )
+    def target(self, part: slice | np.ndarray | None = None) -> Target:
+        """The adapter :class:`Target` of these rows (or of ``part`` of them): each class's score,
+        summed over the mask, or the rows' own cotangents (detections, embeddings, raw indexes)."""
+        sel = slice(None) if part is None else part
+        if self.cotangents is not None:
+            return Target(layer=None, cotangent=self.cotangents[sel], output=self.output)
+        mask = self.mask
+        if mask is not None and mask.ndim == 3:  # one region per row
+            mask = mask[sel]
+        return Target(layer=None, channels=tuple(int(c) for c in self.classes[sel]), reduce="sum",
+                      mask=mask, output=self.output)
 
     def scores(self, output: np.ndarray) -> np.ndarray:
-        """``(M,)`` float64: each row's score in ``output``, its own image's output ``(M, ...)``."""
+        """``(M,)`` float64: each row's score in ``output``, its own image's output ``(M, ...)``.
+
+        Rows with their own objective (:attr:`values`: a detection's score and
+        overlap, a cosine similarity) give the values found when they were resolved.
+        """
+        if self.values is not None:
+            return np.asarray(self.values, np.float64)
+        if self.mask is not None and self.mask.ndim == 3:
+            out = np.asarray(output, np.float64)
+            picked = out[np.arange(len(out)), ..., np.asarray(self.classes, int)]
+            return (picked * self.mask).reshape(len(out), -1).sum(axis=1)
         return class_scores(output, self.classes, self.mask, per_row=True)
 
 
@@ -264,3 +305,320 @@ def resolve_rows(
     return Rows(
         images=images.astype(int), classes=np.asarray(picked, int), labels=labels, mask=mask
     )
+
+
+# --------------------------------------------------------------------------- beyond one class score
+
+
+@dataclass(frozen=True)
+class Objective:
+    """What to explain when it is not one class score of a classifier: plain data, no callable.
+
+    Attributes:
+        box: ``(x0, y0, x1, y1)`` in the network input's pixels: a detector's
+            detection that best overlaps it (pytorch-grad-cam's box-score
+            target: its score plus the overlap), or a segmentation's region.
+        top: a detector's ``top`` best detections, one map each.
+        mask: ``(h, w)`` any size: a segmentation's region (non-zero pixels),
+            resized to the output's positions; or the text ``"predicted"``: the
+            pixels the model predicts as the class.
+        output: which model output (its name or position) to explain.
+        output_index: one raw value of the output (flat index into one image's
+            canonical output), signed: a regression output, or raw scores.
+        reference: ``(D,)`` a reference embedding: the score is the cosine
+            similarity of the output (a vector) with it.
+        layout: a detector's output layout (:data:`convlens.core.detection.LAYOUTS`);
+            default guessed from the outputs' shapes.
+        min_score: detections scoring less are not drawn (the top detections
+            and the box's match are chosen among all).
+    """
+
+    box: tuple[float, float, float, float] | None = None
+    top: int | None = None
+    mask: np.ndarray | str | None = None
+    output: int | str | None = None
+    output_index: int | None = None
+    reference: np.ndarray | None = None
+    layout: str | None = None
+    min_score: float = 0.25
+
+    def is_plain(self) -> bool:
+        """Nothing beyond classes is asked: the classic path applies (unless the output is a detector's)."""
+        return (self.box is None and self.top is None and self.mask is None and self.output is None
+                and self.output_index is None and self.reference is None and self.layout is None)
+
+
+def output_position(which: int | str | None, names: Sequence[str]) -> int:
+    """The position of the output ``which`` names (a name or a position) among ``names``.
+
+    Raises:
+        BadArgument: no such output (the message lists them).
+    """
+    if which is None:
+        return 0
+    listed = ", ".join(f"{i}: {n}" for i, n in enumerate(names))
+    if isinstance(which, (int, np.integer)) and not isinstance(which, bool) or (
+            isinstance(which, str) and re.fullmatch(r"\s*\d+\s*", which) and which.strip() not in names):
+        k = int(which)
+        if 0 <= k < len(names):
+            return k
+        raise BadArgument(f"output {k} does not exist: the model has {len(names)} output(s) ({listed})")
+    if isinstance(which, str) and which in names:
+        return list(names).index(which)
+    raise BadArgument(f"no output named {which!r}: the model's outputs are {listed}; give a name or a position")
+
+
+def _label(names: Sequence[str] | None, k: int) -> str:
+    return str(names[k]) if names is not None and 0 <= k < len(names) else str(k)
+
+
+def check_box(box: Sequence[float], input_hw: tuple[int, int], what: str = "image") -> tuple[float, ...]:
+    """``(x0, y0, x1, y1)`` as floats, checked to be a non-empty box that overlaps the image.
+
+    Raises:
+        BadArgument: four numbers are not given, the box is empty or lies outside the image.
+    """
+    try:
+        x0, y0, x1, y1 = (float(v) for v in box)
+    except (TypeError, ValueError):
+        raise BadArgument(f"box {box!r}: give four numbers X0,Y0,X1,Y1 in pixels of the {what}") from None
+    h, w = input_hw
+    if not (x1 > x0 and y1 > y0):
+        raise BadArgument(f"box {x0:g},{y0:g},{x1:g},{y1:g} is empty: X1 must exceed X0 and Y1 exceed Y0")
+    if x1 <= 0 or y1 <= 0 or x0 >= w or y0 >= h:
+        raise BadArgument(f"box {x0:g},{y0:g},{x1:g},{y1:g} lies outside the {w}x{h} {what}; give "
+                          f"X0,Y0,X1,Y1 within 0-{w},0-{h}")
+    return x0, y0, x1, y1
+
+
+def region_mask(objective: Objective, output: np.ndarray, cls: int, input_hw: tuple[int, int],
+                notes: list[str]) -> np.ndarray:
+    """``(h, w)`` float32 region of one image's segmentation ``output`` ``(h, w, K)`` for class ``cls``.
+
+    Raises:
+        BadArgument: an empty region (a box holding no position, a mask with
+            no non-zero pixel, no pixel predicted as the class).
+    """
+    h, w = output.shape[:2]
+    if objective.box is not None:
+        x0, y0, x1, y1 = check_box(objective.box, input_hw)
+        return box_mask((y0, x0, y1, x1), input_hw, (h, w))
+    if isinstance(objective.mask, str):
+        if objective.mask.strip().lower() != "predicted":
+            raise BadArgument(f"mask {objective.mask!r}: give an image file or 'predicted'")
+        region = (np.argmax(output, axis=-1) == cls).astype(np.float32)
+        if not region.any():
+            raise BadArgument(f"no pixel is predicted as class {cls}: give a box or a mask file instead")
+        return region
+    m = np.asarray(objective.mask, np.float64)
+    if m.ndim == 3:
+        m = np.abs(m).max(axis=-1)
+    if m.ndim != 2 or not (m != 0).any():
+        raise BadArgument("the mask holds no non-zero pixel: mark the region to explain with non-zero pixels")
+    if m.shape != (h, w):
+        ys = np.minimum((np.arange(h) + 0.5) * m.shape[0] / h, m.shape[0] - 1).astype(int)
+        xs = np.minimum((np.arange(w) + 0.5) * m.shape[1] / w, m.shape[1] - 1).astype(int)
+        note = f"the {m.shape[1]}x{m.shape[0]} mask was resized to the output's {w}x{h} positions"
+        if note not in notes:
+            notes.append(note)
+        m = m[ys][:, xs]
+        if not (m != 0).any():
+            raise BadArgument("the mask's region vanished when resized to the output's positions: give a "
+                              "larger region")
+    return (m != 0).astype(np.float32)
+
+
+def resolve_objective(objective: Objective, outputs: Sequence[tuple[str, np.ndarray]], *,
+                      classes: list[int] | None, names: Sequence[str] | None,
+                      input_hw: tuple[int, int]) -> Rows:
+    """Rows for an :class:`Objective` against the model's outputs for a batch.
+
+    Args:
+        objective: what to explain.
+        outputs: every model output ``(name, (N, ...))``, canonical, in order.
+        classes: the classes the user named (``None``: none named).
+        names: the class names, if known.
+        input_hw: the network input's ``(H, W)``.
+
+    Raises:
+        BadArgument: an output that does not exist, a box outside the image,
+            an empty region, a reference on a non-vector output, a detector
+            output that cannot be decoded (the message lists the layouts).
+    """
+    k = output_position(objective.output, [n for n, _ in outputs])
+    name, out = outputs[k][0], np.asarray(outputs[k][1])
+    n = len(out)
+    notes: list[str] = []
+    if objective.reference is not None:
+        return _embedding_rows(out, np.asarray(objective.reference, np.float64), k)
+    if objective.output_index is not None:
+        return _index_rows(out, int(objective.output_index), k)
+    layout = objective.layout or ("torchvision" if name == "detections" else
+                                  guess_layout([tuple(o.shape[1:]) for _, o in outputs[k:]]))
+    if out.ndim == 4 and layout is None:  # a segmentation: (N, h, w, K)
+        if classes is None:
+            raise BadArgument(f"the output {name!r} is a map of {out.shape[-1]} classes: name the class to "
+                              "explain (--class)")
+        imgs = np.repeat(np.arange(n), len(classes))
+        picked = np.tile(np.asarray(classes, int), n)
+        masks = np.stack([region_mask(objective, out[i], int(c), input_hw, notes) for i, c in zip(imgs, picked)])
+        vals = (out[imgs, ..., picked] * masks).reshape(len(imgs), -1).sum(axis=1)
+        return Rows(images=imgs, classes=picked, labels=[_label(names, int(c)) for c in picked], mask=masks,
+                    kind="segmentation", output=k, values=vals, notes=tuple(notes))
+    if layout is None or layout not in LAYOUTS:
+        known = "; ".join(f"{key}: {text}" for key, text in LAYOUTS.items())
+        raise BadArgument(f"cannot decode the output {name!r} of shape {tuple(out.shape[1:])} as detections "
+                          f"(layouts known: {known}); explain one raw value with --output-index I instead")
+    return _detection_rows(objective, [o for _, o in outputs[k:]], layout, k, classes=classes, names=names,
+                           input_hw=input_hw)
+
+
+def _detection_rows(objective: Objective, outs: Sequence[np.ndarray], layout: str, k: int, *,
+                    classes: list[int] | None, names: Sequence[str] | None, input_hw: tuple[int, int]) -> Rows:
+    first = np.asarray(outs[0], np.float64)
+    n = len(first)
+    box = check_box(objective.box, input_hw) if objective.box is not None else None
+    top = int(objective.top) if objective.top is not None else 1
+    if top < 1:
+        raise BadArgument(f"--top must be a whole number from 1, not {top}")
+    imgs: list[int] = []
+    picked: list[int] = []
+    vals: list[float] = []
+    boxes: list[np.ndarray] = []
+    cots: list[np.ndarray] = []
+    shown: list[Detections] = []
+    for i in range(n):
+        raw = [np.asarray(o[i], np.float64) for o in outs]
+        shown.append(decode(raw, layout, image_hw=input_hw, min_score=objective.min_score, max_detections=100))
+        allx = decode(raw, layout, image_hw=input_hw, min_score=-np.inf, with_nms=box is None,
+                      max_detections=10**9)
+        wanted: list[int | None] = list(classes) if classes else [None]
+        for c in wanted:
+            cands = allx if c is None or layout in ("yolo", "yolo-obj", "detr") else \
+                allx.take(np.flatnonzero(allx.classes == c))
+            if box is not None:
+                if not len(cands):
+                    raise BadArgument(f"image {i} has no detection of class {_label(names, c or 0)} to match the box")
+                iou = box_iou(np.asarray(box), cands.boxes)[0]
+                order = np.lexsort((-cands.scores, -iou))[:top]
+                if iou[order[0]] <= 0:
+                    raise BadArgument(f"no detection overlaps the box {','.join(f'{v:g}' for v in box)} in image "
+                                      f"{i}; draw the box around an object the model detects")
+            else:
+                if c is not None and layout in ("yolo", "yolo-obj", "detr"):
+                    cands = _as_class(raw, layout, int(c), input_hw)
+                    cands = cands.take(nms_order(cands))
+                order = np.arange(min(top, len(cands)))
+                if not len(order):
+                    raise BadArgument(f"image {i} has no detection{'' if c is None else f' of class {c}'}; "
+                                      "explain a raw score with --output-index I")
+            for j in order:
+                slot = int(cands.slots[j])
+                cls = int(cands.classes[j]) if c is None else int(c)
+                det_box = cands.boxes[j]
+                cot, value = _detection_cotangent(first[i], layout, slot, cls, box, raw)
+                imgs.append(i)
+                picked.append(cls)
+                vals.append(value)
+                boxes.append(det_box)
+                cots.append(cot)
+    return Rows(images=np.asarray(imgs, int), classes=np.asarray(picked, int),
+                labels=[_label(names, c) for c in picked], kind="detection", output=k,
+                cotangents=np.stack(cots).astype(np.float32), values=np.asarray(vals, np.float64),
+                boxes=np.stack(boxes), detections=tuple(shown))
+
+
+def nms_order(dets: Detections) -> np.ndarray:
+    """Indexes of ``dets`` that per-class NMS keeps, best first."""
+    from ..core.detection import PRE_NMS, nms
+
+    best = np.argsort(-dets.scores, kind="stable")[:PRE_NMS]
+    keep = best[nms(dets.boxes[best], dets.scores[best])]
+    return keep[np.argsort(-dets.scores[keep], kind="stable")]
+
+
+def _as_class(raw: Sequence[np.ndarray], layout: str, cls: int, input_hw: tuple[int, int]) -> Detections:
+    """Every anchor/query of a dense or DETR output, scored for class ``cls`` (best first)."""
+    dets = decode(raw, layout, image_hw=input_hw, min_score=-np.inf, with_nms=False, max_detections=10**9)
+    first = np.asarray(raw[0], np.float64)
+    if layout == "detr":
+        z = first - first.max(axis=1, keepdims=True)
+        prob = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
+        score = prob[dets.slots, cls]
+    else:
+        dense = first.T if first.shape[0] < first.shape[1] else first
+        start = 5 if layout == "yolo-obj" else 4
+        if not 0 <= cls < dense.shape[1] - start:
+            raise BadArgument(f"class {cls} is out of range: the detector has {dense.shape[1] - start} classes")
+        score = dense[dets.slots, start + cls] * (dense[dets.slots, 4] if layout == "yolo-obj" else 1.0)
+    order = np.argsort(-score, kind="stable")
+    return Detections(dets.boxes[order], score[order], np.full(len(order), cls), dets.slots[order])
+
+
+def _detection_cotangent(out: np.ndarray, layout: str, slot: int, cls: int, box: tuple[float, ...] | None,
+                         raw: Sequence[np.ndarray]) -> tuple[np.ndarray, float]:
+    """d objective / d (one image's output ``out``) for one detection, and the objective's value.
+
+    The objective is the detection's class score, plus (with a box) its IoU
+    with the box: pytorch-grad-cam's ``FasterRCNNBoxScoreTarget``. DETR: the
+    class's logit (its softmax probability is what is shown).
+    """
+    cot = np.zeros(out.shape, np.float64)
+    if layout == "torchvision":
+        cot[slot, 4] = 1.0
+        value = float(out[slot, 4])
+        if box is not None:
+            cot[slot, :4] += dense_box_gradient(layout, out[slot], box)
+            value += float(box_iou(out[slot, :4], np.asarray(box))[0, 0])
+        return cot, value
+    if layout == "detr":
+        cot[slot, cls] = 1.0
+        return cot, float(out[slot, cls])
+    flip = out.shape[0] < out.shape[1]  # (4 + C, A): anchors on the second axis
+    dense, view = (out.T, cot.T) if flip else (out, cot)
+    start = 5 if layout == "yolo-obj" else 4
+    if not 0 <= cls < dense.shape[1] - start:
+        raise BadArgument(f"class {cls} is out of range: the detector has {dense.shape[1] - start} classes")
+    if layout == "yolo-obj":
+        view[slot, 4] = dense[slot, start + cls]
+        view[slot, start + cls] = dense[slot, 4]
+        value = float(dense[slot, 4] * dense[slot, start + cls])
+    else:
+        view[slot, start + cls] = 1.0
+        value = float(dense[slot, start + cls])
+    if box is not None:
+        view[slot, :4] += dense_box_gradient(layout, dense[slot], box)
+        cx, cy, w, h = dense[slot, :4]
+        value += float(box_iou(np.array([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2]), np.asarray(box))[0, 0])
+    return cot, value
+
+
+def _index_rows(out: np.ndarray, index: int, k: int) -> Rows:
+    n = len(out)
+    size = int(np.prod(out.shape[1:]))
+    if not 0 <= index < size:
+        raise BadArgument(f"output index {index} is out of range: one image's output has {size} values "
+                          f"(shape {tuple(out.shape[1:])}, channels last; 0-{size - 1})")
+    cot = np.zeros((n, size), np.float32)
+    cot[:, index] = 1.0
+    vals = out.reshape(n, -1)[:, index].astype(np.float64)
+    return Rows(images=np.arange(n), classes=np.full(n, index), labels=[f"output {index}"] * n, kind="index",
+                output=k, cotangents=cot.reshape(out.shape), values=vals)
+
+
+def _embedding_rows(out: np.ndarray, reference: np.ndarray, k: int) -> Rows:
+    if out.ndim != 2:
+        raise BadArgument(f"--reference compares embeddings, but this output has shape {tuple(out.shape[1:])}, "
+                          "not a vector; pick a vector output with --output")
+    ref = reference.reshape(-1)
+    if ref.shape[0] != out.shape[1]:
+        raise BadArgument(f"the reference embedding has {ref.shape[0]} values, the output {out.shape[1]}")
+    e = out.astype(np.float64)
+    ne = np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
+    nr = max(float(np.linalg.norm(ref)), 1e-12)
+    cos = (e @ ref) / (ne[:, 0] * nr)
+    # d cos / d e = r / (|e||r|) - cos * e / |e|^2
+    cot = ref[None, :] / (ne * nr) - cos[:, None] * e / ne**2
+    n = len(out)
+    return Rows(images=np.arange(n), classes=np.zeros(n, int), labels=["similarity"] * n, kind="embedding",
+                output=k, cotangents=cot.astype(np.float32), values=cos)

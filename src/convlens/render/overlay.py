@@ -21,6 +21,7 @@ from .._errors import BadArgument
 from .colormap import lut as colormap_lut
 from .font import stamp_digits, text_size
 from .grid import add_title
+from .marks import Box, draw_boxes, draw_outline
 
 __all__ = ["DEFAULT_CMAP", "SIGNED_CMAP", "overlay", "resize_map", "tick_label"]
 
@@ -83,7 +84,7 @@ def tick_label(value: float) -> str:
 def overlay(image: np.ndarray, heat: np.ndarray, *, caption: str = "", signed: bool = False,
             value_range: tuple[float, float] | None = None, cmap: str | None = None,
             alpha: float | None = None, colorbar: bool = True, min_side: int = 256,
-            max_side: int = 4096) -> np.ndarray:
+            max_side: int = 4096, boxes: Sequence[Box] = (), region: np.ndarray | None = None) -> np.ndarray:
     """Blend a heatmap on an image, with a colour bar below and a caption above.
 
     Args:
@@ -107,6 +108,8 @@ def overlay(image: np.ndarray, heat: np.ndarray, *, caption: str = "", signed: b
             integer factor (nearest neighbour) to at least this.
         max_side: images whose longer side is longer are shrunk by an integer
             block mean to at most this.
+        boxes: detections to draw, in the image's pixels (:func:`convlens.render.marks.draw_boxes`).
+        region: a region whose outline is drawn (``(h, w)`` any resolution, non-zero inside).
 
     Returns:
         ``(H', W', 3)`` uint8: the caption bar, the blended picture at the
@@ -139,6 +142,10 @@ def overlay(image: np.ndarray, heat: np.ndarray, *, caption: str = "", signed: b
         base = img[rows].astype(np.float32)
         picture[rows] = np.rint(base + (colour - base) * weight).astype(np.uint8)
 
+    if region is not None:
+        picture = draw_outline(picture, region)
+    if boxes:
+        picture = draw_boxes(picture, boxes, np.asarray(image).shape[:2])
     if colorbar:
         picture = np.concatenate([picture, _colour_bar(width, table, lo, hi, signed)], axis=0)
     return add_title(picture, caption) if caption else picture

@@ -150,6 +150,16 @@ class OnnxForward(OnnxTable):
                                              else by_name[name], name))
         return output
 
+    def outputs(self, batch: np.ndarray) -> list[tuple[str, np.ndarray]]:
+        """Every graph output of one forward pass, canonical (channels last), by name, in graph order."""
+        if self._not_image is not None:
+            raise UnsupportedModel(self._not_image)
+        self.layers()
+        names = [o.name for o in self._skeleton.graph.output]
+        session = self._session(tuple(sorted(set(names) - {self._graph_output})))
+        got = self._forward(session, self._feed(np.asarray(batch, np.float32)), names)
+        return [(name, self._canonical(a, name)) for name, a in zip(names, got)]
+
     def _forward(self, session: Any, feed: np.ndarray, names: list[str]) -> list[np.ndarray]:
         n = len(feed)
         size = self.batch_size

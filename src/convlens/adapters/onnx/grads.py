@@ -222,17 +222,31 @@ class OnnxAdapter(OnnxForward):
 
             feed = self._feed(chunk)
             self._check_twin(module, feed)
-            forward, given = self._twin_forward(module), None
-            if tail is not None:  # onnxruntime runs the graph up to the needed rows, torch the rest
-                forward, given = self._tail_inputs(tail, feed)
-            got = hooked_gradients(
-                module, forward, self._torch_input(feed), chunk, hooked, rows, target.layer,
-                cotangent, wrt_input=wrt_input, need_output=need_output, softmax=softmax, given=given,
-                input_channels_last=not self.channels_first,
-                output_channels_last=self._layout.get(self._graph_output) == "NHWC",
-                no_output=lambda r: UnsupportedModel(
-                    f"layer {table[r].name} (row {r}) gave no output in the PyTorch conversion of "
-                    f"{self._label}; pick another layer"))
+
+            def attempt(tail: _Tail | None, feed: np.ndarray = feed, chunk: np.ndarray = chunk,
+                        cotangent: Callable[[tuple[int, ...]], np.ndarray] = cotangent) -> Gradients:
+                forward, given = self._twin_forward(module), None
+                if tail is not None:  # onnxruntime runs the graph up to the needed rows, torch the rest
+                    forward, given = self._tail_inputs(tail, feed)
+                return hooked_gradients(
+                    module, forward, self._torch_input(feed), chunk, hooked, rows, target.layer,
+                    cotangent, wrt_input=wrt_input, need_output=need_output, softmax=softmax, given=given,
+                    output=target.output,
+                    input_channels_last=not self.channels_first,
+                    output_channels_last=self._layout.get(self._graph_output) == "NHWC",
+                    no_output=lambda r: UnsupportedModel(
+                        f"layer {table[r].name} (row {r}) gave no output in the PyTorch conversion of "
+                        f"{self._label}; pick another layer"))
+
+            try:
+                got = attempt(tail)
+            except UnsupportedModel:
+                if tail is None:
+                    raise
+                # a tail fed with onnxruntime's values of shape computations (YOLO's anchor grid) can
+                # disagree with onnx2torch's own: the whole conversion computes them itself
+                tail = None
+                got = attempt(None)
             parts.append((keep, got))
         return _joined(parts)
 

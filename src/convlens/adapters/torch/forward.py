@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from ...core.reduce import reduce_channels
-from .._autograd import float_tensors, pick, to_numpy
+from .._autograd import detection_slots, model_outputs, pick, to_numpy
 from .._device import torch_reduce_channels
 from .._tokens import Layout, TokenGrid
 from ..base import OnOutput, OnReduced
@@ -96,8 +96,17 @@ class TorchForward(TorchTable):
         with self._evaluating(), self._hooked(list(modules.values()), hook), \
                 self.functional_capture(wanted_set, take):
             y = self._forward(x)
-        first = next(iter(float_tensors(y)), None)
-        return to_numpy(first[1]) if first is not None else np.zeros((len(batch), 0), np.float32)
+        outs = model_outputs(y, detection_slots(self.module))
+        return to_numpy(outs[0][1], outs[0][2]) if outs else np.zeros((len(batch), 0), np.float32)
+
+    def outputs(self, batch: np.ndarray) -> list[tuple[str, np.ndarray]]:
+        """Every output of one forward pass, canonical, by name (a torchvision detector's list of dicts
+        as one ``(N, slots, 6)`` ``detections`` array: see :func:`convlens.adapters._autograd.model_outputs`)."""
+        self.layers()
+        batch = np.asarray(batch, dtype=np.float32)
+        with self._evaluating():
+            y = self._forward(self._to_torch(batch))
+        return [(name, to_numpy(t, last)) for name, t, last in model_outputs(y, detection_slots(self.module))]
 
     # ----------------------------------------------------------------- hook selection
 

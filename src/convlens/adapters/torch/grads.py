@@ -11,6 +11,7 @@ from ..._errors import UnsupportedModel
 from .._autograd import (
     HookedRow,
     all_tensors,
+    detection_slots,
     float_tensors,
     hooked_gradients,
     pick,
@@ -72,6 +73,7 @@ class TorchAdapter(TorchForward):
             lambda shape: target_cotangent(target, shape, where), wrt_input=wrt_input,
             need_output=need_output, softmax=softmax,
             around=lambda take: self.functional_capture(needed, take),
+            output=target.output, slots=detection_slots(self.module),
             no_output=lambda r: UnsupportedModel(
                 f"layer {table[r].name} (row {r}) gave no output in this pass of {self.name} (its module was "
                 "not called for this input); pick another layer"))
