@@ -32,6 +32,7 @@ from .adapters import DATA_DIR, open_model
 from .compare import Comparison, compare
 from .core.layers import LayerInfo
 from .dataset.result import DatasetResult
+from .evaluate import Evaluation
 from .heatmaps import Heatmap, Heatmaps
 from .images import load_image
 from .lens import FeatureMaps, Filters, LayerTable, Lens
@@ -63,6 +64,7 @@ __all__ = [
     "Comparison",
     "ConvlensError",
     "DatasetResult",
+    "Evaluation",
     "FeatureMaps",
     "Filters",
     "Heatmap",

@@ -34,9 +34,9 @@ import numpy as np
 
 from .._errors import BadArgument
 
-__all__ = ["blurred", "curve_auc", "energy_pointing", "draw_native", "glorot_kernel", "layer_ranks", "max_sensitivity", "perturbation_curve",
-           "perturbation_curves", "pointing_hit", "random_other_class", "ranks", "sobel_map", "spearman", "ssim",
-           "weighted_rows"]
+__all__ = ["blurred", "curve_auc", "draw_native", "energy_pointing", "glorot_kernel", "layer_ranks",
+           "max_sensitivity", "perturbation_curve", "perturbation_curves", "pointing_hit",
+           "random_other_class", "ranks", "sobel_map", "spearman", "ssim", "weighted_rows"]
 
 #: A batch ``(N, H, W, C)`` float32 in, ``(N, K)`` class probabilities (or scores) out.
 Predict = Callable[[np.ndarray], np.ndarray]
@@ -182,7 +182,7 @@ def _patch_means(h: np.ndarray, patch: int) -> np.ndarray:
     sums = np.zeros((n, gh, gw), np.float64)
     counts = np.zeros((gh, gw), np.float64)
     rows, cols = np.arange(hh) // patch, np.arange(ww) // patch
-    np.add.at(sums, (slice(None), rows[:, None], cols[None, :]), np.nan_to_num(h))
+    np.add.at(sums, (slice(None), rows[:, None], cols[None, :]), np.nan_to_num(h))  # type: ignore[arg-type]
     np.add.at(counts, (rows[:, None], cols[None, :]), 1.0)
     return sums / counts
 

@@ -22,7 +22,6 @@ import numpy as np
 from ..._errors import UnsupportedModel
 from ...core.evaluation import draw_native, layer_ranks
 from .load import node_attrs
-from .table import _canonical_kernel
 
 __all__ = ["randomized"]
 
@@ -68,6 +67,18 @@ def randomized(adapter: Any, rows: Sequence[int], seed: int) -> Any:
 Fill = Callable[[tuple[int, ...], int, int], np.ndarray] | float
 
 
+def _canonical(op: str, w: np.ndarray, group: int) -> np.ndarray:
+    """ONNX conv weights as canonical ``(O, I, kh, kw)``: the layer table's reading (``table.py``), a permutation."""
+    if w.ndim == 3:
+        w = w[:, :, None, :]
+    if op == "ConvTranspose":  # (I, O/group, kh, kw): within each group the first two axes swap
+        cin, out_per_group, kh, kw = w.shape
+        g = max(group, 1)
+        w = w.reshape(g, cin // g, out_per_group, kh, kw).transpose(0, 2, 1, 3, 4).reshape(g * out_per_group,
+                                                                                           cin // g, kh, kw)
+    return w
+
+
 def _plan(node: Any) -> list[tuple[int, Fill]]:
     """Which inputs of ``node`` to re-draw, and how (a draw, or a constant)."""
     op = node.op_type
@@ -76,7 +87,7 @@ def _plan(node: Any) -> list[tuple[int, Fill]]:
         group = int(attrs.get("group", 1))
 
         def conv(shape: tuple[int, ...], seed: int, rank: int) -> np.ndarray:
-            return draw_native(shape, lambda w: _canonical_kernel(op, w, group), seed, rank)
+            return draw_native(shape, lambda w: _canonical(op, w, group), seed, rank)
         return [(1, conv), (2, 0.0)]
     if op == "Gemm":
         trans = bool(int(attrs.get("transB", 0)))

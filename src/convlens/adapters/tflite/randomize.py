@@ -106,7 +106,7 @@ def _rewrite(data: bytearray, model: Any, tensor: Any, kind: str, kernel: bool, 
         bshape[axis] = -1
     s = np.asarray(scales, np.float64).reshape(bshape)
     z = np.asarray(zeros, np.float64).reshape(bshape) if np.size(zeros) == np.size(scales) else 0.0
-    info = np.iinfo(dtype)
+    info = np.iinfo(dtype)  # type: ignore[type-var]
     view[...] = np.clip(np.rint(values / s + z), info.min, info.max).astype(dtype)
 
 

@@ -20,7 +20,6 @@ import numpy as np
 
 from ..._errors import UnsupportedModel
 from ...core.evaluation import draw_native, layer_ranks
-from .table import _canonical_kernel
 
 __all__ = ["randomized"]
 
@@ -53,6 +52,14 @@ def randomized(adapter: Any, rows: Sequence[int], seed: int) -> Any:
     return twin
 
 
+def _canonical(w: np.ndarray, type_name: str, groups: int) -> np.ndarray:
+    """Torch conv weights as canonical ``(O, I, kh, kw)``: the layer table's reading (``table.py``), a permutation."""
+    if "Transpose" in type_name:  # (I, O/groups, kh, kw), regrouped per output channel
+        i, o_g, *k = w.shape
+        w = w.reshape(groups, i // groups, o_g, *k).swapaxes(1, 2).reshape(groups * o_g, i // groups, *k)
+    return w[:, :, None, :] if w.ndim == 3 else w
+
+
 def _redraw(module: Any, type_name: str, seed: int, rank: int) -> None:
     groups = int(getattr(module, "groups", 1) or 1)
     for name, p in module.named_parameters(recurse=True):
@@ -60,7 +67,7 @@ def _redraw(module: Any, type_name: str, seed: int, rank: int) -> None:
         if p.ndim >= 2:
             if "conv" in type_name.lower() and p.ndim >= 3:
                 def canon(w: np.ndarray) -> np.ndarray:
-                    return _canonical_kernel(w, type_name, groups)
+                    return _canonical(w, type_name, groups)
                 values = draw_native(tuple(p.shape), canon, seed, rank)
             else:
                 values = draw_native(tuple(p.shape), None, seed, rank)
