@@ -48,7 +48,7 @@ from ..core.evaluation import (
     weighted_rows,
 )
 from ..core.predictions import to_probabilities
-from ..images import check_not_constant, prepare_batch
+from ..images import PreparedBatch, check_not_constant, prepare_batch
 from ..methods import Method, gradients_problem
 from ..methods.targets import TargetSpec, parse_classes
 from ..passes import call_model
@@ -234,7 +234,8 @@ def evaluate(model: Model, images: Any, method: str | Sequence[str] | None = Non
 
     Args:
         model: the model.
-        images: at least two images (paths, PIL images or arrays).
+        images: at least two images (paths, PIL images or arrays), or a
+            :class:`~convlens.images.PreparedBatch` already prepared for the model.
         method: names as :func:`convlens.heatmaps` takes them; default
             :data:`DEFAULT_METHODS` (the gradient ones dropped, with a note, on a
             forward-only model).
@@ -304,8 +305,8 @@ def evaluate(model: Model, images: Any, method: str | Sequence[str] | None = Non
         skipped = {}
     class_names, _ = model.class_names(labels)
     classes_n = model.output_classes()
-    prepared = prepare_batch(images, model.input_shape, size=size, preprocess=preprocess or model.preprocess,
-                             model_name=model.name)
+    prepared = images if isinstance(images, PreparedBatch) else prepare_batch(
+        images, model.input_shape, size=size, preprocess=preprocess or model.preprocess, model_name=model.name)
     loaded, arrays = prepared.images, prepared.arrays
     if len(arrays) < 2:
         raise BadArgument(f"evaluate ranks methods by their means over images with standard errors, which needs "
