@@ -257,7 +257,9 @@ class Evaluation:
         lines += ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() for row in [head, *body]]
         good = [r for r in rows if not r["fails"]]
         if good:
-            lines.append(f"best: {good[0]['title']} (passes every check; mean rank {good[0]['mean_rank']:.1f})")
+            rank = good[0]["mean_rank"]
+            lines.append(f"best: {good[0]['title']} (passes every check"
+                         + (f"; mean rank {rank:.1f})" if rank is not None else ")"))
         else:
             lines.append(f"best: none passes every check; the fewest failures: {rows[0]['title']}")
         for r in rows:
