@@ -108,7 +108,7 @@ def curve_chart(x: Sequence[float], series: Mapping[str, Sequence[float]], *, ti
 
 
 def strip_picture(rows: Mapping[str, np.ndarray], columns: Sequence[str], *, cell: int = 72,
-                  marks: Mapping[str, int | None] | None = None) -> bytes:
+                  marks: Mapping[str, int | None] | None = None, image: np.ndarray | None = None) -> bytes:
     """Per method a row of maps: the trained model's, then one per randomisation step.
 
     Args:
@@ -117,7 +117,17 @@ def strip_picture(rows: Mapping[str, np.ndarray], columns: Sequence[str], *, cel
         cell: the side of each map in pixels.
         marks: method title -> the column where the rank correlation fell
             below the threshold (outlined red), or ``None``.
+        image: ``(H, W, C)`` the input the maps explain, drawn first in every row
+            (stretched from its minimum to its maximum).
     """
+    if image is not None:
+        pic = np.asarray(image, np.float64)
+        pic = (pic - pic.min()) / max(float(np.ptp(pic)), 1e-12)
+        pic = np.repeat(pic, 3, axis=-1) if pic.shape[-1] == 1 else pic[..., :3]
+        columns = ["image", *columns]
+        first: np.ndarray | None = np.clip(np.rint(pic * 255), 0, 255).astype(np.uint8)
+    else:
+        first = None
     label_w = 12 + max([text_width(k) for k in rows] or [40])
     head = 64
     ncol = len(columns)
@@ -125,11 +135,18 @@ def strip_picture(rows: Mapping[str, np.ndarray], columns: Sequence[str], *, cel
     canvas = np.full((height, width, 3), 255, np.uint8)
     table = lut("inferno")
     texts: list[tuple[int, int, str]] = []
+    shift = 1 if first is not None else 0
     for r, (name, maps) in enumerate(rows.items()):
         y = head + r * (cell + 4)
         texts.append((6, y + cell // 2, name))
-        for c in range(min(ncol, len(maps))):
-            m = np.abs(np.nan_to_num(np.asarray(maps[c], np.float64)))
+        if first is not None:
+            h, w = first.shape[:2]
+            ri = np.minimum((np.arange(cell) * h) // cell, h - 1)
+            ci = np.minimum((np.arange(cell) * w) // cell, w - 1)
+            canvas[y:y + cell, label_w:label_w + cell] = first[ri][:, ci]
+        for c0 in range(min(ncol - shift, len(maps))):
+            c = c0 + shift
+            m = np.abs(np.nan_to_num(np.asarray(maps[c0], np.float64)))
             top = float(m.max())
             m = m / top if top > 0 else m
             h, w = m.shape
@@ -138,7 +155,7 @@ def strip_picture(rows: Mapping[str, np.ndarray], columns: Sequence[str], *, cel
             idx = np.clip(np.rint(m[ri][:, ci] * 255), 0, 255).astype(np.uint8)
             x = label_w + c * (cell + 4)
             canvas[y:y + cell, x:x + cell] = apply_lut(idx, table)
-            if marks is not None and marks.get(name) == c:
+            if marks is not None and marks.get(name) == c0:
                 for t in range(2):
                     canvas[y - 2 + t, x - 2:x + cell + 2] = (220, 30, 30)
                     canvas[y + cell + t, x - 2:x + cell + 2] = (220, 30, 30)

@@ -35,7 +35,8 @@ class MethodScores:
 
     Attributes:
         maps: ``(N, H, W)`` the method's maps of the trained model.
-        cost: seconds per image for one map.
+        cost: seconds per image for one map: the fastest of the first call and the
+            stability metric's calls on the same batches (a first call may pay for tracing).
         curves: ``"deletion"``/``"insertion"`` -> ``(N, steps + 1)`` class probabilities.
         curve_seconds: seconds spent on each kind of curve (all images).
         rand_spearman, rand_ssim: ``(S, N)`` similarity to the trained map after
@@ -321,7 +322,7 @@ class Evaluation:
                 below = np.flatnonzero(s.rand_spearman[:, 0] < self.threshold)  # type: ignore[index]
                 marks[s.title] = int(below[0]) + 1 if below.size else None
             pics["randomisation_strips.png"] = strip_picture(rows, ["trained", *self.randomised_layers],
-                                                             marks=marks)
+                                                             marks=marks, image=self.inputs[0])
             series = {s.title: s.rand_spearman.mean(axis=1) for s in with_strip.values()}  # type: ignore[union-attr]
             pics["randomisation.png"] = curve_chart(
                 list(range(1, len(self.randomised_layers) + 1)), series, threshold=self.threshold,
