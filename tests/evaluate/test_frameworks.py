@@ -24,8 +24,6 @@ from convlens import Model
 from convlens.core.evaluation import weighted_rows
 from convlens.evaluate import evaluate
 
-pytestmark = pytest.mark.keras
-
 SIZE = 32
 
 
@@ -39,7 +37,8 @@ def _agreement_module():
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory, keras):
+def gradient_models(tmp_path_factory, keras):
+    """Keras (on the backend under test), the PyTorch twin and its ONNX export."""
     import torch
 
     agr = _agreement_module()
@@ -50,10 +49,18 @@ def models(tmp_path_factory, keras):
     torch.onnx.export(tmodel, (torch.zeros(1, 3, SIZE, SIZE),), str(onnx_path), input_names=["image"],
                       output_names=["logits"], dynamo=False)
     out = {"keras": Model.open(kmodel, preprocess="unit"), "torch": Model.open(tmodel, preprocess="unit"),
-           "onnx": Model.open(onnx_path, preprocess="unit"),
+           "onnx": Model.open(onnx_path, preprocess="unit")}
+    return out, list(agr._images(3)), (agr, kmodel, tmp)
+
+
+@pytest.fixture(scope="module")
+def models(gradient_models):
+    """The same, and the Keras model's float and int8 TFLite conversions (TensorFlow's converter)."""
+    out, images, (agr, kmodel, tmp) = gradient_models
+    out = {**out,
            "tflite": Model.open(agr._tflite(kmodel, tmp / "float.tflite", quantise=False), preprocess="unit"),
            "int8": Model.open(agr._tflite(kmodel, tmp / "int8.tflite", quantise=True), preprocess="unit")}
-    return out, list(agr._images(3))
+    return out, images
 
 
 def _run(model):
@@ -79,12 +86,18 @@ def test_every_framework_draws_the_same_random_network(models):
     assert not np.allclose(ref, _run(lenses["keras"])(x), atol=1e-3)
 
 
-@pytest.mark.parametrize("method, frameworks", [
-    ("gradcam,saliency", ("keras", "torch", "onnx")),
-    ("scorecam,eigencam", ("keras", "torch", "onnx", "tflite")),
-])
-def test_evaluation_numbers_agree_across_frameworks(models, method, frameworks):
+@pytest.mark.keras
+def test_gradient_methods_agree_across_keras_torch_and_onnx(gradient_models):
+    lenses, images, _ = gradient_models
+    _agree(lenses, images, "gradcam,saliency", ("keras", "torch", "onnx"))
+
+
+def test_forward_only_methods_agree_across_all_four(models):
     lenses, images = models
+    _agree(lenses, images, "scorecam,eigencam", ("keras", "torch", "onnx", "tflite"))
+
+
+def _agree(lenses, images, method, frameworks):
     results = {name: evaluate(lenses[name], images, method, metrics="randomisation,random-logit,deletion",
                               steps=8) for name in frameworks}
     ref = results["keras"]
