@@ -137,3 +137,17 @@ def test_weights_that_cannot_be_copied(digits):
     ev = evaluate(model, images, "saliency", metrics="randomisation,deletion", steps=4)
     assert "deletion" in ev.summary_of("saliency") and "cannot be copied" in ev.skipped["saliency"]["randomisation"]
     assert "not run: randomisation for saliency" in ev.summary()
+
+
+def test_the_page_escapes_what_the_user_named(tmp_path):
+    net = nn.Sequential(nn.Flatten(), nn.Linear(16, 3)).eval()
+    paths = []
+    for i, name in enumerate(["<i>x", "a&b"]):
+        path = tmp_path / f"{name}.png"
+        Image.fromarray(np.random.default_rng(i).integers(0, 255, (4, 4), dtype=np.uint8)).save(path)
+        paths.append(str(path))
+    ev = evaluate(Model.open(net, input_shape=(4, 4, 1), preprocess="unit"), paths, "saliency",
+                  metrics="deletion", steps=2)
+    page = ev.html()
+    assert "&lt;i&gt;x" in page and "<i>x" not in page
+    assert "Content-Security-Policy" in page
