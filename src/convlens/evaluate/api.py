@@ -458,10 +458,14 @@ def evaluate(model: Model, images: Any, method: str | Sequence[str] | None = Non
         rho, sim, strips = ({m.name: np.zeros((len(order), n)) for m in runnable},
                             {m.name: np.zeros((len(order), n)) for m in runnable},
                             {m.name: np.zeros((len(order), *hw), np.float32) for m in runnable})
+        twin: Any = adapter
         for step in range(1, len(order) + 1):
             _tick(progress)
             t0 = time.perf_counter()
-            twin = adapter.randomized(order[:step], seed)  # type: ignore[attr-defined]
+            # the previous copy with one more layer re-drawn: the draws depend on (seed, the layer's
+            # rank) only, so this is the original with the top ``step`` layers re-drawn, at one
+            # layer's cost per step
+            twin = twin.randomized([order[step - 1]], seed)
             copy_s = time.perf_counter() - t0
             for m in runnable:
                 s = scores[m.name]
@@ -471,7 +475,6 @@ def evaluate(model: Model, images: Any, method: str | Sequence[str] | None = Non
                 rho[m.name][step - 1] = [spearman(a, b) for a, b in zip(s.maps, maps)]
                 sim[m.name][step - 1] = [ssim(a, b) for a, b in zip(s.maps, maps)]
                 strips[m.name][step - 1] = maps[0]
-            del twin  # one copy at a time
         for m in runnable:
             scores[m.name].rand_spearman, scores[m.name].rand_ssim = rho[m.name], sim[m.name]
             scores[m.name].strip = strips[m.name]

@@ -87,7 +87,8 @@ def _plan(node: Any) -> list[tuple[int, Fill]]:
         group = int(attrs.get("group", 1))
 
         def conv(shape: tuple[int, ...], seed: int, rank: int) -> np.ndarray:
-            return draw_native(shape, lambda w: _canonical(op, w, group), seed, rank)
+            same = op == "Conv" and len(shape) == 4  # Conv's (O, I/group, kh, kw) is canonical already
+            return draw_native(shape, None if same else (lambda w: _canonical(op, w, group)), seed, rank)
         return [(1, conv), (2, 0.0)]
     if op == "Gemm":
         trans = bool(int(attrs.get("transB", 0)))

@@ -51,7 +51,9 @@ def randomized(adapter: Any, rows: Sequence[int], seed: int) -> Any:
     if schema is None:
         raise UnsupportedModel(f"cannot randomise {adapter.name}: LiteRT's flatbuffer schema module "
                                "(ai_edge_litert.schema_py_generated) is not available to rewrite its weights")
-    data = bytearray(Path(adapter.path).read_bytes())
+    # a randomised copy's file is gone: it keeps its bytes, so that a cascade can re-draw one more layer
+    kept = getattr(adapter, "_flatbuffer", None)
+    data = bytearray(kept if kept is not None else Path(adapter.path).read_bytes())
     model = schema.Model.GetRootAs(data, 0)
     graph = model.Subgraphs(0)
     producers = {int(t): op for op in adapter._interp._get_ops_details() if op["op_name"] != "DELEGATE"
@@ -116,4 +118,5 @@ def _open_copy(adapter: Any, data: bytes) -> Any:
         path.write_bytes(data)
         twin = type(adapter)(path, input_shape=adapter.input_shape, preprocess=adapter.preprocess)
     twin.name = adapter.name
+    twin._flatbuffer = data
     return twin

@@ -65,7 +65,7 @@ def _redraw(module: Any, type_name: str, seed: int, rank: int) -> None:
     for name, p in module.named_parameters(recurse=True):
         leaf = name.rsplit(".", 1)[-1]
         if p.ndim >= 2:
-            if "conv" in type_name.lower() and p.ndim >= 3:
+            if "conv" in type_name.lower() and p.ndim >= 3 and ("Transpose" in type_name or p.ndim == 3):
                 def canon(w: np.ndarray) -> np.ndarray:
                     return _canonical(w, type_name, groups)
                 values = draw_native(tuple(p.shape), canon, seed, rank)
