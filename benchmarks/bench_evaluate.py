@@ -69,6 +69,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20, help="deletion/insertion steps")
     parser.add_argument("--samples", type=int, default=4, help="max-sensitivity samples")
     parser.add_argument("--skip-quantus", action="store_true")
+    parser.add_argument("--quantus-only", action="store_true",
+                        help="time only Quantus (the maps are computed first, untimed); compare with a run before")
+    parser.add_argument("--ours-seconds", type=float, default=float("nan"),
+                        help="with --quantus-only: convlens's total from that run")
     args = parser.parse_args()
     import torch
     import torchvision
@@ -88,14 +92,20 @@ def main() -> None:
     print(f"ResNet-18 (random weights), {args.images} images at {args.size} px, methods {', '.join(names)}, "
           f"{args.steps} deletion steps, {args.samples} stability samples; torch threads {torch.get_num_threads()}")
 
-    t0 = time.perf_counter()
-    ev = evaluate(model, images, names, masks=masks, steps=args.steps, samples=args.samples)
-    ours = time.perf_counter() - t0
+    if args.quantus_only:
+        ev = evaluate(model, images, names, metrics="deletion", steps=2)  # the maps and classes only
+        ours = args.ours_seconds
+    else:
+        t0 = time.perf_counter()
+        ev = evaluate(model, images, names, masks=masks, steps=args.steps, samples=args.samples)
+        ours = time.perf_counter() - t0
     print(ev.summary())
     print(f"\nconvlens evaluate, all metrics: {ours:.1f} s")
 
-    # deletion/insertion: a curve of S steps against S + 1 batched forward passes of the same frames
     x = ev.inputs
+    if args.quantus_only:
+        return quantus_run(args, net, model, ev, x, names, masks, ours)
+    # deletion/insertion: a curve of S steps against S + 1 batched forward passes of the same frames
     frames = np.repeat(x, args.steps + 1, axis=0)
     call_model(model.adapter, frames[:8])  # warm-up
     t0 = time.perf_counter()
@@ -111,9 +121,11 @@ def main() -> None:
         per_step = s.rand_seconds / layers / (s.cost * len(images))
         print(f"{s.title:<14} {d:>14.2f}x {i:>15.2f}x {per_step:>23.2f}x")
     print(f"(targets: <= 1.2x; randomisation over {layers} weighted layers)")
-    if args.skip_quantus:
-        return
+    if not args.skip_quantus:
+        quantus_run(args, net, model, ev, x, names, masks, ours)
 
+
+def quantus_run(args, net, model, ev, x, names, masks, ours) -> None:
     import quantus
 
     warnings.simplefilter("ignore")
@@ -129,7 +141,12 @@ def main() -> None:
 
             a = adapter if model is net else open_model(model, input_shape=(args.size, args.size, 3))
             batch = np.asarray(inputs, np.float32).transpose(0, 2, 3, 1)
-            return method_maps(a, method, batch, np.asarray(targets, int), layer=None, preprocess="torch")[:, None]
+            maps = method_maps(a, method, batch, np.asarray(targets, int), layer=None, preprocess="torch")
+            # Quantus refuses a map that is all zero (a Grad-CAM of a randomised network often is;
+            # convlens scores it as sharing no ranking): a tiny ramp lets it go on
+            flat = ~maps.reshape(len(maps), -1).any(axis=1)
+            maps[flat] = np.linspace(0, 1e-9, maps[0].size, dtype=np.float32).reshape(maps.shape[1:])
+            return maps[:, None]
         return explain
 
     per_step = int(np.ceil(3 * args.size * args.size / args.steps))
