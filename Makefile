@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 PIP    := $(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt
 export TF_CPP_MIN_LOG_LEVEL := 3
 
-.PHONY: demo test test-oldest chromium benchmark benchmark-maps benchmark-adapters benchmark-report benchmark-heatmaps benchmark-training benchmark-visualize benchmark-memory benchmark-dataset benchmark-compare benchmark-device clean
+.PHONY: demo test test-oldest chromium benchmark benchmark-maps benchmark-adapters benchmark-report benchmark-heatmaps benchmark-training benchmark-visualize benchmark-memory benchmark-dataset benchmark-compare benchmark-device benchmark-evaluate clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -62,7 +62,7 @@ test-oldest: $(OLDEST)/.deps
 	KERAS_BACKEND=tensorflow $(OLDEST)/bin/python -m pytest -p no:cacheprovider $(OLDEST_TESTS)
 	KERAS_BACKEND=torch $(OLDEST)/bin/python -m pytest -p no:cacheprovider -m keras $(OLDEST_TESTS)
 
-benchmark: benchmark-maps benchmark-adapters benchmark-report benchmark-heatmaps benchmark-training benchmark-visualize benchmark-memory benchmark-dataset benchmark-compare
+benchmark: benchmark-maps benchmark-adapters benchmark-report benchmark-heatmaps benchmark-training benchmark-visualize benchmark-memory benchmark-dataset benchmark-compare benchmark-evaluate
 
 benchmark-maps: $(VENV)/.test-deps
 	KERAS_BACKEND=tensorflow $(BIN)/python benchmarks/bench_maps.py
@@ -116,3 +116,7 @@ clean:
 # it runs the CPU rows only and says so
 benchmark-device: $(VENV)/.test-deps
 	$(BIN)/python benchmarks/bench_device.py
+
+# convlens evaluate on ResNet-18 against Quantus 0.6 (smaller: ARGS="--images 4 --size 112")
+benchmark-evaluate: $(VENV)/.test-deps
+	KERAS_BACKEND=tensorflow $(BIN)/python benchmarks/bench_evaluate.py $(ARGS)

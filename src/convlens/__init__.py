@@ -33,6 +33,7 @@ from .adapters import DATA_DIR, open_model
 from .compare import Comparison, compare
 from .core.layers import LayerInfo
 from .dataset.result import DatasetResult
+from .evaluate import Evaluation
 from .heatmaps import Heatmap, Heatmaps
 from .images import load_image
 from .lens import FeatureMaps, Filters, LayerTable, Lens
@@ -65,6 +66,7 @@ __all__ = [
     "ConvlensError",
     "OutOfMemory",
     "DatasetResult",
+    "Evaluation",
     "FeatureMaps",
     "Filters",
     "Heatmap",

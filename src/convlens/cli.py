@@ -318,6 +318,8 @@ def build_parser() -> argparse.ArgumentParser:
     _model_options(p)
     _image_options(p)
 
+    _evaluate_parser(sub)
+
     p = sub.add_parser("timeline", help="write one self-contained HTML page of a run recorded during "
                                         "training (convlens.keras.LensCallback, convlens.torch.LensRecorder)",
                        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -420,6 +422,51 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="demo-output", help="output folder (default demo-output)")
     _device_option(p)
     return parser
+
+
+def _evaluate_parser(sub: Any) -> None:
+    p = sub.add_parser("evaluate", help="which heatmap method can be trusted for this model on these images: "
+                                        "randomisation, random-logit, deletion/insertion, pointing, stability")
+    p.add_argument("model")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="at least 2 images")
+    p.add_argument("--out", required=True, help="output folder (index.json, evaluate.html, evaluate/*.png)")
+    p.add_argument("--method", metavar="M[,M...]",
+                   help="comma-separated methods (default gradcam,gradcam++,layercam,scorecam,saliency,"
+                        "smoothgrad,ig; the gradient ones are left out on a forward-only model)")
+    p.add_argument("--metrics", metavar="M[,M...]",
+                   help="randomisation, random-logit, deletion, insertion, pointing, stability (default: all "
+                        "that apply; the cost is always measured)")
+    p.add_argument("--layer", help="CAM methods: the layer (default: the output of the last conv layer)")
+    p.add_argument("--class", dest="classes", metavar="C",
+                   help="the class to explain for every image (default: each image's top class)")
+    p.add_argument("--boxes", metavar="FILE",
+                   help="JSON of object boxes per image, {\"image\": [[x, y, w, h], ...]} or COCO annotations, "
+                        "for the pointing game")
+    p.add_argument("--labels", metavar="FILE", help="class names, one per line (default: the model's own)")
+    p.add_argument("--steps", type=_positive, default=20, help="points of the deletion/insertion curves (default 20)")
+    p.add_argument("--replace", choices=("blur", "mean"), default="blur",
+                   help="what a deleted pixel becomes (default blur)")
+    p.add_argument("--patch", type=_positive,
+                   help="deletion superpixel side in pixels (default 1 up to 64 px, else side / 56)")
+    p.add_argument("--threshold", type=float, default=0.5,
+                   help="randomisation and random-logit pass below this similarity (default 0.5)")
+    p.add_argument("--samples", type=_positive, default=8, help="noisy copies for stability (default 8)")
+    p.add_argument("--noise", type=float, default=0.05,
+                   help="stability noise half-width, a fraction of the input range (default 0.05)")
+    p.add_argument("--seed", type=int, default=0, help="seed of every random draw (default 0)")
+    _model_options(p)
+    _image_options(p)
+
+
+def _cmd_evaluate(lens: Any, args: argparse.Namespace, stdout: TextIO) -> None:
+    result = lens.evaluate(args.images, args.method, metrics=args.metrics, layer=args.layer, target=args.classes,
+                           boxes=args.boxes, steps=args.steps, replace=args.replace, patch=args.patch,
+                           threshold=args.threshold, samples=args.samples, noise=args.noise, seed=args.seed,
+                           size=args.size, preprocess=args.preprocess, labels=args.labels,
+                           progress=BarProgress())
+    path = result.save(args.out)
+    stdout.write(result.summary() + "\n")
+    stdout.write(f"wrote {Path(args.out) / 'evaluate.html'} and {path}\n")
 
 
 def _lens(args: argparse.Namespace) -> Any:
@@ -773,6 +820,8 @@ def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None,
             _cmd_report(lens, args, stdout)
         elif args.command == "heatmap":
             _cmd_heatmap(lens, args, stdout)
+        elif args.command == "evaluate":
+            _cmd_evaluate(lens, args, stdout)
 
         elif args.command == "visualize":
             _cmd_visualize(lens, args, stdout)

@@ -19,6 +19,7 @@ from .core.layers import LayerInfo
 from .core.normalize import global_range
 from .core.text import pair_text, shape_text
 from .dataset.result import DatasetResult
+from .evaluate import Evaluation
 from .heatmaps import DEFAULT_METHOD, Heatmaps
 from .heatmaps import heatmaps as compute_heatmaps
 from .images import Image, PreparedBatch
@@ -714,6 +715,29 @@ class Lens:
                                 preprocess=preprocess, labels=labels, progress=progress,
                                 method_options=method_options, box=box, mask=mask, output=output,
                                 output_index=output_index, reference=reference)
+
+    # ------------------------------------------------------------------ evaluation
+
+    def evaluate(self, images: ImageLike | Sequence[ImageLike], method: str | Sequence[str] | None = None, *,
+                 metrics: str | Sequence[str] | None = None, layer: str | int | None = None,
+                 target: TargetSpec = None, boxes: str | os.PathLike[str] | Mapping[str, Any] | None = None,
+                 masks: Sequence[Any] | None = None, steps: int = 20, replace: str = "blur",
+                 patch: int | None = None, threshold: float = 0.5, samples: int = 8, noise: float = 0.05,
+                 seed: int = 0, size: int | tuple[int, int] | None = None, preprocess: str | None = None,
+                 labels: str | os.PathLike[str] | Sequence[str] | None = None,
+                 method_options: Mapping[str, Any] | None = None,
+                 progress: Progress | None = None) -> Evaluation:
+        """Which heatmap method can be trusted for this model on these images: see :func:`convlens.evaluate.evaluate`.
+
+        Returns:
+            A :class:`convlens.Evaluation` (``.summary()``, ``.save()``, ``.to_json()``).
+        """
+        from .evaluate import evaluate as run_evaluate
+
+        return run_evaluate(self.model, images, method, metrics=metrics, layer=layer, target=target, boxes=boxes,
+                            masks=masks, steps=steps, replace=replace, patch=patch, threshold=threshold,
+                            samples=samples, noise=noise, seed=seed, size=size, preprocess=preprocess,
+                            labels=labels, method_options=method_options, progress=progress)
 
     # ------------------------------------------------------------------ feature visualisation
 

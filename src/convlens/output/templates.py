@@ -27,7 +27,7 @@ __all__ = ["FOLDERS", "Markup", "asset", "environment", "render"]
 
 #: The template folders, by the prefix that names them: ``"<prefix>/<file>"`` is
 #: ``convlens/<package>/templates/<file>``.
-FOLDERS = {"report": "report", "timeline": "timeline", "compare": "compare"}
+FOLDERS = {"report": "report", "timeline": "timeline", "compare": "compare", "evaluate": "evaluate"}
 
 
 def _text(name: str) -> str | None:

@@ -50,6 +50,7 @@ from .page import Report
 from .registry import register_section, section_keys, unregister_section
 from .sections import (  # noqa: F401  (registers them)
     dataset,
+    evaluate,
     filters,
     heatmaps,
     inputs,

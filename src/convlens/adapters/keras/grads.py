@@ -88,6 +88,12 @@ class KerasAdapter(KerasForward):
         preprocess: the preprocessing preset the model expects, if known.
     """
 
+    def randomized(self, rows: Sequence[int], seed: int) -> KerasAdapter:
+        """A copy with ``rows``' weights re-drawn (see :mod:`convlens.adapters.keras.randomize`)."""
+        from .randomize import randomized
+
+        return randomized(self, rows, seed)  # type: ignore[no-any-return]
+
     # ----------------------------------------------------------------- gradients
 
     def gradients_unavailable(self) -> str | None:

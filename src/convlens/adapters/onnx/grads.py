@@ -135,6 +135,12 @@ class OnnxAdapter(OnnxForward):
         self._twin_checked: set[tuple[int, ...]] = set()  # input shapes on which it agreed with onnxruntime
         self._tails: dict[tuple[int, ...], _Tail] = {}  # the converted module after each frontier (_tail)
 
+    def randomized(self, rows: Sequence[int], seed: int) -> OnnxAdapter:
+        """A copy with ``rows``' weights re-drawn (see :mod:`convlens.adapters.onnx.randomize`)."""
+        from .randomize import randomized
+
+        return randomized(self, rows, seed)  # type: ignore[no-any-return]
+
     # ----------------------------------------------------------------- gradients
 
     #: The converted module's output may differ from onnxruntime's by this much of the output's

@@ -30,6 +30,12 @@ class TFLiteAdapter(TFLiteForward):
         MissingDependency: ``ai-edge-litert`` is not installed.
     """
 
+    def randomized(self, rows: Sequence[int], seed: int) -> TFLiteAdapter:
+        """A copy with ``rows``' weights re-drawn (see :mod:`convlens.adapters.tflite.randomize`)."""
+        from .randomize import randomized
+
+        return randomized(self, rows, seed)  # type: ignore[no-any-return]
+
     # ----------------------------------------------------------------- gradients
 
     def gradients_unavailable(self) -> str | None:

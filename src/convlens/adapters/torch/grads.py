@@ -51,6 +51,12 @@ class TorchAdapter(TorchForward):
             several inputs.
     """
 
+    def randomized(self, rows: Sequence[int], seed: int) -> TorchAdapter:
+        """A copy with ``rows``' weights re-drawn (see :mod:`convlens.adapters.torch.randomize`)."""
+        from .randomize import randomized
+
+        return randomized(self, rows, seed)  # type: ignore[no-any-return]
+
     # ----------------------------------------------------------------- gradients
 
     def gradients_unavailable(self) -> str | None:
