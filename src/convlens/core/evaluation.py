@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from .._errors import BadArgument
+from .._errors import BadArgument, UnsupportedModel
 
 __all__ = ["blurred", "curve_auc", "draw_native", "energy_pointing", "glorot_kernel", "layer_ranks",
            "max_sensitivity", "perturbation_curve", "perturbation_curves", "pointing_hit",
@@ -402,7 +402,16 @@ def weighted_rows(table: Sequence[Any]) -> list[int]:
     return out
 
 
-def layer_ranks(table: Sequence[Any]) -> dict[int, int]:
-    """Each weighted row's rank counted from the output (0: the layer nearest the output)."""
+def layer_ranks(table: Sequence[Any], asked: Sequence[int] = ()) -> dict[int, int]:
+    """Each weighted row's rank counted from the output (0: the layer nearest the output).
+
+    Raises:
+        UnsupportedModel: a row of ``asked`` (rows to randomise) holds no weights.
+    """
     rows = weighted_rows(table)
-    return {r: len(rows) - 1 - k for k, r in enumerate(rows)}
+    ranks = {r: len(rows) - 1 - k for k, r in enumerate(rows)}
+    for r in asked:
+        if r not in ranks:
+            raise UnsupportedModel(f"row {r} ({table[r].name if 0 <= r < len(table) else '?'}) holds no "
+                                   "weights to randomise")
+    return ranks

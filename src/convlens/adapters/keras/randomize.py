@@ -33,11 +33,7 @@ def randomized(adapter: Any, rows: Sequence[int], seed: int) -> Any:
     """
     keras = adapter.keras
     table = adapter.layers()
-    ranks = layer_ranks(table)
-    for r in rows:
-        if r not in ranks:
-            raise UnsupportedModel(f"row {r} ({table[r].name if 0 <= r < len(table) else '?'}) holds no "
-                                   "weights to randomise")
+    ranks = layer_ranks(table, rows)
     try:
         clone = keras.models.clone_model(adapter.model)
         clone.set_weights(adapter.model.get_weights())

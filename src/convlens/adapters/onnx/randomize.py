@@ -37,16 +37,13 @@ def randomized(adapter: Any, rows: Sequence[int], seed: int) -> Any:
     from onnx import ModelProto, numpy_helper
 
     table = adapter.layers()
-    ranks = layer_ranks(table)
+    ranks = layer_ranks(table, rows)
     full = ModelProto()
     full.CopyFrom(adapter._skeleton)
     inits = {t.name: t for t in full.graph.initializer}
     for name in adapter._shared:
         inits[name].CopyFrom(numpy_helper.from_array(np.asarray(adapter._weight(name)), name))
     for r in rows:
-        if r not in ranks:
-            raise UnsupportedModel(f"row {r} ({table[r].name if 0 <= r < len(table) else '?'}) holds no "
-                                   "weights to randomise")
         node = adapter._row_node[r]
         for pos, fill in _plan(node):
             name = node.input[pos] if pos < len(node.input) else ""
