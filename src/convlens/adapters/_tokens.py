@@ -147,6 +147,18 @@ def declared_image_size(module: Any) -> tuple[int, int] | None:
     return None
 
 
+def attends_in_windows(module: Any, type_name: str, shape: Sequence[int]) -> bool:
+    """Whether a module is windowed attention (Swin's) whose windows do not cover its ``(H, W, C)`` grid.
+
+    Each output then sees its (shifted) window of the input's units, which the
+    layer table does not model: its receptive field is shown as unknown rather
+    than as the patch's field it would otherwise inherit.
+    """
+    window = getattr(module, "window_size", None)
+    return ("WindowAttention" in type_name and isinstance(window, (list, tuple)) and len(window) == 2
+            and len(shape) == 3 and not all(int(w) >= int(d) for w, d in zip(window, shape[:2])))
+
+
 def attends_globally(module: Any, type_name: str, shape: Sequence[int], tokens: bool) -> bool:
     """Whether every output of an attention module sees the whole input: global self-attention on a
     token row, or windowed attention (Swin's) whose window covers the whole ``(H, W, C)`` grid."""

@@ -21,6 +21,7 @@ from .._graph import LOGIT_ROLES, Producer, walk_final_activation
 from .._tokens import (
     Layout,
     attends_globally,
+    attends_in_windows,
     declared_image_size,
     find_token_grids,
     grid_free,
@@ -767,6 +768,8 @@ class TorchTable:
                     mark_token_row(rows[-1].extra, tokens[j])
                 if attends_globally(rec.module, module_type(rec.module), rec.shape, j in tokens):
                     rows[-1].extra["global"] = True  # every token attends to every patch
+                elif attends_in_windows(rec.module, module_type(rec.module), rec.shape):
+                    rows[-1].extra["geometry"] = "unknown"  # Swin's windows: not modelled, so shown as ?
             self._layers = with_receptive_fields(rows)
         return self._layers
 
