@@ -724,8 +724,11 @@ class TorchTable:
                 return out
             parents = sorted(source) or [len(records)]
             parent_last, parent_channels = layout(parents)
-            # the op keeps its input's channel axis where one axis holds that count (ViT's class-token cat)
-            last = _is_channels_last(None, op, tuple(out.shape), parent_last, parent_channels)
+            parent_ndim = len(records[parents[0] - 1].shape) + 1 if parents and parents[0] > 0 else x.ndim
+            # an op on its input row's own layout keeps it (a U-Net's cat, a residual add); after plain code
+            # reshaped it (ViT's class-token cat of (N, h*w, C) patches), the axis with the channel count is C
+            last = parent_last if out.ndim == parent_ndim else \
+                _is_channels_last(None, op, tuple(out.shape), parent_last, parent_channels)
             geometry = {"pad": pad_amounts(args, kwargs)} if op == "pad" else \
                 {"interpolate": interpolate_args(func, args, kwargs)} if op == "interpolate" else None
             in_shape = tuple(operands[0].shape) if operands else None
