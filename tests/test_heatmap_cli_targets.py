@@ -85,7 +85,7 @@ def test_segmentation_box_and_mask_from_the_command_line(files, tmp_path):
                              "--mask", str(files / "right.png"), "--layer", "relu", "--preprocess", "unit",
                              "--out", str(out))
     assert code == 0, err
-    assert "mask was resized" in stdout
+    assert "mask was resized" in err  # a note: notes go to stderr
     rec = json.loads((out / "index.json").read_text())["heatmaps"][0]
     assert rec["target"] == "segmentation"
     m = np.load(out / rec["array"])

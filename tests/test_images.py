@@ -310,6 +310,58 @@ def test_empty_file(tmp_path):
         load_image(path)
 
 
+_PIL_OWN_OPEN = PIL.Image.open  # kept in the module's globals, as ultralytics keeps it
+
+
+def _open_like_ultralytics(fp, *args, **kwargs):
+    """What ``import ultralytics`` makes of ``PIL.Image.open``: an unidentified file sends it after pi-heif."""
+    try:
+        return _PIL_OWN_OPEN(fp, *args, **kwargs)
+    except PIL.UnidentifiedImageError:
+        raise ModuleNotFoundError("No module named 'pi_heif'") from None
+
+
+@pytest.mark.parametrize("found_at_import", [True, False])
+def test_a_replaced_pil_open_does_not_hide_what_the_file_is(tmp_path, monkeypatch, found_at_import):
+    # ultralytics replaces PIL.Image.open on import; a text file was then "truncated or corrupt
+    # (ModuleNotFoundError: No module named 'pi_heif')", and opening it tried to pip-install pi-heif
+    from convlens.images import decode
+
+    calls = []
+
+    def replaced(*args, **kwargs):
+        calls.append(args)
+        return _open_like_ultralytics(*args, **kwargs)
+
+    monkeypatch.setattr(PIL.Image, "open", replaced)
+    if not found_at_import:  # convlens imported after the package that replaced it
+        monkeypatch.setattr(decode, "_PIL_OPEN", None)
+    path = tmp_path / "notes.jpg"
+    path.write_text("this is not a picture\n")
+    with raises(BadImage, "not an image PIL can read", "text file", "JPEG, PNG"):
+        load_image(path)
+    good = save(tmp_path, "good.png", PIL.Image.new("RGB", (3, 2), (10, 20, 30)))
+    np.testing.assert_allclose(load_image(good).pixels[0, 0], [10, 20, 30])
+    assert not calls
+
+
+def test_a_format_plugin_missing_its_module_does_not_hide_what_the_file_is(tmp_path, monkeypatch):
+    # a third-party plugin registered with PIL whose module is not installed raises ImportError
+    # when PIL tries it on a file no other format claims
+    def accept(prefix):
+        raise ModuleNotFoundError("No module named 'pi_heif'")
+
+    PIL.Image.init()
+    monkeypatch.setattr(PIL.Image, "ID", [*PIL.Image.ID, "FAKEHEIF"])
+    monkeypatch.setattr(PIL.Image, "OPEN", {**PIL.Image.OPEN, "FAKEHEIF": (PIL.ImageFile.ImageFile, accept)})
+    path = tmp_path / "notes.jpg"
+    path.write_text("this is not a picture\n")
+    with raises(BadImage, "not an image PIL can read", "text file", "JPEG, PNG"):
+        load_image(path)
+    with raises(BadImage, "not an image", "JPEG, PNG"):
+        images.load_image_bytes(b"this is not a picture either", name="blob")
+
+
 @pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
 def test_truncated_file(tmp_path, fmt):
     noise = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)

@@ -85,15 +85,16 @@ def test_labels_imagenet_on_another_model_is_one_clear_error():
 def test_the_cli_notes_the_guess_and_takes_labels_imagenet(onnx_file, photo, tmp_path):
     code, out, err = call("heatmap", str(onnx_file), str(photo), "--out", str(tmp_path / "a"))
     assert code == 0, err
-    lines = out.splitlines()
+    lines = err.splitlines()  # notes go to stderr: stdout is left to the results
     assert any(line.startswith("note: preprocessing unit was guessed") and "--preprocess" in line for line in lines)
     assert any(line.startswith("note: ") and "--labels imagenet" in line for line in lines)
+    assert "note: " not in out
     code, out, err = call("heatmap", str(onnx_file), str(photo), "--labels", "imagenet", "--out", str(tmp_path / "b"))
     assert code == 0, err
     top = next(line for line in out.splitlines() if line.startswith("photo: "))
     assert any(f"{name} (" in top for name in imagenet_class_names())
     code, out, err = call("heatmap", str(onnx_file), str(photo), "--preprocess", "torch", "--out", str(tmp_path / "c"))
-    assert code == 0 and "guessed" not in out
+    assert code == 0 and "guessed" not in out + err
 
 
 def test_the_report_header_says_the_preset_was_guessed(photo, tmp_path):

@@ -307,7 +307,7 @@ def test_cli_end_to_end_and_an_error_leaves_no_file(files, tmp_path, capsys):
     assert rc == 0, captured.err
     assert f"wrote {out}" in captured.out and "2 layers, 1 image" in captured.out
     assert "channel health: 3 of 7 channels are dead, constant or non-finite in 2 of 2 layers" in captured.out
-    assert "first 3 channels of each layer (1 layer has more" in captured.out
+    assert "first 3 channels of each layer (1 layer has more" in captured.err  # a note: notes go to stderr
     data = _data(out.read_text(encoding="utf-8"))
     assert data["cmap"] == "magma" and [layer["shown"] for layer in data["layers"]] == [3, 3]
     bad = tmp_path / "bad.html"

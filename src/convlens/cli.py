@@ -485,30 +485,34 @@ def _render_kwargs(args: argparse.Namespace) -> dict[str, Any]:
             "columns": args.columns, "numbers": args.numbers, "tile_size": args.tile_size}
 
 
-def _summary(path: Path, key: str, out: str, stdout: TextIO) -> None:
+def _notes(stderr: TextIO, notes: Any) -> None:
+    """Notes go to stderr, one ``note:`` line each: stdout is left to what a command reports (tables,
+    JSON, what it wrote), so that it can be piped or parsed."""
+    stderr.writelines(f"note: {note}\n" for note in notes if note)
+
+
+def _summary(path: Path, key: str, out: str, stdout: TextIO, stderr: TextIO) -> None:
     index = json.loads(path.read_text(encoding="utf-8"))
-    for note in index.get("notes", []) if key == "maps" else []:
-        stdout.write(f"note: {note}\n")
+    _notes(stderr, index.get("notes", []) if key == "maps" else [])
     files = [e for e in index.get(key, [])]
     flagged = sum(len(e.get("flags", {}).get("dead", [])) for e in files)
     stdout.write(f"wrote {len(files)} {key} pictures to {out} (index: {Path(out) / 'index.json'})\n")
     if flagged:
-        stdout.write(f"note: {flagged} drawn channels are zero everywhere (marked with an X); "
-                     "see 'flags' in index.json\n")
+        _notes(stderr, [f"{flagged} drawn channels are zero everywhere (marked with an X); "
+                        "see 'flags' in index.json"])
 
 
-def _cmd_stats(lens: Any, args: argparse.Namespace, stdout: TextIO) -> None:
+def _cmd_stats(lens: Any, args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> None:
     stats = lens.channel_stats(args.images, args.layers, size=args.size, preprocess=args.preprocess,
                                progress=BarProgress())
     if args.json:
         stdout.write(json.dumps(stats.to_json(), allow_nan=False) + "\n")
         return
-    for note in stats.notes:
-        stdout.write(f"note: {note}\n")
+    _notes(stderr, stats.notes)
     stdout.write(stats.text(channels=args.channels) + "\n")
 
 
-def _cmd_report(lens: Any, args: argparse.Namespace, stdout: TextIO) -> None:
+def _cmd_report(lens: Any, args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> None:
     sections = [s.strip() for s in args.sections.split(",") if s.strip()] if args.sections else None
     heatmap = {key: value for key, value in (("methods", args.heatmap_methods), ("top", args.heatmap_top))
                if value is not None}
@@ -533,8 +537,7 @@ def _cmd_report(lens: Any, args: argparse.Namespace, stdout: TextIO) -> None:
     report = lens.report(args.images, args.layers, labels=args.labels, out=args.out, size=args.size,
                          preprocess=args.preprocess, sections=sections, progress=BarProgress(),
                          section_options=options or None, dataset=args.dataset, **_render_kwargs(args))
-    for note in report.notes:
-        stdout.write(f"note: {note}\n")
+    _notes(stderr, report.notes)
     stats = list(report.stats.values())
     flagged = sum(s.flagged for s in stats)
     if flagged:
@@ -581,7 +584,7 @@ def _parse_box(text: str | None) -> tuple[float, float, float, float] | None:
     return x0, y0, x1, y1
 
 
-def _cmd_heatmap(lens: Any, args: argparse.Namespace, stdout: TextIO) -> None:
+def _cmd_heatmap(lens: Any, args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> None:
     options = {key: getattr(args, key) for key in ("steps", "samples", "window", "stride", "baseline")
                if getattr(args, key) is not None}
     result = lens.heatmaps(args.images, args.method, layer=args.layer, target=args.classes, top=args.top,
@@ -590,7 +593,7 @@ def _cmd_heatmap(lens: Any, args: argparse.Namespace, stdout: TextIO) -> None:
                            mask=args.mask, output=args.which_output, output_index=args.output_index,
                            reference=args.reference)
     result.save(args.out)
-    stdout.writelines(f"note: {note}\n" for note in result.notes)
+    _notes(stderr, result.notes)
     stdout.writelines(f"{result.images[e.image].name}: {e.caption()}\n" for e in result.entries[:40])
     if len(result.entries) > 40:
         stdout.write(f"... and {len(result.entries) - 40} more (see index.json)\n")
@@ -599,7 +602,7 @@ def _cmd_heatmap(lens: Any, args: argparse.Namespace, stdout: TextIO) -> None:
                  f"(index: {Path(args.out) / 'index.json'})\n")
 
 
-def _cmd_timeline(args: argparse.Namespace, stdout: TextIO) -> int:
+def _cmd_timeline(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
     from .timeline import read_run, save_timeline
 
     path = save_timeline(args.run, args.out, max_checkpoints=args.max_checkpoints)
@@ -607,10 +610,10 @@ def _cmd_timeline(args: argparse.Namespace, stdout: TextIO) -> int:
     n = len(index.get("checkpoints", []))
     shown = min(n, args.max_checkpoints)
     which = f"{n} checkpoints" if shown == n else f"pictures of {shown} of {n} checkpoints"
-    stdout.writelines(f"warning: layer {w.get('layer')}: {w.get('dead')} of {w.get('channels')} channels dead "
+    stderr.writelines(f"warning: layer {w.get('layer')}: {w.get('dead')} of {w.get('channels')} channels dead "
                       f"at step {w.get('step')}\n" for w in index.get("warnings", []))
     if index.get("error"):
-        stdout.write(f"note: recording stopped early: {index['error']}\n")
+        _notes(stderr, [f"recording stopped early: {index['error']}"])
     stdout.write(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB; {which})\n")
     return 0
 
@@ -622,7 +625,7 @@ examples:
 """
 
 
-def _cmd_visualize(lens: Any, args: argparse.Namespace, stdout: TextIO) -> None:
+def _cmd_visualize(lens: Any, args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> None:
     from ._errors import OutputError
 
     if Path(args.out).exists() and not Path(args.out).is_dir():  # before minutes of optimisation
@@ -632,7 +635,7 @@ def _cmd_visualize(lens: Any, args: argparse.Namespace, stdout: TextIO) -> None:
                             copies=args.copies, diversity=args.diversity, preprocess=args.preprocess,
                             progress=BarProgress())
     index = result.save(args.out)
-    _visualize_notes(result, stdout)
+    _visualize_notes(result, stderr)
     acts = result.activations
     stdout.write(f"wrote {len(result)} images and an atlas of {result.layer_name} to "
                  f"{Path(args.out) / result.folder()} (index: {index}); "
@@ -640,11 +643,9 @@ def _cmd_visualize(lens: Any, args: argparse.Namespace, stdout: TextIO) -> None:
                  f"reached {float(acts.min()):.4g} to {float(acts.max()):.4g}\n")
 
 
-def _visualize_notes(result: Any, stdout: TextIO) -> None:
+def _visualize_notes(result: Any, stderr: TextIO) -> None:
     """A guessed preprocessing, and the dead channels (zero on the probe photos), one line each."""
-    for note in (result.settings.get("preprocess_note"), result.dead_note()):
-        if note:
-            stdout.write(f"note: {note}\n")
+    _notes(stderr, (result.settings.get("preprocess_note"), result.dead_note()))
 
 
 DATASET_EXAMPLES = """\
@@ -697,8 +698,7 @@ def _cmd_dataset(lens: Any, args: argparse.Namespace, stdout: TextIO, stderr: Te
         end_bar = "\n" if progress.drawn else ""
         stderr.write(f"{end_bar}convlens: interrupted; nothing was written{hint}\n")
         return 130
-    for note in result.notes:
-        stdout.write(f"note: {note}\n")
+    _notes(stderr, result.notes)
     failed = f", {len(result.failures)} could not be read (listed in index.json)" if result.failures else ""
     rate = result.images / result.seconds if result.seconds > 0 else 0.0
     channels = sum(ex.stats.channels for ex in result.layers)
@@ -797,12 +797,12 @@ def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None,
         if args.command == "demo":
             return _cmd_demo(args, stdout)
         if args.command == "timeline":
-            return _cmd_timeline(args, stdout)
+            return _cmd_timeline(args, stdout, stderr)
         if args.command == "compare":
             return _cmd_compare(args, stdout)
         lens = _lens(args)
         if lens.model.device_note:
-            stderr.write(f"note: {lens.model.device_note}\n")
+            _notes(stderr, [lens.model.device_note])
         if args.command == "layers":
             table = lens.layers()
             stdout.write((json.dumps(table.to_json(), indent=2) if args.json else str(table)) + "\n")
@@ -810,22 +810,22 @@ def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None,
             path = lens.save_maps(args.images, args.out, args.layers, size=args.size,
                                   preprocess=args.preprocess, progress=BarProgress(),
                                   **_render_kwargs(args))
-            _summary(path, "maps", args.out, stdout)
+            _summary(path, "maps", args.out, stdout, stderr)
         elif args.command == "filters":
             path = lens.save_filters(args.out, args.layers, cmap=args.cmap, max_filters=args.max_filters,
                                      max_inputs=args.max_inputs, progress=BarProgress())
-            _summary(path, "filters", args.out, stdout)
+            _summary(path, "filters", args.out, stdout, stderr)
         elif args.command == "stats":
-            _cmd_stats(lens, args, stdout)
+            _cmd_stats(lens, args, stdout, stderr)
         elif args.command == "report":
-            _cmd_report(lens, args, stdout)
+            _cmd_report(lens, args, stdout, stderr)
         elif args.command == "heatmap":
-            _cmd_heatmap(lens, args, stdout)
+            _cmd_heatmap(lens, args, stdout, stderr)
         elif args.command == "evaluate":
             _cmd_evaluate(lens, args, stdout)
 
         elif args.command == "visualize":
-            _cmd_visualize(lens, args, stdout)
+            _cmd_visualize(lens, args, stdout, stderr)
         elif args.command == "dataset":
             return _cmd_dataset(lens, args, stdout, stderr)
         else:  # pragma: no cover - argparse rejects unknown commands

@@ -322,6 +322,25 @@ def test_a_model_tensorflow_cannot_trace_stays_eager(keras):
     assert list(adapter._graphs.values()) == ([None] if keras.backend.backend() == "tensorflow" else [])
 
 
+def test_a_trace_that_fails_leaves_keras_able_to_name_the_next_model_s_variables(keras):
+    """Keras pushes a layer's name scope before TensorFlow rejects it while tracing: the failed trace
+    left "<img src=x ...>" open, and training another model then failed ("... is not a valid scope name")."""
+    L = keras.layers
+    inp = keras.Input((8, 8, 3))
+    h = L.Conv2D(4, 3, padding="same", activation="relu", name="<img src=x onerror=alert(1)>")(inp)
+    evil = keras.Model(inp, L.Dense(3, name="logits")(L.GlobalAveragePooling2D()(h)))
+    lens = Lens(evil)
+    x = np.random.default_rng(0).random((8, 8, 3)).astype("float32") * 255
+    for _ in range(2):  # the second pass traces the forward graph
+        lens.adapter.run(x[None] / 255, [1, 2], lambda i, a: None)
+    for method in ("gradcam", "saliency", "saliency"):  # the gradient passes trace too
+        lens.heatmaps(x, method)
+    model = keras.Sequential([keras.Input((4,)), L.Dense(2, name="d")], name="after")
+    optimizer = keras.optimizers.Adam()
+    optimizer.build(model.trainable_variables)  # raised ValueError on the leaked scope
+    assert model.get_layer("d").kernel.path == "after/d/kernel"
+
+
 def test_kernels_in_every_keras_layout_are_the_weights_moved_to_o_i_kh_kw(keras):
     """kernels() transposes in the backend; the values are the layer's weights, only moved."""
     L = keras.layers

@@ -597,7 +597,7 @@ def test_torchvision_resnet18_through_the_cli(tmp_path):
     stdout = io.StringIO()
     assert main(["maps", "torchvision:resnet18", "--weights", "none", str(image), "--layers",
                  "blocks,layer1.0.conv1", "--out", str(out)], stdout=stdout, stderr=stderr) == 0, stderr.getvalue()
-    assert "resized" in stdout.getvalue()  # to the model's 224x224
+    assert "resized" in stderr.getvalue()  # a note (stderr): to the model's 224x224
     index = json.loads((out / "index.json").read_text())
     assert index["framework"] == "torch" and index["options"]["preprocess"] == "torch"
     assert [e["layer"] for e in index["maps"]] == [

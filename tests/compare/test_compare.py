@@ -41,7 +41,7 @@ def test_planted_divergence_is_found_at_the_perturbed_layer(resnets, tmp_path, i
 def test_a_network_compared_with_itself_has_cka_one(agree, images):
     r = compare(agree["torch"], agree["torch"], images(8), preprocess="unit", batch_size=4, cka=True)
     assert r.case == "forms" and r.first_divergence is None
-    assert len(r.pairs) == 9
+    assert len(r.pairs) == 10  # nine modules and forward()'s torch.flatten
     for p in r.pairs:
         assert p.cka == pytest.approx(1.0, abs=1e-6), p
         assert p.max_abs == 0.0 and p.sqnr_db == math.inf
@@ -54,8 +54,11 @@ def test_a_network_compared_with_itself_has_cka_one(agree, images):
 def test_pytorch_and_its_onnx_export_pair_every_layer(agree, images):
     r = compare(agree["torch"], agree["onnx"], images(4), preprocess="unit")
     assert r.case == "forms" and r.pairing == "automatic"
-    assert [p.a for p in r.pairs] == ["conv1", "relu1", "pool1", "dw", "relu2", "conv2", "relu3", "gap", "fc"]
-    assert r.unpaired_a == [] and r.unpaired_b == ["/Flatten"]  # torch flattens in forward(), no layer
+    # torch.flatten in forward() is a functional row, the export's Flatten node its partner
+    assert [p.a for p in r.pairs] == ["conv1", "relu1", "pool1", "dw", "relu2", "conv2", "relu3", "gap", "flatten",
+                                      "fc"]
+    assert [p.b for p in r.pairs][-2] == "/Flatten"
+    assert r.unpaired_a == [] and r.unpaired_b == []
     for p in r.pairs:
         assert p.rel_error is not None and p.rel_error < 1e-4, p
         assert p.max_abs is not None and p.max_abs < 1e-4 * max(p.__dict__.get("max_a", 1.0), 1.0), p

@@ -176,10 +176,11 @@ def test_gradient_methods_on_tflite_name_the_forward_only_ones(tflite_pair):
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "source, layer",
-    [("torchvision:vgg16", "features.29"), ("torchvision:mobilenet_v2", "features.18.2")],
+    [("torchvision:vgg16", "features.29"), ("torchvision:mobilenet_v2", "features.18")],
 )
 def test_default_layer_of_torchvision_models(source, layer):
-    """VGG16: relu5_3 (14x14, the Grad-CAM paper's layer), MobileNetV2: the last conv's ReLU6."""
+    """VGG16: relu5_3 (14x14, the Grad-CAM paper's layer), MobileNetV2: the last conv block
+    (conv, BN, ReLU6; its output is the ReLU6's), pytorch-grad-cam's ``model.features[-1]``."""
     assert methods.default_layer(open_model(source, weights="none").layers()).name == layer
 
 

@@ -120,7 +120,7 @@ def test_every_channel_live_on_photos_gets_a_picture_and_a_positive_activation(m
 
 def test_without_the_redirect_the_channels_stay_grey(model, monkeypatch):
     """The failure this fixes: every live channel's picture stays flat without the redirected gradient."""
-    monkeypatch.setattr(optimize, "redirect_steps", lambda steps: 0)
+    monkeypatch.setattr(optimize, "redirect_steps", lambda steps, adapter=None: 0)
     vis = visualize(model, "relu6", "0-1", steps=32, size=SIZE, batch_size=CHANNELS)
     assert np.all(vis.activations == 0)
     assert all(float(img.std()) < 0.02 for img in vis.images)

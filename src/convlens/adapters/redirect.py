@@ -32,7 +32,7 @@ from contextlib import AbstractContextManager, contextmanager, nullcontext
 from contextvars import ContextVar
 from typing import Any
 
-__all__ = ["keras_tf_gates", "redirected_gradients", "redirecting", "torch_redirect_mode"]
+__all__ = ["keras_tf_gates", "redirect_unavailable", "redirected_gradients", "redirecting", "torch_redirect_mode"]
 
 _REDIRECT: ContextVar[bool] = ContextVar("convlens_redirect_gradients", default=False)
 
@@ -45,6 +45,21 @@ def redirected_gradients(on: bool = True) -> Iterator[None]:
         yield
     finally:
         _REDIRECT.reset(token)
+
+
+def redirect_unavailable(adapter: Any) -> str | None:
+    """Why an adapter's gradient passes cannot redirect, in words, or ``None`` when they can.
+
+    Keras on its JAX backend traces the model's own ``relu`` into a jitted
+    function that no switch reaches yet: its visualisations climb the true
+    gradient from the first step.
+    """
+    if getattr(adapter, "framework", "") == "keras":
+        import keras
+
+        if keras.backend.backend() == "jax":
+            return "Keras's JAX backend does not redirect the gradient of zero-gated units yet"
+    return None
 
 
 def redirecting() -> bool:
@@ -84,8 +99,9 @@ def _torch_mode() -> Any:
             if ctx.swish:  # d/dx x * relu6(x + 3) / 6, zero below -3
                 slope = torch.where(x > 3, torch.ones_like(x), (2 * x + 3) / 6)
                 true = torch.where(below, torch.zeros_like(g), g * slope)
-            else:
-                true = torch.where(below | above, torch.zeros_like(g), g)
+            else:  # the op's own gradient: zero on the bounds too (a ReLU's at exactly 0)
+                dead = (x <= lo) | (x >= hi) if hi is not None else x <= lo
+                true = torch.where(dead, torch.zeros_like(g), g)
             # drop what would push a unit further out of its live range; pass the rest
             redirected = torch.where((below & (g < 0)) | (above & (g > 0)), torch.zeros_like(g), g)
             live = true.flatten(1).norm(dim=1) > 0 if true.ndim > 1 else true.norm() > 0
@@ -200,8 +216,8 @@ def _tf_twins(tf: Any, nn: Any, saved: dict[str, Any], flag: Any) -> dict[str, A
                 if swish:  # d/dx x * relu6(x + 3) / 6, zero below -3
                     slope = tf.where(x > 3, tf.ones_like(x), (2 * x + 3) / 6)
                     true = tf.where(x < lo, tf.zeros_like(g), g * slope)
-                else:
-                    dead = x < lo if hi is None else (x < lo) | (x > hi)
+                else:  # the op's own gradient, as TensorFlow's ReluGrad/Relu6Grad: zero on the bounds too
+                    dead = x <= lo if hi is None else (x <= lo) | (x >= hi)
                     true = tf.where(dead, tf.zeros_like(g), g)
                 return redirect(x, g, true, lo, hi)
 

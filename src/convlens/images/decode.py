@@ -290,6 +290,36 @@ def _bomb_pixels(error: Exception) -> int | None:
     return int(match.group(1)) if match else None
 
 
+def _is_pil_open(func: Any) -> bool:
+    return getattr(func, "__module__", None) == "PIL.Image" and getattr(func, "__name__", None) == "open"
+
+
+def _find_pil_open() -> Callable[..., PIL.Image.Image] | None:
+    """PIL's own ``Image.open``, also when another package has replaced it.
+
+    Ultralytics replaces ``PIL.Image.open`` on import with a wrapper that, when
+    PIL cannot identify a file, tries to pip-install ``pi-heif``, then raises
+    ``ModuleNotFoundError`` when it cannot: a text file would then be called
+    corrupt (and opening it would try the network). Such a wrapper keeps the
+    original, in ``__wrapped__`` or among its module's globals.
+    """
+    func: Any = PIL.Image.open
+    for _ in range(8):
+        if _is_pil_open(func):
+            return func  # type: ignore[no-any-return]
+        inner = getattr(func, "__wrapped__", None)
+        if inner is None:
+            inner = next((v for v in getattr(func, "__globals__", {}).values() if _is_pil_open(v)), None)
+        if inner is None:
+            return None
+        func = inner
+    return None
+
+
+#: Found at import (convlens is usually imported before a package that replaces it).
+_PIL_OPEN = _find_pil_open()
+
+
 def _open_pil(fp: Path | io.BytesIO, what: str, max_pixels: int,
               unreadable: Callable[[], str]) -> PIL.Image.Image:
     """``PIL.Image.open`` under the pixel limit, every failure as one :class:`BadImage`.
@@ -300,10 +330,15 @@ def _open_pil(fp: Path | io.BytesIO, what: str, max_pixels: int,
         max_pixels: the pixel limit, checked from the header before decoding.
         unreadable: the message when PIL does not recognise the format (built only then).
     """
+    pil_open = _PIL_OPEN or _find_pil_open() or PIL.Image.open
     try:
         with _pil_guard(max_pixels):
-            return PIL.Image.open(fp)
+            return pil_open(fp)
     except PIL.UnidentifiedImageError:
+        raise BadImage(unreadable()) from None
+    except ImportError:
+        # a third-party format plugin registered with PIL whose module is missing: the file is in
+        # none of the formats that can be read here
         raise BadImage(unreadable()) from None
     except (PIL.Image.DecompressionBombError, PIL.Image.DecompressionBombWarning) as error:
         raise _too_large(what, _bomb_pixels(error), None, max_pixels) from error

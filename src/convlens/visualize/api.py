@@ -10,6 +10,7 @@ from typing import Any
 from .._errors import BadArgument, UnsupportedModel
 from .._progress import Progress
 from ..adapters.base import Adapter
+from ..adapters.redirect import redirect_unavailable
 from ..core.layers import LayerInfo
 from ..methods.base import check_gradients
 from ..model import Model
@@ -235,7 +236,8 @@ def visualize(model: Model | Adapter, layer: str | int | None = None,
                 "diversity": diversity, "preprocess": preset,
                 "input_size": list(input_size) if input_size else None,
                 "parameterisation": "fourier 1/f, decorrelated colour, sigmoid",
-                "redirected_steps": redirect_steps(steps),
+                "redirected_steps": redirect_steps(steps, adapter),
+                "redirect_note": redirect_unavailable(adapter),
                 "preprocess_note": model.preprocess_note(asked),
                 "transforms": "pad, jitter, scale, rotate, jitter (Lucid's standard_transforms)"}
     return Visualization(model=adapter.name, framework=adapter.framework, layer=info, objective=objective,

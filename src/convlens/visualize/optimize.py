@@ -25,7 +25,7 @@ import numpy as np
 
 from .._progress import NullProgress, Progress
 from ..adapters.base import Adapter, Target
-from ..adapters.redirect import redirected_gradients
+from ..adapters.redirect import redirect_unavailable, redirected_gradients
 from ..passes import call_model
 from .objectives import Diversity, Objective, batch_target, scores
 from .param import ImageParam, PresetMap, fft_frequencies
@@ -120,15 +120,16 @@ def _layer_output(adapter: Adapter, batch: np.ndarray, layer: int) -> np.ndarray
     return got[0]
 
 
-def redirect_steps(steps: int) -> int:
+def redirect_steps(steps: int, adapter: Adapter | None = None) -> int:
     """How many of the first steps redirect the gradient of zero-gated units (the first half).
 
     Lucid's redirected ReLU gradient (:mod:`convlens.adapters.redirect`) lets a
     channel that is zero on the starting image start; an image whose true
     gradient gets through is not changed by it. The second half climbs the
     true gradient only, so the final image is what the model itself rewards.
+    None where ``adapter`` cannot redirect (:func:`~convlens.adapters.redirect.redirect_unavailable`).
     """
-    return steps // 2
+    return 0 if adapter is not None and redirect_unavailable(adapter) else steps // 2
 
 
 def render(adapter: Adapter, objectives: Sequence[Objective], *, preset: PresetMap, size: int = 128,
@@ -186,7 +187,7 @@ def render(adapter: Adapter, objectives: Sequence[Objective], *, preset: PresetM
                 _, dpen = penalty.value_and_grad(acts, [groups[i] for i in members])
                 step_target = Target(layer=target.layer, cotangent=target.cotangent_for(acts.shape) - dpen)
                 history[step, members] = scores(target, acts)
-            with redirected_gradients(step < redirect_steps(steps)):
+            with redirected_gradients(step < redirect_steps(steps, adapter)):
                 g = adapter.gradients(pre, step_target, wrt_input=True, need_output=False)
             if step_target is target:
                 history[step, members] = g.score

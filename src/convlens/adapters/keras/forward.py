@@ -14,6 +14,7 @@ import numpy as np
 from ..._errors import ConvlensError, UnsupportedModel
 from ...core.sizes import size_hint
 from ..base import OnOutput
+from .scopes import name_scopes_kept
 from .table import KerasTable, first_tensor
 
 
@@ -118,7 +119,8 @@ class KerasForward(KerasTable):
         graph = self._graph_forward(wanted_key, x.shape)
         if graph is not None:
             try:
-                y, captured = graph(self.keras.ops.convert_to_tensor(x))
+                with name_scopes_kept():  # a trace that fails leaves Keras's scopes as they were
+                    y, captured = graph(self.keras.ops.convert_to_tensor(x))
             except Exception:
                 # Some models cannot be traced (TensorFlow rejects a layer named
                 # "<img src=x>" as a name scope, say): they stay on the eager pass,

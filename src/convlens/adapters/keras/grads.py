@@ -15,6 +15,7 @@ from ..base import Gradients, OnOutput, RankedGradients, Target, check_rows, tar
 from ..base import first_line as _first_line  # one-line error messages
 from ..redirect import keras_tf_gates, torch_redirect_mode
 from .forward import KerasForward
+from .scopes import name_scopes_kept
 from .table import KERAS_ROLES, first_tensor, keras_word
 
 
@@ -242,7 +243,8 @@ class KerasAdapter(KerasForward):
             graphs.pop(next(iter(graphs)))
         fn, logit = entry
         try:
-            y, acts, grads, idx, kept = fn(tf.convert_to_tensor(x))
+            with name_scopes_kept():  # the first call traces: a failed trace leaves Keras's scopes as they were
+                y, acts, grads, idx, kept = fn(tf.convert_to_tensor(x))
         except ConvlensError:
             raise
         except Exception as exc:  # noqa: BLE001 - a model that cannot be traced: the caller falls back
@@ -429,8 +431,9 @@ class KerasAdapter(KerasForward):
             return (y if y is not None else tf.zeros((0,))), score_t, [captured[r] for r in plan.rows], found
 
         try:
-            fn = tf.function(traced).get_concrete_function(tf.TensorSpec(shape, tf.float32),
-                                                           tf.TensorSpec(None, tf.float32))
+            with name_scopes_kept():  # a failed trace leaves Keras's scopes as they were
+                fn = tf.function(traced).get_concrete_function(tf.TensorSpec(shape, tf.float32),
+                                                               tf.TensorSpec(None, tf.float32))
         except ConvlensError:
             raise
         except Exception:  # noqa: BLE001 - a model TensorFlow cannot trace: the eager pass reports its own errors
