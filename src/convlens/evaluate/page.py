@@ -16,7 +16,8 @@ __all__ = ["render_body", "render_page"]
 
 @cache
 def _style() -> str:
-    return asset("evaluate/evaluate.css")
+    # the compare page's tables, notes and charts, plus the verdict rows and strips of this one
+    return asset("compare/compare.css") + asset("evaluate/evaluate.css")
 
 
 def _values(result: Any) -> dict[str, Any]:
