@@ -152,6 +152,12 @@ def _model_options(p: argparse.ArgumentParser) -> None:
                    help="input shape for models that do not know theirs (unbuilt or subclassed)")
     p.add_argument("--trust", action="store_true",
                    help="allow model files that run code when loaded (Lambda layers); only for files you trust")
+    p.add_argument("--image-input", metavar="NAME",
+                   help="a model with several inputs: the input the images fill (default: the first that "
+                        "looks like an image; `convlens layers` lists them)")
+    p.add_argument("--input", dest="inputs", action="append", default=[], metavar="NAME=FILE.npy",
+                   help="a model with several inputs: hold input NAME at this array (one item, no batch axis, "
+                        "the model's own layout) for every image; repeat for more; not given: zeros")
     _device_option(p)
 
 
@@ -474,10 +480,12 @@ def _cmd_evaluate(lens: Any, args: argparse.Namespace, stdout: TextIO) -> None:
 
 
 def _lens(args: argparse.Namespace) -> Any:
+    from .adapters import read_input_files
     from .lens import Lens
 
     return Lens(args.model, weights=args.weights, input_shape=args.input_shape, trust=args.trust,
-                preprocess=getattr(args, "preprocess", None), device=args.device)
+                preprocess=getattr(args, "preprocess", None), device=args.device,
+                image_input=args.image_input, inputs=read_input_files(args.inputs))
 
 
 def _render_kwargs(args: argparse.Namespace) -> dict[str, Any]:
@@ -803,6 +811,8 @@ def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None,
         lens = _lens(args)
         if lens.model.device_note:
             _notes(stderr, [lens.model.device_note])
+        if args.command in ("layers", "filters"):  # the views that prepare images say it with their notes
+            _notes(stderr, lens.model.input_notes)
         if args.command == "layers":
             table = lens.layers()
             stdout.write((json.dumps(table.to_json(), indent=2) if args.json else str(table)) + "\n")

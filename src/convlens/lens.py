@@ -363,6 +363,11 @@ class Lens:
             models pick theirs, other models default to ``unit`` (x/255).
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``. ``None``: ``auto`` (the
             accelerator if there is one) for files and names; an in-memory model stays where it is.
+        image_input: a model with several inputs (Keras, PyTorch, ONNX): the name of the input
+            the images fill; ``None``: the first input that looks like an image.
+        inputs: the values the model's other inputs are held at for every image, by name, one
+            item each (no batch axis) in the framework's own layout; an input left out is held
+            at zeros, with a note.
 
     Example:
         >>> lens = Lens("demo")
@@ -373,10 +378,12 @@ class Lens:
 
     def __init__(self, model: Any, *, weights: str | None = None,
                  input_shape: Sequence[int | None] | None = None, trust: bool = False,
-                 preprocess: str | None = None, device: str | None = None) -> None:
+                 preprocess: str | None = None, device: str | None = None, image_input: str | None = None,
+                 inputs: Mapping[str, Any] | None = None) -> None:
         #: the :class:`~convlens.model.Model` every view runs on
         self.model: Model = Model.open(model, weights=weights, input_shape=input_shape, trust=trust,
-                                       preprocess=preprocess, device=device)
+                                       preprocess=preprocess, device=device, image_input=image_input,
+                                       inputs=inputs)
 
     @property
     def adapter(self) -> Adapter:

@@ -22,12 +22,15 @@ and never the facade, so nothing below the facade imports it.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
+
+import numpy as np
 
 from ._errors import BadArgument, UnsupportedModel
 from .adapters import adapter_device, open_model, parse_device
+from .adapters._inputs import HeldInputs
 from .adapters.base import Adapter
 from .classes import IMAGENET_SOURCE, check_class_names, is_imagenet_keyword, read_labels
 from .core.layers import LayerInfo
@@ -54,6 +57,8 @@ class ModelSpec:
         preprocess: the preprocessing preset asked for, if any.
         device: the device asked for (``auto``, ``cpu``, ``cuda``, ``cuda:N``, ``mps``); ``None``: ``auto``.
             Each process resolves it on its own machine (a Ray actor's GPU).
+        image_input: a model with several inputs: the image input's name.
+        inputs: the values its other inputs are held at, ``(name, array)`` pairs.
     """
 
     model: str
@@ -62,22 +67,27 @@ class ModelSpec:
     trust: bool = False
     preprocess: str | None = None
     device: str | None = None
+    image_input: str | None = None
+    inputs: tuple[tuple[str, np.ndarray], ...] = field(default=(), compare=False, repr=False)
 
     @classmethod
     def of(cls, model: str | os.PathLike[str], *, weights: str | None = None,
            input_shape: Sequence[int | None] | None = None, trust: bool = False,
-           preprocess: str | None = None, device: str | None = None) -> ModelSpec:
+           preprocess: str | None = None, device: str | None = None, image_input: str | None = None,
+           inputs: Mapping[str, Any] | None = None) -> ModelSpec:
         """The spec of ``model``; a path that exists becomes absolute (actors may run elsewhere)."""
         text = os.fspath(model)
         if os.path.exists(text):
             text = os.path.abspath(text)
+        held = tuple((str(k), np.asarray(v)) for k, v in (inputs or {}).items())
         return cls(text, weights, tuple(input_shape) if input_shape is not None else None,
-                   bool(trust), preprocess, parse_device(device))
+                   bool(trust), preprocess, parse_device(device), image_input, held)
 
     def kwargs(self) -> dict[str, Any]:
         """Keyword arguments of :func:`convlens.adapters.open_model` and :meth:`Model.open`."""
         return {"model": self.model, "weights": self.weights, "input_shape": self.input_shape,
-                "trust": self.trust, "preprocess": self.preprocess, "device": self.device}
+                "trust": self.trust, "preprocess": self.preprocess, "device": self.device,
+                "image_input": self.image_input, "inputs": dict(self.inputs) or None}
 
 
 def classes_in(output_shape: Sequence[int | None]) -> int | None:
@@ -127,7 +137,8 @@ class Model:
 
     @classmethod
     def open(cls, model: Any, *, weights: str | None = None, input_shape: Sequence[int | None] | None = None,
-             trust: bool = False, preprocess: str | None = None, device: str | None = None) -> Model:
+             trust: bool = False, preprocess: str | None = None, device: str | None = None,
+             image_input: str | None = None, inputs: Mapping[str, Any] | None = None) -> Model:
         """Open a model object, file or name (see :func:`convlens.adapters.open_model`).
 
         A :class:`Model` is returned as it is (the other arguments must then be unset).
@@ -135,17 +146,21 @@ class Model:
         Args:
             device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``; ``None``:
                 ``auto`` for files and names, and where it is for an in-memory model.
+            image_input: a model with several inputs: the name of the input the
+                images fill; ``None``: the first that looks like an image.
+            inputs: the values the other inputs are held at, by name (one item
+                each, the framework's own layout); left out: zeros, with a note.
 
         Raises:
             BadModel, UnsupportedModel, UnsafeModel, WeightsUnavailable: as ``open_model``.
-            BadArgument: a device this machine does not have.
+            BadArgument: a device this machine does not have, or inputs that do not fit the model.
         """
         if isinstance(model, Model):
             return model
         adapter = open_model(model, weights=weights, input_shape=input_shape, trust=trust, preprocess=preprocess,
-                             device=device)
+                             device=device, image_input=image_input, inputs=inputs)
         spec = (ModelSpec.of(model, weights=weights, input_shape=input_shape, trust=trust, preprocess=preprocess,
-                             device=device)
+                             device=device, image_input=image_input, inputs=inputs)
                 if isinstance(model, (str, os.PathLike)) else None)
         return cls(adapter, preprocess=preprocess, spec=spec)
 
@@ -219,12 +234,24 @@ class Model:
         return self._noted(prepared, preprocess)
 
     def _noted(self, prepared: PreparedBatch, preprocess: str | None) -> PreparedBatch:
-        """``prepared`` with :meth:`preprocess_note` first in its notes, when the preset is a guess:
-        every view that prepares images through the model says so (CLI lines, index.json, the report)."""
-        note = self.preprocess_note(preprocess)
-        if note and note not in prepared.notes:
-            prepared.notes.insert(0, note)
+        """``prepared`` with :meth:`preprocess_note` and :attr:`input_notes` first in its notes: every view
+        that prepares images through the model says so (CLI lines, index.json, the report)."""
+        for note in reversed([self.preprocess_note(preprocess), *self.input_notes]):
+            if note and note not in prepared.notes:
+                prepared.notes.insert(0, note)
         return prepared
+
+    @property
+    def held_inputs(self) -> HeldInputs | None:
+        """A model with several inputs: which is the image and what the others are held at; else ``None``."""
+        held = getattr(self.adapter, "held_inputs", None)
+        return held if isinstance(held, HeldInputs) else None
+
+    @property
+    def input_notes(self) -> list[str]:
+        """Sentences every view shows about a model's other inputs (held at zeros, which image input)."""
+        held = self.held_inputs
+        return list(held.notes) if held is not None else []
 
     def preprocess_note(self, preprocess: str | None = None) -> str | None:
         """A sentence for every output when the preset was guessed, else ``None``."""

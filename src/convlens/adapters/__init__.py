@@ -10,7 +10,7 @@ later re-decides it.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +25,11 @@ from ._device import (
     out_of_memory,
     parse_device,
 )
+from ._inputs import HeldInputs, InputSlot, check_single_input, read_input_files
 from .base import Adapter, LayerInfo
 
-__all__ = ["AUTO", "DEVICE_CHOICES", "Adapter", "LayerInfo", "adapter_device", "exact_kernels", "is_out_of_memory",
+__all__ = ["AUTO", "DEVICE_CHOICES", "Adapter", "HeldInputs", "InputSlot", "read_input_files",
+           "LayerInfo", "adapter_device", "exact_kernels", "is_out_of_memory",
            "open_model", "out_of_memory", "parse_device", "DATA_DIR", "DEMO_MODEL", "TORCH_SUFFIXES",
            "ONNX_SUFFIXES", "TFLITE_SUFFIXES", "KERAS_SUFFIXES"]
 
@@ -53,7 +55,8 @@ def _is_keras_model(obj: Any) -> bool:
 
 
 def open_model(source: Any, *, weights: str | None = None, input_shape: Sequence[int | None] | None = None,
-               trust: bool = False, preprocess: str | None = None, device: Any = None) -> Adapter:
+               trust: bool = False, preprocess: str | None = None, device: Any = None,
+               image_input: str | None = None, inputs: Mapping[str, Any] | None = None) -> Adapter:
     """An adapter for a model object, a model file, a zoo name or ``"demo"``.
 
     The one dispatch point: the adapter is chosen from the Python object's
@@ -76,13 +79,34 @@ def open_model(source: Any, *, weights: str | None = None, input_shape: Sequence
             names; an in-memory model stays where it is (a torch module on its
             own device; Keras, ONNX: their default). TFLite runs on the CPU and
             says so in ``adapter.device_note`` when another device was asked for.
+        image_input: a model with several inputs (Keras, PyTorch, ONNX): the
+            name of the image input; ``None``: the first that looks like an image.
+        inputs: the values its other inputs are held at, by name, one item
+            each in the framework's own layout; an input left out is held at
+            zeros when its shape is declared (:mod:`convlens.adapters._inputs`).
 
     Raises:
         BadModel: the file is missing or not a model.
         UnsupportedModel: convlens cannot read this kind of model, or a torch
             module sits on several devices.
-        BadArgument: a device this machine does not have (``cuda`` without CUDA...).
+        BadArgument: a device this machine does not have (``cuda`` without CUDA...), or
+            ``image_input``/``inputs`` that do not fit the model's inputs.
     """
+    adapter = _open(source, weights=weights, input_shape=input_shape, trust=trust, preprocess=preprocess,
+                    device=device, held=_held(image_input, inputs))
+    if getattr(adapter, "held_inputs", None) is None:  # a model of one input: nothing else may be given
+        check_single_input(adapter.name, InputSlot(getattr(adapter, "input_name", None) or str(image_input)),
+                           image_input=image_input, inputs=inputs)
+    return adapter
+
+
+def _held(image_input: str | None, inputs: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The keyword arguments that pass a model's several inputs to the adapters that take them."""
+    return {} if image_input is None and not inputs else {"image_input": image_input, "inputs": dict(inputs or {})}
+
+
+def _open(source: Any, *, weights: str | None, input_shape: Sequence[int | None] | None, trust: bool,
+          preprocess: str | None, device: Any, held: dict[str, Any]) -> Adapter:
     device = parse_device(device)
     if isinstance(source, Adapter) and not isinstance(source, (str, os.PathLike)):
         return source
@@ -95,15 +119,15 @@ def open_model(source: Any, *, weights: str | None = None, input_shape: Sequence
             raise BadArgument(f"this Keras model was built on {where} and stays there (Keras cannot move a "
                               f"built model); build it inside `with keras.device(...)`, or open it from its "
                               f"file with device={device!r}")
-        return _placed(KerasAdapter(source, input_shape=input_shape, preprocess=preprocess), where)
+        return _placed(KerasAdapter(source, input_shape=input_shape, preprocess=preprocess, **held), where)
     if _in_module(source, "torch"):
         from .torch import TorchAdapter
 
-        return TorchAdapter(source, input_shape=input_shape, preprocess=preprocess, device=device)
+        return TorchAdapter(source, input_shape=input_shape, preprocess=preprocess, device=device, **held)
     if _in_module(source, "onnx", "ModelProto"):
         from .onnx import OnnxAdapter
 
-        onnx_adapter = OnnxAdapter(source, input_shape=input_shape, preprocess=preprocess)
+        onnx_adapter = OnnxAdapter(source, input_shape=input_shape, preprocess=preprocess, **held)
         onnx_adapter.use_device(device)
         return onnx_adapter
     if not isinstance(source, (str, os.PathLike)):
@@ -150,11 +174,12 @@ def open_model(source: Any, *, weights: str | None = None, input_shape: Sequence
     if suffix in TORCH_SUFFIXES:
         from .torch import open_torch_file
 
-        return open_torch_file(path, input_shape=input_shape, trust=trust, preprocess=preprocess, device=device)
+        return open_torch_file(path, input_shape=input_shape, trust=trust, preprocess=preprocess, device=device,
+                               **held)
     if suffix in ONNX_SUFFIXES:
         from .onnx import OnnxAdapter
 
-        onnx_file = OnnxAdapter(path, input_shape=input_shape, preprocess=preprocess)
+        onnx_file = OnnxAdapter(path, input_shape=input_shape, preprocess=preprocess, **held)
         onnx_file.use_device(device)
         return onnx_file
     if suffix in TFLITE_SUFFIXES:
@@ -168,7 +193,7 @@ def open_model(source: Any, *, weights: str | None = None, input_shape: Sequence
 
     where = use_keras_device(device)
     model = load_keras_file(path, trust=trust)
-    return _placed(KerasAdapter(model, input_shape=input_shape, preprocess=preprocess), where)
+    return _placed(KerasAdapter(model, input_shape=input_shape, preprocess=preprocess, **held), where)
 
 
 def _placed(adapter: Any, device: str, note: str | None = None) -> Any:
