@@ -653,7 +653,8 @@ def _cmd_visualize(lens: Any, args: argparse.Namespace, stdout: TextIO, stderr: 
 
 def _visualize_notes(result: Any, stderr: TextIO) -> None:
     """A guessed preprocessing, and the dead channels (zero on the probe photos), one line each."""
-    _notes(stderr, (result.settings.get("preprocess_note"), result.dead_note()))
+    _notes(stderr, (result.settings.get("preprocess_note"), *result.settings.get("input_notes", ()),
+                    result.dead_note()))
 
 
 DATASET_EXAMPLES = """\
@@ -811,8 +812,9 @@ def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None,
         lens = _lens(args)
         if lens.model.device_note:
             _notes(stderr, [lens.model.device_note])
-        if args.command in ("layers", "filters"):  # the views that prepare images say it with their notes
-            _notes(stderr, lens.model.input_notes)
+        held = lens.model.held_inputs
+        if held is not None and args.command in ("layers", "filters"):  # views of images: in their notes
+            _notes(stderr, [held.summary(), *held.notes])
         if args.command == "layers":
             table = lens.layers()
             stdout.write((json.dumps(table.to_json(), indent=2) if args.json else str(table)) + "\n")

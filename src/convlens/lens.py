@@ -679,7 +679,7 @@ class Lens:
                            ray_address=ray_address, workers=workers, model_spec=self.model.spec,
                            gpus_per_worker=gpus_per_worker, progress=progress, resume=resume, out=out,
                            model_name=self.name,
-                           notes=[n for n in [self.model.preprocess_note(preprocess)] if n])
+                           notes=[n for n in [self.model.preprocess_note(preprocess), *self.model.input_notes] if n])
 
     # ------------------------------------------------------------------ heatmaps
 

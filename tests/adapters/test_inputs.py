@@ -36,6 +36,7 @@ def test_the_image_is_the_first_image_like_input_and_the_others_are_zeros_with_a
     args = held.arguments(x, 4)
     assert args[1] is x and args[0].shape == (4, 2)
     assert list(held.named(x, 4)) == ["size", "image"]
+    assert held.summary() == "inputs: size (2,) int64 = held; image (3, ?, ?) float32 = the image"
 
 
 def test_given_values_drop_a_batch_of_one_and_take_the_slot_dtype():

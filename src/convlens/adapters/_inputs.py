@@ -79,6 +79,11 @@ class HeldInputs:
         """The image input's slot."""
         return self.slots[self.image]
 
+    def summary(self) -> str:
+        """One line naming every input and its role, for ``convlens layers``."""
+        roles = [f"{s.describe()} = {'the image' if i == self.image else 'held'}" for i, s in enumerate(self.slots)]
+        return f"inputs: {'; '.join(roles)}"
+
     def batched(self, name: str, n: int) -> np.ndarray:
         """Input ``name``'s value repeated for a batch of ``n`` (a read-only broadcast view)."""
         value = self.values[name]

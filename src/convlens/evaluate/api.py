@@ -285,7 +285,7 @@ def evaluate(model: Model, images: Any, method: str | Sequence[str] | None = Non
     if steps < 2 or samples < 1 or not 0 < threshold <= 1 or noise < 0:
         raise BadArgument("steps must be at least 2, samples at least 1, threshold in (0, 1] and noise >= 0")
     adapter = model.adapter
-    notes: list[str] = []
+    notes: list[str] = list(model.input_notes)
     skipped: dict[str, dict[str, str]] = {}  # method -> metric -> why
     runnable: list[Method] = []
     for m in made:

@@ -239,6 +239,7 @@ def visualize(model: Model | Adapter, layer: str | int | None = None,
                 "redirected_steps": redirect_steps(steps, adapter),
                 "redirect_note": redirect_unavailable(adapter),
                 "preprocess_note": model.preprocess_note(asked),
+                "input_notes": model.input_notes,
                 "transforms": "pad, jitter, scale, rotate, jitter (Lucid's standard_transforms)"}
     return Visualization(model=adapter.name, framework=adapter.framework, layer=info, objective=objective,
                          negative=negative, channels=[o.index for o in objs], copies=copies,
