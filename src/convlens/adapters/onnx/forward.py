@@ -182,7 +182,7 @@ class OnnxForward(OnnxTable):
         quiet = self.ort.RunOptions()
         quiet.log_severity_level = 4  # see _session: the exception carries the message
         try:
-            return session.run(names, {self.input_name: feed}, quiet)
+            return session.run(names, self._graph_feed(feed), quiet)
         except Exception as exc:  # onnxruntime's own errors: wrong size for a fixed input, bad ops
             if is_out_of_memory(exc):
                 raise out_of_memory(self.device, f"a batch of {len(feed)} through {self._label}") from None
@@ -192,6 +192,12 @@ class OnnxForward(OnnxTable):
                 hint = "; " + size_hint(self.layers(), int(h), int(w))
             raise UnsupportedModel(f"onnxruntime could not run {self._label} on input {feed.shape}: "
                                    f"{_ort_reason(str(exc))}{hint}") from None
+
+    def _graph_feed(self, feed: np.ndarray) -> dict[str, np.ndarray]:
+        """onnxruntime's feed for a batch of the image input: the held inputs batched alongside."""
+        if self.held_inputs is None:
+            return {self.input_name: feed}
+        return self.held_inputs.named(feed, len(feed))
 
     def _canonical(self, a: np.ndarray, tensor: str) -> np.ndarray:
         a = np.asarray(a)

@@ -5,7 +5,7 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -119,17 +119,26 @@ class OnnxAdapter(OnnxForward):
             read), or an ``onnx.ModelProto`` with its weights loaded.
         input_shape: ``(H, W, C)`` filling in the input's free dimensions.
         preprocess: the preprocessing preset the model expects, if known.
+        image_input: a graph with several inputs: the one the images fill;
+            ``None``: the first that looks like an image (rank 4, floats or uint8).
+        inputs: the values the other graph inputs are held at, by name, one
+            item each (no batch axis) as the graph takes them; left out: zeros
+            where the shape is fixed, with a note (:mod:`convlens.adapters._inputs`).
+            Every onnxruntime run and the gradient twin get them, batched.
 
     Raises:
         BadModel: the file is missing, corrupt, truncated, or its external
             data file is missing.
-        UnsupportedModel: the model takes several inputs.
+        BadArgument: ``image_input`` or ``inputs`` do not fit the graph's inputs.
+        UnsupportedModel: an input other than the image is not a numeric tensor.
         MissingDependency: onnx or onnxruntime is not installed.
     """
 
     def __init__(self, source: Any, *, input_shape: Sequence[int | None] | None = None,
-                 preprocess: str | None = None) -> None:
-        super().__init__(source, input_shape=input_shape, preprocess=preprocess)
+                 preprocess: str | None = None, image_input: str | None = None,
+                 inputs: Mapping[str, Any] | None = None) -> None:
+        super().__init__(source, input_shape=input_shape, preprocess=preprocess, image_input=image_input,
+                         inputs=inputs)
         self._twin_cache: tuple[Any, dict[str, tuple[Any, int, int]]] | None = None  # onnx2torch's module
         self._twin_error: str | None = None  # why the conversion failed, once it has
         self._twin_checked: set[tuple[int, ...]] = set()  # input shapes on which it agreed with onnxruntime
@@ -231,7 +240,7 @@ class OnnxAdapter(OnnxForward):
 
             def attempt(tail: _Tail | None, feed: np.ndarray = feed, chunk: np.ndarray = chunk,
                         cotangent: Callable[[tuple[int, ...]], np.ndarray] = cotangent) -> Gradients:
-                forward, given = self._twin_forward(module), None
+                forward, given = self._whole_forward(module), None
                 if tail is not None:  # onnxruntime runs the graph up to the needed rows, torch the rest
                     forward, given = self._tail_inputs(tail, feed)
                 return hooked_gradients(
@@ -274,9 +283,10 @@ class OnnxAdapter(OnnxForward):
         for node in module.graph.nodes:
             if node.op == "call_module":
                 owner[id(module.get_submodule(node.target))] = node
+        graph_inputs = iter(self._graph_inputs())
         for node in module.graph.nodes:
-            if node.op == "placeholder":
-                nodes[self.input_name] = node
+            if node.op == "placeholder":  # onnx2torch makes one per graph input, in the graph's order
+                nodes[next(graph_inputs, self.input_name)] = node
             elif node.op == "call_module":
                 outputs = tuple(module.get_submodule(node.target).onnx_mapping.outputs)
                 if len(outputs) == 1:
@@ -349,12 +359,15 @@ class OnnxAdapter(OnnxForward):
         """Run onnxruntime for a tail's inputs; its forward function and the frontier rows' tensors."""
         import torch
 
-        extra = [name for name in tail.inputs if name != self.input_name]
-        session = self._session(tuple(sorted(set(extra))), only=True)
-        values = dict(zip(extra, self._run_session(session, feed, extra)))
-        args = [torch.from_numpy(np.ascontiguousarray(values[name] if name != self.input_name else feed)
-                                 ).to(self._twin_device())
-                for name in tail.inputs]
+        fed = self._graph_feed(feed)  # the image and the held inputs, as onnxruntime takes them
+        extra = [name for name in tail.inputs if name not in fed]
+        values: dict[str, np.ndarray] = dict(fed)
+        if extra:
+            session = self._session(tuple(sorted(set(extra))), only=True)
+            values.update(zip(extra, self._run_session(session, feed, extra)))
+        # a held input for one item is a read-only broadcast view, which torch wants copied
+        arrays = [np.ascontiguousarray(values[name]) for name in tail.inputs]
+        args = [torch.from_numpy(a if a.flags.writeable else a.copy()).to(self._twin_device()) for a in arrays]
         given = dict(zip(tail.frontier_rows, args))
         run = self._twin_forward(tail.module)
 
@@ -362,6 +375,26 @@ class OnnxAdapter(OnnxForward):
             return run(*args)
 
         return forward, given
+
+    def _graph_inputs(self) -> list[str]:
+        """The graph's inputs, in its order (the converted module's arguments)."""
+        return [s.name for s in self.held_inputs.slots] if self.held_inputs is not None else [self.input_name]
+
+    def _whole_forward(self, module: Any) -> Callable[[Any], Any]:
+        """The converted module as a function of the image tensor: the held inputs (batched, on the
+        twin's device, in the graph's dtypes) fill its other arguments; they never get a gradient."""
+        held = self.held_inputs
+        run = self._twin_forward(module, 0 if held is None else held.image)
+        if held is None:
+            return run  # type: ignore[no-any-return]
+
+        def forward(x: Any) -> Any:
+            import torch
+
+            where = x.device
+            return run(*(a if a is x else torch.from_numpy(np.array(a)).to(where)  # a writable copy
+                         for a in held.arguments(x, int(x.shape[0]))))
+        return forward
 
     def _torch_input(self, feed: np.ndarray) -> Any:
         import torch
@@ -384,7 +417,8 @@ class OnnxAdapter(OnnxForward):
             module.to(where)
             module._convlens_device = where
 
-    def _twin_forward(self, module: Any) -> Any:
+    def _twin_forward(self, module: Any, shown: int = 0) -> Any:
+        """``module`` called with convlens's errors; ``shown``: the argument whose shape a failure names."""
         def forward(*x: Any) -> Any:
             try:
                 return module(*x)
@@ -392,10 +426,10 @@ class OnnxAdapter(OnnxForward):
                 raise
             except Exception as exc:
                 if is_out_of_memory(exc):
-                    raise out_of_memory(self._twin_device(), f"a batch of {int(x[0].shape[0])} through the "
+                    raise out_of_memory(self._twin_device(), f"a batch of {int(x[shown].shape[0])} through the "
                                         f"PyTorch conversion of {self._label}") from None
                 raise UnsupportedModel(
-                    f"the PyTorch conversion of {self._label} (onnx2torch) failed on input {tuple(x[0].shape)}: "
+                    f"the PyTorch conversion of {self._label} (onnx2torch) failed on input {tuple(x[shown].shape)}: "
                     f"{type(exc).__name__}: {_first_line(str(exc))}; {_FORWARD_ONLY}") from None
         return forward
 
@@ -492,7 +526,7 @@ class OnnxAdapter(OnnxForward):
         session = self._session(())
         want = np.asarray(self._run_session(session, feed, [self._graph_output])[0], np.float64)
         with torch.no_grad(), exact_kernels():  # TF32 would be off by more than the tolerance
-            y = self._twin_forward(module)(self._torch_input(feed))
+            y = self._whole_forward(module)(self._torch_input(feed))
         got = next((t for t in _tensors(y) if t.is_floating_point()), None)
         scale = float(np.abs(want).max()) if want.size else 0.0
         if got is None or tuple(got.shape) != want.shape:

@@ -1,12 +1,13 @@
 """Loading ONNX models, and their safety: the file and its structure, external data kept inside the
-model's folder, the one image input and its layout, the weights-free skeleton and the weights read on need.
+model's folder, the inputs (the image input and its layout; the others held at given values or zeros,
+:mod:`convlens.adapters._inputs`), the weights-free skeleton and the weights read on need.
 """
 
 from __future__ import annotations
 
 import os
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from ..._errors import BadArgument, BadModel, MissingDependency, UnsupportedMode
 from ...core.layers import LayerInfo
 from ...core.text import shape_text
 from .._device import onnx_providers
+from .._inputs import HeldInputs, InputSlot, hold_inputs, looks_like_image
 from ..base import first_line as _first_line
 
 #: ONNX TensorProto element types that hold floating-point numbers, and their numpy types.
@@ -26,6 +28,8 @@ _TYPE_NAMES = {1: "float32", 2: "uint8", 3: "int8", 4: "uint16", 5: "int16", 6: 
                8: "string", 9: "bool", 10: "float16", 11: "float64", 12: "uint32", 13: "uint64",
                16: "bfloat16"}
 _NHWC_TO_NCHW = [0, 3, 1, 2]
+#: Element types of inputs that numpy cannot hold (a held input needs a numpy value).
+_NO_NUMPY = {"string", "bfloat16", "non-tensor"}
 #: Initializers with more elements than this are left out of the shape-inference skeleton.
 _SMALL = 4096
 _STUB_LOCATION = "convlens-weights-from-memory"
@@ -79,7 +83,8 @@ class OnnxModel:
     output_quant_step: float | None = None
 
     def __init__(self, source: Any, *, input_shape: Sequence[int | None] | None = None,
-                 preprocess: str | None = None) -> None:
+                 preprocess: str | None = None, image_input: str | None = None,
+                 inputs: Mapping[str, Any] | None = None) -> None:
         self.onnx, self.ort = import_onnx()
         self.preprocess = preprocess
         self.base_dir: Path | None = None
@@ -96,7 +101,7 @@ class OnnxModel:
         self.name = model.graph.name or label if self.base_dir is None else Path(label).stem
         self._label = label
         self._check_external(model)
-        self._init_input(model, input_shape)
+        self._init_input(model, input_shape, image_input, inputs)
         try:
             self._skeleton, self._shared = self._make_skeleton(model)
         except (OSError, ValueError) as exc:  # an external data file shorter than the model says
@@ -183,19 +188,13 @@ class OnnxModel:
 
     # ----------------------------------------------------------------- input
 
-    def _init_input(self, model: Any, given: Sequence[int | None] | None) -> None:
+    def _init_input(self, model: Any, given: Sequence[int | None] | None, image_input: str | None = None,
+                    values: Mapping[str, Any] | None = None) -> None:
         graph = model.graph
         weights = {t.name for t in graph.initializer}
         inputs = [i for i in graph.input if i.name not in weights]  # IR < 4 lists weights as inputs
-        if len(inputs) != 1:
-            described = "; ".join(f"{i.name} {_shape_text(tensor_dims(i.type))} "
-                                  f"{_TYPE_NAMES.get(i.type.tensor_type.elem_type, 'non-tensor')}"
-                                  for i in inputs) or "none"
-            raise UnsupportedModel(
-                f"{self._label} takes {len(inputs)} inputs ({described}); convlens feeds one image tensor: "
-                "re-export the model with the other inputs fixed (e.g. torch.onnx.export of a wrapper "
-                "module whose forward(image) passes constants for them)")
-        spec = inputs[0]
+        self.held_inputs: HeldInputs | None = self._hold(inputs, image_input, values)
+        spec = inputs[self.held_inputs.image] if self.held_inputs is not None else inputs[0]
         self.input_name = spec.name
         dims = tensor_dims(spec.type)
         elem = spec.type.tensor_type.elem_type if spec.type.HasField("tensor_type") else 0
@@ -228,6 +227,38 @@ class OnnxModel:
                                       f"--input-shape {given} disagrees at {axis}: leave it out")
             hwc = tuple(w if h is None else h for h, w in zip(hwc, given))
         self._raw_shape = hwc
+
+    def _hold(self, inputs: Sequence[Any], image_input: str | None,
+              values: Mapping[str, Any] | None) -> HeldInputs | None:
+        """The graph's inputs as slots (one item's shape: the batch axis dropped, free dims ``None``), the
+        image among them and what the others are held at (:func:`convlens.adapters._inputs.hold_inputs`).
+
+        Raises:
+            BadModel: the graph declares no input.
+            UnsupportedModel: an input other than the image holds values numpy cannot (strings,
+                bfloat16), or is not a tensor.
+            BadArgument: see :func:`~convlens.adapters._inputs.hold_inputs`.
+        """
+        if not inputs:
+            raise BadModel(f"{self._label} declares no graph input; convlens feeds images to an input")
+        slots = []
+        for spec in inputs:
+            dims = tensor_dims(spec.type)
+            elem = spec.type.tensor_type.elem_type if spec.type.HasField("tensor_type") else 0
+            shape = None if dims is None else tuple(dims[1:])
+            slots.append(InputSlot(spec.name, shape, _TYPE_NAMES.get(elem, "non-tensor")))
+        if len(slots) > 1:
+            names = [s.name for s in slots]
+            image = next((s.name for s in slots if looks_like_image(s)), names[0]) if image_input is None \
+                else image_input
+            odd = [s for s in slots if s.name != image and s.dtype in _NO_NUMPY] if image in names else []
+            if odd:
+                listing = ", ".join(s.describe() for s in slots)
+                raise UnsupportedModel(
+                    f"{self._label} takes {len(slots)} inputs ({listing}) and convlens cannot hold {odd[0].name} "
+                    f"({odd[0].dtype}) fixed; re-export the model with that input fixed (e.g. torch.onnx.export "
+                    "of a wrapper module whose forward(image) passes a constant for it)")
+        return hold_inputs(self.name, slots, image_input=image_input, inputs=values)
 
     def _decide_layout(self, model: Any, dims: tuple[int | None, ...],
                        given: Sequence[int | None] | None) -> bool:

@@ -56,7 +56,9 @@ def randomized(adapter: Any, rows: Sequence[int], seed: int) -> Any:
             old = numpy_helper.to_array(inits[name])
             new = fill(tuple(old.shape), seed, ranks[r]) if callable(fill) else np.full(old.shape, fill)
             inits[name].CopyFrom(numpy_helper.from_array(np.asarray(new, old.dtype), name))
-    twin = type(adapter)(full, input_shape=adapter.input_shape, preprocess=adapter.preprocess)
+    held = adapter.held_inputs  # the copy holds the other inputs at the same values
+    more = {} if held is None else {"image_input": adapter.input_name, "inputs": dict(held.values)}
+    twin = type(adapter)(full, input_shape=adapter.input_shape, preprocess=adapter.preprocess, **more)
     twin.name = adapter.name
     return twin
 

@@ -4,7 +4,7 @@ the final activation.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -147,13 +147,16 @@ class OnnxTable(OnnxModel):
     """An ONNX model and its layer table; see :class:`OnnxAdapter`."""
 
     def __init__(self, source: Any, *, input_shape: Sequence[int | None] | None = None,
-                 preprocess: str | None = None) -> None:
-        super().__init__(source, input_shape=input_shape, preprocess=preprocess)
+                 preprocess: str | None = None, image_input: str | None = None,
+                 inputs: Mapping[str, Any] | None = None) -> None:
+        super().__init__(source, input_shape=input_shape, preprocess=preprocess, image_input=image_input,
+                         inputs=inputs)
         # the skeleton holds every node and every small initializer (a quantisation scale among them)
         self.final_activation, self.output_quant_step = onnx_final_activation(self._skeleton.graph)
 
     def _inferred(self) -> Any:
-        """The skeleton after shape inference, with the input's free dims filled from ``input_shape``."""
+        """The skeleton after shape inference, with the input's free dims filled from ``input_shape``, and
+        the held inputs' from their values."""
         skel = self.onnx.ModelProto()
         skel.CopyFrom(self._skeleton)
         if self._not_image is None:
@@ -163,6 +166,14 @@ class OnnxTable(OnnxModel):
             for dim, value in zip(inp.type.tensor_type.shape.dim, want):
                 if value is not None and static_dim(dim) is None:
                     dim.dim_value = int(value)
+        held = self.held_inputs
+        for inp in skel.graph.input:
+            if held is not None and inp.name in held.values and inp.type.HasField("tensor_type"):
+                item = held.values[inp.name].shape
+                dims = inp.type.tensor_type.shape.dim
+                for dim, value in zip(list(dims)[1:] if len(dims) == len(item) + 1 else [], item):
+                    if static_dim(dim) is None:
+                        dim.dim_value = int(value)
         try:
             return self.onnx.shape_inference.infer_shapes(skel, strict_mode=False, data_prop=True)
         except Exception:  # inference is a help, not a requirement: shapes stay unknown
@@ -185,6 +196,8 @@ class OnnxTable(OnnxModel):
         init_dims = {t.name: tuple(t.dims) for t in graph.initializer}
         init_types = {t.name: t.data_type for t in graph.initializer}
         producer: dict[str, int] = {self.input_name: 0}  # tensor -> row
+        # the held inputs, and what is computed from them without the image: values fed in, no weights
+        side = {s.name for s in self.held_inputs.slots} - {self.input_name} if self.held_inputs else set()
         passes: dict[str, tuple[int, ...]] = {}  # tensor made by plumbing on activations -> its rows
         layout = {self.input_name: "NCHW" if self.channels_first else "NHWC"}
         self._layout = layout  # filled as the walk goes; _is_global reads it
@@ -195,7 +208,8 @@ class OnnxTable(OnnxModel):
         for node in graph.node:
             act_inputs = [i for i in node.input if i and (i in producer or i in passes)]
             if not act_inputs:
-                consts.update(o for o in node.output if o)  # weights computed from weights
+                made = (side if any(i in side for i in node.input) else consts)
+                made.update(o for o in node.output if o)  # weights computed from weights, or held values
                 continue
             parents = sorted({p for i in act_inputs
                               for p in ((producer[i],) if i in producer else passes[i])})
