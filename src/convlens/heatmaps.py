@@ -397,7 +397,8 @@ def _check_before_work(model: Model, made: list[Method], layer: Any, target: Tar
     if any(m.kind == "cam" for m in made):
         resolve_layer(table, layer)
     last = table[-1].output_shape if table else None
-    classes = model.output_classes()
+    # the classes of another output than the table's last row are checked against that output's scores
+    classes = model.output_classes() if objective is None or objective.output is None else None
     chosen = _classes(target, classes, names)
     needs_class = any(m.needs_target for m in made) and (objective is None or objective.is_plain())
     if objective is not None and objective.box is not None:

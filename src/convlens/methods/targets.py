@@ -465,6 +465,17 @@ def resolve_objective(objective: Objective, outputs: Sequence[tuple[str, np.ndar
         vals = (out[imgs, ..., picked] * masks).reshape(len(imgs), -1).sum(axis=1)
         return Rows(images=imgs, classes=picked, labels=[_label(names, int(c)) for c in picked], mask=masks,
                     kind="segmentation", output=k, values=vals, notes=tuple(notes))
+    if out.ndim == 2 and layout is None and objective.box is None and objective.top is None \
+            and objective.mask is None:  # one score per class on the output picked (--output cls)
+        picked = np.asarray(classes, int) if classes is not None else np.argmax(out, axis=1)
+        imgs = np.repeat(np.arange(n), len(picked)) if classes is not None else np.arange(n)
+        picked = np.tile(picked, n) if classes is not None else picked
+        bad = [int(c) for c in picked if not 0 <= int(c) < out.shape[1]]
+        if bad:
+            raise BadArgument(f"class {bad[0]} is out of range: the output {name!r} has {out.shape[1]} classes "
+                              f"(0-{out.shape[1] - 1})")
+        return Rows(images=imgs, classes=picked, labels=[_label(names, int(c)) for c in picked], output=k,
+                    values=out[imgs, picked].astype(np.float64))
     if layout is None or layout not in LAYOUTS:
         known = "; ".join(f"{key}: {text}" for key, text in LAYOUTS.items())
         raise BadArgument(f"cannot decode the output {name!r} of shape {tuple(out.shape[1:])} as detections "

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from ..._errors import ConvlensError, UnsupportedModel
+from ..._errors import BadArgument, ConvlensError, UnsupportedModel
 from .._graph import LOGIT_ROLES
 from ..base import Gradients, OnOutput, RankedGradients, Target, check_rows, target_cotangent
 from ..base import first_line as _first_line  # one-line error messages
@@ -29,6 +29,7 @@ class _GradPlan:
     start: int | None  # the earliest needed row (0: the input is a leaf), None: no gradient needed
     stop_after: int | None  # the pass stops after this row (need_output=False)
     sources: tuple[int, ...]  # rows differentiated, ``rows`` plus 0 for the input gradient
+    output: int | None = None  # which model output holds the score (target_layer None); None: the first
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "needed", frozenset(self.needed))
@@ -56,6 +57,39 @@ def _logit_source(layer: Any) -> str | None:
     if type(layer).__name__ in ("Softmax", "Activation"):
         return "input"
     return "activation"
+
+
+def model_outputs(out: Any, names: Sequence[str] = ()) -> list[tuple[str, Any]]:
+    """A model's outputs as ``(name, tensor)`` in order: a list's or tuple's items (named by ``names``,
+    the model's ``output_names``, where they match), a dict's values by key, nested containers flattened.
+    The first is what :func:`first_tensor` gives."""
+    found: list[tuple[str, Any]] = []
+
+    def walk(o: Any, name: str) -> None:
+        if hasattr(o, "shape") and hasattr(o, "dtype"):
+            found.append((name, o))
+        elif isinstance(o, dict):
+            for k, v in o.items():
+                walk(v, str(k))
+        elif isinstance(o, (list, tuple)):
+            for i, v in enumerate(o):
+                walk(v, f"{name}/{i}" if name else f"output_{i}")
+
+    if isinstance(out, (list, tuple)) and len(out) == len(names) and all(hasattr(o, "shape") for o in out):
+        return [(str(n), o) for n, o in zip(names, out)]
+    walk(out, "")
+    return [(n or "output_0", t) for n, t in found]
+
+
+def _picked_output(out: Any, output: int | None, names: Sequence[str], model: str) -> Any:
+    """Output ``output`` of a model's return value (``None``: the first tensor)."""
+    if output is None:
+        return first_tensor(out)
+    listed = model_outputs(out, names)
+    if not 0 <= int(output) < len(listed):
+        raise BadArgument(f"output {output} does not exist: {model} has {len(listed)} output(s) "
+                          f"({', '.join(f'{i}: {n}' for i, (n, _) in enumerate(listed))})")
+    return listed[int(output)][1]
 
 
 def _replace_first(out: Any, new: Any) -> Any:
@@ -94,6 +128,41 @@ class KerasAdapter(KerasForward):
         from .randomize import randomized
 
         return randomized(self, rows, seed)  # type: ignore[no-any-return]
+
+    def outputs(self, batch: np.ndarray) -> list[tuple[str, np.ndarray]]:
+        """Every output of one forward pass, canonical, by name (the model's ``output_names``), in order."""
+        self.layers()
+        x = np.asarray(batch, dtype="float32")
+        if self.channels_first and x.ndim == 4:
+            x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+        with self._no_grad(), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r".*structure of `inputs`.*")
+            try:
+                y = self.model(self.keras.ops.convert_to_tensor(x), training=False)
+            except ConvlensError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the model's own error, e.g. an input size it cannot take
+                raise self._run_failed(exc, np.shape(batch)) from None
+        return [(name, self._numpy(t)) for name, t in model_outputs(y, self._output_names())]
+
+    def _output_names(self) -> list[str]:
+        names = getattr(self.model, "output_names", None)
+        return [str(n) for n in names] if isinstance(names, (list, tuple)) else []
+
+    def _output_layer(self, output: int | None) -> Any:
+        """The layer whose (softmax) activation makes model output ``output`` (``None``: the first), or
+        ``None`` where the graph does not say; a model with one output: its last row's layer."""
+        try:
+            outs = list(self.model.outputs or [])
+        except (AttributeError, ValueError):
+            outs = []
+        if len(outs) < 2:
+            return self._objects[-1] if self._objects and (output or 0) == 0 else None
+        k = int(output or 0)
+        if not 0 <= k < len(outs):
+            return None
+        op = getattr(getattr(outs[k], "_keras_history", None), "operation", None)
+        return op if any(op is o for o in self._objects) else None
 
     # ----------------------------------------------------------------- gradients
 
@@ -138,7 +207,8 @@ class KerasAdapter(KerasForward):
             rows=rows, needed=needed, target_layer=None if target.layer is None else int(target.layer),
             start=0 if wrt_input or 0 in needed else min(needed, default=None),
             stop_after=max(needed) if not need_output and target.layer is not None else None,
-            sources=rows + ((0,) if wrt_input and 0 not in rows else ()))
+            sources=rows + ((0,) if wrt_input and 0 not in rows else ()),
+            output=None if target.layer is not None or target.output is None else int(target.output))
         x = np.asarray(batch, dtype="float32")
         if self.channels_first and x.ndim == 4:
             x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
@@ -277,7 +347,7 @@ class KerasAdapter(KerasForward):
         for row, obj in enumerate(self._objects):
             if obj is not None:
                 by_object.setdefault(id(obj), []).append(row)
-        final = self._objects[-1] if plan.target_layer is None and self._objects else None
+        final = self._output_layer(plan.output) if plan.target_layer is None else None
         logit_from = _logit_source(final) if final is not None else None
         captured: dict[int, Any] = {}
         logits: list[Any] = []
@@ -321,7 +391,7 @@ class KerasAdapter(KerasForward):
             with self._wrapped(record), warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=r".*structure of `inputs`.*")
                 try:
-                    y = first_tensor(run_model(x_t))
+                    y = _picked_output(run_model(x_t), plan.output, self._output_names(), self.name)
                 except _StopForward:
                     y = None
         finally:
