@@ -329,3 +329,33 @@ def test_feature_visualisation_climbs_with_the_held_vector():
     record = vis.to_json()
     assert record["settings"]["redirected_steps"] == 4 and len(record["images"]) == 2
     assert all(np.isfinite(im["activation"]) for im in record["images"]) and np.isfinite(vis.atlas()).all()
+
+
+class _Indexed(nn.Module):
+    """``forward(image, index)``: an embedding of an int64 index scales the first conv's channels."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 2, 3, padding=1)
+        self.embed = nn.Embedding(4, 2)
+
+    def forward(self, image: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        return self.conv(image) * self.embed(index)[:, :, None, None]
+
+
+def test_integer_inputs_stay_integers_in_a_module_and_a_program(tmp_path):
+    torch.manual_seed(0)
+    module = _Indexed().eval()
+    x = _images(2)
+    with torch.no_grad():
+        expected = module(torch.from_numpy(_nchw(x)), torch.tensor([2, 2])).permute(0, 2, 3, 1).numpy()
+    adapter = open_model(module, inputs={"index": np.array(2)})
+    assert adapter.held_inputs.slots[1].dtype == "int64"
+    np.testing.assert_allclose(adapter.run(x, [], lambda r, t: None), expected, atol=1e-5)
+    ep = torch.export.export(module, (torch.zeros(1, 3, 16, 16), torch.tensor([1])))  # a batch of 1: chunked
+    torch.export.save(ep, tmp_path / "indexed.pt2")
+    program = open_model(tmp_path / "indexed.pt2", inputs={"index": np.array(2.0)})  # whole floats are accepted
+    assert [s.describe() for s in program.held_inputs.slots] == ["image (3, 16, 16) float32", "index () int64"]
+    np.testing.assert_allclose(program.run(x, [], lambda r, t: None), expected, atol=1e-5)
+    with pytest.raises(BadArgument, match="holds fractions"):
+        open_model(tmp_path / "indexed.pt2", inputs={"index": np.array(0.5)})

@@ -106,8 +106,15 @@ def forward_plan(module: Any, given: Mapping[str, Any] | None = None) -> CallPla
 
 
 def _numpy_dtype(dtype: Any) -> str:
+    """A placeholder's dtype as numpy names it: float32 for every floating type (held float arrays become the
+    model's float dtype at each call), float32 for what numpy does not know (a non-tensor input)."""
     name = str(dtype).removeprefix("torch.")
-    return "float32" if "float" in name else name  # float arrays become the model's float dtype anyway
+    if "float" in name:
+        return "float32"
+    try:
+        return str(np.dtype(name))
+    except TypeError:
+        return "float32"
 
 
 def exported_plan(ep: Any) -> CallPlan:
