@@ -16,7 +16,7 @@ import pytest
 import torch
 from torch import nn
 
-from convlens import BadModel, Lens, UnsafeModel, UnsupportedModel, WeightsUnavailable
+from convlens import BadArgument, BadModel, Lens, UnsafeModel, UnsupportedModel, WeightsUnavailable
 from convlens.adapters.torch import TorchAdapter, open_torchvision
 from convlens.cli import main
 from convlens.selection import select_indexes
@@ -207,7 +207,8 @@ def test_hooks_removed_and_train_state_restored_even_when_the_pass_raises():
     assert model.training and not model.bn.training
 
 
-def test_several_inputs_are_refused_with_the_signature():
+def test_several_inputs_need_the_others_given():
+    """forward(image, mask) declares no shapes: mask must be given (tests/adapters/test_torch_inputs.py has more)."""
     class TwoInputs(nn.Module):
         def __init__(self) -> None:
             super().__init__()
@@ -216,8 +217,9 @@ def test_several_inputs_are_refused_with_the_signature():
         def forward(self, image, mask):
             return self.conv(image * mask)
 
-    with pytest.raises(UnsupportedModel, match=r"2 inputs \(image, mask\).*wrap"):
+    with pytest.raises(BadArgument, match=r"mask does not declare its shape.*--input mask=FILE.npy"):
         Lens(TwoInputs())
+    assert Lens(TwoInputs(), inputs={"mask": np.ones((3, 8, 8))}, input_shape=(8, 8, 3)).layers()[1].name == "conv"
 
 
 # --------------------------------------------------------------------------- table and kernels

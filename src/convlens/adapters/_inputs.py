@@ -213,7 +213,7 @@ def _fit(model: str, slot: InputSlot, value: Any) -> np.ndarray:
     if target.kind in "iub" and arr.dtype.kind == "f" and not np.all(np.isfinite(arr) & (arr == np.round(arr))):
         raise BadArgument(f"--input {slot.name}: {model} takes {slot.dtype} values there, and the array holds "
                           "fractions")
-    return np.ascontiguousarray(arr.astype(target, copy=False))
+    return np.array(arr, dtype=target, order="C")  # (np.ascontiguousarray makes a scalar 1-D)
 
 
 def read_input_files(pairs: Sequence[str]) -> dict[str, np.ndarray]:

@@ -48,8 +48,16 @@ whether the module accepts any size, in which case the input shape is
 ``(None, None, C)`` and every output dimension that changed between the two
 probes is ``None`` in the table.
 
+Several inputs (:mod:`convlens.adapters.torch.inputs`): a ``forward`` with
+several required parameters (or an optional one given a value), or a ``.pt2``
+program with several user inputs, is fed the image in one input and the held
+values (:mod:`convlens.adapters._inputs`) in the others at every call. The
+probe pass follows the held inputs' tensors: what only they reach (a
+conditioning ``Linear``, the other tower of a Siamese network) is no row, so
+the table and its receptive fields are the image's.
+
 The package, one concern a module: ``load`` (torch.load safety, ``.pt2`` programs, torchvision
-names); ``ops`` (the functional ops that are rows, the
+names); ``inputs`` (a model's inputs and how each call passes them); ``ops`` (the functional ops that are rows, the
 ``__torch_function__`` mode); ``table`` (the layer table and the final activation, class ``TorchTable``); ``forward``
 (``run``, class ``TorchForward``); ``grads`` (gradients, class :class:`TorchAdapter`, the adapter).
 Each imports only from the ones before it.
@@ -60,7 +68,7 @@ Each imports only from the ones before it.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .._autograd import HookedRow, hooked_gradients
@@ -81,7 +89,8 @@ __all__ = ["DOWNLOAD_TIMEOUT", "HookedRow", "PROBE_SIZE", "SECOND_PROBE_SIZE", "
 
 
 def open_torch_file(path: str | os.PathLike[str], *, input_shape: Sequence[int | None] | None = None,
-                    trust: bool = False, preprocess: str | None = None, device: Any = None) -> TorchAdapter:
+                    trust: bool = False, preprocess: str | None = None, device: Any = None,
+                    image_input: str | None = None, inputs: Mapping[str, Any] | None = None) -> TorchAdapter:
     """An adapter for a ``.pt2`` program or a ``.pt``/``.pth``/``.bin`` file holding a module.
 
     Args:
@@ -91,14 +100,21 @@ def open_torch_file(path: str | os.PathLike[str], *, input_shape: Sequence[int |
         trust: allow unpickling Python objects from the file.
         preprocess: the preprocessing preset; default ``unit``.
         device: where to run it (``auto``, ``cpu``, ``cuda:N``...); ``None``: where it was loaded (the CPU).
+        image_input: a model with several inputs: the image input's name (see
+            :mod:`convlens.adapters.torch.inputs`); ``None``: a ``.pt2``'s first
+            image-like input, a module's first ``forward`` parameter.
+        inputs: the values its other inputs are held at, one item each (no batch
+            axis), channels first; a ``.pt2``'s inputs left out are held at zeros.
 
     Raises:
         BadModel: missing, corrupt, or a state dict (weights without an architecture).
         UnsafeModel: loading would unpickle objects and ``trust`` is off.
-        UnsupportedModel: a TorchScript archive, or a model with several inputs.
+        UnsupportedModel: a TorchScript archive.
+        BadArgument: ``image_input`` or ``inputs`` that do not fit the model's inputs.
     """
     module, name = load_torch_file(path, trust=trust)
-    return TorchAdapter(module, input_shape=input_shape, preprocess=preprocess, name=name, device=device)
+    return TorchAdapter(module, input_shape=input_shape, preprocess=preprocess, name=name, device=device,
+                        image_input=image_input, inputs=inputs)
 
 
 def open_torchvision(name: str, *, weights: str | None = None, input_shape: Sequence[int | None] | None = None,

@@ -38,17 +38,21 @@ class TorchAdapter(TorchForward):
     """A ``torch.nn.Module`` behind convlens's adapter contract.
 
     Args:
-        module: any ``torch.nn.Module`` taking one tensor (also a module from
-            ``torch.export.unflatten``).
+        module: any ``torch.nn.Module`` (also a module from ``torch.export.unflatten``); a
+            ``forward`` with several inputs gets the image in one and the held values in the
+            others (:mod:`convlens.adapters.torch.inputs`).
         input_shape: ``(H, W, C)`` (``None`` for a free dimension); ``(H, W)``
             takes ``C`` from the first convolution. Default: probed (see the
             module docstring).
         preprocess: the preprocessing preset the model expects, if known.
         name: the model's name; default its class name.
+        image_input: a model with several inputs: the name of the image input.
+        inputs: the values of its other inputs by name, one item each, channels first.
 
     Raises:
-        UnsupportedModel: a TorchScript module, or a ``forward`` that needs
-            several inputs.
+        UnsupportedModel: a TorchScript module.
+        BadArgument: ``image_input`` or ``inputs`` that do not fit the model's inputs (a ``forward``
+            parameter other than the image needs a value: its shape is not declared).
     """
 
     def randomized(self, rows: Sequence[int], seed: int) -> TorchAdapter:

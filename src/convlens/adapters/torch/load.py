@@ -151,18 +151,15 @@ def _load_exported(path: Path, *, trust: bool) -> Any:
     return ep
 
 
-def exported_input_shape(ep: Any) -> tuple[tuple[int | None, ...] | None, tuple[list[int], list[int]] | None]:
-    """The canonical input shape of an exported program's one input, dynamic dimensions ``None``.
+def exported_input_shape(ep: Any, name: str | None = None) -> tuple[tuple[int | None, ...] | None,
+                                                                    tuple[list[int], list[int]] | None]:
+    """The canonical input shape of an exported program's image input ``name`` (default: its one input),
+    dynamic dimensions ``None``.
 
     Also two probe shapes that respect the program's ranges for its dynamic
     dimensions: the example input's and another size within range.
     """
-    user_inputs = list(ep.graph_signature.user_inputs)
-    if len(user_inputs) != 1:
-        raise UnsupportedModel(f"the exported program takes {len(user_inputs)} inputs "
-                               f"({', '.join(map(str, user_inputs))}); convlens feeds one image tensor: export "
-                               "a module whose forward(x) takes one tensor (wrap the model, fixing the others)")
-    node = next((n for n in ep.graph.nodes if n.op == "placeholder" and n.name == user_inputs[0]), None)
+    node = _user_input(ep, name)
     val = node.meta.get("val") if node is not None else None
     if val is None or not hasattr(val, "shape"):
         return None, None
@@ -197,11 +194,17 @@ def exported_input_shape(ep: Any) -> tuple[tuple[int | None, ...] | None, tuple[
     return tuple(shapes[0]), (shapes[1], shapes[2])  # type: ignore[return-value]  # probe sizes are all ints
 
 
-def exported_batch(ep: Any) -> int | None:
-    """The batch size an exported program's input is fixed to (its example's, often 1), ``None`` when dynamic."""
-    user_inputs = list(ep.graph_signature.user_inputs)
-    node = next((n for n in ep.graph.nodes if n.op == "placeholder" and user_inputs and n.name == user_inputs[0]),
-                None)
+def _user_input(ep: Any, name: str | None) -> Any:
+    """The placeholder node of user input ``name`` (default the first) of an exported program, or ``None``."""
+    user_inputs = [str(n) for n in ep.graph_signature.user_inputs]
+    wanted = name if name is not None else (user_inputs[0] if user_inputs else None)
+    return next((n for n in ep.graph.nodes if n.op == "placeholder" and n.name == wanted), None)
+
+
+def exported_batch(ep: Any, name: str | None = None) -> int | None:
+    """The batch size an exported program's image input ``name`` (default its first) is fixed to (its
+    example's, often 1), ``None`` when dynamic."""
+    node = _user_input(ep, name)
     val = node.meta.get("val") if node is not None else None
     shape = getattr(val, "shape", None)
     if shape is None or len(shape) == 0:

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import inspect
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -18,6 +17,7 @@ from ...core.sizes import size_hint
 from .._autograd import all_tensors, batch_to_torch, canonical_shape, float_tensors
 from .._device import is_out_of_memory, module_device, out_of_memory, place_module
 from .._graph import LOGIT_ROLES, Producer, walk_final_activation
+from .._inputs import HeldInputs, hold_inputs
 from .._tokens import (
     Layout,
     attends_globally,
@@ -28,6 +28,7 @@ from .._tokens import (
     mark_token_row,
 )
 from ..base import first_line as _first_line
+from .inputs import CallPlan, exported_plan, forward_plan, held_tensors, torch_is_image
 from .load import (
     PROBE_SIZE,
     SAVE_HINT,
@@ -292,17 +293,6 @@ def _scale(in_shape: Sequence[int] | None, out_shape: Sequence[int], channels_la
     return (spatial_out[0] / spatial_in[0], spatial_out[1] / spatial_in[1])
 
 
-def _required_inputs(module: Any) -> list[str]:
-    """Names of the arguments ``forward`` needs, as its signature says."""
-    try:
-        sig = inspect.signature(module.forward)
-    except (TypeError, ValueError):
-        return []
-    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD,
-             inspect.Parameter.KEYWORD_ONLY)
-    return [p.name for p in sig.parameters.values() if p.kind in kinds and p.default is p.empty]
-
-
 @dataclass
 class _Record:
     """A row found by the probe pass."""
@@ -472,6 +462,10 @@ def logit_module(records: Sequence[_Record], output_row: int | None) -> Any:
     return None
 
 
+#: the provenance of a held input's tensors in the probe pass (rows are 0 and up)
+_HELD = -1
+
+
 class TorchTable:
     """A torch module's set-up and layer table (the rows of the probe pass); see :class:`TorchAdapter`."""
 
@@ -480,17 +474,15 @@ class TorchTable:
     class_names_source = ""
 
     def __init__(self, module: Any, *, input_shape: Sequence[int | None] | None = None,
-                 preprocess: str | None = None, name: str | None = None, device: Any = None) -> None:
-        torch = import_torch()
-        self.torch = torch
+                 preprocess: str | None = None, name: str | None = None, device: Any = None,
+                 image_input: str | None = None, inputs: Mapping[str, Any] | None = None) -> None:
+        torch = self.torch = import_torch()
         self._probe_sizes: tuple[list[int], list[int]] | None = None
         #: the batch size the model only accepts (an exported program's static batch), else ``None``
         self.fixed_batch: int | None = None
-        if isinstance(module, torch.export.ExportedProgram):
-            shape, self._probe_sizes = exported_input_shape(module)
-            self.fixed_batch = exported_batch(module)
-            input_shape = input_shape if input_shape is not None else shape
-            module = unflatten(module)
+        exported = module if isinstance(module, torch.export.ExportedProgram) else None
+        if exported is not None:
+            module = unflatten(exported)
         if type(module).__name__ == "OptimizedModule" and isinstance(getattr(module, "_orig_mod", None),
                                                                      torch.nn.Module):
             module = module._orig_mod  # torch.compile: hooks belong on the original, eager module
@@ -502,12 +494,18 @@ class TorchTable:
         self.module = module
         self.name = name or module_type(module)
         self.preprocess = preprocess
-        needed = _required_inputs(module)
-        if len(needed) > 1:
-            raise UnsupportedModel(
-                f"{self.name}.forward takes {len(needed)} inputs ({', '.join(needed)}); convlens feeds one "
-                "image tensor: wrap the model in a module whose forward(x) calls it with x and the other "
-                "inputs fixed, and pass that")
+        #: the model's inputs and how a call passes them (:mod:`convlens.adapters.torch.inputs`)
+        self._plan: CallPlan = exported_plan(exported) if exported is not None else forward_plan(module, inputs)
+        #: a model with several inputs: the image's and the values the others are held at; else ``None``
+        self.held_inputs: HeldInputs | None = hold_inputs(
+            self.name, self._plan.slots, image_input=image_input, inputs=inputs,
+            is_image=torch_is_image(self._plan, inputs))
+        self.input_name = self._plan.slots[self.held_inputs.image if self.held_inputs is not None else 0].name
+        self._held_cache: dict[tuple, list[Any]] = {}
+        if exported is not None:
+            shape, self._probe_sizes = exported_input_shape(exported, self.input_name)
+            self.fixed_batch = exported_batch(exported, self.input_name)
+            input_shape = input_shape if input_shape is not None else shape
         self._given = tuple(input_shape) if input_shape is not None else None
         self._input_shape: tuple[int | None, ...] | None = None
         self._layers: list[LayerInfo] | None = None
@@ -537,7 +535,8 @@ class TorchTable:
 
     def _probe_shape(self) -> tuple[list[int], list[int]]:
         """The canonical probe shape, and which of its axes are free (not given)."""
-        given = self._given if self._given is not None else declared_image_size(self.module)
+        given = self._given if self._given is not None else declared_image_size(self.module) or \
+            self._held_image_size()
         conv = self._first_conv()
         spatial_axes = _weight(conv).ndim - 2 if conv is not None else 2
         if given is None or (len(given) == spatial_axes and spatial_axes == 2):
@@ -558,6 +557,18 @@ class TorchTable:
             shape = [p if d is None else s for d, s, p in zip(dims, shape, self._probe_sizes[0])]
         free = [i for i, d in enumerate(dims) if d is None]
         return shape, free
+
+    def _held_image_size(self) -> tuple[int, int] | None:
+        """``(H, W)`` of another image input's held value (a Siamese network's other image), whose size the
+        image input must share: the probe's size, when nothing else gives one."""
+        held = self.held_inputs
+        if held is None:
+            return None
+        for slot in held.slots:
+            value = held.values.get(slot.name)
+            if slot.shape is None and value is not None and value.ndim == 3 and value.shape[0] in (1, 3, 4):
+                return int(value.shape[1]), int(value.shape[2])
+        return None
 
     def _second_probe_shape(self, shape: list[int], free: list[int]) -> list[int]:
         if self._probe_sizes is not None and len(self._probe_sizes[1]) == len(shape):
@@ -599,9 +610,15 @@ class TorchTable:
     def _to_torch(self, batch: np.ndarray) -> Any:
         return batch_to_torch(batch, self.module)
 
+    def _call(self, x: Any) -> Any:
+        """The module called on the image tensor ``x`` and the held inputs (batched to ``x``'s batch)."""
+        if self.held_inputs is None:
+            return self.module(x)
+        return self._plan.call(self.module, held_tensors(self.torch, self.held_inputs, x, self._held_cache))
+
     def _forward(self, x: Any, *, probe: bool = False) -> Any:
         try:
-            return self.module(x)
+            return self._call(x)
         except ConvlensError:
             raise
         except Exception as exc:
@@ -641,17 +658,21 @@ class TorchTable:
         torch = self.torch
         x = self._to_torch(np.zeros((1, *shape), dtype=np.float32))
         records: list[_Record] = []
-        # where each tensor's values come from (rows), and which row made this very tensor
+        # where each tensor's values come from (rows; _HELD: a held input), and which row made this very tensor
         prov: Any = WeakIdKeyDictionary()
         owner: Any = WeakIdKeyDictionary()
         prov[x], owner[x] = frozenset({0}), 0
+        if self.held_inputs is not None:  # the other inputs: what only they reach is no row of the image
+            for t in held_tensors(torch, self.held_inputs, x, self._held_cache):
+                if t is not x:
+                    prov[t] = frozenset({_HELD})
         calls: dict[int, int] = {}
         stack: list[_Frame] = []
         has_children = {id(m): next(m.children(), None) is not None for m in self.module.modules()}
         self._not_maps = {}
 
         def rows_of(tensors: Sequence[Any]) -> list[int]:
-            return sorted({r for t in tensors for r in prov.get(t, ())})
+            return sorted({r for t in tensors for r in prov.get(t, ()) if r != _HELD})
 
         def layout(parents: Sequence[int]) -> tuple[bool, int | None]:
             rec = records[parents[0] - 1] if parents and parents[0] > 0 else None
@@ -677,6 +698,12 @@ class TorchTable:
             if module is self.module and frame.called:
                 return  # the model itself: its contents are the table
             inputs = all_tensors(args, kwargs)
+            if {r for t in inputs for r in prov.get(t, ())} == {_HELD}:  # fed by held inputs only: no row
+                for _, t in float_tensors(output):
+                    prov[t] = frozenset({_HELD})
+                if stack:
+                    stack[-1].rows.extend(frame.rows)
+                return
             parents = rows_of(inputs) or [len(records)]
             in_shape = tuple(inputs[0].shape) if inputs else None
             outs = list(float_tensors(output))
@@ -720,9 +747,9 @@ class TorchTable:
             j = frame.ops.get(op, 0)
             frame.ops[op] = j + 1
             if not isinstance(out, torch.Tensor) or not out.is_floating_point() \
-                    or not is_row(op, operands, lambda t: bool(prov.get(t))):
+                    or not is_row(op, operands, lambda t: bool(prov.get(t, frozenset()) - {_HELD})):
                 return out
-            parents = sorted(source) or [len(records)]
+            parents = sorted(source - {_HELD}) or [len(records)]
             parent_last, parent_channels = layout(parents)
             parent_ndim = len(records[parents[0] - 1].shape) + 1 if parents and parents[0] > 0 else x.ndim
             # an op on its input row's own layout keeps it (a U-Net's cat, a residual add); after plain code
