@@ -204,6 +204,21 @@ def test_repeated_passes_feed_the_held_values_at_every_batch_size(keras):
         assert seen[rows["vector"]].tolist() == np.repeat(VECTOR[None], n, 0).tolist()  # the held row: its value
 
 
+def test_a_layer_shared_by_both_images_does_not_hide_the_image_side(keras):
+    L = keras.layers
+    left, right = keras.Input((8, 8, 3), name="left"), keras.Input((8, 8, 3), name="right")
+    conv = L.Conv2D(4, 3, padding="same", name="shared")
+    h = L.Concatenate(name="cat")([conv(left), conv(right)])
+    model = keras.Model([left, right], L.Dense(2, name="fc")(L.GlobalAveragePooling2D(name="pool")(h)))
+    lens = Lens(model, image_input="right", preprocess="unit")
+    table = {t.name: t for t in lens.layers()}
+    # the table lists a shared layer's first call, here on the held input; what follows sees the image
+    assert table["shared"].extra.get("held") and not table["cat"].extra.get("held")
+    assert not table["fc"].extra.get("held")
+    x = _images(1)[0, :8, :8]
+    assert lens.heatmaps(x, "gradcam", layer="cat").entries[0].layer == "cat"
+
+
 # --------------------------------------------------------------------------- gradients
 
 

@@ -507,19 +507,29 @@ class KerasTable:
         if not hasattr(functional, "_nodes"):
             return None
         held_rows: set[int] = set()
+        held_tensors: set[int] = set()  # ids of the top-level tensors computed from held inputs alone
         image_op = None
         if self.held_inputs is not None:  # the image input first, wherever the graph lists it
             image_op = model.inputs[self.held_inputs.image]._keras_history.operation
             rows.append((None, self._info(0, image_op.name, image_op, tuple(image_op.output.shape[1:]), [])))
+            # by tensor, every call of a shared layer apart: a row lists a layer's first call only
+            by_depth = getattr(functional, "_nodes_by_depth", {})
+            for depth in sorted(by_depth, reverse=True):  # the inputs are the deepest
+                for n in by_depth[depth]:
+                    ins = list(n.input_tensors)
+                    held_call = (n.operation is not image_op if type(n.operation).__name__ == "InputLayer"
+                                 else bool(ins) and all(id(t) in held_tensors for t in ins))
+                    if held_call:
+                        held_tensors.update(id(t) for t in n.output_tensors)
 
-        def image_side(parents: list[int]) -> tuple[list[int], list[int], bool]:
-            """``(parents kept, held parents dropped, fed by held rows alone?)``."""
+        def image_side(parents: list[int], held: bool) -> tuple[list[int], list[int]]:
+            """``(parents kept, held parents dropped)`` of a row; only a row that also sees the image drops any."""
             kept = [p for p in parents if p not in held_rows]
-            if parents and not kept:
-                return parents, [], True
-            return kept, [p for p in parents if p in held_rows], False
+            if held or not kept:  # a layer shared by both sides lists its first call: keep what is known
+                return parents, []
+            return kept, [p for p in parents if p in held_rows]
 
-        def walk(fn: Any, prefix: str, entry: list[int]) -> dict[int, int]:
+        def walk(fn: Any, prefix: str, entry: list[int], held_call: bool = False) -> dict[int, int]:
             produced: dict[int, int] = {}  # id(operation) -> row index
             for op in fn.operations:
                 node = next((n for i, n in enumerate(op._inbound_nodes)
@@ -544,10 +554,12 @@ class KerasTable:
                     rows.append((None, info))
                     produced[id(op)] = len(rows) - 1
                     continue
-                parents, dropped, held = image_side(parents)
+                outs = list(node.output_tensors)
+                held = held_call if prefix else bool(outs) and all(id(t) in held_tensors for t in outs)
+                parents, dropped = image_side(parents, held)
                 inner = getattr(op, "_functional", None) or op
                 if isinstance(op, keras.Model) and hasattr(inner, "_nodes"):
-                    inner_map = walk(inner, f"{prefix}{op.name}/", parents)
+                    inner_map = walk(inner, f"{prefix}{op.name}/", parents, held)
                     out_op = inner.outputs[0]._keras_history.operation
                     produced[id(op)] = inner_map.get(id(out_op), len(rows) - 1)
                     continue
