@@ -209,12 +209,14 @@ def test_model_without_conv_layers(keras):
         lens.filters()
 
 
-def test_multi_input_model_is_refused(keras):
+def test_multi_input_model_explains_its_first_image_and_holds_the_other(keras):
+    # several inputs are no longer refused (tests/adapters/test_keras_inputs.py checks the numbers)
     a, b = keras.Input((8, 8, 3), name="rgb"), keras.Input((8, 8, 1), name="depth")
     x = keras.layers.Concatenate()([a, b])
     model = keras.Model([a, b], keras.layers.Conv2D(2, 3)(x))
-    with pytest.raises(UnsupportedModel, match="2 inputs"):
-        Lens(model)
+    lens = Lens(model)
+    assert lens.layers()[0].name == "rgb" and lens.model.adapter.input_shape == (8, 8, 3)
+    assert any("held at zeros: depth (8, 8, 1) float32" in n for n in lens.model.input_notes)
 
 
 def test_zoo_weights(keras, tmp_path, monkeypatch):

@@ -92,7 +92,7 @@ class KerasForward(KerasTable):
             record = self._recorder(wanted_set, lambda row, t: captured.__setitem__(str(row), t))
             with self._wrapped(record), warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=r".*structure of `inputs`.*")
-                y = self.model(x, training=False)
+                y = self.model(self._model_input(x), training=False)
             return first_tensor(y), captured
 
         self._graphs[key] = tf.function(forward)
@@ -116,6 +116,7 @@ class KerasForward(KerasTable):
             x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
         if 0 in wanted_key:
             on_output(0, np.asarray(batch, dtype="float32"))
+        self._held_rows_out(wanted_key, len(x), on_output)
         graph = self._graph_forward(wanted_key, x.shape)
         if graph is not None:
             try:
@@ -145,7 +146,8 @@ class KerasForward(KerasTable):
                 # legacy models name their input; a bare tensor is what they get and is fine
                 warnings.filterwarnings("ignore", message=r".*structure of `inputs`.*")
                 try:
-                    y = first_tensor(self.model(self.keras.ops.convert_to_tensor(x), training=False))
+                    y = first_tensor(self.model(self._model_input(self.keras.ops.convert_to_tensor(x)),
+                                                training=False))
                 except ConvlensError:
                     raise
                 except Exception as exc:  # noqa: BLE001 - the model's own error, e.g. an input size it cannot take
@@ -153,6 +155,17 @@ class KerasForward(KerasTable):
                         raise raised[0] from None
                     raise self._run_failed(exc, np.shape(batch)) from None
         return self._canonical_array(convert(y)) if y is not None else np.zeros((len(x), 0))
+
+    def _held_rows_out(self, wanted: Sequence[int], n: int, on_output: OnOutput) -> None:
+        """Hands over the wanted rows of held inputs (a model with several inputs): their values, batched."""
+        held = self.held_inputs
+        if held is None:
+            return
+        table = self.layers()
+        for row in wanted:
+            info = table[row]
+            if row and info.kind == "input" and info.extra.get("held") and info.name in held.values:
+                on_output(row, self._canonical_array(held.batched(info.name, n)))
 
     def _run_failed(self, exc: Exception, shape: tuple[int, ...]) -> UnsupportedModel:
         """The one-line error for a model that raised on a batch of canonical ``shape``."""

@@ -121,6 +121,13 @@ class KerasAdapter(KerasForward):
         input_shape: ``(H, W, C)`` for models that do not know theirs (unbuilt
             Sequential or subclassed models never called).
         preprocess: the preprocessing preset the model expects, if known.
+        image_input: a model with several inputs: the image input's name, its
+            ``InputLayer``'s (as ``model.summary()`` lists it); ``None``: the first
+            input that looks like an image.
+        inputs: the values the other inputs are held at, by ``InputLayer`` name,
+            one item each (channels as the model takes them); those left out
+            are zeros, with a note (:mod:`convlens.adapters._inputs`). Every
+            pass feeds them, in the structure (list, dict) the model was built with.
     """
 
     def randomized(self, rows: Sequence[int], seed: int) -> KerasAdapter:
@@ -138,7 +145,7 @@ class KerasAdapter(KerasForward):
         with self._no_grad(), warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=r".*structure of `inputs`.*")
             try:
-                y = self.model(self.keras.ops.convert_to_tensor(x), training=False)
+                y = self.model(self._model_input(self.keras.ops.convert_to_tensor(x)), training=False)
             except ConvlensError:
                 raise
             except Exception as exc:  # noqa: BLE001 - the model's own error, e.g. an input size it cannot take
@@ -391,7 +398,8 @@ class KerasAdapter(KerasForward):
             with self._wrapped(record), warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=r".*structure of `inputs`.*")
                 try:
-                    y = _picked_output(run_model(x_t), plan.output, self._output_names(), self.name)
+                    y = _picked_output(run_model(self._model_input(x_t)), plan.output, self._output_names(),
+                                       self.name)  # held inputs fed, constant
                 except _StopForward:
                     y = None
         finally:

@@ -42,7 +42,10 @@ def randomized(adapter: Any, rows: Sequence[int], seed: int) -> Any:
         raise UnsupportedModel(f"the weights of {adapter.name} cannot be copied (keras.models.clone_model: "
                                f"{type(exc).__name__}: {why}), so it cannot be randomised; save it as a "
                                "functional or Sequential model") from None
-    twin = type(adapter)(clone, input_shape=adapter.input_shape, preprocess=adapter.preprocess)
+    held = adapter.held_inputs  # the copy's other inputs are held at the same values
+    twin = type(adapter)(clone, input_shape=adapter.input_shape, preprocess=adapter.preprocess,
+                         **({} if held is None else {"image_input": held.image_slot.name,
+                                                      "inputs": dict(held.values)}))
     twin.name = adapter.name
     twin_table = twin.layers()
     if [t.name for t in twin_table] != [t.name for t in table]:

@@ -5,7 +5,7 @@ the wrapping of leaf layers' ``call`` that passes capture with, and the final ac
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any
@@ -18,6 +18,7 @@ from ...core.kinds import kind_of
 from ...core.layers import LayerInfo
 from ...core.receptive import resample_geometry, same_padding, with_receptive_fields
 from .._graph import Producer, walk_final_activation
+from .._inputs import HeldInputs, InputSlot, check_single_input, hold_inputs
 from ..base import first_line as _first_line
 from .load import import_keras
 
@@ -274,14 +275,29 @@ def _keras_input_of(layer: Any, node_index: int) -> tuple[Any, int] | None:
     return history.operation, history.node_index
 
 
+def _input_slot(tensor: Any) -> InputSlot:
+    """A model input as an :class:`InputSlot`: its ``InputLayer``'s name (what ``model.summary()`` shows;
+    a dict input's key may differ, and is not what convlens asks for), one item's shape, its dtype."""
+    layer = getattr(getattr(tensor, "_keras_history", None), "operation", None)
+    name = str(getattr(layer, "name", None) or tensor.name)
+    shape = tuple(None if d is None else int(d) for d in tuple(tensor.shape)[1:])
+    return InputSlot(name, shape, str(tensor.dtype))  # Keras's dtype names are numpy's ("float32", "int32")
+
+
 class KerasTable:
     """A Keras model's set-up and layer table; see :class:`KerasAdapter`."""
 
     framework = "keras"
     class_names: list[str] | None = None
     class_names_source = ""
+    #: A model with several inputs: which is the image, and what the others are held at (``None``: one input).
+    held_inputs: HeldInputs | None = None
+    #: The image input's name: its ``InputLayer``'s (what ``model.summary()`` shows); ``None`` without a graph.
+    input_name: str | None = None
+
     def __init__(self, model: Any, *, input_shape: Sequence[int | None] | None = None,
-                 preprocess: str | None = None) -> None:
+                 preprocess: str | None = None, image_input: str | None = None,
+                 inputs: Mapping[str, Any] | None = None) -> None:
         self.keras = import_keras()
         if not isinstance(model, self.keras.Model):
             raise UnsupportedModel(f"expected a keras.Model, got {type(model).__name__}")
@@ -289,11 +305,11 @@ class KerasTable:
         self.name = model.name
         self.preprocess = preprocess
         self._probe_shapes: tuple[tuple[int, ...], tuple[int, ...]] | None = None  # see _free_dims
-        self._ensure_built(input_shape)
+        self._ensure_built(input_shape, image_input, inputs)
         self.channels_first = self._channels_first()
         self.final_activation = keras_final_activation(model)
         self._layers: list[LayerInfo] | None = None
-        self._objects: list[Any] = []  # keras layer of each table row (None for the input)
+        self._objects: list[Any] = []  # keras layer of each table row (None for the inputs)
         self._passes: dict[tuple, int] = {}  # (wanted rows, input shape) -> eager passes so far
         self._graphs: dict[tuple, Any] = {}  # the traced forward functions (TensorFlow)
         self._grad_graphs: dict[tuple, Any] = {}  # compiled gradient passes (TensorFlow, JAX), oldest first
@@ -301,22 +317,24 @@ class KerasTable:
 
     # ----------------------------------------------------------------- set-up
 
-    def _ensure_built(self, input_shape: Sequence[int | None] | None) -> None:
+    def _ensure_built(self, input_shape: Sequence[int | None] | None, image_input: str | None = None,
+                      inputs: Mapping[str, Any] | None = None) -> None:
         model = self.model
         given = tuple(input_shape) if input_shape else None
         try:
-            inputs = model.inputs if model.built else None
+            symbolic = model.inputs if model.built else None
         except (AttributeError, ValueError):
-            inputs = None
-        if inputs:
-            if len(inputs) != 1:
-                names = ", ".join(f"{t.name} {tuple(t.shape[1:])}" for t in inputs)
-                raise UnsupportedModel(f"{model.name} takes {len(inputs)} inputs ({names}); "
-                                       "convlens feeds one image tensor: wrap the model so that it "
-                                       "takes a single image input")
-            shape = tuple(inputs[0].shape[1:])
+            symbolic = None
+        if symbolic:
+            slots = [_input_slot(t) for t in symbolic]
+            self.held_inputs = hold_inputs(self.name, slots, image_input=image_input, inputs=inputs)
+            image = self.held_inputs.image if self.held_inputs is not None else 0
+            self.input_name = slots[image].name
+            shape = tuple(symbolic[image].shape[1:])
             self.graph = True
         else:
+            if image_input is not None or inputs:  # no graph: one image tensor is all convlens can feed
+                check_single_input(self.name, InputSlot("input"), image_input=image_input, inputs=inputs)
             self.graph = False
             recorded = getattr(model, "_build_shapes_dict", None) or {}
             shapes = list(recorded.values())
@@ -341,6 +359,31 @@ class KerasTable:
                 except (AttributeError, ValueError):
                     self.graph = False
         self._raw_input_shape = shape
+
+    def _model_input(self, x_t: Any) -> Any:
+        """What the model is called with for the image batch ``x_t`` (a backend tensor, the model's layout).
+
+        One input: ``x_t`` itself. Several: every input in the structure the
+        model was built with (a list, a dict...), ``x_t`` at the image's place
+        and each held input repeated for the batch, as a constant tensor of its
+        declared dtype. Only ``x_t`` is ever differentiated. Called inside
+        traces too (TensorFlow, JAX): the held values are the adapter's for its
+        lifetime, so a graph compiled once stays right.
+        """
+        held = self.held_inputs
+        if held is None:
+            return x_t
+        ops = self.keras.ops
+        n = x_t.shape[0] if x_t.shape[0] is not None else ops.shape(x_t)[0]
+        flat: list[Any] = []
+        for i, slot in enumerate(held.slots):
+            if i == held.image:
+                flat.append(x_t)
+                continue
+            value = ops.convert_to_tensor(held.values[slot.name], dtype=slot.dtype)
+            flat.append(ops.broadcast_to(ops.expand_dims(value, 0), (n, *held.values[slot.name].shape)))
+        struct = getattr(self.model, "_inputs_struct", None)
+        return self.keras.tree.pack_sequence_as(struct, flat) if struct is not None else flat
 
     def _free_dims(self, built: tuple[int | None, ...]) -> tuple[int | None, ...]:
         """The input shape of a model without a graph, from its behaviour rather than its build size.
@@ -405,7 +448,9 @@ class KerasTable:
             self._objects = [obj for obj, _ in rows]
             infos = [info for _, info in rows]
             infos = [_with_geometry(obj, info, infos) for obj, info in rows]
-            self._layers = with_receptive_fields(infos)
+            # a row of held inputs alone sees no pixel of the image: its field is unknown, not the input's
+            self._layers = [replace(info, rf_size=None, rf_jump=None, rf_offset=None, global_rf=False)
+                            if info.extra.get("held") else info for info in with_receptive_fields(infos)]
         return self._layers
 
     def _info(self, index: int, name: str, layer: Any, output_shape: tuple | None,
@@ -443,7 +488,16 @@ class KerasTable:
         return shape
 
     def _graph_rows(self) -> list[tuple[Any, LayerInfo]] | None:
-        """Rows from the symbolic graph, recursing into nested models; no forward pass."""
+        """Rows from the symbolic graph, recursing into nested models; no forward pass.
+
+        A model with several inputs: row 0 is the image input; each held input
+        is a row of kind ``input`` where the graph lists it, flagged
+        ``extra["held"]``, as is every row computed from held inputs alone (a
+        conditioning vector's Dense, a Siamese network's other tower). A row
+        fed by both lists only its image-side parents (the others in
+        ``extra["held_parents"]``), so that receptive fields come from the
+        image alone; held rows have none (see :meth:`layers`).
+        """
         keras = self.keras
         from keras.src.ops.function import make_node_key  # stable since Keras 3.0
 
@@ -452,8 +506,30 @@ class KerasTable:
         functional = getattr(model, "_functional", None) or model  # a built Sequential
         if not hasattr(functional, "_nodes"):
             return None
+        held_rows: set[int] = set()
+        held_tensors: set[int] = set()  # ids of the top-level tensors computed from held inputs alone
+        image_op = None
+        if self.held_inputs is not None:  # the image input first, wherever the graph lists it
+            image_op = model.inputs[self.held_inputs.image]._keras_history.operation
+            rows.append((None, self._info(0, image_op.name, image_op, tuple(image_op.output.shape[1:]), [])))
+            # by tensor, every call of a shared layer apart: a row lists a layer's first call only
+            by_depth = getattr(functional, "_nodes_by_depth", {})
+            for depth in sorted(by_depth, reverse=True):  # the inputs are the deepest
+                for n in by_depth[depth]:
+                    ins = list(n.input_tensors)
+                    held_call = (n.operation is not image_op if type(n.operation).__name__ == "InputLayer"
+                                 else bool(ins) and all(id(t) in held_tensors for t in ins))
+                    if held_call:
+                        held_tensors.update(id(t) for t in n.output_tensors)
 
-        def walk(fn: Any, prefix: str, entry: list[int]) -> dict[int, int]:
+        def image_side(parents: list[int], held: bool) -> tuple[list[int], list[int]]:
+            """``(parents kept, held parents dropped)`` of a row; only a row that also sees the image drops any."""
+            kept = [p for p in parents if p not in held_rows]
+            if held or not kept:  # a layer shared by both sides lists its first call: keep what is known
+                return parents, []
+            return kept, [p for p in parents if p in held_rows]
+
+        def walk(fn: Any, prefix: str, entry: list[int], held_call: bool = False) -> dict[int, int]:
             produced: dict[int, int] = {}  # id(operation) -> row index
             for op in fn.operations:
                 node = next((n for i, n in enumerate(op._inbound_nodes)
@@ -467,13 +543,23 @@ class KerasTable:
                     if prefix:  # an inner model's input is its caller's tensor
                         produced[id(op)] = entry[0] if entry else 0
                         continue
+                    if op is image_op:
+                        produced[id(op)] = 0
+                        continue
                     shape = tuple(op.output.shape[1:])
-                    rows.append((None, self._info(len(rows), op.name, op, shape, [])))
+                    info = self._info(len(rows), op.name, op, shape, [])
+                    if image_op is not None:
+                        held_rows.add(len(rows))
+                        info = replace(info, extra={**info.extra, "held": True})
+                    rows.append((None, info))
                     produced[id(op)] = len(rows) - 1
                     continue
+                outs = list(node.output_tensors)
+                held = held_call if prefix else bool(outs) and all(id(t) in held_tensors for t in outs)
+                parents, dropped = image_side(parents, held)
                 inner = getattr(op, "_functional", None) or op
                 if isinstance(op, keras.Model) and hasattr(inner, "_nodes"):
-                    inner_map = walk(inner, f"{prefix}{op.name}/", parents)
+                    inner_map = walk(inner, f"{prefix}{op.name}/", parents, held)
                     out_op = inner.outputs[0]._keras_history.operation
                     produced[id(op)] = inner_map.get(id(out_op), len(rows) - 1)
                     continue
@@ -481,7 +567,13 @@ class KerasTable:
                     raise _NeedsProbe
                 out = node.output_tensors[0] if node.output_tensors else None
                 out_shape = tuple(out.shape[1:]) if out is not None else None
-                rows.append((op, self._info(len(rows), prefix + op.name, op, out_shape, parents)))
+                info = self._info(len(rows), prefix + op.name, op, out_shape, parents)
+                if held:
+                    held_rows.add(len(rows))
+                    info = replace(info, extra={**info.extra, "held": True})
+                elif dropped:
+                    info = replace(info, extra={**info.extra, "held_parents": tuple(dropped)})
+                rows.append((op, info))
                 produced[id(op)] = len(rows) - 1
             return produced
 
@@ -509,7 +601,8 @@ class KerasTable:
                 records = [(layer, name, _differing_as_none(oshape, other[2]), parents)
                            for (layer, name, oshape, parents), other in zip(records, second)]
         counts: dict[str, int] = {}
-        rows: list[tuple[Any, LayerInfo]] = [(None, LayerInfo(index=0, name="input", type="InputLayer",
+        first = self.input_name if self.held_inputs is not None and self.input_name else "input"
+        rows: list[tuple[Any, LayerInfo]] = [(None, LayerInfo(index=0, name=first, type="InputLayer",
                                                              kind="input", output_shape=self.input_shape))]
         for layer, name, oshape, parents in records:
             counts[name] = counts.get(name, 0) + 1
@@ -534,7 +627,7 @@ class KerasTable:
                 tensor_owner[id(first)] = len(records)  # row 0 is the input
                 keep.append(first)
 
-        x = ops.convert_to_tensor(np.zeros((1, *shape), dtype="float32"))
+        x = self._model_input(ops.convert_to_tensor(np.zeros((1, *shape), dtype="float32")))
         with self._no_grad():
             if not self.model.built:  # the first call builds, which may call layers an extra time
                 self.model(x, training=False)
