@@ -204,19 +204,30 @@ def test_repeated_passes_feed_the_held_values_at_every_batch_size(keras):
         assert seen[rows["vector"]].tolist() == np.repeat(VECTOR[None], n, 0).tolist()  # the held row: its value
 
 
-def test_a_layer_shared_by_both_images_does_not_hide_the_image_side(keras):
+def test_a_layer_shared_by_both_images_is_the_image_side_call(keras):
+    """A Siamese tower shared by both inputs (one Conv2D object, a nested model called twice): its row is
+    the call on the image input, wherever that input is, so its maps and Grad-CAM are the image's."""
     L = keras.layers
     left, right = keras.Input((8, 8, 3), name="left"), keras.Input((8, 8, 3), name="right")
     conv = L.Conv2D(4, 3, padding="same", name="shared")
-    h = L.Concatenate(name="cat")([conv(left), conv(right)])
+    inner = keras.Input((8, 8, 4))
+    tower = keras.Model(inner, L.ReLU(name="relu")(L.Conv2D(4, 3, padding="same", name="deep")(inner)),
+                        name="tower")
+    h = L.Add(name="add")([tower(conv(left)), tower(conv(right))])  # symmetric in left and right
     model = keras.Model([left, right], L.Dense(2, name="fc")(L.GlobalAveragePooling2D(name="pool")(h)))
-    lens = Lens(model, image_input="right", preprocess="unit")
-    table = {t.name: t for t in lens.layers()}
-    # the table lists a shared layer's first call, here on the held input; what follows sees the image
-    assert table["shared"].extra.get("held") and not table["cat"].extra.get("held")
-    assert not table["fc"].extra.get("held")
-    x = _images(1)[0, :8, :8]
-    assert lens.heatmaps(x, "gradcam", layer="cat").entries[0].layer == "cat"
+    x = _images(2, seed=3)[:, :8, :8]
+    other = _seen(_images(1, seed=4)[:, :8, :8])[0]
+    seen = {}
+    for side, held in (("right", "left"), ("left", "right")):
+        lens = Lens(model, image_input=side, inputs={held: other}, preprocess="unit")
+        table = {t.name: t for t in lens.layers()}
+        assert not table["shared"].extra.get("held") and table["shared"].rf_size == (3, 3)
+        assert table["tower/deep"].rf_size == (5, 5) and not table["add"].extra.get("held")
+        maps = lens.feature_maps(list(x), layers="shared,tower/relu")
+        _close(maps["shared"], keras.ops.convert_to_numpy(conv(_seen(x))))  # the image's call, not the held one's
+        seen[side] = lens.heatmaps(list(x), "gradcam", layer="tower/relu", target=1).results["gradcam"][0].raw
+    assert np.abs(seen["left"]).max() > 0
+    _close(seen["right"], seen["left"])  # the model is symmetric: either side explained alike
 
 
 # --------------------------------------------------------------------------- gradients

@@ -45,21 +45,16 @@ class KerasForward(KerasTable):
 
     def _recorder(self, wanted: set[int], sink: Callable[[int, Any], None]) -> Callable[..., None]:
         """A ``record`` callback for :meth:`_wrapped` that passes wanted outputs to ``sink(row, tensor)``."""
-        by_object: dict[int, list[int]] = {}
-        for row, obj in enumerate(self._objects):
-            if obj is not None:
-                by_object.setdefault(id(obj), []).append(row)
+        by_call = self._rows_by_call()
         seen: dict[int, int] = {}
 
         def record(layer: Any, name: str, args: tuple, out: Any) -> None:
-            rows = by_object.get(id(layer))
-            if not rows:
-                return
             k = seen.get(id(layer), 0)
-            seen[id(layer)] = k + 1  # the k-th call of a shared layer is its k-th row
+            seen[id(layer)] = k + 1
+            row = by_call.get((id(layer), k))  # the row standing for this call of the layer, if any
             first = first_tensor(out)
-            if k < len(rows) and rows[k] in wanted and first is not None:
-                sink(rows[k], first)
+            if row is not None and row in wanted and first is not None:
+                sink(row, first)
 
         return record
 

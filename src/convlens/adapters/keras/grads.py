@@ -350,10 +350,7 @@ class KerasAdapter(KerasForward):
         its ``stateless_call``). Wrappers and a swapped final activation are removed in ``finally``.
         """
         run_model = call if call is not None else (lambda t: self.model(t, training=False))
-        by_object: dict[int, list[int]] = {}
-        for row, obj in enumerate(self._objects):
-            if obj is not None:
-                by_object.setdefault(id(obj), []).append(row)
+        by_call = self._rows_by_call()
         final = self._output_layer(plan.output) if plan.target_layer is None else None
         logit_from = _logit_source(final) if final is not None else None
         captured: dict[int, Any] = {}
@@ -363,12 +360,9 @@ class KerasAdapter(KerasForward):
         def record(layer: Any, name: str, args: tuple, out: Any) -> Any:
             if logit_from == "input" and layer is final:
                 logits[:] = [a for a in self.keras.tree.flatten(args) if hasattr(a, "shape")][:1]
-            layer_rows = by_object.get(id(layer))
-            if not layer_rows:
-                return None
             k = seen.get(id(layer), 0)
-            seen[id(layer)] = k + 1  # the k-th call of a shared layer is its k-th row
-            row = layer_rows[k] if k < len(layer_rows) else -1
+            seen[id(layer)] = k + 1
+            row = by_call.get((id(layer), k), -1)  # the row standing for this call of the layer, if any
             first = first_tensor(out)
             if row not in plan.needed or first is None:
                 return None

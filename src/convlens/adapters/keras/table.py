@@ -310,6 +310,7 @@ class KerasTable:
         self.final_activation = keras_final_activation(model)
         self._layers: list[LayerInfo] | None = None
         self._objects: list[Any] = []  # keras layer of each table row (None for the inputs)
+        self._row_calls: dict[int, int] = {}  # row -> which call of its layer it stands for (graph tables)
         self._passes: dict[tuple, int] = {}  # (wanted rows, input shape) -> eager passes so far
         self._graphs: dict[tuple, Any] = {}  # the traced forward functions (TensorFlow)
         self._grad_graphs: dict[tuple, Any] = {}  # compiled gradient passes (TensorFlow, JAX), oldest first
@@ -529,13 +530,21 @@ class KerasTable:
                 return parents, []
             return kept, [p for p in parents if p in held_rows]
 
-        def walk(fn: Any, prefix: str, entry: list[int], held_call: bool = False) -> dict[int, int]:
+        calls: dict[int, int] = {}  # row -> which call of its layer in one pass it stands for
+
+        def walk(fn: Any, prefix: str, entry: list[int], held_call: bool = False, call: int = 0) -> dict[int, int]:
             produced: dict[int, int] = {}  # id(operation) -> row index
+            order, per_op = _call_order(fn)
             for op in fn.operations:
-                node = next((n for i, n in enumerate(op._inbound_nodes)
-                             if make_node_key(op, i) in fn._nodes), None)
-                if node is None:
+                nodes = [n for i, n in enumerate(op._inbound_nodes) if make_node_key(op, i) in fn._nodes]
+                if not nodes:
                     return produced
+                node = nodes[0]
+                if image_op is not None and not prefix and len(nodes) > 1:
+                    # a layer shared by the image and a held input (a Siamese tower): its row is the image's call
+                    node = next((n for n in nodes if not (n.output_tensors and all(
+                        id(t) in held_tensors for t in n.output_tensors))), node)
+                k = call * per_op.get(id(op), 1) + order.get(id(node), 0)
                 parents = sorted({produced[id(t._keras_history.operation)]
                                   for t in node.input_tensors
                                   if id(t._keras_history.operation) in produced})
@@ -559,7 +568,7 @@ class KerasTable:
                 parents, dropped = image_side(parents, held)
                 inner = getattr(op, "_functional", None) or op
                 if isinstance(op, keras.Model) and hasattr(inner, "_nodes"):
-                    inner_map = walk(inner, f"{prefix}{op.name}/", parents, held)
+                    inner_map = walk(inner, f"{prefix}{op.name}/", parents, held, k)
                     out_op = inner.outputs[0]._keras_history.operation
                     produced[id(op)] = inner_map.get(id(out_op), len(rows) - 1)
                     continue
@@ -573,6 +582,7 @@ class KerasTable:
                     info = replace(info, extra={**info.extra, "held": True})
                 elif dropped:
                     info = replace(info, extra={**info.extra, "held_parents": tuple(dropped)})
+                calls[len(rows)] = k
                 rows.append((op, info))
                 produced[id(op)] = len(rows) - 1
             return produced
@@ -581,7 +591,27 @@ class KerasTable:
             walk(functional, "", [])
         except _NeedsProbe:
             return None
+        self._row_calls = calls
         return rows
+
+    def _rows_by_call(self) -> dict[tuple[int, int], int]:
+        """``(id(layer), k)`` -> the row standing for the layer's ``k``-th call (from 0) in one pass.
+
+        A layer called several times is one row per call in the probe's table,
+        the k-th row its k-th call; the graph's table lists one call of a shared
+        layer (the image's, in a model with several inputs) and says which.
+        """
+        out: dict[tuple[int, int], int] = {}
+        counts: dict[int, int] = {}
+        for row, obj in enumerate(self._objects):
+            if obj is None:
+                continue
+            k = self._row_calls.get(row)
+            if k is None:
+                k = counts.get(id(obj), 0)
+                counts[id(obj)] = k + 1
+            out[(id(obj), k)] = row
+        return out
 
     def _probe_rows(self) -> list[tuple[Any, LayerInfo]]:
         """Rows from one forward pass on zeros, for models without a graph.
@@ -695,4 +725,21 @@ class KerasTable:
             return np.ascontiguousarray(moved, dtype=np.float32)
 
         return _to_canonical_kernel(layer, raw, transpose)
+
+
+def _call_order(fn: Any) -> tuple[dict[int, int], dict[int, int]]:
+    """``({id(node): k}, {id(operation): calls})`` of a functional graph: each node's place among its
+    operation's calls in one run (Keras runs nodes deepest first, in ``_nodes_by_depth`` order), and
+    how many times each operation is called in one run."""
+    order: dict[int, int] = {}
+    counts: dict[int, int] = {}
+    by_depth = getattr(fn, "_nodes_by_depth", {}) or {}
+    for depth in sorted(by_depth, reverse=True):
+        for n in by_depth[depth]:
+            op = getattr(n, "operation", None)
+            if op is None or getattr(n, "is_input", False):
+                continue
+            order[id(n)] = counts.get(id(op), 0)
+            counts[id(op)] = order[id(n)] + 1
+    return order, counts
 
