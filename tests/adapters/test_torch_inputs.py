@@ -359,3 +359,35 @@ def test_integer_inputs_stay_integers_in_a_module_and_a_program(tmp_path):
     np.testing.assert_allclose(program.run(x, [], lambda r, t: None), expected, atol=1e-5)
     with pytest.raises(BadArgument, match="holds fractions"):
         open_model(tmp_path / "indexed.pt2", inputs={"index": np.array(0.5)})
+
+
+def test_a_tower_shared_by_both_images_is_named_and_read_by_its_image_call():
+    """A Siamese network whose two images go through ONE tower module: the held image's call has no rows,
+    so the image's call is the tower's row under its plain names (no ``#2``), on either side."""
+    torch.manual_seed(0)
+
+    class Shared(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.tower = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(),
+                                             torch.nn.Conv2d(4, 4, 3, padding=1))
+            self.fc = torch.nn.Linear(4, 2)
+
+        def forward(self, left, right):
+            return self.fc((self.tower(left) + self.tower(right)).mean((2, 3)))  # symmetric in the two
+
+    model = Shared().eval()
+    x = np.random.default_rng(0).integers(0, 256, (2, 8, 8, 3)).astype(np.uint8)
+    other = np.random.default_rng(1).random((3, 8, 8)).astype(np.float32)
+    cams = {}
+    for side, held in (("right", "left"), ("left", "right")):
+        lens = Lens(model, image_input=side, inputs={held: other}, preprocess="unit")
+        names = [t.name for t in lens.layers()]
+        assert names == ["input", "tower.0", "tower.1", "tower.2", "tower", "fc"], names
+        maps = lens.feature_maps(list(x), layers="tower.0")
+        with torch.no_grad():
+            want = model.tower[0](torch.tensor(x.astype(np.float32) / 255).permute(0, 3, 1, 2))
+        np.testing.assert_allclose(maps["tower.0"], want.permute(0, 2, 3, 1).numpy(), rtol=1e-5, atol=1e-6)
+        cams[side] = lens.heatmaps(list(x), "gradcam", layer="tower.2", target=1).results["gradcam"][0].raw
+    assert np.abs(cams["left"]).max() > 0
+    np.testing.assert_allclose(cams["right"], cams["left"], rtol=1e-4, atol=1e-6 * np.abs(cams["left"]).max())

@@ -845,9 +845,15 @@ class TorchTable:
         labels: list[str] = []
         seen: set[str] = set()
         count: dict[tuple[int, int, str], int] = {}
+        # a module's calls are numbered among those that are rows: a shared tower whose first call saw only
+        # a held input (a Siamese network's other image) is named by its image call, without a "#2"
+        calls: dict[int, set[int]] = {}
+        for rec in records:
+            calls.setdefault(id(rec.module), set()).add(rec.call)
+        ranks = {(m, c): i for m, made in calls.items() for i, c in enumerate(sorted(made))}
         for rec in records:
             if rec.op is None:
-                label = self._label(rec.module, rec.call)
+                label = self._label(rec.module, ranks[(id(rec.module), rec.call)])
                 if rec.named:
                     label += ":" + ".".join(str(k) for k in rec.key)
             else:
@@ -855,7 +861,7 @@ class TorchTable:
                 n = count[where] = count.get(where, 0) + 1
                 label = rec.op if n == 1 else f"{rec.op}#{n}"
                 if rec.module is not self.module:
-                    label = f"{self._label(rec.module, rec.call)}.{label}"
+                    label = f"{self._label(rec.module, ranks[(id(rec.module), rec.call)])}.{label}"
                 while label in seen:  # a child module named like the op
                     label += "()"
             seen.add(label)
