@@ -7,7 +7,6 @@ here from a tiny Keras network (forward only), and a map-output network.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import subprocess
@@ -19,23 +18,9 @@ import pytest
 from PIL import Image
 
 import convlens
-from convlens.cli import main
 
-
-def call(*args: str) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    code = main(list(args), stdout=out, stderr=err)
-    return code, out.getvalue(), err.getvalue()
-
-
-def one_line_error(code: int, err: str, *needles: str) -> str:
-    assert code == 2, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith("convlens: error: ") and "Traceback" not in err
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-    return lines[0]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from cli_helpers import call, one_line_error  # noqa: E402
 
 
 @pytest.mark.keras

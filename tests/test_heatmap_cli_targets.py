@@ -3,8 +3,9 @@ on small PyTorch programs saved with torch.export; every bad input one line, exi
 
 from __future__ import annotations
 
-import io
 import json
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,22 +13,8 @@ from PIL import Image
 
 torch = pytest.importorskip("torch")
 
-from convlens.cli import main  # noqa: E402
-
-
-def call(*args: str) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    code = main(list(args), stdout=out, stderr=err)
-    return code, out.getvalue(), err.getvalue()
-
-
-def one_line_error(code: int, err: str, *needles: str) -> str:
-    assert code == 2, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("convlens: error: ") and "Traceback" not in err, err
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-    return lines[0]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from cli_helpers import call, one_line_error  # noqa: E402
 
 
 class Segmenter(torch.nn.Module):

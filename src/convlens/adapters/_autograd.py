@@ -183,6 +183,45 @@ def replaced(out: Any, new: Mapping[tuple, Any]) -> Any:
     return out
 
 
+#: Autograd nodes whose backward costs a pass over weights (convolutions, matrix products): where
+#: :func:`skip_zero_branches` looks at the incoming gradient.
+_COSTLY = ("Convolution", "MkldnnConvolution", "CudnnConvolution", "Addmm", "Mm", "Bmm", "Baddbmm", "Linear")
+
+
+def skip_zero_branches(score: Any) -> None:
+    """Let the backward pass from ``score`` skip the branches whose gradient is all zeros.
+
+    A detection's cotangent is zero everywhere but one anchor, so a detector's
+    heads for the other strides, and every layer only they read, receive a
+    gradient of exact zeros, which autograd would still push through each
+    convolution. A pre-hook on each convolution and matrix product of the
+    graph turns such a gradient into none (autograd's "zero"), which the node
+    and everything below it pass on without computing. A zero gradient gives
+    zeros there (with finite weights) and adds nothing further down, so the
+    gradients are the same to the bit. The hooks live on the graph, which the
+    one backward frees. Each costs a read of the gradient (and on an
+    accelerator a wait for it), so :func:`hooked_gradients` sets them for
+    sparse cotangents of passes that stop at a layer only.
+    """
+    node = getattr(score, "grad_fn", None)
+    if node is None:
+        return
+
+    def drop_zeros(grads: tuple) -> tuple:
+        return tuple(g if g is None or bool(g.any()) else None for g in grads)
+
+    seen: set[Any] = set()
+    todo = [node]
+    while todo:
+        n = todo.pop()
+        if n is None or n in seen:
+            continue
+        seen.add(n)
+        if n.name().startswith(_COSTLY):
+            n.register_prehook(drop_zeros)
+        todo.extend(f for f, _ in n.next_functions)
+
+
 class _StopForward(BaseException):
     """Raised from a hook once the last row a gradient pass needs has run (``need_output=False``).
 
@@ -303,13 +342,15 @@ def hooked_gradients(module: Any, forward: Callable[[Any], Any], x: Any, batch: 
         captured[0] = x
     for row, t in given.items():
         captured[row] = t.requires_grad_() if not t.requires_grad else t
-    params = [(p, p.requires_grad) for p in module.parameters()]
-    flags = [(m, m.training) for m in module.modules()]
+    # only the flags that are on are switched (and restored): a model in eval mode is left untouched
+    params = [p for p in module.parameters() if p.requires_grad]
+    training = [m for m in module.modules() if m.training]
     handles: list[Any] = []
     try:
-        for p, _ in params:
+        for p in params:
             p.requires_grad_(False)
-        module.eval()
+        if training:
+            module.eval()
         for m in modules.values():
             handles.append(m.register_forward_hook(hook, with_kwargs=True))
         with torch.enable_grad(), (around(take) if around is not None else nullcontext()):
@@ -347,24 +388,23 @@ def hooked_gradients(module: Any, forward: Callable[[Any], Any], x: Any, batch: 
         if cot.ndim >= 3 and not score_last:
             cot = cot.movedim(-1, 1)
         cot = cot.to(device=score_t.device, dtype=score_t.dtype)
-        with torch.no_grad():
-            # summed in float32 at least: a float16/bfloat16 score would round (and overflow) otherwise
-            wide = torch.float32 if score_t.device.type == "mps" else torch.float64
-            score = (score_t.detach().to(wide) * cot.to(wide)).flatten(1).sum(1).cpu().numpy().astype(np.float64)
+        score, sparse = _score(score_t, cot)
         wanted = [r for r in rows if captured[r].requires_grad]
         if wrt_input and 0 not in wanted:
             wanted.append(0)
         grads_t: list[Any] = [None] * len(wanted)
         if wanted and score_t.requires_grad:
+            if sparse and not wrt_input:  # a pass back to the input checks no branch (IG's many passes)
+                skip_zero_branches(score_t)
             grads_t = list(torch.autograd.grad([score_t], [captured[r] for r in wanted], [cot],
                                                allow_unused=True))
     finally:
         for h in handles:
             h.remove()
-        for m, flag in flags:
-            m.training = flag
-        for p, flag in params:
-            p.requires_grad_(flag)
+        for m in training:
+            m.training = True
+        for p in params:
+            p.requires_grad_(True)
 
     def last(r: int) -> Layout:
         return input_channels_last if r == 0 else hooked[r].channels_last
@@ -492,6 +532,29 @@ def summed_input_gradients(module: Any, forward: Callable[[Any], Any], to_tensor
         total = total.movedim(1, -1)
     return InputGradientSums(total=total.contiguous().cpu().numpy().astype(np.float64, copy=False), score=score,
                              outputs=outputs, logits=logits)
+
+
+def _score(score_t: Any, cot: Any) -> tuple[np.ndarray, bool]:
+    """``(N,)`` float64: each item's score, the sum of its output times its cotangent; and whether
+    the cotangent is sparse (non-zero at fewer than 1/8 of the values).
+
+    Summed in float32 at least: a float16/bfloat16 score would round (and
+    overflow) otherwise. A sparse cotangent (a detection's: a few values at one
+    anchor of thousands) is summed over its non-zero values only, not over
+    the whole output in float64.
+    """
+    import torch
+
+    wide = torch.float32 if score_t.device.type == "mps" else torch.float64
+    with torch.no_grad():
+        idx = torch.nonzero(cot, as_tuple=True)
+        sparse = len(idx[0]) * 8 < cot.numel()
+        if sparse:
+            part = score_t.detach()[idx].to(wide) * cot[idx].to(wide)
+            total = torch.zeros(len(cot), dtype=wide, device=cot.device).index_add_(0, idx[0], part)
+        else:
+            total = (score_t.detach().to(wide) * cot.to(wide)).flatten(1).sum(1)
+    return total.cpu().numpy().astype(np.float64), sparse
 
 
 def _pick_output(y: Any, output: int | None, slots: int, channels_last: bool) -> tuple[Any, bool]:

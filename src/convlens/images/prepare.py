@@ -229,7 +229,8 @@ def check_not_constant(pixels: np.ndarray, label: str) -> None:
     if x.size == 0 or x.ndim == 0:
         return
     flat = x.reshape(-1, x.shape[-1])
-    if bool(np.all(flat.max(axis=0) == flat.min(axis=0))):
+    # every pixel equals the first; a sample of pixels settles it for almost every image
+    if bool((flat[::max(1, len(flat) // 1024)] == flat[0]).all()) and bool((flat == flat[0]).all()):
         raise BadImage(
             f"{label} has the same value at every pixel: a heatmap has nothing to point at (no "
             "gradient signal, every map equal); give an image with content"

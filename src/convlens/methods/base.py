@@ -229,6 +229,27 @@ def _shared_ancestor(table: Sequence[LayerInfo], inputs: Sequence[int],
     maps of at least :data:`MIN_SIDE` a side when it has free sizes or big enough ones."""
     if not inputs:
         return None
+    # one pass from the last input down, each row carrying the set of inputs that read it as a bit
+    # mask (rows run in order: a row's parents come before it)
+    reach = {start: 0 for start in inputs}
+    for k, start in enumerate(inputs):
+        reach[start] |= 1 << k
+    for i in range(max(inputs), -1, -1):
+        m = reach.get(i, 0)
+        if m:
+            for p in table[i].parents:
+                if p >= i:
+                    return _shared_ancestor_walk(table, inputs, rows)
+                reach[p] = reach.get(p, 0) | m
+    everyone = (1 << len(inputs)) - 1
+    spatial = {r.index for r in rows if _big_enough(r)}
+    best = max((i for i, m in reach.items() if m == everyone and i in spatial), default=None)
+    return table[best] if best is not None else None
+
+
+def _shared_ancestor_walk(table: Sequence[LayerInfo], inputs: Sequence[int],
+                          rows: Sequence[LayerInfo]) -> LayerInfo | None:
+    """:func:`_shared_ancestor` for a table whose rows are not in execution order: a walk per input."""
     common: set[int] | None = None
     for start in inputs:
         seen, todo = {start}, [start]
@@ -556,7 +577,8 @@ class Context:
                 self.row_output = self.output[rows.images]
             return given_acts, given_grads
         layer = self.layer.index  # type: ignore[union-attr]
-        step = self.batch_size(batch_size, backward=True)
+        # one row is one pass whatever the budget (the estimate walks the whole table)
+        step = 1 if len(rows) == 1 and batch_size is None else self.batch_size(batch_size, backward=True)
         acts, grads, outs = [], [], []
         for start in range(0, len(rows), step):
             part = slice(start, start + step)

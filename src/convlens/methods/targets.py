@@ -499,7 +499,7 @@ def _detection_rows(objective: Objective, outs: Sequence[np.ndarray], layout: st
     cots: list[np.ndarray] = []
     shown: list[Detections] = []
     for i in range(n):
-        raw = [np.asarray(o[i], np.float64) for o in outs]
+        raw = [first[i], *(np.asarray(o[i], np.float64) for o in outs[1:])]
         shown.append(decode(raw, layout, image_hw=input_hw, min_score=objective.min_score, max_detections=100))
         allx = decode(raw, layout, image_hw=input_hw, min_score=-np.inf, with_nms=box is None,
                       max_detections=10**9)
@@ -535,7 +535,7 @@ def _detection_rows(objective: Objective, outs: Sequence[np.ndarray], layout: st
                 cots.append(cot)
     return Rows(images=np.asarray(imgs, int), classes=np.asarray(picked, int),
                 labels=[_label(names, c) for c in picked], kind="detection", output=k,
-                cotangents=np.stack(cots).astype(np.float32), values=np.asarray(vals, np.float64),
+                cotangents=np.stack(cots), values=np.asarray(vals, np.float64),
                 boxes=np.stack(boxes), detections=tuple(shown))
 
 
@@ -574,7 +574,7 @@ def _detection_cotangent(out: np.ndarray, layout: str, slot: int, cls: int, box:
     with the box: pytorch-grad-cam's ``FasterRCNNBoxScoreTarget``. DETR: the
     class's logit (its softmax probability is what is shown).
     """
-    cot = np.zeros(out.shape, np.float64)
+    cot = np.zeros(out.shape, np.float32)  # each entry is set once (one rounding, as a float64 array cast)
     if layout == "torchvision":
         cot[slot, 4] = 1.0
         value = float(out[slot, 4])
