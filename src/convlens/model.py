@@ -29,8 +29,7 @@ from typing import Any
 import numpy as np
 
 from ._errors import BadArgument, UnsupportedModel
-from .adapters import adapter_device, open_model, parse_device
-from .adapters._inputs import HeldInputs
+from .adapters import HeldInputs, adapter_device, open_model, parse_device
 from .adapters.base import Adapter
 from .classes import IMAGENET_SOURCE, check_class_names, is_imagenet_keyword, read_labels
 from .core.layers import LayerInfo
