@@ -208,7 +208,7 @@ def skip_zero_branches(score: Any) -> None:
         return
 
     def drop_zeros(grads: tuple) -> tuple:
-        return tuple(None if g is not None and _all_zero(g) else g for g in grads)
+        return tuple(g if g is None or bool(g.any()) else None for g in grads)
 
     seen: set[Any] = set()
     todo = [node]
@@ -220,22 +220,6 @@ def skip_zero_branches(score: Any) -> None:
         if n.name().startswith(_COSTLY):
             n.register_prehook(drop_zeros)
         todo.extend(f for f, _ in n.next_functions)
-
-
-def _all_zero(g: Any) -> bool:
-    """Whether every value of ``g`` is zero (``-0.0`` too; a NaN is not), as ``not g.any()`` says.
-
-    On a CPU, a look at a few values first (a gradient on the detection's path
-    is non-zero almost everywhere), then a float tensor's smallest and largest
-    value, which torch finds several times faster than ``any()``.
-    """
-    n = g.numel()
-    if g.device.type != "cpu" or not g.is_floating_point() or g.dtype.itemsize < 4 or n == 0:
-        return not bool(g.any())
-    if n > 4096 and g.is_contiguous() and bool(g.view(-1)[::n // 1024].any()):
-        return False
-    lo, hi = g.aminmax()  # whatever the strides: no copy
-    return bool((lo == 0) & (hi == 0))
 
 
 class _StopForward(BaseException):
