@@ -315,17 +315,19 @@ def detector_layer(table: Sequence[LayerInfo], rows: Sequence[LayerInfo] | None 
     return None
 
 
-#: The last table asked for its default layer, its length and that layer: a detector's takes walks over
-#: the whole table (milliseconds for YOLOv8's 1,400 rows), and an adapter hands out its one table
-#: for every heatmap of the model. The table is held, so its identity cannot be reused by another.
-_LAST_DEFAULT: list[tuple[Sequence[LayerInfo], int, LayerInfo]] = []
+#: The last table asked for its default layer (its rows) and that layer: a detector's takes walks over
+#: the whole table (milliseconds for YOLOv8's 1,400 rows), and an adapter hands out its one table for
+#: every heatmap of the model. Compared row by row (the same row objects compare at once), so a table
+#: edited in place is not answered from the cache.
+_LAST_DEFAULT: list[tuple[tuple[LayerInfo, ...], LayerInfo]] = []
 
 
 def _cached_default_layer(table: Sequence[LayerInfo]) -> LayerInfo:
-    if _LAST_DEFAULT and _LAST_DEFAULT[0][0] is table and _LAST_DEFAULT[0][1] == len(table):
-        return _LAST_DEFAULT[0][2]
+    rows = tuple(table)
+    if _LAST_DEFAULT and _LAST_DEFAULT[0][0] == rows:
+        return _LAST_DEFAULT[0][1]
     chosen = default_layer(table)
-    _LAST_DEFAULT[:] = [(table, len(table), chosen)]
+    _LAST_DEFAULT[:] = [(rows, chosen)]
     return chosen
 
 
