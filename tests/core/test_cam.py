@@ -167,3 +167,28 @@ def test_occlusion_windows_as_captum_places_them():
         (40, 56),
         (50, 64),
     ]
+
+
+def test_grad_cam_of_float32_arrays_is_the_float64_formula_to_the_bit():
+    rng = np.random.default_rng(6)
+    acts = rng.random((2, 9, 7, 16), dtype=np.float32)
+    grads = rng.standard_normal((2, 9, 7, 16)).astype(np.float32)
+    want = np.einsum("nhwc,nc->nhw", acts.astype(np.float64), grads.astype(np.float64).mean(axis=(1, 2)))
+    np.testing.assert_array_equal(grad_cam(acts, grads), want)
+
+
+def test_resize_and_minmax_are_the_plain_formulas_to_the_bit():
+    rng = np.random.default_rng(7)
+    maps = rng.random((2, 10, 6), dtype=np.float32)
+    h, w = 80, 48
+    pos = lambda n_in, n_out: np.clip((np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5, 0, n_in - 1)  # noqa: E731
+    py, px = pos(10, h), pos(6, w)
+    y0, x0 = np.floor(py).astype(int), np.floor(px).astype(int)
+    y1, x1 = np.minimum(y0 + 1, 9), np.minimum(x0 + 1, 5)
+    fy, fx = (py - y0).astype(np.float32)[None, :, None], (px - x0).astype(np.float32)[None, None, :]
+    rows = maps[:, y0] * (1 - fy) + maps[:, y1] * fy
+    want = rows[:, :, x0] * (1 - fx) + rows[:, :, x1] * fx
+    got = resize_bilinear(maps, (h, w))
+    np.testing.assert_array_equal(got, want)
+    shifted = want - want.min(axis=(1, 2), keepdims=True)
+    np.testing.assert_array_equal(minmax(got), shifted / (1e-7 + shifted.max(axis=(1, 2), keepdims=True)))

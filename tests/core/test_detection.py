@@ -87,3 +87,37 @@ def test_a_torchvision_output_is_told_from_a_two_class_yolo_output():
     tv = np.array([[1, 2, 3, 4, 0.9, 7], [0, 0, 0, 0, 0, -1]], float)
     yolo = np.array([[10, 12, 4, 6, 0.2, 0.7], [11, 12, 4, 6, 0.1, 0.3]], float)
     assert looks_like_torchvision(tv) and not looks_like_torchvision(yolo)
+
+
+@pytest.mark.parametrize("layout", ["yolo", "yolo-obj"])
+def test_a_float32_output_decodes_as_its_float64_copy(layout):
+    # decoding reads a float32 output as it is (no float64 copy of the whole array): the same detections
+    rng = np.random.default_rng(3)
+    out = rng.random((300, 9), dtype=np.float32)
+    out[:, :4] *= 64
+    out[7, 5:] = out[7, 6]  # a tie between classes: the first wins in either precision
+    out[9, 6] = np.nan  # a NaN score is dropped in either precision
+    for dense in (out, out.T):
+        for kw in ({"min_score": 0.3}, {"min_score": -np.inf, "with_nms": False, "max_detections": 10**9}):
+            got = decode([dense], layout, image_hw=(64, 64), **kw)
+            want = decode([dense.astype(np.float64)], layout, image_hw=(64, 64), **kw)
+            assert got.boxes.dtype == got.scores.dtype == np.float64
+            for a, b in ((got.boxes, want.boxes), (got.scores, want.scores), (got.classes, want.classes),
+                         (got.slots, want.slots)):
+                np.testing.assert_array_equal(a, b)
+
+
+def test_candidates_selected_twice_are_two_decodes():
+    from convlens.core.detection import candidates, select
+
+    rng = np.random.default_rng(4)
+    out = rng.random((500, 7), dtype=np.float32)
+    out[:, :4] *= 32
+    full = candidates([out], "yolo", image_hw=(32, 32))
+    assert full.slots.tolist() == list(range(500))  # every anchor, in the output's order
+    for kw in ({"min_score": 0.25, "max_detections": 100}, {"min_score": -np.inf, "max_detections": 10**9}):
+        a, b = select(full, "yolo", **kw), decode([out], "yolo", image_hw=(32, 32), **kw)
+        np.testing.assert_array_equal(a.slots, b.slots)
+        np.testing.assert_array_equal(a.boxes, b.boxes)
+    unordered = select(full, "yolo", min_score=-np.inf, with_nms=False, ordered=False)
+    assert unordered.slots.tolist() == list(range(500))

@@ -309,3 +309,16 @@ def test_forward_only_methods_check_classes_against_the_output(cam_net):
         methods.create("gradcam", batch_size=0)
     with pytest.raises(BadArgument):
         methods.create("scorecam", memory="1GB")
+
+
+def test_the_default_layer_follows_a_table_edited_in_place():
+    from convlens.methods.base import resolve_layer
+
+    table = [LayerInfo(0, "input", "Input", "input", (16, 16, 3)),
+             LayerInfo(1, "conv1", "Conv2d", "conv", (16, 16, 4), parents=(0,)),
+             LayerInfo(2, "conv2", "Conv2d", "conv", (8, 8, 4), parents=(1,)),
+             LayerInfo(3, "head", "Linear", "dense", (10,), parents=(2,))]
+    assert resolve_layer(table, None).name == "conv2"
+    assert resolve_layer(table, None).name == "conv2"  # asked again: the kept answer
+    table[2] = LayerInfo(2, "pool", "AvgPool", "pool", (8, 8, 4), parents=(1,))
+    assert resolve_layer(table, None).name == "conv1"

@@ -80,7 +80,13 @@ def resize_bilinear(
     fy = fy.reshape((1, height, 1) + extra)
     fx = fx.reshape((1, 1, width) + extra)
     rows = x[:, y0] * (1 - fy) + x[:, y1] * fy
-    return (rows[:, :, x0] * (1 - fx) + rows[:, :, x1] * fx).astype(np.float32)
+    # the large result in place: the same float32 operations, no temporaries of its size
+    out = rows[:, :, x0]
+    out *= 1 - fx
+    right = rows[:, :, x1]
+    right *= fx
+    out += right
+    return out
 
 
 def minmax(maps: np.ndarray, eps: float = 1e-7) -> np.ndarray:
@@ -97,8 +103,9 @@ def minmax(maps: np.ndarray, eps: float = 1e-7) -> np.ndarray:
     """
     x = np.asarray(maps, dtype=np.float32)
     axes = tuple(range(1, x.ndim))
-    x = x - x.min(axis=axes, keepdims=True)
-    return (x / (eps + x.max(axis=axes, keepdims=True))).astype(np.float32)
+    x = x - x.min(axis=axes, keepdims=True)  # a new array: the division goes in place
+    x /= eps + x.max(axis=axes, keepdims=True)
+    return x
 
 
 def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -114,7 +121,11 @@ def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
 
 def weighted_sum(acts: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """``sum_c weights[n, c] * acts[n, :, :, c]``: the CAM of per-channel weights ``(N, C)``."""
-    return np.einsum("nhwc,nc->nhw", np.asarray(acts, np.float64), np.asarray(weights, np.float64))
+    a = np.asarray(acts)
+    if a.dtype != np.float32:
+        a = a.astype(np.float64)
+    # float32 activations as they are: einsum computes in float64 (the weights' type) without a float64 copy
+    return np.einsum("nhwc,nc->nhw", a, np.asarray(weights, np.float64))
 
 
 def grad_cam(acts: np.ndarray, grads: np.ndarray) -> np.ndarray:
@@ -122,7 +133,7 @@ def grad_cam(acts: np.ndarray, grads: np.ndarray) -> np.ndarray:
 
     Channel weights are the spatial mean of the gradient.
     """
-    return weighted_sum(acts, np.asarray(grads, np.float64).mean(axis=(1, 2)))
+    return weighted_sum(acts, np.asarray(grads).mean(axis=(1, 2), dtype=np.float64))
 
 
 def grad_cam_pp(acts: np.ndarray, grads: np.ndarray) -> np.ndarray:

@@ -28,11 +28,13 @@ __all__ = [
     "LAYOUTS",
     "Detections",
     "box_iou",
+    "candidates",
     "decode",
     "guess_layout",
     "looks_like_torchvision",
     "iou_gradient",
     "nms",
+    "select",
 ]
 
 #: The layouts :func:`decode` knows, in words (for the error that lists them).
@@ -177,6 +179,10 @@ def decode(outputs: Sequence[np.ndarray], layout: str, *, image_hw: tuple[int, i
            with_nms: bool = True) -> Detections:
     """One image's detections from its raw outputs.
 
+    :func:`candidates` then :func:`select`: a caller that needs several
+    selections of one output (the detections drawn, and every candidate a
+    box is matched against) decodes once and selects twice.
+
     Args:
         outputs: the model's outputs for ONE image (batch axis removed); the
             first is the dense or torchvision output, DETR needs two.
@@ -190,33 +196,53 @@ def decode(outputs: Sequence[np.ndarray], layout: str, *, image_hw: tuple[int, i
     Raises:
         ValueError: an unknown layout or outputs that do not fit it.
     """
+    return select(candidates(outputs, layout, image_hw=image_hw), layout, min_score=min_score, iou=iou,
+                  max_detections=max_detections, with_nms=with_nms)
+
+
+def candidates(outputs: Sequence[np.ndarray], layout: str, *, image_hw: tuple[int, int]) -> Detections:
+    """Every anchor, query or detection of one image's raw outputs, in the output's order (unsorted,
+    unfiltered): each with its best class and that class's score.
+
+    A dense float32 output is read as it is (no float64 copy of the whole
+    array): the best class and its score are the same in either precision,
+    and the box columns are widened before any arithmetic.
+
+    Args:
+        outputs, layout, image_hw: as :func:`decode`.
+
+    Raises:
+        ValueError: an unknown layout or outputs that do not fit it.
+    """
     if layout not in LAYOUTS:
         raise ValueError(f"unknown detection layout {layout!r}")
-    first = np.asarray(outputs[0], np.float64)
+    first = np.asarray(outputs[0])
+    if not np.issubdtype(first.dtype, np.floating) or first.dtype.itemsize > 8:
+        first = first.astype(np.float64)
     if layout in ("yolo", "yolo-obj"):
         dense = _anchors_first(first)
         start = 5 if layout == "yolo-obj" else 4
         if dense.ndim != 2 or dense.shape[1] <= start:
             raise ValueError(f"a dense output of shape {first.shape} has no class scores")
         cls_scores = dense[:, start:]
-        if layout == "yolo-obj":
-            cls_scores = cls_scores * dense[:, 4:5]
+        if layout == "yolo-obj":  # a product: in float64, as its scores are
+            cls_scores = cls_scores.astype(np.float64) * dense[:, 4:5].astype(np.float64)
         classes = np.argmax(cls_scores, axis=1)
-        scores = cls_scores[np.arange(len(dense)), classes]
-        cx, cy, w, h = dense[:, 0], dense[:, 1], dense[:, 2], dense[:, 3]
+        scores = cls_scores[np.arange(len(dense)), classes].astype(np.float64)
+        cx, cy, w, h = (dense[:, k].astype(np.float64) for k in range(4))
         boxes = np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=1)
         slots = np.arange(len(dense))
     elif layout == "torchvision":
+        first = first.astype(np.float64, copy=False)
         if first.ndim != 2 or first.shape[1] != 6:
             raise ValueError(f"a torchvision detection output is (K, 6), not {first.shape}")
         used = first[:, 5] >= 0
         boxes, scores, classes = first[used, :4], first[used, 4], first[used, 5].astype(int)
         slots = np.flatnonzero(used)
-        with_nms = False  # the model ran its own NMS
     else:
         if len(outputs) < 2:
             raise ValueError("a DETR output is a pair: logits and boxes")
-        logits = first
+        logits = first.astype(np.float64, copy=False)
         rel = np.asarray(outputs[1], np.float64)
         z = logits - logits.max(axis=1, keepdims=True)
         prob = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
@@ -227,9 +253,19 @@ def decode(outputs: Sequence[np.ndarray], layout: str, *, image_hw: tuple[int, i
         cx, cy, w, h = rel[:, 0] * ww, rel[:, 1] * hh, rel[:, 2] * ww, rel[:, 3] * hh
         boxes = np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=1)
         slots = np.arange(len(logits))
-        with_nms = False  # DETR's queries do not duplicate
-    dets = Detections(boxes, scores, classes.astype(int), slots.astype(int))
-    dets = dets.take(np.flatnonzero(dets.scores >= min_score))
+    return Detections(boxes, scores, classes.astype(int), slots.astype(int))
+
+
+def select(dets: Detections, layout: str, *, min_score: float = 0.25, iou: float = 0.45,
+           max_detections: int = 100, with_nms: bool = True, ordered: bool = True) -> Detections:
+    """The detections :func:`decode` keeps of :func:`candidates`' ``dets``: those scoring at least
+    ``min_score``, per-class NMS for dense layouts (``with_nms``), best first, at most ``max_detections``
+    (``ordered=False``: in the output's order, all of them)."""
+    if layout in ("torchvision", "detr"):
+        with_nms = False  # the model ran its own NMS; DETR's queries do not duplicate
+    kept = dets.scores >= min_score  # (a NaN score is dropped even at -inf)
+    if not kept.all():
+        dets = dets.take(np.flatnonzero(kept))
     if with_nms and len(dets) > PRE_NMS:  # NMS is quadratic: the best candidates only, as ultralytics does
         dets = dets.take(np.argsort(-dets.scores, kind="stable")[:PRE_NMS])
     if with_nms and len(dets):
@@ -238,6 +274,8 @@ def decode(outputs: Sequence[np.ndarray], layout: str, *, image_hw: tuple[int, i
             idx = np.flatnonzero(dets.classes == c)
             keep.extend(idx[nms(dets.boxes[idx], dets.scores[idx], iou)].tolist())
         dets = dets.take(keep)
+    if not ordered:
+        return dets
     order = np.argsort(-dets.scores, kind="stable")[:max_detections]
     return dets.take(order)
 

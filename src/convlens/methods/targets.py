@@ -16,7 +16,7 @@ import numpy as np
 
 from .._errors import BadArgument
 from ..adapters.base import Target
-from ..core.detection import LAYOUTS, Detections, box_iou, decode, dense_box_gradient, guess_layout
+from ..core.detection import LAYOUTS, Detections, box_iou, candidates, dense_box_gradient, guess_layout, select
 
 __all__ = [
     "Objective",
@@ -486,7 +486,7 @@ def resolve_objective(objective: Objective, outputs: Sequence[tuple[str, np.ndar
 
 def _detection_rows(objective: Objective, outs: Sequence[np.ndarray], layout: str, k: int, *,
                     classes: list[int] | None, names: Sequence[str] | None, input_hw: tuple[int, int]) -> Rows:
-    first = np.asarray(outs[0], np.float64)
+    first = np.asarray(outs[0])  # as given: the decoding widens what it computes with, not the whole output
     n = len(first)
     box = check_box(objective.box, input_hw) if objective.box is not None else None
     top = int(objective.top) if objective.top is not None else 1
@@ -499,10 +499,13 @@ def _detection_rows(objective: Objective, outs: Sequence[np.ndarray], layout: st
     cots: list[np.ndarray] = []
     shown: list[Detections] = []
     for i in range(n):
-        raw = [first[i], *(np.asarray(o[i], np.float64) for o in outs[1:])]
-        shown.append(decode(raw, layout, image_hw=input_hw, min_score=objective.min_score, max_detections=100))
-        allx = decode(raw, layout, image_hw=input_hw, min_score=-np.inf, with_nms=box is None,
-                      max_detections=10**9)
+        raw = [first[i], *(np.asarray(o[i]) for o in outs[1:])]
+        full = candidates(raw, layout, image_hw=input_hw)  # decoded once, selected twice
+        shown.append(select(full, layout, min_score=objective.min_score, max_detections=100))
+        # a box is matched against every candidate in the output's order: the order of the match
+        # (overlap, then score, then position) is the same as among candidates sorted by score first
+        allx = select(full, layout, min_score=-np.inf, with_nms=False, max_detections=10**9, ordered=False) \
+            if box is not None else select(full, layout, min_score=-np.inf, max_detections=10**9)
         wanted: list[int | None] = list(classes) if classes else [None]
         for c in wanted:
             cands = allx if c is None or layout in ("yolo", "yolo-obj", "detr") else \
@@ -510,14 +513,14 @@ def _detection_rows(objective: Objective, outs: Sequence[np.ndarray], layout: st
             if box is not None:
                 if not len(cands):
                     raise BadArgument(f"image {i} has no detection of class {_label(names, c or 0)} to match the box")
-                iou = box_iou(np.asarray(box), cands.boxes)[0]
-                order = np.lexsort((-cands.scores, -iou))[:top]
+                iou = _overlaps(box, cands.boxes)
+                order = _best_overlaps(iou, cands.scores, top)
                 if iou[order[0]] <= 0:
                     raise BadArgument(f"no detection overlaps the box {','.join(f'{v:g}' for v in box)} in image "
                                       f"{i}; draw the box around an object the model detects")
             else:
                 if c is not None and layout in ("yolo", "yolo-obj", "detr"):
-                    cands = _as_class(raw, layout, int(c), input_hw)
+                    cands = _as_class(raw, full, layout, int(c))
                     cands = cands.take(nms_order(cands))
                 order = np.arange(min(top, len(cands)))
                 if not len(order):
@@ -548,11 +551,35 @@ def nms_order(dets: Detections) -> np.ndarray:
     return keep[np.argsort(-dets.scores[keep], kind="stable")]
 
 
-def _as_class(raw: Sequence[np.ndarray], layout: str, cls: int, input_hw: tuple[int, int]) -> Detections:
-    """Every anchor/query of a dense or DETR output, scored for class ``cls`` (best first)."""
-    dets = decode(raw, layout, image_hw=input_hw, min_score=-np.inf, with_nms=False, max_detections=10**9)
-    first = np.asarray(raw[0], np.float64)
+def _overlaps(box: Sequence[float], boxes: np.ndarray) -> np.ndarray:
+    """``(K,)`` IoU of one ``box`` with each of ``boxes`` ``(K, 4)``: :func:`box_iou`'s arithmetic, value for
+    value, on columns (thousands of anchors) rather than through ``(1, K, 2)`` broadcasts."""
+    b = np.asarray(boxes, np.float64).reshape(-1, 4)
+    x0, y0, x1, y1 = (float(v) for v in box)
+    iw = np.clip(np.minimum(x1, b[:, 2]) - np.maximum(x0, b[:, 0]), 0, None)
+    ih = np.clip(np.minimum(y1, b[:, 3]) - np.maximum(y0, b[:, 1]), 0, None)
+    inter = iw * ih
+    union = (x1 - x0) * (y1 - y0) + (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]) - inter
+    return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
+
+
+def _best_overlaps(iou: np.ndarray, scores: np.ndarray, top: int) -> np.ndarray:
+    """The first ``top`` of ``np.lexsort((-scores, -iou))`` (most overlap, then best score, then first),
+    sorted among the candidates that can be among them: those overlapping at least the ``top``-th most."""
+    if len(iou) > top and not np.isnan(iou).any():
+        kth = np.partition(-iou, top - 1)[top - 1]
+        few = np.flatnonzero(-iou <= kth)
+        return few[np.lexsort((-scores[few], -iou[few]))[:top]]
+    return np.lexsort((-scores, -iou))[:top]
+
+
+def _as_class(raw: Sequence[np.ndarray], full: Detections, layout: str, cls: int) -> Detections:
+    """Every anchor/query of a dense or DETR output (``full``: its :func:`candidates`), scored for class
+    ``cls`` (best first)."""
+    dets = select(full, layout, min_score=-np.inf, with_nms=False, max_detections=10**9)
+    first = np.asarray(raw[0])
     if layout == "detr":
+        first = first.astype(np.float64)
         z = first - first.max(axis=1, keepdims=True)
         prob = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
         score = prob[dets.slots, cls]
@@ -561,7 +588,9 @@ def _as_class(raw: Sequence[np.ndarray], layout: str, cls: int, input_hw: tuple[
         start = 5 if layout == "yolo-obj" else 4
         if not 0 <= cls < dense.shape[1] - start:
             raise BadArgument(f"class {cls} is out of range: the detector has {dense.shape[1] - start} classes")
-        score = dense[dets.slots, start + cls] * (dense[dets.slots, 4] if layout == "yolo-obj" else 1.0)
+        score = dense[dets.slots, start + cls].astype(np.float64)
+        if layout == "yolo-obj":
+            score = score * dense[dets.slots, 4].astype(np.float64)
     order = np.argsort(-score, kind="stable")
     return Detections(dets.boxes[order], score[order], np.full(len(order), cls), dets.slots[order])
 
@@ -576,11 +605,12 @@ def _detection_cotangent(out: np.ndarray, layout: str, slot: int, cls: int, box:
     """
     cot = np.zeros(out.shape, np.float32)  # each entry is set once (one rounding, as a float64 array cast)
     if layout == "torchvision":
+        row = out[slot].astype(np.float64)
         cot[slot, 4] = 1.0
-        value = float(out[slot, 4])
+        value = float(row[4])
         if box is not None:
-            cot[slot, :4] += dense_box_gradient(layout, out[slot], box)
-            value += float(box_iou(out[slot, :4], np.asarray(box))[0, 0])
+            cot[slot, :4] += dense_box_gradient(layout, row, box)
+            value += float(box_iou(row[:4], np.asarray(box))[0, 0])
         return cot, value
     if layout == "detr":
         cot[slot, cls] = 1.0
@@ -590,16 +620,17 @@ def _detection_cotangent(out: np.ndarray, layout: str, slot: int, cls: int, box:
     start = 5 if layout == "yolo-obj" else 4
     if not 0 <= cls < dense.shape[1] - start:
         raise BadArgument(f"class {cls} is out of range: the detector has {dense.shape[1] - start} classes")
+    row = dense[slot].astype(np.float64)  # the one row the objective reads, widened
     if layout == "yolo-obj":
-        view[slot, 4] = dense[slot, start + cls]
-        view[slot, start + cls] = dense[slot, 4]
-        value = float(dense[slot, 4] * dense[slot, start + cls])
+        view[slot, 4] = row[start + cls]
+        view[slot, start + cls] = row[4]
+        value = float(row[4] * row[start + cls])
     else:
         view[slot, start + cls] = 1.0
-        value = float(dense[slot, start + cls])
+        value = float(row[start + cls])
     if box is not None:
-        view[slot, :4] += dense_box_gradient(layout, dense[slot], box)
-        cx, cy, w, h = dense[slot, :4]
+        view[slot, :4] += dense_box_gradient(layout, row, box)
+        cx, cy, w, h = row[:4]
         value += float(box_iou(np.array([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2]), np.asarray(box))[0, 0])
     return cot, value
 
