@@ -108,3 +108,45 @@ def test_cli_input_on_a_one_input_model_is_one_line_and_exit_2(tmp_path):
     assert code == 2 and out.getvalue() == ""
     lines = err.getvalue().strip().splitlines()
     assert len(lines) == 1 and "takes one input" in lines[0] and "--input is for models with several" in lines[0]
+
+
+def _scaled_conv_onnx(path):
+    """An ONNX file of two inputs: ``image`` (N, 3, 8, 8) and a scalar ``t`` that scales the conv's output."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.arange(108, dtype=np.float32).reshape(4, 3, 3, 3) / 100, "W")
+    nodes = [helper.make_node("Conv", ["image", "W"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Mul", ["c", "t"], ["y"])]
+    inputs = [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, 8, 8]),
+              helper.make_tensor_value_info("t", TensorProto.FLOAT, [])]
+    graph = helper.make_graph(nodes, "scaled", inputs,
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, 8, 8])], [w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, path)
+
+
+def test_a_model_spec_reopens_the_model_with_its_held_inputs_in_another_process(tmp_path):
+    """The Ray engine's actors reopen the model from its spec: the held values travel with it (pickled by
+    Ray as numpy arrays, convlens's own data), and the reopened model runs with them."""
+    import pickle
+
+    from convlens.model import Model, ModelSpec
+
+    path = tmp_path / "scaled.onnx"
+    _scaled_conv_onnx(path)
+    model = Model.open(path, inputs={"t": np.float32(3.0)}, device="cpu")
+    assert model.held_inputs is not None and float(model.held_inputs.values["t"]) == 3.0
+    assert not model.held_inputs.slots[1].batch  # a scalar is fed once per call, never batched
+    spec = pickle.loads(pickle.dumps(model.spec))
+    assert isinstance(spec, ModelSpec) and dict(spec.inputs)["t"] == 3.0
+    again = Model.open(**spec.kwargs())
+    x = np.ones((2, 8, 8, 3), np.float32)
+    a, b = model.adapter.run(x, [], lambda *_: None), again.adapter.run(x, [], lambda *_: None)
+    np.testing.assert_allclose(a, b, rtol=1e-6)
+    zero = Model.open(path, device="cpu")  # not given: held at zeros, and said
+    assert any("held at zeros: t () float32" in n for n in zero.input_notes)
+    np.testing.assert_allclose(zero.adapter.run(x, [], lambda *_: None), 0.0, atol=0)
+    np.testing.assert_allclose(a, 3.0 * Model.open(path, inputs={"t": np.float32(1.0)}).adapter.run(
+        x, [], lambda *_: None), rtol=1e-5)

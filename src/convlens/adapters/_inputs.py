@@ -42,11 +42,15 @@ class InputSlot:
             layout, ``None`` for a free dimension; ``None`` when the framework
             does not declare it (a PyTorch ``forward``).
         dtype: numpy dtype name of the values the model takes (``"float32"``, ``"int64"``).
+        batch: the model takes the input with a leading batch axis (the value is
+            repeated for every item of a batch); ``False``: as it is, once per call
+            (an ONNX scalar, or a ``[2]`` size tensor beside a batched image).
     """
 
     name: str
     shape: tuple[int | None, ...] | None = None
     dtype: str = "float32"
+    batch: bool = True
 
     def describe(self) -> str:
         """``name (3, None, None) float32``, for messages."""
@@ -85,8 +89,11 @@ class HeldInputs:
         return f"inputs: {'; '.join(roles)}"
 
     def batched(self, name: str, n: int) -> np.ndarray:
-        """Input ``name``'s value repeated for a batch of ``n`` (a read-only broadcast view)."""
+        """Input ``name``'s value repeated for a batch of ``n`` (a read-only broadcast view); an input the
+        model takes without a batch axis (:attr:`InputSlot.batch` false) as it is."""
         value = self.values[name]
+        if not next(s for s in self.slots if s.name == name).batch:
+            return value
         return np.broadcast_to(value[None], (int(n), *value.shape))
 
     def arguments(self, image: Any, n: int) -> list[Any]:
@@ -203,7 +210,7 @@ def _fit(model: str, slot: InputSlot, value: Any) -> np.ndarray:
         raise BadArgument(f"--input {slot.name}: an array of {arr.dtype} values; give numbers")
     declared = slot.shape
     if declared is not None:
-        if arr.ndim == len(declared) + 1 and arr.shape[0] == 1:
+        if slot.batch and arr.ndim == len(declared) + 1 and arr.shape[0] == 1:
             arr = arr[0]
         fits = arr.ndim == len(declared) and all(d is None or int(d) == s for d, s in zip(declared, arr.shape))
         if not fits:

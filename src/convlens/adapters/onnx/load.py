@@ -242,12 +242,24 @@ class OnnxModel:
         if not inputs:
             raise BadModel(f"{self._label} declares no graph input; convlens feeds images to an input")
         slots = []
-        for spec in inputs:
-            dims = tensor_dims(spec.type)
+        all_dims = [tensor_dims(spec.type) for spec in inputs]
+        for spec, dims in zip(inputs, all_dims):
             elem = spec.type.tensor_type.elem_type if spec.type.HasField("tensor_type") else 0
             shape = None if dims is None else tuple(dims[1:])
             slots.append(InputSlot(spec.name, shape, _TYPE_NAMES.get(elem, "non-tensor")))
         if len(slots) > 1:
+            # an input has a batch axis when its first dimension is free, or fixed as the image's is; a
+            # scalar, or a [2] size tensor beside a free batch, is fed as it is, once per call
+            names = [s.name for s in slots]
+            pick = next((s.name for s in slots if looks_like_image(s)), names[0]) if image_input is None \
+                else image_input
+            image_dims = all_dims[names.index(pick)] if pick in names else None
+            image_batch = image_dims[0] if image_dims else None
+            for i, dims in enumerate(all_dims):
+                if dims is None or names[i] == pick:
+                    continue
+                if not dims or dims[0] is not None and dims[0] != image_batch:
+                    slots[i] = InputSlot(slots[i].name, tuple(dims), slots[i].dtype, batch=False)
             names = [s.name for s in slots]
             image = next((s.name for s in slots if looks_like_image(s)), names[0]) if image_input is None \
                 else image_input
