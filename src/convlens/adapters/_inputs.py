@@ -27,7 +27,8 @@ import numpy as np
 
 from .._errors import BadArgument
 
-__all__ = ["HeldInputs", "InputSlot", "check_single_input", "hold_inputs", "looks_like_image", "read_input_files"]
+__all__ = ["HeldInputs", "InputSlot", "check_single_input", "hold_inputs", "image_input_name", "looks_like_image",
+           "read_input_files"]
 
 _HOW = "--input NAME=FILE.npy (inputs={'NAME': array} in Python)"
 
@@ -118,6 +119,15 @@ def looks_like_image(slot: InputSlot) -> bool:
     return first is None or last is None or first in (1, 3, 4) or last in (1, 3, 4)
 
 
+def image_input_name(slots: Sequence[InputSlot], image_input: str | None = None,
+                     is_image: Callable[[InputSlot], bool] = looks_like_image) -> str:
+    """The name of the input the images fill: ``image_input`` when given (not checked here), else the
+    first input that looks like an image (``is_image``), else the first input (THE default rule)."""
+    if image_input is not None:
+        return image_input
+    return next((s.name for s in slots if is_image(s)), slots[0].name)
+
+
 def check_single_input(model: str, slot: InputSlot, *, image_input: str | None = None,
                        inputs: Mapping[str, Any] | None = None) -> None:
     """What a model with ONE input accepts of ``image_input`` and ``inputs``: its own name, and nothing.
@@ -171,8 +181,8 @@ def hold_inputs(model: str, slots: Sequence[InputSlot], *, image_input: str | No
             raise BadArgument(f"--image-input {image_input}: {model} has no such input; its inputs are {listing}")
         image = names.index(image_input)
     else:
+        image = names.index(image_input_name(slots, is_image=is_image))
         candidates = [i for i, s in enumerate(slots) if is_image(s)]
-        image = candidates[0] if candidates else 0
         if len(candidates) > 1:
             notes.append(f"{model} takes {len(candidates)} image inputs ({', '.join(names[i] for i in candidates)}); "
                          f"{names[image]} is explained, pick another with --image-input NAME")

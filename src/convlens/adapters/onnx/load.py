@@ -17,7 +17,7 @@ from ..._errors import BadArgument, BadModel, MissingDependency, UnsupportedMode
 from ...core.layers import LayerInfo
 from ...core.text import shape_text
 from .._device import onnx_providers
-from .._inputs import HeldInputs, InputSlot, hold_inputs, looks_like_image
+from .._inputs import HeldInputs, InputSlot, hold_inputs, image_input_name
 from ..base import first_line as _first_line
 
 #: ONNX TensorProto element types that hold floating-point numbers, and their numpy types.
@@ -250,19 +250,17 @@ class OnnxModel:
         if len(slots) > 1:
             # an input has a batch axis when its first dimension is free, or fixed as the image's is; a
             # scalar, or a [2] size tensor beside a free batch, is fed as it is, once per call
+            # (a slot marked so keeps its whole shape, and can only stop looking like an image: the choice
+            # hold_inputs makes again below stays this one)
             names = [s.name for s in slots]
-            pick = next((s.name for s in slots if looks_like_image(s)), names[0]) if image_input is None \
-                else image_input
-            image_dims = all_dims[names.index(pick)] if pick in names else None
+            image = image_input_name(slots, image_input)
+            image_dims = all_dims[names.index(image)] if image in names else None
             image_batch = image_dims[0] if image_dims else None
             for i, dims in enumerate(all_dims):
-                if dims is None or names[i] == pick:
+                if dims is None or names[i] == image:
                     continue
                 if not dims or dims[0] is not None and dims[0] != image_batch:
                     slots[i] = InputSlot(slots[i].name, tuple(dims), slots[i].dtype, batch=False)
-            names = [s.name for s in slots]
-            image = next((s.name for s in slots if looks_like_image(s)), names[0]) if image_input is None \
-                else image_input
             odd = [s for s in slots if s.name != image and s.dtype in _NO_NUMPY] if image in names else []
             if odd:
                 listing = ", ".join(s.describe() for s in slots)
