@@ -106,9 +106,7 @@ class KerasForward(KerasTable):
         # copies (3 GB for VGG16's block1_conv2 on a 12-megapixel photo); torch's may, in place
         tf_backend = self.keras.backend.backend() == "tensorflow"
         convert = np.asarray if tf_backend else self.keras.ops.convert_to_numpy
-        x = np.asarray(batch, dtype="float32")
-        if self.channels_first and x.ndim == 4:
-            x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+        x = self._model_layout(batch)
         if 0 in wanted_key:
             on_output(0, np.asarray(batch, dtype="float32"))
         self._held_rows_out(wanted_key, len(x), on_output)
@@ -150,6 +148,13 @@ class KerasForward(KerasTable):
                         raise raised[0] from None
                     raise self._run_failed(exc, np.shape(batch)) from None
         return self._canonical_array(convert(y)) if y is not None else np.zeros((len(x), 0))
+
+    def _model_layout(self, batch: np.ndarray) -> np.ndarray:
+        """A canonical ``(N, H, W, C)`` batch as float32 in the model's own layout (channels first or last)."""
+        x = np.asarray(batch, dtype="float32")
+        if self.channels_first and x.ndim == 4:
+            x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+        return x
 
     def _held_rows_out(self, wanted: Sequence[int], n: int, on_output: OnOutput) -> None:
         """Hands over the wanted rows of held inputs (a model with several inputs): their values, batched."""

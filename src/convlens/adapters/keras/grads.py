@@ -139,9 +139,7 @@ class KerasAdapter(KerasForward):
     def outputs(self, batch: np.ndarray) -> list[tuple[str, np.ndarray]]:
         """Every output of one forward pass, canonical, by name (the model's ``output_names``), in order."""
         self.layers()
-        x = np.asarray(batch, dtype="float32")
-        if self.channels_first and x.ndim == 4:
-            x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+        x = self._model_layout(batch)
         with self._no_grad(), warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=r".*structure of `inputs`.*")
             try:
@@ -216,9 +214,7 @@ class KerasAdapter(KerasForward):
             stop_after=max(needed) if not need_output and target.layer is not None else None,
             sources=rows + ((0,) if wrt_input and 0 not in rows else ()),
             output=None if target.layer is not None or target.output is None else int(target.output))
-        x = np.asarray(batch, dtype="float32")
-        if self.channels_first and x.ndim == 4:
-            x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+        x = self._model_layout(batch)
         where = None if plan.target_layer is None else table[plan.target_layer].name
 
         def build_cot(score_t: Any) -> Any:
@@ -280,9 +276,7 @@ class KerasAdapter(KerasForward):
         if not last or len(last) != 1 or last[0] is None:
             raise UnsupportedModel(f"{self.name}: the output is not one score per class")
         k = max(1, min(int(top), int(last[0])))
-        x = np.asarray(batch, dtype="float32")
-        if self.channels_first and x.ndim == 4:
-            x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+        x = self._model_layout(batch)
         sizes = [table[i].output_shape for i in (*wanted_key, layer) if i]
         if any(s is None or None in s for s in sizes) or \
                 4 * len(x) * sum(int(np.prod(s)) for s in sizes) > self.GRAPH_BUDGET:  # type: ignore[arg-type,misc]

@@ -513,7 +513,7 @@ class KerasTable:
         if self.held_inputs is not None:  # the image input first, wherever the graph lists it
             image_op = model.inputs[self.held_inputs.image]._keras_history.operation
             rows.append((None, self._info(0, image_op.name, image_op, tuple(image_op.output.shape[1:]), [])))
-            # by tensor, every call of a shared layer apart: a row lists a layer's first call only
+            # by tensor, every call of a shared layer apart: a row lists one call (the image's, see walk)
             by_depth = getattr(functional, "_nodes_by_depth", {})
             for depth in sorted(by_depth, reverse=True):  # the inputs are the deepest
                 for n in by_depth[depth]:
@@ -526,7 +526,7 @@ class KerasTable:
         def image_side(parents: list[int], held: bool) -> tuple[list[int], list[int]]:
             """``(parents kept, held parents dropped)`` of a row; only a row that also sees the image drops any."""
             kept = [p for p in parents if p not in held_rows]
-            if held or not kept:  # a layer shared by both sides lists its first call: keep what is known
+            if held or not kept:  # a row of held inputs alone, or seeing no image row: keep what is known
                 return parents, []
             return kept, [p for p in parents if p in held_rows]
 
